@@ -1,0 +1,344 @@
+//! The effective AI config of one chat: each field resolved chat -> account -> global -> env ->
+//! built-in default, with the layer it came from, and whether the gateway would reply there.
+
+use serde::Serialize;
+use wagate_events::chat_settings::ChatMode;
+use wagate_events::ids::ChatKind;
+use wagate_events::settings::{origin_of, AiSettings, SealedKey};
+
+use crate::ConfigModel;
+
+/// Which layer a value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Chat,
+    Account,
+    Global,
+    Env,
+    Default,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Sourced<T> {
+    pub value: T,
+    pub source: Source,
+}
+
+/// The env layer: values from `WAGATE_AI_*` / `OPENAI_*`, below every stored layer.
+#[derive(Debug, Clone, Default)]
+pub struct EnvLayer {
+    pub settings: AiSettings,
+    /// Whether an env API key is configured. It was entered for the env base URL's origin, or
+    /// for the built-in default base URL's origin when the env sets none.
+    pub has_api_key: bool,
+}
+
+/// The built-in defaults, the last layer.
+pub mod defaults {
+    pub const ENABLED: bool = false;
+    pub const BASE_URL: &str = "https://api.openai.com/v1";
+    pub const MODEL_NAME: &str = "gpt-4.1-mini";
+    pub const SYSTEM_PROMPT: &str = "You are a helpful WhatsApp assistant.";
+    pub const TEMPERATURE: f64 = 0.3;
+    pub const MAX_TOKENS: u32 = 700;
+    pub const TIMEOUT_SECONDS: u32 = 60;
+    pub const REPLY_DELAY_SECONDS: u32 = 2;
+    pub const REPLY_TO_PRIVATE: bool = true;
+    pub const REPLY_TO_GROUPS: bool = false;
+    pub const REPLY_TO_CHANNELS: bool = false;
+    pub const ECHO_MODE: bool = false;
+}
+
+/// Where the key to use lives (the caller decrypts it when it calls the model).
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeySource {
+    Account(SealedKey),
+    Global(SealedKey),
+    Env,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Effective {
+    pub account_id: String,
+    pub chat_id: String,
+    pub chat_kind: ChatKind,
+    pub mode: ChatMode,
+    pub blocked: bool,
+    pub enabled: Sourced<bool>,
+    pub base_url: Sourced<String>,
+    pub model_name: Sourced<String>,
+    pub system_prompt: Sourced<String>,
+    pub temperature: Sourced<f64>,
+    pub max_tokens: Sourced<u32>,
+    pub timeout_seconds: Sourced<u32>,
+    pub reply_delay_seconds: Sourced<u32>,
+    pub reply_to_private: Sourced<bool>,
+    pub reply_to_groups: Sourced<bool>,
+    pub reply_to_channels: Sourced<bool>,
+    pub echo_mode: Sourced<bool>,
+    /// Whether a key usable with the effective `base_url` exists, and from which layer.
+    pub has_api_key: Sourced<bool>,
+    /// Set when a key exists but was entered for another origin than the effective base URL's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key_note: Option<String>,
+    pub will_reply: bool,
+    pub reason: Option<String>,
+    /// The history position this answer reflects.
+    pub position: i64,
+    #[serde(skip)]
+    pub key: Option<KeySource>,
+}
+
+fn pick<T: Clone>(layers: [(Option<&T>, Source); 4], default: T) -> Sourced<T> {
+    for (v, source) in layers {
+        if let Some(v) = v {
+            return Sourced {
+                value: v.clone(),
+                source,
+            };
+        }
+    }
+    Sourced {
+        value: default,
+        source: Source::Default,
+    }
+}
+
+/// Resolves the effective config of `jid` in `account_id`, or `None` when the account does not
+/// exist (or is deleted) in `model`.
+pub fn resolve(
+    model: &ConfigModel,
+    env: &EnvLayer,
+    account_id: &str,
+    jid: &str,
+    chat_kind: ChatKind,
+) -> Option<Effective> {
+    let acc = model.account(account_id)?;
+    let chat = model.chat(account_id, jid).cloned().unwrap_or_default();
+    let (a, g, e) = (&acc.ai.settings, &model.global.settings, &env.settings);
+    macro_rules! field {
+        ($f:ident, $default:expr) => {
+            pick(
+                [
+                    (None, Source::Chat),
+                    (a.$f.as_ref(), Source::Account),
+                    (g.$f.as_ref(), Source::Global),
+                    (e.$f.as_ref(), Source::Env),
+                ],
+                $default,
+            )
+        };
+    }
+    let enabled = match chat.mode {
+        ChatMode::Enabled => Sourced { value: true, source: Source::Chat },
+        ChatMode::Disabled => Sourced { value: false, source: Source::Chat },
+        ChatMode::Inherit => field!(enabled, defaults::ENABLED),
+    };
+    let base_url = field!(base_url, defaults::BASE_URL.to_string());
+    let system_prompt = match &chat.custom_system_prompt {
+        Some(p) => Sourced { value: p.clone(), source: Source::Chat },
+        None => field!(default_system_prompt, defaults::SYSTEM_PROMPT.to_string()),
+    };
+    let reply_to_private = field!(reply_to_private, defaults::REPLY_TO_PRIVATE);
+    let reply_to_groups = field!(reply_to_groups, defaults::REPLY_TO_GROUPS);
+    let reply_to_channels = field!(reply_to_channels, defaults::REPLY_TO_CHANNELS);
+    let echo_mode = field!(echo_mode, defaults::ECHO_MODE);
+
+    // The most specific key wins, and it is only usable with the origin it was entered for.
+    let base_origin = origin_of(&base_url.value);
+    let env_key_origin = origin_of(e.base_url.as_deref().unwrap_or(defaults::BASE_URL));
+    let found: Option<(KeySource, Option<String>, Source)> = if let Some(k) = &acc.ai.api_key {
+        Some((KeySource::Account(k.clone()), Some(k.origin.clone()), Source::Account))
+    } else if let Some(k) = &model.global.api_key {
+        Some((KeySource::Global(k.clone()), Some(k.origin.clone()), Source::Global))
+    } else if env.has_api_key {
+        Some((KeySource::Env, env_key_origin, Source::Env))
+    } else {
+        None
+    };
+    let (has_api_key, key, api_key_note) = match found {
+        None => (Sourced { value: false, source: Source::Default }, None, None),
+        Some((k, origin, source)) if origin == base_origin => (Sourced { value: true, source }, Some(k), None),
+        Some((_, origin, source)) => (
+            Sourced { value: false, source },
+            None,
+            Some(format!(
+                "the {} API key was entered for {}, not for {}; set the key again for this base_url",
+                serde_plain(source),
+                origin.unwrap_or_else(|| "another origin".into()),
+                base_origin.clone().unwrap_or_else(|| "this base_url".into()),
+            )),
+        ),
+    };
+
+    let kind_flag = match chat_kind {
+        ChatKind::Private => Some(("reply_to_private", &reply_to_private)),
+        ChatKind::Group => Some(("reply_to_groups", &reply_to_groups)),
+        ChatKind::Channel => Some(("reply_to_channels", &reply_to_channels)),
+        ChatKind::Broadcast => None,
+    };
+    let reason = if chat.blocked {
+        Some("chat is blocked".to_string())
+    } else if !enabled.value {
+        Some(format!("AI is disabled (source: {})", serde_plain(enabled.source)))
+    } else if chat_kind == ChatKind::Broadcast {
+        Some("status broadcasts are never answered".to_string())
+    } else if let Some((name, flag)) = kind_flag.filter(|(_, f)| !f.value) {
+        Some(format!("{name} is false (source: {})", serde_plain(flag.source)))
+    } else if !echo_mode.value && !has_api_key.value {
+        Some(api_key_note.clone().unwrap_or_else(|| "no API key configured".to_string()))
+    } else {
+        None
+    };
+
+    Some(Effective {
+        account_id: account_id.to_string(),
+        chat_id: jid.to_string(),
+        chat_kind,
+        mode: chat.mode,
+        blocked: chat.blocked,
+        enabled,
+        base_url,
+        model_name: field!(model_name, defaults::MODEL_NAME.to_string()),
+        system_prompt,
+        temperature: field!(temperature, defaults::TEMPERATURE),
+        max_tokens: field!(max_tokens, defaults::MAX_TOKENS),
+        timeout_seconds: field!(timeout_seconds, defaults::TIMEOUT_SECONDS),
+        reply_delay_seconds: field!(reply_delay_seconds, defaults::REPLY_DELAY_SECONDS),
+        reply_to_private,
+        reply_to_groups,
+        reply_to_channels,
+        echo_mode,
+        has_api_key,
+        api_key_note,
+        will_reply: reason.is_none(),
+        reason,
+        position: model.position,
+        key,
+    })
+}
+
+fn serde_plain(s: Source) -> &'static str {
+    match s {
+        Source::Chat => "chat",
+        Source::Account => "account",
+        Source::Global => "global",
+        Source::Env => "env",
+        Source::Default => "default",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use chrono::Utc;
+    use serde_json::json;
+
+    use super::*;
+    use crate::StoredEvent;
+
+    struct History(ConfigModel, i64);
+
+    impl History {
+        fn new() -> Self {
+            let mut h = History(ConfigModel::default(), 0);
+            h.push("account", "acme", json!({"AccountCreated":{"id":"acme","name":"Acme","transport":"sandbox"}}));
+            h
+        }
+        fn push(&mut self, t: &str, id: &str, payload: serde_json::Value) -> &mut Self {
+            self.1 += 1;
+            let ev = StoredEvent {
+                position: self.1,
+                aggregate_type: t.into(),
+                aggregate_id: id.into(),
+                sequence: 1,
+                event_type: String::new(),
+                event_version: "1".into(),
+                payload,
+                metadata: HashMap::new(),
+                recorded_at: Utc::now(),
+            };
+            self.0.apply(&ev).unwrap();
+            self
+        }
+        fn eff(&self, env: &EnvLayer) -> Effective {
+            resolve(&self.0, env, "acme", "1@s.whatsapp.net", ChatKind::Private).unwrap()
+        }
+    }
+
+    #[test]
+    fn defaults_when_nothing_is_set() {
+        let h = History::new();
+        let e = h.eff(&EnvLayer::default());
+        assert_eq!(e.enabled, Sourced { value: false, source: Source::Default });
+        assert_eq!(e.model_name.value, defaults::MODEL_NAME);
+        assert!(!e.will_reply);
+        assert_eq!(e.reason.as_deref(), Some("AI is disabled (source: default)"));
+    }
+
+    #[test]
+    fn layers_override_in_order_with_sources() {
+        let mut h = History::new();
+        h.push("ai_global", "global", json!({"AiSettingsChanged":{"set":{"enabled":true,"temperature":0.3,"model_name":"g"},"cleared":[]}}));
+        h.push("account", "acme", json!({"AiSettingsChanged":{"set":{"model_name":"a"},"cleared":[]}}));
+        h.push("chat_settings", "acme/1@s.whatsapp.net", json!({"ChatAiSettingsChanged":{"mode":"inherit","custom_system_prompt":"Be brief."}}));
+        let env = EnvLayer {
+            settings: AiSettings { max_tokens: Some(99), temperature: Some(1.0), ..Default::default() },
+            has_api_key: false,
+        };
+        let e = h.eff(&env);
+        assert_eq!(e.enabled.source, Source::Global);
+        assert_eq!((e.model_name.value.as_str(), e.model_name.source), ("a", Source::Account));
+        assert_eq!(e.temperature, Sourced { value: 0.3, source: Source::Global });
+        assert_eq!(e.max_tokens, Sourced { value: 99, source: Source::Env });
+        assert_eq!(e.system_prompt, Sourced { value: "Be brief.".into(), source: Source::Chat });
+        assert_eq!(e.reason.as_deref(), Some("no API key configured"));
+    }
+
+    #[test]
+    fn chat_mode_and_block_decide() {
+        let mut h = History::new();
+        h.push("ai_global", "global", json!({"AiSettingsChanged":{"set":{"enabled":true,"echo_mode":true},"cleared":[]}}));
+        assert!(h.eff(&EnvLayer::default()).will_reply, "echo mode needs no key");
+        h.push("chat_settings", "acme/1@s.whatsapp.net", json!({"ChatAiSettingsChanged":{"mode":"disabled","custom_system_prompt":null}}));
+        let e = h.eff(&EnvLayer::default());
+        assert_eq!(e.reason.as_deref(), Some("AI is disabled (source: chat)"));
+        h.push("chat_settings", "acme/1@s.whatsapp.net", json!({"ChatBlockedChanged":{"blocked":true}}));
+        assert_eq!(h.eff(&EnvLayer::default()).reason.as_deref(), Some("chat is blocked"));
+    }
+
+    #[test]
+    fn key_only_usable_for_its_origin() {
+        let mut h = History::new();
+        h.push("ai_global", "global", json!({"AiSettingsChanged":{"set":{"enabled":true,"base_url":"https://api.openai.com/v1"},"cleared":[]}}));
+        h.push("ai_global", "global", json!({"AiApiKeySet":{"key":{"sealed":"CT","origin":"https://api.openai.com"}}}));
+        let e = h.eff(&EnvLayer::default());
+        assert!(e.will_reply, "{:?}", e.reason);
+        assert_eq!(e.has_api_key, Sourced { value: true, source: Source::Global });
+        // An account points at another host but inherits the global key: not usable there.
+        h.push("account", "acme", json!({"AiSettingsChanged":{"set":{"base_url":"https://other.example/v1"},"cleared":[]}}));
+        let e = h.eff(&EnvLayer::default());
+        assert!(!e.will_reply);
+        assert!(e.key.is_none());
+        assert!(e.reason.unwrap().contains("https://api.openai.com"));
+    }
+
+    #[test]
+    fn group_flag_and_broadcast() {
+        let mut h = History::new();
+        h.push("ai_global", "global", json!({"AiSettingsChanged":{"set":{"enabled":true,"echo_mode":true},"cleared":[]}}));
+        let e = resolve(&h.0, &EnvLayer::default(), "acme", "1-2@g.us", ChatKind::Group).unwrap();
+        assert_eq!(e.reason.as_deref(), Some("reply_to_groups is false (source: default)"));
+        let e = resolve(&h.0, &EnvLayer::default(), "acme", "status@broadcast", ChatKind::Broadcast).unwrap();
+        assert_eq!(e.reason.as_deref(), Some("status broadcasts are never answered"));
+    }
+
+    #[test]
+    fn deleted_account_resolves_to_none() {
+        let mut h = History::new();
+        h.push("account", "acme", json!("AccountDeleted"));
+        assert!(resolve(&h.0, &EnvLayer::default(), "acme", "1@s.whatsapp.net", ChatKind::Private).is_none());
+    }
+}
