@@ -1,0 +1,288 @@
+//! The application service: executes domain commands against the event store (with who / request
+//! id / time metadata and bounded retries on write conflicts) and keeps the in-memory config read
+//! model caught up with the history in commit order.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+use cqrs_es::{Aggregate, AggregateError};
+use secrecy::ExposeSecret;
+use wagate_events::account::{Account, AccountCommand};
+use wagate_events::ai_global::{AiGlobal, AiGlobalCommand, GLOBAL_ID};
+use wagate_events::chat_settings::ChatSettings;
+use wagate_events::metadata;
+use wagate_events::settings::AiSettings;
+use wagate_events::DomainError;
+use wagate_projections::config::CONFIG_AGGREGATES;
+use wagate_projections::{ConfigModel, EnvLayer};
+
+use crate::auth::LoginLimiter;
+use crate::config::Config;
+use crate::store::{EventQuery, Framework, Store, StoreError};
+
+/// Why a service call failed, for any front end (HTTP, CLI).
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    /// The store is down, or a write kept conflicting: retry later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or a corrupted store; details are logged, not shown.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(m) => AppError::Unavailable(m),
+            StoreError::Other(m) => AppError::Internal(m),
+        }
+    }
+}
+
+/// Who is acting, recorded in the metadata of every event they cause.
+#[derive(Debug, Clone)]
+pub struct Who {
+    /// `admin:<sub>`, `token:<id>` or `cli:<command>`.
+    pub actor: String,
+    pub request_id: Option<String>,
+}
+
+impl Who {
+    pub fn metadata(&self) -> HashMap<String, String> {
+        let mut m = HashMap::new();
+        m.insert(metadata::ACTOR.to_string(), self.actor.clone());
+        if let Some(r) = &self.request_id {
+            m.insert(metadata::REQUEST_ID.to_string(), r.clone());
+        }
+        m.insert(
+            metadata::TIME.to_string(),
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        );
+        m
+    }
+}
+
+/// What `rotate_api_keys` did.
+#[derive(Debug, Default)]
+pub struct RotateReport {
+    pub resealed: usize,
+    pub failed: Vec<String>,
+}
+
+/// How many times a command is retried after a write conflict before giving up with 503.
+const CONFLICT_RETRIES: u32 = 5;
+
+pub struct App {
+    pub config: Config,
+    pub store: Store,
+    pub global: Framework<AiGlobal>,
+    pub accounts: Framework<Account>,
+    pub chats: Framework<ChatSettings>,
+    pub env_layer: EnvLayer,
+    pub login_limiter: LoginLimiter,
+    model: RwLock<ConfigModel>,
+    catch_up_lock: tokio::sync::Mutex<()>,
+}
+
+pub type SharedApp = Arc<App>;
+
+impl App {
+    /// Builds the service over a migrated store and folds the whole history into the read model.
+    pub async fn new(config: Config, store: Store) -> Result<SharedApp, AppError> {
+        let env_layer = EnvLayer {
+            settings: AiSettings {
+                base_url: config.ai_env.base_url.clone(),
+                model_name: config.ai_env.model_name.clone(),
+                ..Default::default()
+            },
+            has_api_key: config
+                .ai_env
+                .api_key
+                .as_ref()
+                .is_some_and(|k| !k.expose_secret().is_empty()),
+        };
+        let app = Arc::new(App {
+            global: store.framework(),
+            accounts: store.framework(),
+            chats: store.framework(),
+            env_layer,
+            login_limiter: LoginLimiter::new(5, Duration::from_secs(60)),
+            model: RwLock::new(ConfigModel::default()),
+            catch_up_lock: tokio::sync::Mutex::new(()),
+            config,
+            store,
+        });
+        app.catch_up().await?;
+        Ok(app)
+    }
+
+    /// The config read model as of the last catch-up.
+    pub fn model(&self) -> RwLockReadGuard<'_, ConfigModel> {
+        // A poisoned lock means a panic while folding; the model itself is still consistent
+        // up to its position, since `apply` mutates only after parsing.
+        self.model.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Folds every committed config event not folded yet, in position order.
+    pub async fn catch_up(&self) -> Result<(), AppError> {
+        let _guard = self.catch_up_lock.lock().await;
+        loop {
+            let after = self.model().position;
+            let batch = self
+                .store
+                .read(&EventQuery {
+                    after,
+                    limit: 1000,
+                    aggregate_types: &CONFIG_AGGREGATES,
+                    ..Default::default()
+                })
+                .await?;
+            {
+                let mut model = self.model.write().unwrap_or_else(|p| p.into_inner());
+                for ev in &batch {
+                    model
+                        .apply(ev)
+                        .map_err(|e| AppError::Internal(e.to_string()))?;
+                }
+            }
+            if batch.len() < 1000 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Builds the config read model as it was at `position`, from history.
+    pub async fn model_at(&self, position: i64) -> Result<ConfigModel, AppError> {
+        let mut model = ConfigModel::default();
+        loop {
+            let batch = self
+                .store
+                .read(&EventQuery {
+                    after: model.position,
+                    until: Some(position),
+                    limit: 1000,
+                    aggregate_types: &CONFIG_AGGREGATES,
+                    ..Default::default()
+                })
+                .await?;
+            for ev in &batch {
+                model
+                    .apply(ev)
+                    .map_err(|e| AppError::Internal(e.to_string()))?;
+            }
+            if batch.len() < 1000 {
+                model.position = position;
+                return Ok(model);
+            }
+        }
+    }
+
+    /// Executes a command on one stream, retrying write conflicts, then catches the read model
+    /// up so the caller reads its own write.
+    pub async fn execute<A>(
+        &self,
+        framework: &Framework<A>,
+        id: &str,
+        command: A::Command,
+        who: &Who,
+    ) -> Result<(), AppError>
+    where
+        A: Aggregate<Services = (), Error = DomainError> + 'static,
+        A::Command: Clone,
+    {
+        let mut attempt = 0;
+        loop {
+            match framework.execute(id, command.clone(), who.metadata()).await {
+                Ok(()) => break,
+                Err(AggregateError::UserError(e)) => return Err(e.into()),
+                Err(AggregateError::AggregateConflict) if attempt < CONFLICT_RETRIES => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
+                }
+                Err(AggregateError::AggregateConflict) => {
+                    return Err(AppError::Unavailable(
+                        "the stream kept changing concurrently; retry".into(),
+                    ))
+                }
+                Err(AggregateError::DatabaseConnectionError(e)) => {
+                    return Err(AppError::Unavailable(e.to_string()))
+                }
+                Err(AggregateError::UnexpectedError(e)) => {
+                    // The -es crates report pool timeouts and I/O errors as "unexpected".
+                    return Err(match e.downcast_ref::<sqlx::Error>() {
+                        Some(sqlx_err) => StoreError::from(clone_kind(sqlx_err)).into(),
+                        None => AppError::Internal(e.to_string()),
+                    });
+                }
+                Err(e) => return Err(AppError::Internal(e.to_string())),
+            }
+        }
+        self.catch_up().await
+    }
+
+    /// Re-encrypts every stored API key that is not under the current master key.
+    pub async fn rotate_api_keys(&self, who: &Who) -> RotateReport {
+        let mut todo: Vec<(Option<String>, String)> = Vec::new();
+        {
+            let m = self.model();
+            if let Some(k) = &m.global.api_key {
+                todo.push((None, k.sealed.clone()));
+            }
+            for a in m.accounts.values().filter(|a| !a.deleted) {
+                if let Some(k) = &a.ai.api_key {
+                    todo.push((Some(a.id.clone()), k.sealed.clone()));
+                }
+            }
+        }
+        let keyring = &self.config.keyring;
+        let mut report = RotateReport::default();
+        for (account, sealed) in todo {
+            if !keyring.needs_rotation(&sealed) {
+                continue;
+            }
+            let owner = account
+                .as_ref()
+                .map_or_else(|| "global".to_string(), |a| format!("account:{a}"));
+            let result = match keyring.reseal(&sealed, &crate::crypto::api_key_ad(&owner)) {
+                Err(e) => Err(e.to_string()),
+                Ok(resealed) => match &account {
+                    None => self
+                        .execute(&self.global, GLOBAL_ID, AiGlobalCommand::ResealApiKey { sealed: resealed }, who)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Some(id) => self
+                        .execute(&self.accounts, id, AccountCommand::ResealApiKey { sealed: resealed }, who)
+                        .await
+                        .map_err(|e| e.to_string()),
+                },
+            };
+            match result {
+                Ok(()) => report.resealed += 1,
+                Err(e) => report.failed.push(format!("cannot re-encrypt the {owner} key: {e}")),
+            }
+        }
+        report
+    }
+
+    /// Seals an API key for the layer `owner` (`global` or `account:<id>`).
+    pub fn seal_api_key(&self, owner: &str, key: &str) -> String {
+        self.config
+            .keyring
+            .seal(key.as_bytes(), &crate::crypto::api_key_ad(owner))
+    }
+}
+
+/// A copy of an sqlx error that keeps only what [`StoreError::from`] classifies by.
+fn clone_kind(e: &sqlx::Error) -> sqlx::Error {
+    match e {
+        sqlx::Error::PoolTimedOut => sqlx::Error::PoolTimedOut,
+        sqlx::Error::PoolClosed => sqlx::Error::PoolClosed,
+        sqlx::Error::WorkerCrashed => sqlx::Error::WorkerCrashed,
+        sqlx::Error::Io(io) => sqlx::Error::Io(std::io::Error::new(io.kind(), io.to_string())),
+        other => sqlx::Error::Protocol(other.to_string()),
+    }
+}

@@ -1,0 +1,437 @@
+//! AI configuration routes: the global layer, an account's layer, a chat's layer (mode, custom
+//! prompt, blocked), and the effective config with the source of each value.
+
+use axum::extract::State;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use wagate_events::account::AccountCommand;
+use wagate_events::ai_global::{AiGlobalCommand, GLOBAL_ID};
+use wagate_events::chat_settings::{self, ChatMode, ChatSettingsCommand};
+use wagate_events::ids::{chat_kind, ChatKind};
+use wagate_events::settings::{self, origin_of, AiSettingsPatch, LayerState, Patch, SealedKey};
+use wagate_projections::effective::{self, defaults, Effective};
+
+use super::error::{ApiError, ErrorBody};
+use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
+use crate::app::SharedApp;
+
+pub fn router() -> OpenApiRouter<SharedApp> {
+    OpenApiRouter::new()
+        .routes(routes!(get_global, put_global))
+        .routes(routes!(get_account_ai, put_account_ai))
+        .routes(routes!(get_chat_ai, put_chat_ai))
+        .routes(routes!(get_chat_blocked, put_chat_blocked))
+        .routes(routes!(get_effective))
+}
+
+/// Longest API key accepted.
+const MAX_API_KEY: usize = 4096;
+
+/// A change to one layer's AI settings. Omitted fields keep their value; `null` clears the field
+/// at this layer (global: falls back to env / default; account: inherits from global).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AiSettingsRequest {
+    #[serde(default)]
+    #[schema(value_type = Option<bool>)]
+    pub enabled: Patch<bool>,
+    /// Absolute http(s) URL of an OpenAI-compatible API (without `/chat/completions`).
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub base_url: Patch<String>,
+    /// Write-only: stored encrypted, never returned. `null` clears it.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub api_key: Patch<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub model_name: Patch<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub default_system_prompt: Patch<String>,
+    /// 0..=2
+    #[serde(default)]
+    #[schema(value_type = Option<f64>)]
+    pub temperature: Patch<f64>,
+    /// 1..=32768
+    #[serde(default)]
+    #[schema(value_type = Option<u32>)]
+    pub max_tokens: Patch<u32>,
+    /// 1..=600
+    #[serde(default)]
+    #[schema(value_type = Option<u32>)]
+    pub timeout_seconds: Patch<u32>,
+    /// 0..=3600
+    #[serde(default)]
+    #[schema(value_type = Option<u32>)]
+    pub reply_delay_seconds: Patch<u32>,
+    #[serde(default)]
+    #[schema(value_type = Option<bool>)]
+    pub reply_to_private: Patch<bool>,
+    #[serde(default)]
+    #[schema(value_type = Option<bool>)]
+    pub reply_to_groups: Patch<bool>,
+    #[serde(default)]
+    #[schema(value_type = Option<bool>)]
+    pub reply_to_channels: Patch<bool>,
+    /// Reply with the incoming text itself, without calling the model (tests the send path).
+    #[serde(default)]
+    #[schema(value_type = Option<bool>)]
+    pub echo_mode: Patch<bool>,
+}
+
+/// One stored layer of AI settings: `null` where this layer does not set a value.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AiSettingsView {
+    pub enabled: Option<bool>,
+    pub base_url: Option<String>,
+    pub model_name: Option<String>,
+    pub default_system_prompt: Option<String>,
+    pub temperature: Option<f64>,
+    pub max_tokens: Option<u32>,
+    pub timeout_seconds: Option<u32>,
+    pub reply_delay_seconds: Option<u32>,
+    pub reply_to_private: Option<bool>,
+    pub reply_to_groups: Option<bool>,
+    pub reply_to_channels: Option<bool>,
+    pub echo_mode: Option<bool>,
+    /// Whether this layer stores an API key (the key itself is never returned).
+    pub has_api_key: bool,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+impl AiSettingsView {
+    fn of(layer: &LayerState, updated_at: Option<DateTime<Utc>>) -> Self {
+        let s = layer.settings.clone();
+        Self {
+            enabled: s.enabled,
+            base_url: s.base_url,
+            model_name: s.model_name,
+            default_system_prompt: s.default_system_prompt,
+            temperature: s.temperature,
+            max_tokens: s.max_tokens,
+            timeout_seconds: s.timeout_seconds,
+            reply_delay_seconds: s.reply_delay_seconds,
+            reply_to_private: s.reply_to_private,
+            reply_to_groups: s.reply_to_groups,
+            reply_to_channels: s.reply_to_channels,
+            echo_mode: s.echo_mode,
+            has_api_key: layer.api_key.is_some(),
+            updated_at,
+        }
+    }
+}
+
+/// Turns the request into a domain patch, sealing a new key for `owner` and the origin of the
+/// base URL it will be used with at this layer (`fallback_base` when this layer sets none).
+fn to_patch(
+    app: &SharedApp,
+    req: AiSettingsRequest,
+    owner: &str,
+    current_base: Option<&str>,
+    fallback_base: &str,
+) -> Result<AiSettingsPatch, ApiError> {
+    let api_key = match req.api_key {
+        Patch::Keep => Patch::Keep,
+        Patch::Clear => Patch::Clear,
+        Patch::Set(key) => {
+            let key = key.trim();
+            if key.is_empty() {
+                return Err(ApiError::invalid("api_key", "must not be empty; send null to clear the key"));
+            }
+            if key.len() > MAX_API_KEY || key.chars().any(char::is_control) {
+                return Err(ApiError::invalid(
+                    "api_key",
+                    format!("at most {MAX_API_KEY} printable characters"),
+                ));
+            }
+            let base = match &req.base_url {
+                Patch::Set(url) => settings::normalize_base_url(url)?,
+                Patch::Clear => fallback_base.to_string(),
+                Patch::Keep => current_base.unwrap_or(fallback_base).to_string(),
+            };
+            let origin = origin_of(&base)
+                .ok_or_else(|| ApiError::invalid("base_url", "not an absolute http(s) URL"))?;
+            Patch::Set(SealedKey {
+                sealed: app.seal_api_key(owner, key),
+                origin,
+            })
+        }
+    };
+    Ok(AiSettingsPatch {
+        enabled: req.enabled,
+        base_url: req.base_url,
+        model_name: req.model_name,
+        default_system_prompt: req.default_system_prompt,
+        temperature: req.temperature,
+        max_tokens: req.max_tokens,
+        timeout_seconds: req.timeout_seconds,
+        reply_delay_seconds: req.reply_delay_seconds,
+        reply_to_private: req.reply_to_private,
+        reply_to_groups: req.reply_to_groups,
+        reply_to_channels: req.reply_to_channels,
+        echo_mode: req.echo_mode,
+        api_key,
+    })
+}
+
+fn env_or_default_base(app: &SharedApp) -> String {
+    app.env_layer
+        .settings
+        .base_url
+        .clone()
+        .unwrap_or_else(|| defaults::BASE_URL.to_string())
+}
+
+/// The global AI settings.
+#[utoipa::path(get, path = "/v1/ai/global", tag = "ai",
+    responses((status = 200, body = AiSettingsView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("admin_jwt" = [])))]
+async fn get_global(State(app): State<SharedApp>, caller: Caller) -> Result<Json<AiSettingsView>, ApiError> {
+    caller.require_admin()?;
+    let m = app.model();
+    Ok(Json(AiSettingsView::of(&m.global, m.global_updated_at)))
+}
+
+/// Changes the global AI settings (the seed's `PUT /v1/ai/global`).
+#[utoipa::path(put, path = "/v1/ai/global", tag = "ai", request_body = AiSettingsRequest,
+    responses((status = 200, body = AiSettingsView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("admin_jwt" = [])))]
+async fn put_global(
+    State(app): State<SharedApp>,
+    caller: Caller,
+    ApiJson(req): ApiJson<AiSettingsRequest>,
+) -> Result<Json<AiSettingsView>, ApiError> {
+    caller.require_admin()?;
+    let current = app.model().global.settings.base_url.clone();
+    let patch = to_patch(&app, req, "global", current.as_deref(), &env_or_default_base(&app))?;
+    app.execute(&app.global, GLOBAL_ID, AiGlobalCommand::Change(patch), &caller.who())
+        .await?;
+    let m = app.model();
+    Ok(Json(AiSettingsView::of(&m.global, m.global_updated_at)))
+}
+
+fn account_ai_view(app: &SharedApp, acc: &str) -> Result<AiSettingsView, ApiError> {
+    let m = app.model();
+    let a = m
+        .account(acc)
+        .ok_or_else(|| ApiError::not_found("account not found"))?;
+    Ok(AiSettingsView::of(&a.ai, a.ai_updated_at))
+}
+
+/// An account's AI overrides (`null` = inherit from global).
+#[utoipa::path(get, path = "/v1/accounts/{acc}/ai", tag = "ai", params(("acc" = String, Path)),
+    responses((status = 200, body = AiSettingsView), (status = 404, body = ErrorBody)),
+    security(("admin_jwt" = []), ("account_token" = [])))]
+async fn get_account_ai(
+    State(app): State<SharedApp>,
+    caller: Caller,
+    ApiPath(acc): ApiPath<String>,
+) -> Result<Json<AiSettingsView>, ApiError> {
+    caller.require_account(&acc)?;
+    account_ai_view(&app, &acc).map(Json)
+}
+
+/// Changes an account's AI overrides.
+#[utoipa::path(put, path = "/v1/accounts/{acc}/ai", tag = "ai", params(("acc" = String, Path)),
+    request_body = AiSettingsRequest,
+    responses((status = 200, body = AiSettingsView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("admin_jwt" = []), ("account_token" = [])))]
+async fn put_account_ai(
+    State(app): State<SharedApp>,
+    caller: Caller,
+    ApiPath(acc): ApiPath<String>,
+    ApiJson(req): ApiJson<AiSettingsRequest>,
+) -> Result<Json<AiSettingsView>, ApiError> {
+    caller.require_account(&acc)?;
+    let (current, fallback) = {
+        let m = app.model();
+        let a = m
+            .account(&acc)
+            .ok_or_else(|| ApiError::not_found("account not found"))?;
+        let fallback = m
+            .global
+            .settings
+            .base_url
+            .clone()
+            .unwrap_or_else(|| env_or_default_base(&app));
+        (a.ai.settings.base_url.clone(), fallback)
+    };
+    let owner = format!("account:{acc}");
+    let patch = to_patch(&app, req, &owner, current.as_deref(), &fallback)?;
+    app.execute(&app.accounts, &acc, AccountCommand::ChangeAi(patch), &caller.who())
+        .await?;
+    account_ai_view(&app, &acc).map(Json)
+}
+
+/// A chat's own AI layer and blocked flag.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatAiView {
+    pub account_id: String,
+    pub chat_id: String,
+    /// `inherit`, `enabled` or `disabled`.
+    #[schema(value_type = String)]
+    pub mode: ChatMode,
+    pub custom_system_prompt: Option<String>,
+    pub blocked: bool,
+}
+
+/// The per-chat toggle of the seed. Omitted fields keep their value.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChatAiRequest {
+    /// `inherit`, `enabled` or `disabled`.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub mode: Option<ChatMode>,
+    /// `null` (or an empty string) removes the custom prompt.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub custom_system_prompt: Patch<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BlockedRequest {
+    pub blocked: bool,
+}
+
+/// Checks the account (exists, caller may act on it) and the JID; returns the chat kind.
+fn chat_target(app: &SharedApp, caller: &Caller, acc: &str, jid: &str) -> Result<ChatKind, ApiError> {
+    caller.require_account(acc)?;
+    let kind = chat_kind(jid, "jid")?;
+    if app.model().account(acc).is_none() {
+        return Err(ApiError::not_found("account not found"));
+    }
+    Ok(kind)
+}
+
+fn chat_view(app: &SharedApp, acc: &str, jid: &str) -> ChatAiView {
+    let m = app.model();
+    let c = m.chat(acc, jid).cloned().unwrap_or_default();
+    ChatAiView {
+        account_id: acc.to_string(),
+        chat_id: jid.to_string(),
+        mode: c.mode,
+        custom_system_prompt: c.custom_system_prompt,
+        blocked: c.blocked,
+    }
+}
+
+/// A chat's AI mode and custom prompt.
+#[utoipa::path(get, path = "/v1/accounts/{acc}/chats/{jid}/ai", tag = "ai",
+    params(("acc" = String, Path), ("jid" = String, Path, description = "WhatsApp JID, URL-encoded")),
+    responses((status = 200, body = ChatAiView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("admin_jwt" = []), ("account_token" = [])))]
+async fn get_chat_ai(
+    State(app): State<SharedApp>,
+    caller: Caller,
+    ApiPath((acc, jid)): ApiPath<(String, String)>,
+) -> Result<Json<ChatAiView>, ApiError> {
+    chat_target(&app, &caller, &acc, &jid)?;
+    Ok(Json(chat_view(&app, &acc, &jid)))
+}
+
+/// Sets a chat's AI mode (`inherit|enabled|disabled`) and custom system prompt.
+#[utoipa::path(put, path = "/v1/accounts/{acc}/chats/{jid}/ai", tag = "ai",
+    params(("acc" = String, Path), ("jid" = String, Path, description = "WhatsApp JID, URL-encoded")),
+    request_body = ChatAiRequest,
+    responses((status = 200, body = ChatAiView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("admin_jwt" = []), ("account_token" = [])))]
+async fn put_chat_ai(
+    State(app): State<SharedApp>,
+    caller: Caller,
+    ApiPath((acc, jid)): ApiPath<(String, String)>,
+    ApiJson(req): ApiJson<ChatAiRequest>,
+) -> Result<Json<ChatAiView>, ApiError> {
+    chat_target(&app, &caller, &acc, &jid)?;
+    let cmd = ChatSettingsCommand::SetAi {
+        mode: req.mode,
+        custom_system_prompt: req.custom_system_prompt,
+    };
+    app.execute(&app.chats, &chat_settings::stream_id(&acc, &jid), cmd, &caller.who())
+        .await?;
+    Ok(Json(chat_view(&app, &acc, &jid)))
+}
+
+/// Whether a chat is blocked.
+#[utoipa::path(get, path = "/v1/accounts/{acc}/chats/{jid}/blocked", tag = "ai",
+    params(("acc" = String, Path), ("jid" = String, Path)),
+    responses((status = 200, body = ChatAiView), (status = 404, body = ErrorBody)),
+    security(("admin_jwt" = []), ("account_token" = [])))]
+async fn get_chat_blocked(
+    State(app): State<SharedApp>,
+    caller: Caller,
+    ApiPath((acc, jid)): ApiPath<(String, String)>,
+) -> Result<Json<ChatAiView>, ApiError> {
+    chat_target(&app, &caller, &acc, &jid)?;
+    Ok(Json(chat_view(&app, &acc, &jid)))
+}
+
+/// Blocks or unblocks a chat: a blocked chat is never answered.
+#[utoipa::path(put, path = "/v1/accounts/{acc}/chats/{jid}/blocked", tag = "ai",
+    params(("acc" = String, Path), ("jid" = String, Path)),
+    request_body = BlockedRequest,
+    responses((status = 200, body = ChatAiView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("admin_jwt" = []), ("account_token" = [])))]
+async fn put_chat_blocked(
+    State(app): State<SharedApp>,
+    caller: Caller,
+    ApiPath((acc, jid)): ApiPath<(String, String)>,
+    ApiJson(req): ApiJson<BlockedRequest>,
+) -> Result<Json<ChatAiView>, ApiError> {
+    chat_target(&app, &caller, &acc, &jid)?;
+    let cmd = ChatSettingsCommand::SetBlocked { blocked: req.blocked };
+    app.execute(&app.chats, &chat_settings::stream_id(&acc, &jid), cmd, &caller.who())
+        .await?;
+    Ok(Json(chat_view(&app, &acc, &jid)))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AsOfQuery {
+    /// An RFC 3339 time or an event position: answer from history as of then.
+    pub as_of: Option<String>,
+}
+
+/// The effective config of a chat: each field with its value and `source`
+/// (`chat|account|global|env|default`), plus `will_reply` and `reason`.
+#[utoipa::path(get, path = "/v1/accounts/{acc}/chats/{jid}/ai/effective", tag = "ai",
+    params(("acc" = String, Path), ("jid" = String, Path), AsOfQuery),
+    responses((status = 200, description = "effective config with provenance", body = Object),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("admin_jwt" = []), ("account_token" = [])))]
+async fn get_effective(
+    State(app): State<SharedApp>,
+    caller: Caller,
+    ApiPath((acc, jid)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<AsOfQuery>,
+) -> Result<Json<Effective>, ApiError> {
+    caller.require_account(&acc)?;
+    let kind = chat_kind(&jid, "jid")?;
+    let resolved = match q.as_of.as_deref().map(str::trim) {
+        None | Some("") => effective::resolve(&app.model(), &app.env_layer, &acc, &jid, kind),
+        Some(raw) => {
+            let position = match raw.parse::<i64>() {
+                Ok(p) if p >= 0 => p,
+                Ok(_) => return Err(ApiError::invalid("as_of", "a position is >= 0")),
+                Err(_) => {
+                    let t = DateTime::parse_from_rfc3339(raw)
+                        .map_err(|_| ApiError::invalid("as_of", "expected an RFC 3339 time or an event position"))?
+                        .with_timezone(&Utc);
+                    app.store.position_at(t).await.map_err(crate::app::AppError::from)?
+                }
+            };
+            let model = app.model_at(position).await?;
+            effective::resolve(&model, &app.env_layer, &acc, &jid, kind)
+        }
+    };
+    resolved
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("account not found (at that time)"))
+}

@@ -1,0 +1,13 @@
+//! wagate: a WhatsApp gateway whose AI auto-reply is configured in three layers over env
+//! defaults, with every change kept as an event. This crate is the binary's library: config,
+//! store, crypto, auth, the HTTP API and the CLI commands; the domain lives in `wagate-events`
+//! and the read models in `wagate-projections`.
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod http;
+pub mod startup;
+pub mod store;

@@ -1,0 +1,314 @@
+//! The event store: pools for the embedded SQLite or for PostgreSQL (built here, never with the
+//! panicking helpers of the -es crates), migrations from `migrations/`, the cqrs-es frameworks in
+//! plain event-store mode, and reads of the history in commit order by global position.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::{Aggregate, AggregateError, CqrsFramework};
+use postgres_es::PostgresEventRepository;
+use secrecy::ExposeSecret;
+use sqlite_es::SqliteEventRepository;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, Row, SqlitePool};
+use wagate_projections::StoredEvent;
+
+use crate::config::DatabaseConfig;
+
+/// The store could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Connection refused, pool timed out, database gone: retry later (HTTP 503).
+    #[error("event store unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else (bad SQL, undecodable row): a bug or a corrupted store.
+    #[error("event store error: {0}")]
+    Other(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
+            other => StoreError::Other(other.to_string()),
+        }
+    }
+}
+
+/// Which database holds the history.
+#[derive(Clone, Debug)]
+pub enum Store {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// A read of the history: events after a position, optionally up to another, optionally only of
+/// some aggregate types or one stream, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery<'a> {
+    pub after: i64,
+    pub until: Option<i64>,
+    pub limit: i64,
+    pub aggregate_types: &'a [&'a str],
+    pub aggregate_id: Option<&'a str>,
+}
+
+const SQLITE_TIME: &str = "%Y-%m-%dT%H:%M:%S%.3fZ";
+
+impl Store {
+    /// Opens the pool. Never panics: a bad URL or an unreachable server is an error.
+    pub async fn connect(db: &DatabaseConfig) -> Result<Store, StoreError> {
+        match db {
+            DatabaseConfig::Postgres { url } => {
+                let opts = PgConnectOptions::from_str(url.expose_secret())
+                    .map_err(|e| StoreError::Other(format!("invalid PostgreSQL URL: {}", redact_db_error(&e))))?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .connect_with(opts)
+                    .await?;
+                Ok(Store::Postgres(pool))
+            }
+            DatabaseConfig::Sqlite { path } => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| StoreError::Other(format!("cannot create {}: {e}", dir.display())))?;
+                }
+                let opts = SqliteConnectOptions::new()
+                    .filename(path)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    // FULL: an acknowledged commit survives power loss, not only a crash.
+                    .synchronous(SqliteSynchronous::Full)
+                    .busy_timeout(Duration::from_secs(10))
+                    .foreign_keys(true);
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(opts)
+                    .await?;
+                Ok(Store::Sqlite(pool))
+            }
+        }
+    }
+
+    /// Applies the migrations of `migrations/<backend>/` that are not applied yet.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let res = match self {
+            Store::Postgres(p) => sqlx::migrate!("./migrations/postgres").run(p).await,
+            Store::Sqlite(p) => sqlx::migrate!("./migrations/sqlite").run(p).await,
+        };
+        res.map_err(|e| match e {
+            sqlx::migrate::MigrateError::Execute(inner) => StoreError::from(inner),
+            other => StoreError::Other(format!("migration failed: {other}")),
+        })
+    }
+
+    /// `postgres` or `sqlite`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Store::Postgres(_) => "postgres",
+            Store::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// A cheap round trip, for `/readyz`.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Postgres(p) => sqlx::query("SELECT 1").execute(p).await.map(drop)?,
+            Store::Sqlite(p) => sqlx::query("SELECT 1").execute(p).await.map(drop)?,
+        }
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Store::Postgres(p) => p.close().await,
+            Store::Sqlite(p) => p.close().await,
+        }
+    }
+
+    /// The cqrs-es framework of aggregate `A` over this store, in plain event-store mode (no
+    /// snapshots, no aggregate store: see docs/design and ADR 0001).
+    pub fn framework<A>(&self) -> Framework<A>
+    where
+        A: Aggregate<Services = ()> + 'static,
+    {
+        match self {
+            Store::Postgres(p) => Framework::Postgres(CqrsFramework::new(
+                PersistedEventStore::new_event_store(PostgresEventRepository::new(p.clone())),
+                vec![],
+                (),
+            )),
+            Store::Sqlite(p) => Framework::Sqlite(CqrsFramework::new(
+                PersistedEventStore::new_event_store(SqliteEventRepository::new(p.clone())),
+                vec![],
+                (),
+            )),
+        }
+    }
+
+    /// Reads events in commit order (by global position).
+    pub async fn read(&self, q: &EventQuery<'_>) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut sql = String::from(
+            "SELECT position, aggregate_type, aggregate_id, sequence, event_type, event_version, ",
+        );
+        sql.push_str(match self {
+            Store::Postgres(_) => "payload::text AS payload, metadata::text AS metadata, recorded_at",
+            Store::Sqlite(_) => "payload, metadata, recorded_at",
+        });
+        sql.push_str(" FROM events WHERE position > $1");
+        let mut n = 1;
+        if q.until.is_some() {
+            n += 1;
+            sql.push_str(&format!(" AND position <= ${n}"));
+        }
+        if !q.aggregate_types.is_empty() {
+            let list: Vec<String> = q
+                .aggregate_types
+                .iter()
+                .map(|_| {
+                    n += 1;
+                    format!("${n}")
+                })
+                .collect();
+            sql.push_str(&format!(" AND aggregate_type IN ({})", list.join(", ")));
+        }
+        if q.aggregate_id.is_some() {
+            n += 1;
+            sql.push_str(&format!(" AND aggregate_id = ${n}"));
+        }
+        n += 1;
+        sql.push_str(&format!(" ORDER BY position LIMIT ${n}"));
+
+        macro_rules! bind_all {
+            ($query:expr) => {{
+                let mut query = $query.bind(q.after);
+                if let Some(u) = q.until {
+                    query = query.bind(u);
+                }
+                for t in q.aggregate_types {
+                    query = query.bind(*t);
+                }
+                if let Some(id) = q.aggregate_id {
+                    query = query.bind(id);
+                }
+                query.bind(q.limit)
+            }};
+        }
+        match self {
+            Store::Postgres(p) => {
+                let rows = bind_all!(sqlx::query(&sql)).fetch_all(p).await?;
+                rows.iter()
+                    .map(|r| {
+                        let at: DateTime<Utc> = r.try_get("recorded_at")?;
+                        row_to_event(r, at)
+                    })
+                    .collect()
+            }
+            Store::Sqlite(p) => {
+                let rows = bind_all!(sqlx::query(&sql)).fetch_all(p).await?;
+                rows.iter()
+                    .map(|r| {
+                        let raw: String = r.try_get("recorded_at")?;
+                        let at = DateTime::parse_from_rfc3339(&raw)
+                            .map_err(|e| StoreError::Other(format!("bad recorded_at {raw:?}: {e}")))?
+                            .with_timezone(&Utc);
+                        row_to_event(r, at)
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// The highest position committed at or before `t` (0 when none).
+    pub async fn position_at(&self, t: DateTime<Utc>) -> Result<i64, StoreError> {
+        const SQL: &str = "SELECT COALESCE(MAX(position), 0) AS p FROM events WHERE recorded_at <= $1";
+        let p: i64 = match self {
+            Store::Postgres(pool) => sqlx::query(SQL).bind(t).fetch_one(pool).await?.try_get("p")?,
+            Store::Sqlite(pool) => sqlx::query(SQL)
+                .bind(t.format(SQLITE_TIME).to_string())
+                .fetch_one(pool)
+                .await?
+                .try_get("p")?,
+        };
+        Ok(p)
+    }
+
+    /// The highest committed position (0 for an empty store).
+    pub async fn head(&self) -> Result<i64, StoreError> {
+        const SQL: &str = "SELECT COALESCE(MAX(position), 0) AS p FROM events";
+        Ok(match self {
+            Store::Postgres(pool) => sqlx::query(SQL).fetch_one(pool).await?.try_get("p")?,
+            Store::Sqlite(pool) => sqlx::query(SQL).fetch_one(pool).await?.try_get("p")?,
+        })
+    }
+}
+
+fn row_to_event<R>(r: &R, recorded_at: DateTime<Utc>) -> Result<StoredEvent, StoreError>
+where
+    R: Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    i64: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let payload: String = r.try_get("payload")?;
+    let metadata: String = r.try_get("metadata")?;
+    let position: i64 = r.try_get("position")?;
+    Ok(StoredEvent {
+        position,
+        aggregate_type: r.try_get("aggregate_type")?,
+        aggregate_id: r.try_get("aggregate_id")?,
+        sequence: r.try_get("sequence")?,
+        event_type: r.try_get("event_type")?,
+        event_version: r.try_get("event_version")?,
+        payload: serde_json::from_str(&payload)
+            .map_err(|e| StoreError::Other(format!("event {position}: bad payload: {e}")))?,
+        metadata: serde_json::from_str(&metadata)
+            .map_err(|e| StoreError::Other(format!("event {position}: bad metadata: {e}")))?,
+        recorded_at,
+    })
+}
+
+/// sqlx's URL errors can echo the URL (and its password): keep only the kind of error.
+fn redact_db_error(e: &sqlx::Error) -> &'static str {
+    match e {
+        sqlx::Error::Configuration(_) => "malformed connection string",
+        _ => "unusable connection string",
+    }
+}
+
+/// The cqrs-es framework of one aggregate over the configured backend.
+pub enum Framework<A>
+where
+    A: Aggregate<Services = ()> + 'static,
+{
+    Postgres(CqrsFramework<A, PersistedEventStore<PostgresEventRepository, A>>),
+    Sqlite(CqrsFramework<A, PersistedEventStore<SqliteEventRepository, A>>),
+}
+
+impl<A> Framework<A>
+where
+    A: Aggregate<Services = ()> + 'static,
+{
+    /// Loads the stream, decides, and commits the new events with the loaded version (a
+    /// concurrent writer makes this fail with `AggregateConflict`).
+    pub async fn execute(
+        &self,
+        id: &str,
+        command: A::Command,
+        metadata: std::collections::HashMap<String, String>,
+    ) -> Result<(), AggregateError<A::Error>> {
+        match self {
+            Framework::Postgres(f) => f.execute_with_metadata(id, command, metadata).await,
+            Framework::Sqlite(f) => f.execute_with_metadata(id, command, metadata).await,
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! Integration tests: each runs a real gateway on port 0 against SQLite and against PostgreSQL.
+
+mod helpers;
+
+mod accounts;
+mod ai_config;
+mod auth;
+mod bad_input;
+mod events;
+mod lifecycle;
+mod security;

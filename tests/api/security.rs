@@ -1,0 +1,252 @@
+//! Security properties that need the real binary or the stored bytes: the canary key never
+//! leaks (item 8), ciphertext is bound to its row (item 6), key rotation (item 7), boot refuses
+//! weak config (item 3).
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::Command;
+
+use crate::ai_config::seed_global_body;
+use crate::both_stores;
+use crate::helpers::{master_key, Backend, TestApp};
+
+const CANARY: &str = "sk-canary-7f3a9c1e5b2d4068-do-not-leak";
+const CANARY2: &str = "sk-canary-account-55aa11ee99-do-not-leak";
+
+/// Everything the events table holds, as text, whatever the backend.
+async fn dump_events(vars: &HashMap<String, String>, dir: &std::path::Path) -> String {
+    let rows: Vec<(String, String, String)> = match vars.get("WAGATE_DATABASE_URL") {
+        Some(url) => {
+            let pool = sqlx::PgPool::connect(url).await.expect("pg");
+            let rows = sqlx::query_as("SELECT event_type, payload::text, metadata::text FROM events")
+                .fetch_all(&pool)
+                .await
+                .expect("dump");
+            pool.close().await;
+            rows
+        }
+        None => {
+            let path = dir.join("wagate.db");
+            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+                .await
+                .expect("sqlite");
+            let rows = sqlx::query_as("SELECT event_type, payload, metadata FROM events")
+                .fetch_all(&pool)
+                .await
+                .expect("dump");
+            pool.close().await;
+            rows
+        }
+    };
+    rows.into_iter()
+        .map(|(a, b, c)| format!("{a} {b} {c}\n"))
+        .collect()
+}
+
+async fn canary_never_leaks(backend: Backend) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(vars) = TestApp::vars(backend, &dir).await else { return };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wagate"))
+        .arg("serve")
+        .env_clear()
+        .envs(&vars)
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn wagate");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut stderr = child.stderr.take().expect("stderr");
+    let err_task = tokio::spawn(async move {
+        let mut buf = String::new();
+        let _ = stderr.read_to_string(&mut buf).await;
+        buf
+    });
+    let mut out = String::new();
+    let base = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let mut line = String::new();
+            if stdout.read_line(&mut line).await.expect("read") == 0 {
+                panic!("wagate exited early: {out}");
+            }
+            out.push_str(&line);
+            if let Some(rest) = line.trim().strip_prefix("API:") {
+                return rest.split_whitespace().next().expect("url").to_string();
+            }
+        }
+    })
+    .await
+    .expect("wagate prints its address");
+
+    let client = reqwest::Client::new();
+    let token = wagate::config::Config::from_vars(&vars)
+        .expect("config")
+        .0
+        .jwt
+        .issue("canary-test", Duration::from_secs(600))
+        .expect("token")
+        .0;
+    let mut bodies = String::new();
+    let call = |m: reqwest::Method, p: &str, b: Option<serde_json::Value>| {
+        let mut r = client.request(m, format!("{base}{p}")).bearer_auth(&token);
+        if let Some(b) = b {
+            r = r.json(&b);
+        }
+        r
+    };
+    let mut global = seed_global_body();
+    global["api_key"] = json!(CANARY);
+    let reqs = vec![
+        call(reqwest::Method::POST, "/v1/accounts", Some(json!({"id":"acme","transport":"sandbox"}))),
+        call(reqwest::Method::PUT, "/v1/ai/global", Some(global)),
+        call(reqwest::Method::PUT, "/v1/accounts/acme/ai", Some(json!({"api_key": CANARY2, "base_url": "https://api.groq.com/openai/v1"}))),
+        // A request that fails validation while carrying the key.
+        call(reqwest::Method::PUT, "/v1/ai/global", Some(json!({"api_key": CANARY, "temperature": 9}))),
+        call(reqwest::Method::PUT, "/v1/ai/global", Some(json!({"api_key": CANARY, "bogus": 1}))),
+        call(reqwest::Method::GET, "/v1/ai/global", None),
+        call(reqwest::Method::GET, "/v1/accounts/acme/ai", None),
+        call(reqwest::Method::GET, "/v1/accounts/acme/chats/1@s.whatsapp.net/ai/effective", None),
+        call(reqwest::Method::GET, "/v1/events", None),
+        call(reqwest::Method::GET, "/openapi.json", None),
+    ];
+    for r in reqs {
+        let resp = r.send().await.expect("send");
+        bodies.push_str(&format!("{:?}\n", resp.headers()));
+        bodies.push_str(&resp.text().await.expect("text"));
+    }
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    let mut rest = String::new();
+    let _ = stdout.read_to_string(&mut rest).await;
+    out.push_str(&rest);
+    let logs = err_task.await.expect("stderr task");
+    assert!(logs.contains("TRACE") || logs.contains("DEBUG"), "trace logging was on");
+    let stored = dump_events(&vars, dir.path()).await;
+    assert!(stored.contains("AiApiKeySet"), "keys were stored: {stored}");
+    for canary in [CANARY, CANARY2, "canary"] {
+        assert!(!bodies.contains(canary), "{canary} in a response");
+        assert!(!logs.contains(canary), "{canary} in the logs");
+        assert!(!out.contains(canary), "{canary} on stdout");
+        assert!(!stored.contains(canary), "{canary} in the event store");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_key_never_leaks_sqlite() {
+    canary_never_leaks(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_key_never_leaks_postgres() {
+    canary_never_leaks(Backend::Postgres).await;
+}
+
+/// Item 6: the stored ciphertext of one owner does not open as another owner's.
+async fn ciphertext_is_bound_to_its_owner(app: TestApp) {
+    app.create_account("a").await;
+    let r = app.admin("PUT", "/v1/accounts/a/ai", Some(json!({"api_key": "sk-owner-a"}))).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let sealed = app
+        .app()
+        .model()
+        .account("a")
+        .and_then(|a| a.ai.api_key.clone())
+        .expect("stored key")
+        .sealed;
+    let keyring = &app.app().config.keyring;
+    let opened = keyring.open_string(&sealed, &wagate::crypto::api_key_ad("account:a"));
+    assert!(opened.is_ok(), "opens for its owner");
+    assert!(keyring.open_string(&sealed, &wagate::crypto::api_key_ad("account:b")).is_err());
+    assert!(keyring.open_string(&sealed, &wagate::crypto::api_key_ad("global")).is_err());
+}
+both_stores!(ciphertext_bound_to_owner, ciphertext_is_bound_to_its_owner);
+
+/// Item 7: after a new master key, old ciphertexts still open; rotate-keys re-encrypts them, and
+/// the old key can then be dropped while history still replays.
+async fn key_rotation_keeps_keys_readable(mut app: TestApp) {
+    app.create_account("acme").await;
+    app.admin("PUT", "/v1/ai/global", Some(seed_global_body())).await;
+    app.admin("PUT", "/v1/accounts/acme/ai", Some(json!({"api_key": "sk-acct"}))).await;
+
+    // New current key, old key kept for decryption.
+    app.vars.insert("WAGATE_MASTER_KEY".into(), master_key(100));
+    app.vars.insert("WAGATE_MASTER_KEYS_OLD".into(), master_key(1));
+    app.restart().await;
+    let who = wagate::app::Who { actor: "cli:rotate-keys".into(), request_id: None };
+    let report = app.app().rotate_api_keys(&who).await;
+    assert_eq!((report.resealed, report.failed.len()), (2, 0), "{:?}", report.failed);
+    // Idempotent.
+    assert_eq!(app.app().rotate_api_keys(&who).await.resealed, 0);
+
+    // Drop the old key: everything still loads and every key opens.
+    app.vars.remove("WAGATE_MASTER_KEYS_OLD");
+    app.restart().await;
+    let m = app.app().model().clone();
+    let keyring = &app.app().config.keyring;
+    let g = m.global.api_key.clone().expect("global key").sealed;
+    assert_eq!(
+        secrecy::ExposeSecret::expose_secret(&keyring.open_string(&g, "ai_api_key|v1|global").expect("opens")),
+        "sk-..."
+    );
+    let a = m.account("acme").and_then(|a| a.ai.api_key.clone()).expect("account key").sealed;
+    assert!(keyring.open_string(&a, "ai_api_key|v1|account:acme").is_ok());
+    let ev = app.admin("GET", "/v1/events?aggregate=ai_global", None).await;
+    let types: Vec<&str> = ev.json["items"].as_array().expect("items").iter().filter_map(|e| e["type"].as_str()).collect();
+    assert!(types.contains(&"AiApiKeyResealed"), "{types:?}");
+    let e = app.admin("GET", "/v1/accounts/acme/chats/1@s.whatsapp.net/ai/effective", None).await;
+    assert_eq!(e.json["has_api_key"]["value"], true, "{}", e.text);
+}
+both_stores!(key_rotation, key_rotation_keeps_keys_readable);
+
+/// Item 3: the binary refuses to start on weak configuration.
+#[tokio::test]
+async fn boot_refuses_weak_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = |extra: &[(&str, &str)]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_wagate"));
+        c.arg("serve")
+            .env_clear()
+            .env("WAGATE_DATA_DIR", dir.path())
+            .env("WAGATE_LISTEN", "127.0.0.1:0");
+        for (k, v) in extra {
+            c.env(k, v);
+        }
+        c.output().expect("run wagate")
+    };
+    let mk3 = master_key(3);
+    let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+        (vec![("WAGATE_JWT_SECRET", "short")], "WAGATE_JWT_SECRET"),
+        (vec![("WAGATE_MASTER_KEY", "bm90LWEta2V5")], "WAGATE_MASTER_KEY"),
+        (
+            vec![
+                ("WAGATE_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
+                ("WAGATE_JWT_SECRET", "0123456789abcdef0123456789abcdef-long-enough"),
+                ("WAGATE_MASTER_KEY", &mk3),
+                ("WAGATE_ADMIN_PASSWORD", "admin"),
+            ],
+            "WAGATE_ADMIN_PASSWORD",
+        ),
+        (
+            vec![("WAGATE_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")],
+            "WAGATE_JWT_SECRET",
+        ),
+        (vec![("WAGATE_LISTEN", "not-an-address")], "WAGATE_LISTEN"),
+        (vec![("WAGATE_ALLOW_PRIVATE_NETWORKS", "10.0.0.0/33")], "WAGATE_ALLOW_PRIVATE_NETWORKS"),
+    ];
+    for (env, needle) in cases {
+        let out = base(&env);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{env:?} must not start");
+        assert!(stderr.contains(needle), "{env:?}: {stderr}");
+        for (_, v) in &env {
+            if v.len() > 8 && !v.starts_with("postgres") {
+                assert!(!stderr.contains(v), "the error echoes no secret: {stderr}");
+            }
+        }
+    }
+}
