@@ -213,9 +213,13 @@ impl App {
                 }
                 Err(AggregateError::UnexpectedError(e)) => {
                     // The -es crates report pool timeouts and I/O errors as "unexpected".
-                    return Err(match e.downcast_ref::<sqlx::Error>() {
-                        Some(sqlx_err) => StoreError::from(clone_kind(sqlx_err)).into(),
-                        None => AppError::Internal(e.to_string()),
+                    let unavailable = e
+                        .downcast_ref::<sqlx::Error>()
+                        .is_some_and(crate::store::is_unavailable);
+                    return Err(if unavailable {
+                        AppError::Unavailable(e.to_string())
+                    } else {
+                        AppError::Internal(e.to_string())
                     });
                 }
                 Err(e) => return Err(AppError::Internal(e.to_string())),
@@ -251,18 +255,30 @@ impl App {
                 Err(e) => Err(e.to_string()),
                 Ok(resealed) => match &account {
                     None => self
-                        .execute(&self.global, GLOBAL_ID, AiGlobalCommand::ResealApiKey { sealed: resealed }, who)
+                        .execute(
+                            &self.global,
+                            GLOBAL_ID,
+                            AiGlobalCommand::ResealApiKey { sealed: resealed },
+                            who,
+                        )
                         .await
                         .map_err(|e| e.to_string()),
                     Some(id) => self
-                        .execute(&self.accounts, id, AccountCommand::ResealApiKey { sealed: resealed }, who)
+                        .execute(
+                            &self.accounts,
+                            id,
+                            AccountCommand::ResealApiKey { sealed: resealed },
+                            who,
+                        )
                         .await
                         .map_err(|e| e.to_string()),
                 },
             };
             match result {
                 Ok(()) => report.resealed += 1,
-                Err(e) => report.failed.push(format!("cannot re-encrypt the {owner} key: {e}")),
+                Err(e) => report
+                    .failed
+                    .push(format!("cannot re-encrypt the {owner} key: {e}")),
             }
         }
         report
@@ -273,16 +289,5 @@ impl App {
         self.config
             .keyring
             .seal(key.as_bytes(), &crate::crypto::api_key_ad(owner))
-    }
-}
-
-/// A copy of an sqlx error that keeps only what [`StoreError::from`] classifies by.
-fn clone_kind(e: &sqlx::Error) -> sqlx::Error {
-    match e {
-        sqlx::Error::PoolTimedOut => sqlx::Error::PoolTimedOut,
-        sqlx::Error::PoolClosed => sqlx::Error::PoolClosed,
-        sqlx::Error::WorkerCrashed => sqlx::Error::WorkerCrashed,
-        sqlx::Error::Io(io) => sqlx::Error::Io(std::io::Error::new(io.kind(), io.to_string())),
-        other => sqlx::Error::Protocol(other.to_string()),
     }
 }

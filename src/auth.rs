@@ -55,7 +55,9 @@ pub struct JwtSigner {
 
 impl std::fmt::Debug for JwtSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JwtSigner").field("issuer", &self.issuer).finish_non_exhaustive()
+        f.debug_struct("JwtSigner")
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
     }
 }
 
@@ -229,7 +231,12 @@ mod tests {
     }
 
     fn sign(claims: serde_json::Value, alg: Algorithm, secret: &[u8]) -> String {
-        encode(&Header::new(alg), &claims, &EncodingKey::from_secret(secret)).expect("encode")
+        encode(
+            &Header::new(alg),
+            &claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .expect("encode")
     }
 
     fn claims() -> serde_json::Value {
@@ -245,9 +252,14 @@ mod tests {
 
     #[test]
     fn jwt_round_trip() {
-        let (t, exp) = signer().issue("alice", Duration::from_secs(60)).expect("issue");
+        let (t, exp) = signer()
+            .issue("alice", Duration::from_secs(60))
+            .expect("issue");
         let c = signer().verify(&t).expect("verify");
-        assert_eq!((c.sub.as_str(), c.iss.as_str(), c.aud.as_str()), ("alice", "wagate", ADMIN_AUDIENCE));
+        assert_eq!(
+            (c.sub.as_str(), c.iss.as_str(), c.aud.as_str()),
+            ("alice", "wagate", ADMIN_AUDIENCE)
+        );
         assert_eq!(c.exp, exp.timestamp());
     }
 
@@ -266,14 +278,21 @@ mod tests {
         let good = sign(claims(), Algorithm::HS256, SECRET);
         let mut parts: Vec<String> = good.split('.').map(str::to_string).collect();
         parts[0] = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","typ":"JWT"}"#);
-        assert_eq!(signer().verify(&parts.join(".")), Err(AuthError::InvalidToken));
+        assert_eq!(
+            signer().verify(&parts.join(".")),
+            Err(AuthError::InvalidToken)
+        );
         let hs512 = sign(claims(), Algorithm::HS512, SECRET);
         assert_eq!(signer().verify(&hs512), Err(AuthError::InvalidToken));
     }
 
     #[test]
     fn jwt_other_secret_rejected() {
-        let t = sign(claims(), Algorithm::HS256, b"another-secret-another-secret-another");
+        let t = sign(
+            claims(),
+            Algorithm::HS256,
+            b"another-secret-another-secret-another",
+        );
         assert_eq!(signer().verify(&t), Err(AuthError::InvalidToken));
     }
 
@@ -281,7 +300,11 @@ mod tests {
     fn jwt_missing_claims_rejected() {
         for f in ["iss", "exp", "sub", "aud"] {
             let t = sign(without(f), Algorithm::HS256, SECRET);
-            assert_eq!(signer().verify(&t), Err(AuthError::InvalidToken), "missing {f}");
+            assert_eq!(
+                signer().verify(&t),
+                Err(AuthError::InvalidToken),
+                "missing {f}"
+            );
         }
     }
 
@@ -304,7 +327,10 @@ mod tests {
 
     #[test]
     fn jwt_short_secret_refused() {
-        assert_eq!(JwtSigner::new(b"short", "wagate").err(), Some(AuthError::WeakSecret));
+        assert_eq!(
+            JwtSigner::new(b"short", "wagate").err(),
+            Some(AuthError::WeakSecret)
+        );
     }
 
     #[test]

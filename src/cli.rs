@@ -13,7 +13,11 @@ use crate::config::{Config, DatabaseConfig, FirstRun, LogFormat};
 use crate::startup;
 
 #[derive(Debug, Parser)]
-#[command(name = "wagate", version, about = "WhatsApp gateway with AI auto-reply")]
+#[command(
+    name = "wagate",
+    version,
+    about = "WhatsApp gateway with AI auto-reply"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -43,7 +47,9 @@ pub enum Command {
 pub fn parse_ttl(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}: use e.g. 30m, 1h, 7d"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: use e.g. 30m, 1h, 7d"))?;
     let secs = match unit {
         "" | "s" => n,
         "m" => n.saturating_mul(60),
@@ -152,7 +158,9 @@ async fn serve(config: Config, first: FirstRun) -> ExitCode {
     println!("  store:     {store_desc}");
     println!("  dashboard: not part of this build yet; use the HTTP API");
     println!("  admin:     export ADMIN_JWT=$(cargo run --release -- admin-token)");
-    println!("             or POST {base}/v1/auth/login with username {admin:?} and the admin password");
+    println!(
+        "             or POST {base}/v1/auth/login with username {admin:?} and the admin password"
+    );
     print_first_run(&first, false);
     running.serve_until(shutdown_signal()).await;
     ExitCode::SUCCESS

@@ -23,7 +23,10 @@ pub enum ConfigError {
     #[error("{var}: {message}")]
     Invalid { var: &'static str, message: String },
     #[error("{var} is required when the store is PostgreSQL: {hint}")]
-    Missing { var: &'static str, hint: &'static str },
+    Missing {
+        var: &'static str,
+        hint: &'static str,
+    },
     #[error("{path}: {message}")]
     File { path: String, message: String },
 }
@@ -88,12 +91,23 @@ pub struct FirstRun {
 }
 
 const WEAK_PASSWORDS: [&str; 10] = [
-    "admin", "password", "changeme", "wagate", "123456", "12345678", "123456789", "qwerty",
-    "letmein", "secret",
+    "admin",
+    "password",
+    "changeme",
+    "wagate",
+    "123456",
+    "12345678",
+    "123456789",
+    "qwerty",
+    "letmein",
+    "secret",
 ];
 
 fn get<'a>(vars: &'a HashMap<String, String>, key: &str) -> Option<&'a str> {
-    vars.get(key).map(String::as_str).map(str::trim).filter(|v| !v.is_empty())
+    vars.get(key)
+        .map(String::as_str)
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
 }
 
 /// Writes `contents` to `path` atomically with mode 0600.
@@ -160,7 +174,10 @@ impl Config {
                     .strip_prefix("sqlite://")
                     .or_else(|| url.strip_prefix("sqlite:"))
                     .ok_or_else(|| {
-                        invalid("WAGATE_DATABASE_URL", "expected sqlite://PATH or postgres://…")
+                        invalid(
+                            "WAGATE_DATABASE_URL",
+                            "expected sqlite://PATH or postgres://…",
+                        )
                     })?;
                 if path.is_empty() {
                     return Err(invalid("WAGATE_DATABASE_URL", "sqlite URL has no path"));
@@ -187,7 +204,9 @@ impl Config {
         }
 
         // JWT secret.
-        let issuer = get(vars, "WAGATE_JWT_ISSUER").unwrap_or("wagate").to_string();
+        let issuer = get(vars, "WAGATE_JWT_ISSUER")
+            .unwrap_or("wagate")
+            .to_string();
         let jwt_secret: Vec<u8> = match get(vars, "WAGATE_JWT_SECRET") {
             Some(s) => s.as_bytes().to_vec(),
             None if dev_mode => {
@@ -216,13 +235,17 @@ impl Config {
             }
         };
         let jwt = JwtSigner::new(&jwt_secret, &issuer).map_err(|_| {
-            invalid("WAGATE_JWT_SECRET", format!("must be at least {} bytes", auth::MIN_JWT_SECRET))
+            invalid(
+                "WAGATE_JWT_SECRET",
+                format!("must be at least {} bytes", auth::MIN_JWT_SECRET),
+            )
         })?;
 
         // Master keys.
         let keyring = match get(vars, "WAGATE_MASTER_KEY") {
             Some(k) => {
-                let current = MasterKey::from_base64(k).map_err(|e| invalid("WAGATE_MASTER_KEY", e.to_string()))?;
+                let current = MasterKey::from_base64(k)
+                    .map_err(|e| invalid("WAGATE_MASTER_KEY", e.to_string()))?;
                 let old = get(vars, "WAGATE_MASTER_KEYS_OLD")
                     .map(|list| {
                         list.split(',')
@@ -281,16 +304,24 @@ impl Config {
         };
 
         // Admin credentials.
-        let admin_username = get(vars, "WAGATE_ADMIN_USERNAME").unwrap_or("admin").to_string();
+        let admin_username = get(vars, "WAGATE_ADMIN_USERNAME")
+            .unwrap_or("admin")
+            .to_string();
         let hash_err = |_| invalid("WAGATE_ADMIN_PASSWORD", "cannot hash the password");
         let admin_password_hash = match get(vars, "WAGATE_ADMIN_PASSWORD") {
             Some(pw) => {
                 if !dev_mode {
                     if WEAK_PASSWORDS.contains(&pw.to_ascii_lowercase().as_str()) {
-                        return Err(invalid("WAGATE_ADMIN_PASSWORD", "is a well-known default password"));
+                        return Err(invalid(
+                            "WAGATE_ADMIN_PASSWORD",
+                            "is a well-known default password",
+                        ));
                     }
                     if pw.chars().count() < 12 {
-                        return Err(invalid("WAGATE_ADMIN_PASSWORD", "must be at least 12 characters"));
+                        return Err(invalid(
+                            "WAGATE_ADMIN_PASSWORD",
+                            "must be at least 12 characters",
+                        ));
                     }
                 }
                 auth::hash_password(pw).map_err(hash_err)?
@@ -329,7 +360,10 @@ impl Config {
                         s.parse::<ipnet::IpNet>()
                             .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
                             .map_err(|_| {
-                                invalid("WAGATE_ALLOW_PRIVATE_NETWORKS", format!("{s:?} is not a CIDR or IP"))
+                                invalid(
+                                    "WAGATE_ALLOW_PRIVATE_NETWORKS",
+                                    format!("{s:?} is not a CIDR or IP"),
+                                )
                             })
                     })
                     .collect::<Result<Vec<_>, _>>()
@@ -414,7 +448,10 @@ mod tests {
     }
 
     fn err_of(v: &HashMap<String, String>) -> String {
-        Config::from_vars(v).err().map(|e| e.to_string()).unwrap_or_default()
+        Config::from_vars(v)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
     }
 
     #[test]
@@ -425,23 +462,38 @@ mod tests {
         assert!(c1.dev_mode);
         assert!(first.admin_password.is_some());
         for f in ["jwt_secret", "master.key", "admin_password.hash"] {
-            let mode = fs::metadata(dir.path().join(f)).expect(f).permissions().mode();
+            let mode = fs::metadata(dir.path().join(f))
+                .expect(f)
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600, "{f}");
         }
         let pw = first.admin_password.expect("pw");
-        assert!(auth::verify_password(&c1.admin_password_hash, pw.expose_secret()));
+        assert!(auth::verify_password(
+            &c1.admin_password_hash,
+            pw.expose_secret()
+        ));
         let (c2, second) = Config::from_vars(&v).expect("second");
         assert!(second.admin_password.is_none() && second.generated.is_empty());
-        let (t, _) = c1.jwt.issue("x", std::time::Duration::from_secs(60)).expect("t");
+        let (t, _) = c1
+            .jwt
+            .issue("x", std::time::Duration::from_secs(60))
+            .expect("t");
         assert!(c2.jwt.verify(&t).is_ok(), "same JWT secret across starts");
         let sealed = c1.keyring.seal(b"k", "ad");
-        assert!(c2.keyring.open(&sealed, "ad").is_ok(), "same master key across starts");
+        assert!(
+            c2.keyring.open(&sealed, "ad").is_ok(),
+            "same master key across starts"
+        );
     }
 
     #[test]
     fn postgres_requires_secrets() {
         let dir = tempfile::tempdir().expect("tmp");
-        let v = vars(dir.path(), &[("WAGATE_DATABASE_URL", "postgres://u@127.0.0.1/db")]);
+        let v = vars(
+            dir.path(),
+            &[("WAGATE_DATABASE_URL", "postgres://u@127.0.0.1/db")],
+        );
         assert!(err_of(&v).contains("WAGATE_JWT_SECRET"));
     }
 
@@ -466,10 +518,16 @@ mod tests {
         assert!(Config::from_vars(&vars(dir.path(), &ok)).is_ok());
 
         let e = err_of(&vars(dir.path(), &[("WAGATE_JWT_SECRET", "too-short")]));
-        assert!(e.contains("WAGATE_JWT_SECRET") && !e.contains("too-short"), "{e}");
+        assert!(
+            e.contains("WAGATE_JWT_SECRET") && !e.contains("too-short"),
+            "{e}"
+        );
         let e = err_of(&vars(dir.path(), &[("WAGATE_MASTER_KEY", "bm90LWEta2V5")]));
         assert!(e.contains("WAGATE_MASTER_KEY"), "{e}");
-        let e = err_of(&vars(dir.path(), &[("WAGATE_ALLOW_PRIVATE_NETWORKS", "10.0.0.0/33")]));
+        let e = err_of(&vars(
+            dir.path(),
+            &[("WAGATE_ALLOW_PRIVATE_NETWORKS", "10.0.0.0/33")],
+        ));
         assert!(e.contains("WAGATE_ALLOW_PRIVATE_NETWORKS"), "{e}");
         let e = err_of(&vars(dir.path(), &[("WAGATE_LISTEN", "nope")]));
         assert!(e.contains("WAGATE_LISTEN"), "{e}");
@@ -489,8 +547,18 @@ mod tests {
             ],
         );
         let (c, _) = Config::from_vars(&v).expect("config");
-        assert_eq!(c.ai_env.api_key.as_ref().map(|k| k.expose_secret().to_string()).as_deref(), Some("sk-env"));
-        assert_eq!(c.ai_env.base_url.as_deref(), Some("http://127.0.0.1:11434/v1"));
+        assert_eq!(
+            c.ai_env
+                .api_key
+                .as_ref()
+                .map(|k| k.expose_secret().to_string())
+                .as_deref(),
+            Some("sk-env")
+        );
+        assert_eq!(
+            c.ai_env.base_url.as_deref(),
+            Some("http://127.0.0.1:11434/v1")
+        );
         assert_eq!(c.allow_private_networks.len(), 2);
         let dbg = format!("{c:?} {}", c.redacted_summary());
         assert!(!dbg.contains("sk-env"), "{dbg}");

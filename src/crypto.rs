@@ -103,7 +103,10 @@ impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Keyring")
             .field("current", &self.current.kid())
-            .field("old", &self.old.iter().map(MasterKey::kid).collect::<Vec<_>>())
+            .field(
+                "old",
+                &self.old.iter().map(MasterKey::kid).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -149,7 +152,9 @@ impl Keyring {
     }
 
     fn parse(sealed: &str) -> Result<(KeyId, Vec<u8>), CryptoError> {
-        let raw = STANDARD.decode(sealed).map_err(|_| CryptoError::Malformed)?;
+        let raw = STANDARD
+            .decode(sealed)
+            .map_err(|_| CryptoError::Malformed)?;
         if raw.len() < 1 + KID_LEN + NONCE_LEN + TAG_LEN || raw[0] != VERSION {
             return Err(CryptoError::Malformed);
         }
@@ -220,14 +225,22 @@ mod tests {
     #[test]
     fn rfc5297_a2_nonce_based() {
         let key = h("7f7e7d7c7b7a79787776757473727170404142434445464748494a4b4c4d4e4f");
-        let ad1 = h("00112233445566778899aabbccddeeffdeaddadadeaddadaffeeddccbbaa99887766554433221100");
+        let ad1 =
+            h("00112233445566778899aabbccddeeffdeaddadadeaddadaffeeddccbbaa99887766554433221100");
         let ad2 = h("102030405060708090a0");
         let nonce = h("09f911029d74e35bd84156c5635688c0");
         let pt = h("7468697320697320736f6d6520706c61696e7465787420746f20656e6372797074207573696e67205349562d414553");
         let expected = h("7bdb6e3b432667eb06f4d14bff2fbd0fcb900f2fddbe404326601965c889bf17dba77ceb094fa663b7a3f748ba8af829ea64ad544a272e9c485b62a3fd5c0d");
         let mut siv = Aes128Siv::new_from_slice(&key).expect("key");
-        assert_eq!(siv.encrypt([&ad1, &ad2, &nonce], &pt).expect("encrypt"), expected);
-        assert_eq!(siv.decrypt([&ad1, &ad2, &nonce], &expected).expect("decrypt"), pt);
+        assert_eq!(
+            siv.encrypt([&ad1, &ad2, &nonce], &pt).expect("encrypt"),
+            expected
+        );
+        assert_eq!(
+            siv.decrypt([&ad1, &ad2, &nonce], &expected)
+                .expect("decrypt"),
+            pt
+        );
     }
 
     fn ring() -> Keyring {
@@ -262,7 +275,10 @@ mod tests {
         let mut raw = STANDARD.decode(&sealed).expect("b64");
         let last = raw.len() - 1;
         raw[last] ^= 1;
-        assert_eq!(k.open(&STANDARD.encode(&raw), "x").err(), Some(CryptoError::Decrypt));
+        assert_eq!(
+            k.open(&STANDARD.encode(&raw), "x").err(),
+            Some(CryptoError::Decrypt)
+        );
         assert_eq!(k.open("bm9wZQ==", "x").err(), Some(CryptoError::Malformed));
         assert_eq!(k.open("%%%", "x").err(), Some(CryptoError::Malformed));
     }
@@ -277,12 +293,21 @@ mod tests {
         let k2_copy = MasterKey::from_base64(&k2.to_base64()).expect("copy");
         let ring2 = Keyring::new(k2, vec![k1_copy]);
         assert!(ring2.needs_rotation(&sealed));
-        assert_eq!(ring2.open_string(&sealed, "o").expect("old key opens").expose_secret(), "sk-rot");
+        assert_eq!(
+            ring2
+                .open_string(&sealed, "o")
+                .expect("old key opens")
+                .expose_secret(),
+            "sk-rot"
+        );
         let resealed = ring2.reseal(&sealed, "o").expect("reseal");
         assert!(!ring2.needs_rotation(&resealed));
         let ring3 = Keyring::new(k2_copy, vec![]);
         assert!(ring3.open(&resealed, "o").is_ok());
-        assert!(matches!(ring3.open(&sealed, "o"), Err(CryptoError::UnknownKey(_))));
+        assert!(matches!(
+            ring3.open(&sealed, "o"),
+            Err(CryptoError::UnknownKey(_))
+        ));
     }
 
     #[test]
@@ -291,7 +316,10 @@ mod tests {
             MasterKey::from_base64("bm90LWEta2V5").err(),
             Some(CryptoError::BadKeyLength(9))
         );
-        assert_eq!(MasterKey::from_base64("!!").err(), Some(CryptoError::BadKeyEncoding));
+        assert_eq!(
+            MasterKey::from_base64("!!").err(),
+            Some(CryptoError::BadKeyEncoding)
+        );
         let k = MasterKey::generate();
         let b64 = k.to_base64();
         let ring = Keyring::new(k, vec![]);

@@ -71,18 +71,25 @@ pub async fn start(config: Config) -> Result<Running, StartupError> {
     let app = App::new(config, store).await?;
     let listener = TcpListener::bind(listen)
         .await
-        .map_err(|source| StartupError::Bind { addr: listen, source })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| StartupError::Bind { addr: listen, source })?;
+        .map_err(|source| StartupError::Bind {
+            addr: listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartupError::Bind {
+        addr: listen,
+        source,
+    })?;
     let (tx, rx) = oneshot::channel::<()>();
     let router = http::router(app.clone());
     let task = tokio::spawn(async move {
-        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async {
-                let _ = rx.await;
-            })
-            .await
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async {
+            let _ = rx.await;
+        })
+        .await
     });
     // Other gateway processes may share a PostgreSQL store: follow their commits too.
     let weak = Arc::downgrade(&app);

@@ -29,15 +29,32 @@ pub enum StoreError {
     Other(String),
 }
 
+/// Whether an sqlx error means "the database cannot be reached or is refusing work right now"
+/// (retry later) rather than a bug: I/O, pool exhaustion, and the SQLSTATEs of connection
+/// failures (class 08), shutdowns (57P0x), too many connections (53300), a database that does not
+/// accept connections (55000), and SQLite's busy/locked codes.
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            c.starts_with("08")
+                || c.starts_with("57P0")
+                || matches!(c.as_ref(), "53300" | "55000" | "5" | "6" | "261" | "517")
+        }),
+        _ => false,
+    }
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        match e {
-            sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
-            other => StoreError::Other(other.to_string()),
+        if is_unavailable(&e) {
+            StoreError::Unavailable(e.to_string())
+        } else {
+            StoreError::Other(e.to_string())
         }
     }
 }
@@ -67,8 +84,9 @@ impl Store {
     pub async fn connect(db: &DatabaseConfig) -> Result<Store, StoreError> {
         match db {
             DatabaseConfig::Postgres { url } => {
-                let opts = PgConnectOptions::from_str(url.expose_secret())
-                    .map_err(|e| StoreError::Other(format!("invalid PostgreSQL URL: {}", redact_db_error(&e))))?;
+                let opts = PgConnectOptions::from_str(url.expose_secret()).map_err(|e| {
+                    StoreError::Other(format!("invalid PostgreSQL URL: {}", redact_db_error(&e)))
+                })?;
                 let pool = PgPoolOptions::new()
                     .max_connections(16)
                     .acquire_timeout(Duration::from_secs(5))
@@ -78,8 +96,9 @@ impl Store {
             }
             DatabaseConfig::Sqlite { path } => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir)
-                        .map_err(|e| StoreError::Other(format!("cannot create {}: {e}", dir.display())))?;
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        StoreError::Other(format!("cannot create {}: {e}", dir.display()))
+                    })?;
                 }
                 let opts = SqliteConnectOptions::new()
                     .filename(path)
@@ -161,7 +180,9 @@ impl Store {
             "SELECT position, aggregate_type, aggregate_id, sequence, event_type, event_version, ",
         );
         sql.push_str(match self {
-            Store::Postgres(_) => "payload::text AS payload, metadata::text AS metadata, recorded_at",
+            Store::Postgres(_) => {
+                "payload::text AS payload, metadata::text AS metadata, recorded_at"
+            }
             Store::Sqlite(_) => "payload, metadata, recorded_at",
         });
         sql.push_str(" FROM events WHERE position > $1");
@@ -219,7 +240,9 @@ impl Store {
                     .map(|r| {
                         let raw: String = r.try_get("recorded_at")?;
                         let at = DateTime::parse_from_rfc3339(&raw)
-                            .map_err(|e| StoreError::Other(format!("bad recorded_at {raw:?}: {e}")))?
+                            .map_err(|e| {
+                                StoreError::Other(format!("bad recorded_at {raw:?}: {e}"))
+                            })?
                             .with_timezone(&Utc);
                         row_to_event(r, at)
                     })
@@ -230,9 +253,14 @@ impl Store {
 
     /// The highest position committed at or before `t` (0 when none).
     pub async fn position_at(&self, t: DateTime<Utc>) -> Result<i64, StoreError> {
-        const SQL: &str = "SELECT COALESCE(MAX(position), 0) AS p FROM events WHERE recorded_at <= $1";
+        const SQL: &str =
+            "SELECT COALESCE(MAX(position), 0) AS p FROM events WHERE recorded_at <= $1";
         let p: i64 = match self {
-            Store::Postgres(pool) => sqlx::query(SQL).bind(t).fetch_one(pool).await?.try_get("p")?,
+            Store::Postgres(pool) => sqlx::query(SQL)
+                .bind(t)
+                .fetch_one(pool)
+                .await?
+                .try_get("p")?,
             Store::Sqlite(pool) => sqlx::query(SQL)
                 .bind(t.format(SQLITE_TIME).to_string())
                 .fetch_one(pool)

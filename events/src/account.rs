@@ -8,7 +8,9 @@ use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::validate_account_id;
-use crate::settings::{self, AiSettings, AiSettingsPatch, KeyClearReason, LayerState, SealedKey, SettingsEvent};
+use crate::settings::{
+    self, AiSettings, AiSettingsPatch, KeyClearReason, LayerState, SealedKey, SettingsEvent,
+};
 use crate::DomainError;
 
 /// Longest account or token name accepted.
@@ -96,7 +98,9 @@ pub enum AccountEvent {
 impl From<SettingsEvent> for AccountEvent {
     fn from(e: SettingsEvent) -> Self {
         match e {
-            SettingsEvent::AiSettingsChanged { set, cleared } => Self::AiSettingsChanged { set, cleared },
+            SettingsEvent::AiSettingsChanged { set, cleared } => {
+                Self::AiSettingsChanged { set, cleared }
+            }
             SettingsEvent::AiApiKeySet { key } => Self::AiApiKeySet { key },
             SettingsEvent::AiApiKeyCleared { reason } => Self::AiApiKeyCleared { reason },
             SettingsEvent::AiApiKeyResealed { key } => Self::AiApiKeyResealed { key },
@@ -175,7 +179,11 @@ impl Aggregate for Account {
         sink: &EventSink<Self>,
     ) -> Result<(), DomainError> {
         let events: Vec<AccountEvent> = match command {
-            AccountCommand::Create { id, name, transport } => {
+            AccountCommand::Create {
+                id,
+                name,
+                transport,
+            } => {
                 validate_account_id(&id)?;
                 check_name("name", &name)?;
                 if self.created {
@@ -183,7 +191,11 @@ impl Aggregate for Account {
                         "account id {id} is already taken (ids of deleted accounts stay reserved)"
                     )));
                 }
-                vec![AccountEvent::AccountCreated { id, name, transport }]
+                vec![AccountEvent::AccountCreated {
+                    id,
+                    name,
+                    transport,
+                }]
             }
             AccountCommand::Delete => {
                 self.live()?;
@@ -191,11 +203,17 @@ impl Aggregate for Account {
             }
             AccountCommand::ChangeAi(patch) => {
                 self.live()?;
-                settings::decide(&self.ai, patch)?.into_iter().map(Into::into).collect()
+                settings::decide(&self.ai, patch)?
+                    .into_iter()
+                    .map(Into::into)
+                    .collect()
             }
             AccountCommand::ResealApiKey { sealed } => {
                 self.live()?;
-                settings::decide_reseal(&self.ai, sealed)?.into_iter().map(Into::into).collect()
+                settings::decide_reseal(&self.ai, sealed)?
+                    .into_iter()
+                    .map(Into::into)
+                    .collect()
             }
             AccountCommand::IssueToken {
                 token_id,
@@ -234,7 +252,9 @@ impl Aggregate for Account {
             return;
         }
         match event {
-            AccountEvent::AccountCreated { name, transport, .. } => {
+            AccountEvent::AccountCreated {
+                name, transport, ..
+            } => {
                 self.created = true;
                 self.name = name;
                 self.transport = Some(transport);
@@ -303,11 +323,15 @@ mod tests {
         Fw::with(())
             .given(vec![created()])
             .when(cmd())
-            .then_expect_error_message("account id acme is already taken (ids of deleted accounts stay reserved)");
+            .then_expect_error_message(
+                "account id acme is already taken (ids of deleted accounts stay reserved)",
+            );
         Fw::with(())
             .given(vec![created(), AccountEvent::AccountDeleted])
             .when(cmd())
-            .then_expect_error_message("account id acme is already taken (ids of deleted accounts stay reserved)");
+            .then_expect_error_message(
+                "account id acme is already taken (ids of deleted accounts stay reserved)",
+            );
     }
 
     #[test]
@@ -371,15 +395,29 @@ mod tests {
             .then_expect_events(vec![issued.clone()]);
         Fw::with(())
             .given(vec![created(), issued.clone()])
-            .when(AccountCommand::RevokeToken { token_id: "t1".into() })
-            .then_expect_events(vec![AccountEvent::TokenRevoked { token_id: "t1".into() }]);
+            .when(AccountCommand::RevokeToken {
+                token_id: "t1".into(),
+            })
+            .then_expect_events(vec![AccountEvent::TokenRevoked {
+                token_id: "t1".into(),
+            }]);
         Fw::with(())
-            .given(vec![created(), issued, AccountEvent::TokenRevoked { token_id: "t1".into() }])
-            .when(AccountCommand::RevokeToken { token_id: "t1".into() })
+            .given(vec![
+                created(),
+                issued,
+                AccountEvent::TokenRevoked {
+                    token_id: "t1".into(),
+                },
+            ])
+            .when(AccountCommand::RevokeToken {
+                token_id: "t1".into(),
+            })
             .then_expect_events(vec![]);
         Fw::with(())
             .given(vec![created()])
-            .when(AccountCommand::RevokeToken { token_id: "nope".into() })
+            .when(AccountCommand::RevokeToken {
+                token_id: "nope".into(),
+            })
             .then_expect_error_message("token not found");
     }
 }

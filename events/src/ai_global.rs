@@ -19,7 +19,9 @@ pub struct AiGlobal {
 pub enum AiGlobalCommand {
     Change(AiSettingsPatch),
     /// Re-encrypt the stored key under the current master key (key rotation).
-    ResealApiKey { sealed: String },
+    ResealApiKey {
+        sealed: String,
+    },
 }
 
 impl DomainEvent for SettingsEvent {
@@ -52,7 +54,9 @@ impl Aggregate for AiGlobal {
     ) -> Result<(), DomainError> {
         let events = match command {
             AiGlobalCommand::Change(patch) => settings::decide(&self.layer, patch)?,
-            AiGlobalCommand::ResealApiKey { sealed } => settings::decide_reseal(&self.layer, sealed)?,
+            AiGlobalCommand::ResealApiKey { sealed } => {
+                settings::decide_reseal(&self.layer, sealed)?
+            }
         };
         for e in events {
             sink.write(e, self).await;

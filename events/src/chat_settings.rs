@@ -203,12 +203,18 @@ mod tests {
     #[test]
     fn block_and_unblock() {
         Fw::with(())
-            .given(vec![ChatSettingsEvent::ChatBlockedChanged { blocked: true }])
+            .given(vec![ChatSettingsEvent::ChatBlockedChanged {
+                blocked: true,
+            }])
             .when(ChatSettingsCommand::SetBlocked { blocked: true })
             .then_expect_events(vec![]);
         Fw::with(())
-            .given(vec![ChatSettingsEvent::ChatBlockedChanged { blocked: true }])
+            .given(vec![ChatSettingsEvent::ChatBlockedChanged {
+                blocked: true,
+            }])
             .when(ChatSettingsCommand::SetBlocked { blocked: false })
-            .then_expect_events(vec![ChatSettingsEvent::ChatBlockedChanged { blocked: false }]);
+            .then_expect_events(vec![ChatSettingsEvent::ChatBlockedChanged {
+                blocked: false,
+            }]);
     }
 }

@@ -10,7 +10,8 @@ pub fn validate_account_id(id: &str) -> Result<(), DomainError> {
     let first_ok = chars
         .next()
         .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    let rest_ok =
+        chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
     if first_ok && rest_ok && id.len() <= 63 {
         Ok(())
     } else {
@@ -74,13 +75,26 @@ mod tests {
 
     #[test]
     fn jid_kinds() {
-        assert_eq!(chat_kind("491701234567@s.whatsapp.net", "j"), Ok(ChatKind::Private));
+        assert_eq!(
+            chat_kind("491701234567@s.whatsapp.net", "j"),
+            Ok(ChatKind::Private)
+        );
         assert_eq!(chat_kind("123456789@lid", "j"), Ok(ChatKind::Private));
         assert_eq!(chat_kind("120363042@g.us", "j"), Ok(ChatKind::Group));
-        assert_eq!(chat_kind("4917012-1600000000@g.us", "j"), Ok(ChatKind::Group));
+        assert_eq!(
+            chat_kind("4917012-1600000000@g.us", "j"),
+            Ok(ChatKind::Group)
+        );
         assert_eq!(chat_kind("120363@newsletter", "j"), Ok(ChatKind::Channel));
         assert_eq!(chat_kind("status@broadcast", "j"), Ok(ChatKind::Broadcast));
-        for bad in ["", "CHAT_JID", "abc@s.whatsapp.net", "1@example.com", "@g.us", "1@g.us/x"] {
+        for bad in [
+            "",
+            "CHAT_JID",
+            "abc@s.whatsapp.net",
+            "1@example.com",
+            "@g.us",
+            "1@g.us/x",
+        ] {
             assert!(chat_kind(bad, "j").is_err(), "{bad}");
         }
     }

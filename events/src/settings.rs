@@ -212,15 +212,26 @@ fn check_range<T: PartialOrd + std::fmt::Display + Copy>(
     Ok(())
 }
 
-fn check_text(field: &'static str, v: &str, max: usize, allow_empty: bool) -> Result<(), DomainError> {
+fn check_text(
+    field: &'static str,
+    v: &str,
+    max: usize,
+    allow_empty: bool,
+) -> Result<(), DomainError> {
     if !allow_empty && v.trim().is_empty() {
         return Err(DomainError::invalid(field, "must not be empty"));
     }
     if v.len() > max {
-        return Err(DomainError::invalid(field, format!("longer than {max} bytes")));
+        return Err(DomainError::invalid(
+            field,
+            format!("longer than {max} bytes"),
+        ));
     }
     if v.contains('\0') {
-        return Err(DomainError::invalid(field, "must not contain NUL characters"));
+        return Err(DomainError::invalid(
+            field,
+            "must not contain NUL characters",
+        ));
     }
     Ok(())
 }
@@ -281,15 +292,36 @@ fn diff_field<T: Clone + PartialEq>(
 /// Decides the events for a settings patch on a layer: only real changes become events (a PUT
 /// that changes nothing writes nothing). The key follows its origin: when this layer's
 /// `base_url` moves to another origin and the same patch brings no new key, the key is cleared.
-pub fn decide(state: &LayerState, patch: AiSettingsPatch) -> Result<Vec<SettingsEvent>, DomainError> {
+pub fn decide(
+    state: &LayerState,
+    patch: AiSettingsPatch,
+) -> Result<Vec<SettingsEvent>, DomainError> {
     let patch = validate(patch)?;
     let cur = &state.settings;
     let mut set = AiSettings::default();
     let mut cleared = Vec::new();
     use AiField as F;
-    diff_field(F::Enabled, &cur.enabled, &patch.enabled, &mut set.enabled, &mut cleared);
-    diff_field(F::BaseUrl, &cur.base_url, &patch.base_url, &mut set.base_url, &mut cleared);
-    diff_field(F::ModelName, &cur.model_name, &patch.model_name, &mut set.model_name, &mut cleared);
+    diff_field(
+        F::Enabled,
+        &cur.enabled,
+        &patch.enabled,
+        &mut set.enabled,
+        &mut cleared,
+    );
+    diff_field(
+        F::BaseUrl,
+        &cur.base_url,
+        &patch.base_url,
+        &mut set.base_url,
+        &mut cleared,
+    );
+    diff_field(
+        F::ModelName,
+        &cur.model_name,
+        &patch.model_name,
+        &mut set.model_name,
+        &mut cleared,
+    );
     diff_field(
         F::DefaultSystemPrompt,
         &cur.default_system_prompt,
@@ -297,8 +329,20 @@ pub fn decide(state: &LayerState, patch: AiSettingsPatch) -> Result<Vec<Settings
         &mut set.default_system_prompt,
         &mut cleared,
     );
-    diff_field(F::Temperature, &cur.temperature, &patch.temperature, &mut set.temperature, &mut cleared);
-    diff_field(F::MaxTokens, &cur.max_tokens, &patch.max_tokens, &mut set.max_tokens, &mut cleared);
+    diff_field(
+        F::Temperature,
+        &cur.temperature,
+        &patch.temperature,
+        &mut set.temperature,
+        &mut cleared,
+    );
+    diff_field(
+        F::MaxTokens,
+        &cur.max_tokens,
+        &patch.max_tokens,
+        &mut set.max_tokens,
+        &mut cleared,
+    );
     diff_field(
         F::TimeoutSeconds,
         &cur.timeout_seconds,
@@ -334,7 +378,13 @@ pub fn decide(state: &LayerState, patch: AiSettingsPatch) -> Result<Vec<Settings
         &mut set.reply_to_channels,
         &mut cleared,
     );
-    diff_field(F::EchoMode, &cur.echo_mode, &patch.echo_mode, &mut set.echo_mode, &mut cleared);
+    diff_field(
+        F::EchoMode,
+        &cur.echo_mode,
+        &patch.echo_mode,
+        &mut set.echo_mode,
+        &mut cleared,
+    );
 
     let mut events = Vec::new();
     if set != AiSettings::default() || !cleared.is_empty() {
@@ -372,9 +422,14 @@ pub fn decide(state: &LayerState, patch: AiSettingsPatch) -> Result<Vec<Settings
 }
 
 /// Decides the re-encryption of this layer's key under the current master key.
-pub fn decide_reseal(state: &LayerState, resealed: String) -> Result<Vec<SettingsEvent>, DomainError> {
+pub fn decide_reseal(
+    state: &LayerState,
+    resealed: String,
+) -> Result<Vec<SettingsEvent>, DomainError> {
     let Some(current) = &state.api_key else {
-        return Err(DomainError::NotFound("no API key stored at this layer".into()));
+        return Err(DomainError::NotFound(
+            "no API key stored at this layer".into(),
+        ));
     };
     if current.sealed == resealed {
         return Ok(vec![]);
@@ -531,22 +586,85 @@ mod tests {
             ..Default::default()
         };
         let events = decide(&st, patch).unwrap();
-        assert!(matches!(events.last(), Some(SettingsEvent::AiApiKeySet { .. })));
+        assert!(matches!(
+            events.last(),
+            Some(SettingsEvent::AiApiKeySet { .. })
+        ));
     }
 
     #[test]
     fn out_of_range_values_name_the_field() {
         let cases: Vec<(AiSettingsPatch, &str)> = vec![
-            (AiSettingsPatch { temperature: Patch::Set(2.5), ..Default::default() }, "temperature"),
-            (AiSettingsPatch { temperature: Patch::Set(f64::NAN), ..Default::default() }, "temperature"),
-            (AiSettingsPatch { max_tokens: Patch::Set(0), ..Default::default() }, "max_tokens"),
-            (AiSettingsPatch { max_tokens: Patch::Set(40_000), ..Default::default() }, "max_tokens"),
-            (AiSettingsPatch { timeout_seconds: Patch::Set(601), ..Default::default() }, "timeout_seconds"),
-            (AiSettingsPatch { reply_delay_seconds: Patch::Set(3601), ..Default::default() }, "reply_delay_seconds"),
-            (AiSettingsPatch { base_url: Patch::Set("ftp://x/".into()), ..Default::default() }, "base_url"),
-            (AiSettingsPatch { base_url: Patch::Set("not a url".into()), ..Default::default() }, "base_url"),
-            (AiSettingsPatch { base_url: Patch::Set("https://u:p@h/".into()), ..Default::default() }, "base_url"),
-            (AiSettingsPatch { model_name: Patch::Set(" ".into()), ..Default::default() }, "model_name"),
+            (
+                AiSettingsPatch {
+                    temperature: Patch::Set(2.5),
+                    ..Default::default()
+                },
+                "temperature",
+            ),
+            (
+                AiSettingsPatch {
+                    temperature: Patch::Set(f64::NAN),
+                    ..Default::default()
+                },
+                "temperature",
+            ),
+            (
+                AiSettingsPatch {
+                    max_tokens: Patch::Set(0),
+                    ..Default::default()
+                },
+                "max_tokens",
+            ),
+            (
+                AiSettingsPatch {
+                    max_tokens: Patch::Set(40_000),
+                    ..Default::default()
+                },
+                "max_tokens",
+            ),
+            (
+                AiSettingsPatch {
+                    timeout_seconds: Patch::Set(601),
+                    ..Default::default()
+                },
+                "timeout_seconds",
+            ),
+            (
+                AiSettingsPatch {
+                    reply_delay_seconds: Patch::Set(3601),
+                    ..Default::default()
+                },
+                "reply_delay_seconds",
+            ),
+            (
+                AiSettingsPatch {
+                    base_url: Patch::Set("ftp://x/".into()),
+                    ..Default::default()
+                },
+                "base_url",
+            ),
+            (
+                AiSettingsPatch {
+                    base_url: Patch::Set("not a url".into()),
+                    ..Default::default()
+                },
+                "base_url",
+            ),
+            (
+                AiSettingsPatch {
+                    base_url: Patch::Set("https://u:p@h/".into()),
+                    ..Default::default()
+                },
+                "base_url",
+            ),
+            (
+                AiSettingsPatch {
+                    model_name: Patch::Set(" ".into()),
+                    ..Default::default()
+                },
+                "model_name",
+            ),
             (
                 AiSettingsPatch {
                     default_system_prompt: Patch::Set("x".repeat(MAX_PROMPT_BYTES + 1)),

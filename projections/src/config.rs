@@ -61,7 +61,11 @@ pub struct FoldError {
 
 impl std::fmt::Display for FoldError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "event at position {} does not fold: {}", self.position, self.message)
+        write!(
+            f,
+            "event at position {} does not fold: {}",
+            self.position, self.message
+        )
     }
 }
 
@@ -95,7 +99,10 @@ impl ConfigModel {
                         message: "chat_settings id is not <account>/<jid>".into(),
                     });
                 };
-                let chat = self.chats.entry((acc.to_string(), jid.to_string())).or_default();
+                let chat = self
+                    .chats
+                    .entry((acc.to_string(), jid.to_string()))
+                    .or_default();
                 match e {
                     ChatSettingsEvent::ChatAiSettingsChanged {
                         mode,
@@ -114,7 +121,10 @@ impl ConfigModel {
     }
 
     fn apply_account(&mut self, id: &str, e: AccountEvent, at: DateTime<Utc>) {
-        if let AccountEvent::AccountCreated { name, transport, .. } = &e {
+        if let AccountEvent::AccountCreated {
+            name, transport, ..
+        } = &e
+        {
             self.accounts.insert(
                 id.to_string(),
                 AccountView {

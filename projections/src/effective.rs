@@ -131,13 +131,22 @@ pub fn resolve(
         };
     }
     let enabled = match chat.mode {
-        ChatMode::Enabled => Sourced { value: true, source: Source::Chat },
-        ChatMode::Disabled => Sourced { value: false, source: Source::Chat },
+        ChatMode::Enabled => Sourced {
+            value: true,
+            source: Source::Chat,
+        },
+        ChatMode::Disabled => Sourced {
+            value: false,
+            source: Source::Chat,
+        },
         ChatMode::Inherit => field!(enabled, defaults::ENABLED),
     };
     let base_url = field!(base_url, defaults::BASE_URL.to_string());
     let system_prompt = match &chat.custom_system_prompt {
-        Some(p) => Sourced { value: p.clone(), source: Source::Chat },
+        Some(p) => Sourced {
+            value: p.clone(),
+            source: Source::Chat,
+        },
         None => field!(default_system_prompt, defaults::SYSTEM_PROMPT.to_string()),
     };
     let reply_to_private = field!(reply_to_private, defaults::REPLY_TO_PRIVATE);
@@ -149,9 +158,17 @@ pub fn resolve(
     let base_origin = origin_of(&base_url.value);
     let env_key_origin = origin_of(e.base_url.as_deref().unwrap_or(defaults::BASE_URL));
     let found: Option<(KeySource, Option<String>, Source)> = if let Some(k) = &acc.ai.api_key {
-        Some((KeySource::Account(k.clone()), Some(k.origin.clone()), Source::Account))
+        Some((
+            KeySource::Account(k.clone()),
+            Some(k.origin.clone()),
+            Source::Account,
+        ))
     } else if let Some(k) = &model.global.api_key {
-        Some((KeySource::Global(k.clone()), Some(k.origin.clone()), Source::Global))
+        Some((
+            KeySource::Global(k.clone()),
+            Some(k.origin.clone()),
+            Source::Global,
+        ))
     } else if env.has_api_key {
         Some((KeySource::Env, env_key_origin, Source::Env))
     } else {
@@ -181,13 +198,23 @@ pub fn resolve(
     let reason = if chat.blocked {
         Some("chat is blocked".to_string())
     } else if !enabled.value {
-        Some(format!("AI is disabled (source: {})", serde_plain(enabled.source)))
+        Some(format!(
+            "AI is disabled (source: {})",
+            serde_plain(enabled.source)
+        ))
     } else if chat_kind == ChatKind::Broadcast {
         Some("status broadcasts are never answered".to_string())
     } else if let Some((name, flag)) = kind_flag.filter(|(_, f)| !f.value) {
-        Some(format!("{name} is false (source: {})", serde_plain(flag.source)))
+        Some(format!(
+            "{name} is false (source: {})",
+            serde_plain(flag.source)
+        ))
     } else if !echo_mode.value && !has_api_key.value {
-        Some(api_key_note.clone().unwrap_or_else(|| "no API key configured".to_string()))
+        Some(
+            api_key_note
+                .clone()
+                .unwrap_or_else(|| "no API key configured".to_string()),
+        )
     } else {
         None
     };
@@ -244,7 +271,11 @@ mod tests {
     impl History {
         fn new() -> Self {
             let mut h = History(ConfigModel::default(), 0);
-            h.push("account", "acme", json!({"AccountCreated":{"id":"acme","name":"Acme","transport":"sandbox"}}));
+            h.push(
+                "account",
+                "acme",
+                json!({"AccountCreated":{"id":"acme","name":"Acme","transport":"sandbox"}}),
+            );
             h
         }
         fn push(&mut self, t: &str, id: &str, payload: serde_json::Value) -> &mut Self {
@@ -272,51 +303,121 @@ mod tests {
     fn defaults_when_nothing_is_set() {
         let h = History::new();
         let e = h.eff(&EnvLayer::default());
-        assert_eq!(e.enabled, Sourced { value: false, source: Source::Default });
+        assert_eq!(
+            e.enabled,
+            Sourced {
+                value: false,
+                source: Source::Default
+            }
+        );
         assert_eq!(e.model_name.value, defaults::MODEL_NAME);
         assert!(!e.will_reply);
-        assert_eq!(e.reason.as_deref(), Some("AI is disabled (source: default)"));
+        assert_eq!(
+            e.reason.as_deref(),
+            Some("AI is disabled (source: default)")
+        );
     }
 
     #[test]
     fn layers_override_in_order_with_sources() {
         let mut h = History::new();
         h.push("ai_global", "global", json!({"AiSettingsChanged":{"set":{"enabled":true,"temperature":0.3,"model_name":"g"},"cleared":[]}}));
-        h.push("account", "acme", json!({"AiSettingsChanged":{"set":{"model_name":"a"},"cleared":[]}}));
-        h.push("chat_settings", "acme/1@s.whatsapp.net", json!({"ChatAiSettingsChanged":{"mode":"inherit","custom_system_prompt":"Be brief."}}));
+        h.push(
+            "account",
+            "acme",
+            json!({"AiSettingsChanged":{"set":{"model_name":"a"},"cleared":[]}}),
+        );
+        h.push(
+            "chat_settings",
+            "acme/1@s.whatsapp.net",
+            json!({"ChatAiSettingsChanged":{"mode":"inherit","custom_system_prompt":"Be brief."}}),
+        );
         let env = EnvLayer {
-            settings: AiSettings { max_tokens: Some(99), temperature: Some(1.0), ..Default::default() },
+            settings: AiSettings {
+                max_tokens: Some(99),
+                temperature: Some(1.0),
+                ..Default::default()
+            },
             has_api_key: false,
         };
         let e = h.eff(&env);
         assert_eq!(e.enabled.source, Source::Global);
-        assert_eq!((e.model_name.value.as_str(), e.model_name.source), ("a", Source::Account));
-        assert_eq!(e.temperature, Sourced { value: 0.3, source: Source::Global });
-        assert_eq!(e.max_tokens, Sourced { value: 99, source: Source::Env });
-        assert_eq!(e.system_prompt, Sourced { value: "Be brief.".into(), source: Source::Chat });
+        assert_eq!(
+            (e.model_name.value.as_str(), e.model_name.source),
+            ("a", Source::Account)
+        );
+        assert_eq!(
+            e.temperature,
+            Sourced {
+                value: 0.3,
+                source: Source::Global
+            }
+        );
+        assert_eq!(
+            e.max_tokens,
+            Sourced {
+                value: 99,
+                source: Source::Env
+            }
+        );
+        assert_eq!(
+            e.system_prompt,
+            Sourced {
+                value: "Be brief.".into(),
+                source: Source::Chat
+            }
+        );
         assert_eq!(e.reason.as_deref(), Some("no API key configured"));
     }
 
     #[test]
     fn chat_mode_and_block_decide() {
         let mut h = History::new();
-        h.push("ai_global", "global", json!({"AiSettingsChanged":{"set":{"enabled":true,"echo_mode":true},"cleared":[]}}));
-        assert!(h.eff(&EnvLayer::default()).will_reply, "echo mode needs no key");
-        h.push("chat_settings", "acme/1@s.whatsapp.net", json!({"ChatAiSettingsChanged":{"mode":"disabled","custom_system_prompt":null}}));
+        h.push(
+            "ai_global",
+            "global",
+            json!({"AiSettingsChanged":{"set":{"enabled":true,"echo_mode":true},"cleared":[]}}),
+        );
+        assert!(
+            h.eff(&EnvLayer::default()).will_reply,
+            "echo mode needs no key"
+        );
+        h.push(
+            "chat_settings",
+            "acme/1@s.whatsapp.net",
+            json!({"ChatAiSettingsChanged":{"mode":"disabled","custom_system_prompt":null}}),
+        );
         let e = h.eff(&EnvLayer::default());
         assert_eq!(e.reason.as_deref(), Some("AI is disabled (source: chat)"));
-        h.push("chat_settings", "acme/1@s.whatsapp.net", json!({"ChatBlockedChanged":{"blocked":true}}));
-        assert_eq!(h.eff(&EnvLayer::default()).reason.as_deref(), Some("chat is blocked"));
+        h.push(
+            "chat_settings",
+            "acme/1@s.whatsapp.net",
+            json!({"ChatBlockedChanged":{"blocked":true}}),
+        );
+        assert_eq!(
+            h.eff(&EnvLayer::default()).reason.as_deref(),
+            Some("chat is blocked")
+        );
     }
 
     #[test]
     fn key_only_usable_for_its_origin() {
         let mut h = History::new();
         h.push("ai_global", "global", json!({"AiSettingsChanged":{"set":{"enabled":true,"base_url":"https://api.openai.com/v1"},"cleared":[]}}));
-        h.push("ai_global", "global", json!({"AiApiKeySet":{"key":{"sealed":"CT","origin":"https://api.openai.com"}}}));
+        h.push(
+            "ai_global",
+            "global",
+            json!({"AiApiKeySet":{"key":{"sealed":"CT","origin":"https://api.openai.com"}}}),
+        );
         let e = h.eff(&EnvLayer::default());
         assert!(e.will_reply, "{:?}", e.reason);
-        assert_eq!(e.has_api_key, Sourced { value: true, source: Source::Global });
+        assert_eq!(
+            e.has_api_key,
+            Sourced {
+                value: true,
+                source: Source::Global
+            }
+        );
         // An account points at another host but inherits the global key: not usable there.
         h.push("account", "acme", json!({"AiSettingsChanged":{"set":{"base_url":"https://other.example/v1"},"cleared":[]}}));
         let e = h.eff(&EnvLayer::default());
@@ -328,17 +429,48 @@ mod tests {
     #[test]
     fn group_flag_and_broadcast() {
         let mut h = History::new();
-        h.push("ai_global", "global", json!({"AiSettingsChanged":{"set":{"enabled":true,"echo_mode":true},"cleared":[]}}));
-        let e = resolve(&h.0, &EnvLayer::default(), "acme", "1-2@g.us", ChatKind::Group).unwrap();
-        assert_eq!(e.reason.as_deref(), Some("reply_to_groups is false (source: default)"));
-        let e = resolve(&h.0, &EnvLayer::default(), "acme", "status@broadcast", ChatKind::Broadcast).unwrap();
-        assert_eq!(e.reason.as_deref(), Some("status broadcasts are never answered"));
+        h.push(
+            "ai_global",
+            "global",
+            json!({"AiSettingsChanged":{"set":{"enabled":true,"echo_mode":true},"cleared":[]}}),
+        );
+        let e = resolve(
+            &h.0,
+            &EnvLayer::default(),
+            "acme",
+            "1-2@g.us",
+            ChatKind::Group,
+        )
+        .unwrap();
+        assert_eq!(
+            e.reason.as_deref(),
+            Some("reply_to_groups is false (source: default)")
+        );
+        let e = resolve(
+            &h.0,
+            &EnvLayer::default(),
+            "acme",
+            "status@broadcast",
+            ChatKind::Broadcast,
+        )
+        .unwrap();
+        assert_eq!(
+            e.reason.as_deref(),
+            Some("status broadcasts are never answered")
+        );
     }
 
     #[test]
     fn deleted_account_resolves_to_none() {
         let mut h = History::new();
         h.push("account", "acme", json!("AccountDeleted"));
-        assert!(resolve(&h.0, &EnvLayer::default(), "acme", "1@s.whatsapp.net", ChatKind::Private).is_none());
+        assert!(resolve(
+            &h.0,
+            &EnvLayer::default(),
+            "acme",
+            "1@s.whatsapp.net",
+            ChatKind::Private
+        )
+        .is_none());
     }
 }

@@ -87,7 +87,12 @@ async fn create_account(
                 "the cloud_api transport is not available in this build yet; use sandbox",
             ))
         }
-        _ => return Err(ApiError::invalid("transport", "must be sandbox or cloud_api")),
+        _ => {
+            return Err(ApiError::invalid(
+                "transport",
+                "must be sandbox or cloud_api",
+            ))
+        }
     };
     let name = req.name.unwrap_or_else(|| req.id.clone());
     let cmd = AccountCommand::Create {
@@ -95,7 +100,8 @@ async fn create_account(
         name,
         transport,
     };
-    app.execute(&app.accounts, &req.id, cmd, &caller.who()).await?;
+    app.execute(&app.accounts, &req.id, cmd, &caller.who())
+        .await?;
     Ok((StatusCode::CREATED, Json(account_response(&app, &req.id)?)))
 }
 
@@ -244,7 +250,12 @@ async fn revoke_token(
     ApiPath((acc, id)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin()?;
-    app.execute(&app.accounts, &acc, AccountCommand::RevokeToken { token_id: id }, &caller.who())
-        .await?;
+    app.execute(
+        &app.accounts,
+        &acc,
+        AccountCommand::RevokeToken { token_id: id },
+        &caller.who(),
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -141,7 +141,10 @@ fn to_patch(
         Patch::Set(key) => {
             let key = key.trim();
             if key.is_empty() {
-                return Err(ApiError::invalid("api_key", "must not be empty; send null to clear the key"));
+                return Err(ApiError::invalid(
+                    "api_key",
+                    "must not be empty; send null to clear the key",
+                ));
             }
             if key.len() > MAX_API_KEY || key.chars().any(char::is_control) {
                 return Err(ApiError::invalid(
@@ -191,7 +194,10 @@ fn env_or_default_base(app: &SharedApp) -> String {
 #[utoipa::path(get, path = "/v1/ai/global", tag = "ai",
     responses((status = 200, body = AiSettingsView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
     security(("admin_jwt" = [])))]
-async fn get_global(State(app): State<SharedApp>, caller: Caller) -> Result<Json<AiSettingsView>, ApiError> {
+async fn get_global(
+    State(app): State<SharedApp>,
+    caller: Caller,
+) -> Result<Json<AiSettingsView>, ApiError> {
     caller.require_admin()?;
     let m = app.model();
     Ok(Json(AiSettingsView::of(&m.global, m.global_updated_at)))
@@ -209,9 +215,20 @@ async fn put_global(
 ) -> Result<Json<AiSettingsView>, ApiError> {
     caller.require_admin()?;
     let current = app.model().global.settings.base_url.clone();
-    let patch = to_patch(&app, req, "global", current.as_deref(), &env_or_default_base(&app))?;
-    app.execute(&app.global, GLOBAL_ID, AiGlobalCommand::Change(patch), &caller.who())
-        .await?;
+    let patch = to_patch(
+        &app,
+        req,
+        "global",
+        current.as_deref(),
+        &env_or_default_base(&app),
+    )?;
+    app.execute(
+        &app.global,
+        GLOBAL_ID,
+        AiGlobalCommand::Change(patch),
+        &caller.who(),
+    )
+    .await?;
     let m = app.model();
     Ok(Json(AiSettingsView::of(&m.global, m.global_updated_at)))
 }
@@ -264,8 +281,13 @@ async fn put_account_ai(
     };
     let owner = format!("account:{acc}");
     let patch = to_patch(&app, req, &owner, current.as_deref(), &fallback)?;
-    app.execute(&app.accounts, &acc, AccountCommand::ChangeAi(patch), &caller.who())
-        .await?;
+    app.execute(
+        &app.accounts,
+        &acc,
+        AccountCommand::ChangeAi(patch),
+        &caller.who(),
+    )
+    .await?;
     account_ai_view(&app, &acc).map(Json)
 }
 
@@ -302,7 +324,12 @@ pub struct BlockedRequest {
 }
 
 /// Checks the account (exists, caller may act on it) and the JID; returns the chat kind.
-fn chat_target(app: &SharedApp, caller: &Caller, acc: &str, jid: &str) -> Result<ChatKind, ApiError> {
+fn chat_target(
+    app: &SharedApp,
+    caller: &Caller,
+    acc: &str,
+    jid: &str,
+) -> Result<ChatKind, ApiError> {
     caller.require_account(acc)?;
     let kind = chat_kind(jid, "jid")?;
     if app.model().account(acc).is_none() {
@@ -354,8 +381,13 @@ async fn put_chat_ai(
         mode: req.mode,
         custom_system_prompt: req.custom_system_prompt,
     };
-    app.execute(&app.chats, &chat_settings::stream_id(&acc, &jid), cmd, &caller.who())
-        .await?;
+    app.execute(
+        &app.chats,
+        &chat_settings::stream_id(&acc, &jid),
+        cmd,
+        &caller.who(),
+    )
+    .await?;
     Ok(Json(chat_view(&app, &acc, &jid)))
 }
 
@@ -386,9 +418,16 @@ async fn put_chat_blocked(
     ApiJson(req): ApiJson<BlockedRequest>,
 ) -> Result<Json<ChatAiView>, ApiError> {
     chat_target(&app, &caller, &acc, &jid)?;
-    let cmd = ChatSettingsCommand::SetBlocked { blocked: req.blocked };
-    app.execute(&app.chats, &chat_settings::stream_id(&acc, &jid), cmd, &caller.who())
-        .await?;
+    let cmd = ChatSettingsCommand::SetBlocked {
+        blocked: req.blocked,
+    };
+    app.execute(
+        &app.chats,
+        &chat_settings::stream_id(&acc, &jid),
+        cmd,
+        &caller.who(),
+    )
+    .await?;
     Ok(Json(chat_view(&app, &acc, &jid)))
 }
 
@@ -422,9 +461,17 @@ async fn get_effective(
                 Ok(_) => return Err(ApiError::invalid("as_of", "a position is >= 0")),
                 Err(_) => {
                     let t = DateTime::parse_from_rfc3339(raw)
-                        .map_err(|_| ApiError::invalid("as_of", "expected an RFC 3339 time or an event position"))?
+                        .map_err(|_| {
+                            ApiError::invalid(
+                                "as_of",
+                                "expected an RFC 3339 time or an event position",
+                            )
+                        })?
                         .with_timezone(&Utc);
-                    app.store.position_at(t).await.map_err(crate::app::AppError::from)?
+                    app.store
+                        .position_at(t)
+                        .await
+                        .map_err(crate::app::AppError::from)?
                 }
             };
             let model = app.model_at(position).await?;

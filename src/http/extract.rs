@@ -32,7 +32,8 @@ where
             .and_then(|v| v.split(';').next())
             .is_some_and(|mime| {
                 let mime = mime.trim().to_ascii_lowercase();
-                mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+                mime == "application/json"
+                    || (mime.starts_with("application/") && mime.ends_with("+json"))
             });
         if !is_json {
             return Err(ApiError::new(
@@ -66,14 +67,24 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             return ApiError::bad_request("malformed_json", format!("malformed JSON: {inner}"));
         }
         let msg = inner.to_string();
-        // serde reports an unknown field at its parent's path; name the field itself.
-        let field = match msg.strip_prefix("unknown field `").and_then(|r| r.split('`').next()) {
-            Some(name) if path == "." => name.to_string(),
-            Some(name) => format!("{path}.{name}"),
-            None => path,
-        };
         let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
-        ApiError::invalid(field, msg)
+        // The path names the field at fault (for an unknown field, the field itself); a missing
+        // field is reported at its parent, so take its name from the message.
+        let missing = msg
+            .strip_prefix("missing field `")
+            .and_then(|r| r.split('`').next())
+            .map(|name| {
+                if path == "." {
+                    name.to_string()
+                } else {
+                    format!("{path}.{name}")
+                }
+            });
+        match missing {
+            Some(field) => ApiError::invalid(field, msg),
+            None if path == "." => ApiError::bad_request("invalid_body", msg),
+            None => ApiError::invalid(path, msg),
+        }
     })?;
     de.end()
         .map_err(|e| ApiError::bad_request("malformed_json", format!("malformed JSON: {e}")))?;
@@ -108,7 +119,10 @@ pub enum Principal {
     /// A valid admin JWT.
     Admin { sub: String },
     /// A live account token.
-    Account { account_id: String, token_id: String },
+    Account {
+        account_id: String,
+        token_id: String,
+    },
 }
 
 /// The caller plus the request id, as recorded in event metadata.
@@ -143,7 +157,9 @@ impl Caller {
     pub fn require_account(&self, account_id: &str) -> Result<(), ApiError> {
         match &self.principal {
             Principal::Admin { .. } => Ok(()),
-            Principal::Account { account_id: own, .. } if own == account_id => Ok(()),
+            Principal::Account {
+                account_id: own, ..
+            } if own == account_id => Ok(()),
             Principal::Account { .. } => Err(ApiError::forbidden(
                 "this account token is scoped to another account",
             )),

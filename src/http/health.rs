@@ -11,7 +11,9 @@ use super::error::{ApiError, ErrorBody};
 use crate::app::SharedApp;
 
 pub fn router() -> OpenApiRouter<SharedApp> {
-    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz))
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -25,7 +27,10 @@ pub struct Health {
 /// The process is up.
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
 async fn healthz() -> Json<Health> {
-    Json(Health { status: "ok", store: None })
+    Json(Health {
+        status: "ok",
+        store: None,
+    })
 }
 
 /// The event store answers.

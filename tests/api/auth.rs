@@ -13,7 +13,12 @@ fn now() -> i64 {
 }
 
 fn sign(claims: &Value, secret: &str) -> String {
-    encode(&Header::default(), claims, &EncodingKey::from_secret(secret.as_bytes())).expect("encode")
+    encode(
+        &Header::default(),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("encode")
 }
 
 fn good_claims() -> Value {
@@ -29,7 +34,12 @@ fn without(field: &str) -> Value {
 async fn bad_admin_tokens_are_401(app: TestApp) {
     let probe = "/v1/ai/global";
     // The control: a well-formed token with the right secret works.
-    assert_eq!(app.call("GET", probe, Some(&sign(&good_claims(), JWT_SECRET)), None).await.status, 200);
+    assert_eq!(
+        app.call("GET", probe, Some(&sign(&good_claims(), JWT_SECRET)), None)
+            .await
+            .status,
+        200
+    );
 
     let alg_none = format!(
         "{}.{}.",
@@ -62,7 +72,13 @@ async fn bad_admin_tokens_are_401(app: TestApp) {
         ("alg none", Some(alg_none)),
         ("HS512", Some(hs512)),
         ("RS256 header", Some(rs256_header)),
-        ("other secret", Some(sign(&good_claims(), "another-secret-another-secret-0123456789"))),
+        (
+            "other secret",
+            Some(sign(
+                &good_claims(),
+                "another-secret-another-secret-0123456789",
+            )),
+        ),
         ("missing iss", Some(sign(&without("iss"), JWT_SECRET))),
         ("missing exp", Some(sign(&without("exp"), JWT_SECRET))),
         ("missing sub", Some(sign(&without("sub"), JWT_SECRET))),
@@ -78,7 +94,11 @@ async fn bad_admin_tokens_are_401(app: TestApp) {
     }
     // Basic auth is not bearer.
     let r = app
-        .send(app.client.get(format!("{}{probe}", app.base)).basic_auth("admin", Some(ADMIN_PASSWORD)))
+        .send(
+            app.client
+                .get(format!("{}{probe}", app.base))
+                .basic_auth("admin", Some(ADMIN_PASSWORD)),
+        )
         .await;
     assert_eq!(r.status, 401);
 }
@@ -86,26 +106,50 @@ both_stores!(admin_jwt_rejections, bad_admin_tokens_are_401);
 
 async fn login_issues_tokens_and_limits_failures(app: TestApp) {
     let ok = app
-        .call("POST", "/v1/auth/login", None, Some(json!({"username":"admin","password":ADMIN_PASSWORD})))
+        .call(
+            "POST",
+            "/v1/auth/login",
+            None,
+            Some(json!({"username":"admin","password":ADMIN_PASSWORD})),
+        )
         .await;
     assert_eq!(ok.status, 200, "{}", ok.text);
     let token = ok.json["token"].as_str().expect("token").to_string();
     assert!(ok.json["expires_at"].as_str().is_some());
-    assert_eq!(app.call("GET", "/v1/ai/global", Some(&token), None).await.status, 200);
+    assert_eq!(
+        app.call("GET", "/v1/ai/global", Some(&token), None)
+            .await
+            .status,
+        200
+    );
 
     for i in 0..5 {
         let r = app
-            .call("POST", "/v1/auth/login", None, Some(json!({"username":"admin","password":format!("wrong{i}")})))
+            .call(
+                "POST",
+                "/v1/auth/login",
+                None,
+                Some(json!({"username":"admin","password":format!("wrong{i}")})),
+            )
             .await;
         assert_eq!(r.status, 401, "attempt {i}: {}", r.text);
         assert!(!r.text.contains("wrong"), "the password is never echoed");
     }
     // Locked out now, even with the right password.
     let r = app
-        .call("POST", "/v1/auth/login", None, Some(json!({"username":"admin","password":ADMIN_PASSWORD})))
+        .call(
+            "POST",
+            "/v1/auth/login",
+            None,
+            Some(json!({"username":"admin","password":ADMIN_PASSWORD})),
+        )
         .await;
     assert_eq!(r.status, 429, "{}", r.text);
-    let retry: u64 = r.headers["retry-after"].to_str().expect("ascii").parse().expect("seconds");
+    let retry: u64 = r.headers["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
     assert!(retry >= 1);
 }
 both_stores!(login, login_issues_tokens_and_limits_failures);

@@ -116,7 +116,11 @@ impl TestApp {
         Some(Self::spawn_with(backend, dir, vars).await)
     }
 
-    pub async fn spawn_with(backend: Backend, dir: TempDir, vars: HashMap<String, String>) -> TestApp {
+    pub async fn spawn_with(
+        backend: Backend,
+        dir: TempDir,
+        vars: HashMap<String, String>,
+    ) -> TestApp {
         let (config, _) = Config::from_vars(&vars).expect("valid test config");
         let running = startup::start(config).await.expect("gateway starts");
         TestApp {
@@ -139,7 +143,9 @@ impl TestApp {
         if let Some(r) = self.running.take() {
             r.stop().await;
         }
-        let running = startup::start(self.config()).await.expect("gateway restarts");
+        let running = startup::start(self.config())
+            .await
+            .expect("gateway restarts");
         self.base = format!("http://{}", running.addr);
         self.running = Some(running);
     }
@@ -156,9 +162,17 @@ impl TestApp {
             .0
     }
 
-    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Resp {
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Resp {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let mut req = self.client.request(method, format!("{}{}", self.base, path));
+        let mut req = self
+            .client
+            .request(method, format!("{}{}", self.base, path));
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -191,7 +205,11 @@ impl TestApp {
     /// Creates a sandbox account.
     pub async fn create_account(&self, id: &str) {
         let r = self
-            .admin("POST", "/v1/accounts", Some(serde_json::json!({"id": id, "name": id, "transport": "sandbox"})))
+            .admin(
+                "POST",
+                "/v1/accounts",
+                Some(serde_json::json!({"id": id, "name": id, "transport": "sandbox"})),
+            )
             .await;
         assert_eq!(r.status, 201, "{}", r.text);
     }
@@ -210,13 +228,17 @@ macro_rules! both_stores {
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                if let Some(app) = $crate::helpers::TestApp::spawn($crate::helpers::Backend::Sqlite).await {
+                if let Some(app) =
+                    $crate::helpers::TestApp::spawn($crate::helpers::Backend::Sqlite).await
+                {
                     super::$body(app).await;
                 }
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                if let Some(app) = $crate::helpers::TestApp::spawn($crate::helpers::Backend::Postgres).await {
+                if let Some(app) =
+                    $crate::helpers::TestApp::spawn($crate::helpers::Backend::Postgres).await
+                {
                     super::$body(app).await;
                 }
             }
