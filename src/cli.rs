@@ -83,6 +83,7 @@ fn load_config() -> Result<(Config, FirstRun), ExitCode> {
 
 fn print_first_run(first: &FirstRun, to_stderr: bool) {
     let mut lines: Vec<String> = first.generated.clone();
+    lines.extend(first.warnings.iter().map(|w| format!("warning: {w}")));
     if let Some(pw) = &first.admin_password {
         lines.push(format!(
             "generated admin password (shown once, stored only as an argon2 hash): {}",

@@ -1,28 +1,50 @@
-//! Typed configuration, read from the environment once and validated at boot (checklist item 3).
-//! In dev mode (the embedded SQLite store) missing secrets are generated into the data dir with
-//! mode 0600; with PostgreSQL they must be supplied.
+//! Typed configuration, read from the environment once and validated at boot (checklist item 3):
+//! listen address, data dir, store, JWT signer, master keyring, admin credentials, private-network
+//! allow list, the env layer of the AI config and the log format. In dev mode (the embedded SQLite
+//! store) missing secrets are generated into the data dir (files mode 0600); with PostgreSQL they
+//! must be supplied. Error messages name the variable, never its value.
 
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use rand::distr::{Alphanumeric, SampleString};
 use rand::RngCore;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::{ExposeSecret, ExposeSecretMut, SecretBox, SecretString};
 
 use crate::auth::{self, JwtSigner};
 use crate::crypto::{Keyring, MasterKey};
 
+/// File names of the generated dev secrets, inside the data dir.
+pub const JWT_SECRET_FILE: &str = "jwt_secret";
+pub const MASTER_KEY_FILE: &str = "master.key";
+pub const ADMIN_PASSWORD_HASH_FILE: &str = "admin_password.hash";
+
+/// Shortest admin password accepted outside dev mode.
+pub const MIN_ADMIN_PASSWORD_CHARS: usize = 12;
+/// Length of a generated dev admin password.
+const GENERATED_PASSWORD_CHARS: usize = 24;
+/// Random bytes of a generated dev JWT secret.
+const GENERATED_JWT_SECRET_BYTES: usize = 64;
+/// Longest accepted AI base URL.
+const MAX_URL_LEN: usize = 2048;
+
+/// A configuration that cannot start the gateway. Messages name the variable or file and what is
+/// wrong with it, never a secret value.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{var}: {message}")]
+    /// `var` is set but unusable; `message` completes the sentence ("must be …").
+    #[error("{var} {message}")]
     Invalid { var: &'static str, message: String },
-    #[error("{var} is required when the store is PostgreSQL: {hint}")]
+    #[error(
+        "{var} is required when the store is PostgreSQL (only the embedded SQLite dev mode \
+         generates it); {hint}"
+    )]
     Missing {
         var: &'static str,
         hint: &'static str,
@@ -38,23 +60,39 @@ fn invalid(var: &'static str, message: impl Into<String>) -> ConfigError {
     }
 }
 
+fn file_error(path: &Path, message: impl std::fmt::Display) -> ConfigError {
+    ConfigError::File {
+        path: path.display().to_string(),
+        message: message.to_string(),
+    }
+}
+
+/// Where events and read models live.
 pub enum DatabaseConfig {
+    /// The embedded store (dev mode).
     Sqlite { path: PathBuf },
+    /// The URL may carry a password, hence a secret.
     Postgres { url: SecretString },
 }
 
 impl std::fmt::Debug for DatabaseConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            DatabaseConfig::Sqlite { path } => write!(f, "Sqlite({})", path.display()),
-            DatabaseConfig::Postgres { .. } => write!(f, "Postgres(<redacted url>)"),
+            DatabaseConfig::Sqlite { path } => {
+                f.debug_struct("Sqlite").field("path", path).finish()
+            }
+            DatabaseConfig::Postgres { url } => f
+                .debug_struct("Postgres")
+                .field("url", &redact_postgres_url(url.expose_secret()))
+                .finish(),
         }
     }
 }
 
-/// The env layer of the AI config.
+/// The env layer of the AI config (below global, account and chat settings).
 #[derive(Debug, Default)]
 pub struct EnvAiLayer {
+    /// Validated absolute http(s) URL, trailing `/` dropped.
     pub base_url: Option<String>,
     pub api_key: Option<SecretString>,
     pub model_name: Option<String>,
@@ -66,7 +104,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug)]
+/// The validated configuration. `Debug` prints no secret (see [`Config::redacted_summary`]).
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
@@ -74,6 +112,7 @@ pub struct Config {
     pub jwt: JwtSigner,
     pub keyring: Keyring,
     pub admin_username: String,
+    /// Argon2id PHC string.
     pub admin_password_hash: String,
     pub allow_private_networks: Vec<ipnet::IpNet>,
     pub ai_env: EnvAiLayer,
@@ -82,312 +121,352 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
-/// What a first start generated, for the binary to print once.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("database", &self.database)
+            .field("jwt", &self.jwt)
+            .field("keyring", &self.keyring)
+            .field("admin_username", &self.admin_username)
+            .field("admin_password_hash", &"<redacted>")
+            .field("allow_private_networks", &self.allow_private_networks)
+            .field("ai_env", &self.ai_env)
+            .field("dev_mode", &self.dev_mode)
+            .field("log_format", &self.log_format)
+            .finish()
+    }
+}
+
+/// What this start generated or noticed, for the binary to print once (logging may not be set up
+/// yet when the configuration is read).
 #[derive(Debug, Default)]
 pub struct FirstRun {
+    /// Human lines, e.g. "generated a JWT secret at data/jwt_secret".
     pub generated: Vec<String>,
     /// The generated admin password, only on the start that generated it.
     pub admin_password: Option<SecretString>,
+    /// Non-fatal problems, e.g. a secret file readable by other users.
+    pub warnings: Vec<String>,
 }
 
-const WEAK_PASSWORDS: [&str; 10] = [
+impl FirstRun {
+    fn warn(&mut self, line: String) {
+        tracing::warn!("{line}");
+        self.warnings.push(line);
+    }
+}
+
+/// Passwords refused outside dev mode (compared case-insensitively, also with trailing digits
+/// and punctuation removed, so `Password2024!` is refused too).
+const WELL_KNOWN_PASSWORDS: &[&str] = &[
     "admin",
+    "administrator",
     "password",
+    "passw0rd",
     "changeme",
+    "change_me",
     "wagate",
+    "wagateadmin",
     "123456",
     "12345678",
     "123456789",
+    "1234567890",
+    "123456789012",
     "qwerty",
+    "qwertyuiop",
     "letmein",
     "secret",
+    "default",
+    "welcome",
+    "root",
+    "toor",
+    "test",
+    "iloveyou",
 ];
 
-fn get<'a>(vars: &'a HashMap<String, String>, key: &str) -> Option<&'a str> {
-    vars.get(key)
-        .map(String::as_str)
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
+/// Whether `pw` is a well-known default (see [`WELL_KNOWN_PASSWORDS`]) or one repeated character.
+pub fn is_well_known_password(pw: &str) -> bool {
+    let lower = pw.to_lowercase();
+    let stem = lower.trim_end_matches(|c: char| c.is_ascii_digit() || c.is_ascii_punctuation());
+    let mut chars = lower.chars();
+    let single_char = chars.next().is_some_and(|first| chars.all(|c| c == first));
+    single_char
+        || WELL_KNOWN_PASSWORDS
+            .iter()
+            .any(|w| *w == lower || (!stem.is_empty() && *w == stem))
 }
 
-/// Writes `contents` to `path` atomically with mode 0600.
-fn write_secret_file(path: &Path, contents: &str) -> Result<(), ConfigError> {
-    let file_err = |e: std::io::Error| ConfigError::File {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    };
-    let tmp = path.with_extension("tmp");
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(file_err)?;
-    f.write_all(contents.as_bytes()).map_err(file_err)?;
-    f.sync_all().map_err(file_err)?;
-    fs::rename(&tmp, path).map_err(file_err)
-}
+/// Read access to the variables: empty values count as unset.
+struct Vars<'a>(&'a HashMap<String, String>);
 
-fn read_file(path: &Path) -> Result<Option<String>, ConfigError> {
-    match fs::read_to_string(path) {
-        Ok(s) => Ok(Some(s)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(ConfigError::File {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        }),
+impl<'a> Vars<'a> {
+    /// Trimmed, non-empty.
+    fn get(&self, key: &str) -> Option<&'a str> {
+        self.0.get(key).map(|v| v.trim()).filter(|v| !v.is_empty())
+    }
+
+    /// As given (secrets are taken byte for byte), non-empty.
+    fn raw(&self, key: &str) -> Option<&'a str> {
+        self.0
+            .get(key)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
     }
 }
 
-fn check_url(var: &'static str, raw: &str) -> Result<String, ConfigError> {
-    wagate_events::settings::normalize_base_url(raw).map_err(|e| invalid(var, e.to_string()))
+/// Reads a dev secret file; `None` when it does not exist. Warns when others may read it.
+fn read_secret_file(path: &Path, first: &mut FirstRun) -> Result<Option<String>, ConfigError> {
+    let text = match fs::read_to_string(path) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(file_error(path, e)),
+    };
+    if let Ok(meta) = fs::metadata(path) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            first.warn(format!(
+                "{} is readable by other users; run: chmod 600 {}",
+                path.display(),
+                path.display()
+            ));
+        }
+    }
+    if text.trim().is_empty() {
+        return Err(file_error(
+            path,
+            "is empty; delete it to generate a new one",
+        ));
+    }
+    Ok(Some(text))
+}
+
+/// Writes `contents` to `path` atomically with mode 0600 unless the file already exists: a temp
+/// file in the same dir is written and synced, then hard-linked into place (create-if-absent, so
+/// two processes starting at once keep one secret; rename where links are unsupported). Returns
+/// `false` when another process created the file first (the caller then reads that one).
+fn create_secret_file(path: &Path, contents: &str) -> Result<bool, ConfigError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(
+        ".{name}.{}.{:08x}.tmp",
+        std::process::id(),
+        rand::rng().next_u32()
+    ));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(contents.as_bytes())?;
+        f.sync_all()?;
+        match fs::hard_link(&tmp, path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(_) => fs::rename(&tmp, path).map(|()| true),
+        }
+    })();
+    // The temp name is gone after a rename; otherwise it is an extra link or a partial file.
+    let _ = fs::remove_file(&tmp);
+    if let Some(dir) = path.parent() {
+        // Persist the new directory entry; failure only weakens crash safety.
+        let _ = fs::File::open(dir).and_then(|d| d.sync_all());
+    }
+    result.map_err(|e| file_error(path, e))
+}
+
+/// The dev secret at `path`: read back, or generated by `make` and stored. The flag is true when
+/// this call generated it.
+fn load_or_create(
+    path: &Path,
+    first: &mut FirstRun,
+    make: impl FnOnce() -> Result<String, ConfigError>,
+) -> Result<(String, bool), ConfigError> {
+    if let Some(existing) = read_secret_file(path, first)? {
+        return Ok((existing, false));
+    }
+    let contents = make()?;
+    if create_secret_file(path, &contents)? {
+        return Ok((contents, true));
+    }
+    let existing = read_secret_file(path, first)?
+        .ok_or_else(|| file_error(path, "vanished while it was being created"))?;
+    Ok((existing, false))
+}
+
+/// Validates and normalizes an AI base URL: absolute http(s) with a host, no credentials, query
+/// or fragment; a trailing `/` is dropped.
+fn check_base_url(var: &'static str, raw: &str) -> Result<String, ConfigError> {
+    if raw.len() > MAX_URL_LEN {
+        return Err(invalid(var, "must be at most 2048 characters"));
+    }
+    let url = url::Url::parse(raw)
+        .map_err(|e| invalid(var, format!("must be an absolute http(s) URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(var, "must be an http:// or https:// URL"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(var, "must be a URL with a host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(
+            var,
+            "must not carry credentials; put the key in WAGATE_AI_API_KEY",
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid(var, "must not have a query string or fragment"));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
+/// `postgres://user@host:port/db` without password or query parameters (which may hold one).
+fn redact_postgres_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) => {
+            // Both only fail for URLs that cannot have credentials; then there is nothing to strip.
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.set_fragment(None);
+            u.to_string()
+        }
+        Err(_) => "postgres://<unparsable>".to_string(),
+    }
+}
+
+fn parse_database(vars: &Vars<'_>, data_dir: &Path) -> Result<DatabaseConfig, ConfigError> {
+    const VAR: &str = "WAGATE_DATABASE_URL";
+    let Some(raw) = vars.get(VAR) else {
+        return Ok(DatabaseConfig::Sqlite {
+            path: data_dir.join("wagate.db"),
+        });
+    };
+    if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+        // The url crate's errors never quote the input, which may contain a password.
+        url::Url::parse(raw)
+            .map_err(|e| invalid(VAR, format!("must be a valid postgres:// URL ({e})")))?;
+        return Ok(DatabaseConfig::Postgres {
+            url: SecretString::from(raw),
+        });
+    }
+    let path = raw
+        .strip_prefix("sqlite://")
+        .or_else(|| raw.strip_prefix("sqlite:"))
+        .ok_or_else(|| {
+            invalid(
+                VAR,
+                "must be sqlite://PATH, sqlite:PATH, postgres://… or postgresql://…",
+            )
+        })?;
+    let path = path.split('?').next().unwrap_or_default();
+    if path.is_empty() {
+        return Err(invalid(VAR, "must name a file after sqlite://"));
+    }
+    Ok(DatabaseConfig::Sqlite {
+        path: PathBuf::from(path),
+    })
+}
+
+fn parse_networks(vars: &Vars<'_>) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    const VAR: &str = "WAGATE_ALLOW_PRIVATE_NETWORKS";
+    let Some(list) = vars.get(VAR) else {
+        return Ok(Vec::new());
+    };
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    invalid(
+                        VAR,
+                        format!(
+                            "must be comma-separated CIDRs or IP addresses (e.g. 127.0.0.0/8,::1); \
+                             {s:?} is neither"
+                        ),
+                    )
+                })
+        })
+        .collect()
 }
 
 impl Config {
-    /// Reads the process environment once.
+    /// Reads the process environment once (non-UTF-8 variables are ignored) and validates it.
     pub fn from_env() -> Result<(Config, FirstRun), ConfigError> {
-        let vars: HashMap<String, String> = std::env::vars().collect();
+        let vars: HashMap<String, String> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
         Self::from_vars(&vars)
     }
 
-    /// Builds and validates the configuration from these variables (tests pass their own).
+    /// Builds and validates the configuration from these variables (tests pass their own map).
     pub fn from_vars(vars: &HashMap<String, String>) -> Result<(Config, FirstRun), ConfigError> {
+        let vars = Vars(vars);
         let mut first = FirstRun::default();
-        let listen: SocketAddr = get(vars, "WAGATE_LISTEN")
+
+        let listen: SocketAddr = vars
+            .get("WAGATE_LISTEN")
             .unwrap_or("127.0.0.1:8080")
             .parse()
-            .map_err(|_| invalid("WAGATE_LISTEN", "expected host:port, e.g. 127.0.0.1:8080"))?;
-        let data_dir = PathBuf::from(get(vars, "WAGATE_DATA_DIR").unwrap_or("./data"));
-
-        let database = match get(vars, "WAGATE_DATABASE_URL") {
-            None => DatabaseConfig::Sqlite {
-                path: data_dir.join("wagate.db"),
-            },
-            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                DatabaseConfig::Postgres {
-                    url: SecretString::from(url.to_string()),
-                }
-            }
-            Some(url) => {
-                let path = url
-                    .strip_prefix("sqlite://")
-                    .or_else(|| url.strip_prefix("sqlite:"))
-                    .ok_or_else(|| {
-                        invalid(
-                            "WAGATE_DATABASE_URL",
-                            "expected sqlite://PATH or postgres://…",
-                        )
-                    })?;
-                if path.is_empty() {
-                    return Err(invalid("WAGATE_DATABASE_URL", "sqlite URL has no path"));
-                }
-                DatabaseConfig::Sqlite {
-                    path: PathBuf::from(path.split('?').next().unwrap_or(path)),
-                }
-            }
-        };
+            .map_err(|_| {
+                invalid(
+                    "WAGATE_LISTEN",
+                    "must be an IP address and port, e.g. 127.0.0.1:8080 or [::]:8080",
+                )
+            })?;
+        let data_dir = PathBuf::from(vars.get("WAGATE_DATA_DIR").unwrap_or("./data"));
+        let database = parse_database(&vars, &data_dir)?;
         let dev_mode = matches!(database, DatabaseConfig::Sqlite { .. });
+
         let needs_dev_files = dev_mode
-            && (get(vars, "WAGATE_JWT_SECRET").is_none()
-                || get(vars, "WAGATE_MASTER_KEY").is_none()
-                || get(vars, "WAGATE_ADMIN_PASSWORD").is_none());
+            && (vars.raw("WAGATE_JWT_SECRET").is_none()
+                || vars.get("WAGATE_MASTER_KEY").is_none()
+                || vars.raw("WAGATE_ADMIN_PASSWORD").is_none());
         if needs_dev_files {
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(&data_dir)
-                .map_err(|e| ConfigError::File {
-                    path: data_dir.display().to_string(),
-                    message: e.to_string(),
-                })?;
+                .map_err(|e| file_error(&data_dir, format!("cannot create the data dir: {e}")))?;
         }
 
-        // JWT secret.
-        let issuer = get(vars, "WAGATE_JWT_ISSUER")
-            .unwrap_or("wagate")
-            .to_string();
-        let jwt_secret: Vec<u8> = match get(vars, "WAGATE_JWT_SECRET") {
-            Some(s) => s.as_bytes().to_vec(),
-            None if dev_mode => {
-                let path = data_dir.join("jwt_secret");
-                match read_file(&path)? {
-                    Some(s) => STANDARD.decode(s.trim()).map_err(|_| ConfigError::File {
-                        path: path.display().to_string(),
-                        message: "not base64; delete it to generate a new secret".into(),
-                    })?,
-                    None => {
-                        let mut bytes = vec![0u8; 64];
-                        rand::rng().fill_bytes(&mut bytes);
-                        write_secret_file(&path, &STANDARD.encode(&bytes))?;
-                        first
-                            .generated
-                            .push(format!("generated a JWT secret at {}", path.display()));
-                        bytes
-                    }
-                }
-            }
-            None => {
-                return Err(ConfigError::Missing {
-                    var: "WAGATE_JWT_SECRET",
-                    hint: "at least 32 bytes, e.g. $(openssl rand -base64 48)",
-                })
-            }
-        };
-        let jwt = JwtSigner::new(&jwt_secret, &issuer).map_err(|_| {
-            invalid(
-                "WAGATE_JWT_SECRET",
-                format!("must be at least {} bytes", auth::MIN_JWT_SECRET),
-            )
-        })?;
-
-        // Master keys.
-        let keyring = match get(vars, "WAGATE_MASTER_KEY") {
-            Some(k) => {
-                let current = MasterKey::from_base64(k)
-                    .map_err(|e| invalid("WAGATE_MASTER_KEY", e.to_string()))?;
-                let old = get(vars, "WAGATE_MASTER_KEYS_OLD")
-                    .map(|list| {
-                        list.split(',')
-                            .map(str::trim)
-                            .filter(|s| !s.is_empty())
-                            .map(|s| {
-                                MasterKey::from_base64(s)
-                                    .map_err(|e| invalid("WAGATE_MASTER_KEYS_OLD", e.to_string()))
-                            })
-                            .collect::<Result<Vec<_>, _>>()
-                    })
-                    .transpose()?
-                    .unwrap_or_default();
-                Keyring::new(current, old)
-            }
-            None if dev_mode => {
-                let path = data_dir.join("master.key");
-                match read_file(&path)? {
-                    Some(s) => {
-                        let mut keys = s
-                            .lines()
-                            .map(str::trim)
-                            .filter(|l| !l.is_empty())
-                            .map(|l| {
-                                MasterKey::from_base64(l).map_err(|e| ConfigError::File {
-                                    path: path.display().to_string(),
-                                    message: e.to_string(),
-                                })
-                            })
-                            .collect::<Result<Vec<_>, _>>()?;
-                        if keys.is_empty() {
-                            return Err(ConfigError::File {
-                                path: path.display().to_string(),
-                                message: "holds no key".into(),
-                            });
-                        }
-                        let current = keys.remove(0);
-                        Keyring::new(current, keys)
-                    }
-                    None => {
-                        let key = MasterKey::generate();
-                        write_secret_file(&path, &format!("{}\n", key.to_base64()))?;
-                        first
-                            .generated
-                            .push(format!("generated a master key at {}", path.display()));
-                        Keyring::new(key, vec![])
-                    }
-                }
-            }
-            None => {
-                return Err(ConfigError::Missing {
-                    var: "WAGATE_MASTER_KEY",
-                    hint: "base64 of 64 bytes, e.g. $(openssl rand -base64 64)",
-                })
-            }
-        };
-
-        // Admin credentials.
-        let admin_username = get(vars, "WAGATE_ADMIN_USERNAME")
+        let jwt = Self::jwt_signer(&vars, dev_mode, &data_dir, &mut first)?;
+        let keyring = Self::keyring(&vars, dev_mode, &data_dir, &mut first)?;
+        let admin_username = vars
+            .get("WAGATE_ADMIN_USERNAME")
             .unwrap_or("admin")
             .to_string();
-        let hash_err = |_| invalid("WAGATE_ADMIN_PASSWORD", "cannot hash the password");
-        let admin_password_hash = match get(vars, "WAGATE_ADMIN_PASSWORD") {
-            Some(pw) => {
-                if !dev_mode {
-                    if WEAK_PASSWORDS.contains(&pw.to_ascii_lowercase().as_str()) {
-                        return Err(invalid(
-                            "WAGATE_ADMIN_PASSWORD",
-                            "is a well-known default password",
-                        ));
-                    }
-                    if pw.chars().count() < 12 {
-                        return Err(invalid(
-                            "WAGATE_ADMIN_PASSWORD",
-                            "must be at least 12 characters",
-                        ));
-                    }
-                }
-                auth::hash_password(pw).map_err(hash_err)?
-            }
-            None if dev_mode => {
-                let path = data_dir.join("admin_password.hash");
-                match read_file(&path)? {
-                    Some(h) => h.trim().to_string(),
-                    None => {
-                        let pw = Alphanumeric.sample_string(&mut rand::rng(), 24);
-                        let h = auth::hash_password(&pw).map_err(hash_err)?;
-                        write_secret_file(&path, &h)?;
-                        first.generated.push(format!(
-                            "stored the admin password hash at {} (delete it to generate a new password)",
-                            path.display()
-                        ));
-                        first.admin_password = Some(SecretString::from(pw));
-                        h
-                    }
-                }
-            }
-            None => {
-                return Err(ConfigError::Missing {
-                    var: "WAGATE_ADMIN_PASSWORD",
-                    hint: "at least 12 characters, not a well-known default",
-                })
-            }
-        };
+        let admin_password_hash = Self::admin_password(&vars, dev_mode, &data_dir, &mut first)?;
+        let allow_private_networks = parse_networks(&vars)?;
 
-        let allow_private_networks = get(vars, "WAGATE_ALLOW_PRIVATE_NETWORKS")
-            .map(|list| {
-                list.split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(|s| {
-                        s.parse::<ipnet::IpNet>()
-                            .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                            .map_err(|_| {
-                                invalid(
-                                    "WAGATE_ALLOW_PRIVATE_NETWORKS",
-                                    format!("{s:?} is not a CIDR or IP"),
-                                )
-                            })
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .transpose()?
-            .unwrap_or_default();
-
-        let base_url = match get(vars, "WAGATE_AI_BASE_URL") {
-            Some(u) => Some(check_url("WAGATE_AI_BASE_URL", u)?),
-            None => get(vars, "OPENAI_BASE_URL")
-                .map(|u| check_url("OPENAI_BASE_URL", u))
+        let base_url = match vars.get("WAGATE_AI_BASE_URL") {
+            Some(u) => Some(check_base_url("WAGATE_AI_BASE_URL", u)?),
+            None => vars
+                .get("OPENAI_BASE_URL")
+                .map(|u| check_base_url("OPENAI_BASE_URL", u))
                 .transpose()?,
         };
         let ai_env = EnvAiLayer {
             base_url,
-            api_key: get(vars, "WAGATE_AI_API_KEY")
-                .or_else(|| get(vars, "OPENAI_API_KEY"))
-                .map(|k| SecretString::from(k.to_string())),
-            model_name: get(vars, "WAGATE_AI_MODEL").map(str::to_string),
+            api_key: vars
+                .get("WAGATE_AI_API_KEY")
+                .or_else(|| vars.get("OPENAI_API_KEY"))
+                .map(SecretString::from),
+            model_name: vars.get("WAGATE_AI_MODEL").map(str::to_string),
         };
-        let log_format = match get(vars, "WAGATE_LOG_FORMAT").unwrap_or("text") {
+        let log_format = match vars
+            .get("WAGATE_LOG_FORMAT")
+            .unwrap_or("text")
+            .to_ascii_lowercase()
+            .as_str()
+        {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
-            _ => return Err(invalid("WAGATE_LOG_FORMAT", "expected text or json")),
+            _ => return Err(invalid("WAGATE_LOG_FORMAT", "must be text or json")),
         };
 
         Ok((
@@ -408,159 +487,708 @@ impl Config {
         ))
     }
 
-    /// A one-line description for logs, without secrets.
+    /// `WAGATE_JWT_SECRET` (raw bytes), else in dev mode the base64 `jwt_secret` file.
+    fn jwt_signer(
+        vars: &Vars<'_>,
+        dev_mode: bool,
+        data_dir: &Path,
+        first: &mut FirstRun,
+    ) -> Result<JwtSigner, ConfigError> {
+        let issuer = vars.get("WAGATE_JWT_ISSUER").unwrap_or("wagate");
+        if let Some(secret) = vars.raw("WAGATE_JWT_SECRET") {
+            return JwtSigner::new(secret.as_bytes(), issuer).map_err(|_| {
+                invalid(
+                    "WAGATE_JWT_SECRET",
+                    format!(
+                        "must be at least {} bytes (e.g. $(openssl rand -base64 48))",
+                        auth::MIN_JWT_SECRET
+                    ),
+                )
+            });
+        }
+        if !dev_mode {
+            return Err(ConfigError::Missing {
+                var: "WAGATE_JWT_SECRET",
+                hint: "set at least 32 random bytes, e.g. WAGATE_JWT_SECRET=$(openssl rand -base64 48)",
+            });
+        }
+        let path = data_dir.join(JWT_SECRET_FILE);
+        let (text, created) = load_or_create(&path, first, || {
+            let mut bytes = SecretBox::new(Box::new([0u8; GENERATED_JWT_SECRET_BYTES]));
+            rand::rng().fill_bytes(bytes.expose_secret_mut());
+            Ok(STANDARD.encode(bytes.expose_secret()))
+        })?;
+        if created {
+            first
+                .generated
+                .push(format!("generated a JWT secret at {}", path.display()));
+        }
+        let text = SecretString::from(text);
+        let bytes = SecretBox::new(Box::new(
+            STANDARD
+                .decode(text.expose_secret().trim())
+                .map_err(|_| file_error(&path, "is not base64; delete it to generate a new one"))?,
+        ));
+        JwtSigner::new(bytes.expose_secret(), issuer).map_err(|_| {
+            file_error(
+                &path,
+                format!(
+                    "must hold at least {} bytes; delete it to generate a new one",
+                    auth::MIN_JWT_SECRET
+                ),
+            )
+        })
+    }
+
+    /// `WAGATE_MASTER_KEY` (+ `WAGATE_MASTER_KEYS_OLD`), else in dev mode the `master.key` file
+    /// (current key on the first line, old keys after it).
+    fn keyring(
+        vars: &Vars<'_>,
+        dev_mode: bool,
+        data_dir: &Path,
+        first: &mut FirstRun,
+    ) -> Result<Keyring, ConfigError> {
+        let old = match vars.get("WAGATE_MASTER_KEYS_OLD") {
+            Some(list) => list
+                .split(',')
+                .filter(|s| !s.trim().is_empty())
+                .enumerate()
+                .map(|(i, s)| {
+                    MasterKey::from_base64(s).map_err(|e| {
+                        invalid(
+                            "WAGATE_MASTER_KEYS_OLD",
+                            format!("entry {} is invalid: {e}", i + 1),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            None => Vec::new(),
+        };
+        if let Some(k) = vars.get("WAGATE_MASTER_KEY") {
+            let current = MasterKey::from_base64(k).map_err(|e| {
+                invalid(
+                    "WAGATE_MASTER_KEY",
+                    format!("is invalid: {e}; generate one with: openssl rand -base64 64"),
+                )
+            })?;
+            return Ok(Keyring::new(current, old));
+        }
+        if !dev_mode {
+            return Err(ConfigError::Missing {
+                var: "WAGATE_MASTER_KEY",
+                hint: "set base64 of 64 random bytes, e.g. WAGATE_MASTER_KEY=$(openssl rand -base64 64)",
+            });
+        }
+        let path = data_dir.join(MASTER_KEY_FILE);
+        let (text, created) = load_or_create(&path, first, || {
+            Ok(format!("{}\n", MasterKey::generate().to_base64()))
+        })?;
+        if created {
+            first
+                .generated
+                .push(format!("generated a master key at {}", path.display()));
+        }
+        let text = SecretString::from(text);
+        let mut keys = text
+            .expose_secret()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .enumerate()
+            .map(|(i, l)| {
+                MasterKey::from_base64(l)
+                    .map_err(|e| file_error(&path, format!("line {} is invalid: {e}", i + 1)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if keys.is_empty() {
+            return Err(file_error(&path, "holds no key"));
+        }
+        let current = keys.remove(0);
+        keys.extend(old);
+        Ok(Keyring::new(current, keys))
+    }
+
+    /// Argon2 PHC of `WAGATE_ADMIN_PASSWORD` (checked for strength outside dev mode), else in dev
+    /// mode the `admin_password.hash` file, generated with a random password on first start.
+    fn admin_password(
+        vars: &Vars<'_>,
+        dev_mode: bool,
+        data_dir: &Path,
+        first: &mut FirstRun,
+    ) -> Result<String, ConfigError> {
+        const VAR: &str = "WAGATE_ADMIN_PASSWORD";
+        let hash_err = |_| invalid(VAR, "cannot be hashed");
+        if let Some(pw) = vars.raw(VAR) {
+            let weak = if is_well_known_password(pw) {
+                Some("must not be a well-known default password")
+            } else if pw.chars().count() < MIN_ADMIN_PASSWORD_CHARS {
+                Some("must be at least 12 characters")
+            } else {
+                None
+            };
+            if let Some(why) = weak {
+                if !dev_mode {
+                    return Err(invalid(
+                        VAR,
+                        format!("{why} (e.g. $(openssl rand -base64 18))"),
+                    ));
+                }
+                first.warn(format!(
+                    "{VAR} is weak ({why}); accepted only because this is the embedded dev store"
+                ));
+            }
+            return auth::hash_password(pw).map_err(hash_err);
+        }
+        if !dev_mode {
+            return Err(ConfigError::Missing {
+                var: VAR,
+                hint: "set at least 12 characters that are not a well-known default, e.g. \
+                       WAGATE_ADMIN_PASSWORD=$(openssl rand -base64 18)",
+            });
+        }
+        let path = data_dir.join(ADMIN_PASSWORD_HASH_FILE);
+        let mut generated: Option<SecretString> = None;
+        let (hash, created) = load_or_create(&path, first, || {
+            let pw = SecretString::from(
+                Alphanumeric.sample_string(&mut rand::rng(), GENERATED_PASSWORD_CHARS),
+            );
+            let hash = auth::hash_password(pw.expose_secret()).map_err(hash_err)?;
+            generated = Some(pw);
+            Ok(format!("{hash}\n"))
+        })?;
+        let hash = hash.trim().to_string();
+        if !hash.starts_with("$argon2") {
+            return Err(file_error(
+                &path,
+                "is not an argon2 PHC string; delete it to generate a new password",
+            ));
+        }
+        if created {
+            first.generated.push(format!(
+                "generated the admin password; its argon2 hash is at {} (delete it to generate a new one)",
+                path.display()
+            ));
+            first.admin_password = generated;
+        }
+        Ok(hash)
+    }
+
+    /// A one-line description for logs: listen address, data dir, store (PostgreSQL URL without
+    /// password), issuer, allowed networks and whether an env AI key is set. Never a secret.
     pub fn redacted_summary(&self) -> String {
         let store = match &self.database {
             DatabaseConfig::Sqlite { path } => format!("sqlite:{}", path.display()),
-            DatabaseConfig::Postgres { url } => {
-                let u = url.expose_secret();
-                match url::Url::parse(u) {
-                    Ok(p) => format!("postgres://{}{}", p.host_str().unwrap_or(""), p.path()),
-                    Err(_) => "postgres".into(),
-                }
-            }
+            DatabaseConfig::Postgres { url } => redact_postgres_url(url.expose_secret()),
         };
+        let networks: Vec<String> = self
+            .allow_private_networks
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         format!(
-            "listen={} data_dir={} store={} issuer={} allow_private_networks={:?} env_ai_key={}",
+            "listen={} data_dir={} store={} dev_mode={} jwt_issuer={} admin_username={} \
+             master_keys={} allow_private_networks=[{}] env_ai_base_url={} env_ai_key_set={} \
+             env_ai_model={}",
             self.listen,
             self.data_dir.display(),
             store,
+            self.dev_mode,
             self.jwt.issuer(),
-            self.allow_private_networks,
-            self.ai_env.api_key.is_some()
+            self.admin_username,
+            self.keyring.kids().len(),
+            networks.join(","),
+            self.ai_env.base_url.as_deref().unwrap_or("-"),
+            self.ai_env.api_key.is_some(),
+            self.ai_env.model_name.as_deref().unwrap_or("-"),
         )
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::PermissionsExt;
+    use std::time::Duration;
 
     use super::*;
+
+    const JWT: &str = "0123456789abcdef0123456789abcdef-config-test";
+    const PASSWORD: &str = "a long enough passphrase";
 
     fn vars(dir: &Path, extra: &[(&str, &str)]) -> HashMap<String, String> {
         let mut v = HashMap::new();
         v.insert("WAGATE_DATA_DIR".to_string(), dir.display().to_string());
         for (k, val) in extra {
-            v.insert(k.to_string(), val.to_string());
+            v.insert((*k).to_string(), (*val).to_string());
         }
         v
     }
 
+    fn key_b64(byte: u8) -> String {
+        STANDARD.encode([byte; 64])
+    }
+
+    /// Postgres with all required secrets, plus `extra` (later entries win).
+    fn pg(dir: &Path, extra: &[(&str, &str)]) -> HashMap<String, String> {
+        let key = key_b64(7);
+        let mut all = vec![
+            (
+                "WAGATE_DATABASE_URL",
+                "postgres://wagate:pg-pass-xyz@db.internal:5432/wagate",
+            ),
+            ("WAGATE_JWT_SECRET", JWT),
+            ("WAGATE_MASTER_KEY", key.as_str()),
+            ("WAGATE_ADMIN_PASSWORD", PASSWORD),
+        ];
+        all.extend_from_slice(extra);
+        vars(dir, &all)
+    }
+
     fn err_of(v: &HashMap<String, String>) -> String {
-        Config::from_vars(v)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default()
+        match Config::from_vars(v) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).expect("metadata").permissions().mode() & 0o777
     }
 
     #[test]
-    fn dev_first_run_generates_secrets_0600_and_reuses_them() {
+    fn dev_first_run_generates_secret_files_0600() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let data = dir.path().join("data");
+        let (c, first) = Config::from_vars(&vars(&data, &[])).expect("first run");
+        assert!(c.dev_mode);
+        assert_eq!(mode(&data), 0o700, "data dir");
+        for f in [JWT_SECRET_FILE, MASTER_KEY_FILE, ADMIN_PASSWORD_HASH_FILE] {
+            assert_eq!(mode(&data.join(f)), 0o600, "{f}");
+        }
+        assert_eq!(first.generated.len(), 3, "{:?}", first.generated);
+        assert!(first.warnings.is_empty(), "{:?}", first.warnings);
+        let pw = first.admin_password.expect("generated password");
+        assert_eq!(pw.expose_secret().len(), 24);
+        assert!(auth::verify_password(
+            &c.admin_password_hash,
+            pw.expose_secret()
+        ));
+        let jwt_file = fs::read_to_string(data.join(JWT_SECRET_FILE)).expect("read");
+        assert_eq!(STANDARD.decode(jwt_file.trim()).expect("b64").len(), 64);
+        // No temp files left behind.
+        let names: Vec<String> = fs::read_dir(&data)
+            .expect("dir")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert_eq!(c.admin_username, "admin");
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().expect("addr"));
+        assert!(
+            matches!(&c.database, DatabaseConfig::Sqlite { path } if *path == data.join("wagate.db"))
+        );
+        assert_eq!(c.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn dev_second_run_reuses_secrets() {
         let dir = tempfile::tempdir().expect("tmp");
         let v = vars(dir.path(), &[]);
         let (c1, first) = Config::from_vars(&v).expect("first");
-        assert!(c1.dev_mode);
         assert!(first.admin_password.is_some());
-        for f in ["jwt_secret", "master.key", "admin_password.hash"] {
-            let mode = fs::metadata(dir.path().join(f))
-                .expect(f)
-                .permissions()
-                .mode();
-            assert_eq!(mode & 0o777, 0o600, "{f}");
-        }
-        let pw = first.admin_password.expect("pw");
-        assert!(auth::verify_password(
-            &c1.admin_password_hash,
-            pw.expose_secret()
-        ));
         let (c2, second) = Config::from_vars(&v).expect("second");
-        assert!(second.admin_password.is_none() && second.generated.is_empty());
-        let (t, _) = c1
-            .jwt
-            .issue("x", std::time::Duration::from_secs(60))
-            .expect("t");
+        assert!(second.admin_password.is_none());
+        assert!(second.generated.is_empty(), "{:?}", second.generated);
+        let (t, _) = c1.jwt.issue("admin", Duration::from_secs(60)).expect("t");
         assert!(c2.jwt.verify(&t).is_ok(), "same JWT secret across starts");
         let sealed = c1.keyring.seal(b"k", "ad");
-        assert!(
-            c2.keyring.open(&sealed, "ad").is_ok(),
-            "same master key across starts"
+        assert!(c2.keyring.open(&sealed, "ad").is_ok(), "same master key");
+        assert_eq!(c1.admin_password_hash, c2.admin_password_hash);
+    }
+
+    #[test]
+    fn dev_env_overrides_files() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (from_files, _) = Config::from_vars(&vars(dir.path(), &[])).expect("files");
+        let key = key_b64(9);
+        let v = vars(
+            dir.path(),
+            &[
+                ("WAGATE_JWT_SECRET", JWT),
+                ("WAGATE_MASTER_KEY", &key),
+                ("WAGATE_ADMIN_PASSWORD", "dev"),
+            ],
         );
+        let (c, first) = Config::from_vars(&v).expect("env");
+        assert!(first.admin_password.is_none() && first.generated.is_empty());
+        assert_eq!(first.warnings.len(), 1, "weak dev password is a warning");
+        let (t, _) = from_files
+            .jwt
+            .issue("a", Duration::from_secs(60))
+            .expect("t");
+        assert!(c.jwt.verify(&t).is_err(), "env JWT secret wins");
+        assert_ne!(c.keyring.current_kid(), from_files.keyring.current_kid());
+        assert!(auth::verify_password(&c.admin_password_hash, "dev"));
+        let signer = JwtSigner::new(JWT.as_bytes(), "wagate").expect("signer");
+        let (t, _) = signer.issue("a", Duration::from_secs(60)).expect("t");
+        assert!(c.jwt.verify(&t).is_ok(), "raw bytes of WAGATE_JWT_SECRET");
+    }
+
+    #[test]
+    fn dev_env_only_writes_nothing() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let data = dir.path().join("data");
+        let key = key_b64(1);
+        let v = vars(
+            &data,
+            &[
+                ("WAGATE_JWT_SECRET", JWT),
+                ("WAGATE_MASTER_KEY", &key),
+                ("WAGATE_ADMIN_PASSWORD", PASSWORD),
+            ],
+        );
+        let (c, first) = Config::from_vars(&v).expect("env only");
+        assert!(c.dev_mode && first.generated.is_empty());
+        assert!(!data.exists());
+    }
+
+    #[test]
+    fn dev_master_key_file_holds_old_keys() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (k1, k2) = (key_b64(1), key_b64(2));
+        fs::write(dir.path().join(MASTER_KEY_FILE), format!("{k2}\n\n{k1}\n")).expect("write");
+        fs::set_permissions(
+            dir.path().join(MASTER_KEY_FILE),
+            fs::Permissions::from_mode(0o644),
+        )
+        .expect("chmod");
+        let (c, first) = Config::from_vars(&vars(dir.path(), &[])).expect("config");
+        let kids = c.keyring.kids();
+        assert_eq!(kids.len(), 2);
+        let old = Keyring::new(MasterKey::from_base64(&k1).expect("k1"), vec![]);
+        assert_eq!(kids[1], old.current_kid());
+        assert!(
+            first.warnings.iter().any(|w| w.contains("chmod 600")),
+            "{:?}",
+            first.warnings
+        );
+    }
+
+    #[test]
+    fn dev_corrupt_files_refused_with_path() {
+        let dir = tempfile::tempdir().expect("tmp");
+        fs::write(dir.path().join(MASTER_KEY_FILE), "not-a-key\n").expect("write");
+        let e = err_of(&vars(dir.path(), &[]));
+        assert!(e.contains(MASTER_KEY_FILE) && e.contains("line 1"), "{e}");
+        assert!(!e.contains("not-a-key"), "{e}");
+
+        let dir = tempfile::tempdir().expect("tmp");
+        fs::write(dir.path().join(JWT_SECRET_FILE), STANDARD.encode([1u8; 8])).expect("write");
+        let e = err_of(&vars(dir.path(), &[]));
+        assert!(e.contains(JWT_SECRET_FILE) && e.contains("32 bytes"), "{e}");
+
+        let dir = tempfile::tempdir().expect("tmp");
+        fs::write(dir.path().join(ADMIN_PASSWORD_HASH_FILE), "plaintext").expect("write");
+        let e = err_of(&vars(dir.path(), &[]));
+        assert!(e.contains(ADMIN_PASSWORD_HASH_FILE), "{e}");
     }
 
     #[test]
     fn postgres_requires_secrets() {
         let dir = tempfile::tempdir().expect("tmp");
-        let v = vars(
-            dir.path(),
-            &[("WAGATE_DATABASE_URL", "postgres://u@127.0.0.1/db")],
-        );
-        assert!(err_of(&v).contains("WAGATE_JWT_SECRET"));
-    }
-
-    #[test]
-    fn weak_values_refused() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let key = STANDARD.encode([7u8; 64]);
-        let jwt = "0123456789abcdef0123456789abcdef0123";
-        let pg = [
-            ("WAGATE_DATABASE_URL", "postgres://u@127.0.0.1/db"),
-            ("WAGATE_JWT_SECRET", jwt),
-            ("WAGATE_MASTER_KEY", key.as_str()),
-        ];
-        let mut with_pw = pg.to_vec();
-        with_pw.push(("WAGATE_ADMIN_PASSWORD", "Password"));
-        assert!(err_of(&vars(dir.path(), &with_pw)).contains("well-known"));
-        let mut short_pw = pg.to_vec();
-        short_pw.push(("WAGATE_ADMIN_PASSWORD", "short1"));
-        assert!(err_of(&vars(dir.path(), &short_pw)).contains("12 characters"));
-        let mut ok = pg.to_vec();
-        ok.push(("WAGATE_ADMIN_PASSWORD", "a long enough passphrase"));
-        assert!(Config::from_vars(&vars(dir.path(), &ok)).is_ok());
-
-        let e = err_of(&vars(dir.path(), &[("WAGATE_JWT_SECRET", "too-short")]));
+        let url = ("WAGATE_DATABASE_URL", "postgres://u@127.0.0.1/db");
+        let e = err_of(&vars(dir.path(), &[url]));
         assert!(
-            e.contains("WAGATE_JWT_SECRET") && !e.contains("too-short"),
+            e.contains("WAGATE_JWT_SECRET") && e.contains("openssl rand"),
             "{e}"
         );
-        let e = err_of(&vars(dir.path(), &[("WAGATE_MASTER_KEY", "bm90LWEta2V5")]));
-        assert!(e.contains("WAGATE_MASTER_KEY"), "{e}");
+        let e = err_of(&vars(dir.path(), &[url, ("WAGATE_JWT_SECRET", JWT)]));
+        assert!(
+            e.contains("WAGATE_MASTER_KEY") && e.contains("openssl rand -base64 64"),
+            "{e}"
+        );
+        let key = key_b64(3);
         let e = err_of(&vars(
             dir.path(),
-            &[("WAGATE_ALLOW_PRIVATE_NETWORKS", "10.0.0.0/33")],
+            &[url, ("WAGATE_JWT_SECRET", JWT), ("WAGATE_MASTER_KEY", &key)],
         ));
-        assert!(e.contains("WAGATE_ALLOW_PRIVATE_NETWORKS"), "{e}");
-        let e = err_of(&vars(dir.path(), &[("WAGATE_LISTEN", "nope")]));
-        assert!(e.contains("WAGATE_LISTEN"), "{e}");
-        let e = err_of(&vars(dir.path(), &[("WAGATE_AI_BASE_URL", "ftp://x")]));
-        assert!(e.contains("WAGATE_AI_BASE_URL"), "{e}");
+        assert!(e.contains("WAGATE_ADMIN_PASSWORD"), "{e}");
+        assert_eq!(
+            fs::read_dir(dir.path()).expect("dir").count(),
+            0,
+            "no dev files"
+        );
     }
 
     #[test]
-    fn env_ai_layer_and_networks() {
+    fn postgres_with_secrets_accepted() {
         let dir = tempfile::tempdir().expect("tmp");
-        let v = vars(
+        let (c, first) = Config::from_vars(&pg(dir.path(), &[])).expect("config");
+        assert!(!c.dev_mode);
+        assert!(matches!(c.database, DatabaseConfig::Postgres { .. }));
+        assert!(first.admin_password.is_none() && first.generated.is_empty());
+        assert!(auth::verify_password(&c.admin_password_hash, PASSWORD));
+        let v = pg(
+            dir.path(),
+            &[("WAGATE_DATABASE_URL", "postgresql://u@localhost/db")],
+        );
+        assert!(!Config::from_vars(&v).expect("postgresql://").0.dev_mode);
+    }
+
+    #[test]
+    fn short_jwt_secret_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        for v in [
+            vars(
+                dir.path(),
+                &[("WAGATE_JWT_SECRET", "too-short-secret-value")],
+            ),
+            pg(
+                dir.path(),
+                &[("WAGATE_JWT_SECRET", "too-short-secret-value")],
+            ),
+        ] {
+            let e = err_of(&v);
+            assert!(
+                e.contains("WAGATE_JWT_SECRET must be at least 32 bytes"),
+                "{e}"
+            );
+            assert!(!e.contains("too-short-secret-value"), "{e}");
+        }
+    }
+
+    #[test]
+    fn malformed_master_key_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let short = STANDARD.encode([5u8; 32]);
+        for bad in ["bm90LWEta2V5", "%%% not base64 %%%", short.as_str()] {
+            let e = err_of(&vars(dir.path(), &[("WAGATE_MASTER_KEY", bad)]));
+            assert!(e.contains("WAGATE_MASTER_KEY"), "{e}");
+            assert!(!e.contains(bad), "{e}");
+        }
+        let e = err_of(&pg(dir.path(), &[("WAGATE_MASTER_KEY", short.as_str())]));
+        assert!(e.contains("got 32 bytes"), "{e}");
+        let e = err_of(&pg(dir.path(), &[("WAGATE_MASTER_KEYS_OLD", "abc")]));
+        assert!(e.contains("WAGATE_MASTER_KEYS_OLD"), "{e}");
+    }
+
+    #[test]
+    fn master_keys_from_env_with_old_keys() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (k1, k2) = (key_b64(1), key_b64(2));
+        // `openssl rand -base64 64` output wraps after 64 characters.
+        let wrapped = format!("{}\n{}", &k2[..64], &k2[64..]);
+        let old = format!("{k1}, ");
+        let v = pg(
             dir.path(),
             &[
-                ("OPENAI_API_KEY", "sk-env"),
-                ("OPENAI_BASE_URL", "http://127.0.0.1:11434/v1/"),
-                ("WAGATE_ALLOW_PRIVATE_NETWORKS", "127.0.0.0/8, ::1"),
+                ("WAGATE_MASTER_KEY", &wrapped),
+                ("WAGATE_MASTER_KEYS_OLD", &old),
             ],
         );
         let (c, _) = Config::from_vars(&v).expect("config");
-        assert_eq!(
-            c.ai_env
-                .api_key
-                .as_ref()
-                .map(|k| k.expose_secret().to_string())
-                .as_deref(),
-            Some("sk-env")
+        assert_eq!(c.keyring.kids().len(), 2);
+        let ring1 = Keyring::new(MasterKey::from_base64(&k1).expect("k1"), vec![]);
+        let sealed = ring1.seal(b"old secret", "ad");
+        assert!(c.keyring.open(&sealed, "ad").is_ok());
+        assert!(c.keyring.needs_rotation(&sealed));
+    }
+
+    #[test]
+    fn weak_admin_password_refused_outside_dev_mode() {
+        let dir = tempfile::tempdir().expect("tmp");
+        for weak in [
+            "admin",
+            "Password",
+            "CHANGEME",
+            "wagate",
+            "123456789012",
+            "Password2024!",
+            "aaaaaaaaaaaaaaaa",
+        ] {
+            let e = err_of(&pg(dir.path(), &[("WAGATE_ADMIN_PASSWORD", weak)]));
+            assert!(
+                e.contains("WAGATE_ADMIN_PASSWORD") && e.contains("well-known"),
+                "{weak}: {e}"
+            );
+            assert!(!e.contains(weak), "{e}");
+        }
+        let e = err_of(&pg(dir.path(), &[("WAGATE_ADMIN_PASSWORD", "Xk3#short")]));
+        assert!(e.contains("at least 12 characters"), "{e}");
+        // The embedded dev store accepts it with a warning.
+        let (_, first) =
+            Config::from_vars(&vars(dir.path(), &[("WAGATE_ADMIN_PASSWORD", "admin")]))
+                .expect("dev accepts");
+        assert!(!first.warnings.is_empty());
+    }
+
+    #[test]
+    fn openai_api_key_used_when_wagate_key_absent() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let v = pg(
+            dir.path(),
+            &[
+                ("OPENAI_API_KEY", "sk-openai-env"),
+                ("OPENAI_BASE_URL", "http://127.0.0.1:11434/v1/"),
+            ],
         );
+        let (c, _) = Config::from_vars(&v).expect("config");
+        let key = c
+            .ai_env
+            .api_key
+            .as_ref()
+            .map(|k| k.expose_secret().to_string());
+        assert_eq!(key.as_deref(), Some("sk-openai-env"));
         assert_eq!(
             c.ai_env.base_url.as_deref(),
             Some("http://127.0.0.1:11434/v1")
         );
-        assert_eq!(c.allow_private_networks.len(), 2);
-        let dbg = format!("{c:?} {}", c.redacted_summary());
-        assert!(!dbg.contains("sk-env"), "{dbg}");
+        assert!(c.ai_env.model_name.is_none());
+
+        let v = pg(
+            dir.path(),
+            &[
+                ("OPENAI_API_KEY", "sk-openai-env"),
+                ("WAGATE_AI_API_KEY", "sk-wagate-env"),
+                ("OPENAI_BASE_URL", "https://api.openai.com/v1"),
+                ("WAGATE_AI_BASE_URL", "https://example.com/v1"),
+                ("WAGATE_AI_MODEL", "gpt-4o-mini"),
+            ],
+        );
+        let (c, _) = Config::from_vars(&v).expect("config");
+        let key = c
+            .ai_env
+            .api_key
+            .as_ref()
+            .map(|k| k.expose_secret().to_string());
+        assert_eq!(key.as_deref(), Some("sk-wagate-env"));
+        assert_eq!(c.ai_env.base_url.as_deref(), Some("https://example.com/v1"));
+        assert_eq!(c.ai_env.model_name.as_deref(), Some("gpt-4o-mini"));
+    }
+
+    #[test]
+    fn bad_ai_base_url_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        for bad in [
+            "ftp://example.com",
+            "example.com/v1",
+            "https://user:pw@example.com",
+            "https://example.com/v1?key=x",
+        ] {
+            let e = err_of(&pg(dir.path(), &[("WAGATE_AI_BASE_URL", bad)]));
+            assert!(e.contains("WAGATE_AI_BASE_URL"), "{bad}: {e}");
+        }
+        let e = err_of(&pg(dir.path(), &[("OPENAI_BASE_URL", "nope")]));
+        assert!(e.contains("OPENAI_BASE_URL"), "{e}");
+    }
+
+    #[test]
+    fn bad_allow_private_networks_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        for bad in ["10.0.0.0/33", "localhost", "10.0.0.0/8,,nope"] {
+            let e = err_of(&pg(dir.path(), &[("WAGATE_ALLOW_PRIVATE_NETWORKS", bad)]));
+            assert!(e.contains("WAGATE_ALLOW_PRIVATE_NETWORKS"), "{bad}: {e}");
+        }
+        let v = pg(
+            dir.path(),
+            &[(
+                "WAGATE_ALLOW_PRIVATE_NETWORKS",
+                "127.0.0.0/8, 192.168.1.7,::1",
+            )],
+        );
+        let (c, _) = Config::from_vars(&v).expect("config");
+        let nets: Vec<String> = c
+            .allow_private_networks
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(nets, ["127.0.0.0/8", "192.168.1.7/32", "::1/128"]);
+    }
+
+    #[test]
+    fn bad_listen_database_and_log_format_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        for (var, bad) in [
+            ("WAGATE_LISTEN", "nope"),
+            ("WAGATE_LISTEN", "localhost:8080"),
+            ("WAGATE_DATABASE_URL", "mysql://u:secretpw@h/db"),
+            ("WAGATE_DATABASE_URL", "sqlite://"),
+            ("WAGATE_DATABASE_URL", "postgres://u:secretpw@[bad/db"),
+            ("WAGATE_LOG_FORMAT", "xml"),
+        ] {
+            let e = err_of(&pg(dir.path(), &[(var, bad)]));
+            assert!(e.starts_with(var), "{bad}: {e}");
+            assert!(!e.contains("secretpw"), "{e}");
+        }
+        let v = pg(
+            dir.path(),
+            &[("WAGATE_LISTEN", "[::]:0"), ("WAGATE_LOG_FORMAT", "json")],
+        );
+        let (c, _) = Config::from_vars(&v).expect("config");
+        assert_eq!(c.listen.port(), 0);
+        assert_eq!(c.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn sqlite_url_forms() {
+        let dir = tempfile::tempdir().expect("tmp");
+        for (url, path) in [
+            ("sqlite://db/w.db", "db/w.db"),
+            ("sqlite:w.db", "w.db"),
+            ("sqlite:///abs/w.db?mode=rwc", "/abs/w.db"),
+        ] {
+            let (c, _) = Config::from_vars(&vars(dir.path(), &[("WAGATE_DATABASE_URL", url)]))
+                .expect("config");
+            assert!(c.dev_mode);
+            assert!(
+                matches!(&c.database, DatabaseConfig::Sqlite { path: p } if p == Path::new(path)),
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
+    fn debug_and_summary_print_no_secret() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let key = key_b64(0x5a);
+        let v = pg(
+            dir.path(),
+            &[
+                ("WAGATE_MASTER_KEY", &key),
+                ("WAGATE_AI_API_KEY", "sk-canary-config"),
+                ("WAGATE_JWT_ISSUER", "wagate-test"),
+                (
+                    "WAGATE_DATABASE_URL",
+                    "postgres://wagate:pg-pass-xyz@db.internal:5432/wagate?password=pg-pass-xyz",
+                ),
+            ],
+        );
+        let (c, _) = Config::from_vars(&v).expect("config");
+        let summary = c.redacted_summary();
+        let text = format!("{c:?} {c:#?} {summary}");
+        for secret in [
+            JWT,
+            &key[..16],
+            "WlpaWlpa",
+            "sk-canary-config",
+            "pg-pass-xyz",
+            PASSWORD,
+            c.admin_password_hash.as_str(),
+        ] {
+            assert!(!text.contains(secret), "{secret} leaked: {text}");
+        }
+        assert!(
+            summary.contains("postgres://wagate@db.internal:5432/wagate"),
+            "{summary}"
+        );
+        assert!(summary.contains("jwt_issuer=wagate-test"), "{summary}");
+        assert!(summary.contains("env_ai_key_set=true"), "{summary}");
+        assert_eq!(c.jwt.issuer(), "wagate-test");
+    }
+
+    #[test]
+    fn well_known_passwords() {
+        assert!(is_well_known_password("Admin"));
+        assert!(is_well_known_password("changeme123"));
+        assert!(is_well_known_password("zzzzzzzzzzzzzz"));
+        assert!(!is_well_known_password("correct horse battery staple"));
+        assert!(!is_well_known_password(""));
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod account;
 pub mod ai_global;
+pub mod chat;
 pub mod chat_settings;
 pub mod error;
 pub mod ids;

@@ -155,7 +155,8 @@ impl TestApp {
     }
 
     pub fn admin_token(&self) -> String {
-        self.config()
+        self.app()
+            .config
             .jwt
             .issue("tester", std::time::Duration::from_secs(3600))
             .expect("issue admin token")

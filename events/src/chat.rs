@@ -1,0 +1,684 @@
+//! A chat's message stream (`chat` / `<account>/<jid>`): inbound and outbound messages and the
+//! life of every AI reply in it. One stream per chat keeps a chat's messages and replies in one
+//! order and lets a send and its "sent" mark commit together.
+//!
+//! Reply life: `AiReplyRequested` (committed with the inbound message that triggers it) ->
+//! `AiReplySkipped` | (`AiReplyGenerated` -> [`TypingIndicated`] -> `MessageSent` + `AiReplySent`)
+//! | `AiReplyFailed`. A reply that has not reached a terminal event when the process dies is
+//! closed as `AiReplyFailed { reason: "interrupted" }` at the next start: never sent twice.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+
+use chrono::{DateTime, Duration, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use serde::{Deserialize, Serialize};
+
+use crate::DomainError;
+
+/// Longest message text accepted (WhatsApp's own limit is 65,536 characters).
+pub const MAX_TEXT: usize = 65_536;
+/// Turns kept for the prompt.
+pub const HISTORY_LEN: usize = 20;
+/// Loop guard: at most this many AI replies per chat within [`LOOP_WINDOW_MINUTES`]; then the
+/// chat cools down until the window has room again.
+pub const LOOP_CAP: usize = 8;
+pub const LOOP_WINDOW_MINUTES: i64 = 10;
+/// The reason of a reply closed by a restart.
+pub const INTERRUPTED: &str = "interrupted";
+
+pub fn stream_id(account_id: &str, jid: &str) -> String {
+    format!("{account_id}/{jid}")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Customer,
+    Ai,
+    Operator,
+    Test,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TokenUsage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ChatEvent {
+    MessageReceived {
+        message_id: String,
+        from: String,
+        text: String,
+        from_me: bool,
+        at: DateTime<Utc>,
+    },
+    /// A reply is owed to `trigger_message_id`; the rules are evaluated when it is worked on.
+    AiReplyRequested {
+        reply_id: String,
+        trigger_message_id: String,
+    },
+    AiReplySkipped {
+        reply_id: String,
+        reason: String,
+    },
+    AiReplyGenerated {
+        reply_id: String,
+        text: String,
+        model: String,
+        usage: TokenUsage,
+        latency_ms: u64,
+    },
+    TypingIndicated {
+        reply_id: Option<String>,
+        at: DateTime<Utc>,
+    },
+    MessageSent {
+        message_id: String,
+        text: String,
+        source: Source,
+        ai_reply_id: Option<String>,
+        at: DateTime<Utc>,
+    },
+    AiReplySent {
+        reply_id: String,
+        message_id: String,
+    },
+    AiReplyFailed {
+        reply_id: String,
+        reason: String,
+    },
+}
+
+impl DomainEvent for ChatEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::MessageReceived { .. } => "MessageReceived",
+            Self::AiReplyRequested { .. } => "AiReplyRequested",
+            Self::AiReplySkipped { .. } => "AiReplySkipped",
+            Self::AiReplyGenerated { .. } => "AiReplyGenerated",
+            Self::TypingIndicated { .. } => "TypingIndicated",
+            Self::MessageSent { .. } => "MessageSent",
+            Self::AiReplySent { .. } => "AiReplySent",
+            Self::AiReplyFailed { .. } => "AiReplyFailed",
+        }
+        .to_string()
+    }
+    fn event_version(&self) -> String {
+        crate::EVENT_VERSION.to_string()
+    }
+}
+
+/// Where a reply stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ReplyState {
+    Requested { trigger: String },
+    Generated { trigger: String, text: String },
+}
+
+/// One turn of the conversation, for the prompt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Turn {
+    /// true: the customer (user role); false: the account (assistant role).
+    pub inbound: bool,
+    pub text: String,
+    pub message_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Chat {
+    pub seen_message_ids: HashSet<String>,
+    /// The last [`HISTORY_LEN`] text turns.
+    pub history: VecDeque<Turn>,
+    /// Replies without a terminal event, by reply id.
+    pub open_replies: BTreeMap<String, ReplyState>,
+    /// Send times of recent AI replies (loop guard).
+    pub recent_ai_sends: VecDeque<DateTime<Utc>>,
+    /// The newest inbound customer message id (a pending reply to an older one is superseded).
+    pub last_customer_message: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChatCommand {
+    /// An inbound message. A known `message_id` is a duplicate: no events.
+    Receive {
+        message_id: String,
+        from: String,
+        text: String,
+        from_me: bool,
+        /// Whether this message may get an AI reply at all (not from the account itself, not a
+        /// status broadcast); the caller decides by JID and flags.
+        reply_candidate: bool,
+        reply_id: String,
+        at: DateTime<Utc>,
+    },
+    /// A message sent as the account by an operator or the test route.
+    Send {
+        message_id: String,
+        text: String,
+        source: Source,
+        at: DateTime<Utc>,
+    },
+    SkipReply {
+        reply_id: String,
+        reason: String,
+    },
+    RecordGenerated {
+        reply_id: String,
+        text: String,
+        model: String,
+        usage: TokenUsage,
+        latency_ms: u64,
+    },
+    Typing {
+        reply_id: Option<String>,
+        at: DateTime<Utc>,
+    },
+    /// Sends a generated reply (the transport already accepted it as `message_id`).
+    SendReply {
+        reply_id: String,
+        message_id: String,
+        at: DateTime<Utc>,
+    },
+    FailReply {
+        reply_id: String,
+        reason: String,
+    },
+    /// Closes every open reply as interrupted (start-up recovery).
+    CloseInterrupted,
+}
+
+fn check_text(text: &str) -> Result<(), DomainError> {
+    if text.trim().is_empty() {
+        return Err(DomainError::invalid("text", "must not be empty"));
+    }
+    if text.chars().count() > MAX_TEXT {
+        return Err(DomainError::invalid(
+            "text",
+            format!("longer than {MAX_TEXT} characters"),
+        ));
+    }
+    Ok(())
+}
+
+impl Chat {
+    /// Whether the loop guard allows another AI reply at `now`; `Err(reason)` otherwise.
+    pub fn loop_guard(&self, now: DateTime<Utc>) -> Result<(), String> {
+        let since = now - Duration::minutes(LOOP_WINDOW_MINUTES);
+        let recent = self.recent_ai_sends.iter().filter(|t| **t > since).count();
+        if recent >= LOOP_CAP {
+            return Err(format!(
+                "loop guard: {LOOP_CAP} AI replies in {LOOP_WINDOW_MINUTES} minutes in this chat; cooling down"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The trigger of an open reply.
+    pub fn trigger_of(&self, reply_id: &str) -> Option<&str> {
+        match self.open_replies.get(reply_id)? {
+            ReplyState::Requested { trigger } | ReplyState::Generated { trigger, .. } => {
+                Some(trigger)
+            }
+        }
+    }
+
+    fn open(&self, reply_id: &str) -> Result<&ReplyState, DomainError> {
+        self.open_replies
+            .get(reply_id)
+            .ok_or_else(|| DomainError::Conflict(format!("reply {reply_id} is not open")))
+    }
+
+    fn push_turn(&mut self, turn: Turn) {
+        self.history.push_back(turn);
+        while self.history.len() > HISTORY_LEN {
+            self.history.pop_front();
+        }
+    }
+}
+
+impl Aggregate for Chat {
+    const TYPE: &'static str = "chat";
+    type Command = ChatCommand;
+    type Event = ChatEvent;
+    type Error = DomainError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: ChatCommand,
+        _: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), DomainError> {
+        for e in self.decide(command)? {
+            sink.write(e, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: ChatEvent) {
+        match event {
+            ChatEvent::MessageReceived {
+                message_id,
+                text,
+                from_me,
+                ..
+            } => {
+                self.seen_message_ids.insert(message_id.clone());
+                if !from_me {
+                    self.last_customer_message = Some(message_id.clone());
+                }
+                self.push_turn(Turn {
+                    inbound: !from_me,
+                    text,
+                    message_id,
+                });
+            }
+            ChatEvent::AiReplyRequested {
+                reply_id,
+                trigger_message_id,
+            } => {
+                self.open_replies.insert(
+                    reply_id,
+                    ReplyState::Requested {
+                        trigger: trigger_message_id,
+                    },
+                );
+            }
+            ChatEvent::AiReplyGenerated { reply_id, text, .. } => {
+                if let Some(trigger) = self.trigger_of(&reply_id).map(str::to_string) {
+                    self.open_replies
+                        .insert(reply_id, ReplyState::Generated { trigger, text });
+                }
+            }
+            ChatEvent::MessageSent {
+                message_id,
+                text,
+                source,
+                at,
+                ..
+            } => {
+                self.seen_message_ids.insert(message_id.clone());
+                if source == Source::Ai {
+                    self.recent_ai_sends.push_back(at);
+                    while self.recent_ai_sends.len() > LOOP_CAP {
+                        self.recent_ai_sends.pop_front();
+                    }
+                }
+                self.push_turn(Turn {
+                    inbound: false,
+                    text,
+                    message_id,
+                });
+            }
+            ChatEvent::AiReplySkipped { reply_id, .. }
+            | ChatEvent::AiReplySent { reply_id, .. }
+            | ChatEvent::AiReplyFailed { reply_id, .. } => {
+                self.open_replies.remove(&reply_id);
+            }
+            ChatEvent::TypingIndicated { .. } => {}
+        }
+    }
+}
+
+impl Chat {
+    /// The pure decision for a command (used by `handle` and by the chat actor, which keeps the
+    /// aggregate in memory and commits with the expected version itself).
+    pub fn decide(&self, command: ChatCommand) -> Result<Vec<ChatEvent>, DomainError> {
+        Ok(match command {
+            ChatCommand::Receive {
+                message_id,
+                from,
+                text,
+                from_me,
+                reply_candidate,
+                reply_id,
+                at,
+            } => {
+                if message_id.is_empty() || message_id.len() > 256 {
+                    return Err(DomainError::invalid(
+                        "id",
+                        "message id must be 1..=256 characters",
+                    ));
+                }
+                check_text(&text)?;
+                if self.seen_message_ids.contains(&message_id) {
+                    return Ok(vec![]);
+                }
+                let mut events = vec![ChatEvent::MessageReceived {
+                    message_id: message_id.clone(),
+                    from,
+                    text,
+                    from_me,
+                    at,
+                }];
+                if reply_candidate && !from_me {
+                    events.push(ChatEvent::AiReplyRequested {
+                        reply_id,
+                        trigger_message_id: message_id,
+                    });
+                }
+                events
+            }
+            ChatCommand::Send {
+                message_id,
+                text,
+                source,
+                at,
+            } => {
+                check_text(&text)?;
+                vec![ChatEvent::MessageSent {
+                    message_id,
+                    text,
+                    source,
+                    ai_reply_id: None,
+                    at,
+                }]
+            }
+            ChatCommand::SkipReply { reply_id, reason } => {
+                self.open(&reply_id)?;
+                vec![ChatEvent::AiReplySkipped { reply_id, reason }]
+            }
+            ChatCommand::RecordGenerated {
+                reply_id,
+                text,
+                model,
+                usage,
+                latency_ms,
+            } => {
+                match self.open(&reply_id)? {
+                    ReplyState::Requested { .. } => {}
+                    ReplyState::Generated { .. } => {
+                        return Err(DomainError::Conflict(format!(
+                            "reply {reply_id} was already generated"
+                        )))
+                    }
+                }
+                vec![ChatEvent::AiReplyGenerated {
+                    reply_id,
+                    text,
+                    model,
+                    usage,
+                    latency_ms,
+                }]
+            }
+            ChatCommand::Typing { reply_id, at } => {
+                vec![ChatEvent::TypingIndicated { reply_id, at }]
+            }
+            ChatCommand::SendReply {
+                reply_id,
+                message_id,
+                at,
+            } => {
+                let (trigger, text) = match self.open(&reply_id)? {
+                    ReplyState::Generated { trigger, text } => (trigger.clone(), text.clone()),
+                    ReplyState::Requested { .. } => {
+                        return Err(DomainError::Conflict(format!(
+                            "reply {reply_id} has no text yet"
+                        )))
+                    }
+                };
+                // A newer customer message arrived while this reply waited: the reply to that
+                // one sees the whole conversation, so this one is not sent.
+                if self.last_customer_message.as_deref() != Some(trigger.as_str()) {
+                    return Ok(vec![ChatEvent::AiReplySkipped {
+                        reply_id,
+                        reason: "superseded by a newer message in this chat; not sent".into(),
+                    }]);
+                }
+                if let Err(reason) = self.loop_guard(at) {
+                    return Ok(vec![ChatEvent::AiReplySkipped { reply_id, reason }]);
+                }
+                vec![
+                    ChatEvent::MessageSent {
+                        message_id: message_id.clone(),
+                        text,
+                        source: Source::Ai,
+                        ai_reply_id: Some(reply_id.clone()),
+                        at,
+                    },
+                    ChatEvent::AiReplySent {
+                        reply_id,
+                        message_id,
+                    },
+                ]
+            }
+            ChatCommand::FailReply { reply_id, reason } => {
+                self.open(&reply_id)?;
+                vec![ChatEvent::AiReplyFailed { reply_id, reason }]
+            }
+            ChatCommand::CloseInterrupted => self
+                .open_replies
+                .keys()
+                .map(|reply_id| ChatEvent::AiReplyFailed {
+                    reply_id: reply_id.clone(),
+                    reason: INTERRUPTED.into(),
+                })
+                .collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cqrs_es::test::TestFramework;
+
+    use super::*;
+
+    type Fw = TestFramework<Chat>;
+
+    fn t0() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-25T10:00:00Z")
+            .map(|d| d.with_timezone(&Utc))
+            .unwrap_or_default()
+    }
+
+    fn received(id: &str) -> ChatEvent {
+        ChatEvent::MessageReceived {
+            message_id: id.into(),
+            from: "491701234567".into(),
+            text: format!("hi {id}"),
+            from_me: false,
+            at: t0(),
+        }
+    }
+
+    fn requested(reply: &str, trigger: &str) -> ChatEvent {
+        ChatEvent::AiReplyRequested {
+            reply_id: reply.into(),
+            trigger_message_id: trigger.into(),
+        }
+    }
+
+    fn generated(reply: &str) -> ChatEvent {
+        ChatEvent::AiReplyGenerated {
+            reply_id: reply.into(),
+            text: "hello!".into(),
+            model: "m".into(),
+            usage: TokenUsage::default(),
+            latency_ms: 5,
+        }
+    }
+
+    fn receive(id: &str, reply_candidate: bool, from_me: bool) -> ChatCommand {
+        ChatCommand::Receive {
+            message_id: id.into(),
+            from: "491701234567".into(),
+            text: format!("hi {id}"),
+            from_me,
+            reply_candidate,
+            reply_id: format!("r-{id}"),
+            at: t0(),
+        }
+    }
+
+    #[test]
+    fn inbound_customer_message_requests_a_reply() {
+        Fw::with(())
+            .given_no_previous_events()
+            .when(receive("m1", true, false))
+            .then_expect_events(vec![received("m1"), requested("r-m1", "m1")]);
+    }
+
+    #[test]
+    fn duplicate_inbound_is_a_no_op() {
+        Fw::with(())
+            .given(vec![received("m1"), requested("r-m1", "m1")])
+            .when(receive("m1", true, false))
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn from_me_and_non_candidates_get_no_reply() {
+        let mut own = received("m2");
+        if let ChatEvent::MessageReceived { from_me, .. } = &mut own {
+            *from_me = true;
+        }
+        Fw::with(())
+            .given_no_previous_events()
+            .when(receive("m2", true, true))
+            .then_expect_events(vec![own]);
+        Fw::with(())
+            .given_no_previous_events()
+            .when(receive("m3", false, false))
+            .then_expect_events(vec![received("m3")]);
+    }
+
+    #[test]
+    fn generated_reply_is_sent_with_its_sent_mark() {
+        Fw::with(())
+            .given(vec![received("m1"), requested("r1", "m1"), generated("r1")])
+            .when(ChatCommand::SendReply {
+                reply_id: "r1".into(),
+                message_id: "out1".into(),
+                at: t0(),
+            })
+            .then_expect_events(vec![
+                ChatEvent::MessageSent {
+                    message_id: "out1".into(),
+                    text: "hello!".into(),
+                    source: Source::Ai,
+                    ai_reply_id: Some("r1".into()),
+                    at: t0(),
+                },
+                ChatEvent::AiReplySent {
+                    reply_id: "r1".into(),
+                    message_id: "out1".into(),
+                },
+            ]);
+    }
+
+    #[test]
+    fn a_reply_is_never_sent_twice() {
+        Fw::with(())
+            .given(vec![
+                received("m1"),
+                requested("r1", "m1"),
+                generated("r1"),
+                ChatEvent::AiReplySent {
+                    reply_id: "r1".into(),
+                    message_id: "out1".into(),
+                },
+            ])
+            .when(ChatCommand::SendReply {
+                reply_id: "r1".into(),
+                message_id: "out2".into(),
+                at: t0(),
+            })
+            .then_expect_error_message("reply r1 is not open");
+    }
+
+    #[test]
+    fn newer_message_supersedes_pending_reply() {
+        Fw::with(())
+            .given(vec![
+                received("m1"),
+                requested("r1", "m1"),
+                generated("r1"),
+                received("m2"),
+                requested("r2", "m2"),
+            ])
+            .when(ChatCommand::SendReply {
+                reply_id: "r1".into(),
+                message_id: "out1".into(),
+                at: t0(),
+            })
+            .then_expect_events(vec![ChatEvent::AiReplySkipped {
+                reply_id: "r1".into(),
+                reason: "superseded by a newer message in this chat; not sent".into(),
+            }]);
+    }
+
+    #[test]
+    fn loop_guard_caps_replies() {
+        let mut given = vec![];
+        for i in 0..LOOP_CAP {
+            given.push(ChatEvent::MessageSent {
+                message_id: format!("o{i}"),
+                text: "x".into(),
+                source: Source::Ai,
+                ai_reply_id: None,
+                at: t0(),
+            });
+        }
+        given.extend([received("m1"), requested("r1", "m1"), generated("r1")]);
+        let result = Chat::default();
+        let mut chat = result;
+        for e in given {
+            chat.apply(e);
+        }
+        let events = chat
+            .decide(ChatCommand::SendReply {
+                reply_id: "r1".into(),
+                message_id: "out".into(),
+                at: t0() + Duration::minutes(1),
+            })
+            .unwrap_or_default();
+        assert!(
+            matches!(&events[..], [ChatEvent::AiReplySkipped { reason, .. }] if reason.starts_with("loop guard"))
+        );
+        // After the window, replies flow again.
+        assert!(chat
+            .loop_guard(t0() + Duration::minutes(LOOP_WINDOW_MINUTES + 1))
+            .is_ok());
+    }
+
+    #[test]
+    fn restart_closes_open_replies_as_interrupted() {
+        Fw::with(())
+            .given(vec![
+                received("m1"),
+                requested("r1", "m1"),
+                received("m2"),
+                requested("r2", "m2"),
+                generated("r2"),
+            ])
+            .when(ChatCommand::CloseInterrupted)
+            .then_expect_events(vec![
+                ChatEvent::AiReplyFailed {
+                    reply_id: "r1".into(),
+                    reason: INTERRUPTED.into(),
+                },
+                ChatEvent::AiReplyFailed {
+                    reply_id: "r2".into(),
+                    reason: INTERRUPTED.into(),
+                },
+            ]);
+    }
+
+    #[test]
+    fn empty_or_oversized_text_refused() {
+        Fw::with(())
+            .given_no_previous_events()
+            .when(ChatCommand::Send {
+                message_id: "o".into(),
+                text: "  ".into(),
+                source: Source::Operator,
+                at: t0(),
+            })
+            .then_expect_error_message("text: must not be empty");
+    }
+}

@@ -1,0 +1,687 @@
+//! OpenAI-compatible `/chat/completions` client: owns the HTTP call to the model server (outbound guard check, timeouts, retries with backoff, response parsing) and the sanitized model error type.
+//!
+//! Error messages (`Display` of [`ModelError`]) are what logs, events and API 502s show: they name
+//! the failure class and HTTP status, never the upstream body, the API key or any header.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER};
+use reqwest::{redirect, Client, ClientBuilder, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+use url::{Host, Url};
+
+use crate::net_guard::{GuardError, OutboundGuard};
+
+/// Largest response body read from the model server.
+pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+}
+
+/// One chat completion to perform.
+#[derive(Clone)]
+pub struct ModelRequest {
+    /// e.g. `https://api.openai.com/v1`, without a trailing slash (one is tolerated).
+    pub base_url: String,
+    pub api_key: Option<SecretString>,
+    pub model: String,
+    pub messages: Vec<ChatMessage>,
+    pub temperature: f64,
+    pub max_tokens: u32,
+    /// Per-attempt timeout (the whole attempt: connect, send, read the body).
+    pub timeout: Duration,
+}
+
+/// Debug never shows the key or the message contents.
+impl fmt::Debug for ModelRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ModelRequest")
+            .field("base_url", &self.base_url)
+            .field("has_api_key", &self.api_key.is_some())
+            .field("model", &self.model)
+            .field("messages", &self.messages.len())
+            .field("temperature", &self.temperature)
+            .field("max_tokens", &self.max_tokens)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelReply {
+    pub text: String,
+    /// The response's `model`, else the requested one.
+    pub model: String,
+    /// Zeros when the server sends none.
+    pub usage: Usage,
+    /// The whole call, including retries and backoff.
+    pub latency_ms: u64,
+    pub attempts: u32,
+}
+
+fn attempts_text(n: u32) -> String {
+    if n == 1 {
+        "1 attempt".to_owned()
+    } else {
+        format!("{n} attempts")
+    }
+}
+
+fn rejected_note(status: u16) -> &'static str {
+    if (300..400).contains(&status) {
+        "redirect (redirects are not followed)"
+    } else {
+        "rejected by the model server"
+    }
+}
+
+/// A failed model call. `Display` is the sanitized reason stored in logs and events and shown in
+/// API 502s.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ModelError {
+    /// The outbound guard refused the target (or the base URL is not a valid URL).
+    #[error("model endpoint refused: {0}")]
+    Refused(GuardError),
+    #[error("model call timed out after {after_secs} s")]
+    Timeout { after_secs: u64 },
+    #[error("model call failed: could not connect to the model server")]
+    Connect,
+    /// 401/403: permanent.
+    #[error("model call failed: HTTP {status} unauthorized (check the API key)")]
+    Unauthorized { status: u16 },
+    /// 429 after the last attempt (or a Retry-After longer than the policy allows).
+    #[error("model call failed: HTTP {status} rate limited ({})", attempts_text(*attempts))]
+    RateLimited { status: u16, attempts: u32 },
+    /// 5xx after the last attempt.
+    #[error("model call failed: HTTP {status} server error ({})", attempts_text(*attempts))]
+    Server { status: u16, attempts: u32 },
+    /// Other 4xx, and 3xx (redirects are never followed): permanent.
+    #[error("model call failed: HTTP {status} {}", rejected_note(*status))]
+    Rejected { status: u16 },
+    /// Unparseable or oversized body, no choices, empty or non-string content. The detail is
+    /// written by wagate and never quotes the body.
+    #[error("model returned a malformed body ({0})")]
+    Malformed(String),
+    /// The request could not be prepared (HTTP client construction, an API key that is not a
+    /// valid header value).
+    #[error("model client setup failed: {0}")]
+    Setup(String),
+}
+
+impl ModelError {
+    /// Whether another attempt may succeed (timeouts, connect errors, 429, 5xx).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ModelError::Timeout { .. }
+                | ModelError::Connect
+                | ModelError::RateLimited { .. }
+                | ModelError::Server { .. }
+        )
+    }
+
+    /// A stable machine-readable class name.
+    pub fn class(&self) -> &'static str {
+        match self {
+            ModelError::Refused(_) => "refused",
+            ModelError::Timeout { .. } => "timeout",
+            ModelError::Connect => "connect",
+            ModelError::Unauthorized { .. } => "unauthorized",
+            ModelError::RateLimited { .. } => "rate_limited",
+            ModelError::Server { .. } => "server_error",
+            ModelError::Rejected { .. } => "rejected",
+            ModelError::Malformed(_) => "malformed",
+            ModelError::Setup(_) => "setup",
+        }
+    }
+
+    fn from_guard(err: GuardError) -> Self {
+        if err.is_policy() {
+            ModelError::Refused(err)
+        } else {
+            ModelError::Connect
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts in total, including the first (0 is treated as 1).
+    pub max_attempts: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(20),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Delay before attempt `failed + 1`: `base_delay * 2^(failed-1)`, ±20 % jitter, capped.
+    fn backoff(&self, failed: u32) -> Duration {
+        let exp = i32::try_from(failed.saturating_sub(1)).unwrap_or(i32::MAX);
+        let jitter: f64 = rand::random_range(0.8..=1.2);
+        let secs = self.base_delay.as_secs_f64() * 2f64.powi(exp) * jitter;
+        let capped = secs.min(self.max_delay.as_secs_f64());
+        Duration::try_from_secs_f64(capped).unwrap_or(self.max_delay)
+    }
+}
+
+/// Calls OpenAI-compatible chat completion endpoints through the outbound guard.
+#[derive(Debug, Clone)]
+pub struct HttpModelClient {
+    guard: Arc<OutboundGuard>,
+    retry: RetryPolicy,
+    http: Client,
+}
+
+#[derive(serde::Serialize)]
+struct CompletionBody<'a> {
+    model: &'a str,
+    messages: &'a [ChatMessage],
+    temperature: f64,
+    max_tokens: u32,
+}
+
+struct Parsed {
+    text: String,
+    model: Option<String>,
+    usage: Usage,
+}
+
+/// One failed attempt, with the server's Retry-After if it sent one.
+struct Failure {
+    error: ModelError,
+    retry_after: Option<Duration>,
+}
+
+impl From<ModelError> for Failure {
+    fn from(error: ModelError) -> Self {
+        Failure {
+            error,
+            retry_after: None,
+        }
+    }
+}
+
+fn builder(guard: &Arc<OutboundGuard>) -> ClientBuilder {
+    Client::builder()
+        .redirect(redirect::Policy::none())
+        .dns_resolver2(guard.resolver())
+        .no_proxy()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .user_agent(concat!("wagate/", env!("CARGO_PKG_VERSION")))
+}
+
+fn build(builder: ClientBuilder) -> Result<Client, ModelError> {
+    builder
+        .build()
+        .map_err(|_| ModelError::Setup("could not build the HTTP client".to_owned()))
+}
+
+/// Maps a transport error. A refusal by the guarded DNS resolver surfaces as `Refused`.
+fn transport_error(err: &reqwest::Error, timeout: Duration) -> ModelError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(guard) = e.downcast_ref::<GuardError>() {
+            return ModelError::from_guard(guard.clone());
+        }
+        source = e.source();
+    }
+    if err.is_timeout() {
+        ModelError::Timeout {
+            after_secs: timeout_secs(timeout),
+        }
+    } else {
+        // Connect failures and connections broken mid-request or mid-body.
+        ModelError::Connect
+    }
+}
+
+fn timeout_secs(timeout: Duration) -> u64 {
+    u64::try_from(timeout.as_millis().div_ceil(1000)).unwrap_or(u64::MAX)
+}
+
+fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+    let value = resp.headers().get(RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+fn parse_body(body: &[u8]) -> Result<Parsed, ModelError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        ModelError::Malformed(format!(
+            "invalid JSON at line {} column {}",
+            e.line(),
+            e.column()
+        ))
+    })?;
+    let choice = value
+        .get("choices")
+        .and_then(Value::as_array)
+        .and_then(|c| c.first())
+        .ok_or_else(|| ModelError::Malformed("no choices".to_owned()))?;
+    let text = match choice.get("message").and_then(|m| m.get("content")) {
+        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        Some(Value::String(_)) => return Err(ModelError::Malformed("empty content".to_owned())),
+        _ => {
+            return Err(ModelError::Malformed(
+                "choices[0].message.content is not a string".to_owned(),
+            ))
+        }
+    };
+    let usage = value
+        .get("usage")
+        .map(|u| {
+            let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
+            let (prompt, completion) = (n("prompt_tokens"), n("completion_tokens"));
+            let total = match u.get("total_tokens").and_then(Value::as_u64) {
+                Some(t) => t,
+                None => prompt.saturating_add(completion),
+            };
+            Usage {
+                prompt_tokens: prompt,
+                completion_tokens: completion,
+                total_tokens: total,
+            }
+        })
+        .unwrap_or_default();
+    let model = value
+        .get("model")
+        .and_then(Value::as_str)
+        .filter(|m| !m.is_empty())
+        .map(str::to_owned);
+    Ok(Parsed { text, model, usage })
+}
+
+impl HttpModelClient {
+    /// The HTTP client never follows redirects, ignores proxy environment variables, resolves
+    /// names through the guard, connects within 10 s and identifies as `wagate/<version>`.
+    pub fn new(guard: Arc<OutboundGuard>, retry: RetryPolicy) -> Result<Self, ModelError> {
+        let http = build(builder(&guard))?;
+        Ok(Self { guard, retry, http })
+    }
+
+    /// `POST {base_url}/chat/completions`, retrying timeouts, connect errors, 429 and 5xx.
+    pub async fn complete(&self, req: &ModelRequest) -> Result<ModelReply, ModelError> {
+        let started = Instant::now();
+        let endpoint = format!("{}/chat/completions", req.base_url.trim_end_matches('/'));
+        let url = Url::parse(&endpoint).map_err(|e| {
+            ModelError::Refused(GuardError::InvalidUrl {
+                reason: e.to_string(),
+            })
+        })?;
+        let auth = match &req.api_key {
+            Some(key) => {
+                let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose_secret()))
+                    .map_err(|_| {
+                    ModelError::Setup(
+                        "the API key contains characters not allowed in an HTTP header".to_owned(),
+                    )
+                })?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
+        let body = CompletionBody {
+            model: &req.model,
+            messages: &req.messages,
+            temperature: req.temperature,
+            max_tokens: req.max_tokens,
+        };
+        let host = url.host_str().unwrap_or_default().to_owned();
+        let max_attempts = self.retry.max_attempts.max(1);
+
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let attempt_started = Instant::now();
+            let outcome = match tokio::time::timeout(
+                req.timeout,
+                self.attempt(&url, auth.as_ref(), &body, req.timeout, attempt),
+            )
+            .await
+            {
+                Ok(outcome) => outcome,
+                Err(_) => Err(Failure::from(ModelError::Timeout {
+                    after_secs: timeout_secs(req.timeout),
+                })),
+            };
+            let latency_ms = elapsed_ms(attempt_started);
+            match outcome {
+                Ok(parsed) => {
+                    tracing::debug!(%host, attempt, status = 200u16, class = "ok", latency_ms, "model call attempt");
+                    return Ok(ModelReply {
+                        text: parsed.text,
+                        model: parsed.model.unwrap_or_else(|| req.model.clone()),
+                        usage: parsed.usage,
+                        latency_ms: elapsed_ms(started),
+                        attempts: attempt,
+                    });
+                }
+                Err(Failure { error, retry_after }) => {
+                    let status = match &error {
+                        ModelError::Unauthorized { status }
+                        | ModelError::RateLimited { status, .. }
+                        | ModelError::Server { status, .. }
+                        | ModelError::Rejected { status } => Some(*status),
+                        _ => None,
+                    };
+                    tracing::debug!(%host, attempt, status, class = error.class(), latency_ms, "model call attempt failed");
+                    if !error.is_retryable() || attempt >= max_attempts {
+                        return Err(error);
+                    }
+                    let delay = match retry_after {
+                        Some(wait) if wait > self.retry.max_delay => {
+                            tracing::debug!(%host, attempt, retry_after_s = wait.as_secs(), "model server asked to wait longer than the retry policy allows");
+                            return Err(error);
+                        }
+                        Some(wait) => wait,
+                        None => self.retry.backoff(attempt),
+                    };
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        url: &Url,
+        auth: Option<&HeaderValue>,
+        body: &CompletionBody<'_>,
+        timeout: Duration,
+        attempt: u32,
+    ) -> Result<Parsed, Failure> {
+        let addrs = self
+            .guard
+            .checked_addrs(url)
+            .await
+            .map_err(ModelError::from_guard)?;
+        // Plain http to a domain: connect only to the addresses just checked, so a changed DNS
+        // answer cannot move the (unencrypted) request outside the allowed networks.
+        let pinned;
+        let client = match url.host() {
+            Some(Host::Domain(domain)) if url.scheme() == "http" => {
+                pinned = build(builder(&self.guard).resolve_to_addrs(domain, &addrs))?;
+                &pinned
+            }
+            _ => &self.http,
+        };
+        let mut request = client.post(url.clone()).json(body);
+        if let Some(auth) = auth {
+            request = request.header(AUTHORIZATION, auth.clone());
+        }
+        let mut resp = request
+            .send()
+            .await
+            .map_err(|e| transport_error(&e, timeout))?;
+
+        let status = resp.status();
+        let code = status.as_u16();
+        if !status.is_success() {
+            let error = match status {
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                    ModelError::Unauthorized { status: code }
+                }
+                StatusCode::TOO_MANY_REQUESTS => ModelError::RateLimited {
+                    status: code,
+                    attempts: attempt,
+                },
+                s if s.is_server_error() => ModelError::Server {
+                    status: code,
+                    attempts: attempt,
+                },
+                _ => ModelError::Rejected { status: code },
+            };
+            let retry_after = match status {
+                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+                    retry_after(&resp)
+                }
+                _ => None,
+            };
+            return Err(Failure { error, retry_after });
+        }
+
+        let too_large = || ModelError::Malformed("body larger than 4 MiB".to_owned());
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
+        {
+            return Err(too_large().into());
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| transport_error(&e, timeout))?
+        {
+            if bytes.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(too_large().into());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(parse_body(&bytes)?)
+    }
+}
+
+fn elapsed_ms(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_response() {
+        let body = br#"{"id":"x","model":"gpt-4o-mini-2024","choices":[{"index":0,"message":{"role":"assistant","content":"Hi!"}}],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}"#;
+        let parsed = parse_body(body).unwrap();
+        assert_eq!(parsed.text, "Hi!");
+        assert_eq!(parsed.model.as_deref(), Some("gpt-4o-mini-2024"));
+        assert_eq!(
+            parsed.usage,
+            Usage {
+                prompt_tokens: 3,
+                completion_tokens: 2,
+                total_tokens: 5
+            }
+        );
+    }
+
+    #[test]
+    fn usage_and_model_are_optional() {
+        let parsed = parse_body(br#"{"choices":[{"message":{"content":"ok"}}]}"#).unwrap();
+        assert_eq!(parsed.usage, Usage::default());
+        assert_eq!(parsed.model, None);
+        let parsed = parse_body(
+            br#"{"choices":[{"message":{"content":"ok"}}],"usage":{"prompt_tokens":4,"completion_tokens":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(parsed.usage.total_tokens, 5);
+    }
+
+    #[test]
+    fn malformed_bodies_never_quote_the_body() {
+        for body in [
+            &b"UPSTREAM-SECRET-BODY"[..],
+            br#"{"choices":"UPSTREAM-SECRET-BODY"}"#,
+            br#"{"choices":[]}"#,
+            br#"{"choices":[{"message":{"content":null}}]}"#,
+            br#"{"choices":[{"message":{"content":["UPSTREAM-SECRET-BODY"]}}]}"#,
+            br#"{"choices":[{"message":{"content":"  "}}]}"#,
+        ] {
+            let err = parse_body(body).err().unwrap();
+            assert!(matches!(err, ModelError::Malformed(_)), "{err:?}");
+            assert_eq!(err.class(), "malformed");
+            assert!(!err.is_retryable());
+            let msg = err.to_string();
+            assert!(msg.starts_with("model returned a malformed body"), "{msg}");
+            assert!(!msg.contains("UPSTREAM-SECRET-BODY"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn display_names_class_and_status() {
+        assert_eq!(
+            ModelError::RateLimited {
+                status: 429,
+                attempts: 3
+            }
+            .to_string(),
+            "model call failed: HTTP 429 rate limited (3 attempts)"
+        );
+        assert_eq!(
+            ModelError::Unauthorized { status: 401 }.to_string(),
+            "model call failed: HTTP 401 unauthorized (check the API key)"
+        );
+        assert_eq!(
+            ModelError::Timeout { after_secs: 60 }.to_string(),
+            "model call timed out after 60 s"
+        );
+        assert_eq!(
+            ModelError::Server {
+                status: 502,
+                attempts: 1
+            }
+            .to_string(),
+            "model call failed: HTTP 502 server error (1 attempt)"
+        );
+        assert!(ModelError::Rejected { status: 302 }
+            .to_string()
+            .contains("redirects are not followed"));
+    }
+
+    #[test]
+    fn classes_and_retryability() {
+        let cases = [
+            (ModelError::Refused(GuardError::NoHost), "refused", false),
+            (ModelError::Timeout { after_secs: 1 }, "timeout", true),
+            (ModelError::Connect, "connect", true),
+            (
+                ModelError::Unauthorized { status: 403 },
+                "unauthorized",
+                false,
+            ),
+            (
+                ModelError::RateLimited {
+                    status: 429,
+                    attempts: 1,
+                },
+                "rate_limited",
+                true,
+            ),
+            (
+                ModelError::Server {
+                    status: 503,
+                    attempts: 1,
+                },
+                "server_error",
+                true,
+            ),
+            (ModelError::Rejected { status: 400 }, "rejected", false),
+            (ModelError::Malformed("x".into()), "malformed", false),
+            (ModelError::Setup("x".into()), "setup", false),
+        ];
+        for (err, class, retryable) in cases {
+            assert_eq!(err.class(), class);
+            assert_eq!(err.is_retryable(), retryable, "{class}");
+        }
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(3),
+        };
+        for _ in 0..50 {
+            let d1 = policy.backoff(1);
+            assert!(
+                d1 >= Duration::from_millis(400) && d1 <= Duration::from_millis(600),
+                "{d1:?}"
+            );
+            let d2 = policy.backoff(2);
+            assert!(
+                d2 >= Duration::from_millis(800) && d2 <= Duration::from_millis(1200),
+                "{d2:?}"
+            );
+            assert!(policy.backoff(5) <= Duration::from_secs(3));
+            assert_eq!(policy.backoff(u32::MAX), Duration::from_secs(3));
+        }
+        let d = RetryPolicy::default();
+        assert_eq!(
+            (d.max_attempts, d.base_delay, d.max_delay),
+            (3, Duration::from_millis(500), Duration::from_secs(20))
+        );
+    }
+
+    #[test]
+    fn request_debug_hides_key_and_messages() {
+        let req = ModelRequest {
+            base_url: "https://api.example.com/v1".into(),
+            api_key: Some(SecretString::from("sk-very-secret")),
+            model: "m".into(),
+            messages: vec![ChatMessage {
+                role: Role::User,
+                content: "private text".into(),
+            }],
+            temperature: 0.5,
+            max_tokens: 10,
+            timeout: Duration::from_secs(5),
+        };
+        let dbg = format!("{req:?}");
+        assert!(
+            !dbg.contains("sk-very-secret") && !dbg.contains("private text"),
+            "{dbg}"
+        );
+    }
+
+    /// A name that resolves to a refused address is refused by the guarded resolver inside
+    /// reqwest too (the check on the address actually connected to), and is reported as Refused.
+    #[tokio::test]
+    async fn resolver_refusal_surfaces_as_refused() {
+        let client = build(builder(&Arc::new(OutboundGuard::new(Vec::new())))).unwrap();
+        let err = client
+            .get("https://localhost:9/")
+            .send()
+            .await
+            .err()
+            .unwrap();
+        let mapped = transport_error(&err, Duration::from_secs(1));
+        assert!(
+            matches!(mapped, ModelError::Refused(GuardError::Loopback { .. })),
+            "{mapped:?}"
+        );
+    }
+}
