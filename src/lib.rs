@@ -9,5 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod http;
+pub mod model_client;
+pub mod net_guard;
 pub mod startup;
 pub mod store;

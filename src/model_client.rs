@@ -257,12 +257,13 @@ fn transport_error(err: &reqwest::Error, timeout: Duration) -> ModelError {
         }
         source = e.source();
     }
-    if err.is_timeout() {
+    if err.is_timeout() && !err.is_connect() {
         ModelError::Timeout {
             after_secs: timeout_secs(timeout),
         }
     } else {
-        // Connect failures and connections broken mid-request or mid-body.
+        // Connect failures (including the 10 s connect timeout) and connections broken
+        // mid-request or mid-body.
         ModelError::Connect
     }
 }
