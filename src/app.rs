@@ -15,6 +15,7 @@ use wagate_events::metadata;
 use wagate_events::settings::AiSettings;
 use wagate_events::DomainError;
 use wagate_projections::config::CONFIG_AGGREGATES;
+use wagate_projections::messages::MessagesModel;
 use wagate_projections::{ConfigModel, EnvLayer};
 
 use crate::auth::LoginLimiter;
@@ -85,7 +86,16 @@ pub struct App {
     pub env_layer: EnvLayer,
     pub login_limiter: LoginLimiter,
     model: RwLock<ConfigModel>,
+    messages: RwLock<MessagesModel>,
+    /// The position up to which both read models have folded the history.
+    folded: std::sync::atomic::AtomicI64,
     catch_up_lock: tokio::sync::Mutex<()>,
+    /// Wakes the background projector after commits made outside `execute` (chat actors).
+    pub projector_wake: tokio::sync::Notify,
+    /// The model client for the test routes (the actors hold their own).
+    model_client: std::sync::OnceLock<crate::model_client::HttpModelClient>,
+    /// The actor system, set once at start.
+    pub gateway: std::sync::OnceLock<Arc<wagate_actors::Gateway>>,
 }
 
 pub type SharedApp = Arc<App>;
@@ -112,6 +122,11 @@ impl App {
             env_layer,
             login_limiter: LoginLimiter::new(5, Duration::from_secs(60)),
             model: RwLock::new(ConfigModel::default()),
+            messages: RwLock::new(MessagesModel::default()),
+            folded: std::sync::atomic::AtomicI64::new(0),
+            projector_wake: tokio::sync::Notify::new(),
+            gateway: std::sync::OnceLock::new(),
+            model_client: std::sync::OnceLock::new(),
             catch_up_lock: tokio::sync::Mutex::new(()),
             config,
             store,
@@ -127,32 +142,81 @@ impl App {
         self.model.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Folds every committed config event not folded yet, in position order.
+    /// The messages and AI-log read model as of the last catch-up.
+    pub fn messages(&self) -> RwLockReadGuard<'_, MessagesModel> {
+        self.messages.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Folds every committed event not folded yet into the read models, in position order.
     pub async fn catch_up(&self) -> Result<(), AppError> {
+        use std::sync::atomic::Ordering;
         let _guard = self.catch_up_lock.lock().await;
         loop {
-            let after = self.model().position;
+            let after = self.folded.load(Ordering::Acquire);
             let batch = self
                 .store
                 .read(&EventQuery {
                     after,
                     limit: 1000,
-                    aggregate_types: &CONFIG_AGGREGATES,
                     ..Default::default()
                 })
                 .await?;
-            {
-                let mut model = self.model.write().unwrap_or_else(|p| p.into_inner());
-                for ev in &batch {
-                    model
-                        .apply(ev)
-                        .map_err(|e| AppError::Internal(e.to_string()))?;
+            if let Some(last) = batch.last() {
+                {
+                    let mut model = self.model.write().unwrap_or_else(|p| p.into_inner());
+                    for ev in batch
+                        .iter()
+                        .filter(|e| CONFIG_AGGREGATES.contains(&e.aggregate_type.as_str()))
+                    {
+                        model
+                            .apply(ev)
+                            .map_err(|e| AppError::Internal(e.to_string()))?;
+                    }
+                    model.position = last.position;
                 }
+                {
+                    let mut messages = self.messages.write().unwrap_or_else(|p| p.into_inner());
+                    for ev in &batch {
+                        messages
+                            .apply(ev)
+                            .map_err(|e| AppError::Internal(e.to_string()))?;
+                    }
+                }
+                self.folded.store(last.position, Ordering::Release);
             }
             if batch.len() < 1000 {
                 return Ok(());
             }
         }
+    }
+
+    /// The model client (built from the outbound guard on first use).
+    pub fn model_client(&self) -> crate::model_client::HttpModelClient {
+        self.model_client
+            .get_or_init(|| {
+                let guard = Arc::new(crate::net_guard::OutboundGuard::new(
+                    self.config.allow_private_networks.clone(),
+                ));
+                match crate::model_client::HttpModelClient::new(
+                    guard,
+                    crate::model_client::RetryPolicy::default(),
+                ) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Building a reqwest client fails only without a TLS backend.
+                        tracing::error!(error = %e, "cannot build the model client");
+                        std::process::abort()
+                    }
+                }
+            })
+            .clone()
+    }
+
+    /// The actor system (present once the server started).
+    pub fn gateway(&self) -> Result<&Arc<wagate_actors::Gateway>, AppError> {
+        self.gateway
+            .get()
+            .ok_or_else(|| AppError::Unavailable("the gateway is starting".into()))
     }
 
     /// Builds the config read model as it was at `position`, from history.

@@ -119,6 +119,10 @@ pub struct Config {
     /// The embedded SQLite store: secrets may be generated.
     pub dev_mode: bool,
     pub log_format: LogFormat,
+    /// Concurrent model calls across the process (`WAGATE_MAX_MODEL_CALLS`, default 1024).
+    pub max_model_calls: usize,
+    /// Concurrent model calls per account (`WAGATE_MAX_MODEL_CALLS_PER_ACCOUNT`, default 256).
+    pub max_model_calls_per_account: usize,
 }
 
 impl std::fmt::Debug for Config {
@@ -469,6 +473,19 @@ impl Config {
             _ => return Err(invalid("WAGATE_LOG_FORMAT", "must be text or json")),
         };
 
+        let limit = |var: &'static str, default: usize| -> Result<usize, ConfigError> {
+            match vars.get(var) {
+                None => Ok(default),
+                Some(v) => v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=100_000).contains(n))
+                    .ok_or_else(|| invalid(var, "must be a whole number from 1 to 100000")),
+            }
+        };
+        let max_model_calls = limit("WAGATE_MAX_MODEL_CALLS", 1024)?;
+        let max_model_calls_per_account = limit("WAGATE_MAX_MODEL_CALLS_PER_ACCOUNT", 256)?;
+
         Ok((
             Config {
                 listen,
@@ -482,6 +499,8 @@ impl Config {
                 ai_env,
                 dev_mode,
                 log_format,
+                max_model_calls,
+                max_model_calls_per_account,
             },
             first,
         ))

@@ -11,5 +11,6 @@ pub mod crypto;
 pub mod http;
 pub mod model_client;
 pub mod net_guard;
+pub mod reply;
 pub mod startup;
 pub mod store;

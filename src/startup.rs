@@ -16,6 +16,8 @@ use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
+    #[error("cannot start the actors: {0}")]
+    Actors(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot load the history: {0}")]
@@ -50,6 +52,9 @@ impl Running {
             let _ = tx.send(());
         }
         self.ticker.abort();
+        if let Some(g) = self.app.gateway.get() {
+            g.shutdown().await;
+        }
         if let Err(e) = (&mut self.task).await {
             tracing::warn!(error = %e, "server task ended abnormally");
         }
@@ -79,6 +84,7 @@ pub async fn start(config: Config) -> Result<Running, StartupError> {
         addr: listen,
         source,
     })?;
+    start_actors(&app).await?;
     let (tx, rx) = oneshot::channel::<()>();
     let router = http::router(app.clone());
     let task = tokio::spawn(async move {
@@ -91,14 +97,14 @@ pub async fn start(config: Config) -> Result<Running, StartupError> {
         })
         .await
     });
-    // Other gateway processes may share a PostgreSQL store: follow their commits too.
+    // The projector: folds new events into the read models when a chat actor commits, and every
+    // second for commits of other processes sharing a PostgreSQL store.
     let weak = Arc::downgrade(&app);
     let ticker = tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(1));
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            every.tick().await;
             let Some(app) = weak.upgrade() else { return };
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), app.projector_wake.notified()).await;
             if let Err(e) = app.catch_up().await {
                 tracing::warn!(error = %e, "read model catch-up failed; will retry");
             }
@@ -112,4 +118,28 @@ pub async fn start(config: Config) -> Result<Running, StartupError> {
         task,
         ticker,
     })
+}
+
+/// Starts the actor system and closes replies a previous process left open (crash recovery:
+/// they end as failed with reason `interrupted`, never sent twice).
+async fn start_actors(app: &SharedApp) -> Result<(), StartupError> {
+    let model = app.model_client();
+    let gateway = wagate_actors::Gateway::start(crate::reply::ports(app, model))
+        .await
+        .map_err(|e| StartupError::Actors(e.to_string()))?;
+    let _ = app.gateway.set(gateway.clone());
+    let open = app.messages().chats_with_open_replies();
+    for (account, jid) in &open {
+        let closed = gateway
+            .ask(account, jid, |reply| {
+                wagate_actors::chat::ChatMsg::CloseInterrupted { reply }
+            })
+            .await
+            .map_err(|e| StartupError::Actors(format!("cannot close interrupted replies: {e}")))?;
+        tracing::warn!(account = %account, replies = closed, "closed replies interrupted by a restart");
+    }
+    if !open.is_empty() {
+        app.catch_up().await?;
+    }
+    Ok(())
 }

@@ -383,7 +383,8 @@ impl Store {
         aggregate_id: &str,
         after_sequence: i64,
     ) -> Result<Vec<i64>, StoreError> {
-        const SQL: &str = "SELECT position FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 \
+        const SQL: &str =
+            "SELECT position FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 \
                            AND sequence > $3 ORDER BY sequence";
         let rows = match self {
             Store::Postgres(p) => {

@@ -116,7 +116,46 @@ pub fn resolve(
 ) -> Option<Effective> {
     let acc = model.account(account_id)?;
     let chat = model.chat(account_id, jid).cloned().unwrap_or_default();
-    let (a, g, e) = (&acc.ai.settings, &model.global.settings, &env.settings);
+    Some(resolve_layers(
+        &chat,
+        Some(&acc.ai),
+        &model.global,
+        env,
+        Target {
+            account_id,
+            jid,
+            chat_kind,
+            position: model.position,
+        },
+    ))
+}
+
+/// What a resolution is for.
+pub struct Target<'a> {
+    pub account_id: &'a str,
+    pub jid: &'a str,
+    pub chat_kind: ChatKind,
+    pub position: i64,
+}
+
+/// Resolves explicit layers: a chat layer, an optional account layer (none: global only), the
+/// global layer and the env layer.
+pub fn resolve_layers(
+    chat: &wagate_events::chat_settings::ChatSettings,
+    account: Option<&wagate_events::settings::LayerState>,
+    global: &wagate_events::settings::LayerState,
+    env: &EnvLayer,
+    target: Target<'_>,
+) -> Effective {
+    let Target {
+        account_id,
+        jid,
+        chat_kind,
+        position,
+    } = target;
+    let no_account = wagate_events::settings::LayerState::default();
+    let account_layer = account.unwrap_or(&no_account);
+    let (a, g, e) = (&account_layer.settings, &global.settings, &env.settings);
     macro_rules! field {
         ($f:ident, $default:expr) => {
             pick(
@@ -157,13 +196,14 @@ pub fn resolve(
     // The most specific key wins, and it is only usable with the origin it was entered for.
     let base_origin = origin_of(&base_url.value);
     let env_key_origin = origin_of(e.base_url.as_deref().unwrap_or(defaults::BASE_URL));
-    let found: Option<(KeySource, Option<String>, Source)> = if let Some(k) = &acc.ai.api_key {
+    let found: Option<(KeySource, Option<String>, Source)> = if let Some(k) = &account_layer.api_key
+    {
         Some((
             KeySource::Account(k.clone()),
             Some(k.origin.clone()),
             Source::Account,
         ))
-    } else if let Some(k) = &model.global.api_key {
+    } else if let Some(k) = &global.api_key {
         Some((
             KeySource::Global(k.clone()),
             Some(k.origin.clone()),
@@ -219,7 +259,7 @@ pub fn resolve(
         None
     };
 
-    Some(Effective {
+    Effective {
         account_id: account_id.to_string(),
         chat_id: jid.to_string(),
         chat_kind,
@@ -241,9 +281,9 @@ pub fn resolve(
         api_key_note,
         will_reply: reason.is_none(),
         reason,
-        position: model.position,
+        position,
         key,
-    })
+    }
 }
 
 fn serde_plain(s: Source) -> &'static str {

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod effective;
+pub mod messages;
 pub mod stored;
 
 pub use config::{AccountView, ConfigModel, TokenView};

@@ -121,3 +121,13 @@ impl IntoResponse for ApiError {
         resp
     }
 }
+
+impl From<wagate_actors::ActorError> for ApiError {
+    fn from(e: wagate_actors::ActorError) -> Self {
+        match e {
+            wagate_actors::ActorError::Domain(d) => d.into(),
+            wagate_actors::ActorError::Unavailable(m) => AppError::Unavailable(m).into(),
+            wagate_actors::ActorError::Internal(m) => AppError::Internal(m).into(),
+        }
+    }
+}

@@ -4,11 +4,13 @@
 
 pub mod accounts;
 pub mod ai;
+pub mod ai_reply;
 pub mod error;
 pub mod events;
 pub mod extract;
 pub mod health;
 pub mod login;
+pub mod messages;
 
 use std::sync::Arc;
 
@@ -32,7 +34,7 @@ pub const BODY_LIMIT: usize = 256 * 1024;
 
 /// A page of a list: `next_cursor` is null on the last page.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ListResponse<T: ToSchema> {
+pub struct ListResponse<T> {
     pub items: Vec<T>,
     pub next_cursor: Option<String>,
 }
@@ -41,7 +43,7 @@ pub struct ListResponse<T: ToSchema> {
 #[openapi(
     info(title = "wagate", description = "WhatsApp gateway with AI auto-reply. See docs/API.md."),
     modifiers(&SecuritySchemes),
-    tags((name = "auth"), (name = "accounts"), (name = "ai"), (name = "audit"), (name = "operations"))
+    tags((name = "auth"), (name = "accounts"), (name = "ai"), (name = "messages"), (name = "audit"), (name = "operations"))
 )]
 struct ApiDoc;
 
@@ -79,6 +81,8 @@ pub fn api() -> (Router<SharedApp>, utoipa::openapi::OpenApi) {
         .merge(accounts::router())
         .merge(ai::router())
         .merge(events::router())
+        .merge(messages::router())
+        .merge(ai_reply::router())
         .split_for_parts()
 }
 

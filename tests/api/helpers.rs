@@ -104,6 +104,8 @@ impl TestApp {
         v.insert("WAGATE_JWT_SECRET".into(), JWT_SECRET.into());
         v.insert("WAGATE_MASTER_KEY".into(), master_key(1));
         v.insert("WAGATE_ADMIN_PASSWORD".into(), ADMIN_PASSWORD.into());
+        // The model stubs listen on loopback.
+        v.insert("WAGATE_ALLOW_PRIVATE_NETWORKS".into(), "127.0.0.0/8".into());
         if backend == Backend::Postgres {
             v.insert("WAGATE_DATABASE_URL".into(), fresh_postgres_url().await?);
         }
@@ -245,4 +247,23 @@ macro_rules! both_stores {
             }
         }
     };
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `secs` seconds.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
 }

@@ -8,4 +8,5 @@ mod auth;
 mod bad_input;
 mod events;
 mod lifecycle;
+mod replies;
 mod security;

@@ -1,0 +1,213 @@
+//! Account actors and the [`Gateway`] that finds them. An account actor owns the chat actors of
+//! its active chats (linked children; a stopped chat is forgotten, not a reason to stop the
+//! account) and starts a chat actor on first use.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio::sync::Mutex;
+
+use crate::chat::{ChatActor, ChatArgs, ChatMsg};
+use crate::ports::{ActorError, Ports};
+use crate::supervisor::{AiSupervisor, SupervisorMsg};
+
+pub enum AccountMsg {
+    GetChat {
+        jid: String,
+        reply: RpcReplyPort<Result<ActorRef<ChatMsg>, ActorError>>,
+    },
+}
+
+pub struct AccountActor;
+
+pub struct AccountArgs {
+    pub account: String,
+    pub ports: Arc<Ports>,
+    pub supervisor: ActorRef<SupervisorMsg>,
+}
+
+pub struct AccountState {
+    args: AccountArgs,
+    chats: HashMap<String, ActorRef<ChatMsg>>,
+    by_id: HashMap<ActorId, String>,
+}
+
+impl Actor for AccountActor {
+    type Msg = AccountMsg;
+    type State = AccountState;
+    type Arguments = AccountArgs;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<AccountMsg>,
+        args: AccountArgs,
+    ) -> Result<AccountState, ActorProcessingErr> {
+        Ok(AccountState {
+            args,
+            chats: HashMap::new(),
+            by_id: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<AccountMsg>,
+        msg: AccountMsg,
+        st: &mut AccountState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            AccountMsg::GetChat { jid, reply } => {
+                if let Some(chat) = st.chats.get(&jid) {
+                    let _ = reply.send(Ok(chat.clone()));
+                    return Ok(());
+                }
+                let args = ChatArgs {
+                    account: st.args.account.clone(),
+                    jid: jid.clone(),
+                    ports: st.args.ports.clone(),
+                    supervisor: st.args.supervisor.clone(),
+                };
+                let result =
+                    match Actor::spawn_linked(None, ChatActor, args, myself.get_cell()).await {
+                        Ok((chat, _)) => {
+                            st.by_id.insert(chat.get_id(), jid.clone());
+                            st.chats.insert(jid, chat.clone());
+                            Ok(chat)
+                        }
+                        Err(e) => Err(ActorError::Unavailable(format!(
+                            "cannot start the chat: {e}"
+                        ))),
+                    };
+                let _ = reply.send(result);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _: ActorRef<AccountMsg>,
+        evt: SupervisionEvent,
+        st: &mut AccountState,
+    ) -> Result<(), ActorProcessingErr> {
+        let gone = match evt {
+            SupervisionEvent::ActorTerminated(cell, _, _) => Some(cell.get_id()),
+            SupervisionEvent::ActorFailed(cell, err) => {
+                tracing::error!(error = %err, "chat actor failed; it restarts on next use");
+                Some(cell.get_id())
+            }
+            _ => None,
+        };
+        if let Some(jid) = gone.and_then(|id| st.by_id.remove(&id)) {
+            st.chats.remove(&jid);
+        }
+        Ok(())
+    }
+}
+
+/// Finds (or starts) the actors of accounts and chats.
+pub struct Gateway {
+    ports: Arc<Ports>,
+    supervisor: ActorRef<SupervisorMsg>,
+    accounts: Mutex<HashMap<String, ActorRef<AccountMsg>>>,
+}
+
+impl Gateway {
+    pub async fn start(ports: Ports) -> Result<Arc<Gateway>, ActorError> {
+        let ports = Arc::new(ports);
+        let (supervisor, _) = Actor::spawn(None, AiSupervisor, ports.clone())
+            .await
+            .map_err(|e| ActorError::Internal(format!("cannot start the AI supervisor: {e}")))?;
+        Ok(Arc::new(Gateway {
+            ports,
+            supervisor,
+            accounts: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub fn ports(&self) -> &Ports {
+        &self.ports
+    }
+
+    async fn account(&self, account: &str) -> Result<ActorRef<AccountMsg>, ActorError> {
+        let mut map = self.accounts.lock().await;
+        if let Some(a) = map.get(account) {
+            if a.get_status() == ractor::ActorStatus::Running {
+                return Ok(a.clone());
+            }
+        }
+        let args = AccountArgs {
+            account: account.to_string(),
+            ports: self.ports.clone(),
+            supervisor: self.supervisor.clone(),
+        };
+        let (a, _) = Actor::spawn(None, AccountActor, args)
+            .await
+            .map_err(|e| ActorError::Internal(format!("cannot start the account actor: {e}")))?;
+        map.insert(account.to_string(), a.clone());
+        Ok(a)
+    }
+
+    /// The chat actor of `jid` in `account`, started if needed.
+    pub async fn chat(&self, account: &str, jid: &str) -> Result<ActorRef<ChatMsg>, ActorError> {
+        let acc = self.account(account).await?;
+        match acc
+            .call(
+                |reply| AccountMsg::GetChat {
+                    jid: jid.to_string(),
+                    reply,
+                },
+                Some(self.ports.call_timeout),
+            )
+            .await
+        {
+            Ok(CallResult::Success(r)) => r,
+            Ok(CallResult::Timeout) => {
+                Err(ActorError::Unavailable("the account is busy; retry".into()))
+            }
+            _ => Err(ActorError::Unavailable(
+                "the account actor stopped; retry".into(),
+            )),
+        }
+    }
+
+    /// Sends a request to a chat actor and waits for its answer, once more if the chat actor
+    /// stopped (passivated) in between.
+    pub async fn ask<T: Send + 'static>(
+        &self,
+        account: &str,
+        jid: &str,
+        build: impl Fn(RpcReplyPort<Result<T, ActorError>>) -> ChatMsg,
+    ) -> Result<T, ActorError> {
+        for _ in 0..2 {
+            let chat = self.chat(account, jid).await?;
+            match chat.call(&build, Some(self.ports.call_timeout)).await {
+                Ok(CallResult::Success(r)) => return r,
+                Ok(CallResult::Timeout) => {
+                    return Err(ActorError::Unavailable("the chat is busy; retry".into()))
+                }
+                _ => continue,
+            }
+        }
+        Err(ActorError::Unavailable(
+            "the chat actor stopped; retry".into(),
+        ))
+    }
+
+    /// Stops an account's actors (account deleted).
+    pub async fn stop_account(&self, account: &str) {
+        if let Some(a) = self.accounts.lock().await.remove(account) {
+            a.stop(Some("account deleted".into()));
+        }
+    }
+
+    /// Stops every actor.
+    pub async fn shutdown(&self) {
+        for (_, a) in self.accounts.lock().await.drain() {
+            a.stop(None);
+        }
+        self.supervisor.stop(None);
+    }
+}

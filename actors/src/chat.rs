@@ -1,0 +1,486 @@
+//! The chat actor: one per active chat. It loads the chat stream once, keeps the state (last 20
+//! turns, open replies, seen message ids) in memory, and commits every new event at the version it
+//! holds, reloading only on a conflict. It is the single writer of its chat inside the process, so
+//! inbound messages, operator sends and reply steps are serialized per chat, while chats run in
+//! parallel. Replies are worked one at a time per chat, newest request first: older pending
+//! requests are skipped as superseded, so the chat never gets an answer to a stale question.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use wagate_events::chat::{self, Chat, ChatCommand, ChatEvent, Source, TokenUsage, Turn};
+
+use crate::ports::{ActorError, Meta, Ports, StoreFailure};
+use crate::supervisor::SupervisorMsg;
+
+/// How often a chat checks whether it has been idle long enough to stop.
+const IDLE_CHECK: std::time::Duration = std::time::Duration::from_secs(30);
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceiveAck {
+    pub message_id: String,
+    /// The position of the committed message event; `None` for a duplicate.
+    pub position: Option<i64>,
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SentAck {
+    pub message_id: String,
+    pub position: Option<i64>,
+}
+
+/// What a worker needs to build its prompt.
+#[derive(Debug, Clone)]
+pub struct ReplyContext {
+    pub trigger_text: String,
+    pub history: Vec<Turn>,
+    pub loop_guard: Result<(), String>,
+}
+
+pub enum ChatMsg {
+    Receive {
+        message_id: String,
+        from: String,
+        text: String,
+        from_me: bool,
+        reply_candidate: bool,
+        meta: Meta,
+        reply: RpcReplyPort<Result<ReceiveAck, ActorError>>,
+    },
+    Send {
+        text: String,
+        source: Source,
+        meta: Meta,
+        reply: RpcReplyPort<Result<SentAck, ActorError>>,
+    },
+    Context {
+        reply_id: String,
+        reply: RpcReplyPort<Option<ReplyContext>>,
+    },
+    Generated {
+        reply_id: String,
+        text: String,
+        model: String,
+        usage: TokenUsage,
+        latency_ms: u64,
+        reply: RpcReplyPort<Result<(), ActorError>>,
+    },
+    Typing {
+        reply_id: String,
+        reply: RpcReplyPort<Result<(), ActorError>>,
+    },
+    Deliver {
+        reply_id: String,
+        reply: RpcReplyPort<Result<(), ActorError>>,
+    },
+    Skip {
+        reply_id: String,
+        reason: String,
+        reply: RpcReplyPort<Result<(), ActorError>>,
+    },
+    Fail {
+        reply_id: String,
+        reason: String,
+        reply: RpcReplyPort<Result<(), ActorError>>,
+    },
+    WorkerDone {
+        reply_id: String,
+    },
+    CloseInterrupted {
+        reply: RpcReplyPort<Result<usize, ActorError>>,
+    },
+    IdleCheck,
+}
+
+pub struct ChatActor;
+
+pub struct ChatArgs {
+    pub account: String,
+    pub jid: String,
+    pub ports: Arc<Ports>,
+    pub supervisor: ActorRef<SupervisorMsg>,
+}
+
+pub struct ChatState {
+    account: String,
+    jid: String,
+    stream_id: String,
+    ports: Arc<Ports>,
+    supervisor: ActorRef<SupervisorMsg>,
+    chat: Chat,
+    version: usize,
+    /// Reply ids waiting for a worker, oldest first.
+    queue: VecDeque<String>,
+    active: Option<String>,
+    last_activity: Instant,
+}
+
+fn system_meta(actor: &str) -> Meta {
+    let mut m = Meta::new();
+    m.insert(wagate_events::metadata::ACTOR.into(), actor.into());
+    m.insert(
+        wagate_events::metadata::TIME.into(),
+        Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    );
+    m
+}
+
+impl ChatState {
+    /// Decides `command` on the in-memory state and commits the events at the held version;
+    /// on a conflict reloads the stream and decides again (at most 3 times).
+    async fn commit(
+        &mut self,
+        command: ChatCommand,
+        meta: &Meta,
+    ) -> Result<(Vec<ChatEvent>, Vec<i64>), ActorError> {
+        for _ in 0..3 {
+            let events = self.chat.decide(command.clone())?;
+            if events.is_empty() {
+                return Ok((vec![], vec![]));
+            }
+            match self
+                .ports
+                .streams
+                .commit(&self.stream_id, self.version, events.clone(), meta.clone())
+                .await
+            {
+                Ok(positions) => {
+                    for e in &events {
+                        cqrs_apply(&mut self.chat, e.clone());
+                    }
+                    self.version += events.len();
+                    self.ports.notify.committed().await;
+                    return Ok((events, positions));
+                }
+                Err(StoreFailure::Conflict) => {
+                    let (chat, version) = self.ports.streams.load(&self.stream_id).await?;
+                    self.chat = chat;
+                    self.version = version;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreFailure::Conflict.into())
+    }
+
+    /// Starts a worker for the newest waiting reply, skipping older ones.
+    async fn pump(&mut self, myself: &ActorRef<ChatMsg>) {
+        if self.active.is_some() {
+            return;
+        }
+        while self.queue.len() > 1 {
+            let Some(old) = self.queue.pop_front() else {
+                break;
+            };
+            let cmd = ChatCommand::SkipReply {
+                reply_id: old.clone(),
+                reason: "superseded by a newer message in this chat".into(),
+            };
+            if let Err(e) = self.commit(cmd, &system_meta("system:auto-reply")).await {
+                tracing::warn!(reply_id = %old, error = %e, "could not record a superseded reply");
+            }
+        }
+        let Some(next) = self.queue.pop_front() else {
+            return;
+        };
+        if !self.chat.open_replies.contains_key(&next) {
+            return;
+        }
+        self.active = Some(next.clone());
+        let start = SupervisorMsg::Start {
+            account: self.account.clone(),
+            jid: self.jid.clone(),
+            reply_id: next.clone(),
+            chat: myself.clone(),
+        };
+        if self.supervisor.cast(start).is_err() {
+            self.active = None;
+            let cmd = ChatCommand::FailReply {
+                reply_id: next,
+                reason: "AI supervisor unavailable".into(),
+            };
+            let _ = self.commit(cmd, &system_meta("system:auto-reply")).await;
+        }
+    }
+}
+
+/// Applies an event with the aggregate's own fold.
+fn cqrs_apply(chat: &mut Chat, e: ChatEvent) {
+    cqrs_es::Aggregate::apply(chat, e);
+}
+
+impl Actor for ChatActor {
+    type Msg = ChatMsg;
+    type State = ChatState;
+    type Arguments = ChatArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ChatMsg>,
+        args: ChatArgs,
+    ) -> Result<ChatState, ActorProcessingErr> {
+        let stream_id = chat::stream_id(&args.account, &args.jid);
+        let (chat, version) = args
+            .ports
+            .streams
+            .load(&stream_id)
+            .await
+            .map_err(|e| format!("cannot load chat stream: {e}"))?;
+        myself.send_interval(IDLE_CHECK, || ChatMsg::IdleCheck);
+        Ok(ChatState {
+            account: args.account,
+            jid: args.jid,
+            stream_id,
+            ports: args.ports,
+            supervisor: args.supervisor,
+            chat,
+            version,
+            queue: VecDeque::new(),
+            active: None,
+            last_activity: Instant::now(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ChatMsg>,
+        msg: ChatMsg,
+        st: &mut ChatState,
+    ) -> Result<(), ActorProcessingErr> {
+        if !matches!(msg, ChatMsg::IdleCheck) {
+            st.last_activity = Instant::now();
+        }
+        let auto = system_meta("system:auto-reply");
+        match msg {
+            ChatMsg::Receive {
+                message_id,
+                from,
+                text,
+                from_me,
+                reply_candidate,
+                meta,
+                reply,
+            } => {
+                let reply_id = uuid::Uuid::now_v7().to_string();
+                let cmd = ChatCommand::Receive {
+                    message_id: message_id.clone(),
+                    from,
+                    text,
+                    from_me,
+                    reply_candidate,
+                    reply_id: reply_id.clone(),
+                    at: Utc::now(),
+                };
+                let result = st.commit(cmd, &meta).await.map(|(events, positions)| {
+                    let requested = events
+                        .iter()
+                        .any(|e| matches!(e, ChatEvent::AiReplyRequested { .. }));
+                    (
+                        requested,
+                        ReceiveAck {
+                            message_id,
+                            duplicate: events.is_empty(),
+                            position: positions.first().copied(),
+                        },
+                    )
+                });
+                match result {
+                    Ok((requested, ack)) => {
+                        let _ = reply.send(Ok(ack));
+                        if requested {
+                            st.queue.push_back(reply_id);
+                            st.pump(&myself).await;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            ChatMsg::Send {
+                text,
+                source,
+                meta,
+                reply,
+            } => {
+                let result = async {
+                    // Validate before anything leaves the gateway.
+                    st.chat.decide(ChatCommand::Send {
+                        message_id: "validation".into(),
+                        text: text.clone(),
+                        source,
+                        at: Utc::now(),
+                    })?;
+                    let message_id = st
+                        .ports
+                        .transport
+                        .send_text(&st.account, &st.jid, &text)
+                        .await
+                        .map_err(ActorError::Unavailable)?;
+                    let cmd = ChatCommand::Send {
+                        message_id: message_id.clone(),
+                        text,
+                        source,
+                        at: Utc::now(),
+                    };
+                    let (_, positions) = st.commit(cmd, &meta).await?;
+                    Ok(SentAck {
+                        message_id,
+                        position: positions.first().copied(),
+                    })
+                }
+                .await;
+                let _ = reply.send(result);
+            }
+            ChatMsg::Context { reply_id, reply } => {
+                let ctx = st.chat.trigger_of(&reply_id).map(|trigger| {
+                    let trigger_text = st
+                        .chat
+                        .history
+                        .iter()
+                        .find(|t| t.message_id == trigger)
+                        .map(|t| t.text.clone())
+                        .unwrap_or_default();
+                    ReplyContext {
+                        trigger_text,
+                        history: st.chat.history.iter().cloned().collect(),
+                        loop_guard: st.chat.loop_guard(Utc::now()),
+                    }
+                });
+                let _ = reply.send(ctx);
+            }
+            ChatMsg::Generated {
+                reply_id,
+                text,
+                model,
+                usage,
+                latency_ms,
+                reply,
+            } => {
+                let cmd = ChatCommand::RecordGenerated {
+                    reply_id,
+                    text,
+                    model,
+                    usage,
+                    latency_ms,
+                };
+                let _ = reply.send(st.commit(cmd, &auto).await.map(drop));
+            }
+            ChatMsg::Typing { reply_id, reply } => {
+                let result = async {
+                    st.ports
+                        .transport
+                        .typing(&st.account, &st.jid)
+                        .await
+                        .map_err(ActorError::Unavailable)?;
+                    let cmd = ChatCommand::Typing {
+                        reply_id: Some(reply_id),
+                        at: Utc::now(),
+                    };
+                    st.commit(cmd, &auto).await.map(drop)
+                }
+                .await;
+                let _ = reply.send(result);
+            }
+            ChatMsg::Deliver { reply_id, reply } => {
+                let result = async {
+                    // Decide first (superseded? loop guard?), send only if the decision is to send.
+                    let provisional = st.chat.decide(ChatCommand::SendReply {
+                        reply_id: reply_id.clone(),
+                        message_id: "provisional".into(),
+                        at: Utc::now(),
+                    })?;
+                    let text = match provisional.first() {
+                        Some(ChatEvent::MessageSent { text, .. }) => text.clone(),
+                        _ => {
+                            // Skipped: commit the decision as it is.
+                            let cmd = ChatCommand::SendReply {
+                                reply_id: reply_id.clone(),
+                                message_id: "not-sent".into(),
+                                at: Utc::now(),
+                            };
+                            return st.commit(cmd, &auto).await.map(drop);
+                        }
+                    };
+                    match st
+                        .ports
+                        .transport
+                        .send_text(&st.account, &st.jid, &text)
+                        .await
+                    {
+                        Ok(message_id) => {
+                            let cmd = ChatCommand::SendReply {
+                                reply_id: reply_id.clone(),
+                                message_id,
+                                at: Utc::now(),
+                            };
+                            st.commit(cmd, &auto).await.map(drop)
+                        }
+                        Err(reason) => {
+                            let cmd = ChatCommand::FailReply {
+                                reply_id: reply_id.clone(),
+                                reason: format!("send failed: {reason}"),
+                            };
+                            st.commit(cmd, &auto).await.map(drop)
+                        }
+                    }
+                }
+                .await;
+                let _ = reply.send(result);
+            }
+            ChatMsg::Skip {
+                reply_id,
+                reason,
+                reply,
+            } => {
+                let cmd = ChatCommand::SkipReply { reply_id, reason };
+                let _ = reply.send(st.commit(cmd, &auto).await.map(drop));
+            }
+            ChatMsg::Fail {
+                reply_id,
+                reason,
+                reply,
+            } => {
+                let cmd = ChatCommand::FailReply { reply_id, reason };
+                let _ = reply.send(st.commit(cmd, &auto).await.map(drop));
+            }
+            ChatMsg::WorkerDone { reply_id } => {
+                if st.active.as_deref() == Some(reply_id.as_str()) {
+                    st.active = None;
+                }
+                // A worker that ended without a terminal event leaves its reply open.
+                if st.chat.open_replies.contains_key(&reply_id) && !st.queue.contains(&reply_id) {
+                    let cmd = ChatCommand::FailReply {
+                        reply_id: reply_id.clone(),
+                        reason: "reply worker stopped before finishing".into(),
+                    };
+                    if let Err(e) = st.commit(cmd, &auto).await {
+                        tracing::warn!(reply_id = %reply_id, error = %e, "could not close a reply");
+                    }
+                }
+                st.pump(&myself).await;
+            }
+            ChatMsg::CloseInterrupted { reply } => {
+                let result = st
+                    .commit(
+                        ChatCommand::CloseInterrupted,
+                        &system_meta("system:recovery"),
+                    )
+                    .await
+                    .map(|(events, _)| events.len());
+                let _ = reply.send(result);
+            }
+            ChatMsg::IdleCheck => {
+                let idle = st.last_activity.elapsed() >= st.ports.chat_idle;
+                if st.active.is_none() && st.queue.is_empty() && idle {
+                    myself.stop(Some("idle".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+}

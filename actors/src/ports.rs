@@ -1,0 +1,175 @@
+//! The ports the actors call: the chat streams, the effective config, the model, the transport,
+//! and a commit notification for read models. The binary implements them; tests can too.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use secrecy::SecretString;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use wagate_events::chat::{Chat, ChatEvent, TokenUsage};
+use wagate_events::DomainError;
+
+pub type Meta = HashMap<String, String>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreFailure {
+    #[error("the stream changed concurrently")]
+    Conflict,
+    #[error("event store unavailable: {0}")]
+    Unavailable(String),
+    #[error("event store error: {0}")]
+    Other(String),
+}
+
+/// What a caller of an actor gets back when a request fails.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ActorError {
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<StoreFailure> for ActorError {
+    fn from(e: StoreFailure) -> Self {
+        match e {
+            StoreFailure::Conflict => {
+                ActorError::Unavailable("the chat kept changing concurrently".into())
+            }
+            StoreFailure::Unavailable(m) => ActorError::Unavailable(m),
+            StoreFailure::Other(m) => ActorError::Internal(m),
+        }
+    }
+}
+
+#[async_trait]
+pub trait ChatStreams: Send + Sync + 'static {
+    /// The chat's state and version (0 for a new stream).
+    async fn load(&self, stream_id: &str) -> Result<(Chat, usize), StoreFailure>;
+    /// Appends after version `expected`; returns the global positions of the new events.
+    async fn commit(
+        &self,
+        stream_id: &str,
+        expected: usize,
+        events: Vec<ChatEvent>,
+        meta: Meta,
+    ) -> Result<Vec<i64>, StoreFailure>;
+}
+
+/// The effective config of a chat at reply time, with the key already decrypted.
+#[derive(Debug, Clone)]
+pub struct ReplyConfig {
+    /// `Some(reason)` when the rules say no reply (disabled, blocked, chat kind, no key...).
+    pub skip_reason: Option<String>,
+    pub echo_mode: bool,
+    pub base_url: String,
+    pub api_key: Option<SecretString>,
+    pub model: String,
+    pub system_prompt: String,
+    pub temperature: f64,
+    pub max_tokens: u32,
+    pub timeout: Duration,
+    pub reply_delay: Duration,
+}
+
+pub trait ConfigSource: Send + Sync + 'static {
+    /// `Err(reason)` when no config applies (e.g. the account was deleted).
+    fn reply_config(&self, account: &str, jid: &str) -> Result<ReplyConfig, String>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PromptRole {
+    System,
+    User,
+    Assistant,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelCall {
+    pub base_url: String,
+    pub api_key: Option<SecretString>,
+    pub model: String,
+    pub messages: Vec<(PromptRole, String)>,
+    pub temperature: f64,
+    pub max_tokens: u32,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelAnswer {
+    pub text: String,
+    pub model: String,
+    pub usage: TokenUsage,
+    pub latency_ms: u64,
+}
+
+#[async_trait]
+pub trait Model: Send + Sync + 'static {
+    /// `Err` carries a sanitized reason (class and status; never a body or a key).
+    async fn complete(&self, call: ModelCall) -> Result<ModelAnswer, String>;
+}
+
+#[async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// Sends a text as the account; returns the transport's message id.
+    async fn send_text(&self, account: &str, jid: &str, text: &str) -> Result<String, String>;
+    /// Shows "typing…" in the chat.
+    async fn typing(&self, account: &str, jid: &str) -> Result<(), String>;
+}
+
+#[async_trait]
+pub trait Notify: Send + Sync + 'static {
+    /// Called after every commit (read models catch up).
+    async fn committed(&self);
+}
+
+/// Bounds on concurrent model calls: across the process and per account.
+pub struct Limits {
+    global: Arc<Semaphore>,
+    per_account_max: usize,
+    per_account: std::sync::Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl Limits {
+    pub fn new(global: usize, per_account: usize) -> Self {
+        Self {
+            global: Arc::new(Semaphore::new(global.max(1))),
+            per_account_max: per_account.max(1),
+            per_account: Default::default(),
+        }
+    }
+
+    /// Waits for a slot for `account` and a global one (in that order).
+    pub async fn acquire(
+        &self,
+        account: &str,
+    ) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+        let acc = {
+            let mut map = self.per_account.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(account.to_string())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.per_account_max)))
+                .clone()
+        };
+        let a = acc.acquire_owned().await.ok()?;
+        let g = self.global.clone().acquire_owned().await.ok()?;
+        Some((a, g))
+    }
+}
+
+/// Everything the actors need from the outside.
+pub struct Ports {
+    pub streams: Arc<dyn ChatStreams>,
+    pub config: Arc<dyn ConfigSource>,
+    pub model: Arc<dyn Model>,
+    pub transport: Arc<dyn Transport>,
+    pub notify: Arc<dyn Notify>,
+    pub limits: Limits,
+    /// A chat actor with nothing to do for this long stops (its state is reloaded on demand).
+    pub chat_idle: Duration,
+    /// How long a caller waits for an actor's answer.
+    pub call_timeout: Duration,
+}

@@ -1,0 +1,282 @@
+//! Messages: the sandbox transport's inbound route, chats, a chat's messages, and operator sends.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use wagate_actors::chat::ChatMsg;
+use wagate_events::chat::Source;
+use wagate_events::ids::{chat_kind, ChatKind};
+use wagate_projections::messages::MessageView;
+
+use super::error::{ApiError, ErrorBody};
+use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
+use super::ListResponse;
+use crate::app::SharedApp;
+
+pub fn router() -> OpenApiRouter<SharedApp> {
+    OpenApiRouter::new()
+        .routes(routes!(sandbox_inbound))
+        .routes(routes!(list_chats))
+        .routes(routes!(list_messages, send_message))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InboundRequest {
+    /// The chat JID (`<digits>@s.whatsapp.net`, `<id>@g.us`, …).
+    pub chat_id: String,
+    /// The sender (phone number or JID).
+    pub from: String,
+    pub text: String,
+    /// The WhatsApp message id; a repeated id is deduplicated. Generated when absent.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// A message the account itself sent from another device (never answered).
+    #[serde(default)]
+    pub from_me: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InboundAccepted {
+    pub message_id: String,
+    /// The position of the committed message event.
+    pub position: Option<i64>,
+    /// True when this id was seen before (nothing new was written).
+    pub duplicate: bool,
+}
+
+fn live_account(app: &SharedApp, caller: &Caller, acc: &str) -> Result<(), ApiError> {
+    caller.require_account(acc)?;
+    if app.model().account(acc).is_none() {
+        return Err(ApiError::not_found("account not found"));
+    }
+    Ok(())
+}
+
+/// Injects an inbound message into a sandbox account. Answers 202 only after the message event is
+/// committed; the AI reply follows asynchronously.
+#[utoipa::path(post, path = "/v1/accounts/{acc}/sandbox/inbound", tag = "messages",
+    params(("acc" = String, Path)), request_body = InboundRequest,
+    responses((status = 202, body = InboundAccepted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody)),
+    security(("admin_jwt" = []), ("account_token" = [])))]
+async fn sandbox_inbound(
+    State(app): State<SharedApp>,
+    caller: Caller,
+    ApiPath(acc): ApiPath<String>,
+    ApiJson(req): ApiJson<InboundRequest>,
+) -> Result<(StatusCode, Json<InboundAccepted>), ApiError> {
+    live_account(&app, &caller, &acc)?;
+    let kind = chat_kind(&req.chat_id, "chat_id")?;
+    if req.from.trim().is_empty() || req.from.len() > 128 {
+        return Err(ApiError::invalid("from", "1..=128 characters"));
+    }
+    let message_id = match req.id {
+        Some(id) if id.trim().is_empty() || id.len() > 256 => {
+            return Err(ApiError::invalid("id", "1..=256 characters"))
+        }
+        Some(id) => id,
+        None => format!("sbx_in_{}", uuid::Uuid::now_v7().simple()),
+    };
+    let reply_candidate = !req.from_me && kind != ChatKind::Broadcast;
+    let meta = caller.who().metadata();
+    let gateway = app.gateway()?;
+    let ack = gateway
+        .ask(&acc, &req.chat_id, |reply| ChatMsg::Receive {
+            message_id: message_id.clone(),
+            from: req.from.clone(),
+            text: req.text.clone(),
+            from_me: req.from_me,
+            reply_candidate,
+            meta: meta.clone(),
+            reply,
+        })
+        .await?;
+    let position = match ack.position {
+        Some(p) => Some(p),
+        None => {
+            // A duplicate: answer with the position of the original.
+            app.catch_up().await?;
+            app.messages()
+                .chats
+                .get(&(acc.clone(), req.chat_id.clone()))
+                .and_then(|c| c.messages.iter().find(|m| m.id == message_id))
+                .map(|m| m.position)
+        }
+    };
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(InboundAccepted {
+            message_id,
+            position,
+            duplicate: ack.duplicate,
+        }),
+    ))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatSummary {
+    pub chat_id: String,
+    /// `private`, `group`, `channel` or `broadcast`.
+    pub chat_kind: String,
+    pub last_message_at: Option<DateTime<Utc>>,
+    pub message_count: usize,
+    /// The chat's AI mode: `inherit`, `enabled` or `disabled`.
+    pub ai_mode: String,
+    pub blocked: bool,
+}
+
+/// The account's chats, most recent first.
+#[utoipa::path(get, path = "/v1/accounts/{acc}/chats", tag = "messages", params(("acc" = String, Path)),
+    responses((status = 200, body = ListResponse<ChatSummary>), (status = 404, body = ErrorBody)),
+    security(("admin_jwt" = []), ("account_token" = [])))]
+async fn list_chats(
+    State(app): State<SharedApp>,
+    caller: Caller,
+    ApiPath(acc): ApiPath<String>,
+) -> Result<Json<ListResponse<ChatSummary>>, ApiError> {
+    live_account(&app, &caller, &acc)?;
+    app.catch_up().await?;
+    let config = app.model();
+    let messages = app.messages();
+    let mut items: Vec<ChatSummary> = messages
+        .chats
+        .range((acc.clone(), String::new())..)
+        .take_while(|((a, _), _)| *a == acc)
+        .map(|((_, jid), view)| {
+            let settings = config.chat(&acc, jid).cloned().unwrap_or_default();
+            ChatSummary {
+                chat_id: jid.clone(),
+                chat_kind: chat_kind(jid, "jid")
+                    .map(|k| {
+                        serde_json::to_value(k)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default()
+                    })
+                    .unwrap_or_default(),
+                last_message_at: view.last_message_at,
+                message_count: view.messages.len(),
+                ai_mode: serde_json::to_value(settings.mode)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                blocked: settings.blocked,
+            }
+        })
+        .collect();
+    items.sort_by_key(|c| std::cmp::Reverse(c.last_message_at));
+    Ok(Json(ListResponse {
+        items,
+        next_cursor: None,
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct MessagesQuery {
+    /// Page size 1..=500 (default 50).
+    pub limit: Option<usize>,
+    /// Only messages before this position (the `next_cursor` of the previous page).
+    pub before: Option<i64>,
+}
+
+/// A chat's messages, newest first.
+#[utoipa::path(get, path = "/v1/accounts/{acc}/chats/{jid}/messages", tag = "messages",
+    params(("acc" = String, Path), ("jid" = String, Path), MessagesQuery),
+    responses((status = 200, body = ListResponse<Object>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("admin_jwt" = []), ("account_token" = [])))]
+async fn list_messages(
+    State(app): State<SharedApp>,
+    caller: Caller,
+    ApiPath((acc, jid)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<MessagesQuery>,
+) -> Result<Json<ListResponse<MessageView>>, ApiError> {
+    live_account(&app, &caller, &acc)?;
+    chat_kind(&jid, "jid")?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::invalid("limit", "must be between 1 and 500"));
+    }
+    app.catch_up().await?;
+    let messages = app.messages();
+    let items: Vec<MessageView> = messages
+        .chats
+        .get(&(acc, jid))
+        .map(|c| {
+            c.messages
+                .iter()
+                .rev()
+                .filter(|m| q.before.is_none_or(|b| m.position < b))
+                .take(limit)
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    let next_cursor = (items.len() == limit)
+        .then(|| items.last().map(|m| m.position.to_string()))
+        .flatten();
+    Ok(Json(ListResponse { items, next_cursor }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SendRequest {
+    pub text: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SentMessage {
+    pub id: String,
+    pub chat_id: String,
+    pub position: Option<i64>,
+}
+
+/// Sends a text as the account (an operator message).
+#[utoipa::path(post, path = "/v1/accounts/{acc}/chats/{jid}/messages", tag = "messages",
+    params(("acc" = String, Path), ("jid" = String, Path)), request_body = SendRequest,
+    responses((status = 201, body = SentMessage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody)),
+    security(("admin_jwt" = []), ("account_token" = [])))]
+async fn send_message(
+    State(app): State<SharedApp>,
+    caller: Caller,
+    ApiPath((acc, jid)): ApiPath<(String, String)>,
+    ApiJson(req): ApiJson<SendRequest>,
+) -> Result<(StatusCode, Json<SentMessage>), ApiError> {
+    live_account(&app, &caller, &acc)?;
+    chat_kind(&jid, "jid")?;
+    let sent = send_as_account(&app, &caller, &acc, &jid, &req.text, Source::Operator).await?;
+    Ok((StatusCode::CREATED, Json(sent)))
+}
+
+/// Sends `text` into a chat through its chat actor.
+pub async fn send_as_account(
+    app: &SharedApp,
+    caller: &Caller,
+    acc: &str,
+    jid: &str,
+    text: &str,
+    source: Source,
+) -> Result<SentMessage, ApiError> {
+    let meta = caller.who().metadata();
+    let ack = app
+        .gateway()?
+        .ask(acc, jid, |reply| ChatMsg::Send {
+            text: text.to_string(),
+            source,
+            meta: meta.clone(),
+            reply,
+        })
+        .await?;
+    Ok(SentMessage {
+        id: ack.message_id,
+        chat_id: jid.to_string(),
+        position: ack.position,
+    })
+}

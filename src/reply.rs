@@ -1,0 +1,210 @@
+//! The binary's side of the reply plane: the actors' ports implemented over the event store, the
+//! config read model and keyring, the HTTP model client and the sandbox transport.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use secrecy::SecretString;
+use wagate_actors::ports::{
+    ChatStreams, ConfigSource, Meta, Model, ModelAnswer, ModelCall, Notify, PromptRole,
+    ReplyConfig, StoreFailure, Transport,
+};
+use wagate_events::chat::{Chat, ChatEvent, TokenUsage};
+use wagate_events::ids::chat_kind;
+use wagate_projections::effective::{self, Effective, KeySource};
+
+use crate::app::App;
+use crate::crypto::api_key_ad;
+use crate::model_client::{ChatMessage, HttpModelClient, ModelRequest, Role};
+use crate::store::{CommitError, Store, StoreError, Streams};
+
+/// Chat streams in the event store.
+pub struct StoreStreams {
+    store: Store,
+    streams: Streams<Chat>,
+}
+
+impl StoreStreams {
+    pub fn new(store: Store) -> Self {
+        Self {
+            streams: store.streams(),
+            store,
+        }
+    }
+}
+
+fn failure(e: CommitError) -> StoreFailure {
+    match e {
+        CommitError::Conflict => StoreFailure::Conflict,
+        CommitError::Store(StoreError::Unavailable(m)) => StoreFailure::Unavailable(m),
+        CommitError::Store(StoreError::Other(m)) => StoreFailure::Other(m),
+    }
+}
+
+#[async_trait]
+impl ChatStreams for StoreStreams {
+    async fn load(&self, stream_id: &str) -> Result<(Chat, usize), StoreFailure> {
+        self.streams.load(stream_id).await.map_err(failure)
+    }
+
+    async fn commit(
+        &self,
+        stream_id: &str,
+        expected: usize,
+        events: Vec<ChatEvent>,
+        meta: Meta,
+    ) -> Result<Vec<i64>, StoreFailure> {
+        self.streams
+            .commit(stream_id, expected, events, meta)
+            .await
+            .map_err(failure)?;
+        let after = i64::try_from(expected).unwrap_or(i64::MAX);
+        self.store
+            .positions_after("chat", stream_id, after)
+            .await
+            .map_err(|e| failure(CommitError::Store(e)))
+    }
+}
+
+/// The decrypted key an effective config points at, or why there is none usable.
+pub fn api_key_for(app: &App, eff: &Effective) -> Result<Option<SecretString>, String> {
+    let open = |sealed: &str, owner: &str| {
+        app.config
+            .keyring
+            .open_string(sealed, &api_key_ad(owner))
+            .map(Some)
+            .map_err(|_| "the stored API key cannot be decrypted (is the master key that sealed it configured?)".to_string())
+    };
+    match &eff.key {
+        None => Ok(None),
+        Some(KeySource::Global(k)) => open(&k.sealed, "global"),
+        Some(KeySource::Account(k)) => open(&k.sealed, &format!("account:{}", eff.account_id)),
+        Some(KeySource::Env) => Ok(app.config.ai_env.api_key.clone()),
+    }
+}
+
+/// Turns an effective config into what a reply needs.
+pub fn reply_config_of(app: &App, eff: &Effective) -> Result<ReplyConfig, String> {
+    let api_key = api_key_for(app, eff)?;
+    Ok(ReplyConfig {
+        skip_reason: if eff.will_reply {
+            None
+        } else {
+            eff.reason.clone()
+        },
+        echo_mode: eff.echo_mode.value,
+        base_url: eff.base_url.value.clone(),
+        api_key,
+        model: eff.model_name.value.clone(),
+        system_prompt: eff.system_prompt.value.clone(),
+        temperature: eff.temperature.value,
+        max_tokens: eff.max_tokens.value,
+        timeout: Duration::from_secs(u64::from(eff.timeout_seconds.value)),
+        reply_delay: Duration::from_secs(u64::from(eff.reply_delay_seconds.value)),
+    })
+}
+
+/// The effective config from the live read model.
+pub struct AppConfig(pub Weak<App>);
+
+impl ConfigSource for AppConfig {
+    fn reply_config(&self, account: &str, jid: &str) -> Result<ReplyConfig, String> {
+        let app = self.0.upgrade().ok_or("the gateway is shutting down")?;
+        let kind = chat_kind(jid, "jid").map_err(|e| e.to_string())?;
+        let eff = effective::resolve(&app.model(), &app.env_layer, account, jid, kind)
+            .ok_or("account not found or deleted")?;
+        reply_config_of(&app, &eff)
+    }
+}
+
+/// The OpenAI-compatible HTTP client.
+pub struct HttpModel(pub HttpModelClient);
+
+pub fn to_request(call: ModelCall) -> ModelRequest {
+    ModelRequest {
+        base_url: call.base_url,
+        api_key: call.api_key,
+        model: call.model,
+        messages: call
+            .messages
+            .into_iter()
+            .map(|(role, content)| ChatMessage {
+                role: match role {
+                    PromptRole::System => Role::System,
+                    PromptRole::User => Role::User,
+                    PromptRole::Assistant => Role::Assistant,
+                },
+                content,
+            })
+            .collect(),
+        temperature: call.temperature,
+        max_tokens: call.max_tokens,
+        timeout: call.timeout,
+    }
+}
+
+#[async_trait]
+impl Model for HttpModel {
+    async fn complete(&self, call: ModelCall) -> Result<ModelAnswer, String> {
+        let reply = self
+            .0
+            .complete(&to_request(call))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(ModelAnswer {
+            text: reply.text,
+            model: reply.model,
+            usage: TokenUsage {
+                prompt_tokens: reply.usage.prompt_tokens,
+                completion_tokens: reply.usage.completion_tokens,
+                total_tokens: reply.usage.total_tokens,
+            },
+            latency_ms: reply.latency_ms,
+        })
+    }
+}
+
+/// The embedded transport: nothing leaves the process; "sending" is the recorded outbound
+/// message event, "typing" the recorded typing event.
+pub struct SandboxTransport;
+
+#[async_trait]
+impl Transport for SandboxTransport {
+    async fn send_text(&self, _: &str, _: &str, _: &str) -> Result<String, String> {
+        Ok(format!("sbx_{}", uuid::Uuid::now_v7().simple()))
+    }
+
+    async fn typing(&self, _: &str, _: &str) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Wakes the background projector.
+pub struct WakeProjector(pub Weak<App>);
+
+#[async_trait]
+impl Notify for WakeProjector {
+    async fn committed(&self) {
+        if let Some(app) = self.0.upgrade() {
+            app.projector_wake.notify_one();
+        }
+    }
+}
+
+/// Builds the actors' ports for `app`.
+pub fn ports(app: &Arc<App>, model: HttpModelClient) -> wagate_actors::Ports {
+    wagate_actors::Ports {
+        streams: Arc::new(StoreStreams::new(app.store.clone())),
+        config: Arc::new(AppConfig(Arc::downgrade(app))),
+        model: Arc::new(HttpModel(model)),
+        transport: Arc::new(SandboxTransport),
+        notify: Arc::new(WakeProjector(Arc::downgrade(app))),
+        limits: wagate_actors::ports::Limits::new(
+            app.config.max_model_calls,
+            app.config.max_model_calls_per_account,
+        ),
+        chat_idle: Duration::from_secs(600),
+        call_timeout: Duration::from_secs(30),
+    }
+}

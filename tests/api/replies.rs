@@ -1,0 +1,689 @@
+//! The auto-reply flow against a real HTTP model stub on loopback (wiremock), on both stores.
+
+use serde_json::{json, Value};
+use wiremock::matchers::{body_string_contains, header, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::both_stores;
+use crate::helpers::{eventually, TestApp};
+
+pub const JID: &str = "491701234567@s.whatsapp.net";
+
+pub fn completion(text: &str) -> Value {
+    json!({
+        "id": "chatcmpl-1", "object": "chat.completion", "model": "stub-model",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+    })
+}
+
+/// Global config pointing at the stub, replies immediately.
+pub async fn configure(app: &TestApp, stub: &MockServer, extra: Value) {
+    let mut body = json!({
+        "enabled": true,
+        "base_url": format!("{}/v1", stub.uri()),
+        "api_key": "sk-test-key",
+        "model_name": "stub-model",
+        "default_system_prompt": "You are a test assistant.",
+        "reply_delay_seconds": 0,
+        "timeout_seconds": 5
+    });
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+    let r = app.admin("PUT", "/v1/ai/global", Some(body)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+}
+
+pub async fn inbound(app: &TestApp, acc: &str, jid: &str, id: &str, text: &str) -> Value {
+    let r = app
+        .admin(
+            "POST",
+            &format!("/v1/accounts/{acc}/sandbox/inbound"),
+            Some(json!({"chat_id": jid, "from": "491701234567", "text": text, "id": id})),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    r.json
+}
+
+/// The AI log row for the reply triggered by `message_id`, once it reached a terminal status.
+pub async fn settled(app: &TestApp, acc: &str, message_id: &str) -> Value {
+    eventually(20, &format!("reply to {message_id} settles"), || async {
+        let r = app
+            .admin(
+                "GET",
+                &format!("/v1/ai/logs?account_id={acc}&limit=500"),
+                None,
+            )
+            .await;
+        r.json["items"]
+            .as_array()?
+            .iter()
+            .find(|row| {
+                row["trigger_message_id"] == message_id
+                    && ["sent", "failed", "skipped"].contains(&row["status"].as_str().unwrap_or(""))
+            })
+            .cloned()
+    })
+    .await
+}
+
+pub async fn messages(app: &TestApp, acc: &str, jid: &str) -> Vec<Value> {
+    let r = app
+        .admin(
+            "GET",
+            &format!("/v1/accounts/{acc}/chats/{jid}/messages?limit=500"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.json["items"].as_array().cloned().unwrap_or_default()
+}
+
+async fn happy_path(app: TestApp) {
+    let stub = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .and(header("authorization", "Bearer sk-test-key"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion("Hello from the model")))
+        .expect(1)
+        .mount(&stub)
+        .await;
+    configure(&app, &stub, json!({})).await;
+    app.create_account("acme").await;
+    let ack = inbound(&app, "acme", JID, "wamid-1", "Hi, are you open today?").await;
+    assert_eq!(ack["message_id"], "wamid-1");
+    assert!(ack["position"].as_i64().is_some_and(|p| p > 0), "{ack}");
+    assert_eq!(ack["duplicate"], false);
+
+    let row = settled(&app, "acme", "wamid-1").await;
+    assert_eq!(row["status"], "sent", "{row}");
+    assert_eq!(row["model"], "stub-model");
+    assert_eq!(
+        row["usage"],
+        json!({"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18})
+    );
+    assert_eq!(row["reply_text"], "Hello from the model");
+    assert!(row["latency_ms"].as_u64().is_some());
+
+    let msgs = messages(&app, "acme", JID).await;
+    assert_eq!(msgs.len(), 2, "{msgs:?}");
+    assert_eq!(msgs[0]["direction"], "outbound");
+    assert_eq!(msgs[0]["source"], "ai");
+    assert_eq!(msgs[0]["text"], "Hello from the model");
+    assert_eq!(msgs[0]["ai_reply_id"], row["id"]);
+    assert_eq!(msgs[1]["direction"], "inbound");
+    assert_eq!(msgs[1]["source"], "customer");
+
+    let req = &stub.received_requests().await.expect("recorded")[0];
+    let body: Value = serde_json::from_slice(&req.body).expect("json body");
+    assert_eq!(body["model"], "stub-model");
+    assert_eq!(
+        body["messages"][0],
+        json!({"role": "system", "content": "You are a test assistant."})
+    );
+    assert_eq!(
+        body["messages"][1],
+        json!({"role": "user", "content": "Hi, are you open today?"})
+    );
+
+    let ev = app.admin("GET", "/v1/events?aggregate=chat", None).await;
+    let types: Vec<&str> = ev.json["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "MessageReceived",
+            "AiReplyRequested",
+            "AiReplyGenerated",
+            "TypingIndicated",
+            "MessageSent",
+            "AiReplySent"
+        ]
+    );
+    let chats = app.admin("GET", "/v1/accounts/acme/chats", None).await;
+    assert_eq!(chats.json["items"][0]["chat_id"], JID);
+    assert_eq!(chats.json["items"][0]["message_count"], 2);
+    stub.verify().await;
+}
+both_stores!(auto_reply_happy_path, happy_path);
+
+async fn history_of_twenty_with_roles(app: TestApp) {
+    let stub = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion("ok")))
+        .mount(&stub)
+        .await;
+    configure(&app, &stub, json!({})).await;
+    app.create_account("acme").await;
+    let chat_ai = format!("/v1/accounts/acme/chats/{JID}/ai");
+    app.admin(
+        "PUT",
+        &chat_ai,
+        Some(json!({"mode": "disabled", "custom_system_prompt": "Chat prompt."})),
+    )
+    .await;
+    for i in 0..12 {
+        inbound(
+            &app,
+            "acme",
+            JID,
+            &format!("in-{i}"),
+            &format!("customer {i}"),
+        )
+        .await;
+        let r = app
+            .admin(
+                "POST",
+                &format!("/v1/accounts/acme/chats/{JID}/messages"),
+                Some(json!({"text": format!("agent {i}")})),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    app.admin("PUT", &chat_ai, Some(json!({"mode": "enabled"})))
+        .await;
+    inbound(&app, "acme", JID, "last", "the last question").await;
+    assert_eq!(settled(&app, "acme", "last").await["status"], "sent");
+    let reqs = stub.received_requests().await.expect("recorded");
+    assert_eq!(reqs.len(), 1, "disabled messages made no calls");
+    let body: Value = serde_json::from_slice(&reqs[0].body).expect("json");
+    let msgs = body["messages"].as_array().expect("messages");
+    assert_eq!(msgs.len(), 21, "system prompt + the last 20 turns");
+    assert_eq!(
+        msgs[0],
+        json!({"role": "system", "content": "Chat prompt."})
+    );
+    assert_eq!(
+        msgs[20],
+        json!({"role": "user", "content": "the last question"})
+    );
+    assert_eq!(
+        msgs[19],
+        json!({"role": "assistant", "content": "agent 11"})
+    );
+    assert_eq!(msgs[18], json!({"role": "user", "content": "customer 11"}));
+    assert_eq!(msgs[1], json!({"role": "assistant", "content": "agent 2"}));
+}
+both_stores!(history_of_twenty, history_of_twenty_with_roles);
+
+async fn rules_decide_before_any_call(app: TestApp) {
+    let stub = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion("ok")))
+        .mount(&stub)
+        .await;
+    app.create_account("acme").await;
+    // No key: skipped with the seed's reason, nothing sent.
+    let r = app
+        .admin("PUT", "/v1/ai/global", Some(json!({"enabled": true, "base_url": format!("{}/v1", stub.uri()), "reply_delay_seconds": 0})))
+        .await;
+    assert_eq!(r.status, 200);
+    inbound(&app, "acme", JID, "k1", "hello").await;
+    let row = settled(&app, "acme", "k1").await;
+    assert_eq!(
+        (row["status"].as_str(), row["reason"].as_str()),
+        (Some("skipped"), Some("no API key configured"))
+    );
+
+    configure(&app, &stub, json!({})).await;
+    // Disabled at each layer.
+    app.admin("PUT", "/v1/ai/global", Some(json!({"enabled": false})))
+        .await;
+    inbound(&app, "acme", JID, "g1", "hello").await;
+    assert_eq!(
+        settled(&app, "acme", "g1").await["reason"],
+        "AI is disabled (source: global)"
+    );
+    app.admin("PUT", "/v1/ai/global", Some(json!({"enabled": true})))
+        .await;
+    app.admin(
+        "PUT",
+        "/v1/accounts/acme/ai",
+        Some(json!({"enabled": false})),
+    )
+    .await;
+    inbound(&app, "acme", JID, "a1", "hello").await;
+    assert_eq!(
+        settled(&app, "acme", "a1").await["reason"],
+        "AI is disabled (source: account)"
+    );
+    app.admin(
+        "PUT",
+        "/v1/accounts/acme/ai",
+        Some(json!({"enabled": null})),
+    )
+    .await;
+    app.admin(
+        "PUT",
+        &format!("/v1/accounts/acme/chats/{JID}/ai"),
+        Some(json!({"mode": "disabled"})),
+    )
+    .await;
+    inbound(&app, "acme", JID, "c1", "hello").await;
+    assert_eq!(
+        settled(&app, "acme", "c1").await["reason"],
+        "AI is disabled (source: chat)"
+    );
+    app.admin(
+        "PUT",
+        &format!("/v1/accounts/acme/chats/{JID}/ai"),
+        Some(json!({"mode": "inherit"})),
+    )
+    .await;
+    // Blocked.
+    app.admin(
+        "PUT",
+        &format!("/v1/accounts/acme/chats/{JID}/blocked"),
+        Some(json!({"blocked": true})),
+    )
+    .await;
+    inbound(&app, "acme", JID, "b1", "hello").await;
+    assert_eq!(
+        settled(&app, "acme", "b1").await["reason"],
+        "chat is blocked"
+    );
+    // Groups follow reply_to_groups.
+    let group = "120363042-1@g.us";
+    inbound(&app, "acme", group, "gr1", "hello group").await;
+    assert_eq!(
+        settled(&app, "acme", "gr1").await["reason"],
+        "reply_to_groups is false (source: default)"
+    );
+    app.admin(
+        "PUT",
+        "/v1/ai/global",
+        Some(json!({"reply_to_groups": true})),
+    )
+    .await;
+    inbound(&app, "acme", group, "gr2", "hello group").await;
+    assert_eq!(settled(&app, "acme", "gr2").await["status"], "sent");
+    // from_me and status broadcasts never open a reply.
+    let r = app
+        .admin("POST", "/v1/accounts/acme/sandbox/inbound", Some(json!({"chat_id": group, "from": "me", "text": "mine", "id": "fm1", "from_me": true})))
+        .await;
+    assert_eq!(r.status, 202);
+    inbound(&app, "acme", "status@broadcast", "st1", "a status").await;
+    let logs = app
+        .admin("GET", "/v1/ai/logs?account_id=acme&limit=500", None)
+        .await;
+    let triggers: Vec<&str> = logs.json["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|r| r["trigger_message_id"].as_str())
+        .collect();
+    assert!(
+        !triggers.contains(&"fm1") && !triggers.contains(&"st1"),
+        "{triggers:?}"
+    );
+    assert_eq!(
+        stub.received_requests().await.map(|r| r.len()),
+        Some(1),
+        "only gr2 called the model"
+    );
+}
+both_stores!(reply_rules, rules_decide_before_any_call);
+
+async fn echo_mode_needs_no_model(app: TestApp) {
+    app.create_account("acme").await;
+    let r = app
+        .admin(
+            "PUT",
+            "/v1/ai/global",
+            Some(json!({"enabled": true, "echo_mode": true, "reply_delay_seconds": 0})),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    inbound(&app, "acme", JID, "e1", "echo me").await;
+    let row = settled(&app, "acme", "e1").await;
+    assert_eq!(
+        (row["status"].as_str(), row["model"].as_str()),
+        (Some("sent"), Some("echo"))
+    );
+    assert_eq!(messages(&app, "acme", JID).await[0]["text"], "echo me");
+}
+both_stores!(echo_mode, echo_mode_needs_no_model);
+
+async fn duplicate_inbound_is_deduplicated(app: TestApp) {
+    app.create_account("acme").await;
+    app.admin(
+        "PUT",
+        "/v1/ai/global",
+        Some(json!({"enabled": true, "echo_mode": true, "reply_delay_seconds": 0})),
+    )
+    .await;
+    let first = inbound(&app, "acme", JID, "dup-1", "once").await;
+    let second = inbound(&app, "acme", JID, "dup-1", "once").await;
+    assert_eq!(first["position"], second["position"], "same answer");
+    assert_eq!(second["duplicate"], true);
+    settled(&app, "acme", "dup-1").await;
+    let ev = app.admin("GET", "/v1/events?aggregate=chat", None).await;
+    let received = ev.json["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|e| e["type"] == "MessageReceived")
+        .count();
+    assert_eq!(received, 1);
+    let msgs = messages(&app, "acme", JID).await;
+    assert_eq!(
+        msgs.iter().filter(|m| m["source"] == "ai").count(),
+        1,
+        "one reply"
+    );
+}
+both_stores!(duplicate_inbound, duplicate_inbound_is_deduplicated);
+
+async fn model_failures_are_classified(app: TestApp) {
+    let stub = MockServer::start().await;
+    for (marker, resp) in [
+        (
+            "case-500",
+            ResponseTemplate::new(500).set_body_string("UPSTREAM-SECRET-BODY"),
+        ),
+        (
+            "case-401",
+            ResponseTemplate::new(401).set_body_string("UPSTREAM-SECRET-BODY"),
+        ),
+        (
+            "case-bad",
+            ResponseTemplate::new(200).set_body_string("UPSTREAM-SECRET-BODY not json"),
+        ),
+    ] {
+        Mock::given(method("POST"))
+            .and(body_string_contains(marker))
+            .respond_with(resp)
+            .mount(&stub)
+            .await;
+    }
+    // 429 once, then success.
+    Mock::given(method("POST"))
+        .and(body_string_contains("case-429"))
+        .respond_with(ResponseTemplate::new(429))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&stub)
+        .await;
+    Mock::given(method("POST"))
+        .and(body_string_contains("case-429"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion("after retry")))
+        .with_priority(2)
+        .mount(&stub)
+        .await;
+    configure(&app, &stub, json!({})).await;
+    app.create_account("acme").await;
+    let cases = [
+        ("case-500", "500"),
+        ("case-401", "401"),
+        ("case-bad", "malformed"),
+    ];
+    for (i, (marker, needle)) in cases.iter().enumerate() {
+        let jid = format!("49170000000{i}@s.whatsapp.net");
+        inbound(&app, "acme", &jid, marker, marker).await;
+        let row = settled(&app, "acme", marker).await;
+        assert_eq!(row["status"], "failed", "{row}");
+        let reason = row["reason"].as_str().unwrap_or("");
+        assert!(reason.contains(needle), "{marker}: {reason}");
+        assert!(
+            !reason.contains("UPSTREAM-SECRET-BODY") && !reason.contains("sk-test-key"),
+            "{reason}"
+        );
+        assert!(messages(&app, "acme", &jid)
+            .await
+            .iter()
+            .all(|m| m["direction"] == "inbound"));
+    }
+    inbound(
+        &app,
+        "acme",
+        "491700000009@s.whatsapp.net",
+        "case-429",
+        "case-429",
+    )
+    .await;
+    let row = settled(&app, "acme", "case-429").await;
+    assert_eq!(
+        (row["status"].as_str(), row["reply_text"].as_str()),
+        (Some("sent"), Some("after retry")),
+        "{row}"
+    );
+}
+both_stores!(model_failures, model_failures_are_classified);
+
+async fn slow_chat_does_not_delay_others(app: TestApp) {
+    let stub = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(body_string_contains("slow please"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(completion("slow answer"))
+                .set_delay(std::time::Duration::from_secs(3)),
+        )
+        .mount(&stub)
+        .await;
+    Mock::given(method("POST"))
+        .and(body_string_contains("fast please"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion("fast answer")))
+        .mount(&stub)
+        .await;
+    configure(&app, &stub, json!({})).await;
+    app.create_account("acme").await;
+    let (a, b) = ("491700000001@s.whatsapp.net", "491700000002@s.whatsapp.net");
+    let start = std::time::Instant::now();
+    inbound(&app, "acme", a, "slow-1", "slow please").await;
+    inbound(&app, "acme", b, "fast-1", "fast please").await;
+    assert_eq!(settled(&app, "acme", "fast-1").await["status"], "sent");
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(2),
+        "chat B waited for chat A: {:?}",
+        start.elapsed()
+    );
+    let slow = app
+        .admin(
+            "GET",
+            "/v1/ai/logs?account_id=acme&chat_id=491700000001@s.whatsapp.net",
+            None,
+        )
+        .await;
+    assert_eq!(
+        slow.json["items"][0]["status"], "pending",
+        "A is still waiting on its model"
+    );
+    assert_eq!(settled(&app, "acme", "slow-1").await["status"], "sent");
+}
+both_stores!(chats_in_parallel, slow_chat_does_not_delay_others);
+
+async fn replies_in_order_within_a_chat(app: TestApp) {
+    let stub = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(completion("answer"))
+                .set_delay(std::time::Duration::from_millis(300)),
+        )
+        .mount(&stub)
+        .await;
+    configure(&app, &stub, json!({})).await;
+    app.create_account("acme").await;
+    for i in 0..4 {
+        inbound(
+            &app,
+            "acme",
+            JID,
+            &format!("o{i}"),
+            &format!("question {i}"),
+        )
+        .await;
+    }
+    let last = settled(&app, "acme", "o3").await;
+    assert_eq!(last["status"], "sent", "{last}");
+    let mut sent_positions = vec![];
+    for i in 0..4 {
+        let row = settled(&app, "acme", &format!("o{i}")).await;
+        match row["status"].as_str() {
+            Some("sent") => sent_positions.push((i, row["position"].as_i64().unwrap_or(0))),
+            Some("skipped") => assert!(
+                row["reason"].as_str().unwrap_or("").contains("superseded"),
+                "{row}"
+            ),
+            other => panic!("unexpected {other:?}: {row}"),
+        }
+    }
+    // The newest outbound message answers the newest question.
+    let msgs = messages(&app, "acme", JID).await;
+    assert_eq!(msgs[0]["ai_reply_id"], last["id"]);
+    assert!(sent_positions.windows(2).all(|w| w[0].1 < w[1].1));
+}
+both_stores!(order_within_chat, replies_in_order_within_a_chat);
+
+async fn test_routes(app: TestApp) {
+    let stub = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(body_string_contains("please fail"))
+        .respond_with(ResponseTemplate::new(503).set_body_string("UPSTREAM-SECRET-BODY"))
+        .mount(&stub)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion("Hi! How can I help?")))
+        .mount(&stub)
+        .await;
+    app.create_account("acme").await;
+    // No key yet: a clear 409.
+    let r = app
+        .admin(
+            "POST",
+            "/v1/ai/admin/test",
+            Some(json!({"account_id": "acme", "message": "Say hi"})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json["error"]["code"].as_str()),
+        (409, Some("no_api_key")),
+        "{}",
+        r.text
+    );
+    configure(&app, &stub, json!({"enabled": false})).await;
+    let r = app
+        .admin(
+            "POST",
+            "/v1/ai/admin/test",
+            Some(json!({"message": "Say hi"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["reply"], "Hi! How can I help?");
+    assert_eq!(r.json["model"], "stub-model");
+    assert_eq!(r.json["usage"]["total_tokens"], 18);
+    assert_eq!(r.json["sent"], false);
+    let r = app
+        .admin(
+            "POST",
+            "/v1/ai/admin/test",
+            Some(json!({"account_id": "nope", "message": "x"})),
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    let r = app
+        .admin(
+            "POST",
+            "/v1/ai/admin/test",
+            Some(json!({"message": "please fail"})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json["error"]["code"].as_str()),
+        (502, Some("model_error")),
+        "{}",
+        r.text
+    );
+    assert!(
+        !r.text.contains("UPSTREAM-SECRET-BODY") && r.text.contains("503"),
+        "{}",
+        r.text
+    );
+
+    let token = app
+        .admin(
+            "POST",
+            "/v1/accounts/acme/tokens",
+            Some(json!({"name": "t"})),
+        )
+        .await
+        .json["token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let r = app
+        .call(
+            "POST",
+            "/v1/ai/chat/test",
+            Some(&token),
+            Some(
+                json!({"message": "Hello, can you help me?", "chat_id": JID, "send_to_chat": true}),
+            ),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["sent"], true);
+    let msgs = messages(&app, "acme", JID).await;
+    assert_eq!(
+        (msgs[0]["source"].as_str(), msgs[0]["text"].as_str()),
+        (Some("test"), Some("Hi! How can I help?"))
+    );
+    let r = app
+        .call(
+            "POST",
+            "/v1/ai/chat/test",
+            Some(&token),
+            Some(json!({"message": "Hello", "send_to_chat": false})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = app
+        .admin(
+            "POST",
+            "/v1/ai/chat/test",
+            Some(json!({"message": "Hello"})),
+        )
+        .await;
+    assert_eq!(r.status, 403, "admins use the admin route");
+}
+both_stores!(ai_test_routes, test_routes);
+
+/// Checklist item 9: without WAGATE_ALLOW_PRIVATE_NETWORKS the loopback stub is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_model_refused_without_allow_list() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let Some(mut vars) = TestApp::vars(crate::helpers::Backend::Sqlite, &dir).await else {
+        return;
+    };
+    vars.remove("WAGATE_ALLOW_PRIVATE_NETWORKS");
+    let app = TestApp::spawn_with(crate::helpers::Backend::Sqlite, dir, vars).await;
+    let stub = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion("never")))
+        .expect(0)
+        .mount(&stub)
+        .await;
+    configure(&app, &stub, json!({})).await;
+    app.create_account("acme").await;
+    inbound(&app, "acme", JID, "ssrf-1", "hello").await;
+    let row = settled(&app, "acme", "ssrf-1").await;
+    assert_eq!(row["status"], "failed");
+    assert!(
+        row["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("WAGATE_ALLOW_PRIVATE_NETWORKS"),
+        "{row}"
+    );
+    stub.verify().await;
+}
