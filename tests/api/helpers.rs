@@ -267,3 +267,74 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
 }
+
+/// The real `wagate serve` binary in a child process (for kill -9 and log capture tests).
+pub struct Binary {
+    pub child: tokio::process::Child,
+    pub base: String,
+    /// Everything printed on stdout until the address line.
+    pub banner: String,
+    stdout: tokio::io::BufReader<tokio::process::ChildStdout>,
+    stderr: tokio::task::JoinHandle<String>,
+}
+
+impl Binary {
+    /// Starts `wagate serve` with exactly `vars` (plus `RUST_LOG=log`) and waits for its address.
+    pub async fn start(vars: &HashMap<String, String>, log: &str) -> Binary {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wagate"))
+            .arg("serve")
+            .env_clear()
+            .envs(vars)
+            .env("RUST_LOG", log)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn wagate");
+        let mut stdout = tokio::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut stderr = child.stderr.take().expect("stderr");
+        let stderr = tokio::spawn(async move {
+            let mut buf = String::new();
+            let _ = stderr.read_to_string(&mut buf).await;
+            buf
+        });
+        let mut banner = String::new();
+        let base = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            loop {
+                let mut line = String::new();
+                if stdout.read_line(&mut line).await.expect("read") == 0 {
+                    panic!("wagate exited early: {banner}");
+                }
+                banner.push_str(&line);
+                if let Some(rest) = line.trim().strip_prefix("API:") {
+                    return rest.split_whitespace().next().expect("url").to_string();
+                }
+            }
+        })
+        .await
+        .expect("wagate prints its address");
+        Binary {
+            child,
+            base,
+            banner,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub async fn kill9(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+
+    /// Kills the process and returns (stdout, stderr).
+    pub async fn finish(mut self) -> (String, String) {
+        use tokio::io::AsyncReadExt;
+        self.kill9().await;
+        let mut out = self.banner;
+        let _ = self.stdout.read_to_string(&mut out).await;
+        (out, self.stderr.await.unwrap_or_default())
+    }
+}

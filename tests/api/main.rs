@@ -6,6 +6,7 @@ mod accounts;
 mod ai_config;
 mod auth;
 mod bad_input;
+mod crash;
 mod events;
 mod lifecycle;
 mod replies;

@@ -3,16 +3,13 @@
 //! weak config (item 3).
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use tokio::process::Command;
 
 use crate::ai_config::seed_global_body;
 use crate::both_stores;
-use crate::helpers::{master_key, Backend, TestApp};
+use crate::helpers::{master_key, Backend, Binary, TestApp};
 
 const CANARY: &str = "sk-canary-7f3a9c1e5b2d4068-do-not-leak";
 const CANARY2: &str = "sk-canary-account-55aa11ee99-do-not-leak";
@@ -53,39 +50,8 @@ async fn canary_never_leaks(backend: Backend) {
     let Some(vars) = TestApp::vars(backend, &dir).await else {
         return;
     };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wagate"))
-        .arg("serve")
-        .env_clear()
-        .envs(&vars)
-        .env("RUST_LOG", "trace")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn wagate");
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut stderr = child.stderr.take().expect("stderr");
-    let err_task = tokio::spawn(async move {
-        let mut buf = String::new();
-        let _ = stderr.read_to_string(&mut buf).await;
-        buf
-    });
-    let mut out = String::new();
-    let base = tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            let mut line = String::new();
-            if stdout.read_line(&mut line).await.expect("read") == 0 {
-                panic!("wagate exited early: {out}");
-            }
-            out.push_str(&line);
-            if let Some(rest) = line.trim().strip_prefix("API:") {
-                return rest.split_whitespace().next().expect("url").to_string();
-            }
-        }
-    })
-    .await
-    .expect("wagate prints its address");
-
+    let bin = Binary::start(&vars, "trace").await;
+    let base = bin.base.clone();
     let client = reqwest::Client::new();
     let token = wagate::config::Config::from_vars(&vars)
         .expect("config")
@@ -142,12 +108,7 @@ async fn canary_never_leaks(backend: Backend) {
         bodies.push_str(&format!("{:?}\n", resp.headers()));
         bodies.push_str(&resp.text().await.expect("text"));
     }
-    let _ = child.start_kill();
-    let _ = child.wait().await;
-    let mut rest = String::new();
-    let _ = stdout.read_to_string(&mut rest).await;
-    out.push_str(&rest);
-    let logs = err_task.await.expect("stderr task");
+    let (out, logs) = bin.finish().await;
     assert!(
         logs.contains("TRACE") || logs.contains("DEBUG"),
         "trace logging was on"

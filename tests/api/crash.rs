@@ -1,0 +1,226 @@
+//! Crash safety: the real binary killed with SIGKILL mid-reply, restarted on the same store.
+//! Every acknowledged inbound message is there; interrupted replies end as `failed`
+//! (`interrupted`); nothing is sent twice; new messages are answered again.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use wiremock::matchers::{body_string_contains, method};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::helpers::{eventually, Backend, Binary, TestApp};
+use crate::replies::completion;
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    async fn call(&self, m: reqwest::Method, p: &str, body: Option<Value>) -> (u16, Value) {
+        let mut r = self
+            .http
+            .request(m, format!("{}{p}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.expect("send");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn row(&self, trigger: &str) -> Option<Value> {
+        let (_, logs) = self
+            .call(
+                reqwest::Method::GET,
+                "/v1/ai/logs?account_id=acme&limit=500",
+                None,
+            )
+            .await;
+        logs["items"]
+            .as_array()?
+            .iter()
+            .find(|r| r["trigger_message_id"] == trigger)
+            .cloned()
+    }
+
+    async fn inbound(&self, jid: &str, id: &str, text: &str) {
+        let (status, body) = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/accounts/acme/sandbox/inbound",
+                Some(json!({"chat_id": jid, "from": "4917", "text": text, "id": id})),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+}
+
+async fn kill_mid_reply(backend: Backend) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let Some(vars) = TestApp::vars(backend, &dir).await else {
+        return;
+    };
+    let token = wagate::config::Config::from_vars(&vars)
+        .expect("config")
+        .0
+        .jwt
+        .issue("crash-test", Duration::from_secs(600))
+        .expect("token")
+        .0;
+    let stub = MockServer::start().await;
+    // A model that never answers in time for "stuck", and one that answers at once otherwise.
+    Mock::given(method("POST"))
+        .and(body_string_contains("stuck in the model"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(completion("too late"))
+                .set_delay(Duration::from_secs(60)),
+        )
+        .mount(&stub)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion("generated, waiting")))
+        .mount(&stub)
+        .await;
+
+    let mut bin = Binary::start(&vars, "info").await;
+    let c = Client {
+        http: reqwest::Client::new(),
+        base: bin.base.clone(),
+        token: token.clone(),
+    };
+    c.call(
+        reqwest::Method::POST,
+        "/v1/accounts",
+        Some(json!({"id": "acme", "transport": "sandbox"})),
+    )
+    .await;
+    let (status, _) = c
+        .call(
+            reqwest::Method::PUT,
+            "/v1/ai/global",
+            Some(json!({"enabled": true, "base_url": format!("{}/v1", stub.uri()), "api_key": "sk-crash",
+                        "reply_delay_seconds": 120, "timeout_seconds": 600})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (a, b) = ("491700000001@s.whatsapp.net", "491700000002@s.whatsapp.net");
+    // Chat A: generated, sleeping in reply_delay. Chat B: waiting on the model.
+    c.inbound(a, "gen-1", "please answer").await;
+    c.inbound(b, "stuck-1", "stuck in the model").await;
+    eventually(20, "A generated", || async {
+        c.row("gen-1").await.filter(|r| r["status"] == "generated")
+    })
+    .await;
+    eventually(20, "B pending", || async {
+        c.row("stuck-1").await.filter(|r| r["status"] == "pending")
+    })
+    .await;
+
+    bin.kill9().await;
+
+    let bin2 = Binary::start(&vars, "info").await;
+    let c = Client {
+        http: reqwest::Client::new(),
+        base: bin2.base.clone(),
+        token,
+    };
+    for trigger in ["gen-1", "stuck-1"] {
+        let row = c.row(trigger).await.expect("row survives");
+        assert_eq!(
+            (row["status"].as_str(), row["reason"].as_str()),
+            (Some("failed"), Some("interrupted")),
+            "{row}"
+        );
+    }
+    for jid in [a, b] {
+        let (_, msgs) = c
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/accounts/acme/chats/{jid}/messages"),
+                None,
+            )
+            .await;
+        let items = msgs["items"].as_array().cloned().unwrap_or_default();
+        assert_eq!(
+            items.len(),
+            1,
+            "the acknowledged inbound message, and no reply: {items:?}"
+        );
+        assert_eq!(items[0]["direction"], "inbound");
+    }
+    // The gateway answers again after recovery.
+    c.call(
+        reqwest::Method::PUT,
+        "/v1/ai/global",
+        Some(json!({"reply_delay_seconds": 0})),
+    )
+    .await;
+    c.inbound(a, "after-1", "are you back?").await;
+    let row = eventually(20, "reply after restart", || async {
+        c.row("after-1").await.filter(|r| r["status"] == "sent")
+    })
+    .await;
+    assert_eq!(row["reply_text"], "generated, waiting");
+    // A second restart finds nothing left to close: no reply is touched twice.
+    let (out, logs) = bin2.finish().await;
+    assert!(out.contains("wagate is running"));
+    // Checklist item 15: at INFO, no phone numbers (JIDs sit in request paths) and no bodies.
+    for secret in [
+        "491700000001",
+        "are you back?",
+        "generated, waiting",
+        "sk-crash",
+    ] {
+        assert!(!logs.contains(secret), "{secret} in the INFO logs");
+    }
+    assert!(
+        logs.contains("/v1/accounts/{acc}/sandbox/inbound"),
+        "route templates are logged"
+    );
+    let bin3 = Binary::start(&vars, "info").await;
+    let c = Client {
+        http: reqwest::Client::new(),
+        base: bin3.base.clone(),
+        token: c.token,
+    };
+    let (_, ev) = c
+        .call(
+            reqwest::Method::GET,
+            "/v1/events?aggregate=chat&limit=1000",
+            None,
+        )
+        .await;
+    let failed = ev["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|e| e["type"] == "AiReplyFailed")
+        .count();
+    let sent = ev["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|e| e["type"] == "MessageSent")
+        .count();
+    assert_eq!(
+        (failed, sent),
+        (2, 1),
+        "exactly the two interrupted replies failed, one reply sent"
+    );
+    let (_, logs) = bin3.finish().await;
+    assert!(!logs.contains("sk-crash"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_reply_sqlite() {
+    kill_mid_reply(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_reply_postgres() {
+    kill_mid_reply(Backend::Postgres).await;
+}
