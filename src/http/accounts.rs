@@ -147,6 +147,9 @@ async fn delete_account(
     caller.require_admin()?;
     app.execute(&app.accounts, &acc, AccountCommand::Delete, &caller.who())
         .await?;
+    if let Ok(gateway) = app.gateway() {
+        gateway.stop_account(&acc).await;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
