@@ -123,6 +123,13 @@ impl Aggregate for ChatSettings {
     }
 
     fn apply(&mut self, event: Self::Event) {
+        self.fold(event);
+    }
+}
+
+impl ChatSettings {
+    /// Folds one event (the aggregate's `apply`, callable without cqrs-es by read models).
+    pub fn fold(&mut self, event: ChatSettingsEvent) {
         match event {
             ChatSettingsEvent::ChatAiSettingsChanged {
                 mode,

@@ -99,20 +99,10 @@ impl ConfigModel {
                         message: "chat_settings id is not <account>/<jid>".into(),
                     });
                 };
-                let chat = self
-                    .chats
+                self.chats
                     .entry((acc.to_string(), jid.to_string()))
-                    .or_default();
-                match e {
-                    ChatSettingsEvent::ChatAiSettingsChanged {
-                        mode,
-                        custom_system_prompt,
-                    } => {
-                        chat.mode = mode;
-                        chat.custom_system_prompt = custom_system_prompt;
-                    }
-                    ChatSettingsEvent::ChatBlockedChanged { blocked } => chat.blocked = blocked,
-                }
+                    .or_default()
+                    .fold(e);
             }
             _ => {}
         }
