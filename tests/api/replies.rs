@@ -441,6 +441,31 @@ async fn model_failures_are_classified(app: TestApp) {
             .iter()
             .all(|m| m["direction"] == "inbound"));
     }
+    // A model slower than timeout_seconds (an account override): failed, naming the timeout.
+    Mock::given(method("POST"))
+        .and(body_string_contains("case-timeout"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(completion("late"))
+                .set_delay(std::time::Duration::from_secs(3)),
+        )
+        .with_priority(1)
+        .mount(&stub)
+        .await;
+    app.create_account("slowacc").await;
+    app.admin(
+        "PUT",
+        "/v1/accounts/slowacc/ai",
+        Some(json!({"timeout_seconds": 1})),
+    )
+    .await;
+    inbound(&app, "slowacc", JID, "case-timeout", "case-timeout").await;
+    let row = settled(&app, "slowacc", "case-timeout").await;
+    assert_eq!(row["status"], "failed", "{row}");
+    assert!(
+        row["reason"].as_str().unwrap_or("").contains("timed out"),
+        "{row}"
+    );
     inbound(
         &app,
         "acme",
