@@ -1,1 +1,375 @@
-fn main() {}
+//! wagate's benchmark program. On a fresh PostgreSQL database per phase (dropped at the end):
+//!
+//! - baseline: single-row autocommit INSERTs into an `events`-shaped table from C connections;
+//! - P1: end-to-end auto-replies per second against a zero-latency model stub, as a ratio of the
+//!   baseline (target >= 0.25), and events written per reply;
+//! - P2: 10,000 replies in flight against a stub answering after 2 s: wall time from the first
+//!   inject to the last reply sent (target <= 2.5 s), inject time, peak RSS (target < 300 MB).
+//!
+//! `cargo run --release -p wagate-bench -- [p1|p2|all] [--chats N] [--replies N] [--concurrency N]`
+//! Exits 0 when targets are missed (they are marked MISSED), non-zero only on errors.
+
+mod baseline;
+mod gateway;
+mod p1;
+mod p2;
+mod pg;
+mod stats;
+mod stub;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+pub type Result<T, E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Which {
+    /// Baseline, then P1.
+    P1,
+    /// P2 only.
+    P2,
+    /// Baseline, P1 and P2.
+    All,
+    /// Internal: the model stub's child process.
+    #[value(hide = true)]
+    Stub,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "wagate-bench",
+    about = "wagate's benchmark: baseline inserts, P1 auto-replies/s, P2 10,000 replies in flight"
+)]
+struct Cli {
+    /// What to run.
+    #[arg(value_enum, default_value = "all")]
+    which: Which,
+    /// P1: number of chats.
+    #[arg(long, default_value_t = 500)]
+    chats: usize,
+    /// P1: messages per chat (each sent after the previous one's reply settled).
+    #[arg(long, default_value_t = 4)]
+    per_chat: usize,
+    /// P2: replies in flight (one message in each of this many chats).
+    #[arg(long, default_value_t = 10_000)]
+    replies: usize,
+    /// Concurrent connections (baseline) and concurrent HTTP clients (P1, P2).
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Baseline duration in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    baseline_secs: f64,
+    /// P2: the model stub's answer delay in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    delay_ms: u64,
+    /// Give up on a phase's replies after this many seconds (reported as incomplete).
+    #[arg(long, default_value_t = 120)]
+    phase_timeout_secs: u64,
+    /// Diagnostic only: run on databases with synchronous_commit = off (not durable), to see
+    /// how much of the cost is waiting for WAL flushes.
+    #[arg(long)]
+    synchronous_commit_off: bool,
+    /// A loopback PostgreSQL server; the run creates and drops its own databases there.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
+    database_url: String,
+}
+
+const P1_TARGET_RATIO: f64 = 0.25;
+const P2_TARGET_WALL_SECS: f64 = 2.5;
+const P2_TARGET_RSS_MB: f64 = 300.0;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.which == Which::Stub {
+        return match stub::serve(Duration::from_millis(cli.delay_ms)).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("model stub: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if cli.concurrency == 0 || cli.chats == 0 || cli.per_chat == 0 || cli.replies == 0 {
+        eprintln!("error: --concurrency, --chats, --per-chat and --replies must be at least 1");
+        return ExitCode::from(2);
+    }
+    let server = match pg::Server::connect(&cli.database_url).await {
+        Ok(mut s) => {
+            s.async_commit = cli.synchronous_commit_off;
+            s
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    server.sweep().await;
+    let outcome = run(&cli, &server).await;
+    server.drop_all().await;
+    match outcome {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: &Cli, server: &pg::Server) -> Result<String> {
+    let c = cli.concurrency;
+    let timeout = Duration::from_secs(cli.phase_timeout_secs);
+    let (mut base, mut r1, mut r2) = (None, None, None);
+    let load_at_start = stats::load_average();
+    if matches!(cli.which, Which::P1 | Which::All) {
+        eprintln!(
+            "baseline: single-row autocommit INSERTs, {c} connections, {} s …",
+            cli.baseline_secs
+        );
+        let b = baseline::run(server, c, cli.baseline_secs).await?;
+        eprintln!("  {:.0} rows/s", b.rows_per_s);
+        base = Some(b);
+        eprintln!(
+            "P1: {} chats × {} messages, zero-latency model, {c} clients …",
+            cli.chats, cli.per_chat
+        );
+        let r = p1::run(server, c, cli.chats, cli.per_chat, timeout).await?;
+        eprintln!("  {:.1} replies/s", r.replies_per_s);
+        r1 = Some(r);
+    }
+    if matches!(cli.which, Which::P2 | Which::All) {
+        eprintln!(
+            "P2: {} replies in flight, model answers after {} ms, {c} clients …",
+            cli.replies, cli.delay_ms
+        );
+        let r = p2::run(
+            server,
+            c,
+            cli.replies,
+            Duration::from_millis(cli.delay_ms),
+            timeout,
+        )
+        .await?;
+        eprintln!("  wall {:.2} s", r.wall_secs);
+        r2 = Some(r);
+    }
+    Ok(report(
+        server,
+        base.as_ref(),
+        r1.as_ref(),
+        r2.as_ref(),
+        load_at_start,
+    ))
+}
+
+/// One row of the table: metric, value, target and verdict.
+struct Table {
+    rows: Vec<[String; 4]>,
+    notes: Vec<String>,
+}
+
+impl Table {
+    fn row(&mut self, metric: &str, value: String, target: &str, met: Option<bool>) {
+        let verdict = match met {
+            Some(true) => "met",
+            Some(false) => "MISSED",
+            None => "",
+        };
+        self.rows.push([
+            metric.to_string(),
+            value,
+            target.to_string(),
+            verdict.to_string(),
+        ]);
+    }
+
+    fn render(&self) -> String {
+        let mut w = [0usize; 4];
+        for r in &self.rows {
+            for (i, cell) in r.iter().enumerate() {
+                w[i] = w[i].max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        for r in &self.rows {
+            let line = format!(
+                "{:<w0$}  {:>w1$}  {:<w2$}  {}",
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                w0 = w[0],
+                w1 = w[1],
+                w2 = w[2]
+            );
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        for n in &self.notes {
+            out.push_str(&format!("  - {n}\n"));
+        }
+        out
+    }
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("n/a".into(), |v| format!("{v:.digits$}"))
+}
+
+fn report(
+    server: &pg::Server,
+    base: Option<&baseline::BaselineResult>,
+    r1: Option<&p1::P1Result>,
+    r2: Option<&p2::P2Result>,
+    load_at_start: Option<f64>,
+) -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mut t = Table {
+        rows: vec![],
+        notes: vec![],
+    };
+    t.row("metric", "value".into(), "target", None);
+    if let Some(b) = base {
+        t.row(
+            "baseline inserts (autocommit)",
+            format!("{:.0} rows/s", b.rows_per_s),
+            "",
+            None,
+        );
+        t.notes.push(format!(
+            "baseline: {} rows in {:.1} s from {} connections, payload {} B, WAL syncs/row {}",
+            b.rows,
+            b.secs,
+            b.concurrency,
+            b.payload_bytes,
+            opt(b.wal_syncs_per_row, 2)
+        ));
+    }
+    if let Some(r) = r1 {
+        let ratio = base.map(|b| r.replies_per_s / b.rows_per_s);
+        t.row(
+            "P1 auto-replies",
+            format!("{:.1} replies/s", r.replies_per_s),
+            "",
+            None,
+        );
+        t.row(
+            "P1 replies/s ÷ baseline rows/s",
+            opt(ratio, 3),
+            ">= 0.25",
+            ratio.map(|x| x >= P1_TARGET_RATIO && r.complete),
+        );
+        t.row(
+            "P1 events per reply",
+            format!("{:.2}", r.events_per_reply()),
+            "",
+            None,
+        );
+        let c = &r.counts;
+        t.notes.push(format!(
+            "P1: {} chats × {} messages (next message after the previous reply settled), {} clients; \
+             {}{}; {:.2} s (follower saw the last after {:.2} s)",
+            r.chats,
+            r.per_chat,
+            r.concurrency,
+            c.describe(),
+            if r.complete { "" } else { " — INCOMPLETE at the timeout" },
+            r.secs,
+            r.observed_secs
+        ));
+        t.notes.push(format!(
+            "P1: {} events ({} chat events, avg chat payload {:.0} B); WAL syncs/reply {}; \
+             DB transactions/reply (reads included) {}; inject latency {}; {} injects retried after 503",
+            c.events,
+            c.chat_events,
+            c.avg_payload,
+            opt(r.wal_syncs_per_reply, 2),
+            opt(r.db_xacts_per_reply, 1),
+            r.inject.describe(),
+            r.inject_retries
+        ));
+        t.notes
+            .push(format!("P1 database: {}", r.waits.describe(5)));
+        if let Some(cpu) = r.cpu {
+            t.notes.push(format!("P1 {}", cpu.describe()));
+        }
+    }
+    if let Some(r) = r2 {
+        t.row(
+            &format!("P2 wall, first inject → last AiReplySent ({})", r.replies),
+            format!("{:.2} s", r.wall_secs),
+            "<= 2.5 s",
+            Some(r.complete && r.wall_secs <= P2_TARGET_WALL_SECS),
+        );
+        t.row(
+            "P2 time to inject all",
+            format!("{:.2} s", r.inject_secs),
+            "",
+            None,
+        );
+        t.row(
+            "P2 most replies in flight at once",
+            format!("{}", r.max_in_flight),
+            "",
+            None,
+        );
+        let peak = r.peak_rss_kb.map(stats::mib);
+        t.row(
+            "P2 peak RSS (gateway + bench client)",
+            format!("{} MB", opt(peak, 0)),
+            "< 300 MB",
+            peak.map(|p| p < P2_TARGET_RSS_MB),
+        );
+        let c = &r.counts;
+        t.notes.push(format!(
+            "P2: model delay {} ms, {} clients; {}{}; follower saw the last after {:.2} s; \
+             inject latency {}; {} injects retried after 503",
+            r.model_delay.as_millis(),
+            r.concurrency,
+            c.describe(),
+            if r.complete {
+                ""
+            } else {
+                " — INCOMPLETE at the timeout"
+            },
+            r.observed_secs,
+            r.inject.describe(),
+            r.inject_retries
+        ));
+        t.notes.push(format!(
+            "P2: RSS before {} MB, after the last reply {} MB; peak {} (VmHWM; the stub runs in a child \
+             process and is not included); {} events; WAL syncs/reply {}; DB transactions/reply (reads included) {}",
+            opt(r.rss_before_kb.map(stats::mib), 0),
+            opt(r.rss_end_kb.map(stats::mib), 0),
+            if r.peak_reset {
+                "reset just before P2"
+            } else {
+                "since process start (reset refused)"
+            },
+            c.events,
+            opt(r.wal_syncs_per_reply, 2),
+            opt(r.db_xacts_per_reply, 1)
+        ));
+        t.notes
+            .push(format!("P2 database: {}", r.waits.describe(5)));
+        if let Some(cpu) = r.cpu {
+            t.notes.push(format!("P2 {}", cpu.describe()));
+        }
+    }
+    format!(
+        "\nwagate-bench — PostgreSQL {}, {cores} cores, load average at start {}{}\n{}",
+        server.version,
+        opt(load_at_start, 2),
+        if server.async_commit {
+            " — DIAGNOSTIC RUN: synchronous_commit = off (not durable)"
+        } else {
+            ""
+        },
+        t.render()
+    )
+}

@@ -1,0 +1,251 @@
+//! P1: end-to-end auto-replies per second against a zero-latency model stub.
+//!
+//! `chats` chats get `per_chat` messages each, from C concurrent clients. A chat gets its next
+//! message only after the reply to its previous one settled (the gateway answers only the newest
+//! pending message of a chat and skips older ones as superseded), so every message is answered.
+//! Settled replies are found by following the gateway's `events` table by position (commit
+//! order); the final numbers are `count(*)`s of that table.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::gateway::{self, Api, Gateway};
+use crate::pg::{self, Counts, Server, WaitSummary};
+use crate::stats::{self, Latency};
+use crate::stub::Stub;
+use crate::Result;
+
+#[derive(Debug, Clone)]
+pub struct P1Result {
+    pub chats: usize,
+    pub per_chat: usize,
+    pub concurrency: usize,
+    pub counts: Counts,
+    /// Settled replies (sent + failed + skipped) seen by the follower before the deadline.
+    pub complete: bool,
+    /// First inject to the last `AiReplySent` (its `recorded_at`).
+    pub secs: f64,
+    /// First inject to the moment the follower saw the last settled reply.
+    pub observed_secs: f64,
+    pub replies_per_s: f64,
+    pub inject: Latency,
+    pub waits: WaitSummary,
+    /// WAL syncs (cluster-wide, from the gateway's start to its stop) per reply sent.
+    pub wal_syncs_per_reply: Option<f64>,
+    /// Database transactions of the gateway (reads included) per reply sent.
+    pub db_xacts_per_reply: Option<f64>,
+    /// Queries the benchmark itself ran on the phase's database.
+    pub monitor_queries: u64,
+    /// Injects answered 503 and retried.
+    pub inject_retries: u64,
+    pub cpu: Option<stats::CpuUse>,
+}
+
+impl P1Result {
+    pub fn events_per_reply(&self) -> f64 {
+        self.counts.events as f64 / self.counts.sent.max(1) as f64
+    }
+}
+
+pub async fn run(
+    server: &Server,
+    concurrency: usize,
+    chats: usize,
+    per_chat: usize,
+    timeout: Duration,
+) -> Result<P1Result> {
+    let (db, url) = server.create("p1").await?;
+    let stub = Stub::spawn(Duration::ZERO).await?;
+    let gw = Gateway::start(&url, concurrency).await?;
+    let syncs_before = server.wal_syncs().await;
+    let xacts_before = server.xact_commits(&db).await;
+    let result = drive(
+        server,
+        &db,
+        &url,
+        &gw.api,
+        &stub,
+        concurrency,
+        chats,
+        per_chat,
+        timeout,
+    )
+    .await;
+    gw.stop().await;
+    stub.stop().await;
+    // Backends report their WAL statistics when they exit: read after the gateway's pool closed.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let syncs_after = server.wal_syncs().await;
+    let xacts_after = server.xact_commits(&db).await;
+    let mut result = result?;
+    if let (Some(a), Some(b)) = (syncs_before, syncs_after) {
+        if result.counts.sent > 0 {
+            result.wal_syncs_per_reply = Some((b - a) as f64 / result.counts.sent as f64);
+        }
+    }
+    if let (Some(a), Some(b)) = (xacts_before, xacts_after) {
+        if result.counts.sent > 0 {
+            // Minus the benchmark's own reads on this database (follower polls, final counts).
+            let own = i64::try_from(result.monitor_queries).unwrap_or(0);
+            result.db_xacts_per_reply = Some((b - a - own) as f64 / result.counts.sent as f64);
+        }
+    }
+    Ok(result)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    server: &Server,
+    db: &str,
+    url: &str,
+    api: &Api,
+    stub: &Stub,
+    concurrency: usize,
+    chats: usize,
+    per_chat: usize,
+    timeout: Duration,
+) -> Result<P1Result> {
+    api.configure(&stub.base, 10).await?;
+    let monitor = pg::monitor_pool(url).await?;
+    let total = chats * per_chat;
+
+    // Chats whose next message may be sent.
+    let (tx, rx) = mpsc::unbounded_channel::<usize>();
+    for i in 0..chats {
+        tx.send(i)?;
+    }
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let sent_per_chat: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..chats).map(|_| AtomicUsize::new(0)).collect());
+    let failure: Arc<Mutex<Option<String>>> = Arc::default();
+    let retries = Arc::new(AtomicU64::new(0));
+
+    let sampler = server.sample_waits(db, Duration::from_millis(50));
+    let cpu = stats::CpuMeter::start();
+    let start = Instant::now();
+    let start_utc = chrono::Utc::now();
+
+    let mut workers = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        let rx = rx.clone();
+        let sent_per_chat = sent_per_chat.clone();
+        let failure = failure.clone();
+        let retries = retries.clone();
+        let api = api.clone();
+        workers.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let next = rx.lock().await.recv().await;
+                let Some(i) = next else { break };
+                let k = sent_per_chat[i].fetch_add(1, Ordering::Relaxed);
+                let t = Instant::now();
+                let text = format!("Hello, are you open today? This is question {k} of chat {i}.");
+                match api.inject(i, &format!("p1-{i}-{k}"), &text).await {
+                    Ok(n) => {
+                        retries.fetch_add(u64::from(n), Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                        break;
+                    }
+                }
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let workers = async {
+        let mut all = Vec::new();
+        for w in workers {
+            all.extend(w.await.unwrap_or_default());
+        }
+        all
+    };
+
+    let follower = async {
+        let mut polls = 0u64;
+        let mut tx = Some(tx);
+        let mut pos = 0i64;
+        let mut done = vec![0usize; chats];
+        let mut settled = 0usize;
+        let mut last_report = Instant::now();
+        let deadline = start + timeout;
+        let mut last_progress = Instant::now();
+        while settled < total {
+            if let Some(e) = failure.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+                return Err(e);
+            }
+            if Instant::now() > deadline {
+                break;
+            }
+            if last_progress.elapsed() > Duration::from_secs(30) {
+                eprintln!("  P1: no reply settled for 30 s; giving up");
+                break;
+            }
+            polls += 1;
+            let events = pg::terminal_after(&monitor, pos)
+                .await
+                .map_err(|e| e.to_string())?;
+            if events.is_empty() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            } else {
+                last_progress = Instant::now();
+            }
+            for (p, stream, _) in events {
+                pos = p;
+                settled += 1;
+                if let Some(i) = gateway::chat_index(&stream).filter(|i| *i < chats) {
+                    done[i] += 1;
+                    if done[i] < per_chat {
+                        if let Some(tx) = &tx {
+                            let _ = tx.send(i);
+                        }
+                    }
+                }
+            }
+            if last_report.elapsed() >= Duration::from_secs(2) {
+                eprintln!("  P1: {settled}/{total} replies settled");
+                last_report = Instant::now();
+            }
+        }
+        let observed = start.elapsed();
+        tx.take();
+        Ok((settled >= total, observed, polls))
+    };
+    let (lats, followed) = tokio::join!(workers, follower);
+    let (complete, observed, polls) = followed?;
+    if let Some(e) = failure.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        return Err(e.into());
+    }
+    let cpu = cpu.finish();
+    let waits = sampler.finish().await;
+    let counts = pg::counts(&monitor).await?;
+    monitor.close().await;
+
+    let observed_secs = observed.as_secs_f64();
+    let secs = counts
+        .last_sent_at
+        .map(|t| (t - start_utc).num_microseconds().unwrap_or(0) as f64 / 1e6)
+        .filter(|s| *s > 0.0)
+        .unwrap_or(observed_secs);
+    Ok(P1Result {
+        chats,
+        per_chat,
+        concurrency,
+        complete,
+        secs,
+        observed_secs,
+        replies_per_s: counts.sent as f64 / secs,
+        inject: Latency::of(lats),
+        waits,
+        wal_syncs_per_reply: None,
+        db_xacts_per_reply: None,
+        monitor_queries: polls + pg::COUNT_QUERIES,
+        inject_retries: retries.load(Ordering::Relaxed),
+        cpu,
+        counts,
+    })
+}

@@ -1,0 +1,346 @@
+//! The PostgreSQL side of a run: fresh databases (and their removal at the end), the read-only
+//! monitor queries that follow the gateway's `events` table, and the server counters sampled
+//! around each phase (WAL syncs, wait events).
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Row};
+use url::{Host, Url};
+
+use crate::Result;
+
+/// The server a run uses: an admin pool on the database of the given URL, and the names of the
+/// databases this run created.
+pub struct Server {
+    base: Url,
+    admin: PgPool,
+    prefix: String,
+    created: Mutex<Vec<String>>,
+    pub version: String,
+    /// Diagnostic: create the databases with `synchronous_commit = off` (commits stop waiting
+    /// for their WAL flush), to see how much of a commit is the fsync.
+    pub async_commit: bool,
+}
+
+/// Refuses anything but a loopback (or local socket) server: the benchmark never leaves the host.
+fn check_loopback(url: &Url) -> Result<()> {
+    let ok = match url.host() {
+        None => true,
+        // Non-special schemes (postgres://) keep IPv4 hosts as text.
+        Some(Host::Domain(d)) => {
+            d == "localhost"
+                || d.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        Some(Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(Host::Ipv6(ip)) => ip.is_loopback(),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(
+            "--database-url must point at a loopback PostgreSQL (127.0.0.1, ::1 or localhost)"
+                .into(),
+        )
+    }
+}
+
+impl Server {
+    pub async fn connect(url: &str) -> Result<Server> {
+        let base = Url::parse(url).map_err(|e| format!("--database-url is not a URL: {e}"))?;
+        check_loopback(&base)?;
+        let opts = PgConnectOptions::from_str(url)?;
+        let admin = PgPoolOptions::new()
+            .max_connections(3)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await
+            .map_err(|e| format!("cannot reach PostgreSQL: {e}"))?;
+        let version: String = sqlx::query_scalar("SHOW server_version")
+            .fetch_one(&admin)
+            .await?;
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Ok(Server {
+            base,
+            admin,
+            prefix: format!("wagate_bench_{stamp}_{}", std::process::id()),
+            created: Mutex::new(Vec::new()),
+            async_commit: false,
+            version,
+        })
+    }
+
+    /// Drops databases left by earlier runs that crashed (only those nobody is connected to).
+    pub async fn sweep(&self) {
+        let old: Vec<String> = sqlx::query_scalar(
+            "SELECT datname FROM pg_database d WHERE datname LIKE 'wagate\\_bench\\_%' \
+             AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname)",
+        )
+        .fetch_all(&self.admin)
+        .await
+        .unwrap_or_default();
+        for name in old {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\""))
+                .execute(&self.admin)
+                .await;
+        }
+    }
+
+    /// Creates `<prefix>_<suffix>` and returns its name and URL.
+    pub async fn create(&self, suffix: &str) -> Result<(String, String)> {
+        let name = format!("{}_{suffix}", self.prefix);
+        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&self.admin)
+            .await
+            .map_err(|e| format!("cannot create database {name}: {e}"))?;
+        self.created
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(name.clone());
+        if self.async_commit {
+            sqlx::query(&format!(
+                "ALTER DATABASE \"{name}\" SET synchronous_commit = off"
+            ))
+            .execute(&self.admin)
+            .await?;
+        }
+        let mut url = self.base.clone();
+        url.set_path(&format!("/{name}"));
+        Ok((name, url.to_string()))
+    }
+
+    /// Drops every database this run created (forcibly: a stopped gateway may leave a
+    /// connection closing).
+    pub async fn drop_all(&self) {
+        let names = std::mem::take(&mut *self.created.lock().unwrap_or_else(|p| p.into_inner()));
+        for name in names {
+            let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+            if let Err(e) = sqlx::query(&sql).execute(&self.admin).await {
+                eprintln!("warning: could not drop database {name}: {e}");
+            }
+        }
+        self.admin.close().await;
+    }
+
+    /// Cluster-wide count of WAL syncs (fsyncs of the WAL), from `pg_stat_wal`. Other clients of
+    /// the same server count too.
+    pub async fn wal_syncs(&self) -> Option<i64> {
+        sqlx::query_scalar("SELECT wal_sync FROM pg_stat_wal")
+            .fetch_one(&self.admin)
+            .await
+            .ok()
+    }
+
+    /// Transactions committed in database `datname` so far (`pg_stat_database.xact_commit`,
+    /// read-only statements in autocommit included; reported by backends when they exit).
+    pub async fn xact_commits(&self, datname: &str) -> Option<i64> {
+        sqlx::query_scalar("SELECT xact_commit FROM pg_stat_database WHERE datname = $1")
+            .bind(datname)
+            .fetch_one(&self.admin)
+            .await
+            .ok()
+    }
+
+    /// Samples what the backends connected to `datname` are doing, every `every`, until stopped.
+    pub fn sample_waits(&self, datname: &str, every: Duration) -> WaitSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let pool = self.admin.clone();
+        let datname = datname.to_string();
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut acc = WaitSummary::default();
+            while !flag.load(Ordering::Relaxed) {
+                let rows = sqlx::query(
+                    "SELECT CASE WHEN state = 'idle in transaction' THEN 'idle in transaction' \
+                                 WHEN wait_event IS NULL THEN 'running (CPU)' \
+                                 ELSE wait_event_type || ':' || wait_event END AS what, \
+                            count(*) AS n \
+                     FROM pg_stat_activity \
+                     WHERE datname = $1 AND pid <> pg_backend_pid() \
+                       AND state IN ('active', 'idle in transaction') \
+                     GROUP BY 1",
+                )
+                .bind(&datname)
+                .fetch_all(&pool)
+                .await
+                .unwrap_or_default();
+                acc.samples += 1;
+                for r in rows {
+                    let what: String = r.try_get("what").unwrap_or_default();
+                    let n: i64 = r.try_get("n").unwrap_or(0);
+                    *acc.counts.entry(what).or_default() += u64::try_from(n).unwrap_or(0);
+                }
+                tokio::time::sleep(every).await;
+            }
+            acc
+        });
+        WaitSampler { stop, task }
+    }
+}
+
+/// What the database backends were doing, summed over samples.
+#[derive(Debug, Default, Clone)]
+pub struct WaitSummary {
+    pub samples: u64,
+    pub counts: BTreeMap<String, u64>,
+}
+
+impl WaitSummary {
+    /// The average number of busy backends, and the top states with their share, e.g.
+    /// `5.1 busy: Lock:advisory 71%, IO:WALSync 12%, …`.
+    pub fn describe(&self, top: usize) -> String {
+        let total: u64 = self.counts.values().sum();
+        if self.samples == 0 || total == 0 {
+            return "no busy backends sampled".into();
+        }
+        let mut v: Vec<(&String, &u64)> = self.counts.iter().collect();
+        v.sort_by(|a, b| b.1.cmp(a.1));
+        let parts: Vec<String> = v
+            .iter()
+            .take(top)
+            .map(|(k, n)| format!("{k} {:.0}%", **n as f64 * 100.0 / total as f64))
+            .collect();
+        format!(
+            "{:.1} busy backends on average: {}",
+            total as f64 / self.samples as f64,
+            parts.join(", ")
+        )
+    }
+}
+
+pub struct WaitSampler {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<WaitSummary>,
+}
+
+impl WaitSampler {
+    pub async fn finish(self) -> WaitSummary {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap_or_default()
+    }
+}
+
+/// A small read-only pool on one benchmark database.
+pub async fn monitor_pool(url: &str) -> Result<PgPool> {
+    Ok(PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(PgConnectOptions::from_str(url)?)
+        .await?)
+}
+
+/// Terminal reply events after `after` (by global position, which is commit-ordered in wagate's
+/// store, so a reader that follows it never skips an event): `(position, stream id, type)`.
+pub async fn terminal_after(pool: &PgPool, after: i64) -> Result<Vec<(i64, String, String)>> {
+    let rows = sqlx::query(
+        "SELECT position, aggregate_id, event_type FROM events \
+         WHERE position > $1 AND aggregate_type = 'chat' \
+           AND event_type IN ('AiReplySent', 'AiReplyFailed', 'AiReplySkipped') \
+         ORDER BY position LIMIT 20000",
+    )
+    .bind(after)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get("position")?,
+                r.try_get("aggregate_id")?,
+                r.try_get("event_type")?,
+            ))
+        })
+        .collect()
+}
+
+/// Final counts of a phase, read with `count(*)` from the gateway's events table.
+#[derive(Debug, Default, Clone)]
+pub struct Counts {
+    pub sent: i64,
+    pub failed: i64,
+    pub skipped: i64,
+    pub events: i64,
+    pub chat_events: i64,
+    /// Average size of a chat event's JSON payload, in bytes.
+    pub avg_payload: f64,
+    pub requested: i64,
+    /// The most frequent reasons of `AiReplyFailed`, with their counts.
+    pub failure_reasons: Vec<(String, i64)>,
+    /// `recorded_at` of the last `AiReplySent`.
+    pub last_sent_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Counts {
+    /// Replies requested that never reached a terminal event.
+    pub fn open(&self) -> i64 {
+        self.requested - self.sent - self.failed - self.skipped
+    }
+
+    /// e.g. `sent 9000, failed 12, skipped 0, never settled 988; failures: "…" ×12`.
+    pub fn describe(&self) -> String {
+        let mut s = format!(
+            "sent {}, failed {}, skipped {}, never settled {}",
+            self.sent,
+            self.failed,
+            self.skipped,
+            self.open()
+        );
+        if !self.failure_reasons.is_empty() {
+            let reasons: Vec<String> = self
+                .failure_reasons
+                .iter()
+                .map(|(r, n)| format!("{r:?} ×{n}"))
+                .collect();
+            s.push_str(&format!("; failures: {}", reasons.join(", ")));
+        }
+        s
+    }
+}
+
+/// How many queries [`counts`] runs.
+pub const COUNT_QUERIES: u64 = 9;
+
+pub async fn counts(pool: &PgPool) -> Result<Counts> {
+    let count = |ty: &'static str| async move {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events WHERE event_type = $1")
+            .bind(ty)
+            .fetch_one(pool)
+            .await
+    };
+    Ok(Counts {
+        sent: count("AiReplySent").await?,
+        failed: count("AiReplyFailed").await?,
+        skipped: count("AiReplySkipped").await?,
+        requested: count("AiReplyRequested").await?,
+        failure_reasons: sqlx::query_as(
+            "SELECT COALESCE(payload->'AiReplyFailed'->>'reason', '?') AS reason, count(*) AS n \
+             FROM events WHERE event_type = 'AiReplyFailed' GROUP BY 1 ORDER BY 2 DESC LIMIT 3",
+        )
+        .fetch_all(pool)
+        .await?,
+        events: sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(pool)
+            .await?,
+        chat_events: sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'chat'")
+            .fetch_one(pool)
+            .await?,
+        avg_payload: sqlx::query_scalar::<_, Option<f64>>(
+            "SELECT avg(octet_length(payload::text))::float8 FROM events WHERE aggregate_type = 'chat'",
+        )
+        .fetch_one(pool)
+        .await?
+        .unwrap_or(0.0),
+        last_sent_at: sqlx::query_scalar(
+            "SELECT max(recorded_at) FROM events WHERE event_type = 'AiReplySent'",
+        )
+        .fetch_one(pool)
+        .await?,
+    })
+}

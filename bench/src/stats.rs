@@ -1,0 +1,187 @@
+//! Small measurement helpers: latency percentiles and the process's resident memory.
+
+use std::time::Duration;
+
+/// Percentiles of a set of latencies.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Latency {
+    pub n: usize,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub max: Duration,
+}
+
+impl Latency {
+    pub fn of(mut v: Vec<Duration>) -> Latency {
+        if v.is_empty() {
+            return Latency::default();
+        }
+        v.sort_unstable();
+        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+        Latency {
+            n: v.len(),
+            p50: at(0.50),
+            p99: at(0.99),
+            max: v[v.len() - 1],
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "n {}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            self.n,
+            ms(self.p50),
+            ms(self.p99),
+            ms(self.max)
+        )
+    }
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn status_kb(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Peak resident set size of this process (`VmHWM`), in KiB.
+pub fn peak_rss_kb() -> Option<u64> {
+    status_kb("VmHWM:")
+}
+
+/// Current resident set size (`VmRSS`), in KiB.
+pub fn rss_kb() -> Option<u64> {
+    status_kb("VmRSS:")
+}
+
+/// Resets `VmHWM` to the current RSS (Linux >= 4.0: `echo 5 > /proc/self/clear_refs`), so the
+/// next reading is the peak of what follows. False when the kernel refused.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// CPU time in seconds from `/proc` (clock ticks at the usual USER_HZ = 100).
+const TICKS_PER_SEC: f64 = 100.0;
+
+/// CPU used so far by this process (gateway + benchmark client), in seconds.
+pub fn process_cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the `(comm)`: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / TICKS_PER_SEC)
+}
+
+/// Machine-wide CPU seconds so far: (busy, total), summed over cores.
+pub fn machine_cpu_secs() -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .take(8)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if v.len() < 5 {
+        return None;
+    }
+    let total: f64 = v.iter().sum();
+    let idle = v[3] + v[4];
+    Some(((total - idle) / TICKS_PER_SEC, total / TICKS_PER_SEC))
+}
+
+/// CPU use over a phase.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuUse {
+    /// Seconds of CPU this process used.
+    pub process: f64,
+    /// Seconds of CPU the whole machine used (all processes, all cores).
+    pub machine_busy: f64,
+    /// Seconds of CPU the machine had (wall time × cores).
+    pub machine_total: f64,
+}
+
+/// Starts measuring CPU use; call `finish` on the result at the end of the phase.
+pub struct CpuMeter {
+    process: Option<f64>,
+    machine: Option<(f64, f64)>,
+}
+
+impl CpuMeter {
+    pub fn start() -> CpuMeter {
+        CpuMeter {
+            process: process_cpu_secs(),
+            machine: machine_cpu_secs(),
+        }
+    }
+
+    pub fn finish(&self) -> Option<CpuUse> {
+        let (p0, (b0, t0)) = (self.process?, self.machine?);
+        let (p1, (b1, t1)) = (process_cpu_secs()?, machine_cpu_secs()?);
+        Some(CpuUse {
+            process: p1 - p0,
+            machine_busy: b1 - b0,
+            machine_total: t1 - t0,
+        })
+    }
+}
+
+impl CpuUse {
+    /// e.g. `machine 97% busy; this process 41% of it, the rest (PostgreSQL, stub, others) 59%`.
+    pub fn describe(&self) -> String {
+        if self.machine_total <= 0.0 || self.machine_busy <= 0.0 {
+            return "CPU use not measured".into();
+        }
+        let own = self.process / self.machine_busy * 100.0;
+        format!(
+            "CPU: machine {:.0}% busy; of that, this process (gateway + client) {:.0}%, the rest \
+             (PostgreSQL, the stub, anything else running) {:.0}%",
+            self.machine_busy / self.machine_total * 100.0,
+            own,
+            100.0 - own
+        )
+    }
+}
+
+/// `/proc/loadavg`'s 1-minute load average.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+pub fn mib(kb: u64) -> f64 {
+    kb as f64 / 1024.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles() {
+        let v: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        let l = Latency::of(v);
+        assert_eq!(l.n, 100);
+        assert_eq!(l.max, Duration::from_millis(100));
+        assert!(l.p50 >= Duration::from_millis(50) && l.p50 <= Duration::from_millis(51));
+        assert_eq!(l.p99, Duration::from_millis(99));
+    }
+
+    #[test]
+    fn reads_own_memory() {
+        assert!(peak_rss_kb().is_some_and(|k| k > 0));
+        assert!(rss_kb().is_some_and(|k| k > 0));
+        assert!(process_cpu_secs().is_some());
+        assert!(machine_cpu_secs().is_some_and(|(b, t)| b > 0.0 && t >= b));
+    }
+}
