@@ -38,11 +38,26 @@ async fn ask<T: Send + 'static>(
     }
 }
 
+/// Asks the chat to commit one step, retrying while the store is only temporarily unavailable
+/// (pool exhausted under load), so a busy store delays a reply instead of dropping it.
 async fn step(
     args: &WorkerArgs,
-    build: impl FnOnce(RpcReplyPort<Result<(), ActorError>>) -> ChatMsg,
+    build: impl Fn(RpcReplyPort<Result<(), ActorError>>) -> ChatMsg,
 ) -> Result<(), String> {
-    ask(args, build).await?.map_err(|e| e.to_string())
+    const ATTEMPTS: u32 = 8;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match ask(args, &build).await? {
+            Ok(()) => return Ok(()),
+            Err(ActorError::Unavailable(m)) if attempt < ATTEMPTS => {
+                tracing::debug!(reply_id = %args.reply_id, attempt, cause = %m, "store busy; retrying step");
+                tokio::time::sleep(std::time::Duration::from_millis(250 * u64::from(attempt)))
+                    .await;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
 }
 
 /// Builds the prompt: the system prompt, then the turns oldest first.
@@ -64,8 +79,8 @@ async fn run(args: &WorkerArgs) -> Result<(), String> {
     let skip = |reason: String| {
         let reply_id = reply_id.clone();
         move |reply| ChatMsg::Skip {
-            reply_id,
-            reason,
+            reply_id: reply_id.clone(),
+            reason: reason.clone(),
             reply,
         }
     };
@@ -112,8 +127,8 @@ async fn run(args: &WorkerArgs) -> Result<(), String> {
             Err(reason) => {
                 let reply_id = reply_id.clone();
                 return step(args, move |reply| ChatMsg::Fail {
-                    reply_id,
-                    reason,
+                    reply_id: reply_id.clone(),
+                    reason: reason.clone(),
                     reply,
                 })
                 .await;
@@ -122,8 +137,8 @@ async fn run(args: &WorkerArgs) -> Result<(), String> {
     };
     step(args, |reply| ChatMsg::Generated {
         reply_id: reply_id.clone(),
-        text,
-        model,
+        text: text.clone(),
+        model: model.clone(),
         usage,
         latency_ms,
         reply,
