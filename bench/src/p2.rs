@@ -79,18 +79,11 @@ pub async fn run(
     let syncs_after = server.wal_syncs().await;
     let xacts_after = server.xact_commits(&db).await;
     let mut result = result?;
-    if let (Some(a), Some(b)) = (syncs_before, syncs_after) {
-        if result.counts.sent > 0 {
-            result.wal_syncs_per_reply = Some((b - a) as f64 / result.counts.sent as f64);
-        }
-    }
-    if let (Some(a), Some(b)) = (xacts_before, xacts_after) {
-        if result.counts.sent > 0 {
-            // Minus the benchmark's own reads on this database (follower polls, final counts).
-            let own = i64::try_from(result.monitor_queries).unwrap_or(0);
-            result.db_xacts_per_reply = Some((b - a - own) as f64 / result.counts.sent as f64);
-        }
-    }
+    let sent = result.counts.sent;
+    result.wal_syncs_per_reply = stats::per_reply(syncs_before, syncs_after, 0, sent);
+    // Minus the benchmark's own reads on this database (follower polls, final counts).
+    let own = i64::try_from(result.monitor_queries).unwrap_or(0);
+    result.db_xacts_per_reply = stats::per_reply(xacts_before, xacts_after, own, sent);
     Ok(result)
 }
 

@@ -159,6 +159,15 @@ pub fn load_average() -> Option<f64> {
         .ok()
 }
 
+/// `(after - before - own) / sent` for a database counter read around a phase, when both readings
+/// exist and something was sent.
+pub fn per_reply(before: Option<i64>, after: Option<i64>, own: i64, sent: i64) -> Option<f64> {
+    match (before, after) {
+        (Some(a), Some(b)) if sent > 0 => Some((b - a - own) as f64 / sent as f64),
+        _ => None,
+    }
+}
+
 pub fn mib(kb: u64) -> f64 {
     kb as f64 / 1024.0
 }
@@ -166,6 +175,13 @@ pub fn mib(kb: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_reply_needs_both_readings_and_a_reply() {
+        assert_eq!(per_reply(Some(10), Some(30), 4, 8), Some(2.0));
+        assert_eq!(per_reply(None, Some(30), 0, 8), None);
+        assert_eq!(per_reply(Some(10), Some(30), 0, 0), None);
+    }
 
     #[test]
     fn percentiles() {
