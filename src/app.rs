@@ -13,6 +13,7 @@ use wagate_events::ai_global::{AiGlobal, AiGlobalCommand, GLOBAL_ID};
 use wagate_events::chat_settings::ChatSettings;
 use wagate_events::metadata;
 use wagate_events::settings::AiSettings;
+use wagate_events::webhook::Webhook;
 use wagate_events::DomainError;
 use wagate_projections::config::CONFIG_AGGREGATES;
 use wagate_projections::messages::MessagesModel;
@@ -83,6 +84,7 @@ pub struct App {
     pub global: Framework<AiGlobal>,
     pub accounts: Framework<Account>,
     pub chats: Framework<ChatSettings>,
+    pub webhooks: Framework<Webhook>,
     pub env_layer: EnvLayer,
     pub login_limiter: LoginLimiter,
     model: RwLock<ConfigModel>,
@@ -96,6 +98,13 @@ pub struct App {
     model_client: std::sync::OnceLock<crate::model_client::HttpModelClient>,
     /// The actor system, set once at start.
     pub gateway: std::sync::OnceLock<Arc<wagate_actors::Gateway>>,
+    /// Wakes the webhook fan-out after the read models folded new events.
+    pub outbox_wake: tokio::sync::Notify,
+    /// Wakes the webhook senders when deliveries became due.
+    pub delivery_wake: tokio::sync::Notify,
+    pub delivery_counters: crate::webhooks::DeliveryCounters,
+    /// Store failures seen by background work and commands (`/metrics`).
+    store_errors: std::sync::atomic::AtomicU64,
 }
 
 pub type SharedApp = Arc<App>;
@@ -119,6 +128,11 @@ impl App {
             global: store.framework(),
             accounts: store.framework(),
             chats: store.framework(),
+            webhooks: store.framework(),
+            outbox_wake: tokio::sync::Notify::new(),
+            delivery_wake: tokio::sync::Notify::new(),
+            delivery_counters: Default::default(),
+            store_errors: Default::default(),
             env_layer,
             login_limiter: LoginLimiter::new(5, Duration::from_secs(60)),
             model: RwLock::new(ConfigModel::default()),
@@ -183,11 +197,27 @@ impl App {
                     }
                 }
                 self.folded.store(last.position, Ordering::Release);
+                self.outbox_wake.notify_one();
             }
             if batch.len() < 1000 {
                 return Ok(());
             }
         }
+    }
+
+    /// The position up to which the read models have folded the history.
+    pub fn folded(&self) -> i64 {
+        self.folded.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Counts a store failure (`wagate_store_errors_total`).
+    pub fn note_store_error(&self) {
+        self.store_errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn store_errors(&self) -> u64 {
+        self.store_errors.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The model client (built from the outbound guard on first use).
@@ -273,13 +303,15 @@ impl App {
                     ))
                 }
                 Err(AggregateError::DatabaseConnectionError(e)) => {
-                    return Err(AppError::Unavailable(e.to_string()))
+                    self.note_store_error();
+                    return Err(AppError::Unavailable(e.to_string()));
                 }
                 Err(AggregateError::UnexpectedError(e)) => {
                     // The -es crates report pool timeouts and I/O errors as "unexpected".
                     let unavailable = e
                         .downcast_ref::<sqlx::Error>()
                         .is_some_and(crate::store::is_unavailable);
+                    self.note_store_error();
                     return Err(if unavailable {
                         AppError::Unavailable(e.to_string())
                     } else {

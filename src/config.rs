@@ -10,6 +10,7 @@ use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -123,6 +124,68 @@ pub struct Config {
     pub max_model_calls: usize,
     /// Concurrent model calls per account (`WAGATE_MAX_MODEL_CALLS_PER_ACCOUNT`, default 256).
     pub max_model_calls_per_account: usize,
+    pub webhooks: WebhookConfig,
+}
+
+/// Webhook delivery settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookConfig {
+    /// Waits before each retry (`WAGATE_WEBHOOK_RETRY_SCHEDULE`, comma-separated durations such as
+    /// `5s,5m,30m`); after the last one fails the delivery is dead-lettered.
+    pub retry_schedule: Vec<Duration>,
+    /// Per-request timeout (`WAGATE_WEBHOOK_TIMEOUT`, default 10s).
+    pub timeout: Duration,
+}
+
+/// The default retry schedule: 7 retries over about 27.5 hours (5s, 5m, 30m, 2h, 5h, 10h, 10h).
+pub const DEFAULT_WEBHOOK_SCHEDULE: [Duration; 7] = [
+    Duration::from_secs(5),
+    Duration::from_secs(5 * 60),
+    Duration::from_secs(30 * 60),
+    Duration::from_secs(2 * 3600),
+    Duration::from_secs(5 * 3600),
+    Duration::from_secs(10 * 3600),
+    Duration::from_secs(10 * 3600),
+];
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            retry_schedule: DEFAULT_WEBHOOK_SCHEDULE.to_vec(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+fn parse_webhooks(vars: &Vars<'_>) -> Result<WebhookConfig, ConfigError> {
+    let mut cfg = WebhookConfig::default();
+    if let Some(v) = vars.get("WAGATE_WEBHOOK_RETRY_SCHEDULE") {
+        let schedule: Result<Vec<Duration>, _> = v
+            .split(',')
+            .map(|d| humantime::parse_duration(d.trim()))
+            .collect();
+        cfg.retry_schedule = schedule
+            .ok()
+            .filter(|s| (1..=50).contains(&s.len()))
+            .ok_or_else(|| {
+                invalid(
+                    "WAGATE_WEBHOOK_RETRY_SCHEDULE",
+                    "must be 1 to 50 comma-separated durations, e.g. 5s,5m,30m,2h",
+                )
+            })?;
+    }
+    if let Some(v) = vars.get("WAGATE_WEBHOOK_TIMEOUT") {
+        cfg.timeout = humantime::parse_duration(v.trim())
+            .ok()
+            .filter(|d| *d >= Duration::from_millis(100) && *d <= Duration::from_secs(120))
+            .ok_or_else(|| {
+                invalid(
+                    "WAGATE_WEBHOOK_TIMEOUT",
+                    "must be a duration from 100ms to 120s, e.g. 10s",
+                )
+            })?;
+    }
+    Ok(cfg)
 }
 
 impl std::fmt::Debug for Config {
@@ -485,6 +548,7 @@ impl Config {
         };
         let max_model_calls = limit("WAGATE_MAX_MODEL_CALLS", 1024)?;
         let max_model_calls_per_account = limit("WAGATE_MAX_MODEL_CALLS_PER_ACCOUNT", 256)?;
+        let webhooks = parse_webhooks(&vars)?;
 
         Ok((
             Config {
@@ -501,6 +565,7 @@ impl Config {
                 log_format,
                 max_model_calls,
                 max_model_calls_per_account,
+                webhooks,
             },
             first,
         ))

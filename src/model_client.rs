@@ -242,6 +242,12 @@ fn builder(guard: &Arc<OutboundGuard>) -> ClientBuilder {
         .user_agent(concat!("wagate/", env!("CARGO_PKG_VERSION")))
 }
 
+/// An HTTP client with the guard's resolver and no redirects, no proxies (also used for
+/// webhook delivery).
+pub fn guarded_client(guard: &Arc<OutboundGuard>) -> Result<Client, ModelError> {
+    build(builder(guard))
+}
+
 fn build(builder: ClientBuilder) -> Result<Client, ModelError> {
     builder
         .build()

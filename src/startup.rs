@@ -43,6 +43,7 @@ pub struct Running {
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
     ticker: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
 }
 
 impl Running {
@@ -52,6 +53,9 @@ impl Running {
             let _ = tx.send(());
         }
         self.ticker.abort();
+        for task in &self.background {
+            task.abort();
+        }
         if let Some(g) = self.app.gateway.get() {
             g.shutdown().await;
         }
@@ -106,10 +110,12 @@ pub async fn start(config: Config) -> Result<Running, StartupError> {
             let _ =
                 tokio::time::timeout(Duration::from_secs(1), app.projector_wake.notified()).await;
             if let Err(e) = app.catch_up().await {
+                app.note_store_error();
                 tracing::warn!(error = %e, "read model catch-up failed; will retry");
             }
         }
     });
+    let background = crate::webhooks::start(&app);
     tracing::info!(%addr, store = app.store.kind(), position = app.model().position, "wagate listening");
     Ok(Running {
         addr,
@@ -117,6 +123,7 @@ pub async fn start(config: Config) -> Result<Running, StartupError> {
         shutdown: Some(tx),
         task,
         ticker,
+        background,
     })
 }
 

@@ -107,6 +107,14 @@ impl Actor for AccountActor {
     }
 }
 
+/// A census of the actor system (`/metrics`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ActorCounts {
+    pub accounts: usize,
+    pub chats: usize,
+    pub reply_workers: usize,
+}
+
 /// Finds (or starts) the actors of accounts and chats.
 pub struct Gateway {
     ports: Arc<Ports>,
@@ -125,6 +133,16 @@ impl Gateway {
             supervisor,
             accounts: Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// How many actors run now: accounts, chats, reply workers.
+    pub async fn counts(&self) -> ActorCounts {
+        let accounts = self.accounts.lock().await;
+        ActorCounts {
+            accounts: accounts.len(),
+            chats: accounts.values().map(|a| a.get_children().len()).sum(),
+            reply_workers: self.supervisor.get_children().len(),
+        }
     }
 
     pub fn ports(&self) -> &Ports {

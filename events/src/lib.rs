@@ -10,6 +10,7 @@ pub mod error;
 pub mod ids;
 pub mod metadata;
 pub mod settings;
+pub mod webhook;
 
 pub use error::DomainError;
 

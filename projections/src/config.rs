@@ -9,11 +9,44 @@ use serde::Serialize;
 use wagate_events::account::{AccountEvent, Transport};
 use wagate_events::chat_settings::{ChatSettings, ChatSettingsEvent};
 use wagate_events::settings::{LayerState, SettingsEvent};
+use wagate_events::webhook::{WebhookEvent, WebhookStatus};
 
 use crate::StoredEvent;
 
 /// Aggregate types this model folds.
-pub const CONFIG_AGGREGATES: [&str; 3] = ["ai_global", "account", "chat_settings"];
+pub const CONFIG_AGGREGATES: [&str; 4] = ["ai_global", "account", "chat_settings", "webhook"];
+
+/// A webhook subscription.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WebhookView {
+    pub id: String,
+    pub url: String,
+    pub events: Vec<String>,
+    pub account_id: Option<String>,
+    #[serde(skip)]
+    pub secret_sealed: String,
+    pub status: WebhookStatus,
+    /// Why it was disabled (a 410 from the receiver).
+    pub disabled_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    /// The position of its creation: it receives events committed after it.
+    #[serde(skip)]
+    pub created_position: i64,
+}
+
+impl WebhookView {
+    /// Whether the event at `position` of `event_type` for `account_id` goes to this webhook.
+    /// An account-filtered webhook receives only events of that account (not global changes).
+    pub fn wants(&self, position: i64, event_type: &str, account_id: Option<&str>) -> bool {
+        self.status == WebhookStatus::Active
+            && position > self.created_position
+            && wagate_events::webhook::wants(&self.events, event_type)
+            && self
+                .account_id
+                .as_deref()
+                .is_none_or(|filter| account_id == Some(filter))
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TokenView {
@@ -48,6 +81,8 @@ pub struct ConfigModel {
     pub accounts: BTreeMap<String, AccountView>,
     /// Keyed by (account id, chat JID).
     pub chats: HashMap<(String, String), ChatSettings>,
+    /// Webhook subscriptions by id (deleted ones included, marked).
+    pub webhooks: BTreeMap<String, WebhookView>,
     /// Live (unrevoked) token hash -> (account id, token id).
     tokens_by_hash: HashMap<String, (String, String)>,
 }
@@ -104,10 +139,58 @@ impl ConfigModel {
                     .or_default()
                     .fold(e);
             }
+            "webhook" => {
+                let e: WebhookEvent = parse(ev)?;
+                self.apply_webhook(ev, e);
+            }
             _ => {}
         }
         self.position = self.position.max(ev.position);
         Ok(())
+    }
+
+    fn apply_webhook(&mut self, ev: &StoredEvent, e: WebhookEvent) {
+        match e {
+            WebhookEvent::WebhookCreated {
+                url,
+                events,
+                account_id,
+                secret_sealed,
+            } => {
+                self.webhooks.insert(
+                    ev.aggregate_id.clone(),
+                    WebhookView {
+                        id: ev.aggregate_id.clone(),
+                        url,
+                        events,
+                        account_id,
+                        secret_sealed,
+                        status: WebhookStatus::Active,
+                        disabled_reason: None,
+                        created_at: ev.recorded_at,
+                        created_position: ev.position,
+                    },
+                );
+            }
+            WebhookEvent::WebhookDeleted => {
+                if let Some(w) = self.webhooks.get_mut(&ev.aggregate_id) {
+                    w.status = WebhookStatus::Deleted;
+                }
+            }
+            WebhookEvent::WebhookDisabled { reason } => {
+                if let Some(w) = self.webhooks.get_mut(&ev.aggregate_id) {
+                    w.status = WebhookStatus::Disabled;
+                    w.disabled_reason = Some(reason);
+                }
+            }
+        }
+    }
+
+    /// A webhook that was created and not deleted.
+    pub fn webhook(&self, id: &str) -> Option<&WebhookView> {
+        self.webhooks
+            .get(id)
+            .filter(|w| w.status != WebhookStatus::Deleted)
     }
 
     fn apply_account(&mut self, id: &str, e: AccountEvent, at: DateTime<Utc>) {

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod effective;
 pub mod messages;
+pub mod outbox;
 pub mod stored;
 
 pub use config::{AccountView, ConfigModel, TokenView};

@@ -11,6 +11,8 @@ pub mod extract;
 pub mod health;
 pub mod login;
 pub mod messages;
+pub mod metrics;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -43,7 +45,7 @@ pub struct ListResponse<T> {
 #[openapi(
     info(title = "wagate", description = "WhatsApp gateway with AI auto-reply. See docs/API.md."),
     modifiers(&SecuritySchemes),
-    tags((name = "auth"), (name = "accounts"), (name = "ai"), (name = "messages"), (name = "audit"), (name = "operations"))
+    tags((name = "auth"), (name = "accounts"), (name = "ai"), (name = "messages"), (name = "webhooks"), (name = "audit"), (name = "operations"))
 )]
 struct ApiDoc;
 
@@ -83,6 +85,8 @@ pub fn api() -> (Router<SharedApp>, utoipa::openapi::OpenApi) {
         .merge(events::router())
         .merge(messages::router())
         .merge(ai_reply::router())
+        .merge(webhooks::router())
+        .merge(metrics::router())
         .split_for_parts()
 }
 

@@ -11,3 +11,4 @@ mod events;
 mod lifecycle;
 mod replies;
 mod security;
+mod webhooks;

@@ -1,0 +1,220 @@
+//! `GET /metrics` in the Prometheus text format.
+//!
+//! Reply counts, tokens and model latency derive from the folded event history, so they are
+//! monotonic across restarts and equal on every node sharing a store (a counter a restart resets
+//! would make `rate()` lie after each deploy). Process-local counters (webhook attempts, store
+//! errors) and gauges (actors, delivery lag) come from this process. No label carries a phone
+//! number, a message or a key: only statuses and kinds.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use wagate_projections::messages::ReplyStatus;
+
+use crate::app::SharedApp;
+use crate::webhooks::outbox;
+
+pub fn router() -> OpenApiRouter<SharedApp> {
+    OpenApiRouter::new().routes(routes!(metrics))
+}
+
+/// Upper bounds (seconds) of the model latency histogram.
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0,
+];
+
+struct Text(String);
+
+impl Text {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let _ = write!(self.0, "{k}=\"{v}\"");
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+}
+
+/// Prometheus metrics: replies by status, model latency, tokens, webhook deliveries, delivery
+/// lag, actors, store errors.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+async fn metrics(State(app): State<SharedApp>) -> Response {
+    let mut t = Text(String::with_capacity(4096));
+
+    // From history.
+    let (mut generated, mut sent, mut failed, mut skipped, mut pending) = (0u64, 0, 0, 0, 0);
+    let (mut prompt, mut completion) = (0u64, 0u64);
+    let mut buckets = [0u64; LATENCY_BUCKETS.len()];
+    let (mut lat_count, mut lat_sum) = (0u64, 0f64);
+    {
+        let m = app.messages();
+        for row in &m.ai_log {
+            match row.status {
+                ReplyStatus::Pending => pending += 1,
+                ReplyStatus::Generated => {}
+                ReplyStatus::Sent => sent += 1,
+                ReplyStatus::Failed => failed += 1,
+                ReplyStatus::Skipped => skipped += 1,
+            }
+            if row.reply_text.is_some() {
+                generated += 1;
+            }
+            if let Some(u) = row.usage {
+                prompt += u.prompt_tokens;
+                completion += u.completion_tokens;
+            }
+            if let (Some(ms), Some(model)) = (row.latency_ms, &row.model) {
+                if model != "echo" {
+                    let s = ms as f64 / 1000.0;
+                    lat_count += 1;
+                    lat_sum += s;
+                    for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
+                        if s <= *le {
+                            buckets[i] += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    t.family(
+        "wagate_ai_replies_total",
+        "counter",
+        "AI replies by outcome, from the event history (generated counts every reply the model produced).",
+    );
+    for (status, n) in [
+        ("generated", generated),
+        ("sent", sent),
+        ("failed", failed),
+        ("skipped", skipped),
+    ] {
+        t.sample("wagate_ai_replies_total", &[("status", status)], n);
+    }
+    t.family(
+        "wagate_ai_replies_pending",
+        "gauge",
+        "Replies requested and not decided yet.",
+    );
+    t.sample("wagate_ai_replies_pending", &[], pending);
+    t.family(
+        "wagate_model_tokens_total",
+        "counter",
+        "Tokens the model reported in usage.",
+    );
+    t.sample("wagate_model_tokens_total", &[("kind", "prompt")], prompt);
+    t.sample(
+        "wagate_model_tokens_total",
+        &[("kind", "completion")],
+        completion,
+    );
+    t.family(
+        "wagate_model_latency_seconds",
+        "histogram",
+        "Model call latency of generated replies.",
+    );
+    for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
+        t.sample(
+            "wagate_model_latency_seconds_bucket",
+            &[("le", &le.to_string())],
+            buckets[i],
+        );
+    }
+    t.sample(
+        "wagate_model_latency_seconds_bucket",
+        &[("le", "+Inf")],
+        lat_count,
+    );
+    t.sample("wagate_model_latency_seconds_sum", &[], lat_sum);
+    t.sample("wagate_model_latency_seconds_count", &[], lat_count);
+    t.family(
+        "wagate_events_position",
+        "gauge",
+        "The last event position folded into the read models.",
+    );
+    t.sample("wagate_events_position", &[], app.folded());
+
+    // Webhooks.
+    t.family(
+        "wagate_webhook_deliveries",
+        "gauge",
+        "Webhook deliveries by status, in the store.",
+    );
+    let mut lag = 0.0;
+    match outbox::stats(&app.store).await {
+        Ok((counts, oldest_pending)) => {
+            for status in ["pending", "delivered", "dead", "cancelled"] {
+                let n = counts
+                    .iter()
+                    .find(|(s, _)| s == status)
+                    .map_or(0, |(_, n)| *n);
+                t.sample("wagate_webhook_deliveries", &[("status", status)], n);
+            }
+            lag = oldest_pending;
+        }
+        Err(e) => {
+            app.note_store_error();
+            tracing::warn!(error = %e, "metrics: cannot count webhook deliveries");
+        }
+    }
+    t.family(
+        "wagate_webhook_attempts_total",
+        "counter",
+        "Webhook delivery attempts made by this process, by result.",
+    );
+    let c = &app.delivery_counters;
+    for (result, n) in [
+        ("delivered", c.delivered.load(Ordering::Relaxed)),
+        ("failed", c.failed_attempts.load(Ordering::Relaxed)),
+        ("dead", c.dead.load(Ordering::Relaxed)),
+    ] {
+        t.sample("wagate_webhook_attempts_total", &[("result", result)], n);
+    }
+    t.family(
+        "wagate_webhook_delivery_lag_seconds",
+        "gauge",
+        "Age of the oldest pending webhook delivery (0 when none).",
+    );
+    t.sample("wagate_webhook_delivery_lag_seconds", &[], lag);
+
+    // This process.
+    t.family("wagate_actors", "gauge", "Running actors by kind.");
+    let counts = match app.gateway() {
+        Ok(g) => g.counts().await,
+        Err(_) => Default::default(),
+    };
+    t.sample("wagate_actors", &[("kind", "account")], counts.accounts);
+    t.sample("wagate_actors", &[("kind", "chat")], counts.chats);
+    t.sample(
+        "wagate_actors",
+        &[("kind", "reply_worker")],
+        counts.reply_workers,
+    );
+    t.family(
+        "wagate_store_errors_total",
+        "counter",
+        "Event store failures seen by this process.",
+    );
+    t.sample("wagate_store_errors_total", &[], app.store_errors());
+
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        t.0,
+    )
+        .into_response()
+}

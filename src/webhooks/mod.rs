@@ -1,0 +1,422 @@
+//! Webhook delivery (Standard Webhooks): subscriptions are events (`wagate_events::webhook`);
+//! what to deliver derives from the event history by commit-ordered position (the fan-out,
+//! checkpointed in the same transaction as the deliveries it writes); senders post each
+//! delivery, signed, retrying on a schedule of at least 24 hours before dead-lettering it.
+//!
+//! One slow or dead receiver never delays others: each webhook has a small cap of requests in
+//! flight, and a request's time is bounded by the configured timeout.
+
+pub mod outbox;
+pub mod signing;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use rand::Rng;
+use reqwest::header::CONTENT_TYPE;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use url::Url;
+use wagate_events::webhook::{WebhookCommand, WebhookStatus};
+use wagate_projections::outbox::outgoing;
+
+use crate::app::{App, Who};
+use crate::net_guard::{GuardError, OutboundGuard};
+use crate::store::EventQuery;
+use outbox::{Due, NewDelivery, Outcome};
+
+/// Requests in flight across all webhooks.
+const MAX_IN_FLIGHT: usize = 64;
+/// Requests in flight to one webhook: a slow receiver holds at most this many slots.
+const PER_WEBHOOK_IN_FLIGHT: usize = 8;
+/// Events read per fan-out transaction.
+const FANOUT_BATCH: i64 = 500;
+/// How often senders look for due deliveries when nothing wakes them.
+const POLL: Duration = Duration::from_millis(250);
+
+/// Process-local delivery counters (`/metrics`).
+#[derive(Debug, Default)]
+pub struct DeliveryCounters {
+    pub delivered: AtomicU64,
+    pub failed_attempts: AtomicU64,
+    pub dead: AtomicU64,
+}
+
+/// The system actor recorded on events the delivery machinery causes (410 disables).
+fn system() -> Who {
+    Who {
+        actor: "system:webhooks".into(),
+        request_id: None,
+    }
+}
+
+/// Starts the fan-out and the sender; both stop when the app is dropped or the handles aborted.
+pub fn start(app: &Arc<App>) -> Vec<JoinHandle<()>> {
+    let guard = Arc::new(OutboundGuard::new(
+        app.config.allow_private_networks.clone(),
+    ));
+    let client = match crate::model_client::guarded_client(&guard) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the webhook HTTP client; webhooks are not delivered");
+            return vec![];
+        }
+    };
+    let sender = Arc::new(Sender {
+        app: Arc::downgrade(app),
+        client,
+        guard,
+        permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        in_flight: Mutex::new(HashMap::new()),
+    });
+    vec![
+        tokio::spawn(fan_out_loop(Arc::downgrade(app))),
+        tokio::spawn(sender.run()),
+    ]
+}
+
+/// Writes the deliveries of every folded event past the checkpoint, batch by batch.
+async fn fan_out_loop(app: Weak<App>) {
+    loop {
+        let Some(app) = app.upgrade() else { return };
+        let _ = tokio::time::timeout(Duration::from_secs(1), app.outbox_wake.notified()).await;
+        loop {
+            match fan_out_once(&app).await {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    app.note_store_error();
+                    tracing::warn!(error = %e, "webhook fan-out failed; will retry");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// One batch of the fan-out; true when there may be more.
+pub async fn fan_out_once(app: &App) -> Result<bool, String> {
+    let store = &app.store;
+    let after = outbox::checkpoint(store, outbox::FANOUT)
+        .await
+        .map_err(|e| e.to_string())?;
+    let folded = app.folded();
+    if folded <= after {
+        return Ok(false);
+    }
+    let events = store
+        .read(&EventQuery {
+            after,
+            until: Some(folded),
+            limit: FANOUT_BATCH,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some(last) = events.last().map(|e| e.position) else {
+        return Ok(false);
+    };
+    let mut deliveries = Vec::new();
+    {
+        let model = app.model();
+        let hooks: Vec<_> = model
+            .webhooks
+            .values()
+            .filter(|w| w.status == WebhookStatus::Active)
+            .collect();
+        if !hooks.is_empty() {
+            let messages = app.messages();
+            for ev in &events {
+                let out = outgoing(ev, &messages).map_err(|e| e.to_string())?;
+                for o in out {
+                    let body = o.body().to_string();
+                    for w in &hooks {
+                        if w.wants(ev.position, o.event_type, o.account_id.as_deref()) {
+                            deliveries.push(NewDelivery {
+                                id: format!("msg_{}", uuid::Uuid::now_v7().simple()),
+                                webhook_id: w.id.clone(),
+                                event_position: ev.position,
+                                event_type: o.event_type.to_string(),
+                                body: body.clone(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let inserted = outbox::append(store, outbox::FANOUT, last, &deliveries)
+        .await
+        .map_err(|e| e.to_string())?;
+    if inserted > 0 {
+        app.delivery_wake.notify_one();
+    }
+    Ok(events.len() as i64 == FANOUT_BATCH)
+}
+
+struct Sender {
+    app: Weak<App>,
+    client: reqwest::Client,
+    guard: Arc<OutboundGuard>,
+    permits: Arc<Semaphore>,
+    in_flight: Mutex<HashMap<String, usize>>,
+}
+
+impl Sender {
+    async fn run(self: Arc<Self>) {
+        loop {
+            let Some(app) = self.app.upgrade() else {
+                return;
+            };
+            let _ = tokio::time::timeout(POLL, app.delivery_wake.notified()).await;
+            if let Err(e) = self.dispatch_due(&app).await {
+                app.note_store_error();
+                tracing::warn!(error = %e, "webhook sender cannot read due deliveries; will retry");
+            }
+        }
+    }
+
+    async fn dispatch_due(self: &Arc<Self>, app: &Arc<App>) -> Result<(), String> {
+        let free = self.permits.available_permits();
+        if free == 0 {
+            return Ok(());
+        }
+        let now = outbox::now_ms();
+        let due = outbox::due(&app.store, now, (free * 4) as i64)
+            .await
+            .map_err(|e| e.to_string())?;
+        let lease =
+            i64::try_from(app.config.webhooks.timeout.as_millis()).unwrap_or(i64::MAX) + 30_000;
+        for d in due {
+            if !self.take_slot(&d.webhook_id) {
+                continue;
+            }
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                self.release_slot(&d.webhook_id);
+                break;
+            };
+            match outbox::claim(&app.store, &d, now + lease).await {
+                Ok(true) => {
+                    let this = self.clone();
+                    let app = app.clone();
+                    tokio::spawn(async move {
+                        this.deliver(&app, &d).await;
+                        this.release_slot(&d.webhook_id);
+                        drop(permit);
+                        app.delivery_wake.notify_one();
+                    });
+                }
+                Ok(false) => self.release_slot(&d.webhook_id),
+                Err(e) => {
+                    self.release_slot(&d.webhook_id);
+                    return Err(e.to_string());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn take_slot(&self, webhook: &str) -> bool {
+        let mut m = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(webhook.to_string()).or_insert(0);
+        if *n >= PER_WEBHOOK_IN_FLIGHT {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn release_slot(&self, webhook: &str) {
+        let mut m = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(webhook) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(webhook);
+            }
+        }
+    }
+
+    /// One attempt of a claimed delivery, and its recorded outcome.
+    async fn deliver(&self, app: &App, d: &Due) {
+        let hook = app.model().webhooks.get(&d.webhook_id).cloned();
+        let Some(hook) = hook.filter(|h| h.status == WebhookStatus::Active) else {
+            if let Err(e) =
+                outbox::cancel_pending(&app.store, &d.webhook_id, "webhook deleted or disabled")
+                    .await
+            {
+                tracing::warn!(error = %e, "cannot cancel deliveries of a removed webhook");
+            }
+            return;
+        };
+        let outcome = match self.attempt(app, &hook.url, &hook.secret_sealed, d).await {
+            Ok(status) if (200..300).contains(&status) => Outcome::Delivered { status },
+            Ok(410) => Outcome::Dead {
+                status: Some(410),
+                error: "the receiver answered 410 Gone; the webhook was disabled".into(),
+            },
+            Ok(status) => self.retry_or_dead(app, d, Some(status), status_error(status)),
+            Err(error) => self.retry_or_dead(app, d, None, error),
+        };
+        let counters = &app.delivery_counters;
+        match &outcome {
+            Outcome::Delivered { .. } => counters.delivered.fetch_add(1, Ordering::Relaxed),
+            Outcome::Retry { .. } => counters.failed_attempts.fetch_add(1, Ordering::Relaxed),
+            Outcome::Dead { .. } => counters.dead.fetch_add(1, Ordering::Relaxed),
+        };
+        tracing::info!(
+            webhook = %d.webhook_id,
+            delivery = %d.id,
+            result = match &outcome {
+                Outcome::Delivered { .. } => "delivered",
+                Outcome::Retry { .. } => "retry",
+                Outcome::Dead { .. } => "dead",
+            },
+            "webhook attempt"
+        );
+        if let Err(e) = outbox::record(&app.store, &d.id, &outcome).await {
+            // The lease runs out and the delivery is tried again: at least once.
+            app.note_store_error();
+            tracing::warn!(error = %e, delivery = %d.id, "cannot record a webhook attempt");
+            return;
+        }
+        if matches!(
+            outcome,
+            Outcome::Dead {
+                status: Some(410),
+                ..
+            }
+        ) {
+            if let Err(e) = app
+                .execute(
+                    &app.webhooks,
+                    &d.webhook_id,
+                    WebhookCommand::Disable {
+                        reason: "the receiver answered 410 Gone".into(),
+                    },
+                    &system(),
+                )
+                .await
+            {
+                tracing::warn!(error = %e, webhook = %d.webhook_id, "cannot disable a gone webhook");
+            }
+            if let Err(e) =
+                outbox::cancel_pending(&app.store, &d.webhook_id, "webhook disabled (410 Gone)")
+                    .await
+            {
+                tracing::warn!(error = %e, "cannot cancel deliveries of a disabled webhook");
+            }
+        }
+    }
+
+    fn retry_or_dead(&self, app: &App, d: &Due, status: Option<u16>, error: String) -> Outcome {
+        let schedule = &app.config.webhooks.retry_schedule;
+        match usize::try_from(d.round_attempts)
+            .ok()
+            .and_then(|i| schedule.get(i))
+        {
+            Some(wait) => Outcome::Retry {
+                status,
+                error,
+                next: outbox::now_ms() + jittered_ms(*wait),
+            },
+            None => Outcome::Dead {
+                status,
+                error: format!("{error}; retries exhausted"),
+            },
+        }
+    }
+
+    /// Posts the delivery; the receiver's status code, or why there was none. Never reads more
+    /// of the response than its status: a receiver's body is not ours to keep.
+    async fn attempt(
+        &self,
+        app: &App,
+        url: &str,
+        secret_sealed: &str,
+        d: &Due,
+    ) -> Result<u16, String> {
+        let url = Url::parse(url).map_err(|_| "the webhook URL is not valid".to_string())?;
+        self.guard
+            .check_url(&url)
+            .await
+            .map_err(|e: GuardError| format!("refused by the outbound guard: {e}"))?;
+        let secret = app
+            .config
+            .keyring
+            .open_string(secret_sealed, &signing::secret_ad(&d.webhook_id))
+            .map_err(|_| "the webhook secret cannot be decrypted".to_string())?;
+        let timestamp = chrono::Utc::now().timestamp();
+        let signature = signing::sign(
+            secrecy::ExposeSecret::expose_secret(&secret),
+            &d.id,
+            timestamp,
+            d.body.as_bytes(),
+        )?;
+        let timeout = app.config.webhooks.timeout;
+        let resp = self
+            .client
+            .post(url)
+            .timeout(timeout)
+            .header(CONTENT_TYPE, "application/json")
+            .header("webhook-id", &d.id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(d.body.clone())
+            .send()
+            .await
+            .map_err(|e| transport_error(&e, timeout))?;
+        Ok(resp.status().as_u16())
+    }
+}
+
+fn status_error(status: u16) -> String {
+    match status {
+        300..=399 => format!("HTTP {status}: redirects are not followed"),
+        _ => format!("HTTP {status}"),
+    }
+}
+
+fn transport_error(e: &reqwest::Error, timeout: Duration) -> String {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(g) = s.downcast_ref::<GuardError>() {
+            return format!("refused by the outbound guard: {g}");
+        }
+        source = s.source();
+    }
+    if e.is_timeout() {
+        format!("timeout after {}s", timeout.as_secs_f64())
+    } else if e.is_connect() {
+        "connect error".into()
+    } else {
+        "the connection failed before a response".into()
+    }
+}
+
+/// `wait` ± 10%, in milliseconds: receivers that came back are not hit by every retry at once.
+fn jittered_ms(wait: Duration) -> i64 {
+    let ms = wait.as_millis() as f64;
+    let factor = rand::rng().random_range(0.9..=1.1);
+    (ms * factor) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        for _ in 0..100 {
+            let j = jittered_ms(Duration::from_secs(10));
+            assert!((9_000..=11_000).contains(&j), "{j}");
+        }
+    }
+
+    #[test]
+    fn default_schedule_covers_a_day() {
+        let total: Duration = crate::config::DEFAULT_WEBHOOK_SCHEDULE.iter().sum();
+        assert!(total >= Duration::from_secs(24 * 3600), "{total:?}");
+    }
+}
