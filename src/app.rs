@@ -75,6 +75,22 @@ pub struct RotateReport {
     pub failed: Vec<String>,
 }
 
+/// The env layer of the AI config (`WAGATE_AI_*` / `OPENAI_*`).
+pub fn env_layer(config: &Config) -> EnvLayer {
+    EnvLayer {
+        settings: AiSettings {
+            base_url: config.ai_env.base_url.clone(),
+            model_name: config.ai_env.model_name.clone(),
+            ..Default::default()
+        },
+        has_api_key: config
+            .ai_env
+            .api_key
+            .as_ref()
+            .is_some_and(|k| !k.expose_secret().is_empty()),
+    }
+}
+
 /// How many times a command is retried after a write conflict before giving up with 503.
 const CONFLICT_RETRIES: u32 = 5;
 
@@ -112,18 +128,7 @@ pub type SharedApp = Arc<App>;
 impl App {
     /// Builds the service over a migrated store and folds the whole history into the read model.
     pub async fn new(config: Config, store: Store) -> Result<SharedApp, AppError> {
-        let env_layer = EnvLayer {
-            settings: AiSettings {
-                base_url: config.ai_env.base_url.clone(),
-                model_name: config.ai_env.model_name.clone(),
-                ..Default::default()
-            },
-            has_api_key: config
-                .ai_env
-                .api_key
-                .as_ref()
-                .is_some_and(|k| !k.expose_secret().is_empty()),
-        };
+        let env_layer = env_layer(&config);
         let app = Arc::new(App {
             global: store.framework(),
             accounts: store.framework(),

@@ -41,6 +41,27 @@ pub enum Command {
     /// Re-encrypt every stored API key under the current master key (after adding a new
     /// WAGATE_MASTER_KEY and moving the old one to WAGATE_MASTER_KEYS_OLD).
     RotateKeys,
+    /// Rebuild the read models from the event history (with a progress bar); prints events/s,
+    /// what was rebuilt and a digest that equals a running gateway's for the same history.
+    Replay {
+        /// Stop at this time (RFC 3339) or event position.
+        #[arg(long)]
+        as_of: Option<String>,
+        #[arg(long, value_enum, default_value = "all")]
+        projection: crate::audit::Projection,
+    },
+    /// Print who changed the AI configuration of an account (or one chat) and when, with the
+    /// effective config after each change.
+    Audit {
+        #[arg(long)]
+        account: String,
+        /// A chat JID of the account.
+        #[arg(long)]
+        chat: Option<String>,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Parses `90s`, `15m`, `1h`, `7d` or plain seconds.
@@ -108,6 +129,14 @@ pub async fn run(cli: Cli) -> ExitCode {
     init_logging(config.log_format);
     match cli.command {
         Command::Serve => serve(config, first).await,
+        Command::Replay { as_of, projection } => {
+            replay(&config, as_of.as_deref(), projection).await
+        }
+        Command::Audit {
+            account,
+            chat,
+            json,
+        } => audit(&config, &account, chat.as_deref(), json).await,
         Command::Migrate => {
             print_first_run(&first, true);
             match startup::open_store(&config).await {
@@ -219,5 +248,80 @@ async fn rotate_keys(config: Config) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+async fn replay(
+    config: &Config,
+    as_of: Option<&str>,
+    projection: crate::audit::Projection,
+) -> ExitCode {
+    let store = match startup::open_store(config).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("wagate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let until = match as_of {
+        None => None,
+        Some(raw) => match raw.parse::<i64>() {
+            Ok(p) if p >= 0 => Some(p),
+            _ => match chrono::DateTime::parse_from_rfc3339(raw) {
+                Ok(t) => match store.position_at(t.with_timezone(&chrono::Utc)).await {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        eprintln!("wagate: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+                Err(_) => {
+                    eprintln!("wagate: --as-of must be an RFC 3339 time or an event position");
+                    return ExitCode::from(2);
+                }
+            },
+        },
+    };
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let result = crate::audit::replay(&store, until, projection, progress).await;
+    store.close().await;
+    match result {
+        Ok(report) => {
+            print!("{}", crate::audit::summary(&report));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("wagate: replay failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn audit(config: &Config, account: &str, chat: Option<&str>, json: bool) -> ExitCode {
+    let store = match startup::open_store(config).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("wagate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let env = crate::app::env_layer(config);
+    let result = crate::audit::audit(&store, &env, account, chat).await;
+    store.close().await;
+    match result {
+        Ok(entries) if json => {
+            for e in &entries {
+                println!("{}", serde_json::to_string(e).unwrap_or_default());
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(entries) => {
+            print!("{}", crate::audit::render_audit(&entries));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("wagate: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

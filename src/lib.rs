@@ -4,6 +4,7 @@
 //! and the read models in `wagate-projections`.
 
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;

@@ -53,27 +53,10 @@ pub struct EventView {
     pub payload: serde_json::Value,
 }
 
-/// Replaces secrets (sealed keys, token hashes) anywhere in a payload.
-fn redact(v: &mut serde_json::Value) {
-    match v {
-        serde_json::Value::Object(map) => {
-            for (k, val) in map.iter_mut() {
-                if k == "sealed" || k == "token_hash" {
-                    *val = serde_json::Value::String("[redacted]".into());
-                } else {
-                    redact(val);
-                }
-            }
-        }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(redact),
-        _ => {}
-    }
-}
-
 impl From<StoredEvent> for EventView {
     fn from(e: StoredEvent) -> Self {
         let mut payload = e.payload;
-        redact(&mut payload);
+        crate::audit::redact(&mut payload);
         let meta: HashMap<String, String> = e.metadata;
         Self {
             position: e.position,

@@ -8,6 +8,7 @@ mod auth;
 mod bad_input;
 mod crash;
 mod events;
+mod history;
 mod lifecycle;
 mod replies;
 mod security;

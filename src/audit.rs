@@ -1,0 +1,382 @@
+//! History tools: `wagate replay` rebuilds every read model from the event history (optionally
+//! as of a past time) and reports its rate and a digest of the result; `wagate audit` prints who
+//! changed an account's (or chat's) AI configuration, when, and the effective config after each
+//! change.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use wagate_events::ids::chat_kind;
+use wagate_projections::config::CONFIG_AGGREGATES;
+use wagate_projections::effective::{resolve_layers, Target};
+use wagate_projections::messages::MessagesModel;
+use wagate_projections::{ConfigModel, EnvLayer, StoredEvent};
+
+use crate::store::{EventQuery, Store, StoreError};
+
+/// Which read models a replay rebuilds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Projection {
+    /// Accounts, tokens, the three AI layers, webhook subscriptions.
+    Config,
+    /// Chats, messages and the AI log.
+    Messages,
+    All,
+}
+
+/// What a replay rebuilt.
+#[derive(Debug)]
+pub struct ReplayReport {
+    pub events: u64,
+    pub position: i64,
+    pub elapsed: Duration,
+    pub config: Option<ConfigModel>,
+    pub messages: Option<MessagesModel>,
+}
+
+impl ReplayReport {
+    pub fn events_per_second(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Events read per query.
+const BATCH: i64 = 5_000;
+
+/// Folds the history up to `until` (all of it when `None`) into fresh read models.
+pub async fn replay(
+    store: &Store,
+    until: Option<i64>,
+    projection: Projection,
+    progress: bool,
+) -> Result<ReplayReport, StoreError> {
+    let head = match until {
+        Some(p) => p,
+        None => store.head().await?,
+    };
+    let bar = if progress {
+        let bar = ProgressBar::new(u64::try_from(head).unwrap_or(0));
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} replay [{bar:40}] {pos}/{len} positions  {per_sec}  eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut config =
+        matches!(projection, Projection::Config | Projection::All).then(ConfigModel::default);
+    let mut messages =
+        matches!(projection, Projection::Messages | Projection::All).then(MessagesModel::default);
+    let types: &[&str] = match projection {
+        Projection::Config => &CONFIG_AGGREGATES,
+        Projection::Messages => &["chat"],
+        Projection::All => &[],
+    };
+    let started = Instant::now();
+    let (mut after, mut events) = (0i64, 0u64);
+    loop {
+        let batch = store
+            .read(&EventQuery {
+                after,
+                until: Some(head),
+                limit: BATCH,
+                aggregate_types: types,
+                ..Default::default()
+            })
+            .await?;
+        for ev in &batch {
+            fold(&mut config, &mut messages, ev)?;
+        }
+        events += batch.len() as u64;
+        if let Some(last) = batch.last() {
+            after = last.position;
+            bar.set_position(u64::try_from(after).unwrap_or(0));
+        }
+        if (batch.len() as i64) < BATCH {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    if let Some(c) = config.as_mut() {
+        c.position = head;
+    }
+    Ok(ReplayReport {
+        events,
+        position: head,
+        elapsed: started.elapsed(),
+        config,
+        messages,
+    })
+}
+
+fn fold(
+    config: &mut Option<ConfigModel>,
+    messages: &mut Option<MessagesModel>,
+    ev: &StoredEvent,
+) -> Result<(), StoreError> {
+    let bad = |e: wagate_projections::config::FoldError| StoreError::Other(e.to_string());
+    if let Some(c) = config.as_mut() {
+        if CONFIG_AGGREGATES.contains(&ev.aggregate_type.as_str()) {
+            c.apply(ev).map_err(bad)?;
+        }
+    }
+    if let Some(m) = messages.as_mut() {
+        m.apply(ev).map_err(bad)?;
+    }
+    Ok(())
+}
+
+/// A digest of the read models' answers (what the API would return), to compare a replay with a
+/// running gateway or with another replay.
+pub fn digest(config: Option<&ConfigModel>, messages: Option<&MessagesModel>) -> String {
+    let mut h = Sha256::new();
+    if let Some(c) = config {
+        let mut chats: Vec<_> = c.chats.iter().collect();
+        chats.sort_by(|a, b| a.0.cmp(b.0));
+        let accounts: Vec<_> = c
+            .accounts
+            .values()
+            .map(|a| {
+                json!({"id": a.id, "name": a.name, "deleted": a.deleted, "ai": a.ai.settings,
+                       "has_key": a.ai.api_key.is_some(), "tokens": a.tokens.keys().collect::<Vec<_>>()})
+            })
+            .collect();
+        let webhooks: Vec<_> = c
+            .webhooks
+            .values()
+            .map(|w| json!({"id": w.id, "url": w.url, "events": w.events, "status": w.status}))
+            .collect();
+        let doc = json!({
+            "global": c.global.settings, "global_key": c.global.api_key.is_some(),
+            "accounts": accounts, "chats": chats, "webhooks": webhooks,
+        });
+        h.update(doc.to_string().as_bytes());
+    }
+    if let Some(m) = messages {
+        for ((acc, jid), chat) in &m.chats {
+            h.update(acc.as_bytes());
+            h.update(jid.as_bytes());
+            for msg in &chat.messages {
+                h.update(serde_json::to_string(msg).unwrap_or_default().as_bytes());
+            }
+        }
+        for row in &m.ai_log {
+            h.update(serde_json::to_string(row).unwrap_or_default().as_bytes());
+        }
+    }
+    hex::encode(h.finalize())
+}
+
+/// A human summary of a replay.
+pub fn summary(r: &ReplayReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "replayed {} events up to position {} in {:.3}s ({:.0} events/s)",
+        r.events,
+        r.position,
+        r.elapsed.as_secs_f64(),
+        r.events_per_second()
+    );
+    if let Some(c) = &r.config {
+        let live = c.accounts.values().filter(|a| !a.deleted).count();
+        let _ = writeln!(
+            out,
+            "config:   {live} accounts, {} chat layers, {} webhooks",
+            c.chats.len(),
+            c.webhooks.len()
+        );
+    }
+    if let Some(m) = &r.messages {
+        let messages: usize = m.chats.values().map(|c| c.messages.len()).sum();
+        let mut by_status = std::collections::BTreeMap::new();
+        for row in &m.ai_log {
+            *by_status.entry(row.status.as_str()).or_insert(0usize) += 1;
+        }
+        let statuses: Vec<String> = by_status.iter().map(|(s, n)| format!("{s} {n}")).collect();
+        let _ = writeln!(
+            out,
+            "messages: {} chats, {messages} messages, {} AI replies ({})",
+            m.chats.len(),
+            m.ai_log.len(),
+            statuses.join(", ")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "digest:   {}",
+        digest(r.config.as_ref(), r.messages.as_ref())
+    );
+    out
+}
+
+/// One configuration change of an audit, and the effective config after it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AuditEntry {
+    pub position: i64,
+    pub time: DateTime<Utc>,
+    pub actor: String,
+    pub layer: String,
+    pub event_type: String,
+    /// The change, secrets redacted.
+    pub change: serde_json::Value,
+    pub effective: wagate_projections::Effective,
+}
+
+/// The configuration history relevant to `account` (and `chat`): global, account and chat layer
+/// changes in commit order, each with the effective config right after it.
+pub async fn audit(
+    store: &Store,
+    env: &EnvLayer,
+    account: &str,
+    chat: Option<&str>,
+) -> Result<Vec<AuditEntry>, String> {
+    let kind = match chat {
+        Some(jid) => chat_kind(jid, "chat").map_err(|e| e.to_string())?,
+        None => wagate_events::ids::ChatKind::Private,
+    };
+    let mut model = ConfigModel::default();
+    let mut out = Vec::new();
+    let mut seen_account = false;
+    let mut after = 0;
+    loop {
+        let batch = store
+            .read(&EventQuery {
+                after,
+                limit: BATCH,
+                aggregate_types: &CONFIG_AGGREGATES,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        for ev in &batch {
+            model.apply(ev).map_err(|e| e.to_string())?;
+            let layer = match ev.aggregate_type.as_str() {
+                "ai_global" => "global".to_string(),
+                "account" if ev.aggregate_id == account => {
+                    seen_account = true;
+                    "account".to_string()
+                }
+                "chat_settings" => match ev.aggregate_id.split_once('/') {
+                    Some((a, j)) if a == account && chat.is_none_or(|c| c == j) => {
+                        format!("chat {j}")
+                    }
+                    _ => continue,
+                },
+                _ => continue,
+            };
+            if ev.event_type.starts_with("Token") {
+                continue;
+            }
+            let jid = match (chat, ev.aggregate_id.split_once('/')) {
+                (Some(c), _) => c,
+                (None, Some((_, j))) if ev.aggregate_type == "chat_settings" => j,
+                _ => "",
+            };
+            let chat_layer = model.chat(account, jid).cloned().unwrap_or_default();
+            let effective = resolve_layers(
+                &chat_layer,
+                model.account(account).map(|a| &a.ai),
+                &model.global,
+                env,
+                Target {
+                    account_id: account,
+                    jid,
+                    chat_kind: if jid.is_empty() {
+                        kind
+                    } else {
+                        chat_kind(jid, "chat").unwrap_or(kind)
+                    },
+                    position: ev.position,
+                },
+            );
+            let mut change = ev.payload.clone();
+            redact(&mut change);
+            out.push(AuditEntry {
+                position: ev.position,
+                time: ev.recorded_at,
+                actor: ev.actor().to_string(),
+                layer,
+                event_type: ev.event_type.clone(),
+                change,
+                effective,
+            });
+        }
+        match batch.last() {
+            Some(last) if batch.len() as i64 == BATCH => after = last.position,
+            _ => break,
+        }
+    }
+    if !seen_account {
+        return Err(format!("no account {account:?} in the history"));
+    }
+    Ok(out)
+}
+
+/// Replaces sealed secrets and token hashes in a payload.
+pub fn redact(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, val) in map.iter_mut() {
+                if k == "sealed" || k == "token_hash" || k.ends_with("_sealed") {
+                    *val = serde_json::Value::String("[redacted]".into());
+                } else {
+                    redact(val);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+/// The audit as text: one block per change.
+pub fn render_audit(entries: &[AuditEntry]) -> String {
+    let mut out = String::new();
+    for e in entries {
+        let _ = writeln!(
+            out,
+            "#{} {} {} [{}] {} {}",
+            e.position,
+            e.time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            e.actor,
+            e.layer,
+            e.event_type,
+            e.change
+        );
+        let eff = &e.effective;
+        let _ = writeln!(
+            out,
+            "    effective: enabled={} ({:?}) model={} ({:?}) base_url={} ({:?}) has_api_key={} ({:?}) \
+             temperature={} ({:?}) max_tokens={} ({:?}) mode={:?} blocked={} will_reply={}{}",
+            eff.enabled.value,
+            eff.enabled.source,
+            eff.model_name.value,
+            eff.model_name.source,
+            eff.base_url.value,
+            eff.base_url.source,
+            eff.has_api_key.value,
+            eff.has_api_key.source,
+            eff.temperature.value,
+            eff.temperature.source,
+            eff.max_tokens.value,
+            eff.max_tokens.source,
+            eff.mode,
+            eff.blocked,
+            eff.will_reply,
+            eff.reason
+                .as_deref()
+                .map(|r| format!(" reason={r:?}"))
+                .unwrap_or_default()
+        );
+    }
+    out
+}
