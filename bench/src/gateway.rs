@@ -133,6 +133,11 @@ impl Api {
         Ok((status, resp.text().await?))
     }
 
+    /// `POST path` with a JSON body: (status, body text).
+    pub async fn post(&self, path: &str, body: Value) -> Result<(u16, String)> {
+        self.call(reqwest::Method::POST, path, body).await
+    }
+
     /// Global AI config pointing at the stub (`<stub>/v1`), replies without delay; and the
     /// sandbox account.
     pub async fn configure(&self, stub_base: &str, timeout_seconds: u32) -> Result<()> {

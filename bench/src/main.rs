@@ -6,13 +6,17 @@
 //! - P2: 10,000 replies in flight against a stub answering after 2 s: wall time from the first
 //!   inject to the last reply sent (target <= 2.5 s), inject time, peak RSS (target < 300 MB).
 //!
-//! `cargo run --release -p wagate-bench -- [p1|p2|all] [--chats N] [--replies N] [--concurrency N]`
+//! - P3: replay of 1,000,000 events into every read model vs a raw scan of the events table in the
+//!   same run (target >= 0.5); webhook fan-out deliveries/s to a local receiver.
+//!
+//! `cargo run --release -p wagate-bench -- [p1|p2|p3|all] [--chats N] [--replies N] [--concurrency N]`
 //! Exits 0 when targets are missed (they are marked MISSED), non-zero only on errors.
 
 mod baseline;
 mod gateway;
 mod p1;
 mod p2;
+mod p3;
 mod pg;
 mod stats;
 mod stub;
@@ -30,7 +34,9 @@ enum Which {
     P1,
     /// P2 only.
     P2,
-    /// Baseline, P1 and P2.
+    /// P3 only (replay vs raw scan, webhook fan-out).
+    P3,
+    /// Baseline, P1, P2 and P3.
     All,
     /// Internal: the model stub's child process.
     #[value(hide = true)]
@@ -71,6 +77,15 @@ struct Cli {
     /// how much of the cost is waiting for WAL flushes.
     #[arg(long)]
     synchronous_commit_off: bool,
+    /// P3: events in the replayed history.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    /// P3: inbound messages fanned out to webhooks.
+    #[arg(long, default_value_t = 10_000)]
+    webhook_events: u64,
+    /// P3: webhooks subscribed to every message.
+    #[arg(long, default_value_t = 1)]
+    webhooks: usize,
     /// A loopback PostgreSQL server; the run creates and drops its own databases there.
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
     database_url: String,
@@ -79,6 +94,7 @@ struct Cli {
 const P1_TARGET_RATIO: f64 = 0.25;
 const P2_TARGET_WALL_SECS: f64 = 2.5;
 const P2_TARGET_RSS_MB: f64 = 300.0;
+const P3_TARGET_RATIO: f64 = 0.5;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -124,7 +140,7 @@ async fn main() -> ExitCode {
 async fn run(cli: &Cli, server: &pg::Server) -> Result<String> {
     let c = cli.concurrency;
     let timeout = Duration::from_secs(cli.phase_timeout_secs);
-    let (mut base, mut r1, mut r2) = (None, None, None);
+    let (mut base, mut r1, mut r2, mut r3, mut fan) = (None, None, None, None, None);
     let load_at_start = stats::load_average();
     if matches!(cli.which, Which::P1 | Which::All) {
         eprintln!(
@@ -158,13 +174,35 @@ async fn run(cli: &Cli, server: &pg::Server) -> Result<String> {
         eprintln!("  wall {:.2} s", r.wall_secs);
         r2 = Some(r);
     }
-    Ok(report(
+    if matches!(cli.which, Which::P3 | Which::All) {
+        eprintln!(
+            "P3: generating {} events, raw scan, replay into every read model …",
+            cli.events
+        );
+        let r = p3::replay(server, cli.events).await?;
+        eprintln!(
+            "  scan {:.0} events/s, replay {:.0} events/s",
+            r.scan_rate(),
+            r.replay_rate()
+        );
+        r3 = Some(r);
+        eprintln!(
+            "P3: webhook fan-out of {} messages to {} webhook(s) …",
+            cli.webhook_events, cli.webhooks
+        );
+        let f = p3::fanout(server, cli.webhook_events, cli.webhooks).await?;
+        eprintln!("  {:.0} deliveries/s", f.per_sec());
+        fan = Some(f);
+    }
+    let mut out = report(
         server,
         base.as_ref(),
         r1.as_ref(),
         r2.as_ref(),
         load_at_start,
-    ))
+    );
+    out.push_str(&report_p3(r3.as_ref(), fan.as_ref()));
+    Ok(out)
 }
 
 /// One row of the table: metric, value, target and verdict.
@@ -372,4 +410,55 @@ fn report(
         },
         t.render()
     )
+}
+
+fn report_p3(r: Option<&p3::ReplayResult>, f: Option<&p3::FanoutResult>) -> String {
+    let mut t = Table {
+        rows: vec![],
+        notes: vec![],
+    };
+    if let Some(r) = r {
+        let ratio = r.replay_rate() / r.scan_rate();
+        t.row(
+            "P3 raw scan of the events table",
+            format!("{:.0} events/s", r.scan_rate()),
+            "",
+            None,
+        );
+        t.row(
+            "P3 replay into every read model",
+            format!("{:.0} events/s", r.replay_rate()),
+            "",
+            None,
+        );
+        t.row(
+            "P3 replay ÷ raw scan",
+            format!("{ratio:.3}"),
+            ">= 0.5",
+            Some(ratio >= P3_TARGET_RATIO),
+        );
+        t.notes.push(format!(
+            "P3: {} events ({} messages, {} AI replies over 1,000 chats) generated in {:.1} s; \
+             scan {:.2} s (after one untimed warm-up scan), replay {:.2} s",
+            r.events, r.messages, r.replies, r.generate_secs, r.scan_secs, r.replay_secs
+        ));
+    }
+    if let Some(f) = f {
+        t.row(
+            "P3 webhook fan-out to a local receiver",
+            format!("{:.0} deliveries/s", f.per_sec()),
+            "",
+            None,
+        );
+        t.notes.push(format!(
+            "fan-out: {} deliveries ({} webhook(s)) from one commit to the last 2xx in {:.2} s, \
+             signed, recorded as delivered",
+            f.deliveries, f.webhooks, f.secs
+        ));
+    }
+    if t.rows.is_empty() {
+        String::new()
+    } else {
+        t.render()
+    }
 }

@@ -107,7 +107,7 @@ impl std::fmt::Display for FoldError {
 impl std::error::Error for FoldError {}
 
 fn parse<T: serde::de::DeserializeOwned>(ev: &StoredEvent) -> Result<T, FoldError> {
-    serde_json::from_value(ev.payload.clone()).map_err(|e| FoldError {
+    T::deserialize(&ev.payload).map_err(|e| FoldError {
         position: ev.position,
         message: e.to_string(),
     })

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use wagate_events::chat::{ChatEvent, Source, TokenUsage};
 
 use crate::config::FoldError;
@@ -94,7 +94,7 @@ pub struct MessagesModel {
 }
 
 fn parse(ev: &StoredEvent) -> Result<ChatEvent, FoldError> {
-    serde_json::from_value(ev.payload.clone()).map_err(|e| FoldError {
+    ChatEvent::deserialize(&ev.payload).map_err(|e| FoldError {
         position: ev.position,
         message: e.to_string(),
     })
