@@ -64,8 +64,10 @@ pub fn start(app: &Arc<App>) -> Vec<JoinHandle<()>> {
             return vec![];
         }
     };
+    let (outcomes, recorder_rx) = tokio::sync::mpsc::unbounded_channel();
     let sender = Arc::new(Sender {
         app: Arc::downgrade(app),
+        outcomes,
         client,
         guard,
         permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
@@ -74,6 +76,7 @@ pub fn start(app: &Arc<App>) -> Vec<JoinHandle<()>> {
     vec![
         tokio::spawn(fan_out_loop(Arc::downgrade(app))),
         tokio::spawn(sender.run()),
+        tokio::spawn(record_loop(Arc::downgrade(app), recorder_rx)),
     ]
 }
 
@@ -156,8 +159,43 @@ pub async fn fan_out_once(app: &App) -> Result<bool, String> {
     Ok(events.len() as i64 == FANOUT_BATCH)
 }
 
+/// An attempt's outcome on its way to the store, and who to tell once it is recorded.
+type Recorded = (String, Outcome, tokio::sync::oneshot::Sender<bool>);
+
+/// Writes attempt outcomes in batches: one transaction for all outcomes waiting, instead of
+/// one per delivery.
+async fn record_loop(app: Weak<App>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Recorded>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 500 {
+            match rx.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
+            }
+        }
+        let Some(app) = app.upgrade() else { return };
+        let outcomes: Vec<(String, Outcome)> = batch
+            .iter()
+            .map(|(id, o, _)| (id.clone(), o.clone()))
+            .collect();
+        let ok = match outbox::record(&app.store, &outcomes).await {
+            Ok(()) => true,
+            Err(e) => {
+                // The leases run out and the deliveries are tried again: at least once.
+                app.note_store_error();
+                tracing::warn!(error = %e, n = outcomes.len(), "cannot record webhook attempts");
+                false
+            }
+        };
+        for (_, _, done) in batch {
+            let _ = done.send(ok);
+        }
+    }
+}
+
 struct Sender {
     app: Weak<App>,
+    outcomes: tokio::sync::mpsc::UnboundedSender<Recorded>,
     client: reqwest::Client,
     guard: Arc<OutboundGuard>,
     permits: Arc<Semaphore>,
@@ -189,6 +227,7 @@ impl Sender {
             .map_err(|e| e.to_string())?;
         let lease =
             i64::try_from(app.config.webhooks.timeout.as_millis()).unwrap_or(i64::MAX) + 30_000;
+        let mut picked = Vec::new();
         for d in due {
             if !self.take_slot(&d.webhook_id) {
                 continue;
@@ -197,23 +236,34 @@ impl Sender {
                 self.release_slot(&d.webhook_id);
                 break;
             };
-            match outbox::claim(&app.store, &d, now + lease).await {
-                Ok(true) => {
-                    let this = self.clone();
-                    let app = app.clone();
-                    tokio::spawn(async move {
-                        this.deliver(&app, &d).await;
-                        this.release_slot(&d.webhook_id);
-                        drop(permit);
-                        app.delivery_wake.notify_one();
-                    });
-                }
-                Ok(false) => self.release_slot(&d.webhook_id),
-                Err(e) => {
+            picked.push((d, permit));
+        }
+        if picked.is_empty() {
+            return Ok(());
+        }
+        let due: Vec<Due> = picked.iter().map(|(d, _)| d.clone()).collect();
+        let claimed = match outbox::claim(&app.store, &due, now + lease).await {
+            Ok(c) => c,
+            Err(e) => {
+                for (d, _) in &picked {
                     self.release_slot(&d.webhook_id);
-                    return Err(e.to_string());
                 }
+                return Err(e.to_string());
             }
+        };
+        for ((d, permit), got) in picked.into_iter().zip(claimed) {
+            if !got {
+                self.release_slot(&d.webhook_id);
+                continue;
+            }
+            let this = self.clone();
+            let app = app.clone();
+            tokio::spawn(async move {
+                this.deliver(&app, &d).await;
+                this.release_slot(&d.webhook_id);
+                drop(permit);
+                app.delivery_wake.notify_one();
+            });
         }
         Ok(())
     }
@@ -275,10 +325,13 @@ impl Sender {
             },
             "webhook attempt"
         );
-        if let Err(e) = outbox::record(&app.store, &d.id, &outcome).await {
-            // The lease runs out and the delivery is tried again: at least once.
-            app.note_store_error();
-            tracing::warn!(error = %e, delivery = %d.id, "cannot record a webhook attempt");
+        let (done, recorded) = tokio::sync::oneshot::channel();
+        if self
+            .outcomes
+            .send((d.id.clone(), outcome.clone(), done))
+            .is_err()
+            || !recorded.await.unwrap_or(false)
+        {
             return;
         }
         if matches!(

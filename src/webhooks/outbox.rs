@@ -170,18 +170,28 @@ pub async fn due(store: &Store, now: i64, limit: i64) -> Result<Vec<Due>, StoreE
     Ok(rows)
 }
 
-/// Claims a due delivery until `lease_until`; false when another sender claimed it first.
-pub async fn claim(store: &Store, d: &Due, lease_until: i64) -> Result<bool, StoreError> {
+/// Claims due deliveries until `lease_until`, in one transaction; for each, whether this caller
+/// got it (false: another sender claimed it first).
+pub async fn claim(store: &Store, due: &[Due], lease_until: i64) -> Result<Vec<bool>, StoreError> {
     const SQL: &str = "UPDATE webhook_deliveries SET next_attempt_at = $1 \
         WHERE id = $2 AND status = 'pending' AND next_attempt_at = $3";
-    let n = on_pool!(store, p => sqlx::query(SQL)
-        .bind(lease_until)
-        .bind(&d.id)
-        .bind(d.next_attempt_at)
-        .execute(p)
-        .await?
-        .rows_affected());
-    Ok(n == 1)
+    let got = on_pool!(store, p => {
+        let mut tx = p.begin().await?;
+        let mut got = Vec::with_capacity(due.len());
+        for d in due {
+            let n = sqlx::query(SQL)
+                .bind(lease_until)
+                .bind(&d.id)
+                .bind(d.next_attempt_at)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            got.push(n == 1);
+        }
+        tx.commit().await?;
+        got
+    });
+    Ok(got)
 }
 
 /// What an attempt came to.
@@ -203,34 +213,40 @@ pub enum Outcome {
     },
 }
 
-/// Records an attempt's outcome on a claimed delivery.
-pub async fn record(store: &Store, id: &str, outcome: &Outcome) -> Result<(), StoreError> {
+/// Records the outcomes of attempts on claimed deliveries, in one transaction.
+pub async fn record(store: &Store, outcomes: &[(String, Outcome)]) -> Result<(), StoreError> {
     const SQL: &str = "UPDATE webhook_deliveries SET status = $1, attempts = attempts + 1, \
         round_attempts = round_attempts + 1, last_status = $2, last_error = $3, \
         next_attempt_at = $4, updated_at = $5, delivered_at = $6 \
         WHERE id = $7 AND status = 'pending'";
     let now = now_ms();
-    let (status, code, error, next, delivered) = match outcome {
-        Outcome::Delivered { status } => ("delivered", Some(*status), None, None, Some(now)),
-        Outcome::Retry {
-            status,
-            error,
-            next,
-        } => ("pending", *status, Some(error.as_str()), Some(*next), None),
-        Outcome::Dead { status, error } => ("dead", *status, Some(error.as_str()), None, None),
-    };
-    let code = code.map(i64::from);
-    on_pool!(store, p => sqlx::query(SQL)
-        .bind(status)
-        .bind(code)
-        .bind(error)
-        .bind(next)
-        .bind(now)
-        .bind(delivered)
-        .bind(id)
-        .execute(p)
-        .await
-        .map(drop)?);
+    on_pool!(store, p => {
+        let mut tx = p.begin().await?;
+        for (id, outcome) in outcomes {
+            let (status, code, error, next, delivered) = match outcome {
+                Outcome::Delivered { status } => ("delivered", Some(*status), None, None, Some(now)),
+                Outcome::Retry {
+                    status,
+                    error,
+                    next,
+                } => ("pending", *status, Some(error.as_str()), Some(*next), None),
+                Outcome::Dead { status, error } => {
+                    ("dead", *status, Some(error.as_str()), None, None)
+                }
+            };
+            sqlx::query(SQL)
+                .bind(status)
+                .bind(code.map(i64::from))
+                .bind(error)
+                .bind(next)
+                .bind(now)
+                .bind(delivered)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+    });
     Ok(())
 }
 
