@@ -14,3 +14,4 @@ pub mod net_guard;
 pub mod reply;
 pub mod startup;
 pub mod store;
+pub mod transport;

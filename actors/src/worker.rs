@@ -10,7 +10,7 @@ use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use wagate_events::chat::TokenUsage;
 
-use crate::chat::{ChatMsg, ReplyContext};
+use crate::chat::{ChatMsg, Delivery, ReplyContext};
 use crate::ports::{ActorError, ModelCall, Ports, PromptRole};
 
 pub struct ReplyWorker;
@@ -40,16 +40,16 @@ async fn ask<T: Send + 'static>(
 
 /// Asks the chat to commit one step, retrying while the store is only temporarily unavailable
 /// (pool exhausted under load), so a busy store delays a reply instead of dropping it.
-async fn step(
+async fn step<T: Send + 'static>(
     args: &WorkerArgs,
-    build: impl Fn(RpcReplyPort<Result<(), ActorError>>) -> ChatMsg,
-) -> Result<(), String> {
+    build: impl Fn(RpcReplyPort<Result<T, ActorError>>) -> ChatMsg,
+) -> Result<T, String> {
     const ATTEMPTS: u32 = 8;
     let mut attempt = 0;
     loop {
         attempt += 1;
         match ask(args, &build).await? {
-            Ok(()) => return Ok(()),
+            Ok(v) => return Ok(v),
             Err(ActorError::Unavailable(m)) if attempt < ATTEMPTS => {
                 tracing::debug!(reply_id = %args.reply_id, attempt, cause = %m, "store busy; retrying step");
                 tokio::time::sleep(std::time::Duration::from_millis(250 * u64::from(attempt)))
@@ -150,11 +150,41 @@ async fn run(args: &WorkerArgs) -> Result<(), String> {
         reply,
     })
     .await?;
-    step(args, |reply| ChatMsg::Deliver {
-        reply_id: reply_id.clone(),
-        reply,
-    })
-    .await
+    deliver(args).await
+}
+
+/// Asks the chat to send the reply; when the transport says "retry later" (rate limits), waits
+/// `send_backoff`, doubling, and tries again up to `send_attempts` times, then records the
+/// failure with the last reason.
+async fn deliver(args: &WorkerArgs) -> Result<(), String> {
+    let attempts = args.ports.send_attempts.max(1);
+    let mut delay = args.ports.send_backoff;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let outcome = step(args, |reply| ChatMsg::Deliver {
+            reply_id: args.reply_id.clone(),
+            reply,
+        })
+        .await?;
+        match outcome {
+            Delivery::Done => return Ok(()),
+            Delivery::Retry { reason } if attempt < attempts => {
+                tracing::info!(reply_id = %args.reply_id, attempt, reason = %reason, "send refused for now; retrying");
+                tokio::time::sleep(delay).await;
+                delay = delay.saturating_mul(2);
+            }
+            Delivery::Retry { reason } => {
+                let reason = format!("send failed after {attempt} attempts: {reason}");
+                return step(args, |reply| ChatMsg::Fail {
+                    reply_id: args.reply_id.clone(),
+                    reason: reason.clone(),
+                    reply,
+                })
+                .await;
+            }
+        }
+    }
 }
 
 impl Actor for ReplyWorker {
