@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use wagate_actors::ports::{SendError, Transport};
 use wagate_events::account::{AccountCommand, Transport as TransportKind};
 
-use crate::app::{App, Who};
-use cloud_api::{access_token_ad, recipient, CloudApiClient, CloudTarget};
+use crate::app::{App, RotateReport, Who};
+use cloud_api::{access_token_ad, app_secret_ad, recipient, CloudApiClient, CloudTarget};
 
 /// The embedded transport: nothing leaves the process; "sending" is the recorded outbound
 /// message event, "typing" the recorded typing event.
@@ -136,6 +136,54 @@ impl Transport for DispatchTransport {
         match self.cloud.typing(&target, message_id).await {
             Ok(()) => Ok(()),
             Err(e) => Err(self.graph_failed(account, &e).await),
+        }
+    }
+}
+
+/// Re-encrypts the Cloud API secrets (access token, app secret) that are not under the current
+/// master key; part of `wagate rotate-keys`. Counts each re-sealed secret in `report`.
+pub async fn rotate_cloud_secrets(app: &App, who: &Who, report: &mut RotateReport) {
+    let todo: Vec<(String, String, String)> = app
+        .model()
+        .accounts
+        .values()
+        .filter(|a| !a.deleted)
+        .filter_map(|a| {
+            let c = a.cloud_api.as_ref()?;
+            Some((
+                a.id.clone(),
+                c.settings.access_token_sealed.clone(),
+                c.settings.app_secret_sealed.clone(),
+            ))
+        })
+        .collect();
+    let keyring = &app.config.keyring;
+    for (account, token, secret) in todo {
+        let stale = usize::from(keyring.needs_rotation(&token))
+            + usize::from(keyring.needs_rotation(&secret));
+        if stale == 0 {
+            continue;
+        }
+        let resealed = keyring
+            .reseal(&token, &access_token_ad(&account))
+            .and_then(|t| Ok((t, keyring.reseal(&secret, &app_secret_ad(&account))?)));
+        let result = match resealed {
+            Err(e) => Err(e.to_string()),
+            Ok((access_token_sealed, app_secret_sealed)) => {
+                let cmd = AccountCommand::ResealCloudApiSecrets {
+                    access_token_sealed,
+                    app_secret_sealed,
+                };
+                app.execute(&app.accounts, &account, cmd, who)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        };
+        match result {
+            Ok(()) => report.resealed += stale,
+            Err(e) => report.failed.push(format!(
+                "cannot re-encrypt the cloud_api secrets of account:{account}: {e}"
+            )),
         }
     }
 }

@@ -779,3 +779,117 @@ async fn operator_send_through_cloud_api(app: TestApp) {
     assert_eq!(r.status, 502, "{}", r.text);
 }
 both_stores!(cloud_operator_send, operator_send_through_cloud_api);
+
+/// The test route's `send_to_chat` sends the model's answer through the Cloud API.
+async fn test_route_sends_through_cloud_api(app: TestApp) {
+    let model = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion("Hi! How can I help?")))
+        .mount(&model)
+        .await;
+    let graph = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(SEND_PATH))
+        .and(header(
+            "authorization",
+            format!("Bearer {ACCESS_TOKEN}").as_str(),
+        ))
+        .and(body_partial_json(
+            json!({"to": CUSTOMER, "text": {"body": "Hi! How can I help?"}}),
+        ))
+        .respond_with(sent_response("wamid.TEST1"))
+        .expect(1)
+        .mount(&graph)
+        .await;
+    configure(&app, &model, json!({})).await;
+    create_cloud_account(&app, "acme", &graph).await;
+    let token = app
+        .admin(
+            "POST",
+            "/v1/accounts/acme/tokens",
+            Some(json!({"name": "t"})),
+        )
+        .await
+        .json["token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let r = app
+        .call(
+            "POST",
+            "/v1/ai/chat/test",
+            Some(&token),
+            Some(json!({"message": "Hello?", "chat_id": JID, "send_to_chat": true})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["sent"], true);
+    let msgs = messages(&app, "acme", JID).await;
+    assert_eq!(
+        (msgs[0]["id"].as_str(), msgs[0]["source"].as_str()),
+        (Some("wamid.TEST1"), Some("test"))
+    );
+}
+both_stores!(cloud_test_route, test_route_sends_through_cloud_api);
+
+/// `rotate-keys` re-encrypts the Cloud API secrets; after the old master key is dropped the
+/// account still sends (token opens) and still verifies webhooks (app secret opens).
+async fn key_rotation_reseals_cloud_secrets(mut app: TestApp) {
+    let graph = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(SEND_PATH))
+        .and(header(
+            "authorization",
+            format!("Bearer {ACCESS_TOKEN}").as_str(),
+        ))
+        .respond_with(sent_response("wamid.ROT1"))
+        .expect(1)
+        .mount(&graph)
+        .await;
+    create_cloud_account(&app, "acme", &graph).await;
+    app.vars
+        .insert("WAGATE_MASTER_KEY".into(), crate::helpers::master_key(100));
+    app.vars.insert(
+        "WAGATE_MASTER_KEYS_OLD".into(),
+        crate::helpers::master_key(1),
+    );
+    app.restart().await;
+    let who = wagate::app::Who {
+        actor: "cli:rotate-keys".into(),
+        request_id: None,
+    };
+    let report = app.app().rotate_api_keys(&who).await;
+    assert_eq!(
+        (report.resealed, report.failed.len()),
+        (2, 0),
+        "{:?}",
+        report.failed
+    );
+    assert_eq!(
+        app.app().rotate_api_keys(&who).await.resealed,
+        0,
+        "idempotent"
+    );
+    app.vars.remove("WAGATE_MASTER_KEYS_OLD");
+    app.restart().await;
+
+    let r = app
+        .admin(
+            "POST",
+            &format!("/v1/accounts/acme/chats/{JID}/messages"),
+            Some(json!({"text": "still here"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = post_webhook(
+        &app,
+        "acme",
+        &status("wamid.ROT1", "delivered", None),
+        Some(APP_SECRET),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["statuses"], 1);
+}
+both_stores!(cloud_key_rotation, key_rotation_reseals_cloud_secrets);
