@@ -53,12 +53,17 @@ pub struct EventView {
     pub payload: serde_json::Value,
 }
 
-/// Replaces secrets (sealed keys, token hashes) anywhere in a payload.
+/// Replaces secrets (sealed keys and Cloud API secrets, token and verify-token hashes) anywhere
+/// in a payload.
 fn redact(v: &mut serde_json::Value) {
     match v {
         serde_json::Value::Object(map) => {
             for (k, val) in map.iter_mut() {
-                if k == "sealed" || k == "token_hash" {
+                if k == "sealed"
+                    || k == "token_hash"
+                    || k.ends_with("_sealed")
+                    || k == "verify_token_sha256"
+                {
                     *val = serde_json::Value::String("[redacted]".into());
                 } else {
                     redact(val);

@@ -157,6 +157,21 @@ async fn account_settings_are_sealed_and_validated(app: TestApp) {
     assert_eq!(c["webhook_path"], "/v1/transports/cloud-api/acme/webhook");
     let got = app.admin("GET", "/v1/accounts/acme", None).await;
     let events = app.admin("GET", "/v1/events?limit=500", None).await;
+    let configured = events.json["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|e| e["type"] == "CloudApiConfigured")
+        .expect("settings event");
+    let stored = &configured["payload"]["CloudApiConfigured"]["settings"];
+    for k in [
+        "access_token_sealed",
+        "app_secret_sealed",
+        "verify_token_sha256",
+    ] {
+        assert_eq!(stored[k], "[redacted]", "{k} in {configured}");
+    }
+    assert_eq!(stored["phone_number_id"], PHONE_ID);
     for body in [&r.text, &got.text, &events.text] {
         for secret in [ACCESS_TOKEN, APP_SECRET, VERIFY_TOKEN] {
             assert!(!body.contains(secret), "a secret leaked: {body}");
