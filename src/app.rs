@@ -382,6 +382,7 @@ impl App {
                     .push(format!("cannot re-encrypt the {owner} key: {e}")),
             }
         }
+        crate::transport::rotate_cloud_secrets(self, who, &mut report).await;
         report
     }
 

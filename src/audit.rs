@@ -321,12 +321,17 @@ pub async fn audit(
     Ok(out)
 }
 
-/// Replaces sealed secrets and token hashes in a payload.
+/// Replaces secrets (sealed keys and Cloud API secrets, token and verify-token hashes) anywhere
+/// in a payload.
 pub fn redact(v: &mut serde_json::Value) {
     match v {
         serde_json::Value::Object(map) => {
             for (k, val) in map.iter_mut() {
-                if k == "sealed" || k == "token_hash" || k.ends_with("_sealed") {
+                if k == "sealed"
+                    || k == "token_hash"
+                    || k.ends_with("_sealed")
+                    || k == "verify_token_sha256"
+                {
                     *val = serde_json::Value::String("[redacted]".into());
                 } else {
                     redact(val);

@@ -15,4 +15,5 @@ pub mod net_guard;
 pub mod reply;
 pub mod startup;
 pub mod store;
+pub mod transport;
 pub mod webhooks;

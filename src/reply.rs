@@ -1,5 +1,6 @@
 //! The binary's side of the reply plane: the actors' ports implemented over the event store, the
-//! config read model and keyring, the HTTP model client and the sandbox transport.
+//! config read model and keyring, the HTTP model client and the transports (see
+//! [`crate::transport`]).
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -8,7 +9,7 @@ use async_trait::async_trait;
 use secrecy::SecretString;
 use wagate_actors::ports::{
     ChatStreams, ConfigSource, Meta, Model, ModelAnswer, ModelCall, Notify, PromptRole,
-    ReplyConfig, StoreFailure, Transport,
+    ReplyConfig, StoreFailure,
 };
 use wagate_events::chat::{Chat, ChatEvent, TokenUsage};
 use wagate_events::ids::chat_kind;
@@ -18,6 +19,8 @@ use crate::app::App;
 use crate::crypto::api_key_ad;
 use crate::model_client::{ChatMessage, HttpModelClient, ModelRequest, Role};
 use crate::store::{CommitError, Store, StoreError, Streams};
+use crate::transport::cloud_api::CloudApiClient;
+use crate::transport::DispatchTransport;
 
 /// Chat streams in the event store.
 pub struct StoreStreams {
@@ -165,21 +168,6 @@ impl Model for HttpModel {
     }
 }
 
-/// The embedded transport: nothing leaves the process; "sending" is the recorded outbound
-/// message event, "typing" the recorded typing event.
-pub struct SandboxTransport;
-
-#[async_trait]
-impl Transport for SandboxTransport {
-    async fn send_text(&self, _: &str, _: &str, _: &str) -> Result<String, String> {
-        Ok(format!("sbx_{}", uuid::Uuid::now_v7().simple()))
-    }
-
-    async fn typing(&self, _: &str, _: &str) -> Result<(), String> {
-        Ok(())
-    }
-}
-
 /// Wakes the background projector.
 pub struct WakeProjector(pub Weak<App>);
 
@@ -192,13 +180,31 @@ impl Notify for WakeProjector {
     }
 }
 
+pub use crate::transport::SandboxTransport;
+
+/// The Graph API client of Cloud API accounts, behind the same outbound guard as model calls.
+fn cloud_client(app: &App) -> CloudApiClient {
+    let guard = Arc::new(crate::net_guard::OutboundGuard::new(
+        app.config.allow_private_networks.clone(),
+    ));
+    match CloudApiClient::new(guard) {
+        Ok(c) => c,
+        Err(e) => {
+            // Building a reqwest client fails only without a TLS backend (as for the model client).
+            tracing::error!(error = %e, "cannot build the cloud_api client");
+            std::process::abort()
+        }
+    }
+}
+
 /// Builds the actors' ports for `app`.
 pub fn ports(app: &Arc<App>, model: HttpModelClient) -> wagate_actors::Ports {
+    let cloud = cloud_client(app);
     wagate_actors::Ports {
         streams: Arc::new(StoreStreams::new(app.store.clone())),
         config: Arc::new(AppConfig(Arc::downgrade(app))),
         model: Arc::new(HttpModel(model)),
-        transport: Arc::new(SandboxTransport),
+        transport: Arc::new(DispatchTransport::new(Arc::downgrade(app), cloud)),
         notify: Arc::new(WakeProjector(Arc::downgrade(app))),
         limits: wagate_actors::ports::Limits::new(
             app.config.max_model_calls,
@@ -206,5 +212,8 @@ pub fn ports(app: &Arc<App>, model: HttpModelClient) -> wagate_actors::Ports {
         ),
         chat_idle: Duration::from_secs(600),
         call_timeout: Duration::from_secs(30),
+        // Rate-limited sends: 4 tries, 0.5 s, 1 s and 2 s apart.
+        send_attempts: 4,
+        send_backoff: Duration::from_millis(500),
     }
 }

@@ -11,7 +11,9 @@ use std::time::Instant;
 
 use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use wagate_events::chat::{self, Chat, ChatCommand, ChatEvent, Source, TokenUsage, Turn};
+use wagate_events::chat::{
+    self, Chat, ChatCommand, ChatEvent, DeliveryStatus, MessageKind, Source, TokenUsage, Turn,
+};
 
 use crate::ports::{ActorError, Meta, Ports, StoreFailure};
 use crate::supervisor::SupervisorMsg;
@@ -33,6 +35,15 @@ pub struct SentAck {
     pub position: Option<i64>,
 }
 
+/// The outcome of a delivery step that did not fail for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// Sent (or skipped, or failed permanently): the reply reached a terminal event.
+    Done,
+    /// The transport asked to retry later (rate limit, outage); nothing was committed.
+    Retry { reason: String },
+}
+
 /// What a worker needs to build its prompt.
 #[derive(Debug, Clone)]
 pub struct ReplyContext {
@@ -48,8 +59,18 @@ pub enum ChatMsg {
         text: String,
         from_me: bool,
         reply_candidate: bool,
+        kind: MessageKind,
+        contact_name: Option<String>,
         meta: Meta,
         reply: RpcReplyPort<Result<ReceiveAck, ActorError>>,
+    },
+    /// A delivery status of an outbound message; answers whether an event was recorded.
+    Status {
+        message_id: String,
+        status: DeliveryStatus,
+        error: Option<String>,
+        meta: Meta,
+        reply: RpcReplyPort<Result<bool, ActorError>>,
     },
     Send {
         text: String,
@@ -75,7 +96,7 @@ pub enum ChatMsg {
     },
     Deliver {
         reply_id: String,
-        reply: RpcReplyPort<Result<(), ActorError>>,
+        reply: RpcReplyPort<Result<Delivery, ActorError>>,
     },
     Skip {
         reply_id: String,
@@ -262,6 +283,8 @@ impl Actor for ChatActor {
                 text,
                 from_me,
                 reply_candidate,
+                kind,
+                contact_name,
                 meta,
                 reply,
             } => {
@@ -274,11 +297,15 @@ impl Actor for ChatActor {
                     reply_candidate,
                     reply_id: reply_id.clone(),
                     at: Utc::now(),
+                    kind,
+                    contact_name,
                 };
                 let result = st.commit(cmd, &meta).await.map(|(events, positions)| {
+                    // A reply closed in the same commit (non-text message) needs no worker.
                     let requested = events
                         .iter()
-                        .any(|e| matches!(e, ChatEvent::AiReplyRequested { .. }));
+                        .any(|e| matches!(e, ChatEvent::AiReplyRequested { .. }))
+                        && st.chat.open_replies.contains_key(&reply_id);
                     (
                         requested,
                         ReceiveAck {
@@ -320,7 +347,7 @@ impl Actor for ChatActor {
                         .transport
                         .send_text(&st.account, &st.jid, &text)
                         .await
-                        .map_err(ActorError::Unavailable)?;
+                        .map_err(ActorError::Transport)?;
                     let cmd = ChatCommand::Send {
                         message_id: message_id.clone(),
                         text,
@@ -334,6 +361,25 @@ impl Actor for ChatActor {
                     })
                 }
                 .await;
+                let _ = reply.send(result);
+            }
+            ChatMsg::Status {
+                message_id,
+                status,
+                error,
+                meta,
+                reply,
+            } => {
+                let cmd = ChatCommand::UpdateStatus {
+                    message_id,
+                    status,
+                    error,
+                    at: Utc::now(),
+                };
+                let result = st
+                    .commit(cmd, &meta)
+                    .await
+                    .map(|(events, _)| !events.is_empty());
                 let _ = reply.send(result);
             }
             ChatMsg::Context { reply_id, reply } => {
@@ -372,11 +418,18 @@ impl Actor for ChatActor {
             }
             ChatMsg::Typing { reply_id, reply } => {
                 let result = async {
-                    st.ports
+                    let trigger = st.chat.trigger_of(&reply_id).map(str::to_string);
+                    // Typing is a courtesy: when it fails the send still runs (and reports the
+                    // real problem, if any); only a shown indicator is recorded.
+                    if let Err(e) = st
+                        .ports
                         .transport
-                        .typing(&st.account, &st.jid)
+                        .typing(&st.account, &st.jid, trigger.as_deref())
                         .await
-                        .map_err(ActorError::Unavailable)?;
+                    {
+                        tracing::warn!(reply_id = %reply_id, reason = %e, "typing indicator not shown");
+                        return Ok(());
+                    }
                     let cmd = ChatCommand::Typing {
                         reply_id: Some(reply_id),
                         at: Utc::now(),
@@ -403,7 +456,7 @@ impl Actor for ChatActor {
                                 message_id: "not-sent".into(),
                                 at: Utc::now(),
                             };
-                            return st.commit(cmd, &auto).await.map(drop);
+                            return st.commit(cmd, &auto).await.map(|_| Delivery::Done);
                         }
                     };
                     match st
@@ -418,14 +471,15 @@ impl Actor for ChatActor {
                                 message_id,
                                 at: Utc::now(),
                             };
-                            st.commit(cmd, &auto).await.map(drop)
+                            st.commit(cmd, &auto).await.map(|_| Delivery::Done)
                         }
-                        Err(reason) => {
+                        Err(e) if e.retryable => Ok(Delivery::Retry { reason: e.reason }),
+                        Err(e) => {
                             let cmd = ChatCommand::FailReply {
                                 reply_id: reply_id.clone(),
-                                reason: format!("send failed: {reason}"),
+                                reason: format!("send failed: {}", e.reason),
                             };
-                            st.commit(cmd, &auto).await.map(drop)
+                            st.commit(cmd, &auto).await.map(|_| Delivery::Done)
                         }
                     }
                 }

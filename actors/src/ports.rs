@@ -32,6 +32,9 @@ pub enum ActorError {
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
+    /// The transport did not take the message (the reason names the class, never a secret).
+    #[error("{0}")]
+    Transport(SendError),
 }
 
 impl From<StoreFailure> for ActorError {
@@ -113,12 +116,44 @@ pub trait Model: Send + Sync + 'static {
     async fn complete(&self, call: ModelCall) -> Result<ModelAnswer, String>;
 }
 
+/// Why a transport did not send. The reason is for logs and the AI log (e.g. `cloud_api error
+/// 131047: outside the 24-hour customer service window`): never a token or a message text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct SendError {
+    pub reason: String,
+    /// Worth trying again after a while (rate limits, a transient outage); otherwise permanent.
+    pub retryable: bool,
+}
+
+impl SendError {
+    pub fn permanent(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            retryable: false,
+        }
+    }
+    pub fn retryable(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            retryable: true,
+        }
+    }
+}
+
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
-    /// Sends a text as the account; returns the transport's message id.
-    async fn send_text(&self, account: &str, jid: &str, text: &str) -> Result<String, String>;
-    /// Shows "typing…" in the chat.
-    async fn typing(&self, account: &str, jid: &str) -> Result<(), String>;
+    /// Sends a text as the account; returns the transport's message id (which later status
+    /// updates refer to).
+    async fn send_text(&self, account: &str, jid: &str, text: &str) -> Result<String, SendError>;
+    /// Shows "typing…" in the chat; `reply_to` is the inbound message being answered (the Cloud
+    /// API marks it read and shows the indicator on it).
+    async fn typing(
+        &self,
+        account: &str,
+        jid: &str,
+        reply_to: Option<&str>,
+    ) -> Result<(), SendError>;
 }
 
 #[async_trait]
@@ -172,4 +207,8 @@ pub struct Ports {
     pub chat_idle: Duration,
     /// How long a caller waits for an actor's answer.
     pub call_timeout: Duration,
+    /// How often a reply's send is tried when the transport says "retry later" (rate limits).
+    pub send_attempts: u32,
+    /// The wait before the second attempt; it doubles for each further one.
+    pub send_backoff: Duration,
 }

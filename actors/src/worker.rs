@@ -10,7 +10,7 @@ use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use wagate_events::chat::TokenUsage;
 
-use crate::chat::{ChatMsg, ReplyContext};
+use crate::chat::{ChatMsg, Delivery, ReplyContext};
 use crate::ports::{ActorError, ModelCall, Ports, PromptRole};
 
 pub struct ReplyWorker;
@@ -40,16 +40,16 @@ async fn ask<T: Send + 'static>(
 
 /// Asks the chat to commit one step, retrying while the store is only temporarily unavailable
 /// (pool exhausted under load), so a busy store delays a reply instead of dropping it.
-async fn step(
+async fn step<T: Send + 'static>(
     args: &WorkerArgs,
-    build: impl Fn(RpcReplyPort<Result<(), ActorError>>) -> ChatMsg,
-) -> Result<(), String> {
+    build: impl Fn(RpcReplyPort<Result<T, ActorError>>) -> ChatMsg,
+) -> Result<T, String> {
     const ATTEMPTS: u32 = 8;
     let mut attempt = 0;
     loop {
         attempt += 1;
         match ask(args, &build).await? {
-            Ok(()) => return Ok(()),
+            Ok(v) => return Ok(v),
             Err(ActorError::Unavailable(m)) if attempt < ATTEMPTS => {
                 tracing::debug!(reply_id = %args.reply_id, attempt, cause = %m, "store busy; retrying step");
                 tokio::time::sleep(std::time::Duration::from_millis(250 * u64::from(attempt)))
@@ -150,11 +150,41 @@ async fn run(args: &WorkerArgs) -> Result<(), String> {
         reply,
     })
     .await?;
-    step(args, |reply| ChatMsg::Deliver {
-        reply_id: reply_id.clone(),
-        reply,
-    })
-    .await
+    deliver(args).await
+}
+
+/// Asks the chat to send the reply; when the transport says "retry later" (rate limits), waits
+/// `send_backoff`, doubling, and tries again up to `send_attempts` times, then records the
+/// failure with the last reason.
+async fn deliver(args: &WorkerArgs) -> Result<(), String> {
+    let attempts = args.ports.send_attempts.max(1);
+    let mut delay = args.ports.send_backoff;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let outcome = step(args, |reply| ChatMsg::Deliver {
+            reply_id: args.reply_id.clone(),
+            reply,
+        })
+        .await?;
+        match outcome {
+            Delivery::Done => return Ok(()),
+            Delivery::Retry { reason } if attempt < attempts => {
+                tracing::info!(reply_id = %args.reply_id, attempt, reason = %reason, "send refused for now; retrying");
+                tokio::time::sleep(delay).await;
+                delay = delay.saturating_mul(2);
+            }
+            Delivery::Retry { reason } => {
+                let reason = format!("send failed after {attempt} attempts: {reason}");
+                return step(args, |reply| ChatMsg::Fail {
+                    reply_id: args.reply_id.clone(),
+                    reason: reason.clone(),
+                    reply,
+                })
+                .await;
+            }
+        }
+    }
 }
 
 impl Actor for ReplyWorker {
@@ -185,5 +215,221 @@ impl Actor for ReplyWorker {
         });
         myself.stop(None);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The reply path through real actors over in-memory ports: the transport's classified errors
+    //! decide between retry, failure and send.
+
+    use std::collections::{HashMap, VecDeque};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use wagate_events::chat::{Chat, ChatEvent, MessageKind};
+
+    use crate::chat::ChatMsg;
+    use crate::ports::{
+        ChatStreams, ConfigSource, Limits, Meta, Model, ModelAnswer, ModelCall, Notify, Ports,
+        ReplyConfig, SendError, StoreFailure, Transport,
+    };
+    use crate::Gateway;
+
+    #[derive(Default)]
+    struct MemStreams(Mutex<HashMap<String, Vec<ChatEvent>>>);
+
+    impl MemStreams {
+        fn events(&self, stream: &str) -> Vec<ChatEvent> {
+            self.0
+                .lock()
+                .map(|m| m.get(stream).cloned().unwrap_or_default())
+                .unwrap_or_default()
+        }
+    }
+
+    #[async_trait]
+    impl ChatStreams for MemStreams {
+        async fn load(&self, stream_id: &str) -> Result<(Chat, usize), StoreFailure> {
+            let events = self.events(stream_id);
+            let mut chat = Chat::default();
+            for e in &events {
+                cqrs_es::Aggregate::apply(&mut chat, e.clone());
+            }
+            Ok((chat, events.len()))
+        }
+
+        async fn commit(
+            &self,
+            stream_id: &str,
+            expected: usize,
+            events: Vec<ChatEvent>,
+            _: Meta,
+        ) -> Result<Vec<i64>, StoreFailure> {
+            let mut m = self
+                .0
+                .lock()
+                .map_err(|_| StoreFailure::Other("poisoned".into()))?;
+            let s = m.entry(stream_id.to_string()).or_default();
+            if s.len() != expected {
+                return Err(StoreFailure::Conflict);
+            }
+            let first = s.len();
+            s.extend(events);
+            Ok((first..s.len()).map(|p| p as i64 + 1).collect())
+        }
+    }
+
+    struct Echo;
+
+    impl ConfigSource for Echo {
+        fn reply_config(&self, _: &str, _: &str) -> Result<ReplyConfig, String> {
+            Ok(ReplyConfig {
+                skip_reason: None,
+                echo_mode: true,
+                base_url: String::new(),
+                api_key: None,
+                model: String::new(),
+                system_prompt: String::new(),
+                temperature: 0.0,
+                max_tokens: 1,
+                timeout: Duration::from_secs(1),
+                reply_delay: Duration::ZERO,
+            })
+        }
+    }
+
+    struct NoModel;
+
+    #[async_trait]
+    impl Model for NoModel {
+        async fn complete(&self, _: ModelCall) -> Result<ModelAnswer, String> {
+            Err("not called in echo mode".into())
+        }
+    }
+
+    /// Answers sends from a script (then succeeds) and records typing targets.
+    #[derive(Default)]
+    struct Scripted {
+        sends: Mutex<VecDeque<Result<String, SendError>>>,
+        send_calls: Mutex<usize>,
+        typing_on: Mutex<Vec<Option<String>>>,
+    }
+
+    #[async_trait]
+    impl Transport for Scripted {
+        async fn send_text(&self, _: &str, _: &str, _: &str) -> Result<String, SendError> {
+            if let Ok(mut n) = self.send_calls.lock() {
+                *n += 1;
+            }
+            self.sends
+                .lock()
+                .ok()
+                .and_then(|mut s| s.pop_front())
+                .unwrap_or_else(|| Ok("wamid.OK".into()))
+        }
+
+        async fn typing(&self, _: &str, _: &str, reply_to: Option<&str>) -> Result<(), SendError> {
+            if let Ok(mut t) = self.typing_on.lock() {
+                t.push(reply_to.map(str::to_string));
+            }
+            Err(SendError::permanent("typing not supported here"))
+        }
+    }
+
+    struct Quiet;
+
+    #[async_trait]
+    impl Notify for Quiet {
+        async fn committed(&self) {}
+    }
+
+    async fn run(script: Vec<Result<String, SendError>>) -> (Vec<ChatEvent>, Arc<Scripted>) {
+        let streams = Arc::new(MemStreams::default());
+        let transport = Arc::new(Scripted {
+            sends: Mutex::new(script.into()),
+            ..Default::default()
+        });
+        let gateway = Gateway::start(Ports {
+            streams: streams.clone(),
+            config: Arc::new(Echo),
+            model: Arc::new(NoModel),
+            transport: transport.clone(),
+            notify: Arc::new(Quiet),
+            limits: Limits::new(4, 4),
+            chat_idle: Duration::from_secs(60),
+            call_timeout: Duration::from_secs(5),
+            send_attempts: 3,
+            send_backoff: Duration::from_millis(10),
+        })
+        .await
+        .expect("gateway");
+        gateway
+            .ask("acc", "1@s.whatsapp.net", |reply| ChatMsg::Receive {
+                message_id: "in1".into(),
+                from: "1".into(),
+                text: "hello".into(),
+                from_me: false,
+                reply_candidate: true,
+                kind: MessageKind::Text,
+                contact_name: None,
+                meta: Meta::new(),
+                reply,
+            })
+            .await
+            .expect("received");
+        let stream = "acc/1@s.whatsapp.net";
+        for _ in 0..400 {
+            let events = streams.events(stream);
+            if events.iter().any(|e| {
+                matches!(
+                    e,
+                    ChatEvent::AiReplySent { .. } | ChatEvent::AiReplyFailed { .. }
+                )
+            }) {
+                gateway.shutdown().await;
+                return (events, transport);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the reply did not settle: {:?}", streams.events(stream));
+    }
+
+    fn calls(t: &Scripted) -> usize {
+        t.send_calls.lock().map(|n| *n).unwrap_or(0)
+    }
+
+    #[tokio::test]
+    async fn retryable_send_errors_are_retried_then_sent() {
+        let (events, t) = run(vec![Err(SendError::retryable("rate limited"))]).await;
+        assert_eq!(calls(&t), 2);
+        assert!(events.iter().any(|e| matches!(e,
+            ChatEvent::AiReplySent { message_id, .. } if message_id == "wamid.OK")));
+        // Typing failed (best effort) and was aimed at the inbound message; nothing recorded.
+        assert_eq!(
+            t.typing_on.lock().map(|v| v.clone()).unwrap_or_default(),
+            vec![Some("in1".to_string())]
+        );
+        assert!(!events
+            .iter()
+            .any(|e| matches!(e, ChatEvent::TypingIndicated { .. })));
+    }
+
+    #[tokio::test]
+    async fn lasting_retryable_errors_fail_after_the_last_attempt() {
+        let busy = || Err(SendError::retryable("rate limited"));
+        let (events, t) = run(vec![busy(), busy(), busy()]).await;
+        assert_eq!(calls(&t), 3);
+        assert!(events.iter().any(|e| matches!(e,
+            ChatEvent::AiReplyFailed { reason, .. } if reason == "send failed after 3 attempts: rate limited")));
+    }
+
+    #[tokio::test]
+    async fn permanent_send_errors_fail_at_once() {
+        let (events, t) = run(vec![Err(SendError::permanent("outside the window"))]).await;
+        assert_eq!(calls(&t), 1);
+        assert!(events.iter().any(|e| matches!(e,
+            ChatEvent::AiReplyFailed { reason, .. } if reason == "send failed: outside the window")));
     }
 }

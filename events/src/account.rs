@@ -1,5 +1,7 @@
-//! A WhatsApp account: its creation and deletion, its layer of the AI settings, and its API
-//! tokens (stored only as hashes). One stream per account (`account` / `<id>`).
+//! A WhatsApp account: its creation and deletion, its transport settings (for the WhatsApp
+//! Business Cloud API: ids, sealed secrets, the verify token's hash), its layer of the AI
+//! settings, and its API tokens (stored only as hashes). One stream per account
+//! (`account` / `<id>`).
 
 use std::collections::BTreeMap;
 
@@ -22,6 +24,188 @@ pub const MAX_NAME: usize = 200;
 pub enum Transport {
     /// The embedded default: messages are injected over HTTP and "sent" by recording them.
     Sandbox,
+    /// Meta's WhatsApp Business Cloud API (Graph API out, signed webhooks in).
+    CloudApi,
+}
+
+/// Meta's public Graph API, the default `graph_base_url`.
+pub const DEFAULT_GRAPH_BASE_URL: &str = "https://graph.facebook.com";
+/// The Graph API version used when none is configured.
+pub const DEFAULT_GRAPH_VERSION: &str = "v21.0";
+
+/// A Cloud API account's settings as stored. The access token and the app secret arrive already
+/// sealed by the caller (ciphertext bound to this account); the verify token only as its SHA-256
+/// hex digest, since the gateway only ever compares it. Nothing here is a usable secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloudApiSettings {
+    pub phone_number_id: String,
+    pub business_account_id: String,
+    pub access_token_sealed: String,
+    pub app_secret_sealed: String,
+    pub verify_token_sha256: String,
+    pub graph_base_url: String,
+    pub graph_version: String,
+}
+
+/// A change of the Cloud API settings; `None` keeps the current value.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CloudApiPatch {
+    pub phone_number_id: Option<String>,
+    pub business_account_id: Option<String>,
+    pub access_token_sealed: Option<String>,
+    pub app_secret_sealed: Option<String>,
+    pub verify_token_sha256: Option<String>,
+    pub graph_base_url: Option<String>,
+    pub graph_version: Option<String>,
+}
+
+/// The Cloud API state of an account: its settings and, once Meta rejected the access token
+/// (Graph error 190), why no message is sent until a new token is set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloudApiState {
+    pub settings: CloudApiSettings,
+    pub token_invalid: Option<String>,
+}
+
+impl CloudApiState {
+    /// Folds a Cloud API event into an account's state (shared with the read model so both agree
+    /// on when the invalid-token flag is lifted: only by a different access token).
+    pub fn fold(state: &mut Option<CloudApiState>, event: &AccountEvent) {
+        match event {
+            AccountEvent::CloudApiConfigured { settings } => {
+                let token_invalid = match state {
+                    Some(c) if c.settings.access_token_sealed == settings.access_token_sealed => {
+                        c.token_invalid.clone()
+                    }
+                    _ => None,
+                };
+                *state = Some(CloudApiState {
+                    settings: settings.clone(),
+                    token_invalid,
+                });
+            }
+            AccountEvent::CloudApiTokenInvalid { reason } => {
+                if let Some(c) = state {
+                    c.token_invalid = Some(reason.clone());
+                }
+            }
+            AccountEvent::CloudApiSecretsResealed {
+                access_token_sealed,
+                app_secret_sealed,
+            } => {
+                if let Some(c) = state {
+                    c.settings.access_token_sealed = access_token_sealed.clone();
+                    c.settings.app_secret_sealed = app_secret_sealed.clone();
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn check_numeric_id(field: &'static str, v: &str) -> Result<(), DomainError> {
+    if v.is_empty() || v.len() > 32 || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(DomainError::invalid(
+            field,
+            "must be 1..=32 digits (as Meta shows it)",
+        ));
+    }
+    Ok(())
+}
+
+impl CloudApiSettings {
+    /// Checks every field: the ids are Meta's numeric ids, the secrets are present, the base URL
+    /// is an absolute http(s) URL without credentials, query or fragment, and the version looks
+    /// like `v21.0`.
+    pub fn validate(&self) -> Result<(), DomainError> {
+        check_numeric_id("cloud_api.phone_number_id", &self.phone_number_id)?;
+        check_numeric_id("cloud_api.business_account_id", &self.business_account_id)?;
+        if self.access_token_sealed.is_empty() {
+            return Err(DomainError::invalid(
+                "cloud_api.access_token",
+                "must not be empty",
+            ));
+        }
+        if self.app_secret_sealed.is_empty() {
+            return Err(DomainError::invalid(
+                "cloud_api.app_secret",
+                "must not be empty",
+            ));
+        }
+        if self.verify_token_sha256.len() != 64
+            || !self
+                .verify_token_sha256
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(DomainError::invalid(
+                "cloud_api.verify_token",
+                "must be given (stored as its SHA-256 digest)",
+            ));
+        }
+        let url_err = || {
+            DomainError::invalid(
+                "cloud_api.graph_base_url",
+                "must be an absolute http(s) URL without credentials, query or fragment",
+            )
+        };
+        let url = url::Url::parse(&self.graph_base_url).map_err(|_| url_err())?;
+        if !matches!(url.scheme(), "http" | "https")
+            || url.host_str().is_none()
+            || !url.username().is_empty()
+            || url.password().is_some()
+            || url.query().is_some()
+            || url.fragment().is_some()
+            || self.graph_base_url.len() > 2048
+        {
+            return Err(url_err());
+        }
+        let v = &self.graph_version;
+        let ok_version = v.len() <= 16
+            && v.strip_prefix('v').is_some_and(|rest| {
+                let mut parts = rest.split('.');
+                let major = parts.next().unwrap_or("");
+                let minor = parts.next().unwrap_or("");
+                parts.next().is_none()
+                    && !major.is_empty()
+                    && !minor.is_empty()
+                    && major.bytes().all(|b| b.is_ascii_digit())
+                    && minor.bytes().all(|b| b.is_ascii_digit())
+            });
+        if !ok_version {
+            return Err(DomainError::invalid(
+                "cloud_api.graph_version",
+                "must look like v21.0",
+            ));
+        }
+        Ok(())
+    }
+
+    fn patched(&self, p: CloudApiPatch) -> Self {
+        Self {
+            phone_number_id: p
+                .phone_number_id
+                .unwrap_or_else(|| self.phone_number_id.clone()),
+            business_account_id: p
+                .business_account_id
+                .unwrap_or_else(|| self.business_account_id.clone()),
+            access_token_sealed: p
+                .access_token_sealed
+                .unwrap_or_else(|| self.access_token_sealed.clone()),
+            app_secret_sealed: p
+                .app_secret_sealed
+                .unwrap_or_else(|| self.app_secret_sealed.clone()),
+            verify_token_sha256: p
+                .verify_token_sha256
+                .unwrap_or_else(|| self.verify_token_sha256.clone()),
+            graph_base_url: p
+                .graph_base_url
+                .unwrap_or_else(|| self.graph_base_url.clone()),
+            graph_version: p
+                .graph_version
+                .unwrap_or_else(|| self.graph_version.clone()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,18 +221,33 @@ pub struct Account {
     pub deleted: bool,
     pub name: String,
     pub transport: Option<Transport>,
+    #[serde(default)]
+    pub cloud_api: Option<CloudApiState>,
     pub ai: LayerState,
     pub tokens: BTreeMap<String, TokenState>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum AccountCommand {
+    /// `cloud_api` must be given exactly when `transport` is [`Transport::CloudApi`].
     Create {
         id: String,
         name: String,
         transport: Transport,
+        cloud_api: Option<CloudApiSettings>,
     },
     Delete,
+    /// Changes a Cloud API account's settings. A new access token lifts the invalid-token flag.
+    ChangeCloudApi(CloudApiPatch),
+    /// Meta rejected the access token (Graph error 190): flag it so sends stop until replaced.
+    FlagCloudApiToken {
+        reason: String,
+    },
+    /// The same secrets re-sealed under the current master key (key rotation).
+    ResealCloudApiSecrets {
+        access_token_sealed: String,
+        app_secret_sealed: String,
+    },
     ChangeAi(AiSettingsPatch),
     ResealApiKey {
         sealed: String,
@@ -72,6 +271,17 @@ pub enum AccountEvent {
         transport: Transport,
     },
     AccountDeleted,
+    /// The whole Cloud API settings after a create or change (secrets sealed, verify token hashed).
+    CloudApiConfigured {
+        settings: CloudApiSettings,
+    },
+    CloudApiTokenInvalid {
+        reason: String,
+    },
+    CloudApiSecretsResealed {
+        access_token_sealed: String,
+        app_secret_sealed: String,
+    },
     AiSettingsChanged {
         set: AiSettings,
         cleared: Vec<settings::AiField>,
@@ -129,6 +339,9 @@ impl DomainEvent for AccountEvent {
         match self {
             Self::AccountCreated { .. } => "AccountCreated",
             Self::AccountDeleted => "AccountDeleted",
+            Self::CloudApiConfigured { .. } => "CloudApiConfigured",
+            Self::CloudApiTokenInvalid { .. } => "CloudApiTokenInvalid",
+            Self::CloudApiSecretsResealed { .. } => "CloudApiSecretsResealed",
             Self::AiSettingsChanged { .. } => "AiSettingsChanged",
             Self::AiApiKeySet { .. } => "AiApiKeySet",
             Self::AiApiKeyCleared { .. } => "AiApiKeyCleared",
@@ -163,6 +376,13 @@ impl Account {
         }
         Ok(())
     }
+
+    fn cloud(&self) -> Result<&CloudApiState, DomainError> {
+        self.live()?;
+        self.cloud_api.as_ref().ok_or_else(|| {
+            DomainError::Conflict("this account does not use the cloud_api transport".into())
+        })
+    }
 }
 
 impl Aggregate for Account {
@@ -183,23 +403,72 @@ impl Aggregate for Account {
                 id,
                 name,
                 transport,
+                cloud_api,
             } => {
                 validate_account_id(&id)?;
                 check_name("name", &name)?;
+                match (transport, &cloud_api) {
+                    (Transport::CloudApi, None) => {
+                        return Err(DomainError::invalid(
+                            "cloud_api",
+                            "required when transport is cloud_api",
+                        ))
+                    }
+                    (Transport::Sandbox, Some(_)) => {
+                        return Err(DomainError::invalid(
+                            "cloud_api",
+                            "only allowed when transport is cloud_api",
+                        ))
+                    }
+                    (_, Some(settings)) => settings.validate()?,
+                    (Transport::Sandbox, None) => {}
+                }
                 if self.created {
                     return Err(DomainError::Conflict(format!(
                         "account id {id} is already taken (ids of deleted accounts stay reserved)"
                     )));
                 }
-                vec![AccountEvent::AccountCreated {
+                let mut events = vec![AccountEvent::AccountCreated {
                     id,
                     name,
                     transport,
-                }]
+                }];
+                if let Some(settings) = cloud_api {
+                    events.push(AccountEvent::CloudApiConfigured { settings });
+                }
+                events
             }
             AccountCommand::Delete => {
                 self.live()?;
                 vec![AccountEvent::AccountDeleted]
+            }
+            AccountCommand::ChangeCloudApi(patch) => {
+                let current = self.cloud()?;
+                let settings = current.settings.patched(patch);
+                settings.validate()?;
+                if settings == current.settings {
+                    vec![]
+                } else {
+                    vec![AccountEvent::CloudApiConfigured { settings }]
+                }
+            }
+            AccountCommand::FlagCloudApiToken { reason } => {
+                let current = self.cloud()?;
+                if current.token_invalid.is_some() {
+                    vec![]
+                } else {
+                    vec![AccountEvent::CloudApiTokenInvalid { reason }]
+                }
+            }
+            AccountCommand::ResealCloudApiSecrets {
+                access_token_sealed,
+                app_secret_sealed,
+            } => {
+                self.cloud()?;
+                vec![AccountEvent::CloudApiSecretsResealed {
+                    access_token_sealed,
+                    app_secret_sealed,
+                }]
             }
             AccountCommand::ChangeAi(patch) => {
                 self.live()?;
@@ -260,6 +529,11 @@ impl Aggregate for Account {
                 self.transport = Some(transport);
             }
             AccountEvent::AccountDeleted => self.deleted = true,
+            e @ (AccountEvent::CloudApiConfigured { .. }
+            | AccountEvent::CloudApiTokenInvalid { .. }
+            | AccountEvent::CloudApiSecretsResealed { .. }) => {
+                CloudApiState::fold(&mut self.cloud_api, &e);
+            }
             AccountEvent::TokenIssued {
                 token_id,
                 name,
@@ -309,6 +583,7 @@ mod tests {
                 id: "acme".into(),
                 name: "Acme".into(),
                 transport: Transport::Sandbox,
+                cloud_api: None,
             })
             .then_expect_events(vec![created()]);
     }
@@ -319,6 +594,7 @@ mod tests {
             id: "acme".into(),
             name: "Acme".into(),
             transport: Transport::Sandbox,
+            cloud_api: None,
         };
         Fw::with(())
             .given(vec![created()])
@@ -342,6 +618,7 @@ mod tests {
                 id: "Bad Id".into(),
                 name: "x".into(),
                 transport: Transport::Sandbox,
+                cloud_api: None,
             })
             .then_expect_error_message("id: account id must match [a-z0-9][a-z0-9_-]{0,62}");
     }
@@ -419,5 +696,150 @@ mod tests {
                 token_id: "nope".into(),
             })
             .then_expect_error_message("token not found");
+    }
+
+    fn cloud_settings() -> CloudApiSettings {
+        CloudApiSettings {
+            phone_number_id: "106540352242922".into(),
+            business_account_id: "102290129340398".into(),
+            access_token_sealed: "sealed-token-1".into(),
+            app_secret_sealed: "sealed-secret-1".into(),
+            verify_token_sha256: "a".repeat(64),
+            graph_base_url: DEFAULT_GRAPH_BASE_URL.into(),
+            graph_version: DEFAULT_GRAPH_VERSION.into(),
+        }
+    }
+
+    fn cloud_created() -> Vec<AccountEvent> {
+        vec![
+            AccountEvent::AccountCreated {
+                id: "acme".into(),
+                name: "Acme".into(),
+                transport: Transport::CloudApi,
+            },
+            AccountEvent::CloudApiConfigured {
+                settings: cloud_settings(),
+            },
+        ]
+    }
+
+    #[test]
+    fn create_cloud_account_records_its_settings() {
+        Fw::with(())
+            .given_no_previous_events()
+            .when(AccountCommand::Create {
+                id: "acme".into(),
+                name: "Acme".into(),
+                transport: Transport::CloudApi,
+                cloud_api: Some(cloud_settings()),
+            })
+            .then_expect_events(cloud_created());
+    }
+
+    #[test]
+    fn cloud_settings_must_match_the_transport_and_be_valid() {
+        let create = |transport, cloud_api| AccountCommand::Create {
+            id: "acme".into(),
+            name: "Acme".into(),
+            transport,
+            cloud_api,
+        };
+        Fw::with(())
+            .given_no_previous_events()
+            .when(create(Transport::CloudApi, None))
+            .then_expect_error_message("cloud_api: required when transport is cloud_api");
+        Fw::with(())
+            .given_no_previous_events()
+            .when(create(Transport::Sandbox, Some(cloud_settings())))
+            .then_expect_error_message("cloud_api: only allowed when transport is cloud_api");
+        let mut bad = cloud_settings();
+        bad.phone_number_id = "12ab".into();
+        Fw::with(())
+            .given_no_previous_events()
+            .when(create(Transport::CloudApi, Some(bad)))
+            .then_expect_error_message(
+                "cloud_api.phone_number_id: must be 1..=32 digits (as Meta shows it)",
+            );
+        let mut bad = cloud_settings();
+        bad.graph_base_url = "ftp://graph.example".into();
+        Fw::with(())
+            .given_no_previous_events()
+            .when(create(Transport::CloudApi, Some(bad)))
+            .then_expect_error_message(
+                "cloud_api.graph_base_url: must be an absolute http(s) URL without credentials, query or fragment",
+            );
+        let mut bad = cloud_settings();
+        bad.graph_version = "21".into();
+        Fw::with(())
+            .given_no_previous_events()
+            .when(create(Transport::CloudApi, Some(bad)))
+            .then_expect_error_message("cloud_api.graph_version: must look like v21.0");
+    }
+
+    #[test]
+    fn invalid_token_flag_is_set_once_and_lifted_by_a_new_token_only() {
+        let flagged = AccountEvent::CloudApiTokenInvalid {
+            reason: "cloud_api error 190: access token rejected".into(),
+        };
+        let flag = || AccountCommand::FlagCloudApiToken {
+            reason: "cloud_api error 190: access token rejected".into(),
+        };
+        Fw::with(())
+            .given(cloud_created())
+            .when(flag())
+            .then_expect_events(vec![flagged.clone()]);
+        let mut given = cloud_created();
+        given.push(flagged.clone());
+        Fw::with(())
+            .given(given.clone())
+            .when(flag())
+            .then_expect_events(vec![]);
+
+        let mut account = Account::default();
+        for e in given {
+            account.apply(e);
+        }
+        // A change that keeps the token keeps the flag.
+        let mut same_token = cloud_settings();
+        same_token.graph_version = "v22.0".into();
+        account.apply(AccountEvent::CloudApiConfigured {
+            settings: same_token.clone(),
+        });
+        assert!(account
+            .cloud_api
+            .as_ref()
+            .is_some_and(|c| c.token_invalid.is_some()));
+        let mut new_token = same_token;
+        new_token.access_token_sealed = "sealed-token-2".into();
+        account.apply(AccountEvent::CloudApiConfigured {
+            settings: new_token,
+        });
+        assert!(account
+            .cloud_api
+            .as_ref()
+            .is_some_and(|c| c.token_invalid.is_none()));
+    }
+
+    #[test]
+    fn change_cloud_settings_patches_and_refuses_sandbox_accounts() {
+        let mut expected = cloud_settings();
+        expected.graph_base_url = "http://127.0.0.1:9999".into();
+        Fw::with(())
+            .given(cloud_created())
+            .when(AccountCommand::ChangeCloudApi(CloudApiPatch {
+                graph_base_url: Some("http://127.0.0.1:9999".into()),
+                ..Default::default()
+            }))
+            .then_expect_events(vec![AccountEvent::CloudApiConfigured {
+                settings: expected,
+            }]);
+        Fw::with(())
+            .given(cloud_created())
+            .when(AccountCommand::ChangeCloudApi(CloudApiPatch::default()))
+            .then_expect_events(vec![]);
+        Fw::with(())
+            .given(vec![created()])
+            .when(AccountCommand::ChangeCloudApi(CloudApiPatch::default()))
+            .then_expect_error_message("this account does not use the cloud_api transport");
     }
 }

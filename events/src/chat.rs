@@ -7,7 +7,7 @@
 //! | `AiReplyFailed`. A reply that has not reached a terminal event when the process dies is
 //! closed as `AiReplyFailed { reason: "interrupted" }` at the next start: never sent twice.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use chrono::{DateTime, Duration, Utc};
 use cqrs_es::event_sink::EventSink;
@@ -40,6 +40,86 @@ pub enum Source {
     Test,
 }
 
+/// What an inbound message carries. Only text is answered by the AI; the other kinds are recorded
+/// (with their caption or a `[kind]` marker as text) and their reply is skipped with a reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageKind {
+    #[default]
+    Text,
+    Image,
+    Audio,
+    Video,
+    Document,
+    Sticker,
+    Reaction,
+    Location,
+    Contacts,
+    Interactive,
+    Button,
+    /// Anything else (Meta's `unsupported`, new types).
+    Other,
+}
+
+impl MessageKind {
+    /// Meta's `type` of a webhook message (unknown types are [`MessageKind::Other`]).
+    pub fn from_cloud_type(t: &str) -> Self {
+        match t {
+            "text" => Self::Text,
+            "image" => Self::Image,
+            "audio" | "voice" => Self::Audio,
+            "video" => Self::Video,
+            "document" => Self::Document,
+            "sticker" => Self::Sticker,
+            "reaction" => Self::Reaction,
+            "location" => Self::Location,
+            "contacts" => Self::Contacts,
+            "interactive" => Self::Interactive,
+            "button" => Self::Button,
+            _ => Self::Other,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Image => "image",
+            Self::Audio => "audio",
+            Self::Video => "video",
+            Self::Document => "document",
+            Self::Sticker => "sticker",
+            Self::Reaction => "reaction",
+            Self::Location => "location",
+            Self::Contacts => "contacts",
+            Self::Interactive => "interactive",
+            Self::Button => "button",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// Delivery progress of an outbound message as the transport reports it. Ordered: a status
+/// update that does not move forward is ignored (webhooks arrive late, twice, out of order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    Sent,
+    Delivered,
+    Read,
+    Failed,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sent => "sent",
+            Self::Delivered => "delivered",
+            Self::Read => "read",
+            Self::Failed => "failed",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct TokenUsage {
     pub prompt_tokens: u64,
@@ -55,6 +135,12 @@ pub enum ChatEvent {
         text: String,
         from_me: bool,
         at: DateTime<Utc>,
+        /// Absent in events written before kinds existed: those were all text.
+        #[serde(default)]
+        kind: MessageKind,
+        /// The sender's profile name as the transport reported it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        contact_name: Option<String>,
     },
     /// A reply is owed to `trigger_message_id`; the rules are evaluated when it is worked on.
     AiReplyRequested {
@@ -91,6 +177,15 @@ pub enum ChatEvent {
         reply_id: String,
         reason: String,
     },
+    /// The transport reported progress of an outbound message (`message_id` is the id the
+    /// transport returned when it was sent, e.g. Meta's `wamid`).
+    MessageStatusUpdated {
+        message_id: String,
+        status: DeliveryStatus,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for ChatEvent {
@@ -104,6 +199,7 @@ impl DomainEvent for ChatEvent {
             Self::MessageSent { .. } => "MessageSent",
             Self::AiReplySent { .. } => "AiReplySent",
             Self::AiReplyFailed { .. } => "AiReplyFailed",
+            Self::MessageStatusUpdated { .. } => "MessageStatusUpdated",
         }
         .to_string()
     }
@@ -137,8 +233,12 @@ pub struct Chat {
     pub open_replies: BTreeMap<String, ReplyState>,
     /// Send times of recent AI replies (loop guard).
     pub recent_ai_sends: VecDeque<DateTime<Utc>>,
-    /// The newest inbound customer message id (a pending reply to an older one is superseded).
+    /// The newest inbound customer text message id (a pending reply to an older one is
+    /// superseded).
     pub last_customer_message: Option<String>,
+    /// Outbound message ids and the last delivery status the transport reported for each.
+    #[serde(default)]
+    pub outbound_status: HashMap<String, Option<DeliveryStatus>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -154,6 +254,8 @@ pub enum ChatCommand {
         reply_candidate: bool,
         reply_id: String,
         at: DateTime<Utc>,
+        kind: MessageKind,
+        contact_name: Option<String>,
     },
     /// A message sent as the account by an operator or the test route.
     Send {
@@ -189,6 +291,14 @@ pub enum ChatCommand {
     },
     /// Closes every open reply as interrupted (start-up recovery).
     CloseInterrupted,
+    /// A delivery status for an outbound message; unknown ids and non-advancing statuses are
+    /// no-ops.
+    UpdateStatus {
+        message_id: String,
+        status: DeliveryStatus,
+        error: Option<String>,
+        at: DateTime<Utc>,
+    },
 }
 
 fn check_text(text: &str) -> Result<(), DomainError> {
@@ -265,9 +375,14 @@ impl Aggregate for Chat {
                 message_id,
                 text,
                 from_me,
+                kind,
                 ..
             } => {
                 self.seen_message_ids.insert(message_id.clone());
+                // Only text is a turn of the conversation (and a question to answer).
+                if kind != MessageKind::Text {
+                    return;
+                }
                 if !from_me {
                     self.last_customer_message = Some(message_id.clone());
                 }
@@ -302,6 +417,7 @@ impl Aggregate for Chat {
                 ..
             } => {
                 self.seen_message_ids.insert(message_id.clone());
+                self.outbound_status.insert(message_id.clone(), None);
                 if source == Source::Ai {
                     self.recent_ai_sends.push_back(at);
                     while self.recent_ai_sends.len() > LOOP_CAP {
@@ -320,6 +436,13 @@ impl Aggregate for Chat {
                 self.open_replies.remove(&reply_id);
             }
             ChatEvent::TypingIndicated { .. } => {}
+            ChatEvent::MessageStatusUpdated {
+                message_id, status, ..
+            } => {
+                if let Some(s) = self.outbound_status.get_mut(&message_id) {
+                    *s = Some(status);
+                }
+            }
         }
     }
 }
@@ -337,6 +460,8 @@ impl Chat {
                 reply_candidate,
                 reply_id,
                 at,
+                kind,
+                contact_name,
             } => {
                 if message_id.is_empty() || message_id.len() > 256 {
                     return Err(DomainError::invalid(
@@ -354,12 +479,25 @@ impl Chat {
                     text,
                     from_me,
                     at,
+                    kind,
+                    contact_name,
                 }];
                 if reply_candidate && !from_me {
                     events.push(ChatEvent::AiReplyRequested {
-                        reply_id,
+                        reply_id: reply_id.clone(),
                         trigger_message_id: message_id,
                     });
+                    // The reply is recorded and closed at once, so the AI log says why nothing
+                    // was answered.
+                    if kind != MessageKind::Text {
+                        events.push(ChatEvent::AiReplySkipped {
+                            reply_id,
+                            reason: format!(
+                                "{} message: the AI answers text messages only",
+                                kind.as_str()
+                            ),
+                        });
+                    }
                 }
                 events
             }
@@ -458,6 +596,22 @@ impl Chat {
                     reason: INTERRUPTED.into(),
                 })
                 .collect(),
+            ChatCommand::UpdateStatus {
+                message_id,
+                status,
+                error,
+                at,
+            } => match self.outbound_status.get(&message_id) {
+                Some(current) if current.is_none_or(|c| status > c) => {
+                    vec![ChatEvent::MessageStatusUpdated {
+                        message_id,
+                        status,
+                        error,
+                        at,
+                    }]
+                }
+                _ => vec![],
+            },
         })
     }
 }
@@ -483,6 +637,8 @@ mod tests {
             text: format!("hi {id}"),
             from_me: false,
             at: t0(),
+            kind: MessageKind::Text,
+            contact_name: None,
         }
     }
 
@@ -512,6 +668,8 @@ mod tests {
             reply_candidate,
             reply_id: format!("r-{id}"),
             at: t0(),
+            kind: MessageKind::Text,
+            contact_name: None,
         }
     }
 
@@ -680,5 +838,112 @@ mod tests {
                 at: t0(),
             })
             .then_expect_error_message("text: must not be empty");
+    }
+
+    #[test]
+    fn non_text_inbound_is_recorded_and_its_reply_skipped_with_a_reason() {
+        let cmd = ChatCommand::Receive {
+            message_id: "img1".into(),
+            from: "491701234567".into(),
+            text: "[image]".into(),
+            from_me: false,
+            reply_candidate: true,
+            reply_id: "r-img1".into(),
+            at: t0(),
+            kind: MessageKind::Image,
+            contact_name: Some("Ana".into()),
+        };
+        Fw::with(())
+            .given_no_previous_events()
+            .when(cmd)
+            .then_expect_events(vec![
+                ChatEvent::MessageReceived {
+                    message_id: "img1".into(),
+                    from: "491701234567".into(),
+                    text: "[image]".into(),
+                    from_me: false,
+                    at: t0(),
+                    kind: MessageKind::Image,
+                    contact_name: Some("Ana".into()),
+                },
+                requested("r-img1", "img1"),
+                ChatEvent::AiReplySkipped {
+                    reply_id: "r-img1".into(),
+                    reason: "image message: the AI answers text messages only".into(),
+                },
+            ]);
+        // It neither supersedes a pending text reply nor enters the prompt history.
+        let mut chat = Chat::default();
+        for e in [received("m1"), requested("r1", "m1")] {
+            chat.apply(e);
+        }
+        chat.apply(ChatEvent::MessageReceived {
+            message_id: "img1".into(),
+            from: "491701234567".into(),
+            text: "[image]".into(),
+            from_me: false,
+            at: t0(),
+            kind: MessageKind::Image,
+            contact_name: None,
+        });
+        assert_eq!(chat.last_customer_message.as_deref(), Some("m1"));
+        assert_eq!(chat.history.len(), 1);
+        assert!(chat.seen_message_ids.contains("img1"));
+    }
+
+    #[test]
+    fn old_message_events_without_kind_read_as_text() {
+        let e: ChatEvent = serde_json::from_value(serde_json::json!({"MessageReceived":
+            {"message_id":"m1","from":"1","text":"hi","from_me":false,"at":"2026-11-25T10:00:00Z"}}))
+        .expect("old payload parses");
+        assert!(matches!(
+            e,
+            ChatEvent::MessageReceived {
+                kind: MessageKind::Text,
+                contact_name: None,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn status_updates_move_forward_only_and_only_for_sent_messages() {
+        let sent = ChatEvent::MessageSent {
+            message_id: "wamid.1".into(),
+            text: "hello".into(),
+            source: Source::Ai,
+            ai_reply_id: None,
+            at: t0(),
+        };
+        let update = |status| ChatCommand::UpdateStatus {
+            message_id: "wamid.1".into(),
+            status,
+            error: None,
+            at: t0(),
+        };
+        let updated = |status| ChatEvent::MessageStatusUpdated {
+            message_id: "wamid.1".into(),
+            status,
+            error: None,
+            at: t0(),
+        };
+        Fw::with(())
+            .given(vec![sent.clone()])
+            .when(update(DeliveryStatus::Delivered))
+            .then_expect_events(vec![updated(DeliveryStatus::Delivered)]);
+        // Late, repeated or backwards: nothing new.
+        Fw::with(())
+            .given(vec![sent.clone(), updated(DeliveryStatus::Read)])
+            .when(update(DeliveryStatus::Delivered))
+            .then_expect_events(vec![]);
+        Fw::with(())
+            .given(vec![sent.clone(), updated(DeliveryStatus::Read)])
+            .when(update(DeliveryStatus::Read))
+            .then_expect_events(vec![]);
+        // Unknown and inbound ids are not ours to track.
+        Fw::with(())
+            .given(vec![received("wamid.1")])
+            .when(update(DeliveryStatus::Read))
+            .then_expect_events(vec![]);
     }
 }

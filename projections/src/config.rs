@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use wagate_events::account::{AccountEvent, Transport};
+use wagate_events::account::{AccountEvent, CloudApiState, Transport};
 use wagate_events::chat_settings::{ChatSettings, ChatSettingsEvent};
 use wagate_events::settings::{LayerState, SettingsEvent};
 use wagate_events::webhook::{WebhookEvent, WebhookStatus};
@@ -64,6 +64,8 @@ pub struct AccountView {
     pub id: String,
     pub name: String,
     pub transport: Transport,
+    /// Cloud API settings (sealed secrets) and the invalid-token flag; `None` for sandbox.
+    pub cloud_api: Option<CloudApiState>,
     pub created_at: DateTime<Utc>,
     pub deleted: bool,
     pub ai: LayerState,
@@ -204,6 +206,7 @@ impl ConfigModel {
                     id: id.to_string(),
                     name: name.clone(),
                     transport: *transport,
+                    cloud_api: None,
                     created_at: at,
                     deleted: false,
                     ai: LayerState::default(),
@@ -221,6 +224,7 @@ impl ConfigModel {
             acc.ai_updated_at = Some(at);
             return;
         }
+        CloudApiState::fold(&mut acc.cloud_api, &e);
         match e {
             AccountEvent::AccountDeleted => {
                 acc.deleted = true;

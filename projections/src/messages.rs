@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use wagate_events::chat::{ChatEvent, Source, TokenUsage};
+use wagate_events::chat::{ChatEvent, MessageKind, Source, TokenUsage};
 
 use crate::config::FoldError;
 use crate::StoredEvent;
@@ -26,8 +26,19 @@ pub struct MessageView {
     pub text: String,
     pub from_me: bool,
     pub source: Source,
-    /// `received` or `sent`.
+    /// `text`, `image`, `audio`, … (only text is answered by the AI).
+    pub kind: MessageKind,
+    /// The sender's profile name, when the transport reports one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contact_name: Option<String>,
+    /// `received` (inbound); outbound: `sent`, then `delivered`, `read` or `failed` as the
+    /// transport reports them.
     pub status: &'static str,
+    /// Why delivery failed, when the transport said so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_updated_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ai_reply_id: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -121,6 +132,8 @@ impl MessagesModel {
                 from,
                 text,
                 from_me,
+                kind,
+                contact_name,
                 ..
             } => {
                 let chat = self.chats.entry(key).or_default();
@@ -137,7 +150,11 @@ impl MessagesModel {
                     } else {
                         Source::Customer
                     },
+                    kind,
+                    contact_name,
                     status: "received",
+                    status_error: None,
+                    status_updated_at: None,
                     ai_reply_id: None,
                     created_at: at,
                     position: ev.position,
@@ -160,7 +177,11 @@ impl MessagesModel {
                     text,
                     from_me: true,
                     source,
+                    kind: MessageKind::Text,
+                    contact_name: None,
                     status: "sent",
+                    status_error: None,
+                    status_updated_at: None,
                     ai_reply_id,
                     created_at: at,
                     position: ev.position,
@@ -225,6 +246,23 @@ impl MessagesModel {
                 });
             }
             ChatEvent::TypingIndicated { .. } => {}
+            ChatEvent::MessageStatusUpdated {
+                message_id,
+                status,
+                error,
+                ..
+            } => {
+                if let Some(m) = self.chats.get_mut(&key).and_then(|c| {
+                    c.messages
+                        .iter_mut()
+                        .rev()
+                        .find(|m| m.id == message_id && m.direction == Direction::Outbound)
+                }) {
+                    m.status = status.as_str();
+                    m.status_error = error;
+                    m.status_updated_at = Some(at);
+                }
+            }
         }
         Ok(())
     }
@@ -307,5 +345,14 @@ mod tests {
         let chat = &m.chats[&("acme".to_string(), "1@s.whatsapp.net".to_string())];
         assert_eq!(chat.messages.len(), 2);
         assert_eq!(chat.messages[1].direction, Direction::Outbound);
+        assert_eq!(chat.messages[1].status, "sent");
+        m.apply(&ev(
+            6,
+            json!({"MessageStatusUpdated":{"message_id":"o1","status":"read","at":at}}),
+        ))
+        .expect("fold");
+        let chat = &m.chats[&("acme".to_string(), "1@s.whatsapp.net".to_string())];
+        assert_eq!(chat.messages[1].status, "read");
+        assert_eq!(chat.messages[0].kind, MessageKind::Text);
     }
 }

@@ -152,11 +152,14 @@ pub fn outgoing(ev: &StoredEvent, messages: &MessagesModel) -> Result<Vec<Outgoi
                     text,
                     from_me,
                     at,
+                    kind,
+                    contact_name,
                 } => vec![one(
                     "message.received",
                     json!({
                         "account_id": acc, "chat_id": jid, "message_id": message_id,
-                        "from": from, "text": text, "from_me": from_me, "at": at,
+                        "from": from, "contact_name": contact_name, "kind": kind,
+                        "text": text, "from_me": from_me, "at": at,
                     }),
                 )],
                 ChatEvent::MessageSent {
@@ -196,7 +199,10 @@ pub fn outgoing(ev: &StoredEvent, messages: &MessagesModel) -> Result<Vec<Outgoi
                     data["reason"] = json!(reason);
                     vec![one("ai.reply.skipped", data)]
                 }
-                ChatEvent::AiReplyRequested { .. } | ChatEvent::TypingIndicated { .. } => vec![],
+                // Delivery receipts are not among the subscribable event types (yet).
+                ChatEvent::AiReplyRequested { .. }
+                | ChatEvent::TypingIndicated { .. }
+                | ChatEvent::MessageStatusUpdated { .. } => vec![],
             }
         }
         _ => vec![],
@@ -248,6 +254,8 @@ mod tests {
                     text: "hi".into(),
                     from_me: false,
                     at: Utc::now(),
+                    kind: Default::default(),
+                    contact_name: None,
                 },
             ),
             chat(

@@ -1,5 +1,6 @@
-//! Account routes: create, list, get, delete, and the account's API tokens (shown once, stored
-//! only as hashes, revocable).
+//! Account routes: create, list, get, delete, the Cloud API settings of a `cloud_api` account
+//! (secrets sealed, never returned), and the account's API tokens (shown once, stored only as
+//! hashes, revocable).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -9,7 +10,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use wagate_events::account::{AccountCommand, Transport};
+use wagate_events::account::{
+    AccountCommand, CloudApiPatch, CloudApiSettings, Transport, DEFAULT_GRAPH_BASE_URL,
+    DEFAULT_GRAPH_VERSION,
+};
 use wagate_events::ids::validate_account_id;
 use wagate_projections::{AccountView, TokenView};
 
@@ -18,11 +22,14 @@ use super::extract::{ApiJson, ApiPath, Caller};
 use super::ListResponse;
 use crate::app::SharedApp;
 use crate::auth;
+use crate::net_guard::OutboundGuard;
+use crate::transport::cloud_api::{access_token_ad, app_secret_ad, verify_token_digest};
 
 pub fn router() -> OpenApiRouter<SharedApp> {
     OpenApiRouter::new()
         .routes(routes!(create_account, list_accounts))
         .routes(routes!(get_account, delete_account))
+        .routes(routes!(change_cloud_api))
         .routes(routes!(create_token, list_tokens))
         .routes(routes!(revoke_token))
 }
@@ -35,17 +42,83 @@ pub struct CreateAccountRequest {
     /// Display name (defaults to the id).
     #[serde(default)]
     pub name: Option<String>,
-    /// `sandbox` (the embedded transport). `cloud_api` is not available in this build yet.
+    /// `sandbox` (the embedded transport) or `cloud_api` (Meta's WhatsApp Business Cloud API,
+    /// with `cloud_api` settings).
     pub transport: String,
+    /// Required with `"transport": "cloud_api"`, refused otherwise.
+    #[serde(default)]
+    pub cloud_api: Option<CloudApiRequest>,
+}
+
+/// A Cloud API account's settings. The access token and the app secret are stored encrypted and
+/// never returned; the verify token only as its SHA-256.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloudApiRequest {
+    /// The phone number id from the app's WhatsApp > API Setup page (digits).
+    pub phone_number_id: String,
+    /// The WhatsApp Business Account id (digits).
+    pub business_account_id: String,
+    /// A system-user access token with `whatsapp_business_messaging`.
+    pub access_token: String,
+    /// The Meta app's secret: webhooks are signed with it (`X-Hub-Signature-256`).
+    pub app_secret: String,
+    /// The token you enter in Meta's webhook configuration.
+    pub verify_token: String,
+    /// Default `https://graph.facebook.com` (point it at a proxy or a test double).
+    #[serde(default)]
+    pub graph_base_url: Option<String>,
+    /// Default `v21.0`.
+    #[serde(default)]
+    pub graph_version: Option<String>,
+}
+
+/// A change of Cloud API settings: only the fields given change. A new `access_token` lifts the
+/// "token rejected" flag.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloudApiPatchRequest {
+    #[serde(default)]
+    pub phone_number_id: Option<String>,
+    #[serde(default)]
+    pub business_account_id: Option<String>,
+    #[serde(default)]
+    pub access_token: Option<String>,
+    #[serde(default)]
+    pub app_secret: Option<String>,
+    #[serde(default)]
+    pub verify_token: Option<String>,
+    #[serde(default)]
+    pub graph_base_url: Option<String>,
+    #[serde(default)]
+    pub graph_version: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AccountResponse {
     pub id: String,
     pub name: String,
-    /// `sandbox`
+    /// `sandbox` or `cloud_api`
     pub transport: String,
+    /// Present for `cloud_api` accounts; never contains a secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cloud_api: Option<CloudApiResponse>,
     pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CloudApiResponse {
+    pub phone_number_id: String,
+    pub business_account_id: String,
+    pub graph_base_url: String,
+    pub graph_version: String,
+    pub has_access_token: bool,
+    pub has_app_secret: bool,
+    pub has_verify_token: bool,
+    /// Why sends are stopped: Meta rejected the access token (error 190). Null when fine.
+    pub token_invalid: Option<String>,
+    /// The path to enter as Meta's callback URL (after your public base URL).
+    pub webhook_path: String,
 }
 
 impl From<&AccountView> for AccountResponse {
@@ -55,10 +128,85 @@ impl From<&AccountView> for AccountResponse {
             name: a.name.clone(),
             transport: match a.transport {
                 Transport::Sandbox => "sandbox".into(),
+                Transport::CloudApi => "cloud_api".into(),
             },
+            cloud_api: a.cloud_api.as_ref().map(|c| CloudApiResponse {
+                phone_number_id: c.settings.phone_number_id.clone(),
+                business_account_id: c.settings.business_account_id.clone(),
+                graph_base_url: c.settings.graph_base_url.clone(),
+                graph_version: c.settings.graph_version.clone(),
+                has_access_token: !c.settings.access_token_sealed.is_empty(),
+                has_app_secret: !c.settings.app_secret_sealed.is_empty(),
+                has_verify_token: !c.settings.verify_token_sha256.is_empty(),
+                token_invalid: c.token_invalid.clone(),
+                webhook_path: format!("/v1/transports/cloud-api/{}/webhook", a.id),
+            }),
             created_at: a.created_at,
         }
     }
+}
+
+/// Checks a secret's shape: present, bounded, and printable ASCII (it travels in an HTTP
+/// header or is compared byte for byte).
+fn check_secret(field: &'static str, v: &str, max: usize) -> Result<(), ApiError> {
+    if v.is_empty() || v.len() > max || !v.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return Err(ApiError::invalid(
+            field,
+            format!("1..={max} printable ASCII characters without spaces"),
+        ));
+    }
+    Ok(())
+}
+
+/// The outbound guard's verdict on a Graph base URL other than Meta's: a test double or proxy
+/// must be in `WAGATE_ALLOW_PRIVATE_NETWORKS` to be reachable, and the operator learns it now
+/// rather than at the first reply.
+async fn check_graph_url(app: &SharedApp, url: &str) -> Result<(), ApiError> {
+    if url.trim_end_matches('/') == DEFAULT_GRAPH_BASE_URL {
+        return Ok(());
+    }
+    let parsed = url::Url::parse(url).map_err(|_| {
+        ApiError::invalid(
+            "cloud_api.graph_base_url",
+            "must be an absolute http(s) URL without credentials, query or fragment",
+        )
+    })?;
+    let guard = OutboundGuard::new(app.config.allow_private_networks.clone());
+    match guard.check_url(&parsed).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_policy() => {
+            Err(ApiError::invalid("cloud_api.graph_base_url", e.to_string()))
+        }
+        // Unresolvable now is not a policy refusal; every request is checked again anyway.
+        Err(_) => Ok(()),
+    }
+}
+
+/// Seals the request's secrets for `account` and builds the stored settings.
+async fn cloud_settings(
+    app: &SharedApp,
+    account: &str,
+    req: CloudApiRequest,
+) -> Result<CloudApiSettings, ApiError> {
+    check_secret("cloud_api.access_token", &req.access_token, 4096)?;
+    check_secret("cloud_api.app_secret", &req.app_secret, 256)?;
+    check_secret("cloud_api.verify_token", &req.verify_token, 256)?;
+    let graph_base_url = req
+        .graph_base_url
+        .unwrap_or_else(|| DEFAULT_GRAPH_BASE_URL.to_string());
+    check_graph_url(app, &graph_base_url).await?;
+    let keyring = &app.config.keyring;
+    Ok(CloudApiSettings {
+        phone_number_id: req.phone_number_id,
+        business_account_id: req.business_account_id,
+        access_token_sealed: keyring.seal(req.access_token.as_bytes(), &access_token_ad(account)),
+        app_secret_sealed: keyring.seal(req.app_secret.as_bytes(), &app_secret_ad(account)),
+        verify_token_sha256: verify_token_digest(&req.verify_token),
+        graph_base_url: graph_base_url.trim_end_matches('/').to_string(),
+        graph_version: req
+            .graph_version
+            .unwrap_or_else(|| DEFAULT_GRAPH_VERSION.to_string()),
+    })
 }
 
 fn account_response(app: &SharedApp, id: &str) -> Result<AccountResponse, ApiError> {
@@ -81,12 +229,7 @@ async fn create_account(
     validate_account_id(&req.id)?;
     let transport = match req.transport.as_str() {
         "sandbox" => Transport::Sandbox,
-        "cloud_api" => {
-            return Err(ApiError::invalid(
-                "transport",
-                "the cloud_api transport is not available in this build yet; use sandbox",
-            ))
-        }
+        "cloud_api" => Transport::CloudApi,
         _ => {
             return Err(ApiError::invalid(
                 "transport",
@@ -94,11 +237,28 @@ async fn create_account(
             ))
         }
     };
+    let cloud_api = match (transport, req.cloud_api) {
+        (Transport::CloudApi, None) => {
+            return Err(ApiError::invalid(
+                "cloud_api",
+                "required when transport is cloud_api",
+            ))
+        }
+        (Transport::Sandbox, Some(_)) => {
+            return Err(ApiError::invalid(
+                "cloud_api",
+                "only allowed when transport is cloud_api",
+            ))
+        }
+        (_, Some(c)) => Some(cloud_settings(&app, &req.id, c).await?),
+        (_, None) => None,
+    };
     let name = req.name.unwrap_or_else(|| req.id.clone());
     let cmd = AccountCommand::Create {
         id: req.id.clone(),
         name,
         transport,
+        cloud_api,
     };
     app.execute(&app.accounts, &req.id, cmd, &caller.who())
         .await?;
@@ -151,6 +311,58 @@ async fn delete_account(
         gateway.stop_account(&acc).await;
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Changes a `cloud_api` account's settings (only the fields given). Secrets are sealed again for
+/// this account; a new `access_token` lifts the "token rejected" flag.
+#[utoipa::path(patch, path = "/v1/accounts/{acc}/cloud_api", tag = "accounts",
+    params(("acc" = String, Path)), request_body = CloudApiPatchRequest,
+    responses((status = 200, body = AccountResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)),
+    security(("admin_jwt" = [])))]
+async fn change_cloud_api(
+    State(app): State<SharedApp>,
+    caller: Caller,
+    ApiPath(acc): ApiPath<String>,
+    ApiJson(req): ApiJson<CloudApiPatchRequest>,
+) -> Result<Json<AccountResponse>, ApiError> {
+    caller.require_admin()?;
+    let keyring = &app.config.keyring;
+    if let Some(t) = &req.access_token {
+        check_secret("access_token", t, 4096)?;
+    }
+    if let Some(t) = &req.app_secret {
+        check_secret("app_secret", t, 256)?;
+    }
+    if let Some(t) = &req.verify_token {
+        check_secret("verify_token", t, 256)?;
+    }
+    if let Some(u) = &req.graph_base_url {
+        check_graph_url(&app, u).await?;
+    }
+    let patch = CloudApiPatch {
+        phone_number_id: req.phone_number_id,
+        business_account_id: req.business_account_id,
+        access_token_sealed: req
+            .access_token
+            .map(|t| keyring.seal(t.as_bytes(), &access_token_ad(&acc))),
+        app_secret_sealed: req
+            .app_secret
+            .map(|t| keyring.seal(t.as_bytes(), &app_secret_ad(&acc))),
+        verify_token_sha256: req.verify_token.map(|t| verify_token_digest(&t)),
+        graph_base_url: req
+            .graph_base_url
+            .map(|u| u.trim_end_matches('/').to_string()),
+        graph_version: req.graph_version,
+    };
+    app.execute(
+        &app.accounts,
+        &acc,
+        AccountCommand::ChangeCloudApi(patch),
+        &caller.who(),
+    )
+    .await?;
+    account_response(&app, &acc).map(Json)
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

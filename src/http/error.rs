@@ -128,6 +128,23 @@ impl From<wagate_actors::ActorError> for ApiError {
             wagate_actors::ActorError::Domain(d) => d.into(),
             wagate_actors::ActorError::Unavailable(m) => AppError::Unavailable(m).into(),
             wagate_actors::ActorError::Internal(m) => AppError::Internal(m).into(),
+            // The transport's reason is sanitized (a class and a code, never a body or token).
+            wagate_actors::ActorError::Transport(e) if e.retryable => Self {
+                retry_after: Some(5),
+                ..Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "transport_unavailable",
+                    format!(
+                        "the transport did not send the message for now: {}",
+                        e.reason
+                    ),
+                )
+            },
+            wagate_actors::ActorError::Transport(e) => Self::new(
+                StatusCode::BAD_GATEWAY,
+                "transport_refused",
+                format!("the transport did not send the message: {}", e.reason),
+            ),
         }
     }
 }

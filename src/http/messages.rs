@@ -9,7 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use wagate_actors::chat::ChatMsg;
-use wagate_events::chat::Source;
+use wagate_events::chat::{MessageKind, Source};
 use wagate_events::ids::{chat_kind, ChatKind};
 use wagate_projections::messages::MessageView;
 
@@ -93,6 +93,8 @@ async fn sandbox_inbound(
             text: req.text.clone(),
             from_me: req.from_me,
             reply_candidate,
+            kind: MessageKind::Text,
+            contact_name: None,
             meta: meta.clone(),
             reply,
         })

@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod ai;
 pub mod ai_reply;
+pub mod cloud_api;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -45,7 +46,7 @@ pub struct ListResponse<T> {
 #[openapi(
     info(title = "wagate", description = "WhatsApp gateway with AI auto-reply. See docs/API.md."),
     modifiers(&SecuritySchemes),
-    tags((name = "auth"), (name = "accounts"), (name = "ai"), (name = "messages"), (name = "webhooks"), (name = "audit"), (name = "operations"))
+    tags((name = "auth"), (name = "accounts"), (name = "ai"), (name = "messages"), (name = "transports"), (name = "webhooks"), (name = "audit"), (name = "operations"))
 )]
 struct ApiDoc;
 
@@ -87,6 +88,7 @@ pub fn api() -> (Router<SharedApp>, utoipa::openapi::OpenApi) {
         .merge(ai_reply::router())
         .merge(webhooks::router())
         .merge(metrics::router())
+        .merge(cloud_api::router())
         .split_for_parts()
 }
 

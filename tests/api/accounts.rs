@@ -44,7 +44,7 @@ async fn account_lifecycle(app: TestApp) {
         )
         .await;
     assert_eq!(cloud.status, 400);
-    assert_eq!(cloud.json["error"]["field"], "transport");
+    assert_eq!(cloud.json["error"]["field"], "cloud_api");
 
     app.create_account("beta").await;
     let list = app.admin("GET", "/v1/accounts", None).await;

@@ -1,0 +1,214 @@
+//! Meta's webhook for `cloud_api` accounts: `GET` answers the subscription handshake, `POST`
+//! takes signed notifications (messages, contact names, delivery statuses) into the chat actors.
+//!
+//! No bearer auth here: Meta authenticates with the verify token (handshake) and with
+//! `X-Hub-Signature-256`, the HMAC-SHA256 of the raw body under the app secret (every POST). A
+//! POST is answered 200 only after its events are committed; a store failure is a 503 so Meta
+//! retries, and a retried delivery is deduplicated by message id.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use secrecy::ExposeSecret;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use wagate_actors::chat::ChatMsg;
+use wagate_events::account::Transport;
+
+use super::error::{ApiError, ErrorBody};
+use super::extract::{ApiPath, ApiQuery};
+use crate::app::{SharedApp, Who};
+use crate::transport::cloud_api::{
+    app_secret_ad, parse_webhook, signature_valid, verify_token_matches,
+};
+
+pub fn router() -> OpenApiRouter<SharedApp> {
+    OpenApiRouter::new().routes(routes!(verify_webhook, receive_webhook))
+}
+
+/// The stored Cloud API settings the webhook needs, or 404 for any account that is not a live
+/// `cloud_api` account.
+struct WebhookAccount {
+    phone_number_id: String,
+    app_secret_sealed: String,
+    verify_token_sha256: String,
+}
+
+fn webhook_account(app: &SharedApp, acc: &str) -> Result<WebhookAccount, ApiError> {
+    let model = app.model();
+    let not_found = || ApiError::not_found("no cloud_api account with this id");
+    let a = model.account(acc).ok_or_else(not_found)?;
+    if a.transport != Transport::CloudApi {
+        return Err(not_found());
+    }
+    let c = a.cloud_api.as_ref().ok_or_else(not_found)?;
+    Ok(WebhookAccount {
+        phone_number_id: c.settings.phone_number_id.clone(),
+        app_secret_sealed: c.settings.app_secret_sealed.clone(),
+        verify_token_sha256: c.settings.verify_token_sha256.clone(),
+    })
+}
+
+/// Meta's subscription handshake: with `hub.mode=subscribe` and the account's verify token,
+/// answers `hub.challenge` as plain text; a wrong token is a 403.
+#[utoipa::path(get, path = "/v1/transports/cloud-api/{acc}/webhook", tag = "transports",
+    params(("acc" = String, Path),
+        ("hub.mode" = String, Query, description = "subscribe"),
+        ("hub.verify_token" = String, Query),
+        ("hub.challenge" = String, Query)),
+    responses((status = 200, body = String, content_type = "text/plain"), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn verify_webhook(
+    State(app): State<SharedApp>,
+    ApiPath(acc): ApiPath<String>,
+    ApiQuery(q): ApiQuery<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let account = webhook_account(&app, &acc)?;
+    let param = |name: &'static str| {
+        q.get(name)
+            .map(String::as_str)
+            .ok_or_else(|| ApiError::invalid(name, "required"))
+    };
+    if param("hub.mode")? != "subscribe" {
+        return Err(ApiError::invalid("hub.mode", "must be subscribe"));
+    }
+    let token = param("hub.verify_token")?;
+    let challenge = param("hub.challenge")?;
+    if challenge.is_empty() || challenge.len() > 256 {
+        return Err(ApiError::invalid("hub.challenge", "1..=256 characters"));
+    }
+    if !verify_token_matches(&account.verify_token_sha256, token) {
+        tracing::warn!(account = %acc, "cloud_api webhook verification with a wrong verify token");
+        return Err(ApiError::forbidden(
+            "hub.verify_token does not match this account's verify token",
+        ));
+    }
+    tracing::info!(account = %acc, "cloud_api webhook verified");
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        challenge.to_string(),
+    )
+        .into_response())
+}
+
+/// What a notification carried.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookAccepted {
+    /// New inbound messages committed.
+    pub messages: usize,
+    /// Messages seen before (a retried delivery): nothing written.
+    pub duplicates: usize,
+    /// Delivery statuses that moved a sent message forward.
+    pub statuses: usize,
+    /// Changes and items not understood or not for this number (accepted, not stored).
+    pub ignored: usize,
+}
+
+/// Meta's notifications: verifies `X-Hub-Signature-256` over the raw body (401 and nothing stored
+/// when missing or wrong), then commits every message and status through the chat actors and
+/// answers 200. Text messages get an AI reply as usual; other kinds are recorded and their reply
+/// skipped with a reason.
+#[utoipa::path(post, path = "/v1/transports/cloud-api/{acc}/webhook", tag = "transports",
+    params(("acc" = String, Path), ("X-Hub-Signature-256" = String, Header, description = "sha256=<hex HMAC-SHA256 of the body under the app secret>")),
+    request_body(content = Object, description = "Meta's webhook payload (object whatsapp_business_account)"),
+    responses((status = 200, body = WebhookAccepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn receive_webhook(
+    State(app): State<SharedApp>,
+    ApiPath(acc): ApiPath<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<WebhookAccepted>, ApiError> {
+    let account = webhook_account(&app, &acc)?;
+    let secret = app
+        .config
+        .keyring
+        .open(&account.app_secret_sealed, &app_secret_ad(&acc))
+        .map_err(|e| {
+            tracing::error!(account = %acc, error = %e, "cannot open the cloud_api app secret");
+            ApiError::internal()
+        })?;
+    let signature = headers
+        .get("x-hub-signature-256")
+        .and_then(|v| v.to_str().ok());
+    if !signature_valid(secret.expose_secret(), &body, signature) {
+        tracing::warn!(account = %acc, present = signature.is_some(), "cloud_api webhook with a bad or missing signature refused");
+        return Err(ApiError::unauthorized(
+            "missing or invalid X-Hub-Signature-256",
+        ));
+    }
+    let payload: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|_| ApiError::bad_request("malformed_json", "the body is not JSON"))?;
+    let batch = parse_webhook(&payload, &account.phone_number_id);
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let meta = Who {
+        actor: "transport:cloud_api".into(),
+        request_id,
+    }
+    .metadata();
+    let gateway = app.gateway()?;
+    let mut accepted = WebhookAccepted {
+        messages: 0,
+        duplicates: 0,
+        statuses: 0,
+        ignored: batch.ignored,
+    };
+    for m in batch.messages {
+        let jid = m.jid();
+        let ack = gateway
+            .ask(&acc, &jid, |reply| ChatMsg::Receive {
+                message_id: m.id.clone(),
+                from: m.from.clone(),
+                text: m.text.clone(),
+                from_me: false,
+                reply_candidate: true,
+                kind: m.kind,
+                contact_name: m.contact_name.clone(),
+                meta: meta.clone(),
+                reply,
+            })
+            .await?;
+        if ack.duplicate {
+            accepted.duplicates += 1;
+        } else {
+            accepted.messages += 1;
+        }
+    }
+    for s in batch.statuses {
+        let jid = s.jid();
+        let recorded = gateway
+            .ask(&acc, &jid, |reply| ChatMsg::Status {
+                message_id: s.message_id.clone(),
+                status: s.status,
+                error: s.error.clone(),
+                meta: meta.clone(),
+                reply,
+            })
+            .await?;
+        if recorded {
+            accepted.statuses += 1;
+        }
+        if let Some(reason) = &s.error {
+            tracing::warn!(account = %acc, status = s.status.as_str(), reason = %reason, "cloud_api reported a delivery failure");
+        }
+    }
+    tracing::info!(
+        account = %acc,
+        messages = accepted.messages,
+        duplicates = accepted.duplicates,
+        statuses = accepted.statuses,
+        ignored = accepted.ignored,
+        "cloud_api webhook processed"
+    );
+    Ok(Json(accepted))
+}

@@ -1,0 +1,617 @@
+//! Meta's WhatsApp Business Cloud API: the Graph API client (send a text, mark an inbound message
+//! read with the typing indicator), the classification of Graph errors into the reasons the AI
+//! log shows, and the pure pieces of the inbound webhook (signature check, verify token digest,
+//! payload parsing).
+//!
+//! Nothing here logs or returns the access token, the app secret or a message text: errors name
+//! the Graph error code and its meaning, never the upstream body.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use reqwest::header::{HeaderValue, AUTHORIZATION};
+use reqwest::{redirect, Client, ClientBuilder};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use url::{Host, Url};
+use wagate_actors::ports::SendError;
+use wagate_events::chat::{DeliveryStatus, MessageKind};
+
+use crate::net_guard::{GuardError, OutboundGuard};
+
+/// Largest Graph response body read.
+const MAX_RESPONSE_BYTES: usize = 256 * 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A Graph call that takes longer than this is abandoned (and retried as a transient failure).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Associated data binding a sealed access token to its account.
+pub fn access_token_ad(account: &str) -> String {
+    format!("cloud_access_token|v1|account:{account}")
+}
+
+/// Associated data binding a sealed app secret to its account.
+pub fn app_secret_ad(account: &str) -> String {
+    format!("cloud_app_secret|v1|account:{account}")
+}
+
+/// The stored form of a webhook verify token: its SHA-256, hex. The gateway only ever compares
+/// it, so it never needs the token back.
+pub fn verify_token_digest(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Whether `given` is the verify token whose digest is `stored_hex` (constant time).
+pub fn verify_token_matches(stored_hex: &str, given: &str) -> bool {
+    let given = verify_token_digest(given);
+    bool::from(given.as_bytes().ct_eq(stored_hex.as_bytes()))
+}
+
+/// Checks `X-Hub-Signature-256: sha256=<hex>`: the HMAC-SHA256 of the raw body under the app
+/// secret, compared in constant time. A missing, malformed or wrong header is `false`.
+pub fn signature_valid(app_secret: &[u8], body: &[u8], header: Option<&str>) -> bool {
+    let Some(hex_sig) = header.and_then(|h| h.trim().strip_prefix("sha256=")) else {
+        return false;
+    };
+    let Ok(sig) = hex::decode(hex_sig) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(app_secret) else {
+        return false;
+    };
+    mac.update(body);
+    mac.verify_slice(&sig).is_ok()
+}
+
+/// The meaning of a Graph / WhatsApp error code and whether trying again later may succeed.
+pub fn describe_code(code: i64) -> (&'static str, bool) {
+    match code {
+        131047 => (
+            "outside the 24-hour customer service window (only a template message may be sent)",
+            false,
+        ),
+        130429 => ("rate limited (throughput limit reached)", true),
+        131056 => (
+            "rate limited (too many messages to this recipient in a short time)",
+            true,
+        ),
+        4 => ("rate limited (application request limit reached)", true),
+        80007 => (
+            "rate limited (business account request limit reached)",
+            true,
+        ),
+        190 => (
+            "access token rejected (expired or revoked); set a new access_token for this account",
+            false,
+        ),
+        131026 => (
+            "recipient is not on WhatsApp or cannot receive this message",
+            false,
+        ),
+        131030 => (
+            "recipient is not in the allowed list of this test number",
+            false,
+        ),
+        131048 => ("rate limited (spam rate limit)", true),
+        131000 | 1 | 2 => ("temporary error at Meta", true),
+        _ => ("rejected by the Graph API", false),
+    }
+}
+
+/// The AI-log reason for a Graph error code.
+pub fn code_reason(code: i64) -> String {
+    format!("cloud_api error {code}: {}", describe_code(code).0)
+}
+
+/// A failed Graph call.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GraphError {
+    /// Graph answered with its error object.
+    #[error("{}", code_reason(*code))]
+    Api { status: u16, code: i64 },
+    /// A non-success status without a Graph error object.
+    #[error("cloud_api HTTP {status} from the Graph API")]
+    Http { status: u16 },
+    #[error("cloud_api call timed out")]
+    Timeout,
+    #[error("cloud_api call failed: could not connect to the Graph API")]
+    Connect,
+    #[error("cloud_api endpoint refused: {0}")]
+    Refused(GuardError),
+    #[error("cloud_api returned a malformed body ({0})")]
+    Malformed(&'static str),
+    #[error("cloud_api client setup failed: {0}")]
+    Setup(&'static str),
+}
+
+impl GraphError {
+    /// Rate limits, timeouts, connect failures and 5xx may pass later; the rest will not.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            GraphError::Api { status, code } => describe_code(*code).1 || *status >= 500,
+            GraphError::Http { status } => *status == 429 || *status >= 500,
+            GraphError::Timeout | GraphError::Connect => true,
+            GraphError::Refused(_) | GraphError::Malformed(_) | GraphError::Setup(_) => false,
+        }
+    }
+
+    /// Meta rejected the access token itself (error 190).
+    pub fn is_invalid_token(&self) -> bool {
+        matches!(self, GraphError::Api { code: 190, .. })
+    }
+
+    pub fn to_send_error(&self) -> SendError {
+        SendError {
+            reason: self.to_string(),
+            retryable: self.is_retryable(),
+        }
+    }
+}
+
+/// Where and as whom a Cloud API account sends.
+pub struct CloudTarget {
+    pub graph_base_url: String,
+    pub graph_version: String,
+    pub phone_number_id: String,
+    pub access_token: SecretString,
+}
+
+impl CloudTarget {
+    fn messages_url(&self) -> Result<Url, GraphError> {
+        let u = format!(
+            "{}/{}/{}/messages",
+            self.graph_base_url.trim_end_matches('/'),
+            self.graph_version,
+            self.phone_number_id
+        );
+        Url::parse(&u).map_err(|e| {
+            GraphError::Refused(GuardError::InvalidUrl {
+                reason: e.to_string(),
+            })
+        })
+    }
+}
+
+/// The Graph API client. Like the model client it never follows redirects, ignores proxy
+/// variables, resolves names through the outbound guard and checks literal-IP hosts before each
+/// request.
+#[derive(Debug, Clone)]
+pub struct CloudApiClient {
+    guard: Arc<OutboundGuard>,
+    http: Client,
+}
+
+fn builder(guard: &Arc<OutboundGuard>) -> ClientBuilder {
+    Client::builder()
+        .redirect(redirect::Policy::none())
+        .dns_resolver2(guard.resolver())
+        .no_proxy()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT)
+        .user_agent(concat!("wagate/", env!("CARGO_PKG_VERSION")))
+}
+
+fn build(b: ClientBuilder) -> Result<Client, GraphError> {
+    b.build()
+        .map_err(|_| GraphError::Setup("could not build the HTTP client"))
+}
+
+fn transport_error(err: &reqwest::Error) -> GraphError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(guard) = e.downcast_ref::<GuardError>() {
+            return from_guard(guard.clone());
+        }
+        source = e.source();
+    }
+    if err.is_timeout() && !err.is_connect() {
+        GraphError::Timeout
+    } else {
+        GraphError::Connect
+    }
+}
+
+fn from_guard(err: GuardError) -> GraphError {
+    if err.is_policy() {
+        GraphError::Refused(err)
+    } else {
+        GraphError::Connect
+    }
+}
+
+impl CloudApiClient {
+    pub fn new(guard: Arc<OutboundGuard>) -> Result<Self, GraphError> {
+        let http = build(builder(&guard))?;
+        Ok(Self { guard, http })
+    }
+
+    /// `POST {graph}/{version}/{phone_number_id}/messages` with a text message to `to` (the
+    /// recipient's number, digits only); returns Meta's message id (`wamid.…`).
+    pub async fn send_text(
+        &self,
+        target: &CloudTarget,
+        to: &str,
+        text: &str,
+    ) -> Result<String, GraphError> {
+        let body = json!({
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": to,
+            "type": "text",
+            "text": {"preview_url": false, "body": text},
+        });
+        let v = self.post(target, &body).await?;
+        v.get("messages")
+            .and_then(Value::as_array)
+            .and_then(|m| m.first())
+            .and_then(|m| m.get("id"))
+            .and_then(Value::as_str)
+            .filter(|id| !id.is_empty() && id.len() <= 256)
+            .map(str::to_owned)
+            .ok_or(GraphError::Malformed("no messages[0].id"))
+    }
+
+    /// Marks the inbound message `message_id` read and shows the typing indicator on it (Meta
+    /// hides it after 25 s or when the reply arrives).
+    pub async fn typing(&self, target: &CloudTarget, message_id: &str) -> Result<(), GraphError> {
+        let body = json!({
+            "messaging_product": "whatsapp",
+            "status": "read",
+            "message_id": message_id,
+            "typing_indicator": {"type": "text"},
+        });
+        self.post(target, &body).await.map(drop)
+    }
+
+    async fn post(&self, target: &CloudTarget, body: &Value) -> Result<Value, GraphError> {
+        let url = target.messages_url()?;
+        let addrs = self.guard.checked_addrs(&url).await.map_err(from_guard)?;
+        // Plain http to a domain: connect only to the addresses just checked.
+        let pinned;
+        let client = match url.host() {
+            Some(Host::Domain(domain)) if url.scheme() == "http" => {
+                pinned = build(builder(&self.guard).resolve_to_addrs(domain, &addrs))?;
+                &pinned
+            }
+            _ => &self.http,
+        };
+        let mut auth =
+            HeaderValue::from_str(&format!("Bearer {}", target.access_token.expose_secret()))
+                .map_err(|_| GraphError::Setup("the access token is not a valid header value"))?;
+        auth.set_sensitive(true);
+        let mut resp = client
+            .post(url)
+            .header(AUTHORIZATION, auth)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| transport_error(&e))?;
+        let status = resp.status().as_u16();
+        let mut buf = Vec::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    if buf.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                        return Err(GraphError::Malformed("response too large"));
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => return Err(transport_error(&e)),
+            }
+        }
+        let parsed: Option<Value> = serde_json::from_slice(&buf).ok();
+        if (200..300).contains(&status) {
+            return parsed.ok_or(GraphError::Malformed("invalid JSON"));
+        }
+        let code = parsed
+            .as_ref()
+            .and_then(|v| v.get("error"))
+            .and_then(|e| e.get("code"))
+            .and_then(Value::as_i64);
+        let err = match code {
+            Some(code) => GraphError::Api { status, code },
+            None => GraphError::Http { status },
+        };
+        tracing::debug!(status, error = %err, "graph call failed");
+        Err(err)
+    }
+}
+
+/// The recipient of a chat: Cloud API chats are private chats `<digits>@s.whatsapp.net`.
+pub fn recipient(jid: &str) -> Result<&str, SendError> {
+    match jid.strip_suffix("@s.whatsapp.net") {
+        Some(n) if !n.is_empty() && n.len() <= 20 && n.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
+        _ => Err(SendError::permanent(
+            "cloud_api sends to private chats (<digits>@s.whatsapp.net) only",
+        )),
+    }
+}
+
+/// An inbound message from the webhook.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboundMessage {
+    pub id: String,
+    /// The sender's WhatsApp id (digits).
+    pub from: String,
+    pub kind: MessageKind,
+    /// The text body; for other kinds the caption or `[<kind>]`.
+    pub text: String,
+    pub contact_name: Option<String>,
+}
+
+impl InboundMessage {
+    pub fn jid(&self) -> String {
+        format!("{}@s.whatsapp.net", self.from)
+    }
+}
+
+/// A delivery status from the webhook.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusUpdate {
+    pub message_id: String,
+    pub recipient: String,
+    pub status: DeliveryStatus,
+    pub error: Option<String>,
+}
+
+impl StatusUpdate {
+    pub fn jid(&self) -> String {
+        format!("{}@s.whatsapp.net", self.recipient)
+    }
+}
+
+/// What a webhook payload carried for this account.
+#[derive(Debug, Default, PartialEq)]
+pub struct WebhookBatch {
+    pub messages: Vec<InboundMessage>,
+    pub statuses: Vec<StatusUpdate>,
+    /// Entries not understood or not for this phone number (accepted and ignored).
+    pub ignored: usize,
+}
+
+fn is_wa_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(Value::as_str)
+}
+
+/// Parses Meta's webhook payload (`object: whatsapp_business_account`,
+/// `entry[].changes[].value.{messages,contacts,statuses}` with `field: messages`). Changes for
+/// another phone number id and shapes it does not know are counted as ignored, never an error:
+/// Meta retries anything that is not a 200.
+pub fn parse_webhook(payload: &Value, phone_number_id: &str) -> WebhookBatch {
+    let mut batch = WebhookBatch::default();
+    if str_at(payload, "object") != Some("whatsapp_business_account") {
+        batch.ignored += 1;
+        return batch;
+    }
+    let entries = payload.get("entry").and_then(Value::as_array);
+    for change in entries
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.get("changes").and_then(Value::as_array))
+        .flatten()
+    {
+        let Some(value) = change.get("value") else {
+            batch.ignored += 1;
+            continue;
+        };
+        let for_us = value
+            .get("metadata")
+            .and_then(|m| str_at(m, "phone_number_id"))
+            == Some(phone_number_id);
+        if str_at(change, "field") != Some("messages") || !for_us {
+            batch.ignored += 1;
+            continue;
+        }
+        let names: Vec<(&str, &str)> = value
+            .get("contacts")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| {
+                Some((
+                    str_at(c, "wa_id")?,
+                    c.get("profile").and_then(|p| str_at(p, "name"))?,
+                ))
+            })
+            .collect();
+        for m in value
+            .get("messages")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            match parse_message(m, &names) {
+                Some(msg) => batch.messages.push(msg),
+                None => batch.ignored += 1,
+            }
+        }
+        for s in value
+            .get("statuses")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            match parse_status(s) {
+                Some(st) => batch.statuses.push(st),
+                None => batch.ignored += 1,
+            }
+        }
+    }
+    batch
+}
+
+fn parse_message(m: &Value, names: &[(&str, &str)]) -> Option<InboundMessage> {
+    let id = str_at(m, "id").filter(|id| !id.is_empty() && id.len() <= 256)?;
+    let from = str_at(m, "from").filter(|f| is_wa_id(f))?;
+    let type_name = str_at(m, "type").unwrap_or("unsupported");
+    let kind = MessageKind::from_cloud_type(type_name);
+    let text = match kind {
+        MessageKind::Text => m
+            .get("text")
+            .and_then(|t| str_at(t, "body"))
+            .filter(|b| !b.trim().is_empty())?
+            .to_string(),
+        _ => m
+            .get(type_name)
+            .and_then(|media| str_at(media, "caption"))
+            .filter(|c| !c.trim().is_empty())
+            .map_or_else(|| format!("[{}]", kind.as_str()), str::to_string),
+    };
+    let contact_name = names
+        .iter()
+        .find(|(wa_id, _)| *wa_id == from)
+        .map(|(_, name)| name.chars().take(200).collect::<String>())
+        .filter(|n| !n.trim().is_empty());
+    Some(InboundMessage {
+        id: id.to_string(),
+        from: from.to_string(),
+        kind,
+        text,
+        contact_name,
+    })
+}
+
+fn parse_status(s: &Value) -> Option<StatusUpdate> {
+    let message_id = str_at(s, "id").filter(|id| !id.is_empty() && id.len() <= 256)?;
+    let recipient = str_at(s, "recipient_id").filter(|r| is_wa_id(r))?;
+    let status = match str_at(s, "status")? {
+        "sent" => DeliveryStatus::Sent,
+        "delivered" => DeliveryStatus::Delivered,
+        "read" => DeliveryStatus::Read,
+        "failed" => DeliveryStatus::Failed,
+        _ => return None,
+    };
+    let error = s
+        .get("errors")
+        .and_then(Value::as_array)
+        .and_then(|e| e.first())
+        .map(|e| match e.get("code").and_then(Value::as_i64) {
+            Some(code) => code_reason(code),
+            None => "cloud_api reported a delivery failure without a code".to_string(),
+        });
+    Some(StatusUpdate {
+        message_id: message_id.to_string(),
+        recipient: recipient.to_string(),
+        status,
+        error,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sign(secret: &[u8], body: &[u8]) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("any key length");
+        mac.update(body);
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    }
+
+    #[test]
+    fn signature_check() {
+        let body = br#"{"object":"whatsapp_business_account"}"#;
+        let good = sign(b"app-secret", body);
+        assert!(signature_valid(b"app-secret", body, Some(&good)));
+        assert!(!signature_valid(b"other-secret", body, Some(&good)));
+        assert!(!signature_valid(b"app-secret", b"{}", Some(&good)));
+        assert!(!signature_valid(b"app-secret", body, None));
+        assert!(!signature_valid(b"app-secret", body, Some("sha256=zz")));
+        assert!(!signature_valid(
+            b"app-secret",
+            body,
+            Some(good.trim_start_matches("sha256="))
+        ));
+    }
+
+    #[test]
+    fn verify_token_is_compared_by_digest() {
+        let stored = verify_token_digest("my-verify-token");
+        assert_eq!(stored.len(), 64);
+        assert!(verify_token_matches(&stored, "my-verify-token"));
+        assert!(!verify_token_matches(&stored, "my-verify-token "));
+    }
+
+    #[test]
+    fn error_classes() {
+        let e = |code| GraphError::Api { status: 400, code };
+        assert!(!e(131047).is_retryable());
+        assert_eq!(
+            e(131047).to_string(),
+            "cloud_api error 131047: outside the 24-hour customer service window (only a template message may be sent)"
+        );
+        for code in [130429, 131056, 4, 80007] {
+            assert!(e(code).is_retryable(), "{code}");
+        }
+        assert!(e(190).is_invalid_token() && !e(190).is_retryable());
+        assert!(!e(131026).is_retryable());
+        assert!(GraphError::Http { status: 503 }.is_retryable());
+        assert!(!GraphError::Http { status: 404 }.is_retryable());
+    }
+
+    #[test]
+    fn recipients_are_private_chats() {
+        assert_eq!(
+            recipient("491701234567@s.whatsapp.net").ok(),
+            Some("491701234567")
+        );
+        assert!(recipient("1203630@g.us").is_err());
+        assert!(recipient("abc@s.whatsapp.net").is_err());
+    }
+
+    #[test]
+    fn parses_meta_payload_shapes() {
+        let payload = json!({
+            "object": "whatsapp_business_account",
+            "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": {
+                "messaging_product": "whatsapp",
+                "metadata": {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"},
+                "contacts": [{"profile": {"name": "Sheena Nelson"}, "wa_id": "16505551234"}],
+                "messages": [
+                    {"from": "16505551234", "id": "wamid.A", "timestamp": "1749416383", "type": "text",
+                     "text": {"body": "Does it come in another color?"}},
+                    {"from": "16505551234", "id": "wamid.B", "timestamp": "1749416384", "type": "image",
+                     "image": {"caption": "this one", "mime_type": "image/jpeg", "id": "1003383421387256"}},
+                    {"from": "16505551234", "id": "wamid.C", "timestamp": "1749416385", "type": "reaction",
+                     "reaction": {"message_id": "wamid.A", "emoji": "\u{1f44d}"}}
+                ],
+                "statuses": [
+                    {"id": "wamid.OUT", "status": "failed", "timestamp": "1", "recipient_id": "16505551234",
+                     "errors": [{"code": 131047, "title": "Re-engagement message"}]},
+                    {"id": "wamid.OUT", "status": "deleted", "timestamp": "1", "recipient_id": "16505551234"}
+                ]
+            }}, {"field": "messages", "value": {"metadata": {"phone_number_id": "999"}, "messages": []}}]}]
+        });
+        let b = parse_webhook(&payload, "106540352242922");
+        assert_eq!(b.messages.len(), 3);
+        assert_eq!(b.messages[0].text, "Does it come in another color?");
+        assert_eq!(b.messages[0].contact_name.as_deref(), Some("Sheena Nelson"));
+        assert_eq!(b.messages[0].jid(), "16505551234@s.whatsapp.net");
+        assert_eq!(b.messages[1].kind, MessageKind::Image);
+        assert_eq!(b.messages[1].text, "this one");
+        assert_eq!(b.messages[2].kind, MessageKind::Reaction);
+        assert_eq!(b.messages[2].text, "[reaction]");
+        assert_eq!(b.statuses.len(), 1);
+        assert_eq!(b.statuses[0].status, DeliveryStatus::Failed);
+        assert!(b.statuses[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("cloud_api error 131047")));
+        // The unknown status and the other number's change.
+        assert_eq!(b.ignored, 2);
+        assert_eq!(
+            parse_webhook(&json!({"object": "page"}), "1"),
+            WebhookBatch {
+                ignored: 1,
+                ..Default::default()
+            }
+        );
+    }
+}
