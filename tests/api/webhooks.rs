@@ -371,7 +371,7 @@ async fn a_slow_receiver_does_not_delay_others() {
         .mount(&slow)
         .await;
     let fast = ok_receiver().await;
-    subscribe(&app, &slow.uri(), json!(["message.received"])).await;
+    let (slow_hook, _) = subscribe(&app, &slow.uri(), json!(["message.received"])).await;
     subscribe(&app, &fast.uri(), json!(["message.received"])).await;
     app.create_account("acme").await;
     for i in 0..20 {
@@ -383,6 +383,47 @@ async fn a_slow_receiver_does_not_delay_others() {
     })
     .await;
     assert!(started.elapsed() < Duration::from_secs(5));
+    // The slow receiver's attempts time out (2 s here) and are retried.
+    let d = eventually(10, "the slow receiver's attempts time out", || async {
+        deliveries(&app, &slow_hook)
+            .await
+            .into_iter()
+            .find(|d| d["attempts"].as_i64().unwrap_or(0) >= 1)
+    })
+    .await;
+    assert_eq!(d["status"], "pending", "{d}");
+    assert_eq!(d["last_error"], "timeout after 2s", "{d}");
+}
+
+/// A receiver that accepts the connection and closes it without answering: a failed attempt,
+/// retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_socket_is_a_failed_attempt() {
+    let Some(app) = spawn_fast(Backend::Sqlite, "10s").await else {
+        return;
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            drop(sock);
+        }
+    });
+    let (hook, _) = subscribe(&app, &format!("http://{addr}/"), json!(["message.received"])).await;
+    app.create_account("acme").await;
+    inbound(&app, "acme", JID, "m-1", "hello").await;
+    let d = eventually(10, "the attempt fails", || async {
+        deliveries(&app, &hook)
+            .await
+            .into_iter()
+            .find(|d| d["attempts"] == 1)
+    })
+    .await;
+    assert_eq!(d["status"], "pending");
+    assert!(d["last_status_code"].is_null());
+    assert_eq!(d["last_error"], "the connection failed before a response", "{d}");
 }
 
 /// Config changes reach subscribers without the key; an account filter keeps other accounts'
