@@ -119,6 +119,9 @@ pub struct App {
     /// Wakes the webhook senders when deliveries became due.
     pub delivery_wake: tokio::sync::Notify,
     pub delivery_counters: crate::webhooks::DeliveryCounters,
+    /// Appends of the chat actors, grouped into shared transactions.
+    pub committer: crate::group_commit::GroupCommitter,
+    pub commit_stats: Arc<crate::group_commit::CommitStats>,
     /// Store failures seen by background work and commands (`/metrics`).
     store_errors: std::sync::atomic::AtomicU64,
 }
@@ -129,6 +132,8 @@ impl App {
     /// Builds the service over a migrated store and folds the whole history into the read model.
     pub async fn new(config: Config, store: Store) -> Result<SharedApp, AppError> {
         let env_layer = env_layer(&config);
+        let commit_stats = Arc::new(crate::group_commit::CommitStats::default());
+        let committer = crate::group_commit::GroupCommitter::start(store.clone(), commit_stats.clone());
         let app = Arc::new(App {
             global: store.framework(),
             accounts: store.framework(),
@@ -138,6 +143,8 @@ impl App {
             delivery_wake: tokio::sync::Notify::new(),
             delivery_counters: Default::default(),
             store_errors: Default::default(),
+            committer,
+            commit_stats,
             env_layer,
             login_limiter: LoginLimiter::new(5, Duration::from_secs(60)),
             model: RwLock::new(ConfigModel::default()),

@@ -18,21 +18,23 @@ use wagate_projections::effective::{self, Effective, KeySource};
 use crate::app::App;
 use crate::crypto::api_key_ad;
 use crate::model_client::{ChatMessage, HttpModelClient, ModelRequest, Role};
+use crate::group_commit::{Append, Appended, GroupCommitter};
 use crate::store::{CommitError, Store, StoreError, Streams};
 use crate::transport::cloud_api::CloudApiClient;
 use crate::transport::DispatchTransport;
 
-/// Chat streams in the event store.
+/// Chat streams in the event store: loaded through cqrs-es, appended through the group committer
+/// (many chats' appends share one transaction).
 pub struct StoreStreams {
-    store: Store,
     streams: Streams<Chat>,
+    committer: GroupCommitter,
 }
 
 impl StoreStreams {
-    pub fn new(store: Store) -> Self {
+    pub fn new(store: &Store, committer: GroupCommitter) -> Self {
         Self {
             streams: store.streams(),
-            store,
+            committer,
         }
     }
 }
@@ -58,15 +60,26 @@ impl ChatStreams for StoreStreams {
         events: Vec<ChatEvent>,
         meta: Meta,
     ) -> Result<Vec<i64>, StoreFailure> {
-        self.streams
-            .commit(stream_id, expected, events, meta)
-            .await
-            .map_err(failure)?;
-        let after = i64::try_from(expected).unwrap_or(i64::MAX);
-        self.store
-            .positions_after("chat", stream_id, after)
-            .await
-            .map_err(|e| failure(CommitError::Store(e)))
+        use cqrs_es::DomainEvent;
+        let append = Append {
+            aggregate_type: "chat",
+            aggregate_id: stream_id.to_string(),
+            expected: i64::try_from(expected).unwrap_or(i64::MAX),
+            events: events
+                .iter()
+                .map(|e| {
+                    serde_json::to_value(e)
+                        .map(|payload| (e.event_type(), e.event_version(), payload))
+                        .map_err(|err| StoreFailure::Other(format!("cannot serialize an event: {err}")))
+                })
+                .collect::<Result<_, _>>()?,
+            metadata: meta,
+        };
+        match self.committer.append(append).await {
+            Ok(Appended::Committed(positions)) => Ok(positions),
+            Ok(Appended::Conflict) => Err(StoreFailure::Conflict),
+            Err(e) => Err(failure(CommitError::Store(e))),
+        }
     }
 }
 
@@ -201,7 +214,7 @@ fn cloud_client(app: &App) -> CloudApiClient {
 pub fn ports(app: &Arc<App>, model: HttpModelClient) -> wagate_actors::Ports {
     let cloud = cloud_client(app);
     wagate_actors::Ports {
-        streams: Arc::new(StoreStreams::new(app.store.clone())),
+        streams: Arc::new(StoreStreams::new(&app.store, app.committer.clone())),
         config: Arc::new(AppConfig(Arc::downgrade(app))),
         model: Arc::new(HttpModel(model)),
         transport: Arc::new(DispatchTransport::new(Arc::downgrade(app), cloud)),

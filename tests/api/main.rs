@@ -9,6 +9,7 @@ mod bad_input;
 mod cloud_api;
 mod crash;
 mod events;
+mod group_commit;
 mod history;
 mod lifecycle;
 mod replies;

@@ -1,0 +1,253 @@
+//! Group commit for stream appends: chat actors hand their appends to one committer task, which
+//! writes every append waiting at that moment in one transaction, so many chats' events share one
+//! WAL flush (and one hold of PostgreSQL's position lock, ADR 0001) instead of paying one each.
+//!
+//! Each append keeps its own optimistic check: its events take sequences `expected + 1 ..`, and
+//! the primary key `(aggregate_type, aggregate_id, sequence)` refuses them if the stream moved. A
+//! refused append makes the batch's transaction fail; the committer then writes the batch's
+//! appends one transaction each, so only the stream that really conflicted sees `Conflict`.
+//! Nothing is acknowledged before its transaction committed.
+
+use std::collections::HashMap;
+
+use sqlx::Row;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store::{Store, StoreError};
+
+/// Appends taken into one transaction at most.
+const MAX_BATCH: usize = 256;
+
+/// One stream's new events.
+#[derive(Debug, Clone)]
+pub struct Append {
+    pub aggregate_type: &'static str,
+    pub aggregate_id: String,
+    /// The stream version the writer holds (its events get the next sequences).
+    pub expected: i64,
+    /// (event type, event version, payload)
+    pub events: Vec<(String, String, serde_json::Value)>,
+    pub metadata: HashMap<String, String>,
+}
+
+/// What became of an append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Appended {
+    /// Committed; the events' global positions, in order.
+    Committed(Vec<i64>),
+    /// The stream moved past `expected`: nothing was written.
+    Conflict,
+}
+
+type Request = (Append, oneshot::Sender<Result<Appended, StoreError>>);
+
+/// The handle writers use; the committer task stops when every handle is dropped.
+#[derive(Clone)]
+pub struct GroupCommitter {
+    tx: mpsc::UnboundedSender<Request>,
+}
+
+/// Counts of the committer's work (for the benchmark and `/metrics`).
+#[derive(Debug, Default)]
+pub struct CommitStats {
+    pub transactions: std::sync::atomic::AtomicU64,
+    pub appends: std::sync::atomic::AtomicU64,
+}
+
+impl GroupCommitter {
+    pub fn start(store: Store, stats: std::sync::Arc<CommitStats>) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(store, rx, stats));
+        Self { tx }
+    }
+
+    /// Appends and waits for the commit.
+    pub async fn append(&self, append: Append) -> Result<Appended, StoreError> {
+        if append.events.is_empty() {
+            return Ok(Appended::Committed(vec![]));
+        }
+        let (done, result) = oneshot::channel();
+        self.tx
+            .send((append, done))
+            .map_err(|_| StoreError::Unavailable("the committer has stopped".into()))?;
+        result
+            .await
+            .map_err(|_| StoreError::Unavailable("the committer has stopped".into()))?
+    }
+}
+
+async fn run(
+    store: Store,
+    mut rx: mpsc::UnboundedReceiver<Request>,
+    stats: std::sync::Arc<CommitStats>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let appends: Vec<&Append> = batch.iter().map(|(a, _)| a).collect();
+        stats.transactions.fetch_add(1, Relaxed);
+        stats.appends.fetch_add(appends.len() as u64, Relaxed);
+        match write(&store, &appends).await {
+            Ok(positions) => {
+                for ((_, done), p) in batch.into_iter().zip(positions) {
+                    let _ = done.send(Ok(Appended::Committed(p)));
+                }
+            }
+            Err(WriteError::Conflict) if batch.len() == 1 => {
+                if let Some((_, done)) = batch.pop() {
+                    let _ = done.send(Ok(Appended::Conflict));
+                }
+            }
+            Err(WriteError::Conflict) => {
+                // Find the stream(s) that moved: one transaction per append.
+                for (append, done) in batch {
+                    stats.transactions.fetch_add(1, Relaxed);
+                    let r = match write(&store, &[&append]).await {
+                        Ok(mut p) => Ok(Appended::Committed(p.pop().unwrap_or_default())),
+                        Err(WriteError::Conflict) => Ok(Appended::Conflict),
+                        Err(WriteError::Store(e)) => Err(e),
+                    };
+                    let _ = done.send(r);
+                }
+            }
+            Err(WriteError::Store(e)) => {
+                for (_, done) in batch {
+                    let _ = done.send(Err(clone_error(&e)));
+                }
+            }
+        }
+    }
+}
+
+fn clone_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        StoreError::Other(m) => StoreError::Other(m.clone()),
+    }
+}
+
+enum WriteError {
+    Conflict,
+    Store(StoreError),
+}
+
+impl From<sqlx::Error> for WriteError {
+    fn from(e: sqlx::Error) -> Self {
+        let duplicate = match &e {
+            sqlx::Error::Database(db) => db
+                .code()
+                .is_some_and(|c| matches!(c.as_ref(), "23505" | "1555" | "2067")),
+            _ => false,
+        };
+        if duplicate {
+            WriteError::Conflict
+        } else {
+            WriteError::Store(StoreError::from(e))
+        }
+    }
+}
+
+/// Writes the appends in one transaction; their positions in order.
+async fn write(store: &Store, appends: &[&Append]) -> Result<Vec<Vec<i64>>, WriteError> {
+    const INSERT: &str = "INSERT INTO events \
+        (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) ";
+    const POSITIONS: &str = "SELECT position FROM events WHERE aggregate_type = $1 \
+        AND aggregate_id = $2 AND sequence > $3 ORDER BY sequence";
+    // One statement per append: `VALUES (...), (...)` for its events.
+    let statement = |a: &Append, cast: bool| {
+        let mut sql = String::from(INSERT);
+        sql.push_str("VALUES ");
+        for i in 0..a.events.len() {
+            let b = i * 7;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            if cast {
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}::json, ${}::json)",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7
+                ));
+            } else {
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7
+                ));
+            }
+        }
+        sql
+    };
+    macro_rules! bind_events {
+        ($q:expr, $a:expr, $meta:expr) => {{
+            let mut q = $q;
+            for (i, (ty, version, payload)) in $a.events.iter().enumerate() {
+                q = q
+                    .bind($a.aggregate_type)
+                    .bind(&$a.aggregate_id)
+                    .bind($a.expected + 1 + i as i64)
+                    .bind(ty)
+                    .bind(version)
+                    .bind(payload.to_string())
+                    .bind($meta.clone());
+            }
+            q
+        }};
+    }
+    let mut out = Vec::with_capacity(appends.len());
+    match store {
+        Store::Postgres(p) => {
+            let mut tx = p.begin().await?;
+            for a in appends {
+                let meta = serde_json::to_string(&a.metadata).unwrap_or_else(|_| "{}".into());
+                let sql = format!("{} RETURNING sequence, position", statement(a, true));
+                let rows = bind_events!(sqlx::query(&sql), a, meta)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let mut seq_pos: Vec<(i64, i64)> = rows
+                    .iter()
+                    .map(|r| Ok((r.try_get("sequence")?, r.try_get("position")?)))
+                    .collect::<Result<_, sqlx::Error>>()?;
+                seq_pos.sort_unstable();
+                out.push(seq_pos.into_iter().map(|(_, p)| p).collect());
+            }
+            tx.commit().await?;
+        }
+        Store::Sqlite(p) => {
+            let mut tx = p.begin().await?;
+            for a in appends {
+                let meta = serde_json::to_string(&a.metadata).unwrap_or_else(|_| "{}".into());
+                let sql = statement(a, false);
+                bind_events!(sqlx::query(&sql), a, meta)
+                    .execute(&mut *tx)
+                    .await?;
+                // Positions are set by an AFTER INSERT trigger, after RETURNING would run.
+                let positions: Vec<i64> = sqlx::query_scalar(POSITIONS)
+                    .bind(a.aggregate_type)
+                    .bind(&a.aggregate_id)
+                    .bind(a.expected)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                out.push(positions);
+            }
+            tx.commit().await?;
+        }
+    }
+    Ok(out)
+}
