@@ -133,7 +133,8 @@ impl App {
     pub async fn new(config: Config, store: Store) -> Result<SharedApp, AppError> {
         let env_layer = env_layer(&config);
         let commit_stats = Arc::new(crate::group_commit::CommitStats::default());
-        let committer = crate::group_commit::GroupCommitter::start(store.clone(), commit_stats.clone());
+        let committer =
+            crate::group_commit::GroupCommitter::start(store.clone(), commit_stats.clone());
         let app = Arc::new(App {
             global: store.framework(),
             accounts: store.framework(),

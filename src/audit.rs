@@ -81,29 +81,46 @@ pub async fn replay(
         Projection::All => &[],
     };
     let started = Instant::now();
-    let (mut after, mut events) = (0i64, 0u64);
-    loop {
-        let batch = store
-            .read(&EventQuery {
-                after,
-                until: Some(head),
-                limit: BATCH,
-                aggregate_types: types,
-                ..Default::default()
-            })
-            .await?;
+    // Reading (I/O and row decoding) runs in its own task, one batch ahead of folding.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<StoredEvent>, StoreError>>(2);
+    let reader_store = store.clone();
+    let reader = tokio::spawn(async move {
+        let mut after = 0i64;
+        loop {
+            let batch = reader_store
+                .read(&EventQuery {
+                    after,
+                    until: Some(head),
+                    limit: BATCH,
+                    aggregate_types: types,
+                    ..Default::default()
+                })
+                .await;
+            let (last, full) = match &batch {
+                Ok(b) => (b.last().map(|e| e.position), b.len() as i64 == BATCH),
+                Err(_) => (None, false),
+            };
+            if tx.send(batch).await.is_err() {
+                return;
+            }
+            match last {
+                Some(p) if full => after = p,
+                _ => return,
+            }
+        }
+    });
+    let mut events = 0u64;
+    while let Some(batch) = rx.recv().await {
+        let batch = batch?;
         for ev in &batch {
             fold(&mut config, &mut messages, ev)?;
         }
         events += batch.len() as u64;
         if let Some(last) = batch.last() {
-            after = last.position;
-            bar.set_position(u64::try_from(after).unwrap_or(0));
-        }
-        if (batch.len() as i64) < BATCH {
-            break;
+            bar.set_position(u64::try_from(last.position).unwrap_or(0));
         }
     }
+    let _ = reader.await;
     bar.finish_and_clear();
     if let Some(c) = config.as_mut() {
         c.position = head;

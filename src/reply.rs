@@ -17,8 +17,8 @@ use wagate_projections::effective::{self, Effective, KeySource};
 
 use crate::app::App;
 use crate::crypto::api_key_ad;
-use crate::model_client::{ChatMessage, HttpModelClient, ModelRequest, Role};
 use crate::group_commit::{Append, Appended, GroupCommitter};
+use crate::model_client::{ChatMessage, HttpModelClient, ModelRequest, Role};
 use crate::store::{CommitError, Store, StoreError, Streams};
 use crate::transport::cloud_api::CloudApiClient;
 use crate::transport::DispatchTransport;
@@ -70,7 +70,9 @@ impl ChatStreams for StoreStreams {
                 .map(|e| {
                     serde_json::to_value(e)
                         .map(|payload| (e.event_type(), e.event_version(), payload))
-                        .map_err(|err| StoreFailure::Other(format!("cannot serialize an event: {err}")))
+                        .map_err(|err| {
+                            StoreFailure::Other(format!("cannot serialize an event: {err}"))
+                        })
                 })
                 .collect::<Result<_, _>>()?,
             metadata: meta,

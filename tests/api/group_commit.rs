@@ -29,19 +29,26 @@ fn append(stream: &str, expected: i64, n: usize) -> Append {
 
 async fn batches_and_isolates_conflicts(app: TestApp) {
     let a = app.app().clone();
-    let before = a.commit_stats.transactions.load(std::sync::atomic::Ordering::Relaxed);
+    let before = a
+        .commit_stats
+        .transactions
+        .load(std::sync::atomic::Ordering::Relaxed);
     // 64 streams at once, plus two writers racing on one stream at the same version.
     let mut tasks = Vec::new();
     for i in 0..64 {
         let a = a.clone();
         tasks.push(tokio::spawn(async move {
-            a.committer.append(append(&format!("acme/{i}@s.whatsapp.net"), 0, 3)).await
+            a.committer
+                .append(append(&format!("acme/{i}@s.whatsapp.net"), 0, 3))
+                .await
         }));
     }
     for _ in 0..2 {
         let a = a.clone();
         tasks.push(tokio::spawn(async move {
-            a.committer.append(append("acme/race@s.whatsapp.net", 0, 2)).await
+            a.committer
+                .append(append("acme/race@s.whatsapp.net", 0, 2))
+                .await
         }));
     }
     let mut committed = 0;
@@ -61,7 +68,10 @@ async fn batches_and_isolates_conflicts(app: TestApp) {
     all_positions.sort_unstable();
     all_positions.dedup();
     assert_eq!(all_positions.len(), 64 * 3 + 2);
-    let after = a.commit_stats.transactions.load(std::sync::atomic::Ordering::Relaxed);
+    let after = a
+        .commit_stats
+        .transactions
+        .load(std::sync::atomic::Ordering::Relaxed);
     // At least some sharing happened (66 appends, fewer transactions than that even with the
     // one-by-one retry of the batch that held the conflict).
     assert!(after - before < 66 + 66, "transactions: {}", after - before);

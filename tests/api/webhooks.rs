@@ -411,7 +411,12 @@ async fn a_closed_socket_is_a_failed_attempt() {
             drop(sock);
         }
     });
-    let (hook, _) = subscribe(&app, &format!("http://{addr}/"), json!(["message.received"])).await;
+    let (hook, _) = subscribe(
+        &app,
+        &format!("http://{addr}/"),
+        json!(["message.received"]),
+    )
+    .await;
     app.create_account("acme").await;
     inbound(&app, "acme", JID, "m-1", "hello").await;
     let d = eventually(10, "the attempt fails", || async {
@@ -423,7 +428,10 @@ async fn a_closed_socket_is_a_failed_attempt() {
     .await;
     assert_eq!(d["status"], "pending");
     assert!(d["last_status_code"].is_null());
-    assert_eq!(d["last_error"], "the connection failed before a response", "{d}");
+    assert_eq!(
+        d["last_error"], "the connection failed before a response",
+        "{d}"
+    );
 }
 
 /// Config changes reach subscribers without the key; an account filter keeps other accounts'
