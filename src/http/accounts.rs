@@ -16,7 +16,7 @@ use wagate_projections::{AccountView, TokenView};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, Caller};
 use super::ListResponse;
-use crate::app::SharedApp;
+use crate::app::{SharedApp, Who};
 use crate::auth;
 
 pub fn router() -> OpenApiRouter<SharedApp> {
@@ -78,6 +78,16 @@ async fn create_account(
     ApiJson(req): ApiJson<CreateAccountRequest>,
 ) -> Result<(StatusCode, Json<AccountResponse>), ApiError> {
     caller.require_admin()?;
+    let created = create(&app, &caller.who(), req).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// Validates and creates an account (shared by the API and the dashboard).
+pub async fn create(
+    app: &SharedApp,
+    who: &Who,
+    req: CreateAccountRequest,
+) -> Result<AccountResponse, ApiError> {
     validate_account_id(&req.id)?;
     let transport = match req.transport.as_str() {
         "sandbox" => Transport::Sandbox,
@@ -100,9 +110,8 @@ async fn create_account(
         name,
         transport,
     };
-    app.execute(&app.accounts, &req.id, cmd, &caller.who())
-        .await?;
-    Ok((StatusCode::CREATED, Json(account_response(&app, &req.id)?)))
+    app.execute(&app.accounts, &req.id, cmd, who).await?;
+    account_response(app, &req.id)
 }
 
 /// Lists live accounts, oldest first.
@@ -200,27 +209,36 @@ async fn create_token(
     ApiJson(req): ApiJson<CreateTokenRequest>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     caller.require_admin()?;
+    let created = issue_token(&app, &caller.who(), &acc, req.name).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// Issues an account token (shared by the API and the dashboard); the secret is in the answer
+/// only.
+pub async fn issue_token(
+    app: &SharedApp,
+    who: &Who,
+    acc: &str,
+    name: String,
+) -> Result<CreatedToken, ApiError> {
     let (token, token_hash) = auth::generate_account_token();
     let token_id = uuid::Uuid::now_v7().to_string();
     let cmd = AccountCommand::IssueToken {
         token_id: token_id.clone(),
-        name: req.name,
+        name,
         token_hash,
     };
-    app.execute(&app.accounts, &acc, cmd, &caller.who()).await?;
+    app.execute(&app.accounts, acc, cmd, who).await?;
     let created_at = app
         .model()
-        .account(&acc)
+        .account(acc)
         .and_then(|a| a.tokens.get(&token_id).map(|t| t.created_at))
         .unwrap_or_else(Utc::now);
-    Ok((
-        StatusCode::CREATED,
-        Json(CreatedToken {
-            id: token_id,
-            token,
-            created_at,
-        }),
-    ))
+    Ok(CreatedToken {
+        id: token_id,
+        token,
+        created_at,
+    })
 }
 
 /// Lists an account's tokens (never the secrets).
