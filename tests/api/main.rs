@@ -7,6 +7,7 @@ mod ai_config;
 mod auth;
 mod bad_input;
 mod crash;
+mod dashboard;
 mod events;
 mod lifecycle;
 mod replies;
