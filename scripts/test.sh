@@ -24,7 +24,7 @@ if ! { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }; then
     echo "installing chromium and chromium-driver for the browser tests..." >&2
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >/dev/null
-    apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+    apt-get install -y -qq chromium chromium-driver >/dev/null
   else
     echo "warning: chromium / chromedriver missing and cannot install them (not root or no apt-get)" >&2
   fi
