@@ -13,17 +13,27 @@ use super::ai::{self as layer, Done, FIELD_NAMES};
 use super::render::{self, FormState, Section};
 use super::session::{Posted, Session};
 use crate::app::SharedApp;
-use crate::http::accounts::{create, issue_token, CreateAccountRequest, CreatedToken};
+use crate::http::accounts::{create, delete, issue_token, CreateAccountRequest, CreatedToken};
 use crate::http::ai::{change_account_ai, AiSettingsRequest};
 use crate::http::error::ApiError;
 use crate::http::extract::Caller;
 use crate::http::messages::{chat_summaries, inject_inbound, InboundRequest};
 
-pub async fn list(State(app): State<SharedApp>, session: Session) -> Response {
-    render_list(&app, &session, &FormState::with([("transport", "sandbox")]))
+pub async fn list(
+    State(app): State<SharedApp>,
+    session: Session,
+    Query(q): Query<Done>,
+) -> Response {
+    let state = FormState::with([("transport", "sandbox")]);
+    render_list(&app, &session, &state, q.done.as_deref())
 }
 
-fn render_list(app: &SharedApp, session: &Session, state: &FormState) -> Response {
+fn render_list(
+    app: &SharedApp,
+    session: &Session,
+    state: &FormState,
+    done: Option<&str>,
+) -> Response {
     let accounts: Vec<_> = {
         let m = app.model();
         let mut v: Vec<_> = m
@@ -36,6 +46,7 @@ fn render_list(app: &SharedApp, session: &Session, state: &FormState) -> Respons
         v
     };
     let body = html! {
+        (render::notice(done))
         section aria-labelledby="list-h" {
             h2 #list-h { "Accounts" }
             @if accounts.is_empty() {
@@ -101,7 +112,7 @@ pub async fn create_account(State(app): State<SharedApp>, posted: Posted) -> Res
         Err(e) => {
             let mut state = FormState::from_fields(&fields);
             state.api_error(e, &["id", "name", "transport"]);
-            render_list(&app, &session, &state)
+            render_list(&app, &session, &state, None)
         }
     }
 }
@@ -113,6 +124,7 @@ struct AccountForms {
     token: FormState,
     new_token: Option<CreatedToken>,
     inbound: FormState,
+    delete: FormState,
     done: Option<String>,
 }
 
@@ -169,6 +181,7 @@ async fn render_account(
         forms.layer.as_ref().map(FormState::status),
         Some(forms.token.status()),
         Some(forms.inbound.status()),
+        Some(forms.delete.status()),
     ]
     .into_iter()
     .flatten()
@@ -256,6 +269,16 @@ async fn render_account(
                     (render::textarea_field(&inbound, "inbound", "text", "Message", 3, None))
                     button type="submit" { "Inject message" }
                 }
+            }
+        }
+        section aria-labelledby="delete-h" {
+            h2 #delete-h { "Delete the account" }
+            form.card method="post" action=(format!("{base}/delete")) novalidate {
+                (render::csrf(session))
+                (render::form_error(&forms.delete))
+                p { "Its tokens stop working at once; its history stays in the audit log and its id stays reserved." }
+                (render::text_field(&forms.delete, "delete", "confirm", "Type the account id to confirm", "text", None))
+                button.danger type="submit" { "Delete account" }
             }
         }
     };
@@ -404,4 +427,26 @@ pub async fn inbound(
             render_account(&app, &session, &acc, forms).await
         }
     }
+}
+
+pub async fn delete_account(
+    State(app): State<SharedApp>,
+    Path(acc): Path<String>,
+    posted: Posted,
+) -> Response {
+    let Posted { session, fields } = posted;
+    let mut state = FormState::from_fields(&fields);
+    if fields.get("confirm").trim() != acc {
+        state.invalid("confirm", "type the account id exactly to confirm");
+    } else {
+        match delete(&app, &session.who(), &acc).await {
+            Ok(()) => return render::see_other("/accounts?done=deleted"),
+            Err(e) => state.api_error(e, &["confirm"]),
+        }
+    }
+    let forms = AccountForms {
+        delete: state,
+        ..AccountForms::default()
+    };
+    render_account(&app, &session, &acc, forms).await
 }

@@ -46,6 +46,7 @@ pub fn router() -> Router<SharedApp> {
             post(accounts::revoke_token),
         )
         .route("/accounts/{acc}/inbound", post(accounts::inbound))
+        .route("/accounts/{acc}/delete", post(accounts::delete_account))
         .route("/accounts/{acc}/chats/{jid}", get(chat::show))
         .route("/accounts/{acc}/chats/{jid}/send", post(chat::send))
         .route(

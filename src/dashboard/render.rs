@@ -317,6 +317,7 @@ pub fn notice(done: Option<&str>) -> Markup {
         Some("sent") => "Message sent.",
         Some("injected") => "Incoming message injected.",
         Some("key_cleared") => "API key cleared.",
+        Some("deleted") => "Account deleted.",
         _ => return html! {},
     };
     html! { p.alert.ok role="status" { (text) } }

@@ -130,13 +130,13 @@ pub fn random_token() -> String {
     hex::encode(bytes)
 }
 
-/// `next` if it is a path on this site (`/…`, not `//…`, no backslash or control character),
-/// else `/`: the login page never redirects off-site.
+/// `next` if it is a path on this site (`/…`, not `//…`, no backslash; printable ASCII only, as
+/// a browser sends a path), else `/`: the login page never redirects off-site.
 pub fn safe_next(next: &str) -> &str {
     let local = next.starts_with('/')
         && !next.starts_with("//")
         && !next.contains('\\')
-        && !next.chars().any(char::is_control);
+        && next.bytes().all(|b| b.is_ascii_graphic());
     if local {
         next
     } else {
@@ -261,6 +261,8 @@ mod tests {
         assert_eq!(safe_next("https://evil.example/"), "/");
         assert_eq!(safe_next("/\\evil.example"), "/");
         assert_eq!(safe_next(""), "/");
+        assert_eq!(safe_next("/a\r\nSet-Cookie: x"), "/");
+        assert_eq!(safe_next("/ä"), "/");
     }
 
     #[test]

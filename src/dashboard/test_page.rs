@@ -43,6 +43,13 @@ fn render_page(
         .filter(|a| !a.deleted)
         .map(|a| (a.id.clone(), a.name.clone()))
         .collect();
+    let chats: Vec<String> = {
+        let m = app.messages();
+        let mut jids: Vec<String> = m.chats.keys().map(|(_, jid)| jid.clone()).collect();
+        jids.sort();
+        jids.dedup();
+        jids
+    };
     let chosen = state.value("account_id");
     let body = html! {
         p { "Sends one message to the model with the effective settings of the chosen account and chat "
@@ -62,8 +69,15 @@ fn render_page(
                 }
                 (render::field_error(state, "test-account_id", "account_id"))
             }
-            (render::text_field(state, "test", "chat_id", "Chat JID (optional)", "text",
-                Some("Its settings and last 20 messages shape the prompt.")))
+            div.field {
+                label for="test-chat_id" { "Chat JID (optional)" }
+                input #test-chat_id name="chat_id" type="text" list="test-chats" value=(state.value("chat_id"))
+                    aria-invalid=[state.error("chat_id").map(|_| "true")]
+                    aria-describedby=[render::described_by(state, "test-chat_id", "chat_id", true)];
+                datalist #test-chats { @for jid in &chats { option value=(jid) {} } }
+                p.hint #test-chat_id-hint { "Its settings and last 20 messages shape the prompt." }
+                (render::field_error(state, "test-chat_id", "chat_id"))
+            }
             (render::textarea_field(state, "test", "message", "Message", 4, None))
             button type="submit" { "Ask the model" }
         }

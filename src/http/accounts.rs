@@ -154,12 +154,18 @@ async fn delete_account(
     ApiPath(acc): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin()?;
-    app.execute(&app.accounts, &acc, AccountCommand::Delete, &caller.who())
+    delete(&app, &caller.who(), &acc).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes an account and stops its actors (shared by the API and the dashboard).
+pub async fn delete(app: &SharedApp, who: &Who, acc: &str) -> Result<(), ApiError> {
+    app.execute(&app.accounts, acc, AccountCommand::Delete, who)
         .await?;
     if let Ok(gateway) = app.gateway() {
-        gateway.stop_account(&acc).await;
+        gateway.stop_account(acc).await;
     }
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -9,7 +9,7 @@ use reqwest::redirect::Policy;
 use serde_json::json;
 
 use crate::both_stores;
-use crate::helpers::{TestApp, ADMIN_PASSWORD, JWT_SECRET};
+use crate::helpers::{Backend, Binary, TestApp, ADMIN_PASSWORD, JWT_SECRET};
 
 /// A cookie-keeping client that does not follow redirects.
 struct Visitor<'a> {
@@ -458,6 +458,16 @@ async fn form_errors_keep_values(app: TestApp) {
     assert_eq!(r.status, 400);
     assert!(r.body.contains("id=\"test-account_id-error\""));
     assert!(r.body.contains(">hi</textarea>"));
+    // Deleting an account needs its id typed exactly.
+    let r = v
+        .post(
+            "/accounts/acme/delete",
+            &[("csrf", &csrf), ("confirm", "acm")],
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("id=\"delete-confirm-error\""));
+    assert!(r.body.contains("value=\"acm\""));
     // A bad filter on the log page.
     let r = v.get("/logs?status=weird").await;
     assert_eq!(r.status, 400);
@@ -546,3 +556,55 @@ async fn assets_are_served_from_the_binary() {
         "no CDN"
     );
 }
+
+#[tokio::test]
+async fn serve_prints_the_dashboard_url() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let Some(vars) = TestApp::vars(Backend::Sqlite, &dir).await else {
+        return;
+    };
+    let bin = Binary::start(&vars, "warn").await;
+    let base = bin.base.clone();
+    // The printed URL opens the dashboard: the login page for a new visitor.
+    let client = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .expect("client");
+    let r = client.get(format!("{base}/")).send().await.expect("get /");
+    assert_eq!(r.status(), 302);
+    assert_eq!(r.headers()[LOCATION], "/login");
+    let login = client
+        .get(format!("{base}/login"))
+        .send()
+        .await
+        .expect("get /login");
+    assert_eq!(login.status(), 200);
+    let (out, _) = bin.finish().await;
+    assert!(
+        out.contains(&format!("dashboard: {base}/")),
+        "the banner names the dashboard URL: {out}"
+    );
+}
+
+async fn delete_from_the_dashboard(app: TestApp) {
+    app.create_account("acme").await;
+    let mut v = Visitor::new(&app);
+    v.login().await;
+    let csrf = v.get("/accounts/acme").await.csrf();
+    let r = v
+        .post(
+            "/accounts/acme/delete",
+            &[("csrf", &csrf), ("confirm", "acme")],
+        )
+        .await;
+    assert_eq!((r.status, r.location()), (303, "/accounts?done=deleted"));
+    assert_eq!(
+        app.admin("GET", "/v1/accounts/acme", None).await.status,
+        404
+    );
+    assert_eq!(v.get("/accounts/acme").await.status, 404);
+}
+both_stores!(
+    account_deleted_from_the_dashboard,
+    delete_from_the_dashboard
+);

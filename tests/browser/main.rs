@@ -322,7 +322,21 @@ async fn dashboard_end_to_end() {
     // The chat page; the gear turns AI off for this chat.
     let chat = format!("{base}/accounts/acme/chats/{}", JID.replace('@', "%40"));
     c.goto(&chat).await.expect("goto");
-    click(&c, "details.gear > summary").await;
+    // The gear opens from the keyboard (Enter on the focused summary).
+    c.find(Locator::Css("details.gear > summary"))
+        .await
+        .expect("gear")
+        .send_keys("\u{E007}")
+        .await
+        .expect("enter");
+    let open = c
+        .execute(
+            "return document.querySelector('details.gear').open;",
+            vec![],
+        )
+        .await
+        .expect("script");
+    assert_eq!(open, json!(true), "Enter opens the gear");
     click(&c, "#mode-disabled").await;
     submit(&c, "#chat-settings button[type=submit]").await;
     assert!(path_of(&c).await.ends_with("?done=saved"));
@@ -449,6 +463,15 @@ async fn dashboard_end_to_end() {
     assert!(path_of(&c).await.starts_with("/login?next="));
     login(&c).await;
     assert_eq!(path_of(&c).await, "/logs?status=sent");
+
+    // Deleting an account needs its id typed.
+    c.goto(&format!("{base}/accounts/acme"))
+        .await
+        .expect("goto");
+    fill(&c, "#delete-confirm", "acme").await;
+    submit(&c, "#delete-h ~ form button[type=submit]").await;
+    assert_eq!(path_of(&c).await, "/accounts?done=deleted");
+    assert!(text_of(&c, "main").await.contains("No accounts yet"));
 
     // Logging out ends the session.
     submit(&c, "form.logout button").await;
