@@ -608,3 +608,43 @@ both_stores!(
     account_deleted_from_the_dashboard,
     delete_from_the_dashboard
 );
+
+#[tokio::test]
+async fn test_page_shows_sanitized_errors() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let Some(app) = TestApp::spawn(Backend::Sqlite).await else {
+        return;
+    };
+    let mut v = Visitor::new(&app);
+    v.login().await;
+    let csrf = v.get("/test").await.csrf();
+    // No key anywhere: the API's message as a form-level error, status 409.
+    let r = v.post("/test", &[("csrf", &csrf), ("message", "hi")]).await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.body.contains("no API key configured"), "{}", r.body);
+    assert!(r.body.contains(">hi</textarea>"));
+    // A failing model: the sanitized reason, never the upstream body or the key.
+    let stub = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(ResponseTemplate::new(500).set_body_string("UPSTREAM-SECRET-BODY"))
+        .mount(&stub)
+        .await;
+    let r = app
+        .admin(
+            "PUT",
+            "/v1/ai/global",
+            Some(
+                json!({"base_url": format!("{}/v1", stub.uri()), "api_key": "sk-canary-dash",
+                        "timeout_seconds": 5}),
+            ),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = v.post("/test", &[("csrf", &csrf), ("message", "hi")]).await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert!(r.body.contains("class=\"alert error\""), "{}", r.body);
+    assert!(!r.body.contains("UPSTREAM-SECRET-BODY") && !r.body.contains("sk-canary-dash"));
+    assert!(!r.body.contains("id=\"test-reply\""));
+}
