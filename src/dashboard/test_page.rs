@@ -54,6 +54,18 @@ fn render_page(
     let body = html! {
         p { "Sends one message to the model with the effective settings of the chosen account and chat "
             "(the reply rules — enabled, chat kind, blocked — are not applied). Nothing is sent to WhatsApp." }
+        @if let Some(r) = reply {
+            section.card #test-result aria-labelledby="result-h" aria-live="polite" {
+                h2 #result-h { "Reply" }
+                p.reply #test-reply { (r.reply) }
+                dl.facts {
+                    dt { "Model" } dd #test-model { (r.model) }
+                    dt { "Latency" } dd #test-latency { (r.latency_ms) " ms" }
+                    dt { "Tokens" } dd #test-tokens { (r.usage.prompt_tokens) " prompt + " (r.usage.completion_tokens)
+                        " completion = " (r.usage.total_tokens) }
+                }
+            }
+        }
         form.card #test-form method="post" action="/test" novalidate {
             (render::csrf(session))
             (render::form_error(state))
@@ -80,18 +92,6 @@ fn render_page(
             }
             (render::textarea_field(state, "test", "message", "Message", 4, None))
             button type="submit" { "Ask the model" }
-        }
-        @if let Some(r) = reply {
-            section.card #test-result aria-labelledby="result-h" aria-live="polite" {
-                h2 #result-h { "Reply" }
-                p.reply #test-reply { (r.reply) }
-                dl.facts {
-                    dt { "Model" } dd #test-model { (r.model) }
-                    dt { "Latency" } dd #test-latency { (r.latency_ms) " ms" }
-                    dt { "Tokens" } dd #test-tokens { (r.usage.prompt_tokens) " prompt + " (r.usage.completion_tokens)
-                        " completion = " (r.usage.total_tokens) }
-                }
-            }
         }
     };
     render::respond(

@@ -182,7 +182,7 @@ fn to_patch(
     })
 }
 
-pub fn env_or_default_base(app: &SharedApp) -> String {
+fn env_or_default_base(app: &SharedApp) -> String {
     app.env_layer
         .settings
         .base_url
