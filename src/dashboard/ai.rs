@@ -516,3 +516,62 @@ pub async fn clear_key(State(app): State<SharedApp>, posted: Posted) -> Response
         Err(e) => render::api_error_page(&e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(pairs: &[(&str, &str)]) -> Fields {
+        Fields(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn empty_clears_absent_keeps_value_sets() {
+        let req = parse_layer_form(&fields(&[
+            ("enabled", "true"),
+            ("model_name", "  m1 "),
+            ("temperature", ""),
+            ("max_tokens", "700"),
+            ("default_system_prompt", "line one\r\nline two\r\n"),
+            ("api_key", ""),
+        ]))
+        .expect("valid");
+        assert!(matches!(req.enabled, Patch::Set(true)));
+        assert!(matches!(req.model_name, Patch::Set(ref m) if m == "m1"));
+        assert!(matches!(req.temperature, Patch::Clear));
+        assert!(matches!(req.max_tokens, Patch::Set(700)));
+        assert!(
+            matches!(req.default_system_prompt, Patch::Set(ref p) if p == "line one\nline two")
+        );
+        assert!(req.base_url.is_keep(), "an absent field is kept");
+        assert!(req.api_key.is_keep(), "an empty key field keeps the key");
+    }
+
+    #[test]
+    fn every_bad_field_is_reported_and_values_stay() {
+        let state = parse_layer_form(&fields(&[
+            ("enabled", "maybe"),
+            ("temperature", "2.5"),
+            ("timeout_seconds", "-1"),
+            ("reply_delay_seconds", "x"),
+            ("model_name", "kept"),
+            ("api_key", "sk-secret"),
+        ]))
+        .expect_err("invalid");
+        for f in [
+            "enabled",
+            "temperature",
+            "timeout_seconds",
+            "reply_delay_seconds",
+        ] {
+            assert!(state.error(f).is_some(), "{f}");
+        }
+        assert_eq!(state.value("model_name"), "kept");
+        assert_eq!(state.value("api_key"), "", "a key is never echoed back");
+    }
+}

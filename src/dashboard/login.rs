@@ -64,7 +64,7 @@ fn login_form(headers: &HeaderMap, next: &str, state: &FormState) -> Response {
     );
     resp.headers_mut().append(
         header::SET_COOKIE,
-        session::set_cookie(LOGIN_COOKIE, &token, session::is_https(headers), 600),
+        session::set_cookie(LOGIN_COOKIE, &token, session::is_https(headers), 3600),
     );
     resp
 }
@@ -93,7 +93,14 @@ pub async fn submit(
         || !session::same_origin(&headers)
     {
         tracing::warn!("dashboard login refused: missing or wrong CSRF token");
-        return session::csrf_refused();
+        // A fresh form (and cookie) to try again with; nothing was checked.
+        let mut state = FormState::with([("username", f.username)]);
+        state.errors.insert(
+            String::new(),
+            "The login form expired or was not sent from this page. Please log in again.".into(),
+        );
+        state.status = Some(StatusCode::FORBIDDEN);
+        return login_form(&headers, session::safe_next(&f.next), &state);
     }
     let next = session::safe_next(&f.next).to_string();
     let mut state = FormState::with([("username", f.username.clone())]);
