@@ -186,7 +186,7 @@ async fn serve(config: Config, first: FirstRun) -> ExitCode {
     println!("wagate is running");
     println!("  API:       {base}   (OpenAPI document: {base}/openapi.json)");
     println!("  store:     {store_desc}");
-    println!("  dashboard: not part of this build yet; use the HTTP API");
+    println!("  dashboard: {base}/   (open it in a browser; log in as {admin:?} with the admin password)");
     println!("  admin:     export ADMIN_JWT=$(cargo run --release -- admin-token)");
     println!(
         "             or POST {base}/v1/auth/login with username {admin:?} and the admin password"

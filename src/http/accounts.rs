@@ -20,7 +20,7 @@ use wagate_projections::{AccountView, TokenView};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, Caller};
 use super::ListResponse;
-use crate::app::SharedApp;
+use crate::app::{SharedApp, Who};
 use crate::auth;
 use crate::net_guard::OutboundGuard;
 use crate::transport::cloud_api::{access_token_ad, app_secret_ad, verify_token_digest};
@@ -226,6 +226,16 @@ async fn create_account(
     ApiJson(req): ApiJson<CreateAccountRequest>,
 ) -> Result<(StatusCode, Json<AccountResponse>), ApiError> {
     caller.require_admin()?;
+    let created = create(&app, &caller.who(), req).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// Validates and creates an account (shared by the API and the dashboard).
+pub async fn create(
+    app: &SharedApp,
+    who: &Who,
+    req: CreateAccountRequest,
+) -> Result<AccountResponse, ApiError> {
     validate_account_id(&req.id)?;
     let transport = match req.transport.as_str() {
         "sandbox" => Transport::Sandbox,
@@ -250,7 +260,7 @@ async fn create_account(
                 "only allowed when transport is cloud_api",
             ))
         }
-        (_, Some(c)) => Some(cloud_settings(&app, &req.id, c).await?),
+        (_, Some(c)) => Some(cloud_settings(app, &req.id, c).await?),
         (_, None) => None,
     };
     let name = req.name.unwrap_or_else(|| req.id.clone());
@@ -260,9 +270,8 @@ async fn create_account(
         transport,
         cloud_api,
     };
-    app.execute(&app.accounts, &req.id, cmd, &caller.who())
-        .await?;
-    Ok((StatusCode::CREATED, Json(account_response(&app, &req.id)?)))
+    app.execute(&app.accounts, &req.id, cmd, who).await?;
+    account_response(app, &req.id)
 }
 
 /// Lists live accounts, oldest first.
@@ -305,12 +314,18 @@ async fn delete_account(
     ApiPath(acc): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin()?;
-    app.execute(&app.accounts, &acc, AccountCommand::Delete, &caller.who())
+    delete(&app, &caller.who(), &acc).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes an account and stops its actors (shared by the API and the dashboard).
+pub async fn delete(app: &SharedApp, who: &Who, acc: &str) -> Result<(), ApiError> {
+    app.execute(&app.accounts, acc, AccountCommand::Delete, who)
         .await?;
     if let Ok(gateway) = app.gateway() {
-        gateway.stop_account(&acc).await;
+        gateway.stop_account(acc).await;
     }
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 /// Changes a `cloud_api` account's settings (only the fields given). Secrets are sealed again for
@@ -412,27 +427,36 @@ async fn create_token(
     ApiJson(req): ApiJson<CreateTokenRequest>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     caller.require_admin()?;
+    let created = issue_token(&app, &caller.who(), &acc, req.name).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// Issues an account token (shared by the API and the dashboard); the secret is in the answer
+/// only.
+pub async fn issue_token(
+    app: &SharedApp,
+    who: &Who,
+    acc: &str,
+    name: String,
+) -> Result<CreatedToken, ApiError> {
     let (token, token_hash) = auth::generate_account_token();
     let token_id = uuid::Uuid::now_v7().to_string();
     let cmd = AccountCommand::IssueToken {
         token_id: token_id.clone(),
-        name: req.name,
+        name,
         token_hash,
     };
-    app.execute(&app.accounts, &acc, cmd, &caller.who()).await?;
+    app.execute(&app.accounts, acc, cmd, who).await?;
     let created_at = app
         .model()
-        .account(&acc)
+        .account(acc)
         .and_then(|a| a.tokens.get(&token_id).map(|t| t.created_at))
         .unwrap_or_else(Utc::now);
-    Ok((
-        StatusCode::CREATED,
-        Json(CreatedToken {
-            id: token_id,
-            token,
-            created_at,
-        }),
-    ))
+    Ok(CreatedToken {
+        id: token_id,
+        token,
+        created_at,
+    })
 }
 
 /// Lists an account's tokens (never the secrets).

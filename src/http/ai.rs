@@ -17,7 +17,7 @@ use wagate_projections::effective::{self, defaults, Effective};
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
-use crate::app::SharedApp;
+use crate::app::{SharedApp, Who};
 
 pub fn router() -> OpenApiRouter<SharedApp> {
     OpenApiRouter::new()
@@ -33,7 +33,7 @@ const MAX_API_KEY: usize = 4096;
 
 /// A change to one layer's AI settings. Omitted fields keep their value; `null` clears the field
 /// at this layer (global: falls back to env / default; account: inherits from global).
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AiSettingsRequest {
     #[serde(default)]
@@ -214,23 +214,28 @@ async fn put_global(
     ApiJson(req): ApiJson<AiSettingsRequest>,
 ) -> Result<Json<AiSettingsView>, ApiError> {
     caller.require_admin()?;
+    change_global(&app, &caller.who(), req).await?;
+    let m = app.model();
+    Ok(Json(AiSettingsView::of(&m.global, m.global_updated_at)))
+}
+
+/// Applies a change to the global layer (shared by the API and the dashboard).
+pub async fn change_global(
+    app: &SharedApp,
+    who: &Who,
+    req: AiSettingsRequest,
+) -> Result<(), ApiError> {
     let current = app.model().global.settings.base_url.clone();
     let patch = to_patch(
-        &app,
+        app,
         req,
         "global",
         current.as_deref(),
-        &env_or_default_base(&app),
+        &env_or_default_base(app),
     )?;
-    app.execute(
-        &app.global,
-        GLOBAL_ID,
-        AiGlobalCommand::Change(patch),
-        &caller.who(),
-    )
-    .await?;
-    let m = app.model();
-    Ok(Json(AiSettingsView::of(&m.global, m.global_updated_at)))
+    app.execute(&app.global, GLOBAL_ID, AiGlobalCommand::Change(patch), who)
+        .await?;
+    Ok(())
 }
 
 fn account_ai_view(app: &SharedApp, acc: &str) -> Result<AiSettingsView, ApiError> {
@@ -266,29 +271,35 @@ async fn put_account_ai(
     ApiJson(req): ApiJson<AiSettingsRequest>,
 ) -> Result<Json<AiSettingsView>, ApiError> {
     caller.require_account(&acc)?;
+    change_account_ai(&app, &caller.who(), &acc, req).await?;
+    account_ai_view(&app, &acc).map(Json)
+}
+
+/// Applies a change to an account's layer (shared by the API and the dashboard).
+pub async fn change_account_ai(
+    app: &SharedApp,
+    who: &Who,
+    acc: &str,
+    req: AiSettingsRequest,
+) -> Result<(), ApiError> {
     let (current, fallback) = {
         let m = app.model();
         let a = m
-            .account(&acc)
+            .account(acc)
             .ok_or_else(|| ApiError::not_found("account not found"))?;
         let fallback = m
             .global
             .settings
             .base_url
             .clone()
-            .unwrap_or_else(|| env_or_default_base(&app));
+            .unwrap_or_else(|| env_or_default_base(app));
         (a.ai.settings.base_url.clone(), fallback)
     };
     let owner = format!("account:{acc}");
-    let patch = to_patch(&app, req, &owner, current.as_deref(), &fallback)?;
-    app.execute(
-        &app.accounts,
-        &acc,
-        AccountCommand::ChangeAi(patch),
-        &caller.who(),
-    )
-    .await?;
-    account_ai_view(&app, &acc).map(Json)
+    let patch = to_patch(app, req, &owner, current.as_deref(), &fallback)?;
+    app.execute(&app.accounts, acc, AccountCommand::ChangeAi(patch), who)
+        .await?;
+    Ok(())
 }
 
 /// A chat's own AI layer and blocked flag.
@@ -381,14 +392,22 @@ async fn put_chat_ai(
         mode: req.mode,
         custom_system_prompt: req.custom_system_prompt,
     };
-    app.execute(
-        &app.chats,
-        &chat_settings::stream_id(&acc, &jid),
-        cmd,
-        &caller.who(),
-    )
-    .await?;
+    change_chat(&app, &caller.who(), &acc, &jid, cmd).await?;
     Ok(Json(chat_view(&app, &acc, &jid)))
+}
+
+/// Executes a command on a chat's settings stream (shared by the API and the dashboard; the
+/// caller has checked the account and the JID).
+pub async fn change_chat(
+    app: &SharedApp,
+    who: &Who,
+    acc: &str,
+    jid: &str,
+    cmd: ChatSettingsCommand,
+) -> Result<(), ApiError> {
+    app.execute(&app.chats, &chat_settings::stream_id(acc, jid), cmd, who)
+        .await?;
+    Ok(())
 }
 
 /// Whether a chat is blocked.
@@ -421,13 +440,7 @@ async fn put_chat_blocked(
     let cmd = ChatSettingsCommand::SetBlocked {
         blocked: req.blocked,
     };
-    app.execute(
-        &app.chats,
-        &chat_settings::stream_id(&acc, &jid),
-        cmd,
-        &caller.who(),
-    )
-    .await?;
+    change_chat(&app, &caller.who(), &acc, &jid, cmd).await?;
     Ok(Json(chat_view(&app, &acc, &jid)))
 }
 

@@ -122,8 +122,8 @@ pub struct TestReply {
 const MAX_TEST_MESSAGE: usize = 65_536;
 
 /// Asks the model as the given account / chat would, without the reply rules (enabled, chat
-/// kind, blocked): a test of the model configuration.
-async fn run_test(
+/// kind, blocked): a test of the model configuration. Shared by the API and the dashboard.
+pub async fn run_test(
     app: &SharedApp,
     account: Option<&str>,
     chat: Option<&str>,

@@ -1,7 +1,7 @@
 //! `POST /v1/auth/login`: admin credentials -> admin JWT, with failed attempts rate limited per
 //! client address and logged without the password.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, State};
@@ -48,7 +48,19 @@ async fn login(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
-    let ip = peer.ip();
+    let (token, expires_at) = authenticate(&app, peer.ip(), req.username, req.password).await?;
+    Ok(Json(LoginResponse { token, expires_at }))
+}
+
+/// Checks admin credentials under the failed-login limiter of `ip` and issues an admin JWT
+/// (shared by the API and the dashboard login form): 429 while the address is limited, 401 on
+/// a wrong username or password.
+pub async fn authenticate(
+    app: &SharedApp,
+    ip: IpAddr,
+    username: String,
+    password: String,
+) -> Result<(String, DateTime<Utc>), ApiError> {
     if let Err(wait) = app.login_limiter.check(ip) {
         tracing::warn!(client = %ip, "admin login refused: too many failed attempts");
         return Err(ApiError {
@@ -62,7 +74,6 @@ async fn login(
     }
     let expected_user = app.config.admin_username.clone();
     let hash = app.config.admin_password_hash.clone();
-    let LoginRequest { username, password } = req;
     // Argon2 is deliberately slow: keep it off the async workers.
     let ok = tokio::task::spawn_blocking(move || {
         let user_ok = auth::constant_time_eq(username.as_bytes(), expected_user.as_bytes());
@@ -77,11 +88,11 @@ async fn login(
         return Err(ApiError::unauthorized("invalid username or password"));
     }
     app.login_limiter.record_success(ip);
-    let (token, expires_at) = app
+    let issued = app
         .config
         .jwt
         .issue(&app.config.admin_username, LOGIN_TOKEN_TTL)
         .map_err(|_| ApiError::internal())?;
     tracing::info!(client = %ip, "admin login");
-    Ok(Json(LoginResponse { token, expires_at }))
+    Ok(issued)
 }

@@ -72,6 +72,18 @@ async fn sandbox_inbound(
     ApiJson(req): ApiJson<InboundRequest>,
 ) -> Result<(StatusCode, Json<InboundAccepted>), ApiError> {
     live_account(&app, &caller, &acc)?;
+    let accepted = inject_inbound(&app, &caller, &acc, req).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+/// Validates an inbound sandbox message and hands it to the chat actor; answers once the message
+/// event is committed (shared by the API and the dashboard; the caller checked the account).
+pub async fn inject_inbound(
+    app: &SharedApp,
+    caller: &Caller,
+    acc: &str,
+    req: InboundRequest,
+) -> Result<InboundAccepted, ApiError> {
     let kind = chat_kind(&req.chat_id, "chat_id")?;
     if req.from.trim().is_empty() || req.from.len() > 128 {
         return Err(ApiError::invalid("from", "1..=128 characters"));
@@ -87,7 +99,7 @@ async fn sandbox_inbound(
     let meta = caller.who().metadata();
     let gateway = app.gateway()?;
     let ack = gateway
-        .ask(&acc, &req.chat_id, |reply| ChatMsg::Receive {
+        .ask(acc, &req.chat_id, |reply| ChatMsg::Receive {
             message_id: message_id.clone(),
             from: req.from.clone(),
             text: req.text.clone(),
@@ -106,19 +118,16 @@ async fn sandbox_inbound(
             app.catch_up().await?;
             app.messages()
                 .chats
-                .get(&(acc.clone(), req.chat_id.clone()))
+                .get(&(acc.to_string(), req.chat_id.clone()))
                 .and_then(|c| c.messages.iter().find(|m| m.id == message_id))
                 .map(|m| m.position)
         }
     };
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(InboundAccepted {
-            message_id,
-            position,
-            duplicate: ack.duplicate,
-        }),
-    ))
+    Ok(InboundAccepted {
+        message_id,
+        position,
+        duplicate: ack.duplicate,
+    })
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -144,14 +153,23 @@ async fn list_chats(
 ) -> Result<Json<ListResponse<ChatSummary>>, ApiError> {
     live_account(&app, &caller, &acc)?;
     app.catch_up().await?;
+    Ok(Json(ListResponse {
+        items: chat_summaries(&app, &acc),
+        next_cursor: None,
+    }))
+}
+
+/// The account's chats from the read models, most recent first (shared by the API and the
+/// dashboard; call `catch_up` first to read the latest).
+pub fn chat_summaries(app: &SharedApp, acc: &str) -> Vec<ChatSummary> {
     let config = app.model();
     let messages = app.messages();
     let mut items: Vec<ChatSummary> = messages
         .chats
-        .range((acc.clone(), String::new())..)
-        .take_while(|((a, _), _)| *a == acc)
+        .range((acc.to_string(), String::new())..)
+        .take_while(|((a, _), _)| a == acc)
         .map(|((_, jid), view)| {
-            let settings = config.chat(&acc, jid).cloned().unwrap_or_default();
+            let settings = config.chat(acc, jid).cloned().unwrap_or_default();
             ChatSummary {
                 chat_id: jid.clone(),
                 chat_kind: chat_kind(jid, "jid")
@@ -173,10 +191,7 @@ async fn list_chats(
         })
         .collect();
     items.sort_by_key(|c| std::cmp::Reverse(c.last_message_at));
-    Ok(Json(ListResponse {
-        items,
-        next_cursor: None,
-    }))
+    items
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -104,6 +104,8 @@ pub fn router(app: SharedApp) -> Router {
                 async move { Json(doc.as_ref().clone()) }
             }),
         )
+        // The dashboard's HTML pages: plain routes, outside the OpenAPI document.
+        .merge(crate::dashboard::router())
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

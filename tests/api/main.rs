@@ -8,6 +8,7 @@ mod auth;
 mod bad_input;
 mod cloud_api;
 mod crash;
+mod dashboard;
 mod events;
 mod group_commit;
 mod history;

@@ -1,0 +1,495 @@
+//! `/accounts` and `/accounts/:id`: the account list and creation, an account's AI overrides,
+//! its API tokens (a new token is shown once, on the page answering the POST, never again), its
+//! chats, and a form to inject an incoming message into a sandbox account.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use maud::html;
+use wagate_events::account::Transport;
+use wagate_events::settings::Patch;
+
+use super::ai::{self as layer, Done, FIELD_NAMES};
+use super::render::{self, FormState, Section};
+use super::session::{Posted, Session};
+use crate::app::SharedApp;
+use crate::http::accounts::{
+    create, delete, issue_token, CloudApiRequest, CreateAccountRequest, CreatedToken,
+};
+use crate::http::ai::{change_account_ai, AiSettingsRequest};
+use crate::http::error::ApiError;
+use crate::http::extract::Caller;
+use crate::http::messages::{chat_summaries, inject_inbound, InboundRequest};
+
+pub async fn list(
+    State(app): State<SharedApp>,
+    session: Session,
+    Query(q): Query<Done>,
+) -> Response {
+    let state = FormState::with([("transport", "sandbox")]);
+    render_list(&app, &session, &state, q.done.as_deref())
+}
+
+fn render_list(
+    app: &SharedApp,
+    session: &Session,
+    state: &FormState,
+    done: Option<&str>,
+) -> Response {
+    let accounts: Vec<_> = {
+        let m = app.model();
+        let mut v: Vec<_> = m
+            .accounts
+            .values()
+            .filter(|a| !a.deleted)
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        v
+    };
+    let body = html! {
+        (render::notice(done))
+        section aria-labelledby="list-h" {
+            h2 #list-h { "Accounts" }
+            @if accounts.is_empty() {
+                p { "No accounts yet. Create one below." }
+            } @else {
+                div.scroll { table {
+                    thead { tr { th scope="col" { "Id" } th scope="col" { "Name" } th scope="col" { "Transport" } th scope="col" { "Created" } } }
+                    tbody {
+                        @for a in &accounts {
+                            tr {
+                                td { a href=(format!("/accounts/{}", render::enc(&a.id))) { (a.id) } }
+                                td { (a.name) }
+                                td { (transport_name(a.transport)) }
+                                td { (render::when(&a.created_at)) }
+                            }
+                        }
+                    }
+                } }
+            }
+        }
+        section aria-labelledby="create-h" {
+            h2 #create-h { "Create an account" }
+            form.card method="post" action="/accounts" novalidate {
+                (render::csrf(session))
+                (render::form_error(state))
+                (render::text_field(state, "create", "id", "Id", "text", Some("Lowercase letters, digits, - and _; starts with a letter or digit; at most 63 characters.")))
+                (render::text_field(state, "create", "name", "Display name", "text", Some("Optional; defaults to the id.")))
+                div.field {
+                    label for="create-transport" { "Transport" }
+                    select #create-transport name="transport" aria-invalid=[state.error("transport").map(|_| "true")]
+                        aria-describedby=[render::described_by(state, "create-transport", "transport", false)] {
+                        option value="sandbox" selected[state.value("transport") == "sandbox"] { "sandbox (embedded, for trying things out)" }
+                        option value="cloud_api" selected[state.value("transport") == "cloud_api"] { "cloud_api (WhatsApp Business Cloud API)" }
+                    }
+                    (render::field_error(state, "create-transport", "transport"))
+                }
+                fieldset {
+                    legend { "Cloud API settings (only with the cloud_api transport; see docs/OPERATIONS.md)" }
+                    (render::field_error(state, "create-cloud", "cloud_api"))
+                    (render::text_field(state, "create", "cloud_api.phone_number_id", "Phone number id", "text", Some("Digits, from your Meta app's WhatsApp > API Setup page.")))
+                    (render::text_field(state, "create", "cloud_api.business_account_id", "WhatsApp Business Account id", "text", None))
+                    (render::text_field(state, "create", "cloud_api.access_token", "Access token", "password", Some("Stored encrypted, never shown again.")))
+                    (render::text_field(state, "create", "cloud_api.app_secret", "App secret", "password", Some("Stored encrypted; verifies Meta's webhook signatures.")))
+                    (render::text_field(state, "create", "cloud_api.verify_token", "Webhook verify token", "password", Some("The token you also enter in Meta's webhook configuration.")))
+                    (render::text_field(state, "create", "cloud_api.graph_base_url", "Graph API base URL", "url", Some("Optional; default https://graph.facebook.com.")))
+                    (render::text_field(state, "create", "cloud_api.graph_version", "Graph API version", "text", Some("Optional; default v21.0.")))
+                }
+                button type="submit" { "Create account" }
+            }
+        }
+    };
+    render::respond(
+        state.status(),
+        render::page("Accounts", Some(session), Section::Accounts, body),
+    )
+}
+
+/// The create form's fields (errors are shown next to them).
+const CREATE_FIELDS: [&str; 11] = [
+    "id",
+    "name",
+    "transport",
+    "cloud_api",
+    "cloud_api.phone_number_id",
+    "cloud_api.business_account_id",
+    "cloud_api.access_token",
+    "cloud_api.app_secret",
+    "cloud_api.verify_token",
+    "cloud_api.graph_base_url",
+    "cloud_api.graph_version",
+];
+
+fn transport_name(t: Transport) -> &'static str {
+    match t {
+        Transport::Sandbox => "sandbox",
+        Transport::CloudApi => "cloud_api",
+    }
+}
+
+pub async fn create_account(State(app): State<SharedApp>, posted: Posted) -> Response {
+    let Posted { session, fields } = posted;
+    let id = fields.get("id").trim().to_string();
+    let transport = fields.get("transport").to_string();
+    let cloud_api = (transport == "cloud_api").then(|| CloudApiRequest {
+        phone_number_id: fields.get("cloud_api.phone_number_id").trim().to_string(),
+        business_account_id: fields
+            .get("cloud_api.business_account_id")
+            .trim()
+            .to_string(),
+        access_token: fields.get("cloud_api.access_token").trim().to_string(),
+        app_secret: fields.get("cloud_api.app_secret").trim().to_string(),
+        verify_token: fields.get("cloud_api.verify_token").trim().to_string(),
+        graph_base_url: fields.nonblank("cloud_api.graph_base_url"),
+        graph_version: fields.nonblank("cloud_api.graph_version"),
+    });
+    let req = CreateAccountRequest {
+        id: id.clone(),
+        name: fields.nonblank("name"),
+        transport,
+        cloud_api,
+    };
+    match create(&app, &session.who(), req).await {
+        Ok(_) => render::see_other(&format!("/accounts/{}?done=created", render::enc(&id))),
+        Err(e) => {
+            let mut state = FormState::from_fields(&fields);
+            state.api_error(e, &CREATE_FIELDS);
+            render_list(&app, &session, &state, None)
+        }
+    }
+}
+
+/// The forms of an account page, each with its own values and errors.
+#[derive(Default)]
+struct AccountForms {
+    layer: Option<FormState>,
+    token: FormState,
+    new_token: Option<CreatedToken>,
+    inbound: FormState,
+    delete: FormState,
+    done: Option<String>,
+}
+
+pub async fn show(
+    State(app): State<SharedApp>,
+    session: Session,
+    Path(acc): Path<String>,
+    Query(q): Query<Done>,
+) -> Response {
+    render_account(
+        &app,
+        &session,
+        &acc,
+        AccountForms {
+            done: q.done,
+            ..AccountForms::default()
+        },
+    )
+    .await
+}
+
+async fn render_account(
+    app: &SharedApp,
+    session: &Session,
+    acc: &str,
+    forms: AccountForms,
+) -> Response {
+    if let Err(e) = app.catch_up().await {
+        return render::api_error_page(&ApiError::from(e));
+    }
+    let (account, global) = {
+        let m = app.model();
+        match m.account(acc) {
+            Some(a) => (a.clone(), m.global.clone()),
+            None => return render::error_page(StatusCode::NOT_FOUND, "No such account."),
+        }
+    };
+    let chats = chat_summaries(app, acc);
+    let inherit = layer::inherited(app, Some(&global));
+    let layer_state = forms
+        .layer
+        .clone()
+        .unwrap_or_else(|| layer::layer_values(&account.ai.settings));
+    let base = format!("/accounts/{}", render::enc(acc));
+    let inbound = if forms.inbound.values.is_empty() {
+        FormState::with([
+            ("from", "+4917600000000"),
+            ("chat_id", "4917600000000@s.whatsapp.net"),
+        ])
+    } else {
+        forms.inbound.clone()
+    };
+    let status = [
+        forms.layer.as_ref().map(FormState::status),
+        Some(forms.token.status()),
+        Some(forms.inbound.status()),
+        Some(forms.delete.status()),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|s| *s != StatusCode::OK)
+    .unwrap_or(StatusCode::OK);
+    let body = html! {
+        (render::notice(forms.done.as_deref()))
+        p { (account.name) " · " (transport_name(account.transport)) " · created " (render::when(&account.created_at)) }
+        nav.local aria-label="On this page" {
+            a href="#overrides-h" { "AI overrides" } " · " a href="#tokens-h" { "Tokens" } " · " a href="#chats-h" { "Chats" }
+            " · " a href=(format!("/audit?account_id={}", render::enc(acc))) { "Audit" }
+            " · " a href=(format!("/logs?account_id={}", render::enc(acc))) { "AI log" }
+        }
+        section aria-labelledby="overrides-h" {
+            h2 #overrides-h { "AI overrides" }
+            (layer::layer_form(session, &format!("{base}/ai"), &account.ai, &inherit, "the global settings", &layer_state))
+            (layer::clear_key_form(session, &format!("{base}/ai/clear-key"), &account.ai))
+        }
+        section aria-labelledby="tokens-h" {
+            h2 #tokens-h { "API tokens" }
+            @if let Some(t) = &forms.new_token {
+                div.alert.ok role="status" {
+                    p { strong { "New token — copy it now, it is shown only once:" } }
+                    p { code.secret #new-token { (t.token) } }
+                }
+            }
+            @if account.tokens.is_empty() {
+                p { "No tokens." }
+            } @else {
+                div.scroll { table {
+                    thead { tr { th scope="col" { "Name" } th scope="col" { "Created" } th scope="col" { "State" } th scope="col" { span.sr-only { "Actions" } } } }
+                    tbody {
+                        @for t in account.tokens.values() {
+                            tr {
+                                td { (t.name) }
+                                td { (render::when(&t.created_at)) }
+                                td { @if t.revoked { "revoked" } @else { "active" } }
+                                td {
+                                    @if !t.revoked {
+                                        form.inline method="post" action=(format!("{base}/tokens/{}/revoke", render::enc(&t.id))) {
+                                            (render::csrf(session))
+                                            button.danger type="submit" aria-label=(format!("Revoke token {}", t.name)) { "Revoke" }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                } }
+            }
+            form.card method="post" action=(format!("{base}/tokens")) novalidate {
+                (render::csrf(session))
+                (render::form_error(&forms.token))
+                (render::text_field(&forms.token, "token", "name", "Token name", "text", None))
+                button type="submit" { "Create token" }
+            }
+        }
+        section aria-labelledby="chats-h" {
+            h2 #chats-h { "Chats" }
+            @if chats.is_empty() {
+                p { "No chats yet." }
+            } @else {
+                div.scroll { table {
+                    thead { tr { th scope="col" { "Chat" } th scope="col" { "Kind" } th scope="col" { "Messages" } th scope="col" { "Last message" } th scope="col" { "AI" } } }
+                    tbody {
+                        @for c in &chats {
+                            tr {
+                                td { a href=(render::chat_href(acc, &c.chat_id)) { (c.chat_id) } }
+                                td { (c.chat_kind) }
+                                td { (c.message_count) }
+                                td { @if let Some(t) = &c.last_message_at { (render::when(t)) } }
+                                td { (c.ai_mode) @if c.blocked { " · blocked" } }
+                            }
+                        }
+                    }
+                } }
+            }
+            @if matches!(account.transport, Transport::Sandbox) {
+                h3 { "Simulate an incoming message" }
+                form.card method="post" action=(format!("{base}/inbound")) novalidate {
+                    (render::csrf(session))
+                    (render::form_error(&inbound))
+                    (render::text_field(&inbound, "inbound", "chat_id", "Chat JID", "text", Some("e.g. 4917600000000@s.whatsapp.net or 12345@g.us")))
+                    (render::text_field(&inbound, "inbound", "from", "From", "text", None))
+                    (render::textarea_field(&inbound, "inbound", "text", "Message", 3, None))
+                    button type="submit" { "Inject message" }
+                }
+            }
+        }
+        section aria-labelledby="delete-h" {
+            h2 #delete-h { "Delete the account" }
+            form.card method="post" action=(format!("{base}/delete")) novalidate {
+                (render::csrf(session))
+                (render::form_error(&forms.delete))
+                p { "Its tokens stop working at once; its history stays in the audit log and its id stays reserved." }
+                (render::text_field(&forms.delete, "delete", "confirm", "Type the account id to confirm", "text", None))
+                button.danger type="submit" { "Delete account" }
+            }
+        }
+    };
+    render::respond(
+        status,
+        render::page(
+            &format!("Account {acc}"),
+            Some(session),
+            Section::Accounts,
+            body,
+        ),
+    )
+}
+
+pub async fn save_ai(
+    State(app): State<SharedApp>,
+    Path(acc): Path<String>,
+    posted: Posted,
+) -> Response {
+    let Posted { session, fields } = posted;
+    let result = match layer::parse_layer_form(&fields) {
+        Err(state) => Err(state),
+        Ok(req) => change_account_ai(&app, &session.who(), &acc, req)
+            .await
+            .map_err(|e| {
+                let mut state = FormState::from_fields(&fields);
+                state.api_error(e, &FIELD_NAMES);
+                state
+            }),
+    };
+    match result {
+        Ok(()) => render::see_other(&format!("/accounts/{}?done=saved", render::enc(&acc))),
+        Err(state) => {
+            let forms = AccountForms {
+                layer: Some(state),
+                ..AccountForms::default()
+            };
+            render_account(&app, &session, &acc, forms).await
+        }
+    }
+}
+
+pub async fn clear_key(
+    State(app): State<SharedApp>,
+    Path(acc): Path<String>,
+    posted: Posted,
+) -> Response {
+    let req = AiSettingsRequest {
+        api_key: Patch::Clear,
+        ..AiSettingsRequest::default()
+    };
+    match change_account_ai(&app, &posted.session.who(), &acc, req).await {
+        Ok(()) => render::see_other(&format!("/accounts/{}?done=key_cleared", render::enc(&acc))),
+        Err(e) => render::api_error_page(&e),
+    }
+}
+
+pub async fn create_token(
+    State(app): State<SharedApp>,
+    Path(acc): Path<String>,
+    posted: Posted,
+) -> Response {
+    let Posted { session, fields } = posted;
+    let mut forms = AccountForms::default();
+    if app.model().account(&acc).is_none() {
+        return render::error_page(StatusCode::NOT_FOUND, "No such account.");
+    }
+    match issue_token(
+        &app,
+        &session.who(),
+        &acc,
+        fields.get("name").trim().to_string(),
+    )
+    .await
+    {
+        Ok(created) => forms.new_token = Some(created),
+        Err(e) => {
+            forms.token = FormState::from_fields(&fields);
+            forms.token.api_error(e, &["name"]);
+        }
+    }
+    render_account(&app, &session, &acc, forms).await
+}
+
+pub async fn revoke_token(
+    State(app): State<SharedApp>,
+    Path((acc, token_id)): Path<(String, String)>,
+    posted: Posted,
+) -> Response {
+    let cmd = wagate_events::account::AccountCommand::RevokeToken { token_id };
+    match app
+        .execute(&app.accounts, &acc, cmd, &posted.session.who())
+        .await
+    {
+        Ok(()) => render::see_other(&format!("/accounts/{}?done=revoked", render::enc(&acc))),
+        Err(e) => render::api_error_page(&ApiError::from(e)),
+    }
+}
+
+/// Validates and injects an inbound sandbox message; `Ok` is the message's chat.
+pub async fn inject(
+    app: &SharedApp,
+    caller: &Caller,
+    acc: &str,
+    fields: &super::session::Fields,
+) -> Result<String, FormState> {
+    let mut state = FormState::from_fields(fields);
+    let chat_id = fields.get("chat_id").trim().to_string();
+    let text = fields.get("text").replace("\r\n", "\n");
+    if text.trim().is_empty() {
+        state.invalid("text", "must not be empty");
+        return Err(state);
+    }
+    let req = InboundRequest {
+        chat_id: chat_id.clone(),
+        from: fields.get("from").trim().to_string(),
+        text,
+        id: None,
+        from_me: false,
+    };
+    match inject_inbound(app, caller, acc, req).await {
+        Ok(_) => Ok(chat_id),
+        Err(e) => {
+            state.api_error(e, &["chat_id", "from", "text"]);
+            Err(state)
+        }
+    }
+}
+
+pub async fn inbound(
+    State(app): State<SharedApp>,
+    Path(acc): Path<String>,
+    posted: Posted,
+) -> Response {
+    let Posted { session, fields } = posted;
+    if app.model().account(&acc).is_none() {
+        return render::error_page(StatusCode::NOT_FOUND, "No such account.");
+    }
+    match inject(&app, &session.caller(), &acc, &fields).await {
+        Ok(jid) => render::see_other(&format!("{}?done=injected", render::chat_href(&acc, &jid))),
+        Err(state) => {
+            let forms = AccountForms {
+                inbound: state,
+                ..AccountForms::default()
+            };
+            render_account(&app, &session, &acc, forms).await
+        }
+    }
+}
+
+pub async fn delete_account(
+    State(app): State<SharedApp>,
+    Path(acc): Path<String>,
+    posted: Posted,
+) -> Response {
+    let Posted { session, fields } = posted;
+    let mut state = FormState::from_fields(&fields);
+    if fields.get("confirm").trim() != acc {
+        state.invalid("confirm", "type the account id exactly to confirm");
+    } else {
+        match delete(&app, &session.who(), &acc).await {
+            Ok(()) => return render::see_other("/accounts?done=deleted"),
+            Err(e) => state.api_error(e, &["confirm"]),
+        }
+    }
+    let forms = AccountForms {
+        delete: state,
+        ..AccountForms::default()
+    };
+    render_account(&app, &session, &acc, forms).await
+}

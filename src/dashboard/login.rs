@@ -1,0 +1,136 @@
+//! `/login` and `/logout`. The login form checks the admin credentials exactly like
+//! `POST /v1/auth/login` (same argon2 check, same failed-login limiter), then sets the session
+//! cookie and goes back to the page that asked for a login (local paths only).
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Form, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use maud::html;
+use serde::Deserialize;
+
+use super::render::{self, FormState, Section};
+use super::session::{self, Posted, Session, LOGIN_COOKIE, SESSION_COOKIE};
+use crate::app::SharedApp;
+use crate::auth;
+use crate::http::login::{authenticate, LOGIN_TOKEN_TTL};
+
+#[derive(Debug, Deserialize)]
+pub struct Next {
+    pub next: Option<String>,
+}
+
+/// `/`: the AI settings when logged in, else the login page.
+pub async fn home(State(app): State<SharedApp>, parts: Parts) -> Response {
+    let to = if Session::of(&parts, &app).is_some() {
+        "/ai"
+    } else {
+        "/login"
+    };
+    (StatusCode::FOUND, [(header::LOCATION, to)]).into_response()
+}
+
+pub async fn page(State(app): State<SharedApp>, parts: Parts, Query(q): Query<Next>) -> Response {
+    let next = session::safe_next(q.next.as_deref().unwrap_or("/")).to_string();
+    if Session::of(&parts, &app).is_some() {
+        return render::see_other(&next);
+    }
+    login_form(&parts.headers, &next, &FormState::default())
+}
+
+/// The login page with a fresh double-submit CSRF cookie.
+fn login_form(headers: &HeaderMap, next: &str, state: &FormState) -> Response {
+    let token = session::random_token();
+    let body = html! {
+        form.card.narrow method="post" action="/login" novalidate {
+            input type="hidden" name="csrf" value=(token);
+            input type="hidden" name="next" value=(next);
+            (render::form_error(state))
+            (render::text_field(state, "login", "username", "Username", "text", None))
+            div.field {
+                label for="login-password" { "Password" }
+                input #login-password name="password" type="password" autocomplete="current-password";
+            }
+            button type="submit" { "Log in" }
+        }
+        p.muted { "The admin username and password come from WAGATE_ADMIN_USERNAME and WAGATE_ADMIN_PASSWORD "
+            "(on a first start with SQLite, a generated password is printed once)." }
+    };
+    let mut resp = render::respond(
+        state.status(),
+        render::page("Log in", None, Section::None, body),
+    );
+    resp.headers_mut().append(
+        header::SET_COOKIE,
+        session::set_cookie(LOGIN_COOKIE, &token, session::is_https(headers), 3600),
+    );
+    resp
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LoginForm {
+    #[serde(default)]
+    pub username: String,
+    #[serde(default)]
+    pub password: String,
+    #[serde(default)]
+    pub next: String,
+    #[serde(default)]
+    pub csrf: String,
+}
+
+pub async fn submit(
+    State(app): State<SharedApp>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(f): Form<LoginForm>,
+) -> Response {
+    let cookie = session::cookie(&headers, LOGIN_COOKIE).unwrap_or("");
+    if cookie.is_empty()
+        || !auth::constant_time_eq(cookie.as_bytes(), f.csrf.as_bytes())
+        || !session::same_origin(&headers)
+    {
+        tracing::warn!("dashboard login refused: missing or wrong CSRF token");
+        // A fresh form (and cookie) to try again with; nothing was checked.
+        let mut state = FormState::with([("username", f.username)]);
+        state.errors.insert(
+            String::new(),
+            "The login form expired or was not sent from this page. Please log in again.".into(),
+        );
+        state.status = Some(StatusCode::FORBIDDEN);
+        return login_form(&headers, session::safe_next(&f.next), &state);
+    }
+    let next = session::safe_next(&f.next).to_string();
+    let mut state = FormState::with([("username", f.username.clone())]);
+    match authenticate(&app, peer.ip(), f.username, f.password).await {
+        Ok((token, _)) => {
+            let secure = session::is_https(&headers);
+            let mut resp = render::see_other(&next);
+            let h = resp.headers_mut();
+            h.append(
+                header::SET_COOKIE,
+                session::set_cookie(SESSION_COOKIE, &token, secure, LOGIN_TOKEN_TTL.as_secs()),
+            );
+            h.append(
+                header::SET_COOKIE,
+                session::set_cookie(LOGIN_COOKIE, "", secure, 0),
+            );
+            resp
+        }
+        Err(e) => {
+            state.api_error(e, &[]);
+            login_form(&headers, &next, &state)
+        }
+    }
+}
+
+pub async fn logout(headers: HeaderMap, _posted: Posted) -> Response {
+    let mut resp = render::see_other("/login");
+    resp.headers_mut().append(
+        header::SET_COOKIE,
+        session::set_cookie(SESSION_COOKIE, "", session::is_https(&headers), 0),
+    );
+    resp
+}

@@ -1,0 +1,84 @@
+//! The dashboard: server-rendered HTML pages (maud) served by `wagate serve` itself, for the
+//! seed's pages: global AI settings at `/ai`, accounts and their overrides at `/accounts/:id`,
+//! the chat page with its gear (per-chat mode, prompt, blocked), the AI chat / test page, the
+//! AI log and the audit history. The pages call the same service functions as the JSON API
+//! (`crate::http::*`), so the rules and the events are the same; events they cause are recorded
+//! as `admin:<username>`. No front-end build: one stylesheet and one tiny script are compiled in.
+//! See docs/DASHBOARD.md.
+
+pub mod accounts;
+pub mod ai;
+pub mod chat;
+pub mod login;
+pub mod logs;
+pub mod render;
+pub mod session;
+pub mod test_page;
+
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::app::SharedApp;
+
+const CSS: &str = include_str!("assets/dashboard.css");
+const JS: &str = include_str!("assets/dashboard.js");
+
+/// The dashboard's routes (not part of the OpenAPI document).
+pub fn router() -> Router<SharedApp> {
+    Router::new()
+        .route("/", get(login::home))
+        .route("/login", get(login::page).post(login::submit))
+        .route("/logout", post(login::logout))
+        .route("/ai", get(ai::page).post(ai::save))
+        .route("/ai/clear-key", post(ai::clear_key))
+        .route(
+            "/accounts",
+            get(accounts::list).post(accounts::create_account),
+        )
+        .route("/accounts/{acc}", get(accounts::show))
+        .route("/accounts/{acc}/ai", post(accounts::save_ai))
+        .route("/accounts/{acc}/ai/clear-key", post(accounts::clear_key))
+        .route("/accounts/{acc}/tokens", post(accounts::create_token))
+        .route(
+            "/accounts/{acc}/tokens/{id}/revoke",
+            post(accounts::revoke_token),
+        )
+        .route("/accounts/{acc}/inbound", post(accounts::inbound))
+        .route("/accounts/{acc}/delete", post(accounts::delete_account))
+        .route("/accounts/{acc}/chats/{jid}", get(chat::show))
+        .route("/accounts/{acc}/chats/{jid}/send", post(chat::send))
+        .route(
+            "/accounts/{acc}/chats/{jid}/settings",
+            post(chat::save_settings),
+        )
+        .route("/accounts/{acc}/chats/{jid}/inbound", post(chat::inbound))
+        .route("/test", get(test_page::page).post(test_page::run))
+        .route("/logs", get(logs::logs))
+        .route("/audit", get(logs::audit))
+        .route("/assets/dashboard.css", get(css))
+        .route("/assets/dashboard.js", get(js))
+}
+
+async fn css() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        CSS,
+    )
+}
+
+async fn js() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        JS,
+    )
+}

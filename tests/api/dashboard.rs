@@ -1,0 +1,650 @@
+//! The dashboard over plain HTTP (no browser): login redirects with `next`, the session cookie's
+//! attributes, CSRF refusal, form errors that keep the values and write nothing, and escaping.
+//! The browser tests (tests/browser) drive the same pages in Chromium.
+
+use std::collections::BTreeMap;
+
+use reqwest::header::{HeaderMap, COOKIE, LOCATION, SET_COOKIE};
+use reqwest::redirect::Policy;
+use serde_json::json;
+
+use crate::both_stores;
+use crate::helpers::{Backend, Binary, TestApp, ADMIN_PASSWORD, JWT_SECRET};
+
+/// A cookie-keeping client that does not follow redirects.
+struct Visitor<'a> {
+    app: &'a TestApp,
+    client: reqwest::Client,
+    cookies: BTreeMap<String, String>,
+}
+
+struct Page {
+    status: u16,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Page {
+    fn location(&self) -> &str {
+        self.headers
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    fn set_cookie(&self, name: &str) -> Option<String> {
+        self.headers
+            .get_all(SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with(&format!("{name}=")))
+            .map(str::to_string)
+    }
+
+    /// The CSRF token of the first form on the page.
+    fn csrf(&self) -> String {
+        let marker = "name=\"csrf\" value=\"";
+        let start = self.body.find(marker).expect("a csrf field") + marker.len();
+        self.body[start..]
+            .split('"')
+            .next()
+            .expect("value")
+            .to_string()
+    }
+}
+
+impl<'a> Visitor<'a> {
+    fn new(app: &'a TestApp) -> Self {
+        Self {
+            app,
+            client: reqwest::Client::builder()
+                .redirect(Policy::none())
+                .build()
+                .expect("client"),
+            cookies: BTreeMap::new(),
+        }
+    }
+
+    async fn send(&mut self, req: reqwest::RequestBuilder) -> Page {
+        let cookie = self
+            .cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let req = if cookie.is_empty() {
+            req
+        } else {
+            req.header(COOKIE, cookie)
+        };
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        for v in headers.get_all(SET_COOKIE).iter() {
+            let v = v.to_str().expect("ascii cookie");
+            let (kv, attrs) = v.split_once(';').unwrap_or((v, ""));
+            let (k, val) = kv.split_once('=').expect("name=value");
+            if val.is_empty() || attrs.contains("Max-Age=0") {
+                self.cookies.remove(k);
+            } else {
+                self.cookies.insert(k.to_string(), val.to_string());
+            }
+        }
+        let body = resp.text().await.expect("body");
+        Page {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> Page {
+        let req = self.client.get(format!("{}{path}", self.app.base));
+        self.send(req).await
+    }
+
+    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
+        let req = self
+            .client
+            .post(format!("{}{path}", self.app.base))
+            .form(form);
+        self.send(req).await
+    }
+
+    async fn login(&mut self) {
+        let page = self.get("/login").await;
+        let csrf = page.csrf();
+        let r = self
+            .post(
+                "/login",
+                &[
+                    ("csrf", &csrf),
+                    ("username", "admin"),
+                    ("password", ADMIN_PASSWORD),
+                    ("next", "/ai"),
+                ],
+            )
+            .await;
+        assert_eq!(r.status, 303, "{}", r.body);
+    }
+}
+
+/// An admin JWT that expired an hour ago, signed with the test secret.
+fn expired_token() -> String {
+    let now = chrono::Utc::now().timestamp();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": "admin", "iat": now - 7200, "exp": now - 3600, "iss": "wagate", "aud": "wagate-admin"}),
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .expect("sign")
+}
+
+#[tokio::test]
+async fn pages_need_a_session_and_come_back_after_login() {
+    let Some(app) = TestApp::spawn(crate::helpers::Backend::Sqlite).await else {
+        return;
+    };
+    let mut v = Visitor::new(&app);
+    let r = v.get("/").await;
+    assert_eq!((r.status, r.location()), (302, "/login"));
+    let r = v.get("/accounts?x=1").await;
+    assert_eq!(r.status, 302);
+    assert_eq!(r.location(), "/login?next=%2Faccounts%3Fx%3D1");
+    // A forged or expired session is no session.
+    v.cookies
+        .insert("wagate_session".into(), "not.a.jwt".into());
+    assert_eq!(v.get("/ai").await.status, 302);
+    v.cookies.insert("wagate_session".into(), expired_token());
+    let r = v.get("/logs?status=sent").await;
+    assert_eq!(r.location(), "/login?next=%2Flogs%3Fstatus%3Dsent");
+    // A POST without a session goes to the login page too, and changes nothing.
+    v.cookies.clear();
+    let head = app.head().await;
+    let r = v.post("/ai", &[("enabled", "true")]).await;
+    assert_eq!((r.status, r.location()), (302, "/login?next=%2F"));
+    assert_eq!(app.head().await, head);
+    // The login goes back to `next`, and only to a local path.
+    let page = v.get("/login?next=%2Flogs%3Fstatus%3Dsent").await;
+    assert!(page.body.contains("value=\"/logs?status=sent\""));
+    let csrf = page.csrf();
+    let r = v
+        .post(
+            "/login",
+            &[
+                ("csrf", &csrf),
+                ("username", "admin"),
+                ("password", ADMIN_PASSWORD),
+                ("next", "/logs?status=sent"),
+            ],
+        )
+        .await;
+    assert_eq!((r.status, r.location()), (303, "/logs?status=sent"));
+    assert_eq!(v.get("/logs?status=sent").await.status, 200);
+    let mut other = Visitor::new(&app);
+    let csrf = other.get("/login").await.csrf();
+    let r = other
+        .post(
+            "/login",
+            &[
+                ("csrf", &csrf),
+                ("username", "admin"),
+                ("password", ADMIN_PASSWORD),
+                ("next", "//evil.example/x"),
+            ],
+        )
+        .await;
+    assert_eq!((r.status, r.location()), (303, "/"));
+    // The JSON API keeps its JSON 404 for unknown routes.
+    let r = app.call("GET", "/v1/nope", None, None).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json["error"]["code"], "not_found");
+}
+
+#[tokio::test]
+async fn session_cookie_is_httponly_strict_and_secure_behind_tls() {
+    let Some(app) = TestApp::spawn(crate::helpers::Backend::Sqlite).await else {
+        return;
+    };
+    let mut v = Visitor::new(&app);
+    let page = v.get("/login").await;
+    let login_cookie = page.set_cookie("wagate_login").expect("login cookie");
+    assert!(login_cookie.contains("HttpOnly") && login_cookie.contains("SameSite=Strict"));
+    // Wrong password: 401 page, the username stays, no session.
+    let csrf = page.csrf();
+    let r = v
+        .post(
+            "/login",
+            &[
+                ("csrf", &csrf),
+                ("username", "admin<b>"),
+                ("password", "nope"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    assert!(r.body.contains("value=\"admin&lt;b&gt;\""), "{}", r.body);
+    assert!(r.body.contains("invalid username or password"));
+    assert!(r.set_cookie("wagate_session").is_none());
+    // Right password over plain http: no Secure.
+    let csrf = r.csrf();
+    let r = v
+        .post(
+            "/login",
+            &[
+                ("csrf", &csrf),
+                ("username", "admin"),
+                ("password", ADMIN_PASSWORD),
+            ],
+        )
+        .await;
+    let session = r.set_cookie("wagate_session").expect("session cookie");
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(session.contains(attr), "{session} lacks {attr}");
+    }
+    assert!(!session.contains("Secure"), "{session}");
+    // Behind a TLS-terminating proxy: Secure.
+    let mut tls = Visitor::new(&app);
+    let page = tls
+        .send(
+            tls.client
+                .get(format!("{}/login", app.base))
+                .header("x-forwarded-proto", "https"),
+        )
+        .await;
+    assert!(page
+        .set_cookie("wagate_login")
+        .is_some_and(|c| c.contains("Secure")));
+    let csrf = page.csrf();
+    let r = tls
+        .send(
+            tls.client
+                .post(format!("{}/login", app.base))
+                .header("x-forwarded-proto", "https")
+                .form(&[
+                    ("csrf", csrf.as_str()),
+                    ("username", "admin"),
+                    ("password", ADMIN_PASSWORD),
+                ]),
+        )
+        .await;
+    let session = r.set_cookie("wagate_session").expect("session cookie");
+    assert!(session.contains("Secure"), "{session}");
+    // Pages carry a restrictive CSP and are not cached.
+    let page = tls.get("/ai").await;
+    let csp = page.headers["content-security-policy"]
+        .to_str()
+        .expect("csp");
+    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"));
+    assert_eq!(page.headers["cache-control"], "no-store");
+    // Logging out deletes the cookie.
+    let csrf = page.csrf();
+    let r = tls.post("/logout", &[("csrf", &csrf)]).await;
+    assert_eq!((r.status, r.location()), (303, "/login"));
+    assert!(r
+        .set_cookie("wagate_session")
+        .is_some_and(|c| c.contains("Max-Age=0")));
+}
+
+#[tokio::test]
+async fn every_post_needs_the_csrf_token() {
+    let Some(app) = TestApp::spawn(crate::helpers::Backend::Sqlite).await else {
+        return;
+    };
+    app.create_account("acme").await;
+    let mut v = Visitor::new(&app);
+    v.login().await;
+    let csrf = v.get("/ai").await.csrf();
+    let head = app.head().await;
+    let posts: [(&str, &[(&str, &str)]); 6] = [
+        ("/ai", &[("enabled", "true")]),
+        ("/ai/clear-key", &[]),
+        ("/accounts", &[("id", "evil"), ("transport", "sandbox")]),
+        ("/accounts/acme/tokens", &[("name", "x")]),
+        (
+            "/accounts/acme/chats/491701234567%40s.whatsapp.net/settings",
+            &[("mode", "disabled")],
+        ),
+        ("/test", &[("message", "hi")]),
+    ];
+    for (path, form) in posts {
+        let r = v.post(path, form).await;
+        assert_eq!(r.status, 403, "{path} without a token: {}", r.body);
+        let mut with_wrong: Vec<(&str, &str)> = form.to_vec();
+        with_wrong.push(("csrf", "00"));
+        assert_eq!(v.post(path, &with_wrong).await.status, 403, "{path}");
+    }
+    // The right token from another origin is refused too.
+    let r = v
+        .send(
+            v.client
+                .post(format!("{}/ai", app.base))
+                .header("origin", "http://evil.example")
+                .form(&[("csrf", csrf.as_str()), ("enabled", "true")]),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    // The token of one session does not work in another.
+    let mut other = Visitor::new(&app);
+    other.login().await;
+    // Tokens issued in the same second are identical JWTs; only a different session differs.
+    if other.cookies.get("wagate_session") != v.cookies.get("wagate_session") {
+        assert_eq!(
+            other
+                .post("/ai", &[("csrf", &csrf), ("enabled", "true")])
+                .await
+                .status,
+            403
+        );
+    }
+    // The login form needs its double-submit cookie.
+    let mut anon = Visitor::new(&app);
+    let r = anon
+        .post(
+            "/login",
+            &[
+                ("csrf", "abc"),
+                ("username", "admin"),
+                ("password", ADMIN_PASSWORD),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    assert!(r.set_cookie("wagate_session").is_none());
+    assert_eq!(app.head().await, head, "refused posts wrote nothing");
+    // With the token, it works.
+    let r = v.post("/ai", &[("csrf", &csrf), ("enabled", "true")]).await;
+    assert_eq!((r.status, r.location()), (303, "/ai?done=saved"));
+    let r = app
+        .admin("GET", "/v1/events?aggregate=ai_global", None)
+        .await;
+    let last = r.json["items"].as_array().and_then(|i| i.last().cloned());
+    assert_eq!(
+        last.expect("an event")["actor"],
+        "admin:admin",
+        "dashboard events name the admin"
+    );
+}
+
+async fn form_errors_keep_values(app: TestApp) {
+    let mut v = Visitor::new(&app);
+    v.login().await;
+    let csrf = v.get("/ai").await.csrf();
+    let head = app.head().await;
+    let r = v
+        .post(
+            "/ai",
+            &[
+                ("csrf", &csrf),
+                ("temperature", "hot"),
+                ("max_tokens", "0"),
+                ("model_name", "kept <model>"),
+                ("api_key", "sk-never-echoed"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.body.contains("id=\"layer-temperature-error\""),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("id=\"layer-max_tokens-error\""));
+    assert!(r.body.contains("value=\"kept &lt;model&gt;\""));
+    assert!(
+        !r.body.contains("sk-never-echoed"),
+        "a key is never sent back"
+    );
+    // A domain rule (the URL) is reported next to its field as well.
+    let r = v
+        .post("/ai", &[("csrf", &csrf), ("base_url", "ftp://x")])
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("id=\"layer-base_url-error\""), "{}", r.body);
+    assert!(r.body.contains("value=\"ftp://x\""));
+    // Account creation.
+    let r = v
+        .post(
+            "/accounts",
+            &[
+                ("csrf", &csrf),
+                ("id", "Bad Id!"),
+                ("name", "Kept"),
+                ("transport", "sandbox"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("id=\"create-id-error\""), "{}", r.body);
+    assert!(r.body.contains("value=\"Bad Id!\"") && r.body.contains("value=\"Kept\""));
+    assert_eq!(app.head().await, head, "nothing was saved");
+    // The chat settings of an existing account: a bad mode keeps the prompt.
+    app.create_account("acme").await;
+    let head = app.head().await;
+    let chat = "/accounts/acme/chats/491701234567%40s.whatsapp.net";
+    let r = v
+        .post(
+            &format!("{chat}/settings"),
+            &[
+                ("csrf", &csrf),
+                ("mode", "sometimes"),
+                ("custom_system_prompt", "Be brief."),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("Be brief.</textarea>"), "{}", r.body);
+    assert!(r
+        .body
+        .contains("<details class=\"gear\" id=\"chat-settings\" open"));
+    assert_eq!(app.head().await, head);
+    // An empty operator message.
+    let r = v
+        .post(&format!("{chat}/send"), &[("csrf", &csrf), ("text", "  ")])
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("id=\"send-text-error\""));
+    // The test page needs the account of a chat.
+    let r = v
+        .post(
+            "/test",
+            &[
+                ("csrf", &csrf),
+                ("chat_id", "491701234567@s.whatsapp.net"),
+                ("message", "hi"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("id=\"test-account_id-error\""));
+    assert!(r.body.contains(">hi</textarea>"));
+    // Deleting an account needs its id typed exactly.
+    let r = v
+        .post(
+            "/accounts/acme/delete",
+            &[("csrf", &csrf), ("confirm", "acm")],
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("id=\"delete-confirm-error\""));
+    assert!(r.body.contains("value=\"acm\""));
+    // A bad filter on the log page.
+    let r = v.get("/logs?status=weird").await;
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("id=\"logs-status-error\""));
+    assert_eq!(app.head().await, head);
+}
+both_stores!(
+    form_errors_keep_values_and_write_nothing,
+    form_errors_keep_values
+);
+
+async fn user_content_escaped(app: TestApp) {
+    let evil = "<script>alert('x')</script><img src=x onerror=alert(1)>";
+    let r = app
+        .admin(
+            "POST",
+            "/v1/accounts",
+            Some(json!({"id": "acme", "name": evil, "transport": "sandbox"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = app
+        .admin(
+            "POST",
+            "/v1/accounts/acme/sandbox/inbound",
+            Some(json!({"chat_id": "491701234567@s.whatsapp.net", "from": evil, "text": evil})),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let r = app
+        .admin(
+            "PUT",
+            "/v1/accounts/acme/chats/491701234567@s.whatsapp.net/ai",
+            Some(json!({"custom_system_prompt": evil})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let mut v = Visitor::new(&app);
+    v.login().await;
+    for path in [
+        "/accounts",
+        "/accounts/acme",
+        "/accounts/acme/chats/491701234567%40s.whatsapp.net",
+        "/test?account_id=acme",
+        "/audit?account_id=acme",
+        "/audit?account_id=acme&chat_id=491701234567%40s.whatsapp.net",
+    ] {
+        let page = v.get(path).await;
+        assert_eq!(page.status, 200, "{path}");
+        assert!(
+            !page.body.contains("<script>alert"),
+            "{path} has a live script"
+        );
+        assert!(!page.body.contains("<img src=x"), "{path} has a live img");
+    }
+    let chat = v
+        .get("/accounts/acme/chats/491701234567%40s.whatsapp.net")
+        .await;
+    assert!(chat
+        .body
+        .contains("&lt;script&gt;alert('x')&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;"));
+    // The only script is the dashboard's own file.
+    assert_eq!(chat.body.matches("<script").count(), 1);
+    assert!(chat
+        .body
+        .contains("<script src=\"/assets/dashboard.js\" defer></script>"));
+}
+both_stores!(user_content_is_escaped, user_content_escaped);
+
+#[tokio::test]
+async fn assets_are_served_from_the_binary() {
+    let Some(app) = TestApp::spawn(crate::helpers::Backend::Sqlite).await else {
+        return;
+    };
+    let mut v = Visitor::new(&app);
+    let css = v.get("/assets/dashboard.css").await;
+    assert_eq!(css.status, 200);
+    assert!(css.headers["content-type"]
+        .to_str()
+        .expect("type")
+        .starts_with("text/css"));
+    let js = v.get("/assets/dashboard.js").await;
+    assert_eq!(js.status, 200);
+    assert!(
+        !css.body.contains("http://") && !css.body.contains("https://"),
+        "no CDN"
+    );
+}
+
+#[tokio::test]
+async fn serve_prints_the_dashboard_url() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let Some(vars) = TestApp::vars(Backend::Sqlite, &dir).await else {
+        return;
+    };
+    let bin = Binary::start(&vars, "warn").await;
+    let base = bin.base.clone();
+    // The printed URL opens the dashboard: the login page for a new visitor.
+    let client = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .expect("client");
+    let r = client.get(format!("{base}/")).send().await.expect("get /");
+    assert_eq!(r.status(), 302);
+    assert_eq!(r.headers()[LOCATION], "/login");
+    let login = client
+        .get(format!("{base}/login"))
+        .send()
+        .await
+        .expect("get /login");
+    assert_eq!(login.status(), 200);
+    let (out, _) = bin.finish().await;
+    assert!(
+        out.contains(&format!("dashboard: {base}/")),
+        "the banner names the dashboard URL: {out}"
+    );
+}
+
+async fn delete_from_the_dashboard(app: TestApp) {
+    app.create_account("acme").await;
+    let mut v = Visitor::new(&app);
+    v.login().await;
+    let csrf = v.get("/accounts/acme").await.csrf();
+    let r = v
+        .post(
+            "/accounts/acme/delete",
+            &[("csrf", &csrf), ("confirm", "acme")],
+        )
+        .await;
+    assert_eq!((r.status, r.location()), (303, "/accounts?done=deleted"));
+    assert_eq!(
+        app.admin("GET", "/v1/accounts/acme", None).await.status,
+        404
+    );
+    assert_eq!(v.get("/accounts/acme").await.status, 404);
+}
+both_stores!(
+    account_deleted_from_the_dashboard,
+    delete_from_the_dashboard
+);
+
+#[tokio::test]
+async fn test_page_shows_sanitized_errors() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let Some(app) = TestApp::spawn(Backend::Sqlite).await else {
+        return;
+    };
+    let mut v = Visitor::new(&app);
+    v.login().await;
+    let csrf = v.get("/test").await.csrf();
+    // No key anywhere: the API's message as a form-level error, status 409.
+    let r = v.post("/test", &[("csrf", &csrf), ("message", "hi")]).await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.body.contains("no API key configured"), "{}", r.body);
+    assert!(r.body.contains(">hi</textarea>"));
+    // A failing model: the sanitized reason, never the upstream body or the key.
+    let stub = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(ResponseTemplate::new(500).set_body_string("UPSTREAM-SECRET-BODY"))
+        .mount(&stub)
+        .await;
+    let r = app
+        .admin(
+            "PUT",
+            "/v1/ai/global",
+            Some(
+                json!({"base_url": format!("{}/v1", stub.uri()), "api_key": "sk-canary-dash",
+                        "timeout_seconds": 5}),
+            ),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = v.post("/test", &[("csrf", &csrf), ("message", "hi")]).await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert!(r.body.contains("class=\"alert error\""), "{}", r.body);
+    assert!(!r.body.contains("UPSTREAM-SECRET-BODY") && !r.body.contains("sk-canary-dash"));
+    assert!(!r.body.contains("id=\"test-reply\""));
+}

@@ -1,0 +1,483 @@
+//! End-to-end dashboard tests in a real browser: Debian's Chromium, headless, driven through
+//! chromedriver (WebDriver, fantoccini) against a gateway spawned on a loopback port, with the
+//! model stubbed by wiremock on loopback. Screenshots of each page land in
+//! `target/screenshots/`.
+//!
+//! Without chromium / chromedriver these tests fail when `CI` is set and are skipped loudly
+//! otherwise (`scripts/test.sh` installs both).
+
+#[allow(dead_code, unused_imports, unused_macros)]
+#[path = "../api/helpers.rs"]
+mod helpers;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use helpers::{eventually, Backend, TestApp, ADMIN_PASSWORD};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const JID: &str = "491701234567@s.whatsapp.net";
+const STUB_REPLY: &str = "Hello from the model stub";
+
+/// A chromedriver process on a free loopback port, killed on drop.
+struct Driver {
+    child: Child,
+    url: String,
+    /// The browser profile, fresh for each driver.
+    profile: tempfile::TempDir,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts chromedriver, or `None` (skip) when the browser is not installed outside CI.
+fn start_driver() -> Option<Driver> {
+    let missing: Vec<&str> = [CHROMIUM, CHROMEDRIVER]
+        .into_iter()
+        .filter(|p| !Path::new(p).exists())
+        .collect();
+    if !missing.is_empty() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but {missing:?} is missing: install chromium and chromium-driver \
+             (scripts/test.sh does)"
+        );
+        eprintln!(
+            "\n!!!!! SKIPPING THE BROWSER TESTS: {missing:?} not found. \
+             Install them with: apt-get install chromium chromium-driver !!!!!\n"
+        );
+        return None;
+    }
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let child = Command::new(CHROMEDRIVER)
+        .arg(format!("--port={port}"))
+        .arg("--allowed-ips=127.0.0.1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver starts");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "chromedriver did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(Driver {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        profile: tempfile::tempdir().expect("profile dir"),
+    })
+}
+
+/// A headless Chromium session.
+async fn browser(driver: &Driver) -> Client {
+    let caps = json!({
+        "browserName": "chrome",
+        "goog:chromeOptions": {
+            "binary": CHROMIUM,
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--window-size=1280,900",
+                format!("--user-data-dir={}", driver.profile.path().display()),
+            ]
+        }
+    });
+    let Value::Object(caps) = caps else {
+        unreachable!()
+    };
+    // Two rustls crypto providers are compiled in (fantoccini's and reqwest's); pick one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    ClientBuilder::rustls()
+        .expect("rustls connector")
+        .capabilities(caps)
+        .connect(&driver.url)
+        .await
+        .expect("a browser session")
+}
+
+fn screenshot_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&dir).expect("screenshot dir");
+    dir
+}
+
+async fn shot(c: &Client, name: &str) {
+    let png = c.screenshot().await.expect("screenshot");
+    std::fs::write(screenshot_dir().join(format!("{name}.png")), png).expect("write screenshot");
+}
+
+async fn text_of(c: &Client, css: &str) -> String {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .text()
+        .await
+        .expect("text")
+}
+
+async fn fill(c: &Client, css: &str, value: &str) {
+    let el = c
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"));
+    el.clear().await.expect("clear");
+    el.send_keys(value).await.expect("type");
+}
+
+async fn select(c: &Client, css: &str, value: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .select_by_value(value)
+        .await
+        .expect("select");
+}
+
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .expect("click");
+}
+
+/// Clicks something that loads a new page and waits until the new page has loaded.
+async fn submit(c: &Client, css: &str) {
+    c.execute("window.__wagate_old_page = true;", vec![])
+        .await
+        .expect("mark page");
+    click(c, css).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let loaded = c
+            .execute(
+                "return window.__wagate_old_page === undefined && document.readyState === 'complete';",
+                vec![],
+            )
+            .await;
+        if matches!(loaded, Ok(Value::Bool(true))) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no new page after clicking {css}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn path_of(c: &Client) -> String {
+    let u = c.current_url().await.expect("url");
+    match u.query() {
+        Some(q) => format!("{}?{q}", u.path()),
+        None => u.path().to_string(),
+    }
+}
+
+async fn login(c: &Client) {
+    fill(c, "#login-username", "admin").await;
+    fill(c, "#login-password", ADMIN_PASSWORD).await;
+    submit(c, "form button[type=submit]").await;
+}
+
+async fn model_stub() -> MockServer {
+    let stub = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "model": "stub-model",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": STUB_REPLY}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+        })))
+        .mount(&stub)
+        .await;
+    stub
+}
+
+/// AI log rows of the chat, via the API.
+async fn log_rows(app: &TestApp) -> Vec<Value> {
+    let r = app
+        .admin("GET", "/v1/ai/logs?account_id=acme&limit=500", None)
+        .await;
+    r.json["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// Injects a customer message from the chat page's sandbox form.
+async fn inject_from_chat_page(c: &Client, text: &str) {
+    fill(c, "#inbound-text", text).await;
+    submit(c, "#inbound-h ~ form button[type=submit]").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_end_to_end() {
+    let Some(driver) = start_driver() else { return };
+    let app = TestApp::spawn(Backend::Sqlite).await.expect("sqlite app");
+    let stub = model_stub().await;
+    let c = browser(&driver).await;
+    let base = app.base.clone();
+
+    // A protected page sends us to the login page and back.
+    c.goto(&format!("{base}/ai")).await.expect("goto");
+    assert_eq!(path_of(&c).await, "/login?next=%2Fai");
+    shot(&c, "01-login").await;
+    fill(&c, "#login-username", "admin").await;
+    fill(&c, "#login-password", "wrong password").await;
+    submit(&c, "form button[type=submit]").await;
+    assert!(text_of(&c, ".alert.error")
+        .await
+        .contains("invalid username or password"));
+    assert_eq!(
+        c.find(Locator::Css("#login-username"))
+            .await
+            .expect("username")
+            .prop("value")
+            .await
+            .expect("value")
+            .as_deref(),
+        Some("admin"),
+        "the username stays in the form"
+    );
+    login(&c).await;
+    assert_eq!(path_of(&c).await, "/ai");
+
+    // Bad input: the error is next to the field, the values stay, nothing is saved.
+    let head = app.head().await;
+    select(&c, "#layer-enabled", "true").await;
+    fill(&c, "#layer-temperature", "5").await;
+    fill(&c, "#layer-model_name", "kept-model").await;
+    submit(&c, "form.card button[type=submit]").await;
+    assert!(text_of(&c, "#layer-temperature-error")
+        .await
+        .contains("from 0 to 2"));
+    let kept = c
+        .find(Locator::Css("#layer-model_name"))
+        .await
+        .expect("field")
+        .prop("value")
+        .await
+        .expect("value");
+    assert_eq!(kept.as_deref(), Some("kept-model"));
+    assert_eq!(app.head().await, head, "a refused form writes nothing");
+    shot(&c, "02-ai-invalid").await;
+
+    // Global config through the form.
+    fill(&c, "#layer-temperature", "0.3").await;
+    fill(&c, "#layer-base_url", &format!("{}/v1", stub.uri())).await;
+    fill(&c, "#layer-model_name", "stub-model").await;
+    fill(&c, "#layer-reply_delay_seconds", "0").await;
+    fill(&c, "#layer-timeout_seconds", "5").await;
+    fill(&c, "#layer-api_key", "sk-browser-test-key").await;
+    select(&c, "#layer-enabled", "true").await;
+    submit(&c, "form.card button[type=submit]").await;
+    assert_eq!(path_of(&c).await, "/ai?done=saved");
+    let page = c.source().await.expect("source");
+    assert!(page.contains("key set"), "the page says the key is set");
+    assert!(
+        !page.contains("sk-browser-test-key"),
+        "the key is never shown"
+    );
+    shot(&c, "03-ai").await;
+
+    // An account, created from the accounts page.
+    submit(&c, "nav a[href='/accounts']").await;
+    fill(&c, "#create-id", "acme").await;
+    fill(&c, "#create-name", "Acme <b>Corp</b>").await;
+    submit(&c, "#create-h ~ form button[type=submit]").await;
+    assert_eq!(path_of(&c).await, "/accounts/acme?done=created");
+    assert!(c
+        .source()
+        .await
+        .expect("source")
+        .contains("Acme &lt;b&gt;Corp&lt;/b&gt;"));
+    // A token is shown once.
+    fill(&c, "#token-name", "ci").await;
+    submit(&c, "#tokens-h ~ form.card button[type=submit]").await;
+    let token = text_of(&c, "#new-token").await;
+    assert!(token.starts_with("wgt_"), "{token}");
+    shot(&c, "04-account").await;
+    c.goto(&format!("{base}/accounts/acme"))
+        .await
+        .expect("goto");
+    assert!(!c.source().await.expect("source").contains(&token));
+
+    // The chat page; the gear turns AI off for this chat.
+    let chat = format!("{base}/accounts/acme/chats/{}", JID.replace('@', "%40"));
+    c.goto(&chat).await.expect("goto");
+    // The gear opens from the keyboard (Enter on the focused summary).
+    c.find(Locator::Css("details.gear > summary"))
+        .await
+        .expect("gear")
+        .send_keys("\u{E007}")
+        .await
+        .expect("enter");
+    let open = c
+        .execute(
+            "return document.querySelector('details.gear').open;",
+            vec![],
+        )
+        .await
+        .expect("script");
+    assert_eq!(open, json!(true), "Enter opens the gear");
+    click(&c, "#mode-disabled").await;
+    submit(&c, "#chat-settings button[type=submit]").await;
+    assert!(path_of(&c).await.ends_with("?done=saved"));
+    assert!(text_of(&c, "#ai-state").await.contains("will not reply"));
+    inject_from_chat_page(&c, "are you there?").await;
+    let row = eventually(20, "the reply is skipped", || async {
+        log_rows(&app)
+            .await
+            .into_iter()
+            .find(|r| r["status"] != "pending")
+    })
+    .await;
+    assert_eq!(row["status"], "skipped", "{row}");
+    c.goto(&chat).await.expect("goto");
+    assert!(text_of(&c, "#thread").await.contains("AI reply skipped"));
+    assert!(c
+        .find_all(Locator::Css("#thread .msg.ai"))
+        .await
+        .expect("find")
+        .is_empty());
+    shot(&c, "05-chat-disabled").await;
+
+    // Enabled again: the reply appears (the page refreshes its thread by itself).
+    click(&c, "details.gear > summary").await;
+    click(&c, "#mode-enabled").await;
+    submit(&c, "#chat-settings button[type=submit]").await;
+    inject_from_chat_page(&c, "hello again").await;
+    eventually(20, "the AI reply appears on the page", || async {
+        let els = c
+            .find_all(Locator::Css("#thread .msg.ai .text"))
+            .await
+            .ok()?;
+        for e in els {
+            if e.text().await.ok()? == STUB_REPLY {
+                return Some(());
+            }
+        }
+        None
+    })
+    .await;
+    // The operator send box.
+    fill(&c, "#send-text", "an operator writes").await;
+    submit(&c, "#send-h ~ form button[type=submit]").await;
+    assert!(text_of(&c, "#thread").await.contains("an operator writes"));
+    shot(&c, "06-chat-enabled").await;
+
+    // An XSS payload in a message renders as text and never runs.
+    let payload = "<script>window.__xss=1</script><img src=x onerror=\"window.__xss=2\">";
+    inject_from_chat_page(&c, payload).await;
+    let thread = text_of(&c, "#thread").await;
+    assert!(thread.contains(payload), "{thread}");
+    let ran = c
+        .execute("return window.__xss === undefined;", vec![])
+        .await
+        .expect("script");
+    assert_eq!(ran, json!(true), "the payload did not run");
+    assert!(c
+        .find_all(Locator::Css("#thread img"))
+        .await
+        .expect("find")
+        .is_empty());
+    shot(&c, "07-chat-xss").await;
+
+    // The AI chat / test page against the stub.
+    submit(&c, "nav a[href='/test']").await;
+    select(&c, "#test-account_id", "acme").await;
+    fill(&c, "#test-chat_id", JID).await;
+    fill(&c, "#test-message", "Say hi").await;
+    submit(&c, "#test-form button[type=submit]").await;
+    assert_eq!(text_of(&c, "#test-reply").await, STUB_REPLY);
+    assert_eq!(text_of(&c, "#test-model").await, "stub-model");
+    assert!(text_of(&c, "#test-tokens").await.contains("18"));
+    assert!(text_of(&c, "#test-latency").await.ends_with("ms"));
+    shot(&c, "08-test").await;
+
+    // The AI log, filtered.
+    c.goto(&format!("{base}/logs?account_id=acme&status=skipped"))
+        .await
+        .expect("goto");
+    let rows = c
+        .find_all(Locator::Css("#ai-log tbody tr"))
+        .await
+        .expect("rows");
+    assert_eq!(rows.len(), 1);
+    c.goto(&format!("{base}/logs")).await.expect("goto");
+    assert!(text_of(&c, "#ai-log").await.contains("sent"));
+    shot(&c, "09-logs").await;
+
+    // The audit history of the account names the dashboard user.
+    c.goto(&format!("{base}/audit?account_id=acme"))
+        .await
+        .expect("goto");
+    assert!(text_of(&c, "#audit").await.contains("admin:admin"));
+    shot(&c, "10-audit").await;
+
+    // Phone width: no horizontal scrolling.
+    c.set_window_size(375, 812).await.expect("resize");
+    for page in [
+        "/ai",
+        "/accounts/acme",
+        &chat.replace(&base, ""),
+        "/logs",
+        "/test",
+    ] {
+        c.goto(&format!("{base}{page}")).await.expect("goto");
+        let fits = c
+            .execute(
+                "return document.documentElement.scrollWidth <= window.innerWidth;",
+                vec![],
+            )
+            .await
+            .expect("script");
+        assert_eq!(fits, json!(true), "{page} scrolls sideways on a phone");
+    }
+    c.goto(&chat).await.expect("goto");
+    shot(&c, "11-chat-phone").await;
+    c.set_window_size(1280, 900).await.expect("resize");
+
+    // A lost session goes to the login page and back.
+    c.delete_all_cookies().await.expect("cookies");
+    c.goto(&format!("{base}/logs?status=sent"))
+        .await
+        .expect("goto");
+    assert!(path_of(&c).await.starts_with("/login?next="));
+    login(&c).await;
+    assert_eq!(path_of(&c).await, "/logs?status=sent");
+
+    // Deleting an account needs its id typed.
+    c.goto(&format!("{base}/accounts/acme"))
+        .await
+        .expect("goto");
+    fill(&c, "#delete-confirm", "acme").await;
+    submit(&c, "#delete-h ~ form button[type=submit]").await;
+    assert_eq!(path_of(&c).await, "/accounts?done=deleted");
+    assert!(text_of(&c, "main").await.contains("No accounts yet"));
+
+    // Logging out ends the session.
+    submit(&c, "form.logout button").await;
+    assert_eq!(path_of(&c).await, "/login");
+    c.goto(&format!("{base}/ai")).await.expect("goto");
+    assert!(path_of(&c).await.starts_with("/login"));
+
+    c.close().await.expect("close");
+}
