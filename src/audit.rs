@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -44,8 +45,10 @@ impl ReplayReport {
     }
 }
 
-/// Events read per query.
+/// Positions read per query.
 const BATCH: i64 = 5_000;
+/// Queries in flight during a replay.
+const READERS: usize = 3;
 
 /// Folds the history up to `until` (all of it when `None`) into fresh read models.
 pub async fn replay(
@@ -81,46 +84,58 @@ pub async fn replay(
         Projection::All => &[],
     };
     let started = Instant::now();
-    // Reading (I/O and row decoding) runs in its own task, one batch ahead of folding.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<StoredEvent>, StoreError>>(2);
-    let reader_store = store.clone();
-    let reader = tokio::spawn(async move {
-        let mut after = 0i64;
-        loop {
-            let batch = reader_store
-                .read(&EventQuery {
-                    after,
-                    until: Some(head),
+    // Reading (queries and row decoding) runs in several tasks over consecutive position
+    // ranges, ahead of the fold, which takes the batches in order.
+    let ranges: Vec<(i64, i64)> = (0..head)
+        .step_by(usize::try_from(BATCH).unwrap_or(1))
+        .map(|lo| (lo, (lo + BATCH).min(head)))
+        .collect();
+    let mut batches = futures::stream::iter(ranges.into_iter().map(|(lo, hi)| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let batch = store
+                .read_raw(&EventQuery {
+                    after: lo,
+                    until: Some(hi),
                     limit: BATCH,
                     aggregate_types: types,
                     ..Default::default()
                 })
-                .await;
-            let (last, full) = match &batch {
-                Ok(b) => (b.last().map(|e| e.position), b.len() as i64 == BATCH),
-                Err(_) => (None, false),
-            };
-            if tx.send(batch).await.is_err() {
-                return;
-            }
-            match last {
-                Some(p) if full => after = p,
-                _ => return,
-            }
-        }
-    });
+                .await?;
+            // Parsing happens here, in parallel with the fold: chat events straight from their
+            // JSON text into typed events (their payload is not kept), the rest into values.
+            batch
+                .into_iter()
+                .map(|raw| {
+                    if raw.aggregate_type == "chat" {
+                        let parsed: wagate_events::chat::ChatEvent =
+                            serde_json::from_str(&raw.payload).map_err(|e| {
+                                StoreError::Other(format!(
+                                    "event {}: bad payload: {e}",
+                                    raw.position
+                                ))
+                            })?;
+                        Ok((raw.without_payload()?, Some(parsed)))
+                    } else {
+                        Ok((raw.parse()?, None))
+                    }
+                })
+                .collect::<Result<Vec<_>, StoreError>>()
+        })
+    }))
+    .buffered(READERS);
     let mut events = 0u64;
-    while let Some(batch) = rx.recv().await {
-        let batch = batch?;
-        for ev in &batch {
-            fold(&mut config, &mut messages, ev)?;
-        }
+    while let Some(batch) = batches.next().await {
+        let batch =
+            batch.map_err(|e| StoreError::Other(format!("a replay reader failed: {e}")))??;
         events += batch.len() as u64;
-        if let Some(last) = batch.last() {
+        if let Some((last, _)) = batch.last() {
             bar.set_position(u64::try_from(last.position).unwrap_or(0));
         }
+        for (ev, parsed) in batch {
+            fold(&mut config, &mut messages, &ev, parsed)?;
+        }
     }
-    let _ = reader.await;
     bar.finish_and_clear();
     if let Some(c) = config.as_mut() {
         c.position = head;
@@ -138,6 +153,7 @@ fn fold(
     config: &mut Option<ConfigModel>,
     messages: &mut Option<MessagesModel>,
     ev: &StoredEvent,
+    parsed: Option<wagate_events::chat::ChatEvent>,
 ) -> Result<(), StoreError> {
     let bad = |e: wagate_projections::config::FoldError| StoreError::Other(e.to_string());
     if let Some(c) = config.as_mut() {
@@ -146,7 +162,7 @@ fn fold(
         }
     }
     if let Some(m) = messages.as_mut() {
-        m.apply(ev).map_err(bad)?;
+        m.apply_parsed(ev, parsed).map_err(bad)?;
     }
     Ok(())
 }

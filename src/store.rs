@@ -176,6 +176,16 @@ impl Store {
 
     /// Reads events in commit order (by global position).
     pub async fn read(&self, q: &EventQuery<'_>) -> Result<Vec<StoredEvent>, StoreError> {
+        self.read_raw(q)
+            .await?
+            .into_iter()
+            .map(RawEvent::parse)
+            .collect()
+    }
+
+    /// Reads events in commit order with their payload and metadata as JSON text (a replay parses
+    /// them straight into typed events, in parallel).
+    pub async fn read_raw(&self, q: &EventQuery<'_>) -> Result<Vec<RawEvent>, StoreError> {
         let mut sql = String::from(
             "SELECT position, aggregate_type, aggregate_id, sequence, event_type, event_version, ",
         );
@@ -230,7 +240,7 @@ impl Store {
                 rows.iter()
                     .map(|r| {
                         let at: DateTime<Utc> = r.try_get("recorded_at")?;
-                        row_to_event(r, at)
+                        row_to_raw(r, at)
                     })
                     .collect()
             }
@@ -244,7 +254,7 @@ impl Store {
                                 StoreError::Other(format!("bad recorded_at {raw:?}: {e}"))
                             })?
                             .with_timezone(&Utc);
-                        row_to_event(r, at)
+                        row_to_raw(r, at)
                     })
                     .collect()
             }
@@ -280,27 +290,66 @@ impl Store {
     }
 }
 
-fn row_to_event<R>(r: &R, recorded_at: DateTime<Utc>) -> Result<StoredEvent, StoreError>
+/// An event row with its payload and metadata still as JSON text.
+#[derive(Debug, Clone)]
+pub struct RawEvent {
+    pub position: i64,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    pub payload: String,
+    pub metadata: String,
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl RawEvent {
+    /// Parses payload and metadata.
+    pub fn parse(self) -> Result<StoredEvent, StoreError> {
+        let position = self.position;
+        let payload = serde_json::from_str(&self.payload)
+            .map_err(|e| StoreError::Other(format!("event {position}: bad payload: {e}")))?;
+        let mut ev = self.without_payload()?;
+        ev.payload = payload;
+        Ok(ev)
+    }
+
+    /// The event with its metadata parsed and a `null` payload (for a caller that parses the
+    /// payload text itself).
+    pub fn without_payload(self) -> Result<StoredEvent, StoreError> {
+        let position = self.position;
+        Ok(StoredEvent {
+            position,
+            aggregate_type: self.aggregate_type,
+            aggregate_id: self.aggregate_id,
+            sequence: self.sequence,
+            event_type: self.event_type,
+            event_version: self.event_version,
+            payload: serde_json::Value::Null,
+            metadata: serde_json::from_str(&self.metadata)
+                .map_err(|e| StoreError::Other(format!("event {position}: bad metadata: {e}")))?,
+            recorded_at: self.recorded_at,
+        })
+    }
+}
+
+fn row_to_raw<R>(r: &R, recorded_at: DateTime<Utc>) -> Result<RawEvent, StoreError>
 where
     R: Row,
     for<'a> &'a str: sqlx::ColumnIndex<R>,
     i64: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
 {
-    let payload: String = r.try_get("payload")?;
-    let metadata: String = r.try_get("metadata")?;
-    let position: i64 = r.try_get("position")?;
-    Ok(StoredEvent {
-        position,
+    Ok(RawEvent {
+        position: r.try_get("position")?,
         aggregate_type: r.try_get("aggregate_type")?,
         aggregate_id: r.try_get("aggregate_id")?,
         sequence: r.try_get("sequence")?,
         event_type: r.try_get("event_type")?,
         event_version: r.try_get("event_version")?,
-        payload: serde_json::from_str(&payload)
-            .map_err(|e| StoreError::Other(format!("event {position}: bad payload: {e}")))?,
-        metadata: serde_json::from_str(&metadata)
-            .map_err(|e| StoreError::Other(format!("event {position}: bad metadata: {e}")))?,
+        payload: r.try_get("payload")?,
+        metadata: r.try_get("metadata")?,
         recorded_at,
     })
 }

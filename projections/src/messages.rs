@@ -114,10 +114,29 @@ fn parse(ev: &StoredEvent) -> Result<ChatEvent, FoldError> {
 impl MessagesModel {
     /// Folds one event; other aggregate types only advance the position.
     pub fn apply(&mut self, ev: &StoredEvent) -> Result<(), FoldError> {
-        self.position = self.position.max(ev.position);
+        let parsed = Self::parse(ev)?;
+        self.apply_parsed(ev, parsed)
+    }
+
+    /// The typed chat event of `ev` (`None` for other aggregate types). Separate from
+    /// [`apply_parsed`](Self::apply_parsed) so a replay can parse in parallel and fold in order.
+    pub fn parse(ev: &StoredEvent) -> Result<Option<ChatEvent>, FoldError> {
         if ev.aggregate_type != "chat" {
-            return Ok(());
+            return Ok(None);
         }
+        parse(ev).map(Some)
+    }
+
+    /// Folds an event parsed by [`parse`](Self::parse).
+    pub fn apply_parsed(
+        &mut self,
+        ev: &StoredEvent,
+        parsed: Option<ChatEvent>,
+    ) -> Result<(), FoldError> {
+        self.position = self.position.max(ev.position);
+        let Some(parsed) = parsed else {
+            return Ok(());
+        };
         let Some((acc, jid)) = ev.aggregate_id.split_once('/') else {
             return Err(FoldError {
                 position: ev.position,
@@ -125,8 +144,8 @@ impl MessagesModel {
             });
         };
         let at = ev.recorded_at;
-        let key = (acc.to_string(), jid.to_string());
-        match parse(ev)? {
+        let key = || (acc.to_string(), jid.to_string());
+        match parsed {
             ChatEvent::MessageReceived {
                 message_id,
                 from,
@@ -136,7 +155,7 @@ impl MessagesModel {
                 contact_name,
                 ..
             } => {
-                let chat = self.chats.entry(key).or_default();
+                let chat = self.chats.entry(key()).or_default();
                 chat.last_message_at = Some(at);
                 chat.messages.push(MessageView {
                     id: message_id,
@@ -167,7 +186,7 @@ impl MessagesModel {
                 ai_reply_id,
                 ..
             } => {
-                let chat = self.chats.entry(key).or_default();
+                let chat = self.chats.entry(key()).or_default();
                 chat.last_message_at = Some(at);
                 chat.messages.push(MessageView {
                     id: message_id,
@@ -252,7 +271,7 @@ impl MessagesModel {
                 error,
                 ..
             } => {
-                if let Some(m) = self.chats.get_mut(&key).and_then(|c| {
+                if let Some(m) = self.chats.get_mut(&key()).and_then(|c| {
                     c.messages
                         .iter_mut()
                         .rev()
