@@ -28,9 +28,9 @@ use crate::store::EventQuery;
 use outbox::{Due, NewDelivery, Outcome};
 
 /// Requests in flight across all webhooks.
-const MAX_IN_FLIGHT: usize = 64;
+const MAX_IN_FLIGHT: usize = 256;
 /// Requests in flight to one webhook: a slow receiver holds at most this many slots.
-const PER_WEBHOOK_IN_FLIGHT: usize = 8;
+const PER_WEBHOOK_IN_FLIGHT: usize = 32;
 /// Events read per fan-out transaction.
 const FANOUT_BATCH: i64 = 500;
 /// How often senders look for due deliveries when nothing wakes them.
@@ -222,7 +222,7 @@ impl Sender {
             return Ok(());
         }
         let now = outbox::now_ms();
-        let due = outbox::due(&app.store, now, (free * 4) as i64)
+        let due = outbox::due(&app.store, now, free.min(512) as i64)
             .await
             .map_err(|e| e.to_string())?;
         let lease =
@@ -259,10 +259,14 @@ impl Sender {
             let this = self.clone();
             let app = app.clone();
             tokio::spawn(async move {
-                this.deliver(&app, &d).await;
-                this.release_slot(&d.webhook_id);
-                drop(permit);
-                app.delivery_wake.notify_one();
+                // The receiver's slot is freed as soon as its request is over; recording the
+                // outcome (batched with others) does not hold it.
+                let release = || {
+                    this.release_slot(&d.webhook_id);
+                    drop(permit);
+                    app.delivery_wake.notify_one();
+                };
+                this.deliver(&app, &d, release).await;
             });
         }
         Ok(())
@@ -289,9 +293,11 @@ impl Sender {
     }
 
     /// One attempt of a claimed delivery, and its recorded outcome.
-    async fn deliver(&self, app: &App, d: &Due) {
+    /// `release` runs once the receiver is done with (or never got) the request.
+    async fn deliver(&self, app: &App, d: &Due, release: impl FnOnce()) {
         let hook = app.model().webhooks.get(&d.webhook_id).cloned();
         let Some(hook) = hook.filter(|h| h.status == WebhookStatus::Active) else {
+            release();
             if let Err(e) =
                 outbox::cancel_pending(&app.store, &d.webhook_id, "webhook deleted or disabled")
                     .await
@@ -309,6 +315,7 @@ impl Sender {
             Ok(status) => self.retry_or_dead(app, d, Some(status), status_error(status)),
             Err(error) => self.retry_or_dead(app, d, None, error),
         };
+        release();
         let counters = &app.delivery_counters;
         match &outcome {
             Outcome::Delivered { .. } => counters.delivered.fetch_add(1, Ordering::Relaxed),
