@@ -15,7 +15,7 @@ use wagate_events::metadata;
 use wagate_events::settings::AiSettings;
 use wagate_events::webhook::Webhook;
 use wagate_events::DomainError;
-use wagate_projections::config::CONFIG_AGGREGATES;
+use wagate_projections::config::{self as config_model, AS_OF_AGGREGATES};
 use wagate_projections::messages::MessagesModel;
 use wagate_projections::{ConfigModel, EnvLayer};
 
@@ -191,10 +191,7 @@ impl App {
             if let Some(last) = batch.last() {
                 {
                     let mut model = self.model.write().unwrap_or_else(|p| p.into_inner());
-                    for ev in batch
-                        .iter()
-                        .filter(|e| CONFIG_AGGREGATES.contains(&e.aggregate_type.as_str()))
-                    {
+                    for ev in batch.iter().filter(|e| config_model::folds(e)) {
                         model
                             .apply(ev)
                             .map_err(|e| AppError::Internal(e.to_string()))?;
@@ -272,7 +269,7 @@ impl App {
                     after: model.position,
                     until: Some(position),
                     limit: 1000,
-                    aggregate_types: &CONFIG_AGGREGATES,
+                    aggregate_types: &AS_OF_AGGREGATES,
                     ..Default::default()
                 })
                 .await?;
@@ -339,31 +336,39 @@ impl App {
 
     /// Re-encrypts every stored API key that is not under the current master key.
     pub async fn rotate_api_keys(&self, who: &Who) -> RotateReport {
-        let mut todo: Vec<(Option<String>, String)> = Vec::new();
+        // (account or global, fallback key?, sealed)
+        let mut todo: Vec<(Option<String>, bool, String)> = Vec::new();
         {
             let m = self.model();
-            if let Some(k) = &m.global.api_key {
-                todo.push((None, k.sealed.clone()));
-            }
-            for a in m.accounts.values().filter(|a| !a.deleted) {
-                if let Some(k) = &a.ai.api_key {
-                    todo.push((Some(a.id.clone()), k.sealed.clone()));
+            let mut layer = |account: Option<&str>, l: &wagate_events::settings::LayerState| {
+                if let Some(k) = &l.api_key {
+                    todo.push((account.map(str::to_string), false, k.sealed.clone()));
                 }
+                if let Some(k) = &l.fallback_api_key {
+                    todo.push((account.map(str::to_string), true, k.sealed.clone()));
+                }
+            };
+            layer(None, &m.global);
+            for a in m.accounts.values().filter(|a| !a.deleted) {
+                layer(Some(&a.id), &a.ai);
             }
         }
         let keyring = &self.config.keyring;
         let mut report = RotateReport::default();
-        for (account, sealed) in todo {
+        for (account, fallback, sealed) in todo {
             if !keyring.needs_rotation(&sealed) {
                 continue;
             }
-            let owner = account
+            let mut owner = account
                 .as_ref()
                 .map_or_else(|| "global".to_string(), |a| format!("account:{a}"));
+            if fallback {
+                owner = crate::reply::fallback_owner(&owner);
+            }
             let result = match keyring.reseal(&sealed, &crate::crypto::api_key_ad(&owner)) {
                 Err(e) => Err(e.to_string()),
-                Ok(resealed) => match &account {
-                    None => self
+                Ok(resealed) => match (&account, fallback) {
+                    (None, false) => self
                         .execute(
                             &self.global,
                             GLOBAL_ID,
@@ -372,11 +377,29 @@ impl App {
                         )
                         .await
                         .map_err(|e| e.to_string()),
-                    Some(id) => self
+                    (None, true) => self
+                        .execute(
+                            &self.global,
+                            GLOBAL_ID,
+                            AiGlobalCommand::ResealFallbackApiKey { sealed: resealed },
+                            who,
+                        )
+                        .await
+                        .map_err(|e| e.to_string()),
+                    (Some(id), false) => self
                         .execute(
                             &self.accounts,
                             id,
                             AccountCommand::ResealApiKey { sealed: resealed },
+                            who,
+                        )
+                        .await
+                        .map_err(|e| e.to_string()),
+                    (Some(id), true) => self
+                        .execute(
+                            &self.accounts,
+                            id,
+                            AccountCommand::ResealFallbackApiKey { sealed: resealed },
                             who,
                         )
                         .await

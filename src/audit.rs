@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use wagate_events::ids::chat_kind;
-use wagate_projections::config::CONFIG_AGGREGATES;
+use wagate_projections::config::{AS_OF_AGGREGATES, CONFIG_AGGREGATES};
 use wagate_projections::effective::{resolve_layers, Target};
 use wagate_projections::messages::MessagesModel;
 use wagate_projections::{ConfigModel, EnvLayer, StoredEvent};
@@ -79,7 +79,7 @@ pub async fn replay(
     let mut messages =
         matches!(projection, Projection::Messages | Projection::All).then(MessagesModel::default);
     let types: &[&str] = match projection {
-        Projection::Config => &CONFIG_AGGREGATES,
+        Projection::Config => &AS_OF_AGGREGATES,
         Projection::Messages => &["chat"],
         Projection::All => &[],
     };
@@ -157,7 +157,7 @@ fn fold(
 ) -> Result<(), StoreError> {
     let bad = |e: wagate_projections::config::FoldError| StoreError::Other(e.to_string());
     if let Some(c) = config.as_mut() {
-        if CONFIG_AGGREGATES.contains(&ev.aggregate_type.as_str()) {
+        if wagate_projections::config::folds(ev) {
             c.apply(ev).map_err(bad)?;
         }
     }

@@ -124,6 +124,10 @@ pub struct Config {
     pub max_model_calls: usize,
     /// Concurrent model calls per account (`WAGATE_MAX_MODEL_CALLS_PER_ACCOUNT`, default 256).
     pub max_model_calls_per_account: usize,
+    /// The length of one "minute" of `human_takeover_minutes`
+    /// (`WAGATE_TAKEOVER_MINUTE_SECONDS`, 1..=60, default 60). Only demos and tests shorten it,
+    /// to watch a pause end without waiting half an hour.
+    pub takeover_minute: Duration,
     pub webhooks: WebhookConfig,
 }
 
@@ -548,6 +552,20 @@ impl Config {
         };
         let max_model_calls = limit("WAGATE_MAX_MODEL_CALLS", 1024)?;
         let max_model_calls_per_account = limit("WAGATE_MAX_MODEL_CALLS_PER_ACCOUNT", 256)?;
+        let takeover_minute = match vars.get("WAGATE_TAKEOVER_MINUTE_SECONDS") {
+            None => Duration::from_secs(60),
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (1..=60).contains(n))
+                .map(Duration::from_secs)
+                .ok_or_else(|| {
+                    invalid(
+                        "WAGATE_TAKEOVER_MINUTE_SECONDS",
+                        "must be a whole number from 1 to 60",
+                    )
+                })?,
+        };
         let webhooks = parse_webhooks(&vars)?;
 
         Ok((
@@ -565,6 +583,7 @@ impl Config {
                 log_format,
                 max_model_calls,
                 max_model_calls_per_account,
+                takeover_minute,
                 webhooks,
             },
             first,

@@ -53,6 +53,9 @@ pub struct ModelRequest {
     pub max_tokens: u32,
     /// Per-attempt timeout (the whole attempt: connect, send, read the body).
     pub timeout: Duration,
+    /// Attempts in all for this call (`max_retries + 1` of the effective config); `None`: the
+    /// client's retry policy.
+    pub max_attempts: Option<u32>,
 }
 
 /// Debug never shows the key or the message contents.
@@ -339,6 +342,25 @@ impl HttpModelClient {
 
     /// `POST {base_url}/chat/completions`, retrying timeouts, connect errors, 429 and 5xx.
     pub async fn complete(&self, req: &ModelRequest) -> Result<ModelReply, ModelError> {
+        self.complete_logged(req).await.0
+    }
+
+    /// [`Self::complete`], also returning the outcome of every attempt in order: `ok`, or the
+    /// failure class with the HTTP status (e.g. `server_error (HTTP 503)`), never a body.
+    pub async fn complete_logged(
+        &self,
+        req: &ModelRequest,
+    ) -> (Result<ModelReply, ModelError>, Vec<String>) {
+        let mut log = Vec::new();
+        let result = self.complete_inner(req, &mut log).await;
+        (result, log)
+    }
+
+    async fn complete_inner(
+        &self,
+        req: &ModelRequest,
+        log: &mut Vec<String>,
+    ) -> Result<ModelReply, ModelError> {
         let started = Instant::now();
         let endpoint = format!("{}/chat/completions", req.base_url.trim_end_matches('/'));
         let url = Url::parse(&endpoint).map_err(|e| {
@@ -366,7 +388,7 @@ impl HttpModelClient {
             max_tokens: req.max_tokens,
         };
         let host = url.host_str().unwrap_or_default().to_owned();
-        let max_attempts = self.retry.max_attempts.max(1);
+        let max_attempts = req.max_attempts.unwrap_or(self.retry.max_attempts).max(1);
 
         let mut attempt = 0;
         loop {
@@ -387,6 +409,7 @@ impl HttpModelClient {
             match outcome {
                 Ok(parsed) => {
                     tracing::debug!(%host, attempt, status = 200u16, class = "ok", latency_ms, "model call attempt");
+                    log.push("ok".to_owned());
                     return Ok(ModelReply {
                         text: parsed.text,
                         model: parsed.model.unwrap_or_else(|| req.model.clone()),
@@ -404,6 +427,10 @@ impl HttpModelClient {
                         _ => None,
                     };
                     tracing::debug!(%host, attempt, status, class = error.class(), latency_ms, "model call attempt failed");
+                    log.push(match status {
+                        Some(code) => format!("{} (HTTP {code})", error.class()),
+                        None => error.class().to_owned(),
+                    });
                     if !error.is_retryable() || attempt >= max_attempts {
                         return Err(error);
                     }
@@ -666,6 +693,7 @@ mod tests {
             temperature: 0.5,
             max_tokens: 10,
             timeout: Duration::from_secs(5),
+            max_attempts: None,
         };
         let dbg = format!("{req:?}");
         assert!(

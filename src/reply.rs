@@ -8,12 +8,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use secrecy::SecretString;
 use wagate_actors::ports::{
-    ChatStreams, ConfigSource, Meta, Model, ModelAnswer, ModelCall, Notify, PromptRole,
-    ReplyConfig, StoreFailure,
+    ChatStreams, ConfigSource, FallbackModel, Meta, Model, ModelAnswer, ModelCall, ModelFailure,
+    Notify, PromptRole, ReplyConfig, StoreFailure,
 };
-use wagate_events::chat::{Chat, ChatEvent, TokenUsage};
+use wagate_events::chat::{Chat, ChatEvent, Control, TokenUsage};
 use wagate_events::ids::chat_kind;
-use wagate_projections::effective::{self, Effective, KeySource};
+use wagate_projections::effective::{self, Effective, FallbackKey, KeySource};
 
 use crate::app::App;
 use crate::crypto::api_key_ad;
@@ -85,27 +85,90 @@ impl ChatStreams for StoreStreams {
     }
 }
 
-/// The decrypted key an effective config points at, or why there is none usable.
-pub fn api_key_for(app: &App, eff: &Effective) -> Result<Option<SecretString>, String> {
-    let open = |sealed: &str, owner: &str| {
+/// The owner a layer's fallback key is sealed for (`global#fallback`, `account:<id>#fallback`):
+/// distinct from the main key's, so one cannot be passed off as the other.
+pub fn fallback_owner(owner: &str) -> String {
+    format!("{owner}#fallback")
+}
+
+/// Opens a key of `source`; `fallback` selects the layer's fallback key.
+fn open_key(
+    app: &App,
+    eff: &Effective,
+    source: &KeySource,
+    fallback: bool,
+) -> Result<Option<SecretString>, String> {
+    let open = |sealed: &str, owner: String| {
+        let owner = if fallback {
+            fallback_owner(&owner)
+        } else {
+            owner
+        };
         app.config
             .keyring
-            .open_string(sealed, &api_key_ad(owner))
+            .open_string(sealed, &api_key_ad(&owner))
             .map(Some)
             .map_err(|_| "the stored API key cannot be decrypted (is the master key that sealed it configured?)".to_string())
     };
+    match source {
+        KeySource::Global(k) => open(&k.sealed, "global".into()),
+        KeySource::Account(k) => open(&k.sealed, format!("account:{}", eff.account_id)),
+        KeySource::Env => Ok(app.config.ai_env.api_key.clone()),
+    }
+}
+
+/// The decrypted key an effective config points at, or why there is none usable.
+pub fn api_key_for(app: &App, eff: &Effective) -> Result<Option<SecretString>, String> {
     match &eff.key {
         None => Ok(None),
-        Some(KeySource::Global(k)) => open(&k.sealed, "global"),
-        Some(KeySource::Account(k)) => open(&k.sealed, &format!("account:{}", eff.account_id)),
-        Some(KeySource::Env) => Ok(app.config.ai_env.api_key.clone()),
+        Some(source) => open_key(app, eff, source, false),
     }
+}
+
+/// The decrypted key of the fallback model, if it gets one.
+pub fn fallback_key_for(app: &App, eff: &Effective) -> Result<Option<SecretString>, String> {
+    match &eff.fallback_key {
+        None => Ok(None),
+        Some(FallbackKey::Own(source)) => open_key(app, eff, source, true),
+        Some(FallbackKey::Main(source)) => open_key(app, eff, source, false),
+    }
+}
+
+/// The fallback model of an effective config: its base URL is the fallback's own or the
+/// primary's; its key is the fallback key entered for that origin, or the main key when the
+/// fallback has the main key's origin (a key follows its origin, ADR 0003), else none (a local
+/// model server, for instance).
+fn fallback_of(app: &App, eff: &Effective) -> Result<Option<FallbackModel>, String> {
+    let Some(model) = eff.fallback_model_name.value.clone() else {
+        return Ok(None);
+    };
+    let base_url = eff
+        .fallback_base_url
+        .value
+        .clone()
+        .unwrap_or_else(|| eff.base_url.value.clone());
+    Ok(Some(FallbackModel {
+        base_url,
+        api_key: fallback_key_for(app, eff)?,
+        model,
+    }))
 }
 
 /// Turns an effective config into what a reply needs.
 pub fn reply_config_of(app: &App, eff: &Effective) -> Result<ReplyConfig, String> {
     let api_key = api_key_for(app, eff)?;
+    let tokens_used_today = app
+        .messages()
+        .tokens_on(&eff.account_id, chrono::Utc::now().date_naive());
+    let window_hours = u64::from(eff.history_window_hours.value);
     Ok(ReplyConfig {
+        fallback: fallback_of(app, eff)?,
+        max_retries: eff.max_retries.value,
+        max_replies_per_hour: eff.max_replies_per_chat_per_hour.value,
+        daily_token_budget: eff.daily_token_budget.value,
+        tokens_used_today,
+        max_history_tokens: eff.max_history_tokens.value,
+        history_window: (window_hours > 0).then(|| Duration::from_secs(window_hours * 3600)),
         skip_reason: if eff.will_reply {
             None
         } else {
@@ -134,6 +197,24 @@ impl ConfigSource for AppConfig {
             .ok_or("account not found or deleted")?;
         reply_config_of(&app, &eff)
     }
+
+    fn control(&self, account: &str, jid: &str) -> Control {
+        let Some(app) = self.0.upgrade() else {
+            return Control::default();
+        };
+        let Ok(kind) = chat_kind(jid, "jid") else {
+            return Control::default();
+        };
+        let Some(eff) = effective::resolve(&app.model(), &app.env_layer, account, jid, kind) else {
+            return Control::default();
+        };
+        let minute = chrono::Duration::from_std(app.config.takeover_minute)
+            .unwrap_or_else(|_| chrono::Duration::minutes(1));
+        Control {
+            takeover: minute * i32::try_from(eff.human_takeover_minutes.value).unwrap_or(i32::MAX),
+            debounce: chrono::Duration::seconds(i64::from(eff.debounce_seconds.value)),
+        }
+    }
 }
 
 /// The OpenAI-compatible HTTP client.
@@ -159,18 +240,20 @@ pub fn to_request(call: ModelCall) -> ModelRequest {
         temperature: call.temperature,
         max_tokens: call.max_tokens,
         timeout: call.timeout,
+        max_attempts: Some(call.max_attempts),
     }
 }
 
 #[async_trait]
 impl Model for HttpModel {
-    async fn complete(&self, call: ModelCall) -> Result<ModelAnswer, String> {
-        let reply = self
-            .0
-            .complete(&to_request(call))
-            .await
-            .map_err(|e| e.to_string())?;
+    async fn complete(&self, call: ModelCall) -> Result<ModelAnswer, ModelFailure> {
+        let (result, attempts) = self.0.complete_logged(&to_request(call)).await;
+        let reply = result.map_err(|e| ModelFailure {
+            reason: e.to_string(),
+            attempts: attempts.clone(),
+        })?;
         Ok(ModelAnswer {
+            attempts,
             text: reply.text,
             model: reply.model,
             usage: TokenUsage {

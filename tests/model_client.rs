@@ -57,6 +57,7 @@ fn request(base_url: String) -> ModelRequest {
         temperature: 0.5,
         max_tokens: 256,
         timeout: Duration::from_secs(5),
+        max_attempts: None,
     }
 }
 

@@ -9,10 +9,12 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
+use chrono::DateTime;
 use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use wagate_events::chat::{
-    self, Chat, ChatCommand, ChatEvent, DeliveryStatus, MessageKind, Source, TokenUsage, Turn,
+    self, Chat, ChatCommand, ChatEvent, DeliveryStatus, MessageKind, ModelAttempt, Source,
+    TokenUsage, Turn,
 };
 
 use crate::ports::{ActorError, Meta, Ports, StoreFailure};
@@ -50,6 +52,14 @@ pub struct ReplyContext {
     pub trigger_text: String,
     pub history: Vec<Turn>,
     pub loop_guard: Result<(), String>,
+    /// A newer customer message arrived after the trigger.
+    pub superseded: bool,
+    /// Burst debounce: do not work on the reply before this time.
+    pub not_before: Option<DateTime<Utc>>,
+    /// Why not to answer now because a human took over, if so.
+    pub paused: Option<String>,
+    /// AI replies sent in this chat in the last hour.
+    pub replies_last_hour: usize,
 }
 
 pub enum ChatMsg {
@@ -88,6 +98,8 @@ pub enum ChatMsg {
         model: String,
         usage: TokenUsage,
         latency_ms: u64,
+        attempts: Vec<ModelAttempt>,
+        fallback: bool,
         reply: RpcReplyPort<Result<(), ActorError>>,
     },
     Typing {
@@ -106,7 +118,13 @@ pub enum ChatMsg {
     Fail {
         reply_id: String,
         reason: String,
+        attempts: Vec<ModelAttempt>,
         reply: RpcReplyPort<Result<(), ActorError>>,
+    },
+    /// Ends a human-takeover pause now; answers whether one was running.
+    Resume {
+        meta: Meta,
+        reply: RpcReplyPort<Result<bool, ActorError>>,
     },
     WorkerDone {
         reply_id: String,
@@ -223,6 +241,7 @@ impl ChatState {
             let cmd = ChatCommand::FailReply {
                 reply_id: next,
                 reason: "AI supervisor unavailable".into(),
+                attempts: vec![],
             };
             let _ = self.commit(cmd, &system_meta("system:auto-reply")).await;
         }
@@ -289,6 +308,7 @@ impl Actor for ChatActor {
                 reply,
             } => {
                 let reply_id = uuid::Uuid::now_v7().to_string();
+                let control = st.ports.config.control(&st.account, &st.jid);
                 let cmd = ChatCommand::Receive {
                     message_id: message_id.clone(),
                     from,
@@ -299,6 +319,7 @@ impl Actor for ChatActor {
                     at: Utc::now(),
                     kind,
                     contact_name,
+                    control,
                 };
                 let result = st.commit(cmd, &meta).await.map(|(events, positions)| {
                     // A reply closed in the same commit (non-text message) needs no worker.
@@ -341,7 +362,9 @@ impl Actor for ChatActor {
                         text: text.clone(),
                         source,
                         at: Utc::now(),
+                        takeover: chrono::Duration::zero(),
                     })?;
+                    let takeover = st.ports.config.control(&st.account, &st.jid).takeover;
                     let message_id = st
                         .ports
                         .transport
@@ -353,6 +376,7 @@ impl Actor for ChatActor {
                         text,
                         source,
                         at: Utc::now(),
+                        takeover,
                     };
                     let (_, positions) = st.commit(cmd, &meta).await?;
                     Ok(SentAck {
@@ -391,10 +415,15 @@ impl Actor for ChatActor {
                         .find(|t| t.message_id == trigger)
                         .map(|t| t.text.clone())
                         .unwrap_or_default();
+                    let now = Utc::now();
                     ReplyContext {
                         trigger_text,
                         history: st.chat.history.iter().cloned().collect(),
-                        loop_guard: st.chat.loop_guard(Utc::now()),
+                        loop_guard: st.chat.loop_guard(now),
+                        superseded: st.chat.superseded(&reply_id),
+                        not_before: st.chat.not_before_of(&reply_id),
+                        paused: st.chat.pause_reason(now),
+                        replies_last_hour: st.chat.ai_replies_last_hour(now),
                     }
                 });
                 let _ = reply.send(ctx);
@@ -405,6 +434,8 @@ impl Actor for ChatActor {
                 model,
                 usage,
                 latency_ms,
+                attempts,
+                fallback,
                 reply,
             } => {
                 let cmd = ChatCommand::RecordGenerated {
@@ -413,6 +444,8 @@ impl Actor for ChatActor {
                     model,
                     usage,
                     latency_ms,
+                    attempts,
+                    fallback,
                 };
                 let _ = reply.send(st.commit(cmd, &auto).await.map(drop));
             }
@@ -478,6 +511,7 @@ impl Actor for ChatActor {
                             let cmd = ChatCommand::FailReply {
                                 reply_id: reply_id.clone(),
                                 reason: format!("send failed: {}", e.reason),
+                                attempts: vec![],
                             };
                             st.commit(cmd, &auto).await.map(|_| Delivery::Done)
                         }
@@ -497,10 +531,23 @@ impl Actor for ChatActor {
             ChatMsg::Fail {
                 reply_id,
                 reason,
+                attempts,
                 reply,
             } => {
-                let cmd = ChatCommand::FailReply { reply_id, reason };
+                let cmd = ChatCommand::FailReply {
+                    reply_id,
+                    reason,
+                    attempts,
+                };
                 let _ = reply.send(st.commit(cmd, &auto).await.map(drop));
+            }
+            ChatMsg::Resume { meta, reply } => {
+                let cmd = ChatCommand::Resume { at: Utc::now() };
+                let result = st
+                    .commit(cmd, &meta)
+                    .await
+                    .map(|(events, _)| !events.is_empty());
+                let _ = reply.send(result);
             }
             ChatMsg::WorkerDone { reply_id } => {
                 if st.active.as_deref() == Some(reply_id.as_str()) {
@@ -511,6 +558,7 @@ impl Actor for ChatActor {
                     let cmd = ChatCommand::FailReply {
                         reply_id: reply_id.clone(),
                         reason: "reply worker stopped before finishing".into(),
+                        attempts: vec![],
                     };
                     if let Err(e) = st.commit(cmd, &auto).await {
                         tracing::warn!(reply_id = %reply_id, error = %e, "could not close a reply");
@@ -526,7 +574,24 @@ impl Actor for ChatActor {
                     )
                     .await
                     .map(|(events, _)| events.len());
+                // What recovery left open is a debounced request that never got an answer:
+                // work on it again (it waits out the rest of its window).
+                let resumed: Vec<String> = st
+                    .chat
+                    .open_replies
+                    .keys()
+                    .filter(|r| !st.queue.contains(r) && st.active.as_deref() != Some(r.as_str()))
+                    .cloned()
+                    .collect();
+                if !resumed.is_empty() {
+                    tracing::info!(
+                        replies = resumed.len(),
+                        "resuming debounced replies after a restart"
+                    );
+                    st.queue.extend(resumed);
+                }
                 let _ = reply.send(result);
+                st.pump(&myself).await;
             }
             ChatMsg::IdleCheck => {
                 let idle = st.last_activity.elapsed() >= st.ports.chat_idle;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use secrecy::SecretString;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use wagate_events::chat::{Chat, ChatEvent, TokenUsage};
+use wagate_events::chat::{Chat, ChatEvent, Control, TokenUsage};
 use wagate_events::DomainError;
 
 pub type Meta = HashMap<String, String>;
@@ -77,11 +77,38 @@ pub struct ReplyConfig {
     pub max_tokens: u32,
     pub timeout: Duration,
     pub reply_delay: Duration,
+    /// Retries of a retryable model failure (timeout, 429, 5xx) after the first attempt.
+    pub max_retries: u32,
+    /// The model asked when the primary one failed after its retries.
+    pub fallback: Option<FallbackModel>,
+    /// AI replies allowed per chat per hour (0: no cap).
+    pub max_replies_per_hour: u32,
+    /// Model tokens the account may use per UTC day (0: no budget), and how many it used today.
+    pub daily_token_budget: u64,
+    pub tokens_used_today: u64,
+    /// History budget of the prompt in estimated tokens (0: only the 20-turn cap).
+    pub max_history_tokens: u32,
+    /// Turns older than this are left out of the prompt (`None`: no window).
+    pub history_window: Option<Duration>,
+}
+
+/// The fallback model of a reply config.
+#[derive(Debug, Clone)]
+pub struct FallbackModel {
+    pub base_url: String,
+    pub api_key: Option<SecretString>,
+    pub model: String,
 }
 
 pub trait ConfigSource: Send + Sync + 'static {
     /// `Err(reason)` when no config applies (e.g. the account was deleted).
     fn reply_config(&self, account: &str, jid: &str) -> Result<ReplyConfig, String>;
+
+    /// The conversation controls a chat's inbound messages and operator sends are decided with
+    /// (human takeover, debounce). Off unless the implementation says otherwise.
+    fn control(&self, _account: &str, _jid: &str) -> Control {
+        Control::default()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +127,8 @@ pub struct ModelCall {
     pub temperature: f64,
     pub max_tokens: u32,
     pub timeout: Duration,
+    /// Attempts in all (the first plus the retries of retryable failures).
+    pub max_attempts: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -108,12 +137,21 @@ pub struct ModelAnswer {
     pub model: String,
     pub usage: TokenUsage,
     pub latency_ms: u64,
+    /// The outcome of each attempt (`ok`, or the sanitized failure), in order.
+    pub attempts: Vec<String>,
+}
+
+/// A model call that failed: a sanitized reason (class and status; never a body or a key) and
+/// the outcome of each attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelFailure {
+    pub reason: String,
+    pub attempts: Vec<String>,
 }
 
 #[async_trait]
 pub trait Model: Send + Sync + 'static {
-    /// `Err` carries a sanitized reason (class and status; never a body or a key).
-    async fn complete(&self, call: ModelCall) -> Result<ModelAnswer, String>;
+    async fn complete(&self, call: ModelCall) -> Result<ModelAnswer, ModelFailure>;
 }
 
 /// Why a transport did not send. The reason is for logs and the AI log (e.g. `cloud_api error

@@ -1,17 +1,20 @@
-//! A reply worker: one short-lived actor per reply. It re-evaluates the rules from the effective
-//! config, builds the prompt (system prompt + the chat's last 20 turns), calls the model within the
-//! concurrency limits, records the generated reply, waits `reply_delay_seconds`, shows typing, and
-//! asks the chat to deliver. Every step is committed by the chat actor; the worker holds nothing
-//! that a crash could lose except time.
+//! A reply worker: one short-lived actor per reply. It waits out the burst-debounce window (a
+//! newer message supersedes it meanwhile), re-evaluates the rules from the effective config and
+//! the conversation controls (human takeover, hourly cap, daily token budget), builds the prompt
+//! (system prompt + the newest turns that fit the history budget), calls the model within the
+//! concurrency limits (retrying, then the fallback model), records the generated reply with every
+//! attempt, waits `reply_delay_seconds`, shows typing, and asks the chat to deliver. Every step is
+//! committed by the chat actor; the worker holds nothing that a crash could lose except time.
 
 use std::sync::Arc;
 
+use chrono::Utc;
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use wagate_events::chat::TokenUsage;
+use wagate_events::chat::{ModelAttempt, TokenUsage, Turn};
 
 use crate::chat::{ChatMsg, Delivery, ReplyContext};
-use crate::ports::{ActorError, ModelCall, Ports, PromptRole};
+use crate::ports::{ActorError, ModelCall, ModelFailure, Ports, PromptRole, ReplyConfig};
 
 pub struct ReplyWorker;
 
@@ -60,10 +63,51 @@ async fn step<T: Send + 'static>(
     }
 }
 
+/// The documented token estimate of one prompt message: a quarter of its characters, rounded
+/// up, plus 4 for the message's framing. Deliberately simple (no tokenizer per model); it errs
+/// high for English and low for some scripts, so the budget is a bound on size, not a bill.
+pub fn estimate_tokens(text: &str) -> u64 {
+    (text.chars().count() as u64).div_ceil(4) + 4
+}
+
+/// The turns of the prompt: within the history window, then the newest that fit
+/// `max_history_tokens` (0: no budget), oldest first. The newest turn is always kept, so the
+/// question is never dropped.
+pub fn select_history(
+    history: &[Turn],
+    max_history_tokens: u32,
+    window: Option<std::time::Duration>,
+    now: chrono::DateTime<Utc>,
+) -> Vec<Turn> {
+    let since = window
+        .and_then(|w| chrono::Duration::from_std(w).ok())
+        .map(|w| now - w);
+    let recent: Vec<&Turn> = history
+        .iter()
+        .filter(|t| match (since, t.at) {
+            (Some(since), Some(at)) => at >= since,
+            _ => true,
+        })
+        .collect();
+    let mut kept = Vec::new();
+    let mut used = 0u64;
+    for turn in recent.iter().rev() {
+        let cost = estimate_tokens(&turn.text);
+        if max_history_tokens > 0 && !kept.is_empty() && used + cost > u64::from(max_history_tokens)
+        {
+            break;
+        }
+        used += cost;
+        kept.push((*turn).clone());
+    }
+    kept.reverse();
+    kept
+}
+
 /// Builds the prompt: the system prompt, then the turns oldest first.
-pub fn prompt(system: &str, ctx: &ReplyContext) -> Vec<(PromptRole, String)> {
+pub fn prompt(system: &str, turns: &[Turn]) -> Vec<(PromptRole, String)> {
     let mut messages = vec![(PromptRole::System, system.to_string())];
-    messages.extend(ctx.history.iter().map(|t| {
+    messages.extend(turns.iter().map(|t| {
         let role = if t.inbound {
             PromptRole::User
         } else {
@@ -72,6 +116,149 @@ pub fn prompt(system: &str, ctx: &ReplyContext) -> Vec<(PromptRole, String)> {
         (role, t.text.clone())
     }));
     messages
+}
+
+/// Why a reply is not answered under the conversation controls, if so.
+fn control_skip(cfg: &ReplyConfig, ctx: &ReplyContext) -> Option<String> {
+    if let Some(reason) = &ctx.paused {
+        return Some(reason.clone());
+    }
+    let cap = cfg.max_replies_per_hour;
+    if cap > 0 && ctx.replies_last_hour >= cap as usize {
+        return Some(format!(
+            "max_replies_per_chat_per_hour: {} AI replies in this chat in the last hour (limit {cap})",
+            ctx.replies_last_hour
+        ));
+    }
+    let budget = cfg.daily_token_budget;
+    if budget > 0 && !cfg.echo_mode && cfg.tokens_used_today >= budget {
+        return Some(format!(
+            "daily_token_budget: {} of {budget} tokens used today (UTC) by this account",
+            cfg.tokens_used_today
+        ));
+    }
+    None
+}
+
+/// The answer of a model call with its attempts, or the failure with its attempts.
+struct Called {
+    result: Result<(String, String, TokenUsage, u64), String>,
+    attempts: Vec<ModelAttempt>,
+    fallback: bool,
+}
+
+fn record(model: &str, fallback: bool, outcomes: Vec<String>) -> Vec<ModelAttempt> {
+    outcomes
+        .into_iter()
+        .map(|outcome| ModelAttempt {
+            model: model.to_string(),
+            fallback,
+            outcome,
+        })
+        .collect()
+}
+
+/// Calls the primary model (with `max_retries` retries of retryable failures); when it still
+/// fails and a fallback model is configured, calls the fallback the same way.
+async fn call_model(args: &WorkerArgs, cfg: &ReplyConfig, turns: &[Turn]) -> Called {
+    let attempts_each = cfg.max_retries.saturating_add(1);
+    let call = ModelCall {
+        base_url: cfg.base_url.clone(),
+        api_key: cfg.api_key.clone(),
+        model: cfg.model.clone(),
+        messages: prompt(&cfg.system_prompt, turns),
+        temperature: cfg.temperature,
+        max_tokens: cfg.max_tokens,
+        timeout: cfg.timeout,
+        max_attempts: attempts_each,
+    };
+    let permits = args.ports.limits.acquire(&args.account).await;
+    let first = args.ports.model.complete(call.clone()).await;
+    let (reason, mut attempts) = match first {
+        Ok(a) => {
+            return Called {
+                attempts: record(&cfg.model, false, a.attempts),
+                result: Ok((a.text, a.model, a.usage, a.latency_ms)),
+                fallback: false,
+            }
+        }
+        Err(ModelFailure { reason, attempts }) => (reason, record(&cfg.model, false, attempts)),
+    };
+    let Some(fb) = &cfg.fallback else {
+        return Called {
+            result: Err(reason),
+            attempts,
+            fallback: false,
+        };
+    };
+    tracing::info!(reply_id = %args.reply_id, model = %fb.model, "primary model failed; asking the fallback model");
+    let second = args
+        .ports
+        .model
+        .complete(ModelCall {
+            base_url: fb.base_url.clone(),
+            api_key: fb.api_key.clone(),
+            model: fb.model.clone(),
+            ..call
+        })
+        .await;
+    drop(permits);
+    match second {
+        Ok(a) => {
+            attempts.extend(record(&fb.model, true, a.attempts));
+            Called {
+                result: Ok((a.text, a.model, a.usage, a.latency_ms)),
+                attempts,
+                fallback: true,
+            }
+        }
+        Err(f) => {
+            attempts.extend(record(&fb.model, true, f.attempts));
+            Called {
+                result: Err(format!("{reason}; fallback {}: {}", fb.model, f.reason)),
+                attempts,
+                fallback: true,
+            }
+        }
+    }
+}
+
+/// Waits out the reply's debounce window (none without debounce). `Ok(Some(ctx))` when the reply
+/// is still the one to answer, `Ok(None)` when it was closed or superseded (and recorded so).
+async fn debounced(args: &WorkerArgs) -> Result<Option<ReplyContext>, String> {
+    loop {
+        let reply_id = args.reply_id.clone();
+        let Some(ctx) = ask(args, |reply| ChatMsg::Context { reply_id, reply }).await? else {
+            return Ok(None); // closed meanwhile
+        };
+        // A newer customer message arrived: its own reply answers the whole conversation, so
+        // this one stops before it costs a model call.
+        if ctx.superseded {
+            let reason = if ctx.not_before.is_some() {
+                "superseded by a newer message within the debounce window"
+            } else {
+                "superseded by a newer message in this chat"
+            }
+            .to_string();
+            step(args, |reply| ChatMsg::Skip {
+                reply_id: args.reply_id.clone(),
+                reason: reason.clone(),
+                reply,
+            })
+            .await?;
+            return Ok(None);
+        }
+        let wait = ctx
+            .not_before
+            .and_then(|t| (t - Utc::now()).to_std().ok())
+            .filter(|w| !w.is_zero());
+        match wait {
+            None => return Ok(Some(ctx)),
+            // Wake at the end of the window (or sooner, to notice a newer message and let the
+            // chat start the newest reply's worker without waiting for this one's window).
+            Some(w) => tokio::time::sleep(w.min(std::time::Duration::from_millis(250))).await,
+        }
+    }
 }
 
 async fn run(args: &WorkerArgs) -> Result<(), String> {
@@ -84,6 +271,9 @@ async fn run(args: &WorkerArgs) -> Result<(), String> {
             reply,
         }
     };
+    let Some(ctx) = debounced(args).await? else {
+        return Ok(());
+    };
     let cfg = match args.ports.config.reply_config(&args.account, &args.jid) {
         Ok(cfg) => cfg,
         Err(reason) => return step(args, skip(reason)).await,
@@ -91,44 +281,45 @@ async fn run(args: &WorkerArgs) -> Result<(), String> {
     if let Some(reason) = cfg.skip_reason.clone() {
         return step(args, skip(reason)).await;
     }
-    let Some(ctx) = ask(args, |reply| ChatMsg::Context {
-        reply_id: reply_id.clone(),
-        reply,
-    })
-    .await?
-    else {
-        return Ok(()); // closed meanwhile
-    };
     if let Err(reason) = ctx.loop_guard.clone() {
         return step(args, skip(reason)).await;
     }
-    let (text, model, usage, latency_ms) = if cfg.echo_mode {
+    if let Some(reason) = control_skip(&cfg, &ctx) {
+        return step(args, skip(reason)).await;
+    }
+    let (text, model, usage, latency_ms, attempts, fallback) = if cfg.echo_mode {
         (
             ctx.trigger_text.clone(),
             "echo".to_string(),
             TokenUsage::default(),
             0,
+            vec![],
+            false,
         )
     } else {
-        let call = ModelCall {
-            base_url: cfg.base_url.clone(),
-            api_key: cfg.api_key.clone(),
-            model: cfg.model.clone(),
-            messages: prompt(&cfg.system_prompt, &ctx),
-            temperature: cfg.temperature,
-            max_tokens: cfg.max_tokens,
-            timeout: cfg.timeout,
-        };
-        let permits = args.ports.limits.acquire(&args.account).await;
-        let answer = args.ports.model.complete(call).await;
-        drop(permits);
-        match answer {
-            Ok(a) => (a.text, a.model, a.usage, a.latency_ms),
+        let turns = select_history(
+            &ctx.history,
+            cfg.max_history_tokens,
+            cfg.history_window,
+            Utc::now(),
+        );
+        let called = call_model(args, &cfg, &turns).await;
+        match called.result {
+            Ok((text, model, usage, latency_ms)) => (
+                text,
+                model,
+                usage,
+                latency_ms,
+                called.attempts,
+                called.fallback,
+            ),
             Err(reason) => {
                 let reply_id = reply_id.clone();
+                let attempts = called.attempts;
                 return step(args, move |reply| ChatMsg::Fail {
                     reply_id: reply_id.clone(),
                     reason: reason.clone(),
+                    attempts: attempts.clone(),
                     reply,
                 })
                 .await;
@@ -141,6 +332,8 @@ async fn run(args: &WorkerArgs) -> Result<(), String> {
         model: model.clone(),
         usage,
         latency_ms,
+        attempts: attempts.clone(),
+        fallback,
         reply,
     })
     .await?;
@@ -179,6 +372,7 @@ async fn deliver(args: &WorkerArgs) -> Result<(), String> {
                 return step(args, |reply| ChatMsg::Fail {
                     reply_id: args.reply_id.clone(),
                     reason: reason.clone(),
+                    attempts: vec![],
                     reply,
                 })
                 .await;
@@ -219,6 +413,68 @@ impl Actor for ReplyWorker {
 }
 
 #[cfg(test)]
+mod history_tests {
+    use chrono::{DateTime, Duration, Utc};
+    use wagate_events::chat::Turn;
+
+    use super::{estimate_tokens, select_history};
+
+    fn turn(i: usize, text: &str, at: DateTime<Utc>) -> Turn {
+        Turn {
+            inbound: i.is_multiple_of(2),
+            text: text.into(),
+            message_id: format!("m{i}"),
+            at: Some(at),
+        }
+    }
+
+    #[test]
+    fn estimate_is_a_quarter_of_the_characters_plus_four() {
+        assert_eq!(estimate_tokens(""), 4);
+        assert_eq!(estimate_tokens("ok"), 5);
+        assert_eq!(estimate_tokens("abcd"), 5);
+        assert_eq!(estimate_tokens("abcde"), 6);
+        // Characters, not bytes.
+        assert_eq!(estimate_tokens("ääää"), 5);
+    }
+
+    #[test]
+    fn keeps_the_newest_turns_that_fit_and_always_the_question() {
+        let now = Utc::now();
+        let turns: Vec<Turn> = (0..6).map(|i| turn(i, "abcdefgh", now)).collect(); // 6 each
+        let kept = select_history(&turns, 20, None, now);
+        assert_eq!(
+            kept.iter()
+                .map(|t| t.message_id.as_str())
+                .collect::<Vec<_>>(),
+            ["m3", "m4", "m5"]
+        );
+        assert_eq!(
+            select_history(&turns, 0, None, now).len(),
+            6,
+            "0 = no budget"
+        );
+        let huge = vec![turn(0, &"x".repeat(1000), now)];
+        assert_eq!(select_history(&huge, 10, None, now).len(), 1);
+    }
+
+    #[test]
+    fn the_window_drops_older_turns() {
+        let now = Utc::now();
+        let turns = vec![
+            turn(0, "old", now - Duration::hours(5)),
+            turn(1, "recent", now - Duration::minutes(30)),
+            turn(2, "now", now),
+        ];
+        let kept = select_history(&turns, 0, Some(std::time::Duration::from_secs(3600)), now);
+        assert_eq!(
+            kept.iter().map(|t| t.text.as_str()).collect::<Vec<_>>(),
+            ["recent", "now"]
+        );
+    }
+}
+
+#[cfg(test)]
 mod tests {
     //! The reply path through real actors over in-memory ports: the transport's classified errors
     //! decide between retry, failure and send.
@@ -232,8 +488,8 @@ mod tests {
 
     use crate::chat::ChatMsg;
     use crate::ports::{
-        ChatStreams, ConfigSource, Limits, Meta, Model, ModelAnswer, ModelCall, Notify, Ports,
-        ReplyConfig, SendError, StoreFailure, Transport,
+        ChatStreams, ConfigSource, Limits, Meta, Model, ModelAnswer, ModelCall, ModelFailure,
+        Notify, Ports, ReplyConfig, SendError, StoreFailure, Transport,
     };
     use crate::Gateway;
 
@@ -296,6 +552,13 @@ mod tests {
                 max_tokens: 1,
                 timeout: Duration::from_secs(1),
                 reply_delay: Duration::ZERO,
+                max_retries: 0,
+                fallback: None,
+                max_replies_per_hour: 0,
+                daily_token_budget: 0,
+                tokens_used_today: 0,
+                max_history_tokens: 0,
+                history_window: None,
             })
         }
     }
@@ -304,8 +567,11 @@ mod tests {
 
     #[async_trait]
     impl Model for NoModel {
-        async fn complete(&self, _: ModelCall) -> Result<ModelAnswer, String> {
-            Err("not called in echo mode".into())
+        async fn complete(&self, _: ModelCall) -> Result<ModelAnswer, ModelFailure> {
+            Err(ModelFailure {
+                reason: "not called in echo mode".into(),
+                attempts: vec![],
+            })
         }
     }
 

@@ -16,10 +16,16 @@ pub struct AiGlobal {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+// A command lives for one request; boxing the patch would only add noise.
+#[allow(clippy::large_enum_variant)]
 pub enum AiGlobalCommand {
     Change(AiSettingsPatch),
     /// Re-encrypt the stored key under the current master key (key rotation).
     ResealApiKey {
+        sealed: String,
+    },
+    /// Re-encrypt the stored fallback key under the current master key (key rotation).
+    ResealFallbackApiKey {
         sealed: String,
     },
 }
@@ -31,6 +37,9 @@ impl DomainEvent for SettingsEvent {
             SettingsEvent::AiApiKeySet { .. } => "AiApiKeySet",
             SettingsEvent::AiApiKeyCleared { .. } => "AiApiKeyCleared",
             SettingsEvent::AiApiKeyResealed { .. } => "AiApiKeyResealed",
+            SettingsEvent::AiFallbackApiKeySet { .. } => "AiFallbackApiKeySet",
+            SettingsEvent::AiFallbackApiKeyCleared { .. } => "AiFallbackApiKeyCleared",
+            SettingsEvent::AiFallbackApiKeyResealed { .. } => "AiFallbackApiKeyResealed",
         }
         .to_string()
     }
@@ -56,6 +65,9 @@ impl Aggregate for AiGlobal {
             AiGlobalCommand::Change(patch) => settings::decide(&self.layer, patch)?,
             AiGlobalCommand::ResealApiKey { sealed } => {
                 settings::decide_reseal(&self.layer, sealed)?
+            }
+            AiGlobalCommand::ResealFallbackApiKey { sealed } => {
+                settings::decide_reseal_fallback(&self.layer, sealed)?
             }
         };
         for e in events {

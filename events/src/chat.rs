@@ -26,6 +26,9 @@ pub const LOOP_CAP: usize = 8;
 pub const LOOP_WINDOW_MINUTES: i64 = 10;
 /// The reason of a reply closed by a restart.
 pub const INTERRUPTED: &str = "interrupted";
+/// Entries kept for the hourly reply cap (the largest accepted `max_replies_per_chat_per_hour`
+/// plus one).
+const HOURLY_KEEP: usize = 1001;
 
 pub fn stream_id(account_id: &str, jid: &str) -> String {
     format!("{account_id}/{jid}")
@@ -120,6 +123,37 @@ impl DeliveryStatus {
     }
 }
 
+/// Why the AI stepped back in a chat (human takeover).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PauseCause {
+    /// An operator sent a message through the API or the dashboard.
+    OperatorSend,
+    /// A `from_me` message the gateway did not send (the owner typed on the phone).
+    OwnerMessage,
+}
+
+impl PauseCause {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::OperatorSend => "an operator answered",
+            Self::OwnerMessage => "the account owner answered from the phone",
+        }
+    }
+}
+
+/// One model attempt of a reply, as recorded in its generated / failed event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelAttempt {
+    /// The model asked.
+    pub model: String,
+    /// Whether this was the fallback model.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fallback: bool,
+    /// `ok`, or the sanitized failure (class and HTTP status, never a body or a key).
+    pub outcome: String,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct TokenUsage {
     pub prompt_tokens: u64,
@@ -146,6 +180,10 @@ pub enum ChatEvent {
     AiReplyRequested {
         reply_id: String,
         trigger_message_id: String,
+        /// Burst debounce: the reply is not worked on before this time (a newer customer message
+        /// supersedes it meanwhile). Absent: at once.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        not_before: Option<DateTime<Utc>>,
     },
     AiReplySkipped {
         reply_id: String,
@@ -154,9 +192,16 @@ pub enum ChatEvent {
     AiReplyGenerated {
         reply_id: String,
         text: String,
+        /// The model that answered (the fallback's name when it did).
         model: String,
         usage: TokenUsage,
         latency_ms: u64,
+        /// Every model attempt, in order (absent in events written before retries were recorded).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attempts: Vec<ModelAttempt>,
+        /// Whether the fallback model answered.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        fallback: bool,
     },
     TypingIndicated {
         reply_id: Option<String>,
@@ -176,6 +221,20 @@ pub enum ChatEvent {
     AiReplyFailed {
         reply_id: String,
         reason: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attempts: Vec<ModelAttempt>,
+    },
+    /// Human takeover: the AI does not answer in this chat until `until`.
+    AiPaused {
+        until: DateTime<Utc>,
+        cause: PauseCause,
+        /// The message that caused the pause.
+        message_id: String,
+        at: DateTime<Utc>,
+    },
+    /// The pause was ended before its time (`POST .../ai/resume`).
+    AiResumed {
+        at: DateTime<Utc>,
     },
     /// The transport reported progress of an outbound message (`message_id` is the id the
     /// transport returned when it was sent, e.g. Meta's `wamid`).
@@ -200,6 +259,8 @@ impl DomainEvent for ChatEvent {
             Self::AiReplySent { .. } => "AiReplySent",
             Self::AiReplyFailed { .. } => "AiReplyFailed",
             Self::MessageStatusUpdated { .. } => "MessageStatusUpdated",
+            Self::AiPaused { .. } => "AiPaused",
+            Self::AiResumed { .. } => "AiResumed",
         }
         .to_string()
     }
@@ -211,8 +272,15 @@ impl DomainEvent for ChatEvent {
 /// Where a reply stands.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ReplyState {
-    Requested { trigger: String },
-    Generated { trigger: String, text: String },
+    Requested {
+        trigger: String,
+        #[serde(default)]
+        not_before: Option<DateTime<Utc>>,
+    },
+    Generated {
+        trigger: String,
+        text: String,
+    },
 }
 
 /// One turn of the conversation, for the prompt.
@@ -222,6 +290,9 @@ pub struct Turn {
     pub inbound: bool,
     pub text: String,
     pub message_id: String,
+    /// When it was received or sent (`None` only in state folded before times were kept).
+    #[serde(default)]
+    pub at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -239,6 +310,12 @@ pub struct Chat {
     /// Outbound message ids and the last delivery status the transport reported for each.
     #[serde(default)]
     pub outbound_status: HashMap<String, Option<DeliveryStatus>>,
+    /// Human takeover: the AI does not answer before this time.
+    #[serde(default)]
+    pub paused_until: Option<DateTime<Utc>>,
+    /// Send times of AI replies within the last hour of the newest one (hourly cap).
+    #[serde(default)]
+    pub hourly_ai_sends: VecDeque<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -256,12 +333,20 @@ pub enum ChatCommand {
         at: DateTime<Utc>,
         kind: MessageKind,
         contact_name: Option<String>,
+        /// The effective conversation controls at `at`.
+        control: Control,
     },
     /// A message sent as the account by an operator or the test route.
     Send {
         message_id: String,
         text: String,
         source: Source,
+        at: DateTime<Utc>,
+        /// How long an operator send pauses the AI (zero: never).
+        takeover: Duration,
+    },
+    /// Ends a human-takeover pause early; a no-op when the chat is not paused.
+    Resume {
         at: DateTime<Utc>,
     },
     SkipReply {
@@ -274,6 +359,8 @@ pub enum ChatCommand {
         model: String,
         usage: TokenUsage,
         latency_ms: u64,
+        attempts: Vec<ModelAttempt>,
+        fallback: bool,
     },
     Typing {
         reply_id: Option<String>,
@@ -288,8 +375,11 @@ pub enum ChatCommand {
     FailReply {
         reply_id: String,
         reason: String,
+        attempts: Vec<ModelAttempt>,
     },
-    /// Closes every open reply as interrupted (start-up recovery).
+    /// Start-up recovery: closes open replies as interrupted, except the newest request still
+    /// waiting out its debounce window (it never reached the model's answer, let alone the chat),
+    /// which stays open to be worked on again.
     CloseInterrupted,
     /// A delivery status for an outbound message; unknown ids and non-advancing statuses are
     /// no-ops.
@@ -299,6 +389,15 @@ pub enum ChatCommand {
         error: Option<String>,
         at: DateTime<Utc>,
     },
+}
+
+/// The conversation controls a command is decided with (from the effective config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Control {
+    /// How long a human answer pauses the AI (zero: never).
+    pub takeover: Duration,
+    /// Burst debounce window (zero: off).
+    pub debounce: Duration,
 }
 
 fn check_text(text: &str) -> Result<(), DomainError> {
@@ -330,16 +429,84 @@ impl Chat {
     /// The trigger of an open reply.
     pub fn trigger_of(&self, reply_id: &str) -> Option<&str> {
         match self.open_replies.get(reply_id)? {
-            ReplyState::Requested { trigger } | ReplyState::Generated { trigger, .. } => {
+            ReplyState::Requested { trigger, .. } | ReplyState::Generated { trigger, .. } => {
                 Some(trigger)
             }
         }
+    }
+
+    /// The debounce time of an open, not yet generated reply.
+    pub fn not_before_of(&self, reply_id: &str) -> Option<DateTime<Utc>> {
+        match self.open_replies.get(reply_id)? {
+            ReplyState::Requested { not_before, .. } => *not_before,
+            ReplyState::Generated { .. } => None,
+        }
+    }
+
+    /// Until when the AI is paused at `now` (human takeover), if it is.
+    pub fn paused_at(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.paused_until.filter(|until| *until > now)
+    }
+
+    /// The skip reason of a reply while the AI is paused at `now`.
+    pub fn pause_reason(&self, now: DateTime<Utc>) -> Option<String> {
+        self.paused_at(now).map(|until| {
+            format!(
+                "human takeover: AI paused in this chat until {}",
+                until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )
+        })
+    }
+
+    /// AI replies sent in this chat in the hour before `now` (from the stream, so a replay
+    /// counts the same).
+    pub fn ai_replies_last_hour(&self, now: DateTime<Utc>) -> usize {
+        let since = now - Duration::hours(1);
+        self.hourly_ai_sends.iter().filter(|t| **t > since).count()
+    }
+
+    /// Whether a reply is superseded: a newer customer message arrived after its trigger.
+    pub fn superseded(&self, reply_id: &str) -> bool {
+        self.trigger_of(reply_id)
+            .is_some_and(|t| self.last_customer_message.as_deref() != Some(t))
+    }
+
+    /// The pause a human answer at `at` causes, if any.
+    fn pause(
+        &self,
+        takeover: Duration,
+        cause: PauseCause,
+        message_id: &str,
+        at: DateTime<Utc>,
+    ) -> Option<ChatEvent> {
+        if takeover <= Duration::zero() {
+            return None;
+        }
+        Some(ChatEvent::AiPaused {
+            until: at + takeover,
+            cause,
+            message_id: message_id.to_string(),
+            at,
+        })
     }
 
     fn open(&self, reply_id: &str) -> Result<&ReplyState, DomainError> {
         self.open_replies
             .get(reply_id)
             .ok_or_else(|| DomainError::Conflict(format!("reply {reply_id} is not open")))
+    }
+
+    /// Whether start-up recovery resumes this open reply instead of closing it: a debounced
+    /// request that has no generated text yet and answers the newest customer message. Nothing
+    /// of it reached the chat, so working on it again cannot send twice.
+    pub fn resumable(&self, reply_id: &str) -> bool {
+        matches!(
+            self.open_replies.get(reply_id),
+            Some(ReplyState::Requested {
+                not_before: Some(_),
+                ..
+            })
+        ) && !self.superseded(reply_id)
     }
 
     fn push_turn(&mut self, turn: Turn) {
@@ -376,6 +543,7 @@ impl Aggregate for Chat {
                 text,
                 from_me,
                 kind,
+                at,
                 ..
             } => {
                 self.seen_message_ids.insert(message_id.clone());
@@ -390,16 +558,19 @@ impl Aggregate for Chat {
                     inbound: !from_me,
                     text,
                     message_id,
+                    at: Some(at),
                 });
             }
             ChatEvent::AiReplyRequested {
                 reply_id,
                 trigger_message_id,
+                not_before,
             } => {
                 self.open_replies.insert(
                     reply_id,
                     ReplyState::Requested {
                         trigger: trigger_message_id,
+                        not_before,
                     },
                 );
             }
@@ -423,11 +594,19 @@ impl Aggregate for Chat {
                     while self.recent_ai_sends.len() > LOOP_CAP {
                         self.recent_ai_sends.pop_front();
                     }
+                    self.hourly_ai_sends.push_back(at);
+                    let since = at - Duration::hours(1);
+                    while self.hourly_ai_sends.front().is_some_and(|t| *t <= since)
+                        || self.hourly_ai_sends.len() > HOURLY_KEEP
+                    {
+                        self.hourly_ai_sends.pop_front();
+                    }
                 }
                 self.push_turn(Turn {
                     inbound: false,
                     text,
                     message_id,
+                    at: Some(at),
                 });
             }
             ChatEvent::AiReplySkipped { reply_id, .. }
@@ -443,6 +622,8 @@ impl Aggregate for Chat {
                     *s = Some(status);
                 }
             }
+            ChatEvent::AiPaused { until, .. } => self.paused_until = Some(until),
+            ChatEvent::AiResumed { .. } => self.paused_until = None,
         }
     }
 }
@@ -462,6 +643,7 @@ impl Chat {
                 at,
                 kind,
                 contact_name,
+                control,
             } => {
                 if message_id.is_empty() || message_id.len() > 256 {
                     return Err(DomainError::invalid(
@@ -482,10 +664,29 @@ impl Chat {
                     kind,
                     contact_name,
                 }];
+                // A `from_me` message the gateway did not send itself: the owner answered on the
+                // phone. (An echo of the gateway's own send carries the id it recorded in
+                // `MessageSent`, so it is a duplicate and never gets here; the check stays
+                // explicit for transports that echo without deduplication.)
+                if from_me && !self.outbound_status.contains_key(&message_id) {
+                    events.extend(self.pause(
+                        control.takeover,
+                        PauseCause::OwnerMessage,
+                        &message_id,
+                        at,
+                    ));
+                }
                 if reply_candidate && !from_me {
+                    let not_before =
+                        (control.debounce > Duration::zero()).then(|| at + control.debounce);
                     events.push(ChatEvent::AiReplyRequested {
                         reply_id: reply_id.clone(),
                         trigger_message_id: message_id,
+                        not_before: if kind == MessageKind::Text {
+                            not_before
+                        } else {
+                            None
+                        },
                     });
                     // The reply is recorded and closed at once, so the AI log says why nothing
                     // was answered.
@@ -506,16 +707,25 @@ impl Chat {
                 text,
                 source,
                 at,
+                takeover,
             } => {
                 check_text(&text)?;
-                vec![ChatEvent::MessageSent {
-                    message_id,
+                let mut events = vec![ChatEvent::MessageSent {
+                    message_id: message_id.clone(),
                     text,
                     source,
                     ai_reply_id: None,
                     at,
-                }]
+                }];
+                if source == Source::Operator {
+                    events.extend(self.pause(takeover, PauseCause::OperatorSend, &message_id, at));
+                }
+                events
             }
+            ChatCommand::Resume { at } => match self.paused_at(at) {
+                Some(_) => vec![ChatEvent::AiResumed { at }],
+                None => vec![],
+            },
             ChatCommand::SkipReply { reply_id, reason } => {
                 self.open(&reply_id)?;
                 vec![ChatEvent::AiReplySkipped { reply_id, reason }]
@@ -526,6 +736,8 @@ impl Chat {
                 model,
                 usage,
                 latency_ms,
+                attempts,
+                fallback,
             } => {
                 match self.open(&reply_id)? {
                     ReplyState::Requested { .. } => {}
@@ -541,6 +753,8 @@ impl Chat {
                     model,
                     usage,
                     latency_ms,
+                    attempts,
+                    fallback,
                 }]
             }
             ChatCommand::Typing { reply_id, at } => {
@@ -567,6 +781,9 @@ impl Chat {
                         reason: "superseded by a newer message in this chat; not sent".into(),
                     }]);
                 }
+                if let Some(reason) = self.pause_reason(at) {
+                    return Ok(vec![ChatEvent::AiReplySkipped { reply_id, reason }]);
+                }
                 if let Err(reason) = self.loop_guard(at) {
                     return Ok(vec![ChatEvent::AiReplySkipped { reply_id, reason }]);
                 }
@@ -584,16 +801,26 @@ impl Chat {
                     },
                 ]
             }
-            ChatCommand::FailReply { reply_id, reason } => {
+            ChatCommand::FailReply {
+                reply_id,
+                reason,
+                attempts,
+            } => {
                 self.open(&reply_id)?;
-                vec![ChatEvent::AiReplyFailed { reply_id, reason }]
+                vec![ChatEvent::AiReplyFailed {
+                    reply_id,
+                    reason,
+                    attempts,
+                }]
             }
             ChatCommand::CloseInterrupted => self
                 .open_replies
                 .keys()
+                .filter(|reply_id| !self.resumable(reply_id))
                 .map(|reply_id| ChatEvent::AiReplyFailed {
                     reply_id: reply_id.clone(),
                     reason: INTERRUPTED.into(),
+                    attempts: vec![],
                 })
                 .collect(),
             ChatCommand::UpdateStatus {
@@ -646,6 +873,7 @@ mod tests {
         ChatEvent::AiReplyRequested {
             reply_id: reply.into(),
             trigger_message_id: trigger.into(),
+            not_before: None,
         }
     }
 
@@ -656,6 +884,8 @@ mod tests {
             model: "m".into(),
             usage: TokenUsage::default(),
             latency_ms: 5,
+            attempts: vec![],
+            fallback: false,
         }
     }
 
@@ -670,6 +900,7 @@ mod tests {
             at: t0(),
             kind: MessageKind::Text,
             contact_name: None,
+            control: Control::default(),
         }
     }
 
@@ -819,10 +1050,12 @@ mod tests {
                 ChatEvent::AiReplyFailed {
                     reply_id: "r1".into(),
                     reason: INTERRUPTED.into(),
+                    attempts: vec![],
                 },
                 ChatEvent::AiReplyFailed {
                     reply_id: "r2".into(),
                     reason: INTERRUPTED.into(),
+                    attempts: vec![],
                 },
             ]);
     }
@@ -836,6 +1069,7 @@ mod tests {
                 text: "  ".into(),
                 source: Source::Operator,
                 at: t0(),
+                takeover: Duration::zero(),
             })
             .then_expect_error_message("text: must not be empty");
     }
@@ -852,6 +1086,7 @@ mod tests {
             at: t0(),
             kind: MessageKind::Image,
             contact_name: Some("Ana".into()),
+            control: Control::default(),
         };
         Fw::with(())
             .given_no_previous_events()
@@ -945,5 +1180,204 @@ mod tests {
             .given(vec![received("wamid.1")])
             .when(update(DeliveryStatus::Read))
             .then_expect_events(vec![]);
+    }
+
+    fn operator_send(id: &str, minutes: i64) -> ChatCommand {
+        ChatCommand::Send {
+            message_id: id.into(),
+            text: "a human here".into(),
+            source: Source::Operator,
+            at: t0(),
+            takeover: Duration::minutes(minutes),
+        }
+    }
+
+    fn sent(id: &str, source: Source) -> ChatEvent {
+        ChatEvent::MessageSent {
+            message_id: id.into(),
+            text: "a human here".into(),
+            source,
+            ai_reply_id: None,
+            at: t0(),
+        }
+    }
+
+    fn paused(id: &str, cause: PauseCause, minutes: i64) -> ChatEvent {
+        ChatEvent::AiPaused {
+            until: t0() + Duration::minutes(minutes),
+            cause,
+            message_id: id.into(),
+            at: t0(),
+        }
+    }
+
+    #[test]
+    fn operator_send_pauses_the_ai() {
+        Fw::with(())
+            .given(vec![received("m1")])
+            .when(operator_send("o1", 30))
+            .then_expect_events(vec![
+                sent("o1", Source::Operator),
+                paused("o1", PauseCause::OperatorSend, 30),
+            ]);
+    }
+
+    #[test]
+    fn takeover_zero_and_test_sends_never_pause() {
+        Fw::with(())
+            .given_no_previous_events()
+            .when(operator_send("o1", 0))
+            .then_expect_events(vec![sent("o1", Source::Operator)]);
+        Fw::with(())
+            .given_no_previous_events()
+            .when(ChatCommand::Send {
+                message_id: "t1".into(),
+                text: "a human here".into(),
+                source: Source::Test,
+                at: t0(),
+                takeover: Duration::minutes(30),
+            })
+            .then_expect_events(vec![sent("t1", Source::Test)]);
+    }
+
+    #[test]
+    fn owner_message_from_the_phone_pauses_but_an_echo_of_our_send_does_not() {
+        let mut cmd = receive("p1", true, true);
+        if let ChatCommand::Receive { control, .. } = &mut cmd {
+            control.takeover = Duration::minutes(30);
+        }
+        let mut own = received("p1");
+        if let ChatEvent::MessageReceived { from_me, .. } = &mut own {
+            *from_me = true;
+        }
+        Fw::with(())
+            .given_no_previous_events()
+            .when(cmd)
+            .then_expect_events(vec![own, paused("p1", PauseCause::OwnerMessage, 30)]);
+        // The gateway's own AI reply comes back as from_me with the id it recorded: nothing.
+        let mut echo = receive("out1", true, true);
+        if let ChatCommand::Receive { control, .. } = &mut echo {
+            control.takeover = Duration::minutes(30);
+        }
+        Fw::with(())
+            .given(vec![sent("out1", Source::Ai)])
+            .when(echo)
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn a_paused_chat_skips_the_send_and_resumes_after_the_time_or_on_request() {
+        let given = vec![
+            received("m1"),
+            requested("r1", "m1"),
+            generated("r1"),
+            paused("o1", PauseCause::OperatorSend, 30),
+        ];
+        let mut chat = Chat::default();
+        for e in given.clone() {
+            chat.apply(e);
+        }
+        let during = chat
+            .decide(ChatCommand::SendReply {
+                reply_id: "r1".into(),
+                message_id: "x".into(),
+                at: t0() + Duration::minutes(10),
+            })
+            .unwrap_or_default();
+        assert!(
+            matches!(&during[..], [ChatEvent::AiReplySkipped { reason, .. }] if reason.starts_with("human takeover")),
+            "{during:?}"
+        );
+        // After the pause, it sends again without any event in between.
+        let after = chat
+            .decide(ChatCommand::SendReply {
+                reply_id: "r1".into(),
+                message_id: "x".into(),
+                at: t0() + Duration::minutes(31),
+            })
+            .unwrap_or_default();
+        assert!(matches!(&after[..], [ChatEvent::MessageSent { .. }, _]));
+        // Manual resume while paused; a second resume is a no-op.
+        Fw::with(())
+            .given(given.clone())
+            .when(ChatCommand::Resume {
+                at: t0() + Duration::minutes(1),
+            })
+            .then_expect_events(vec![ChatEvent::AiResumed {
+                at: t0() + Duration::minutes(1),
+            }]);
+        let mut resumed = given;
+        resumed.push(ChatEvent::AiResumed { at: t0() });
+        Fw::with(())
+            .given(resumed)
+            .when(ChatCommand::Resume {
+                at: t0() + Duration::minutes(2),
+            })
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn debounce_sets_not_before_and_recovery_keeps_the_newest_waiting_request() {
+        let mut cmd = receive("m1", true, false);
+        if let ChatCommand::Receive { control, .. } = &mut cmd {
+            control.debounce = Duration::seconds(3);
+        }
+        let debounced = |reply: &str, trigger: &str| ChatEvent::AiReplyRequested {
+            reply_id: reply.into(),
+            trigger_message_id: trigger.into(),
+            not_before: Some(t0() + Duration::seconds(3)),
+        };
+        Fw::with(())
+            .given_no_previous_events()
+            .when(cmd)
+            .then_expect_events(vec![received("m1"), debounced("r-m1", "m1")]);
+        // Restart: the older debounced request is closed, the newest one stays open.
+        Fw::with(())
+            .given(vec![
+                received("m1"),
+                debounced("r1", "m1"),
+                received("m2"),
+                debounced("r2", "m2"),
+            ])
+            .when(ChatCommand::CloseInterrupted)
+            .then_expect_events(vec![ChatEvent::AiReplyFailed {
+                reply_id: "r1".into(),
+                reason: INTERRUPTED.into(),
+                attempts: vec![],
+            }]);
+    }
+
+    #[test]
+    fn hourly_count_comes_from_the_stream() {
+        let mut chat = Chat::default();
+        for (i, minutes) in [0i64, 30, 50, 70].iter().enumerate() {
+            chat.apply(ChatEvent::MessageSent {
+                message_id: format!("o{i}"),
+                text: "x".into(),
+                source: Source::Ai,
+                ai_reply_id: None,
+                at: t0() + Duration::minutes(*minutes),
+            });
+        }
+        assert_eq!(chat.ai_replies_last_hour(t0() + Duration::minutes(71)), 3);
+        assert_eq!(chat.ai_replies_last_hour(t0() + Duration::minutes(200)), 0);
+    }
+
+    #[test]
+    fn old_reply_events_without_new_fields_still_read() {
+        let e: ChatEvent = serde_json::from_value(serde_json::json!({"AiReplyRequested":
+            {"reply_id":"r1","trigger_message_id":"m1"}}))
+        .expect("old payload parses");
+        assert!(matches!(
+            e,
+            ChatEvent::AiReplyRequested {
+                not_before: None,
+                ..
+            }
+        ));
+        let e: ChatEvent = serde_json::from_value(serde_json::json!({"AiReplyFailed":
+            {"reply_id":"r1","reason":"x"}}))
+        .expect("old payload parses");
+        assert!(matches!(e, ChatEvent::AiReplyFailed { attempts, .. } if attempts.is_empty()));
     }
 }

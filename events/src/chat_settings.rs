@@ -1,11 +1,12 @@
 //! Per-chat AI settings: one stream per chat (`chat_settings` / `<account>/<jid>`), holding the
-//! chat layer of the config (mode, custom system prompt) and the blocked flag.
+//! chat layer of the config (mode, custom system prompt, the per-chat conversation controls) and
+//! the blocked flag.
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 
-use crate::settings::{Patch, MAX_PROMPT_BYTES};
+use crate::settings::{self, AiSettingsPatch, Patch, MAX_PROMPT_BYTES};
 use crate::DomainError;
 
 /// The stream id of a chat's settings.
@@ -28,6 +29,76 @@ pub struct ChatSettings {
     pub mode: ChatMode,
     pub custom_system_prompt: Option<String>,
     pub blocked: bool,
+    /// The chat layer of the conversation controls (`None`: inherit).
+    #[serde(default)]
+    pub controls: ChatControls,
+}
+
+/// The conversation controls a chat may set for itself (ADR 0007). The daily token budget and
+/// the fallback model are account-wide and live on the account and global layers only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ChatControls {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub human_takeover_minutes: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debounce_seconds: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replies_per_chat_per_hour: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_history_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_window_hours: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+}
+
+/// A change to a chat's conversation controls (absent: keep, `null`: inherit, value: set).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ChatControlsPatch {
+    pub human_takeover_minutes: Patch<u32>,
+    pub debounce_seconds: Patch<u32>,
+    pub max_replies_per_chat_per_hour: Patch<u32>,
+    pub max_history_tokens: Patch<u32>,
+    pub history_window_hours: Patch<u32>,
+    pub max_retries: Patch<u32>,
+}
+
+fn patched(current: Option<u32>, patch: &Patch<u32>) -> Option<u32> {
+    match patch {
+        Patch::Keep => current,
+        Patch::Clear => None,
+        Patch::Set(v) => Some(*v),
+    }
+}
+
+impl ChatControlsPatch {
+    /// Validates with the same ranges as the account and global layers (400 naming the field).
+    fn validate(&self) -> Result<(), DomainError> {
+        settings::validate(AiSettingsPatch {
+            human_takeover_minutes: self.human_takeover_minutes.clone(),
+            debounce_seconds: self.debounce_seconds.clone(),
+            max_replies_per_chat_per_hour: self.max_replies_per_chat_per_hour.clone(),
+            max_history_tokens: self.max_history_tokens.clone(),
+            history_window_hours: self.history_window_hours.clone(),
+            max_retries: self.max_retries.clone(),
+            ..Default::default()
+        })
+        .map(drop)
+    }
+
+    fn apply_to(&self, c: &ChatControls) -> ChatControls {
+        ChatControls {
+            human_takeover_minutes: patched(c.human_takeover_minutes, &self.human_takeover_minutes),
+            debounce_seconds: patched(c.debounce_seconds, &self.debounce_seconds),
+            max_replies_per_chat_per_hour: patched(
+                c.max_replies_per_chat_per_hour,
+                &self.max_replies_per_chat_per_hour,
+            ),
+            max_history_tokens: patched(c.max_history_tokens, &self.max_history_tokens),
+            history_window_hours: patched(c.history_window_hours, &self.history_window_hours),
+            max_retries: patched(c.max_retries, &self.max_retries),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +106,7 @@ pub enum ChatSettingsCommand {
     SetAi {
         mode: Option<ChatMode>,
         custom_system_prompt: Patch<String>,
+        controls: ChatControlsPatch,
     },
     SetBlocked {
         blocked: bool,
@@ -51,6 +123,11 @@ pub enum ChatSettingsEvent {
     ChatBlockedChanged {
         blocked: bool,
     },
+    /// The chat's conversation controls after the change (all of them, so the event reads on
+    /// its own).
+    ChatControlsChanged {
+        controls: ChatControls,
+    },
 }
 
 impl DomainEvent for ChatSettingsEvent {
@@ -58,6 +135,7 @@ impl DomainEvent for ChatSettingsEvent {
         match self {
             Self::ChatAiSettingsChanged { .. } => "ChatAiSettingsChanged",
             Self::ChatBlockedChanged { .. } => "ChatBlockedChanged",
+            Self::ChatControlsChanged { .. } => "ChatControlsChanged",
         }
         .to_string()
     }
@@ -83,7 +161,9 @@ impl Aggregate for ChatSettings {
             ChatSettingsCommand::SetAi {
                 mode,
                 custom_system_prompt,
+                controls,
             } => {
+                controls.validate()?;
                 let prompt = match custom_system_prompt {
                     Patch::Keep => self.custom_system_prompt.clone(),
                     Patch::Clear => None,
@@ -110,6 +190,11 @@ impl Aggregate for ChatSettings {
                         custom_system_prompt: prompt,
                     };
                     sink.write(event, self).await;
+                }
+                let controls = controls.apply_to(&self.controls);
+                if controls != self.controls {
+                    sink.write(ChatSettingsEvent::ChatControlsChanged { controls }, self)
+                        .await;
                 }
             }
             ChatSettingsCommand::SetBlocked { blocked } => {
@@ -139,6 +224,7 @@ impl ChatSettings {
                 self.custom_system_prompt = custom_system_prompt;
             }
             ChatSettingsEvent::ChatBlockedChanged { blocked } => self.blocked = blocked,
+            ChatSettingsEvent::ChatControlsChanged { controls } => self.controls = controls,
         }
     }
 }
@@ -158,6 +244,7 @@ mod tests {
             .when(ChatSettingsCommand::SetAi {
                 mode: Some(ChatMode::Disabled),
                 custom_system_prompt: Patch::Clear,
+                controls: Default::default(),
             })
             .then_expect_events(vec![ChatSettingsEvent::ChatAiSettingsChanged {
                 mode: ChatMode::Disabled,
@@ -175,6 +262,7 @@ mod tests {
             .when(ChatSettingsCommand::SetAi {
                 mode: None,
                 custom_system_prompt: Patch::Set("Be brief.".into()),
+                controls: Default::default(),
             })
             .then_expect_events(vec![]);
     }
@@ -189,6 +277,7 @@ mod tests {
             .when(ChatSettingsCommand::SetAi {
                 mode: Some(ChatMode::Disabled),
                 custom_system_prompt: Patch::Keep,
+                controls: Default::default(),
             })
             .then_expect_events(vec![ChatSettingsEvent::ChatAiSettingsChanged {
                 mode: ChatMode::Disabled,
@@ -203,6 +292,7 @@ mod tests {
             .when(ChatSettingsCommand::SetAi {
                 mode: None,
                 custom_system_prompt: Patch::Set("x".repeat(MAX_PROMPT_BYTES + 1)),
+                controls: Default::default(),
             })
             .then_expect_error_message("custom_system_prompt: longer than 32768 bytes");
     }
@@ -223,5 +313,39 @@ mod tests {
             .then_expect_events(vec![ChatSettingsEvent::ChatBlockedChanged {
                 blocked: false,
             }]);
+    }
+
+    #[test]
+    fn chat_controls_set_validate_and_inherit() {
+        let set = |debounce: Patch<u32>| ChatSettingsCommand::SetAi {
+            mode: None,
+            custom_system_prompt: Patch::Keep,
+            controls: ChatControlsPatch {
+                debounce_seconds: debounce,
+                ..Default::default()
+            },
+        };
+        let with = |d: Option<u32>| ChatSettingsEvent::ChatControlsChanged {
+            controls: ChatControls {
+                debounce_seconds: d,
+                ..Default::default()
+            },
+        };
+        Fw::with(())
+            .given_no_previous_events()
+            .when(set(Patch::Set(5)))
+            .then_expect_events(vec![with(Some(5))]);
+        Fw::with(())
+            .given(vec![with(Some(5))])
+            .when(set(Patch::Set(5)))
+            .then_expect_events(vec![]);
+        Fw::with(())
+            .given(vec![with(Some(5))])
+            .when(set(Patch::Clear))
+            .then_expect_events(vec![with(None)]);
+        Fw::with(())
+            .given_no_previous_events()
+            .when(set(Patch::Set(3601)))
+            .then_expect_error_message("debounce_seconds: must be between 0 and 3600, got 3601");
     }
 }

@@ -13,6 +13,16 @@ pub const MAX_MODEL_NAME: usize = 200;
 /// Longest base URL accepted.
 pub const MAX_URL: usize = 2048;
 
+/// Conversation-control limits (ADR 0007). Values outside them are refused with a 400 naming
+/// the field: they are typos, not settings (a week of takeover, an hour of debounce).
+pub const MAX_TAKEOVER_MINUTES: u32 = 7 * 24 * 60;
+pub const MAX_DEBOUNCE_SECONDS: u32 = 3600;
+pub const MAX_REPLIES_PER_HOUR: u32 = 1000;
+pub const MAX_DAILY_TOKEN_BUDGET: u64 = 1_000_000_000;
+pub const MAX_HISTORY_TOKENS: u32 = 1_000_000;
+pub const MAX_HISTORY_WINDOW_HOURS: u32 = 24 * 365;
+pub const MAX_RETRIES: u32 = 10;
+
 /// The values one layer sets. `None` means "this layer does not set it" (inherit).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -41,6 +51,24 @@ pub struct AiSettings {
     pub reply_to_channels: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub echo_mode: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub human_takeover_minutes: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debounce_seconds: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replies_per_chat_per_hour: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_token_budget: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_history_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_window_hours: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_model_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_base_url: Option<String>,
 }
 
 /// The name of one AI setting, as it appears in the API and in `cleared` lists of events.
@@ -59,6 +87,15 @@ pub enum AiField {
     ReplyToGroups,
     ReplyToChannels,
     EchoMode,
+    HumanTakeoverMinutes,
+    DebounceSeconds,
+    MaxRepliesPerChatPerHour,
+    DailyTokenBudget,
+    MaxHistoryTokens,
+    HistoryWindowHours,
+    MaxRetries,
+    FallbackModelName,
+    FallbackBaseUrl,
 }
 
 /// A change to one field: leave it, clear it (JSON `null`), or set it.
@@ -112,8 +149,20 @@ pub struct AiSettingsPatch {
     pub reply_to_groups: Patch<bool>,
     pub reply_to_channels: Patch<bool>,
     pub echo_mode: Patch<bool>,
+    pub human_takeover_minutes: Patch<u32>,
+    pub debounce_seconds: Patch<u32>,
+    pub max_replies_per_chat_per_hour: Patch<u32>,
+    pub daily_token_budget: Patch<u64>,
+    pub max_history_tokens: Patch<u32>,
+    pub history_window_hours: Patch<u32>,
+    pub max_retries: Patch<u32>,
+    pub fallback_model_name: Patch<String>,
+    pub fallback_base_url: Patch<String>,
     /// Already sealed by the caller; `Set` carries the ciphertext and its origin.
     pub api_key: Patch<SealedKey>,
+    /// The fallback model's own key, sealed like `api_key`, for the origin of the fallback base
+    /// URL.
+    pub fallback_api_key: Patch<SealedKey>,
 }
 
 /// Why a stored key was removed.
@@ -128,6 +177,9 @@ pub enum KeyClearReason {
 
 /// The events a settings change produces, shared by the global and account aggregates.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+// Events are decided and folded one at a time; their size is not worth a box (and the serialized
+// form must stay the same).
+#[allow(clippy::large_enum_variant)]
 pub enum SettingsEvent {
     /// Fields set to new values (`set`) and fields removed from this layer (`cleared`).
     AiSettingsChanged {
@@ -144,6 +196,17 @@ pub enum SettingsEvent {
     AiApiKeyResealed {
         key: SealedKey,
     },
+    /// The fallback model's key (ADR 0007); it follows `fallback_base_url`'s origin as the main
+    /// key follows `base_url`'s.
+    AiFallbackApiKeySet {
+        key: SealedKey,
+    },
+    AiFallbackApiKeyCleared {
+        reason: KeyClearReason,
+    },
+    AiFallbackApiKeyResealed {
+        key: SealedKey,
+    },
 }
 
 /// One layer's state: its settings and its sealed key.
@@ -151,6 +214,8 @@ pub enum SettingsEvent {
 pub struct LayerState {
     pub settings: AiSettings,
     pub api_key: Option<SealedKey>,
+    #[serde(default)]
+    pub fallback_api_key: Option<SealedKey>,
 }
 
 /// `scheme://host[:port]` of an absolute http(s) URL, or `None` when it is not one.
@@ -262,6 +327,39 @@ pub fn validate(mut patch: AiSettingsPatch) -> Result<AiSettingsPatch, DomainErr
     }
     if let Patch::Set(v) = patch.reply_delay_seconds {
         check_range("reply_delay_seconds", v, 0, 3600)?;
+    }
+    if let Patch::Set(v) = patch.human_takeover_minutes {
+        check_range("human_takeover_minutes", v, 0, MAX_TAKEOVER_MINUTES)?;
+    }
+    if let Patch::Set(v) = patch.debounce_seconds {
+        check_range("debounce_seconds", v, 0, MAX_DEBOUNCE_SECONDS)?;
+    }
+    if let Patch::Set(v) = patch.max_replies_per_chat_per_hour {
+        check_range("max_replies_per_chat_per_hour", v, 0, MAX_REPLIES_PER_HOUR)?;
+    }
+    if let Patch::Set(v) = patch.daily_token_budget {
+        check_range("daily_token_budget", v, 0, MAX_DAILY_TOKEN_BUDGET)?;
+    }
+    if let Patch::Set(v) = patch.max_history_tokens {
+        check_range("max_history_tokens", v, 0, MAX_HISTORY_TOKENS)?;
+    }
+    if let Patch::Set(v) = patch.history_window_hours {
+        check_range("history_window_hours", v, 0, MAX_HISTORY_WINDOW_HOURS)?;
+    }
+    if let Patch::Set(v) = patch.max_retries {
+        check_range("max_retries", v, 0, MAX_RETRIES)?;
+    }
+    if let Patch::Set(v) = &patch.fallback_model_name {
+        check_text("fallback_model_name", v, MAX_MODEL_NAME, false)?;
+    }
+    if let Patch::Set(url) = &patch.fallback_base_url {
+        let normalized = normalize_base_url(url).map_err(|e| match e {
+            DomainError::Invalid { message, .. } => {
+                DomainError::invalid("fallback_base_url", message)
+            }
+            other => other,
+        })?;
+        patch.fallback_base_url = Patch::Set(normalized);
     }
     Ok(patch)
 }
@@ -386,39 +484,148 @@ pub fn decide(
         &mut cleared,
     );
 
+    diff_field(
+        F::HumanTakeoverMinutes,
+        &cur.human_takeover_minutes,
+        &patch.human_takeover_minutes,
+        &mut set.human_takeover_minutes,
+        &mut cleared,
+    );
+    diff_field(
+        F::DebounceSeconds,
+        &cur.debounce_seconds,
+        &patch.debounce_seconds,
+        &mut set.debounce_seconds,
+        &mut cleared,
+    );
+    diff_field(
+        F::MaxRepliesPerChatPerHour,
+        &cur.max_replies_per_chat_per_hour,
+        &patch.max_replies_per_chat_per_hour,
+        &mut set.max_replies_per_chat_per_hour,
+        &mut cleared,
+    );
+    diff_field(
+        F::DailyTokenBudget,
+        &cur.daily_token_budget,
+        &patch.daily_token_budget,
+        &mut set.daily_token_budget,
+        &mut cleared,
+    );
+    diff_field(
+        F::MaxHistoryTokens,
+        &cur.max_history_tokens,
+        &patch.max_history_tokens,
+        &mut set.max_history_tokens,
+        &mut cleared,
+    );
+    diff_field(
+        F::HistoryWindowHours,
+        &cur.history_window_hours,
+        &patch.history_window_hours,
+        &mut set.history_window_hours,
+        &mut cleared,
+    );
+    diff_field(
+        F::MaxRetries,
+        &cur.max_retries,
+        &patch.max_retries,
+        &mut set.max_retries,
+        &mut cleared,
+    );
+    diff_field(
+        F::FallbackModelName,
+        &cur.fallback_model_name,
+        &patch.fallback_model_name,
+        &mut set.fallback_model_name,
+        &mut cleared,
+    );
+    diff_field(
+        F::FallbackBaseUrl,
+        &cur.fallback_base_url,
+        &patch.fallback_base_url,
+        &mut set.fallback_base_url,
+        &mut cleared,
+    );
+
     let mut events = Vec::new();
     if set != AiSettings::default() || !cleared.is_empty() {
         events.push(SettingsEvent::AiSettingsChanged { set, cleared });
     }
 
-    let old_origin = cur.base_url.as_deref().and_then(origin_of);
-    let new_origin = match &patch.base_url {
-        Patch::Keep => old_origin.clone(),
-        Patch::Clear => None,
-        Patch::Set(url) => origin_of(url),
-    };
-    match patch.api_key {
-        Patch::Set(key) => {
-            if state.api_key.as_ref() != Some(&key) {
-                events.push(SettingsEvent::AiApiKeySet { key });
-            }
-        }
-        Patch::Clear => {
-            if state.api_key.is_some() {
-                events.push(SettingsEvent::AiApiKeyCleared {
-                    reason: KeyClearReason::Requested,
-                });
-            }
-        }
+    let main = key_change(
+        state.api_key.as_ref(),
+        patch.api_key,
+        cur.base_url.as_deref(),
+        &patch.base_url,
+    );
+    events.extend(main.map(|c| match c {
+        KeyChange::Set(key) => SettingsEvent::AiApiKeySet { key },
+        KeyChange::Cleared(reason) => SettingsEvent::AiApiKeyCleared { reason },
+    }));
+    let fallback = key_change(
+        state.fallback_api_key.as_ref(),
+        patch.fallback_api_key,
+        cur.fallback_base_url.as_deref(),
+        &patch.fallback_base_url,
+    );
+    events.extend(fallback.map(|c| match c {
+        KeyChange::Set(key) => SettingsEvent::AiFallbackApiKeySet { key },
+        KeyChange::Cleared(reason) => SettingsEvent::AiFallbackApiKeyCleared { reason },
+    }));
+    Ok(events)
+}
+
+enum KeyChange {
+    Set(SealedKey),
+    Cleared(KeyClearReason),
+}
+
+/// What happens to a stored key: a new one replaces it, `null` clears it, and a URL moved to
+/// another origin without a new key in the same patch clears it (the key follows its origin).
+fn key_change(
+    stored: Option<&SealedKey>,
+    patch: Patch<SealedKey>,
+    current_url: Option<&str>,
+    url_patch: &Patch<String>,
+) -> Option<KeyChange> {
+    match patch {
+        Patch::Set(key) => (stored != Some(&key)).then_some(KeyChange::Set(key)),
+        Patch::Clear => stored
+            .is_some()
+            .then_some(KeyChange::Cleared(KeyClearReason::Requested)),
         Patch::Keep => {
-            if state.api_key.is_some() && !patch.base_url.is_keep() && old_origin != new_origin {
-                events.push(SettingsEvent::AiApiKeyCleared {
-                    reason: KeyClearReason::BaseUrlOriginChanged,
-                });
-            }
+            let old_origin = current_url.and_then(origin_of);
+            let new_origin = match url_patch {
+                Patch::Keep => old_origin.clone(),
+                Patch::Clear => None,
+                Patch::Set(url) => origin_of(url),
+            };
+            (stored.is_some() && !url_patch.is_keep() && old_origin != new_origin)
+                .then_some(KeyChange::Cleared(KeyClearReason::BaseUrlOriginChanged))
         }
     }
-    Ok(events)
+}
+
+/// Decides the re-encryption of this layer's fallback key under the current master key.
+pub fn decide_reseal_fallback(
+    state: &LayerState,
+    resealed: String,
+) -> Result<Vec<SettingsEvent>, DomainError> {
+    let Some(current) = &state.fallback_api_key else {
+        return Err(DomainError::NotFound(
+            "no fallback API key stored at this layer".into(),
+        ));
+    };
+    if current.sealed == resealed {
+        return Ok(vec![]);
+    }
+    Ok(vec![SettingsEvent::AiFallbackApiKeyResealed {
+        key: SealedKey {
+            sealed: resealed,
+            origin: current.origin.clone(),
+        },
+    }])
 }
 
 /// Decides the re-encryption of this layer's key under the current master key.
@@ -457,6 +664,15 @@ fn clear_field(s: &mut AiSettings, f: AiField) {
         F::ReplyToGroups => s.reply_to_groups = None,
         F::ReplyToChannels => s.reply_to_channels = None,
         F::EchoMode => s.echo_mode = None,
+        F::HumanTakeoverMinutes => s.human_takeover_minutes = None,
+        F::DebounceSeconds => s.debounce_seconds = None,
+        F::MaxRepliesPerChatPerHour => s.max_replies_per_chat_per_hour = None,
+        F::DailyTokenBudget => s.daily_token_budget = None,
+        F::MaxHistoryTokens => s.max_history_tokens = None,
+        F::HistoryWindowHours => s.history_window_hours = None,
+        F::MaxRetries => s.max_retries = None,
+        F::FallbackModelName => s.fallback_model_name = None,
+        F::FallbackBaseUrl => s.fallback_base_url = None,
     }
 }
 
@@ -477,7 +693,16 @@ fn overlay(onto: &mut AiSettings, from: &AiSettings) {
         reply_to_private,
         reply_to_groups,
         reply_to_channels,
-        echo_mode
+        echo_mode,
+        human_takeover_minutes,
+        debounce_seconds,
+        max_replies_per_chat_per_hour,
+        daily_token_budget,
+        max_history_tokens,
+        history_window_hours,
+        max_retries,
+        fallback_model_name,
+        fallback_base_url
     );
 }
 
@@ -495,6 +720,11 @@ impl LayerState {
                 self.api_key = Some(key.clone());
             }
             SettingsEvent::AiApiKeyCleared { .. } => self.api_key = None,
+            SettingsEvent::AiFallbackApiKeySet { key }
+            | SettingsEvent::AiFallbackApiKeyResealed { key } => {
+                self.fallback_api_key = Some(key.clone());
+            }
+            SettingsEvent::AiFallbackApiKeyCleared { .. } => self.fallback_api_key = None,
         }
     }
 }
@@ -672,6 +902,48 @@ mod tests {
                 },
                 "default_system_prompt",
             ),
+            (
+                AiSettingsPatch {
+                    debounce_seconds: Patch::Set(MAX_DEBOUNCE_SECONDS + 1),
+                    ..Default::default()
+                },
+                "debounce_seconds",
+            ),
+            (
+                AiSettingsPatch {
+                    human_takeover_minutes: Patch::Set(MAX_TAKEOVER_MINUTES + 1),
+                    ..Default::default()
+                },
+                "human_takeover_minutes",
+            ),
+            (
+                AiSettingsPatch {
+                    max_retries: Patch::Set(11),
+                    ..Default::default()
+                },
+                "max_retries",
+            ),
+            (
+                AiSettingsPatch {
+                    daily_token_budget: Patch::Set(MAX_DAILY_TOKEN_BUDGET + 1),
+                    ..Default::default()
+                },
+                "daily_token_budget",
+            ),
+            (
+                AiSettingsPatch {
+                    fallback_base_url: Patch::Set("file:///etc".into()),
+                    ..Default::default()
+                },
+                "fallback_base_url",
+            ),
+            (
+                AiSettingsPatch {
+                    fallback_model_name: Patch::Set("".into()),
+                    ..Default::default()
+                },
+                "fallback_model_name",
+            ),
         ];
         for (patch, field) in cases {
             match decide(&LayerState::default(), patch) {
@@ -699,5 +971,51 @@ mod tests {
         assert_eq!(st.settings.base_url, None);
         assert_eq!(st.settings.temperature, Some(0.3));
         assert_eq!(st.api_key, None, "key follows its origin");
+    }
+
+    #[test]
+    fn fallback_key_follows_the_fallback_origin() {
+        let mut st = LayerState::default();
+        let set = decide(
+            &st,
+            AiSettingsPatch {
+                fallback_base_url: Patch::Set("http://127.0.0.1:8080/v1".into()),
+                fallback_api_key: Patch::Set(key("fb", "http://127.0.0.1:8080")),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(matches!(
+            set.last(),
+            Some(SettingsEvent::AiFallbackApiKeySet { .. })
+        ));
+        for e in &set {
+            st.apply(e);
+        }
+        assert!(st.api_key.is_none(), "the main key is untouched");
+        let moved = decide(
+            &st,
+            AiSettingsPatch {
+                fallback_base_url: Patch::Set("https://elsewhere.example/v1".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            moved.last(),
+            Some(&SettingsEvent::AiFallbackApiKeyCleared {
+                reason: KeyClearReason::BaseUrlOriginChanged
+            })
+        );
+        // The primary base URL moving does not touch the fallback key.
+        let primary = decide(
+            &st,
+            AiSettingsPatch {
+                base_url: Patch::Set("https://elsewhere.example/v1".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(primary.len(), 1, "{primary:?}");
     }
 }

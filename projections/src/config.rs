@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use wagate_events::account::{AccountEvent, CloudApiState, Transport};
+use wagate_events::chat::{ChatEvent, PauseCause};
 use wagate_events::chat_settings::{ChatSettings, ChatSettingsEvent};
 use wagate_events::settings::{LayerState, SettingsEvent};
 use wagate_events::webhook::{WebhookEvent, WebhookStatus};
@@ -15,6 +16,25 @@ use crate::StoredEvent;
 
 /// Aggregate types this model folds.
 pub const CONFIG_AGGREGATES: [&str; 4] = ["ai_global", "account", "chat_settings", "webhook"];
+/// Aggregate types read to rebuild the model as of a past position (the chat streams for their
+/// human-takeover pauses).
+pub const AS_OF_AGGREGATES: [&str; 5] =
+    ["ai_global", "account", "chat_settings", "webhook", "chat"];
+/// The chat events this model folds (human takeover, ADR 0007).
+const PAUSE_EVENTS: [&str; 2] = ["AiPaused", "AiResumed"];
+
+/// Whether `ev` changes this model (the catch-up skips the rest, e.g. chat messages).
+pub fn folds(ev: &StoredEvent) -> bool {
+    CONFIG_AGGREGATES.contains(&ev.aggregate_type.as_str())
+        || (ev.aggregate_type == "chat" && PAUSE_EVENTS.contains(&ev.event_type.as_str()))
+}
+
+/// A human-takeover pause of one chat: the AI does not answer there before `until`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Pause {
+    pub until: DateTime<Utc>,
+    pub cause: PauseCause,
+}
 
 /// A webhook subscription.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -83,6 +103,9 @@ pub struct ConfigModel {
     pub accounts: BTreeMap<String, AccountView>,
     /// Keyed by (account id, chat JID).
     pub chats: HashMap<(String, String), ChatSettings>,
+    /// Human-takeover pauses by (account id, chat JID); expired ones stay until resumed or
+    /// replaced (the resolver compares with the time).
+    pub pauses: HashMap<(String, String), Pause>,
     /// Webhook subscriptions by id (deleted ones included, marked).
     pub webhooks: BTreeMap<String, WebhookView>,
     /// Live (unrevoked) token hash -> (account id, token id).
@@ -144,6 +167,24 @@ impl ConfigModel {
             "webhook" => {
                 let e: WebhookEvent = parse(ev)?;
                 self.apply_webhook(ev, e);
+            }
+            "chat" if PAUSE_EVENTS.contains(&ev.event_type.as_str()) => {
+                let Some((acc, jid)) = ev.aggregate_id.split_once('/') else {
+                    return Err(FoldError {
+                        position: ev.position,
+                        message: "chat id is not <account>/<jid>".into(),
+                    });
+                };
+                let key = (acc.to_string(), jid.to_string());
+                match parse::<ChatEvent>(ev)? {
+                    ChatEvent::AiPaused { until, cause, .. } => {
+                        self.pauses.insert(key, Pause { until, cause });
+                    }
+                    ChatEvent::AiResumed { .. } => {
+                        self.pauses.remove(&key);
+                    }
+                    _ => {}
+                }
             }
             _ => {}
         }
@@ -272,6 +313,11 @@ impl ConfigModel {
         self.tokens_by_hash
             .get(token_hash)
             .map(|(a, t)| (a.as_str(), t.as_str()))
+    }
+
+    /// The last pause recorded in a chat (it may have expired).
+    pub fn pause(&self, account_id: &str, jid: &str) -> Option<&Pause> {
+        self.pauses.get(&(account_id.to_string(), jid.to_string()))
     }
 
     pub fn chat(&self, account_id: &str, jid: &str) -> Option<&ChatSettings> {

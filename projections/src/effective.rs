@@ -1,11 +1,14 @@
 //! The effective AI config of one chat: each field resolved chat -> account -> global -> env ->
 //! built-in default, with the layer it came from, and whether the gateway would reply there.
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
+use wagate_events::chat::PauseCause;
 use wagate_events::chat_settings::ChatMode;
 use wagate_events::ids::ChatKind;
 use wagate_events::settings::{origin_of, AiSettings, SealedKey};
 
+use crate::config::Pause;
 use crate::ConfigModel;
 
 /// Which layer a value came from.
@@ -48,6 +51,15 @@ pub mod defaults {
     pub const REPLY_TO_GROUPS: bool = false;
     pub const REPLY_TO_CHANNELS: bool = false;
     pub const ECHO_MODE: bool = false;
+    /// Conversation control (ADR 0007). Zero means "off" for each of them.
+    pub const HUMAN_TAKEOVER_MINUTES: u32 = 30;
+    pub const DEBOUNCE_SECONDS: u32 = 0;
+    pub const MAX_REPLIES_PER_CHAT_PER_HOUR: u32 = 30;
+    pub const DAILY_TOKEN_BUDGET: u64 = 0;
+    pub const MAX_HISTORY_TOKENS: u32 = 4000;
+    pub const HISTORY_WINDOW_HOURS: u32 = 0;
+    /// Retries after the first attempt (3 attempts in all).
+    pub const MAX_RETRIES: u32 = 2;
 }
 
 /// Where the key to use lives (the caller decrypts it when it calls the model).
@@ -56,6 +68,14 @@ pub enum KeySource {
     Account(SealedKey),
     Global(SealedKey),
     Env,
+}
+
+/// The key the fallback model is called with: a layer's own fallback key, or the main key when
+/// the fallback lives at the main key's origin.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FallbackKey {
+    Own(KeySource),
+    Main(KeySource),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -77,17 +97,35 @@ pub struct Effective {
     pub reply_to_groups: Sourced<bool>,
     pub reply_to_channels: Sourced<bool>,
     pub echo_mode: Sourced<bool>,
+    pub human_takeover_minutes: Sourced<u32>,
+    pub debounce_seconds: Sourced<u32>,
+    pub max_replies_per_chat_per_hour: Sourced<u32>,
+    pub daily_token_budget: Sourced<u64>,
+    pub max_history_tokens: Sourced<u32>,
+    pub history_window_hours: Sourced<u32>,
+    pub max_retries: Sourced<u32>,
+    pub fallback_model_name: Sourced<Option<String>>,
+    pub fallback_base_url: Sourced<Option<String>>,
+    /// Human takeover: the AI does not answer in this chat before this time.
+    pub paused_until: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pause_cause: Option<PauseCause>,
     /// Whether a key usable with the effective `base_url` exists, and from which layer.
     pub has_api_key: Sourced<bool>,
     /// Set when a key exists but was entered for another origin than the effective base URL's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key_note: Option<String>,
+    /// Whether the fallback model (when one is set) gets a key: its own (`source`: the layer of
+    /// the fallback key) or the main key when the fallback has the main key's origin.
+    pub has_fallback_api_key: Sourced<bool>,
     pub will_reply: bool,
     pub reason: Option<String>,
     /// The history position this answer reflects.
     pub position: i64,
     #[serde(skip)]
     pub key: Option<KeySource>,
+    #[serde(skip)]
+    pub fallback_key: Option<FallbackKey>,
 }
 
 fn pick<T: Clone>(layers: [(Option<&T>, Source); 4], default: T) -> Sourced<T> {
@@ -105,8 +143,8 @@ fn pick<T: Clone>(layers: [(Option<&T>, Source); 4], default: T) -> Sourced<T> {
     }
 }
 
-/// Resolves the effective config of `jid` in `account_id`, or `None` when the account does not
-/// exist (or is deleted) in `model`.
+/// Resolves the effective config of `jid` in `account_id` now, or `None` when the account does
+/// not exist (or is deleted) in `model`.
 pub fn resolve(
     model: &ConfigModel,
     env: &EnvLayer,
@@ -114,9 +152,21 @@ pub fn resolve(
     jid: &str,
     chat_kind: ChatKind,
 ) -> Option<Effective> {
+    resolve_at(model, env, account_id, jid, chat_kind, Utc::now())
+}
+
+/// [`resolve`] at time `now` (a human-takeover pause counts while `now` is before its end).
+pub fn resolve_at(
+    model: &ConfigModel,
+    env: &EnvLayer,
+    account_id: &str,
+    jid: &str,
+    chat_kind: ChatKind,
+    now: DateTime<Utc>,
+) -> Option<Effective> {
     let acc = model.account(account_id)?;
     let chat = model.chat(account_id, jid).cloned().unwrap_or_default();
-    Some(resolve_layers(
+    let eff = resolve_layers(
         &chat,
         Some(&acc.ai),
         &model.global,
@@ -127,7 +177,30 @@ pub fn resolve(
             chat_kind,
             position: model.position,
         },
-    ))
+    );
+    Some(eff.with_pause(model.pause(account_id, jid), now))
+}
+
+impl Effective {
+    /// Applies a human-takeover pause that is still running at `now`: `will_reply` turns false
+    /// with a reason saying until when, unless a stronger reason (blocked, disabled...) already
+    /// holds.
+    pub fn with_pause(mut self, pause: Option<&Pause>, now: DateTime<Utc>) -> Self {
+        let Some(p) = pause.filter(|p| p.until > now) else {
+            return self;
+        };
+        self.paused_until = Some(p.until);
+        self.pause_cause = Some(p.cause);
+        if self.will_reply {
+            self.will_reply = false;
+            self.reason = Some(format!(
+                "human takeover: {}; AI paused in this chat until {} (POST .../ai/resume ends it now)",
+                p.cause.describe(),
+                p.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ));
+        }
+        self
+    }
 }
 
 /// What a resolution is for.
@@ -161,6 +234,20 @@ pub fn resolve_layers(
             pick(
                 [
                     (None, Source::Chat),
+                    (a.$f.as_ref(), Source::Account),
+                    (g.$f.as_ref(), Source::Global),
+                    (e.$f.as_ref(), Source::Env),
+                ],
+                $default,
+            )
+        };
+    }
+    // The conversation controls a chat may set for itself (ADR 0007).
+    macro_rules! chat_field {
+        ($f:ident, $default:expr) => {
+            pick(
+                [
+                    (chat.controls.$f.as_ref(), Source::Chat),
                     (a.$f.as_ref(), Source::Account),
                     (g.$f.as_ref(), Source::Global),
                     (e.$f.as_ref(), Source::Env),
@@ -229,6 +316,50 @@ pub fn resolve_layers(
         ),
     };
 
+    // The fallback's key: the most specific fallback key entered for the fallback's origin, else
+    // the main key if the fallback lives at the main key's origin.
+    let fallback_base = field!(fallback_base_url, String::new());
+    let fallback_origin = if fallback_base.value.is_empty() {
+        base_origin.clone()
+    } else {
+        origin_of(&fallback_base.value)
+    };
+    let own_fallback = [
+        (account_layer.fallback_api_key.as_ref(), Source::Account),
+        (global.fallback_api_key.as_ref(), Source::Global),
+    ]
+    .into_iter()
+    .find_map(|(k, source)| {
+        k.filter(|k| Some(&k.origin) == fallback_origin.as_ref())
+            .map(|k| (k.clone(), source))
+    });
+    let (has_fallback_api_key, fallback_key) = match (own_fallback, &key) {
+        (Some((k, Source::Account)), _) => (
+            Sourced {
+                value: true,
+                source: Source::Account,
+            },
+            Some(FallbackKey::Own(KeySource::Account(k))),
+        ),
+        (Some((k, source)), _) => (
+            Sourced {
+                value: true,
+                source,
+            },
+            Some(FallbackKey::Own(KeySource::Global(k))),
+        ),
+        (None, Some(main)) if fallback_origin == base_origin => {
+            (has_api_key.clone(), Some(FallbackKey::Main(main.clone())))
+        }
+        (None, _) => (
+            Sourced {
+                value: false,
+                source: Source::Default,
+            },
+            None,
+        ),
+    };
+
     let kind_flag = match chat_kind {
         ChatKind::Private => Some(("reply_to_private", &reply_to_private)),
         ChatKind::Group => Some(("reply_to_groups", &reply_to_groups)),
@@ -277,12 +408,39 @@ pub fn resolve_layers(
         reply_to_groups,
         reply_to_channels,
         echo_mode,
+        human_takeover_minutes: chat_field!(
+            human_takeover_minutes,
+            defaults::HUMAN_TAKEOVER_MINUTES
+        ),
+        debounce_seconds: chat_field!(debounce_seconds, defaults::DEBOUNCE_SECONDS),
+        max_replies_per_chat_per_hour: chat_field!(
+            max_replies_per_chat_per_hour,
+            defaults::MAX_REPLIES_PER_CHAT_PER_HOUR
+        ),
+        daily_token_budget: field!(daily_token_budget, defaults::DAILY_TOKEN_BUDGET),
+        max_history_tokens: chat_field!(max_history_tokens, defaults::MAX_HISTORY_TOKENS),
+        history_window_hours: chat_field!(history_window_hours, defaults::HISTORY_WINDOW_HOURS),
+        max_retries: chat_field!(max_retries, defaults::MAX_RETRIES),
+        fallback_model_name: optional(field!(fallback_model_name, String::new())),
+        fallback_base_url: optional(field!(fallback_base_url, String::new())),
+        paused_until: None,
+        pause_cause: None,
         has_api_key,
         api_key_note,
+        has_fallback_api_key,
         will_reply: reason.is_none(),
         reason,
         position,
         key,
+        fallback_key,
+    }
+}
+
+/// An optional text setting: the empty default means "not set".
+fn optional(v: Sourced<String>) -> Sourced<Option<String>> {
+    Sourced {
+        value: (!v.value.is_empty()).then_some(v.value),
+        source: v.source,
     }
 }
 
@@ -512,5 +670,82 @@ mod tests {
             ChatKind::Private
         )
         .is_none());
+    }
+
+    #[test]
+    fn a_running_pause_turns_will_reply_off_until_it_ends_or_is_resumed() {
+        let mut h = History::new();
+        h.push(
+            "ai_global",
+            "global",
+            json!({"AiSettingsChanged":{"set":{"enabled":true,"echo_mode":true},"cleared":[]}}),
+        );
+        let until = "2026-11-25T10:30:00Z";
+        let ev = |t: &str, payload: serde_json::Value| StoredEvent {
+            position: 99,
+            aggregate_type: "chat".into(),
+            aggregate_id: "acme/1@s.whatsapp.net".into(),
+            sequence: 1,
+            event_type: t.into(),
+            event_version: "1".into(),
+            payload,
+            metadata: HashMap::new(),
+            recorded_at: Utc::now(),
+        };
+        let paused = ev(
+            "AiPaused",
+            json!({"AiPaused":{"until":until,"cause":"operator_send","message_id":"o1","at":"2026-11-25T10:00:00Z"}}),
+        );
+        assert!(crate::config::folds(&paused));
+        h.0.apply(&paused).unwrap();
+        let at = |s: &str| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .unwrap()
+                .with_timezone(&Utc)
+        };
+        let env = EnvLayer::default();
+        let during = resolve_at(
+            &h.0,
+            &env,
+            "acme",
+            "1@s.whatsapp.net",
+            ChatKind::Private,
+            at("2026-11-25T10:10:00Z"),
+        )
+        .unwrap();
+        assert!(!during.will_reply);
+        assert_eq!(during.paused_until, Some(at(until)));
+        assert!(during
+            .reason
+            .unwrap()
+            .starts_with("human takeover: an operator answered"));
+        let after = resolve_at(
+            &h.0,
+            &env,
+            "acme",
+            "1@s.whatsapp.net",
+            ChatKind::Private,
+            at("2026-11-25T10:31:00Z"),
+        )
+        .unwrap();
+        assert!(after.will_reply);
+        assert_eq!(after.paused_until, None);
+        h.0.apply(&ev(
+            "AiResumed",
+            json!({"AiResumed":{"at":"2026-11-25T10:05:00Z"}}),
+        ))
+        .unwrap();
+        let resumed = resolve_at(
+            &h.0,
+            &env,
+            "acme",
+            "1@s.whatsapp.net",
+            ChatKind::Private,
+            at("2026-11-25T10:10:00Z"),
+        )
+        .unwrap();
+        assert!(resumed.will_reply);
+        // Other chat events are not this model's business.
+        assert!(!crate::config::folds(&ev("MessageSent", json!({}))));
     }
 }

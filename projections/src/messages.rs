@@ -3,9 +3,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
-use wagate_events::chat::{ChatEvent, MessageKind, Source, TokenUsage};
+use wagate_events::chat::{ChatEvent, MessageKind, ModelAttempt, Source, TokenUsage};
 
 use crate::config::FoldError;
 use crate::StoredEvent;
@@ -82,6 +82,13 @@ pub struct AiLogRow {
     pub reply_text: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sent_message_id: Option<String>,
+    /// Burst debounce: the reply waits for more messages until then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<DateTime<Utc>>,
+    /// Every model attempt and its outcome (which model, `ok` or the failure class).
+    pub attempts: Vec<ModelAttempt>,
+    /// Whether the fallback model answered.
+    pub fallback: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// Position of the event that opened the row (the cursor of `GET /v1/ai/logs`).
@@ -102,6 +109,9 @@ pub struct MessagesModel {
     /// In the order replies were requested.
     pub ai_log: Vec<AiLogRow>,
     index: HashMap<String, usize>,
+    /// Model tokens (`total_tokens` of generated replies) per (account id, UTC day of the
+    /// event): the daily token budget counts these, so a replay counts the same.
+    pub tokens_by_day: HashMap<(String, NaiveDate), u64>,
 }
 
 fn parse(ev: &StoredEvent) -> Result<ChatEvent, FoldError> {
@@ -209,6 +219,7 @@ impl MessagesModel {
             ChatEvent::AiReplyRequested {
                 reply_id,
                 trigger_message_id,
+                not_before,
             } => {
                 self.index.insert(reply_id.clone(), self.ai_log.len());
                 self.ai_log.push(AiLogRow {
@@ -223,6 +234,9 @@ impl MessagesModel {
                     usage: None,
                     reply_text: None,
                     sent_message_id: None,
+                    not_before,
+                    attempts: vec![],
+                    fallback: false,
                     created_at: at,
                     updated_at: at,
                     position: ev.position,
@@ -240,13 +254,21 @@ impl MessagesModel {
                 model,
                 usage,
                 latency_ms,
+                attempts,
+                fallback,
             } => {
+                *self
+                    .tokens_by_day
+                    .entry((acc.to_string(), at.date_naive()))
+                    .or_default() += usage.total_tokens;
                 self.update(&reply_id, at, |r| {
                     r.status = ReplyStatus::Generated;
                     r.reply_text = Some(text);
                     r.model = Some(model);
                     r.usage = Some(usage);
                     r.latency_ms = Some(latency_ms);
+                    r.attempts = attempts;
+                    r.fallback = fallback;
                 });
             }
             ChatEvent::AiReplySent {
@@ -258,13 +280,22 @@ impl MessagesModel {
                     r.sent_message_id = Some(message_id);
                 });
             }
-            ChatEvent::AiReplyFailed { reply_id, reason } => {
+            ChatEvent::AiReplyFailed {
+                reply_id,
+                reason,
+                attempts,
+            } => {
                 self.update(&reply_id, at, |r| {
                     r.status = ReplyStatus::Failed;
                     r.reason = Some(reason);
+                    if !attempts.is_empty() {
+                        r.attempts = attempts;
+                    }
                 });
             }
-            ChatEvent::TypingIndicated { .. } => {}
+            ChatEvent::TypingIndicated { .. }
+            | ChatEvent::AiPaused { .. }
+            | ChatEvent::AiResumed { .. } => {}
             ChatEvent::MessageStatusUpdated {
                 message_id,
                 status,
@@ -295,6 +326,14 @@ impl MessagesModel {
             f(row);
             row.updated_at = at;
         }
+    }
+
+    /// Model tokens the account used on UTC day `day`.
+    pub fn tokens_on(&self, account_id: &str, day: NaiveDate) -> u64 {
+        self.tokens_by_day
+            .get(&(account_id.to_string(), day))
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn reply(&self, reply_id: &str) -> Option<&AiLogRow> {

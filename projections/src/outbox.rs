@@ -76,8 +76,14 @@ fn settings_change(e: &SettingsEvent) -> Option<Value> {
         SettingsEvent::AiApiKeyCleared { reason } => {
             json!({ "api_key": "cleared", "reason": reason })
         }
+        SettingsEvent::AiFallbackApiKeySet { .. } => json!({ "fallback_api_key": "set" }),
+        SettingsEvent::AiFallbackApiKeyCleared { reason } => {
+            json!({ "fallback_api_key": "cleared", "reason": reason })
+        }
         // The same key under a new master key: nothing a subscriber would see changed.
-        SettingsEvent::AiApiKeyResealed { .. } => return None,
+        SettingsEvent::AiApiKeyResealed { .. } | SettingsEvent::AiFallbackApiKeyResealed { .. } => {
+            return None
+        }
     })
 }
 
@@ -132,6 +138,15 @@ pub fn outgoing(ev: &StoredEvent, messages: &MessagesModel) -> Result<Vec<Outgoi
                     custom_system_prompt,
                 } => json!({ "mode": mode, "custom_system_prompt": custom_system_prompt }),
                 ChatSettingsEvent::ChatBlockedChanged { blocked } => json!({ "blocked": blocked }),
+                // Every control, `null` where the chat inherits.
+                ChatSettingsEvent::ChatControlsChanged { controls: c } => json!({
+                    "human_takeover_minutes": c.human_takeover_minutes,
+                    "debounce_seconds": c.debounce_seconds,
+                    "max_replies_per_chat_per_hour": c.max_replies_per_chat_per_hour,
+                    "max_history_tokens": c.max_history_tokens,
+                    "history_window_hours": c.history_window_hours,
+                    "max_retries": c.max_retries,
+                }),
             };
             vec![config_changed(ev, "chat", Some(acc), Some(jid), change)]
         }
@@ -187,7 +202,9 @@ pub fn outgoing(ev: &StoredEvent, messages: &MessagesModel) -> Result<Vec<Outgoi
                     data["message_id"] = json!(message_id);
                     vec![one("ai.reply.sent", data)]
                 }
-                ChatEvent::AiReplyFailed { reply_id, reason } => {
+                ChatEvent::AiReplyFailed {
+                    reply_id, reason, ..
+                } => {
                     let mut data =
                         reply_data(acc, jid, &reply_id, messages.reply(&reply_id), false);
                     data["reason"] = json!(reason);
@@ -200,9 +217,12 @@ pub fn outgoing(ev: &StoredEvent, messages: &MessagesModel) -> Result<Vec<Outgoi
                     vec![one("ai.reply.skipped", data)]
                 }
                 // Delivery receipts are not among the subscribable event types (yet).
+                // Pauses show in the effective config; no webhook type exists for them yet.
                 ChatEvent::AiReplyRequested { .. }
                 | ChatEvent::TypingIndicated { .. }
-                | ChatEvent::MessageStatusUpdated { .. } => vec![],
+                | ChatEvent::MessageStatusUpdated { .. }
+                | ChatEvent::AiPaused { .. }
+                | ChatEvent::AiResumed { .. } => vec![],
             }
         }
         _ => vec![],
@@ -263,6 +283,7 @@ mod tests {
                 ChatEvent::AiReplyRequested {
                     reply_id: "r1".into(),
                     trigger_message_id: "m1".into(),
+                    not_before: None,
                 },
             ),
             chat(
@@ -277,6 +298,8 @@ mod tests {
                         total_tokens: 5,
                     },
                     latency_ms: 42,
+                    attempts: vec![],
+                    fallback: false,
                 },
             ),
             chat(

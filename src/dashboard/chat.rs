@@ -392,6 +392,7 @@ pub async fn save_settings(
                 ChatSettingsCommand::SetAi {
                     mode,
                     custom_system_prompt: prompt,
+                    controls: Default::default(),
                 },
             )
             .await?;

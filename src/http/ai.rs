@@ -10,7 +10,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use wagate_events::account::AccountCommand;
 use wagate_events::ai_global::{AiGlobalCommand, GLOBAL_ID};
-use wagate_events::chat_settings::{self, ChatMode, ChatSettingsCommand};
+use wagate_events::chat_settings::{self, ChatControlsPatch, ChatMode, ChatSettingsCommand};
 use wagate_events::ids::{chat_kind, ChatKind};
 use wagate_events::settings::{self, origin_of, AiSettingsPatch, LayerState, Patch, SealedKey};
 use wagate_projections::effective::{self, defaults, Effective};
@@ -26,6 +26,8 @@ pub fn router() -> OpenApiRouter<SharedApp> {
         .routes(routes!(get_chat_ai, put_chat_ai))
         .routes(routes!(get_chat_blocked, put_chat_blocked))
         .routes(routes!(get_effective))
+        .routes(routes!(resume_chat_ai))
+        .routes(routes!(get_account_usage))
 }
 
 /// Longest API key accepted.
@@ -82,6 +84,54 @@ pub struct AiSettingsRequest {
     #[serde(default)]
     #[schema(value_type = Option<bool>)]
     pub echo_mode: Patch<bool>,
+    /// Human takeover: minutes the AI pauses in a chat after a person answers there (an
+    /// operator send, or the owner typing on the phone). 0..=10080; 0 = never pause. Default 30.
+    #[serde(default)]
+    #[schema(value_type = Option<u32>)]
+    pub human_takeover_minutes: Patch<u32>,
+    /// Burst debounce: customer messages within this many seconds get one reply. 0..=3600;
+    /// 0 = off (default).
+    #[serde(default)]
+    #[schema(value_type = Option<u32>)]
+    pub debounce_seconds: Patch<u32>,
+    /// AI replies per chat per hour; over it the reply is skipped. 0..=1000; 0 = no cap.
+    /// Default 30.
+    #[serde(default)]
+    #[schema(value_type = Option<u32>)]
+    pub max_replies_per_chat_per_hour: Patch<u32>,
+    /// Model tokens per account per UTC day; once used up, replies are skipped.
+    /// 0..=1000000000; 0 = no budget (default).
+    #[serde(default)]
+    #[schema(value_type = Option<u64>)]
+    pub daily_token_budget: Patch<u64>,
+    /// History budget of the prompt in estimated tokens (characters / 4, rounded up, + 4 per
+    /// message). 0..=1000000; 0 = only the 20-turn cap. Default 4000.
+    #[serde(default)]
+    #[schema(value_type = Option<u32>)]
+    pub max_history_tokens: Patch<u32>,
+    /// Turns older than this many hours stay out of the prompt. 0..=8760; 0 = no window
+    /// (default).
+    #[serde(default)]
+    #[schema(value_type = Option<u32>)]
+    pub history_window_hours: Patch<u32>,
+    /// Retries of a retryable model failure (timeout, 429, 5xx). 0..=10; default 2.
+    #[serde(default)]
+    #[schema(value_type = Option<u32>)]
+    pub max_retries: Patch<u32>,
+    /// The model asked when the primary one still fails after its retries.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub fallback_model_name: Patch<String>,
+    /// Base URL of the fallback model (default: the primary's).
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub fallback_base_url: Patch<String>,
+    /// Write-only key of the fallback model, for the origin of `fallback_base_url`; never
+    /// returned. Without one, the fallback gets the main key only when it has the main key's
+    /// origin. `null` clears it.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub fallback_api_key: Patch<String>,
 }
 
 /// One stored layer of AI settings: `null` where this layer does not set a value.
@@ -99,8 +149,19 @@ pub struct AiSettingsView {
     pub reply_to_groups: Option<bool>,
     pub reply_to_channels: Option<bool>,
     pub echo_mode: Option<bool>,
+    pub human_takeover_minutes: Option<u32>,
+    pub debounce_seconds: Option<u32>,
+    pub max_replies_per_chat_per_hour: Option<u32>,
+    pub daily_token_budget: Option<u64>,
+    pub max_history_tokens: Option<u32>,
+    pub history_window_hours: Option<u32>,
+    pub max_retries: Option<u32>,
+    pub fallback_model_name: Option<String>,
+    pub fallback_base_url: Option<String>,
     /// Whether this layer stores an API key (the key itself is never returned).
     pub has_api_key: bool,
+    /// Whether this layer stores a fallback API key.
+    pub has_fallback_api_key: bool,
     pub updated_at: Option<DateTime<Utc>>,
 }
 
@@ -120,47 +181,97 @@ impl AiSettingsView {
             reply_to_groups: s.reply_to_groups,
             reply_to_channels: s.reply_to_channels,
             echo_mode: s.echo_mode,
+            human_takeover_minutes: s.human_takeover_minutes,
+            debounce_seconds: s.debounce_seconds,
+            max_replies_per_chat_per_hour: s.max_replies_per_chat_per_hour,
+            daily_token_budget: s.daily_token_budget,
+            max_history_tokens: s.max_history_tokens,
+            history_window_hours: s.history_window_hours,
+            max_retries: s.max_retries,
+            fallback_model_name: s.fallback_model_name,
+            fallback_base_url: s.fallback_base_url,
             has_api_key: layer.api_key.is_some(),
+            has_fallback_api_key: layer.fallback_api_key.is_some(),
             updated_at,
         }
     }
 }
 
+/// Checks a write-only key from a request (`field` names it in the 400).
+fn checked_key<'a>(field: &'static str, key: &'a str) -> Result<&'a str, ApiError> {
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(ApiError::invalid(
+            field,
+            "must not be empty; send null to clear the key",
+        ));
+    }
+    if key.len() > MAX_API_KEY || key.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            field,
+            format!("at most {MAX_API_KEY} printable characters"),
+        ));
+    }
+    Ok(key)
+}
+
+/// What this layer stores today, for sealing keys with the origin they will be used with.
+struct LayerUrls<'a> {
+    base_url: Option<&'a str>,
+    fallback_base_url: Option<&'a str>,
+}
+
 /// Turns the request into a domain patch, sealing a new key for `owner` and the origin of the
-/// base URL it will be used with at this layer (`fallback_base` when this layer sets none).
+/// base URL it will be used with at this layer (`fallback_base` when this layer sets none). The
+/// fallback key is sealed for the origin of this layer's `fallback_base_url`, or of the base URL
+/// the main key would use when the layer sets none.
 fn to_patch(
     app: &SharedApp,
     req: AiSettingsRequest,
     owner: &str,
-    current_base: Option<&str>,
+    current: LayerUrls<'_>,
     fallback_base: &str,
 ) -> Result<AiSettingsPatch, ApiError> {
+    let base = match &req.base_url {
+        Patch::Set(url) => settings::normalize_base_url(url)?,
+        Patch::Clear => fallback_base.to_string(),
+        Patch::Keep => current.base_url.unwrap_or(fallback_base).to_string(),
+    };
     let api_key = match req.api_key {
         Patch::Keep => Patch::Keep,
         Patch::Clear => Patch::Clear,
         Patch::Set(key) => {
-            let key = key.trim();
-            if key.is_empty() {
-                return Err(ApiError::invalid(
-                    "api_key",
-                    "must not be empty; send null to clear the key",
-                ));
-            }
-            if key.len() > MAX_API_KEY || key.chars().any(char::is_control) {
-                return Err(ApiError::invalid(
-                    "api_key",
-                    format!("at most {MAX_API_KEY} printable characters"),
-                ));
-            }
-            let base = match &req.base_url {
-                Patch::Set(url) => settings::normalize_base_url(url)?,
-                Patch::Clear => fallback_base.to_string(),
-                Patch::Keep => current_base.unwrap_or(fallback_base).to_string(),
-            };
+            let key = checked_key("api_key", &key)?;
             let origin = origin_of(&base)
                 .ok_or_else(|| ApiError::invalid("base_url", "not an absolute http(s) URL"))?;
             Patch::Set(SealedKey {
                 sealed: app.seal_api_key(owner, key),
+                origin,
+            })
+        }
+    };
+    let fallback_api_key = match req.fallback_api_key {
+        Patch::Keep => Patch::Keep,
+        Patch::Clear => Patch::Clear,
+        Patch::Set(key) => {
+            let key = checked_key("fallback_api_key", &key)?;
+            let fallback_url = match &req.fallback_base_url {
+                Patch::Set(url) => settings::normalize_base_url(url).map_err(|e| match e {
+                    wagate_events::DomainError::Invalid { message, .. } => {
+                        ApiError::invalid("fallback_base_url", message)
+                    }
+                    other => other.into(),
+                })?,
+                Patch::Clear => base.clone(),
+                Patch::Keep => current
+                    .fallback_base_url
+                    .map_or_else(|| base.clone(), str::to_string),
+            };
+            let origin = origin_of(&fallback_url).ok_or_else(|| {
+                ApiError::invalid("fallback_base_url", "not an absolute http(s) URL")
+            })?;
+            Patch::Set(SealedKey {
+                sealed: app.seal_api_key(&crate::reply::fallback_owner(owner), key),
                 origin,
             })
         }
@@ -178,7 +289,17 @@ fn to_patch(
         reply_to_groups: req.reply_to_groups,
         reply_to_channels: req.reply_to_channels,
         echo_mode: req.echo_mode,
+        human_takeover_minutes: req.human_takeover_minutes,
+        debounce_seconds: req.debounce_seconds,
+        max_replies_per_chat_per_hour: req.max_replies_per_chat_per_hour,
+        daily_token_budget: req.daily_token_budget,
+        max_history_tokens: req.max_history_tokens,
+        history_window_hours: req.history_window_hours,
+        max_retries: req.max_retries,
+        fallback_model_name: req.fallback_model_name,
+        fallback_base_url: req.fallback_base_url,
         api_key,
+        fallback_api_key,
     })
 }
 
@@ -225,12 +346,15 @@ pub async fn change_global(
     who: &Who,
     req: AiSettingsRequest,
 ) -> Result<(), ApiError> {
-    let current = app.model().global.settings.base_url.clone();
+    let current = app.model().global.settings.clone();
     let patch = to_patch(
         app,
         req,
         "global",
-        current.as_deref(),
+        LayerUrls {
+            base_url: current.base_url.as_deref(),
+            fallback_base_url: current.fallback_base_url.as_deref(),
+        },
         &env_or_default_base(app),
     )?;
     app.execute(&app.global, GLOBAL_ID, AiGlobalCommand::Change(patch), who)
@@ -293,10 +417,14 @@ pub async fn change_account_ai(
             .base_url
             .clone()
             .unwrap_or_else(|| env_or_default_base(app));
-        (a.ai.settings.base_url.clone(), fallback)
+        (a.ai.settings.clone(), fallback)
     };
     let owner = format!("account:{acc}");
-    let patch = to_patch(app, req, &owner, current.as_deref(), &fallback)?;
+    let urls = LayerUrls {
+        base_url: current.base_url.as_deref(),
+        fallback_base_url: current.fallback_base_url.as_deref(),
+    };
+    let patch = to_patch(app, req, &owner, urls, &fallback)?;
     app.execute(&app.accounts, acc, AccountCommand::ChangeAi(patch), who)
         .await?;
     Ok(())
@@ -312,6 +440,13 @@ pub struct ChatAiView {
     pub mode: ChatMode,
     pub custom_system_prompt: Option<String>,
     pub blocked: bool,
+    /// This chat's own conversation controls (`null`: inherited from the account).
+    pub human_takeover_minutes: Option<u32>,
+    pub debounce_seconds: Option<u32>,
+    pub max_replies_per_chat_per_hour: Option<u32>,
+    pub max_history_tokens: Option<u32>,
+    pub history_window_hours: Option<u32>,
+    pub max_retries: Option<u32>,
 }
 
 /// The per-chat toggle of the seed. Omitted fields keep their value.
@@ -326,6 +461,26 @@ pub struct ChatAiRequest {
     #[serde(default)]
     #[schema(value_type = Option<String>)]
     pub custom_system_prompt: Patch<String>,
+    /// Conversation controls for this chat only, with the ranges of the account layer; `null`
+    /// inherits. (`daily_token_budget` and the fallback model are per account.)
+    #[serde(default)]
+    #[schema(value_type = Option<u32>)]
+    pub human_takeover_minutes: Patch<u32>,
+    #[serde(default)]
+    #[schema(value_type = Option<u32>)]
+    pub debounce_seconds: Patch<u32>,
+    #[serde(default)]
+    #[schema(value_type = Option<u32>)]
+    pub max_replies_per_chat_per_hour: Patch<u32>,
+    #[serde(default)]
+    #[schema(value_type = Option<u32>)]
+    pub max_history_tokens: Patch<u32>,
+    #[serde(default)]
+    #[schema(value_type = Option<u32>)]
+    pub history_window_hours: Patch<u32>,
+    #[serde(default)]
+    #[schema(value_type = Option<u32>)]
+    pub max_retries: Patch<u32>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -358,6 +513,12 @@ fn chat_view(app: &SharedApp, acc: &str, jid: &str) -> ChatAiView {
         mode: c.mode,
         custom_system_prompt: c.custom_system_prompt,
         blocked: c.blocked,
+        human_takeover_minutes: c.controls.human_takeover_minutes,
+        debounce_seconds: c.controls.debounce_seconds,
+        max_replies_per_chat_per_hour: c.controls.max_replies_per_chat_per_hour,
+        max_history_tokens: c.controls.max_history_tokens,
+        history_window_hours: c.controls.history_window_hours,
+        max_retries: c.controls.max_retries,
     }
 }
 
@@ -375,7 +536,8 @@ async fn get_chat_ai(
     Ok(Json(chat_view(&app, &acc, &jid)))
 }
 
-/// Sets a chat's AI mode (`inherit|enabled|disabled`) and custom system prompt.
+/// Sets a chat's AI mode (`inherit|enabled|disabled`), custom system prompt and its own
+/// conversation controls.
 #[utoipa::path(put, path = "/v1/accounts/{acc}/chats/{jid}/ai", tag = "ai",
     params(("acc" = String, Path), ("jid" = String, Path, description = "WhatsApp JID, URL-encoded")),
     request_body = ChatAiRequest,
@@ -391,6 +553,14 @@ async fn put_chat_ai(
     let cmd = ChatSettingsCommand::SetAi {
         mode: req.mode,
         custom_system_prompt: req.custom_system_prompt,
+        controls: ChatControlsPatch {
+            human_takeover_minutes: req.human_takeover_minutes,
+            debounce_seconds: req.debounce_seconds,
+            max_replies_per_chat_per_hour: req.max_replies_per_chat_per_hour,
+            max_history_tokens: req.max_history_tokens,
+            history_window_hours: req.history_window_hours,
+            max_retries: req.max_retries,
+        },
     };
     change_chat(&app, &caller.who(), &acc, &jid, cmd).await?;
     Ok(Json(chat_view(&app, &acc, &jid)))
@@ -444,6 +614,82 @@ async fn put_chat_blocked(
     Ok(Json(chat_view(&app, &acc, &jid)))
 }
 
+/// Ends a human-takeover pause in a chat now (the AI answers the next customer message). A chat
+/// that is not paused is left as it is. Answers the effective config after the change.
+#[utoipa::path(post, path = "/v1/accounts/{acc}/chats/{jid}/ai/resume", tag = "ai",
+    params(("acc" = String, Path), ("jid" = String, Path, description = "WhatsApp JID, URL-encoded")),
+    responses((status = 200, description = "effective config after the resume", body = Object),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("admin_jwt" = []), ("account_token" = [])))]
+async fn resume_chat_ai(
+    State(app): State<SharedApp>,
+    caller: Caller,
+    ApiPath((acc, jid)): ApiPath<(String, String)>,
+) -> Result<Json<Effective>, ApiError> {
+    let kind = chat_target(&app, &caller, &acc, &jid)?;
+    let meta = caller.who().metadata();
+    let resumed = app
+        .gateway()?
+        .ask(&acc, &jid, |reply| wagate_actors::chat::ChatMsg::Resume {
+            meta: meta.clone(),
+            reply,
+        })
+        .await?;
+    if resumed {
+        tracing::info!(account = %acc, "AI resumed in a chat by request");
+    }
+    app.catch_up().await?;
+    effective::resolve(&app.model(), &app.env_layer, &acc, &jid, kind)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("account not found"))
+}
+
+/// An account's model token use today and its daily budget.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccountUsage {
+    pub account_id: String,
+    /// The UTC day counted.
+    pub day: chrono::NaiveDate,
+    /// `total_tokens` of the replies generated today (UTC), folded from the reply events.
+    pub tokens_used: u64,
+    /// The effective `daily_token_budget` of the account (0 = no budget).
+    pub daily_token_budget: u64,
+    /// Tokens left today (`null` without a budget).
+    pub tokens_remaining: Option<u64>,
+}
+
+/// Token use of an account today (UTC) against its `daily_token_budget`.
+#[utoipa::path(get, path = "/v1/accounts/{acc}/ai/usage", tag = "ai", params(("acc" = String, Path)),
+    responses((status = 200, body = AccountUsage), (status = 404, body = ErrorBody)),
+    security(("admin_jwt" = []), ("account_token" = [])))]
+async fn get_account_usage(
+    State(app): State<SharedApp>,
+    caller: Caller,
+    ApiPath(acc): ApiPath<String>,
+) -> Result<Json<AccountUsage>, ApiError> {
+    caller.require_account(&acc)?;
+    let budget = {
+        let m = app.model();
+        let a = m
+            .account(&acc)
+            .ok_or_else(|| ApiError::not_found("account not found"))?;
+        a.ai.settings
+            .daily_token_budget
+            .or(m.global.settings.daily_token_budget)
+            .or(app.env_layer.settings.daily_token_budget)
+            .unwrap_or(defaults::DAILY_TOKEN_BUDGET)
+    };
+    let day = Utc::now().date_naive();
+    let tokens_used = app.messages().tokens_on(&acc, day);
+    Ok(Json(AccountUsage {
+        account_id: acc,
+        day,
+        tokens_used,
+        daily_token_budget: budget,
+        tokens_remaining: (budget > 0).then(|| budget.saturating_sub(tokens_used)),
+    }))
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct AsOfQuery {
@@ -466,11 +712,15 @@ async fn get_effective(
 ) -> Result<Json<Effective>, ApiError> {
     caller.require_account(&acc)?;
     let kind = chat_kind(&jid, "jid")?;
+    // Chat actors commit pauses without waiting for the read model: fold what is committed so
+    // the answer reflects every write that finished before this request.
+    app.catch_up().await?;
     let resolved = match q.as_of.as_deref().map(str::trim) {
         None | Some("") => effective::resolve(&app.model(), &app.env_layer, &acc, &jid, kind),
         Some(raw) => {
-            let position = match raw.parse::<i64>() {
-                Ok(p) if p >= 0 => p,
+            // A pause counts as of the time asked about (now, for a position).
+            let (position, at) = match raw.parse::<i64>() {
+                Ok(p) if p >= 0 => (p, Utc::now()),
                 Ok(_) => return Err(ApiError::invalid("as_of", "a position is >= 0")),
                 Err(_) => {
                     let t = DateTime::parse_from_rfc3339(raw)
@@ -481,14 +731,16 @@ async fn get_effective(
                             )
                         })?
                         .with_timezone(&Utc);
-                    app.store
+                    let p = app
+                        .store
                         .position_at(t)
                         .await
-                        .map_err(crate::app::AppError::from)?
+                        .map_err(crate::app::AppError::from)?;
+                    (p, t)
                 }
             };
             let model = app.model_at(position).await?;
-            effective::resolve(&model, &app.env_layer, &acc, &jid, kind)
+            effective::resolve_at(&model, &app.env_layer, &acc, &jid, kind, at)
         }
     };
     resolved

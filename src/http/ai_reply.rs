@@ -216,6 +216,7 @@ pub async fn run_test(
         temperature: cfg.temperature,
         max_tokens: cfg.max_tokens,
         timeout: cfg.timeout,
+        max_attempts: cfg.max_retries.saturating_add(1),
     };
     let client = app.model_client();
     let reply = client.complete(&to_request(call)).await.map_err(|e| {

@@ -140,6 +140,8 @@ pub struct ChatSummary {
     /// The chat's AI mode: `inherit`, `enabled` or `disabled`.
     pub ai_mode: String,
     pub blocked: bool,
+    /// Human takeover: the AI does not answer in this chat before this time (`null`: not paused).
+    pub ai_paused_until: Option<DateTime<Utc>>,
 }
 
 /// The account's chats, most recent first.
@@ -162,6 +164,7 @@ async fn list_chats(
 /// The account's chats from the read models, most recent first (shared by the API and the
 /// dashboard; call `catch_up` first to read the latest).
 pub fn chat_summaries(app: &SharedApp, acc: &str) -> Vec<ChatSummary> {
+    let now = Utc::now();
     let config = app.model();
     let messages = app.messages();
     let mut items: Vec<ChatSummary> = messages
@@ -170,7 +173,12 @@ pub fn chat_summaries(app: &SharedApp, acc: &str) -> Vec<ChatSummary> {
         .take_while(|((a, _), _)| a == acc)
         .map(|((_, jid), view)| {
             let settings = config.chat(acc, jid).cloned().unwrap_or_default();
+            let ai_paused_until = config
+                .pause(acc, jid)
+                .map(|p| p.until)
+                .filter(|until| *until > now);
             ChatSummary {
+                ai_paused_until,
                 chat_id: jid.clone(),
                 chat_kind: chat_kind(jid, "jid")
                     .map(|k| {

@@ -7,6 +7,7 @@ mod ai_config;
 mod auth;
 mod bad_input;
 mod cloud_api;
+mod control;
 mod crash;
 mod dashboard;
 mod events;

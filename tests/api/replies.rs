@@ -161,7 +161,8 @@ async fn history_of_twenty_with_roles(app: TestApp) {
         .respond_with(ResponseTemplate::new(200).set_body_json(completion("ok")))
         .mount(&stub)
         .await;
-    configure(&app, &stub, json!({})).await;
+    // The operator's answers must not pause the AI here (human takeover is tested in control.rs).
+    configure(&app, &stub, json!({"human_takeover_minutes": 0})).await;
     app.create_account("acme").await;
     let chat_ai = format!("/v1/accounts/acme/chats/{JID}/ai");
     app.admin(
