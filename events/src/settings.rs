@@ -123,6 +123,15 @@ impl<T> Patch<T> {
     pub fn is_keep(&self) -> bool {
         matches!(self, Patch::Keep)
     }
+
+    /// The same change with the value converted.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Patch<U> {
+        match self {
+            Patch::Keep => Patch::Keep,
+            Patch::Clear => Patch::Clear,
+            Patch::Set(v) => Patch::Set(f(v)),
+        }
+    }
 }
 
 /// An API key sealed by the gateway's keyring (base64 of version || key id || nonce ||

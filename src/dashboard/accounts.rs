@@ -7,16 +7,15 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use maud::html;
 use wagate_events::account::Transport;
-use wagate_events::settings::Patch;
 
-use super::ai::{self as layer, Done, FIELD_NAMES};
+use super::ai::{self as layer, Done};
 use super::render::{self, FormState, Section};
 use super::session::{Posted, Session};
 use crate::app::SharedApp;
 use crate::http::accounts::{
     create, delete, issue_token, CloudApiRequest, CreateAccountRequest, CreatedToken,
 };
-use crate::http::ai::{change_account_ai, AiSettingsRequest};
+use crate::http::ai::change_account_ai;
 use crate::http::error::ApiError;
 use crate::http::extract::Caller;
 use crate::http::messages::{chat_summaries, inject_inbound, InboundRequest};
@@ -348,7 +347,7 @@ pub async fn save_ai(
             .await
             .map_err(|e| {
                 let mut state = FormState::from_fields(&fields);
-                state.api_error(e, &FIELD_NAMES);
+                state.api_error(e, &layer::field_names());
                 state
             }),
     };
@@ -369,12 +368,13 @@ pub async fn clear_key(
     Path(acc): Path<String>,
     posted: Posted,
 ) -> Response {
-    let req = AiSettingsRequest {
-        api_key: Patch::Clear,
-        ..AiSettingsRequest::default()
-    };
-    match change_account_ai(&app, &posted.session.who(), &acc, req).await {
-        Ok(()) => render::see_other(&format!("/accounts/{}?done=key_cleared", render::enc(&acc))),
+    let kind = layer::KeyKind::from_form(&posted.fields);
+    match change_account_ai(&app, &posted.session.who(), &acc, kind.clear_request()).await {
+        Ok(()) => render::see_other(&format!(
+            "/accounts/{}?done={}",
+            render::enc(&acc),
+            kind.cleared_notice()
+        )),
         Err(e) => render::api_error_page(&e),
     }
 }

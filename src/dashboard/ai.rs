@@ -7,10 +7,10 @@ use axum::extract::{Query, State};
 use axum::response::Response;
 use maud::{html, Markup};
 use serde::Deserialize;
-use wagate_events::chat_settings::ChatSettings;
+use wagate_events::chat_settings::{ChatControls, ChatControlsPatch, ChatSettings};
 use wagate_events::ids::ChatKind;
-use wagate_events::settings::{AiSettings, LayerState, Patch};
-use wagate_projections::effective::{self, defaults, Effective, Source, Target};
+use wagate_events::settings::{self, AiSettings, LayerState, Patch, SealedKey};
+use wagate_projections::effective::{self, defaults, Effective, Source, Sourced, Target};
 
 use super::render::{self, FormState, Section};
 use super::session::{Fields, Posted, Session};
@@ -25,97 +25,185 @@ enum Kind {
     Url,
     Prompt,
     Float { min: f64, max: f64 },
-    Int { min: u32, max: u32 },
+    Int { min: u64, max: u64 },
+}
+
+/// Where a field sits on the form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Group {
+    /// The model and when to reply.
+    Reply,
+    /// Conversation control (ADR 0007): takeover, debounce, limits, history, retries, fallback.
+    Control,
 }
 
 struct FieldDef {
     name: &'static str,
     label: &'static str,
     kind: Kind,
+    group: Group,
+    /// What the setting does, shown under the field.
+    help: &'static str,
 }
 
-const FIELDS: [FieldDef; 12] = [
+const fn field(name: &'static str, label: &'static str, kind: Kind) -> FieldDef {
     FieldDef {
-        name: "enabled",
-        label: "AI auto-reply enabled",
-        kind: Kind::Bool,
-    },
+        name,
+        label,
+        kind,
+        group: Group::Reply,
+        help: "",
+    }
+}
+
+const fn control(
+    name: &'static str,
+    label: &'static str,
+    kind: Kind,
+    help: &'static str,
+) -> FieldDef {
     FieldDef {
-        name: "base_url",
-        label: "Base URL (OpenAI-compatible API)",
-        kind: Kind::Url,
-    },
-    FieldDef {
-        name: "model_name",
-        label: "Model",
-        kind: Kind::Text,
-    },
-    FieldDef {
-        name: "default_system_prompt",
-        label: "Default system prompt",
-        kind: Kind::Prompt,
-    },
-    FieldDef {
-        name: "temperature",
-        label: "Temperature (0–2)",
-        kind: Kind::Float { min: 0.0, max: 2.0 },
-    },
-    FieldDef {
-        name: "max_tokens",
-        label: "Max tokens (1–32768)",
-        kind: Kind::Int {
+        name,
+        label,
+        kind,
+        group: Group::Control,
+        help,
+    }
+}
+
+const FIELDS: [FieldDef; 21] = [
+    field("enabled", "AI auto-reply enabled", Kind::Bool),
+    field("base_url", "Base URL (OpenAI-compatible API)", Kind::Url),
+    field("model_name", "Model", Kind::Text),
+    field(
+        "default_system_prompt",
+        "Default system prompt",
+        Kind::Prompt,
+    ),
+    field(
+        "temperature",
+        "Temperature (0–2)",
+        Kind::Float { min: 0.0, max: 2.0 },
+    ),
+    field(
+        "max_tokens",
+        "Max tokens (1–32768)",
+        Kind::Int {
             min: 1,
             max: 32_768,
         },
-    },
-    FieldDef {
-        name: "timeout_seconds",
-        label: "Timeout, seconds (1–600)",
-        kind: Kind::Int { min: 1, max: 600 },
-    },
-    FieldDef {
-        name: "reply_delay_seconds",
-        label: "Reply delay, seconds (0–3600)",
-        kind: Kind::Int { min: 0, max: 3600 },
-    },
-    FieldDef {
-        name: "reply_to_private",
-        label: "Reply in private chats",
-        kind: Kind::Bool,
-    },
-    FieldDef {
-        name: "reply_to_groups",
-        label: "Reply in groups",
-        kind: Kind::Bool,
-    },
-    FieldDef {
-        name: "reply_to_channels",
-        label: "Reply in channels",
-        kind: Kind::Bool,
-    },
-    FieldDef {
-        name: "echo_mode",
-        label: "Echo mode (reply with the incoming text, no model call)",
-        kind: Kind::Bool,
-    },
+    ),
+    field(
+        "timeout_seconds",
+        "Timeout, seconds (1–600)",
+        Kind::Int { min: 1, max: 600 },
+    ),
+    field(
+        "reply_delay_seconds",
+        "Reply delay, seconds (0–3600)",
+        Kind::Int { min: 0, max: 3600 },
+    ),
+    field("reply_to_private", "Reply in private chats", Kind::Bool),
+    field("reply_to_groups", "Reply in groups", Kind::Bool),
+    field("reply_to_channels", "Reply in channels", Kind::Bool),
+    field(
+        "echo_mode",
+        "Echo mode (reply with the incoming text, no model call)",
+        Kind::Bool,
+    ),
+    control(
+        "human_takeover_minutes",
+        "Human takeover, minutes (0–10080)",
+        Kind::Int {
+            min: 0,
+            max: settings::MAX_TAKEOVER_MINUTES as u64,
+        },
+        "When a person answers in a chat (a send from this dashboard or the API, or the owner \
+         typing on the phone), the AI stays quiet there for this long. 0 = never step back. \
+         Resume early from the chat page.",
+    ),
+    control(
+        "debounce_seconds",
+        "Burst debounce, seconds (0–3600)",
+        Kind::Int {
+            min: 0,
+            max: settings::MAX_DEBOUNCE_SECONDS as u64,
+        },
+        "Customer messages arriving within this window get one reply that answers all of them; \
+         each new message restarts the window. 0 = off.",
+    ),
+    control(
+        "max_replies_per_chat_per_hour",
+        "Max AI replies per chat per hour (0–1000)",
+        Kind::Int {
+            min: 0,
+            max: settings::MAX_REPLIES_PER_HOUR as u64,
+        },
+        "Over the cap a reply is skipped (logged and sent to webhooks as ai.reply.skipped). \
+         0 = no cap.",
+    ),
+    control(
+        "daily_token_budget",
+        "Daily token budget per account (0–1000000000)",
+        Kind::Int {
+            min: 0,
+            max: settings::MAX_DAILY_TOKEN_BUDGET,
+        },
+        "Model tokens an account may use per UTC day, counted from the usage the model reports. \
+         Once used up, replies are skipped until midnight UTC. 0 = no budget.",
+    ),
+    control(
+        "max_history_tokens",
+        "History budget, estimated tokens (0–1000000)",
+        Kind::Int {
+            min: 0,
+            max: settings::MAX_HISTORY_TOKENS as u64,
+        },
+        "The prompt keeps the newest messages (at most 20) that fit, estimating a message as \
+         its characters / 4 (rounded up) + 4 tokens. 0 = only the 20-message cap.",
+    ),
+    control(
+        "history_window_hours",
+        "History window, hours (0–8760)",
+        Kind::Int {
+            min: 0,
+            max: settings::MAX_HISTORY_WINDOW_HOURS as u64,
+        },
+        "Messages older than this stay out of the prompt. 0 = no window.",
+    ),
+    control(
+        "max_retries",
+        "Retries of a failed model call (0–10)",
+        Kind::Int {
+            min: 0,
+            max: settings::MAX_RETRIES as u64,
+        },
+        "A timeout, 429 or 5xx is retried with backoff this many times before the fallback \
+         model (if any) is asked.",
+    ),
+    control(
+        "fallback_model_name",
+        "Fallback model",
+        Kind::Text,
+        "Answers when the main model still fails after the retries. Empty = no fallback.",
+    ),
+    control(
+        "fallback_base_url",
+        "Fallback base URL",
+        Kind::Url,
+        "Where the fallback model is served; empty = the main base URL. A different origin \
+         needs its own fallback API key below.",
+    ),
 ];
 
 /// Names of the layer form's fields (for placing service errors).
-pub const FIELD_NAMES: [&str; 13] = [
-    "enabled",
-    "base_url",
-    "model_name",
-    "default_system_prompt",
-    "temperature",
-    "max_tokens",
-    "timeout_seconds",
-    "reply_delay_seconds",
-    "reply_to_private",
-    "reply_to_groups",
-    "reply_to_channels",
-    "echo_mode",
-    "api_key",
-];
+pub fn field_names() -> Vec<&'static str> {
+    FIELDS
+        .iter()
+        .map(|f| f.name)
+        .chain(["api_key", "fallback_api_key"])
+        .collect()
+}
 
 fn bool_str(v: Option<bool>) -> String {
     v.map(|b| b.to_string()).unwrap_or_default()
@@ -146,6 +234,27 @@ pub fn layer_values(s: &AiSettings) -> FormState {
         ("reply_to_groups", bool_str(s.reply_to_groups)),
         ("reply_to_channels", bool_str(s.reply_to_channels)),
         ("echo_mode", bool_str(s.echo_mode)),
+        (
+            "human_takeover_minutes",
+            opt_str(s.human_takeover_minutes.as_ref()),
+        ),
+        ("debounce_seconds", opt_str(s.debounce_seconds.as_ref())),
+        (
+            "max_replies_per_chat_per_hour",
+            opt_str(s.max_replies_per_chat_per_hour.as_ref()),
+        ),
+        ("daily_token_budget", opt_str(s.daily_token_budget.as_ref())),
+        ("max_history_tokens", opt_str(s.max_history_tokens.as_ref())),
+        (
+            "history_window_hours",
+            opt_str(s.history_window_hours.as_ref()),
+        ),
+        ("max_retries", opt_str(s.max_retries.as_ref())),
+        (
+            "fallback_model_name",
+            opt_str(s.fallback_model_name.as_ref()),
+        ),
+        ("fallback_base_url", opt_str(s.fallback_base_url.as_ref())),
     ])
 }
 
@@ -161,6 +270,14 @@ fn source_name(s: Source) -> &'static str {
 
 fn on_off(b: bool) -> String {
     if b { "on" } else { "off" }.to_string()
+}
+
+fn num<T: ToString>(v: &Sourced<T>) -> (String, Source) {
+    (v.value.to_string(), v.source)
+}
+
+fn none_or(v: &Sourced<Option<String>>) -> (String, Source) {
+    (v.value.clone().unwrap_or_else(|| "none".into()), v.source)
 }
 
 /// A resolved field as display text and its source.
@@ -189,6 +306,24 @@ pub fn effective_field(e: &Effective, name: &str) -> Option<(String, Source)> {
             e.reply_to_channels.source,
         ),
         "echo_mode" => (on_off(e.echo_mode.value), e.echo_mode.source),
+        "human_takeover_minutes" => num(&e.human_takeover_minutes),
+        "debounce_seconds" => num(&e.debounce_seconds),
+        "max_replies_per_chat_per_hour" => num(&e.max_replies_per_chat_per_hour),
+        "daily_token_budget" => num(&e.daily_token_budget),
+        "max_history_tokens" => num(&e.max_history_tokens),
+        "history_window_hours" => num(&e.history_window_hours),
+        "max_retries" => num(&e.max_retries),
+        "fallback_model_name" => none_or(&e.fallback_model_name),
+        "fallback_base_url" => none_or(&e.fallback_base_url),
+        "has_fallback_api_key" => (
+            if e.has_fallback_api_key.value {
+                "set"
+            } else {
+                "not set"
+            }
+            .to_string(),
+            e.has_fallback_api_key.source,
+        ),
         "has_api_key" => (
             if e.has_api_key.value {
                 "set"
@@ -267,15 +402,27 @@ pub fn parse_layer_form(f: &Fields) -> Result<AiSettingsRequest, FormState> {
                 }
             }
             (name, Kind::Int { min, max }) => {
-                let p = patch!(trimmed
-                    .parse::<u32>()
+                let p: Patch<u64> = patch!(trimmed
+                    .parse::<u64>()
                     .ok()
                     .filter(|v| (min..=max).contains(v))
                     .ok_or(format!("a whole number from {min} to {max}")));
+                if name == "daily_token_budget" {
+                    req.daily_token_budget = p;
+                    continue;
+                }
+                // Every other whole-number field is a u32 and its range fits one.
+                let p = p.map(|v| u32::try_from(v).unwrap_or(u32::MAX));
                 match name {
                     "max_tokens" => req.max_tokens = p,
                     "timeout_seconds" => req.timeout_seconds = p,
-                    _ => req.reply_delay_seconds = p,
+                    "reply_delay_seconds" => req.reply_delay_seconds = p,
+                    "human_takeover_minutes" => req.human_takeover_minutes = p,
+                    "debounce_seconds" => req.debounce_seconds = p,
+                    "max_replies_per_chat_per_hour" => req.max_replies_per_chat_per_hour = p,
+                    "max_history_tokens" => req.max_history_tokens = p,
+                    "history_window_hours" => req.history_window_hours = p,
+                    _ => req.max_retries = p,
                 }
             }
             (_, Kind::Float { min, max }) => {
@@ -287,6 +434,12 @@ pub fn parse_layer_form(f: &Fields) -> Result<AiSettingsRequest, FormState> {
             }
             ("base_url", _) => req.base_url = patch!(Ok::<_, String>(trimmed.to_string())),
             ("model_name", _) => req.model_name = patch!(Ok::<_, String>(trimmed.to_string())),
+            ("fallback_model_name", _) => {
+                req.fallback_model_name = patch!(Ok::<_, String>(trimmed.to_string()))
+            }
+            ("fallback_base_url", _) => {
+                req.fallback_base_url = patch!(Ok::<_, String>(trimmed.to_string()))
+            }
             (_, _) => {
                 // Keep the prompt as typed, with browser line ends normalized.
                 req.default_system_prompt = patch!(Ok::<_, String>(
@@ -298,10 +451,92 @@ pub fn parse_layer_form(f: &Fields) -> Result<AiSettingsRequest, FormState> {
     if let Some(key) = f.opt("api_key").filter(|k| !k.trim().is_empty()) {
         req.api_key = Patch::Set(key.to_string());
     }
+    if let Some(key) = f.opt("fallback_api_key").filter(|k| !k.trim().is_empty()) {
+        req.fallback_api_key = Patch::Set(key.to_string());
+    }
     if state.failed() {
         Err(state)
     } else {
         Ok(req)
+    }
+}
+
+/// The conversation controls a chat may override from its gear (`ChatControls`).
+pub const CHAT_CONTROLS: [&str; 6] = [
+    "human_takeover_minutes",
+    "debounce_seconds",
+    "max_replies_per_chat_per_hour",
+    "max_history_tokens",
+    "history_window_hours",
+    "max_retries",
+];
+
+/// A chat's own controls as form values (empty = inherit).
+pub fn chat_control_values(c: &ChatControls, state: &mut FormState) {
+    for (name, v) in [
+        ("human_takeover_minutes", c.human_takeover_minutes),
+        ("debounce_seconds", c.debounce_seconds),
+        (
+            "max_replies_per_chat_per_hour",
+            c.max_replies_per_chat_per_hour,
+        ),
+        ("max_history_tokens", c.max_history_tokens),
+        ("history_window_hours", c.history_window_hours),
+        ("max_retries", c.max_retries),
+    ] {
+        state.values.insert(name.into(), opt_str(v.as_ref()));
+    }
+}
+
+/// Parses the chat gear's controls with the ranges of the layers: absent keeps, empty clears
+/// (inherit), a value sets; errors are reported on `state`.
+pub fn parse_chat_controls(f: &Fields, state: &mut FormState) -> ChatControlsPatch {
+    let mut patch = ChatControlsPatch::default();
+    for def in FIELDS.iter().filter(|d| CHAT_CONTROLS.contains(&d.name)) {
+        let Kind::Int { min, max } = def.kind else {
+            continue;
+        };
+        let Some(raw) = f.opt(def.name) else { continue };
+        let raw = raw.trim();
+        let p = if raw.is_empty() {
+            Patch::Clear
+        } else {
+            match raw
+                .parse::<u32>()
+                .ok()
+                .filter(|v| (min..=max).contains(&u64::from(*v)))
+            {
+                Some(v) => Patch::Set(v),
+                None => {
+                    state.invalid(def.name, format!("a whole number from {min} to {max}"));
+                    Patch::Keep
+                }
+            }
+        };
+        match def.name {
+            "human_takeover_minutes" => patch.human_takeover_minutes = p,
+            "debounce_seconds" => patch.debounce_seconds = p,
+            "max_replies_per_chat_per_hour" => patch.max_replies_per_chat_per_hour = p,
+            "max_history_tokens" => patch.max_history_tokens = p,
+            "history_window_hours" => patch.history_window_hours = p,
+            _ => patch.max_retries = p,
+        }
+    }
+    patch
+}
+
+/// The chat gear's control inputs; `inherit` is what the chat gets without its own values.
+pub fn chat_control_fields(inherit: &Effective, state: &FormState) -> Markup {
+    html! {
+        fieldset.controls #chat-controls {
+            legend { "Conversation control for this chat" }
+            p.hint { "Empty = the account / global value (shown under each field)." }
+            div.grid {
+                @for def in FIELDS.iter().filter(|d| CHAT_CONTROLS.contains(&d.name)) {
+                    (layer_field(def, inherit, state))
+                }
+            }
+        }
     }
 }
 
@@ -320,46 +555,127 @@ pub fn layer_form(
             (render::form_error(state))
             p.hint { "Leave a field empty (or choose “inherit”) to use the value from " (below) "." }
             div.grid {
-                @for def in &FIELDS {
+                @for def in FIELDS.iter().filter(|d| d.group == Group::Reply) {
                     (layer_field(def, inherit, state))
                 }
             }
-            fieldset.key {
-                legend { "API key" }
-                @if let Some(k) = &layer.api_key {
-                    p { strong.badge.ok { "key set" } " for " code { (k.origin) } }
-                } @else {
-                    p { span.badge { "no key at this layer" } " — effective: "
-                        @if let Some((v, src)) = effective_field(inherit, "has_api_key") {
-                            (v) " (" (source_name(src)) ")"
-                        }
+            (key_fieldset(KeyKind::Main, layer.api_key.as_ref(), inherit, state))
+            fieldset.controls #conversation-control {
+                legend { "Conversation control" }
+                p.hint { "How the AI shares a chat with people, how much it may spend, and what happens when the model fails. "
+                    "A chat can override the per-chat controls from its gear." }
+                div.grid {
+                    @for def in FIELDS.iter().filter(|d| d.group == Group::Control) {
+                        (layer_field(def, inherit, state))
                     }
                 }
-                @let id = "layer-api_key";
-                div.field {
-                    label for=(id) { @if layer.api_key.is_some() { "Replace API key" } @else { "Set API key" } }
-                    input id=(id) name="api_key" type="password" autocomplete="off" value=""
-                        aria-invalid=[state.error("api_key").map(|_| "true")]
-                        aria-describedby=(format!("{id}-hint"));
-                    p.hint id=(format!("{id}-hint")) {
-                        "Write-only: stored encrypted and never shown again. Leave empty to keep the current key."
-                        @if state.failed() { " Re-enter the key if you were setting one." }
-                    }
-                    (render::field_error(state, id, "api_key"))
-                }
+                (key_fieldset(KeyKind::Fallback, layer.fallback_api_key.as_ref(), inherit, state))
             }
             button type="submit" { "Save" }
         }
     }
 }
 
-/// The "clear key" action, next to the layer form.
+/// Which write-only key a control is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    Main,
+    Fallback,
+}
+
+impl KeyKind {
+    fn field(self) -> &'static str {
+        match self {
+            KeyKind::Main => "api_key",
+            KeyKind::Fallback => "fallback_api_key",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            KeyKind::Main => "API key",
+            KeyKind::Fallback => "fallback API key",
+        }
+    }
+
+    /// From the clear-key form's `which` field (absent: the main key).
+    pub fn from_form(f: &Fields) -> Self {
+        match f.opt("which") {
+            Some("fallback") => KeyKind::Fallback,
+            _ => KeyKind::Main,
+        }
+    }
+
+    /// The request that clears this key.
+    pub fn clear_request(self) -> AiSettingsRequest {
+        let mut req = AiSettingsRequest::default();
+        match self {
+            KeyKind::Main => req.api_key = Patch::Clear,
+            KeyKind::Fallback => req.fallback_api_key = Patch::Clear,
+        }
+        req
+    }
+
+    /// The `done` notice after clearing it.
+    pub fn cleared_notice(self) -> &'static str {
+        match self {
+            KeyKind::Main => "key_cleared",
+            KeyKind::Fallback => "fallback_key_cleared",
+        }
+    }
+}
+
+/// A write-only key: whether this layer has one (never the key), and the input replacing it.
+fn key_fieldset(
+    kind: KeyKind,
+    key: Option<&SealedKey>,
+    inherit: &Effective,
+    state: &FormState,
+) -> Markup {
+    let field = kind.field();
+    let id = format!("layer-{field}");
+    let effective_name = match kind {
+        KeyKind::Main => "has_api_key",
+        KeyKind::Fallback => "has_fallback_api_key",
+    };
+    html! {
+        fieldset.key {
+            legend { @if kind == KeyKind::Main { "API key" } @else { "Fallback API key" } }
+            @if let Some(k) = key {
+                p { strong.badge.ok { "key set" } " for " code { (k.origin) } }
+            } @else {
+                p { span.badge { "no key at this layer" } " — effective: "
+                    @if let Some((v, src)) = effective_field(inherit, effective_name) {
+                        (v) " (" (source_name(src)) ")"
+                    }
+                }
+            }
+            div.field {
+                label for=(id) { @if key.is_some() { "Replace " } @else { "Set " } (kind.name()) }
+                input id=(id) name=(field) type="password" autocomplete="off" value=""
+                    aria-invalid=[state.error(field).map(|_| "true")]
+                    aria-describedby=(format!("{id}-hint"));
+                p.hint id=(format!("{id}-hint")) {
+                    "Write-only: stored encrypted and never shown again. Leave empty to keep the current key."
+                    @if kind == KeyKind::Fallback { " Needed only when the fallback base URL has another origin than the main one." }
+                    @if state.failed() { " Re-enter the key if you were setting one." }
+                }
+                (render::field_error(state, &id, field))
+            }
+        }
+    }
+}
+
+/// The "clear key" actions, next to the layer form.
 pub fn clear_key_form(session: &Session, action: &str, layer: &LayerState) -> Markup {
     html! {
-        @if layer.api_key.is_some() {
-            form.inline method="post" action=(action) {
-                (render::csrf(session))
-                button.danger type="submit" { "Clear API key" }
+        @for (kind, key) in [(KeyKind::Main, &layer.api_key), (KeyKind::Fallback, &layer.fallback_api_key)] {
+            @if key.is_some() {
+                form.inline method="post" action=(action) {
+                    (render::csrf(session))
+                    @if kind == KeyKind::Fallback { input type="hidden" name="which" value="fallback"; }
+                    button.danger type="submit" { "Clear " (kind.name()) }
+                }
             }
         }
     }
@@ -405,7 +721,10 @@ fn layer_field(def: &FieldDef, inherit: &Effective, state: &FormState) -> Markup
                         aria-invalid=[invalid] aria-describedby=[describedby];
                 }
             }
-            p.hint id=(format!("{id}-hint")) { (hint) }
+            p.hint id=(format!("{id}-hint")) {
+                @if !def.help.is_empty() { (def.help) " " }
+                (hint)
+            }
             (render::field_error(state, &id, def.name))
         }
     }
@@ -467,6 +786,18 @@ fn render_page(
                         tr { th scope="row" { "reply_to_groups" } td { "—" } td { (on_off(defaults::REPLY_TO_GROUPS)) } (eff_cell(&now, "reply_to_groups")) }
                         tr { th scope="row" { "reply_to_channels" } td { "—" } td { (on_off(defaults::REPLY_TO_CHANNELS)) } (eff_cell(&now, "reply_to_channels")) }
                         tr { th scope="row" { "echo_mode" } td { "—" } td { (on_off(defaults::ECHO_MODE)) } (eff_cell(&now, "echo_mode")) }
+                        @for (name, default) in [
+                            ("human_takeover_minutes", defaults::HUMAN_TAKEOVER_MINUTES.to_string()),
+                            ("debounce_seconds", defaults::DEBOUNCE_SECONDS.to_string()),
+                            ("max_replies_per_chat_per_hour", defaults::MAX_REPLIES_PER_CHAT_PER_HOUR.to_string()),
+                            ("daily_token_budget", defaults::DAILY_TOKEN_BUDGET.to_string()),
+                            ("max_history_tokens", defaults::MAX_HISTORY_TOKENS.to_string()),
+                            ("history_window_hours", defaults::HISTORY_WINDOW_HOURS.to_string()),
+                            ("max_retries", defaults::MAX_RETRIES.to_string()),
+                            ("fallback_model_name", "none".to_string()),
+                        ] {
+                            tr { th scope="row" { (name) } td { (env_value(env, name)) } td { (default) } (eff_cell(&now, name)) }
+                        }
                     }
                 }
             }
@@ -477,6 +808,23 @@ fn render_page(
         state.status(),
         render::page("AI settings", Some(session), Section::Ai, body),
     )
+}
+
+/// A conversation-control value set by the env layer, or a dash.
+fn env_value(env: &effective::EnvLayer, name: &str) -> String {
+    let s = &env.settings;
+    let v = match name {
+        "human_takeover_minutes" => s.human_takeover_minutes.map(u64::from),
+        "debounce_seconds" => s.debounce_seconds.map(u64::from),
+        "max_replies_per_chat_per_hour" => s.max_replies_per_chat_per_hour.map(u64::from),
+        "daily_token_budget" => s.daily_token_budget,
+        "max_history_tokens" => s.max_history_tokens.map(u64::from),
+        "history_window_hours" => s.history_window_hours.map(u64::from),
+        "max_retries" => s.max_retries.map(u64::from),
+        "fallback_model_name" => return s.fallback_model_name.clone().unwrap_or("—".into()),
+        _ => None,
+    };
+    v.map_or_else(|| "—".to_string(), |v| v.to_string())
 }
 
 /// A table cell with a resolved value and its source.
@@ -500,19 +848,16 @@ pub async fn save(State(app): State<SharedApp>, posted: Posted) -> Response {
         Ok(()) => render::see_other("/ai?done=saved"),
         Err(e) => {
             let mut state = FormState::from_fields(&fields);
-            state.api_error(e, &FIELD_NAMES);
+            state.api_error(e, &field_names());
             render_page(&app, &session, &state, None)
         }
     }
 }
 
 pub async fn clear_key(State(app): State<SharedApp>, posted: Posted) -> Response {
-    let req = AiSettingsRequest {
-        api_key: Patch::Clear,
-        ..AiSettingsRequest::default()
-    };
-    match change_global(&app, &posted.session.who(), req).await {
-        Ok(()) => render::see_other("/ai?done=key_cleared"),
+    let kind = KeyKind::from_form(&posted.fields);
+    match change_global(&app, &posted.session.who(), kind.clear_request()).await {
+        Ok(()) => render::see_other(&format!("/ai?done={}", kind.cleared_notice())),
         Err(e) => render::api_error_page(&e),
     }
 }

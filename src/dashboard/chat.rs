@@ -6,20 +6,21 @@
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
+use chrono::Utc;
 use maud::{html, Markup};
 use wagate_events::chat::Source as MsgSource;
-use wagate_events::chat_settings::{ChatMode, ChatSettingsCommand};
+use wagate_events::chat_settings::{ChatMode, ChatSettings, ChatSettingsCommand};
 use wagate_events::ids::chat_kind;
 use wagate_events::settings::Patch;
 use wagate_projections::effective;
 use wagate_projections::messages::{AiLogRow, MessageView, ReplyStatus};
 
 use super::accounts::inject;
-use super::ai::{eff_cell, Done};
+use super::ai::{self as layer, eff_cell, Done};
 use super::render::{self, FormState, Section};
 use super::session::{Posted, Session};
 use crate::app::SharedApp;
-use crate::http::ai::change_chat;
+use crate::http::ai::{change_chat, resume_chat};
 use crate::http::error::ApiError;
 use crate::http::messages::send_as_account;
 
@@ -100,14 +101,31 @@ async fn render_chat(
     let Ok(kind) = chat_kind(jid, "jid") else {
         return render::error_page(StatusCode::BAD_REQUEST, "Not a chat JID.");
     };
-    let (settings, eff, sandbox) = {
+    let (settings, eff, inherit, sandbox) = {
         let m = app.model();
         let settings = m.chat(acc, jid).cloned().unwrap_or_default();
         let eff = effective::resolve(&m, &app.env_layer, acc, jid, kind);
+        // What the chat gets without its own controls (the hints of the gear's control fields).
+        let without_controls = ChatSettings {
+            controls: Default::default(),
+            ..settings.clone()
+        };
+        let inherit = effective::resolve_layers(
+            &without_controls,
+            m.account(acc).map(|a| &a.ai),
+            &m.global,
+            &app.env_layer,
+            effective::Target {
+                account_id: acc,
+                jid,
+                chat_kind: kind,
+                position: m.position,
+            },
+        );
         let sandbox = m
             .account(acc)
             .is_some_and(|a| matches!(a.transport, wagate_events::account::Transport::Sandbox));
-        (settings, eff, sandbox)
+        (settings, eff, inherit, sandbox)
     };
     let Some(eff) = eff else {
         return render::error_page(StatusCode::NOT_FOUND, "No such account.");
@@ -123,6 +141,7 @@ async fn render_chat(
         if settings.blocked {
             s.values.insert("blocked".into(), "on".into());
         }
+        layer::chat_control_values(&settings.controls, &mut s);
         s
     });
     let inbound_state = if forms.inbound.values.is_empty() {
@@ -168,6 +187,17 @@ async fn render_chat(
         p.crumbs { a href=(format!("/accounts/{}", render::enc(acc))) { "Account " (acc) } " · " (kind_name(kind))
             " · AI: " strong #ai-state { @if eff.will_reply { "will reply" } @else { "will not reply" } }
             @if let Some(r) = &eff.reason { " (" (r) ")" } }
+        @if let Some(until) = eff.paused_until.filter(|u| *u > Utc::now()) {
+            div.alert.warn #ai-paused role="status" {
+                p { strong { "AI paused in this chat" } " until " (render::when(&until))
+                    @if let Some(cause) = eff.pause_cause { " because " (cause.describe()) }
+                    ". A person is handling this conversation; the AI steps back for the account's human-takeover time." }
+                form.inline method="post" action=(format!("{base}/resume")) {
+                    (render::csrf(session))
+                    button type="submit" { "Resume AI now" }
+                }
+            }
+        }
         details.gear #chat-settings open[settings_state.failed()] {
             summary { span aria-hidden="true" { "⚙" } " Chat AI settings" }
             form.card method="post" action=(format!("{base}/settings")) novalidate {
@@ -190,6 +220,7 @@ async fn render_chat(
                     input type="checkbox" id="chat-blocked" name="blocked" value="on" checked[settings_state.value("blocked") == "on"];
                     label for="chat-blocked" { "Blocked (never answered)" }
                 }
+                (layer::chat_control_fields(&inherit, &settings_state))
                 button type="submit" { "Save chat settings" }
             }
         }
@@ -234,7 +265,10 @@ async fn render_chat(
                     tr { th scope="row" { "blocked" } td { span.value { (eff.blocked) } " " span.src { "chat" } } }
                     @for name in ["enabled", "base_url", "model_name", "system_prompt", "temperature", "max_tokens",
                                   "timeout_seconds", "reply_delay_seconds", "reply_to_private", "reply_to_groups",
-                                  "reply_to_channels", "echo_mode", "has_api_key"] {
+                                  "reply_to_channels", "echo_mode", "has_api_key",
+                                  "human_takeover_minutes", "debounce_seconds", "max_replies_per_chat_per_hour",
+                                  "daily_token_budget", "max_history_tokens", "history_window_hours", "max_retries",
+                                  "fallback_model_name", "fallback_base_url", "has_fallback_api_key"] {
                         tr { th scope="row" { (name) } (eff_cell(&eff, name)) }
                     }
                 }
@@ -371,6 +405,7 @@ pub async fn save_settings(
             false
         }
     };
+    let controls = layer::parse_chat_controls(&fields, &mut state);
     if !state.failed() {
         let prompt = fields
             .get("custom_system_prompt")
@@ -392,7 +427,7 @@ pub async fn save_settings(
                 ChatSettingsCommand::SetAi {
                     mode,
                     custom_system_prompt: prompt,
-                    controls: Default::default(),
+                    controls,
                 },
             )
             .await?;
@@ -414,7 +449,13 @@ pub async fn save_settings(
             Ok(()) => {
                 return render::see_other(&format!("{}?done=saved", render::chat_href(&acc, &jid)))
             }
-            Err(e) => state.api_error(e, &["mode", "custom_system_prompt", "blocked"]),
+            Err(e) => {
+                let names: Vec<&str> = ["mode", "custom_system_prompt", "blocked"]
+                    .into_iter()
+                    .chain(layer::CHAT_CONTROLS)
+                    .collect();
+                state.api_error(e, &names)
+            }
         }
     }
     let forms = ChatForms {
@@ -446,5 +487,20 @@ pub async fn inbound(
             };
             render_chat(&app, &session, &acc, &jid, forms).await
         }
+    }
+}
+
+/// "Resume AI now": ends the chat's human-takeover pause.
+pub async fn resume(
+    State(app): State<SharedApp>,
+    Path((acc, jid)): Path<(String, String)>,
+    posted: Posted,
+) -> Response {
+    if let Some(page) = check(&app, &acc, &jid) {
+        return page;
+    }
+    match resume_chat(&app, &posted.session.who(), &acc, &jid).await {
+        Ok(_) => render::see_other(&format!("{}?done=resumed", render::chat_href(&acc, &jid))),
+        Err(e) => render::api_error_page(&e),
     }
 }

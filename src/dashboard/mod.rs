@@ -54,6 +54,7 @@ pub fn router() -> Router<SharedApp> {
             post(chat::save_settings),
         )
         .route("/accounts/{acc}/chats/{jid}/inbound", post(chat::inbound))
+        .route("/accounts/{acc}/chats/{jid}/resume", post(chat::resume))
         .route("/test", get(test_page::page).post(test_page::run))
         .route("/logs", get(logs::logs))
         .route("/audit", get(logs::audit))

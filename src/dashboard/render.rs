@@ -318,6 +318,8 @@ pub fn notice(done: Option<&str>) -> Markup {
         Some("sent") => "Message sent.",
         Some("injected") => "Incoming message injected.",
         Some("key_cleared") => "API key cleared.",
+        Some("fallback_key_cleared") => "Fallback API key cleared.",
+        Some("resumed") => "AI resumed in this chat.",
         Some("deleted") => "Account deleted.",
         _ => return html! {},
     };

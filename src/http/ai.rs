@@ -627,10 +627,25 @@ async fn resume_chat_ai(
     ApiPath((acc, jid)): ApiPath<(String, String)>,
 ) -> Result<Json<Effective>, ApiError> {
     let kind = chat_target(&app, &caller, &acc, &jid)?;
-    let meta = caller.who().metadata();
+    resume_chat(&app, &caller.who(), &acc, &jid).await?;
+    effective::resolve(&app.model(), &app.env_layer, &acc, &jid, kind)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("account not found"))
+}
+
+/// Ends a chat's human-takeover pause now (shared by the API and the dashboard; the caller has
+/// checked the account and the JID). Returns whether the chat was paused; the read models have
+/// caught up when it returns.
+pub async fn resume_chat(
+    app: &SharedApp,
+    who: &Who,
+    acc: &str,
+    jid: &str,
+) -> Result<bool, ApiError> {
+    let meta = who.metadata();
     let resumed = app
         .gateway()?
-        .ask(&acc, &jid, |reply| wagate_actors::chat::ChatMsg::Resume {
+        .ask(acc, jid, |reply| wagate_actors::chat::ChatMsg::Resume {
             meta: meta.clone(),
             reply,
         })
@@ -639,9 +654,7 @@ async fn resume_chat_ai(
         tracing::info!(account = %acc, "AI resumed in a chat by request");
     }
     app.catch_up().await?;
-    effective::resolve(&app.model(), &app.env_layer, &acc, &jid, kind)
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found("account not found"))
+    Ok(resumed)
 }
 
 /// An account's model token use today and its daily budget.

@@ -296,7 +296,7 @@ async fn every_post_needs_the_csrf_token() {
     v.login().await;
     let csrf = v.get("/ai").await.csrf();
     let head = app.head().await;
-    let posts: [(&str, &[(&str, &str)]); 6] = [
+    let posts: [(&str, &[(&str, &str)]); 7] = [
         ("/ai", &[("enabled", "true")]),
         ("/ai/clear-key", &[]),
         ("/accounts", &[("id", "evil"), ("transport", "sandbox")]),
@@ -304,6 +304,10 @@ async fn every_post_needs_the_csrf_token() {
         (
             "/accounts/acme/chats/491701234567%40s.whatsapp.net/settings",
             &[("mode", "disabled")],
+        ),
+        (
+            "/accounts/acme/chats/491701234567%40s.whatsapp.net/resume",
+            &[],
         ),
         ("/test", &[("message", "hi")]),
     ];
@@ -648,3 +652,151 @@ async fn test_page_shows_sanitized_errors() {
     assert!(!r.body.contains("UPSTREAM-SECRET-BODY") && !r.body.contains("sk-canary-dash"));
     assert!(!r.body.contains("id=\"test-reply\""));
 }
+
+/// Issue 8 on the dashboard: the conversation controls on the layer form (with their ranges),
+/// per chat in the gear, and the human-takeover pause with "Resume AI now".
+async fn conversation_controls(app: TestApp) {
+    let mut v = Visitor::new(&app);
+    v.login().await;
+    let page = v.get("/ai").await;
+    assert!(page.body.contains("id=\"conversation-control\""));
+    for help in ["the AI stays quiet there", "get one reply", "UTC day"] {
+        assert!(page.body.contains(help), "the page explains: {help}");
+    }
+    let csrf = page.csrf();
+    let r = v
+        .post(
+            "/ai",
+            &[
+                ("csrf", &csrf),
+                ("human_takeover_minutes", "45"),
+                ("debounce_seconds", "3"),
+                ("daily_token_budget", "5000"),
+                ("max_retries", "1"),
+                ("fallback_model_name", "backup-model"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.location()),
+        (303, "/ai?done=saved"),
+        "{}",
+        r.body
+    );
+    let global = app.admin("GET", "/v1/ai/global", None).await.json;
+    assert_eq!(global["human_takeover_minutes"], 45, "{global}");
+    assert_eq!(global["debounce_seconds"], 3);
+    assert_eq!(global["daily_token_budget"], 5000);
+    assert_eq!(global["fallback_model_name"], "backup-model");
+
+    // Out of range: the error next to the field, the value kept, nothing written.
+    let head = app.head().await;
+    let r = v
+        .post(
+            "/ai",
+            &[
+                ("csrf", &csrf),
+                ("debounce_seconds", "4000"),
+                ("max_retries", "2"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.body.contains("id=\"layer-debounce_seconds-error\""),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("value=\"4000\""));
+    assert_eq!(app.head().await, head, "nothing was saved");
+
+    // A chat's own cap from the gear; a bad value there is refused the same way.
+    app.create_account("acme").await;
+    let jid = "491701234567@s.whatsapp.net";
+    let chat = "/accounts/acme/chats/491701234567%40s.whatsapp.net";
+    let page = v.get(chat).await;
+    assert!(page.body.contains("id=\"chat-controls\""));
+    let r = v
+        .post(
+            &format!("{chat}/settings"),
+            &[
+                ("csrf", &csrf),
+                ("mode", "inherit"),
+                ("max_replies_per_chat_per_hour", "3"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let eff = app
+        .admin(
+            "GET",
+            &format!("/v1/accounts/acme/chats/{jid}/ai/effective"),
+            None,
+        )
+        .await
+        .json;
+    assert_eq!(
+        eff["max_replies_per_chat_per_hour"],
+        json!({"value": 3, "source": "chat"}),
+        "{eff}"
+    );
+    assert_eq!(eff["debounce_seconds"]["source"], "global");
+    let head = app.head().await;
+    let r = v
+        .post(
+            &format!("{chat}/settings"),
+            &[
+                ("csrf", &csrf),
+                ("mode", "inherit"),
+                ("history_window_hours", "-2"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.body.contains("id=\"layer-history_window_hours-error\""),
+        "{}",
+        r.body
+    );
+    assert_eq!(app.head().await, head);
+
+    // An operator answers from the dashboard: the AI steps back, the page says until when and
+    // why, and "Resume AI now" ends it.
+    let r = v
+        .post(
+            &format!("{chat}/send"),
+            &[("csrf", &csrf), ("text", "a person here")],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let page = v.get(chat).await;
+    assert!(page.body.contains("id=\"ai-paused\""), "{}", page.body);
+    assert!(page.body.contains("because an operator answered"));
+    let eff = app
+        .admin(
+            "GET",
+            &format!("/v1/accounts/acme/chats/{jid}/ai/effective"),
+            None,
+        )
+        .await
+        .json;
+    assert!(eff["paused_until"].is_string(), "{eff}");
+    let r = v.post(&format!("{chat}/resume"), &[("csrf", &csrf)]).await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert!(r.location().ends_with("?done=resumed"));
+    let page = v.get(chat).await;
+    assert!(!page.body.contains("id=\"ai-paused\""));
+    let eff = app
+        .admin(
+            "GET",
+            &format!("/v1/accounts/acme/chats/{jid}/ai/effective"),
+            None,
+        )
+        .await
+        .json;
+    assert_eq!(eff["paused_until"], serde_json::Value::Null, "{eff}");
+}
+both_stores!(
+    conversation_controls_on_the_dashboard,
+    conversation_controls
+);

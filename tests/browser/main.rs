@@ -382,6 +382,13 @@ async fn dashboard_end_to_end() {
     submit(&c, "#send-h ~ form button[type=submit]").await;
     assert!(text_of(&c, "#thread").await.contains("an operator writes"));
     shot(&c, "06-chat-enabled").await;
+    // The operator answered: the AI steps back in this chat (human takeover, 30 minutes by
+    // default) and the page says so, with a way to resume it now.
+    assert!(text_of(&c, "#ai-paused")
+        .await
+        .contains("because an operator answered"));
+    assert!(text_of(&c, "#ai-state").await.contains("will not reply"));
+    shot(&c, "06b-chat-paused").await;
 
     // An XSS payload in a message renders as text and never runs.
     let payload = "<script>window.__xss=1</script><img src=x onerror=\"window.__xss=2\">";
@@ -399,6 +406,15 @@ async fn dashboard_end_to_end() {
         .expect("find")
         .is_empty());
     shot(&c, "07-chat-xss").await;
+    // That message came while the AI was paused: skipped. Resume brings the AI back.
+    submit(&c, "#ai-paused button[type=submit]").await;
+    assert!(path_of(&c).await.ends_with("?done=resumed"));
+    assert!(c
+        .find_all(Locator::Css("#ai-paused"))
+        .await
+        .expect("find")
+        .is_empty());
+    assert!(text_of(&c, "#ai-state").await.contains("will reply"));
 
     // The AI chat / test page against the stub.
     submit(&c, "nav a[href='/test']").await;
@@ -420,7 +436,7 @@ async fn dashboard_end_to_end() {
         .find_all(Locator::Css("#ai-log tbody tr"))
         .await
         .expect("rows");
-    assert_eq!(rows.len(), 1);
+    assert_eq!(rows.len(), 2, "skipped while disabled and while paused");
     c.goto(&format!("{base}/logs")).await.expect("goto");
     assert!(text_of(&c, "#ai-log").await.contains("sent"));
     shot(&c, "09-logs").await;
