@@ -14,6 +14,7 @@ pub mod logs;
 pub mod render;
 pub mod session;
 pub mod test_page;
+pub mod webhooks;
 
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -58,6 +59,13 @@ pub fn router() -> Router<SharedApp> {
         .route("/test", get(test_page::page).post(test_page::run))
         .route("/logs", get(logs::logs))
         .route("/audit", get(logs::audit))
+        .route("/webhooks", get(webhooks::list).post(webhooks::create))
+        .route("/webhooks/{id}", get(webhooks::show))
+        .route("/webhooks/{id}/delete", post(webhooks::delete))
+        .route(
+            "/webhooks/{id}/deliveries/{delivery}/redeliver",
+            post(webhooks::redeliver),
+        )
         .route("/assets/dashboard.css", get(css))
         .route("/assets/dashboard.js", get(js))
 }

@@ -20,15 +20,17 @@ pub enum Section {
     Test,
     Logs,
     Audit,
+    Webhooks,
     None,
 }
 
-const NAV: [(Section, &str, &str); 5] = [
+const NAV: [(Section, &str, &str); 6] = [
     (Section::Ai, "/ai", "AI settings"),
     (Section::Accounts, "/accounts", "Accounts"),
     (Section::Test, "/test", "AI chat / test"),
     (Section::Logs, "/logs", "AI log"),
     (Section::Audit, "/audit", "Audit"),
+    (Section::Webhooks, "/webhooks", "Webhooks"),
 ];
 
 /// Scripts only from this origin, no framing, no inline script: an escaped payload that slipped

@@ -1,5 +1,7 @@
 //! Webhook routes (admin): subscribe a URL (the signing secret is shown once), list, delete,
-//! and each webhook's deliveries with redelivery.
+//! and each webhook's deliveries with redelivery. The handlers are thin: the rules live in the
+//! `pub` service functions (`create`, `list`, `get`, `delete`, `deliveries`, `redeliver_now`)
+//! that the dashboard's Webhooks page calls too.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -15,7 +17,7 @@ use wagate_projections::config::WebhookView;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
 use super::ListResponse;
-use crate::app::{AppError, SharedApp};
+use crate::app::{AppError, SharedApp, Who};
 use crate::net_guard::OutboundGuard;
 use crate::webhooks::outbox::{self, Delivery};
 use crate::webhooks::signing;
@@ -81,7 +83,8 @@ impl From<&WebhookView> for WebhookResponse {
     }
 }
 
-fn webhook_response(app: &SharedApp, id: &str) -> Result<WebhookResponse, ApiError> {
+/// One webhook as the API shows it (never its secret); 404 when unknown or deleted.
+pub fn get(app: &SharedApp, id: &str) -> Result<WebhookResponse, ApiError> {
     app.model()
         .webhook(id)
         .map(WebhookResponse::from)
@@ -92,16 +95,14 @@ fn store_error(e: crate::store::StoreError) -> ApiError {
     AppError::from(e).into()
 }
 
-/// Subscribes a URL to event types. The response carries the signing secret, once.
-#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = CreateWebhookRequest,
-    responses((status = 201, body = CreatedWebhook), (status = 400, body = ErrorBody)),
-    security(("admin_jwt" = [])))]
-async fn create_webhook(
-    State(app): State<SharedApp>,
-    caller: Caller,
-    ApiJson(req): ApiJson<CreateWebhookRequest>,
-) -> Result<(StatusCode, Json<CreatedWebhook>), ApiError> {
-    caller.require_admin()?;
+/// Subscribes a URL (shared by the API and the dashboard): the same checks, the same event.
+/// Nothing is stored when a check fails. The answer carries the signing secret, the only time
+/// it is ever shown.
+pub async fn create(
+    app: &SharedApp,
+    who: &Who,
+    req: CreateWebhookRequest,
+) -> Result<CreatedWebhook, ApiError> {
     check_url(&req.url)?;
     check_events(&req.events)?;
     if let Some(acc) = &req.account_id {
@@ -133,14 +134,45 @@ async fn create_webhook(
         account_id: req.account_id,
         secret_sealed,
     };
-    app.execute(&app.webhooks, &id, cmd, &caller.who()).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(CreatedWebhook {
-            webhook: webhook_response(&app, &id)?,
-            secret,
-        }),
-    ))
+    app.execute(&app.webhooks, &id, cmd, who).await?;
+    Ok(CreatedWebhook {
+        webhook: get(app, &id)?,
+        secret,
+    })
+}
+
+/// Webhooks that are not deleted (never their secrets), oldest first.
+pub fn list(app: &SharedApp) -> Vec<WebhookResponse> {
+    let m = app.model();
+    m.webhooks
+        .values()
+        .filter(|w| w.status != WebhookStatus::Deleted)
+        .map(WebhookResponse::from)
+        .collect()
+}
+
+/// Deletes a webhook and cancels its pending deliveries (shared by the API and the dashboard).
+pub async fn delete(app: &SharedApp, who: &Who, id: &str) -> Result<(), ApiError> {
+    app.execute(&app.webhooks, id, WebhookCommand::Delete, who)
+        .await?;
+    outbox::cancel_pending(&app.store, id, "webhook deleted")
+        .await
+        .map_err(store_error)?;
+    Ok(())
+}
+
+/// Subscribes a URL to event types. The response carries the signing secret, once.
+#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = CreateWebhookRequest,
+    responses((status = 201, body = CreatedWebhook), (status = 400, body = ErrorBody)),
+    security(("admin_jwt" = [])))]
+async fn create_webhook(
+    State(app): State<SharedApp>,
+    caller: Caller,
+    ApiJson(req): ApiJson<CreateWebhookRequest>,
+) -> Result<(StatusCode, Json<CreatedWebhook>), ApiError> {
+    caller.require_admin()?;
+    let created = create(&app, &caller.who(), req).await?;
+    Ok((StatusCode::CREATED, Json(created)))
 }
 
 /// Lists webhooks (never their secrets), oldest first.
@@ -151,14 +183,8 @@ async fn list_webhooks(
     caller: Caller,
 ) -> Result<Json<ListResponse<WebhookResponse>>, ApiError> {
     caller.require_admin()?;
-    let m = app.model();
     Ok(Json(ListResponse {
-        items: m
-            .webhooks
-            .values()
-            .filter(|w| w.status != WebhookStatus::Deleted)
-            .map(WebhookResponse::from)
-            .collect(),
+        items: list(&app),
         next_cursor: None,
     }))
 }
@@ -173,7 +199,7 @@ async fn get_webhook(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<WebhookResponse>, ApiError> {
     caller.require_admin()?;
-    webhook_response(&app, &id).map(Json)
+    get(&app, &id).map(Json)
 }
 
 /// Deletes a webhook; its pending deliveries are cancelled.
@@ -185,15 +211,11 @@ async fn delete_webhook(
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin()?;
-    app.execute(&app.webhooks, &id, WebhookCommand::Delete, &caller.who())
-        .await?;
-    outbox::cancel_pending(&app.store, &id, "webhook deleted")
-        .await
-        .map_err(store_error)?;
+    delete(&app, &caller.who(), &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveriesQuery {
     /// `pending`, `delivered`, `dead` or `cancelled`.
@@ -202,6 +224,78 @@ pub struct DeliveriesQuery {
     pub limit: Option<i64>,
     /// The `next_cursor` of the previous page.
     pub before: Option<String>,
+}
+
+/// The delivery statuses a filter may name.
+pub const DELIVERY_STATUSES: [&str; 4] = ["pending", "delivered", "dead", "cancelled"];
+
+/// A page of a webhook's deliveries, newest first (shared by the API and the dashboard): the
+/// same checks of the status filter and the limit.
+pub async fn deliveries(
+    app: &SharedApp,
+    id: &str,
+    q: &DeliveriesQuery,
+) -> Result<ListResponse<Delivery>, ApiError> {
+    if app.model().webhook(id).is_none() {
+        return Err(ApiError::not_found("webhook not found"));
+    }
+    if let Some(s) = &q.status {
+        if !DELIVERY_STATUSES.contains(&s.as_str()) {
+            return Err(ApiError::invalid(
+                "status",
+                "must be pending, delivered, dead or cancelled",
+            ));
+        }
+    }
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::invalid("limit", "must be between 1 and 500"));
+    }
+    let items = outbox::list(
+        &app.store,
+        id,
+        q.status.as_deref(),
+        q.before.as_deref(),
+        limit,
+    )
+    .await
+    .map_err(store_error)?;
+    let next_cursor = (items.len() as i64 == limit)
+        .then(|| items.last().map(|d| d.id.clone()))
+        .flatten();
+    Ok(ListResponse { items, next_cursor })
+}
+
+/// Whether the webhook's deliveries may be sent again: only while it is active (404 when it is
+/// unknown, 409 when it is disabled).
+pub fn may_redeliver(app: &SharedApp, id: &str) -> Result<(), ApiError> {
+    match app.model().webhook(id).map(|w| w.status) {
+        None => Err(ApiError::not_found("webhook not found")),
+        Some(WebhookStatus::Active) => Ok(()),
+        Some(_) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "the webhook is disabled; create a new subscription for this receiver",
+        )),
+    }
+}
+
+/// Makes a delivery due now with the same id and a fresh retry schedule (shared by the API and
+/// the dashboard).
+pub async fn redeliver_now(
+    app: &SharedApp,
+    who: &Who,
+    id: &str,
+    delivery: &str,
+) -> Result<Delivery, ApiError> {
+    may_redeliver(app, id)?;
+    let d = outbox::redeliver(&app.store, id, delivery)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| ApiError::not_found("delivery not found"))?;
+    app.delivery_wake.notify_one();
+    tracing::info!(webhook = %id, delivery = %delivery, actor = %who.actor, "webhook delivery queued again");
+    Ok(d)
 }
 
 /// A webhook's deliveries, newest first: status, attempts, last status code, next try.
@@ -216,34 +310,7 @@ async fn list_deliveries(
     ApiQuery(q): ApiQuery<DeliveriesQuery>,
 ) -> Result<Json<ListResponse<Delivery>>, ApiError> {
     caller.require_admin()?;
-    if app.model().webhook(&id).is_none() {
-        return Err(ApiError::not_found("webhook not found"));
-    }
-    if let Some(s) = &q.status {
-        if !["pending", "delivered", "dead", "cancelled"].contains(&s.as_str()) {
-            return Err(ApiError::invalid(
-                "status",
-                "must be pending, delivered, dead or cancelled",
-            ));
-        }
-    }
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::invalid("limit", "must be between 1 and 500"));
-    }
-    let items = outbox::list(
-        &app.store,
-        &id,
-        q.status.as_deref(),
-        q.before.as_deref(),
-        limit,
-    )
-    .await
-    .map_err(store_error)?;
-    let next_cursor = (items.len() as i64 == limit)
-        .then(|| items.last().map(|d| d.id.clone()))
-        .flatten();
-    Ok(Json(ListResponse { items, next_cursor }))
+    deliveries(&app, &id, &q).await.map(Json)
 }
 
 /// Sends a delivery again now, with the same `webhook-id` and a fresh retry schedule.
@@ -257,21 +324,6 @@ async fn redeliver(
     ApiPath((id, delivery)): ApiPath<(String, String)>,
 ) -> Result<(StatusCode, Json<Delivery>), ApiError> {
     caller.require_admin()?;
-    match app.model().webhook(&id).map(|w| w.status) {
-        None => return Err(ApiError::not_found("webhook not found")),
-        Some(WebhookStatus::Active) => {}
-        Some(_) => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                "the webhook is disabled; create a new subscription for this receiver",
-            ))
-        }
-    }
-    let d = outbox::redeliver(&app.store, &id, &delivery)
-        .await
-        .map_err(store_error)?
-        .ok_or_else(|| ApiError::not_found("delivery not found"))?;
-    app.delivery_wake.notify_one();
+    let d = redeliver_now(&app, &caller.who(), &id, &delivery).await?;
     Ok((StatusCode::ACCEPTED, Json(d)))
 }

@@ -12,20 +12,20 @@ use crate::both_stores;
 use crate::helpers::{Backend, Binary, TestApp, ADMIN_PASSWORD, JWT_SECRET};
 
 /// A cookie-keeping client that does not follow redirects.
-struct Visitor<'a> {
+pub(crate) struct Visitor<'a> {
     app: &'a TestApp,
     client: reqwest::Client,
     cookies: BTreeMap<String, String>,
 }
 
-struct Page {
-    status: u16,
+pub(crate) struct Page {
+    pub(crate) status: u16,
     headers: HeaderMap,
-    body: String,
+    pub(crate) body: String,
 }
 
 impl Page {
-    fn location(&self) -> &str {
+    pub(crate) fn location(&self) -> &str {
         self.headers
             .get(LOCATION)
             .and_then(|v| v.to_str().ok())
@@ -42,7 +42,7 @@ impl Page {
     }
 
     /// The CSRF token of the first form on the page.
-    fn csrf(&self) -> String {
+    pub(crate) fn csrf(&self) -> String {
         let marker = "name=\"csrf\" value=\"";
         let start = self.body.find(marker).expect("a csrf field") + marker.len();
         self.body[start..]
@@ -54,7 +54,7 @@ impl Page {
 }
 
 impl<'a> Visitor<'a> {
-    fn new(app: &'a TestApp) -> Self {
+    pub(crate) fn new(app: &'a TestApp) -> Self {
         Self {
             app,
             client: reqwest::Client::builder()
@@ -98,12 +98,12 @@ impl<'a> Visitor<'a> {
         }
     }
 
-    async fn get(&mut self, path: &str) -> Page {
+    pub(crate) async fn get(&mut self, path: &str) -> Page {
         let req = self.client.get(format!("{}{path}", self.app.base));
         self.send(req).await
     }
 
-    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
+    pub(crate) async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
         let req = self
             .client
             .post(format!("{}{path}", self.app.base))
@@ -111,7 +111,7 @@ impl<'a> Visitor<'a> {
         self.send(req).await
     }
 
-    async fn login(&mut self) {
+    pub(crate) async fn login(&mut self) {
         let page = self.get("/login").await;
         let csrf = page.csrf();
         let r = self

@@ -10,6 +10,7 @@ mod cloud_api;
 mod control;
 mod crash;
 mod dashboard;
+mod dashboard_webhooks;
 mod events;
 mod group_commit;
 mod history;

@@ -497,3 +497,97 @@ async fn dashboard_end_to_end() {
 
     c.close().await.expect("close");
 }
+
+/// The Webhooks page: create a subscription (the secret shown once), see its delivery, send it
+/// again, at desktop and phone width.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_page() {
+    let Some(driver) = start_driver() else { return };
+    let app = TestApp::spawn(Backend::Sqlite).await.expect("sqlite app");
+    let rx = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&rx)
+        .await;
+    app.create_account("acme").await;
+    let c = browser(&driver).await;
+    let base = app.base.clone();
+
+    c.goto(&format!("{base}/webhooks")).await.expect("goto");
+    login(&c).await;
+    assert_eq!(path_of(&c).await, "/webhooks");
+    // A bad URL: the error next to the field, the choices kept.
+    fill(&c, "#create-url", "ftp://127.0.0.1/hook").await;
+    click(&c, "#create-event-message-received").await;
+    submit(&c, "#create-webhook button[type=submit]").await;
+    assert!(text_of(&c, "#create-url-error")
+        .await
+        .contains("http or https"));
+    let checked = c
+        .find(Locator::Css("#create-event-message-received"))
+        .await
+        .expect("checkbox")
+        .prop("checked")
+        .await
+        .expect("checked");
+    assert_eq!(checked.as_deref(), Some("true"), "the choice stays");
+    // Created: the secret is shown once.
+    fill(&c, "#create-url", &format!("{}/hook", rx.uri())).await;
+    select(&c, "#create-account_id", "acme").await;
+    submit(&c, "#create-webhook button[type=submit]").await;
+    let secret = text_of(&c, "#new-secret").await;
+    assert!(secret.starts_with("whsec_"), "{secret}");
+    assert!(text_of(&c, "#webhooks").await.contains("message.received"));
+    shot(&c, "webhooks").await;
+    let hook = text_of(&c, "#webhooks tbody tr td a").await;
+    c.goto(&format!("{base}/webhooks")).await.expect("goto");
+    assert!(!c.source().await.expect("source").contains(&secret));
+
+    // An incoming message is delivered; the page lists it; Redeliver sends it again.
+    let r = app
+        .admin(
+            "POST",
+            "/v1/accounts/acme/sandbox/inbound",
+            Some(json!({"chat_id": JID, "from": "491701234567", "text": "hello", "id": "w-1"})),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    eventually(20, "the delivery is delivered", || async {
+        let r = app
+            .admin("GET", &format!("/v1/webhooks/{hook}/deliveries"), None)
+            .await;
+        r.json["items"]
+            .as_array()?
+            .iter()
+            .any(|d| d["status"] == "delivered")
+            .then_some(())
+    })
+    .await;
+    c.goto(&format!("{base}/webhooks/{hook}"))
+        .await
+        .expect("goto");
+    assert!(text_of(&c, "#deliveries").await.contains("delivered"));
+    shot(&c, "webhook-deliveries").await;
+    submit(&c, "#deliveries form button[type=submit]").await;
+    assert!(path_of(&c).await.ends_with("?done=redelivered"));
+    assert!(text_of(&c, ".alert.ok").await.contains("queued again"));
+    eventually(20, "the receiver gets it twice", || async {
+        (rx.received_requests().await?.len() == 2).then_some(())
+    })
+    .await;
+
+    // Phone width: no sideways scrolling.
+    c.set_window_size(375, 812).await.expect("resize");
+    for page in ["/webhooks".to_string(), format!("/webhooks/{hook}")] {
+        c.goto(&format!("{base}{page}")).await.expect("goto");
+        let fits = c
+            .execute(
+                "return document.documentElement.scrollWidth <= window.innerWidth;",
+                vec![],
+            )
+            .await
+            .expect("script");
+        assert_eq!(fits, json!(true), "{page} scrolls sideways on a phone");
+    }
+    c.close().await.expect("close");
+}
