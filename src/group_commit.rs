@@ -153,6 +153,18 @@ impl From<sqlx::Error> for WriteError {
     }
 }
 
+/// A batch's events as one array per column (PostgreSQL `UNNEST`).
+#[derive(Default)]
+struct Columns<'a> {
+    aggregate_type: Vec<&'a str>,
+    aggregate_id: Vec<&'a str>,
+    sequence: Vec<i64>,
+    event_type: Vec<&'a str>,
+    event_version: Vec<&'a str>,
+    payload: Vec<String>,
+    metadata: Vec<String>,
+}
+
 /// Writes the appends in one transaction; their positions in order.
 async fn write(store: &Store, appends: &[&Append]) -> Result<Vec<Vec<i64>>, WriteError> {
     const INSERT: &str = "INSERT INTO events \
@@ -160,7 +172,8 @@ async fn write(store: &Store, appends: &[&Append]) -> Result<Vec<Vec<i64>>, Writ
     const POSITIONS: &str = "SELECT position FROM events WHERE aggregate_type = $1 \
         AND aggregate_id = $2 AND sequence > $3 ORDER BY sequence";
     // One statement per append: `VALUES (...), (...)` for its events.
-    let statement = |a: &Append, cast: bool| {
+    // SQLite: one statement per append, `VALUES (...), (...)` for its events.
+    let statement = |a: &Append| {
         let mut sql = String::from(INSERT);
         sql.push_str("VALUES ");
         for i in 0..a.events.len() {
@@ -168,29 +181,16 @@ async fn write(store: &Store, appends: &[&Append]) -> Result<Vec<Vec<i64>>, Writ
             if i > 0 {
                 sql.push_str(", ");
             }
-            if cast {
-                sql.push_str(&format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}::json, ${}::json)",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6,
-                    b + 7
-                ));
-            } else {
-                sql.push_str(&format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6,
-                    b + 7
-                ));
-            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6,
+                b + 7
+            ));
         }
         sql
     };
@@ -213,27 +213,74 @@ async fn write(store: &Store, appends: &[&Append]) -> Result<Vec<Vec<i64>>, Writ
     let mut out = Vec::with_capacity(appends.len());
     match store {
         Store::Postgres(p) => {
-            let mut tx = p.begin().await?;
+            // The whole batch in one statement: one round trip while the position lock is held,
+            // and one prepared statement whatever the batch's shape.
+            const BATCH_INSERT: &str = "INSERT INTO events \
+                (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+                SELECT t, i, s, e, v, p::json, m::json FROM UNNEST($1::text[], $2::text[], \
+                $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[]) AS u(t, i, s, e, v, p, m) \
+                RETURNING aggregate_type, aggregate_id, sequence, position";
+            let rows_total: usize = appends.iter().map(|a| a.events.len()).sum();
+            let mut cols = Columns::default();
             for a in appends {
                 let meta = serde_json::to_string(&a.metadata).unwrap_or_else(|_| "{}".into());
-                let sql = format!("{} RETURNING sequence, position", statement(a, true));
-                let rows = bind_events!(sqlx::query(&sql), a, meta)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                let mut seq_pos: Vec<(i64, i64)> = rows
-                    .iter()
-                    .map(|r| Ok((r.try_get("sequence")?, r.try_get("position")?)))
-                    .collect::<Result<_, sqlx::Error>>()?;
-                seq_pos.sort_unstable();
-                out.push(seq_pos.into_iter().map(|(_, p)| p).collect());
+                for (i, (ty, version, payload)) in a.events.iter().enumerate() {
+                    cols.aggregate_type.push(a.aggregate_type);
+                    cols.aggregate_id.push(&a.aggregate_id);
+                    cols.sequence.push(a.expected + 1 + i as i64);
+                    cols.event_type.push(ty);
+                    cols.event_version.push(version);
+                    cols.payload.push(payload.to_string());
+                    cols.metadata.push(meta.clone());
+                }
             }
-            tx.commit().await?;
+            // One statement is its own transaction (autocommit): no BEGIN / COMMIT round trips
+            // while the position lock is held.
+            let rows = sqlx::query(BATCH_INSERT)
+                .bind(&cols.aggregate_type)
+                .bind(&cols.aggregate_id)
+                .bind(&cols.sequence)
+                .bind(&cols.event_type)
+                .bind(&cols.event_version)
+                .bind(&cols.payload)
+                .bind(&cols.metadata)
+                .fetch_all(p)
+                .await?;
+            let mut positions: HashMap<(String, String, i64), i64> =
+                HashMap::with_capacity(rows_total);
+            for r in &rows {
+                positions.insert(
+                    (
+                        r.try_get("aggregate_type")?,
+                        r.try_get("aggregate_id")?,
+                        r.try_get("sequence")?,
+                    ),
+                    r.try_get("position")?,
+                );
+            }
+            for a in appends {
+                let mut mine = Vec::with_capacity(a.events.len());
+                for i in 0..a.events.len() {
+                    let key = (
+                        a.aggregate_type.to_string(),
+                        a.aggregate_id.clone(),
+                        a.expected + 1 + i as i64,
+                    );
+                    let position = positions.get(&key).copied().ok_or_else(|| {
+                        WriteError::Store(StoreError::Other(
+                            "a committed event's position was not returned".into(),
+                        ))
+                    })?;
+                    mine.push(position);
+                }
+                out.push(mine);
+            }
         }
         Store::Sqlite(p) => {
             let mut tx = p.begin().await?;
             for a in appends {
                 let meta = serde_json::to_string(&a.metadata).unwrap_or_else(|_| "{}".into());
-                let sql = statement(a, false);
+                let sql = statement(a);
                 bind_events!(sqlx::query(&sql), a, meta)
                     .execute(&mut *tx)
                     .await?;
