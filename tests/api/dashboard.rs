@@ -127,6 +127,20 @@ impl<'a> Visitor<'a> {
             .await;
         assert_eq!(r.status, 303, "{}", r.body);
     }
+
+    /// Posts a form that must be refused: 400, the error next to `field_id`, nothing written.
+    async fn refused(&mut self, path: &str, form: &[(&str, &str)], field_id: &str) -> Page {
+        let head = self.app.head().await;
+        let r = self.post(path, form).await;
+        assert_eq!(r.status, 400, "{path}: {}", r.body);
+        assert!(
+            r.body.contains(&format!("id=\"{field_id}-error\"")),
+            "{path}: no error for {field_id}: {}",
+            r.body
+        );
+        assert_eq!(self.app.head().await, head, "{path}: nothing is written");
+        r
+    }
 }
 
 /// An admin JWT that expired an hour ago, signed with the test secret.
@@ -690,25 +704,18 @@ async fn conversation_controls(app: TestApp) {
     assert_eq!(global["fallback_model_name"], "backup-model");
 
     // Out of range: the error next to the field, the value kept, nothing written.
-    let head = app.head().await;
     let r = v
-        .post(
+        .refused(
             "/ai",
             &[
                 ("csrf", &csrf),
                 ("debounce_seconds", "4000"),
                 ("max_retries", "2"),
             ],
+            "layer-debounce_seconds",
         )
         .await;
-    assert_eq!(r.status, 400);
-    assert!(
-        r.body.contains("id=\"layer-debounce_seconds-error\""),
-        "{}",
-        r.body
-    );
     assert!(r.body.contains("value=\"4000\""));
-    assert_eq!(app.head().await, head, "nothing was saved");
 
     // A chat's own cap from the gear; a bad value there is refused the same way.
     app.create_account("acme").await;
@@ -741,24 +748,16 @@ async fn conversation_controls(app: TestApp) {
         "{eff}"
     );
     assert_eq!(eff["debounce_seconds"]["source"], "global");
-    let head = app.head().await;
-    let r = v
-        .post(
-            &format!("{chat}/settings"),
-            &[
-                ("csrf", &csrf),
-                ("mode", "inherit"),
-                ("history_window_hours", "-2"),
-            ],
-        )
-        .await;
-    assert_eq!(r.status, 400);
-    assert!(
-        r.body.contains("id=\"layer-history_window_hours-error\""),
-        "{}",
-        r.body
-    );
-    assert_eq!(app.head().await, head);
+    v.refused(
+        &format!("{chat}/settings"),
+        &[
+            ("csrf", &csrf),
+            ("mode", "inherit"),
+            ("history_window_hours", "-2"),
+        ],
+        "layer-history_window_hours",
+    )
+    .await;
 
     // An operator answers from the dashboard: the AI steps back, the page says until when and
     // why, and "Resume AI now" ends it.
