@@ -34,7 +34,7 @@ pub enum GuardError {
     #[error("{ip} is the broadcast address and is never allowed")]
     Broadcast { ip: IpAddr },
     #[error(
-        "{ip} is a loopback address; to let wagate reach a local model server set \
+        "{ip} is a loopback address; to let wagate reach a local server (model or webhook receiver) set \
          WAGATE_ALLOW_PRIVATE_NETWORKS={allow_with}"
     )]
     Loopback { ip: IpAddr, allow_with: IpNet },
@@ -467,7 +467,7 @@ mod tests {
         assert!(matches!(err, GuardError::Loopback { .. }));
         assert_eq!(
             err.to_string(),
-            "127.0.0.1 is a loopback address; to let wagate reach a local model server set \
+            "127.0.0.1 is a loopback address; to let wagate reach a local server (model or webhook receiver) set \
              WAGATE_ALLOW_PRIVATE_NETWORKS=127.0.0.0/8"
         );
         let err = strict().check_ip(ip("::1")).unwrap_err();
