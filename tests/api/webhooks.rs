@@ -698,3 +698,29 @@ async fn metrics_are_exposed() {
     assert!(lines.contains_key("wagate_store_errors_total"));
     assert!(!r.text.contains("sk-test-key") && !r.text.contains("491701234567"));
 }
+
+/// History from before a subscription is never delivered to it, also when the fan-out skipped
+/// reading that history because nobody was subscribed then.
+async fn only_events_after_the_subscription(app: TestApp) {
+    app.create_account("acme").await;
+    inbound(&app, "acme", JID, "before-1", "before").await;
+    inbound(&app, "acme", JID, "before-2", "before again").await;
+    let rx = ok_receiver().await;
+    let (hook, _) = subscribe(&app, &rx.uri(), json!(["message.received"])).await;
+    inbound(&app, "acme", JID, "after-1", "after").await;
+    let got = eventually(10, "the later message is delivered", || async {
+        let got = received(&rx).await;
+        (!got.is_empty()).then_some(got)
+    })
+    .await;
+    // Give a wrongly owed older event time to show up too.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = received(&rx).await.len().max(got.len());
+    assert_eq!(got, 1, "only the message after the subscription");
+    let list = deliveries(&app, &hook).await;
+    assert_eq!(list.len(), 1, "{list:?}");
+}
+both_stores!(
+    history_before_a_subscription_is_not_delivered,
+    only_events_after_the_subscription
+);
