@@ -21,6 +21,12 @@ const JID: &str = "16505551234@s.whatsapp.net";
 const SEND_PATH: &str = "/v21.0/106540352242922/messages";
 
 /// Creates a `cloud_api` account whose Graph base URL is the fake.
+/// A signed text message from the customer to account `acme`, and its reply's settled AI log row.
+async fn customer_says(app: &TestApp, wamid: &str, text: &str) -> Value {
+    post_webhook(app, "acme", &text_message(wamid, text), Some(APP_SECRET)).await;
+    settled(app, "acme", wamid).await
+}
+
 async fn create_cloud_account(app: &TestApp, acc: &str, graph: &MockServer) -> Resp {
     let r = app
         .admin(
@@ -511,27 +517,13 @@ async fn permanent_errors_fail_with_their_reason(app: TestApp) {
     create_cloud_account(&app, "acme", &graph).await;
     echo(&app).await;
 
-    post_webhook(
-        &app,
-        "acme",
-        &text_message("wamid.W", "window"),
-        Some(APP_SECRET),
-    )
-    .await;
-    let row = settled(&app, "acme", "wamid.W").await;
+    let row = customer_says(&app, "wamid.W", "window").await;
     assert_eq!(row["status"], "failed");
     assert_eq!(
         row["reason"],
         "send failed: cloud_api error 131047: outside the 24-hour customer service window (only a template message may be sent)"
     );
-    post_webhook(
-        &app,
-        "acme",
-        &text_message("wamid.N", "nobody"),
-        Some(APP_SECRET),
-    )
-    .await;
-    let row = settled(&app, "acme", "wamid.N").await;
+    let row = customer_says(&app, "wamid.N", "nobody").await;
     assert_eq!(row["status"], "failed");
     assert_eq!(
         row["reason"],
@@ -609,27 +601,13 @@ async fn rate_limits_are_retried(app: TestApp) {
     create_cloud_account(&app, "acme", &graph).await;
     echo(&app).await;
 
-    post_webhook(
-        &app,
-        "acme",
-        &text_message("wamid.P", "passes"),
-        Some(APP_SECRET),
-    )
-    .await;
-    let row = settled(&app, "acme", "wamid.P").await;
+    let row = customer_says(&app, "wamid.P", "passes").await;
     assert_eq!(row["status"], "sent", "{row}");
     assert_eq!(row["sent_message_id"], "wamid.OUT2");
     let tries = send_requests(&graph).await;
     assert_eq!(tries.len(), 3, "two refusals, then sent");
 
-    post_webhook(
-        &app,
-        "acme",
-        &text_message("wamid.S", "stays"),
-        Some(APP_SECRET),
-    )
-    .await;
-    let row = settled(&app, "acme", "wamid.S").await;
+    let row = customer_says(&app, "wamid.S", "stays").await;
     assert_eq!(row["status"], "failed", "{row}");
     assert_eq!(
         row["reason"],
@@ -675,14 +653,7 @@ async fn invalid_token_is_flagged_until_replaced(app: TestApp) {
     create_cloud_account(&app, "acme", &graph).await;
     echo(&app).await;
 
-    post_webhook(
-        &app,
-        "acme",
-        &text_message("wamid.T1", "first"),
-        Some(APP_SECRET),
-    )
-    .await;
-    let row = settled(&app, "acme", "wamid.T1").await;
+    let row = customer_says(&app, "wamid.T1", "first").await;
     assert_eq!(row["status"], "failed");
     assert_eq!(
         row["reason"],
