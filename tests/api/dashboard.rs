@@ -721,6 +721,7 @@ async fn conversation_controls(app: TestApp) {
     app.create_account("acme").await;
     let jid = "491701234567@s.whatsapp.net";
     let chat = "/accounts/acme/chats/491701234567%40s.whatsapp.net";
+    let effective = format!("/v1/accounts/acme/chats/{jid}/ai/effective");
     let page = v.get(chat).await;
     assert!(page.body.contains("id=\"chat-controls\""));
     let r = v
@@ -734,14 +735,7 @@ async fn conversation_controls(app: TestApp) {
         )
         .await;
     assert_eq!(r.status, 303, "{}", r.body);
-    let eff = app
-        .admin(
-            "GET",
-            &format!("/v1/accounts/acme/chats/{jid}/ai/effective"),
-            None,
-        )
-        .await
-        .json;
+    let eff = app.admin("GET", &effective, None).await.json;
     assert_eq!(
         eff["max_replies_per_chat_per_hour"],
         json!({"value": 3, "source": "chat"}),
@@ -771,28 +765,14 @@ async fn conversation_controls(app: TestApp) {
     let page = v.get(chat).await;
     assert!(page.body.contains("id=\"ai-paused\""), "{}", page.body);
     assert!(page.body.contains("because an operator answered"));
-    let eff = app
-        .admin(
-            "GET",
-            &format!("/v1/accounts/acme/chats/{jid}/ai/effective"),
-            None,
-        )
-        .await
-        .json;
+    let eff = app.admin("GET", &effective, None).await.json;
     assert!(eff["paused_until"].is_string(), "{eff}");
     let r = v.post(&format!("{chat}/resume"), &[("csrf", &csrf)]).await;
     assert_eq!(r.status, 303, "{}", r.body);
     assert!(r.location().ends_with("?done=resumed"));
     let page = v.get(chat).await;
     assert!(!page.body.contains("id=\"ai-paused\""));
-    let eff = app
-        .admin(
-            "GET",
-            &format!("/v1/accounts/acme/chats/{jid}/ai/effective"),
-            None,
-        )
-        .await
-        .json;
+    let eff = app.admin("GET", &effective, None).await.json;
     assert_eq!(eff["paused_until"], serde_json::Value::Null, "{eff}");
 }
 both_stores!(
