@@ -102,12 +102,11 @@ pub enum ChatMsg {
         fallback: bool,
         reply: RpcReplyPort<Result<(), ActorError>>,
     },
-    Typing {
-        reply_id: String,
-        reply: RpcReplyPort<Result<(), ActorError>>,
-    },
+    /// Sends the reply (unless the chat decides otherwise), showing the typing indicator first
+    /// when `typing`; the shown indicator and the sent message commit in one append.
     Deliver {
         reply_id: String,
+        typing: bool,
         reply: RpcReplyPort<Result<Delivery, ActorError>>,
     },
     Skip {
@@ -176,8 +175,32 @@ impl ChatState {
         command: ChatCommand,
         meta: &Meta,
     ) -> Result<(Vec<ChatEvent>, Vec<i64>), ActorError> {
+        self.commit_all(vec![command], meta).await
+    }
+
+    /// Decides the commands in order (each sees the events of the ones before) and commits all
+    /// their events in one append.
+    async fn commit_all(
+        &mut self,
+        commands: Vec<ChatCommand>,
+        meta: &Meta,
+    ) -> Result<(Vec<ChatEvent>, Vec<i64>), ActorError> {
         for _ in 0..3 {
-            let events = self.chat.decide(command.clone())?;
+            let (events, after) = match commands.as_slice() {
+                [one] => (self.chat.decide(one.clone())?, None),
+                many => {
+                    let mut scratch = self.chat.clone();
+                    let mut events = Vec::new();
+                    for c in many {
+                        let decided = scratch.decide(c.clone())?;
+                        for e in &decided {
+                            cqrs_apply(&mut scratch, e.clone());
+                        }
+                        events.extend(decided);
+                    }
+                    (events, Some(scratch))
+                }
+            };
             if events.is_empty() {
                 return Ok((vec![], vec![]));
             }
@@ -188,8 +211,13 @@ impl ChatState {
                 .await
             {
                 Ok(positions) => {
-                    for e in &events {
-                        cqrs_apply(&mut self.chat, e.clone());
+                    match after {
+                        Some(chat) => self.chat = chat,
+                        None => {
+                            for e in &events {
+                                cqrs_apply(&mut self.chat, e.clone());
+                            }
+                        }
                     }
                     self.version += events.len();
                     self.ports.notify.committed().await;
@@ -449,32 +477,14 @@ impl Actor for ChatActor {
                 };
                 let _ = reply.send(st.commit(cmd, &auto).await.map(drop));
             }
-            ChatMsg::Typing { reply_id, reply } => {
+            ChatMsg::Deliver {
+                reply_id,
+                typing,
+                reply,
+            } => {
                 let result = async {
-                    let trigger = st.chat.trigger_of(&reply_id).map(str::to_string);
-                    // Typing is a courtesy: when it fails the send still runs (and reports the
-                    // real problem, if any); only a shown indicator is recorded.
-                    if let Err(e) = st
-                        .ports
-                        .transport
-                        .typing(&st.account, &st.jid, trigger.as_deref())
-                        .await
-                    {
-                        tracing::warn!(reply_id = %reply_id, reason = %e, "typing indicator not shown");
-                        return Ok(());
-                    }
-                    let cmd = ChatCommand::Typing {
-                        reply_id: Some(reply_id),
-                        at: Utc::now(),
-                    };
-                    st.commit(cmd, &auto).await.map(drop)
-                }
-                .await;
-                let _ = reply.send(result);
-            }
-            ChatMsg::Deliver { reply_id, reply } => {
-                let result = async {
-                    // Decide first (superseded? loop guard?), send only if the decision is to send.
+                    // Decide first (superseded? paused? loop guard?), send only if the decision
+                    // is to send.
                     let provisional = st.chat.decide(ChatCommand::SendReply {
                         reply_id: reply_id.clone(),
                         message_id: "provisional".into(),
@@ -492,6 +502,26 @@ impl Actor for ChatActor {
                             return st.commit(cmd, &auto).await.map(|_| Delivery::Done);
                         }
                     };
+                    // Typing is a courtesy: when it fails the send still runs (and reports the
+                    // real problem, if any); only a shown indicator is recorded, with the send.
+                    let mut commands = Vec::with_capacity(2);
+                    if typing {
+                        let trigger = st.chat.trigger_of(&reply_id).map(str::to_string);
+                        match st
+                            .ports
+                            .transport
+                            .typing(&st.account, &st.jid, trigger.as_deref())
+                            .await
+                        {
+                            Ok(()) => commands.push(ChatCommand::Typing {
+                                reply_id: Some(reply_id.clone()),
+                                at: Utc::now(),
+                            }),
+                            Err(e) => {
+                                tracing::warn!(reply_id = %reply_id, reason = %e, "typing indicator not shown");
+                            }
+                        }
+                    }
                     match st
                         .ports
                         .transport
@@ -499,21 +529,30 @@ impl Actor for ChatActor {
                         .await
                     {
                         Ok(message_id) => {
-                            let cmd = ChatCommand::SendReply {
+                            commands.push(ChatCommand::SendReply {
                                 reply_id: reply_id.clone(),
                                 message_id,
                                 at: Utc::now(),
-                            };
-                            st.commit(cmd, &auto).await.map(|_| Delivery::Done)
+                            });
+                            st.commit_all(commands, &auto)
+                                .await
+                                .map(|_| Delivery::Done)
                         }
-                        Err(e) if e.retryable => Ok(Delivery::Retry { reason: e.reason }),
+                        Err(e) if e.retryable => {
+                            if !commands.is_empty() {
+                                st.commit_all(commands, &auto).await?;
+                            }
+                            Ok(Delivery::Retry { reason: e.reason })
+                        }
                         Err(e) => {
-                            let cmd = ChatCommand::FailReply {
+                            commands.push(ChatCommand::FailReply {
                                 reply_id: reply_id.clone(),
                                 reason: format!("send failed: {}", e.reason),
                                 attempts: vec![],
-                            };
-                            st.commit(cmd, &auto).await.map(|_| Delivery::Done)
+                            });
+                            st.commit_all(commands, &auto)
+                                .await
+                                .map(|_| Delivery::Done)
                         }
                     }
                 }

@@ -338,11 +338,6 @@ async fn run(args: &WorkerArgs) -> Result<(), String> {
     })
     .await?;
     tokio::time::sleep(cfg.reply_delay).await;
-    step(args, |reply| ChatMsg::Typing {
-        reply_id: reply_id.clone(),
-        reply,
-    })
-    .await?;
     deliver(args).await
 }
 
@@ -357,6 +352,8 @@ async fn deliver(args: &WorkerArgs) -> Result<(), String> {
         attempt += 1;
         let outcome = step(args, |reply| ChatMsg::Deliver {
             reply_id: args.reply_id.clone(),
+            // The indicator once, before the first try.
+            typing: attempt == 1,
             reply,
         })
         .await?;
