@@ -291,13 +291,9 @@ impl Actor for ChatActor {
         myself: ActorRef<ChatMsg>,
         args: ChatArgs,
     ) -> Result<ChatState, ActorProcessingErr> {
+        // The stream is loaded in `post_start`: `spawn` returns after `pre_start`, and the
+        // account actor that spawns chats must not wait on a database round trip per new chat.
         let stream_id = chat::stream_id(&args.account, &args.jid);
-        let (chat, version) = args
-            .ports
-            .streams
-            .load(&stream_id)
-            .await
-            .map_err(|e| format!("cannot load chat stream: {e}"))?;
         myself.send_interval(IDLE_CHECK, || ChatMsg::IdleCheck);
         Ok(ChatState {
             account: args.account,
@@ -305,12 +301,31 @@ impl Actor for ChatActor {
             stream_id,
             ports: args.ports,
             supervisor: args.supervisor,
-            chat,
-            version,
+            chat: Chat::default(),
+            version: 0,
             queue: VecDeque::new(),
             active: None,
             last_activity: Instant::now(),
         })
+    }
+
+    /// Loads the chat's stream before the first message is handled (ractor runs `post_start`
+    /// before the message loop). A failure stops the actor: callers waiting on it see it stop and
+    /// retry once, then answer "unavailable" (503), as when the store is down.
+    async fn post_start(
+        &self,
+        _: ActorRef<ChatMsg>,
+        st: &mut ChatState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (chat, version) = st
+            .ports
+            .streams
+            .load(&st.stream_id)
+            .await
+            .map_err(|e| format!("cannot load chat stream: {e}"))?;
+        st.chat = chat;
+        st.version = version;
+        Ok(())
     }
 
     async fn handle(
