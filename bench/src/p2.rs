@@ -186,11 +186,13 @@ async fn drive(
             let events = pg::terminal_after(&monitor, pos)
                 .await
                 .map_err(|e| e.to_string())?;
-            if events.is_empty() {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            } else {
+            // One poll per FOLLOW_EVERY whether or not it found events: a follower that polls
+            // again at once keeps a PostgreSQL backend busy and takes CPU from the gateway it
+            // measures (2 cores here).
+            if !events.is_empty() {
                 last_progress = Instant::now();
             }
+            tokio::time::sleep(pg::FOLLOW_EVERY).await;
             if !all_injected {
                 last_progress = Instant::now();
             }

@@ -237,6 +237,9 @@ pub async fn monitor_pool(url: &str) -> Result<PgPool> {
         .await?)
 }
 
+/// How often the benchmark's follower polls for settled replies.
+pub const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Terminal reply events after `after` (by global position, which is commit-ordered in wagate's
 /// store, so a reader that follows it never skips an event): `(position, stream id, type)`.
 pub async fn terminal_after(pool: &PgPool, after: i64) -> Result<Vec<(i64, String, String)>> {
