@@ -74,15 +74,7 @@ pub async fn logs(
         form.card.filters method="get" action="/logs" {
             (render::text_field(&state, "logs", "account_id", "Account", "text", None))
             (render::text_field(&state, "logs", "chat_id", "Chat JID", "text", None))
-            div.field {
-                label for="logs-status" { "Status" }
-                select #logs-status name="status" aria-invalid=[state.error("status").map(|_| "true")]
-                    aria-describedby=[render::described_by(&state, "logs-status", "status", false)] {
-                    option value="" selected[state.value("status").is_empty()] { "any" }
-                    @for s in STATUSES { option value=(s) selected[state.value("status") == s] { (s) } }
-                }
-                (render::field_error(&state, "logs-status", "status"))
-            }
+            (render::filter_select(&state, "logs", "status", "Status", &STATUSES))
             button type="submit" { "Filter" }
         }
         @if rows.is_empty() { p { "No AI log rows match." } } @else {

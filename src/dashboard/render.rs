@@ -288,6 +288,30 @@ pub fn text_field(
     }
 }
 
+/// A labelled choice among `options`, with "any" (the empty value) first: the filters of the list
+/// pages.
+pub fn filter_select(
+    state: &FormState,
+    form: &str,
+    name: &str,
+    label: &str,
+    options: &[&str],
+) -> Markup {
+    let id = format!("{form}-{name}");
+    let current = state.value(name);
+    html! {
+        div.field {
+            label for=(id) { (label) }
+            select id=(id) name=(name) aria-invalid=[state.error(name).map(|_| "true")]
+                aria-describedby=[described_by(state, &id, name, false)] {
+                option value="" selected[current.is_empty()] { "any" }
+                @for o in options { option value=(o) selected[current == *o] { (o) } }
+            }
+            (field_error(state, &id, name))
+        }
+    }
+}
+
 /// A labelled multi-line text input.
 pub fn textarea_field(
     state: &FormState,

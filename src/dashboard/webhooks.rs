@@ -373,15 +373,7 @@ async fn render_detail(
         section aria-labelledby="deliveries-h" {
             h2 #deliveries-h { "Deliveries" }
             form.card.filters method="get" action=(base) {
-                div.field {
-                    label for="filter-status" { "Status" }
-                    select #filter-status name="status" aria-invalid=[filter.error("status").map(|_| "true")]
-                        aria-describedby=[render::described_by(&filter, "filter-status", "status", false)] {
-                        option value="" selected[filter.value("status").is_empty()] { "any" }
-                        @for s in DELIVERY_STATUSES { option value=(s) selected[filter.value("status") == s] { (s) } }
-                    }
-                    (render::field_error(&filter, "filter-status", "status"))
-                }
+                (render::filter_select(&filter, "filter", "status", "Status", &DELIVERY_STATUSES))
                 button type="submit" { "Filter" }
             }
             @if items.is_empty() {
