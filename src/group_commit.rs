@@ -171,7 +171,6 @@ async fn write(store: &Store, appends: &[&Append]) -> Result<Vec<Vec<i64>>, Writ
         (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) ";
     const POSITIONS: &str = "SELECT position FROM events WHERE aggregate_type = $1 \
         AND aggregate_id = $2 AND sequence > $3 ORDER BY sequence";
-    // One statement per append: `VALUES (...), (...)` for its events.
     // SQLite: one statement per append, `VALUES (...), (...)` for its events.
     let statement = |a: &Append| {
         let mut sql = String::from(INSERT);
@@ -246,34 +245,35 @@ async fn write(store: &Store, appends: &[&Append]) -> Result<Vec<Vec<i64>>, Writ
                 .bind(&cols.metadata)
                 .fetch_all(p)
                 .await?;
-            let mut positions: HashMap<(String, String, i64), i64> =
-                HashMap::with_capacity(rows_total);
-            for r in &rows {
-                positions.insert(
-                    (
-                        r.try_get("aggregate_type")?,
-                        r.try_get("aggregate_id")?,
-                        r.try_get("sequence")?,
-                    ),
-                    r.try_get("position")?,
-                );
-            }
-            for a in appends {
-                let mut mine = Vec::with_capacity(a.events.len());
-                for i in 0..a.events.len() {
+            // RETURNING does not promise the input order: place each row by its stream and
+            // sequence, then hand every append its events' positions in order.
+            let slots: HashMap<(&str, &str, i64), usize> = (0..rows_total)
+                .map(|k| {
                     let key = (
-                        a.aggregate_type.to_string(),
-                        a.aggregate_id.clone(),
-                        a.expected + 1 + i as i64,
+                        cols.aggregate_type[k],
+                        cols.aggregate_id[k],
+                        cols.sequence[k],
                     );
-                    let position = positions.get(&key).copied().ok_or_else(|| {
-                        WriteError::Store(StoreError::Other(
-                            "a committed event's position was not returned".into(),
-                        ))
-                    })?;
-                    mine.push(position);
+                    (key, k)
+                })
+                .collect();
+            let mut flat: Vec<Option<i64>> = vec![None; rows_total];
+            for r in &rows {
+                let ty: String = r.try_get("aggregate_type")?;
+                let id: String = r.try_get("aggregate_id")?;
+                let sequence: i64 = r.try_get("sequence")?;
+                if let Some(&k) = slots.get(&(ty.as_str(), id.as_str(), sequence)) {
+                    flat[k] = Some(r.try_get("position")?);
                 }
-                out.push(mine);
+            }
+            let mut flat = flat.into_iter();
+            for a in appends {
+                let mine: Option<Vec<i64>> = flat.by_ref().take(a.events.len()).collect();
+                out.push(mine.ok_or_else(|| {
+                    WriteError::Store(StoreError::Other(
+                        "a committed event's position was not returned".into(),
+                    ))
+                })?);
             }
         }
         Store::Sqlite(p) => {
