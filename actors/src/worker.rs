@@ -3,7 +3,8 @@
 //! the conversation controls (human takeover, hourly cap, daily token budget), builds the prompt
 //! (system prompt + the newest turns that fit the history budget), calls the model within the
 //! concurrency limits (retrying, then the fallback model), records the generated reply with every
-//! attempt, waits `reply_delay_seconds`, shows typing, and asks the chat to deliver. Every step is
+//! attempt, waits `reply_delay_seconds`, and asks the chat to deliver (the chat shows typing and
+//! sends, or skips if it decides so). Every step is
 //! committed by the chat actor; the worker holds nothing that a crash could lose except time.
 
 use std::sync::Arc;
