@@ -757,6 +757,8 @@ fn render_page(
     let from_env = inherited(app, None);
     let now = inherited(app, Some(&global));
     let env = &app.env_layer;
+    // The env layer as the form shows a layer: empty where the env sets nothing.
+    let env_values = layer_values(&env.settings);
     let body = html! {
         (render::notice(done))
         p { "Applies to every account unless the account or the chat overrides it. "
@@ -796,7 +798,7 @@ fn render_page(
                             ("max_retries", defaults::MAX_RETRIES.to_string()),
                             ("fallback_model_name", "none".to_string()),
                         ] {
-                            tr { th scope="row" { (name) } td { (env_value(env, name)) } td { (default) } (eff_cell(&now, name)) }
+                            tr { th scope="row" { (name) } td { @match env_values.value(name) { "" => "—", v => (v) } } td { (default) } (eff_cell(&now, name)) }
                         }
                     }
                 }
@@ -808,23 +810,6 @@ fn render_page(
         state.status(),
         render::page("AI settings", Some(session), Section::Ai, body),
     )
-}
-
-/// A conversation-control value set by the env layer, or a dash.
-fn env_value(env: &effective::EnvLayer, name: &str) -> String {
-    let s = &env.settings;
-    let v = match name {
-        "human_takeover_minutes" => s.human_takeover_minutes.map(u64::from),
-        "debounce_seconds" => s.debounce_seconds.map(u64::from),
-        "max_replies_per_chat_per_hour" => s.max_replies_per_chat_per_hour.map(u64::from),
-        "daily_token_budget" => s.daily_token_budget,
-        "max_history_tokens" => s.max_history_tokens.map(u64::from),
-        "history_window_hours" => s.history_window_hours.map(u64::from),
-        "max_retries" => s.max_retries.map(u64::from),
-        "fallback_model_name" => return s.fallback_model_name.clone().unwrap_or("—".into()),
-        _ => None,
-    };
-    v.map_or_else(|| "—".to_string(), |v| v.to_string())
 }
 
 /// A table cell with a resolved value and its source.
