@@ -7,6 +7,10 @@
 //! refused append makes the batch's transaction fail; the committer then writes the batch's
 //! appends one transaction each, so only the stream that really conflicted sees `Conflict`.
 //! Nothing is acknowledged before its transaction committed.
+//!
+//! Two batches may be in flight at once (`IN_FLIGHT`). A chat actor waits for its append's
+//! commit before it appends again, so one stream is never in both; appends to one stream from
+//! elsewhere (another process) are refused by the primary key as above.
 
 use std::collections::HashMap;
 
@@ -18,6 +22,11 @@ use crate::store::{Store, StoreError};
 /// Appends taken into one transaction at most.
 const MAX_BATCH: usize = 256;
 
+/// Batches being written at once on PostgreSQL. There the second waits for the first's position lock
+/// (ADR 0001), so commits stay in position order, but its round trip and its backend's scheduling
+/// overlap the first's commit instead of following it.
+const IN_FLIGHT: usize = 2;
+
 /// One stream's new events.
 #[derive(Debug, Clone)]
 pub struct Append {
@@ -25,8 +34,8 @@ pub struct Append {
     pub aggregate_id: String,
     /// The stream version the writer holds (its events get the next sequences).
     pub expected: i64,
-    /// (event type, event version, payload)
-    pub events: Vec<(String, String, serde_json::Value)>,
+    /// (event type, event version, payload as JSON text)
+    pub events: Vec<(String, String, String)>,
     pub metadata: HashMap<String, String>,
 }
 
@@ -81,8 +90,21 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<Request>,
     stats: std::sync::Arc<CommitStats>,
 ) {
-    use std::sync::atomic::Ordering::Relaxed;
-    while let Some(first) = rx.recv().await {
+    // SQLite has one writer at a time anyway: a second batch would only wait for its lock.
+    let in_flight = match store {
+        Store::Postgres(_) => IN_FLIGHT,
+        Store::Sqlite(_) => 1,
+    };
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(in_flight));
+    loop {
+        // Wait for a free slot first, then take everything queued by then as one batch: under
+        // load the batches grow while both slots are busy.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else {
+            return;
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -90,36 +112,47 @@ async fn run(
                 Err(_) => break,
             }
         }
-        let appends: Vec<&Append> = batch.iter().map(|(a, _)| a).collect();
-        stats.transactions.fetch_add(1, Relaxed);
-        stats.appends.fetch_add(appends.len() as u64, Relaxed);
-        match write(&store, &appends).await {
-            Ok(positions) => {
-                for ((_, done), p) in batch.into_iter().zip(positions) {
-                    let _ = done.send(Ok(Appended::Committed(p)));
-                }
+        let store = store.clone();
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            commit_batch(&store, batch, &stats).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Writes one batch and answers each of its appends.
+async fn commit_batch(store: &Store, mut batch: Vec<Request>, stats: &CommitStats) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let appends: Vec<&Append> = batch.iter().map(|(a, _)| a).collect();
+    stats.transactions.fetch_add(1, Relaxed);
+    stats.appends.fetch_add(appends.len() as u64, Relaxed);
+    match write(store, &appends).await {
+        Ok(positions) => {
+            for ((_, done), p) in batch.into_iter().zip(positions) {
+                let _ = done.send(Ok(Appended::Committed(p)));
             }
-            Err(WriteError::Conflict) if batch.len() == 1 => {
-                if let Some((_, done)) = batch.pop() {
-                    let _ = done.send(Ok(Appended::Conflict));
-                }
+        }
+        Err(WriteError::Conflict) if batch.len() == 1 => {
+            if let Some((_, done)) = batch.pop() {
+                let _ = done.send(Ok(Appended::Conflict));
             }
-            Err(WriteError::Conflict) => {
-                // Find the stream(s) that moved: one transaction per append.
-                for (append, done) in batch {
-                    stats.transactions.fetch_add(1, Relaxed);
-                    let r = match write(&store, &[&append]).await {
-                        Ok(mut p) => Ok(Appended::Committed(p.pop().unwrap_or_default())),
-                        Err(WriteError::Conflict) => Ok(Appended::Conflict),
-                        Err(WriteError::Store(e)) => Err(e),
-                    };
-                    let _ = done.send(r);
-                }
+        }
+        Err(WriteError::Conflict) => {
+            // Find the stream(s) that moved: one transaction per append.
+            for (append, done) in batch {
+                stats.transactions.fetch_add(1, Relaxed);
+                let r = match write(store, &[&append]).await {
+                    Ok(mut p) => Ok(Appended::Committed(p.pop().unwrap_or_default())),
+                    Err(WriteError::Conflict) => Ok(Appended::Conflict),
+                    Err(WriteError::Store(e)) => Err(e),
+                };
+                let _ = done.send(r);
             }
-            Err(WriteError::Store(e)) => {
-                for (_, done) in batch {
-                    let _ = done.send(Err(clone_error(&e)));
-                }
+        }
+        Err(WriteError::Store(e)) => {
+            for (_, done) in batch {
+                let _ = done.send(Err(clone_error(&e)));
             }
         }
     }
@@ -161,7 +194,7 @@ struct Columns<'a> {
     sequence: Vec<i64>,
     event_type: Vec<&'a str>,
     event_version: Vec<&'a str>,
-    payload: Vec<String>,
+    payload: Vec<&'a str>,
     metadata: Vec<String>,
 }
 
@@ -203,7 +236,7 @@ async fn write(store: &Store, appends: &[&Append]) -> Result<Vec<Vec<i64>>, Writ
                     .bind($a.expected + 1 + i as i64)
                     .bind(ty)
                     .bind(version)
-                    .bind(payload.to_string())
+                    .bind(payload)
                     .bind($meta.clone());
             }
             q
@@ -229,7 +262,7 @@ async fn write(store: &Store, appends: &[&Append]) -> Result<Vec<Vec<i64>>, Writ
                     cols.sequence.push(a.expected + 1 + i as i64);
                     cols.event_type.push(ty);
                     cols.event_version.push(version);
-                    cols.payload.push(payload.to_string());
+                    cols.payload.push(payload);
                     cols.metadata.push(meta.clone());
                 }
             }

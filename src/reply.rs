@@ -68,7 +68,7 @@ impl ChatStreams for StoreStreams {
             events: events
                 .iter()
                 .map(|e| {
-                    serde_json::to_value(e)
+                    serde_json::to_string(e)
                         .map(|payload| (e.event_type(), e.event_version(), payload))
                         .map_err(|err| {
                             StoreFailure::Other(format!("cannot serialize an event: {err}"))

@@ -14,6 +14,9 @@ use crate::config::Config;
 use crate::http;
 use crate::store::{Store, StoreError};
 
+/// The shortest time between two background folds of the read models.
+const PROJECTOR_EVERY: Duration = Duration::from_millis(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error("cannot start the actors: {0}")]
@@ -102,13 +105,16 @@ pub async fn start(config: Config) -> Result<Running, StartupError> {
         .await
     });
     // The projector: folds new events into the read models when a chat actor commits, and every
-    // second for commits of other processes sharing a PostgreSQL store.
+    // second for commits of other processes sharing a PostgreSQL store. Under load it folds at
+    // most every PROJECTOR_EVERY, so one read takes many commits' events (readers that need their
+    // own writes folded call `catch_up` themselves).
     let weak = Arc::downgrade(&app);
     let ticker = tokio::spawn(async move {
         loop {
             let Some(app) = weak.upgrade() else { return };
             let _ =
                 tokio::time::timeout(Duration::from_secs(1), app.projector_wake.notified()).await;
+            tokio::time::sleep(PROJECTOR_EVERY).await;
             if let Err(e) = app.catch_up().await {
                 app.note_store_error();
                 tracing::warn!(error = %e, "read model catch-up failed; will retry");

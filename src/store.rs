@@ -34,7 +34,7 @@ pub enum StoreError {
 /// failures (class 08), shutdowns (57P0x), too many connections (53300), a database that does not
 /// accept connections (55000), and SQLite's busy/locked codes.
 pub fn is_unavailable(e: &sqlx::Error) -> bool {
-    match e {
+    let unavailable = match e {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::PoolTimedOut
@@ -46,7 +46,34 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
                 || matches!(c.as_ref(), "53300" | "55000" | "5" | "6" | "261" | "517")
         }),
         _ => false,
+    };
+    if unavailable {
+        connection_trouble_seen();
     }
+    unavailable
+}
+
+/// When (milliseconds on `TROUBLE_CLOCK`) a store error last looked like a lost connection or an
+/// unavailable server; 0: never.
+static TROUBLE_AT_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static TROUBLE_CLOCK: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+fn trouble_clock_ms() -> u64 {
+    let start = TROUBLE_CLOCK.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+fn connection_trouble_seen() {
+    TROUBLE_AT_MS.store(trouble_clock_ms(), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether pooled connections should be pinged before use: after connection trouble, for a
+/// while, every one is (a server restart leaves every pooled connection broken).
+fn connection_trouble_recently() -> bool {
+    let at = TROUBLE_AT_MS.load(std::sync::atomic::Ordering::Relaxed);
+    at != 0 && trouble_clock_ms().saturating_sub(at) < PING_ALL_AFTER_TROUBLE.as_millis() as u64
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -77,6 +104,12 @@ pub struct EventQuery<'a> {
     pub aggregate_id: Option<&'a str>,
 }
 
+/// A pooled PostgreSQL connection idle this long is pinged before it is handed out.
+const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
+/// After a store error that looks like a lost connection, every pooled connection is pinged
+/// before use for this long.
+const PING_ALL_AFTER_TROUBLE: Duration = Duration::from_secs(30);
+
 const SQLITE_TIME: &str = "%Y-%m-%dT%H:%M:%S%.3fZ";
 
 impl Store {
@@ -90,6 +123,20 @@ impl Store {
                 let pool = PgPoolOptions::new()
                     .max_connections(16)
                     .acquire_timeout(Duration::from_secs(5))
+                    // A connection in steady use is not pinged before each use (that doubled the
+                    // round trips of every group commit under load); one idle for a while is, and
+                    // after a lost connection every one is for a while, so connections broken by
+                    // a server restart are replaced before use.
+                    .test_before_acquire(false)
+                    .before_acquire(|conn, meta| {
+                        Box::pin(async move {
+                            if meta.idle_for >= PING_WHEN_IDLE_FOR || connection_trouble_recently()
+                            {
+                                sqlx::Connection::ping(conn).await?;
+                            }
+                            Ok(true)
+                        })
+                    })
                     .connect_with(opts)
                     .await?;
                 Ok(Store::Postgres(pool))

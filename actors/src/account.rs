@@ -120,6 +120,10 @@ pub struct Gateway {
     ports: Arc<Ports>,
     supervisor: ActorRef<SupervisorMsg>,
     accounts: Mutex<HashMap<String, ActorRef<AccountMsg>>>,
+    /// Running chat actors by (account, jid), so a message to a running chat does not wait on its
+    /// account actor. Only a hint: a stopped chat found here is asked for again through its
+    /// account actor, which is the one that starts chats.
+    running: std::sync::RwLock<HashMap<(String, String), ActorRef<ChatMsg>>>,
 }
 
 impl Gateway {
@@ -132,6 +136,7 @@ impl Gateway {
             ports,
             supervisor,
             accounts: Mutex::new(HashMap::new()),
+            running: Default::default(),
         }))
     }
 
@@ -170,6 +175,29 @@ impl Gateway {
 
     /// The chat actor of `jid` in `account`, started if needed.
     pub async fn chat(&self, account: &str, jid: &str) -> Result<ActorRef<ChatMsg>, ActorError> {
+        let key = (account.to_string(), jid.to_string());
+        if let Some(chat) = self
+            .running
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .filter(|c| c.get_status() == ractor::ActorStatus::Running)
+        {
+            return Ok(chat.clone());
+        }
+        let chat = self.start_chat(account, jid).await?;
+        let mut running = self.running.write().unwrap_or_else(|p| p.into_inner());
+        // Forget chats that stopped (passivated) since, so the map stays the size of the
+        // running set.
+        if running.len() >= 1024 && running.len().is_power_of_two() {
+            running.retain(|_, c| c.get_status() == ractor::ActorStatus::Running);
+        }
+        running.insert(key, chat.clone());
+        Ok(chat)
+    }
+
+    /// Asks the account actor for the chat actor (it starts one if needed).
+    async fn start_chat(&self, account: &str, jid: &str) -> Result<ActorRef<ChatMsg>, ActorError> {
         let acc = self.account(account).await?;
         match acc
             .call(
@@ -219,6 +247,10 @@ impl Gateway {
         if let Some(a) = self.accounts.lock().await.remove(account) {
             a.stop(Some("account deleted".into()));
         }
+        self.running
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(acc, _), _| acc != account);
     }
 
     /// Stops every actor.
@@ -226,6 +258,10 @@ impl Gateway {
         for (_, a) in self.accounts.lock().await.drain() {
             a.stop(None);
         }
+        self.running
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         self.supervisor.stop(None);
     }
 }

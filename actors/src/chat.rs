@@ -5,7 +5,7 @@
 //! parallel. Replies are worked one at a time per chat, newest request first: older pending
 //! requests are skipped as superseded, so the chat never gets an answer to a stale question.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -44,6 +44,31 @@ pub enum Delivery {
     Done,
     /// The transport asked to retry later (rate limit, outage); nothing was committed.
     Retry { reason: String },
+}
+
+/// A model's answer to a reply, as the worker hands it to the chat.
+#[derive(Debug, Clone)]
+pub struct GeneratedReply {
+    pub text: String,
+    pub model: String,
+    pub usage: TokenUsage,
+    pub latency_ms: u64,
+    pub attempts: Vec<ModelAttempt>,
+    pub fallback: bool,
+}
+
+impl GeneratedReply {
+    fn record(self, reply_id: String) -> ChatCommand {
+        ChatCommand::RecordGenerated {
+            reply_id,
+            text: self.text,
+            model: self.model,
+            usage: self.usage,
+            latency_ms: self.latency_ms,
+            attempts: self.attempts,
+            fallback: self.fallback,
+        }
+    }
 }
 
 /// What a worker needs to build its prompt.
@@ -92,21 +117,20 @@ pub enum ChatMsg {
         reply_id: String,
         reply: RpcReplyPort<Option<ReplyContext>>,
     },
+    /// Records the model's answer (`AiReplyGenerated`).
     Generated {
         reply_id: String,
-        text: String,
-        model: String,
-        usage: TokenUsage,
-        latency_ms: u64,
-        attempts: Vec<ModelAttempt>,
-        fallback: bool,
+        generated: Box<GeneratedReply>,
         reply: RpcReplyPort<Result<(), ActorError>>,
     },
     /// Sends the reply (unless the chat decides otherwise), showing the typing indicator first
-    /// when `typing`; the shown indicator and the sent message commit in one append.
+    /// when `typing`; the shown indicator and the sent message commit in one append. With
+    /// `generated`, the model's answer is recorded in that same append (no reply delay and no
+    /// debounce window: nothing happens between the two steps, see `ReplyWorker`).
     Deliver {
         reply_id: String,
         typing: bool,
+        generated: Option<Box<GeneratedReply>>,
         reply: RpcReplyPort<Result<Delivery, ActorError>>,
     },
     Skip {
@@ -155,6 +179,9 @@ pub struct ChatState {
     queue: VecDeque<String>,
     active: Option<String>,
     last_activity: Instant,
+    /// Replies the transport sent whose events could not be committed yet (store unavailable),
+    /// with the commands to commit: a retried delivery commits them instead of sending again.
+    unrecorded: HashMap<String, Vec<ChatCommand>>,
 }
 
 fn system_meta(actor: &str) -> Meta {
@@ -234,6 +261,125 @@ impl ChatState {
         Err(StoreFailure::Conflict.into())
     }
 
+    /// One delivery step: records `generated` first when given, decides (superseded? paused?
+    /// loop guard?), and only if the decision is to send shows the typing indicator (when
+    /// `typing`) and hands the text to the transport; everything decided commits in one append.
+    /// A reply the transport already took is never handed to it again: if its commit failed, the
+    /// next step commits the same events without sending.
+    async fn deliver(
+        &mut self,
+        reply_id: String,
+        typing: bool,
+        generated: Option<GeneratedReply>,
+    ) -> Result<Delivery, ActorError> {
+        let auto = system_meta("system:auto-reply");
+        if let Some(commands) = self.unrecorded.remove(&reply_id) {
+            return self.record_sent(&reply_id, commands, &auto).await;
+        }
+        let mut commands = Vec::with_capacity(3);
+        // The state the send is decided on: after the generated answer, when it comes along.
+        let decided_on = match generated {
+            Some(g) => {
+                let cmd = g.record(reply_id.clone());
+                let mut scratch = self.chat.clone();
+                for e in scratch.decide(cmd.clone())? {
+                    cqrs_apply(&mut scratch, e);
+                }
+                commands.push(cmd);
+                Some(scratch)
+            }
+            None => None,
+        };
+        let chat = decided_on.as_ref().unwrap_or(&self.chat);
+        let provisional = chat.decide(ChatCommand::SendReply {
+            reply_id: reply_id.clone(),
+            message_id: "provisional".into(),
+            at: Utc::now(),
+        })?;
+        let text = match provisional.first() {
+            Some(ChatEvent::MessageSent { text, .. }) => text.clone(),
+            _ => {
+                // Skipped: commit the decision as it is.
+                commands.push(ChatCommand::SendReply {
+                    reply_id,
+                    message_id: "not-sent".into(),
+                    at: Utc::now(),
+                });
+                return self
+                    .commit_all(commands, &auto)
+                    .await
+                    .map(|_| Delivery::Done);
+            }
+        };
+        // Typing is a courtesy: when it fails the send still runs (and reports the real
+        // problem, if any); only a shown indicator is recorded, with the send.
+        if typing {
+            let trigger = chat.trigger_of(&reply_id).map(str::to_string);
+            match self
+                .ports
+                .transport
+                .typing(&self.account, &self.jid, trigger.as_deref())
+                .await
+            {
+                Ok(()) => commands.push(ChatCommand::Typing {
+                    reply_id: Some(reply_id.clone()),
+                    at: Utc::now(),
+                }),
+                Err(e) => {
+                    tracing::warn!(reply_id = %reply_id, reason = %e, "typing indicator not shown");
+                }
+            }
+        }
+        match self
+            .ports
+            .transport
+            .send_text(&self.account, &self.jid, &text)
+            .await
+        {
+            Ok(message_id) => {
+                commands.push(ChatCommand::SendReply {
+                    reply_id: reply_id.clone(),
+                    message_id,
+                    at: Utc::now(),
+                });
+                self.record_sent(&reply_id, commands, &auto).await
+            }
+            Err(e) if e.retryable => {
+                if !commands.is_empty() {
+                    self.commit_all(commands, &auto).await?;
+                }
+                Ok(Delivery::Retry { reason: e.reason })
+            }
+            Err(e) => {
+                commands.push(ChatCommand::FailReply {
+                    reply_id,
+                    reason: format!("send failed: {}", e.reason),
+                    attempts: vec![],
+                });
+                self.commit_all(commands, &auto)
+                    .await
+                    .map(|_| Delivery::Done)
+            }
+        }
+    }
+
+    /// Commits the events of a reply the transport sent; when the store refuses for now, keeps
+    /// them for the next delivery step (which commits instead of sending again).
+    async fn record_sent(
+        &mut self,
+        reply_id: &str,
+        commands: Vec<ChatCommand>,
+        meta: &Meta,
+    ) -> Result<Delivery, ActorError> {
+        match self.commit_all(commands.clone(), meta).await {
+            Ok(_) => Ok(Delivery::Done),
+            Err(e) => {
+                self.unrecorded.insert(reply_id.to_string(), commands);
+                Err(e)
+            }
+        }
+    }
+
     /// Starts a worker for the newest waiting reply, skipping older ones.
     async fn pump(&mut self, myself: &ActorRef<ChatMsg>) {
         if self.active.is_some() {
@@ -306,6 +452,7 @@ impl Actor for ChatActor {
             queue: VecDeque::new(),
             active: None,
             last_activity: Instant::now(),
+            unrecorded: HashMap::new(),
         })
     }
 
@@ -473,105 +620,19 @@ impl Actor for ChatActor {
             }
             ChatMsg::Generated {
                 reply_id,
-                text,
-                model,
-                usage,
-                latency_ms,
-                attempts,
-                fallback,
+                generated,
                 reply,
             } => {
-                let cmd = ChatCommand::RecordGenerated {
-                    reply_id,
-                    text,
-                    model,
-                    usage,
-                    latency_ms,
-                    attempts,
-                    fallback,
-                };
+                let cmd = generated.record(reply_id);
                 let _ = reply.send(st.commit(cmd, &auto).await.map(drop));
             }
             ChatMsg::Deliver {
                 reply_id,
                 typing,
+                generated,
                 reply,
             } => {
-                let result = async {
-                    // Decide first (superseded? paused? loop guard?), send only if the decision
-                    // is to send.
-                    let provisional = st.chat.decide(ChatCommand::SendReply {
-                        reply_id: reply_id.clone(),
-                        message_id: "provisional".into(),
-                        at: Utc::now(),
-                    })?;
-                    let text = match provisional.first() {
-                        Some(ChatEvent::MessageSent { text, .. }) => text.clone(),
-                        _ => {
-                            // Skipped: commit the decision as it is.
-                            let cmd = ChatCommand::SendReply {
-                                reply_id: reply_id.clone(),
-                                message_id: "not-sent".into(),
-                                at: Utc::now(),
-                            };
-                            return st.commit(cmd, &auto).await.map(|_| Delivery::Done);
-                        }
-                    };
-                    // Typing is a courtesy: when it fails the send still runs (and reports the
-                    // real problem, if any); only a shown indicator is recorded, with the send.
-                    let mut commands = Vec::with_capacity(2);
-                    if typing {
-                        let trigger = st.chat.trigger_of(&reply_id).map(str::to_string);
-                        match st
-                            .ports
-                            .transport
-                            .typing(&st.account, &st.jid, trigger.as_deref())
-                            .await
-                        {
-                            Ok(()) => commands.push(ChatCommand::Typing {
-                                reply_id: Some(reply_id.clone()),
-                                at: Utc::now(),
-                            }),
-                            Err(e) => {
-                                tracing::warn!(reply_id = %reply_id, reason = %e, "typing indicator not shown");
-                            }
-                        }
-                    }
-                    match st
-                        .ports
-                        .transport
-                        .send_text(&st.account, &st.jid, &text)
-                        .await
-                    {
-                        Ok(message_id) => {
-                            commands.push(ChatCommand::SendReply {
-                                reply_id: reply_id.clone(),
-                                message_id,
-                                at: Utc::now(),
-                            });
-                            st.commit_all(commands, &auto)
-                                .await
-                                .map(|_| Delivery::Done)
-                        }
-                        Err(e) if e.retryable => {
-                            if !commands.is_empty() {
-                                st.commit_all(commands, &auto).await?;
-                            }
-                            Ok(Delivery::Retry { reason: e.reason })
-                        }
-                        Err(e) => {
-                            commands.push(ChatCommand::FailReply {
-                                reply_id: reply_id.clone(),
-                                reason: format!("send failed: {}", e.reason),
-                                attempts: vec![],
-                            });
-                            st.commit_all(commands, &auto)
-                                .await
-                                .map(|_| Delivery::Done)
-                        }
-                    }
-                }
-                .await;
+                let result = st.deliver(reply_id, typing, generated.map(|g| *g)).await;
                 let _ = reply.send(result);
             }
             ChatMsg::Skip {
@@ -606,6 +667,14 @@ impl Actor for ChatActor {
             ChatMsg::WorkerDone { reply_id } => {
                 if st.active.as_deref() == Some(reply_id.as_str()) {
                     st.active = None;
+                }
+                // A reply the transport took but whose events are not committed yet: commit
+                // them now (never send again).
+                if let Some(commands) = st.unrecorded.remove(&reply_id) {
+                    if let Err(e) = st.record_sent(&reply_id, commands, &auto).await {
+                        tracing::error!(reply_id = %reply_id, error = %e, "a sent reply could not be recorded; it stays open and is closed as interrupted at the next start");
+                        st.unrecorded.remove(&reply_id);
+                    }
                 }
                 // A worker that ended without a terminal event leaves its reply open.
                 if st.chat.open_replies.contains_key(&reply_id) && !st.queue.contains(&reply_id) {

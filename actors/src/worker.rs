@@ -14,7 +14,7 @@ use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use wagate_events::chat::{ModelAttempt, TokenUsage, Turn};
 
-use crate::chat::{ChatMsg, Delivery, ReplyContext};
+use crate::chat::{ChatMsg, Delivery, GeneratedReply, ReplyContext};
 use crate::ports::{ActorError, ModelCall, ModelFailure, Ports, PromptRole, ReplyConfig};
 
 pub struct ReplyWorker;
@@ -327,34 +327,51 @@ async fn run(args: &WorkerArgs) -> Result<(), String> {
             }
         }
     };
-    step(args, |reply| ChatMsg::Generated {
-        reply_id: reply_id.clone(),
-        text: text.clone(),
-        model: model.clone(),
+    let generated = GeneratedReply {
+        text,
+        model,
         usage,
         latency_ms,
-        attempts: attempts.clone(),
+        attempts,
         fallback,
+    };
+    // Without a reply delay nothing happens between recording the answer and sending it, so both
+    // commit in one append — unless the reply waited out a debounce window: start-up recovery
+    // works such a reply again while it has no answer recorded, so its answer must be committed
+    // before anything is sent.
+    if cfg.reply_delay.is_zero() && ctx.not_before.is_none() {
+        return deliver(args, Some(generated)).await;
+    }
+    step(args, |reply| ChatMsg::Generated {
+        reply_id: reply_id.clone(),
+        generated: Box::new(generated.clone()),
         reply,
     })
     .await?;
     tokio::time::sleep(cfg.reply_delay).await;
-    deliver(args).await
+    deliver(args, None).await
 }
 
 /// Asks the chat to send the reply; when the transport says "retry later" (rate limits), waits
 /// `send_backoff`, doubling, and tries again up to `send_attempts` times, then records the
 /// failure with the last reason.
-async fn deliver(args: &WorkerArgs) -> Result<(), String> {
+async fn deliver(args: &WorkerArgs, generated: Option<GeneratedReply>) -> Result<(), String> {
     let attempts = args.ports.send_attempts.max(1);
     let mut delay = args.ports.send_backoff;
     let mut attempt = 0;
     loop {
         attempt += 1;
+        // The answer is recorded by the first try (in its append, whatever the outcome).
+        let generated = if attempt == 1 {
+            generated.clone()
+        } else {
+            None
+        };
         let outcome = step(args, |reply| ChatMsg::Deliver {
             reply_id: args.reply_id.clone(),
             // The indicator once, before the first try.
             typing: attempt == 1,
+            generated: generated.clone().map(Box::new),
             reply,
         })
         .await?;
@@ -491,8 +508,9 @@ mod tests {
     };
     use crate::Gateway;
 
+    /// Streams in memory; `refuse_sends` commits that carry a sent message fail as unavailable.
     #[derive(Default)]
-    struct MemStreams(Mutex<HashMap<String, Vec<ChatEvent>>>);
+    struct MemStreams(Mutex<HashMap<String, Vec<ChatEvent>>>, Mutex<usize>);
 
     impl MemStreams {
         fn events(&self, stream: &str) -> Vec<ChatEvent> {
@@ -521,6 +539,19 @@ mod tests {
             events: Vec<ChatEvent>,
             _: Meta,
         ) -> Result<Vec<i64>, StoreFailure> {
+            if events
+                .iter()
+                .any(|e| matches!(e, ChatEvent::MessageSent { .. }))
+            {
+                let mut refuse = self
+                    .1
+                    .lock()
+                    .map_err(|_| StoreFailure::Other("poisoned".into()))?;
+                if *refuse > 0 {
+                    *refuse -= 1;
+                    return Err(StoreFailure::Unavailable("connection reset".into()));
+                }
+            }
             let mut m = self
                 .0
                 .lock()
@@ -610,7 +641,14 @@ mod tests {
     }
 
     async fn run(script: Vec<Result<String, SendError>>) -> (Vec<ChatEvent>, Arc<Scripted>) {
-        let streams = Arc::new(MemStreams::default());
+        run_with(script, 0).await
+    }
+
+    async fn run_with(
+        script: Vec<Result<String, SendError>>,
+        refuse_sends: usize,
+    ) -> (Vec<ChatEvent>, Arc<Scripted>) {
+        let streams = Arc::new(MemStreams(Mutex::default(), Mutex::new(refuse_sends)));
         let transport = Arc::new(Scripted {
             sends: Mutex::new(script.into()),
             ..Default::default()
@@ -695,5 +733,25 @@ mod tests {
         assert_eq!(calls(&t), 1);
         assert!(events.iter().any(|e| matches!(e,
             ChatEvent::AiReplyFailed { reason, .. } if reason == "send failed: outside the window")));
+    }
+
+    #[tokio::test]
+    async fn a_sent_reply_whose_commit_failed_is_recorded_not_sent_again() {
+        // The transport took the reply, then the store refused its events twice.
+        let (events, t) = run_with(vec![], 2).await;
+        assert_eq!(calls(&t), 1, "the customer must get the reply once");
+        let sent: Vec<_> = events
+            .iter()
+            .filter(|e| matches!(e, ChatEvent::MessageSent { .. }))
+            .collect();
+        assert_eq!(sent.len(), 1);
+        assert!(events
+            .iter()
+            .any(|e| matches!(e, ChatEvent::AiReplySent { .. })));
+        // Generated and sent were committed together (no reply delay, no debounce).
+        let generated = events
+            .iter()
+            .position(|e| matches!(e, ChatEvent::AiReplyGenerated { .. }));
+        assert!(generated.is_some());
     }
 }

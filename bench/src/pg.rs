@@ -230,10 +230,17 @@ impl WaitSampler {
 
 /// A small read-only pool on one benchmark database.
 pub async fn monitor_pool(url: &str) -> Result<PgPool> {
+    // The follower's poll must read only the rows past its position: on a table that grew since
+    // its last ANALYZE the planner picks a sequential scan of the whole table, which made the
+    // benchmark's own poll the most expensive statement of a P1 run (2.5 ms per poll). Without
+    // JIT: the costs of a disabled plan are above its threshold, and compiling took more CPU
+    // than the gateway's own statements.
+    let options =
+        PgConnectOptions::from_str(url)?.options([("enable_seqscan", "off"), ("jit", "off")]);
     Ok(PgPoolOptions::new()
         .max_connections(2)
         .acquire_timeout(Duration::from_secs(10))
-        .connect_with(PgConnectOptions::from_str(url)?)
+        .connect_with(options)
         .await?)
 }
 
@@ -249,6 +256,9 @@ pub async fn terminal_after(pool: &PgPool, after: i64) -> Result<Vec<(i64, Strin
            AND event_type IN ('AiReplySent', 'AiReplyFailed', 'AiReplySkipped') \
          ORDER BY position LIMIT 20000",
     )
+    // Planned for each call's own `after` (an unnamed statement): a cached generic plan guesses
+    // a third of the table past `after` and scans it (see `monitor_pool` too).
+    .persistent(false)
     .bind(after)
     .fetch_all(pool)
     .await?;

@@ -84,14 +84,19 @@ pub fn start(app: &Arc<App>) -> Vec<JoinHandle<()>> {
 
 /// Writes the deliveries of every folded event past the checkpoint, batch by batch.
 async fn fan_out_loop(app: Weak<App>) {
+    // The checkpoint as last read or written here, used only while nobody is subscribed (then
+    // this loop is the only one that moves it, and re-reading it at every wake-up was one query
+    // per commit batch for nothing).
+    let mut known = None;
     loop {
         let Some(app) = app.upgrade() else { return };
         let _ = tokio::time::timeout(Duration::from_secs(1), app.outbox_wake.notified()).await;
         loop {
-            match fan_out_once(&app).await {
+            match fan_out_once(&app, &mut known).await {
                 Ok(true) => continue,
                 Ok(false) => break,
                 Err(e) => {
+                    known = None;
                     app.note_store_error();
                     tracing::warn!(error = %e, "webhook fan-out failed; will retry");
                     break;
@@ -102,20 +107,24 @@ async fn fan_out_loop(app: Weak<App>) {
 }
 
 /// One batch of the fan-out; true when there may be more.
-pub async fn fan_out_once(app: &App) -> Result<bool, String> {
+pub async fn fan_out_once(app: &App, known: &mut Option<i64>) -> Result<bool, String> {
     let store = &app.store;
-    let after = outbox::checkpoint(store, outbox::FANOUT)
-        .await
-        .map_err(|e| e.to_string())?;
-    let folded = app.folded();
-    if folded <= after {
-        return Ok(false);
-    }
     let any_active = app
         .model()
         .webhooks
         .values()
         .any(|w| w.status == WebhookStatus::Active);
+    let after = match known {
+        Some(p) if !any_active => *p,
+        _ => outbox::checkpoint(store, outbox::FANOUT)
+            .await
+            .map_err(|e| e.to_string())?,
+    };
+    *known = Some(after);
+    let folded = app.folded();
+    if folded <= after {
+        return Ok(false);
+    }
     if !any_active {
         // Nobody subscribed: nothing up to `folded` is owed to anyone (a webhook only gets events
         // after its creation), so the events are not read. The checkpoint moves only every
@@ -125,6 +134,7 @@ pub async fn fan_out_once(app: &App) -> Result<bool, String> {
             outbox::append(store, outbox::FANOUT, folded, &[])
                 .await
                 .map_err(|e| e.to_string())?;
+            *known = Some(folded);
         }
         return Ok(false);
     }
@@ -172,6 +182,7 @@ pub async fn fan_out_once(app: &App) -> Result<bool, String> {
     let inserted = outbox::append(store, outbox::FANOUT, last, &deliveries)
         .await
         .map_err(|e| e.to_string())?;
+    *known = Some(last);
     if inserted > 0 {
         app.delivery_wake.notify_one();
     }

@@ -19,7 +19,8 @@ fn append(stream: &str, expected: i64, n: usize) -> Append {
                 (
                     "AiReplySkipped".to_string(),
                     "1".to_string(),
-                    json!({"AiReplySkipped": {"reply_id": format!("r{expected}-{i}"), "reason": "test"}}),
+                    json!({"AiReplySkipped": {"reply_id": format!("r{expected}-{i}"), "reason": "test"}})
+                        .to_string(),
                 )
             })
             .collect(),
