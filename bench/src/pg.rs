@@ -251,8 +251,10 @@ pub const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(1
 /// store, so a reader that follows it never skips an event): `(position, stream id, type)`.
 pub async fn terminal_after(pool: &PgPool, after: i64) -> Result<Vec<(i64, String, String)>> {
     let rows = sqlx::query(
+        // No `aggregate_type = 'chat'` (these types are chat events only): the planner answered
+        // it with a scan of the whole primary key, 10 ms per poll on 90,000 events.
         "SELECT position, aggregate_id, event_type FROM events \
-         WHERE position > $1 AND aggregate_type = 'chat' \
+         WHERE position > $1 \
            AND event_type IN ('AiReplySent', 'AiReplyFailed', 'AiReplySkipped') \
          ORDER BY position LIMIT 20000",
     )
