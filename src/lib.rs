@@ -11,6 +11,7 @@ pub mod config;
 pub mod crypto;
 pub mod dashboard;
 pub mod group_commit;
+pub mod group_load;
 pub mod http;
 pub mod model_client;
 pub mod net_guard;

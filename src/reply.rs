@@ -18,25 +18,47 @@ use wagate_projections::effective::{self, Effective, FallbackKey, KeySource};
 use crate::app::App;
 use crate::crypto::api_key_ad;
 use crate::group_commit::{Append, Appended, GroupCommitter};
+use crate::group_load::{GroupLoader, Loaded};
 use crate::model_client::{ChatMessage, HttpModelClient, ModelRequest, Role};
 use crate::store::{CommitError, Store, StoreError, Streams};
 use crate::transport::cloud_api::CloudApiClient;
 use crate::transport::DispatchTransport;
 
-/// Chat streams in the event store: loaded through cqrs-es, appended through the group committer
-/// (many chats' appends share one transaction).
+/// Chat streams in the event store: loaded by the group loader on PostgreSQL (many chats' loads
+/// share one query) and through cqrs-es on SQLite, appended through the group committer (many
+/// chats' appends share one transaction).
 pub struct StoreStreams {
     streams: Streams<Chat>,
+    loader: Option<GroupLoader>,
     committer: GroupCommitter,
 }
 
 impl StoreStreams {
     pub fn new(store: &Store, committer: GroupCommitter) -> Self {
+        let loader = match store {
+            Store::Postgres(pool) => Some(GroupLoader::start(pool.clone(), "chat")),
+            Store::Sqlite(_) => None,
+        };
         Self {
             streams: store.streams(),
+            loader,
             committer,
         }
     }
+}
+
+/// Folds a chat's stored events (oldest first) as cqrs-es does on load: the state and the last
+/// sequence.
+fn fold_chat(events: Vec<Loaded>) -> Result<(Chat, usize), StoreFailure> {
+    let mut chat = Chat::default();
+    let mut version = 0;
+    for e in events {
+        let event: ChatEvent = serde_json::from_str(&e.payload)
+            .map_err(|err| StoreFailure::Other(format!("cannot read a chat event: {err}")))?;
+        cqrs_es::Aggregate::apply(&mut chat, event);
+        version = usize::try_from(e.sequence).unwrap_or(0);
+    }
+    Ok((chat, version))
 }
 
 fn failure(e: CommitError) -> StoreFailure {
@@ -50,7 +72,13 @@ fn failure(e: CommitError) -> StoreFailure {
 #[async_trait]
 impl ChatStreams for StoreStreams {
     async fn load(&self, stream_id: &str) -> Result<(Chat, usize), StoreFailure> {
-        self.streams.load(stream_id).await.map_err(failure)
+        match &self.loader {
+            Some(loader) => match loader.load(stream_id).await {
+                Ok(events) => fold_chat(events),
+                Err(e) => Err(failure(CommitError::Store(e))),
+            },
+            None => self.streams.load(stream_id).await.map_err(failure),
+        }
     }
 
     async fn commit(

@@ -53,10 +53,10 @@ struct Cli {
     #[arg(value_enum, default_value = "all")]
     which: Which,
     /// P1: number of chats.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 2000)]
     chats: usize,
     /// P1: messages per chat (each sent after the previous one's reply settled).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 5)]
     per_chat: usize,
     /// P2: replies in flight (one message in each of this many chats).
     #[arg(long, default_value_t = 10_000)]
