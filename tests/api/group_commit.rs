@@ -94,3 +94,54 @@ async fn batches_and_isolates_conflicts(app: TestApp) {
     assert_eq!(app.head().await, head);
 }
 both_stores!(group_commit, batches_and_isolates_conflicts);
+
+/// Chat streams read by the reply plane's loader (grouped on PostgreSQL) equal what cqrs-es
+/// loads, for streams loaded together, of different lengths, and for streams that do not exist.
+async fn grouped_loads_equal_single_loads(app: TestApp) {
+    use wagate_actors::ports::ChatStreams;
+    use wagate_events::chat::Chat;
+
+    let a = app.app().clone();
+    let streams: Vec<String> = (0..40)
+        .map(|i| format!("acme/load{i}@s.whatsapp.net"))
+        .collect();
+    for (i, s) in streams.iter().enumerate() {
+        // Stream i has i % 4 appends of 1..=2 events: some are empty.
+        let mut version = 0;
+        for k in 0..(i % 4) {
+            let n = 1 + k % 2;
+            let r = a
+                .committer
+                .append(append(s, version, n))
+                .await
+                .expect("commit");
+            assert!(matches!(r, Appended::Committed(_)));
+            version += n as i64;
+        }
+    }
+    let loader = std::sync::Arc::new(wagate::reply::StoreStreams::new(
+        &a.store,
+        a.committer.clone(),
+    ));
+    let tasks: Vec<_> = streams
+        .iter()
+        .cloned()
+        .map(|s| {
+            let loader = loader.clone();
+            tokio::spawn(async move { (loader.load(&s).await, s) })
+        })
+        .collect();
+    let reference = wagate::store::Store::streams::<Chat>(&a.store);
+    for t in tasks {
+        let (grouped, stream) = t.await.expect("task");
+        let grouped = grouped.expect("grouped load");
+        let single = reference.load(&stream).await.expect("single load");
+        assert_eq!(grouped, single, "{stream}");
+    }
+    let (chat, version) = loader
+        .load("acme/never@s.whatsapp.net")
+        .await
+        .expect("load");
+    assert_eq!((chat, version), (Chat::default(), 0));
+}
+both_stores!(group_load, grouped_loads_equal_single_loads);
