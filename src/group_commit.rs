@@ -8,9 +8,8 @@
 //! appends one transaction each, so only the stream that really conflicted sees `Conflict`.
 //! Nothing is acknowledged before its transaction committed.
 //!
-//! Two batches may be in flight at once (`IN_FLIGHT`). A chat actor waits for its append's
-//! commit before it appends again, so one stream is never in both; appends to one stream from
-//! elsewhere (another process) are refused by the primary key as above.
+//! One batch is written at a time: a second batch in flight would only wait for the first's
+//! position lock (ADR 0001), and measured slower (ADR 0009).
 
 use std::collections::HashMap;
 
@@ -21,11 +20,6 @@ use crate::store::{Store, StoreError};
 
 /// Appends taken into one transaction at most.
 const MAX_BATCH: usize = 256;
-
-/// Batches being written at once on PostgreSQL. There the second waits for the first's position lock
-/// (ADR 0001), so commits stay in position order, but its round trip and its backend's scheduling
-/// overlap the first's commit instead of following it.
-const IN_FLIGHT: usize = 2;
 
 /// One stream's new events.
 #[derive(Debug, Clone)]
@@ -90,21 +84,7 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<Request>,
     stats: std::sync::Arc<CommitStats>,
 ) {
-    // SQLite has one writer at a time anyway: a second batch would only wait for its lock.
-    let in_flight = match store {
-        Store::Postgres(_) => IN_FLIGHT,
-        Store::Sqlite(_) => 1,
-    };
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(in_flight));
-    loop {
-        // Wait for a free slot first, then take everything queued by then as one batch: under
-        // load the batches grow while both slots are busy.
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let Some(first) = rx.recv().await else {
-            return;
-        };
+    while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -112,12 +92,7 @@ async fn run(
                 Err(_) => break,
             }
         }
-        let store = store.clone();
-        let stats = stats.clone();
-        tokio::spawn(async move {
-            commit_batch(&store, batch, &stats).await;
-            drop(slot);
-        });
+        commit_batch(&store, batch, &stats).await;
     }
 }
 
