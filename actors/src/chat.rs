@@ -180,8 +180,8 @@ pub struct ChatState {
     active: Option<String>,
     last_activity: Instant,
     /// Replies the transport sent whose events could not be committed yet (store unavailable),
-    /// with the commands to commit: a retried delivery commits them instead of sending again.
-    unrecorded: HashMap<String, Vec<ChatCommand>>,
+    /// with those events: a retried delivery commits them instead of sending again.
+    unrecorded: HashMap<String, Vec<ChatEvent>>,
 }
 
 fn system_meta(actor: &str) -> Meta {
@@ -273,8 +273,8 @@ impl ChatState {
         generated: Option<GeneratedReply>,
     ) -> Result<Delivery, ActorError> {
         let auto = system_meta("system:auto-reply");
-        if let Some(commands) = self.unrecorded.remove(&reply_id) {
-            return self.record_sent(&reply_id, commands, &auto).await;
+        if let Some(events) = self.unrecorded.remove(&reply_id) {
+            return self.commit_sent(&reply_id, events, &auto).await;
         }
         let mut commands = Vec::with_capacity(3);
         // The state the send is decided on: after the generated answer, when it comes along.
@@ -363,21 +363,76 @@ impl ChatState {
         }
     }
 
-    /// Commits the events of a reply the transport sent; when the store refuses for now, keeps
-    /// them for the next delivery step (which commits instead of sending again).
+    /// Commits the events of a reply the transport sent. They are decided once, here, on the
+    /// state the send was decided on; when the store refuses for now they are kept as they are
+    /// for the next step, which commits them instead of sending again (a newer message arriving
+    /// meanwhile does not turn a sent reply into a skipped one).
     async fn record_sent(
         &mut self,
         reply_id: &str,
         commands: Vec<ChatCommand>,
         meta: &Meta,
     ) -> Result<Delivery, ActorError> {
-        match self.commit_all(commands.clone(), meta).await {
-            Ok(_) => Ok(Delivery::Done),
-            Err(e) => {
-                self.unrecorded.insert(reply_id.to_string(), commands);
-                Err(e)
+        let mut scratch = self.chat.clone();
+        let mut events = Vec::new();
+        for c in commands {
+            let decided = scratch.decide(c)?;
+            for e in &decided {
+                cqrs_apply(&mut scratch, e.clone());
+            }
+            events.extend(decided);
+        }
+        self.commit_sent(reply_id, events, meta).await
+    }
+
+    /// Appends a sent reply's events at the held version; on a conflict reloads and appends them
+    /// again while the reply is still open (closed: an earlier attempt committed after all).
+    async fn commit_sent(
+        &mut self,
+        reply_id: &str,
+        events: Vec<ChatEvent>,
+        meta: &Meta,
+    ) -> Result<Delivery, ActorError> {
+        let mut last = StoreFailure::Conflict;
+        for _ in 0..3 {
+            let commit = self
+                .ports
+                .streams
+                .commit(&self.stream_id, self.version, events.clone(), meta.clone())
+                .await;
+            match commit {
+                Ok(_) => {
+                    self.version += events.len();
+                    for e in events {
+                        cqrs_apply(&mut self.chat, e);
+                    }
+                    self.ports.notify.committed().await;
+                    return Ok(Delivery::Done);
+                }
+                Err(StoreFailure::Conflict) => {
+                    let reloaded = self.ports.streams.load(&self.stream_id).await;
+                    match reloaded {
+                        Ok((chat, version)) => {
+                            self.chat = chat;
+                            self.version = version;
+                            if !self.chat.open_replies.contains_key(reply_id) {
+                                return Ok(Delivery::Done);
+                            }
+                        }
+                        Err(e) => {
+                            last = e;
+                            break;
+                        }
+                    }
+                }
+                Err(e) => {
+                    last = e;
+                    break;
+                }
             }
         }
+        self.unrecorded.insert(reply_id.to_string(), events);
+        Err(last.into())
     }
 
     /// Starts a worker for the newest waiting reply, skipping older ones.
@@ -669,15 +724,21 @@ impl Actor for ChatActor {
                     st.active = None;
                 }
                 // A reply the transport took but whose events are not committed yet: commit
-                // them now (never send again).
-                if let Some(commands) = st.unrecorded.remove(&reply_id) {
-                    if let Err(e) = st.record_sent(&reply_id, commands, &auto).await {
+                // them now (never send again). If the store still refuses, the reply stays open
+                // (not failed: the customer has it) and start-up recovery closes it.
+                let mut unrecorded = false;
+                if let Some(events) = st.unrecorded.remove(&reply_id) {
+                    if let Err(e) = st.commit_sent(&reply_id, events, &auto).await {
                         tracing::error!(reply_id = %reply_id, error = %e, "a sent reply could not be recorded; it stays open and is closed as interrupted at the next start");
                         st.unrecorded.remove(&reply_id);
+                        unrecorded = true;
                     }
                 }
                 // A worker that ended without a terminal event leaves its reply open.
-                if st.chat.open_replies.contains_key(&reply_id) && !st.queue.contains(&reply_id) {
+                if !unrecorded
+                    && st.chat.open_replies.contains_key(&reply_id)
+                    && !st.queue.contains(&reply_id)
+                {
                     let cmd = ChatCommand::FailReply {
                         reply_id: reply_id.clone(),
                         reason: "reply worker stopped before finishing".into(),

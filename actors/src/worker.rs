@@ -641,12 +641,16 @@ mod tests {
     }
 
     async fn run(script: Vec<Result<String, SendError>>) -> (Vec<ChatEvent>, Arc<Scripted>) {
-        run_with(script, 0).await
+        run_with(script, 0, false).await
     }
 
+    /// Sends one customer message and waits for its reply to settle; `refuse_sends` commits of a
+    /// sent message fail first, and with `newer_meanwhile` a second customer message arrives
+    /// once they have.
     async fn run_with(
         script: Vec<Result<String, SendError>>,
         refuse_sends: usize,
+        newer_meanwhile: bool,
     ) -> (Vec<ChatEvent>, Arc<Scripted>) {
         let streams = Arc::new(MemStreams(Mutex::default(), Mutex::new(refuse_sends)));
         let transport = Arc::new(Scripted {
@@ -681,6 +685,28 @@ mod tests {
             })
             .await
             .expect("received");
+        if newer_meanwhile {
+            for _ in 0..400 {
+                if streams.1.lock().map(|n| *n == 0).unwrap_or(true) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            gateway
+                .ask("acc", "1@s.whatsapp.net", |reply| ChatMsg::Receive {
+                    message_id: "in2".into(),
+                    from: "1".into(),
+                    text: "are you there?".into(),
+                    from_me: false,
+                    reply_candidate: true,
+                    kind: MessageKind::Text,
+                    contact_name: None,
+                    meta: Meta::new(),
+                    reply,
+                })
+                .await
+                .expect("received");
+        }
         let stream = "acc/1@s.whatsapp.net";
         for _ in 0..400 {
             let events = streams.events(stream);
@@ -738,7 +764,7 @@ mod tests {
     #[tokio::test]
     async fn a_sent_reply_whose_commit_failed_is_recorded_not_sent_again() {
         // The transport took the reply, then the store refused its events twice.
-        let (events, t) = run_with(vec![], 2).await;
+        let (events, t) = run_with(vec![], 2, false).await;
         assert_eq!(calls(&t), 1, "the customer must get the reply once");
         let sent: Vec<_> = events
             .iter()
@@ -753,5 +779,45 @@ mod tests {
             .iter()
             .position(|e| matches!(e, ChatEvent::AiReplyGenerated { .. }));
         assert!(generated.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_sent_reply_stays_sent_when_a_newer_message_arrives_before_it_is_recorded() {
+        let (events, t) = run_with(vec![], 1, true).await;
+        let first = events
+            .iter()
+            .find_map(|e| match e {
+                ChatEvent::AiReplyRequested {
+                    reply_id,
+                    trigger_message_id,
+                    ..
+                } if trigger_message_id == "in1" => Some(reply_id.clone()),
+                _ => None,
+            })
+            .expect("the first reply was requested");
+        // The first reply went out once and is recorded as sent (after the newer message), not
+        // as superseded.
+        let sent_first = events.iter().position(
+            |e| matches!(e, ChatEvent::AiReplySent { reply_id, .. } if *reply_id == first),
+        );
+        let second_in = events.iter().position(
+            |e| matches!(e, ChatEvent::MessageReceived { message_id, .. } if message_id == "in2"),
+        );
+        assert!(sent_first.is_some() && second_in.is_some(), "{events:?}");
+        assert!(
+            second_in < sent_first,
+            "the newer message committed first: {events:?}"
+        );
+        let sent_of_first = events
+            .iter()
+            .filter(
+                |e| matches!(e, ChatEvent::MessageSent { ai_reply_id: Some(r), .. } if *r == first),
+            )
+            .count();
+        assert_eq!(sent_of_first, 1, "{events:?}");
+        // At most the first reply and the newer message's own reply went out.
+        assert!(calls(&t) <= 2);
+        assert!(!events.iter().any(|e| matches!(e,
+            ChatEvent::AiReplySkipped { reason, .. } if reason.contains("not sent"))));
     }
 }
