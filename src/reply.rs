@@ -31,6 +31,8 @@ pub struct StoreStreams {
     streams: Streams<Chat>,
     loader: Option<GroupLoader>,
     committer: GroupCommitter,
+    /// The read model that tells which chats have any event (see `ChatStreams::start`).
+    known: Option<Weak<App>>,
 }
 
 impl StoreStreams {
@@ -43,7 +45,18 @@ impl StoreStreams {
             streams: store.streams(),
             loader,
             committer,
+            known: None,
         }
+    }
+
+    /// Starts chats that `app`'s read model has never seen as new streams, without reading the
+    /// store (a burst of new conversations then costs one commit each, not a read and a commit).
+    /// Every chat stream begins with a message event, which the messages read model folds into a
+    /// chat; a stream it has not folded yet (committed by another process in the last second)
+    /// makes the first commit conflict, and the chat reloads from the store.
+    pub fn guessing_new_chats(mut self, app: Weak<App>) -> Self {
+        self.known = Some(app);
+        self
     }
 }
 
@@ -71,6 +84,24 @@ fn failure(e: CommitError) -> StoreFailure {
 
 #[async_trait]
 impl ChatStreams for StoreStreams {
+    async fn start(&self, stream_id: &str) -> Result<(Chat, usize), StoreFailure> {
+        let unknown = self
+            .known
+            .as_ref()
+            .and_then(Weak::upgrade)
+            .is_some_and(|app| {
+                stream_id.split_once('/').is_some_and(|(account, jid)| {
+                    !app.messages()
+                        .chats
+                        .contains_key(&(account.to_string(), jid.to_string()))
+                })
+            });
+        if unknown {
+            return Ok((Chat::default(), 0));
+        }
+        self.load(stream_id).await
+    }
+
     async fn load(&self, stream_id: &str) -> Result<(Chat, usize), StoreFailure> {
         match &self.loader {
             Some(loader) => match loader.load(stream_id).await {
@@ -327,7 +358,10 @@ fn cloud_client(app: &App) -> CloudApiClient {
 pub fn ports(app: &Arc<App>, model: HttpModelClient) -> wagate_actors::Ports {
     let cloud = cloud_client(app);
     wagate_actors::Ports {
-        streams: Arc::new(StoreStreams::new(&app.store, app.committer.clone())),
+        streams: Arc::new(
+            StoreStreams::new(&app.store, app.committer.clone())
+                .guessing_new_chats(Arc::downgrade(app)),
+        ),
         config: Arc::new(AppConfig(Arc::downgrade(app))),
         model: Arc::new(HttpModel(model)),
         transport: Arc::new(DispatchTransport::new(Arc::downgrade(app), cloud)),

@@ -522,7 +522,7 @@ impl Actor for ChatActor {
         let (chat, version) = st
             .ports
             .streams
-            .load(&st.stream_id)
+            .start(&st.stream_id)
             .await
             .map_err(|e| format!("cannot load chat stream: {e}"))?;
         st.chat = chat;

@@ -51,8 +51,14 @@ impl From<StoreFailure> for ActorError {
 
 #[async_trait]
 pub trait ChatStreams: Send + Sync + 'static {
-    /// The chat's state and version (0 for a new stream).
+    /// The chat's state and version (0 for a new stream), read from the store.
     async fn load(&self, stream_id: &str) -> Result<(Chat, usize), StoreFailure>;
+    /// The state a chat actor starts with: as `load`, except that an implementation may answer
+    /// "new stream" without reading when it knows of no event of the chat. A wrong guess costs
+    /// only a conflict on the chat's first commit, after which the chat reloads with `load`.
+    async fn start(&self, stream_id: &str) -> Result<(Chat, usize), StoreFailure> {
+        self.load(stream_id).await
+    }
     /// Appends after version `expected`; returns the global positions of the new events.
     async fn commit(
         &self,

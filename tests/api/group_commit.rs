@@ -145,3 +145,68 @@ async fn grouped_loads_equal_single_loads(app: TestApp) {
     assert_eq!((chat, version), (Chat::default(), 0));
 }
 both_stores!(group_load, grouped_loads_equal_single_loads);
+
+/// A chat the read model has not seen starts as a new stream without reading the store; when the
+/// stream did exist (written here behind the read model's back, as another process would), the
+/// first commit conflicts and the chat reloads: duplicates are still recognized and new
+/// messages follow the existing events.
+async fn a_chat_started_as_new_reloads_when_it_was_not(app: TestApp) {
+    use cqrs_es::DomainEvent;
+    use wagate_events::chat::{Chat, ChatEvent, MessageKind};
+
+    app.create_account("acme").await;
+    let a = app.app().clone();
+    let jid = "4915550001@s.whatsapp.net";
+    let stream = format!("acme/{jid}");
+    let received = ChatEvent::MessageReceived {
+        message_id: "wamid.first".into(),
+        from: "4915550001".into(),
+        text: "first".into(),
+        from_me: false,
+        at: chrono::Utc::now(),
+        kind: MessageKind::Text,
+        contact_name: None,
+    };
+    let written = a
+        .committer
+        .append(Append {
+            aggregate_type: "chat",
+            aggregate_id: stream.clone(),
+            expected: 0,
+            events: vec![(
+                received.event_type(),
+                received.event_version(),
+                serde_json::to_string(&received).expect("serialize"),
+            )],
+            metadata: HashMap::from([("actor".to_string(), "system:test".to_string())]),
+        })
+        .await
+        .expect("commit");
+    assert!(matches!(written, Appended::Committed(_)));
+
+    let inject = |id: &'static str, text: &'static str| {
+        app.admin(
+            "POST",
+            "/v1/accounts/acme/sandbox/inbound",
+            Some(json!({"chat_id": jid, "from": "4915550001", "text": text, "id": id})),
+        )
+    };
+    let again = inject("wamid.first", "first").await;
+    assert_eq!(again.status, 202, "{}", again.text);
+    assert_eq!(again.json["duplicate"], true, "{}", again.text);
+    let next = inject("wamid.second", "second").await;
+    assert_eq!(next.status, 202, "{}", next.text);
+    assert_eq!(next.json["duplicate"], false, "{}", next.text);
+
+    let (chat, version) = wagate::store::Store::streams::<Chat>(&a.store)
+        .load(&stream)
+        .await
+        .expect("load");
+    assert!(version >= 2, "version {version}");
+    assert!(chat.seen_message_ids.contains("wamid.first"));
+    assert!(chat.seen_message_ids.contains("wamid.second"));
+}
+both_stores!(
+    new_chat_guess,
+    a_chat_started_as_new_reloads_when_it_was_not
+);
