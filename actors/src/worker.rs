@@ -644,6 +644,24 @@ mod tests {
         run_with(script, 0, false).await
     }
 
+    /// A customer text message into the test chat, committed.
+    async fn receive(gateway: &Gateway, message_id: &str, text: &str) {
+        gateway
+            .ask("acc", "1@s.whatsapp.net", |reply| ChatMsg::Receive {
+                message_id: message_id.into(),
+                from: "1".into(),
+                text: text.into(),
+                from_me: false,
+                reply_candidate: true,
+                kind: MessageKind::Text,
+                contact_name: None,
+                meta: Meta::new(),
+                reply,
+            })
+            .await
+            .expect("received");
+    }
+
     /// Sends one customer message and waits for its reply to settle; `refuse_sends` commits of a
     /// sent message fail first, and with `newer_meanwhile` a second customer message arrives
     /// once they have.
@@ -671,20 +689,7 @@ mod tests {
         })
         .await
         .expect("gateway");
-        gateway
-            .ask("acc", "1@s.whatsapp.net", |reply| ChatMsg::Receive {
-                message_id: "in1".into(),
-                from: "1".into(),
-                text: "hello".into(),
-                from_me: false,
-                reply_candidate: true,
-                kind: MessageKind::Text,
-                contact_name: None,
-                meta: Meta::new(),
-                reply,
-            })
-            .await
-            .expect("received");
+        receive(&gateway, "in1", "hello").await;
         if newer_meanwhile {
             for _ in 0..400 {
                 if streams.1.lock().map(|n| *n == 0).unwrap_or(true) {
@@ -692,20 +697,7 @@ mod tests {
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            gateway
-                .ask("acc", "1@s.whatsapp.net", |reply| ChatMsg::Receive {
-                    message_id: "in2".into(),
-                    from: "1".into(),
-                    text: "are you there?".into(),
-                    from_me: false,
-                    reply_candidate: true,
-                    kind: MessageKind::Text,
-                    contact_name: None,
-                    meta: Meta::new(),
-                    reply,
-                })
-                .await
-                .expect("received");
+            receive(&gateway, "in2", "are you there?").await;
         }
         let stream = "acc/1@s.whatsapp.net";
         for _ in 0..400 {
