@@ -216,16 +216,8 @@ impl ChatState {
             let (events, after) = match commands.as_slice() {
                 [one] => (self.chat.decide(one.clone())?, None),
                 many => {
-                    let mut scratch = self.chat.clone();
-                    let mut events = Vec::new();
-                    for c in many {
-                        let decided = scratch.decide(c.clone())?;
-                        for e in &decided {
-                            cqrs_apply(&mut scratch, e.clone());
-                        }
-                        events.extend(decided);
-                    }
-                    (events, Some(scratch))
+                    let (events, after) = decide_all(self.chat.clone(), many)?;
+                    (events, Some(after))
                 }
             };
             if events.is_empty() {
@@ -238,16 +230,7 @@ impl ChatState {
                 .await
             {
                 Ok(positions) => {
-                    match after {
-                        Some(chat) => self.chat = chat,
-                        None => {
-                            for e in &events {
-                                cqrs_apply(&mut self.chat, e.clone());
-                            }
-                        }
-                    }
-                    self.version += events.len();
-                    self.ports.notify.committed().await;
+                    self.committed(&events, after).await;
                     return Ok((events, positions));
                 }
                 Err(StoreFailure::Conflict) => {
@@ -259,6 +242,21 @@ impl ChatState {
             }
         }
         Err(StoreFailure::Conflict.into())
+    }
+
+    /// Takes in events just committed: the state decided with them (`after`) or, without it, the
+    /// events applied to the held state; moves the version and wakes the read models.
+    async fn committed(&mut self, events: &[ChatEvent], after: Option<Chat>) {
+        match after {
+            Some(chat) => self.chat = chat,
+            None => {
+                for e in events {
+                    cqrs_apply(&mut self.chat, e.clone());
+                }
+            }
+        }
+        self.version += events.len();
+        self.ports.notify.committed().await;
     }
 
     /// One delivery step: records `generated` first when given, decides (superseded? paused?
@@ -277,20 +275,20 @@ impl ChatState {
             return self.commit_sent(&reply_id, events, &auto).await;
         }
         let mut commands = Vec::with_capacity(3);
-        // The state the send is decided on: after the generated answer, when it comes along.
-        let decided_on = match generated {
+        // The state the send is decided on: after the generated answer, when it comes along
+        // (with that answer's events, which open the append).
+        let after_generated = match generated {
             Some(g) => {
                 let cmd = g.record(reply_id.clone());
-                let mut scratch = self.chat.clone();
-                for e in scratch.decide(cmd.clone())? {
-                    cqrs_apply(&mut scratch, e);
-                }
+                let decided = decide_all(self.chat.clone(), std::slice::from_ref(&cmd))?;
                 commands.push(cmd);
-                Some(scratch)
+                Some(decided)
             }
             None => None,
         };
-        let chat = decided_on.as_ref().unwrap_or(&self.chat);
+        let chat = after_generated
+            .as_ref()
+            .map_or(&self.chat, |(_, after)| after);
         let provisional = chat.decide(ChatCommand::SendReply {
             reply_id: reply_id.clone(),
             message_id: "provisional".into(),
@@ -342,7 +340,15 @@ impl ChatState {
                     message_id,
                     at: Utc::now(),
                 });
-                self.record_sent(&reply_id, commands, &auto).await
+                // Decided once, here, on the state the send was decided on: if the commit fails,
+                // these very events are committed later (a newer message arriving meanwhile does
+                // not turn a sent reply into a skipped one).
+                let recorded = usize::from(after_generated.is_some());
+                let (mut events, base) =
+                    after_generated.unwrap_or_else(|| (Vec::new(), self.chat.clone()));
+                let (sent, _) = decide_all(base, &commands[recorded..])?;
+                events.extend(sent);
+                self.commit_sent(&reply_id, events, &auto).await
             }
             Err(e) if e.retryable => {
                 if !commands.is_empty() {
@@ -363,28 +369,6 @@ impl ChatState {
         }
     }
 
-    /// Commits the events of a reply the transport sent. They are decided once, here, on the
-    /// state the send was decided on; when the store refuses for now they are kept as they are
-    /// for the next step, which commits them instead of sending again (a newer message arriving
-    /// meanwhile does not turn a sent reply into a skipped one).
-    async fn record_sent(
-        &mut self,
-        reply_id: &str,
-        commands: Vec<ChatCommand>,
-        meta: &Meta,
-    ) -> Result<Delivery, ActorError> {
-        let mut scratch = self.chat.clone();
-        let mut events = Vec::new();
-        for c in commands {
-            let decided = scratch.decide(c)?;
-            for e in &decided {
-                cqrs_apply(&mut scratch, e.clone());
-            }
-            events.extend(decided);
-        }
-        self.commit_sent(reply_id, events, meta).await
-    }
-
     /// Appends a sent reply's events at the held version; on a conflict reloads and appends them
     /// again while the reply is still open (closed: an earlier attempt committed after all).
     async fn commit_sent(
@@ -402,11 +386,7 @@ impl ChatState {
                 .await;
             match commit {
                 Ok(_) => {
-                    self.version += events.len();
-                    for e in events {
-                        cqrs_apply(&mut self.chat, e);
-                    }
-                    self.ports.notify.committed().await;
+                    self.committed(&events, None).await;
                     return Ok(Delivery::Done);
                 }
                 Err(StoreFailure::Conflict) => {
@@ -480,6 +460,23 @@ impl ChatState {
 /// Applies an event with the aggregate's own fold.
 fn cqrs_apply(chat: &mut Chat, e: ChatEvent) {
     cqrs_es::Aggregate::apply(chat, e);
+}
+
+/// Decides `commands` in order on `chat`, each seeing the events of the ones before: their
+/// events, and the state after them.
+fn decide_all(
+    mut chat: Chat,
+    commands: &[ChatCommand],
+) -> Result<(Vec<ChatEvent>, Chat), wagate_events::DomainError> {
+    let mut events = Vec::new();
+    for c in commands {
+        let decided = chat.decide(c.clone())?;
+        for e in &decided {
+            cqrs_apply(&mut chat, e.clone());
+        }
+        events.extend(decided);
+    }
+    Ok((events, chat))
 }
 
 impl Actor for ChatActor {
