@@ -84,16 +84,25 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<Request>,
     stats: std::sync::Arc<CommitStats>,
 ) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = next_batch(&mut rx, MAX_BATCH).await {
         commit_batch(&store, batch, &stats).await;
     }
+}
+
+/// Waits for one request, then takes every request waiting by then, `max` at most; `None` when
+/// every sender is gone.
+pub(crate) async fn next_batch<T>(
+    rx: &mut mpsc::UnboundedReceiver<T>,
+    max: usize,
+) -> Option<Vec<T>> {
+    let mut batch = vec![rx.recv().await?];
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(r) => batch.push(r),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
 }
 
 /// Writes one batch and answers each of its appends.
@@ -127,16 +136,9 @@ async fn commit_batch(store: &Store, mut batch: Vec<Request>, stats: &CommitStat
         }
         Err(WriteError::Store(e)) => {
             for (_, done) in batch {
-                let _ = done.send(Err(clone_error(&e)));
+                let _ = done.send(Err(e.clone()));
             }
         }
-    }
-}
-
-fn clone_error(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-        StoreError::Other(m) => StoreError::Other(m.clone()),
     }
 }
 

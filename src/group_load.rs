@@ -9,6 +9,7 @@ use sqlx::postgres::PgPool;
 use sqlx::Row;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::group_commit::next_batch;
 use crate::store::StoreError;
 
 /// Streams read by one query at most.
@@ -56,16 +57,9 @@ async fn run(pool: PgPool, aggregate_type: &'static str, mut rx: mpsc::Unbounded
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let Some(first) = rx.recv().await else {
+        let Some(batch) = next_batch(&mut rx, MAX_BATCH).await else {
             return;
         };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
         let pool = pool.clone();
         tokio::spawn(async move {
             let ids: Vec<&str> = batch.iter().map(|(id, _)| id.as_str()).collect();
@@ -77,10 +71,7 @@ async fn run(pool: PgPool, aggregate_type: &'static str, mut rx: mpsc::Unbounded
                 }
                 Err(e) => {
                     for (_, done) in batch {
-                        let _ = done.send(Err(match &e {
-                            StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-                            StoreError::Other(m) => StoreError::Other(m.clone()),
-                        }));
+                        let _ = done.send(Err(e.clone()));
                     }
                 }
             }

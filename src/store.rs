@@ -19,7 +19,7 @@ use wagate_projections::StoredEvent;
 use crate::config::DatabaseConfig;
 
 /// The store could not answer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// Connection refused, pool timed out, database gone: retry later (HTTP 503).
     #[error("event store unavailable: {0}")]
@@ -32,7 +32,9 @@ pub enum StoreError {
 /// Whether an sqlx error means "the database cannot be reached or is refusing work right now"
 /// (retry later) rather than a bug: I/O, pool exhaustion, and the SQLSTATEs of connection
 /// failures (class 08), shutdowns (57P0x), too many connections (53300), a database that does not
-/// accept connections (55000), and SQLite's busy/locked codes.
+/// accept connections (55000), and SQLite's busy/locked codes. Every store error is classified
+/// here, so this is also where connection trouble is noted: for a while afterwards every pooled
+/// connection is pinged before use (see `Store::connect`).
 pub fn is_unavailable(e: &sqlx::Error) -> bool {
     let unavailable = match e {
         sqlx::Error::Io(_)
