@@ -33,9 +33,9 @@ const MAX_IN_FLIGHT: usize = 256;
 const PER_WEBHOOK_IN_FLIGHT: usize = 32;
 /// Events read per fan-out transaction.
 const FANOUT_BATCH: i64 = 500;
-/// How often senders look for due deliveries when nothing wakes them.
 /// With no active webhook, the fan-out checkpoint moves once this many events have passed.
 const SKIP_CHECKPOINT_EVERY: i64 = 5_000;
+/// How often senders look for due deliveries when nothing wakes them.
 const POLL: Duration = Duration::from_millis(250);
 
 /// Process-local delivery counters (`/metrics`).

@@ -20,13 +20,13 @@ const CUSTOMER: &str = "16505551234";
 const JID: &str = "16505551234@s.whatsapp.net";
 const SEND_PATH: &str = "/v21.0/106540352242922/messages";
 
-/// Creates a `cloud_api` account whose Graph base URL is the fake.
 /// A signed text message from the customer to account `acme`, and its reply's settled AI log row.
 async fn customer_says(app: &TestApp, wamid: &str, text: &str) -> Value {
     post_webhook(app, "acme", &text_message(wamid, text), Some(APP_SECRET)).await;
     settled(app, "acme", wamid).await
 }
 
+/// Creates a `cloud_api` account whose Graph base URL is the fake.
 async fn create_cloud_account(app: &TestApp, acc: &str, graph: &MockServer) -> Resp {
     let r = app
         .admin(
