@@ -464,5 +464,6 @@ fn report_p3(r: Option<&p3::ReplayResult>, f: Option<&p3::FanoutResult>) -> Stri
 }
 
 /// The allocator of the `wagate` binary, so the in-process gateway runs as it does there.
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
