@@ -108,6 +108,14 @@ async fn main() -> ExitCode {
             }
         };
     }
+    // The in-process gateway's logs, only when asked for (`RUST_LOG=warn`): a benchmark run
+    // prints its report, and logging every request would be measured too.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     if cli.concurrency == 0 || cli.chats == 0 || cli.per_chat == 0 || cli.replies == 0 {
         eprintln!("error: --concurrency, --chats, --per-chat and --replies must be at least 1");
         return ExitCode::from(2);
