@@ -16,7 +16,7 @@ analyze() {
     local recording=$1 stacks
     stacks=$(mktemp)
     heaptrack_print -f "$recording" --print-peaks 0 --print-allocators 0 --print-leaks 0 \
-        --print-temporary 0 --print-histogram 0 --flamegraph-cost-type peak -F "$stacks" >/dev/null
+        --print-temporary 0 --flamegraph-cost-type peak -F "$stacks" >/dev/null
     python3 - "$stacks" <<'EOF'
 import collections, sys
 
