@@ -9,7 +9,7 @@ use ractor::rpc::CallResult;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::Mutex;
 
-use crate::chat::{ChatActor, ChatArgs, ChatMsg};
+use crate::chat::{ChatActor, ChatArgs, ChatMsg, IDLE_CHECK};
 use crate::ports::{ActorError, Ports};
 use crate::supervisor::{AiSupervisor, SupervisorMsg};
 
@@ -18,6 +18,8 @@ pub enum AccountMsg {
         jid: String,
         reply: RpcReplyPort<Result<ActorRef<ChatMsg>, ActorError>>,
     },
+    /// Asks every running chat whether it has been idle long enough to stop.
+    IdleSweep,
 }
 
 pub struct AccountActor;
@@ -41,9 +43,13 @@ impl Actor for AccountActor {
 
     async fn pre_start(
         &self,
-        _: ActorRef<AccountMsg>,
+        myself: ActorRef<AccountMsg>,
         args: AccountArgs,
     ) -> Result<AccountState, ActorProcessingErr> {
+        let sweep = IDLE_CHECK
+            .min(args.ports.chat_idle / 2)
+            .max(std::time::Duration::from_millis(10));
+        myself.send_interval(sweep, || AccountMsg::IdleSweep);
         Ok(AccountState {
             args,
             chats: HashMap::new(),
@@ -81,6 +87,11 @@ impl Actor for AccountActor {
                         ))),
                     };
                 let _ = reply.send(result);
+            }
+            AccountMsg::IdleSweep => {
+                for chat in st.chats.values() {
+                    let _ = chat.cast(ChatMsg::IdleCheck);
+                }
             }
         }
         Ok(())

@@ -20,8 +20,10 @@ use wagate_events::chat::{
 use crate::ports::{ActorError, Meta, Ports, StoreFailure};
 use crate::supervisor::SupervisorMsg;
 
-/// How often a chat checks whether it has been idle long enough to stop.
-const IDLE_CHECK: std::time::Duration = std::time::Duration::from_secs(30);
+/// How often, at most, a chat checks whether it has been idle long enough to stop (its account
+/// actor asks all of its chats at once: one timer per account, not one task per chat; with a
+/// short idle time, twice per idle time).
+pub(crate) const IDLE_CHECK: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReceiveAck {
@@ -486,13 +488,12 @@ impl Actor for ChatActor {
 
     async fn pre_start(
         &self,
-        myself: ActorRef<ChatMsg>,
+        _: ActorRef<ChatMsg>,
         args: ChatArgs,
     ) -> Result<ChatState, ActorProcessingErr> {
         // The stream is loaded in `post_start`: `spawn` returns after `pre_start`, and the
         // account actor that spawns chats must not wait on a database round trip per new chat.
         let stream_id = chat::stream_id(&args.account, &args.jid);
-        myself.send_interval(IDLE_CHECK, || ChatMsg::IdleCheck);
         Ok(ChatState {
             account: args.account,
             jid: args.jid,
@@ -527,14 +528,27 @@ impl Actor for ChatActor {
         Ok(())
     }
 
+    /// Boxed: ractor keeps an actor's message loop in one allocation sized for its largest state,
+    /// and a chat spends most of its life waiting, not handling; inline, every running chat
+    /// would hold this future's ~2.5 KB (the delivery path's locals) while idle.
     async fn handle(
         &self,
         myself: ActorRef<ChatMsg>,
         msg: ChatMsg,
         st: &mut ChatState,
     ) -> Result<(), ActorProcessingErr> {
+        Box::pin(st.on_message(myself, msg)).await
+    }
+}
+
+impl ChatState {
+    async fn on_message(
+        &mut self,
+        myself: ActorRef<ChatMsg>,
+        msg: ChatMsg,
+    ) -> Result<(), ActorProcessingErr> {
         if !matches!(msg, ChatMsg::IdleCheck) {
-            st.last_activity = Instant::now();
+            self.last_activity = Instant::now();
         }
         let auto = system_meta("system:auto-reply");
         match msg {
@@ -550,7 +564,7 @@ impl Actor for ChatActor {
                 reply,
             } => {
                 let reply_id = uuid::Uuid::now_v7().to_string();
-                let control = st.ports.config.control(&st.account, &st.jid);
+                let control = self.ports.config.control(&self.account, &self.jid);
                 let cmd = ChatCommand::Receive {
                     message_id: message_id.clone(),
                     from,
@@ -563,12 +577,12 @@ impl Actor for ChatActor {
                     contact_name,
                     control,
                 };
-                let result = st.commit(cmd, &meta).await.map(|(events, positions)| {
+                let result = self.commit(cmd, &meta).await.map(|(events, positions)| {
                     // A reply closed in the same commit (non-text message) needs no worker.
                     let requested = events
                         .iter()
                         .any(|e| matches!(e, ChatEvent::AiReplyRequested { .. }))
-                        && st.chat.open_replies.contains_key(&reply_id);
+                        && self.chat.open_replies.contains_key(&reply_id);
                     (
                         requested,
                         ReceiveAck {
@@ -582,8 +596,8 @@ impl Actor for ChatActor {
                     Ok((requested, ack)) => {
                         let _ = reply.send(Ok(ack));
                         if requested {
-                            st.queue.push_back(reply_id);
-                            st.pump(&myself).await;
+                            self.queue.push_back(reply_id);
+                            self.pump(&myself).await;
                         }
                     }
                     Err(e) => {
@@ -599,18 +613,18 @@ impl Actor for ChatActor {
             } => {
                 let result = async {
                     // Validate before anything leaves the gateway.
-                    st.chat.decide(ChatCommand::Send {
+                    self.chat.decide(ChatCommand::Send {
                         message_id: "validation".into(),
                         text: text.clone(),
                         source,
                         at: Utc::now(),
                         takeover: chrono::Duration::zero(),
                     })?;
-                    let takeover = st.ports.config.control(&st.account, &st.jid).takeover;
-                    let message_id = st
+                    let takeover = self.ports.config.control(&self.account, &self.jid).takeover;
+                    let message_id = self
                         .ports
                         .transport
-                        .send_text(&st.account, &st.jid, &text)
+                        .send_text(&self.account, &self.jid, &text)
                         .await
                         .map_err(ActorError::Transport)?;
                     let cmd = ChatCommand::Send {
@@ -620,7 +634,7 @@ impl Actor for ChatActor {
                         at: Utc::now(),
                         takeover,
                     };
-                    let (_, positions) = st.commit(cmd, &meta).await?;
+                    let (_, positions) = self.commit(cmd, &meta).await?;
                     Ok(SentAck {
                         message_id,
                         position: positions.first().copied(),
@@ -642,15 +656,15 @@ impl Actor for ChatActor {
                     error,
                     at: Utc::now(),
                 };
-                let result = st
+                let result = self
                     .commit(cmd, &meta)
                     .await
                     .map(|(events, _)| !events.is_empty());
                 let _ = reply.send(result);
             }
             ChatMsg::Context { reply_id, reply } => {
-                let ctx = st.chat.trigger_of(&reply_id).map(|trigger| {
-                    let trigger_text = st
+                let ctx = self.chat.trigger_of(&reply_id).map(|trigger| {
+                    let trigger_text = self
                         .chat
                         .history
                         .iter()
@@ -660,12 +674,12 @@ impl Actor for ChatActor {
                     let now = Utc::now();
                     ReplyContext {
                         trigger_text,
-                        history: st.chat.history.iter().cloned().collect(),
-                        loop_guard: st.chat.loop_guard(now),
-                        superseded: st.chat.superseded(&reply_id),
-                        not_before: st.chat.not_before_of(&reply_id),
-                        paused: st.chat.pause_reason(now),
-                        replies_last_hour: st.chat.ai_replies_last_hour(now),
+                        history: self.chat.history.iter().cloned().collect(),
+                        loop_guard: self.chat.loop_guard(now),
+                        superseded: self.chat.superseded(&reply_id),
+                        not_before: self.chat.not_before_of(&reply_id),
+                        paused: self.chat.pause_reason(now),
+                        replies_last_hour: self.chat.ai_replies_last_hour(now),
                     }
                 });
                 let _ = reply.send(ctx);
@@ -676,7 +690,7 @@ impl Actor for ChatActor {
                 reply,
             } => {
                 let cmd = generated.record(reply_id);
-                let _ = reply.send(st.commit(cmd, &auto).await.map(drop));
+                let _ = reply.send(self.commit(cmd, &auto).await.map(drop));
             }
             ChatMsg::Deliver {
                 reply_id,
@@ -684,7 +698,7 @@ impl Actor for ChatActor {
                 generated,
                 reply,
             } => {
-                let result = st.deliver(reply_id, typing, generated.map(|g| *g)).await;
+                let result = self.deliver(reply_id, typing, generated.map(|g| *g)).await;
                 let _ = reply.send(result);
             }
             ChatMsg::Skip {
@@ -693,7 +707,7 @@ impl Actor for ChatActor {
                 reply,
             } => {
                 let cmd = ChatCommand::SkipReply { reply_id, reason };
-                let _ = reply.send(st.commit(cmd, &auto).await.map(drop));
+                let _ = reply.send(self.commit(cmd, &auto).await.map(drop));
             }
             ChatMsg::Fail {
                 reply_id,
@@ -706,49 +720,49 @@ impl Actor for ChatActor {
                     reason,
                     attempts,
                 };
-                let _ = reply.send(st.commit(cmd, &auto).await.map(drop));
+                let _ = reply.send(self.commit(cmd, &auto).await.map(drop));
             }
             ChatMsg::Resume { meta, reply } => {
                 let cmd = ChatCommand::Resume { at: Utc::now() };
-                let result = st
+                let result = self
                     .commit(cmd, &meta)
                     .await
                     .map(|(events, _)| !events.is_empty());
                 let _ = reply.send(result);
             }
             ChatMsg::WorkerDone { reply_id } => {
-                if st.active.as_deref() == Some(reply_id.as_str()) {
-                    st.active = None;
+                if self.active.as_deref() == Some(reply_id.as_str()) {
+                    self.active = None;
                 }
                 // A reply the transport took but whose events are not committed yet: commit
                 // them now (never send again). If the store still refuses, the reply stays open
                 // (not failed: the customer has it) and start-up recovery closes it.
                 let mut unrecorded = false;
-                if let Some(events) = st.unrecorded.remove(&reply_id) {
-                    if let Err(e) = st.commit_sent(&reply_id, events, &auto).await {
+                if let Some(events) = self.unrecorded.remove(&reply_id) {
+                    if let Err(e) = self.commit_sent(&reply_id, events, &auto).await {
                         tracing::error!(reply_id = %reply_id, error = %e, "a sent reply could not be recorded; it stays open and is closed as interrupted at the next start");
-                        st.unrecorded.remove(&reply_id);
+                        self.unrecorded.remove(&reply_id);
                         unrecorded = true;
                     }
                 }
                 // A worker that ended without a terminal event leaves its reply open.
                 if !unrecorded
-                    && st.chat.open_replies.contains_key(&reply_id)
-                    && !st.queue.contains(&reply_id)
+                    && self.chat.open_replies.contains_key(&reply_id)
+                    && !self.queue.contains(&reply_id)
                 {
                     let cmd = ChatCommand::FailReply {
                         reply_id: reply_id.clone(),
                         reason: "reply worker stopped before finishing".into(),
                         attempts: vec![],
                     };
-                    if let Err(e) = st.commit(cmd, &auto).await {
+                    if let Err(e) = self.commit(cmd, &auto).await {
                         tracing::warn!(reply_id = %reply_id, error = %e, "could not close a reply");
                     }
                 }
-                st.pump(&myself).await;
+                self.pump(&myself).await;
             }
             ChatMsg::CloseInterrupted { reply } => {
-                let result = st
+                let result = self
                     .commit(
                         ChatCommand::CloseInterrupted,
                         &system_meta("system:recovery"),
@@ -757,11 +771,13 @@ impl Actor for ChatActor {
                     .map(|(events, _)| events.len());
                 // What recovery left open is a debounced request that never got an answer:
                 // work on it again (it waits out the rest of its window).
-                let resumed: Vec<String> = st
+                let resumed: Vec<String> = self
                     .chat
                     .open_replies
                     .keys()
-                    .filter(|r| !st.queue.contains(r) && st.active.as_deref() != Some(r.as_str()))
+                    .filter(|r| {
+                        !self.queue.contains(r) && self.active.as_deref() != Some(r.as_str())
+                    })
                     .cloned()
                     .collect();
                 if !resumed.is_empty() {
@@ -769,14 +785,14 @@ impl Actor for ChatActor {
                         replies = resumed.len(),
                         "resuming debounced replies after a restart"
                     );
-                    st.queue.extend(resumed);
+                    self.queue.extend(resumed);
                 }
                 let _ = reply.send(result);
-                st.pump(&myself).await;
+                self.pump(&myself).await;
             }
             ChatMsg::IdleCheck => {
-                let idle = st.last_activity.elapsed() >= st.ports.chat_idle;
-                if st.active.is_none() && st.queue.is_empty() && idle {
+                let idle = self.last_activity.elapsed() >= self.ports.chat_idle;
+                if self.active.is_none() && self.queue.is_empty() && idle {
                     myself.stop(Some("idle".into()));
                 }
             }

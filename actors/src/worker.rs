@@ -716,6 +716,46 @@ mod tests {
         panic!("the reply did not settle: {:?}", streams.events(stream));
     }
 
+    #[tokio::test]
+    async fn idle_chats_stop_and_start_again_on_the_next_message() {
+        let streams = Arc::new(MemStreams::default());
+        let transport = Arc::new(Scripted::default());
+        let gateway = Gateway::start(Ports {
+            streams: streams.clone(),
+            config: Arc::new(Echo),
+            model: Arc::new(NoModel),
+            transport,
+            notify: Arc::new(Quiet),
+            limits: Limits::new(4, 4),
+            chat_idle: Duration::from_millis(100),
+            call_timeout: Duration::from_secs(5),
+            send_attempts: 3,
+            send_backoff: Duration::from_millis(10),
+        })
+        .await
+        .expect("gateway");
+        receive(&gateway, "in1", "hello").await;
+        assert_eq!(gateway.counts().await.chats, 1);
+        let mut chats = 1;
+        for _ in 0..200 {
+            chats = gateway.counts().await.chats;
+            if chats == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(chats, 0, "the idle chat actor did not stop");
+        // The next message starts the chat again from its stream: a repeated id is still known.
+        receive(&gateway, "in1", "hello").await;
+        let received = streams
+            .events("acc/1@s.whatsapp.net")
+            .iter()
+            .filter(|e| matches!(e, ChatEvent::MessageReceived { .. }))
+            .count();
+        assert_eq!(received, 1);
+        gateway.shutdown().await;
+    }
+
     fn calls(t: &Scripted) -> usize {
         t.send_calls.lock().map(|n| *n).unwrap_or(0)
     }
