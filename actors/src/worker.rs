@@ -662,6 +662,28 @@ mod tests {
             .expect("received");
     }
 
+    /// A gateway over in-memory streams and the scripted transport, in echo mode.
+    async fn start(
+        streams: Arc<MemStreams>,
+        transport: Arc<Scripted>,
+        chat_idle: Duration,
+    ) -> Arc<Gateway> {
+        Gateway::start(Ports {
+            streams,
+            config: Arc::new(Echo),
+            model: Arc::new(NoModel),
+            transport,
+            notify: Arc::new(Quiet),
+            limits: Limits::new(4, 4),
+            chat_idle,
+            call_timeout: Duration::from_secs(5),
+            send_attempts: 3,
+            send_backoff: Duration::from_millis(10),
+        })
+        .await
+        .expect("gateway")
+    }
+
     /// Sends one customer message and waits for its reply to settle; `refuse_sends` commits of a
     /// sent message fail first, and with `newer_meanwhile` a second customer message arrives
     /// once they have.
@@ -675,20 +697,7 @@ mod tests {
             sends: Mutex::new(script.into()),
             ..Default::default()
         });
-        let gateway = Gateway::start(Ports {
-            streams: streams.clone(),
-            config: Arc::new(Echo),
-            model: Arc::new(NoModel),
-            transport: transport.clone(),
-            notify: Arc::new(Quiet),
-            limits: Limits::new(4, 4),
-            chat_idle: Duration::from_secs(60),
-            call_timeout: Duration::from_secs(5),
-            send_attempts: 3,
-            send_backoff: Duration::from_millis(10),
-        })
-        .await
-        .expect("gateway");
+        let gateway = start(streams.clone(), transport.clone(), Duration::from_secs(60)).await;
         receive(&gateway, "in1", "hello").await;
         if newer_meanwhile {
             for _ in 0..400 {
@@ -720,20 +729,7 @@ mod tests {
     async fn idle_chats_stop_and_start_again_on_the_next_message() {
         let streams = Arc::new(MemStreams::default());
         let transport = Arc::new(Scripted::default());
-        let gateway = Gateway::start(Ports {
-            streams: streams.clone(),
-            config: Arc::new(Echo),
-            model: Arc::new(NoModel),
-            transport,
-            notify: Arc::new(Quiet),
-            limits: Limits::new(4, 4),
-            chat_idle: Duration::from_millis(100),
-            call_timeout: Duration::from_secs(5),
-            send_attempts: 3,
-            send_backoff: Duration::from_millis(10),
-        })
-        .await
-        .expect("gateway");
+        let gateway = start(streams.clone(), transport, Duration::from_millis(100)).await;
         receive(&gateway, "in1", "hello").await;
         assert_eq!(gateway.counts().await.chats, 1);
         let mut chats = 1;
