@@ -6,10 +6,11 @@
 //! - P2: 10,000 replies in flight against a stub answering after 2 s: wall time from the first
 //!   inject to the last reply sent (target <= 2.5 s), inject time, peak RSS (target < 300 MB).
 //!
+//! - long: P1's flow on chats already holding a long history vs on fresh chats (no target).
 //! - P3: replay of 1,000,000 events into every read model vs a raw scan of the events table in the
 //!   same run (target >= 0.5); webhook fan-out deliveries/s to a local receiver.
 //!
-//! `cargo run --release -p wagate-bench -- [p1|p2|p3|all] [--chats N] [--replies N] [--concurrency N]`
+//! `cargo run --release -p wagate-bench -- [p1|p2|p3|long|all] [--chats N] [--replies N] [--concurrency N]`
 //! Exits 0 when targets are missed (they are marked MISSED), non-zero only on errors.
 
 mod baseline;
@@ -36,6 +37,8 @@ enum Which {
     P2,
     /// P3 only (replay vs raw scan, webhook fan-out).
     P3,
+    /// Long chats: P1's flow on chats with a long history vs the same on fresh chats.
+    Long,
     /// Baseline, P1, P2 and P3.
     All,
     /// Internal: the model stub's child process.
@@ -77,6 +80,12 @@ struct Cli {
     /// how much of the cost is waiting for WAL flushes.
     #[arg(long)]
     synchronous_commit_off: bool,
+    /// Long: chats in both runs (fresh and long).
+    #[arg(long, default_value_t = 100)]
+    long_chats: usize,
+    /// Long: reply cycles (6 events, 2 messages) already in each long chat.
+    #[arg(long, default_value_t = 2000)]
+    history: i64,
     /// P3: events in the replayed history.
     #[arg(long, default_value_t = 1_000_000)]
     events: u64,
@@ -162,7 +171,7 @@ async fn run(cli: &Cli, server: &pg::Server) -> Result<String> {
             "P1: {} chats × {} messages, zero-latency model, {c} clients …",
             cli.chats, cli.per_chat
         );
-        let r = p1::run(server, c, cli.chats, cli.per_chat, timeout).await?;
+        let r = p1::run(server, c, cli.chats, cli.per_chat, 0, timeout).await?;
         eprintln!("  {:.1} replies/s", r.replies_per_s);
         r1 = Some(r);
     }
@@ -202,14 +211,35 @@ async fn run(cli: &Cli, server: &pg::Server) -> Result<String> {
         eprintln!("  {:.0} deliveries/s", f.per_sec());
         fan = Some(f);
     }
-    let mut out = report(
-        server,
-        base.as_ref(),
-        r1.as_ref(),
-        r2.as_ref(),
-        load_at_start,
-    );
+    let mut long = None;
+    if cli.which == Which::Long {
+        let (n, k) = (cli.long_chats, cli.per_chat);
+        eprintln!("Long: {n} fresh chats × {k} messages, {c} clients …");
+        let fresh = p1::run(server, c, n, k, 0, timeout).await?;
+        eprintln!("  {:.1} replies/s", fresh.replies_per_s);
+        eprintln!(
+            "Long: {n} chats holding {} reply cycles each × {k} messages, {c} clients …",
+            cli.history
+        );
+        let held = p1::run(server, c, n, k, cli.history, timeout).await?;
+        eprintln!("  {:.1} replies/s", held.replies_per_s);
+        long = Some((fresh, held));
+    }
+    let mut out = if cli.which == Which::Long {
+        String::new()
+    } else {
+        report(
+            server,
+            base.as_ref(),
+            r1.as_ref(),
+            r2.as_ref(),
+            load_at_start,
+        )
+    };
     out.push_str(&report_p3(r3.as_ref(), fan.as_ref()));
+    if let Some((fresh, held)) = &long {
+        out.push_str(&report_long(fresh, held, cli.history));
+    }
     Ok(out)
 }
 
@@ -418,6 +448,52 @@ fn report(
         },
         t.render()
     )
+}
+
+/// The long-chat phase: the same flow on fresh chats and on chats with a long history. No
+/// target: it shows how a reply's cost grows with the chat's history (chat state is cloned per
+/// multi-command commit; a chat's activation folds its whole stream).
+fn report_long(fresh: &p1::P1Result, held: &p1::P1Result, history: i64) -> String {
+    let mut t = Table {
+        rows: vec![],
+        notes: vec![],
+    };
+    t.row("metric", "value".into(), "", None);
+    t.row(
+        "fresh chats",
+        format!("{:.1} replies/s", fresh.replies_per_s),
+        "",
+        None,
+    );
+    t.row(
+        &format!("chats with {history} cycles each"),
+        format!("{:.1} replies/s", held.replies_per_s),
+        "",
+        None,
+    );
+    t.row(
+        "long ÷ fresh",
+        format!(
+            "{:.3}",
+            held.replies_per_s / fresh.replies_per_s.max(f64::MIN_POSITIVE)
+        ),
+        "",
+        None,
+    );
+    for (name, r) in [("fresh", fresh), ("long", held)] {
+        t.notes.push(format!(
+            "{name}: {} chats × {}, {} clients; sent {}, failed {}, skipped {}; {:.2} s; inject latency {}",
+            r.chats,
+            r.per_chat,
+            r.concurrency,
+            r.counts.sent,
+            r.counts.failed,
+            r.counts.skipped,
+            r.secs,
+            r.inject.describe()
+        ));
+    }
+    format!("\nlong chats\n{}", t.render())
 }
 
 fn report_p3(r: Option<&p3::ReplayResult>, f: Option<&p3::FanoutResult>) -> String {

@@ -10,9 +10,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use secrecy::SecretString;
 use tokio::sync::mpsc;
+use wagate::config::DatabaseConfig;
+use wagate::store::Store;
 
 use crate::gateway::{self, Api, Gateway};
+use crate::p3;
 use crate::pg::{self, Counts, Server, WaitSummary};
 use crate::stats::{self, Latency};
 use crate::stub::Stub;
@@ -45,19 +49,44 @@ pub struct P1Result {
 }
 
 impl P1Result {
+    /// Leaves the `cycles` reply cycles written before the run out of the counts and the rate.
+    fn leave_out_history(&mut self, cycles: i64) {
+        let c = &mut self.counts;
+        c.sent -= cycles;
+        c.requested -= cycles;
+        c.events -= 6 * cycles;
+        c.chat_events -= 6 * cycles;
+        self.replies_per_s = c.sent as f64 / self.secs;
+    }
+
     pub fn events_per_reply(&self) -> f64 {
         self.counts.events as f64 / self.counts.sent.max(1) as f64
     }
 }
 
+/// P1 on fresh chats (`history` 0), or on chats that already hold `history` reply cycles each
+/// (6 events per cycle, written with SQL before the gateway starts: the long-chat phase).
 pub async fn run(
     server: &Server,
     concurrency: usize,
     chats: usize,
     per_chat: usize,
+    history: i64,
     timeout: Duration,
 ) -> Result<P1Result> {
-    let (db, url) = server.create("p1").await?;
+    let (db, url) = server
+        .create(if history > 0 { "long" } else { "p1" })
+        .await?;
+    if history > 0 {
+        let store = Store::connect(&DatabaseConfig::Postgres {
+            url: SecretString::from(url.clone()),
+        })
+        .await?;
+        store.migrate().await?;
+        store.close().await;
+        let chats = i64::try_from(chats)?;
+        p3::generate(&url, history.saturating_mul(chats), chats).await?;
+    }
     let stub = Stub::spawn(Duration::ZERO).await?;
     let gw = Gateway::start(&url, concurrency).await?;
     let syncs_before = server.wal_syncs().await;
@@ -81,6 +110,9 @@ pub async fn run(
     let syncs_after = server.wal_syncs().await;
     let xacts_after = server.xact_commits(&db).await;
     let mut result = result?;
+    if history > 0 {
+        result.leave_out_history(history.saturating_mul(i64::try_from(chats)?));
+    }
     let sent = result.counts.sent;
     result.wal_syncs_per_reply = stats::per_reply(syncs_before, syncs_after, 0, sent);
     // Minus the benchmark's own reads on this database (follower polls, final counts).

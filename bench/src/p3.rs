@@ -42,8 +42,9 @@ impl ReplayResult {
 const CHATS: i64 = 1_000;
 
 /// Writes `cycles` reply cycles (6 events each: received, requested, generated, typing, sent,
-/// reply sent) over [`CHATS`] chats, with payloads shaped as the gateway writes them.
-async fn generate(url: &str, cycles: i64) -> Result<()> {
+/// reply sent) round-robin over `chats` chats (chat `i % chats`, the benchmark's chat numbering),
+/// with payloads shaped as the gateway writes them.
+pub(crate) async fn generate(url: &str, cycles: i64, chats: i64) -> Result<()> {
     let pool = PgPoolOptions::new().max_connections(1).connect(url).await?;
     const CHUNK: i64 = 20_000;
     let mut start = 0;
@@ -69,7 +70,7 @@ async fn generate(url: &str, cycles: i64) -> Result<()> {
         )
         .bind(start)
         .bind(end)
-        .bind(CHATS)
+        .bind(chats)
         .execute(&pool)
         .await?;
         start = end;
@@ -119,7 +120,7 @@ pub async fn replay(server: &Server, events: u64) -> Result<ReplayResult> {
     store.migrate().await?;
     let cycles = i64::try_from(events.div_ceil(6)).unwrap_or(i64::MAX);
     let t = Instant::now();
-    generate(&url, cycles).await?;
+    generate(&url, cycles, CHATS).await?;
     let generate_secs = t.elapsed().as_secs_f64();
     // Warm the cache the same way for both: one scan first, not timed.
     scan(&url).await?;
