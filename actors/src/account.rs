@@ -9,9 +9,14 @@ use ractor::rpc::CallResult;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::Mutex;
 
-use crate::chat::{ChatActor, ChatArgs, ChatMsg, IDLE_CHECK};
+use crate::chat::{ChatActor, ChatArgs, ChatMsg};
 use crate::ports::{ActorError, Ports};
 use crate::supervisor::{AiSupervisor, SupervisorMsg};
+
+/// How often, at most, an account actor asks its chats whether they have been idle long enough
+/// to stop (one timer per account, not one task per chat; with a short idle time, twice per idle
+/// time).
+const IDLE_SWEEP: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub enum AccountMsg {
     GetChat {
@@ -46,7 +51,7 @@ impl Actor for AccountActor {
         myself: ActorRef<AccountMsg>,
         args: AccountArgs,
     ) -> Result<AccountState, ActorProcessingErr> {
-        let sweep = IDLE_CHECK
+        let sweep = IDLE_SWEEP
             .min(args.ports.chat_idle / 2)
             .max(std::time::Duration::from_millis(10));
         myself.send_interval(sweep, || AccountMsg::IdleSweep);

@@ -20,11 +20,6 @@ use wagate_events::chat::{
 use crate::ports::{ActorError, Meta, Ports, StoreFailure};
 use crate::supervisor::SupervisorMsg;
 
-/// How often, at most, a chat checks whether it has been idle long enough to stop (its account
-/// actor asks all of its chats at once: one timer per account, not one task per chat; with a
-/// short idle time, twice per idle time).
-pub(crate) const IDLE_CHECK: std::time::Duration = std::time::Duration::from_secs(30);
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReceiveAck {
     pub message_id: String,
