@@ -6,9 +6,9 @@
 //! - P2: 10,000 replies in flight against a stub answering after 2 s: wall time from the first
 //!   inject to the last reply sent (target <= 2.5 s), inject time, peak RSS (target < 300 MB).
 //!
-//! - long: P1's flow on chats already holding a long history vs on fresh chats (no target).
 //! - P3: replay of 1,000,000 events into every read model vs a raw scan of the events table in the
 //!   same run (target >= 0.5); webhook fan-out deliveries/s to a local receiver.
+//! - long: P1's flow on chats already holding a long history vs on fresh chats (no target).
 //!
 //! `cargo run --release -p wagate-bench -- [p1|p2|p3|long|all] [--chats N] [--replies N] [--concurrency N]`
 //! Exits 0 when targets are missed (they are marked MISSED), non-zero only on errors.
@@ -225,21 +225,17 @@ async fn run(cli: &Cli, server: &pg::Server) -> Result<String> {
         eprintln!("  {:.1} replies/s", held.replies_per_s);
         long = Some((fresh, held));
     }
-    let mut out = if cli.which == Which::Long {
-        String::new()
-    } else {
-        report(
-            server,
-            base.as_ref(),
-            r1.as_ref(),
-            r2.as_ref(),
-            load_at_start,
-        )
-    };
-    out.push_str(&report_p3(r3.as_ref(), fan.as_ref()));
     if let Some((fresh, held)) = &long {
-        out.push_str(&report_long(fresh, held, cli.history));
+        return Ok(report_long(fresh, held, cli.history));
     }
+    let mut out = report(
+        server,
+        base.as_ref(),
+        r1.as_ref(),
+        r2.as_ref(),
+        load_at_start,
+    );
+    out.push_str(&report_p3(r3.as_ref(), fan.as_ref()));
     Ok(out)
 }
 
@@ -493,7 +489,7 @@ fn report_long(fresh: &p1::P1Result, held: &p1::P1Result, history: i64) -> Strin
             r.inject.describe()
         ));
     }
-    format!("\nlong chats\n{}", t.render())
+    format!("long chats\n{}", t.render())
 }
 
 fn report_p3(r: Option<&p3::ReplayResult>, f: Option<&p3::FanoutResult>) -> String {

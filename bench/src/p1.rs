@@ -10,10 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use secrecy::SecretString;
 use tokio::sync::mpsc;
-use wagate::config::DatabaseConfig;
-use wagate::store::Store;
 
 use crate::gateway::{self, Api, Gateway};
 use crate::p3;
@@ -54,8 +51,8 @@ impl P1Result {
         let c = &mut self.counts;
         c.sent -= cycles;
         c.requested -= cycles;
-        c.events -= 6 * cycles;
-        c.chat_events -= 6 * cycles;
+        c.events -= p3::EVENTS_PER_CYCLE * cycles;
+        c.chat_events -= p3::EVENTS_PER_CYCLE * cycles;
         self.replies_per_s = c.sent as f64 / self.secs;
     }
 
@@ -65,7 +62,7 @@ impl P1Result {
 }
 
 /// P1 on fresh chats (`history` 0), or on chats that already hold `history` reply cycles each
-/// (6 events per cycle, written with SQL before the gateway starts: the long-chat phase).
+/// (written with SQL by `p3::generate` before the gateway starts: the long-chat phase).
 pub async fn run(
     server: &Server,
     concurrency: usize,
@@ -77,15 +74,10 @@ pub async fn run(
     let (db, url) = server
         .create(if history > 0 { "long" } else { "p1" })
         .await?;
+    let history_cycles = history.saturating_mul(i64::try_from(chats)?);
     if history > 0 {
-        let store = Store::connect(&DatabaseConfig::Postgres {
-            url: SecretString::from(url.clone()),
-        })
-        .await?;
-        store.migrate().await?;
-        store.close().await;
-        let chats = i64::try_from(chats)?;
-        p3::generate(&url, history.saturating_mul(chats), chats).await?;
+        p3::migrated_store(&url).await?.close().await;
+        p3::generate(&url, history_cycles, i64::try_from(chats)?).await?;
     }
     let stub = Stub::spawn(Duration::ZERO).await?;
     let gw = Gateway::start(&url, concurrency).await?;
@@ -111,7 +103,7 @@ pub async fn run(
     let xacts_after = server.xact_commits(&db).await;
     let mut result = result?;
     if history > 0 {
-        result.leave_out_history(history.saturating_mul(i64::try_from(chats)?));
+        result.leave_out_history(history_cycles);
     }
     let sent = result.counts.sent;
     result.wal_syncs_per_reply = stats::per_reply(syncs_before, syncs_after, 0, sent);
@@ -135,6 +127,7 @@ async fn drive(
 ) -> Result<P1Result> {
     api.configure(&stub.base, 10).await?;
     let monitor = pg::monitor_pool(url).await?;
+    let history_end = pg::last_position(&monitor).await?;
     let total = chats * per_chat;
 
     // Chats whose next message may be sent.
@@ -193,7 +186,7 @@ async fn drive(
     let follower = async {
         let mut polls = 0u64;
         let mut tx = Some(tx);
-        let mut pos = 0i64;
+        let mut pos = history_end;
         let mut done = vec![0usize; chats];
         let mut settled = 0usize;
         let mut last_report = Instant::now();
@@ -270,7 +263,8 @@ async fn drive(
         waits,
         wal_syncs_per_reply: None,
         db_xacts_per_reply: None,
-        monitor_queries: polls + pg::COUNT_QUERIES,
+        // The follower's polls, the final counts and the starting position.
+        monitor_queries: polls + pg::COUNT_QUERIES + 1,
         inject_retries: retries.load(Ordering::Relaxed),
         cpu,
         counts,

@@ -41,7 +41,20 @@ impl ReplayResult {
 /// Chats the synthetic history is spread over.
 const CHATS: i64 = 1_000;
 
-/// Writes `cycles` reply cycles (6 events each: received, requested, generated, typing, sent,
+/// Events in one generated reply cycle.
+pub(crate) const EVENTS_PER_CYCLE: i64 = 6;
+
+/// A migrated store on the phase's database.
+pub(crate) async fn migrated_store(url: &str) -> Result<Store> {
+    let store = Store::connect(&DatabaseConfig::Postgres {
+        url: SecretString::from(url.to_owned()),
+    })
+    .await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// Writes `cycles` reply cycles ([`EVENTS_PER_CYCLE`] events each: received, requested, generated, typing, sent,
 /// reply sent) round-robin over `chats` chats (chat `i % chats`, the benchmark's chat numbering),
 /// with payloads shaped as the gateway writes them.
 pub(crate) async fn generate(url: &str, cycles: i64, chats: i64) -> Result<()> {
@@ -113,12 +126,8 @@ async fn scan(url: &str) -> Result<(u64, f64)> {
 
 pub async fn replay(server: &Server, events: u64) -> Result<ReplayResult> {
     let (_, url) = server.create("p3").await?;
-    let db = DatabaseConfig::Postgres {
-        url: SecretString::from(url.clone()),
-    };
-    let store = Store::connect(&db).await?;
-    store.migrate().await?;
-    let cycles = i64::try_from(events.div_ceil(6)).unwrap_or(i64::MAX);
+    let store = migrated_store(&url).await?;
+    let cycles = i64::try_from(events.div_ceil(EVENTS_PER_CYCLE as u64)).unwrap_or(i64::MAX);
     let t = Instant::now();
     generate(&url, cycles, CHATS).await?;
     let generate_secs = t.elapsed().as_secs_f64();

@@ -253,6 +253,16 @@ pub async fn monitor_pool(url: &str) -> Result<PgPool> {
 /// How often the benchmark's follower polls for settled replies.
 pub const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
 
+/// The newest position in the events table (0 when empty): where a follower starts, so that
+/// events written before a phase (a generated history) are not taken for its replies.
+pub async fn last_position(pool: &PgPool) -> Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT COALESCE(MAX(position), 0)::bigint FROM events")
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
 /// Terminal reply events after `after` (by global position, which is commit-ordered in wagate's
 /// store, so a reader that follows it never skips an event): `(position, stream id, type)`.
 pub async fn terminal_after(pool: &PgPool, after: i64) -> Result<Vec<(i64, String, String)>> {
