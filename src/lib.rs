@@ -6,6 +6,7 @@
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod chat_store;
 pub mod cli;
 pub mod config;
 pub mod crypto;

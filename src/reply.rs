@@ -7,20 +7,23 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use secrecy::SecretString;
+use wagate_actors::chat::SNAPSHOT_EVERY;
 use wagate_actors::ports::{
     ChatStreams, ConfigSource, FallbackModel, Meta, Model, ModelAnswer, ModelCall, ModelFailure,
     Notify, PromptRole, ReplyConfig, StoreFailure,
 };
 use wagate_events::chat::{Chat, ChatEvent, Control, TokenUsage};
 use wagate_events::ids::chat_kind;
+use wagate_events::message_window::MessageFact;
 use wagate_projections::effective::{self, Effective, FallbackKey, KeySource};
 
 use crate::app::App;
+use crate::chat_store;
 use crate::crypto::api_key_ad;
 use crate::group_commit::{Append, Appended, GroupCommitter};
-use crate::group_load::{GroupLoader, Loaded};
+use crate::group_load::GroupLoader;
 use crate::model_client::{ChatMessage, HttpModelClient, ModelRequest, Role};
-use crate::store::{CommitError, Store, StoreError, Streams};
+use crate::store::{CommitError, Store, StoreError};
 use crate::transport::cloud_api::CloudApiClient;
 use crate::transport::DispatchTransport;
 
@@ -28,7 +31,7 @@ use crate::transport::DispatchTransport;
 /// share one query) and through cqrs-es on SQLite, appended through the group committer (many
 /// chats' appends share one transaction).
 pub struct StoreStreams {
-    streams: Streams<Chat>,
+    store: Store,
     loader: Option<GroupLoader>,
     committer: GroupCommitter,
     /// The read model that tells which chats have any event (see `ChatStreams::start`).
@@ -38,11 +41,11 @@ pub struct StoreStreams {
 impl StoreStreams {
     pub fn new(store: &Store, committer: GroupCommitter) -> Self {
         let loader = match store {
-            Store::Postgres(pool) => Some(GroupLoader::start(pool.clone(), "chat")),
+            Store::Postgres(pool) => Some(GroupLoader::start(pool.clone())),
             Store::Sqlite(_) => None,
         };
         Self {
-            streams: store.streams(),
+            store: store.clone(),
             loader,
             committer,
             known: None,
@@ -58,20 +61,6 @@ impl StoreStreams {
         self.known = Some(app);
         self
     }
-}
-
-/// Folds a chat's stored events (oldest first) as cqrs-es does on load: the state and the last
-/// sequence.
-fn fold_chat(events: Vec<Loaded>) -> Result<(Chat, usize), StoreFailure> {
-    let mut chat = Chat::default();
-    let mut version = 0;
-    for e in events {
-        let event: ChatEvent = serde_json::from_str(&e.payload)
-            .map_err(|err| StoreFailure::Other(format!("cannot read a chat event: {err}")))?;
-        cqrs_es::Aggregate::apply(&mut chat, event);
-        version = usize::try_from(e.sequence).unwrap_or(0);
-    }
-    Ok((chat, version))
 }
 
 fn failure(e: CommitError) -> StoreFailure {
@@ -103,13 +92,52 @@ impl ChatStreams for StoreStreams {
     }
 
     async fn load(&self, stream_id: &str) -> Result<(Chat, usize), StoreFailure> {
-        match &self.loader {
-            Some(loader) => match loader.load(stream_id).await {
-                Ok(events) => fold_chat(events),
-                Err(e) => Err(failure(CommitError::Store(e))),
-            },
-            None => self.streams.load(stream_id).await.map_err(failure),
+        let store_failure = |e| failure(CommitError::Store(e));
+        let mut loaded = None;
+        if let Some(loader) = &self.loader {
+            let (snapshot, events) = loader.load(stream_id).await.map_err(store_failure)?;
+            loaded = chat_store::fold(snapshot, events).map_err(store_failure)?;
         }
+        let loaded = match loaded {
+            Some(loaded) => loaded,
+            None => chat_store::load(&self.store, stream_id)
+                .await
+                .map_err(store_failure)?,
+        };
+        // A long fold (a chat from before snapshots, or one whose snapshot was dropped) is not
+        // repeated at the next activation.
+        if loaded.folded > SNAPSHOT_EVERY {
+            self.snapshot(stream_id, loaded.version, &loaded.chat);
+        }
+        Ok((loaded.chat, loaded.version))
+    }
+
+    async fn recall(
+        &self,
+        stream_id: &str,
+        message_id: &str,
+    ) -> Result<Option<MessageFact>, StoreFailure> {
+        chat_store::recall(&self.store, stream_id, message_id)
+            .await
+            .map_err(|e| failure(CommitError::Store(e)))
+    }
+
+    fn snapshot(&self, stream_id: &str, version: usize, chat: &Chat) {
+        let state = match serde_json::to_string(chat) {
+            Ok(state) => state,
+            Err(e) => {
+                tracing::warn!(stream = %stream_id, error = %e, "cannot serialize a chat snapshot");
+                return;
+            }
+        };
+        let store = self.store.clone();
+        let stream_id = stream_id.to_string();
+        let version = i64::try_from(version).unwrap_or(i64::MAX);
+        tokio::spawn(async move {
+            if let Err(e) = chat_store::save_snapshot(&store, &stream_id, version, &state).await {
+                tracing::warn!(stream = %stream_id, error = %e, "chat snapshot not written");
+            }
+        });
     }
 
     async fn commit(

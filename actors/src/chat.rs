@@ -20,6 +20,10 @@ use wagate_events::chat::{
 use crate::ports::{ActorError, Meta, Ports, StoreFailure};
 use crate::supervisor::SupervisorMsg;
 
+/// A chat's state is offered as a snapshot each time its stream passes a multiple of this many
+/// events, so activating a chat folds at most about this many events after its snapshot.
+pub const SNAPSHOT_EVERY: usize = 512;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReceiveAck {
     pub message_id: String,
@@ -210,6 +214,7 @@ impl ChatState {
         meta: &Meta,
     ) -> Result<(Vec<ChatEvent>, Vec<i64>), ActorError> {
         for _ in 0..3 {
+            self.recall_ids(&commands).await?;
             let (events, after) = match commands.as_slice() {
                 [one] => (self.chat.decide(one.clone())?, None),
                 many => {
@@ -241,8 +246,29 @@ impl ChatState {
         Err(StoreFailure::Conflict.into())
     }
 
+    /// Before `commands` are decided: asks the store about every message id they name that fell
+    /// out of the chat's in-memory window, so that a redelivered old message is still a duplicate
+    /// and a late status of an old outbound message still counts.
+    async fn recall_ids(&mut self, commands: &[ChatCommand]) -> Result<(), ActorError> {
+        for c in commands {
+            let id = match c {
+                ChatCommand::Receive { message_id, .. }
+                | ChatCommand::UpdateStatus { message_id, .. } => message_id,
+                _ => continue,
+            };
+            if !self.chat.message_ids.needs_recall(id) {
+                continue;
+            }
+            if let Some(fact) = self.ports.streams.recall(&self.stream_id, id).await? {
+                self.chat.message_ids.remember(id.clone(), fact);
+            }
+        }
+        Ok(())
+    }
+
     /// Takes in events just committed: the state decided with them (`after`) or, without it, the
-    /// events applied to the held state; moves the version and wakes the read models.
+    /// events applied to the held state; moves the version, offers a snapshot every
+    /// [`SNAPSHOT_EVERY`] events and wakes the read models.
     async fn committed(&mut self, events: &[ChatEvent], after: Option<Chat>) {
         match after {
             Some(chat) => self.chat = chat,
@@ -252,7 +278,13 @@ impl ChatState {
                 }
             }
         }
+        let before = self.version;
         self.version += events.len();
+        if before / SNAPSHOT_EVERY != self.version / SNAPSHOT_EVERY {
+            self.ports
+                .streams
+                .snapshot(&self.stream_id, self.version, &self.chat);
+        }
         self.ports.notify.committed().await;
     }
 

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use secrecy::SecretString;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wagate_events::chat::{Chat, ChatEvent, Control, TokenUsage};
+use wagate_events::message_window::MessageFact;
 use wagate_events::DomainError;
 
 pub type Meta = HashMap<String, String>;
@@ -67,6 +68,18 @@ pub trait ChatStreams: Send + Sync + 'static {
         events: Vec<ChatEvent>,
         meta: Meta,
     ) -> Result<Vec<i64>, StoreFailure>;
+    /// What the stream recorded of `message_id` (received, or sent and its last delivery status),
+    /// `None` when it never did. Asked only for ids that fell out of a chat's in-memory window, so
+    /// an implementation must answer from an index, not by reading the stream.
+    async fn recall(
+        &self,
+        stream_id: &str,
+        message_id: &str,
+    ) -> Result<Option<MessageFact>, StoreFailure>;
+    /// Offers the chat's state at `version` (committed) as a snapshot, so that the next `load`
+    /// folds only the events after it. Best effort and off the caller's path: a snapshot that is
+    /// not written costs only a longer fold. Default: no snapshots.
+    fn snapshot(&self, _stream_id: &str, _version: usize, _chat: &Chat) {}
 }
 
 /// The effective config of a chat at reply time, with the key already decrypted.

@@ -500,6 +500,7 @@ mod tests {
 
     use async_trait::async_trait;
     use wagate_events::chat::{Chat, ChatEvent, MessageKind};
+    use wagate_events::message_window::MessageFact;
 
     use crate::chat::ChatMsg;
     use crate::ports::{
@@ -508,9 +509,14 @@ mod tests {
     };
     use crate::Gateway;
 
-    /// Streams in memory; `refuse_sends` commits that carry a sent message fail as unavailable.
+    /// Streams in memory; `refuse_sends` commits that carry a sent message fail as unavailable;
+    /// the versions snapshots were offered at.
     #[derive(Default)]
-    struct MemStreams(Mutex<HashMap<String, Vec<ChatEvent>>>, Mutex<usize>);
+    struct MemStreams(
+        Mutex<HashMap<String, Vec<ChatEvent>>>,
+        Mutex<usize>,
+        Mutex<Vec<usize>>,
+    );
 
     impl MemStreams {
         fn events(&self, stream: &str) -> Vec<ChatEvent> {
@@ -530,6 +536,23 @@ mod tests {
                 cqrs_es::Aggregate::apply(&mut chat, e.clone());
             }
             Ok((chat, events.len()))
+        }
+
+        async fn recall(
+            &self,
+            stream_id: &str,
+            message_id: &str,
+        ) -> Result<Option<MessageFact>, StoreFailure> {
+            Ok(wagate_events::chat::fact_of(
+                message_id,
+                &self.events(stream_id),
+            ))
+        }
+
+        fn snapshot(&self, _: &str, version: usize, _: &Chat) {
+            if let Ok(mut offered) = self.2.lock() {
+                offered.push(version);
+            }
         }
 
         async fn commit(
@@ -692,7 +715,11 @@ mod tests {
         refuse_sends: usize,
         newer_meanwhile: bool,
     ) -> (Vec<ChatEvent>, Arc<Scripted>) {
-        let streams = Arc::new(MemStreams(Mutex::default(), Mutex::new(refuse_sends)));
+        let streams = Arc::new(MemStreams(
+            Mutex::default(),
+            Mutex::new(refuse_sends),
+            Mutex::default(),
+        ));
         let transport = Arc::new(Scripted {
             sends: Mutex::new(script.into()),
             ..Default::default()
@@ -749,6 +776,92 @@ mod tests {
             .filter(|e| matches!(e, ChatEvent::MessageReceived { .. }))
             .count();
         assert_eq!(received, 1);
+        gateway.shutdown().await;
+    }
+
+    /// A chat longer than its in-memory id window: a redelivered old message is still a
+    /// duplicate and a late status of an old sent message still counts (both recalled from the
+    /// store), and a snapshot is offered when the stream passes a multiple of `SNAPSHOT_EVERY`.
+    #[tokio::test]
+    async fn a_long_chat_recalls_old_ids_and_offers_snapshots() {
+        use crate::chat::SNAPSHOT_EVERY;
+        use wagate_events::chat::{DeliveryStatus, Source};
+
+        let streams = Arc::new(MemStreams::default());
+        let stream = "acc/1@s.whatsapp.net";
+        let at = chrono::Utc::now();
+        let mut history = vec![ChatEvent::MessageSent {
+            message_id: "out0".into(),
+            text: "welcome".into(),
+            source: Source::Operator,
+            ai_reply_id: None,
+            at,
+        }];
+        history.extend(
+            (1..2 * SNAPSHOT_EVERY - 2).map(|i| ChatEvent::MessageReceived {
+                message_id: format!("m{i}"),
+                from: "1".into(),
+                text: "hi".into(),
+                from_me: false,
+                at,
+                kind: MessageKind::Text,
+                contact_name: None,
+            }),
+        );
+        streams
+            .commit(stream, 0, history, Meta::new())
+            .await
+            .expect("history");
+        let gateway = start(
+            streams.clone(),
+            Arc::new(Scripted::default()),
+            Duration::from_secs(60),
+        )
+        .await;
+        let old = gateway
+            .ask("acc", "1@s.whatsapp.net", |reply| ChatMsg::Receive {
+                message_id: "m1".into(),
+                from: "1".into(),
+                text: "hi".into(),
+                from_me: false,
+                reply_candidate: true,
+                kind: MessageKind::Text,
+                contact_name: None,
+                meta: Meta::new(),
+                reply,
+            })
+            .await
+            .expect("answered");
+        assert!(old.duplicate, "{old:?}");
+        let status = |status| {
+            let gateway = gateway.clone();
+            async move {
+                gateway
+                    .ask("acc", "1@s.whatsapp.net", |reply| ChatMsg::Status {
+                        message_id: "out0".into(),
+                        status,
+                        error: None,
+                        meta: Meta::new(),
+                        reply,
+                    })
+                    .await
+                    .expect("answered")
+            }
+        };
+        assert!(status(DeliveryStatus::Read).await, "a late status counts");
+        assert!(
+            !status(DeliveryStatus::Delivered).await,
+            "and never goes back"
+        );
+        assert_eq!(streams.events(stream).len(), 2 * SNAPSHOT_EVERY - 1);
+        assert!(streams.2.lock().map(|o| o.is_empty()).unwrap_or(false));
+        receive(&gateway, "fresh", "a new question").await;
+        let offered = streams.2.lock().map(|o| o.clone()).unwrap_or_default();
+        assert_eq!(
+            offered.first(),
+            Some(&(2 * SNAPSHOT_EVERY + 1)),
+            "{offered:?}"
+        );
         gateway.shutdown().await;
     }
 

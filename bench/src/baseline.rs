@@ -28,6 +28,10 @@ CREATE TABLE bench_events
 );
 CREATE UNIQUE INDEX bench_events_by_position ON bench_events (position);
 CREATE INDEX bench_events_by_recorded_at ON bench_events (recorded_at);
+CREATE INDEX bench_events_chat_message_id
+    ON bench_events (aggregate_id, json_extract_path_text(payload, event_type, 'message_id'))
+    WHERE aggregate_type = 'chat'
+      AND event_type IN ('MessageReceived', 'MessageSent', 'MessageStatusUpdated');
 ";
 
 const INSERT: &str = "INSERT INTO bench_events \

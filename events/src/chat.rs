@@ -7,13 +7,14 @@
 //! | `AiReplyFailed`. A reply that has not reached a terminal event when the process dies is
 //! closed as `AiReplyFailed { reason: "interrupted" }` at the next start: never sent twice.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use chrono::{DateTime, Duration, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 
+use crate::message_window::{MessageFact, MessageWindow};
 use crate::DomainError;
 
 /// Longest message text accepted (WhatsApp's own limit is 65,536 characters).
@@ -297,7 +298,9 @@ pub struct Turn {
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Chat {
-    pub seen_message_ids: HashSet<String>,
+    /// The newest message ids with what is known of each (received, or sent and its delivery
+    /// status); older ids are asked of the store (see [`MessageWindow`]).
+    pub message_ids: MessageWindow,
     /// The last [`HISTORY_LEN`] text turns.
     pub history: VecDeque<Turn>,
     /// Replies without a terminal event, by reply id.
@@ -307,9 +310,6 @@ pub struct Chat {
     /// The newest inbound customer text message id (a pending reply to an older one is
     /// superseded).
     pub last_customer_message: Option<String>,
-    /// Outbound message ids and the last delivery status the transport reported for each.
-    #[serde(default)]
-    pub outbound_status: HashMap<String, Option<DeliveryStatus>>,
     /// Human takeover: the AI does not answer before this time.
     #[serde(default)]
     pub paused_until: Option<DateTime<Utc>>,
@@ -413,7 +413,40 @@ fn check_text(text: &str) -> Result<(), DomainError> {
     Ok(())
 }
 
+/// What `events` (events of one stream, oldest first) record of `message_id`: received, or sent
+/// with the last delivery status reported (`None`: nothing). The answer a store gives for an id
+/// that fell out of a chat's [`MessageWindow`].
+pub fn fact_of<'a>(
+    message_id: &str,
+    events: impl IntoIterator<Item = &'a ChatEvent>,
+) -> Option<MessageFact> {
+    let mut window = MessageWindow::default();
+    for e in events {
+        match e {
+            ChatEvent::MessageReceived { message_id: id, .. } if id == message_id => {
+                window.received(id.clone());
+            }
+            ChatEvent::MessageSent { message_id: id, .. } if id == message_id => {
+                window.sent(id.clone());
+            }
+            ChatEvent::MessageStatusUpdated {
+                message_id: id,
+                status,
+                ..
+            } if id == message_id => window.status(id, *status),
+            _ => {}
+        }
+    }
+    window.get(message_id)
+}
+
 impl Chat {
+    /// The shape of a serialized `Chat` as snapshots store it. Bump it with any change to the
+    /// fields of `Chat` (or of what they hold) or to `apply`: snapshots of another format are
+    /// ignored, and the chat is folded from its events. The test
+    /// `snapshot_format_pins_the_folded_state` fails until it is bumped.
+    pub const SNAPSHOT_FORMAT: i32 = 1;
+
     /// Whether the loop guard allows another AI reply at `now`; `Err(reason)` otherwise.
     pub fn loop_guard(&self, now: DateTime<Utc>) -> Result<(), String> {
         let since = now - Duration::minutes(LOOP_WINDOW_MINUTES);
@@ -546,7 +579,7 @@ impl Aggregate for Chat {
                 at,
                 ..
             } => {
-                self.seen_message_ids.insert(message_id.clone());
+                self.message_ids.received(message_id.clone());
                 // Only text is a turn of the conversation (and a question to answer).
                 if kind != MessageKind::Text {
                     return;
@@ -587,8 +620,7 @@ impl Aggregate for Chat {
                 at,
                 ..
             } => {
-                self.seen_message_ids.insert(message_id.clone());
-                self.outbound_status.insert(message_id.clone(), None);
+                self.message_ids.sent(message_id.clone());
                 if source == Source::Ai {
                     self.recent_ai_sends.push_back(at);
                     while self.recent_ai_sends.len() > LOOP_CAP {
@@ -617,11 +649,7 @@ impl Aggregate for Chat {
             ChatEvent::TypingIndicated { .. } => {}
             ChatEvent::MessageStatusUpdated {
                 message_id, status, ..
-            } => {
-                if let Some(s) = self.outbound_status.get_mut(&message_id) {
-                    *s = Some(status);
-                }
-            }
+            } => self.message_ids.status(&message_id, status),
             ChatEvent::AiPaused { until, .. } => self.paused_until = Some(until),
             ChatEvent::AiResumed { .. } => self.paused_until = None,
         }
@@ -652,7 +680,7 @@ impl Chat {
                     ));
                 }
                 check_text(&text)?;
-                if self.seen_message_ids.contains(&message_id) {
+                if self.message_ids.contains(&message_id) {
                     return Ok(vec![]);
                 }
                 let mut events = vec![ChatEvent::MessageReceived {
@@ -668,7 +696,12 @@ impl Chat {
                 // phone. (An echo of the gateway's own send carries the id it recorded in
                 // `MessageSent`, so it is a duplicate and never gets here; the check stays
                 // explicit for transports that echo without deduplication.)
-                if from_me && !self.outbound_status.contains_key(&message_id) {
+                if from_me
+                    && !matches!(
+                        self.message_ids.get(&message_id),
+                        Some(MessageFact::Sent(_))
+                    )
+                {
                     events.extend(self.pause(
                         control.takeover,
                         PauseCause::OwnerMessage,
@@ -828,8 +861,8 @@ impl Chat {
                 status,
                 error,
                 at,
-            } => match self.outbound_status.get(&message_id) {
-                Some(current) if current.is_none_or(|c| status > c) => {
+            } => match self.message_ids.get(&message_id) {
+                Some(MessageFact::Sent(current)) if current.is_none_or(|c| status > c) => {
                     vec![ChatEvent::MessageStatusUpdated {
                         message_id,
                         status,
@@ -1123,7 +1156,7 @@ mod tests {
         });
         assert_eq!(chat.last_customer_message.as_deref(), Some("m1"));
         assert_eq!(chat.history.len(), 1);
-        assert!(chat.seen_message_ids.contains("img1"));
+        assert!(chat.message_ids.contains("img1"));
     }
 
     #[test]
@@ -1379,5 +1412,153 @@ mod tests {
             {"reply_id":"r1","reason":"x"}}))
         .expect("old payload parses");
         assert!(matches!(e, ChatEvent::AiReplyFailed { attempts, .. } if attempts.is_empty()));
+    }
+
+    /// One event of every kind, folded: what a snapshot of format [`Chat::SNAPSHOT_FORMAT`] holds.
+    fn every_kind_folded() -> Chat {
+        let mut chat = Chat::default();
+        let events = vec![
+            received("m1"),
+            requested("r1", "m1"),
+            generated("r1"),
+            ChatEvent::TypingIndicated {
+                reply_id: Some("r1".into()),
+                at: t0(),
+            },
+            ChatEvent::MessageSent {
+                message_id: "out1".into(),
+                text: "hello!".into(),
+                source: Source::Ai,
+                ai_reply_id: Some("r1".into()),
+                at: t0(),
+            },
+            ChatEvent::AiReplySent {
+                reply_id: "r1".into(),
+                message_id: "out1".into(),
+            },
+            ChatEvent::MessageStatusUpdated {
+                message_id: "out1".into(),
+                status: DeliveryStatus::Read,
+                error: None,
+                at: t0(),
+            },
+            received("m2"),
+            requested("r2", "m2"),
+            ChatEvent::AiReplySkipped {
+                reply_id: "r2".into(),
+                reason: "x".into(),
+            },
+            requested("r3", "m2"),
+            ChatEvent::AiReplyFailed {
+                reply_id: "r3".into(),
+                reason: "x".into(),
+                attempts: vec![],
+            },
+            ChatEvent::AiPaused {
+                until: t0() + Duration::minutes(30),
+                cause: PauseCause::OperatorSend,
+                message_id: "out1".into(),
+                at: t0(),
+            },
+            ChatEvent::AiResumed { at: t0() },
+            ChatEvent::AiPaused {
+                until: t0() + Duration::minutes(60),
+                cause: PauseCause::OwnerMessage,
+                message_id: "m2".into(),
+                at: t0(),
+            },
+            received("m3"),
+            requested("r4", "m3"),
+        ];
+        for e in events {
+            chat.apply(e);
+        }
+        chat
+    }
+
+    /// Snapshots store `Chat` as serialized; one folded with another shape or fold would be read
+    /// wrong. If this fails, the state or its fold changed: bump `Chat::SNAPSHOT_FORMAT` and pin
+    /// the new state here.
+    #[test]
+    fn snapshot_format_pins_the_folded_state() {
+        let pinned = serde_json::json!({
+            "format": 1,
+            "state": {
+                "message_ids": {
+                    "order": ["m1", "out1", "m2", "m3"],
+                    "facts": {"m1": "received", "out1": {"sent": "read"}, "m2": "received", "m3": "received"},
+                    "evicted": 0
+                },
+                "history": [
+                    {"inbound": true, "text": "hi m1", "message_id": "m1", "at": "2026-11-25T10:00:00Z"},
+                    {"inbound": false, "text": "hello!", "message_id": "out1", "at": "2026-11-25T10:00:00Z"},
+                    {"inbound": true, "text": "hi m2", "message_id": "m2", "at": "2026-11-25T10:00:00Z"},
+                    {"inbound": true, "text": "hi m3", "message_id": "m3", "at": "2026-11-25T10:00:00Z"}
+                ],
+                "open_replies": {"r4": {"Requested": {"trigger": "m3", "not_before": null}}},
+                "recent_ai_sends": ["2026-11-25T10:00:00Z"],
+                "last_customer_message": "m3",
+                "paused_until": "2026-11-25T11:00:00Z",
+                "hourly_ai_sends": ["2026-11-25T10:00:00Z"]
+            }
+        });
+        let chat = every_kind_folded();
+        let now = serde_json::json!({"format": Chat::SNAPSHOT_FORMAT, "state": chat});
+        assert_eq!(
+            now,
+            pinned,
+            "the snapshot of a folded chat changed: bump Chat::SNAPSHOT_FORMAT and pin it here:\n{}",
+            serde_json::to_string_pretty(&now).unwrap_or_default()
+        );
+        let back: Chat = serde_json::from_value(now["state"].clone()).expect("reads back");
+        assert_eq!(back, chat);
+    }
+
+    /// A chat longer than its id window: a redelivered old id is new to the pure decision until
+    /// the store's answer is remembered, then a duplicate; a late status of an old sent message
+    /// counts once remembered.
+    #[test]
+    fn ids_out_of_the_window_are_decided_after_they_are_remembered() {
+        use crate::message_window::ID_WINDOW;
+        let mut chat = Chat::default();
+        let mut events = vec![];
+        events.push(ChatEvent::MessageSent {
+            message_id: "out0".into(),
+            text: "hello!".into(),
+            source: Source::Operator,
+            ai_reply_id: None,
+            at: t0(),
+        });
+        for i in 0..ID_WINDOW {
+            events.push(received(&format!("m{i}")));
+        }
+        for e in &events {
+            chat.apply(e.clone());
+        }
+        assert!(!chat.message_ids.complete());
+        assert!(chat.message_ids.needs_recall("out0"));
+        assert_eq!(fact_of("out0", &events), Some(MessageFact::Sent(None)));
+        assert_eq!(fact_of("m0", &events), Some(MessageFact::Received));
+        assert_eq!(fact_of("nope", &events), None);
+
+        let redelivered = receive("out0", true, true);
+        let status = ChatCommand::UpdateStatus {
+            message_id: "out0".into(),
+            status: DeliveryStatus::Delivered,
+            error: None,
+            at: t0(),
+        };
+        assert_eq!(chat.decide(status.clone()).expect("decides"), vec![]);
+        chat.message_ids
+            .remember("out0".into(), MessageFact::Sent(None));
+        assert_eq!(chat.decide(redelivered).expect("decides"), vec![]);
+        assert_eq!(chat.decide(status).expect("decides").len(), 1);
+        // A genuinely new id is new, whatever the window.
+        assert_eq!(
+            chat.decide(receive("fresh", true, false))
+                .expect("decides")
+                .len(),
+            2
+        );
     }
 }

@@ -8,6 +8,7 @@ pub mod chat;
 pub mod chat_settings;
 pub mod error;
 pub mod ids;
+pub mod message_window;
 pub mod metadata;
 pub mod settings;
 pub mod webhook;

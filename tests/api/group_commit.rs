@@ -203,8 +203,8 @@ async fn a_chat_started_as_new_reloads_when_it_was_not(app: TestApp) {
         .await
         .expect("load");
     assert!(version >= 2, "version {version}");
-    assert!(chat.seen_message_ids.contains("wamid.first"));
-    assert!(chat.seen_message_ids.contains("wamid.second"));
+    assert!(chat.message_ids.contains("wamid.first"));
+    assert!(chat.message_ids.contains("wamid.second"));
 }
 both_stores!(
     new_chat_guess,

@@ -15,6 +15,7 @@ mod events;
 mod group_commit;
 mod history;
 mod lifecycle;
+mod long_chats;
 mod replies;
 mod security;
 mod webhooks;

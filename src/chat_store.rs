@@ -1,0 +1,183 @@
+//! What chat streams need of the store beyond appends (docs/adr/0011-bounded-chat-state.md):
+//! snapshots of a chat's folded state, so activating a long chat folds only the events after its
+//! snapshot, and the recall of message ids that fell out of a chat's in-memory window, answered
+//! from the `events_chat_message_id` index. Both backends run the same statements, except the
+//! index expression.
+
+use wagate_events::chat::{fact_of, Chat, ChatEvent};
+use wagate_events::message_window::MessageFact;
+
+use crate::store::{Store, StoreError};
+
+/// One stored event of a stream: its sequence and payload (JSON text).
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub sequence: i64,
+    pub payload: String,
+}
+
+/// A chat's state as serialized at `version` (the sequence of the last event folded into it).
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub version: i64,
+    pub state: String,
+}
+
+/// A chat as loaded: its state, its version (the last sequence folded) and how many events were
+/// folded to get it (after the snapshot, when one was used).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Folded {
+    pub chat: Chat,
+    pub version: usize,
+    pub folded: usize,
+}
+
+/// Runs `$body` with `$pool` bound to the store's pool, whichever backend it is.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store {
+            Store::Postgres($pool) => $body,
+            Store::Sqlite($pool) => $body,
+        }
+    };
+}
+
+/// The chat's snapshot in the running format, if one was taken.
+pub async fn read_snapshot(store: &Store, chat: &str) -> Result<Option<Snapshot>, StoreError> {
+    const SQL: &str =
+        "SELECT version, state FROM chat_snapshots WHERE aggregate_id = $1 AND format = $2";
+    let row: Option<(i64, String)> = on_pool!(store, pool => sqlx::query_as(SQL)
+        .bind(chat)
+        .bind(Chat::SNAPSHOT_FORMAT)
+        .fetch_optional(pool)
+        .await?);
+    Ok(row.map(|(version, state)| Snapshot { version, state }))
+}
+
+/// The chat's events from sequence `from` on, oldest first.
+pub async fn read_events(store: &Store, chat: &str, from: i64) -> Result<Vec<Loaded>, StoreError> {
+    const SQL: &str = "SELECT sequence, CAST(payload AS text) AS payload FROM events \
+        WHERE aggregate_type = 'chat' AND aggregate_id = $1 AND sequence >= $2 ORDER BY sequence";
+    let rows: Vec<(i64, String)> = on_pool!(store, pool => sqlx::query_as(SQL)
+        .bind(chat)
+        .bind(from)
+        .fetch_all(pool)
+        .await?);
+    Ok(rows
+        .into_iter()
+        .map(|(sequence, payload)| Loaded { sequence, payload })
+        .collect())
+}
+
+/// Writes a snapshot unless a newer one of the same format is there already.
+pub async fn save_snapshot(
+    store: &Store,
+    chat: &str,
+    version: i64,
+    state: &str,
+) -> Result<(), StoreError> {
+    const SQL: &str = "INSERT INTO chat_snapshots (aggregate_id, version, format, state) \
+        VALUES ($1, $2, $3, $4) \
+        ON CONFLICT (aggregate_id) DO UPDATE \
+        SET version = excluded.version, format = excluded.format, state = excluded.state \
+        WHERE chat_snapshots.version < excluded.version OR chat_snapshots.format <> excluded.format";
+    on_pool!(store, pool => sqlx::query(SQL)
+        .bind(chat)
+        .bind(version)
+        .bind(Chat::SNAPSHOT_FORMAT)
+        .bind(state)
+        .execute(pool)
+        .await
+        .map(drop)?);
+    Ok(())
+}
+
+/// What the chat's stream recorded of `message_id`, looked up in the message-id index.
+pub async fn recall(
+    store: &Store,
+    chat: &str,
+    message_id: &str,
+) -> Result<Option<MessageFact>, StoreError> {
+    // The index expressions of migrations/*/0003 (a query uses the index only when it repeats
+    // the expression and the index's condition).
+    const WHERE: &str = "aggregate_type = 'chat' \
+        AND event_type IN ('MessageReceived', 'MessageSent', 'MessageStatusUpdated') \
+        AND aggregate_id = $1";
+    let pg = format!(
+        "SELECT CAST(payload AS text) FROM events WHERE {WHERE} \
+         AND json_extract_path_text(payload, event_type, 'message_id') = $2 ORDER BY sequence"
+    );
+    let sqlite = format!(
+        "SELECT CAST(payload AS text) FROM events WHERE {WHERE} \
+         AND json_extract(payload, '$.' || event_type || '.message_id') = $2 ORDER BY sequence"
+    );
+    let payloads: Vec<String> = match store {
+        Store::Postgres(pool) => {
+            sqlx::query_scalar(&pg)
+                .bind(chat)
+                .bind(message_id)
+                .fetch_all(pool)
+                .await?
+        }
+        Store::Sqlite(pool) => {
+            sqlx::query_scalar(&sqlite)
+                .bind(chat)
+                .bind(message_id)
+                .fetch_all(pool)
+                .await?
+        }
+    };
+    let events = payloads
+        .iter()
+        .map(|p| serde_json::from_str::<ChatEvent>(p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| StoreError::Other(format!("cannot read a chat event: {e}")))?;
+    Ok(fact_of(message_id, &events))
+}
+
+/// Folds a chat's stored events (oldest first) onto `snapshot`, as cqrs-es does on load: the
+/// state and the last sequence. With a snapshot, `events` must start at the snapshot's own
+/// version (read with `sequence >= version`): that event proves the stream reaches the snapshot.
+/// `Ok(None)`: the snapshot cannot be used (the stream does not reach it, or it does not
+/// deserialize); the caller folds the whole stream instead.
+pub fn fold(snapshot: Option<Snapshot>, events: Vec<Loaded>) -> Result<Option<Folded>, StoreError> {
+    let mut events = events.into_iter().peekable();
+    let mut loaded = Folded::default();
+    if let Some(s) = snapshot {
+        if events.next_if(|e| e.sequence == s.version).is_none() {
+            return Ok(None);
+        }
+        match serde_json::from_str::<Chat>(&s.state) {
+            Ok(chat) => {
+                loaded.chat = chat;
+                loaded.version = usize::try_from(s.version).unwrap_or(0);
+            }
+            Err(_) => return Ok(None),
+        }
+    }
+    for e in events {
+        let event: ChatEvent = serde_json::from_str(&e.payload)
+            .map_err(|err| StoreError::Other(format!("cannot read a chat event: {err}")))?;
+        cqrs_es::Aggregate::apply(&mut loaded.chat, event);
+        loaded.version = usize::try_from(e.sequence).unwrap_or(0);
+        loaded.folded += 1;
+    }
+    Ok(Some(loaded))
+}
+
+/// Loads a chat with single queries (SQLite, and PostgreSQL when a snapshot turned out unusable):
+/// its snapshot and the events from it, or every event.
+pub async fn load(store: &Store, chat: &str) -> Result<Folded, StoreError> {
+    if let Some(snapshot) = read_snapshot(store, chat).await? {
+        let events = read_events(store, chat, snapshot.version).await?;
+        if let Some(loaded) = fold(Some(snapshot), events)? {
+            return Ok(loaded);
+        }
+        tracing::warn!(
+            stream = %chat,
+            "chat snapshot not usable (the stream does not reach it); folding every event"
+        );
+    }
+    let events = read_events(store, chat, 0).await?;
+    Ok(fold(None, events)?.unwrap_or_default())
+}
