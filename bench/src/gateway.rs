@@ -139,7 +139,7 @@ impl Api {
     }
 
     /// Global AI config pointing at the stub (`<stub>/v1`), replies without delay; and the
-    /// sandbox account.
+    /// sandbox account (kept when an earlier gateway on the same store created it).
     pub async fn configure(&self, stub_base: &str, timeout_seconds: u32) -> Result<()> {
         let body = json!({
             "enabled": true,
@@ -160,7 +160,9 @@ impl Api {
         let (status, text) = self
             .call(reqwest::Method::POST, "/v1/accounts", body)
             .await?;
-        if status != 201 {
+        let existed =
+            status == 409 && text.contains(&format!("account id {ACCOUNT} is already taken"));
+        if status != 201 && !existed {
             return Err(format!("POST /v1/accounts: {status} {text}").into());
         }
         Ok(())

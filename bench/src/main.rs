@@ -171,7 +171,15 @@ async fn run(cli: &Cli, server: &pg::Server) -> Result<String> {
             "P1: {} chats × {} messages, zero-latency model, {c} clients …",
             cli.chats, cli.per_chat
         );
-        let r = p1::run(server, c, cli.chats, cli.per_chat, 0, timeout).await?;
+        let r = p1::run(
+            server,
+            c,
+            cli.chats,
+            cli.per_chat,
+            p1::History::None,
+            timeout,
+        )
+        .await?;
         eprintln!("  {:.1} replies/s", r.replies_per_s);
         r1 = Some(r);
     }
@@ -215,18 +223,27 @@ async fn run(cli: &Cli, server: &pg::Server) -> Result<String> {
     if cli.which == Which::Long {
         let (n, k) = (cli.long_chats, cli.per_chat);
         eprintln!("Long: {n} fresh chats × {k} messages, {c} clients …");
-        let fresh = p1::run(server, c, n, k, 0, timeout).await?;
+        let fresh = p1::run(server, c, n, k, p1::History::None, timeout).await?;
         eprintln!("  {:.1} replies/s", fresh.replies_per_s);
         eprintln!(
             "Long: {n} chats holding {} reply cycles each × {k} messages, {c} clients …",
             cli.history
         );
-        let held = p1::run(server, c, n, k, cli.history, timeout).await?;
+        let cold = p1::History::Cold {
+            cycles: cli.history,
+        };
+        let held = p1::run(server, c, n, k, cold, timeout).await?;
         eprintln!("  {:.1} replies/s", held.replies_per_s);
-        long = Some((fresh, held));
+        eprintln!("Long: the same after each chat was active once (from snapshots) …");
+        let warm = p1::History::Warm {
+            cycles: cli.history,
+        };
+        let warmed = p1::run(server, c, n, k, warm, timeout).await?;
+        eprintln!("  {:.1} replies/s", warmed.replies_per_s);
+        long = Some((fresh, held, warmed));
     }
-    if let Some((fresh, held)) = &long {
-        return Ok(report_long(fresh, held, cli.history));
+    if let Some((fresh, held, warmed)) = &long {
+        return Ok(report_long(fresh, held, warmed, cli.history));
     }
     let mut out = report(
         server,
@@ -446,10 +463,15 @@ fn report(
     )
 }
 
-/// The long-chat phase: the same flow on fresh chats and on chats with a long history. No
-/// target: it shows how a reply's cost grows with the chat's history (chat state is cloned per
-/// multi-command commit; a chat's activation folds its whole stream).
-fn report_long(fresh: &p1::P1Result, held: &p1::P1Result, history: i64) -> String {
+/// The long-chat phase: the same flow on fresh chats and on chats with a long history, first
+/// activated since the history was written (no snapshot: the whole stream is folded) and after
+/// one activation (from their snapshots). No target: it shows what a chat's history costs.
+fn report_long(
+    fresh: &p1::P1Result,
+    held: &p1::P1Result,
+    warmed: &p1::P1Result,
+    history: i64,
+) -> String {
     let mut t = Table {
         rows: vec![],
         notes: vec![],
@@ -461,22 +483,33 @@ fn report_long(fresh: &p1::P1Result, held: &p1::P1Result, history: i64) -> Strin
         "",
         None,
     );
-    t.row(
-        &format!("chats with {history} cycles each"),
-        format!("{:.1} replies/s", held.replies_per_s),
-        "",
-        None,
-    );
-    t.row(
-        "long ÷ fresh",
-        format!(
-            "{:.3}",
-            held.replies_per_s / fresh.replies_per_s.max(f64::MIN_POSITIVE)
+    let ratio = |r: &p1::P1Result| r.replies_per_s / fresh.replies_per_s.max(f64::MIN_POSITIVE);
+    for (name, r) in [
+        (
+            format!("chats with {history} cycles, first activation"),
+            held,
         ),
-        "",
-        None,
-    );
-    for (name, r) in [("fresh", fresh), ("long", held)] {
+        (
+            format!("chats with {history} cycles, from snapshots"),
+            warmed,
+        ),
+    ] {
+        t.row(
+            &name,
+            format!(
+                "{:.1} replies/s (× {:.3} of fresh)",
+                r.replies_per_s,
+                ratio(r)
+            ),
+            "",
+            None,
+        );
+    }
+    for (name, r) in [
+        ("fresh", fresh),
+        ("long, first", held),
+        ("long, snapshots", warmed),
+    ] {
         t.notes.push(format!(
             "{name}: {} chats × {}, {} clients; sent {}, failed {}, skipped {}; {:.2} s; inject latency {}",
             r.chats,

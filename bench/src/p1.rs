@@ -46,13 +46,16 @@ pub struct P1Result {
 }
 
 impl P1Result {
-    /// Leaves the `cycles` reply cycles written before the run out of the counts and the rate.
-    fn leave_out_history(&mut self, cycles: i64) {
+    /// Leaves what the store held before the run (a generated history, a warm-up) out of the
+    /// counts and the rate.
+    fn leave_out(&mut self, before: &Counts) {
         let c = &mut self.counts;
-        c.sent -= cycles;
-        c.requested -= cycles;
-        c.events -= p3::EVENTS_PER_CYCLE * cycles;
-        c.chat_events -= p3::EVENTS_PER_CYCLE * cycles;
+        c.sent -= before.sent;
+        c.failed -= before.failed;
+        c.skipped -= before.skipped;
+        c.requested -= before.requested;
+        c.events -= before.events;
+        c.chat_events -= before.chat_events;
         self.replies_per_s = c.sent as f64 / self.secs;
     }
 
@@ -61,23 +64,55 @@ impl P1Result {
     }
 }
 
-/// P1 on fresh chats (`history` 0), or on chats that already hold `history` reply cycles each
-/// (written with SQL by `p3::generate` before the gateway starts: the long-chat phase).
+/// A long chat's history as the measured run finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum History {
+    /// Fresh chats.
+    None,
+    /// `cycles` reply cycles per chat, written with SQL: the chats were never active since, so
+    /// they have no snapshot (a chat's first activation after an upgrade).
+    Cold { cycles: i64 },
+    /// The same, then every chat activated once (one message, answered) by a gateway that was
+    /// stopped again: the chats start from their snapshots.
+    Warm { cycles: i64 },
+}
+
+/// P1 on fresh chats, or on chats that already hold a history (written with SQL by
+/// `p3::generate` before the gateway starts: the long-chat phase).
 pub async fn run(
     server: &Server,
     concurrency: usize,
     chats: usize,
     per_chat: usize,
-    history: i64,
+    history: History,
     timeout: Duration,
 ) -> Result<P1Result> {
+    let cycles = match history {
+        History::None => 0,
+        History::Cold { cycles } | History::Warm { cycles } => cycles,
+    };
     let (db, url) = server
-        .create(if history > 0 { "long" } else { "p1" })
+        .create(match history {
+            History::None => "p1",
+            History::Cold { .. } => "long",
+            History::Warm { .. } => "long_warm",
+        })
         .await?;
-    let history_cycles = history.saturating_mul(i64::try_from(chats)?);
-    if history > 0 {
+    let mut before = None;
+    if cycles > 0 {
         p3::migrated_store(&url).await?.close().await;
-        p3::generate(&url, history_cycles, i64::try_from(chats)?).await?;
+        p3::generate(
+            &url,
+            cycles.saturating_mul(i64::try_from(chats)?),
+            i64::try_from(chats)?,
+        )
+        .await?;
+        if history == (History::Warm { cycles }) {
+            warm_up(&url, concurrency, chats, timeout).await?;
+        }
+        let monitor = pg::monitor_pool(&url).await?;
+        before = Some(pg::counts(&monitor).await?);
+        monitor.close().await;
     }
     let stub = Stub::spawn(Duration::ZERO).await?;
     let gw = Gateway::start(&url, concurrency).await?;
@@ -102,8 +137,8 @@ pub async fn run(
     let syncs_after = server.wal_syncs().await;
     let xacts_after = server.xact_commits(&db).await;
     let mut result = result?;
-    if history > 0 {
-        result.leave_out_history(history_cycles);
+    if let Some(before) = &before {
+        result.leave_out(before);
     }
     let sent = result.counts.sent;
     result.wal_syncs_per_reply = stats::per_reply(syncs_before, syncs_after, 0, sent);
@@ -111,6 +146,54 @@ pub async fn run(
     let own = i64::try_from(result.monitor_queries).unwrap_or(0);
     result.db_xacts_per_reply = stats::per_reply(xacts_before, xacts_after, own, sent);
     Ok(result)
+}
+
+/// Activates each of `chats` once, `concurrency` at a time (one message each), waits until every
+/// one left a snapshot behind and its reply settled, and stops that gateway.
+async fn warm_up(url: &str, concurrency: usize, chats: usize, timeout: Duration) -> Result<()> {
+    let stub = Stub::spawn(Duration::ZERO).await?;
+    let gw = Gateway::start(url, concurrency).await?;
+    gw.api.configure(&stub.base, 10).await?;
+    let monitor = pg::monitor_pool(url).await?;
+    let settled_before = pg::counts(&monitor).await?;
+    let ids: Vec<usize> = (0..chats).collect();
+    for batch in ids.chunks(concurrency.max(1)) {
+        let injects: Vec<_> = batch
+            .iter()
+            .map(|&i| {
+                let api = gw.api.clone();
+                tokio::spawn(
+                    async move { api.inject(i, &format!("warm-{i}"), "Hello again").await },
+                )
+            })
+            .collect();
+        for t in injects {
+            t.await??;
+        }
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        let snapshots: i64 = sqlx::query_scalar("SELECT count(*) FROM chat_snapshots")
+            .fetch_one(&monitor)
+            .await?;
+        let c = pg::counts(&monitor).await?;
+        let settled = (c.sent + c.failed + c.skipped)
+            - (settled_before.sent + settled_before.failed + settled_before.skipped);
+        if snapshots >= i64::try_from(chats)? && settled >= i64::try_from(chats)? {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "warm-up: {snapshots} snapshots and {settled} replies of {chats} chats in time"
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    monitor.close().await;
+    gw.stop().await;
+    stub.stop().await;
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]

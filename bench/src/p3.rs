@@ -42,7 +42,7 @@ impl ReplayResult {
 const CHATS: i64 = 1_000;
 
 /// Events in one generated reply cycle.
-pub(crate) const EVENTS_PER_CYCLE: i64 = 6;
+const EVENTS_PER_CYCLE: i64 = 6;
 
 /// A migrated store on the phase's database.
 pub(crate) async fn migrated_store(url: &str) -> Result<Store> {

@@ -445,7 +445,7 @@ impl Chat {
     /// fields of `Chat` (or of what they hold) or to `apply`: snapshots of another format are
     /// ignored, and the chat is folded from its events. The test
     /// `snapshot_format_pins_the_folded_state` fails until it is bumped.
-    pub const SNAPSHOT_FORMAT: i32 = 1;
+    pub const SNAPSHOT_FORMAT: i32 = 2;
 
     /// Whether the loop guard allows another AI reply at `now`; `Err(reason)` otherwise.
     pub fn loop_guard(&self, now: DateTime<Utc>) -> Result<(), String> {
@@ -1482,7 +1482,7 @@ mod tests {
     #[test]
     fn snapshot_format_pins_the_folded_state() {
         let pinned = serde_json::json!({
-            "format": 1,
+            "format": 2,
             "state": {
                 "message_ids": {
                     "order": ["m1", "out1", "m2", "m3"],
