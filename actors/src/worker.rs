@@ -668,7 +668,7 @@ mod tests {
     }
 
     /// A customer text message into the test chat, committed.
-    async fn receive(gateway: &Gateway, message_id: &str, text: &str) {
+    async fn receive(gateway: &Gateway, message_id: &str, text: &str) -> crate::chat::ReceiveAck {
         gateway
             .ask("acc", "1@s.whatsapp.net", |reply| ChatMsg::Receive {
                 message_id: message_id.into(),
@@ -682,7 +682,7 @@ mod tests {
                 reply,
             })
             .await
-            .expect("received");
+            .expect("received")
     }
 
     /// A gateway over in-memory streams and the scripted transport, in echo mode.
@@ -818,20 +818,7 @@ mod tests {
             Duration::from_secs(60),
         )
         .await;
-        let old = gateway
-            .ask("acc", "1@s.whatsapp.net", |reply| ChatMsg::Receive {
-                message_id: "m1".into(),
-                from: "1".into(),
-                text: "hi".into(),
-                from_me: false,
-                reply_candidate: true,
-                kind: MessageKind::Text,
-                contact_name: None,
-                meta: Meta::new(),
-                reply,
-            })
-            .await
-            .expect("answered");
+        let old = receive(&gateway, "m1", "hi").await;
         assert!(old.duplicate, "{old:?}");
         let status = |status| {
             let gateway = gateway.clone();

@@ -922,6 +922,23 @@ mod tests {
         }
     }
 
+    /// The events of generated reply `reply` sent as `id`.
+    fn sent_reply(reply: &str, id: &str) -> Vec<ChatEvent> {
+        vec![
+            ChatEvent::MessageSent {
+                message_id: id.into(),
+                text: "hello!".into(),
+                source: Source::Ai,
+                ai_reply_id: Some(reply.into()),
+                at: t0(),
+            },
+            ChatEvent::AiReplySent {
+                reply_id: reply.into(),
+                message_id: id.into(),
+            },
+        ]
+    }
+
     fn receive(id: &str, reply_candidate: bool, from_me: bool) -> ChatCommand {
         ChatCommand::Receive {
             message_id: id.into(),
@@ -978,19 +995,7 @@ mod tests {
                 message_id: "out1".into(),
                 at: t0(),
             })
-            .then_expect_events(vec![
-                ChatEvent::MessageSent {
-                    message_id: "out1".into(),
-                    text: "hello!".into(),
-                    source: Source::Ai,
-                    ai_reply_id: Some("r1".into()),
-                    at: t0(),
-                },
-                ChatEvent::AiReplySent {
-                    reply_id: "r1".into(),
-                    message_id: "out1".into(),
-                },
-            ]);
+            .then_expect_events(sent_reply("r1", "out1"));
     }
 
     #[test]
@@ -1417,7 +1422,7 @@ mod tests {
     /// One event of every kind, folded: what a snapshot of format [`Chat::SNAPSHOT_FORMAT`] holds.
     fn every_kind_folded() -> Chat {
         let mut chat = Chat::default();
-        let events = vec![
+        let mut events = vec![
             received("m1"),
             requested("r1", "m1"),
             generated("r1"),
@@ -1425,17 +1430,9 @@ mod tests {
                 reply_id: Some("r1".into()),
                 at: t0(),
             },
-            ChatEvent::MessageSent {
-                message_id: "out1".into(),
-                text: "hello!".into(),
-                source: Source::Ai,
-                ai_reply_id: Some("r1".into()),
-                at: t0(),
-            },
-            ChatEvent::AiReplySent {
-                reply_id: "r1".into(),
-                message_id: "out1".into(),
-            },
+        ];
+        events.extend(sent_reply("r1", "out1"));
+        events.extend([
             ChatEvent::MessageStatusUpdated {
                 message_id: "out1".into(),
                 status: DeliveryStatus::Read,
@@ -1469,7 +1466,7 @@ mod tests {
             },
             received("m3"),
             requested("r4", "m3"),
-        ];
+        ]);
         for e in events {
             chat.apply(e);
         }

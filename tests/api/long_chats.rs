@@ -70,6 +70,21 @@ async fn set_snapshot_format(store: &Store, format: i32) {
     .expect("snapshot format set");
 }
 
+/// Waits until the chat's snapshot is the one at `version`.
+async fn snapshot_written(store: &Store, stream: &str, version: usize) {
+    eventually(
+        10,
+        "the snapshot at the version is written",
+        || async move {
+            chat_store::read_snapshot(store, stream)
+                .await
+                .expect("read")
+                .filter(|s| s.version == version as i64)
+        },
+    )
+    .await;
+}
+
 /// Loads from a snapshot equal folding every event; snapshots the stream does not reach, or of
 /// another format, are ignored; old ids and their delivery status are recalled from the index.
 async fn snapshots_and_recall_through_the_store(app: TestApp) {
@@ -85,16 +100,7 @@ async fn snapshots_and_recall_through_the_store(app: TestApp) {
     assert!(full.message_ids.needs_recall("m1"));
     assert_eq!(streams.load(stream).await.expect("load"), (full, version));
     // That load folded more than SNAPSHOT_EVERY events: it leaves a snapshot behind.
-    eventually(10, "a long fold leaves a snapshot", || {
-        let store = store.clone();
-        async move {
-            chat_store::read_snapshot(&store, stream)
-                .await
-                .expect("read")
-                .filter(|s| s.version == version as i64)
-        }
-    })
-    .await;
+    snapshot_written(&store, stream, version).await;
 
     let recall = |id: &'static str| {
         let streams = &streams;
@@ -121,16 +127,7 @@ async fn snapshots_and_recall_through_the_store(app: TestApp) {
     // A snapshot, then more events: snapshot + the events after it equal the whole fold.
     let (chat, version) = streams.load(stream).await.expect("load");
     streams.snapshot(stream, version, &chat);
-    eventually(10, "the snapshot is written", || {
-        let store = store.clone();
-        async move {
-            chat_store::read_snapshot(&store, stream)
-                .await
-                .expect("read")
-                .filter(|s| s.version == version as i64)
-        }
-    })
-    .await;
+    snapshot_written(&store, stream, version).await;
     streams
         .commit(
             stream,
