@@ -174,7 +174,7 @@ pub async fn load(store: &Store, chat: &str) -> Result<Folded, StoreError> {
             return Ok(loaded);
         }
         tracing::warn!(
-            stream = %chat,
+            account = %crate::reply::account_of(chat),
             "chat snapshot not usable (the stream does not reach it); folding every event"
         );
     }

@@ -63,6 +63,11 @@ impl StoreStreams {
     }
 }
 
+/// The account part of a chat stream id: logs name it, never the chat (its JID is a phone number).
+pub(crate) fn account_of(stream_id: &str) -> &str {
+    stream_id.split_once('/').map_or("", |(account, _)| account)
+}
+
 fn failure(e: CommitError) -> StoreFailure {
     match e {
         CommitError::Conflict => StoreFailure::Conflict,
@@ -126,7 +131,7 @@ impl ChatStreams for StoreStreams {
         let state = match serde_json::to_string(chat) {
             Ok(state) => state,
             Err(e) => {
-                tracing::warn!(stream = %stream_id, error = %e, "cannot serialize a chat snapshot");
+                tracing::warn!(account = %account_of(stream_id), error = %e, "cannot serialize a chat snapshot");
                 return;
             }
         };
@@ -135,7 +140,7 @@ impl ChatStreams for StoreStreams {
         let version = i64::try_from(version).unwrap_or(i64::MAX);
         tokio::spawn(async move {
             if let Err(e) = chat_store::save_snapshot(&store, &stream_id, version, &state).await {
-                tracing::warn!(stream = %stream_id, error = %e, "chat snapshot not written");
+                tracing::warn!(account = %account_of(&stream_id), error = %e, "chat snapshot not written");
             }
         });
     }
