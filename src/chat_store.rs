@@ -100,33 +100,24 @@ pub async fn recall(
 ) -> Result<Option<MessageFact>, StoreError> {
     // The index expressions of migrations/*/0003 (a query uses the index only when it repeats
     // the expression and the index's condition).
-    const WHERE: &str = "aggregate_type = 'chat' \
+    const POSTGRES: &str =
+        "SELECT CAST(payload AS text) FROM events WHERE aggregate_type = 'chat' \
         AND event_type IN ('MessageReceived', 'MessageSent', 'MessageStatusUpdated') \
-        AND aggregate_id = $1";
-    let pg = format!(
-        "SELECT CAST(payload AS text) FROM events WHERE {WHERE} \
-         AND json_extract_path_text(payload, event_type, 'message_id') = $2 ORDER BY sequence"
-    );
-    let sqlite = format!(
-        "SELECT CAST(payload AS text) FROM events WHERE {WHERE} \
-         AND json_extract(payload, '$.' || event_type || '.message_id') = $2 ORDER BY sequence"
-    );
-    let payloads: Vec<String> = match store {
-        Store::Postgres(pool) => {
-            sqlx::query_scalar(&pg)
-                .bind(chat)
-                .bind(message_id)
-                .fetch_all(pool)
-                .await?
-        }
-        Store::Sqlite(pool) => {
-            sqlx::query_scalar(&sqlite)
-                .bind(chat)
-                .bind(message_id)
-                .fetch_all(pool)
-                .await?
-        }
+        AND aggregate_id = $1 \
+        AND json_extract_path_text(payload, event_type, 'message_id') = $2 ORDER BY sequence";
+    const SQLITE: &str = "SELECT CAST(payload AS text) FROM events WHERE aggregate_type = 'chat' \
+        AND event_type IN ('MessageReceived', 'MessageSent', 'MessageStatusUpdated') \
+        AND aggregate_id = $1 \
+        AND json_extract(payload, '$.' || event_type || '.message_id') = $2 ORDER BY sequence";
+    let sql = match store {
+        Store::Postgres(_) => POSTGRES,
+        Store::Sqlite(_) => SQLITE,
     };
+    let payloads: Vec<String> = on_pool!(store, pool => sqlx::query_scalar(sql)
+        .bind(chat)
+        .bind(message_id)
+        .fetch_all(pool)
+        .await?);
     let events = payloads
         .iter()
         .map(|p| serde_json::from_str::<ChatEvent>(p))

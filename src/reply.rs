@@ -27,9 +27,9 @@ use crate::store::{CommitError, Store, StoreError};
 use crate::transport::cloud_api::CloudApiClient;
 use crate::transport::DispatchTransport;
 
-/// Chat streams in the event store: loaded by the group loader on PostgreSQL (many chats' loads
-/// share one query) and through cqrs-es on SQLite, appended through the group committer (many
-/// chats' appends share one transaction).
+/// Chat streams in the event store: loaded from their snapshots (`chat_store`) by the group
+/// loader on PostgreSQL (many chats' loads share one query) and with single queries on SQLite,
+/// appended through the group committer (many chats' appends share one transaction).
 pub struct StoreStreams {
     store: Store,
     loader: Option<GroupLoader>,
