@@ -4,20 +4,23 @@
 //! the failure class and HTTP status, never the upstream body, the API key or any header.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER};
-use reqwest::{redirect, Client, ClientBuilder, StatusCode};
+use reqwest::{redirect, Client, ClientBuilder};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
-use url::{Host, Url};
+use url::{Host, Position, Url};
 
 use crate::net_guard::{GuardError, OutboundGuard};
+use crate::plain_http;
 
 /// Largest response body read from the model server.
 pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const USER_AGENT: &str = concat!("wagate/", env!("CARGO_PKG_VERSION"));
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -199,12 +202,14 @@ impl RetryPolicy {
     }
 }
 
-/// Calls OpenAI-compatible chat completion endpoints through the outbound guard.
+/// Calls OpenAI-compatible chat completion endpoints through the outbound guard: https with
+/// reqwest, plain http (allowed networks only) with [`plain_http`] (ADR 0012).
 #[derive(Debug, Clone)]
 pub struct HttpModelClient {
     guard: Arc<OutboundGuard>,
     retry: RetryPolicy,
     http: Client,
+    plain: Arc<plain_http::Client>,
 }
 
 #[derive(serde::Serialize)]
@@ -242,7 +247,7 @@ fn builder(guard: &Arc<OutboundGuard>) -> ClientBuilder {
         .dns_resolver2(guard.resolver())
         .no_proxy()
         .connect_timeout(CONNECT_TIMEOUT)
-        .user_agent(concat!("wagate/", env!("CARGO_PKG_VERSION")))
+        .user_agent(USER_AGENT)
 }
 
 /// An HTTP client with the guard's resolver and no redirects, no proxies (also used for
@@ -333,11 +338,16 @@ fn parse_body(body: &[u8]) -> Result<Parsed, ModelError> {
 }
 
 impl HttpModelClient {
-    /// The HTTP client never follows redirects, ignores proxy environment variables, resolves
-    /// names through the guard, connects within 10 s and identifies as `wagate/<version>`.
+    /// The HTTP clients never follow redirects, ignore proxy environment variables, connect only
+    /// to addresses the guard allowed, connect within 10 s and identify as `wagate/<version>`.
     pub fn new(guard: Arc<OutboundGuard>, retry: RetryPolicy) -> Result<Self, ModelError> {
         let http = build(builder(&guard))?;
-        Ok(Self { guard, retry, http })
+        Ok(Self {
+            guard,
+            retry,
+            http,
+            plain: Arc::default(),
+        })
     }
 
     /// `POST {base_url}/chat/completions`, retrying timeouts, connect errors, 429 and 5xx.
@@ -461,17 +471,10 @@ impl HttpModelClient {
             .checked_addrs(url)
             .await
             .map_err(ModelError::from_guard)?;
-        // Plain http to a domain: connect only to the addresses just checked, so a changed DNS
-        // answer cannot move the (unencrypted) request outside the allowed networks.
-        let pinned;
-        let client = match url.host() {
-            Some(Host::Domain(domain)) if url.scheme() == "http" => {
-                pinned = build(builder(&self.guard).resolve_to_addrs(domain, &addrs))?;
-                &pinned
-            }
-            _ => &self.http,
-        };
-        let mut request = client.post(url.clone()).json(body);
+        if url.scheme() == "http" {
+            return self.attempt_plain(url, addrs, auth, body, attempt).await;
+        }
+        let mut request = self.http.post(url.clone()).json(body);
         if let Some(auth) = auth {
             request = request.header(AUTHORIZATION, auth.clone());
         }
@@ -479,34 +482,7 @@ impl HttpModelClient {
             .send()
             .await
             .map_err(|e| transport_error(&e, timeout))?;
-
-        let status = resp.status();
-        let code = status.as_u16();
-        if !status.is_success() {
-            let error = match status {
-                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                    ModelError::Unauthorized { status: code }
-                }
-                StatusCode::TOO_MANY_REQUESTS => ModelError::RateLimited {
-                    status: code,
-                    attempts: attempt,
-                },
-                s if s.is_server_error() => ModelError::Server {
-                    status: code,
-                    attempts: attempt,
-                },
-                _ => ModelError::Rejected { status: code },
-            };
-            let retry_after = match status {
-                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
-                    retry_after(&resp)
-                }
-                _ => None,
-            };
-            return Err(Failure { error, retry_after });
-        }
-
-        let too_large = || ModelError::Malformed("body larger than 4 MiB".to_owned());
+        check_status(resp.status().as_u16(), retry_after(&resp), attempt)?;
         if resp
             .content_length()
             .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
@@ -526,6 +502,85 @@ impl HttpModelClient {
         }
         Ok(parse_body(&bytes)?)
     }
+
+    /// Plain http (only to networks the operator allowed): over [`plain_http`], connecting only
+    /// to the addresses just checked, so a changed DNS answer cannot move the unencrypted
+    /// request outside the allowed networks.
+    async fn attempt_plain(
+        &self,
+        url: &Url,
+        checked: Vec<SocketAddr>,
+        auth: Option<&HeaderValue>,
+        body: &CompletionBody<'_>,
+        attempt: u32,
+    ) -> Result<Parsed, Failure> {
+        let port = url.port_or_known_default().unwrap_or(80);
+        let addrs = match url.host() {
+            Some(Host::Ipv4(ip)) => vec![SocketAddr::new(ip.into(), port)],
+            Some(Host::Ipv6(ip)) => vec![SocketAddr::new(ip.into(), port)],
+            _ => checked,
+        };
+        let host = url.host_str().unwrap_or_default();
+        let authority = match url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        };
+        let json = serde_json::to_vec(body)
+            .map_err(|_| ModelError::Setup("could not encode the request".to_owned()))?;
+        let mut headers: Vec<(&str, &[u8])> = vec![
+            ("User-Agent", USER_AGENT.as_bytes()),
+            ("Content-Type", b"application/json"),
+            ("Accept", b"application/json"),
+        ];
+        if let Some(auth) = auth {
+            headers.push(("Authorization", auth.as_bytes()));
+        }
+        // Only the encoded request crosses the await: plain_http drops it once it is written.
+        let request = plain_http::Request {
+            authority: &authority,
+            target: &url[Position::BeforePath..Position::AfterQuery],
+            headers: &headers,
+            body: &json,
+        }
+        .encode();
+        drop((json, headers, authority));
+        let resp = self
+            .plain
+            .post(&addrs, request, MAX_RESPONSE_BYTES)
+            .await
+            .map_err(|e| match e {
+                plain_http::Error::Connect | plain_http::Error::Broken => ModelError::Connect,
+                plain_http::Error::TooLarge => too_large(),
+                plain_http::Error::Protocol(what) => {
+                    ModelError::Malformed(format!("invalid HTTP response: {what}"))
+                }
+            })?;
+        check_status(resp.status, resp.retry_after, attempt)?;
+        Ok(parse_body(&resp.body)?)
+    }
+}
+
+fn too_large() -> ModelError {
+    ModelError::Malformed("body larger than 4 MiB".to_owned())
+}
+
+/// A non-2xx status as the failure of attempt `attempt` (Retry-After counts on 429 and 503).
+fn check_status(code: u16, retry_after: Option<Duration>, attempt: u32) -> Result<(), Failure> {
+    let error = match code {
+        200..=299 => return Ok(()),
+        401 | 403 => ModelError::Unauthorized { status: code },
+        429 => ModelError::RateLimited {
+            status: code,
+            attempts: attempt,
+        },
+        500..=599 => ModelError::Server {
+            status: code,
+            attempts: attempt,
+        },
+        _ => ModelError::Rejected { status: code },
+    };
+    let retry_after = retry_after.filter(|_| matches!(code, 429 | 503));
+    Err(Failure { error, retry_after })
 }
 
 fn elapsed_ms(since: Instant) -> u64 {
@@ -718,5 +773,30 @@ mod tests {
             matches!(mapped, ModelError::Refused(GuardError::Loopback { .. })),
             "{mapped:?}"
         );
+    }
+
+    /// A call waiting for a slow model keeps its whole future (boxed by the model port) for as
+    /// long as the model takes: with 10,000 calls in flight, every KB here is 10 MB (P2). A 3 KB
+    /// array of header slots held across an await once made it 4.7 KB.
+    #[test]
+    fn a_plain_http_call_in_flight_is_small() {
+        let client = HttpModelClient::new(
+            Arc::new(OutboundGuard::new(Vec::new())),
+            RetryPolicy::default(),
+        )
+        .unwrap();
+        let req = ModelRequest {
+            base_url: "http://127.0.0.1:9".into(),
+            api_key: None,
+            model: "m".into(),
+            messages: Vec::new(),
+            temperature: 0.5,
+            max_tokens: 10,
+            timeout: Duration::from_secs(5),
+            max_attempts: None,
+        };
+        let call = std::mem::size_of_val(&client.complete_logged(&req));
+        let post = std::mem::size_of_val(&client.plain.post(&[], Vec::new(), 1));
+        assert!(call <= 2048 && post <= 1024, "call {call} B, post {post} B");
     }
 }

@@ -174,7 +174,12 @@ async fn call_model(args: &WorkerArgs, cfg: &ReplyConfig, turns: &[Turn]) -> Cal
         max_attempts: attempts_each,
     };
     let permits = args.ports.limits.acquire(&args.account).await;
-    let first = args.ports.model.complete(call.clone()).await;
+    // The call is kept for the fallback only when there is one: a call waiting for a slow model
+    // holds one copy of its prompt, not two.
+    let (first, spare) = match cfg.fallback {
+        Some(_) => (args.ports.model.complete(call.clone()).await, Some(call)),
+        None => (args.ports.model.complete(call).await, None),
+    };
     let (reason, mut attempts) = match first {
         Ok(a) => {
             return Called {
@@ -185,7 +190,7 @@ async fn call_model(args: &WorkerArgs, cfg: &ReplyConfig, turns: &[Turn]) -> Cal
         }
         Err(ModelFailure { reason, attempts }) => (reason, record(&cfg.model, false, attempts)),
     };
-    let Some(fb) = &cfg.fallback else {
+    let (Some(fb), Some(call)) = (&cfg.fallback, spare) else {
         return Called {
             result: Err(reason),
             attempts,
