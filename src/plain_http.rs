@@ -3,9 +3,9 @@
 //!
 //! Plain http is only allowed to networks the operator listed (`WAGATE_ALLOW_PRIVATE_NETWORKS`):
 //! local model servers (llama.cpp, Ollama, vLLM) and servers on the operator's own network. A call
-//! in flight holds its socket and nothing else: no buffer is allocated until the response starts
-//! to arrive, no task is spawned per connection. reqwest (over hyper) keeps ~36 KB per concurrent
-//! HTTP/1.1 call; this keeps a few hundred bytes (docs/PERFORMANCE.md, "Sixth session").
+//! in flight holds its socket and its future (~1.5 KB for the whole model call): no buffer is
+//! allocated until the response starts to arrive, no task is spawned per connection. reqwest
+//! (over hyper) keeps ~36 KB per concurrent HTTP/1.1 call (docs/PERFORMANCE.md, "Sixth session").
 //!
 //! What it speaks: a request with a `Content-Length` body; responses framed by `Content-Length`,
 //! `chunked` (trailers skipped) or the end of the connection; interim 1xx responses skipped. A
