@@ -172,3 +172,51 @@ pub async fn load(store: &Store, chat: &str) -> Result<Folded, StoreError> {
     let events = read_events(store, chat, 0).await?;
     Ok(fold(None, events)?.unwrap_or_default())
 }
+
+/// Chats whose stream runs at least `behind` events past their usable snapshot (or that have
+/// none), with that lag, the longest first.
+pub async fn lagging(store: &Store, behind: i64) -> Result<Vec<(String, i64)>, StoreError> {
+    const SQL: &str = "SELECT c.aggregate_id, c.last - COALESCE(s.version, 0) AS lag \
+        FROM (SELECT aggregate_id, max(sequence) AS last FROM events \
+              WHERE aggregate_type = 'chat' GROUP BY aggregate_id) c \
+        LEFT JOIN chat_snapshots s ON s.aggregate_id = c.aggregate_id AND s.format = $2 \
+        WHERE c.last - COALESCE(s.version, 0) >= $1 ORDER BY lag DESC, c.aggregate_id";
+    let rows: Vec<(String, i64)> = on_pool!(store, pool => sqlx::query_as(SQL)
+        .bind(behind)
+        .bind(Chat::SNAPSHOT_FORMAT)
+        .fetch_all(pool)
+        .await?);
+    Ok(rows)
+}
+
+/// What [`backfill`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backfilled {
+    pub chats: u64,
+    pub events_folded: u64,
+}
+
+/// Writes a snapshot of every chat whose stream runs `behind` or more events past its snapshot,
+/// so that its next activation reads only the events after it (ADR 0011: without one, the first
+/// activation after an upgrade folds the whole stream). One chat at a time; safe while a gateway
+/// runs on the same store: a snapshot is a fold of the events up to its version, and a newer one
+/// is never replaced. `after_each(done, total)` is called after every chat.
+pub async fn backfill(
+    store: &Store,
+    behind: i64,
+    mut after_each: impl FnMut(usize, usize),
+) -> Result<Backfilled, StoreError> {
+    let chats = lagging(store, behind.max(1)).await?;
+    let mut done = Backfilled::default();
+    for (i, (chat, _)) in chats.iter().enumerate() {
+        let loaded = load(store, chat).await?;
+        let state = serde_json::to_string(&loaded.chat)
+            .map_err(|e| StoreError::Other(format!("cannot serialize a chat snapshot: {e}")))?;
+        let version = i64::try_from(loaded.version).unwrap_or(i64::MAX);
+        save_snapshot(store, chat, version, &state).await?;
+        done.chats += 1;
+        done.events_folded += u64::try_from(loaded.folded).unwrap_or(u64::MAX);
+        after_each(i + 1, chats.len());
+    }
+    Ok(done)
+}

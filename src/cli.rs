@@ -1,5 +1,6 @@
-//! The command line: `serve`, `migrate`, `admin-token`, `rotate-keys`. Each reads the same
-//! configuration (env + data dir), so a token printed by `admin-token` is accepted by `serve`.
+//! The command line: `serve`, `migrate`, `admin-token`, `rotate-keys`, `replay`, `audit`,
+//! `snapshot-chats`. Each reads the same configuration (env + data dir), so a token printed by
+//! `admin-token` is accepted by `serve`.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -49,6 +50,13 @@ pub enum Command {
         as_of: Option<String>,
         #[arg(long, value_enum, default_value = "all")]
         projection: crate::audit::Projection,
+    },
+    /// Write a snapshot of every chat whose history runs `--behind` or more events past its
+    /// last snapshot, so that its next start reads only the events after it. Run it once after
+    /// upgrading a store that holds long chats (docs/OPERATIONS.md); safe while the gateway runs.
+    SnapshotChats {
+        #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(i64).range(1..))]
+        behind: i64,
     },
     /// Print who changed the AI configuration of an account (or one chat) and when, with the
     /// effective config after each change.
@@ -166,6 +174,50 @@ pub async fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::RotateKeys => rotate_keys(config).await,
+        Command::SnapshotChats { behind } => snapshot_chats(&config, behind).await,
+    }
+}
+
+async fn snapshot_chats(config: &Config, behind: i64) -> ExitCode {
+    let store = match startup::open_store(config).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("wagate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let started = std::time::Instant::now();
+    let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+        indicatif::ProgressBar::new(0).with_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} chats {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        )
+    });
+    let result = crate::chat_store::backfill(&store, behind, |done, total| {
+        if let Some(bar) = &bar {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        }
+    })
+    .await;
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    store.close().await;
+    match result {
+        Ok(done) => {
+            println!(
+                "snapshots written for {} chat(s) {behind} or more events past their snapshot; {} events folded in {:.1} s",
+                done.chats,
+                done.events_folded,
+                started.elapsed().as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("wagate: snapshot-chats failed: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

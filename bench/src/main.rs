@@ -234,7 +234,7 @@ async fn run(cli: &Cli, server: &pg::Server) -> Result<String> {
         };
         let held = p1::run(server, c, n, k, cold, timeout).await?;
         eprintln!("  {:.1} replies/s", held.replies_per_s);
-        eprintln!("Long: the same after each chat was active once (from snapshots) …");
+        eprintln!("Long: the same after `wagate snapshot-chats` (from snapshots) …");
         let warm = p1::History::Warm {
             cycles: cli.history,
         };
@@ -520,6 +520,14 @@ fn report_long(
             r.counts.skipped,
             r.secs,
             r.inject.describe()
+        ));
+    }
+    if let Some((done, took)) = &warmed.backfill {
+        t.notes.push(format!(
+            "snapshot-chats before the snapshot run: {} chats, {} events folded in {:.2} s",
+            done.chats,
+            done.events_folded,
+            took.as_secs_f64()
         ));
     }
     format!("long chats\n{}", t.render())

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
+use wagate::chat_store::{self, Backfilled};
 
 use crate::gateway::{self, Api, Gateway};
 use crate::p3;
@@ -18,6 +19,9 @@ use crate::pg::{self, Counts, Server, WaitSummary};
 use crate::stats::{self, Latency};
 use crate::stub::Stub;
 use crate::Result;
+
+/// `wagate snapshot-chats`' default `--behind`.
+const SNAPSHOT_BEHIND: i64 = 512;
 
 #[derive(Debug, Clone)]
 pub struct P1Result {
@@ -43,6 +47,8 @@ pub struct P1Result {
     /// Injects answered 503 and retried.
     pub inject_retries: u64,
     pub cpu: Option<stats::CpuUse>,
+    /// `History::Warm`: what `wagate snapshot-chats` did before the run, and how long it took.
+    pub backfill: Option<(Backfilled, Duration)>,
 }
 
 impl P1Result {
@@ -72,8 +78,8 @@ pub enum History {
     /// `cycles` reply cycles per chat, written with SQL: the chats were never active since, so
     /// they have no snapshot (a chat's first activation after an upgrade).
     Cold { cycles: i64 },
-    /// The same, then every chat activated once (one message, answered) by a gateway that was
-    /// stopped again: the chats start from their snapshots.
+    /// The same, then `wagate snapshot-chats` (`chat_store::backfill`, timed) before the gateway
+    /// starts: the chats start from their snapshots.
     Warm { cycles: i64 },
 }
 
@@ -99,6 +105,7 @@ pub async fn run(
         })
         .await?;
     let mut before = None;
+    let mut backfill = None;
     if cycles > 0 {
         p3::migrated_store(&url).await?.close().await;
         p3::generate(
@@ -108,7 +115,11 @@ pub async fn run(
         )
         .await?;
         if history == (History::Warm { cycles }) {
-            warm_up(&url, concurrency, chats, timeout).await?;
+            let store = p3::migrated_store(&url).await?;
+            let started = Instant::now();
+            let done = chat_store::backfill(&store, SNAPSHOT_BEHIND, |_, _| {}).await?;
+            backfill = Some((done, started.elapsed()));
+            store.close().await;
         }
         let monitor = pg::monitor_pool(&url).await?;
         before = Some(pg::counts(&monitor).await?);
@@ -140,60 +151,13 @@ pub async fn run(
     if let Some(before) = &before {
         result.leave_out(before);
     }
+    result.backfill = backfill;
     let sent = result.counts.sent;
     result.wal_syncs_per_reply = stats::per_reply(syncs_before, syncs_after, 0, sent);
     // Minus the benchmark's own reads on this database (follower polls, final counts).
     let own = i64::try_from(result.monitor_queries).unwrap_or(0);
     result.db_xacts_per_reply = stats::per_reply(xacts_before, xacts_after, own, sent);
     Ok(result)
-}
-
-/// Activates each of `chats` once, `concurrency` at a time (one message each), waits until every
-/// one left a snapshot behind and its reply settled, and stops that gateway.
-async fn warm_up(url: &str, concurrency: usize, chats: usize, timeout: Duration) -> Result<()> {
-    let stub = Stub::spawn(Duration::ZERO).await?;
-    let gw = Gateway::start(url, concurrency).await?;
-    gw.api.configure(&stub.base, 10).await?;
-    let monitor = pg::monitor_pool(url).await?;
-    let settled_before = pg::counts(&monitor).await?;
-    let ids: Vec<usize> = (0..chats).collect();
-    for batch in ids.chunks(concurrency.max(1)) {
-        let injects: Vec<_> = batch
-            .iter()
-            .map(|&i| {
-                let api = gw.api.clone();
-                tokio::spawn(
-                    async move { api.inject(i, &format!("warm-{i}"), "Hello again").await },
-                )
-            })
-            .collect();
-        for t in injects {
-            t.await??;
-        }
-    }
-    let deadline = Instant::now() + timeout;
-    loop {
-        let snapshots: i64 = sqlx::query_scalar("SELECT count(*) FROM chat_snapshots")
-            .fetch_one(&monitor)
-            .await?;
-        let c = pg::counts(&monitor).await?;
-        let settled = (c.sent + c.failed + c.skipped)
-            - (settled_before.sent + settled_before.failed + settled_before.skipped);
-        if snapshots >= i64::try_from(chats)? && settled >= i64::try_from(chats)? {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "warm-up: {snapshots} snapshots and {settled} replies of {chats} chats in time"
-            )
-            .into());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    monitor.close().await;
-    gw.stop().await;
-    stub.stop().await;
-    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -349,6 +313,7 @@ async fn drive(
         // The follower's polls, the final counts and the starting position.
         monitor_queries: polls + pg::COUNT_QUERIES + 1,
         inject_retries: retries.load(Ordering::Relaxed),
+        backfill: None,
         cpu,
         counts,
     })

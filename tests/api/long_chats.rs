@@ -162,6 +162,59 @@ async fn snapshots_and_recall_through_the_store(app: TestApp) {
 }
 both_stores!(long_chat_store, snapshots_and_recall_through_the_store);
 
+/// `chat_store::backfill` (`wagate snapshot-chats`): writes a snapshot for the chats whose stream
+/// runs `behind` events or more past their snapshot, none for the others, and is a no-op when
+/// run again.
+async fn backfill_snapshots_the_long_chats(app: TestApp) {
+    let a = app.app().clone();
+    let store = a.store.clone();
+    let streams = StoreStreams::new(&store, a.committer.clone());
+    let (long, short) = (
+        "acme/4915550002@s.whatsapp.net",
+        "acme/4915550003@s.whatsapp.net",
+    );
+    write_history(&streams, long, ID_WINDOW + 100).await;
+    write_history(&streams, short, 10).await;
+    let behind = i64::try_from(SNAPSHOT_EVERY).expect("fits");
+
+    assert_eq!(
+        chat_store::lagging(&store, behind).await.expect("lagging"),
+        vec![(long.to_string(), (ID_WINDOW + 100) as i64)]
+    );
+    let mut calls = Vec::new();
+    let done = chat_store::backfill(&store, behind, |i, n| calls.push((i, n)))
+        .await
+        .expect("backfill");
+    assert_eq!(
+        (done.chats, done.events_folded, calls),
+        (1, (ID_WINDOW + 100) as u64, vec![(1, 1)])
+    );
+    assert!(chat_store::read_snapshot(&store, short)
+        .await
+        .expect("read")
+        .is_none());
+    let snapshot = chat_store::read_snapshot(&store, long)
+        .await
+        .expect("read")
+        .expect("snapshot written");
+    assert_eq!(snapshot.version, (ID_WINDOW + 100) as i64);
+    // A load starts from it and folds nothing more, and equals the whole fold.
+    let loaded = chat_store::load(&store, long).await.expect("load");
+    assert_eq!(loaded.folded, 0);
+    assert_eq!((loaded.chat, loaded.version), folded(&store, long).await);
+
+    let again = chat_store::backfill(&store, behind, |_, _| {})
+        .await
+        .expect("backfill");
+    assert_eq!(again, chat_store::Backfilled::default());
+    // `--behind 1` takes every chat past its snapshot, the short one included.
+    let all = chat_store::backfill(&store, 1, |_, _| {})
+        .await
+        .expect("backfill");
+    assert_eq!((all.chats, all.events_folded), (1, 10));
+}
+both_stores!(long_chat_backfill, backfill_snapshots_the_long_chats);
+
 /// Injects a customer message into the test chat; answers whether it was a duplicate.
 async fn inject(app: &TestApp, id: &str) -> bool {
     let r = app
@@ -238,3 +291,45 @@ async fn a_long_chat_keeps_deduplicating(mut app: TestApp) {
     );
 }
 both_stores!(long_chat_api, a_long_chat_keeps_deduplicating);
+
+/// `wagate snapshot-chats` as an operator runs it after an upgrade, next to a running gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_snapshot_chats() {
+    let Some(app) = TestApp::spawn(crate::helpers::Backend::Sqlite).await else {
+        return;
+    };
+    let a = app.app().clone();
+    let stream = format!("acme/{JID}");
+    let streams = StoreStreams::new(&a.store, a.committer.clone());
+    write_history(&streams, &stream, SNAPSHOT_EVERY + 1).await;
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_wagate"))
+            .args(args)
+            .env_clear()
+            .envs(&app.vars)
+            .output()
+            .expect("run wagate")
+    };
+    let out = run(&["snapshot-chats"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("snapshots written for 1 chat(s)"),
+        "{stdout}"
+    );
+    let snapshot = chat_store::read_snapshot(&a.store, &stream)
+        .await
+        .expect("read")
+        .expect("written");
+    assert_eq!(snapshot.version, (SNAPSHOT_EVERY + 1) as i64);
+    assert!(String::from_utf8_lossy(&run(&["snapshot-chats"]).stdout)
+        .contains("snapshots written for 0 chat(s)"));
+    assert_eq!(
+        run(&["snapshot-chats", "--behind", "0"]).status.code(),
+        Some(2)
+    );
+}
