@@ -350,6 +350,23 @@ impl HttpModelClient {
         })
     }
 
+    /// A client that also trusts `root` (DER), for a loopback TLS server in tests.
+    #[cfg(test)]
+    fn trusting(guard: Arc<OutboundGuard>, root: &[u8]) -> Self {
+        let root = reqwest::Certificate::from_der(root).expect("a DER certificate");
+        let http = build(builder(&guard).add_root_certificate(root)).expect("client");
+        Self {
+            guard,
+            retry: RetryPolicy {
+                max_attempts: 2,
+                base_delay: Duration::from_millis(10),
+                max_delay: Duration::from_secs(1),
+            },
+            http,
+            plain: Arc::default(),
+        }
+    }
+
     /// `POST {base_url}/chat/completions`, retrying timeouts, connect errors, 429 and 5xx.
     pub async fn complete(&self, req: &ModelRequest) -> Result<ModelReply, ModelError> {
         self.complete_logged(req).await.0
@@ -798,5 +815,86 @@ mod tests {
         let call = std::mem::size_of_val(&client.complete_logged(&req));
         let post = std::mem::size_of_val(&client.plain.post(&[], Vec::new(), 1));
         assert!(call <= 2048 && post <= 1024, "call {call} B, post {post} B");
+    }
+
+    /// The https path (reqwest, the guard's resolver) against a loopback TLS server: the request
+    /// arrives with its key, statuses are classified as on the plain path, Retry-After counts.
+    #[tokio::test]
+    async fn https_calls_through_reqwest() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let der = cert.cert.der().to_vec();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![der.clone().into()], key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let replies: Vec<&'static [u8]> = vec![
+            b"HTTP/1.1 503 Busy\r\nRetry-After: 0\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 75\r\nConnection: close\r\n\r\n{\"choices\":[{\"message\":{\"content\":\"over TLS\"}}],\"usage\":{\"total_tokens\":3}}",
+            b"HTTP/1.1 401 No\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        ];
+        let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<String>();
+        tokio::spawn(async move {
+            for reply in replies {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let mut tls = acceptor.accept(tcp).await.unwrap();
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Head and body arrive together here: read until the JSON body closes.
+                while !request.ends_with(b"}") {
+                    let n = tls.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "request cut short");
+                    request.extend_from_slice(&buf[..n]);
+                }
+                seen_tx
+                    .send(String::from_utf8_lossy(&request).into_owned())
+                    .unwrap();
+                tls.write_all(reply).await.unwrap();
+                tls.shutdown().await.unwrap();
+            }
+        });
+
+        let guard = Arc::new(OutboundGuard::new(vec!["127.0.0.0/8".parse().unwrap()]));
+        let client = HttpModelClient::trusting(guard, &der);
+        let mut req = ModelRequest {
+            base_url: format!("https://localhost:{port}/v1"),
+            api_key: Some(SecretString::from("sk-tls")),
+            model: "m".into(),
+            messages: vec![ChatMessage {
+                role: Role::User,
+                content: "hi".into(),
+            }],
+            temperature: 0.5,
+            max_tokens: 10,
+            timeout: Duration::from_secs(10),
+            max_attempts: None,
+        };
+        let (reply, log) = client.complete_logged(&req).await;
+        let reply = reply.unwrap();
+        assert_eq!((reply.text.as_str(), reply.attempts), ("over TLS", 2));
+        assert_eq!(reply.usage.total_tokens, 3);
+        assert_eq!(log, vec!["server_error (HTTP 503)", "ok"]);
+        let first = seen.recv().await.unwrap();
+        assert!(
+            first.starts_with("POST /v1/chat/completions HTTP/1.1"),
+            "{first}"
+        );
+        assert!(first
+            .to_ascii_lowercase()
+            .contains("authorization: bearer sk-tls"));
+        seen.recv().await.unwrap();
+
+        req.max_attempts = Some(1);
+        let err = client.complete(&req).await.unwrap_err();
+        assert_eq!(err, ModelError::Unauthorized { status: 401 });
     }
 }
