@@ -156,6 +156,17 @@ impl TestApp {
         &self.running.as_ref().expect("running").app
     }
 
+    /// Runs the `wagate` binary with `args` on this app's configuration (same store), as an
+    /// operator would next to the running gateway.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_wagate"))
+            .args(args)
+            .env_clear()
+            .envs(&self.vars)
+            .output()
+            .expect("run wagate")
+    }
+
     pub fn admin_token(&self) -> String {
         self.app()
             .config

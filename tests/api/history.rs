@@ -133,14 +133,7 @@ async fn cli_replay_and_audit() {
         return;
     };
     scenario(&app).await;
-    let run = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_wagate"))
-            .args(args)
-            .env_clear()
-            .envs(&app.vars)
-            .output()
-            .expect("run wagate")
-    };
+    let run = |args: &[&str]| app.cli(args);
     let out = run(&["replay"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(

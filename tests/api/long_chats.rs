@@ -302,14 +302,7 @@ async fn cli_snapshot_chats() {
     let stream = format!("acme/{JID}");
     let streams = StoreStreams::new(&a.store, a.committer.clone());
     write_history(&streams, &stream, SNAPSHOT_EVERY + 1).await;
-    let run = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_wagate"))
-            .args(args)
-            .env_clear()
-            .envs(&app.vars)
-            .output()
-            .expect("run wagate")
-    };
+    let run = |args: &[&str]| app.cli(args);
     let out = run(&["snapshot-chats"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
