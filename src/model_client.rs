@@ -287,8 +287,7 @@ fn timeout_secs(timeout: Duration) -> u64 {
 }
 
 fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
-    let value = resp.headers().get(RETRY_AFTER)?.to_str().ok()?;
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+    plain_http::parse_retry_after(resp.headers().get(RETRY_AFTER)?.to_str().ok()?)
 }
 
 fn parse_body(body: &[u8]) -> Result<Parsed, ModelError> {

@@ -358,17 +358,25 @@ impl Reader {
         }
     }
 
-    /// Reads more into `buf`; end of file before the response is complete is `Broken`.
-    async fn more(&mut self) -> Result<(), Failed> {
+    /// Reads what has arrived into `buf` (growing it when full); 0 at end of file.
+    async fn read_some(&mut self) -> Result<usize, Failed> {
         if self.buf.len() == self.buf.capacity() {
             self.buf.reserve(self.buf.capacity().max(FIRST_READ));
         }
         match self.stream.read_buf(&mut self.buf).await {
-            Ok(0) | Err(_) => Err(self.fail(Error::Broken)),
-            Ok(_) => {
-                self.answered = true;
-                Ok(())
+            Ok(n) => {
+                self.answered |= n > 0;
+                Ok(n)
             }
+            Err(_) => Err(self.fail(Error::Broken)),
+        }
+    }
+
+    /// Reads more into `buf`; end of file before the response is complete is `Broken`.
+    async fn more(&mut self) -> Result<(), Failed> {
+        match self.read_some().await? {
+            0 => Err(self.fail(Error::Broken)),
+            _ => Ok(()),
         }
     }
 
@@ -469,16 +477,16 @@ impl Reader {
             if self.buf.len() > max_body {
                 return Ok(None);
             }
-            if self.buf.len() == self.buf.capacity() {
-                self.buf.reserve(self.buf.capacity().max(FIRST_READ));
-            }
-            match self.stream.read_buf(&mut self.buf).await {
-                Ok(0) => return Ok(Some(std::mem::take(&mut self.buf))),
-                Ok(_) => {}
-                Err(_) => return Err(self.fail(Error::Broken)),
+            if self.read_some().await? == 0 {
+                return Ok(Some(std::mem::take(&mut self.buf)));
             }
         }
     }
+}
+
+/// A `Retry-After` value in delta-seconds; an HTTP date is not read (`None`).
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
 /// Parses a response head at the start of `buf`; `None` while it is incomplete.
@@ -522,7 +530,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, Error> {
                 .split(',')
                 .any(|token| token.trim().eq_ignore_ascii_case("close"));
         } else if field.name.eq_ignore_ascii_case("retry-after") {
-            retry_after = value.parse::<u64>().ok().map(Duration::from_secs);
+            retry_after = parse_retry_after(value);
         }
     }
     let framing = if (100..200).contains(&status) || status == 204 || status == 304 {

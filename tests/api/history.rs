@@ -133,8 +133,7 @@ async fn cli_replay_and_audit() {
         return;
     };
     scenario(&app).await;
-    let run = |args: &[&str]| app.cli(args);
-    let out = run(&["replay"]);
+    let out = app.cli(&["replay"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -146,7 +145,7 @@ async fn cli_replay_and_audit() {
     let live = audit::digest(Some(&app.app().model()), Some(&app.app().messages()));
     assert!(stdout.contains(&live), "{stdout} vs {live}");
 
-    let out = run(&["audit", "--account", "acme", "--chat", JID]);
+    let out = app.cli(&["audit", "--account", "acme", "--chat", JID]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -159,8 +158,8 @@ async fn cli_replay_and_audit() {
     );
     assert!(!stdout.contains("sk-test-key"));
 
-    let out = run(&["audit", "--account", "ghost"]);
+    let out = app.cli(&["audit", "--account", "ghost"]);
     assert!(!out.status.success());
-    let out = run(&["replay", "--as-of", "yesterday"]);
+    let out = app.cli(&["replay", "--as-of", "yesterday"]);
     assert_eq!(out.status.code(), Some(2));
 }

@@ -302,8 +302,7 @@ async fn cli_snapshot_chats() {
     let stream = format!("acme/{JID}");
     let streams = StoreStreams::new(&a.store, a.committer.clone());
     write_history(&streams, &stream, SNAPSHOT_EVERY + 1).await;
-    let run = |args: &[&str]| app.cli(args);
-    let out = run(&["snapshot-chats"]);
+    let out = app.cli(&["snapshot-chats"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -319,10 +318,12 @@ async fn cli_snapshot_chats() {
         .expect("read")
         .expect("written");
     assert_eq!(snapshot.version, (SNAPSHOT_EVERY + 1) as i64);
-    assert!(String::from_utf8_lossy(&run(&["snapshot-chats"]).stdout)
-        .contains("snapshots written for 0 chat(s)"));
+    assert!(
+        String::from_utf8_lossy(&app.cli(&["snapshot-chats"]).stdout)
+            .contains("snapshots written for 0 chat(s)")
+    );
     assert_eq!(
-        run(&["snapshot-chats", "--behind", "0"]).status.code(),
+        app.cli(&["snapshot-chats", "--behind", "0"]).status.code(),
         Some(2)
     );
 }
