@@ -407,6 +407,18 @@ fn report(
             "",
             None,
         );
+        let l = &r.reply_latency;
+        t.row(
+            "P2 reply latency, message committed → reply sent",
+            format!(
+                "p50 {:.2} s, p99 {:.2} s, max {:.2} s",
+                l.p50.as_secs_f64(),
+                l.p99.as_secs_f64(),
+                l.max.as_secs_f64()
+            ),
+            "",
+            None,
+        );
         let peak = r.peak_rss_kb.map(stats::mib);
         t.row(
             "P2 peak RSS (gateway + bench client)",
@@ -449,6 +461,9 @@ fn report(
         if let Some(cpu) = r.cpu {
             t.notes.push(format!("P2 {}", cpu.describe()));
         }
+        if let Some(note) = r.inject_cpu.and_then(|c| inject_cost(&c, r, cores)) {
+            t.notes.push(note);
+        }
     }
     format!(
         "\nwagate-bench — PostgreSQL {}, {cores} cores, load average at start {}{}\n{}",
@@ -461,6 +476,30 @@ fn report(
         },
         t.render()
     )
+}
+
+/// What injecting cost per message, and the wall time that cost allows on this machine: the
+/// wall is at least the time to inject every message plus the model's delay, and injecting
+/// cannot go faster than the machine's cores divided by the CPU one message costs.
+fn inject_cost(cpu: &stats::CpuUse, r: &p2::P2Result, cores: usize) -> Option<String> {
+    let (all, own, stub) = cpu.per_item_us(r.replies)?;
+    if cores == 0 {
+        return None;
+    }
+    let delay = r.model_delay.as_secs_f64();
+    let floor = r.replies as f64 * all / 1e6 / cores as f64 + delay;
+    let budget = (P2_TARGET_WALL_SECS - delay) * cores as f64 * 1e6 / r.replies as f64;
+    Some(format!(
+        "P2 injection: {all:.0} µs of CPU per message, machine-wide ({:.0}% busy): this process \
+         (gateway + client) {own:.0} µs, the stub {}, the rest (PostgreSQL, anything else) {} — \
+         at that cost {} messages on {cores} cores take at least {:.2} s, so the wall is at least \
+         {floor:.2} s; {P2_TARGET_WALL_SECS} s needs at most {budget:.0} µs per message",
+        cpu.machine_busy / cpu.machine_total.max(f64::MIN_POSITIVE) * 100.0,
+        stub.map_or("?".into(), |s| format!("{s:.0} µs")),
+        stub.map_or("?".into(), |s| format!("{:.0} µs", all - own - s)),
+        r.replies,
+        floor - delay,
+    ))
 }
 
 /// The long-chat phase: the same flow on fresh chats and on chats with a long history, first

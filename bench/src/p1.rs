@@ -231,7 +231,7 @@ async fn drive(
     };
 
     let follower = async {
-        let mut polls = 0u64;
+        let mut follow_queries = 0u64;
         let mut tx = Some(tx);
         let mut pos = history_end;
         let mut done = vec![0usize; chats];
@@ -250,8 +250,11 @@ async fn drive(
                 eprintln!("  P1: no reply settled for 30 s; giving up");
                 break;
             }
-            polls += 1;
-            let events = pg::terminal_after(&monitor, pos)
+            let pg::Followed {
+                events,
+                up_to,
+                queries,
+            } = pg::terminal_after(&monitor, pos)
                 .await
                 .map_err(|e| e.to_string())?;
             // One poll per FOLLOW_EVERY whether or not it found events: a follower that polls
@@ -261,8 +264,9 @@ async fn drive(
                 last_progress = Instant::now();
             }
             tokio::time::sleep(pg::FOLLOW_EVERY).await;
-            for (p, stream, _) in events {
-                pos = p;
+            pos = up_to;
+            follow_queries += queries;
+            for (_, stream, _) in events {
                 settled += 1;
                 if let Some(i) = gateway::chat_index(&stream).filter(|i| *i < chats) {
                     done[i] += 1;
@@ -280,10 +284,10 @@ async fn drive(
         }
         let observed = start.elapsed();
         tx.take();
-        Ok((settled >= total, observed, polls))
+        Ok((settled >= total, observed, follow_queries))
     };
     let (lats, followed) = tokio::join!(workers, follower);
-    let (complete, observed, polls) = followed?;
+    let (complete, observed, follow_queries) = followed?;
     if let Some(e) = failure.lock().unwrap_or_else(|p| p.into_inner()).clone() {
         return Err(e.into());
     }
@@ -311,7 +315,7 @@ async fn drive(
         wal_syncs_per_reply: None,
         db_xacts_per_reply: None,
         // The follower's polls, the final counts and the starting position.
-        monitor_queries: polls + pg::COUNT_QUERIES + 1,
+        monitor_queries: follow_queries + pg::COUNT_QUERIES + 1,
         inject_retries: retries.load(Ordering::Relaxed),
         backfill: None,
         cpu,

@@ -44,6 +44,10 @@ pub struct P2Result {
     /// Injects answered 503 and retried.
     pub inject_retries: u64,
     pub cpu: Option<stats::CpuUse>,
+    /// CPU use from the first inject to the last 202 (the stub's included).
+    pub inject_cpu: Option<stats::CpuUse>,
+    /// Per reply: its message's commit to its `AiReplySent` (both `recorded_at`).
+    pub reply_latency: Latency,
     /// The most replies seen injected but not yet settled at once.
     pub max_in_flight: usize,
 }
@@ -112,7 +116,7 @@ async fn drive(
     let injected = Arc::new(AtomicUsize::new(0));
     let failure: Arc<Mutex<Option<String>>> = Arc::default();
     let retries = Arc::new(AtomicU64::new(0));
-    let cpu = stats::CpuMeter::start();
+    let cpu = stats::CpuMeter::with_stub(stub.pid());
     let start = Instant::now();
     let start_utc = chrono::Utc::now();
 
@@ -154,11 +158,11 @@ async fn drive(
         for w in workers {
             all.extend(w.await.unwrap_or_default());
         }
-        (start.elapsed(), all)
+        (start.elapsed(), all, cpu.finish())
     };
 
     let follower = async {
-        let mut polls = 0u64;
+        let mut follow_queries = 0u64;
         let mut pos = 0i64;
         let mut settled = 0usize;
         let mut max_in_flight = 0usize;
@@ -182,8 +186,11 @@ async fn drive(
                 );
                 break;
             }
-            polls += 1;
-            let events = pg::terminal_after(&monitor, pos)
+            let pg::Followed {
+                events,
+                up_to,
+                queries,
+            } = pg::terminal_after(&monitor, pos)
                 .await
                 .map_err(|e| e.to_string())?;
             // One poll per FOLLOW_EVERY whether or not it found events: a follower that polls
@@ -196,9 +203,8 @@ async fn drive(
             if !all_injected {
                 last_progress = Instant::now();
             }
-            if let Some((p, _, _)) = events.last() {
-                pos = *p;
-            }
+            pos = up_to;
+            follow_queries += queries;
             settled += events.len();
             max_in_flight =
                 max_in_flight.max(injected.load(Ordering::Relaxed).saturating_sub(settled));
@@ -211,18 +217,24 @@ async fn drive(
                 last_report = Instant::now();
             }
         }
-        Ok((settled >= replies, start.elapsed(), max_in_flight, polls))
+        Ok((
+            settled >= replies,
+            start.elapsed(),
+            max_in_flight,
+            follow_queries,
+        ))
     };
-    let ((inject_time, lats), followed) = tokio::join!(injector, follower);
+    let ((inject_time, lats, inject_cpu), followed) = tokio::join!(injector, follower);
     let peak_rss_kb = stats::peak_rss_kb();
     let rss_end_kb = stats::rss_kb();
-    let (complete, observed, max_in_flight, polls) = followed?;
+    let (complete, observed, max_in_flight, follow_queries) = followed?;
     if let Some(e) = failure.lock().unwrap_or_else(|p| p.into_inner()).clone() {
         return Err(e.into());
     }
     let cpu = cpu.finish();
     let waits = sampler.finish().await;
     let counts = pg::counts(&monitor).await?;
+    let reply_latency = Latency::of(pg::reply_latencies(&monitor).await?);
     monitor.close().await;
 
     let observed_secs = observed.as_secs_f64();
@@ -247,9 +259,12 @@ async fn drive(
         waits,
         wal_syncs_per_reply: None,
         db_xacts_per_reply: None,
-        monitor_queries: polls + pg::COUNT_QUERIES,
+        // `counts` and `reply_latencies`.
+        monitor_queries: follow_queries + pg::COUNT_QUERIES + 1,
         inject_retries: retries.load(Ordering::Relaxed),
         cpu,
+        inject_cpu,
+        reply_latency,
         max_in_flight,
         counts,
     })

@@ -70,7 +70,16 @@ const TICKS_PER_SEC: f64 = 100.0;
 
 /// CPU used so far by this process (gateway + benchmark client), in seconds.
 pub fn process_cpu_secs() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    stat_cpu_secs("/proc/self/stat")
+}
+
+/// CPU used so far by process `pid` (the model stub's child process), in seconds.
+pub fn pid_cpu_secs(pid: u32) -> Option<f64> {
+    stat_cpu_secs(&format!("/proc/{pid}/stat"))
+}
+
+fn stat_cpu_secs(path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // Fields after the `(comm)`: state is field 3, utime 14, stime 15.
     let rest = stat.rsplit_once(')')?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
@@ -105,22 +114,33 @@ pub struct CpuUse {
     pub machine_busy: f64,
     /// Seconds of CPU the machine had (wall time × cores).
     pub machine_total: f64,
+    /// Seconds of CPU the model stub's child process used, when it was measured.
+    pub stub: Option<f64>,
 }
 
 /// Starts measuring CPU use; call `finish` on the result at the end of the phase.
 pub struct CpuMeter {
     process: Option<f64>,
     machine: Option<(f64, f64)>,
+    /// The stub's pid and its CPU seconds at the start.
+    stub: Option<(u32, f64)>,
 }
 
 impl CpuMeter {
     pub fn start() -> CpuMeter {
+        CpuMeter::with_stub(None)
+    }
+
+    /// Also measures the model stub's child process `stub_pid`.
+    pub fn with_stub(stub_pid: Option<u32>) -> CpuMeter {
         CpuMeter {
             process: process_cpu_secs(),
             machine: machine_cpu_secs(),
+            stub: stub_pid.and_then(|pid| Some((pid, pid_cpu_secs(pid)?))),
         }
     }
 
+    /// CPU used since the start (may be called more than once).
     pub fn finish(&self) -> Option<CpuUse> {
         let (p0, (b0, t0)) = (self.process?, self.machine?);
         let (p1, (b1, t1)) = (process_cpu_secs()?, machine_cpu_secs()?);
@@ -128,6 +148,9 @@ impl CpuMeter {
             process: p1 - p0,
             machine_busy: b1 - b0,
             machine_total: t1 - t0,
+            stub: self
+                .stub
+                .and_then(|(pid, s0)| Some(pid_cpu_secs(pid)? - s0)),
         })
     }
 }
@@ -138,14 +161,34 @@ impl CpuUse {
         if self.machine_total <= 0.0 || self.machine_busy <= 0.0 {
             return "CPU use not measured".into();
         }
-        let own = self.process / self.machine_busy * 100.0;
-        format!(
-            "CPU: machine {:.0}% busy; of that, this process (gateway + client) {:.0}%, the rest \
-             (PostgreSQL, the stub, anything else running) {:.0}%",
-            self.machine_busy / self.machine_total * 100.0,
-            own,
-            100.0 - own
-        )
+        let share = |secs: f64| secs / self.machine_busy * 100.0;
+        let own = share(self.process);
+        match self.stub {
+            Some(stub) => format!(
+                "CPU: machine {:.0}% busy; of that, this process (gateway + client) {:.0}%, the \
+                 stub {:.0}%, the rest (PostgreSQL, anything else running) {:.0}%",
+                self.machine_busy / self.machine_total * 100.0,
+                own,
+                share(stub),
+                100.0 - own - share(stub)
+            ),
+            None => format!(
+                "CPU: machine {:.0}% busy; of that, this process (gateway + client) {:.0}%, the \
+                 rest (PostgreSQL, the stub, anything else running) {:.0}%",
+                self.machine_busy / self.machine_total * 100.0,
+                own,
+                100.0 - own
+            ),
+        }
+    }
+
+    /// Microseconds of CPU per item over `n` items: (whole machine, this process, the stub).
+    pub fn per_item_us(&self, n: usize) -> Option<(f64, f64, Option<f64>)> {
+        if n == 0 || self.machine_busy <= 0.0 {
+            return None;
+        }
+        let us = |secs: f64| secs * 1e6 / n as f64;
+        Some((us(self.machine_busy), us(self.process), self.stub.map(us)))
     }
 }
 
@@ -199,5 +242,22 @@ mod tests {
         assert!(rss_kb().is_some_and(|k| k > 0));
         assert!(process_cpu_secs().is_some());
         assert!(machine_cpu_secs().is_some_and(|(b, t)| b > 0.0 && t >= b));
+        let me = std::process::id();
+        assert!(pid_cpu_secs(me).is_some());
+        let used = CpuMeter::with_stub(Some(me)).finish();
+        assert!(used.is_some_and(|u| u.stub.is_some()));
+    }
+
+    #[test]
+    fn cpu_per_item() {
+        let u = CpuUse {
+            process: 2.0,
+            machine_busy: 4.0,
+            machine_total: 5.0,
+            stub: Some(0.5),
+        };
+        assert_eq!(u.per_item_us(10_000), Some((400.0, 200.0, Some(50.0))));
+        assert_eq!(u.per_item_us(0), None);
+        assert!(u.describe().contains("the stub 12%"));
     }
 }

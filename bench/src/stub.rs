@@ -109,6 +109,11 @@ impl Stub {
         })
     }
 
+    /// The child's process id (for its CPU use), while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Closes the child's stdin (it stops serving) and waits for it, killing it after 5 s.
     pub async fn stop(mut self) {
         drop(self.child.stdin.take());
