@@ -487,18 +487,23 @@ fn inject_cost(cpu: &stats::CpuUse, r: &p2::P2Result, cores: usize) -> Option<St
         return None;
     }
     let delay = r.model_delay.as_secs_f64();
-    let floor = r.replies as f64 * all / 1e6 / cores as f64 + delay;
-    let budget = (P2_TARGET_WALL_SECS - delay) * cores as f64 * 1e6 / r.replies as f64;
+    let inject = r.replies as f64 * all / 1e6 / cores as f64;
+    let budget = if delay < P2_TARGET_WALL_SECS {
+        let us = (P2_TARGET_WALL_SECS - delay) * cores as f64 * 1e6 / r.replies as f64;
+        format!("{P2_TARGET_WALL_SECS} s needs at most {us:.0} µs per message")
+    } else {
+        format!("the {P2_TARGET_WALL_SECS} s target is for a model delay under it")
+    };
     Some(format!(
         "P2 injection: {all:.0} µs of CPU per message, machine-wide ({:.0}% busy): this process \
          (gateway + client) {own:.0} µs, the stub {}, the rest (PostgreSQL, anything else) {} — \
-         at that cost {} messages on {cores} cores take at least {:.2} s, so the wall is at least \
-         {floor:.2} s; {P2_TARGET_WALL_SECS} s needs at most {budget:.0} µs per message",
+         at that cost {} messages on {cores} cores take at least {inject:.2} s, so the wall is at \
+         least {:.2} s; {budget}",
         cpu.machine_busy / cpu.machine_total.max(f64::MIN_POSITIVE) * 100.0,
         stub.map_or("?".into(), |s| format!("{s:.0} µs")),
         stub.map_or("?".into(), |s| format!("{:.0} µs", all - own - s)),
         r.replies,
-        floor - delay,
+        inject + delay,
     ))
 }
 
