@@ -180,36 +180,43 @@ impl App {
         let _guard = self.catch_up_lock.lock().await;
         loop {
             let after = self.folded.load(Ordering::Acquire);
+            // Chat events are parsed once, from their text into typed events (as a replay
+            // does), outside the read models' locks.
             let batch = self
                 .store
-                .read(&EventQuery {
+                .read_raw(&EventQuery {
                     after,
                     limit: 1000,
                     ..Default::default()
                 })
-                .await?;
-            if let Some(last) = batch.last() {
+                .await?
+                .into_iter()
+                .map(crate::audit::parse_for_fold)
+                .collect::<Result<Vec<_>, _>>()?;
+            let n = batch.len();
+            if let Some((last, _)) = batch.last() {
+                let last = last.position;
                 {
                     let mut model = self.model.write().unwrap_or_else(|p| p.into_inner());
-                    for ev in batch.iter().filter(|e| config_model::folds(e)) {
+                    for (ev, _) in batch.iter().filter(|(e, _)| config_model::folds(e)) {
                         model
                             .apply(ev)
                             .map_err(|e| AppError::Internal(e.to_string()))?;
                     }
-                    model.position = last.position;
+                    model.position = last;
                 }
                 {
                     let mut messages = self.messages.write().unwrap_or_else(|p| p.into_inner());
-                    for ev in &batch {
+                    for (ev, parsed) in batch {
                         messages
-                            .apply(ev)
+                            .apply_parsed(&ev, parsed)
                             .map_err(|e| AppError::Internal(e.to_string()))?;
                     }
                 }
-                self.folded.store(last.position, Ordering::Release);
+                self.folded.store(last, Ordering::Release);
                 self.outbox_wake.notify_one();
             }
-            if batch.len() < 1000 {
+            if n < 1000 {
                 return Ok(());
             }
         }

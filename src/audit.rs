@@ -12,12 +12,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use wagate_events::ids::chat_kind;
-use wagate_projections::config::{AS_OF_AGGREGATES, CONFIG_AGGREGATES};
+use wagate_projections::config::{self as config_model, AS_OF_AGGREGATES, CONFIG_AGGREGATES};
 use wagate_projections::effective::{resolve_layers, Target};
 use wagate_projections::messages::MessagesModel;
 use wagate_projections::{ConfigModel, EnvLayer, StoredEvent};
 
-use crate::store::{EventQuery, Store, StoreError};
+use crate::store::{EventQuery, RawEvent, Store, StoreError};
 
 /// Which read models a replay rebuilds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -102,24 +102,10 @@ pub async fn replay(
                     ..Default::default()
                 })
                 .await?;
-            // Parsing happens here, in parallel with the fold: chat events straight from their
-            // JSON text into typed events (their payload is not kept), the rest into values.
+            // Parsing happens here, in parallel with the fold.
             batch
                 .into_iter()
-                .map(|raw| {
-                    if raw.aggregate_type == "chat" {
-                        let parsed: wagate_events::chat::ChatEvent =
-                            serde_json::from_str(&raw.payload).map_err(|e| {
-                                StoreError::Other(format!(
-                                    "event {}: bad payload: {e}",
-                                    raw.position
-                                ))
-                            })?;
-                        Ok((raw.without_payload()?, Some(parsed)))
-                    } else {
-                        Ok((raw.parse()?, None))
-                    }
-                })
+                .map(parse_for_fold)
                 .collect::<Result<Vec<_>, StoreError>>()
         })
     }))
@@ -147,6 +133,25 @@ pub async fn replay(
         config,
         messages,
     })
+}
+
+/// Parses an event for the read models: a chat event straight from its JSON text into its typed
+/// event, with its payload also kept as a value only when the config model folds it too (the
+/// human-takeover pauses); any other event into a value.
+pub fn parse_for_fold(
+    raw: RawEvent,
+) -> Result<(StoredEvent, Option<wagate_events::chat::ChatEvent>), StoreError> {
+    if raw.aggregate_type != "chat" {
+        return Ok((raw.parse()?, None));
+    }
+    let parsed: wagate_events::chat::ChatEvent = serde_json::from_str(&raw.payload)
+        .map_err(|e| StoreError::Other(format!("event {}: bad payload: {e}", raw.position)))?;
+    let ev = if config_model::folds_kind(&raw.aggregate_type, &raw.event_type) {
+        raw.parse()?
+    } else {
+        raw.without_payload()?
+    };
+    Ok((ev, Some(parsed)))
 }
 
 fn fold(

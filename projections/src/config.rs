@@ -25,8 +25,13 @@ const PAUSE_EVENTS: [&str; 2] = ["AiPaused", "AiResumed"];
 
 /// Whether `ev` changes this model (the catch-up skips the rest, e.g. chat messages).
 pub fn folds(ev: &StoredEvent) -> bool {
-    CONFIG_AGGREGATES.contains(&ev.aggregate_type.as_str())
-        || (ev.aggregate_type == "chat" && PAUSE_EVENTS.contains(&ev.event_type.as_str()))
+    folds_kind(&ev.aggregate_type, &ev.event_type)
+}
+
+/// [`folds`] by an event's aggregate and event type (before its payload is parsed).
+pub fn folds_kind(aggregate_type: &str, event_type: &str) -> bool {
+    CONFIG_AGGREGATES.contains(&aggregate_type)
+        || (aggregate_type == "chat" && PAUSE_EVENTS.contains(&event_type))
 }
 
 /// A human-takeover pause of one chat: the AI does not answer there before `until`.
