@@ -482,13 +482,20 @@ impl HttpModelClient {
         timeout: Duration,
         attempt: u32,
     ) -> Result<Parsed, Failure> {
-        let addrs = self
-            .guard
-            .checked_addrs(url)
-            .await
-            .map_err(ModelError::from_guard)?;
-        if url.scheme() == "http" {
-            return self.attempt_plain(url, addrs, auth, body, attempt).await;
+        // An https URL naming a domain is checked by the client's guarded resolver, on every
+        // address of every new connection (a pooled connection needs no lookup, so none is made
+        // here). Anything else is checked now: plain http connects only to the addresses checked
+        // here, and a literal IP host never reaches a resolver.
+        let https_domain = url.scheme() == "https" && matches!(url.host(), Some(Host::Domain(_)));
+        if !https_domain {
+            let addrs = self
+                .guard
+                .checked_addrs(url)
+                .await
+                .map_err(ModelError::from_guard)?;
+            if url.scheme() == "http" {
+                return self.attempt_plain(url, addrs, auth, body, attempt).await;
+            }
         }
         let mut request = self.http.post(url.clone()).json(body);
         if let Some(auth) = auth {
@@ -789,6 +796,39 @@ mod tests {
             matches!(mapped, ModelError::Refused(GuardError::Loopback { .. })),
             "{mapped:?}"
         );
+    }
+
+    /// An https URL naming a domain is not looked up before the call (a pooled connection needs
+    /// no lookup): the guarded resolver refuses it when connecting, with the same refusal as a
+    /// check before the call would give, and it is not retried.
+    #[tokio::test]
+    async fn https_domain_is_refused_by_the_resolver() {
+        let client = HttpModelClient::new(
+            Arc::new(OutboundGuard::new(Vec::new())),
+            RetryPolicy::default(),
+        )
+        .unwrap();
+        let req = ModelRequest {
+            base_url: "https://localhost:9/v1".into(),
+            api_key: None,
+            model: "m".into(),
+            messages: Vec::new(),
+            temperature: 0.5,
+            max_tokens: 10,
+            timeout: Duration::from_secs(5),
+            max_attempts: None,
+        };
+        let (reply, log) = client.complete_logged(&req).await;
+        let err = reply.unwrap_err();
+        assert!(
+            matches!(err, ModelError::Refused(GuardError::Loopback { .. })),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("WAGATE_ALLOW_PRIVATE_NETWORKS"),
+            "{err}"
+        );
+        assert_eq!(log.len(), 1, "{log:?}");
     }
 
     /// A call waiting for a slow model keeps its whole future (boxed by the model port) for as
