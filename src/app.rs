@@ -15,7 +15,7 @@ use wagate_events::metadata;
 use wagate_events::settings::AiSettings;
 use wagate_events::webhook::Webhook;
 use wagate_events::DomainError;
-use wagate_projections::config::{self as config_model, AS_OF_AGGREGATES};
+use wagate_projections::config as config_model;
 use wagate_projections::messages::MessagesModel;
 use wagate_projections::{ConfigModel, EnvLayer};
 
@@ -276,7 +276,7 @@ impl App {
                     after: model.position,
                     until: Some(position),
                     limit: 1000,
-                    aggregate_types: &AS_OF_AGGREGATES,
+                    config_history: true,
                     ..Default::default()
                 })
                 .await?;

@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use wagate_events::ids::chat_kind;
-use wagate_projections::config::{self as config_model, AS_OF_AGGREGATES, CONFIG_AGGREGATES};
+use wagate_projections::config::{self as config_model, CONFIG_AGGREGATES};
 use wagate_projections::effective::{resolve_layers, Target};
 use wagate_projections::messages::MessagesModel;
 use wagate_projections::{ConfigModel, EnvLayer, StoredEvent};
@@ -79,10 +79,10 @@ pub async fn replay(
     let mut messages =
         matches!(projection, Projection::Messages | Projection::All).then(MessagesModel::default);
     let types: &[&str] = match projection {
-        Projection::Config => &AS_OF_AGGREGATES,
         Projection::Messages => &["chat"],
-        Projection::All => &[],
+        Projection::Config | Projection::All => &[],
     };
+    let config_history = projection == Projection::Config;
     let started = Instant::now();
     // Reading (queries and row decoding) runs in several tasks over consecutive position
     // ranges, ahead of the fold, which takes the batches in order.
@@ -99,6 +99,7 @@ pub async fn replay(
                     until: Some(hi),
                     limit: BATCH,
                     aggregate_types: types,
+                    config_history,
                     ..Default::default()
                 })
                 .await?;
@@ -291,6 +292,7 @@ pub async fn audit(
                 after,
                 limit: BATCH,
                 aggregate_types: &CONFIG_AGGREGATES,
+                config_history: true,
                 ..Default::default()
             })
             .await

@@ -104,7 +104,16 @@ pub struct EventQuery<'a> {
     pub limit: i64,
     pub aggregate_types: &'a [&'a str],
     pub aggregate_id: Option<&'a str>,
+    /// Only the configuration's history: the events the config read model folds
+    /// ([`CONFIG_HISTORY`], read through its own index).
+    pub config_history: bool,
 }
+
+/// The events the config read model folds (`config::folds_kind`): every event that is not a
+/// chat's, and the chats' human-takeover pauses. Written exactly as the partial index
+/// `events_config_history` (migration 0004) states it, so both stores use that index.
+pub const CONFIG_HISTORY: &str =
+    "(aggregate_type <> 'chat' OR event_type IN ('AiPaused', 'AiResumed'))";
 
 /// A pooled PostgreSQL connection idle this long is pinged before it is handed out.
 const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
@@ -264,6 +273,10 @@ impl Store {
         if q.aggregate_id.is_some() {
             n += 1;
             sql.push_str(&format!(" AND aggregate_id = ${n}"));
+        }
+        if q.config_history {
+            sql.push_str(" AND ");
+            sql.push_str(CONFIG_HISTORY);
         }
         n += 1;
         sql.push_str(&format!(" ORDER BY position LIMIT ${n}"));
@@ -566,5 +579,46 @@ where
         }
         .map(drop)
         .map_err(classify)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wagate_projections::config::{folds_kind, CONFIG_AGGREGATES, PAUSE_EVENTS};
+
+    /// `CONFIG_HISTORY` selects what the config model folds: every config aggregate's events and
+    /// exactly the chat events it names (the partial index and the fold must not drift apart).
+    #[test]
+    fn config_history_is_what_the_config_model_folds() {
+        let (_, names) = CONFIG_HISTORY
+            .split_once("event_type IN (")
+            .expect("an IN list");
+        let named: Vec<&str> = names
+            .trim_end_matches("))")
+            .split(", ")
+            .map(|n| n.trim_matches('\''))
+            .collect();
+        assert_eq!(named, PAUSE_EVENTS);
+        assert!(CONFIG_HISTORY.starts_with("(aggregate_type <> 'chat' OR "));
+        for ty in CONFIG_AGGREGATES {
+            assert!(folds_kind(ty, "AnyEvent"), "{ty}");
+        }
+        for ev in ["MessageReceived", "AiReplySent", "TypingIndicated"] {
+            assert!(!folds_kind("chat", ev), "{ev}");
+        }
+        for ev in PAUSE_EVENTS {
+            assert!(folds_kind("chat", ev), "{ev}");
+        }
+        // The migration states the same predicate.
+        for backend in ["postgres", "sqlite"] {
+            let path = format!(
+                "{}/migrations/{backend}/0004_config_history.sql",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            let sql = std::fs::read_to_string(&path).expect("migration 0004");
+            let predicate = CONFIG_HISTORY.trim_start_matches('(').trim_end_matches(')');
+            assert!(sql.contains(predicate), "{path}");
+        }
     }
 }

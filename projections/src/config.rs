@@ -16,12 +16,8 @@ use crate::StoredEvent;
 
 /// Aggregate types this model folds.
 pub const CONFIG_AGGREGATES: [&str; 4] = ["ai_global", "account", "chat_settings", "webhook"];
-/// Aggregate types read to rebuild the model as of a past position (the chat streams for their
-/// human-takeover pauses).
-pub const AS_OF_AGGREGATES: [&str; 5] =
-    ["ai_global", "account", "chat_settings", "webhook", "chat"];
 /// The chat events this model folds (human takeover, ADR 0007).
-const PAUSE_EVENTS: [&str; 2] = ["AiPaused", "AiResumed"];
+pub const PAUSE_EVENTS: [&str; 2] = ["AiPaused", "AiResumed"];
 
 /// Whether `ev` changes this model (the catch-up skips the rest, e.g. chat messages).
 pub fn folds(ev: &StoredEvent) -> bool {

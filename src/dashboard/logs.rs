@@ -151,6 +151,7 @@ pub async fn audit(
                 limit: PAGE as i64,
                 aggregate_types: types,
                 aggregate_id: stream_id.as_deref(),
+                config_history: false,
             })
             .await
     };

@@ -110,6 +110,7 @@ async fn list_events(
             limit,
             aggregate_types: &types,
             aggregate_id: id,
+            config_history: false,
         })
         .await
         .map_err(AppError::from)?;

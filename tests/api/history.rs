@@ -104,6 +104,23 @@ async fn replay_matches_the_live_models(mut app: TestApp) {
         audit::digest(report.config.as_ref(), report.messages.as_ref()),
         live
     );
+    // The config model alone, from the configuration's history only (its own index): the same
+    // as the live model, pauses included.
+    let config = audit::replay(&app.app().store, None, Projection::Config, false)
+        .await
+        .expect("config replay");
+    assert_eq!(
+        audit::digest(config.config.as_ref(), None),
+        audit::digest(Some(&app.app().model()), None)
+    );
+    assert!(config.events < report.events, "{} events", config.events);
+    assert_eq!(
+        audit::digest(
+            Some(&app.app().model_at(report.position).await.unwrap()),
+            None
+        ),
+        audit::digest(Some(&app.app().model()), None)
+    );
     // Read models wiped (a restart rebuilds them from history): same answers.
     let before = answers(&app).await;
     app.restart().await;
