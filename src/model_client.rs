@@ -798,18 +798,15 @@ mod tests {
         );
     }
 
-    /// An https URL naming a domain is not looked up before the call (a pooled connection needs
-    /// no lookup): the guarded resolver refuses it when connecting, with the same refusal as a
-    /// check before the call would give, and it is not retried.
-    #[tokio::test]
-    async fn https_domain_is_refused_by_the_resolver() {
+    /// A client whose guard allows no private network, and a minimal request to `base_url`.
+    fn strict_client_and_request(base_url: &str) -> (HttpModelClient, ModelRequest) {
         let client = HttpModelClient::new(
             Arc::new(OutboundGuard::new(Vec::new())),
             RetryPolicy::default(),
         )
         .unwrap();
         let req = ModelRequest {
-            base_url: "https://localhost:9/v1".into(),
+            base_url: base_url.into(),
             api_key: None,
             model: "m".into(),
             messages: Vec::new(),
@@ -818,6 +815,15 @@ mod tests {
             timeout: Duration::from_secs(5),
             max_attempts: None,
         };
+        (client, req)
+    }
+
+    /// An https URL naming a domain is not looked up before the call (a pooled connection needs
+    /// no lookup): the guarded resolver refuses it when connecting, with the same refusal as a
+    /// check before the call would give, and it is not retried.
+    #[tokio::test]
+    async fn https_domain_is_refused_by_the_resolver() {
+        let (client, req) = strict_client_and_request("https://localhost:9/v1");
         let (reply, log) = client.complete_logged(&req).await;
         let err = reply.unwrap_err();
         assert!(
@@ -836,21 +842,7 @@ mod tests {
     /// array of header slots held across an await once made it 4.7 KB.
     #[test]
     fn a_plain_http_call_in_flight_is_small() {
-        let client = HttpModelClient::new(
-            Arc::new(OutboundGuard::new(Vec::new())),
-            RetryPolicy::default(),
-        )
-        .unwrap();
-        let req = ModelRequest {
-            base_url: "http://127.0.0.1:9".into(),
-            api_key: None,
-            model: "m".into(),
-            messages: Vec::new(),
-            temperature: 0.5,
-            max_tokens: 10,
-            timeout: Duration::from_secs(5),
-            max_attempts: None,
-        };
+        let (client, req) = strict_client_and_request("http://127.0.0.1:9");
         let call = std::mem::size_of_val(&client.complete_logged(&req));
         let post = std::mem::size_of_val(&client.plain.post(&[], Vec::new(), 1));
         assert!(call <= 2048 && post <= 1024, "call {call} B, post {post} B");

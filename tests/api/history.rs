@@ -48,31 +48,27 @@ async fn scenario(app: &TestApp) {
     }
     // A human answers (the AI steps back: `AiPaused`), a second chat is resumed at once
     // (`AiResumed`): both fold into the config model too (human takeover, ADR 0007).
-    let r = app
-        .admin(
-            "POST",
-            &format!("/v1/accounts/acme/chats/{JID}/messages"),
-            Some(json!({"text": "Hi, this is Ana from the shop."})),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text);
     let other = "491709999999@s.whatsapp.net";
-    let r = app
-        .admin(
-            "POST",
-            &format!("/v1/accounts/acme/chats/{other}/messages"),
+    for (path, body, status) in [
+        (
+            format!("/v1/accounts/acme/chats/{JID}/messages"),
+            Some(json!({"text": "Hi, this is Ana from the shop."})),
+            201,
+        ),
+        (
+            format!("/v1/accounts/acme/chats/{other}/messages"),
             Some(json!({"text": "We have news for you."})),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    let r = app
-        .admin(
-            "POST",
-            &format!("/v1/accounts/acme/chats/{other}/ai/resume"),
+            201,
+        ),
+        (
+            format!("/v1/accounts/acme/chats/{other}/ai/resume"),
             None,
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
+            200,
+        ),
+    ] {
+        let r = app.admin("POST", &path, body).await;
+        assert_eq!(r.status, status, "{path}: {}", r.text);
+    }
 }
 
 async fn answers(app: &TestApp) -> Vec<String> {
