@@ -581,8 +581,9 @@ async fn serve_prints_the_dashboard_url() {
     let Some(vars) = TestApp::vars(Backend::Sqlite, &dir).await else {
         return;
     };
-    let bin = Binary::start(&vars, "warn").await;
+    let mut bin = Binary::start(&vars, "warn").await;
     let base = bin.base.clone();
+    bin.wait_for_line("dashboard:").await;
     // The printed URL opens the dashboard: the login page for a new visitor.
     let client = reqwest::Client::builder()
         .redirect(Policy::none())

@@ -334,6 +334,26 @@ impl Binary {
         }
     }
 
+    /// Reads stdout until a line holding `needle` (at most 30 s), adding what it reads to the
+    /// banner: `start` returns at the address line, before the rest of the banner is printed.
+    pub async fn wait_for_line(&mut self, needle: &str) {
+        use tokio::io::AsyncBufReadExt;
+        tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            loop {
+                let mut line = String::new();
+                if self.stdout.read_line(&mut line).await.expect("read") == 0 {
+                    panic!("wagate exited before printing {needle:?}: {}", self.banner);
+                }
+                self.banner.push_str(&line);
+                if line.contains(needle) {
+                    return;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no line with {needle:?} within 30 s: {}", self.banner));
+    }
+
     /// SIGKILL: no shutdown code runs.
     pub async fn kill9(&mut self) {
         let _ = self.child.start_kill();
