@@ -217,14 +217,26 @@ pub fn digest(config: Option<&ConfigModel>, messages: Option<&MessagesModel>) ->
 /// A human summary of a replay.
 pub fn summary(r: &ReplayReport) -> String {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "replayed {} events up to position {} in {:.3}s ({:.0} events/s)",
-        r.events,
-        r.position,
-        r.elapsed.as_secs_f64(),
-        r.events_per_second()
-    );
+    if r.messages.is_none() {
+        // Only the configuration's history was read (its own index), not every event.
+        let _ = writeln!(
+            out,
+            "replayed the configuration's history: {} event{} up to position {} in {:.3}s",
+            r.events,
+            if r.events == 1 { "" } else { "s" },
+            r.position,
+            r.elapsed.as_secs_f64(),
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "replayed {} events up to position {} in {:.3}s ({:.0} events/s)",
+            r.events,
+            r.position,
+            r.elapsed.as_secs_f64(),
+            r.events_per_second()
+        );
+    }
     if let Some(c) = &r.config {
         let live = c.accounts.values().filter(|a| !a.deleted).count();
         let _ = writeln!(
