@@ -217,26 +217,20 @@ pub fn digest(config: Option<&ConfigModel>, messages: Option<&MessagesModel>) ->
 /// A human summary of a replay.
 pub fn summary(r: &ReplayReport) -> String {
     let mut out = String::new();
-    if r.messages.is_none() {
-        // Only the configuration's history was read (its own index), not every event.
-        let _ = writeln!(
-            out,
-            "replayed the configuration's history: {} event{} up to position {} in {:.3}s",
-            r.events,
-            if r.events == 1 { "" } else { "s" },
-            r.position,
-            r.elapsed.as_secs_f64(),
-        );
-    } else {
-        let _ = writeln!(
-            out,
-            "replayed {} events up to position {} in {:.3}s ({:.0} events/s)",
-            r.events,
-            r.position,
-            r.elapsed.as_secs_f64(),
-            r.events_per_second()
-        );
-    }
+    // A config-only replay reads just the configuration's history (its own index): a rate over
+    // the positions it skipped would mean nothing.
+    let (scope, rate) = match r.messages {
+        None => ("the configuration's history: ", String::new()),
+        Some(_) => ("", format!(" ({:.0} events/s)", r.events_per_second())),
+    };
+    let _ = writeln!(
+        out,
+        "replayed {scope}{} event{} up to position {} in {:.3}s{rate}",
+        r.events,
+        if r.events == 1 { "" } else { "s" },
+        r.position,
+        r.elapsed.as_secs_f64(),
+    );
     if let Some(c) = &r.config {
         let live = c.accounts.values().filter(|a| !a.deleted).count();
         let _ = writeln!(

@@ -163,23 +163,18 @@ impl CpuUse {
         }
         let share = |secs: f64| secs / self.machine_busy * 100.0;
         let own = share(self.process);
-        match self.stub {
-            Some(stub) => format!(
-                "CPU: machine {:.0}% busy; of that, this process (gateway + client) {:.0}%, the \
-                 stub {:.0}%, the rest (PostgreSQL, anything else running) {:.0}%",
-                self.machine_busy / self.machine_total * 100.0,
-                own,
-                share(stub),
-                100.0 - own - share(stub)
-            ),
-            None => format!(
-                "CPU: machine {:.0}% busy; of that, this process (gateway + client) {:.0}%, the \
-                 rest (PostgreSQL, the stub, anything else running) {:.0}%",
-                self.machine_busy / self.machine_total * 100.0,
-                own,
-                100.0 - own
-            ),
-        }
+        // Measured apart, the stub is named with its share; otherwise it is in the rest.
+        let (stub, stub_in_rest) = match self.stub {
+            Some(secs) => (format!("the stub {:.0}%, ", share(secs)), ""),
+            None => (String::new(), "the stub, "),
+        };
+        format!(
+            "CPU: machine {:.0}% busy; of that, this process (gateway + client) {:.0}%, {stub}the \
+             rest (PostgreSQL, {stub_in_rest}anything else running) {:.0}%",
+            self.machine_busy / self.machine_total * 100.0,
+            own,
+            100.0 - own - self.stub.map_or(0.0, share)
+        )
     }
 
     /// Microseconds of CPU per item over `n` items: (whole machine, this process, the stub).

@@ -167,6 +167,18 @@ impl TestApp {
             .expect("run wagate")
     }
 
+    /// Runs `wagate <args>`, asserts it succeeded and returns its stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "wagate {args:?}: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
     pub fn admin_token(&self) -> String {
         self.app()
             .config

@@ -173,25 +173,13 @@ async fn cli_replay_and_audit() {
         return;
     };
     scenario(&app).await;
-    let out = app.cli(&["replay"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = app.cli_ok(&["replay"]);
     assert!(stdout.contains("events/s"), "{stdout}");
     app.app().catch_up().await.expect("catch up");
     let live = audit::digest(Some(&app.app().model()), Some(&app.app().messages()));
     assert!(stdout.contains(&live), "{stdout} vs {live}");
 
-    let out = app.cli(&["audit", "--account", "acme", "--chat", JID]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = app.cli_ok(&["audit", "--account", "acme", "--chat", JID]);
     assert!(
         stdout.contains("admin:tester") && stdout.contains("account-model"),
         "{stdout}"

@@ -302,13 +302,7 @@ async fn cli_snapshot_chats() {
     let stream = format!("acme/{JID}");
     let streams = StoreStreams::new(&a.store, a.committer.clone());
     write_history(&streams, &stream, SNAPSHOT_EVERY + 1).await;
-    let out = app.cli(&["snapshot-chats"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = app.cli_ok(&["snapshot-chats"]);
     assert!(
         stdout.contains("snapshots written for 1 chat(s)"),
         "{stdout}"
