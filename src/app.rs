@@ -149,7 +149,7 @@ impl App {
             env_layer,
             login_limiter: LoginLimiter::new(5, Duration::from_secs(60)),
             model: RwLock::new(ConfigModel::default()),
-            messages: RwLock::new(MessagesModel::default()),
+            messages: RwLock::new(MessagesModel::with_retention(config.read_model)),
             folded: std::sync::atomic::AtomicI64::new(0),
             projector_wake: tokio::sync::Notify::new(),
             gateway: std::sync::OnceLock::new(),
@@ -169,8 +169,14 @@ impl App {
     /// is done.
     async fn load(&self) -> Result<(), AppError> {
         use std::sync::atomic::Ordering;
-        let report =
-            crate::audit::replay(&self.store, None, crate::audit::Projection::All, false).await?;
+        let report = crate::audit::replay(
+            &self.store,
+            None,
+            crate::audit::Projection::All,
+            self.config.read_model,
+            false,
+        )
+        .await?;
         if let (Some(config), Some(messages)) = (report.config, report.messages) {
             let _guard = self.catch_up_lock.lock().await;
             *self.model.write().unwrap_or_else(|p| p.into_inner()) = config;

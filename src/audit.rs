@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use wagate_events::ids::chat_kind;
 use wagate_projections::config::{self as config_model, CONFIG_AGGREGATES};
 use wagate_projections::effective::{resolve_layers, Target};
-use wagate_projections::messages::MessagesModel;
+use wagate_projections::messages::{MessagesModel, Retention};
 use wagate_projections::{ConfigModel, EnvLayer, StoredEvent};
 
 use crate::store::{EventQuery, RawEvent, Store, StoreError};
@@ -55,6 +55,7 @@ pub async fn replay(
     store: &Store,
     until: Option<i64>,
     projection: Projection,
+    retention: Retention,
     progress: bool,
 ) -> Result<ReplayReport, StoreError> {
     let head = match until {
@@ -76,8 +77,8 @@ pub async fn replay(
     };
     let mut config =
         matches!(projection, Projection::Config | Projection::All).then(ConfigModel::default);
-    let mut messages =
-        matches!(projection, Projection::Messages | Projection::All).then(MessagesModel::default);
+    let mut messages = matches!(projection, Projection::Messages | Projection::All)
+        .then(|| MessagesModel::with_retention(retention));
     let types: &[&str] = match projection {
         Projection::Messages => &["chat"],
         Projection::Config | Projection::All => &[],
@@ -200,9 +201,11 @@ pub fn digest(config: Option<&ConfigModel>, messages: Option<&MessagesModel>) ->
         h.update(doc.to_string().as_bytes());
     }
     if let Some(m) = messages {
+        // What the model holds: with the same retention, a replay holds the same.
         for ((acc, jid), chat) in &m.chats {
             h.update(acc.as_bytes());
             h.update(jid.as_bytes());
+            h.update(format!("{} {}", chat.message_count, chat.evicted).as_bytes());
             for msg in &chat.messages {
                 h.update(serde_json::to_string(msg).unwrap_or_default().as_bytes());
             }
@@ -210,6 +213,16 @@ pub fn digest(config: Option<&ConfigModel>, messages: Option<&MessagesModel>) ->
         for row in &m.ai_log {
             h.update(serde_json::to_string(row).unwrap_or_default().as_bytes());
         }
+        let mut lingering: Vec<_> = m.lingering().collect();
+        lingering.sort_by(|a, b| a.id.cmp(&b.id));
+        for row in lingering {
+            h.update(serde_json::to_string(row).unwrap_or_default().as_bytes());
+        }
+        h.update(
+            serde_json::to_string(&m.totals())
+                .unwrap_or_default()
+                .as_bytes(),
+        );
     }
     hex::encode(h.finalize())
 }
@@ -241,17 +254,24 @@ pub fn summary(r: &ReplayReport) -> String {
         );
     }
     if let Some(m) = &r.messages {
-        let messages: usize = m.chats.values().map(|c| c.messages.len()).sum();
-        let mut by_status = std::collections::BTreeMap::new();
-        for row in &m.ai_log {
-            *by_status.entry(row.status.as_str()).or_insert(0usize) += 1;
-        }
-        let statuses: Vec<String> = by_status.iter().map(|(s, n)| format!("{s} {n}")).collect();
+        let t = m.totals();
+        let statuses: Vec<String> = [
+            ("failed", t.failed),
+            ("generated", t.in_generated),
+            ("pending", t.pending),
+            ("sent", t.sent),
+            ("skipped", t.skipped),
+        ]
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(s, n)| format!("{s} {n}"))
+        .collect();
         let _ = writeln!(
             out,
-            "messages: {} chats, {messages} messages, {} AI replies ({})",
+            "messages: {} chats, {} messages, {} AI replies ({})",
             m.chats.len(),
-            m.ai_log.len(),
+            m.message_count(),
+            m.ai_log_rows_total(),
             statuses.join(", ")
         );
     }

@@ -335,7 +335,7 @@ async fn replay(
         },
     };
     let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let result = crate::audit::replay(&store, until, projection, progress).await;
+    let result = crate::audit::replay(&store, until, projection, config.read_model, progress).await;
     store.close().await;
     match result {
         Ok(report) => {

@@ -17,6 +17,7 @@ use base64::Engine;
 use rand::distr::{Alphanumeric, SampleString};
 use rand::RngCore;
 use secrecy::{ExposeSecret, ExposeSecretMut, SecretBox, SecretString};
+use wagate_projections::messages::Retention;
 
 use crate::auth::{self, JwtSigner};
 use crate::crypto::{Keyring, MasterKey};
@@ -105,6 +106,13 @@ pub enum LogFormat {
     Json,
 }
 
+/// What the read models keep in memory unless configured: ~85 MB of messages and ~65 MB of
+/// AI-log rows of typical sizes (ADR 0013).
+pub const DEFAULT_READ_MODEL: Retention = Retention {
+    messages: 200_000,
+    ai_log: 100_000,
+};
+
 /// The validated configuration. `Debug` prints no secret (see [`Config::redacted_summary`]).
 pub struct Config {
     pub listen: SocketAddr,
@@ -129,6 +137,10 @@ pub struct Config {
     /// to watch a pause end without waiting half an hour.
     pub takeover_minute: Duration,
     pub webhooks: WebhookConfig,
+    /// How much of the message history the read models keep in memory
+    /// (`WAGATE_READ_MODEL_MESSAGES`, default 200000; `WAGATE_READ_MODEL_AI_LOG_ROWS`, default
+    /// 100000). Older pages are read from the store (ADR 0013).
+    pub read_model: Retention,
 }
 
 /// Webhook delivery settings.
@@ -567,6 +579,20 @@ impl Config {
                 })?,
         };
         let webhooks = parse_webhooks(&vars)?;
+        let retained = |var: &'static str, default: usize| -> Result<usize, ConfigError> {
+            match vars.get(var) {
+                None => Ok(default),
+                Some(v) => v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| *n <= 1_000_000_000)
+                    .ok_or_else(|| invalid(var, "must be a whole number from 0 to 1000000000")),
+            }
+        };
+        let read_model = Retention {
+            messages: retained("WAGATE_READ_MODEL_MESSAGES", DEFAULT_READ_MODEL.messages)?,
+            ai_log: retained("WAGATE_READ_MODEL_AI_LOG_ROWS", DEFAULT_READ_MODEL.ai_log)?,
+        };
 
         Ok((
             Config {
@@ -585,6 +611,7 @@ impl Config {
                 max_model_calls_per_account,
                 takeover_minute,
                 webhooks,
+                read_model,
             },
             first,
         ))

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod auth;
 pub mod chat_store;
 pub mod cli;
+pub mod cold;
 pub mod config;
 pub mod crypto;
 pub mod dashboard;

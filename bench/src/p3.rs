@@ -134,7 +134,14 @@ pub async fn replay(server: &Server, events: u64) -> Result<ReplayResult> {
     // Warm the cache the same way for both: one scan first, not timed.
     scan(&url).await?;
     let (scanned, scan_secs) = scan(&url).await?;
-    let report = audit::replay(&store, None, Projection::All, false).await?;
+    let report = audit::replay(
+        &store,
+        None,
+        Projection::All,
+        wagate::config::DEFAULT_READ_MODEL,
+        false,
+    )
+    .await?;
     store.close().await;
     if report.events != scanned {
         return Err(format!(
@@ -149,8 +156,8 @@ pub async fn replay(server: &Server, events: u64) -> Result<ReplayResult> {
         generate_secs,
         scan_secs,
         replay_secs: report.elapsed.as_secs_f64(),
-        messages: m.map_or(0, |m| m.chats.values().map(|c| c.messages.len()).sum()),
-        replies: m.map_or(0, |m| m.ai_log.len()),
+        messages: m.map_or(0, |m| m.message_count()),
+        replies: m.map_or(0, |m| m.ai_log_rows_total() as usize),
     })
 }
 

@@ -1,7 +1,14 @@
 //! Messages, chats and the AI log, folded from the `chat` streams: what `GET .../chats`,
 //! `GET .../messages` and `GET /v1/ai/logs` answer.
+//!
+//! The model keeps the newest part of the history in memory, as much as its [`Retention`] allows
+//! (ADR 0013): the newest messages across all chats and the newest AI-log rows. What leaves
+//! memory stays in the store, and the gateway reads it from there when a page asks for it. A
+//! chat's summary (its message count, its last message time) and the totals of every reply stay
+//! in memory whatever the retention. Eviction is part of the fold, so a replay with the same
+//! retention builds the same model as a running gateway.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
@@ -95,20 +102,128 @@ pub struct AiLogRow {
     pub position: i64,
 }
 
+impl AiLogRow {
+    /// Not decided yet: `pending` or `generated`.
+    pub fn is_open(&self) -> bool {
+        matches!(self.status, ReplyStatus::Pending | ReplyStatus::Generated)
+    }
+}
+
+/// How much of the history the model keeps in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// The newest messages, across all chats.
+    pub messages: usize,
+    /// The newest AI-log rows. A row that leaves while still open stays in memory until it is
+    /// decided (start-up recovery and the webhooks need it).
+    pub ai_log: usize,
+}
+
+impl Retention {
+    /// Everything in memory (folds of one chat, scans, tests).
+    pub const UNBOUNDED: Retention = Retention {
+        messages: usize::MAX,
+        ai_log: usize::MAX,
+    };
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self::UNBOUNDED
+    }
+}
+
+/// Upper bounds (seconds) of the model latency histogram of `/metrics`.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0,
+];
+
+/// What AI-log rows add up to (the `/metrics` counters): by status, tokens and model latency.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ReplyTotals {
+    /// Rows by status.
+    pub pending: u64,
+    pub in_generated: u64,
+    /// Replies the model produced (whatever became of them).
+    pub generated: u64,
+    pub sent: u64,
+    pub failed: u64,
+    pub skipped: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Model latency of generated replies (not `echo`): count per bucket of
+    /// [`LATENCY_BUCKETS`] (cumulative, as Prometheus wants), count and sum.
+    pub latency_buckets: [u64; 12],
+    pub latency_count: u64,
+    pub latency_sum_ms: u64,
+}
+
+impl ReplyTotals {
+    /// Counts one row as it is now.
+    pub fn add(&mut self, row: &AiLogRow) {
+        match row.status {
+            ReplyStatus::Pending => self.pending += 1,
+            ReplyStatus::Generated => self.in_generated += 1,
+            ReplyStatus::Sent => self.sent += 1,
+            ReplyStatus::Failed => self.failed += 1,
+            ReplyStatus::Skipped => self.skipped += 1,
+        }
+        if row.reply_text.is_some() {
+            self.generated += 1;
+        }
+        if let Some(u) = row.usage {
+            self.prompt_tokens += u.prompt_tokens;
+            self.completion_tokens += u.completion_tokens;
+        }
+        if let (Some(ms), Some(model)) = (row.latency_ms, &row.model) {
+            if model != "echo" {
+                let s = ms as f64 / 1000.0;
+                self.latency_count += 1;
+                self.latency_sum_ms += ms;
+                for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
+                    if s <= *le {
+                        self.latency_buckets[i] += 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct ChatView {
-    pub messages: Vec<MessageView>,
+    /// The chat's newest messages, oldest first: all of them unless `evicted > 0`.
+    pub messages: VecDeque<MessageView>,
     pub last_message_at: Option<DateTime<Utc>>,
+    /// Every message the chat has had.
+    pub message_count: usize,
+    /// How many of its oldest messages left memory (the store has them).
+    pub evicted: usize,
+    /// The chat's number in the model's eviction order.
+    slot: u32,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct MessagesModel {
     pub position: i64,
-    /// Keyed by (account id, JID).
+    /// Keyed by (account id, JID). Every chat stays; only old messages leave.
     pub chats: BTreeMap<(String, String), ChatView>,
-    /// In the order replies were requested.
-    pub ai_log: Vec<AiLogRow>,
-    index: HashMap<String, usize>,
+    /// The newest rows, in the order replies were requested.
+    pub ai_log: VecDeque<AiLogRow>,
+    /// Reply id -> number of its row (the first row ever is 0; `ai_log[0]` is `log_base`).
+    index: HashMap<String, u64>,
+    log_base: u64,
+    /// Rows that left `ai_log` while still open, until they are decided.
+    lingering: HashMap<String, AiLogRow>,
+    /// Position of the newest row that left `ai_log` (0: none did): every row at or below it is
+    /// out of `ai_log`, every row above it is in.
+    pub log_evicted_upto: i64,
+    /// What decided rows out of memory add to the totals.
+    evicted_totals: ReplyTotals,
+    /// Chat keys by slot, and the slot of every message in memory, oldest first.
+    slots: Vec<(String, String)>,
+    order: VecDeque<u32>,
+    retention: Retention,
     /// Model tokens (`total_tokens` of generated replies) per (account id, UTC day of the
     /// event): the daily token budget counts these, so a replay counts the same.
     pub tokens_by_day: HashMap<(String, NaiveDate), u64>,
@@ -122,6 +237,18 @@ fn parse(ev: &StoredEvent) -> Result<ChatEvent, FoldError> {
 }
 
 impl MessagesModel {
+    /// An empty model that keeps at most what `retention` allows in memory.
+    pub fn with_retention(retention: Retention) -> Self {
+        Self {
+            retention,
+            ..Self::default()
+        }
+    }
+
+    pub fn retention(&self) -> Retention {
+        self.retention
+    }
+
     /// Folds one event; other aggregate types only advance the position.
     pub fn apply(&mut self, ev: &StoredEvent) -> Result<(), FoldError> {
         let parsed = Self::parse(ev)?;
@@ -165,29 +292,31 @@ impl MessagesModel {
                 contact_name,
                 ..
             } => {
-                let chat = self.chats.entry(key()).or_default();
-                chat.last_message_at = Some(at);
-                chat.messages.push(MessageView {
-                    id: message_id,
-                    chat_id: jid.to_string(),
-                    direction: Direction::Inbound,
-                    from,
-                    text,
-                    from_me,
-                    source: if from_me {
-                        Source::Operator
-                    } else {
-                        Source::Customer
+                self.push_message(
+                    acc,
+                    jid,
+                    MessageView {
+                        id: message_id,
+                        chat_id: jid.to_string(),
+                        direction: Direction::Inbound,
+                        from,
+                        text,
+                        from_me,
+                        source: if from_me {
+                            Source::Operator
+                        } else {
+                            Source::Customer
+                        },
+                        kind,
+                        contact_name,
+                        status: "received",
+                        status_error: None,
+                        status_updated_at: None,
+                        ai_reply_id: None,
+                        created_at: at,
+                        position: ev.position,
                     },
-                    kind,
-                    contact_name,
-                    status: "received",
-                    status_error: None,
-                    status_updated_at: None,
-                    ai_reply_id: None,
-                    created_at: at,
-                    position: ev.position,
-                });
+                );
             }
             ChatEvent::MessageSent {
                 message_id,
@@ -196,33 +325,34 @@ impl MessagesModel {
                 ai_reply_id,
                 ..
             } => {
-                let chat = self.chats.entry(key()).or_default();
-                chat.last_message_at = Some(at);
-                chat.messages.push(MessageView {
-                    id: message_id,
-                    chat_id: jid.to_string(),
-                    direction: Direction::Outbound,
-                    from: acc.to_string(),
-                    text,
-                    from_me: true,
-                    source,
-                    kind: MessageKind::Text,
-                    contact_name: None,
-                    status: "sent",
-                    status_error: None,
-                    status_updated_at: None,
-                    ai_reply_id,
-                    created_at: at,
-                    position: ev.position,
-                });
+                self.push_message(
+                    acc,
+                    jid,
+                    MessageView {
+                        id: message_id,
+                        chat_id: jid.to_string(),
+                        direction: Direction::Outbound,
+                        from: acc.to_string(),
+                        text,
+                        from_me: true,
+                        source,
+                        kind: MessageKind::Text,
+                        contact_name: None,
+                        status: "sent",
+                        status_error: None,
+                        status_updated_at: None,
+                        ai_reply_id,
+                        created_at: at,
+                        position: ev.position,
+                    },
+                );
             }
             ChatEvent::AiReplyRequested {
                 reply_id,
                 trigger_message_id,
                 not_before,
             } => {
-                self.index.insert(reply_id.clone(), self.ai_log.len());
-                self.ai_log.push(AiLogRow {
+                self.push_row(AiLogRow {
                     id: reply_id,
                     account_id: acc.to_string(),
                     chat_id: jid.to_string(),
@@ -317,14 +447,88 @@ impl MessagesModel {
         Ok(())
     }
 
+    /// Adds a message to its chat, then lets the oldest messages in memory go past the
+    /// retention.
+    fn push_message(&mut self, acc: &str, jid: &str, view: MessageView) {
+        let next_slot = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
+        let chat = match self.chats.get_mut(&(acc.to_string(), jid.to_string())) {
+            Some(chat) => chat,
+            None => {
+                self.slots.push((acc.to_string(), jid.to_string()));
+                self.chats
+                    .entry((acc.to_string(), jid.to_string()))
+                    .or_insert_with(|| ChatView {
+                        slot: next_slot,
+                        ..ChatView::default()
+                    })
+            }
+        };
+        chat.last_message_at = Some(view.created_at);
+        chat.message_count += 1;
+        chat.messages.push_back(view);
+        if self.retention.messages == usize::MAX {
+            return;
+        }
+        self.order.push_back(chat.slot);
+        while self.order.len() > self.retention.messages {
+            // Messages enter `order` in position order, so the front is its chat's oldest.
+            let Some(slot) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(chat) = self
+                .slots
+                .get(slot as usize)
+                .and_then(|key| self.chats.get_mut(key))
+            {
+                chat.messages.pop_front();
+                chat.evicted += 1;
+            }
+        }
+    }
+
+    /// Adds a reply's row, then lets the oldest rows go past the retention.
+    fn push_row(&mut self, row: AiLogRow) {
+        self.index
+            .insert(row.id.clone(), self.log_base + self.ai_log.len() as u64);
+        self.ai_log.push_back(row);
+        while self.ai_log.len() > self.retention.ai_log {
+            let Some(row) = self.take_front_row() else {
+                break;
+            };
+            self.log_evicted_upto = row.position;
+            if row.is_open() {
+                self.lingering.insert(row.id.clone(), row);
+            } else {
+                self.evicted_totals.add(&row);
+            }
+        }
+    }
+
+    /// Removes the oldest row in memory and returns it (no totals kept: a scan of the store
+    /// uses this to hand rows out in order).
+    pub fn take_front_row(&mut self) -> Option<AiLogRow> {
+        let row = self.ai_log.pop_front()?;
+        self.log_base += 1;
+        self.index.remove(&row.id);
+        Some(row)
+    }
+
     fn update(&mut self, reply_id: &str, at: DateTime<Utc>, f: impl FnOnce(&mut AiLogRow)) {
-        if let Some(row) = self
-            .index
-            .get(reply_id)
-            .and_then(|i| self.ai_log.get_mut(*i))
-        {
+        let row = match self.index.get(reply_id).copied() {
+            Some(n) => usize::try_from(n - self.log_base)
+                .ok()
+                .and_then(|i| self.ai_log.get_mut(i)),
+            None => self.lingering.get_mut(reply_id),
+        };
+        if let Some(row) = row {
             f(row);
             row.updated_at = at;
+        }
+        // A row out of memory that got decided leaves for good.
+        if self.lingering.get(reply_id).is_some_and(|r| !r.is_open()) {
+            if let Some(row) = self.lingering.remove(reply_id) {
+                self.evicted_totals.add(&row);
+            }
         }
     }
 
@@ -336,8 +540,38 @@ impl MessagesModel {
             .unwrap_or(0)
     }
 
+    /// A reply's row, if it is in memory (every open row is).
     pub fn reply(&self, reply_id: &str) -> Option<&AiLogRow> {
-        self.index.get(reply_id).and_then(|i| self.ai_log.get(*i))
+        match self.index.get(reply_id) {
+            Some(n) => usize::try_from(n - self.log_base)
+                .ok()
+                .and_then(|i| self.ai_log.get(i)),
+            None => self.lingering.get(reply_id),
+        }
+    }
+
+    /// Rows that left `ai_log` while open and are not decided yet.
+    pub fn lingering(&self) -> impl Iterator<Item = &AiLogRow> {
+        self.lingering.values()
+    }
+
+    /// Every row the model has folded, in memory or not.
+    pub fn ai_log_rows_total(&self) -> u64 {
+        self.log_base + self.ai_log.len() as u64
+    }
+
+    /// The totals of every row the model has folded.
+    pub fn totals(&self) -> ReplyTotals {
+        let mut t = self.evicted_totals;
+        for row in self.ai_log.iter().chain(self.lingering.values()) {
+            t.add(row);
+        }
+        t
+    }
+
+    /// Every message the model has folded, in memory or not.
+    pub fn message_count(&self) -> usize {
+        self.chats.values().map(|c| c.message_count).sum()
     }
 
     /// Chats with replies that have not reached a terminal state (start-up recovery).
@@ -345,7 +579,8 @@ impl MessagesModel {
         let mut out: Vec<(String, String)> = self
             .ai_log
             .iter()
-            .filter(|r| matches!(r.status, ReplyStatus::Pending | ReplyStatus::Generated))
+            .chain(self.lingering.values())
+            .filter(|r| r.is_open())
             .map(|r| (r.account_id.clone(), r.chat_id.clone()))
             .collect();
         out.sort();
@@ -412,5 +647,109 @@ mod tests {
         let chat = &m.chats[&("acme".to_string(), "1@s.whatsapp.net".to_string())];
         assert_eq!(chat.messages[1].status, "read");
         assert_eq!(chat.messages[0].kind, MessageKind::Text);
+    }
+
+    fn chat_ev(pos: i64, chat: &str, payload: serde_json::Value) -> StoredEvent {
+        StoredEvent {
+            aggregate_id: format!("acme/{chat}@s.whatsapp.net"),
+            ..ev(pos, payload)
+        }
+    }
+
+    /// Three chats take turns: an inbound message, a reply requested, generated, sent.
+    fn exchanges(n: i64) -> Vec<StoredEvent> {
+        let at = "2026-11-25T10:00:00Z";
+        let mut out = vec![];
+        for i in 0..n {
+            let chat = (i % 3).to_string();
+            let p = out.len() as i64;
+            out.push(chat_ev(p + 1, &chat, json!({"MessageReceived":{"message_id":format!("m{i}"),"from":"1","text":"hi","from_me":false,"at":at}})));
+            out.push(chat_ev(p + 2, &chat, json!({"AiReplyRequested":{"reply_id":format!("r{i}"),"trigger_message_id":format!("m{i}")}})));
+            out.push(chat_ev(p + 3, &chat, json!({"AiReplyGenerated":{"reply_id":format!("r{i}"),"text":"hello","model":"gpt","usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5},"latency_ms":700}})));
+            if i != 1 {
+                out.push(chat_ev(p + 4, &chat, json!({"MessageSent":{"message_id":format!("o{i}"),"text":"hello","source":"ai","ai_reply_id":format!("r{i}"),"at":at}})));
+                out.push(chat_ev(p + 5, &chat, json!({"AiReplySent":{"reply_id":format!("r{i}"),"message_id":format!("o{i}")}})));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_and_the_totals_of_everything() {
+        let mut all = MessagesModel::default();
+        let mut bounded = MessagesModel::with_retention(Retention {
+            messages: 4,
+            ai_log: 3,
+        });
+        for e in exchanges(10) {
+            all.apply(&e).expect("fold");
+            bounded.apply(&e).expect("fold");
+        }
+        // Messages: the newest 4 across chats, each chat's in order; counts of everything.
+        let in_memory: usize = bounded.chats.values().map(|c| c.messages.len()).sum();
+        assert_eq!(in_memory, 4);
+        assert_eq!(bounded.message_count(), all.message_count());
+        assert_eq!(bounded.message_count(), 19);
+        for (key, chat) in &bounded.chats {
+            let full = &all.chats[key];
+            assert_eq!(chat.message_count, full.message_count);
+            assert_eq!(chat.evicted + chat.messages.len(), full.messages.len());
+            assert!(full
+                .messages
+                .iter()
+                .skip(chat.evicted)
+                .eq(chat.messages.iter()));
+        }
+        // Rows: the newest 3, the open r1 kept until decided, totals of all ten.
+        let ids: Vec<&str> = bounded.ai_log.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["r7", "r8", "r9"]);
+        assert_eq!(
+            bounded.reply("r1").map(|r| r.status),
+            Some(ReplyStatus::Generated)
+        );
+        assert!(bounded.reply("r2").is_none());
+        assert_eq!(bounded.ai_log_rows_total(), 10);
+        assert_eq!(bounded.totals(), all.totals());
+        assert_eq!(bounded.totals().sent, 9);
+        assert_eq!(bounded.totals().generated, 10);
+        assert_eq!(bounded.totals().latency_count, 10);
+        assert_eq!(
+            bounded.chats_with_open_replies(),
+            all.chats_with_open_replies()
+        );
+        assert_eq!(
+            bounded.log_evicted_upto,
+            all.reply("r6").map(|r| r.position).unwrap_or_default()
+        );
+        // r1 is decided: it leaves memory, and the totals still count it once.
+        let failed = chat_ev(
+            1000,
+            "1",
+            json!({"AiReplyFailed":{"reply_id":"r1","reason":"interrupted"}}),
+        );
+        all.apply(&failed).expect("fold");
+        bounded.apply(&failed).expect("fold");
+        assert!(bounded.reply("r1").is_none());
+        assert_eq!(bounded.lingering().count(), 0);
+        assert_eq!(bounded.totals(), all.totals());
+        assert_eq!(bounded.totals().failed, 1);
+        assert!(bounded.chats_with_open_replies().is_empty());
+    }
+
+    #[test]
+    fn no_messages_in_memory_still_counts_chats() {
+        let mut m = MessagesModel::with_retention(Retention {
+            messages: 0,
+            ai_log: 0,
+        });
+        for e in exchanges(4) {
+            m.apply(&e).expect("fold");
+        }
+        assert_eq!(m.chats.len(), 3);
+        assert!(m.chats.values().all(|c| c.messages.is_empty()));
+        assert_eq!(m.message_count(), 7);
+        assert!(m.ai_log.is_empty());
+        assert_eq!(m.chats_with_open_replies().len(), 1);
+        assert_eq!(m.totals().sent, 3);
     }
 }

@@ -109,8 +109,19 @@ fn config_changed(
     }
 }
 
+/// Where [`outgoing`] finds the row of a reply (its trigger, model, usage, text).
+pub trait Replies {
+    fn reply(&self, reply_id: &str) -> Option<&AiLogRow>;
+}
+
+impl Replies for MessagesModel {
+    fn reply(&self, reply_id: &str) -> Option<&AiLogRow> {
+        MessagesModel::reply(self, reply_id)
+    }
+}
+
 /// The webhook messages of one event.
-pub fn outgoing(ev: &StoredEvent, messages: &MessagesModel) -> Result<Vec<Outgoing>, FoldError> {
+pub fn outgoing(ev: &StoredEvent, messages: &dyn Replies) -> Result<Vec<Outgoing>, FoldError> {
     let at = ev.recorded_at;
     let out = match ev.aggregate_type.as_str() {
         "ai_global" => {

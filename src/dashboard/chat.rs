@@ -20,6 +20,7 @@ use super::ai::{self as layer, eff_cell, Done};
 use super::render::{self, FormState, Section};
 use super::session::{Posted, Session};
 use crate::app::SharedApp;
+use crate::cold;
 use crate::http::ai::{change_chat, resume_chat};
 use crate::http::error::ApiError;
 use crate::http::messages::send_as_account;
@@ -161,23 +162,13 @@ async fn render_chat(
     .find(|s| *s != StatusCode::OK)
     .unwrap_or(StatusCode::OK);
     let base = render::chat_href(acc, jid);
-    let messages = app.messages();
-    let empty = Vec::new();
-    let thread_msgs = messages
-        .chats
-        .get(&(acc.to_string(), jid.to_string()))
-        .map_or(&empty, |c| &c.messages);
-    let mut entries: Vec<Entry<'_>> = thread_msgs
-        .iter()
-        .skip(thread_msgs.len().saturating_sub(THREAD_LIMIT))
-        .map(Entry::Message)
-        .collect();
-    let oldest = entries.first().map_or(0, Entry::position);
+    let (thread_msgs, rows) = match cold::thread(app, acc, jid, THREAD_LIMIT).await {
+        Ok(t) => t,
+        Err(e) => return render::api_error_page(&ApiError::from(e)),
+    };
+    let mut entries: Vec<Entry<'_>> = thread_msgs.iter().map(Entry::Message).collect();
     entries.extend(
-        messages
-            .ai_log
-            .iter()
-            .filter(|r| r.account_id == acc && r.chat_id == jid && r.position >= oldest)
+        rows.iter()
             .filter(|r| !matches!(r.status, ReplyStatus::Sent))
             .map(Entry::Reply),
     );
@@ -279,7 +270,6 @@ async fn render_chat(
                 " · " a href=(format!("/audit?account_id={}&chat_id={}", render::enc(acc), render::enc(jid))) { "Audit" } }
         }
     };
-    drop(messages);
     render::respond(
         status,
         render::page(

@@ -19,6 +19,7 @@ use super::extract::{ApiJson, ApiQuery, Caller, Principal};
 use super::messages::send_as_account;
 use super::ListResponse;
 use crate::app::SharedApp;
+use crate::cold;
 use crate::reply::{reply_config_of, to_request};
 
 pub fn router() -> OpenApiRouter<SharedApp> {
@@ -70,17 +71,12 @@ async fn list_logs(
         }
     }
     app.catch_up().await?;
-    let messages = app.messages();
-    let items: Vec<AiLogRow> = messages
-        .ai_log
-        .iter()
-        .filter(|r| q.after.is_none_or(|a| r.position > a))
-        .filter(|r| q.account_id.as_deref().is_none_or(|a| r.account_id == a))
-        .filter(|r| q.chat_id.as_deref().is_none_or(|c| r.chat_id == c))
-        .filter(|r| q.status.as_deref().is_none_or(|s| r.status.as_str() == s))
-        .take(limit)
-        .cloned()
-        .collect();
+    let filter = cold::LogFilter {
+        account_id: q.account_id.as_deref(),
+        chat_id: q.chat_id.as_deref(),
+        status: q.status.as_deref(),
+    };
+    let items = cold::ai_log_page(&app, &filter, q.after, limit).await?;
     let next_cursor = (items.len() == limit)
         .then(|| items.last().map(|r| r.position.to_string()))
         .flatten();
@@ -136,7 +132,7 @@ pub async fn run_test(
         Some(jid) => chat_kind(jid, "chat_id")?,
         None => ChatKind::Private,
     };
-    let (eff, history) = {
+    let eff = {
         let model = app.model();
         let account_layer = match account {
             Some(a) => Some(
@@ -151,7 +147,7 @@ pub async fn run_test(
             (Some(a), Some(c)) => model.chat(a, c).cloned().unwrap_or_default(),
             _ => ChatSettings::default(),
         };
-        let eff = effective::resolve_layers(
+        effective::resolve_layers(
             &chat_settings,
             account_layer,
             &model.global,
@@ -162,30 +158,24 @@ pub async fn run_test(
                 chat_kind: kind,
                 position: model.position,
             },
-        );
-        let history: Vec<(PromptRole, String)> = match (account, chat) {
-            (Some(a), Some(c)) => app
-                .messages()
-                .chats
-                .get(&(a.to_string(), c.to_string()))
-                .map(|v| {
-                    let n = v.messages.len();
-                    v.messages[n.saturating_sub(20)..]
-                        .iter()
-                        .map(|m| {
-                            let role = if m.from_me {
-                                PromptRole::Assistant
-                            } else {
-                                PromptRole::User
-                            };
-                            (role, m.text.clone())
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-            _ => vec![],
-        };
-        (eff, history)
+        )
+    };
+    // The chat's last 20 messages, oldest first.
+    let history: Vec<(PromptRole, String)> = match (account, chat) {
+        (Some(a), Some(c)) => cold::messages_page(app, a, c, None, 20)
+            .await?
+            .into_iter()
+            .rev()
+            .map(|m| {
+                let role = if m.from_me {
+                    PromptRole::Assistant
+                } else {
+                    PromptRole::User
+                };
+                (role, m.text)
+            })
+            .collect(),
+        _ => vec![],
     };
     let cfg = reply_config_of(app, &eff)
         .map_err(|m| ApiError::new(StatusCode::CONFLICT, "api_key_unusable", m))?;

@@ -17,6 +17,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
 use super::ListResponse;
 use crate::app::SharedApp;
+use crate::cold;
 
 pub fn router() -> OpenApiRouter<SharedApp> {
     OpenApiRouter::new()
@@ -116,11 +117,7 @@ pub async fn inject_inbound(
         None => {
             // A duplicate: answer with the position of the original.
             app.catch_up().await?;
-            app.messages()
-                .chats
-                .get(&(acc.to_string(), req.chat_id.clone()))
-                .and_then(|c| c.messages.iter().find(|m| m.id == message_id))
-                .map(|m| m.position)
+            cold::message_position(app, acc, &req.chat_id, &message_id).await?
         }
     };
     Ok(InboundAccepted {
@@ -189,7 +186,7 @@ pub fn chat_summaries(app: &SharedApp, acc: &str) -> Vec<ChatSummary> {
                     })
                     .unwrap_or_default(),
                 last_message_at: view.last_message_at,
-                message_count: view.messages.len(),
+                message_count: view.message_count,
                 ai_mode: serde_json::to_value(settings.mode)
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_string))
@@ -229,20 +226,7 @@ async fn list_messages(
         return Err(ApiError::invalid("limit", "must be between 1 and 500"));
     }
     app.catch_up().await?;
-    let messages = app.messages();
-    let items: Vec<MessageView> = messages
-        .chats
-        .get(&(acc, jid))
-        .map(|c| {
-            c.messages
-                .iter()
-                .rev()
-                .filter(|m| q.before.is_none_or(|b| m.position < b))
-                .take(limit)
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default();
+    let items = cold::messages_page(&app, &acc, &jid, q.before, limit).await?;
     let next_cursor = (items.len() == limit)
         .then(|| items.last().map(|m| m.position.to_string()))
         .flatten();

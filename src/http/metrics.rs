@@ -14,7 +14,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use wagate_projections::messages::ReplyStatus;
+use wagate_projections::messages::{ReplyTotals, LATENCY_BUCKETS};
 
 use crate::app::SharedApp;
 use crate::webhooks::outbox;
@@ -22,11 +22,6 @@ use crate::webhooks::outbox;
 pub fn router() -> OpenApiRouter<SharedApp> {
     OpenApiRouter::new().routes(routes!(metrics))
 }
-
-/// Upper bounds (seconds) of the model latency histogram.
-const LATENCY_BUCKETS: [f64; 12] = [
-    0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0,
-];
 
 struct Text(String);
 
@@ -58,41 +53,20 @@ async fn metrics(State(app): State<SharedApp>) -> Response {
     let mut t = Text(String::with_capacity(4096));
 
     // From history.
-    let (mut generated, mut sent, mut failed, mut skipped, mut pending) = (0u64, 0, 0, 0, 0);
-    let (mut prompt, mut completion) = (0u64, 0u64);
-    let mut buckets = [0u64; LATENCY_BUCKETS.len()];
-    let (mut lat_count, mut lat_sum) = (0u64, 0f64);
-    {
-        let m = app.messages();
-        for row in &m.ai_log {
-            match row.status {
-                ReplyStatus::Pending => pending += 1,
-                ReplyStatus::Generated => {}
-                ReplyStatus::Sent => sent += 1,
-                ReplyStatus::Failed => failed += 1,
-                ReplyStatus::Skipped => skipped += 1,
-            }
-            if row.reply_text.is_some() {
-                generated += 1;
-            }
-            if let Some(u) = row.usage {
-                prompt += u.prompt_tokens;
-                completion += u.completion_tokens;
-            }
-            if let (Some(ms), Some(model)) = (row.latency_ms, &row.model) {
-                if model != "echo" {
-                    let s = ms as f64 / 1000.0;
-                    lat_count += 1;
-                    lat_sum += s;
-                    for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
-                        if s <= *le {
-                            buckets[i] += 1;
-                        }
-                    }
-                }
-            }
-        }
-    }
+    let totals = app.messages().totals();
+    let ReplyTotals {
+        generated,
+        sent,
+        failed,
+        skipped,
+        pending,
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+        latency_buckets: buckets,
+        latency_count: lat_count,
+        ..
+    } = totals;
+    let lat_sum = totals.latency_sum_ms as f64 / 1000.0;
     t.family(
         "wagate_ai_replies_total",
         "counter",

@@ -9,6 +9,7 @@
 pub mod outbox;
 pub mod signing;
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -20,9 +21,11 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use url::Url;
 use wagate_events::webhook::{WebhookCommand, WebhookStatus};
-use wagate_projections::outbox::outgoing;
+use wagate_projections::messages::{AiLogRow, MessagesModel};
+use wagate_projections::outbox::{outgoing, Replies};
 
 use crate::app::{App, Who};
+use crate::cold;
 use crate::net_guard::{GuardError, OutboundGuard};
 use crate::store::EventQuery;
 use outbox::{Due, NewDelivery, Outcome};
@@ -151,32 +154,59 @@ pub async fn fan_out_once(app: &App, known: &mut Option<i64>) -> Result<bool, St
         return Ok(false);
     };
     let mut deliveries = Vec::new();
-    {
-        let model = app.model();
-        let hooks: Vec<_> = model
-            .webhooks
-            .values()
-            .filter(|w| w.status == WebhookStatus::Active)
-            .collect();
-        if !hooks.is_empty() {
-            let messages = app.messages();
-            for ev in &events {
-                let out = outgoing(ev, &messages).map_err(|e| e.to_string())?;
-                for o in out {
-                    let body = o.body().to_string();
-                    for w in &hooks {
-                        if w.wants(ev.position, o.event_type, o.account_id.as_deref()) {
-                            deliveries.push(NewDelivery {
-                                id: format!("msg_{}", uuid::Uuid::now_v7().simple()),
-                                webhook_id: w.id.clone(),
-                                event_position: ev.position,
-                                event_type: o.event_type.to_string(),
-                                body: body.clone(),
-                            });
+    // Chats folded from the store for reply rows no longer in memory (a fan-out far behind).
+    let mut cold_chats: HashMap<String, MessagesModel> = HashMap::new();
+    loop {
+        let mut missing: Vec<String> = vec![];
+        deliveries.clear();
+        {
+            let model = app.model();
+            let hooks: Vec<_> = model
+                .webhooks
+                .values()
+                .filter(|w| w.status == WebhookStatus::Active)
+                .collect();
+            if !hooks.is_empty() {
+                let messages = app.messages();
+                for ev in &events {
+                    let replies = WithCold {
+                        live: &messages,
+                        cold: &cold_chats,
+                        missed: Cell::new(false),
+                    };
+                    let out = outgoing(ev, &replies).map_err(|e| e.to_string())?;
+                    if replies.missed.get() && !cold_chats.contains_key(&ev.aggregate_id) {
+                        missing.push(ev.aggregate_id.clone());
+                        continue;
+                    }
+                    for o in out {
+                        let body = o.body().to_string();
+                        for w in &hooks {
+                            if w.wants(ev.position, o.event_type, o.account_id.as_deref()) {
+                                deliveries.push(NewDelivery {
+                                    id: format!("msg_{}", uuid::Uuid::now_v7().simple()),
+                                    webhook_id: w.id.clone(),
+                                    event_position: ev.position,
+                                    event_type: o.event_type.to_string(),
+                                    body: body.clone(),
+                                });
+                            }
                         }
                     }
                 }
             }
+        }
+        if missing.is_empty() {
+            break;
+        }
+        missing.sort();
+        missing.dedup();
+        for stream in missing {
+            let (acc, jid) = stream.split_once('/').unwrap_or((stream.as_str(), ""));
+            let chat = cold::fold_chat(store, acc, jid)
+                .await
+                .map_err(|e| e.to_string())?;
+            cold_chats.insert(stream, chat);
         }
     }
     let inserted = outbox::append(store, outbox::FANOUT, last, &deliveries)
@@ -490,6 +520,26 @@ fn jittered_ms(wait: Duration) -> i64 {
     let ms = wait.as_millis() as f64;
     let factor = rand::rng().random_range(0.9..=1.1);
     (ms * factor) as i64
+}
+
+/// A reply's row from the live read model, else from chats folded from the store; notes a miss.
+struct WithCold<'a> {
+    live: &'a MessagesModel,
+    cold: &'a HashMap<String, MessagesModel>,
+    missed: Cell<bool>,
+}
+
+impl Replies for WithCold<'_> {
+    fn reply(&self, reply_id: &str) -> Option<&AiLogRow> {
+        let found = self
+            .live
+            .reply(reply_id)
+            .or_else(|| self.cold.values().find_map(|m| m.reply(reply_id)));
+        if found.is_none() {
+            self.missed.set(true);
+        }
+        found
+    }
 }
 
 #[cfg(test)]

@@ -92,9 +92,15 @@ async fn replay_matches_the_live_models(mut app: TestApp) {
     scenario(&app).await;
     app.app().catch_up().await.expect("catch up");
     let live = audit::digest(Some(&app.app().model()), Some(&app.app().messages()));
-    let report = audit::replay(&app.app().store, None, Projection::All, false)
-        .await
-        .expect("replay");
+    let report = audit::replay(
+        &app.app().store,
+        None,
+        Projection::All,
+        app.app().config.read_model,
+        false,
+    )
+    .await
+    .expect("replay");
     assert!(report.events > 10);
     assert_eq!(
         audit::digest(report.config.as_ref(), report.messages.as_ref()),
@@ -102,9 +108,15 @@ async fn replay_matches_the_live_models(mut app: TestApp) {
     );
     // The config model alone, from the configuration's history only (its own index): the same
     // as the live model, pauses included.
-    let config = audit::replay(&app.app().store, None, Projection::Config, false)
-        .await
-        .expect("config replay");
+    let config = audit::replay(
+        &app.app().store,
+        None,
+        Projection::Config,
+        app.app().config.read_model,
+        false,
+    )
+    .await
+    .expect("config replay");
     assert_eq!(
         audit::digest(config.config.as_ref(), None),
         audit::digest(Some(&app.app().model()), None)
@@ -124,9 +136,15 @@ async fn replay_matches_the_live_models(mut app: TestApp) {
 
     // As of a past position: the same config as `as_of` answers.
     let mid = report.position / 2;
-    let partial = audit::replay(&app.app().store, Some(mid), Projection::Config, false)
-        .await
-        .expect("partial replay");
+    let partial = audit::replay(
+        &app.app().store,
+        Some(mid),
+        Projection::Config,
+        app.app().config.read_model,
+        false,
+    )
+    .await
+    .expect("partial replay");
     let at = app.app().model_at(mid).await.expect("model_at");
     assert_eq!(
         audit::digest(partial.config.as_ref(), None),
