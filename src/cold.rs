@@ -7,51 +7,37 @@ use wagate_projections::messages::{AiLogRow, MessageView, MessagesModel, Retenti
 
 use crate::app::{App, AppError};
 use crate::audit::parse_for_fold;
-use crate::store::{EventQuery, Store, StoreError};
+use crate::store::{EventQuery, RawEvent, Store, StoreError};
 
 /// Events per query.
 const BATCH: i64 = 5_000;
 
-/// Reads chat events after `after` (one chat's stream when `stream` is set), in position order,
-/// and folds them into `model`; the last position read and whether the history ended.
-async fn fold_batch(
-    store: &Store,
-    model: &mut MessagesModel,
-    stream: Option<&str>,
-    after: i64,
-) -> Result<(i64, bool), StoreError> {
-    let raw = store
-        .read_raw(&EventQuery {
-            after,
-            limit: BATCH,
-            aggregate_types: &["chat"],
-            aggregate_id: stream,
-            ..Default::default()
-        })
-        .await?;
-    let ended = (raw.len() as i64) < BATCH;
-    let mut last = after;
+/// Folds events into `model`; the last position and sequence folded.
+fn fold_all(model: &mut MessagesModel, raw: Vec<RawEvent>) -> Result<(i64, i64), StoreError> {
+    let mut last = (0, 0);
     for r in raw {
         let (ev, parsed) = parse_for_fold(r)?;
-        last = ev.position;
+        last = (ev.position, ev.sequence);
         model
             .apply_parsed(&ev, parsed)
             .map_err(|e| StoreError::Other(e.to_string()))?;
     }
-    Ok((last, ended))
+    Ok(last)
 }
 
-/// One chat's whole stream, folded from the store with everything in memory.
+/// One chat's whole stream, folded from the store with everything in memory. Read in sequence
+/// order through the primary key, not by position (which would walk the whole history).
 pub async fn fold_chat(store: &Store, acc: &str, jid: &str) -> Result<MessagesModel, StoreError> {
     let stream = format!("{acc}/{jid}");
     let mut model = MessagesModel::default();
-    let mut after = 0;
+    let mut after = -1;
     loop {
-        let (last, ended) = fold_batch(store, &mut model, Some(&stream), after).await?;
-        if ended {
+        let raw = store.read_stream_raw("chat", &stream, after, BATCH).await?;
+        let n = raw.len() as i64;
+        after = fold_all(&mut model, raw)?.1;
+        if n < BATCH {
             return Ok(model);
         }
-        after = last;
     }
 }
 
@@ -211,8 +197,19 @@ pub async fn ai_log_page(
     });
     let mut cursor = after;
     loop {
-        let (last, ended) = fold_batch(&app.store, &mut scan, None, cursor).await?;
-        cursor = last;
+        let raw = app
+            .store
+            .read_raw(&EventQuery {
+                after: cursor,
+                limit: BATCH,
+                aggregate_types: &["chat"],
+                ..Default::default()
+            })
+            .await?;
+        let ended = (raw.len() as i64) < BATCH;
+        if !raw.is_empty() {
+            cursor = fold_all(&mut scan, raw)?.0;
+        }
         let m = app.messages();
         let upto = m.log_evicted_upto;
         let mut blocked = false;

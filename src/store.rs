@@ -309,15 +309,52 @@ impl Store {
             Store::Sqlite(p) => {
                 let rows = bind_all!(sqlx::query(&sql)).fetch_all(p).await?;
                 rows.iter()
-                    .map(|r| {
-                        let raw: String = r.try_get("recorded_at")?;
-                        let at = DateTime::parse_from_rfc3339(&raw)
-                            .map_err(|e| {
-                                StoreError::Other(format!("bad recorded_at {raw:?}: {e}"))
-                            })?
-                            .with_timezone(&Utc);
-                        row_to_raw(r, at)
-                    })
+                    .map(|r| row_to_raw(r, sqlite_time(r.try_get("recorded_at")?)?))
+                    .collect()
+            }
+        }
+    }
+
+    /// One stream's events after sequence `after_sequence`, in sequence order, `limit` at most:
+    /// read through the primary key, whatever the length of the history.
+    pub async fn read_stream_raw(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        after_sequence: i64,
+        limit: i64,
+    ) -> Result<Vec<RawEvent>, StoreError> {
+        const WHERE: &str = " FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 \
+            AND sequence > $3 ORDER BY sequence LIMIT $4";
+        const COLUMNS: &str =
+            "SELECT position, aggregate_type, aggregate_id, sequence, event_type, event_version, ";
+        match self {
+            Store::Postgres(p) => {
+                let sql = format!(
+                    "{COLUMNS}payload::text AS payload, metadata::text AS metadata, recorded_at{WHERE}"
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(aggregate_type)
+                    .bind(aggregate_id)
+                    .bind(after_sequence)
+                    .bind(limit)
+                    .fetch_all(p)
+                    .await?;
+                rows.iter()
+                    .map(|r| row_to_raw(r, r.try_get("recorded_at")?))
+                    .collect()
+            }
+            Store::Sqlite(p) => {
+                let sql = format!("{COLUMNS}payload, metadata, recorded_at{WHERE}");
+                let rows = sqlx::query(&sql)
+                    .bind(aggregate_type)
+                    .bind(aggregate_id)
+                    .bind(after_sequence)
+                    .bind(limit)
+                    .fetch_all(p)
+                    .await?;
+                rows.iter()
+                    .map(|r| row_to_raw(r, sqlite_time(r.try_get("recorded_at")?)?))
                     .collect()
             }
         }
@@ -394,6 +431,13 @@ impl RawEvent {
             recorded_at: self.recorded_at,
         })
     }
+}
+
+/// SQLite keeps `recorded_at` as RFC 3339 text.
+fn sqlite_time(raw: String) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(&raw)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| StoreError::Other(format!("bad recorded_at {raw:?}: {e}")))
 }
 
 fn row_to_raw<R>(r: &R, recorded_at: DateTime<Utc>) -> Result<RawEvent, StoreError>

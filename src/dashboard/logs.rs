@@ -56,10 +56,13 @@ pub async fn logs(
     if let Err(e) = app.catch_up().await {
         return render::api_error_page(&ApiError::from(e));
     }
-    let rows: Vec<_> = if state.failed() {
-        vec![]
+    // The newest rows, which the read model holds in memory (ADR 0013); the API pages through
+    // older ones.
+    let (rows, older_elsewhere): (Vec<_>, bool) = if state.failed() {
+        (vec![], false)
     } else {
-        app.messages()
+        let m = app.messages();
+        let rows: Vec<_> = m
             .ai_log
             .iter()
             .rev()
@@ -68,7 +71,9 @@ pub async fn logs(
             .filter(|r| status.as_deref().is_none_or(|s| r.status.as_str() == s))
             .take(PAGE)
             .cloned()
-            .collect()
+            .collect();
+        let older = rows.len() < PAGE && m.log_evicted_upto > 0;
+        (rows, older)
     };
     let body = html! {
         form.card.filters method="get" action="/logs" {
@@ -76,6 +81,10 @@ pub async fn logs(
             (render::text_field(&state, "logs", "chat_id", "Chat JID", "text", None))
             (render::filter_select(&state, "logs", "status", "Status", &STATUSES))
             button type="submit" { "Filter" }
+        }
+        @if older_elsewhere {
+            p.muted #older-rows { "Only the newest " (app.config.read_model.ai_log)
+                " replies are searched here; " code { "GET /v1/ai/logs" } " pages through all of them." }
         }
         @if rows.is_empty() { p { "No AI log rows match." } } @else {
             p.muted { "Newest first; at most " (PAGE) " rows." }

@@ -17,5 +17,6 @@ mod history;
 mod lifecycle;
 mod long_chats;
 mod replies;
+mod retention;
 mod security;
 mod webhooks;

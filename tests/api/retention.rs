@@ -1,0 +1,241 @@
+//! Bounded read models (ADR 0013): with a retention of a few messages and rows, every answer
+//! that reaches past memory comes from the store, and equals what the whole history says.
+
+use serde_json::{json, Value};
+use wagate::audit;
+use wagate::store::Store;
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::helpers::{eventually, Backend, TestApp};
+use crate::replies::{inbound, settled, JID};
+
+const OTHER: &str = "491709999999@s.whatsapp.net";
+/// Exchanges in `JID` (an inbound message and its echo each).
+const ROUNDS: usize = 7;
+
+async fn spawn_small(backend: Backend) -> Option<TestApp> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut vars = TestApp::vars(backend, &dir).await?;
+    vars.insert("WAGATE_READ_MODEL_MESSAGES".into(), "5".into());
+    vars.insert("WAGATE_READ_MODEL_AI_LOG_ROWS".into(), "3".into());
+    Some(TestApp::spawn_with(backend, dir, vars).await)
+}
+
+/// Every page of `path` (a list route with a cursor parameter), concatenated.
+async fn all_pages(app: &TestApp, path: &str, cursor: &str) -> Vec<Value> {
+    let mut items = vec![];
+    let mut next: Option<String> = None;
+    loop {
+        let url = match &next {
+            None => path.to_string(),
+            Some(c) => format!("{path}&{cursor}={c}"),
+        };
+        let r = app.admin("GET", &url, None).await;
+        assert_eq!(r.status, 200, "{url}: {}", r.text);
+        items.extend(r.json["items"].as_array().expect("items").iter().cloned());
+        match r.json["next_cursor"].as_str() {
+            Some(c) => next = Some(c.to_string()),
+            None => return items,
+        }
+    }
+}
+
+async fn store_of(app: &TestApp) -> Store {
+    Store::connect(&app.config().database).await.expect("store")
+}
+
+async fn execute(store: &Store, sql: &str) {
+    match store {
+        Store::Postgres(p) => sqlx::query(sql).execute(p).await.map(drop),
+        Store::Sqlite(p) => sqlx::query(sql).execute(p).await.map(drop),
+    }
+    .expect(sql);
+}
+
+/// The `data` of every `ai.reply.*` delivery in the store.
+async fn reply_deliveries(store: &Store) -> Vec<Value> {
+    const SQL: &str =
+        "SELECT body FROM webhook_deliveries WHERE event_type LIKE 'ai.reply.%' ORDER BY event_position";
+    let bodies: Vec<String> = match store {
+        Store::Postgres(p) => sqlx::query_scalar(SQL).fetch_all(p).await,
+        Store::Sqlite(p) => sqlx::query_scalar(SQL).fetch_all(p).await,
+    }
+    .expect("deliveries");
+    bodies
+        .iter()
+        .map(|b| serde_json::from_str::<Value>(b).expect("json body")["data"].clone())
+        .collect()
+}
+
+async fn pages_reach_past_memory(mut app: TestApp) {
+    let rx = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&rx)
+        .await;
+    app.create_account("acme").await;
+    let r = app
+        .admin(
+            "POST",
+            "/v1/webhooks",
+            Some(json!({"url": format!("{}/hook", rx.uri()), "events": ["*"]})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let subscribed_at = app.head().await;
+    let r = app
+        .admin(
+            "PUT",
+            "/v1/ai/global",
+            Some(json!({"enabled": true, "echo_mode": true, "reply_delay_seconds": 0})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let mut first_position = None;
+    for i in 0..ROUNDS {
+        let ack = inbound(&app, "acme", JID, &format!("a{i}"), &format!("hello {i}")).await;
+        first_position.get_or_insert(ack["position"].clone());
+        settled(&app, "acme", &format!("a{i}")).await;
+        if i % 3 == 0 {
+            inbound(&app, "acme", OTHER, &format!("b{i}"), "other chat").await;
+            settled(&app, "acme", &format!("b{i}")).await;
+        }
+    }
+    {
+        let m = app.app().messages();
+        let chat = &m.chats[&("acme".to_string(), JID.to_string())];
+        assert!(chat.evicted > 0, "the test must reach past memory");
+        assert!(m.log_evicted_upto > 0, "the test must reach past memory");
+    }
+
+    check_answers(&app, first_position.clone().expect("position")).await;
+
+    // A restart folds the same bounded model (same digest as a replay) and answers the same.
+    app.restart().await;
+    check_answers(&app, first_position.clone().expect("position")).await;
+    let live = audit::digest(None, Some(&app.app().messages()));
+    let out = app.cli_ok(&["replay", "--projection", "messages"]);
+    assert!(out.contains(&live), "replay digest {live} not in: {out}");
+
+    // A webhook fan-out far behind (its checkpoint moved back, its deliveries gone) finds the
+    // reply rows memory no longer holds.
+    let store = store_of(&app).await;
+    let before = reply_deliveries(&store).await;
+    assert!(before.len() >= ROUNDS * 2, "{}", before.len());
+    if let Some(r) = app.running.take() {
+        r.stop().await;
+    }
+    execute(&store, "DELETE FROM webhook_deliveries").await;
+    execute(
+        &store,
+        &format!("UPDATE checkpoints SET position = {subscribed_at} WHERE name = 'webhook_fanout'"),
+    )
+    .await;
+    app.restart().await;
+    let after = eventually(20, "the fan-out is done again", || async {
+        let d = reply_deliveries(&store).await;
+        (d.len() == before.len()).then_some(d)
+    })
+    .await;
+    for d in &after {
+        assert!(
+            d["trigger_message_id"].is_string() && d["model"] == "echo",
+            "a reply delivery without its row: {d}"
+        );
+    }
+    assert_eq!(after, before);
+    store.close().await;
+}
+
+async fn check_answers(app: &TestApp, first_position: Value) {
+    // Messages, newest first, page by page past memory.
+    let msgs = all_pages(
+        app,
+        &format!("/v1/accounts/acme/chats/{JID}/messages?limit=3"),
+        "before",
+    )
+    .await;
+    assert_eq!(msgs.len(), ROUNDS * 2);
+    let positions: Vec<i64> = msgs
+        .iter()
+        .map(|m| m["position"].as_i64().expect("position"))
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] > w[1]), "{positions:?}");
+    for (i, pair) in msgs.rchunks(2).enumerate() {
+        assert_eq!(pair[1]["text"], format!("hello {i}"));
+        assert_eq!(pair[1]["direction"], "inbound");
+        assert_eq!(pair[0]["text"], format!("hello {i}"));
+        assert_eq!(pair[0]["source"], "ai");
+    }
+    // The chat list counts every message.
+    let chats = app.admin("GET", "/v1/accounts/acme/chats", None).await;
+    let chat = chats.json["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|c| c["chat_id"] == JID)
+        .cloned()
+        .expect("chat");
+    assert_eq!(chat["message_count"], ROUNDS * 2);
+    // A repeated id of a message long out of memory answers with the original's position.
+    let again = inbound(app, "acme", JID, "a0", "hello 0").await;
+    assert_eq!(again["duplicate"], true);
+    assert_eq!(again["position"], first_position);
+
+    // The AI log from the start, oldest first, two rows a page: every reply, sent.
+    let rows = all_pages(app, "/v1/ai/logs?limit=2", "after").await;
+    let others = ROUNDS.div_ceil(3);
+    assert_eq!(rows.len(), ROUNDS + others);
+    let positions: Vec<i64> = rows
+        .iter()
+        .map(|r| r["position"].as_i64().expect("position"))
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+    assert!(rows
+        .iter()
+        .all(|r| r["status"] == "sent" && r["model"] == "echo"));
+    let triggers: Vec<&str> = rows
+        .iter()
+        .filter(|r| r["chat_id"] == JID)
+        .map(|r| r["trigger_message_id"].as_str().expect("trigger"))
+        .collect();
+    let expected: Vec<String> = (0..ROUNDS).map(|i| format!("a{i}")).collect();
+    assert_eq!(triggers, expected);
+    // One chat's rows (read from its stream), and a filter that matches nothing.
+    let chat_rows = all_pages(
+        app,
+        &format!("/v1/ai/logs?account_id=acme&chat_id={OTHER}&limit=1"),
+        "after",
+    )
+    .await;
+    assert_eq!(chat_rows.len(), others);
+    let failed = app.admin("GET", "/v1/ai/logs?status=failed", None).await;
+    assert_eq!(failed.json["items"], json!([]));
+    // The counters count every reply, in memory or not.
+    let metrics = app
+        .send(app.client.get(format!("{}/metrics", app.base)))
+        .await;
+    assert!(
+        metrics.text.contains(&format!(
+            "wagate_ai_replies_total{{status=\"sent\"}} {}",
+            ROUNDS + others
+        )),
+        "{}",
+        metrics.text
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite() {
+    if let Some(app) = spawn_small(Backend::Sqlite).await {
+        pages_reach_past_memory(app).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres() {
+    if let Some(app) = spawn_small(Backend::Postgres).await {
+        pages_reach_past_memory(app).await;
+    }
+}
