@@ -202,7 +202,7 @@ pub async fn ai_log_page(
             .read_raw(&EventQuery {
                 after: cursor,
                 limit: BATCH,
-                aggregate_types: &["chat"],
+                ai_log_history: true,
                 ..Default::default()
             })
             .await?;

@@ -107,6 +107,9 @@ pub struct EventQuery<'a> {
     /// Only the configuration's history: the events the config read model folds
     /// ([`CONFIG_HISTORY`], read through its own index).
     pub config_history: bool,
+    /// Only the AI log's history: the chat events that open or change an AI-log row
+    /// ([`AI_LOG_HISTORY`], read through its own index).
+    pub ai_log_history: bool,
 }
 
 /// The events the config read model folds (`config::folds_kind`): every event that is not a
@@ -114,6 +117,12 @@ pub struct EventQuery<'a> {
 /// `events_config_history` (migration 0004) states it, so both stores use that index.
 pub const CONFIG_HISTORY: &str =
     "(aggregate_type <> 'chat' OR event_type IN ('AiPaused', 'AiResumed'))";
+
+/// The chat events that open or change an AI-log row (`messages::AI_LOG_EVENTS`; no other
+/// aggregate has these event types). Written exactly as the partial index
+/// `events_ai_log_history` (migration 0005) states it.
+pub const AI_LOG_HISTORY: &str = "(event_type IN ('AiReplyRequested', 'AiReplyGenerated', \
+    'AiReplySent', 'AiReplyFailed', 'AiReplySkipped'))";
 
 /// A pooled PostgreSQL connection idle this long is pinged before it is handed out.
 const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
@@ -277,6 +286,10 @@ impl Store {
         if q.config_history {
             sql.push_str(" AND ");
             sql.push_str(CONFIG_HISTORY);
+        }
+        if q.ai_log_history {
+            sql.push_str(" AND ");
+            sql.push_str(AI_LOG_HISTORY);
         }
         n += 1;
         sql.push_str(&format!(" ORDER BY position LIMIT ${n}"));
@@ -630,20 +643,41 @@ where
 mod tests {
     use super::*;
     use wagate_projections::config::{folds_kind, CONFIG_AGGREGATES, PAUSE_EVENTS};
+    use wagate_projections::messages::AI_LOG_EVENTS;
+
+    /// The terms of an `event_type IN (...)` list.
+    fn named(predicate: &str) -> Vec<&str> {
+        let (_, names) = predicate.split_once("event_type IN (").expect("an IN list");
+        names
+            .trim_end_matches("))")
+            .split(", ")
+            .map(|n| n.trim_matches('\''))
+            .collect()
+    }
+
+    /// The migration that creates a partial index states `predicate` as queries write it.
+    fn migration_states(file: &str, predicate: &str) {
+        let predicate = predicate.trim_start_matches('(').trim_end_matches(')');
+        for backend in ["postgres", "sqlite"] {
+            let path = format!("{}/migrations/{backend}/{file}", env!("CARGO_MANIFEST_DIR"));
+            let sql = std::fs::read_to_string(&path).expect("migration");
+            assert!(sql.contains(predicate), "{path}");
+        }
+    }
+
+    /// `AI_LOG_HISTORY` names the events that make the AI log (the index and the fold in step).
+    #[test]
+    fn ai_log_history_is_what_makes_the_ai_log() {
+        assert_eq!(named(AI_LOG_HISTORY), AI_LOG_EVENTS);
+        assert!(AI_LOG_HISTORY.starts_with("(event_type IN ("));
+        migration_states("0005_ai_log_history.sql", AI_LOG_HISTORY);
+    }
 
     /// `CONFIG_HISTORY` selects what the config model folds: every config aggregate's events and
     /// exactly the chat events it names (the partial index and the fold must not drift apart).
     #[test]
     fn config_history_is_what_the_config_model_folds() {
-        let (_, names) = CONFIG_HISTORY
-            .split_once("event_type IN (")
-            .expect("an IN list");
-        let named: Vec<&str> = names
-            .trim_end_matches("))")
-            .split(", ")
-            .map(|n| n.trim_matches('\''))
-            .collect();
-        assert_eq!(named, PAUSE_EVENTS);
+        assert_eq!(named(CONFIG_HISTORY), PAUSE_EVENTS);
         assert!(CONFIG_HISTORY.starts_with("(aggregate_type <> 'chat' OR "));
         for ty in CONFIG_AGGREGATES {
             assert!(folds_kind(ty, "AnyEvent"), "{ty}");
@@ -654,15 +688,6 @@ mod tests {
         for ev in PAUSE_EVENTS {
             assert!(folds_kind("chat", ev), "{ev}");
         }
-        // The migration states the same predicate.
-        for backend in ["postgres", "sqlite"] {
-            let path = format!(
-                "{}/migrations/{backend}/0004_config_history.sql",
-                env!("CARGO_MANIFEST_DIR")
-            );
-            let sql = std::fs::read_to_string(&path).expect("migration 0004");
-            let predicate = CONFIG_HISTORY.trim_start_matches('(').trim_end_matches(')');
-            assert!(sql.contains(predicate), "{path}");
-        }
+        migration_states("0004_config_history.sql", CONFIG_HISTORY);
     }
 }

@@ -133,6 +133,16 @@ impl Default for Retention {
     }
 }
 
+/// The chat events that open or change an AI-log row: a fold of these alone gives the AI log
+/// (`GET /v1/ai/logs` past memory scans only them, through their own index).
+pub const AI_LOG_EVENTS: [&str; 5] = [
+    "AiReplyRequested",
+    "AiReplyGenerated",
+    "AiReplySent",
+    "AiReplyFailed",
+    "AiReplySkipped",
+];
+
 /// Upper bounds (seconds) of the model latency histogram of `/metrics`.
 pub const LATENCY_BUCKETS: [f64; 12] = [
     0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0,
@@ -751,5 +761,50 @@ mod tests {
         assert!(m.ai_log.is_empty());
         assert_eq!(m.chats_with_open_replies().len(), 1);
         assert_eq!(m.totals().sent, 3);
+    }
+
+    #[test]
+    fn the_ai_log_events_alone_make_the_ai_log() {
+        let mut events = exchanges(6);
+        let at = "2026-11-25T10:00:00Z";
+        let n = events.len() as i64;
+        events.push(chat_ev(n + 1, "2", json!({"MessageReceived":{"message_id":"x","from":"1","text":"hi","from_me":false,"at":at}})));
+        events.push(chat_ev(
+            n + 2,
+            "2",
+            json!({"AiReplyRequested":{"reply_id":"rx","trigger_message_id":"x"}}),
+        ));
+        events.push(chat_ev(
+            n + 3,
+            "2",
+            json!({"AiReplySkipped":{"reply_id":"rx","reason":"no API key configured"}}),
+        ));
+        events.push(chat_ev(
+            n + 4,
+            "1",
+            json!({"AiReplyFailed":{"reply_id":"r1","reason":"interrupted"}}),
+        ));
+        events.push(chat_ev(
+            n + 5,
+            "1",
+            json!({"MessageStatusUpdated":{"message_id":"o0","status":"read","at":at}}),
+        ));
+        let mut all = MessagesModel::default();
+        let mut only = MessagesModel::default();
+        for mut e in events {
+            e.event_type = e
+                .payload
+                .as_object()
+                .and_then(|o| o.keys().next().cloned())
+                .unwrap_or_default();
+            all.apply(&e).expect("fold");
+            if AI_LOG_EVENTS.contains(&e.event_type.as_str()) {
+                only.apply(&e).expect("fold");
+            }
+        }
+        assert_eq!(only.ai_log, all.ai_log);
+        assert_eq!(only.totals(), all.totals());
+        assert_eq!(all.totals().skipped, 1);
+        assert_eq!(all.totals().failed, 1);
     }
 }

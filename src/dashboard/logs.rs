@@ -161,6 +161,7 @@ pub async fn audit(
                 aggregate_types: types,
                 aggregate_id: stream_id.as_deref(),
                 config_history: false,
+                ai_log_history: false,
             })
             .await
     };

@@ -111,6 +111,7 @@ async fn list_events(
             aggregate_types: &types,
             aggregate_id: id,
             config_history: false,
+            ai_log_history: false,
         })
         .await
         .map_err(AppError::from)?;

@@ -9,7 +9,7 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::both_stores;
 use crate::helpers::{eventually, Resp, TestApp};
-use crate::replies::{completion, configure, messages, settled};
+use crate::replies::{completion, configure, echo, messages, settled};
 
 const PHONE_ID: &str = "106540352242922";
 const WABA_ID: &str = "102290129340398";
@@ -124,18 +124,6 @@ async fn accept_typing(graph: &MockServer) {
         .with_priority(1)
         .mount(graph)
         .await;
-}
-
-/// Replies echo the inbound text without a model (the send path is what is under test).
-async fn echo(app: &TestApp) {
-    let r = app
-        .admin(
-            "PUT",
-            "/v1/ai/global",
-            Some(json!({"enabled": true, "echo_mode": true, "reply_delay_seconds": 0})),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
 }
 
 async fn send_requests(graph: &MockServer) -> Vec<Value> {

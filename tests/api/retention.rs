@@ -8,7 +8,7 @@ use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::helpers::{eventually, Backend, TestApp};
-use crate::replies::{inbound, settled, JID};
+use crate::replies::{echo, inbound, settled, JID};
 
 const OTHER: &str = "491709999999@s.whatsapp.net";
 /// Exchanges in `JID` (an inbound message and its echo each).
@@ -84,14 +84,7 @@ async fn pages_reach_past_memory(mut app: TestApp) {
         .await;
     assert_eq!(r.status, 201, "{}", r.text);
     let subscribed_at = app.head().await;
-    let r = app
-        .admin(
-            "PUT",
-            "/v1/ai/global",
-            Some(json!({"enabled": true, "echo_mode": true, "reply_delay_seconds": 0})),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
+    echo(&app).await;
     let mut first_position = None;
     for i in 0..ROUNDS {
         let ack = inbound(&app, "acme", JID, &format!("a{i}"), &format!("hello {i}")).await;
