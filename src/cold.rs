@@ -157,9 +157,10 @@ impl LogFilter<'_> {
 /// now (`GET /v1/ai/logs`).
 ///
 /// Rows above the model's `log_evicted_upto` are all in memory. Older ones come from a scan of
-/// the chat events from `after` on (one chat's stream when both `account_id` and `chat_id` are
-/// given), folded in batches: a scanned row is handed out once its state is final, i.e. it is
-/// decided, or memory holds it (an open row that left memory stays there until decided).
+/// the AI log's events from `after` on (their own index; one chat's stream when both
+/// `account_id` and `chat_id` are given), folded in batches: a scanned row is handed out once
+/// its state is known, i.e. it is decided, or memory holds it (an open row that left memory
+/// stays there until decided).
 pub async fn ai_log_page(
     app: &App,
     f: &LogFilter<'_>,
@@ -215,9 +216,11 @@ pub async fn ai_log_page(
         let mut blocked = false;
         while let Some(row) = scan.ai_log.front().filter(|r| r.position <= upto) {
             let now = match m.reply(&row.id) {
+                // Decided is final (the scan may have read past what memory folded).
+                _ if !row.is_open() => row.clone(),
+                // Open when it left memory: memory keeps it up to date.
                 Some(r) => r.clone(),
-                // Decided (or the history ended): final.
-                None if !row.is_open() || ended => row.clone(),
+                None if ended => row.clone(),
                 // Decided after the scan's position: read on.
                 None => {
                     blocked = true;

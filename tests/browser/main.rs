@@ -591,3 +591,70 @@ async fn webhooks_page() {
     }
     c.close().await.expect("close");
 }
+
+/// A gateway whose read model holds only 3 messages and 2 AI-log rows (ADR 0013): the chat page
+/// still shows the whole conversation (read from the store), and the AI log page says where the
+/// older rows are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_past_the_read_models_memory() {
+    let Some(driver) = start_driver() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut vars = TestApp::vars(Backend::Sqlite, &dir).await.expect("vars");
+    vars.insert("WAGATE_READ_MODEL_MESSAGES".into(), "3".into());
+    vars.insert("WAGATE_READ_MODEL_AI_LOG_ROWS".into(), "2".into());
+    let app = TestApp::spawn_with(Backend::Sqlite, dir, vars).await;
+    app.create_account("acme").await;
+    let r = app
+        .admin(
+            "PUT",
+            "/v1/ai/global",
+            Some(json!({"enabled": true, "echo_mode": true, "reply_delay_seconds": 0})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    for i in 0..5 {
+        let r = app
+            .admin(
+                "POST",
+                "/v1/accounts/acme/sandbox/inbound",
+                Some(json!({"chat_id": JID, "from": "491701234567", "text": format!("hello {i}")})),
+            )
+            .await;
+        assert_eq!(r.status, 202, "{}", r.text);
+        eventually(20, "the echo is sent", || async {
+            let rows = log_rows(&app).await;
+            (rows.len() == i + 1 && rows.iter().all(|r| r["status"] == "sent")).then_some(())
+        })
+        .await;
+    }
+    let c = browser(&driver).await;
+    let base = app.base.clone();
+    c.goto(&format!("{base}/accounts/acme/chats/{JID}"))
+        .await
+        .expect("goto");
+    login(&c).await;
+    let thread = text_of(&c, "#thread").await;
+    for i in 0..5 {
+        assert_eq!(
+            thread.matches(&format!("hello {i}")).count(),
+            2,
+            "message {i} and its echo: {thread}"
+        );
+    }
+    let items = c
+        .find_all(Locator::Css("#thread li"))
+        .await
+        .expect("thread items");
+    assert_eq!(items.len(), 10);
+    shot(&c, "20-chat-past-memory").await;
+
+    c.goto(&format!("{base}/logs")).await.expect("goto");
+    assert!(text_of(&c, "#older-rows").await.contains("GET /v1/ai/logs"));
+    let rows = c
+        .find_all(Locator::Css("#ai-log tbody tr"))
+        .await
+        .expect("rows");
+    assert_eq!(rows.len(), 2, "the rows held in memory");
+    shot(&c, "21-logs-past-memory").await;
+    c.close().await.expect("close");
+}
