@@ -205,6 +205,8 @@ pub struct ChatView {
     /// The chat's newest messages, oldest first: all of them unless `evicted > 0`.
     pub messages: VecDeque<MessageView>,
     pub last_message_at: Option<DateTime<Utc>>,
+    /// Position of the chat's newest message (the order and cursor of the chat list).
+    pub last_position: i64,
     /// Every message the chat has had.
     pub message_count: usize,
     /// How many of its oldest messages left memory (the store has them).
@@ -474,6 +476,7 @@ impl MessagesModel {
             }
         };
         chat.last_message_at = Some(view.created_at);
+        chat.last_position = view.position;
         chat.message_count += 1;
         chat.messages.push_back(view);
         if self.retention.messages == usize::MAX {

@@ -19,6 +19,7 @@ use crate::http::ai::change_account_ai;
 use crate::http::error::ApiError;
 use crate::http::extract::Caller;
 use crate::http::messages::{chat_summaries, inject_inbound, InboundRequest};
+use serde::Deserialize;
 
 pub async fn list(
     State(app): State<SharedApp>,
@@ -168,13 +169,24 @@ struct AccountForms {
     inbound: FormState,
     delete: FormState,
     done: Option<String>,
+    /// The chat list's page: chats whose newest message is before this position.
+    chats_before: Option<i64>,
+}
+
+/// Chats on one page of the account view.
+const CHATS_PAGE: usize = 100;
+
+#[derive(Debug, Deserialize)]
+pub struct ShowQuery {
+    pub done: Option<String>,
+    pub chats_before: Option<i64>,
 }
 
 pub async fn show(
     State(app): State<SharedApp>,
     session: Session,
     Path(acc): Path<String>,
-    Query(q): Query<Done>,
+    Query(q): Query<ShowQuery>,
 ) -> Response {
     render_account(
         &app,
@@ -182,6 +194,7 @@ pub async fn show(
         &acc,
         AccountForms {
             done: q.done,
+            chats_before: q.chats_before,
             ..AccountForms::default()
         },
     )
@@ -204,7 +217,10 @@ async fn render_account(
             None => return render::error_page(StatusCode::NOT_FOUND, "No such account."),
         }
     };
-    let chats = chat_summaries(app, acc);
+    let chats = chat_summaries(app, acc, forms.chats_before, CHATS_PAGE);
+    let older_chats = (chats.len() == CHATS_PAGE)
+        .then(|| chats.last().map(|c| c.position))
+        .flatten();
     let inherit = layer::inherited(app, Some(&global));
     let layer_state = forms
         .layer
@@ -300,6 +316,12 @@ async fn render_account(
                         }
                     }
                 } }
+            }
+            @if forms.chats_before.is_some() || older_chats.is_some() {
+                p.pager {
+                    @if forms.chats_before.is_some() { a #newest-chats href=(format!("{base}#chats-h")) { "Newest chats" } }
+                    @if let Some(p) = older_chats { " " a #older-chats href=(format!("{base}?chats_before={p}#chats-h")) { "Older chats →" } }
+                }
             }
             @if matches!(account.transport, Transport::Sandbox) {
                 h3 { "Simulate an incoming message" }

@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 use wagate_actors::chat::ChatMsg;
 use wagate_events::chat::{MessageKind, Source};
 use wagate_events::ids::{chat_kind, ChatKind};
-use wagate_projections::messages::MessageView;
+use wagate_projections::messages::{ChatView, MessageView};
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
@@ -139,36 +139,67 @@ pub struct ChatSummary {
     pub blocked: bool,
     /// Human takeover: the AI does not answer in this chat before this time (`null`: not paused).
     pub ai_paused_until: Option<DateTime<Utc>>,
+    /// Position of the chat's newest message: the list's order and its cursor.
+    pub position: i64,
 }
 
-/// The account's chats, most recent first.
-#[utoipa::path(get, path = "/v1/accounts/{acc}/chats", tag = "messages", params(("acc" = String, Path)),
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ChatsQuery {
+    /// Page size 1..=500 (default 100).
+    pub limit: Option<usize>,
+    /// Only chats whose newest message is before this position (the `next_cursor` of the
+    /// previous page).
+    pub before: Option<i64>,
+}
+
+/// The account's chats, most recent first (by their newest message), page by page.
+#[utoipa::path(get, path = "/v1/accounts/{acc}/chats", tag = "messages", params(("acc" = String, Path), ChatsQuery),
     responses((status = 200, body = ListResponse<ChatSummary>), (status = 404, body = ErrorBody)),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn list_chats(
     State(app): State<SharedApp>,
     caller: Caller,
     ApiPath(acc): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ChatsQuery>,
 ) -> Result<Json<ListResponse<ChatSummary>>, ApiError> {
     live_account(&app, &caller, &acc)?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::invalid("limit", "must be between 1 and 500"));
+    }
     app.catch_up().await?;
-    Ok(Json(ListResponse {
-        items: chat_summaries(&app, &acc),
-        next_cursor: None,
-    }))
+    let items = chat_summaries(&app, &acc, q.before, limit);
+    let next_cursor = (items.len() == limit)
+        .then(|| items.last().map(|c| c.position.to_string()))
+        .flatten();
+    Ok(Json(ListResponse { items, next_cursor }))
 }
 
-/// The account's chats from the read models, most recent first (shared by the API and the
-/// dashboard; call `catch_up` first to read the latest).
-pub fn chat_summaries(app: &SharedApp, acc: &str) -> Vec<ChatSummary> {
+/// The account's chats from the read models, most recent first, whose newest message is before
+/// position `before`, `limit` at most (shared by the API and the dashboard; call `catch_up`
+/// first to read the latest).
+pub fn chat_summaries(
+    app: &SharedApp,
+    acc: &str,
+    before: Option<i64>,
+    limit: usize,
+) -> Vec<ChatSummary> {
     let now = Utc::now();
     let config = app.model();
     let messages = app.messages();
-    let mut items: Vec<ChatSummary> = messages
+    let mut page: Vec<(&String, &ChatView)> = messages
         .chats
         .range((acc.to_string(), String::new())..)
         .take_while(|((a, _), _)| a == acc)
-        .map(|((_, jid), view)| {
+        .filter(|(_, view)| before.is_none_or(|b| view.last_position < b))
+        .map(|((_, jid), view)| (jid, view))
+        .collect();
+    // Newest first; only the page is built.
+    page.sort_unstable_by_key(|(_, view)| std::cmp::Reverse(view.last_position));
+    page.truncate(limit);
+    page.into_iter()
+        .map(|(jid, view)| {
             let settings = config.chat(acc, jid).cloned().unwrap_or_default();
             let ai_paused_until = config
                 .pause(acc, jid)
@@ -192,11 +223,10 @@ pub fn chat_summaries(app: &SharedApp, acc: &str) -> Vec<ChatSummary> {
                     .and_then(|v| v.as_str().map(str::to_string))
                     .unwrap_or_default(),
                 blocked: settings.blocked,
+                position: view.last_position,
             }
         })
-        .collect();
-    items.sort_by_key(|c| std::cmp::Reverse(c.last_message_at));
-    items
+        .collect()
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -171,6 +171,17 @@ async fn check_answers(app: &TestApp, first_position: Value) {
         .cloned()
         .expect("chat");
     assert_eq!(chat["message_count"], ROUNDS * 2);
+    // The chat list pages, most recent first (OTHER got the last message).
+    let pages = all_pages(app, "/v1/accounts/acme/chats?limit=1", "before").await;
+    let ids: Vec<&str> = pages
+        .iter()
+        .map(|c| c["chat_id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ids, [OTHER, JID]);
+    let r = app
+        .admin("GET", "/v1/accounts/acme/chats?limit=0", None)
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
     // A repeated id of a message long out of memory answers with the original's position.
     let again = inbound(app, "acme", JID, "a0", "hello 0").await;
     assert_eq!(again["duplicate"], true);
