@@ -656,5 +656,35 @@ async fn pages_past_the_read_models_memory() {
         .expect("rows");
     assert_eq!(rows.len(), 2, "the rows held in memory");
     shot(&c, "21-logs-past-memory").await;
+
+    // 100 newer chats: the account page shows them, and links to the older one.
+    let r = app
+        .admin("PUT", "/v1/ai/global", Some(json!({"enabled": false})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    for i in 0..100 {
+        let r = app
+            .admin(
+                "POST",
+                "/v1/accounts/acme/sandbox/inbound",
+                Some(json!({"chat_id": format!("4915000{i:05}@s.whatsapp.net"), "from": "4915000", "text": "hi"})),
+            )
+            .await;
+        assert_eq!(r.status, 202, "{}", r.text);
+    }
+    c.goto(&format!("{base}/accounts/acme"))
+        .await
+        .expect("goto");
+    let listed = c
+        .find_all(Locator::Css("#chats-h ~ div table tbody tr"))
+        .await
+        .expect("chat rows");
+    assert_eq!(listed.len(), 100);
+    assert!(!text_of(&c, "#chats-h ~ div table").await.contains(JID));
+    click(&c, "#older-chats").await;
+    let older = text_of(&c, "#chats-h ~ div table").await;
+    assert!(older.contains(JID), "{older}");
+    assert!(text_of(&c, "#newest-chats").await.contains("Newest chats"));
+    shot(&c, "22-older-chats").await;
     c.close().await.expect("close");
 }
