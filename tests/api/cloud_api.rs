@@ -9,7 +9,7 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::both_stores;
 use crate::helpers::{eventually, Resp, TestApp};
-use crate::replies::{completion, configure, echo, messages, settled};
+use crate::replies::{completion, configure, messages, settled};
 
 const PHONE_ID: &str = "106540352242922";
 const WABA_ID: &str = "102290129340398";
@@ -309,7 +309,7 @@ async fn unsigned_or_badly_signed_inbound_is_refused(app: TestApp) {
     assert_eq!(app.head().await, head, "nothing stored");
 
     // Signed with the app secret: stored, with the contact's name.
-    echo(&app).await;
+    app.echo_mode().await;
     let head = app.head().await;
     let ok = post_webhook(&app, "acme", &body, Some(APP_SECRET)).await;
     assert_eq!(ok.status, 200, "{}", ok.text);
@@ -435,7 +435,7 @@ both_stores!(cloud_whole_loop, whole_loop);
 async fn non_text_messages_are_recorded_not_answered(app: TestApp) {
     let graph = MockServer::start().await;
     create_cloud_account(&app, "acme", &graph).await;
-    echo(&app).await;
+    app.echo_mode().await;
     let body = envelope(json!({
         "messaging_product": "whatsapp", "metadata": metadata(),
         "contacts": [{"profile": {"name": "Sheena Nelson"}, "wa_id": CUSTOMER}],
@@ -503,7 +503,7 @@ async fn permanent_errors_fail_with_their_reason(app: TestApp) {
         .mount(&graph)
         .await;
     create_cloud_account(&app, "acme", &graph).await;
-    echo(&app).await;
+    app.echo_mode().await;
 
     let row = customer_says(&app, "wamid.W", "window").await;
     assert_eq!(row["status"], "failed");
@@ -587,7 +587,7 @@ async fn rate_limits_are_retried(app: TestApp) {
         .mount(&graph)
         .await;
     create_cloud_account(&app, "acme", &graph).await;
-    echo(&app).await;
+    app.echo_mode().await;
 
     let row = customer_says(&app, "wamid.P", "passes").await;
     assert_eq!(row["status"], "sent", "{row}");
@@ -639,7 +639,7 @@ async fn invalid_token_is_flagged_until_replaced(app: TestApp) {
         .mount(&graph)
         .await;
     create_cloud_account(&app, "acme", &graph).await;
-    echo(&app).await;
+    app.echo_mode().await;
 
     let row = customer_says(&app, "wamid.T1", "first").await;
     assert_eq!(row["status"], "failed");

@@ -240,6 +240,19 @@ impl TestApp {
         assert_eq!(r.status, 201, "{}", r.text);
     }
 
+    /// Replies echo the inbound text without a model (tests of the send path and of what
+    /// follows a reply).
+    pub async fn echo_mode(&self) {
+        let r = self
+            .admin(
+                "PUT",
+                "/v1/ai/global",
+                Some(serde_json::json!({"enabled": true, "echo_mode": true, "reply_delay_seconds": 0})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+
     /// The highest event position (to prove that bad input wrote nothing).
     pub async fn head(&self) -> i64 {
         self.app().store.head().await.expect("head")

@@ -49,18 +49,6 @@ pub async fn inbound(app: &TestApp, acc: &str, jid: &str, id: &str, text: &str) 
     r.json
 }
 
-/// Replies echo the inbound text without a model (tests of the send path and of what follows a reply).
-pub async fn echo(app: &TestApp) {
-    let r = app
-        .admin(
-            "PUT",
-            "/v1/ai/global",
-            Some(json!({"enabled": true, "echo_mode": true, "reply_delay_seconds": 0})),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
-}
-
 /// The AI log row for the reply triggered by `message_id`, once it reached a terminal status.
 pub async fn settled(app: &TestApp, acc: &str, message_id: &str) -> Value {
     eventually(20, &format!("reply to {message_id} settles"), || async {
@@ -347,7 +335,7 @@ both_stores!(reply_rules, rules_decide_before_any_call);
 
 async fn echo_mode_needs_no_model(app: TestApp) {
     app.create_account("acme").await;
-    echo(&app).await;
+    app.echo_mode().await;
     inbound(&app, "acme", JID, "e1", "echo me").await;
     let row = settled(&app, "acme", "e1").await;
     assert_eq!(

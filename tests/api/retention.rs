@@ -8,7 +8,7 @@ use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::helpers::{eventually, Backend, TestApp};
-use crate::replies::{echo, inbound, settled, JID};
+use crate::replies::{inbound, settled, JID};
 
 const OTHER: &str = "491709999999@s.whatsapp.net";
 /// Exchanges in `JID` (an inbound message and its echo each).
@@ -84,7 +84,7 @@ async fn pages_reach_past_memory(mut app: TestApp) {
         .await;
     assert_eq!(r.status, 201, "{}", r.text);
     let subscribed_at = app.head().await;
-    echo(&app).await;
+    app.echo_mode().await;
     let mut first_position = None;
     for i in 0..ROUNDS {
         let ack = inbound(&app, "acme", JID, &format!("a{i}"), &format!("hello {i}")).await;

@@ -604,14 +604,7 @@ async fn pages_past_the_read_models_memory() {
     vars.insert("WAGATE_READ_MODEL_AI_LOG_ROWS".into(), "2".into());
     let app = TestApp::spawn_with(Backend::Sqlite, dir, vars).await;
     app.create_account("acme").await;
-    let r = app
-        .admin(
-            "PUT",
-            "/v1/ai/global",
-            Some(json!({"enabled": true, "echo_mode": true, "reply_delay_seconds": 0})),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
+    app.echo_mode().await;
     for i in 0..5 {
         let r = app
             .admin(
