@@ -198,6 +198,11 @@ impl App {
         self.messages.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The messages read model, to change it outside a fold (the AI-log retention).
+    pub fn messages_mut(&self) -> std::sync::RwLockWriteGuard<'_, MessagesModel> {
+        self.messages.write().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Folds every committed event not folded yet into the read models, in position order.
     pub async fn catch_up(&self) -> Result<(), AppError> {
         use std::sync::atomic::Ordering;

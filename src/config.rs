@@ -141,6 +141,10 @@ pub struct Config {
     /// (`WAGATE_READ_MODEL_MESSAGES`, default 200000; `WAGATE_READ_MODEL_AI_LOG_ROWS`, default
     /// 100000). Older pages are read from the store (ADR 0013).
     pub read_model: Retention,
+    /// How long the AI log keeps a reply's text (`WAGATE_AI_LOG_BODY_RETENTION`, e.g. `30d`;
+    /// unset: kept). Older texts are erased from their `AiReplyGenerated` events; the message
+    /// sent to the customer stays in the chat.
+    pub ai_log_body_retention: Option<Duration>,
 }
 
 /// Webhook delivery settings.
@@ -589,6 +593,20 @@ impl Config {
                     .ok_or_else(|| invalid(var, "must be a whole number from 0 to 1000000000")),
             }
         };
+        let ai_log_body_retention = match vars.get("WAGATE_AI_LOG_BODY_RETENTION") {
+            None => None,
+            Some(v) => Some(
+                humantime::parse_duration(v.trim())
+                    .ok()
+                    .filter(|d| *d >= Duration::from_secs(1))
+                    .ok_or_else(|| {
+                        invalid(
+                            "WAGATE_AI_LOG_BODY_RETENTION",
+                            "must be a duration of at least 1s, such as 30d or 12h",
+                        )
+                    })?,
+            ),
+        };
         let read_model = Retention {
             messages: retained("WAGATE_READ_MODEL_MESSAGES", DEFAULT_READ_MODEL.messages)?,
             ai_log: retained("WAGATE_READ_MODEL_AI_LOG_ROWS", DEFAULT_READ_MODEL.ai_log)?,
@@ -612,6 +630,7 @@ impl Config {
                 takeover_minute,
                 webhooks,
                 read_model,
+                ai_log_body_retention,
             },
             first,
         ))
@@ -1045,6 +1064,37 @@ mod tests {
             0,
             "no dev files"
         );
+    }
+
+    #[test]
+    fn read_model_and_retention_settings() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (c, _) = Config::from_vars(&pg(dir.path(), &[])).expect("config");
+        assert_eq!(c.read_model, DEFAULT_READ_MODEL);
+        assert_eq!(c.ai_log_body_retention, None);
+        let (c, _) = Config::from_vars(&pg(
+            dir.path(),
+            &[
+                ("WAGATE_READ_MODEL_MESSAGES", "0"),
+                ("WAGATE_READ_MODEL_AI_LOG_ROWS", "5000"),
+                ("WAGATE_AI_LOG_BODY_RETENTION", "30d"),
+            ],
+        ))
+        .expect("config");
+        assert_eq!((c.read_model.messages, c.read_model.ai_log), (0, 5000));
+        assert_eq!(
+            c.ai_log_body_retention,
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        for (var, bad) in [
+            ("WAGATE_READ_MODEL_MESSAGES", "-1"),
+            ("WAGATE_READ_MODEL_AI_LOG_ROWS", "2000000000"),
+            ("WAGATE_AI_LOG_BODY_RETENTION", "0s"),
+            ("WAGATE_AI_LOG_BODY_RETENTION", "forever"),
+        ] {
+            let e = err_of(&pg(dir.path(), &[(var, bad)]));
+            assert!(e.contains(var), "{var}={bad}: {e}");
+        }
     }
 
     #[test]

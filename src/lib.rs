@@ -6,6 +6,7 @@
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod body_retention;
 pub mod chat_store;
 pub mod cli;
 pub mod cold;

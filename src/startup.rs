@@ -121,7 +121,10 @@ pub async fn start(config: Config) -> Result<Running, StartupError> {
             }
         }
     });
-    let background = crate::webhooks::start(&app);
+    let mut background = crate::webhooks::start(&app);
+    if let Some(retention) = app.config.ai_log_body_retention {
+        background.push(crate::body_retention::start(&app, retention));
+    }
     tracing::info!(%addr, store = app.store.kind(), position = app.model().position, "wagate listening");
     Ok(Running {
         addr,

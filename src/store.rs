@@ -130,7 +130,7 @@ const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
 /// before use for this long.
 const PING_ALL_AFTER_TROUBLE: Duration = Duration::from_secs(30);
 
-const SQLITE_TIME: &str = "%Y-%m-%dT%H:%M:%S%.3fZ";
+pub(crate) const SQLITE_TIME: &str = "%Y-%m-%dT%H:%M:%S%.3fZ";
 
 impl Store {
     /// Opens the pool. Never panics: a bad URL or an unreachable server is an error.

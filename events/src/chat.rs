@@ -799,6 +799,15 @@ impl Chat {
                 at,
             } => {
                 let (trigger, text) = match self.open(&reply_id)? {
+                    // Erased by the AI-log retention while it waited (a chat reloaded from
+                    // the store): never send an empty message.
+                    ReplyState::Generated { text, .. } if text.is_empty() => {
+                        return Ok(vec![ChatEvent::AiReplyFailed {
+                            reply_id,
+                            reason: "the reply's text was erased by the AI-log retention before it was sent".into(),
+                            attempts: vec![],
+                        }]);
+                    }
                     ReplyState::Generated { trigger, text } => (trigger.clone(), text.clone()),
                     ReplyState::Requested { .. } => {
                         return Err(DomainError::Conflict(format!(
@@ -996,6 +1005,27 @@ mod tests {
                 at: t0(),
             })
             .then_expect_events(sent_reply("r1", "out1"));
+    }
+
+    #[test]
+    fn a_reply_whose_text_was_erased_fails_instead_of_sending_nothing() {
+        let mut erased = generated("r1");
+        if let ChatEvent::AiReplyGenerated { text, .. } = &mut erased {
+            text.clear();
+        }
+        Fw::with(())
+            .given(vec![received("m1"), requested("r1", "m1"), erased])
+            .when(ChatCommand::SendReply {
+                reply_id: "r1".into(),
+                message_id: "out1".into(),
+                at: t0(),
+            })
+            .then_expect_events(vec![ChatEvent::AiReplyFailed {
+                reply_id: "r1".into(),
+                reason: "the reply's text was erased by the AI-log retention before it was sent"
+                    .into(),
+                attempts: vec![],
+            }]);
     }
 
     #[test]

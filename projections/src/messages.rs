@@ -178,7 +178,8 @@ impl ReplyTotals {
             ReplyStatus::Failed => self.failed += 1,
             ReplyStatus::Skipped => self.skipped += 1,
         }
-        if row.reply_text.is_some() {
+        // `model` is set with the text; the text itself may be erased by the retention.
+        if row.model.is_some() {
             self.generated += 1;
         }
         if let Some(u) = row.usage {
@@ -405,7 +406,8 @@ impl MessagesModel {
                     .or_default() += usage.total_tokens;
                 self.update(&reply_id, at, |r| {
                     r.status = ReplyStatus::Generated;
-                    r.reply_text = Some(text);
+                    // Empty: erased by the AI-log retention.
+                    r.reply_text = (!text.is_empty()).then_some(text);
                     r.model = Some(model);
                     r.usage = Some(usage);
                     r.latency_ms = Some(latency_ms);
@@ -526,14 +528,18 @@ impl MessagesModel {
         Some(row)
     }
 
-    fn update(&mut self, reply_id: &str, at: DateTime<Utc>, f: impl FnOnce(&mut AiLogRow)) {
-        let row = match self.index.get(reply_id).copied() {
+    /// A reply's row in memory, to change it.
+    fn row_mut(&mut self, reply_id: &str) -> Option<&mut AiLogRow> {
+        match self.index.get(reply_id).copied() {
             Some(n) => usize::try_from(n - self.log_base)
                 .ok()
                 .and_then(|i| self.ai_log.get_mut(i)),
             None => self.lingering.get_mut(reply_id),
-        };
-        if let Some(row) = row {
+        }
+    }
+
+    fn update(&mut self, reply_id: &str, at: DateTime<Utc>, f: impl FnOnce(&mut AiLogRow)) {
+        if let Some(row) = self.row_mut(reply_id) {
             f(row);
             row.updated_at = at;
         }
@@ -542,6 +548,13 @@ impl MessagesModel {
             if let Some(row) = self.lingering.remove(reply_id) {
                 self.evicted_totals.add(&row);
             }
+        }
+    }
+
+    /// Forgets a reply's text (the AI-log retention erased it from its event).
+    pub fn erase_reply_text(&mut self, reply_id: &str) {
+        if let Some(row) = self.row_mut(reply_id) {
+            row.reply_text = None;
         }
     }
 

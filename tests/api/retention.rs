@@ -243,3 +243,79 @@ async fn postgres() {
         pages_reach_past_memory(app).await;
     }
 }
+
+/// Security checklist item 15: with `WAGATE_AI_LOG_BODY_RETENTION`, a reply's text leaves the AI
+/// log (and its event) once the retention has passed; the row, its counters and the message
+/// sent to the customer stay.
+async fn ai_log_texts_expire(backend: Backend) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(mut vars) = TestApp::vars(backend, &dir).await else {
+        return;
+    };
+    vars.insert("WAGATE_AI_LOG_BODY_RETENTION".into(), "2s".into());
+    let mut app = TestApp::spawn_with(backend, dir, vars).await;
+    app.create_account("acme").await;
+    app.echo_mode().await;
+    inbound(&app, "acme", JID, "t1", "secret order details").await;
+    let row = settled(&app, "acme", "t1").await;
+    assert_eq!(row["reply_text"], "secret order details", "kept at first");
+    let row = eventually(20, "the reply text is erased", || async {
+        let r = app.admin("GET", "/v1/ai/logs?account_id=acme", None).await;
+        let row = r.json["items"][0].clone();
+        row["reply_text"].is_null().then_some(row)
+    })
+    .await;
+    assert_eq!(
+        (row["status"].as_str(), row["model"].as_str()),
+        (Some("sent"), Some("echo"))
+    );
+    // No event holds the text as the AI log's copy any more.
+    let store = store_of(&app).await;
+    const SQL: &str =
+        "SELECT CAST(payload AS text) FROM events WHERE event_type = 'AiReplyGenerated'";
+    let payloads: Vec<String> = match &store {
+        Store::Postgres(p) => sqlx::query_scalar(SQL).fetch_all(p).await,
+        Store::Sqlite(p) => sqlx::query_scalar(SQL).fetch_all(p).await,
+    }
+    .expect("payloads");
+    assert_eq!(payloads.len(), 1);
+    assert!(!payloads[0].contains("secret"), "{}", payloads[0]);
+    store.close().await;
+    // The conversation keeps the message; the counters still count the reply.
+    let msgs = all_pages(
+        &app,
+        &format!("/v1/accounts/acme/chats/{JID}/messages?limit=50"),
+        "before",
+    )
+    .await;
+    assert_eq!(
+        msgs.iter()
+            .filter(|m| m["text"] == "secret order details")
+            .count(),
+        2
+    );
+    let metrics = app
+        .send(app.client.get(format!("{}/metrics", app.base)))
+        .await;
+    assert!(
+        metrics
+            .text
+            .contains("wagate_ai_replies_total{status=\"generated\"} 1"),
+        "{}",
+        metrics.text
+    );
+    // A restart (a replay of the erased history) answers the same.
+    let before = audit::digest(None, Some(&app.app().messages()));
+    app.restart().await;
+    assert_eq!(audit::digest(None, Some(&app.app().messages())), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn texts_expire_sqlite() {
+    ai_log_texts_expire(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn texts_expire_postgres() {
+    ai_log_texts_expire(Backend::Postgres).await;
+}

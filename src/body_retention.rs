@@ -1,0 +1,108 @@
+//! The AI log's retention (security checklist item 15, ADR 0014): a reply's text is erased from
+//! its `AiReplyGenerated` event once `WAGATE_AI_LOG_BODY_RETENTION` has passed since the model
+//! answered. The row stays (status, model, usage, latency, reason); the message sent to the
+//! customer stays in the chat's messages, the conversation's record.
+//!
+//! This is the one change the gateway makes to a committed event: the text becomes `""`, every
+//! other field is kept, and the read models fold an empty text as no text, so a replay after
+//! the erasure answers as the running gateway does.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use chrono::Utc;
+use sqlx::Row;
+
+use crate::app::App;
+use crate::store::{Store, StoreError};
+
+/// Texts erased per statement.
+const BATCH: i64 = 1_000;
+/// The longest wait between two passes.
+const EVERY: Duration = Duration::from_secs(3600);
+
+/// Erases the texts of replies generated before `cutoff` and not erased yet, in the store and
+/// then in the read model; how many.
+pub async fn erase_before(app: &App, cutoff: chrono::DateTime<Utc>) -> Result<usize, StoreError> {
+    let mut total = 0;
+    loop {
+        let ids = erase_batch(&app.store, cutoff).await?;
+        if !ids.is_empty() {
+            let mut messages = app.messages_mut();
+            for id in &ids {
+                messages.erase_reply_text(id);
+            }
+        }
+        total += ids.len();
+        if (ids.len() as i64) < BATCH {
+            return Ok(total);
+        }
+    }
+}
+
+/// One statement: up to `BATCH` texts erased; the reply ids.
+async fn erase_batch(
+    store: &Store,
+    cutoff: chrono::DateTime<Utc>,
+) -> Result<Vec<String>, StoreError> {
+    const PG: &str = "UPDATE events \
+        SET payload = jsonb_set(payload::jsonb, '{AiReplyGenerated,text}', '\"\"')::json \
+        WHERE position IN (SELECT position FROM events WHERE event_type = 'AiReplyGenerated' \
+        AND recorded_at < $1 AND payload->'AiReplyGenerated'->>'text' <> '' \
+        ORDER BY position LIMIT $2) \
+        RETURNING payload->'AiReplyGenerated'->>'reply_id' AS reply_id";
+    const SQLITE: &str = "UPDATE events \
+        SET payload = json_set(payload, '$.AiReplyGenerated.text', '') \
+        WHERE position IN (SELECT position FROM events WHERE event_type = 'AiReplyGenerated' \
+        AND recorded_at < $1 AND json_extract(payload, '$.AiReplyGenerated.text') <> '' \
+        ORDER BY position LIMIT $2) \
+        RETURNING json_extract(payload, '$.AiReplyGenerated.reply_id') AS reply_id";
+    let rows = match store {
+        Store::Postgres(p) => sqlx::query(PG)
+            .bind(cutoff)
+            .bind(BATCH)
+            .fetch_all(p)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<String, _>("reply_id"))
+            .collect::<Result<Vec<_>, _>>()?,
+        Store::Sqlite(p) => sqlx::query(SQLITE)
+            .bind(cutoff.format(crate::store::SQLITE_TIME).to_string())
+            .bind(BATCH)
+            .fetch_all(p)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<String, _>("reply_id"))
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    Ok(rows)
+}
+
+/// Runs the erasure now and then every `retention / 4` (at most hourly), while the app lives.
+pub fn start(app: &Arc<App>, retention: Duration) -> tokio::task::JoinHandle<()> {
+    let weak: Weak<App> = Arc::downgrade(app);
+    let every = (retention / 4).clamp(Duration::from_secs(1), EVERY);
+    tokio::spawn(async move {
+        loop {
+            let Some(app) = weak.upgrade() else { return };
+            let cutoff = chrono::Duration::from_std(retention)
+                .ok()
+                .and_then(|d| Utc::now().checked_sub_signed(d));
+            let erased = match cutoff {
+                Some(cutoff) => erase_before(&app, cutoff).await,
+                // Longer than the calendar: nothing is that old.
+                None => Ok(0),
+            };
+            match erased {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(replies = n, "AI log retention: reply texts erased"),
+                Err(e) => {
+                    app.note_store_error();
+                    tracing::warn!(error = %e, "AI log retention failed; will retry");
+                }
+            }
+            drop(app);
+            tokio::time::sleep(every).await;
+        }
+    })
+}
