@@ -25,8 +25,12 @@ const EVERY: Duration = Duration::from_secs(3600);
 /// then in the read model; how many.
 pub async fn erase_before(app: &App, cutoff: chrono::DateTime<Utc>) -> Result<usize, StoreError> {
     let mut total = 0;
+    // Rows at or below the last batch's position were looked at in this pass: a cursor keeps the
+    // pass linear in the events it reads.
+    let mut after = 0;
     loop {
-        let ids = erase_batch(&app.store, cutoff).await?;
+        let (ids, last) = erase_batch(&app.store, cutoff, after).await?;
+        after = after.max(last);
         if !ids.is_empty() {
             let mut messages = app.messages_mut();
             for id in &ids {
@@ -40,42 +44,47 @@ pub async fn erase_before(app: &App, cutoff: chrono::DateTime<Utc>) -> Result<us
     }
 }
 
-/// One statement: up to `BATCH` texts erased; the reply ids.
+/// One statement: up to `BATCH` texts erased after position `after`; the reply ids and the
+/// highest position erased.
 async fn erase_batch(
     store: &Store,
     cutoff: chrono::DateTime<Utc>,
-) -> Result<Vec<String>, StoreError> {
+    after: i64,
+) -> Result<(Vec<String>, i64), StoreError> {
     const PG: &str = "UPDATE events \
         SET payload = jsonb_set(payload::jsonb, '{AiReplyGenerated,text}', '\"\"')::json \
         WHERE position IN (SELECT position FROM events WHERE event_type = 'AiReplyGenerated' \
-        AND recorded_at < $1 AND payload->'AiReplyGenerated'->>'text' <> '' \
+        AND position > $3 AND recorded_at < $1 AND payload->'AiReplyGenerated'->>'text' <> '' \
         ORDER BY position LIMIT $2) \
-        RETURNING payload->'AiReplyGenerated'->>'reply_id' AS reply_id";
+        RETURNING position, payload->'AiReplyGenerated'->>'reply_id' AS reply_id";
     const SQLITE: &str = "UPDATE events \
         SET payload = json_set(payload, '$.AiReplyGenerated.text', '') \
         WHERE position IN (SELECT position FROM events WHERE event_type = 'AiReplyGenerated' \
-        AND recorded_at < $1 AND json_extract(payload, '$.AiReplyGenerated.text') <> '' \
-        ORDER BY position LIMIT $2) \
-        RETURNING json_extract(payload, '$.AiReplyGenerated.reply_id') AS reply_id";
+        AND position > $3 AND recorded_at < $1 \
+        AND json_extract(payload, '$.AiReplyGenerated.text') <> '' ORDER BY position LIMIT $2) \
+        RETURNING position, json_extract(payload, '$.AiReplyGenerated.reply_id') AS reply_id";
     let rows = match store {
         Store::Postgres(p) => sqlx::query(PG)
             .bind(cutoff)
             .bind(BATCH)
+            .bind(after)
             .fetch_all(p)
             .await?
             .iter()
-            .map(|r| r.try_get::<String, _>("reply_id"))
-            .collect::<Result<Vec<_>, _>>()?,
+            .map(|r| Ok((r.try_get("position")?, r.try_get("reply_id")?)))
+            .collect::<Result<Vec<(i64, String)>, sqlx::Error>>()?,
         Store::Sqlite(p) => sqlx::query(SQLITE)
             .bind(cutoff.format(crate::store::SQLITE_TIME).to_string())
             .bind(BATCH)
+            .bind(after)
             .fetch_all(p)
             .await?
             .iter()
-            .map(|r| r.try_get::<String, _>("reply_id"))
-            .collect::<Result<Vec<_>, _>>()?,
+            .map(|r| Ok((r.try_get("position")?, r.try_get("reply_id")?)))
+            .collect::<Result<Vec<(i64, String)>, sqlx::Error>>()?,
     };
-    Ok(rows)
+    let last = rows.iter().map(|(p, _)| *p).max().unwrap_or(after);
+    Ok((rows.into_iter().map(|(_, id)| id).collect(), last))
 }
 
 /// Runs the erasure now and then every `retention / 4` (at most hourly), while the app lives.
