@@ -117,7 +117,10 @@ pub async fn thread(
         }
         let skip = messages.len().saturating_sub(n);
         let messages: Vec<MessageView> = messages.into_iter().skip(skip).collect();
-        let oldest = messages.first().map_or(0, |m| m.position);
+        let Some(oldest) = messages.first().map(|m| m.position) else {
+            // No messages, so no rows either.
+            return Some((vec![], vec![]));
+        };
         // Rows above `log_evicted_upto` are all in memory.
         if oldest <= m.log_evicted_upto {
             return None;
