@@ -45,6 +45,20 @@ fn key(acc: &str, jid: &str) -> (String, String) {
     (acc.to_string(), jid.to_string())
 }
 
+/// `answer` from the live model when it can (`Some`), else from the chat folded from the store.
+async fn memory_or_chat<T: Default>(
+    app: &App,
+    acc: &str,
+    jid: &str,
+    answer: impl Fn(&MessagesModel) -> Option<T>,
+) -> Result<T, AppError> {
+    if let Some(v) = answer(&app.messages()) {
+        return Ok(v);
+    }
+    let full = fold_chat(&app.store, acc, jid).await?;
+    Ok(answer(&full).unwrap_or_default())
+}
+
 /// A chat's messages newest first, older than `before`, `limit` at most (`GET .../messages`).
 /// From memory when it holds the whole page, else from the store.
 pub async fn messages_page(
@@ -54,9 +68,9 @@ pub async fn messages_page(
     before: Option<i64>,
     limit: usize,
 ) -> Result<Vec<MessageView>, AppError> {
-    let page = |m: &MessagesModel| -> (Vec<MessageView>, bool) {
+    memory_or_chat(app, acc, jid, |m| {
         let Some(chat) = m.chats.get(&key(acc, jid)) else {
-            return (vec![], true);
+            return Some(vec![]);
         };
         let items: Vec<MessageView> = chat
             .messages
@@ -66,13 +80,9 @@ pub async fn messages_page(
             .take(limit)
             .cloned()
             .collect();
-        let whole = items.len() == limit || chat.evicted == 0;
-        (items, whole)
-    };
-    if let (items, true) = page(&app.messages()) {
-        return Ok(items);
-    }
-    Ok(page(&fold_chat(&app.store, acc, jid).await?).0)
+        (items.len() == limit || chat.evicted == 0).then_some(items)
+    })
+    .await
 }
 
 /// The position of a chat's message `message_id` (a repeated inbound id answers with it).
@@ -82,21 +92,18 @@ pub async fn message_position(
     jid: &str,
     message_id: &str,
 ) -> Result<Option<i64>, AppError> {
-    let find = |m: &MessagesModel| -> (Option<i64>, bool) {
+    memory_or_chat(app, acc, jid, |m| {
         let Some(chat) = m.chats.get(&key(acc, jid)) else {
-            return (None, true);
+            return Some(None);
         };
         let found = chat
             .messages
             .iter()
             .find(|m| m.id == message_id)
             .map(|m| m.position);
-        (found, found.is_some() || chat.evicted == 0)
-    };
-    if let (found, true) = find(&app.messages()) {
-        return Ok(found);
-    }
-    Ok(find(&fold_chat(&app.store, acc, jid).await?).0)
+        (found.is_some() || chat.evicted == 0).then_some(found)
+    })
+    .await
 }
 
 /// A chat's newest `n` messages (oldest first) and its AI-log rows from the oldest of them on:
@@ -107,16 +114,15 @@ pub async fn thread(
     jid: &str,
     n: usize,
 ) -> Result<(Vec<MessageView>, Vec<AiLogRow>), AppError> {
-    let view = |m: &MessagesModel| -> Option<(Vec<MessageView>, Vec<AiLogRow>)> {
-        let (messages, evicted) = m
-            .chats
-            .get(&key(acc, jid))
-            .map_or((Default::default(), 0), |c| (c.messages.clone(), c.evicted));
-        if messages.len() < n && evicted > 0 {
+    memory_or_chat(app, acc, jid, |m| {
+        let Some(chat) = m.chats.get(&key(acc, jid)) else {
+            return Some((vec![], vec![]));
+        };
+        if chat.messages.len() < n && chat.evicted > 0 {
             return None;
         }
-        let skip = messages.len().saturating_sub(n);
-        let messages: Vec<MessageView> = messages.into_iter().skip(skip).collect();
+        let skip = chat.messages.len().saturating_sub(n);
+        let messages: Vec<MessageView> = chat.messages.iter().skip(skip).cloned().collect();
         let Some(oldest) = messages.first().map(|m| m.position) else {
             // No messages, so no rows either.
             return Some((vec![], vec![]));
@@ -132,12 +138,8 @@ pub async fn thread(
             .cloned()
             .collect();
         Some((messages, rows))
-    };
-    if let Some(v) = view(&app.messages()) {
-        return Ok(v);
-    }
-    let full = fold_chat(&app.store, acc, jid).await?;
-    Ok(view(&full).unwrap_or_default())
+    })
+    .await
 }
 
 /// The filters of `GET /v1/ai/logs`.

@@ -528,12 +528,17 @@ impl MessagesModel {
         Some(row)
     }
 
+    /// Where a reply's row is in `ai_log`, if it is there.
+    fn log_slot(&self, reply_id: &str) -> Option<usize> {
+        self.index
+            .get(reply_id)
+            .and_then(|n| usize::try_from(n - self.log_base).ok())
+    }
+
     /// A reply's row in memory, to change it.
     fn row_mut(&mut self, reply_id: &str) -> Option<&mut AiLogRow> {
-        match self.index.get(reply_id).copied() {
-            Some(n) => usize::try_from(n - self.log_base)
-                .ok()
-                .and_then(|i| self.ai_log.get_mut(i)),
+        match self.log_slot(reply_id) {
+            Some(i) => self.ai_log.get_mut(i),
             None => self.lingering.get_mut(reply_id),
         }
     }
@@ -568,10 +573,8 @@ impl MessagesModel {
 
     /// A reply's row, if it is in memory (every open row is).
     pub fn reply(&self, reply_id: &str) -> Option<&AiLogRow> {
-        match self.index.get(reply_id) {
-            Some(n) => usize::try_from(n - self.log_base)
-                .ok()
-                .and_then(|i| self.ai_log.get(i)),
+        match self.log_slot(reply_id) {
+            Some(i) => self.ai_log.get(i),
             None => self.lingering.get(reply_id),
         }
     }

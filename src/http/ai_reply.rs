@@ -77,10 +77,9 @@ async fn list_logs(
         status: q.status.as_deref(),
     };
     let items = cold::ai_log_page(&app, &filter, q.after, limit).await?;
-    let next_cursor = (items.len() == limit)
-        .then(|| items.last().map(|r| r.position.to_string()))
-        .flatten();
-    Ok(Json(ListResponse { items, next_cursor }))
+    Ok(Json(ListResponse::page(items, limit, |r| {
+        r.position.to_string()
+    })))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -115,11 +115,9 @@ async fn list_events(
         })
         .await
         .map_err(AppError::from)?;
-    let next_cursor = (events.len() as i64 == limit)
-        .then(|| events.last().map(|e| e.position.to_string()))
-        .flatten();
-    Ok(Json(ListResponse {
-        items: events.into_iter().map(EventView::from).collect(),
-        next_cursor,
-    }))
+    Ok(Json(ListResponse::page(
+        events.into_iter().map(EventView::from).collect(),
+        usize::try_from(limit).unwrap_or(0),
+        |e| e.position.to_string(),
+    )))
 }

@@ -170,10 +170,9 @@ async fn list_chats(
     }
     app.catch_up().await?;
     let items = chat_summaries(&app, &acc, q.before, limit);
-    let next_cursor = (items.len() == limit)
-        .then(|| items.last().map(|c| c.position.to_string()))
-        .flatten();
-    Ok(Json(ListResponse { items, next_cursor }))
+    Ok(Json(ListResponse::page(items, limit, |c| {
+        c.position.to_string()
+    })))
 }
 
 /// The account's chats from the read models, most recent first, whose newest message is before
@@ -257,10 +256,9 @@ async fn list_messages(
     }
     app.catch_up().await?;
     let items = cold::messages_page(&app, &acc, &jid, q.before, limit).await?;
-    let next_cursor = (items.len() == limit)
-        .then(|| items.last().map(|m| m.position.to_string()))
-        .flatten();
-    Ok(Json(ListResponse { items, next_cursor }))
+    Ok(Json(ListResponse::page(items, limit, |m| {
+        m.position.to_string()
+    })))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

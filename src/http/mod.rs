@@ -42,6 +42,16 @@ pub struct ListResponse<T> {
     pub next_cursor: Option<String>,
 }
 
+impl<T> ListResponse<T> {
+    /// A page of at most `limit` items: a full page's last item gives the cursor of the next.
+    pub fn page(items: Vec<T>, limit: usize, cursor: impl FnOnce(&T) -> String) -> Self {
+        let next_cursor = (items.len() == limit)
+            .then(|| items.last().map(cursor))
+            .flatten();
+        Self { items, next_cursor }
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "wagate", description = "WhatsApp gateway with AI auto-reply. See docs/API.md."),

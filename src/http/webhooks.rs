@@ -260,10 +260,11 @@ pub async fn deliveries(
     )
     .await
     .map_err(store_error)?;
-    let next_cursor = (items.len() as i64 == limit)
-        .then(|| items.last().map(|d| d.id.clone()))
-        .flatten();
-    Ok(ListResponse { items, next_cursor })
+    Ok(ListResponse::page(
+        items,
+        usize::try_from(limit).unwrap_or(0),
+        |d| d.id.clone(),
+    ))
 }
 
 /// Whether the webhook's deliveries may be sent again: only while it is active (404 when it is
