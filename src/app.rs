@@ -124,6 +124,20 @@ pub struct App {
     pub commit_stats: Arc<crate::group_commit::CommitStats>,
     /// Store failures seen by background work and commands (`/metrics`).
     store_errors: std::sync::atomic::AtomicU64,
+    /// The read-model checkpoint last loaded or written (ADR 0015).
+    pub checkpoint_stats: crate::checkpoint::CheckpointStats,
+    /// How the start folded the history.
+    pub start_stats: std::sync::OnceLock<StartStats>,
+}
+
+/// How a start built the read models (`/metrics`, the start's log line).
+#[derive(Debug, Clone, Copy)]
+pub struct StartStats {
+    /// Events read and folded (all of the history without a checkpoint).
+    pub events_folded: u64,
+    /// What became of the checkpoint.
+    pub checkpoint: crate::checkpoint::Found,
+    pub elapsed: Duration,
 }
 
 pub type SharedApp = Arc<App>;
@@ -144,6 +158,8 @@ impl App {
             delivery_wake: tokio::sync::Notify::new(),
             delivery_counters: Default::default(),
             store_errors: Default::default(),
+            checkpoint_stats: Default::default(),
+            start_stats: std::sync::OnceLock::new(),
             committer,
             commit_stats,
             env_layer,
@@ -162,26 +178,75 @@ impl App {
         Ok(app)
     }
 
-    /// Folds the whole history into the read models at start: the replay's parallel readers up
-    /// to the newest position (every lower one is committed or gone, ADR 0001), then a catch-up
-    /// for anything committed meanwhile. The same folds as `catch_up`, faster on a long history
-    /// (1.7× on a million events, docs/PERFORMANCE.md); the server answers nothing before this
+    /// Folds the history into the read models at start. From the newest usable checkpoint
+    /// (ADR 0015): the config model from its own history (its index), the messages model from
+    /// the checkpoint plus the chat events after it. Without one: the replay's parallel readers
+    /// over the whole history (1.7× a sequential fold on a million events, docs/PERFORMANCE.md).
+    /// Then a catch-up for anything committed meanwhile; the server answers nothing before this
     /// is done.
     async fn load(&self) -> Result<(), AppError> {
+        use crate::checkpoint::Found;
         use std::sync::atomic::Ordering;
-        let report = crate::audit::replay(
-            &self.store,
-            None,
-            crate::audit::Projection::All,
-            self.config.read_model,
-            false,
-        )
-        .await?;
-        if let (Some(config), Some(messages)) = (report.config, report.messages) {
+        let started = std::time::Instant::now();
+        let head = self.store.head().await?;
+        let (checkpoint, found) = if self.config.checkpoint_every > 0 {
+            crate::checkpoint::load(&self.store, self.config.read_model, head).await?
+        } else {
+            (None, Found::None)
+        };
+        let (config, messages, events_folded) = match checkpoint {
+            Some(model) => {
+                self.checkpoint_stats.record(model.position);
+                let config = self.model_at(head).await?;
+                let (messages, events) =
+                    crate::audit::fold_messages_after(&self.store, model, head).await?;
+                (config, messages, events)
+            }
+            None => {
+                let report = crate::audit::replay(
+                    &self.store,
+                    Some(head),
+                    crate::audit::Projection::All,
+                    self.config.read_model,
+                    false,
+                )
+                .await?;
+                let (Some(config), Some(messages)) = (report.config, report.messages) else {
+                    return Err(AppError::Internal("the replay built no read model".into()));
+                };
+                (config, messages, report.events)
+            }
+        };
+        {
             let _guard = self.catch_up_lock.lock().await;
             *self.model.write().unwrap_or_else(|p| p.into_inner()) = config;
             *self.messages.write().unwrap_or_else(|p| p.into_inner()) = messages;
-            self.folded.store(report.position, Ordering::Release);
+            self.folded.store(head, Ordering::Release);
+        }
+        let stats = StartStats {
+            events_folded,
+            checkpoint: found,
+            elapsed: started.elapsed(),
+        };
+        let _ = self.start_stats.set(stats);
+        match found {
+            Found::Loaded(position) => tracing::info!(
+                checkpoint = position,
+                events = events_folded,
+                ms = stats.elapsed.as_millis() as u64,
+                "read models loaded from a checkpoint"
+            ),
+            Found::Ignored(why) => tracing::info!(
+                reason = why,
+                events = events_folded,
+                ms = stats.elapsed.as_millis() as u64,
+                "read-model checkpoint ignored; folded the whole history"
+            ),
+            Found::None => tracing::info!(
+                events = events_folded,
+                ms = stats.elapsed.as_millis() as u64,
+                "read models folded from the whole history"
+            ),
         }
         self.catch_up().await
     }

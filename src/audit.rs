@@ -85,21 +85,78 @@ pub async fn replay(
     };
     let config_history = projection == Projection::Config;
     let started = Instant::now();
+    let events = fold_range(
+        store,
+        (0, head),
+        types,
+        config_history,
+        (&mut config, &mut messages),
+        &bar,
+    )
+    .await?;
+    bar.finish_and_clear();
+    if let Some(c) = config.as_mut() {
+        c.position = head;
+    }
+    Ok(ReplayReport {
+        events,
+        position: head,
+        elapsed: started.elapsed(),
+        config,
+        messages,
+    })
+}
+
+/// Folds the chat events after `model`'s position up to `head` into it (a start from a
+/// checkpoint, ADR 0015); the model and how many events were folded.
+pub async fn fold_messages_after(
+    store: &Store,
+    model: MessagesModel,
+    head: i64,
+) -> Result<(MessagesModel, u64), StoreError> {
+    let after = model.position;
+    let mut messages = Some(model);
+    let events = fold_range(
+        store,
+        (after, head),
+        &["chat"],
+        false,
+        (&mut None, &mut messages),
+        &ProgressBar::hidden(),
+    )
+    .await?;
+    let mut model = messages.unwrap_or_default();
+    model.position = model.position.max(head);
+    Ok((model, events))
+}
+
+/// Folds the events in positions `(after, head]` (of `types`, or the config history) into the
+/// models; how many were folded.
+async fn fold_range(
+    store: &Store,
+    (after, head): (i64, i64),
+    types: &[&'static str],
+    config_history: bool,
+    (config, messages): (&mut Option<ConfigModel>, &mut Option<MessagesModel>),
+    bar: &ProgressBar,
+) -> Result<u64, StoreError> {
     // Reading (queries and row decoding) runs in several tasks over consecutive position
     // ranges, ahead of the fold, which takes the batches in order.
-    let ranges: Vec<(i64, i64)> = (0..head)
+    let ranges: Vec<(i64, i64)> = (after..head)
         .step_by(usize::try_from(BATCH).unwrap_or(1))
         .map(|lo| (lo, (lo + BATCH).min(head)))
         .collect();
+    let types = types.to_vec();
     let mut batches = futures::stream::iter(ranges.into_iter().map(|(lo, hi)| {
         let store = store.clone();
+        let types = types.clone();
         tokio::spawn(async move {
             let batch = store
                 .read_raw(&EventQuery {
                     after: lo,
                     until: Some(hi),
                     limit: BATCH,
-                    aggregate_types: types,
+                    aggregate_types: &types,
                     config_history,
                     ..Default::default()
                 })
@@ -121,20 +178,10 @@ pub async fn replay(
             bar.set_position(u64::try_from(last.position).unwrap_or(0));
         }
         for (ev, parsed) in batch {
-            fold(&mut config, &mut messages, &ev, parsed)?;
+            fold(config, messages, &ev, parsed)?;
         }
     }
-    bar.finish_and_clear();
-    if let Some(c) = config.as_mut() {
-        c.position = head;
-    }
-    Ok(ReplayReport {
-        events,
-        position: head,
-        elapsed: started.elapsed(),
-        config,
-        messages,
-    })
+    Ok(events)
 }
 
 /// Parses an event for the read models: a chat event straight from its JSON text into its typed

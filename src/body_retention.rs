@@ -63,25 +63,52 @@ async fn erase_batch(
         AND position > $3 AND recorded_at < $1 \
         AND json_extract(payload, '$.AiReplyGenerated.text') <> '' ORDER BY position LIMIT $2) \
         RETURNING position, json_extract(payload, '$.AiReplyGenerated.reply_id') AS reply_id";
-    let rows = match store {
-        Store::Postgres(p) => sqlx::query(PG)
-            .bind(cutoff)
-            .bind(BATCH)
-            .bind(after)
-            .fetch_all(p)
-            .await?
-            .iter()
-            .map(|r| Ok((r.try_get("position")?, r.try_get("reply_id")?)))
-            .collect::<Result<Vec<(i64, String)>, sqlx::Error>>()?,
-        Store::Sqlite(p) => sqlx::query(SQLITE)
-            .bind(cutoff.format(crate::store::SQLITE_TIME).to_string())
-            .bind(BATCH)
-            .bind(after)
-            .fetch_all(p)
-            .await?
-            .iter()
-            .map(|r| Ok((r.try_get("position")?, r.try_get("reply_id")?)))
-            .collect::<Result<Vec<(i64, String)>, sqlx::Error>>()?,
+    // In the erasure's transaction: the highest position erased, so a start from an older
+    // read-model checkpoint erases these texts in memory too (ADR 0015).
+    const MARK_PG: &str = "INSERT INTO ai_log_erasures (id, upto_position) VALUES (1, $1) \
+        ON CONFLICT (id) DO UPDATE \
+        SET upto_position = GREATEST(ai_log_erasures.upto_position, excluded.upto_position)";
+    const MARK_SQLITE: &str = "INSERT INTO ai_log_erasures (id, upto_position) VALUES (1, $1) \
+        ON CONFLICT (id) DO UPDATE \
+        SET upto_position = MAX(ai_log_erasures.upto_position, excluded.upto_position)";
+    let rows: Vec<(i64, String)> = match store {
+        Store::Postgres(p) => {
+            let mut tx = p.begin().await?;
+            let rows = sqlx::query(PG)
+                .bind(cutoff)
+                .bind(BATCH)
+                .bind(after)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get("position")?, r.try_get("reply_id")?)))
+                .collect::<Result<Vec<(i64, String)>, sqlx::Error>>()?;
+            if let Some(last) = rows.iter().map(|(p, _)| *p).max() {
+                sqlx::query(MARK_PG).bind(last).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            rows
+        }
+        Store::Sqlite(p) => {
+            let mut tx = p.begin().await?;
+            let rows = sqlx::query(SQLITE)
+                .bind(cutoff.format(crate::store::SQLITE_TIME).to_string())
+                .bind(BATCH)
+                .bind(after)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get("position")?, r.try_get("reply_id")?)))
+                .collect::<Result<Vec<(i64, String)>, sqlx::Error>>()?;
+            if let Some(last) = rows.iter().map(|(p, _)| *p).max() {
+                sqlx::query(MARK_SQLITE)
+                    .bind(last)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            rows
+        }
     };
     let last = rows.iter().map(|(p, _)| *p).max().unwrap_or(after);
     Ok((rows.into_iter().map(|(_, id)| id).collect(), last))

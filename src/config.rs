@@ -113,6 +113,9 @@ pub const DEFAULT_READ_MODEL: Retention = Retention {
     ai_log: 100_000,
 };
 
+/// Events folded between two read-model checkpoints unless configured (ADR 0015).
+pub const DEFAULT_CHECKPOINT_EVERY: u64 = 1_000_000;
+
 /// The validated configuration. `Debug` prints no secret (see [`Config::redacted_summary`]).
 pub struct Config {
     pub listen: SocketAddr,
@@ -145,6 +148,11 @@ pub struct Config {
     /// unset: kept). Older texts are erased from their `AiReplyGenerated` events; the message
     /// sent to the customer stays in the chat.
     pub ai_log_body_retention: Option<Duration>,
+    /// Events folded between two checkpoints of the messages read model
+    /// (`WAGATE_READ_MODEL_CHECKPOINT_EVERY`, default 1000000; 0 turns checkpoints off, written
+    /// and read). A start folds only the events after the newest checkpoint (ADR 0015); one is
+    /// also written when the gateway stops.
+    pub checkpoint_every: u64,
 }
 
 /// Webhook delivery settings.
@@ -611,6 +619,10 @@ impl Config {
             messages: retained("WAGATE_READ_MODEL_MESSAGES", DEFAULT_READ_MODEL.messages)?,
             ai_log: retained("WAGATE_READ_MODEL_AI_LOG_ROWS", DEFAULT_READ_MODEL.ai_log)?,
         };
+        let checkpoint_every = retained(
+            "WAGATE_READ_MODEL_CHECKPOINT_EVERY",
+            DEFAULT_CHECKPOINT_EVERY as usize,
+        )? as u64;
 
         Ok((
             Config {
@@ -631,6 +643,7 @@ impl Config {
                 webhooks,
                 read_model,
                 ai_log_body_retention,
+                checkpoint_every,
             },
             first,
         ))
@@ -1072,9 +1085,11 @@ mod tests {
         let (c, _) = Config::from_vars(&pg(dir.path(), &[])).expect("config");
         assert_eq!(c.read_model, DEFAULT_READ_MODEL);
         assert_eq!(c.ai_log_body_retention, None);
+        assert_eq!(c.checkpoint_every, DEFAULT_CHECKPOINT_EVERY);
         let (c, _) = Config::from_vars(&pg(
             dir.path(),
             &[
+                ("WAGATE_READ_MODEL_CHECKPOINT_EVERY", "0"),
                 ("WAGATE_READ_MODEL_MESSAGES", "0"),
                 ("WAGATE_READ_MODEL_AI_LOG_ROWS", "5000"),
                 ("WAGATE_AI_LOG_BODY_RETENTION", "30d"),
@@ -1082,6 +1097,7 @@ mod tests {
         ))
         .expect("config");
         assert_eq!((c.read_model.messages, c.read_model.ai_log), (0, 5000));
+        assert_eq!(c.checkpoint_every, 0);
         assert_eq!(
             c.ai_log_body_retention,
             Some(Duration::from_secs(30 * 86_400))
@@ -1089,6 +1105,7 @@ mod tests {
         for (var, bad) in [
             ("WAGATE_READ_MODEL_MESSAGES", "-1"),
             ("WAGATE_READ_MODEL_AI_LOG_ROWS", "2000000000"),
+            ("WAGATE_READ_MODEL_CHECKPOINT_EVERY", "many"),
             ("WAGATE_AI_LOG_BODY_RETENTION", "0s"),
             ("WAGATE_AI_LOG_BODY_RETENTION", "forever"),
         ] {

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod auth;
 pub mod body_retention;
 pub mod chat_store;
+pub mod checkpoint;
 pub mod cli;
 pub mod cold;
 pub mod config;

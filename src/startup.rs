@@ -65,6 +65,15 @@ impl Running {
         if let Err(e) = (&mut self.task).await {
             tracing::warn!(error = %e, "server task ended abnormally");
         }
+        // A checkpoint of everything committed, so the next start folds nothing (ADR 0015).
+        if self.app.config.checkpoint_every > 0 {
+            match self.app.catch_up().await {
+                Ok(()) => {
+                    crate::checkpoint::write_logged(&self.app).await;
+                }
+                Err(e) => tracing::warn!(error = %e, "no checkpoint at stop: catch-up failed"),
+            }
+        }
         self.app.store.close().await;
     }
 
@@ -122,6 +131,9 @@ pub async fn start(config: Config) -> Result<Running, StartupError> {
         }
     });
     let mut background = crate::webhooks::start(&app);
+    if app.config.checkpoint_every > 0 {
+        background.push(crate::checkpoint::start(&app, app.config.checkpoint_every));
+    }
     if let Some(retention) = app.config.ai_log_body_retention {
         background.push(crate::body_retention::start(&app, retention));
     }

@@ -17,14 +17,14 @@ use wagate_events::chat::{ChatEvent, MessageKind, ModelAttempt, Source, TokenUsa
 use crate::config::FoldError;
 use crate::StoredEvent;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     Inbound,
     Outbound,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MessageView {
     pub id: String,
     pub chat_id: String,
@@ -40,7 +40,8 @@ pub struct MessageView {
     pub contact_name: Option<String>,
     /// `received` (inbound); outbound: `sent`, then `delivered`, `read` or `failed` as the
     /// transport reports them.
-    pub status: &'static str,
+    #[serde(deserialize_with = "message_status")]
+    pub status: StatusName,
     /// Why delivery failed, when the transport said so.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status_error: Option<String>,
@@ -52,7 +53,7 @@ pub struct MessageView {
     pub position: i64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ReplyStatus {
     /// Requested, not decided yet.
@@ -75,7 +76,7 @@ impl ReplyStatus {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AiLogRow {
     pub id: String,
     pub account_id: String,
@@ -110,7 +111,7 @@ impl AiLogRow {
 }
 
 /// How much of the history the model keeps in memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Retention {
     /// The newest messages, across all chats.
     pub messages: usize,
@@ -149,7 +150,7 @@ pub const LATENCY_BUCKETS: [f64; 12] = [
 ];
 
 /// What AI-log rows add up to (the `/metrics` counters): by status, tokens and model latency.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplyTotals {
     /// Rows by status.
     pub pending: u64,
@@ -201,7 +202,7 @@ impl ReplyTotals {
     }
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChatView {
     /// The chat's newest messages, oldest first: all of them unless `evicted > 0`.
     pub messages: VecDeque<MessageView>,
@@ -216,10 +217,13 @@ pub struct ChatView {
     slot: u32,
 }
 
-#[derive(Debug, Clone, Default)]
+/// Serializable whole (the start-up checkpoint, ADR 0015): every field, private ones included,
+/// is part of the state a fold builds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MessagesModel {
     pub position: i64,
     /// Keyed by (account id, JID). Every chat stays; only old messages leave.
+    #[serde(with = "pairs")]
     pub chats: BTreeMap<(String, String), ChatView>,
     /// The newest rows, in the order replies were requested.
     pub ai_log: VecDeque<AiLogRow>,
@@ -239,7 +243,47 @@ pub struct MessagesModel {
     retention: Retention,
     /// Model tokens (`total_tokens` of generated replies) per (account id, UTC day of the
     /// event): the daily token budget counts these, so a replay counts the same.
+    #[serde(with = "pairs")]
     pub tokens_by_day: HashMap<(String, NaiveDate), u64>,
+}
+
+/// Maps with tuple keys, serialized as sequences of pairs (JSON objects take only text keys).
+mod pairs {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<'a, S, M, K, V>(map: &'a M, s: S) -> Result<S::Ok, S::Error>
+    where
+        S: Serializer,
+        &'a M: IntoIterator<Item = (&'a K, &'a V)>,
+        K: Serialize + 'a,
+        V: Serialize + 'a,
+    {
+        s.collect_seq(map)
+    }
+
+    pub fn deserialize<'de, D, M, K, V>(d: D) -> Result<M, D::Error>
+    where
+        D: Deserializer<'de>,
+        M: FromIterator<(K, V)>,
+        K: Deserialize<'de>,
+        V: Deserialize<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
+    }
+}
+
+/// A message status's name. An alias, not `&'static str` written out: serde's derive would
+/// otherwise make the whole model borrow from its input (`'de: 'static`).
+pub type StatusName = &'static str;
+
+/// A message's status, as one of the names the fold uses (a checkpoint holds them as text).
+fn message_status<'de, D: serde::Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
+    const NAMES: [&str; 5] = ["received", "sent", "delivered", "read", "failed"];
+    let name = String::deserialize(d)?;
+    NAMES
+        .into_iter()
+        .find(|n| *n == name)
+        .ok_or_else(|| serde::de::Error::unknown_variant(&name, &NAMES))
 }
 
 fn parse(ev: &StoredEvent) -> Result<ChatEvent, FoldError> {
@@ -250,6 +294,22 @@ fn parse(ev: &StoredEvent) -> Result<ChatEvent, FoldError> {
 }
 
 impl MessagesModel {
+    /// The shape of the model as a checkpoint stores it (ADR 0015): a checkpoint of another
+    /// format is ignored. Bump it with any change to the model's fields or to its fold, and pin
+    /// the new shape in `checkpoint_format_pins_the_folded_model`.
+    pub const CHECKPOINT_FORMAT: i32 = 1;
+
+    /// The position of the oldest AI-log row in memory that still has its reply text, if any
+    /// (a start from a checkpoint looks for texts erased since, from there on).
+    pub fn oldest_text_position(&self) -> Option<i64> {
+        self.ai_log
+            .iter()
+            .chain(self.lingering.values())
+            .filter(|r| r.reply_text.is_some())
+            .map(|r| r.position)
+            .min()
+    }
+
     /// An empty model that keeps at most what `retention` allows in memory.
     pub fn with_retention(retention: Retention) -> Self {
         Self {
@@ -825,5 +885,272 @@ mod tests {
         assert_eq!(only.totals(), all.totals());
         assert_eq!(all.totals().skipped, 1);
         assert_eq!(all.totals().failed, 1);
+    }
+
+    /// A small model with something in every part of its state: messages and rows evicted, a
+    /// row lingering open, totals and tokens of evicted rows, a delivery status.
+    fn every_part_folded() -> MessagesModel {
+        let mut m = MessagesModel::with_retention(Retention {
+            messages: 3,
+            ai_log: 1,
+        });
+        let at = "2026-11-25T10:00:00Z";
+        let recorded: DateTime<Utc> = at.parse().expect("time");
+        for (pos, chat, p) in [
+            (
+                1,
+                "1",
+                json!({"MessageReceived":{"message_id":"m1","from":"1","text":"hi","from_me":false,"at":at}}),
+            ),
+            (
+                2,
+                "1",
+                json!({"AiReplyRequested":{"reply_id":"r1","trigger_message_id":"m1"}}),
+            ),
+            (
+                3,
+                "1",
+                json!({"AiReplyGenerated":{"reply_id":"r1","text":"hello","model":"gpt","usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5},"latency_ms":700}}),
+            ),
+            (
+                4,
+                "1",
+                json!({"MessageSent":{"message_id":"o1","text":"hello","source":"ai","ai_reply_id":"r1","at":at}}),
+            ),
+            (
+                5,
+                "1",
+                json!({"AiReplySent":{"reply_id":"r1","message_id":"o1"}}),
+            ),
+            (
+                6,
+                "1",
+                json!({"MessageStatusUpdated":{"message_id":"o1","status":"read","at":at}}),
+            ),
+            (
+                7,
+                "2",
+                json!({"MessageReceived":{"message_id":"m2","from":"2","text":"yo","from_me":false,"at":at,"contact_name":"Ana"}}),
+            ),
+            (
+                8,
+                "2",
+                json!({"AiReplyRequested":{"reply_id":"r2","trigger_message_id":"m2"}}),
+            ),
+            (
+                9,
+                "2",
+                json!({"MessageReceived":{"message_id":"m3","from":"2","text":"?","from_me":false,"at":at}}),
+            ),
+            (
+                10,
+                "2",
+                json!({"AiReplyRequested":{"reply_id":"r3","trigger_message_id":"m3"}}),
+            ),
+        ] {
+            let mut e = chat_ev(pos, chat, p);
+            e.recorded_at = recorded;
+            m.apply(&e).expect("fold");
+        }
+        m
+    }
+
+    const PINNED: &str = r#"{
+ "ai_log": [
+  {
+   "account_id": "acme",
+   "attempts": [],
+   "chat_id": "2@s.whatsapp.net",
+   "created_at": "2026-11-25T10:00:00Z",
+   "fallback": false,
+   "id": "r3",
+   "latency_ms": null,
+   "model": null,
+   "position": 10,
+   "reason": null,
+   "reply_text": null,
+   "status": "pending",
+   "trigger_message_id": "m3",
+   "updated_at": "2026-11-25T10:00:00Z",
+   "usage": null
+  }
+ ],
+ "chats": [
+  [
+   [
+    "acme",
+    "1@s.whatsapp.net"
+   ],
+   {
+    "evicted": 1,
+    "last_message_at": "2026-11-25T10:00:00Z",
+    "last_position": 4,
+    "message_count": 2,
+    "messages": [
+     {
+      "ai_reply_id": "r1",
+      "chat_id": "1@s.whatsapp.net",
+      "created_at": "2026-11-25T10:00:00Z",
+      "direction": "outbound",
+      "from": "acme",
+      "from_me": true,
+      "id": "o1",
+      "kind": "text",
+      "position": 4,
+      "source": "ai",
+      "status": "read",
+      "status_updated_at": "2026-11-25T10:00:00Z",
+      "text": "hello"
+     }
+    ],
+    "slot": 0
+   }
+  ],
+  [
+   [
+    "acme",
+    "2@s.whatsapp.net"
+   ],
+   {
+    "evicted": 0,
+    "last_message_at": "2026-11-25T10:00:00Z",
+    "last_position": 9,
+    "message_count": 2,
+    "messages": [
+     {
+      "chat_id": "2@s.whatsapp.net",
+      "contact_name": "Ana",
+      "created_at": "2026-11-25T10:00:00Z",
+      "direction": "inbound",
+      "from": "2",
+      "from_me": false,
+      "id": "m2",
+      "kind": "text",
+      "position": 7,
+      "source": "customer",
+      "status": "received",
+      "text": "yo"
+     },
+     {
+      "chat_id": "2@s.whatsapp.net",
+      "created_at": "2026-11-25T10:00:00Z",
+      "direction": "inbound",
+      "from": "2",
+      "from_me": false,
+      "id": "m3",
+      "kind": "text",
+      "position": 9,
+      "source": "customer",
+      "status": "received",
+      "text": "?"
+     }
+    ],
+    "slot": 1
+   }
+  ]
+ ],
+ "evicted_totals": {
+  "completion_tokens": 2,
+  "failed": 0,
+  "generated": 1,
+  "in_generated": 0,
+  "latency_buckets": [
+   0,
+   0,
+   0,
+   0,
+   1,
+   1,
+   1,
+   1,
+   1,
+   1,
+   1,
+   1
+  ],
+  "latency_count": 1,
+  "latency_sum_ms": 700,
+  "pending": 0,
+  "prompt_tokens": 3,
+  "sent": 1,
+  "skipped": 0
+ },
+ "index": {
+  "r3": 2
+ },
+ "lingering": {
+  "r2": {
+   "account_id": "acme",
+   "attempts": [],
+   "chat_id": "2@s.whatsapp.net",
+   "created_at": "2026-11-25T10:00:00Z",
+   "fallback": false,
+   "id": "r2",
+   "latency_ms": null,
+   "model": null,
+   "position": 8,
+   "reason": null,
+   "reply_text": null,
+   "status": "pending",
+   "trigger_message_id": "m2",
+   "updated_at": "2026-11-25T10:00:00Z",
+   "usage": null
+  }
+ },
+ "log_base": 2,
+ "log_evicted_upto": 8,
+ "order": [
+  0,
+  1,
+  1
+ ],
+ "position": 10,
+ "retention": {
+  "ai_log": 1,
+  "messages": 3
+ },
+ "slots": [
+  [
+   "acme",
+   "1@s.whatsapp.net"
+  ],
+  [
+   "acme",
+   "2@s.whatsapp.net"
+  ]
+ ],
+ "tokens_by_day": [
+  [
+   [
+    "acme",
+    "2026-11-25"
+   ],
+   5
+  ]
+ ]
+}"#;
+
+    /// Checkpoints store the model as serialized; one folded with another shape or fold would be
+    /// read wrong. If this fails, the model or its fold changed: bump
+    /// `MessagesModel::CHECKPOINT_FORMAT` and pin the new shape here.
+    #[test]
+    fn checkpoint_format_pins_the_folded_model() {
+        let model: serde_json::Value = serde_json::from_str(PINNED).expect("pinned JSON");
+        let pinned = json!({"format": 1, "model": model});
+        let model = every_part_folded();
+        let now = json!({"format": MessagesModel::CHECKPOINT_FORMAT, "model": model});
+        assert_eq!(
+            now,
+            pinned,
+            "the checkpoint of a folded model changed: bump MessagesModel::CHECKPOINT_FORMAT and pin it here:\n{}",
+            serde_json::to_string(&now["model"]).unwrap_or_default()
+        );
+        let back: MessagesModel = serde_json::from_value(now["model"].clone()).expect("reads back");
+        assert_eq!(back, model);
+        assert_eq!(
+            back.oldest_text_position(),
+            None,
+            "r1's row left memory decided"
+        );
     }
 }

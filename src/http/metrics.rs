@@ -185,6 +185,30 @@ async fn metrics(State(app): State<SharedApp>) -> Response {
         "Event store failures seen by this process.",
     );
     t.sample("wagate_store_errors_total", &[], app.store_errors());
+    if let Some(start) = app.start_stats.get() {
+        t.family(
+            "wagate_start_events_folded",
+            "gauge",
+            "Events this process folded into its read models at start (ADR 0015).",
+        );
+        t.sample("wagate_start_events_folded", &[], start.events_folded);
+        t.family(
+            "wagate_start_seconds",
+            "gauge",
+            "How long this process took to build its read models at start.",
+        );
+        t.sample("wagate_start_seconds", &[], start.elapsed.as_secs_f64());
+    }
+    t.family(
+        "wagate_read_model_checkpoint_position",
+        "gauge",
+        "Position of the read-model checkpoint this process last loaded or wrote (0: none).",
+    );
+    t.sample(
+        "wagate_read_model_checkpoint_position",
+        &[],
+        app.checkpoint_stats.position(),
+    );
 
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],

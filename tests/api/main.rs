@@ -6,6 +6,7 @@ mod accounts;
 mod ai_config;
 mod auth;
 mod bad_input;
+mod checkpoint;
 mod cloud_api;
 mod control;
 mod crash;

@@ -1,0 +1,240 @@
+//! Checkpoints of the messages read model (ADR 0015): the model as folded up to a position,
+//! stored in the store itself, so a start folds only the events after it instead of the whole
+//! history. The config read model needs none: its own history is read through its index
+//! (`events_config_history`).
+//!
+//! A checkpoint is a cache of the events, never the truth. One whose format or retention is not
+//! the running gateway's, whose position the history does not reach, or that does not read
+//! back, is ignored and the start folds everything; deleting the table's rows is always safe.
+//! Texts the AI-log retention erased after a checkpoint was written are erased again when it is
+//! loaded (`ai_log_erasures`, written in the erasure's own transaction).
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use wagate_projections::messages::{MessagesModel, Retention};
+
+use crate::app::App;
+use crate::store::{Store, StoreError};
+
+/// The one checkpoint's name (the table has room for other read models).
+const NAME: &str = "messages";
+/// How often the writer looks at how far the read models folded.
+const LOOK_EVERY: Duration = Duration::from_secs(10);
+
+/// Runs `$body` with `$pool` bound to the store's pool, whichever backend it is.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store {
+            Store::Postgres($pool) => $body,
+            Store::Sqlite($pool) => $body,
+        }
+    };
+}
+
+/// How a checkpoint records the retention it was folded with: a model folded with another
+/// retention holds other messages and rows.
+fn retention_key(r: Retention) -> String {
+    format!("messages={},ai_log={}", r.messages, r.ai_log)
+}
+
+/// What a start found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// No checkpoint (or checkpoints are off).
+    None,
+    /// A checkpoint that cannot be used, and why.
+    Ignored(&'static str),
+    /// Loaded, at this position.
+    Loaded(i64),
+}
+
+/// The newest checkpoint, if it can be used with `retention` on a history whose newest position
+/// is `head`, with the texts erased since it was written erased in it too.
+pub async fn load(
+    store: &Store,
+    retention: Retention,
+    head: i64,
+) -> Result<(Option<MessagesModel>, Found), StoreError> {
+    const SQL: &str =
+        "SELECT position, format, retention, body FROM read_model_checkpoints WHERE name = $1";
+    let row: Option<(i64, i32, String, Vec<u8>)> = on_pool!(store, pool => sqlx::query_as(SQL)
+        .bind(NAME)
+        .fetch_optional(pool)
+        .await?);
+    let Some((position, format, kept, body)) = row else {
+        return Ok((None, Found::None));
+    };
+    if format != MessagesModel::CHECKPOINT_FORMAT {
+        return Ok((None, Found::Ignored("written by another version")));
+    }
+    if kept != retention_key(retention) {
+        return Ok((
+            None,
+            Found::Ignored("written with other read-model settings"),
+        ));
+    }
+    if position > head {
+        return Ok((None, Found::Ignored("newer than the history")));
+    }
+    let parsed =
+        tokio::task::spawn_blocking(move || serde_json::from_slice::<MessagesModel>(&body))
+            .await
+            .map_err(|e| StoreError::Other(format!("reading the checkpoint failed: {e}")))?;
+    let mut model = match parsed {
+        Ok(m) if m.position == position && m.retention() == retention => m,
+        Ok(_) => return Ok((None, Found::Ignored("its model does not match its row"))),
+        Err(e) => {
+            tracing::warn!(error = %e, "the read-model checkpoint does not read back");
+            return Ok((None, Found::Ignored("it does not read back")));
+        }
+    };
+    let erased = erased_since(store, &model).await?;
+    for id in &erased {
+        model.erase_reply_text(id);
+    }
+    Ok((Some(model), Found::Loaded(position)))
+}
+
+/// The replies in `model` whose texts the AI-log retention erased from the store: only rows at
+/// or below the highest position it ever erased are looked up.
+async fn erased_since(store: &Store, model: &MessagesModel) -> Result<Vec<String>, StoreError> {
+    let Some(from) = model.oldest_text_position() else {
+        return Ok(vec![]);
+    };
+    const UPTO: &str = "SELECT upto_position FROM ai_log_erasures WHERE id = 1";
+    let upto: Option<i64> =
+        on_pool!(store, pool => sqlx::query_scalar(UPTO).fetch_optional(pool).await?);
+    let upto = upto.unwrap_or(0).min(model.position);
+    if upto < from {
+        return Ok(vec![]);
+    }
+    const PG: &str = "SELECT payload->'AiReplyGenerated'->>'reply_id' FROM events \
+        WHERE event_type = 'AiReplyGenerated' AND position >= $1 AND position <= $2 \
+        AND payload->'AiReplyGenerated'->>'text' = ''";
+    const SQLITE: &str = "SELECT json_extract(payload, '$.AiReplyGenerated.reply_id') FROM events \
+        WHERE event_type = 'AiReplyGenerated' AND position >= $1 AND position <= $2 \
+        AND json_extract(payload, '$.AiReplyGenerated.text') = ''";
+    let ids: Vec<String> = match store {
+        Store::Postgres(p) => {
+            sqlx::query_scalar(PG)
+                .bind(from)
+                .bind(upto)
+                .fetch_all(p)
+                .await?
+        }
+        Store::Sqlite(p) => {
+            sqlx::query_scalar(SQLITE)
+                .bind(from)
+                .bind(upto)
+                .fetch_all(p)
+                .await?
+        }
+    };
+    Ok(ids)
+}
+
+/// What one write did.
+#[derive(Debug, Clone, Copy)]
+pub struct Written {
+    pub position: i64,
+    pub bytes: usize,
+    pub elapsed: Duration,
+}
+
+/// Writes the messages read model as folded now, unless this process already loaded or wrote
+/// a checkpoint at its position, or a newer one is there (`None` then).
+pub async fn write(app: &Arc<App>) -> Result<Option<Written>, StoreError> {
+    let started = Instant::now();
+    if app.checkpoint_stats.position() >= app.messages().position {
+        return Ok(None);
+    }
+    let serializing = app.clone();
+    // Serializing a large model takes a while (~0.3 s for 300,000 messages and rows): off the
+    // async workers, under the model's read lock (folds wait meanwhile, readers do not).
+    let (position, retention, body) = tokio::task::spawn_blocking(move || {
+        let model = serializing.messages();
+        serde_json::to_vec(&*model).map(|body| (model.position, model.retention(), body))
+    })
+    .await
+    .map_err(|e| StoreError::Other(format!("serializing the checkpoint failed: {e}")))?
+    .map_err(|e| StoreError::Other(format!("serializing the checkpoint failed: {e}")))?;
+    const SQL: &str =
+        "INSERT INTO read_model_checkpoints (name, position, format, retention, body) \
+        VALUES ($1, $2, $3, $4, $5) \
+        ON CONFLICT (name) DO UPDATE SET position = excluded.position, format = excluded.format, \
+        retention = excluded.retention, body = excluded.body, written_at = excluded.written_at \
+        WHERE read_model_checkpoints.position <= excluded.position \
+        OR read_model_checkpoints.format <> excluded.format \
+        OR read_model_checkpoints.retention <> excluded.retention";
+    let bytes = body.len();
+    let written = on_pool!(&app.store, pool => sqlx::query(SQL)
+        .bind(NAME)
+        .bind(position)
+        .bind(MessagesModel::CHECKPOINT_FORMAT)
+        .bind(retention_key(retention))
+        .bind(body)
+        .execute(pool)
+        .await?
+        .rows_affected());
+    Ok((written > 0).then(|| Written {
+        position,
+        bytes,
+        elapsed: started.elapsed(),
+    }))
+}
+
+/// Writes a checkpoint and logs what happened; the position written, if any.
+pub async fn write_logged(app: &Arc<App>) -> Option<i64> {
+    match write(app).await {
+        Ok(Some(w)) => {
+            app.checkpoint_stats.record(w.position);
+            tracing::info!(
+                position = w.position,
+                bytes = w.bytes,
+                ms = w.elapsed.as_millis() as u64,
+                "read-model checkpoint written"
+            );
+            Some(w.position)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            app.note_store_error();
+            tracing::warn!(error = %e, "cannot write the read-model checkpoint; will retry");
+            None
+        }
+    }
+}
+
+/// Writes a checkpoint whenever `every` events were folded since the last one, while the app
+/// lives.
+pub fn start(app: &Arc<App>, every: u64) -> tokio::task::JoinHandle<()> {
+    let weak: Weak<App> = Arc::downgrade(app);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(LOOK_EVERY).await;
+            let Some(app) = weak.upgrade() else { return };
+            let since = app.checkpoint_stats.position();
+            if app.folded().saturating_sub(since) >= i64::try_from(every).unwrap_or(i64::MAX) {
+                write_logged(&app).await;
+            }
+        }
+    })
+}
+
+/// The checkpoint's position as last loaded or written (`/metrics`, the writer's pace).
+#[derive(Debug, Default)]
+pub struct CheckpointStats {
+    position: std::sync::atomic::AtomicI64,
+}
+
+impl CheckpointStats {
+    pub fn record(&self, position: i64) {
+        self.position
+            .fetch_max(position, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn position(&self) -> i64 {
+        self.position.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
