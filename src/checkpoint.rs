@@ -77,10 +77,9 @@ pub async fn load(
     if position > head {
         return Ok((None, Found::Ignored("newer than the history")));
     }
-    let parsed =
-        tokio::task::spawn_blocking(move || serde_json::from_slice::<MessagesModel>(&body))
-            .await
-            .map_err(|e| StoreError::Other(format!("reading the checkpoint failed: {e}")))?;
+    let parsed = tokio::task::spawn_blocking(move || decode(&body))
+        .await
+        .map_err(|e| StoreError::Other(format!("reading the checkpoint failed: {e}")))?;
     let mut model = match parsed {
         Ok(m) if m.position == position && m.retention() == retention => m,
         Ok(_) => return Ok((None, Found::Ignored("its model does not match its row"))),
@@ -94,6 +93,29 @@ pub async fn load(
         model.erase_reply_text(id);
     }
     Ok((Some(model), Found::Loaded(position)))
+}
+
+/// Zstandard level of the body: JSON of the model shrinks ~10× at level 1 (112 MB to 11 MB for
+/// 200,000 messages and 100,000 rows), fast enough to stream through on both ends.
+const LEVEL: i32 = 1;
+
+/// The model as a checkpoint's body: JSON, compressed as it is written (no uncompressed copy).
+fn encode(model: &MessagesModel) -> std::io::Result<Vec<u8>> {
+    use std::io::Write as _;
+    let mut encoder = zstd::stream::Encoder::new(Vec::new(), LEVEL)?;
+    {
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, &mut encoder);
+        serde_json::to_writer(&mut out, model)?;
+        out.flush()?;
+    }
+    encoder.finish()
+}
+
+/// A checkpoint's body back into the model, decompressed as it is read.
+fn decode(body: &[u8]) -> Result<MessagesModel, String> {
+    let decoder = zstd::stream::Decoder::new(body).map_err(|e| e.to_string())?;
+    serde_json::from_reader(std::io::BufReader::with_capacity(1 << 16, decoder))
+        .map_err(|e| e.to_string())
 }
 
 /// The replies in `model` whose texts the AI-log retention erased from the store: only rows at
@@ -150,11 +172,11 @@ pub async fn write(app: &Arc<App>) -> Result<Option<Written>, StoreError> {
         return Ok(None);
     }
     let serializing = app.clone();
-    // Serializing a large model takes a while (~0.3 s for 300,000 messages and rows): off the
-    // async workers, under the model's read lock (folds wait meanwhile, readers do not).
+    // Serializing a large model takes a while (see docs/PERFORMANCE.md, "Ninth session"): off
+    // the async workers, under the model's read lock (folds wait meanwhile, readers do not).
     let (position, retention, body) = tokio::task::spawn_blocking(move || {
         let model = serializing.messages();
-        serde_json::to_vec(&*model).map(|body| (model.position, model.retention(), body))
+        encode(&model).map(|body| (model.position, model.retention(), body))
     })
     .await
     .map_err(|e| StoreError::Other(format!("serializing the checkpoint failed: {e}")))?

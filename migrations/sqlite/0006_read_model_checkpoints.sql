@@ -4,6 +4,7 @@
 -- instead of the whole history. A cache of the events, never the truth: a checkpoint whose
 -- `format` or `retention` is not the running gateway's, or whose position the history does not
 -- reach, is ignored, and deleting every row is always safe (the next start folds everything).
+-- `body` is the model as JSON, compressed with Zstandard.
 CREATE TABLE read_model_checkpoints
 (
     name       text    PRIMARY KEY,
