@@ -14,7 +14,7 @@ use chrono::Utc;
 use sqlx::Row;
 
 use crate::app::App;
-use crate::store::{Store, StoreError};
+use crate::store::{on_pool, Store, StoreError};
 
 /// Texts erased per statement.
 const BATCH: i64 = 1_000;
@@ -54,7 +54,8 @@ async fn erase_batch(
     const PG: &str = "UPDATE events \
         SET payload = jsonb_set(payload::jsonb, '{AiReplyGenerated,text}', '\"\"')::json \
         WHERE position IN (SELECT position FROM events WHERE event_type = 'AiReplyGenerated' \
-        AND position > $3 AND recorded_at < $1 AND payload->'AiReplyGenerated'->>'text' <> '' \
+        AND position > $3 AND recorded_at < CAST($1 AS timestamptz) \
+        AND payload->'AiReplyGenerated'->>'text' <> '' \
         ORDER BY position LIMIT $2) \
         RETURNING position, payload->'AiReplyGenerated'->>'reply_id' AS reply_id";
     const SQLITE: &str = "UPDATE events \
@@ -71,45 +72,29 @@ async fn erase_batch(
     const MARK_SQLITE: &str = "INSERT INTO ai_log_erasures (id, upto_position) VALUES (1, $1) \
         ON CONFLICT (id) DO UPDATE \
         SET upto_position = MAX(ai_log_erasures.upto_position, excluded.upto_position)";
-    let rows: Vec<(i64, String)> = match store {
-        Store::Postgres(p) => {
-            let mut tx = p.begin().await?;
-            let rows = sqlx::query(PG)
-                .bind(cutoff)
-                .bind(BATCH)
-                .bind(after)
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|r| Ok((r.try_get("position")?, r.try_get("reply_id")?)))
-                .collect::<Result<Vec<(i64, String)>, sqlx::Error>>()?;
-            if let Some(last) = rows.iter().map(|(p, _)| *p).max() {
-                sqlx::query(MARK_PG).bind(last).execute(&mut *tx).await?;
-            }
-            tx.commit().await?;
-            rows
-        }
-        Store::Sqlite(p) => {
-            let mut tx = p.begin().await?;
-            let rows = sqlx::query(SQLITE)
-                .bind(cutoff.format(crate::store::SQLITE_TIME).to_string())
-                .bind(BATCH)
-                .bind(after)
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|r| Ok((r.try_get("position")?, r.try_get("reply_id")?)))
-                .collect::<Result<Vec<(i64, String)>, sqlx::Error>>()?;
-            if let Some(last) = rows.iter().map(|(p, _)| *p).max() {
-                sqlx::query(MARK_SQLITE)
-                    .bind(last)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-            rows
-        }
+    let (erase, mark) = match store {
+        Store::Postgres(_) => (PG, MARK_PG),
+        Store::Sqlite(_) => (SQLITE, MARK_SQLITE),
     };
+    // As text in SQLite's time format, which PostgreSQL reads as a time too.
+    let cutoff = cutoff.format(crate::store::SQLITE_TIME).to_string();
+    let rows: Vec<(i64, String)> = on_pool!(store, pool => {
+        let mut tx = pool.begin().await?;
+        let rows = sqlx::query(erase)
+            .bind(&cutoff)
+            .bind(BATCH)
+            .bind(after)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get("position")?, r.try_get("reply_id")?)))
+            .collect::<Result<Vec<(i64, String)>, sqlx::Error>>()?;
+        if let Some(last) = rows.iter().map(|(p, _)| *p).max() {
+            sqlx::query(mark).bind(last).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        rows
+    });
     let last = rows.iter().map(|(p, _)| *p).max().unwrap_or(after);
     Ok((rows.into_iter().map(|(_, id)| id).collect(), last))
 }
@@ -131,7 +116,14 @@ pub fn start(app: &Arc<App>, retention: Duration) -> tokio::task::JoinHandle<()>
             };
             match erased {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(replies = n, "AI log retention: reply texts erased"),
+                Ok(n) => {
+                    tracing::info!(replies = n, "AI log retention: reply texts erased");
+                    // The stored read-model checkpoint may hold those texts: replace it with the
+                    // model as it is now, without them (ADR 0015).
+                    if app.config.checkpoint_every > 0 {
+                        crate::checkpoint::write_logged(&app, true).await;
+                    }
+                }
                 Err(e) => {
                     app.note_store_error();
                     tracing::warn!(error = %e, "AI log retention failed; will retry");

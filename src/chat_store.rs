@@ -7,7 +7,7 @@
 use wagate_events::chat::{fact_of, Chat, ChatEvent};
 use wagate_events::message_window::MessageFact;
 
-use crate::store::{Store, StoreError};
+use crate::store::{on_pool, Store, StoreError};
 
 /// One stored event of a stream: its sequence and payload (JSON text).
 #[derive(Debug, Clone)]
@@ -30,16 +30,6 @@ pub struct Folded {
     pub chat: Chat,
     pub version: usize,
     pub folded: usize,
-}
-
-/// Runs `$body` with `$pool` bound to the store's pool, whichever backend it is.
-macro_rules! on_pool {
-    ($store:expr, $pool:ident => $body:expr) => {
-        match $store {
-            Store::Postgres($pool) => $body,
-            Store::Sqlite($pool) => $body,
-        }
-    };
 }
 
 /// The chat's snapshot in the running format, if one was taken.

@@ -15,22 +15,12 @@ use std::time::{Duration, Instant};
 use wagate_projections::messages::{MessagesModel, Retention};
 
 use crate::app::App;
-use crate::store::{Store, StoreError};
+use crate::store::{on_pool, Store, StoreError};
 
 /// The one checkpoint's name (the table has room for other read models).
 const NAME: &str = "messages";
 /// How often the writer looks at how far the read models folded.
 const LOOK_EVERY: Duration = Duration::from_secs(10);
-
-/// Runs `$body` with `$pool` bound to the store's pool, whichever backend it is.
-macro_rules! on_pool {
-    ($store:expr, $pool:ident => $body:expr) => {
-        match $store {
-            Store::Postgres($pool) => $body,
-            Store::Sqlite($pool) => $body,
-        }
-    };
-}
 
 /// How a checkpoint records the retention it was folded with: a model folded with another
 /// retention holds other messages and rows.
@@ -95,8 +85,8 @@ pub async fn load(
     Ok((Some(model), Found::Loaded(position)))
 }
 
-/// Zstandard level of the body: JSON of the model shrinks ~10× at level 1 (112 MB to 11 MB for
-/// 200,000 messages and 100,000 rows), fast enough to stream through on both ends.
+/// Zstandard level of the body: fast enough to stream through on both ends (docs/PERFORMANCE.md,
+/// "Ninth session": 112 MB of JSON to 4.1 MB on a synthetic store; real texts compress less).
 const LEVEL: i32 = 1;
 
 /// The model as a checkpoint's body: JSON, compressed as it is written (no uncompressed copy).
@@ -164,11 +154,13 @@ pub struct Written {
     pub elapsed: Duration,
 }
 
-/// Writes the messages read model as folded now, unless this process already loaded or wrote
-/// a checkpoint at its position, or a newer one is there (`None` then).
-pub async fn write(app: &Arc<App>) -> Result<Option<Written>, StoreError> {
+/// Writes the messages read model as folded now, unless a newer checkpoint is there, or
+/// (without `force`) this process already loaded or wrote one at its position (`None` then).
+/// `force` rewrites one at the same position: after the AI-log retention erased texts from the
+/// model, so the stored checkpoint does not keep them.
+pub async fn write(app: &Arc<App>, force: bool) -> Result<Option<Written>, StoreError> {
     let started = Instant::now();
-    if app.checkpoint_stats.position() >= app.messages().position {
+    if !force && app.checkpoint_stats.position() >= app.messages().position {
         return Ok(None);
     }
     let serializing = app.clone();
@@ -206,9 +198,9 @@ pub async fn write(app: &Arc<App>) -> Result<Option<Written>, StoreError> {
     }))
 }
 
-/// Writes a checkpoint and logs what happened; the position written, if any.
-pub async fn write_logged(app: &Arc<App>) -> Option<i64> {
-    match write(app).await {
+/// Writes a checkpoint (see [`write`]) and logs what happened; the position written, if any.
+pub async fn write_logged(app: &Arc<App>, force: bool) -> Option<i64> {
+    match write(app, force).await {
         Ok(Some(w)) => {
             app.checkpoint_stats.record(w.position);
             tracing::info!(
@@ -238,7 +230,7 @@ pub fn start(app: &Arc<App>, every: u64) -> tokio::task::JoinHandle<()> {
             let Some(app) = weak.upgrade() else { return };
             let since = app.checkpoint_stats.position();
             if app.folded().saturating_sub(since) >= i64::try_from(every).unwrap_or(i64::MAX) {
-                write_logged(&app).await;
+                write_logged(&app, false).await;
             }
         }
     })

@@ -69,7 +69,7 @@ impl Running {
         if self.app.config.checkpoint_every > 0 {
             match self.app.catch_up().await {
                 Ok(()) => {
-                    crate::checkpoint::write_logged(&self.app).await;
+                    crate::checkpoint::write_logged(&self.app, false).await;
                 }
                 Err(e) => tracing::warn!(error = %e, "no checkpoint at stop: catch-up failed"),
             }

@@ -18,6 +18,18 @@ use wagate_projections::StoredEvent;
 
 use crate::config::DatabaseConfig;
 
+/// Runs `$body` with `$pool` bound to the store's pool, whichever backend it is: for statements
+/// that are the same on both.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store {
+            $crate::store::Store::Postgres($pool) => $body,
+            $crate::store::Store::Sqlite($pool) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
+
 /// The store could not answer.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {

@@ -12,17 +12,7 @@ use serde::Serialize;
 use sqlx::Row;
 use utoipa::ToSchema;
 
-use crate::store::{Store, StoreError};
-
-/// Runs `$body` with `$pool` bound to the store's pool, whichever backend it is.
-macro_rules! on_pool {
-    ($store:expr, $pool:ident => $body:expr) => {
-        match $store {
-            Store::Postgres($pool) => $body,
-            Store::Sqlite($pool) => $body,
-        }
-    };
-}
+use crate::store::{on_pool, Store, StoreError};
 
 /// The checkpoint name of the webhook fan-out.
 pub const FANOUT: &str = "webhook_fanout";
