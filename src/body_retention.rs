@@ -20,17 +20,28 @@ use crate::store::{on_pool, Store, StoreError};
 const BATCH: i64 = 1_000;
 /// The longest wait between two passes.
 const EVERY: Duration = Duration::from_secs(3600);
+/// One pass in this many reads every reply from the start of the history; the others go on
+/// from the last reply erased.
+const FULL_EVERY: u32 = 24;
 
-/// Erases the texts of replies generated before `cutoff` and not erased yet, in the store and
-/// then in the read model; how many.
-pub async fn erase_before(app: &App, cutoff: chrono::DateTime<Utc>) -> Result<usize, StoreError> {
+/// Erases the texts of replies generated before `cutoff` and not erased yet, after position
+/// `after`, in the store and then in the read model; how many. `after` moves to the highest
+/// position erased.
+///
+/// Every reply at or below that position was generated before `cutoff` (positions and
+/// `recorded_at` grow together: both are taken at commit, under the store's position lock), so
+/// it has been looked at: the cursor keeps a pass linear in the events it reads, and a pass that
+/// goes on from the last one reads only replies newer than what that one erased. A clock stepped
+/// back breaks that order; the full passes ([`FULL_EVERY`]) catch what it hid.
+pub async fn erase_before(
+    app: &App,
+    cutoff: chrono::DateTime<Utc>,
+    after: &mut i64,
+) -> Result<usize, StoreError> {
     let mut total = 0;
-    // Rows at or below the last batch's position were looked at in this pass: a cursor keeps the
-    // pass linear in the events it reads.
-    let mut after = 0;
     loop {
-        let (ids, last) = erase_batch(&app.store, cutoff, after).await?;
-        after = after.max(last);
+        let (ids, last) = erase_batch(&app.store, cutoff, *after).await?;
+        *after = (*after).max(last);
         if !ids.is_empty() {
             let mut messages = app.messages_mut();
             for id in &ids {
@@ -100,17 +111,25 @@ async fn erase_batch(
 }
 
 /// Runs the erasure now and then every `retention / 4` (at most hourly), while the app lives.
+/// The first pass, and every [`FULL_EVERY`]th, reads every reply from the start of the history;
+/// the others go on from the last reply erased.
 pub fn start(app: &Arc<App>, retention: Duration) -> tokio::task::JoinHandle<()> {
     let weak: Weak<App> = Arc::downgrade(app);
     let every = (retention / 4).clamp(Duration::from_secs(1), EVERY);
     tokio::spawn(async move {
+        let mut after = 0;
+        let mut pass: u32 = 0;
         loop {
+            if pass.is_multiple_of(FULL_EVERY) {
+                after = 0;
+            }
+            pass = pass.wrapping_add(1);
             let Some(app) = weak.upgrade() else { return };
             let cutoff = chrono::Duration::from_std(retention)
                 .ok()
                 .and_then(|d| Utc::now().checked_sub_signed(d));
             let erased = match cutoff {
-                Some(cutoff) => erase_before(&app, cutoff).await,
+                Some(cutoff) => erase_before(&app, cutoff, &mut after).await,
                 // Longer than the calendar: nothing is that old.
                 None => Ok(0),
             };

@@ -304,6 +304,15 @@ async fn ai_log_texts_expire(backend: Backend) {
         "{}",
         metrics.text
     );
+    // A later pass (going on from the last reply erased) erases a newer reply's text too.
+    inbound(&app, "acme", JID, "t2", "second secret").await;
+    settled(&app, "acme", "t2").await;
+    eventually(20, "the newer reply text is erased", || async {
+        let r = app.admin("GET", "/v1/ai/logs?account_id=acme", None).await;
+        let rows = r.json["items"].as_array()?.clone();
+        (rows.len() == 2 && rows.iter().all(|r| r["reply_text"].is_null())).then_some(())
+    })
+    .await;
     // A restart (a replay of the erased history) answers the same.
     let before = audit::digest(None, Some(&app.app().messages()));
     app.restart().await;
