@@ -127,22 +127,15 @@ async fn erased_since(store: &Store, model: &MessagesModel) -> Result<Vec<String
     const SQLITE: &str = "SELECT json_extract(payload, '$.AiReplyGenerated.reply_id') FROM events \
         WHERE event_type = 'AiReplyGenerated' AND position >= $1 AND position <= $2 \
         AND json_extract(payload, '$.AiReplyGenerated.text') = ''";
-    let ids: Vec<String> = match store {
-        Store::Postgres(p) => {
-            sqlx::query_scalar(PG)
-                .bind(from)
-                .bind(upto)
-                .fetch_all(p)
-                .await?
-        }
-        Store::Sqlite(p) => {
-            sqlx::query_scalar(SQLITE)
-                .bind(from)
-                .bind(upto)
-                .fetch_all(p)
-                .await?
-        }
+    let sql = match store {
+        Store::Postgres(_) => PG,
+        Store::Sqlite(_) => SQLITE,
     };
+    let ids: Vec<String> = on_pool!(store, pool => sqlx::query_scalar(sql)
+        .bind(from)
+        .bind(upto)
+        .fetch_all(pool)
+        .await?);
     Ok(ids)
 }
 

@@ -130,16 +130,12 @@ async fn start_from_checkpoints(backend: Backend) {
     assert_eq!(start.checkpoint, Found::Loaded(head));
     assert_eq!(start.events_folded, 0);
     assert_eq!(digest_equals_replay(&app).await, first);
-    let metrics = app
-        .send(app.client.get(format!("{}/metrics", app.base)))
-        .await;
+    let metrics = app.metrics().await;
     assert!(
-        metrics
-            .text
-            .contains(&format!("wagate_read_model_checkpoint_position {head}"))
-            && metrics.text.contains("wagate_start_events_folded 0"),
+        metrics.contains(&format!("wagate_read_model_checkpoint_position {head}"))
+            && metrics.contains("wagate_start_events_folded 0"),
         "{}",
-        metrics.text
+        metrics
     );
 
     // An older checkpoint (the process died after more traffic): the start folds the events

@@ -253,6 +253,13 @@ impl TestApp {
         assert_eq!(r.status, 200, "{}", r.text);
     }
 
+    /// `GET /metrics` (no auth), as text.
+    pub async fn metrics(&self) -> String {
+        self.send(self.client.get(format!("{}/metrics", self.base)))
+            .await
+            .text
+    }
+
     /// The highest event position (to prove that bad input wrote nothing).
     pub async fn head(&self) -> i64 {
         self.app().store.head().await.expect("head")

@@ -217,16 +217,14 @@ async fn check_answers(app: &TestApp, first_position: Value) {
     let failed = app.admin("GET", "/v1/ai/logs?status=failed", None).await;
     assert_eq!(failed.json["items"], json!([]));
     // The counters count every reply, in memory or not.
-    let metrics = app
-        .send(app.client.get(format!("{}/metrics", app.base)))
-        .await;
+    let metrics = app.metrics().await;
     assert!(
-        metrics.text.contains(&format!(
+        metrics.contains(&format!(
             "wagate_ai_replies_total{{status=\"sent\"}} {}",
             ROUNDS + others
         )),
         "{}",
-        metrics.text
+        metrics
     );
 }
 
@@ -294,15 +292,11 @@ async fn ai_log_texts_expire(backend: Backend) {
             .count(),
         2
     );
-    let metrics = app
-        .send(app.client.get(format!("{}/metrics", app.base)))
-        .await;
+    let metrics = app.metrics().await;
     assert!(
-        metrics
-            .text
-            .contains("wagate_ai_replies_total{status=\"generated\"} 1"),
+        metrics.contains("wagate_ai_replies_total{status=\"generated\"} 1"),
         "{}",
-        metrics.text
+        metrics
     );
     // A later pass (going on from the last reply erased) erases a newer reply's text too.
     inbound(&app, "acme", JID, "t2", "second secret").await;
