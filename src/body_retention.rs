@@ -55,6 +55,60 @@ pub async fn erase_before(
     }
 }
 
+/// Reply ids whose texts the AI-log retention erased from the store (whichever process did),
+/// among the `AiReplyGenerated` events from position `from` (the oldest row holding a text in a
+/// read model, `None`: no row does) up to the highest position it ever erased, at most `upto`
+/// (the model's position). In steady state nothing is that old and nothing is read.
+pub async fn erased_in_store(
+    store: &Store,
+    from: Option<i64>,
+    upto: i64,
+) -> Result<Vec<String>, StoreError> {
+    let Some(from) = from else {
+        return Ok(vec![]);
+    };
+    const MARK: &str = "SELECT upto_position FROM ai_log_erasures WHERE id = 1";
+    let mark: Option<i64> =
+        on_pool!(store, pool => sqlx::query_scalar(MARK).fetch_optional(pool).await?);
+    let upto = mark.unwrap_or(0).min(upto);
+    if upto < from {
+        return Ok(vec![]);
+    }
+    const PG: &str = "SELECT payload->'AiReplyGenerated'->>'reply_id' FROM events \
+        WHERE event_type = 'AiReplyGenerated' AND position >= $1 AND position <= $2 \
+        AND payload->'AiReplyGenerated'->>'text' = ''";
+    const SQLITE: &str = "SELECT json_extract(payload, '$.AiReplyGenerated.reply_id') FROM events \
+        WHERE event_type = 'AiReplyGenerated' AND position >= $1 AND position <= $2 \
+        AND json_extract(payload, '$.AiReplyGenerated.text') = ''";
+    let sql = match store {
+        Store::Postgres(_) => PG,
+        Store::Sqlite(_) => SQLITE,
+    };
+    let ids: Vec<String> = on_pool!(store, pool => sqlx::query_scalar(sql)
+        .bind(from)
+        .bind(upto)
+        .fetch_all(pool)
+        .await?);
+    Ok(ids)
+}
+
+/// Erases from the read model the texts the store no longer has: erased by another process
+/// sharing the store, or folded in after this process erased them (a lagging fold); how many.
+pub async fn reconcile(app: &App) -> Result<usize, StoreError> {
+    let (from, upto) = {
+        let messages = app.messages();
+        (messages.oldest_text_position(), messages.position)
+    };
+    let ids = erased_in_store(&app.store, from, upto).await?;
+    if !ids.is_empty() {
+        let mut messages = app.messages_mut();
+        for id in &ids {
+            messages.erase_reply_text(id);
+        }
+    }
+    Ok(ids.len())
+}
+
 /// One statement: up to `BATCH` texts erased after position `after`; the reply ids and the
 /// highest position erased.
 async fn erase_batch(
@@ -133,10 +187,18 @@ pub fn start(app: &Arc<App>, retention: Duration) -> tokio::task::JoinHandle<()>
                 // Longer than the calendar: nothing is that old.
                 None => Ok(0),
             };
+            let erased = match erased {
+                Ok(n) => reconcile(&app).await.map(|elsewhere| (n, elsewhere)),
+                Err(e) => Err(e),
+            };
             match erased {
-                Ok(0) => {}
-                Ok(n) => {
-                    tracing::info!(replies = n, "AI log retention: reply texts erased");
+                Ok((0, 0)) => {}
+                Ok((n, elsewhere)) => {
+                    tracing::info!(
+                        replies = n,
+                        erased_elsewhere = elsewhere,
+                        "AI log retention: reply texts erased"
+                    );
                     // The stored read-model checkpoint may hold those texts: replace it with the
                     // model as it is now, without them (ADR 0015).
                     if app.config.checkpoint_every > 0 {

@@ -78,7 +78,9 @@ pub async fn load(
             return Ok((None, Found::Ignored("it does not read back")));
         }
     };
-    let erased = erased_since(store, &model).await?;
+    let erased =
+        crate::body_retention::erased_in_store(store, model.oldest_text_position(), model.position)
+            .await?;
     for id in &erased {
         model.erase_reply_text(id);
     }
@@ -106,37 +108,6 @@ fn decode(body: &[u8]) -> Result<MessagesModel, String> {
     let decoder = zstd::stream::Decoder::new(body).map_err(|e| e.to_string())?;
     serde_json::from_reader(std::io::BufReader::with_capacity(1 << 16, decoder))
         .map_err(|e| e.to_string())
-}
-
-/// The replies in `model` whose texts the AI-log retention erased from the store: only rows at
-/// or below the highest position it ever erased are looked up.
-async fn erased_since(store: &Store, model: &MessagesModel) -> Result<Vec<String>, StoreError> {
-    let Some(from) = model.oldest_text_position() else {
-        return Ok(vec![]);
-    };
-    const UPTO: &str = "SELECT upto_position FROM ai_log_erasures WHERE id = 1";
-    let upto: Option<i64> =
-        on_pool!(store, pool => sqlx::query_scalar(UPTO).fetch_optional(pool).await?);
-    let upto = upto.unwrap_or(0).min(model.position);
-    if upto < from {
-        return Ok(vec![]);
-    }
-    const PG: &str = "SELECT payload->'AiReplyGenerated'->>'reply_id' FROM events \
-        WHERE event_type = 'AiReplyGenerated' AND position >= $1 AND position <= $2 \
-        AND payload->'AiReplyGenerated'->>'text' = ''";
-    const SQLITE: &str = "SELECT json_extract(payload, '$.AiReplyGenerated.reply_id') FROM events \
-        WHERE event_type = 'AiReplyGenerated' AND position >= $1 AND position <= $2 \
-        AND json_extract(payload, '$.AiReplyGenerated.text') = ''";
-    let sql = match store {
-        Store::Postgres(_) => PG,
-        Store::Sqlite(_) => SQLITE,
-    };
-    let ids: Vec<String> = on_pool!(store, pool => sqlx::query_scalar(sql)
-        .bind(from)
-        .bind(upto)
-        .fetch_all(pool)
-        .await?);
-    Ok(ids)
 }
 
 /// What one write did.

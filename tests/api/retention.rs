@@ -322,3 +322,47 @@ async fn texts_expire_sqlite() {
 async fn texts_expire_postgres() {
     ai_log_texts_expire(Backend::Postgres).await;
 }
+
+/// Two gateway processes sharing one store, both with the retention: whichever erases a text in
+/// the store, neither keeps it in its read model (the other's pass finds it erased there).
+async fn texts_expire_in_every_process(backend: Backend) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(mut vars) = TestApp::vars(backend, &dir).await else {
+        return;
+    };
+    vars.insert("WAGATE_AI_LOG_BODY_RETENTION".into(), "2s".into());
+    let app = TestApp::spawn_with(backend, dir, vars).await;
+    app.create_account("acme").await;
+    app.echo_mode().await;
+    let other = wagate::startup::start(app.config())
+        .await
+        .expect("a second gateway on the same store");
+    inbound(&app, "acme", JID, "t1", "secret order details").await;
+    let row = settled(&app, "acme", "t1").await;
+    let id = row["id"].as_str().expect("reply id").to_string();
+    eventually(30, "neither process keeps the erased text", || async {
+        let here = app
+            .app()
+            .messages()
+            .reply(&id)
+            .map(|r| r.reply_text.clone());
+        let there = other
+            .app
+            .messages()
+            .reply(&id)
+            .map(|r| r.reply_text.clone());
+        (here == Some(None) && there == Some(None)).then_some(())
+    })
+    .await;
+    other.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn texts_expire_in_every_process_sqlite() {
+    texts_expire_in_every_process(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn texts_expire_in_every_process_postgres() {
+    texts_expire_in_every_process(Backend::Postgres).await;
+}
