@@ -43,10 +43,7 @@ pub async fn erase_before(
         let (ids, last) = erase_batch(&app.store, cutoff, *after).await?;
         *after = (*after).max(last);
         if !ids.is_empty() {
-            let mut messages = app.messages_mut();
-            for id in &ids {
-                messages.erase_reply_text(id);
-            }
+            app.messages_mut().erase_reply_texts(&ids);
         }
         total += ids.len();
         if (ids.len() as i64) < BATCH {
@@ -101,10 +98,7 @@ pub async fn reconcile(app: &App) -> Result<usize, StoreError> {
     };
     let ids = erased_in_store(&app.store, from, upto).await?;
     if !ids.is_empty() {
-        let mut messages = app.messages_mut();
-        for id in &ids {
-            messages.erase_reply_text(id);
-        }
+        app.messages_mut().erase_reply_texts(&ids);
     }
     Ok(ids.len())
 }

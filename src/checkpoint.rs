@@ -81,9 +81,7 @@ pub async fn load(
     let erased =
         crate::body_retention::erased_in_store(store, model.oldest_text_position(), model.position)
             .await?;
-    for id in &erased {
-        model.erase_reply_text(id);
-    }
+    model.erase_reply_texts(&erased);
     Ok((Some(model), Found::Loaded(position)))
 }
 

@@ -616,10 +616,12 @@ impl MessagesModel {
         }
     }
 
-    /// Forgets a reply's text (the AI-log retention erased it from its event).
-    pub fn erase_reply_text(&mut self, reply_id: &str) {
-        if let Some(row) = self.row_mut(reply_id) {
-            row.reply_text = None;
+    /// Forgets these replies' texts (the AI-log retention erased them from their events).
+    pub fn erase_reply_texts(&mut self, reply_ids: &[String]) {
+        for id in reply_ids {
+            if let Some(row) = self.row_mut(id) {
+                row.reply_text = None;
+            }
         }
     }
 
