@@ -7,6 +7,7 @@ use wagate::audit;
 use wagate::checkpoint::Found;
 use wagate::store::Store;
 
+use crate::both_stores;
 use crate::helpers::{eventually, Backend, TestApp};
 use crate::replies::{inbound, settled, JID};
 
@@ -216,15 +217,7 @@ async fn start_from_checkpoints(backend: Backend) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite() {
-    start_from_checkpoints(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres() {
-    start_from_checkpoints(Backend::Postgres).await;
-}
+both_stores!(starts, start_from_checkpoints(Backend));
 
 /// A checkpoint written before the AI-log retention erased texts holds them; a start from it
 /// erases them again (they must not come back from the cache).
@@ -278,15 +271,7 @@ async fn erased_texts_stay_erased(backend: Backend) {
     assert_eq!(digest_equals_replay(&app).await, erased);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn erased_texts_sqlite() {
-    erased_texts_stay_erased(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn erased_texts_postgres() {
-    erased_texts_stay_erased(Backend::Postgres).await;
-}
+both_stores!(erased_texts, erased_texts_stay_erased(Backend));
 
 /// The writer: with a checkpoint every event, one is written while the gateway runs.
 async fn written_while_running(backend: Backend) {
@@ -304,12 +289,4 @@ async fn written_while_running(backend: Backend) {
     assert!(saved(&app).await.0 >= head);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn written_while_running_sqlite() {
-    written_while_running(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn written_while_running_postgres() {
-    written_while_running(Backend::Postgres).await;
-}
+both_stores!(written_while_running, written_while_running(Backend));

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use wiremock::matchers::{body_string_contains, method};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+use crate::both_stores;
 use crate::helpers::{eventually, Backend, Binary, TestApp};
 use crate::replies::completion;
 
@@ -215,12 +216,4 @@ async fn kill_mid_reply(backend: Backend) {
     assert!(!logs.contains("sk-crash"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_mid_reply_sqlite() {
-    kill_mid_reply(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_mid_reply_postgres() {
-    kill_mid_reply(Backend::Postgres).await;
-}
+both_stores!(kill_9_mid_reply, kill_mid_reply(Backend));

@@ -267,9 +267,22 @@ impl TestApp {
 }
 
 /// Runs one async test body against both stores, as two tests: `<name>::sqlite` and
-/// `<name>::postgres`.
+/// `<name>::postgres`. The body takes a gateway spawned with the default test settings, or, as
+/// `both_stores!(name, body(Backend))`, the backend (it spawns its own, or skips without one).
 #[macro_export]
 macro_rules! both_stores {
+    ($name:ident, $body:ident(Backend)) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$body($crate::helpers::Backend::Sqlite).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$body($crate::helpers::Backend::Postgres).await;
+            }
+        }
+    };
     ($name:ident, $body:ident) => {
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@ use wagate::store::Store;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+use crate::both_stores;
 use crate::helpers::{eventually, Backend, TestApp};
 use crate::replies::{inbound, settled, JID};
 
@@ -228,19 +229,13 @@ async fn check_answers(app: &TestApp, first_position: Value) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite() {
-    if let Some(app) = spawn_small(Backend::Sqlite).await {
+async fn pages_past_memory(backend: Backend) {
+    if let Some(app) = spawn_small(backend).await {
         pages_reach_past_memory(app).await;
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres() {
-    if let Some(app) = spawn_small(Backend::Postgres).await {
-        pages_reach_past_memory(app).await;
-    }
-}
+both_stores!(pages, pages_past_memory(Backend));
 
 /// Security checklist item 15: with `WAGATE_AI_LOG_BODY_RETENTION`, a reply's text leaves the AI
 /// log (and its event) once the retention has passed; the row, its counters and the message
@@ -313,15 +308,7 @@ async fn ai_log_texts_expire(backend: Backend) {
     assert_eq!(audit::digest(None, Some(&app.app().messages())), before);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn texts_expire_sqlite() {
-    ai_log_texts_expire(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn texts_expire_postgres() {
-    ai_log_texts_expire(Backend::Postgres).await;
-}
+both_stores!(texts_expire, ai_log_texts_expire(Backend));
 
 /// Two gateway processes sharing one store, both with the retention: whichever erases a text in
 /// the store, neither keeps it in its read model (the other's pass finds it erased there).
@@ -357,12 +344,7 @@ async fn texts_expire_in_every_process(backend: Backend) {
     other.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn texts_expire_in_every_process_sqlite() {
-    texts_expire_in_every_process(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn texts_expire_in_every_process_postgres() {
-    texts_expire_in_every_process(Backend::Postgres).await;
-}
+both_stores!(
+    texts_expire_in_every_process,
+    texts_expire_in_every_process(Backend)
+);

@@ -123,15 +123,7 @@ async fn canary_never_leaks(backend: Backend) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn canary_key_never_leaks_sqlite() {
-    canary_never_leaks(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn canary_key_never_leaks_postgres() {
-    canary_never_leaks(Backend::Postgres).await;
-}
+both_stores!(canary_key_never_leaks, canary_never_leaks(Backend));
 
 /// Item 6: the stored ciphertext of one owner does not open as another owner's.
 async fn ciphertext_is_bound_to_its_owner(app: TestApp) {

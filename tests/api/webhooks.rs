@@ -229,15 +229,7 @@ async fn receiver_outage(backend: Backend) {
     assert_eq!(texts, ["message 0", "message 1", "message 2"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn receiver_outage_sqlite() {
-    receiver_outage(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn receiver_outage_postgres() {
-    receiver_outage(Backend::Postgres).await;
-}
+both_stores!(receiver_outage, receiver_outage(Backend));
 
 /// 410 Gone disables the webhook; its other deliveries are cancelled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,15 +347,10 @@ async fn dead_letter_then_redeliver(backend: Backend) {
     assert_eq!(r.status, 404);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dead_letter_then_redeliver_sqlite() {
-    dead_letter_then_redeliver(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dead_letter_then_redeliver_postgres() {
-    dead_letter_then_redeliver(Backend::Postgres).await;
-}
+both_stores!(
+    dead_letter_then_redeliver,
+    dead_letter_then_redeliver(Backend)
+);
 
 /// A receiver that hangs does not delay another webhook's deliveries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -646,15 +633,10 @@ async fn kill_between_commit_and_delivery(backend: Backend) {
     let _ = bin2.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_between_commit_and_delivery_sqlite() {
-    kill_between_commit_and_delivery(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_between_commit_and_delivery_postgres() {
-    kill_between_commit_and_delivery(Backend::Postgres).await;
-}
+both_stores!(
+    kill_9_between_commit_and_delivery,
+    kill_between_commit_and_delivery(Backend)
+);
 
 /// `/metrics` answers in the Prometheus format with the reply and webhook families.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
