@@ -14,15 +14,13 @@ use crate::replies::{inbound, settled, JID};
 const OTHER: &str = "491709999999@s.whatsapp.net";
 
 async fn spawn(backend: Backend, extra: &[(&str, &str)]) -> Option<TestApp> {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut vars = TestApp::vars(backend, &dir).await?;
     // A few messages and rows in memory: the checkpoint holds evicted state too.
-    vars.insert("WAGATE_READ_MODEL_MESSAGES".into(), "5".into());
-    vars.insert("WAGATE_READ_MODEL_AI_LOG_ROWS".into(), "3".into());
-    for (k, v) in extra {
-        vars.insert((*k).into(), (*v).into());
-    }
-    Some(TestApp::spawn_with(backend, dir, vars).await)
+    let mut settings = vec![
+        ("WAGATE_READ_MODEL_MESSAGES", "5"),
+        ("WAGATE_READ_MODEL_AI_LOG_ROWS", "3"),
+    ];
+    settings.extend_from_slice(extra);
+    TestApp::spawn_with_settings(backend, &settings).await
 }
 
 /// `n` exchanges (an inbound message and its echo), alternating between two chats.

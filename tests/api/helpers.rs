@@ -113,8 +113,20 @@ impl TestApp {
     }
 
     pub async fn spawn(backend: Backend) -> Option<TestApp> {
+        Self::spawn_with_settings(backend, &[]).await
+    }
+
+    /// A gateway with the test settings plus `settings` (environment variables), or `None` when
+    /// the backend is not available.
+    pub async fn spawn_with_settings(
+        backend: Backend,
+        settings: &[(&str, &str)],
+    ) -> Option<TestApp> {
         let dir = tempfile::tempdir().expect("tempdir");
-        let vars = Self::vars(backend, &dir).await?;
+        let mut vars = Self::vars(backend, &dir).await?;
+        for (k, v) in settings {
+            vars.insert((*k).into(), (*v).into());
+        }
         Some(Self::spawn_with(backend, dir, vars).await)
     }
 

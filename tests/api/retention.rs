@@ -16,11 +16,14 @@ const OTHER: &str = "491709999999@s.whatsapp.net";
 const ROUNDS: usize = 7;
 
 async fn spawn_small(backend: Backend) -> Option<TestApp> {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut vars = TestApp::vars(backend, &dir).await?;
-    vars.insert("WAGATE_READ_MODEL_MESSAGES".into(), "5".into());
-    vars.insert("WAGATE_READ_MODEL_AI_LOG_ROWS".into(), "3".into());
-    Some(TestApp::spawn_with(backend, dir, vars).await)
+    TestApp::spawn_with_settings(
+        backend,
+        &[
+            ("WAGATE_READ_MODEL_MESSAGES", "5"),
+            ("WAGATE_READ_MODEL_AI_LOG_ROWS", "3"),
+        ],
+    )
+    .await
 }
 
 /// Every page of `path` (a list route with a cursor parameter), concatenated.
@@ -241,12 +244,11 @@ both_stores!(pages, pages_past_memory(Backend));
 /// log (and its event) once the retention has passed; the row, its counters and the message
 /// sent to the customer stay.
 async fn ai_log_texts_expire(backend: Backend) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let Some(mut vars) = TestApp::vars(backend, &dir).await else {
+    let Some(mut app) =
+        TestApp::spawn_with_settings(backend, &[("WAGATE_AI_LOG_BODY_RETENTION", "2s")]).await
+    else {
         return;
     };
-    vars.insert("WAGATE_AI_LOG_BODY_RETENTION".into(), "2s".into());
-    let mut app = TestApp::spawn_with(backend, dir, vars).await;
     app.create_account("acme").await;
     app.echo_mode().await;
     inbound(&app, "acme", JID, "t1", "secret order details").await;
@@ -313,12 +315,11 @@ both_stores!(texts_expire, ai_log_texts_expire(Backend));
 /// Two gateway processes sharing one store, both with the retention: whichever erases a text in
 /// the store, neither keeps it in its read model (the other's pass finds it erased there).
 async fn texts_expire_in_every_process(backend: Backend) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let Some(mut vars) = TestApp::vars(backend, &dir).await else {
+    let Some(app) =
+        TestApp::spawn_with_settings(backend, &[("WAGATE_AI_LOG_BODY_RETENTION", "2s")]).await
+    else {
         return;
     };
-    vars.insert("WAGATE_AI_LOG_BODY_RETENTION".into(), "2s".into());
-    let app = TestApp::spawn_with(backend, dir, vars).await;
     app.create_account("acme").await;
     app.echo_mode().await;
     let other = wagate::startup::start(app.config())

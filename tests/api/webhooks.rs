@@ -15,11 +15,14 @@ use crate::replies::{completion, configure, inbound, settled, JID};
 
 /// A gateway whose webhook retries come fast (tests must not wait hours).
 async fn spawn_fast(backend: Backend, schedule: &str) -> Option<TestApp> {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut vars = TestApp::vars(backend, &dir).await?;
-    vars.insert("WAGATE_WEBHOOK_RETRY_SCHEDULE".into(), schedule.into());
-    vars.insert("WAGATE_WEBHOOK_TIMEOUT".into(), "2s".into());
-    Some(TestApp::spawn_with(backend, dir, vars).await)
+    TestApp::spawn_with_settings(
+        backend,
+        &[
+            ("WAGATE_WEBHOOK_RETRY_SCHEDULE", schedule),
+            ("WAGATE_WEBHOOK_TIMEOUT", "2s"),
+        ],
+    )
+    .await
 }
 
 async fn subscribe(app: &TestApp, url: &str, events: Value) -> (String, String) {

@@ -598,11 +598,15 @@ async fn webhooks_page() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_past_the_read_models_memory() {
     let Some(driver) = start_driver() else { return };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut vars = TestApp::vars(Backend::Sqlite, &dir).await.expect("vars");
-    vars.insert("WAGATE_READ_MODEL_MESSAGES".into(), "3".into());
-    vars.insert("WAGATE_READ_MODEL_AI_LOG_ROWS".into(), "2".into());
-    let app = TestApp::spawn_with(Backend::Sqlite, dir, vars).await;
+    let app = TestApp::spawn_with_settings(
+        Backend::Sqlite,
+        &[
+            ("WAGATE_READ_MODEL_MESSAGES", "3"),
+            ("WAGATE_READ_MODEL_AI_LOG_ROWS", "2"),
+        ],
+    )
+    .await
+    .expect("a SQLite gateway");
     app.create_account("acme").await;
     app.echo_mode().await;
     for i in 0..5 {
