@@ -114,6 +114,12 @@ impl std::fmt::Display for KeyId {
     }
 }
 
+/// The owner a layer's fallback key is sealed for (`global#fallback`, `account:<id>#fallback`):
+/// distinct from the main key's, so one cannot be passed off as the other.
+pub fn fallback_owner(owner: &str) -> String {
+    format!("{owner}#fallback")
+}
+
 /// The associated data binding an AI API key to its owner row: `ai_api_key|v1|<owner>`, where
 /// `owner` is `global` or `account:<id>`. Seal and open with the same value; a ciphertext sealed
 /// for one owner does not open for another.

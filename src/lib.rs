@@ -1,26 +1,31 @@
 //! wagate: a WhatsApp gateway whose AI auto-reply is configured in three layers over env
-//! defaults, with every change kept as an event. This crate is the binary's library: config,
-//! store, crypto, auth, the HTTP API and the CLI commands; the domain lives in `wagate-events`
-//! and the read models in `wagate-projections`.
+//! defaults, with every change kept as an event. This crate is the binary's library; the domain
+//! lives in `wagate-events`, the read models in `wagate-projections`, the actors in
+//! `wagate-actors`.
+//!
+//! The modules are layers; each uses only the ones listed before it (docs/ARCHITECTURE.md,
+//! "Layers"; `tests/layers.rs` checks that no two import each other):
+//! - foundations: [`config`], [`crypto`], [`auth`];
+//! - [`store`]: every SQL statement (event store, group commit, loads, snapshots, checkpoints,
+//!   replay folds, retention, outbox);
+//! - [`model`]: the model client and the outbound guard;
+//! - [`transport`]: how a message reaches WhatsApp (sandbox, Cloud API client);
+//! - [`app`]: the running application: read models, command execution, the actors' ports,
+//!   reads past memory, checkpoints and retention tasks;
+//! - [`webhooks`]: fan-out and delivery;
+//! - [`service`]: application functions the front ends share;
+//! - front ends: [`http`], [`dashboard`], [`cli`]; [`startup`] wires them together.
 
 pub mod app;
-pub mod audit;
 pub mod auth;
-pub mod body_retention;
-pub mod chat_store;
-pub mod checkpoint;
 pub mod cli;
-pub mod cold;
 pub mod config;
 pub mod crypto;
 pub mod dashboard;
-pub mod group_commit;
-pub mod group_load;
 pub mod http;
-pub mod model_client;
-pub mod net_guard;
+pub mod model;
 pub mod plain_http;
-pub mod reply;
+pub mod service;
 pub mod startup;
 pub mod store;
 pub mod transport;

@@ -69,7 +69,7 @@ impl Running {
         if self.app.config.checkpoint_every > 0 {
             match self.app.catch_up().await {
                 Ok(()) => {
-                    crate::checkpoint::write_logged(&self.app, false).await;
+                    crate::app::checkpoint::write_logged(&self.app, false).await;
                 }
                 Err(e) => tracing::warn!(error = %e, "no checkpoint at stop: catch-up failed"),
             }
@@ -102,7 +102,7 @@ pub async fn start(config: Config) -> Result<Running, StartupError> {
     })?;
     start_actors(&app).await?;
     let (tx, rx) = oneshot::channel::<()>();
-    let router = http::router(app.clone());
+    let router = http::router(app.clone(), crate::dashboard::router());
     let task = tokio::spawn(async move {
         axum::serve(
             listener,
@@ -132,10 +132,13 @@ pub async fn start(config: Config) -> Result<Running, StartupError> {
     });
     let mut background = crate::webhooks::start(&app);
     if app.config.checkpoint_every > 0 {
-        background.push(crate::checkpoint::start(&app, app.config.checkpoint_every));
+        background.push(crate::app::checkpoint::start(
+            &app,
+            app.config.checkpoint_every,
+        ));
     }
     if let Some(retention) = app.config.ai_log_body_retention {
-        background.push(crate::body_retention::start(&app, retention));
+        background.push(crate::app::retention::start(&app, retention));
     }
     tracing::info!(%addr, store = app.store.kind(), position = app.model().position, "wagate listening");
     Ok(Running {
@@ -152,7 +155,7 @@ pub async fn start(config: Config) -> Result<Running, StartupError> {
 /// they end as failed with reason `interrupted`, never sent twice).
 async fn start_actors(app: &SharedApp) -> Result<(), StartupError> {
     let model = app.model_client();
-    let gateway = wagate_actors::Gateway::start(crate::reply::ports(app, model))
+    let gateway = wagate_actors::Gateway::start(crate::app::ports::ports(app, model))
         .await
         .map_err(|e| StartupError::Actors(e.to_string()))?;
     let _ = app.gateway.set(gateway.clone());

@@ -5,10 +5,10 @@ use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
 use serde_json::json;
-use wagate::model_client::{
+use wagate::model::client::{
     ChatMessage, HttpModelClient, ModelError, ModelRequest, RetryPolicy, Role, Usage,
 };
-use wagate::net_guard::OutboundGuard;
+use wagate::model::guard::OutboundGuard;
 use wiremock::matchers::{body_json, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 

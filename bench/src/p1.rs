@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use wagate::chat_store::{self, Backfilled};
+use wagate::store::chats::{self, Backfilled};
 
 use crate::gateway::{self, Api, Gateway};
 use crate::p3;
@@ -78,7 +78,7 @@ pub enum History {
     /// `cycles` reply cycles per chat, written with SQL: the chats were never active since, so
     /// they have no snapshot (a chat's first activation after an upgrade).
     Cold { cycles: i64 },
-    /// The same, then `wagate snapshot-chats` (`chat_store::backfill`, timed) before the gateway
+    /// The same, then `wagate snapshot-chats` (`chats::backfill`, timed) before the gateway
     /// starts: the chats start from their snapshots.
     Warm { cycles: i64 },
 }
@@ -117,7 +117,7 @@ pub async fn run(
         if history == (History::Warm { cycles }) {
             let store = p3::migrated_store(&url).await?;
             let started = Instant::now();
-            let done = chat_store::backfill(&store, SNAPSHOT_BEHIND, |_, _| {}).await?;
+            let done = chats::backfill(&store, SNAPSHOT_BEHIND, |_, _| {}).await?;
             backfill = Some((done, started.elapsed()));
             store.close().await;
         }

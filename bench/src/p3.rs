@@ -12,8 +12,8 @@ use secrecy::SecretString;
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::Row;
-use wagate::audit::{self, Projection};
 use wagate::config::DatabaseConfig;
+use wagate::store::replay::{self, Projection};
 use wagate::store::Store;
 
 use crate::gateway::{self, Gateway};
@@ -134,7 +134,7 @@ pub async fn replay(server: &Server, events: u64) -> Result<ReplayResult> {
     // Warm the cache the same way for both: one scan first, not timed.
     scan(&url).await?;
     let (scanned, scan_secs) = scan(&url).await?;
-    let report = audit::replay(
+    let report = replay::replay(
         &store,
         None,
         Projection::All,

@@ -20,7 +20,7 @@ use crate::http::webhooks::{
     self as api, CreateWebhookRequest, CreatedWebhook, DeliveriesQuery, WebhookResponse,
     DELIVERY_STATUSES,
 };
-use crate::webhooks::outbox::Delivery;
+use crate::store::outbox::Delivery;
 
 /// Deliveries shown on one page.
 const PAGE: i64 = 50;

@@ -22,7 +22,7 @@ use super::extract::{ApiJson, ApiPath, Caller};
 use super::ListResponse;
 use crate::app::{SharedApp, Who};
 use crate::auth;
-use crate::net_guard::OutboundGuard;
+use crate::model::guard::OutboundGuard;
 use crate::transport::cloud_api::{access_token_ad, app_secret_ad, verify_token_digest};
 
 pub fn router() -> OpenApiRouter<SharedApp> {

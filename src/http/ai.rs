@@ -271,7 +271,7 @@ fn to_patch(
                 ApiError::invalid("fallback_base_url", "not an absolute http(s) URL")
             })?;
             Patch::Set(SealedKey {
-                sealed: app.seal_api_key(&crate::reply::fallback_owner(owner), key),
+                sealed: app.seal_api_key(&crate::crypto::fallback_owner(owner), key),
                 origin,
             })
         }

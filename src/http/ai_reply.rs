@@ -18,9 +18,9 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiQuery, Caller, Principal};
 use super::messages::send_as_account;
 use super::ListResponse;
+use crate::app::cold;
+use crate::app::ports::{reply_config_of, to_request};
 use crate::app::SharedApp;
-use crate::cold;
-use crate::reply::{reply_config_of, to_request};
 
 pub fn router() -> OpenApiRouter<SharedApp> {
     OpenApiRouter::new()

@@ -56,7 +56,7 @@ pub struct EventView {
 impl From<StoredEvent> for EventView {
     fn from(e: StoredEvent) -> Self {
         let mut payload = e.payload;
-        crate::audit::redact(&mut payload);
+        crate::store::replay::redact(&mut payload);
         let meta: HashMap<String, String> = e.metadata;
         Self {
             position: e.position,

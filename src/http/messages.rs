@@ -16,8 +16,8 @@ use wagate_projections::messages::{ChatView, MessageView};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
 use super::ListResponse;
+use crate::app::cold;
 use crate::app::SharedApp;
-use crate::cold;
 
 pub fn router() -> OpenApiRouter<SharedApp> {
     OpenApiRouter::new()

@@ -17,7 +17,7 @@ use utoipa_axum::routes;
 use wagate_projections::messages::{ReplyTotals, LATENCY_BUCKETS};
 
 use crate::app::SharedApp;
-use crate::webhooks::outbox;
+use crate::store::outbox;
 
 pub fn router() -> OpenApiRouter<SharedApp> {
     OpenApiRouter::new().routes(routes!(metrics))

@@ -102,8 +102,10 @@ pub fn api() -> (Router<SharedApp>, utoipa::openapi::OpenApi) {
         .split_for_parts()
 }
 
-/// The whole HTTP app over `app`.
-pub fn router(app: SharedApp) -> Router {
+/// The whole HTTP app over `app`; `pages` are served beside the API, outside the OpenAPI
+/// document (the dashboard's HTML pages, handed in by `startup` so the API does not depend on
+/// the dashboard).
+pub fn router(app: SharedApp, pages: Router<SharedApp>) -> Router {
     let (routes, openapi) = api();
     let openapi = Arc::new(openapi);
     routes
@@ -114,8 +116,7 @@ pub fn router(app: SharedApp) -> Router {
                 async move { Json(doc.as_ref().clone()) }
             }),
         )
-        // The dashboard's HTML pages: plain routes, outside the OpenAPI document.
-        .merge(crate::dashboard::router())
+        .merge(pages)
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -18,8 +18,8 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
 use super::ListResponse;
 use crate::app::{AppError, SharedApp, Who};
-use crate::net_guard::OutboundGuard;
-use crate::webhooks::outbox::{self, Delivery};
+use crate::model::guard::OutboundGuard;
+use crate::store::outbox::{self, Delivery};
 use crate::webhooks::signing;
 
 pub fn router() -> OpenApiRouter<SharedApp> {

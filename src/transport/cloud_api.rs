@@ -20,7 +20,7 @@ use url::{Host, Url};
 use wagate_actors::ports::SendError;
 use wagate_events::chat::{DeliveryStatus, MessageKind};
 
-use crate::net_guard::{GuardError, OutboundGuard};
+use crate::model::guard::{GuardError, OutboundGuard};
 
 /// Largest Graph response body read.
 const MAX_RESPONSE_BYTES: usize = 256 * 1024;

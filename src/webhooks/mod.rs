@@ -6,12 +6,11 @@
 //! One slow or dead receiver never delays others: each webhook has a small cap of requests in
 //! flight, and a request's time is bounded by the configured timeout.
 
-pub mod outbox;
 pub mod signing;
 
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -24,11 +23,11 @@ use wagate_events::webhook::{WebhookCommand, WebhookStatus};
 use wagate_projections::messages::{AiLogRow, MessagesModel};
 use wagate_projections::outbox::{outgoing, Replies};
 
+use crate::app::cold;
 use crate::app::{App, Who};
-use crate::cold;
-use crate::net_guard::{GuardError, OutboundGuard};
+use crate::model::guard::{GuardError, OutboundGuard};
+use crate::store::outbox::{self, Due, NewDelivery, Outcome};
 use crate::store::EventQuery;
-use outbox::{Due, NewDelivery, Outcome};
 
 /// Requests in flight across all webhooks.
 const MAX_IN_FLIGHT: usize = 256;
@@ -40,14 +39,6 @@ const FANOUT_BATCH: i64 = 500;
 const SKIP_CHECKPOINT_EVERY: i64 = 5_000;
 /// How often senders look for due deliveries when nothing wakes them.
 const POLL: Duration = Duration::from_millis(250);
-
-/// Process-local delivery counters (`/metrics`).
-#[derive(Debug, Default)]
-pub struct DeliveryCounters {
-    pub delivered: AtomicU64,
-    pub failed_attempts: AtomicU64,
-    pub dead: AtomicU64,
-}
 
 /// The system actor recorded on events the delivery machinery causes (410 disables).
 fn system() -> Who {
@@ -62,7 +53,7 @@ pub fn start(app: &Arc<App>) -> Vec<JoinHandle<()>> {
     let guard = Arc::new(OutboundGuard::new(
         app.config.allow_private_networks.clone(),
     ));
-    let client = match crate::model_client::guarded_client(&guard) {
+    let client = match crate::model::client::guarded_client(&guard) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the webhook HTTP client; webhooks are not delivered");

@@ -2,9 +2,9 @@
 //! newest checkpoint, and answers exactly as a fold of the whole history does; a checkpoint that
 //! cannot be used is ignored, never trusted.
 
+use wagate::app::checkpoint::Found;
 use wagate::app::StartStats;
-use wagate::audit;
-use wagate::checkpoint::Found;
+use wagate::store::replay;
 use wagate::store::Store;
 
 use crate::both_stores;
@@ -42,13 +42,13 @@ async fn digest_equals_replay(app: &TestApp) -> String {
     let live = {
         let config = app.app().model();
         let messages = app.app().messages();
-        audit::digest(Some(&config), Some(&messages))
+        replay::digest(Some(&config), Some(&messages))
     };
     let store = Store::connect(&app.config().database).await.expect("store");
-    let replayed = audit::replay(
+    let replayed = replay::replay(
         &store,
         None,
-        audit::Projection::All,
+        replay::Projection::All,
         app.config().read_model,
         false,
     )
@@ -56,7 +56,7 @@ async fn digest_equals_replay(app: &TestApp) -> String {
     .expect("replay");
     store.close().await;
     assert_eq!(
-        audit::digest(replayed.config.as_ref(), replayed.messages.as_ref()),
+        replay::digest(replayed.config.as_ref(), replayed.messages.as_ref()),
         live,
         "the gateway's read models equal a fold of the whole history"
     );

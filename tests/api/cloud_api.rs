@@ -833,7 +833,7 @@ async fn key_rotation_reseals_cloud_secrets(mut app: TestApp) {
         actor: "cli:rotate-keys".into(),
         request_id: None,
     };
-    let report = app.app().rotate_api_keys(&who).await;
+    let report = wagate::service::keys::rotate_keys(app.app(), &who).await;
     assert_eq!(
         (report.resealed, report.failed.len()),
         (2, 0),
@@ -841,7 +841,9 @@ async fn key_rotation_reseals_cloud_secrets(mut app: TestApp) {
         report.failed
     );
     assert_eq!(
-        app.app().rotate_api_keys(&who).await.resealed,
+        wagate::service::keys::rotate_keys(app.app(), &who)
+            .await
+            .resealed,
         0,
         "idempotent"
     );

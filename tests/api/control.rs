@@ -701,7 +701,7 @@ async fn fallback_key_rotates(mut app: TestApp) {
         actor: "cli:rotate-keys".into(),
         request_id: None,
     };
-    let report = app.app().rotate_api_keys(&who).await;
+    let report = wagate::service::keys::rotate_keys(app.app(), &who).await;
     assert_eq!((report.resealed, report.failed.len()), (1, 0), "{report:?}");
     app.vars.remove("WAGATE_MASTER_KEYS_OLD");
     app.restart().await;

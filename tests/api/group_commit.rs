@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use serde_json::json;
-use wagate::group_commit::{Append, Appended};
+use wagate::store::group_commit::{Append, Appended};
 
 use crate::both_stores;
 use crate::helpers::TestApp;
@@ -119,7 +119,7 @@ async fn grouped_loads_equal_single_loads(app: TestApp) {
             version += n as i64;
         }
     }
-    let loader = std::sync::Arc::new(wagate::reply::StoreStreams::new(
+    let loader = std::sync::Arc::new(wagate::app::ports::StoreStreams::new(
         &a.store,
         a.committer.clone(),
     ));

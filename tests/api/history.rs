@@ -3,7 +3,8 @@
 //! the CLI commands work on the same store.
 
 use serde_json::json;
-use wagate::audit::{self, Projection};
+use wagate::cli::audit;
+use wagate::store::replay::{self, Projection};
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -91,8 +92,8 @@ async fn answers(app: &TestApp) -> Vec<String> {
 async fn replay_matches_the_live_models(mut app: TestApp) {
     scenario(&app).await;
     app.app().catch_up().await.expect("catch up");
-    let live = audit::digest(Some(&app.app().model()), Some(&app.app().messages()));
-    let report = audit::replay(
+    let live = replay::digest(Some(&app.app().model()), Some(&app.app().messages()));
+    let report = replay::replay(
         &app.app().store,
         None,
         Projection::All,
@@ -103,12 +104,12 @@ async fn replay_matches_the_live_models(mut app: TestApp) {
     .expect("replay");
     assert!(report.events > 10);
     assert_eq!(
-        audit::digest(report.config.as_ref(), report.messages.as_ref()),
+        replay::digest(report.config.as_ref(), report.messages.as_ref()),
         live
     );
     // The config model alone, from the configuration's history only (its own index): the same
     // as the live model, pauses included.
-    let config = audit::replay(
+    let config = replay::replay(
         &app.app().store,
         None,
         Projection::Config,
@@ -118,16 +119,16 @@ async fn replay_matches_the_live_models(mut app: TestApp) {
     .await
     .expect("config replay");
     assert_eq!(
-        audit::digest(config.config.as_ref(), None),
-        audit::digest(Some(&app.app().model()), None)
+        replay::digest(config.config.as_ref(), None),
+        replay::digest(Some(&app.app().model()), None)
     );
     assert!(config.events < report.events, "{} events", config.events);
     assert_eq!(
-        audit::digest(
+        replay::digest(
             Some(&app.app().model_at(report.position).await.unwrap()),
             None
         ),
-        audit::digest(Some(&app.app().model()), None)
+        replay::digest(Some(&app.app().model()), None)
     );
     // Read models wiped (a restart rebuilds them from history): same answers.
     let before = answers(&app).await;
@@ -136,7 +137,7 @@ async fn replay_matches_the_live_models(mut app: TestApp) {
 
     // As of a past position: the same config as `as_of` answers.
     let mid = report.position / 2;
-    let partial = audit::replay(
+    let partial = replay::replay(
         &app.app().store,
         Some(mid),
         Projection::Config,
@@ -147,8 +148,8 @@ async fn replay_matches_the_live_models(mut app: TestApp) {
     .expect("partial replay");
     let at = app.app().model_at(mid).await.expect("model_at");
     assert_eq!(
-        audit::digest(partial.config.as_ref(), None),
-        audit::digest(Some(&at), None)
+        replay::digest(partial.config.as_ref(), None),
+        replay::digest(Some(&at), None)
     );
     assert!(partial.messages.is_none());
 }
@@ -194,7 +195,7 @@ async fn cli_replay_and_audit() {
     let stdout = app.cli_ok(&["replay"]);
     assert!(stdout.contains("events/s"), "{stdout}");
     app.app().catch_up().await.expect("catch up");
-    let live = audit::digest(Some(&app.app().model()), Some(&app.app().messages()));
+    let live = replay::digest(Some(&app.app().model()), Some(&app.app().messages()));
     assert!(stdout.contains(&live), "{stdout} vs {live}");
 
     let stdout = app.cli_ok(&["audit", "--account", "acme", "--chat", JID]);

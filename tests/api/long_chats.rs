@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 
 use serde_json::json;
-use wagate::chat_store;
-use wagate::reply::StoreStreams;
+use wagate::app::ports::StoreStreams;
+use wagate::store::chats;
 use wagate::store::Store;
 use wagate_actors::chat::SNAPSHOT_EVERY;
 use wagate_actors::ports::ChatStreams;
@@ -76,7 +76,7 @@ async fn snapshot_written(store: &Store, stream: &str, version: usize) {
         10,
         "the snapshot at the version is written",
         || async move {
-            chat_store::read_snapshot(store, stream)
+            chats::read_snapshot(store, stream)
                 .await
                 .expect("read")
                 .filter(|s| s.version == version as i64)
@@ -144,7 +144,7 @@ async fn snapshots_and_recall_through_the_store(app: TestApp) {
     // as it is.
     let head = (whole.1) as i64;
     let blank = serde_json::to_string(&Chat::default()).expect("serializes");
-    chat_store::save_snapshot(&store, stream, head, &blank)
+    chats::save_snapshot(&store, stream, head, &blank)
         .await
         .expect("snapshot");
     assert_eq!(
@@ -155,14 +155,14 @@ async fn snapshots_and_recall_through_the_store(app: TestApp) {
     set_snapshot_format(&store, Chat::SNAPSHOT_FORMAT + 1).await;
     assert_eq!(streams.load(stream).await.expect("load"), whole);
     // ...and so is one the stream does not reach (a store restored without its newest events).
-    chat_store::save_snapshot(&store, stream, head + 1_000, &blank)
+    chats::save_snapshot(&store, stream, head + 1_000, &blank)
         .await
         .expect("snapshot");
     assert_eq!(streams.load(stream).await.expect("load"), whole);
 }
 both_stores!(long_chat_store, snapshots_and_recall_through_the_store);
 
-/// `chat_store::backfill` (`wagate snapshot-chats`): writes a snapshot for the chats whose stream
+/// `chats::backfill` (`wagate snapshot-chats`): writes a snapshot for the chats whose stream
 /// runs `behind` events or more past their snapshot, none for the others, and is a no-op when
 /// run again.
 async fn backfill_snapshots_the_long_chats(app: TestApp) {
@@ -178,37 +178,37 @@ async fn backfill_snapshots_the_long_chats(app: TestApp) {
     let behind = i64::try_from(SNAPSHOT_EVERY).expect("fits");
 
     assert_eq!(
-        chat_store::lagging(&store, behind).await.expect("lagging"),
+        chats::lagging(&store, behind).await.expect("lagging"),
         vec![(long.to_string(), (ID_WINDOW + 100) as i64)]
     );
     let mut calls = Vec::new();
-    let done = chat_store::backfill(&store, behind, |i, n| calls.push((i, n)))
+    let done = chats::backfill(&store, behind, |i, n| calls.push((i, n)))
         .await
         .expect("backfill");
     assert_eq!(
         (done.chats, done.events_folded, calls),
         (1, (ID_WINDOW + 100) as u64, vec![(1, 1)])
     );
-    assert!(chat_store::read_snapshot(&store, short)
+    assert!(chats::read_snapshot(&store, short)
         .await
         .expect("read")
         .is_none());
-    let snapshot = chat_store::read_snapshot(&store, long)
+    let snapshot = chats::read_snapshot(&store, long)
         .await
         .expect("read")
         .expect("snapshot written");
     assert_eq!(snapshot.version, (ID_WINDOW + 100) as i64);
     // A load starts from it and folds nothing more, and equals the whole fold.
-    let loaded = chat_store::load(&store, long).await.expect("load");
+    let loaded = chats::load(&store, long).await.expect("load");
     assert_eq!(loaded.folded, 0);
     assert_eq!((loaded.chat, loaded.version), folded(&store, long).await);
 
-    let again = chat_store::backfill(&store, behind, |_, _| {})
+    let again = chats::backfill(&store, behind, |_, _| {})
         .await
         .expect("backfill");
-    assert_eq!(again, chat_store::Backfilled::default());
+    assert_eq!(again, chats::Backfilled::default());
     // `--behind 1` takes every chat past its snapshot, the short one included.
-    let all = chat_store::backfill(&store, 1, |_, _| {})
+    let all = chats::backfill(&store, 1, |_, _| {})
         .await
         .expect("backfill");
     assert_eq!((all.chats, all.events_folded), (1, 10));
@@ -257,7 +257,7 @@ async fn a_long_chat_keeps_deduplicating(mut app: TestApp) {
             let store = store.clone();
             let stream = stream.clone();
             async move {
-                chat_store::read_snapshot(&store, &stream)
+                chats::read_snapshot(&store, &stream)
                     .await
                     .expect("read")
                     .filter(|s| s.version >= 2 * SNAPSHOT_EVERY as i64)
@@ -273,9 +273,7 @@ async fn a_long_chat_keeps_deduplicating(mut app: TestApp) {
     assert!(inject(&app, "fresh1").await);
     assert!(!inject(&app, "fresh2").await);
     let store = app.app().store.clone();
-    let events = chat_store::read_events(&store, &stream, 0)
-        .await
-        .expect("read");
+    let events = chats::read_events(&store, &stream, 0).await.expect("read");
     let received = |id: &str| {
         events
             .iter()
@@ -307,7 +305,7 @@ async fn cli_snapshot_chats() {
         stdout.contains("snapshots written for 1 chat(s)"),
         "{stdout}"
     );
-    let snapshot = chat_store::read_snapshot(&a.store, &stream)
+    let snapshot = chats::read_snapshot(&a.store, &stream)
         .await
         .expect("read")
         .expect("written");

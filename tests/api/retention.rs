@@ -2,7 +2,7 @@
 //! that reaches past memory comes from the store, and equals what the whole history says.
 
 use serde_json::{json, Value};
-use wagate::audit;
+use wagate::store::replay;
 use wagate::store::Store;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -111,7 +111,7 @@ async fn pages_reach_past_memory(mut app: TestApp) {
     // A restart folds the same bounded model (same digest as a replay) and answers the same.
     app.restart().await;
     check_answers(&app, first_position.clone().expect("position")).await;
-    let live = audit::digest(None, Some(&app.app().messages()));
+    let live = replay::digest(None, Some(&app.app().messages()));
     let out = app.cli_ok(&["replay", "--projection", "messages"]);
     assert!(out.contains(&live), "replay digest {live} not in: {out}");
 
@@ -305,9 +305,9 @@ async fn ai_log_texts_expire(backend: Backend) {
     })
     .await;
     // A restart (a replay of the erased history) answers the same.
-    let before = audit::digest(None, Some(&app.app().messages()));
+    let before = replay::digest(None, Some(&app.app().messages()));
     app.restart().await;
-    assert_eq!(audit::digest(None, Some(&app.app().messages())), before);
+    assert_eq!(replay::digest(None, Some(&app.app().messages())), before);
 }
 
 both_stores!(texts_expire, ai_log_texts_expire(Backend));

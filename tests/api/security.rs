@@ -177,7 +177,7 @@ async fn key_rotation_keeps_keys_readable(mut app: TestApp) {
         actor: "cli:rotate-keys".into(),
         request_id: None,
     };
-    let report = app.app().rotate_api_keys(&who).await;
+    let report = wagate::service::keys::rotate_keys(app.app(), &who).await;
     assert_eq!(
         (report.resealed, report.failed.len()),
         (2, 0),
@@ -185,7 +185,12 @@ async fn key_rotation_keeps_keys_readable(mut app: TestApp) {
         report.failed
     );
     // Idempotent.
-    assert_eq!(app.app().rotate_api_keys(&who).await.resealed, 0);
+    assert_eq!(
+        wagate::service::keys::rotate_keys(app.app(), &who)
+            .await
+            .resealed,
+        0
+    );
 
     // Drop the old key: everything still loads and every key opens.
     app.vars.remove("WAGATE_MASTER_KEYS_OLD");

@@ -2,6 +2,8 @@
 //! `snapshot-chats`. Each reads the same configuration (env + data dir), so a token printed by
 //! `admin-token` is accepted by `serve`.
 
+pub mod audit;
+
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -49,7 +51,7 @@ pub enum Command {
         #[arg(long)]
         as_of: Option<String>,
         #[arg(long, value_enum, default_value = "all")]
-        projection: crate::audit::Projection,
+        projection: crate::store::replay::Projection,
     },
     /// Write a snapshot of every chat whose history runs `--behind` or more events past its
     /// last snapshot, so that its next start reads only the events after it. Run it once after
@@ -193,7 +195,7 @@ async fn snapshot_chats(config: &Config, behind: i64) -> ExitCode {
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         )
     });
-    let result = crate::chat_store::backfill(&store, behind, |done, total| {
+    let result = crate::store::chats::backfill(&store, behind, |done, total| {
         if let Some(bar) = &bar {
             bar.set_length(total as u64);
             bar.set_position(done as u64);
@@ -285,7 +287,7 @@ async fn rotate_keys(config: Config) -> ExitCode {
         actor: "cli:rotate-keys".into(),
         request_id: None,
     };
-    let report = app.rotate_api_keys(&who).await;
+    let report = crate::service::keys::rotate_keys(&app, &who).await;
     for f in &report.failed {
         eprintln!("wagate: {f}");
     }
@@ -306,7 +308,7 @@ async fn rotate_keys(config: Config) -> ExitCode {
 async fn replay(
     config: &Config,
     as_of: Option<&str>,
-    projection: crate::audit::Projection,
+    projection: crate::store::replay::Projection,
 ) -> ExitCode {
     let store = match startup::open_store(config).await {
         Ok(s) => s,
@@ -335,11 +337,12 @@ async fn replay(
         },
     };
     let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let result = crate::audit::replay(&store, until, projection, config.read_model, progress).await;
+    let result =
+        crate::store::replay::replay(&store, until, projection, config.read_model, progress).await;
     store.close().await;
     match result {
         Ok(report) => {
-            print!("{}", crate::audit::summary(&report));
+            print!("{}", audit::summary(&report));
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -358,7 +361,7 @@ async fn audit(config: &Config, account: &str, chat: Option<&str>, json: bool) -
         }
     };
     let env = crate::app::env_layer(config);
-    let result = crate::audit::audit(&store, &env, account, chat).await;
+    let result = audit::audit(&store, &env, account, chat).await;
     store.close().await;
     match result {
         Ok(entries) if json => {
@@ -368,7 +371,7 @@ async fn audit(config: &Config, account: &str, chat: Option<&str>, json: bool) -
             ExitCode::SUCCESS
         }
         Ok(entries) => {
-            print!("{}", crate::audit::render_audit(&entries));
+            print!("{}", audit::render_audit(&entries));
             ExitCode::SUCCESS
         }
         Err(e) => {

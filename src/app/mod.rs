@@ -2,14 +2,21 @@
 //! id / time metadata and bounded retries on write conflicts) and keeps the in-memory config read
 //! model caught up with the history in commit order.
 
+pub mod checkpoint;
+pub mod cold;
+pub mod dispatch;
+pub mod ports;
+pub mod retention;
+
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use cqrs_es::{Aggregate, AggregateError};
 use secrecy::ExposeSecret;
-use wagate_events::account::{Account, AccountCommand};
-use wagate_events::ai_global::{AiGlobal, AiGlobalCommand, GLOBAL_ID};
+use wagate_events::account::Account;
+use wagate_events::ai_global::AiGlobal;
 use wagate_events::chat_settings::ChatSettings;
 use wagate_events::metadata;
 use wagate_events::settings::AiSettings;
@@ -68,13 +75,6 @@ impl Who {
     }
 }
 
-/// What `rotate_api_keys` did.
-#[derive(Debug, Default)]
-pub struct RotateReport {
-    pub resealed: usize,
-    pub failed: Vec<String>,
-}
-
 /// The env layer of the AI config (`WAGATE_AI_*` / `OPENAI_*`).
 pub fn env_layer(config: &Config) -> EnvLayer {
     EnvLayer {
@@ -89,6 +89,14 @@ pub fn env_layer(config: &Config) -> EnvLayer {
             .as_ref()
             .is_some_and(|k| !k.expose_secret().is_empty()),
     }
+}
+
+/// Process-local delivery counters (`/metrics`).
+#[derive(Debug, Default)]
+pub struct DeliveryCounters {
+    pub delivered: AtomicU64,
+    pub failed_attempts: AtomicU64,
+    pub dead: AtomicU64,
 }
 
 /// How many times a command is retried after a write conflict before giving up with 503.
@@ -111,21 +119,21 @@ pub struct App {
     /// Wakes the background projector after commits made outside `execute` (chat actors).
     pub projector_wake: tokio::sync::Notify,
     /// The model client for the test routes (the actors hold their own).
-    model_client: std::sync::OnceLock<crate::model_client::HttpModelClient>,
+    model_client: std::sync::OnceLock<crate::model::client::HttpModelClient>,
     /// The actor system, set once at start.
     pub gateway: std::sync::OnceLock<Arc<wagate_actors::Gateway>>,
     /// Wakes the webhook fan-out after the read models folded new events.
     pub outbox_wake: tokio::sync::Notify,
     /// Wakes the webhook senders when deliveries became due.
     pub delivery_wake: tokio::sync::Notify,
-    pub delivery_counters: crate::webhooks::DeliveryCounters,
+    pub delivery_counters: DeliveryCounters,
     /// Appends of the chat actors, grouped into shared transactions.
-    pub committer: crate::group_commit::GroupCommitter,
-    pub commit_stats: Arc<crate::group_commit::CommitStats>,
+    pub committer: crate::store::group_commit::GroupCommitter,
+    pub commit_stats: Arc<crate::store::group_commit::CommitStats>,
     /// Store failures seen by background work and commands (`/metrics`).
     store_errors: std::sync::atomic::AtomicU64,
     /// The read-model checkpoint last loaded or written (ADR 0015).
-    pub checkpoint_stats: crate::checkpoint::CheckpointStats,
+    pub checkpoint_stats: crate::app::checkpoint::CheckpointStats,
     /// How the start folded the history.
     pub start_stats: std::sync::OnceLock<StartStats>,
 }
@@ -136,7 +144,7 @@ pub struct StartStats {
     /// Events read and folded (all of the history without a checkpoint).
     pub events_folded: u64,
     /// What became of the checkpoint.
-    pub checkpoint: crate::checkpoint::Found,
+    pub checkpoint: crate::app::checkpoint::Found,
     pub elapsed: Duration,
 }
 
@@ -146,9 +154,9 @@ impl App {
     /// Builds the service over a migrated store and folds the whole history into the read model.
     pub async fn new(config: Config, store: Store) -> Result<SharedApp, AppError> {
         let env_layer = env_layer(&config);
-        let commit_stats = Arc::new(crate::group_commit::CommitStats::default());
+        let commit_stats = Arc::new(crate::store::group_commit::CommitStats::default());
         let committer =
-            crate::group_commit::GroupCommitter::start(store.clone(), commit_stats.clone());
+            crate::store::group_commit::GroupCommitter::start(store.clone(), commit_stats.clone());
         let app = Arc::new(App {
             global: store.framework(),
             accounts: store.framework(),
@@ -185,12 +193,12 @@ impl App {
     /// Then a catch-up for anything committed meanwhile; the server answers nothing before this
     /// is done.
     async fn load(&self) -> Result<(), AppError> {
-        use crate::checkpoint::Found;
+        use crate::app::checkpoint::Found;
         use std::sync::atomic::Ordering;
         let started = std::time::Instant::now();
         let head = self.store.head().await?;
         let (checkpoint, found) = if self.config.checkpoint_every > 0 {
-            crate::checkpoint::load(&self.store, self.config.read_model, head).await?
+            crate::app::checkpoint::load(&self.store, self.config.read_model, head).await?
         } else {
             (None, Found::None)
         };
@@ -199,14 +207,14 @@ impl App {
                 self.checkpoint_stats.record(model.position);
                 let config = self.model_at(head).await?;
                 let (messages, events) =
-                    crate::audit::fold_messages_after(&self.store, model, head).await?;
+                    crate::store::replay::fold_messages_after(&self.store, model, head).await?;
                 (config, messages, events)
             }
             None => {
-                let report = crate::audit::replay(
+                let report = crate::store::replay::replay(
                     &self.store,
                     Some(head),
-                    crate::audit::Projection::All,
+                    crate::store::replay::Projection::All,
                     self.config.read_model,
                     false,
                 )
@@ -285,7 +293,7 @@ impl App {
                 })
                 .await?
                 .into_iter()
-                .map(crate::audit::parse_for_fold)
+                .map(crate::store::replay::parse_for_fold)
                 .collect::<Result<Vec<_>, _>>()?;
             let n = batch.len();
             if let Some((last, _)) = batch.last() {
@@ -332,15 +340,15 @@ impl App {
     }
 
     /// The model client (built from the outbound guard on first use).
-    pub fn model_client(&self) -> crate::model_client::HttpModelClient {
+    pub fn model_client(&self) -> crate::model::client::HttpModelClient {
         self.model_client
             .get_or_init(|| {
-                let guard = Arc::new(crate::net_guard::OutboundGuard::new(
+                let guard = Arc::new(crate::model::guard::OutboundGuard::new(
                     self.config.allow_private_networks.clone(),
                 ));
-                match crate::model_client::HttpModelClient::new(
+                match crate::model::client::HttpModelClient::new(
                     guard,
-                    crate::model_client::RetryPolicy::default(),
+                    crate::model::client::RetryPolicy::default(),
                 ) {
                     Ok(c) => c,
                     Err(e) => {
@@ -433,89 +441,6 @@ impl App {
             }
         }
         self.catch_up().await
-    }
-
-    /// Re-encrypts every stored API key that is not under the current master key.
-    pub async fn rotate_api_keys(&self, who: &Who) -> RotateReport {
-        // (account or global, fallback key?, sealed)
-        let mut todo: Vec<(Option<String>, bool, String)> = Vec::new();
-        {
-            let m = self.model();
-            let mut layer = |account: Option<&str>, l: &wagate_events::settings::LayerState| {
-                if let Some(k) = &l.api_key {
-                    todo.push((account.map(str::to_string), false, k.sealed.clone()));
-                }
-                if let Some(k) = &l.fallback_api_key {
-                    todo.push((account.map(str::to_string), true, k.sealed.clone()));
-                }
-            };
-            layer(None, &m.global);
-            for a in m.accounts.values().filter(|a| !a.deleted) {
-                layer(Some(&a.id), &a.ai);
-            }
-        }
-        let keyring = &self.config.keyring;
-        let mut report = RotateReport::default();
-        for (account, fallback, sealed) in todo {
-            if !keyring.needs_rotation(&sealed) {
-                continue;
-            }
-            let mut owner = account
-                .as_ref()
-                .map_or_else(|| "global".to_string(), |a| format!("account:{a}"));
-            if fallback {
-                owner = crate::reply::fallback_owner(&owner);
-            }
-            let result = match keyring.reseal(&sealed, &crate::crypto::api_key_ad(&owner)) {
-                Err(e) => Err(e.to_string()),
-                Ok(resealed) => match (&account, fallback) {
-                    (None, false) => self
-                        .execute(
-                            &self.global,
-                            GLOBAL_ID,
-                            AiGlobalCommand::ResealApiKey { sealed: resealed },
-                            who,
-                        )
-                        .await
-                        .map_err(|e| e.to_string()),
-                    (None, true) => self
-                        .execute(
-                            &self.global,
-                            GLOBAL_ID,
-                            AiGlobalCommand::ResealFallbackApiKey { sealed: resealed },
-                            who,
-                        )
-                        .await
-                        .map_err(|e| e.to_string()),
-                    (Some(id), false) => self
-                        .execute(
-                            &self.accounts,
-                            id,
-                            AccountCommand::ResealApiKey { sealed: resealed },
-                            who,
-                        )
-                        .await
-                        .map_err(|e| e.to_string()),
-                    (Some(id), true) => self
-                        .execute(
-                            &self.accounts,
-                            id,
-                            AccountCommand::ResealFallbackApiKey { sealed: resealed },
-                            who,
-                        )
-                        .await
-                        .map_err(|e| e.to_string()),
-                },
-            };
-            match result {
-                Ok(()) => report.resealed += 1,
-                Err(e) => report
-                    .failed
-                    .push(format!("cannot re-encrypt the {owner} key: {e}")),
-            }
-        }
-        crate::transport::rotate_cloud_secrets(self, who, &mut report).await;
-        report
     }
 
     /// Seals an API key for the layer `owner` (`global` or `account:<id>`).

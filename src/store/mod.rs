@@ -30,6 +30,13 @@ macro_rules! on_pool {
 }
 pub(crate) use on_pool;
 
+pub mod chats;
+pub mod group_commit;
+pub mod group_load;
+pub mod outbox;
+pub mod replay;
+pub mod retention;
+
 /// The store could not answer.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {

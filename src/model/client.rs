@@ -14,7 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use url::{Host, Position, Url};
 
-use crate::net_guard::{GuardError, OutboundGuard};
+use crate::model::guard::{GuardError, OutboundGuard};
 use crate::plain_http;
 
 /// Largest response body read from the model server.

@@ -6,7 +6,7 @@
 use wagate_projections::messages::{AiLogRow, MessageView, MessagesModel, Retention};
 
 use crate::app::{App, AppError};
-use crate::audit::parse_for_fold;
+use crate::store::replay::parse_for_fold;
 use crate::store::{EventQuery, RawEvent, Store, StoreError};
 
 /// Events per query.

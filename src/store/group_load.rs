@@ -11,8 +11,8 @@ use sqlx::Row;
 use tokio::sync::{mpsc, oneshot};
 use wagate_events::chat::Chat;
 
-use crate::chat_store::{Loaded, Snapshot};
-use crate::group_commit::next_batch;
+use crate::store::chats::{Loaded, Snapshot};
+use crate::store::group_commit::next_batch;
 use crate::store::StoreError;
 
 /// Streams read by one query at most.

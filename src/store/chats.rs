@@ -7,7 +7,7 @@
 use wagate_events::chat::{fact_of, Chat, ChatEvent};
 use wagate_events::message_window::MessageFact;
 
-use crate::store::{on_pool, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// One stored event of a stream: its sequence and payload (JSON text).
 #[derive(Debug, Clone)]
@@ -155,7 +155,7 @@ pub async fn load(store: &Store, chat: &str) -> Result<Folded, StoreError> {
             return Ok(loaded);
         }
         tracing::warn!(
-            account = %crate::reply::account_of(chat),
+            account = %account_of(chat),
             "chat snapshot not usable (the stream does not reach it); folding every event"
         );
     }
@@ -209,4 +209,9 @@ pub async fn backfill(
         after_each(i + 1, chats.len());
     }
     Ok(done)
+}
+
+/// The account part of a chat stream id: logs name it, never the chat (its JID is a phone number).
+pub fn account_of(stream_id: &str) -> &str {
+    stream_id.split_once('/').map_or("", |(account, _)| account)
 }

@@ -78,9 +78,12 @@ pub async fn load(
             return Ok((None, Found::Ignored("it does not read back")));
         }
     };
-    let erased =
-        crate::body_retention::erased_in_store(store, model.oldest_text_position(), model.position)
-            .await?;
+    let erased = crate::store::retention::erased_in_store(
+        store,
+        model.oldest_text_position(),
+        model.position,
+    )
+    .await?;
     model.erase_reply_texts(&erased);
     Ok((Some(model), Found::Loaded(position)))
 }

@@ -17,15 +17,15 @@ use wagate_events::ids::chat_kind;
 use wagate_events::message_window::MessageFact;
 use wagate_projections::effective::{self, Effective, FallbackKey, KeySource};
 
+use crate::app::dispatch::DispatchTransport;
 use crate::app::App;
-use crate::chat_store;
-use crate::crypto::api_key_ad;
-use crate::group_commit::{Append, Appended, GroupCommitter};
-use crate::group_load::GroupLoader;
-use crate::model_client::{ChatMessage, HttpModelClient, ModelRequest, Role};
+use crate::crypto::{api_key_ad, fallback_owner};
+use crate::model::client::{ChatMessage, HttpModelClient, ModelRequest, Role};
+use crate::store::chats::{self, account_of};
+use crate::store::group_commit::{Append, Appended, GroupCommitter};
+use crate::store::group_load::GroupLoader;
 use crate::store::{CommitError, Store, StoreError};
 use crate::transport::cloud_api::CloudApiClient;
-use crate::transport::DispatchTransport;
 
 /// Chat streams in the event store: loaded from their snapshots (`chat_store`) by the group
 /// loader on PostgreSQL (many chats' loads share one query) and with single queries on SQLite,
@@ -63,11 +63,6 @@ impl StoreStreams {
     }
 }
 
-/// The account part of a chat stream id: logs name it, never the chat (its JID is a phone number).
-pub(crate) fn account_of(stream_id: &str) -> &str {
-    stream_id.split_once('/').map_or("", |(account, _)| account)
-}
-
 fn failure(e: CommitError) -> StoreFailure {
     match e {
         CommitError::Conflict => StoreFailure::Conflict,
@@ -101,11 +96,11 @@ impl ChatStreams for StoreStreams {
         let mut loaded = None;
         if let Some(loader) = &self.loader {
             let (snapshot, events) = loader.load(stream_id).await.map_err(store_failure)?;
-            loaded = chat_store::fold(snapshot, events).map_err(store_failure)?;
+            loaded = chats::fold(snapshot, events).map_err(store_failure)?;
         }
         let loaded = match loaded {
             Some(loaded) => loaded,
-            None => chat_store::load(&self.store, stream_id)
+            None => chats::load(&self.store, stream_id)
                 .await
                 .map_err(store_failure)?,
         };
@@ -122,7 +117,7 @@ impl ChatStreams for StoreStreams {
         stream_id: &str,
         message_id: &str,
     ) -> Result<Option<MessageFact>, StoreFailure> {
-        chat_store::recall(&self.store, stream_id, message_id)
+        chats::recall(&self.store, stream_id, message_id)
             .await
             .map_err(|e| failure(CommitError::Store(e)))
     }
@@ -139,7 +134,7 @@ impl ChatStreams for StoreStreams {
         let stream_id = stream_id.to_string();
         let version = i64::try_from(version).unwrap_or(i64::MAX);
         tokio::spawn(async move {
-            if let Err(e) = chat_store::save_snapshot(&store, &stream_id, version, &state).await {
+            if let Err(e) = chats::save_snapshot(&store, &stream_id, version, &state).await {
                 tracing::warn!(account = %account_of(&stream_id), error = %e, "chat snapshot not written");
             }
         });
@@ -175,12 +170,6 @@ impl ChatStreams for StoreStreams {
             Err(e) => Err(failure(CommitError::Store(e))),
         }
     }
-}
-
-/// The owner a layer's fallback key is sealed for (`global#fallback`, `account:<id>#fallback`):
-/// distinct from the main key's, so one cannot be passed off as the other.
-pub fn fallback_owner(owner: &str) -> String {
-    format!("{owner}#fallback")
 }
 
 /// Opens a key of `source`; `fallback` selects the layer's fallback key.
@@ -374,7 +363,7 @@ pub use crate::transport::SandboxTransport;
 
 /// The Graph API client of Cloud API accounts, behind the same outbound guard as model calls.
 fn cloud_client(app: &App) -> CloudApiClient {
-    let guard = Arc::new(crate::net_guard::OutboundGuard::new(
+    let guard = Arc::new(crate::model::guard::OutboundGuard::new(
         app.config.allow_private_networks.clone(),
     ));
     match CloudApiClient::new(guard) {

@@ -12,7 +12,7 @@ use serde::Serialize;
 use sqlx::Row;
 use utoipa::ToSchema;
 
-use crate::store::{on_pool, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// The checkpoint name of the webhook fan-out.
 pub const FANOUT: &str = "webhook_fanout";

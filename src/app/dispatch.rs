@@ -1,0 +1,125 @@
+//! [`DispatchTransport`] sends through the transport each account was created with. It looks the
+//! account up in the live config read model on every call, so a settings change (a new access
+//! token, another Graph URL) applies to the next message without restarting anything; a token
+//! Meta rejects is flagged on the account, so nothing more is sent with it.
+
+use std::sync::Weak;
+
+use async_trait::async_trait;
+use wagate_actors::ports::{SendError, Transport};
+use wagate_events::account::{AccountCommand, Transport as TransportKind};
+
+use crate::app::{App, Who};
+use crate::transport::cloud_api::{self, access_token_ad, recipient, CloudApiClient, CloudTarget};
+use crate::transport::SandboxTransport;
+
+/// Sends through the transport the account was created with.
+pub struct DispatchTransport {
+    app: Weak<App>,
+    cloud: CloudApiClient,
+}
+
+impl DispatchTransport {
+    pub fn new(app: Weak<App>, cloud: CloudApiClient) -> Self {
+        Self { app, cloud }
+    }
+
+    /// `None` for a sandbox account; the Cloud API target (token opened) otherwise.
+    fn target(&self, account: &str) -> Result<Option<CloudTarget>, SendError> {
+        let app = self
+            .app
+            .upgrade()
+            .ok_or_else(|| SendError::retryable("the gateway is shutting down"))?;
+        let model = app.model();
+        let acc = model
+            .account(account)
+            .ok_or_else(|| SendError::permanent("account not found or deleted"))?;
+        if acc.transport == TransportKind::Sandbox {
+            return Ok(None);
+        }
+        let cloud = acc
+            .cloud_api
+            .as_ref()
+            .ok_or_else(|| SendError::permanent("cloud_api settings missing for this account"))?;
+        if let Some(reason) = &cloud.token_invalid {
+            return Err(SendError::permanent(format!(
+                "not sent: the access token was rejected earlier ({reason}); set a new one with PATCH /v1/accounts/{account}/cloud_api"
+            )));
+        }
+        let access_token = app
+            .config
+            .keyring
+            .open_string(
+                &cloud.settings.access_token_sealed,
+                &access_token_ad(account),
+            )
+            .map_err(|_| {
+                SendError::permanent(
+                    "the stored cloud_api access token cannot be decrypted (is the master key that sealed it configured?)",
+                )
+            })?;
+        Ok(Some(CloudTarget {
+            graph_base_url: cloud.settings.graph_base_url.clone(),
+            graph_version: cloud.settings.graph_version.clone(),
+            phone_number_id: cloud.settings.phone_number_id.clone(),
+            access_token,
+        }))
+    }
+
+    /// Records that Meta rejected the token, so nothing more is sent with it.
+    async fn flag_token(&self, account: &str, reason: String) {
+        let Some(app) = self.app.upgrade() else {
+            return;
+        };
+        let who = Who {
+            actor: "system:cloud_api".into(),
+            request_id: None,
+        };
+        let cmd = AccountCommand::FlagCloudApiToken { reason };
+        if let Err(e) = app.execute(&app.accounts, account, cmd, &who).await {
+            tracing::warn!(account, error = %e, "could not flag the rejected cloud_api access token");
+        } else {
+            tracing::warn!(account, "cloud_api access token rejected by Meta (error 190); sends stop until a new token is set");
+        }
+    }
+
+    async fn graph_failed(&self, account: &str, e: &cloud_api::GraphError) -> SendError {
+        if e.is_invalid_token() {
+            self.flag_token(account, e.to_string()).await;
+        }
+        e.to_send_error()
+    }
+}
+
+#[async_trait]
+impl Transport for DispatchTransport {
+    async fn send_text(&self, account: &str, jid: &str, text: &str) -> Result<String, SendError> {
+        let Some(target) = self.target(account)? else {
+            return SandboxTransport.send_text(account, jid, text).await;
+        };
+        let to = recipient(jid)?;
+        match self.cloud.send_text(&target, to, text).await {
+            Ok(id) => Ok(id),
+            Err(e) => Err(self.graph_failed(account, &e).await),
+        }
+    }
+
+    async fn typing(
+        &self,
+        account: &str,
+        jid: &str,
+        reply_to: Option<&str>,
+    ) -> Result<(), SendError> {
+        let Some(target) = self.target(account)? else {
+            return SandboxTransport.typing(account, jid, reply_to).await;
+        };
+        // The Cloud API shows typing only on a received message being answered.
+        let Some(message_id) = reply_to else {
+            return Ok(());
+        };
+        match self.cloud.typing(&target, message_id).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.graph_failed(account, &e).await),
+        }
+    }
+}
