@@ -259,3 +259,22 @@ fn the_reader_sees_uses() {
         ["app::App", "app::Who", "store::Store", "model::client"]
     );
 }
+
+#[test]
+fn sql_statements_live_in_store() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let outside: Vec<String> = files
+        .iter()
+        .filter(|f| !f.starts_with(src.join("store")))
+        .filter(|f| {
+            let text = std::fs::read_to_string(f).expect("read a source file");
+            ["sqlx::query", "query_as(", "query_scalar("]
+                .iter()
+                .any(|needle| text.contains(needle))
+        })
+        .map(|f| f.display().to_string())
+        .collect();
+    assert!(outside.is_empty(), "SQL outside src/store/: {outside:?}");
+}

@@ -144,7 +144,7 @@ pub struct StartStats {
     /// Events read and folded (all of the history without a checkpoint).
     pub events_folded: u64,
     /// What became of the checkpoint.
-    pub checkpoint: crate::app::checkpoint::Found,
+    pub checkpoint: crate::store::checkpoint::Found,
     pub elapsed: Duration,
 }
 
@@ -193,12 +193,12 @@ impl App {
     /// Then a catch-up for anything committed meanwhile; the server answers nothing before this
     /// is done.
     async fn load(&self) -> Result<(), AppError> {
-        use crate::app::checkpoint::Found;
+        use crate::store::checkpoint::Found;
         use std::sync::atomic::Ordering;
         let started = std::time::Instant::now();
         let head = self.store.head().await?;
         let (checkpoint, found) = if self.config.checkpoint_every > 0 {
-            crate::app::checkpoint::load(&self.store, self.config.read_model, head).await?
+            crate::store::checkpoint::load(&self.store, self.config.read_model, head).await?
         } else {
             (None, Found::None)
         };

@@ -19,7 +19,7 @@ use wagate_projections::StoredEvent;
 use crate::config::DatabaseConfig;
 
 /// Runs `$body` with `$pool` bound to the store's pool, whichever backend it is: for statements
-/// that are the same on both.
+/// that are the same on both. Visible to this module's children only: SQL stays in `store/`.
 macro_rules! on_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match $store {
@@ -28,9 +28,9 @@ macro_rules! on_pool {
         }
     };
 }
-pub(crate) use on_pool;
 
 pub mod chats;
+pub mod checkpoint;
 pub mod group_commit;
 pub mod group_load;
 pub mod outbox;

@@ -2,8 +2,8 @@
 //! newest checkpoint, and answers exactly as a fold of the whole history does; a checkpoint that
 //! cannot be used is ignored, never trusted.
 
-use wagate::app::checkpoint::Found;
 use wagate::app::StartStats;
+use wagate::store::checkpoint::Found;
 use wagate::store::replay;
 use wagate::store::Store;
 
