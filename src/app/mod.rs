@@ -324,6 +324,17 @@ impl App {
         }
     }
 
+    /// Read-your-writes for this process: folds what its chat actors committed and the read
+    /// models have not folded yet, so an answer reflects every write that finished before the
+    /// request. Free when nothing is pending (no lock, no store read), which is the common case;
+    /// commits by other processes arrive with the background projector (at most a second).
+    pub async fn catch_up_own(&self) -> Result<(), AppError> {
+        if self.commit_stats.committed() <= self.folded() {
+            return Ok(());
+        }
+        self.catch_up().await
+    }
+
     /// The position up to which the read models have folded the history.
     pub fn folded(&self) -> i64 {
         self.folded.load(std::sync::atomic::Ordering::Acquire)

@@ -725,9 +725,10 @@ async fn get_effective(
 ) -> Result<Json<Effective>, ApiError> {
     caller.require_account(&acc)?;
     let kind = chat_kind(&jid, "jid")?;
-    // Chat actors commit pauses without waiting for the read model: fold what is committed so
-    // the answer reflects every write that finished before this request.
-    app.catch_up().await?;
+    // Chat actors commit pauses without waiting for the read model: fold what they committed so
+    // the answer reflects every write that finished before this request (free when nothing is
+    // pending; a store read and the fold lock on every request made this route 10× slower).
+    app.catch_up_own().await?;
     let resolved = match q.as_of.as_deref().map(str::trim) {
         None | Some("") => effective::resolve(&app.model(), &app.env_layer, &acc, &jid, kind),
         Some(raw) => {

@@ -55,6 +55,23 @@ pub struct GroupCommitter {
 pub struct CommitStats {
     pub transactions: std::sync::atomic::AtomicU64,
     pub appends: std::sync::atomic::AtomicU64,
+    /// The highest position committed through this committer, recorded before the append is
+    /// answered: a read that starts after a commit finished sees at least this position.
+    committed: std::sync::atomic::AtomicI64,
+}
+
+impl CommitStats {
+    /// The highest position this process's chat appends committed.
+    pub fn committed(&self) -> i64 {
+        self.committed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn note_committed(&self, positions: &[i64]) {
+        if let Some(&last) = positions.iter().max() {
+            self.committed
+                .fetch_max(last, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
 }
 
 impl GroupCommitter {
@@ -114,6 +131,7 @@ async fn commit_batch(store: &Store, mut batch: Vec<Request>, stats: &CommitStat
     match write(store, &appends).await {
         Ok(positions) => {
             for ((_, done), p) in batch.into_iter().zip(positions) {
+                stats.note_committed(&p);
                 let _ = done.send(Ok(Appended::Committed(p)));
             }
         }
@@ -127,7 +145,11 @@ async fn commit_batch(store: &Store, mut batch: Vec<Request>, stats: &CommitStat
             for (append, done) in batch {
                 stats.transactions.fetch_add(1, Relaxed);
                 let r = match write(store, &[&append]).await {
-                    Ok(mut p) => Ok(Appended::Committed(p.pop().unwrap_or_default())),
+                    Ok(mut p) => {
+                        let p = p.pop().unwrap_or_default();
+                        stats.note_committed(&p);
+                        Ok(Appended::Committed(p))
+                    }
                     Err(WriteError::Conflict) => Ok(Appended::Conflict),
                     Err(WriteError::Store(e)) => Err(e),
                 };
