@@ -19,7 +19,6 @@ pub mod group_load;
 pub mod http;
 pub mod model_client;
 pub mod net_guard;
-pub mod plain_http;
 pub mod reply;
 pub mod startup;
 pub mod store;
