@@ -108,6 +108,7 @@ struct Cli {
 const P1_TARGET_RATIO: f64 = 0.25;
 /// The last inbound 202 to the last reply sent.
 const P2_TARGET_TAIL_SECS: f64 = 2.5;
+const P2_TARGET_MODEL_DELAY: Duration = Duration::from_secs(2);
 const P2_TARGET_RSS_MB: f64 = 600.0;
 const P3_TARGET_RATIO: f64 = 0.5;
 
@@ -402,8 +403,10 @@ fn report(
         t.row(
             &format!("P2 last inbound 202 → last AiReplySent ({})", r.replies),
             format!("{} s", opt(r.tail_secs, 2)),
-            "<= 2.5 s",
-            Some(r.complete && r.tail_secs.is_some_and(|s| s <= P2_TARGET_TAIL_SECS)),
+            "<= 2.5 s (2 s model)",
+            // The target is for a model answering after 2 s; other delays are diagnostics.
+            (r.model_delay == P2_TARGET_MODEL_DELAY)
+                .then(|| r.complete && r.tail_secs.is_some_and(|s| s <= P2_TARGET_TAIL_SECS)),
         );
         let peak = r.peak_rss_kb.map(stats::mib);
         t.row(
