@@ -85,7 +85,7 @@ pub async fn load(
     Ok((Some(model), Found::Loaded(position)))
 }
 
-/// Zstandard level of the body: fast enough to stream through on both ends (docs/PERFORMANCE.md,
+/// Zstandard level of the body: fast enough to stream through on both ends (docs/perf-history.md,
 /// "Ninth session": 112 MB of JSON to 4.1 MB on a synthetic store; real texts compress less).
 const LEVEL: i32 = 1;
 
@@ -126,7 +126,7 @@ pub async fn write(app: &Arc<App>, force: bool) -> Result<Option<Written>, Store
         return Ok(None);
     }
     let serializing = app.clone();
-    // Serializing a large model takes a while (see docs/PERFORMANCE.md, "Ninth session"): off
+    // Serializing a large model takes a while (see docs/perf-history.md, "Ninth session"): off
     // the async workers, under the model's read lock (folds wait meanwhile, readers do not).
     let (position, retention, body) = tokio::task::spawn_blocking(move || {
         let model = serializing.messages();
