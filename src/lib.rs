@@ -8,7 +8,7 @@
 //! - foundations: [`config`], [`crypto`], [`auth`];
 //! - [`store`]: every SQL statement (event store, group commit, loads, snapshots, checkpoints,
 //!   replay folds, retention, outbox);
-//! - [`model`]: the model client and the outbound guard;
+//! - [`model`]: the model client (reqwest) and the outbound guard;
 //! - [`transport`]: how a message reaches WhatsApp (sandbox, Cloud API client);
 //! - [`app`]: the running application: read models, command execution, the actors' ports,
 //!   reads past memory, checkpoints and retention tasks;
@@ -24,7 +24,6 @@ pub mod crypto;
 pub mod dashboard;
 pub mod http;
 pub mod model;
-pub mod plain_http;
 pub mod service;
 pub mod startup;
 pub mod store;

@@ -522,3 +522,105 @@ async fn key_never_appears_in_any_error() {
     assert_eq!(err.class(), "setup");
     assert_clean(&err);
 }
+
+/// Plain http to a name connects only to the addresses the guard admitted for it: with only
+/// `::1` allowed, `localhost` (127.0.0.1 here, and maybe ::1) never reaches the server listening
+/// on 127.0.0.1, although the name resolves there.
+#[tokio::test]
+async fn plain_http_name_never_reaches_an_address_outside_the_allowed_networks() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ok())
+        .expect(0)
+        .mount(&server)
+        .await;
+    let port = server.address().port();
+    let only_v6_loopback = Arc::new(OutboundGuard::new(vec!["::1/128".parse().unwrap()]));
+    let client = HttpModelClient::new(only_v6_loopback, fast_retry(1)).unwrap();
+    let err = client
+        .complete(&request(format!("http://localhost:{port}/v1")))
+        .await
+        .unwrap_err();
+    // Refused when the name has no allowed address, else a connect error on [::1].
+    assert!(
+        matches!(err, ModelError::Refused(_) | ModelError::Connect),
+        "{err:?}"
+    );
+}
+
+/// A reply that is not HTTP is a malformed answer, not a connect error, and is not retried.
+#[tokio::test]
+async fn a_response_that_is_not_http_is_malformed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut buf = [0u8; 4096];
+            let _ = tcp.read(&mut buf).await;
+            let _ = tcp
+                .write_all(b"UPSTREAM-SECRET-BODY \x01\x02\r\n\r\n")
+                .await;
+            let _ = tcp.shutdown().await;
+        }
+    });
+    let err = client_with(fast_retry(3))
+        .complete(&request(format!("http://127.0.0.1:{port}/v1")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        ModelError::Malformed("invalid HTTP response".to_owned())
+    );
+    assert!(!err.is_retryable());
+    assert!(!err.to_string().contains("UPSTREAM-SECRET-BODY"));
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+/// Consecutive calls to one server reuse the kept-alive connection.
+#[tokio::test]
+async fn consecutive_calls_reuse_one_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::spawn(async move {
+                let body = ok_body().to_string();
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let (mut buf, mut request) = (vec![0u8; 16384], Vec::new());
+                while let Ok(n) = tcp.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    // A request ends with its JSON body.
+                    if request.ends_with(b"}") {
+                        request.clear();
+                        if tcp.write_all(reply.as_bytes()).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let client = client_with(fast_retry(1));
+    for _ in 0..3 {
+        let reply = client
+            .complete(&request(format!("http://127.0.0.1:{port}/v1")))
+            .await
+            .unwrap();
+        assert_eq!(reply.text, "Hello there!");
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::Relaxed), 1);
+}

@@ -7,6 +7,7 @@
 pub mod account;
 pub mod chat;
 pub mod ports;
+pub mod retry;
 pub mod supervisor;
 pub mod worker;
 

@@ -7,7 +7,9 @@
 //! sends, or skips if it decides so). Every step is
 //! committed by the chat actor; the worker holds nothing that a crash could lose except time.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
 use ractor::rpc::CallResult;
@@ -16,6 +18,7 @@ use wagate_events::chat::{ModelAttempt, TokenUsage, Turn};
 
 use crate::chat::{ChatMsg, Delivery, GeneratedReply, ReplyContext};
 use crate::ports::{ActorError, ModelCall, ModelFailure, Ports, PromptRole, ReplyConfig};
+use crate::retry::RetryPolicy;
 
 pub struct ReplyWorker;
 
@@ -42,26 +45,53 @@ async fn ask<T: Send + 'static>(
     }
 }
 
+/// How a reply's store step retries while the store is only temporarily unavailable: 8 attempts,
+/// 250 ms doubling to at most 1.5 s (about 8 s in all), jittered so that replies failing
+/// together do not come back together.
+const STORE_BUSY_RETRY: RetryPolicy = RetryPolicy {
+    max_attempts: 8,
+    base_delay: Duration::from_millis(250),
+    max_delay: Duration::from_millis(1500),
+};
+
+/// The most a refused send waits before its next try, however often `send_backoff` doubled.
+const SEND_RETRY_CAP: Duration = Duration::from_secs(30);
+
+/// Why a store step failed: the chat could not be asked, or it answered with an error.
+enum StepFailure {
+    Ask(String),
+    Actor(ActorError),
+}
+
 /// Asks the chat to commit one step, retrying while the store is only temporarily unavailable
 /// (pool exhausted under load), so a busy store delays a reply instead of dropping it.
 async fn step<T: Send + 'static>(
     args: &WorkerArgs,
     build: impl Fn(RpcReplyPort<Result<T, ActorError>>) -> ChatMsg,
 ) -> Result<T, String> {
-    const ATTEMPTS: u32 = 8;
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match ask(args, &build).await? {
-            Ok(v) => return Ok(v),
-            Err(ActorError::Unavailable(m)) if attempt < ATTEMPTS => {
-                tracing::debug!(reply_id = %args.reply_id, attempt, cause = %m, "store busy; retrying step");
-                tokio::time::sleep(std::time::Duration::from_millis(250 * u64::from(attempt)))
-                    .await;
-            }
-            Err(e) => return Err(e.to_string()),
-        }
-    }
+    let build = &build;
+    STORE_BUSY_RETRY
+        .run(
+            || async move {
+                match ask(args, build).await {
+                    Ok(Ok(v)) => Ok(v),
+                    Ok(Err(e)) => Err(StepFailure::Actor(e)),
+                    Err(e) => Err(StepFailure::Ask(e)),
+                }
+            },
+            |e| matches!(e, StepFailure::Actor(ActorError::Unavailable(_))),
+            |_| None,
+            |e, wait| {
+                if let StepFailure::Actor(cause) = e {
+                    tracing::debug!(reply_id = %args.reply_id, cause = %cause, wait_ms = wait.as_millis() as u64, "store busy; retrying step");
+                }
+            },
+        )
+        .await
+        .map_err(|e| match e {
+            StepFailure::Ask(e) => e,
+            StepFailure::Actor(e) => e.to_string(),
+        })
 }
 
 /// The documented token estimate of one prompt message: a quarter of its characters, rounded
@@ -357,46 +387,70 @@ async fn run(args: &WorkerArgs) -> Result<(), String> {
     deliver(args, None).await
 }
 
+/// Why a delivery try did not send: the transport said "retry later", or the step failed.
+enum SendFailure {
+    Refused(String),
+    Step(String),
+}
+
 /// Asks the chat to send the reply; when the transport says "retry later" (rate limits), waits
-/// `send_backoff`, doubling, and tries again up to `send_attempts` times, then records the
-/// failure with the last reason.
+/// `send_backoff`, doubling with jitter (at most 30 s), and tries again up to `send_attempts`
+/// times, then records the failure with the last reason.
 async fn deliver(args: &WorkerArgs, generated: Option<GeneratedReply>) -> Result<(), String> {
-    let attempts = args.ports.send_attempts.max(1);
-    let mut delay = args.ports.send_backoff;
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        // The answer is recorded by the first try (in its append, whatever the outcome).
-        let generated = if attempt == 1 {
-            generated.clone()
-        } else {
-            None
-        };
-        let outcome = step(args, |reply| ChatMsg::Deliver {
-            reply_id: args.reply_id.clone(),
-            // The indicator once, before the first try.
-            typing: attempt == 1,
-            generated: generated.clone().map(Box::new),
-            reply,
-        })
-        .await?;
-        match outcome {
-            Delivery::Done => return Ok(()),
-            Delivery::Retry { reason } if attempt < attempts => {
-                tracing::info!(reply_id = %args.reply_id, attempt, reason = %reason, "send refused for now; retrying");
-                tokio::time::sleep(delay).await;
-                delay = delay.saturating_mul(2);
-            }
-            Delivery::Retry { reason } => {
-                let reason = format!("send failed after {attempt} attempts: {reason}");
-                return step(args, |reply| ChatMsg::Fail {
+    let policy = RetryPolicy {
+        max_attempts: args.ports.send_attempts.max(1),
+        base_delay: args.ports.send_backoff,
+        max_delay: SEND_RETRY_CAP.max(args.ports.send_backoff),
+    };
+    let tries = AtomicU32::new(0);
+    let (tries, generated) = (&tries, &generated);
+    let outcome = policy
+        .run(
+            || async move {
+                let attempt = tries.fetch_add(1, Ordering::Relaxed) + 1;
+                // The answer is recorded by the first try (in its append, whatever the outcome).
+                let generated = if attempt == 1 {
+                    generated.clone()
+                } else {
+                    None
+                };
+                let outcome = step(args, |reply| ChatMsg::Deliver {
                     reply_id: args.reply_id.clone(),
-                    reason: reason.clone(),
-                    attempts: vec![],
+                    // The indicator once, before the first try.
+                    typing: attempt == 1,
+                    generated: generated.clone().map(Box::new),
                     reply,
                 })
-                .await;
-            }
+                .await
+                .map_err(SendFailure::Step)?;
+                match outcome {
+                    Delivery::Done => Ok(()),
+                    Delivery::Retry { reason } => Err(SendFailure::Refused(reason)),
+                }
+            },
+            |e| matches!(e, SendFailure::Refused(_)),
+            |_| None,
+            |e, _| {
+                if let SendFailure::Refused(reason) = e {
+                    let attempt = tries.load(Ordering::Relaxed);
+                    tracing::info!(reply_id = %args.reply_id, attempt, reason = %reason, "send refused for now; retrying");
+                }
+            },
+        )
+        .await;
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(SendFailure::Step(e)) => Err(e),
+        Err(SendFailure::Refused(reason)) => {
+            let attempt = tries.load(Ordering::Relaxed);
+            let reason = format!("send failed after {attempt} attempts: {reason}");
+            step(args, |reply| ChatMsg::Fail {
+                reply_id: args.reply_id.clone(),
+                reason: reason.clone(),
+                attempts: vec![],
+                reply,
+            })
+            .await
         }
     }
 }

@@ -1,10 +1,11 @@
 //! P2: N replies in flight. N chats get one message each, injected as fast as C concurrent
-//! clients can, against a stub that answers after a fixed delay (2 s). Measured: the wall time
-//! from the first inject to the last `AiReplySent`, the time to inject all N, and the peak RSS of
-//! this process (the gateway runs in-process, so it includes the benchmark's own client; the
-//! stub runs in a child process and is not included).
+//! clients can, against a stub that answers after a fixed delay (2 s). Measured against the
+//! targets: the time from the last inbound message's 202 to the last `AiReplySent` (its
+//! `recorded_at`), and the peak RSS of this process (the gateway runs in-process, so it includes
+//! the benchmark's own client; the stub runs in a child process and is not included). Also the
+//! wall time from the first inject and the time to inject all N.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,8 @@ pub struct P2Result {
     pub observed_secs: f64,
     /// First inject to the last 202.
     pub inject_secs: f64,
+    /// The last 202 to the last `AiReplySent` (its `recorded_at`): the target's measure.
+    pub tail_secs: Option<f64>,
     pub inject: Latency,
     /// VmHWM after the run; `peak_reset` tells whether it was reset before P2 started.
     pub peak_rss_kb: Option<u64>,
@@ -116,18 +119,21 @@ async fn drive(
     let injected = Arc::new(AtomicUsize::new(0));
     let failure: Arc<Mutex<Option<String>>> = Arc::default();
     let retries = Arc::new(AtomicU64::new(0));
+    // When the last 202 arrived (µs since the Unix epoch, the clock of `recorded_at`).
+    let last_ack_us = Arc::new(AtomicI64::new(i64::MIN));
     let cpu = stats::CpuMeter::with_stub(stub.pid());
     let start = Instant::now();
     let start_utc = chrono::Utc::now();
 
     let mut workers = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
-        let (api, next, injected, failure, retries) = (
+        let (api, next, injected, failure, retries, last_ack_us) = (
             api.clone(),
             next.clone(),
             injected.clone(),
             failure.clone(),
             retries.clone(),
+            last_ack_us.clone(),
         );
         workers.push(tokio::spawn(async move {
             let mut lat = Vec::new();
@@ -140,6 +146,8 @@ async fn drive(
                 let text = format!("Hi! Do you deliver to my area? (chat {i})");
                 match api.inject(i, &format!("p2-{i}"), &text).await {
                     Ok(n) => {
+                        let now = chrono::Utc::now().timestamp_micros();
+                        last_ack_us.fetch_max(now, Ordering::Relaxed);
                         retries.fetch_add(u64::from(n), Ordering::Relaxed);
                     }
                     Err(e) => {
@@ -243,6 +251,11 @@ async fn drive(
         .map(|t| (t - start_utc).num_microseconds().unwrap_or(0) as f64 / 1e6)
         .filter(|s| *s > 0.0)
         .unwrap_or(observed_secs);
+    let last_ack_us = last_ack_us.load(Ordering::Relaxed);
+    let tail_secs = counts
+        .last_sent_at
+        .filter(|_| last_ack_us != i64::MIN)
+        .map(|t| (t.timestamp_micros() - last_ack_us) as f64 / 1e6);
     Ok(P2Result {
         replies,
         concurrency,
@@ -251,6 +264,7 @@ async fn drive(
         wall_secs,
         observed_secs,
         inject_secs: inject_time.as_secs_f64(),
+        tail_secs,
         inject: Latency::of(lats),
         peak_rss_kb,
         peak_reset,

@@ -39,7 +39,7 @@ pub async fn write(app: &Arc<App>, force: bool) -> Result<Option<Written>, Store
         return Ok(None);
     }
     let serializing = app.clone();
-    // Serializing a large model takes a while (see docs/PERFORMANCE.md, "Ninth session"): off
+    // Serializing a large model takes a while (see docs/perf-history.md, "Ninth session"): off
     // the async workers, under the model's read lock (folds wait meanwhile, readers do not).
     let (position, retention, body) = tokio::task::spawn_blocking(move || {
         let model = serializing.messages();

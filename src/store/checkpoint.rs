@@ -74,7 +74,7 @@ pub async fn load(
     Ok((Some(model), Found::Loaded(position)))
 }
 
-/// Zstandard level of the body: fast enough to stream through on both ends (docs/PERFORMANCE.md,
+/// Zstandard level of the body: fast enough to stream through on both ends (docs/perf-history.md,
 /// "Ninth session": 112 MB of JSON to 4.1 MB on a synthetic store; real texts compress less).
 const LEVEL: i32 = 1;
 
