@@ -528,16 +528,6 @@ where
     }
 }
 
-/// Direct access to one aggregate's streams for writers that keep the aggregate in memory (the
-/// chat actors): load once, then commit new events at the version they hold.
-pub enum Streams<A>
-where
-    A: Aggregate<Services = ()> + 'static,
-{
-    Postgres(PersistedEventStore<PostgresEventRepository, A>),
-    Sqlite(PersistedEventStore<SqliteEventRepository, A>),
-}
-
 /// Why a commit failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
@@ -546,116 +536,6 @@ pub enum CommitError {
     Conflict,
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-impl Store {
-    pub fn streams<A>(&self) -> Streams<A>
-    where
-        A: Aggregate<Services = ()> + 'static,
-    {
-        match self {
-            Store::Postgres(p) => Streams::Postgres(PersistedEventStore::new_event_store(
-                PostgresEventRepository::new(p.clone()),
-            )),
-            Store::Sqlite(p) => Streams::Sqlite(PersistedEventStore::new_event_store(
-                SqliteEventRepository::new(p.clone()),
-            )),
-        }
-    }
-
-    /// Global positions of a stream's events after `after_sequence`, in order.
-    pub async fn positions_after(
-        &self,
-        aggregate_type: &str,
-        aggregate_id: &str,
-        after_sequence: i64,
-    ) -> Result<Vec<i64>, StoreError> {
-        const SQL: &str =
-            "SELECT position FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 \
-                           AND sequence > $3 ORDER BY sequence";
-        let rows = match self {
-            Store::Postgres(p) => {
-                sqlx::query_scalar::<_, i64>(SQL)
-                    .bind(aggregate_type)
-                    .bind(aggregate_id)
-                    .bind(after_sequence)
-                    .fetch_all(p)
-                    .await?
-            }
-            Store::Sqlite(p) => {
-                sqlx::query_scalar::<_, i64>(SQL)
-                    .bind(aggregate_type)
-                    .bind(aggregate_id)
-                    .bind(after_sequence)
-                    .fetch_all(p)
-                    .await?
-            }
-        };
-        Ok(rows)
-    }
-}
-
-fn classify<E: std::error::Error>(e: AggregateError<E>) -> CommitError {
-    match e {
-        AggregateError::AggregateConflict => CommitError::Conflict,
-        AggregateError::DatabaseConnectionError(e) => {
-            CommitError::Store(StoreError::Unavailable(e.to_string()))
-        }
-        AggregateError::UnexpectedError(e) => {
-            let unavailable = e.downcast_ref::<sqlx::Error>().is_some_and(is_unavailable);
-            CommitError::Store(if unavailable {
-                StoreError::Unavailable(e.to_string())
-            } else {
-                StoreError::Other(e.to_string())
-            })
-        }
-        other => CommitError::Store(StoreError::Other(other.to_string())),
-    }
-}
-
-impl<A> Streams<A>
-where
-    A: Aggregate<Services = ()> + 'static,
-{
-    /// The stream's state and version (0 for a new stream).
-    pub async fn load(&self, id: &str) -> Result<(A, usize), CommitError> {
-        use cqrs_es::EventStore;
-        let ctx = match self {
-            Streams::Postgres(s) => s.load_aggregate(id).await,
-            Streams::Sqlite(s) => s.load_aggregate(id).await,
-        }
-        .map_err(classify)?;
-        Ok((ctx.aggregate, ctx.current_sequence))
-    }
-
-    /// Appends `events` after version `expected`; fails with `Conflict` when the stream moved.
-    pub async fn commit(
-        &self,
-        id: &str,
-        expected: usize,
-        events: Vec<A::Event>,
-        metadata: std::collections::HashMap<String, String>,
-    ) -> Result<(), CommitError> {
-        use cqrs_es::persist::EventStoreAggregateContext;
-        use cqrs_es::EventStore;
-        if events.is_empty() {
-            return Ok(());
-        }
-        // In event-store mode the context's aggregate is not read on commit: only the id and the
-        // expected sequence matter (cqrs-es 0.5 `PersistedEventStore::commit`).
-        let ctx = EventStoreAggregateContext {
-            aggregate_id: id.to_string(),
-            aggregate: A::default(),
-            current_sequence: expected,
-            current_snapshot: None,
-        };
-        match self {
-            Streams::Postgres(s) => s.commit(events, ctx, metadata).await,
-            Streams::Sqlite(s) => s.commit(events, ctx, metadata).await,
-        }
-        .map(drop)
-        .map_err(classify)
-    }
 }
 
 #[cfg(test)]

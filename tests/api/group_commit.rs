@@ -77,10 +77,11 @@ async fn batches_and_isolates_conflicts(app: TestApp) {
     // one-by-one retry of the batch that held the conflict).
     assert!(after - before < 66 + 66, "transactions: {}", after - before);
     // The history reads back in position order with the right sequences.
-    let (chat, version) = wagate::store::Store::streams::<wagate_events::chat::Chat>(&a.store)
-        .load("acme/race@s.whatsapp.net")
-        .await
-        .expect("load");
+    let (chat, version) = crate::helpers::cqrs_load::<wagate_events::chat::Chat>(
+        &a.store,
+        "acme/race@s.whatsapp.net",
+    )
+    .await;
     assert_eq!(version, 2);
     drop(chat);
     // A stale writer conflicts and writes nothing.
@@ -131,11 +132,10 @@ async fn grouped_loads_equal_single_loads(app: TestApp) {
             tokio::spawn(async move { (loader.load(&s).await, s) })
         })
         .collect();
-    let reference = wagate::store::Store::streams::<Chat>(&a.store);
     for t in tasks {
         let (grouped, stream) = t.await.expect("task");
         let grouped = grouped.expect("grouped load");
-        let single = reference.load(&stream).await.expect("single load");
+        let single = crate::helpers::cqrs_load::<Chat>(&a.store, &stream).await;
         assert_eq!(grouped, single, "{stream}");
     }
     let (chat, version) = loader
@@ -198,10 +198,7 @@ async fn a_chat_started_as_new_reloads_when_it_was_not(app: TestApp) {
     assert_eq!(next.status, 202, "{}", next.text);
     assert_eq!(next.json["duplicate"], false, "{}", next.text);
 
-    let (chat, version) = wagate::store::Store::streams::<Chat>(&a.store)
-        .load(&stream)
-        .await
-        .expect("load");
+    let (chat, version) = crate::helpers::cqrs_load::<Chat>(&a.store, &stream).await;
     assert!(version >= 2, "version {version}");
     assert!(chat.message_ids.contains("wamid.first"));
     assert!(chat.message_ids.contains("wamid.second"));

@@ -426,3 +426,31 @@ impl Binary {
         (out, self.stderr.await.unwrap_or_default())
     }
 }
+
+/// A stream folded from every event as cqrs-es loads it (postgres-es / sqlite-es, no snapshot,
+/// no window shortcut): the independent reference the chat path's own loads are checked against.
+pub async fn cqrs_load<A>(store: &wagate::store::Store, id: &str) -> (A, usize)
+where
+    A: cqrs_es::Aggregate<Services = ()> + 'static,
+{
+    use cqrs_es::persist::PersistedEventStore;
+    use cqrs_es::EventStore;
+    let ctx = match store {
+        wagate::store::Store::Postgres(p) => {
+            PersistedEventStore::<_, A>::new_event_store(postgres_es::PostgresEventRepository::new(
+                p.clone(),
+            ))
+            .load_aggregate(id)
+            .await
+        }
+        wagate::store::Store::Sqlite(p) => {
+            PersistedEventStore::<_, A>::new_event_store(sqlite_es::SqliteEventRepository::new(
+                p.clone(),
+            ))
+            .load_aggregate(id)
+            .await
+        }
+    }
+    .expect("cqrs-es load");
+    (ctx.aggregate, ctx.current_sequence)
+}

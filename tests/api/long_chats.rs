@@ -55,10 +55,7 @@ async fn write_history(streams: &StoreStreams, stream: &str, len: usize) {
 
 /// The chat folded from every event, as cqrs-es loads it (no snapshot, no window shortcut).
 async fn folded(store: &Store, stream: &str) -> (Chat, usize) {
-    Store::streams::<Chat>(store)
-        .load(stream)
-        .await
-        .expect("full fold")
+    crate::helpers::cqrs_load::<Chat>(store, stream).await
 }
 
 async fn set_snapshot_format(store: &Store, format: i32) {
