@@ -162,9 +162,7 @@ async fn start_actors(app: &SharedApp) -> Result<(), StartupError> {
     let open = app.messages().chats_with_open_replies();
     for (account, jid) in &open {
         let closed = gateway
-            .ask(account, jid, |reply| {
-                wagate_actors::chat::ChatMsg::CloseInterrupted { reply }
-            })
+            .close_interrupted(account, jid)
             .await
             .map_err(|e| StartupError::Actors(format!("cannot close interrupted replies: {e}")))?;
         tracing::warn!(account = %account, replies = closed, "closed replies interrupted by a restart");

@@ -9,8 +9,10 @@ use ractor::rpc::CallResult;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::Mutex;
 
-use crate::chat::{ChatActor, ChatArgs, ChatMsg};
-use crate::ports::{ActorError, Ports};
+use wagate_events::chat::{DeliveryStatus, MessageKind, Source};
+
+use crate::chat::{ChatActor, ChatArgs, ChatMsg, ReceiveAck, SentAck};
+use crate::ports::{ActorError, Meta, Ports};
 use crate::supervisor::{AiSupervisor, SupervisorMsg};
 
 /// How often, at most, an account actor asks its chats whether they have been idle long enough
@@ -121,6 +123,21 @@ impl Actor for AccountActor {
         }
         Ok(())
     }
+}
+
+/// A message that arrived in a chat, for [`Gateway::receive`].
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    /// The transport's message id (a repeat is a duplicate: no second event, no second reply).
+    pub message_id: String,
+    pub from: String,
+    pub text: String,
+    /// Sent by the account itself (from another device): recorded, never answered.
+    pub from_me: bool,
+    /// Whether the message may trigger an AI reply (the rules decide at reply time).
+    pub reply_candidate: bool,
+    pub kind: MessageKind,
+    pub contact_name: Option<String>,
 }
 
 /// A census of the actor system (`/metrics`).
@@ -235,9 +252,86 @@ impl Gateway {
         }
     }
 
+    /// Records an inbound message in its chat (committed before this returns) and, when it may
+    /// be answered, the reply request with it.
+    pub async fn receive(
+        &self,
+        account: &str,
+        jid: &str,
+        inbound: Inbound,
+        meta: Meta,
+    ) -> Result<ReceiveAck, ActorError> {
+        self.ask(account, jid, |reply| ChatMsg::Receive {
+            message_id: inbound.message_id.clone(),
+            from: inbound.from.clone(),
+            text: inbound.text.clone(),
+            from_me: inbound.from_me,
+            reply_candidate: inbound.reply_candidate,
+            kind: inbound.kind,
+            contact_name: inbound.contact_name.clone(),
+            meta: meta.clone(),
+            reply,
+        })
+        .await
+    }
+
+    /// Records a delivery status of an outbound message; whether an event was recorded.
+    pub async fn status(
+        &self,
+        account: &str,
+        jid: &str,
+        message_id: &str,
+        status: DeliveryStatus,
+        error: Option<String>,
+        meta: Meta,
+    ) -> Result<bool, ActorError> {
+        self.ask(account, jid, |reply| ChatMsg::Status {
+            message_id: message_id.to_string(),
+            status,
+            error: error.clone(),
+            meta: meta.clone(),
+            reply,
+        })
+        .await
+    }
+
+    /// Sends `text` into a chat as the account (an operator, or a test reply).
+    pub async fn send(
+        &self,
+        account: &str,
+        jid: &str,
+        text: &str,
+        source: Source,
+        meta: Meta,
+    ) -> Result<SentAck, ActorError> {
+        self.ask(account, jid, |reply| ChatMsg::Send {
+            text: text.to_string(),
+            source,
+            meta: meta.clone(),
+            reply,
+        })
+        .await
+    }
+
+    /// Ends a human-takeover pause in a chat now; whether one was running.
+    pub async fn resume(&self, account: &str, jid: &str, meta: Meta) -> Result<bool, ActorError> {
+        self.ask(account, jid, |reply| ChatMsg::Resume {
+            meta: meta.clone(),
+            reply,
+        })
+        .await
+    }
+
+    /// Closes a chat's replies that a restart interrupted (failed, reason `interrupted`: never
+    /// sent twice); how many.
+    pub async fn close_interrupted(&self, account: &str, jid: &str) -> Result<usize, ActorError> {
+        self.ask(account, jid, |reply| ChatMsg::CloseInterrupted { reply })
+            .await
+    }
+
     /// Sends a request to a chat actor and waits for its answer, once more if the chat actor
     /// stopped (passivated) in between.
-    pub async fn ask<T: Send + 'static>(
+    pub(crate) async fn ask<T: Send + 'static>(
         &self,
         account: &str,
         jid: &str,

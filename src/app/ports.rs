@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use secrecy::SecretString;
-use wagate_actors::chat::SNAPSHOT_EVERY;
 use wagate_actors::ports::{
     ChatStreams, ConfigSource, FallbackModel, Meta, Model, ModelAnswer, ModelCall, ModelFailure,
     Notify, PromptRole, ReplyConfig, StoreFailure,
 };
+use wagate_actors::SNAPSHOT_EVERY;
 use wagate_events::chat::{Chat, ChatEvent, Control, TokenUsage};
 use wagate_events::ids::chat_kind;
 use wagate_events::message_window::MessageFact;

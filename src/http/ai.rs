@@ -643,13 +643,7 @@ pub async fn resume_chat(
     jid: &str,
 ) -> Result<bool, ApiError> {
     let meta = who.metadata();
-    let resumed = app
-        .gateway()?
-        .ask(acc, jid, |reply| wagate_actors::chat::ChatMsg::Resume {
-            meta: meta.clone(),
-            reply,
-        })
-        .await?;
+    let resumed = app.gateway()?.resume(acc, jid, meta).await?;
     if resumed {
         tracing::info!(account = %acc, "AI resumed in a chat by request");
     }

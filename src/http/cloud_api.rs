@@ -18,7 +18,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use wagate_actors::chat::ChatMsg;
+use wagate_actors::Inbound;
 use wagate_events::account::Transport;
 
 use super::error::{ApiError, ErrorBody};
@@ -165,19 +165,16 @@ async fn receive_webhook(
     };
     for m in batch.messages {
         let jid = m.jid();
-        let ack = gateway
-            .ask(&acc, &jid, |reply| ChatMsg::Receive {
-                message_id: m.id.clone(),
-                from: m.from.clone(),
-                text: m.text.clone(),
-                from_me: false,
-                reply_candidate: true,
-                kind: m.kind,
-                contact_name: m.contact_name.clone(),
-                meta: meta.clone(),
-                reply,
-            })
-            .await?;
+        let inbound = Inbound {
+            message_id: m.id.clone(),
+            from: m.from.clone(),
+            text: m.text.clone(),
+            from_me: false,
+            reply_candidate: true,
+            kind: m.kind,
+            contact_name: m.contact_name.clone(),
+        };
+        let ack = gateway.receive(&acc, &jid, inbound, meta.clone()).await?;
         if ack.duplicate {
             accepted.duplicates += 1;
         } else {
@@ -187,13 +184,14 @@ async fn receive_webhook(
     for s in batch.statuses {
         let jid = s.jid();
         let recorded = gateway
-            .ask(&acc, &jid, |reply| ChatMsg::Status {
-                message_id: s.message_id.clone(),
-                status: s.status,
-                error: s.error.clone(),
-                meta: meta.clone(),
-                reply,
-            })
+            .status(
+                &acc,
+                &jid,
+                &s.message_id,
+                s.status,
+                s.error.clone(),
+                meta.clone(),
+            )
             .await?;
         if recorded {
             accepted.statuses += 1;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use wagate_actors::chat::ChatMsg;
+use wagate_actors::Inbound;
 use wagate_events::chat::{MessageKind, Source};
 use wagate_events::ids::{chat_kind, ChatKind};
 use wagate_projections::messages::{ChatView, MessageView};
@@ -99,19 +99,16 @@ pub async fn inject_inbound(
     let reply_candidate = !req.from_me && kind != ChatKind::Broadcast;
     let meta = caller.who().metadata();
     let gateway = app.gateway()?;
-    let ack = gateway
-        .ask(acc, &req.chat_id, |reply| ChatMsg::Receive {
-            message_id: message_id.clone(),
-            from: req.from.clone(),
-            text: req.text.clone(),
-            from_me: req.from_me,
-            reply_candidate,
-            kind: MessageKind::Text,
-            contact_name: None,
-            meta: meta.clone(),
-            reply,
-        })
-        .await?;
+    let inbound = Inbound {
+        message_id: message_id.clone(),
+        from: req.from.clone(),
+        text: req.text.clone(),
+        from_me: req.from_me,
+        reply_candidate,
+        kind: MessageKind::Text,
+        contact_name: None,
+    };
+    let ack = gateway.receive(acc, &req.chat_id, inbound, meta).await?;
     let position = match ack.position {
         Some(p) => Some(p),
         None => {
@@ -302,15 +299,7 @@ pub async fn send_as_account(
     source: Source,
 ) -> Result<SentMessage, ApiError> {
     let meta = caller.who().metadata();
-    let ack = app
-        .gateway()?
-        .ask(acc, jid, |reply| ChatMsg::Send {
-            text: text.to_string(),
-            source,
-            meta: meta.clone(),
-            reply,
-        })
-        .await?;
+    let ack = app.gateway()?.send(acc, jid, text, source, meta).await?;
     Ok(SentMessage {
         id: ack.message_id,
         chat_id: jid.to_string(),

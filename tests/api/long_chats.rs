@@ -8,8 +8,8 @@ use serde_json::json;
 use wagate::app::ports::StoreStreams;
 use wagate::store::chats;
 use wagate::store::Store;
-use wagate_actors::chat::SNAPSHOT_EVERY;
 use wagate_actors::ports::ChatStreams;
+use wagate_actors::SNAPSHOT_EVERY;
 use wagate_events::chat::{Chat, ChatEvent, DeliveryStatus, MessageKind, Source};
 use wagate_events::message_window::{MessageFact, ID_WINDOW};
 
