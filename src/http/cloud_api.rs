@@ -144,9 +144,8 @@ async fn receive_webhook(
             "missing or invalid X-Hub-Signature-256",
         ));
     }
-    let payload: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|_| ApiError::bad_request("malformed_json", "the body is not JSON"))?;
-    let batch = parse_webhook(&payload, &account.phone_number_id);
+    let batch = parse_webhook(&body, &account.phone_number_id)
+        .map_err(|e| ApiError::bad_request("malformed_json", e.to_string()))?;
     let request_id = headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())

@@ -13,7 +13,6 @@ use hmac::{Hmac, Mac};
 use reqwest::header::{HeaderValue, AUTHORIZATION};
 use reqwest::{redirect, Client, ClientBuilder};
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use url::{Host, Url};
@@ -222,6 +221,64 @@ fn from_guard(err: GuardError) -> GraphError {
     }
 }
 
+/// The Graph API's request and answer bodies, typed (only the fields we send or read).
+mod graph {
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize)]
+    pub struct SendText<'a> {
+        pub messaging_product: &'static str,
+        pub recipient_type: &'static str,
+        pub to: &'a str,
+        #[serde(rename = "type")]
+        pub kind: &'static str,
+        pub text: TextBody<'a>,
+    }
+
+    #[derive(Serialize)]
+    pub struct TextBody<'a> {
+        pub preview_url: bool,
+        pub body: &'a str,
+    }
+
+    #[derive(Serialize)]
+    pub struct MarkRead<'a> {
+        pub messaging_product: &'static str,
+        pub status: &'static str,
+        pub message_id: &'a str,
+        pub typing_indicator: TypingIndicator,
+    }
+
+    #[derive(Serialize)]
+    pub struct TypingIndicator {
+        #[serde(rename = "type")]
+        pub kind: &'static str,
+    }
+
+    /// `{"messages": [{"id": "wamid.…"}], …}`
+    #[derive(Deserialize)]
+    pub struct Sent {
+        #[serde(default)]
+        pub messages: Vec<SentMessage>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct SentMessage {
+        pub id: String,
+    }
+
+    /// `{"error": {"code": 190, …}}`
+    #[derive(Deserialize)]
+    pub struct Failed {
+        pub error: FailedError,
+    }
+
+    #[derive(Deserialize)]
+    pub struct FailedError {
+        pub code: Option<i64>,
+    }
+}
+
 impl CloudApiClient {
     pub fn new(guard: Arc<OutboundGuard>) -> Result<Self, GraphError> {
         let http = build(builder(&guard))?;
@@ -236,37 +293,46 @@ impl CloudApiClient {
         to: &str,
         text: &str,
     ) -> Result<String, GraphError> {
-        let body = json!({
-            "messaging_product": "whatsapp",
-            "recipient_type": "individual",
-            "to": to,
-            "type": "text",
-            "text": {"preview_url": false, "body": text},
-        });
-        let v = self.post(target, &body).await?;
-        v.get("messages")
-            .and_then(Value::as_array)
-            .and_then(|m| m.first())
-            .and_then(|m| m.get("id"))
-            .and_then(Value::as_str)
-            .filter(|id| !id.is_empty() && id.len() <= 256)
-            .map(str::to_owned)
+        let body = graph::SendText {
+            messaging_product: "whatsapp",
+            recipient_type: "individual",
+            to,
+            kind: "text",
+            text: graph::TextBody {
+                preview_url: false,
+                body: text,
+            },
+        };
+        let sent: graph::Sent = self.post(target, &body).await?;
+        sent.messages
+            .into_iter()
+            .next()
+            .map(|m| m.id)
+            .filter(|id| is_message_id(id))
             .ok_or(GraphError::Malformed("no messages[0].id"))
     }
 
     /// Marks the inbound message `message_id` read and shows the typing indicator on it (Meta
     /// hides it after 25 s or when the reply arrives).
     pub async fn typing(&self, target: &CloudTarget, message_id: &str) -> Result<(), GraphError> {
-        let body = json!({
-            "messaging_product": "whatsapp",
-            "status": "read",
-            "message_id": message_id,
-            "typing_indicator": {"type": "text"},
-        });
-        self.post(target, &body).await.map(drop)
+        let body = graph::MarkRead {
+            messaging_product: "whatsapp",
+            status: "read",
+            message_id,
+            typing_indicator: graph::TypingIndicator { kind: "text" },
+        };
+        self.post::<_, serde::de::IgnoredAny>(target, &body)
+            .await
+            .map(drop)
     }
 
-    async fn post(&self, target: &CloudTarget, body: &Value) -> Result<Value, GraphError> {
+    /// Posts `body` to the phone number's `messages` edge; the answer as `T`, or the Graph error
+    /// (its code only, never the upstream body).
+    async fn post<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        target: &CloudTarget,
+        body: &B,
+    ) -> Result<T, GraphError> {
         let url = target.messages_url()?;
         let addrs = self.guard.checked_addrs(&url).await.map_err(from_guard)?;
         // Plain http to a domain: connect only to the addresses just checked.
@@ -303,15 +369,13 @@ impl CloudApiClient {
                 Err(e) => return Err(transport_error(&e)),
             }
         }
-        let parsed: Option<Value> = serde_json::from_slice(&buf).ok();
         if (200..300).contains(&status) {
-            return parsed.ok_or(GraphError::Malformed("invalid JSON"));
+            return serde_json::from_slice(&buf)
+                .map_err(|_| GraphError::Malformed("not the expected JSON"));
         }
-        let code = parsed
-            .as_ref()
-            .and_then(|v| v.get("error"))
-            .and_then(|e| e.get("code"))
-            .and_then(Value::as_i64);
+        let code = serde_json::from_slice::<graph::Failed>(&buf)
+            .ok()
+            .and_then(|f| f.error.code);
         let err = match code {
             Some(code) => GraphError::Api { status, code },
             None => GraphError::Http { status },
@@ -377,112 +441,218 @@ fn is_wa_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit())
 }
 
-fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
-    v.get(key).and_then(Value::as_str)
+fn is_message_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 256
 }
 
-/// Parses Meta's webhook payload (`object: whatsapp_business_account`,
-/// `entry[].changes[].value.{messages,contacts,statuses}` with `field: messages`). Changes for
-/// another phone number id and shapes it does not know are counted as ignored, never an error:
-/// Meta retries anything that is not a 200.
-pub fn parse_webhook(payload: &Value, phone_number_id: &str) -> WebhookBatch {
-    let mut batch = WebhookBatch::default();
-    if str_at(payload, "object") != Some("whatsapp_business_account") {
-        batch.ignored += 1;
-        return batch;
+/// Meta's webhook payload, typed (`object: whatsapp_business_account`,
+/// `entry[].changes[].value.{metadata,contacts,messages,statuses}`). Every list item is
+/// [`Lenient`]: an item of a shape we do not know is counted as ignored, never an error (Meta
+/// retries anything that is not a 200).
+mod payload {
+    use serde::Deserialize;
+
+    /// A `T`, or anything else (kept as nothing).
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    pub enum Lenient<T> {
+        Known(T),
+        Unknown(serde::de::IgnoredAny),
     }
-    let entries = payload.get("entry").and_then(Value::as_array);
-    for change in entries
+
+    impl<T> Lenient<T> {
+        pub fn known(self) -> Option<T> {
+            match self {
+                Lenient::Known(t) => Some(t),
+                Lenient::Unknown(_) => None,
+            }
+        }
+    }
+
+    #[derive(Deserialize)]
+    pub struct Webhook {
+        #[serde(default)]
+        pub object: String,
+        #[serde(default)]
+        pub entry: Vec<Lenient<Entry>>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Entry {
+        #[serde(default)]
+        pub changes: Vec<Lenient<Change>>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Change {
+        #[serde(default)]
+        pub field: String,
+        pub value: Option<Value>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Value {
+        pub metadata: Option<Metadata>,
+        #[serde(default)]
+        pub contacts: Vec<Lenient<Contact>>,
+        #[serde(default)]
+        pub messages: Vec<Lenient<Message>>,
+        #[serde(default)]
+        pub statuses: Vec<Lenient<Status>>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Metadata {
+        pub phone_number_id: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Contact {
+        pub wa_id: String,
+        pub profile: Profile,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Profile {
+        pub name: String,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Message {
+        pub id: String,
+        pub from: String,
+        #[serde(rename = "type")]
+        pub kind: Option<String>,
+        pub text: Option<Text>,
+        pub image: Option<Media>,
+        pub video: Option<Media>,
+        pub document: Option<Media>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Text {
+        pub body: String,
+    }
+
+    /// A media object; only its caption is read.
+    #[derive(Deserialize)]
+    pub struct Media {
+        pub caption: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Status {
+        pub id: String,
+        pub recipient_id: String,
+        pub status: String,
+        #[serde(default)]
+        pub errors: Vec<Lenient<StatusError>>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct StatusError {
+        pub code: Option<i64>,
+    }
+}
+
+/// The body of a webhook call is not JSON at all (a 400; any JSON is accepted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the body is not JSON")]
+pub struct NotJson;
+
+/// Parses Meta's webhook payload for the account of `phone_number_id`. Changes for another phone
+/// number id and shapes it does not know are counted as ignored, never an error.
+pub fn parse_webhook(body: &[u8], phone_number_id: &str) -> Result<WebhookBatch, NotJson> {
+    let mut batch = WebhookBatch::default();
+    let parsed: payload::Lenient<payload::Webhook> =
+        serde_json::from_slice(body).map_err(|_| NotJson)?;
+    let Some(webhook) = parsed
+        .known()
+        .filter(|w| w.object == "whatsapp_business_account")
+    else {
+        batch.ignored += 1;
+        return Ok(batch);
+    };
+    let changes = webhook
+        .entry
         .into_iter()
-        .flatten()
-        .filter_map(|e| e.get("changes").and_then(Value::as_array))
-        .flatten()
-    {
-        let Some(value) = change.get("value") else {
+        .filter_map(payload::Lenient::known)
+        .flat_map(|e| e.changes);
+    for change in changes {
+        let Some(change) = change.known() else {
+            batch.ignored += 1;
+            continue;
+        };
+        let Some(value) = change.value else {
             batch.ignored += 1;
             continue;
         };
         let for_us = value
-            .get("metadata")
-            .and_then(|m| str_at(m, "phone_number_id"))
+            .metadata
+            .as_ref()
+            .and_then(|m| m.phone_number_id.as_deref())
             == Some(phone_number_id);
-        if str_at(change, "field") != Some("messages") || !for_us {
+        if change.field != "messages" || !for_us {
             batch.ignored += 1;
             continue;
         }
-        let names: Vec<(&str, &str)> = value
-            .get("contacts")
-            .and_then(Value::as_array)
+        let names: Vec<payload::Contact> = value
+            .contacts
             .into_iter()
-            .flatten()
-            .filter_map(|c| {
-                Some((
-                    str_at(c, "wa_id")?,
-                    c.get("profile").and_then(|p| str_at(p, "name"))?,
-                ))
-            })
+            .filter_map(payload::Lenient::known)
             .collect();
-        for m in value
-            .get("messages")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            match parse_message(m, &names) {
+        for m in value.messages {
+            match m.known().and_then(|m| inbound_message(m, &names)) {
                 Some(msg) => batch.messages.push(msg),
                 None => batch.ignored += 1,
             }
         }
-        for s in value
-            .get("statuses")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            match parse_status(s) {
+        for s in value.statuses {
+            match s.known().and_then(status_update) {
                 Some(st) => batch.statuses.push(st),
                 None => batch.ignored += 1,
             }
         }
     }
-    batch
+    Ok(batch)
 }
 
-fn parse_message(m: &Value, names: &[(&str, &str)]) -> Option<InboundMessage> {
-    let id = str_at(m, "id").filter(|id| !id.is_empty() && id.len() <= 256)?;
-    let from = str_at(m, "from").filter(|f| is_wa_id(f))?;
-    let type_name = str_at(m, "type").unwrap_or("unsupported");
-    let kind = MessageKind::from_cloud_type(type_name);
+fn inbound_message(m: payload::Message, names: &[payload::Contact]) -> Option<InboundMessage> {
+    if !is_message_id(&m.id) || !is_wa_id(&m.from) {
+        return None;
+    }
+    let kind = MessageKind::from_cloud_type(m.kind.as_deref().unwrap_or("unsupported"));
+    let caption = match kind {
+        MessageKind::Image => m.image,
+        MessageKind::Video => m.video,
+        MessageKind::Document => m.document,
+        _ => None,
+    }
+    .and_then(|media| media.caption)
+    .filter(|c| !c.trim().is_empty());
     let text = match kind {
-        MessageKind::Text => m
-            .get("text")
-            .and_then(|t| str_at(t, "body"))
-            .filter(|b| !b.trim().is_empty())?
-            .to_string(),
-        _ => m
-            .get(type_name)
-            .and_then(|media| str_at(media, "caption"))
-            .filter(|c| !c.trim().is_empty())
-            .map_or_else(|| format!("[{}]", kind.as_str()), str::to_string),
+        MessageKind::Text => m.text.map(|t| t.body).filter(|b| !b.trim().is_empty())?,
+        _ => caption.unwrap_or_else(|| format!("[{}]", kind.as_str())),
     };
     let contact_name = names
         .iter()
-        .find(|(wa_id, _)| *wa_id == from)
-        .map(|(_, name)| name.chars().take(200).collect::<String>())
+        .find(|c| c.wa_id == m.from)
+        .map(|c| c.profile.name.chars().take(200).collect::<String>())
         .filter(|n| !n.trim().is_empty());
     Some(InboundMessage {
-        id: id.to_string(),
-        from: from.to_string(),
+        id: m.id,
+        from: m.from,
         kind,
         text,
         contact_name,
     })
 }
 
-fn parse_status(s: &Value) -> Option<StatusUpdate> {
-    let message_id = str_at(s, "id").filter(|id| !id.is_empty() && id.len() <= 256)?;
-    let recipient = str_at(s, "recipient_id").filter(|r| is_wa_id(r))?;
-    let status = match str_at(s, "status")? {
+fn status_update(s: payload::Status) -> Option<StatusUpdate> {
+    if !is_message_id(&s.id) || !is_wa_id(&s.recipient_id) {
+        return None;
+    }
+    let status = match s.status.as_str() {
         "sent" => DeliveryStatus::Sent,
         "delivered" => DeliveryStatus::Delivered,
         "read" => DeliveryStatus::Read,
@@ -490,16 +660,16 @@ fn parse_status(s: &Value) -> Option<StatusUpdate> {
         _ => return None,
     };
     let error = s
-        .get("errors")
-        .and_then(Value::as_array)
-        .and_then(|e| e.first())
-        .map(|e| match e.get("code").and_then(Value::as_i64) {
+        .errors
+        .into_iter()
+        .next()
+        .map(|e| match e.known().and_then(|e| e.code) {
             Some(code) => code_reason(code),
             None => "cloud_api reported a delivery failure without a code".to_string(),
         });
     Some(StatusUpdate {
-        message_id: message_id.to_string(),
-        recipient: recipient.to_string(),
+        message_id: s.id,
+        recipient: s.recipient_id,
         status,
         error,
     })
@@ -508,6 +678,7 @@ fn parse_status(s: &Value) -> Option<StatusUpdate> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn sign(secret: &[u8], body: &[u8]) -> String {
         let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("any key length");
@@ -589,7 +760,7 @@ mod tests {
                 ]
             }}, {"field": "messages", "value": {"metadata": {"phone_number_id": "999"}, "messages": []}}]}]
         });
-        let b = parse_webhook(&payload, "106540352242922");
+        let b = parse_webhook(payload.to_string().as_bytes(), "106540352242922").expect("JSON");
         assert_eq!(b.messages.len(), 3);
         assert_eq!(b.messages[0].text, "Does it come in another color?");
         assert_eq!(b.messages[0].contact_name.as_deref(), Some("Sheena Nelson"));
@@ -607,11 +778,38 @@ mod tests {
         // The unknown status and the other number's change.
         assert_eq!(b.ignored, 2);
         assert_eq!(
-            parse_webhook(&json!({"object": "page"}), "1"),
-            WebhookBatch {
+            parse_webhook(br#"{"object": "page"}"#, "1"),
+            Ok(WebhookBatch {
                 ignored: 1,
                 ..Default::default()
-            }
+            })
         );
+    }
+
+    #[test]
+    fn unknown_shapes_are_ignored_and_only_non_json_is_refused() {
+        assert_eq!(parse_webhook(b"{not json", "1"), Err(NotJson));
+        assert_eq!(parse_webhook(b"[1, 2]", "1").map(|b| b.ignored), Ok(1));
+        // A change whose value has the wrong type, a message of the wrong shape, a status with a
+        // number for its id: each ignored, the rest parsed.
+        let payload = json!({
+            "object": "whatsapp_business_account",
+            "entry": [{"changes": [
+                {"field": "messages", "value": "nope"},
+                {"field": "messages", "value": {
+                    "metadata": {"phone_number_id": "1"},
+                    "messages": [
+                        {"from": "16505551234", "id": "wamid.OK", "type": "text", "text": {"body": "hi"}},
+                        {"from": 16505551234_u64, "id": "wamid.NUM", "type": "text", "text": {"body": "x"}},
+                        {"from": "not-digits", "id": "wamid.BAD", "type": "text", "text": {"body": "x"}}
+                    ],
+                    "statuses": [{"id": 7, "status": "read", "recipient_id": "16505551234"}]
+                }}
+            ]}, "not an entry"]
+        });
+        let b = parse_webhook(payload.to_string().as_bytes(), "1").expect("JSON");
+        assert_eq!(b.messages.len(), 1);
+        assert_eq!(b.messages[0].id, "wamid.OK");
+        assert_eq!(b.ignored, 4);
     }
 }
