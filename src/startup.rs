@@ -169,6 +169,7 @@ async fn serve(
     builder.http2().timer(TokioTimer::new());
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -195,18 +196,35 @@ async fn serve(
             Ok(s) => s,
             Err(never) => match never {},
         };
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let mut stopping = stop_rx.clone();
+        let first_bytes = limits.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            // hyper's header timer starts once it has seen the first bytes (they tell HTTP/1 from
+            // HTTP/2): a connection that sends nothing is closed here.
+            let mut first = [0u8; 1];
+            tokio::select! {
+                ready = tokio::time::timeout(first_bytes, stream.peek(&mut first)) => {
+                    if !matches!(ready, Ok(Ok(1..))) {
+                        tracing::debug!("connection sent nothing in time; closed");
+                        return;
+                    }
+                }
+                _ = stopping.wait_for(|stop| *stop) => return,
+            }
+            let conn = builder.serve_connection_with_upgrades(
+                TokioIo::new(stream),
+                TowerToHyperService::new(service),
+            );
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
             drop(permit);
         });
     }
     drop(listener);
+    let _ = stop_tx.send(true);
     graceful.shutdown().await;
     Ok(())
 }
