@@ -150,10 +150,12 @@ pub async fn start(config: Config) -> Result<Running, StartupError> {
 
 /// Serves `router` on `listener` until `shutdown` completes, then lets open requests finish.
 ///
-/// `axum::serve` without its limits: a request head must arrive within
-/// `limits.header_read_timeout` (hyper closes the connection otherwise; this also ends idle
-/// keep-alive connections), and at most `limits.max_connections` connections are open at once
-/// (the next ones wait in the listen backlog). The body read deadline is a layer of the router.
+/// What `axum::serve` does (HTTP/1.1 and cleartext HTTP/2, the client address as `ConnectInfo`,
+/// graceful shutdown), plus the limits it lacks: a connection's first bytes and every HTTP/1.1
+/// request head must arrive within `limits.header_read_timeout` (the connection is closed
+/// otherwise; this also ends idle keep-alive connections), and at most `limits.max_connections`
+/// connections are open at once (the next ones wait in the listen backlog). The body read
+/// deadline is a layer of the router.
 async fn serve(
     listener: TcpListener,
     router: Router,

@@ -232,3 +232,21 @@ pub fn router(app: SharedApp) -> Router {
         ))
         .with_state(app)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_short_visible_ascii() {
+        assert!(acceptable_request_id(b"!"));
+        assert!(acceptable_request_id(b"~"));
+        assert!(acceptable_request_id(b"0b5d9e2c-req_42.A"));
+        assert!(acceptable_request_id(&[b'a'; MAX_REQUEST_ID_LEN]));
+        assert!(!acceptable_request_id(&[b'a'; MAX_REQUEST_ID_LEN + 1]));
+        assert!(!acceptable_request_id(b""));
+        for bad in [b' ', b'\t', 0x7f, 0x80, 0xff, 0x00, b'\n'] {
+            assert!(!acceptable_request_id(&[b'a', bad, b'b']), "{bad:#x}");
+        }
+    }
+}
