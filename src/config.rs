@@ -153,6 +153,8 @@ pub struct Config {
     /// and read). A start folds only the events after the newest checkpoint (ADR 0015); one is
     /// also written when the gateway stops.
     pub checkpoint_every: u64,
+    /// Header and body read timeouts and the connection cap of the HTTP server.
+    pub http: HttpLimits,
 }
 
 /// Webhook delivery settings.
@@ -215,6 +217,122 @@ fn parse_webhooks(vars: &Vars<'_>) -> Result<WebhookConfig, ConfigError> {
     }
     Ok(cfg)
 }
+
+// --- HTTP edge limits and weak-secret rules (issue 21, findings 6 and 8) ---
+
+/// Limits on what one client may hold open at the HTTP edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Time to receive a request's head (`WAGATE_HEADER_READ_TIMEOUT`, default 10s); the
+    /// connection is closed after it. Also bounds how long an idle keep-alive connection waits
+    /// for its next request.
+    pub header_read_timeout: Duration,
+    /// Time to receive a request's whole body, counted from the end of its head
+    /// (`WAGATE_BODY_READ_TIMEOUT`, default 30s): 408 `request_timeout` after it.
+    pub body_read_timeout: Duration,
+    /// Connections open at once (`WAGATE_MAX_CONNECTIONS`, default 10000); further ones wait in
+    /// the listen backlog until one closes.
+    pub max_connections: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+        }
+    }
+}
+
+fn parse_http_limits(vars: &Vars<'_>) -> Result<HttpLimits, ConfigError> {
+    let mut limits = HttpLimits::default();
+    let duration = |var: &'static str, max: Duration, example: &str| match vars.get(var) {
+        None => Ok(None),
+        Some(v) => humantime::parse_duration(v)
+            .ok()
+            .filter(|d| *d >= Duration::from_millis(100) && *d <= max)
+            .map(Some)
+            .ok_or_else(|| {
+                invalid(
+                    var,
+                    format!(
+                        "must be a duration from 100ms to {}, e.g. {example}",
+                        humantime::format_duration(max)
+                    ),
+                )
+            }),
+    };
+    if let Some(d) = duration(
+        "WAGATE_HEADER_READ_TIMEOUT",
+        Duration::from_secs(300),
+        "10s",
+    )? {
+        limits.header_read_timeout = d;
+    }
+    if let Some(d) = duration("WAGATE_BODY_READ_TIMEOUT", Duration::from_secs(3600), "30s")? {
+        limits.body_read_timeout = d;
+    }
+    if let Some(v) = vars.get("WAGATE_MAX_CONNECTIONS") {
+        limits.max_connections = v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1_000_000).contains(n))
+            .ok_or_else(|| {
+                invalid(
+                    "WAGATE_MAX_CONNECTIONS",
+                    "must be a whole number from 1 to 1000000",
+                )
+            })?;
+    }
+    Ok(limits)
+}
+
+/// Fewest distinct byte values a JWT secret must have: 32 random bytes, or 32 random hex or
+/// base64 characters, have far more; one character repeated, or a short word repeated, fewer.
+pub const MIN_JWT_SECRET_DISTINCT_BYTES: usize = 8;
+
+/// Whether a JWT secret is long enough but predictable: too few distinct bytes (e.g. 32 times
+/// the same character, or `abcabc…`).
+pub fn is_low_entropy_secret(secret: &[u8]) -> bool {
+    let mut seen = [false; 256];
+    for b in secret {
+        seen[usize::from(*b)] = true;
+    }
+    seen.iter().filter(|s| **s).count() < MIN_JWT_SECRET_DISTINCT_BYTES
+}
+
+/// Weak or well-known secrets are accepted (with a warning) only by the embedded SQLite store
+/// listening on a loopback address: a developer's machine. Anything reachable from elsewhere, or
+/// on PostgreSQL, refuses to start.
+fn weak_secrets_tolerated(dev_mode: bool, listen: SocketAddr) -> bool {
+    dev_mode && listen.ip().is_loopback()
+}
+
+/// Refuses a weak secret (`why` completes "VAR …") unless weak secrets are tolerated, where it
+/// only warns.
+fn weak_secret(
+    var: &'static str,
+    why: &str,
+    tolerated: bool,
+    first: &mut FirstRun,
+) -> Result<(), ConfigError> {
+    if !tolerated {
+        return Err(invalid(
+            var,
+            format!(
+                "{why}; weak secrets are refused unless the embedded SQLite store listens on a \
+                 loopback address (WAGATE_LISTEN)"
+            ),
+        ));
+    }
+    first.warn(format!(
+        "{var} is weak ({why}); accepted only because the embedded dev store listens on loopback"
+    ));
+    Ok(())
+}
+
+// --- end of HTTP edge limits and weak-secret rules ---
 
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -529,13 +647,15 @@ impl Config {
                 .map_err(|e| file_error(&data_dir, format!("cannot create the data dir: {e}")))?;
         }
 
-        let jwt = Self::jwt_signer(&vars, dev_mode, &data_dir, &mut first)?;
+        let tolerated = weak_secrets_tolerated(dev_mode, listen);
+        let jwt = Self::jwt_signer(&vars, dev_mode, tolerated, &data_dir, &mut first)?;
         let keyring = Self::keyring(&vars, dev_mode, &data_dir, &mut first)?;
         let admin_username = vars
             .get("WAGATE_ADMIN_USERNAME")
             .unwrap_or("admin")
             .to_string();
-        let admin_password_hash = Self::admin_password(&vars, dev_mode, &data_dir, &mut first)?;
+        let admin_password_hash =
+            Self::admin_password(&vars, dev_mode, tolerated, &data_dir, &mut first)?;
         let allow_private_networks = parse_networks(&vars)?;
 
         let base_url = match vars.get("WAGATE_AI_BASE_URL") {
@@ -591,6 +711,7 @@ impl Config {
                 })?,
         };
         let webhooks = parse_webhooks(&vars)?;
+        let http = parse_http_limits(&vars)?;
         let retained = |var: &'static str, default: usize| -> Result<usize, ConfigError> {
             match vars.get(var) {
                 None => Ok(default),
@@ -644,6 +765,7 @@ impl Config {
                 read_model,
                 ai_log_body_retention,
                 checkpoint_every,
+                http,
             },
             first,
         ))
@@ -653,11 +775,23 @@ impl Config {
     fn jwt_signer(
         vars: &Vars<'_>,
         dev_mode: bool,
+        tolerated: bool,
         data_dir: &Path,
         first: &mut FirstRun,
     ) -> Result<JwtSigner, ConfigError> {
         let issuer = vars.get("WAGATE_JWT_ISSUER").unwrap_or("wagate");
         if let Some(secret) = vars.raw("WAGATE_JWT_SECRET") {
+            if secret.len() >= auth::MIN_JWT_SECRET && is_low_entropy_secret(secret.as_bytes()) {
+                weak_secret(
+                    "WAGATE_JWT_SECRET",
+                    &format!(
+                        "has fewer than {MIN_JWT_SECRET_DISTINCT_BYTES} distinct bytes, so it can \
+                         be guessed (use e.g. $(openssl rand -base64 48))"
+                    ),
+                    tolerated,
+                    first,
+                )?;
+            }
             return JwtSigner::new(secret.as_bytes(), issuer).map_err(|_| {
                 invalid(
                     "WAGATE_JWT_SECRET",
@@ -769,11 +903,12 @@ impl Config {
         Ok(Keyring::new(current, keys))
     }
 
-    /// Argon2 PHC of `WAGATE_ADMIN_PASSWORD` (checked for strength outside dev mode), else in dev
+    /// Argon2 PHC of `WAGATE_ADMIN_PASSWORD` (a weak one refused unless `tolerated`), else in dev
     /// mode the `admin_password.hash` file, generated with a random password on first start.
     fn admin_password(
         vars: &Vars<'_>,
         dev_mode: bool,
+        tolerated: bool,
         data_dir: &Path,
         first: &mut FirstRun,
     ) -> Result<String, ConfigError> {
@@ -788,15 +923,12 @@ impl Config {
                 None
             };
             if let Some(why) = weak {
-                if !dev_mode {
-                    return Err(invalid(
-                        VAR,
-                        format!("{why} (e.g. $(openssl rand -base64 18))"),
-                    ));
-                }
-                first.warn(format!(
-                    "{VAR} is weak ({why}); accepted only because this is the embedded dev store"
-                ));
+                weak_secret(
+                    VAR,
+                    &format!("{why} (e.g. $(openssl rand -base64 18))"),
+                    tolerated,
+                    first,
+                )?;
             }
             return auth::hash_password(pw).map_err(hash_err);
         }
@@ -1209,11 +1341,124 @@ mod tests {
         }
         let e = err_of(&pg(dir.path(), &[("WAGATE_ADMIN_PASSWORD", "Xk3#short")]));
         assert!(e.contains("at least 12 characters"), "{e}");
-        // The embedded dev store accepts it with a warning.
-        let (_, first) =
-            Config::from_vars(&vars(dir.path(), &[("WAGATE_ADMIN_PASSWORD", "admin")]))
-                .expect("dev accepts");
-        assert!(!first.warnings.is_empty());
+        // The embedded dev store on loopback accepts it with a warning.
+        for listen in ["127.0.0.1:8080", "[::1]:8080"] {
+            let (_, first) = Config::from_vars(&vars(
+                dir.path(),
+                &[
+                    ("WAGATE_ADMIN_PASSWORD", "admin"),
+                    ("WAGATE_LISTEN", listen),
+                ],
+            ))
+            .expect("dev on loopback accepts");
+            assert!(!first.warnings.is_empty(), "{listen}");
+        }
+    }
+
+    #[test]
+    fn weak_admin_password_refused_on_sqlite_outside_loopback() {
+        let dir = tempfile::tempdir().expect("tmp");
+        for listen in ["0.0.0.0:8080", "[::]:8080", "192.0.2.10:8080"] {
+            for weak in ["admin", "changeme", "Password2024!", "Xk3#short"] {
+                let e = err_of(&vars(
+                    dir.path(),
+                    &[("WAGATE_ADMIN_PASSWORD", weak), ("WAGATE_LISTEN", listen)],
+                ));
+                assert!(
+                    e.starts_with("WAGATE_ADMIN_PASSWORD") && e.contains("loopback"),
+                    "{listen} {weak}: {e}"
+                );
+                assert!(!e.contains(weak), "{e}");
+            }
+        }
+        // A strong password is fine anywhere.
+        let v = vars(
+            dir.path(),
+            &[
+                ("WAGATE_ADMIN_PASSWORD", PASSWORD),
+                ("WAGATE_LISTEN", "0.0.0.0:8080"),
+            ],
+        );
+        assert!(Config::from_vars(&v).expect("strong").1.warnings.is_empty());
+    }
+
+    #[test]
+    fn low_entropy_jwt_secret_refused_outside_loopback() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let same = "a".repeat(32);
+        let few = "abcabcabcabcabcabcabcabcabcabcabcabc";
+        for secret in [same.as_str(), few] {
+            for v in [
+                vars(
+                    dir.path(),
+                    &[
+                        ("WAGATE_JWT_SECRET", secret),
+                        ("WAGATE_LISTEN", "0.0.0.0:8080"),
+                    ],
+                ),
+                pg(dir.path(), &[("WAGATE_JWT_SECRET", secret)]),
+            ] {
+                let e = err_of(&v);
+                assert!(
+                    e.starts_with("WAGATE_JWT_SECRET") && e.contains("distinct bytes"),
+                    "{e}"
+                );
+                assert!(!e.contains(secret), "{e}");
+            }
+            // The dev store on loopback warns.
+            let (_, first) = Config::from_vars(&vars(dir.path(), &[("WAGATE_JWT_SECRET", secret)]))
+                .expect("dev on loopback accepts");
+            assert!(
+                first
+                    .warnings
+                    .iter()
+                    .any(|w| w.contains("WAGATE_JWT_SECRET")),
+                "{:?}",
+                first.warnings
+            );
+        }
+        assert!(is_low_entropy_secret(&[7u8; 64]));
+        assert!(!is_low_entropy_secret(JWT.as_bytes()));
+        assert!(!is_low_entropy_secret(b"0123456789abcdef0123456789abcdef"));
+    }
+
+    #[test]
+    fn http_limits_settings() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (c, _) = Config::from_vars(&pg(dir.path(), &[])).expect("config");
+        assert_eq!(c.http, HttpLimits::default());
+        let (c, _) = Config::from_vars(&pg(
+            dir.path(),
+            &[
+                ("WAGATE_HEADER_READ_TIMEOUT", "2s"),
+                ("WAGATE_BODY_READ_TIMEOUT", "500ms"),
+                ("WAGATE_MAX_CONNECTIONS", "64"),
+            ],
+        ))
+        .expect("config");
+        assert_eq!(
+            c.http,
+            HttpLimits {
+                header_read_timeout: Duration::from_secs(2),
+                body_read_timeout: Duration::from_millis(500),
+                max_connections: 64,
+            }
+        );
+        for (var, bad) in [
+            ("WAGATE_HEADER_READ_TIMEOUT", "0s"),
+            ("WAGATE_HEADER_READ_TIMEOUT", "10m"),
+            ("WAGATE_HEADER_READ_TIMEOUT", "soon"),
+            ("WAGATE_BODY_READ_TIMEOUT", "50ms"),
+            ("WAGATE_BODY_READ_TIMEOUT", "2h"),
+            ("WAGATE_MAX_CONNECTIONS", "0"),
+            ("WAGATE_MAX_CONNECTIONS", "many"),
+        ] {
+            let e = err_of(&pg(dir.path(), &[(var, bad)]));
+            assert!(
+                e.starts_with(var) && e.contains("must be"),
+                "{var}={bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -5,12 +5,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinHandle;
+use tower::Service;
 
 use crate::app::{App, AppError, SharedApp};
-use crate::config::Config;
+use crate::config::{Config, HttpLimits};
 use crate::http;
 use crate::store::{Store, StoreError};
 
@@ -103,16 +109,10 @@ pub async fn start(config: Config) -> Result<Running, StartupError> {
     start_actors(&app).await?;
     let (tx, rx) = oneshot::channel::<()>();
     let router = http::router(app.clone(), crate::dashboard::router());
-    let task = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async {
-            let _ = rx.await;
-        })
-        .await
-    });
+    let limits = app.config.http;
+    let task = tokio::spawn(serve(listener, router, limits, async {
+        let _ = rx.await;
+    }));
     // The projector: folds new events into the read models when a chat actor commits, and every
     // second for commits of other processes sharing a PostgreSQL store. Under load it folds at
     // most every PROJECTOR_EVERY, so one read takes many commits' events (readers that need their
@@ -149,6 +149,89 @@ pub async fn start(config: Config) -> Result<Running, StartupError> {
         ticker,
         background,
     })
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then lets open requests finish.
+///
+/// What `axum::serve` does (HTTP/1.1 and cleartext HTTP/2, the client address as `ConnectInfo`,
+/// graceful shutdown), plus the limits it lacks: a connection's first bytes and every HTTP/1.1
+/// request head must arrive within `limits.header_read_timeout` (the connection is closed
+/// otherwise; this also ends idle keep-alive connections), and at most `limits.max_connections`
+/// connections are open at once (the next ones wait in the listen backlog). The body read
+/// deadline is a layer of the router.
+async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: HttpLimits,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    let mut make_service = router.into_make_service_with_connect_info::<SocketAddr>();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&connections).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = match make_service.call(remote).await {
+            Ok(s) => s,
+            Err(never) => match never {},
+        };
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let mut stopping = stop_rx.clone();
+        let first_bytes = limits.header_read_timeout;
+        tokio::spawn(async move {
+            // hyper's header timer starts once it has seen the first bytes (they tell HTTP/1 from
+            // HTTP/2): a connection that sends nothing is closed here.
+            let mut first = [0u8; 1];
+            tokio::select! {
+                ready = tokio::time::timeout(first_bytes, stream.peek(&mut first)) => {
+                    if !matches!(ready, Ok(Ok(1..))) {
+                        tracing::debug!("connection sent nothing in time; closed");
+                        return;
+                    }
+                }
+                _ = stopping.wait_for(|stop| *stop) => return,
+            }
+            let conn = builder.serve_connection_with_upgrades(
+                TokioIo::new(stream),
+                TowerToHyperService::new(service),
+            );
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// Starts the actor system and closes replies a previous process left open (crash recovery:

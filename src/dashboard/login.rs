@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 
+use axum::extract::rejection::FormRejection;
 use axum::extract::{ConnectInfo, Form, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -85,8 +86,12 @@ pub async fn submit(
     State(app): State<SharedApp>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Form(f): Form<LoginForm>,
+    form: Result<Form<LoginForm>, FormRejection>,
 ) -> Response {
+    let f = match form {
+        Ok(Form(f)) => f,
+        Err(rej) => return render::form_rejection(&rej),
+    };
     let cookie = session::cookie(&headers, LOGIN_COOKIE).unwrap_or("");
     if cookie.is_empty()
         || !auth::constant_time_eq(cookie.as_bytes(), f.csrf.as_bytes())

@@ -134,6 +134,21 @@ pub fn error_page(status: StatusCode, message: &str) -> Response {
     )
 }
 
+/// The error page of a form that could not be read: 413 when it is over the body limit, 400
+/// otherwise (axum's own rejections are plain text).
+pub fn form_rejection(rej: &axum::extract::rejection::FormRejection) -> Response {
+    if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return error_page(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "The form is larger than {} KiB and was not saved.",
+                crate::http::BODY_LIMIT / 1024
+            ),
+        );
+    }
+    error_page(StatusCode::BAD_REQUEST, "The form could not be read.")
+}
+
 /// The error page of a failed service call outside a form (404, 503, …).
 pub fn api_error_page(e: &ApiError) -> Response {
     error_page(e.status, &e.message)

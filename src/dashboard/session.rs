@@ -228,9 +228,7 @@ impl FromRequest<SharedApp> for Posted {
         let req = Request::from_parts(parts, body);
         let Form(pairs) = Form::<Vec<(String, String)>>::from_request(req, app)
             .await
-            .map_err(|_| {
-                render::error_page(StatusCode::BAD_REQUEST, "The form could not be read.")
-            })?;
+            .map_err(|rej| render::form_rejection(&rej))?;
         let fields = Fields(pairs);
         let sent = fields.get(CSRF_FIELD);
         if !auth::constant_time_eq(sent.as_bytes(), session.csrf.as_bytes()) {

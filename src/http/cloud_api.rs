@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -30,6 +31,19 @@ use crate::transport::cloud_api::{
 
 pub fn router() -> OpenApiRouter<SharedApp> {
     OpenApiRouter::new().routes(routes!(verify_webhook, receive_webhook))
+}
+
+/// A raw body that could not be read, in the API's error shape (axum's own rejection is text).
+fn body_rejection(rej: BytesRejection) -> ApiError {
+    if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body is larger than {} bytes", super::BODY_LIMIT),
+        )
+    } else {
+        ApiError::bad_request("unreadable_body", "could not read the request body")
+    }
 }
 
 /// The stored Cloud API settings the webhook needs, or 404 for any account that is not a live
@@ -119,13 +133,15 @@ pub struct WebhookAccepted {
     params(("acc" = String, Path), ("X-Hub-Signature-256" = String, Header, description = "sha256=<hex HMAC-SHA256 of the body under the app secret>")),
     request_body(content = Object, description = "Meta's webhook payload (object whatsapp_business_account)"),
     responses((status = 200, body = WebhookAccepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 408, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
 async fn receive_webhook(
     State(app): State<SharedApp>,
     ApiPath(acc): ApiPath<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<WebhookAccepted>, ApiError> {
+    let body = body.map_err(body_rejection)?;
     let account = webhook_account(&app, &acc)?;
     let secret = app
         .config

@@ -1,5 +1,6 @@
-//! The HTTP API (axum): routers per area, nested into one app with request ids, structured
-//! request logs (route templates only: paths carry phone numbers), a body limit, JSON errors for
+//! The HTTP API (axum): routers per area, nested into one app with request ids (a client's only
+//! when short and printable), structured request logs (route templates only: paths carry phone
+//! numbers), a body limit and a body read deadline, `nosniff` on every response, JSON errors for
 //! unknown routes and methods, and the OpenAPI document generated from the handlers.
 
 pub mod accounts;
@@ -15,14 +16,22 @@ pub mod messages;
 pub mod metrics;
 pub mod webhooks;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::StatusCode;
+use axum::body::{Body, HttpBody};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use http_body_util::BodyExt;
 use serde::Serialize;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::timeout::{DeadlineBody, TimeoutError};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -34,6 +43,72 @@ use error::ApiError;
 
 /// Largest request body accepted (413 above).
 pub const BODY_LIMIT: usize = 256 * 1024;
+
+/// Longest client `x-request-id` kept; a longer one (or one with other than visible ASCII) is
+/// replaced by a generated id, since the id is stored in every event the request causes.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Whether a client's `x-request-id` may be kept: 1..=128 visible ASCII characters.
+pub fn acceptable_request_id(value: &[u8]) -> bool {
+    (1..=MAX_REQUEST_ID_LEN).contains(&value.len())
+        && value.iter().all(|b| (0x21..=0x7e).contains(b))
+}
+
+/// Drops a client `x-request-id` that is not acceptable, so that one is generated instead.
+async fn drop_unacceptable_request_id(mut req: Request) -> Request {
+    let headers = req.headers_mut();
+    let ok = {
+        let mut values = headers.get_all("x-request-id").iter();
+        match (values.next(), values.next()) {
+            (None, _) => true,
+            (Some(v), None) => acceptable_request_id(v.as_bytes()),
+            (Some(_), Some(_)) => false,
+        }
+    };
+    if !ok {
+        headers.remove("x-request-id");
+    }
+    req
+}
+
+/// Bounds the time to receive a request body, from the end of its head: a body still arriving
+/// after `limit` fails to read, and the request is answered 408 `request_timeout` (the
+/// connection is then closed, the body being unread). Bodiless requests are not wrapped.
+async fn body_read_deadline(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    if req.body().is_end_stream() {
+        return next.run(req).await;
+    }
+    let expired = Arc::new(AtomicBool::new(false));
+    let seen = Arc::clone(&expired);
+    let req = req.map(|body| {
+        Body::new(DeadlineBody::new(limit, body).map_err(move |e| {
+            if e.is::<TimeoutError>() {
+                seen.store(true, Ordering::Relaxed);
+            }
+            e
+        }))
+    });
+    let resp = next.run(req).await;
+    if !expired.load(Ordering::Relaxed) {
+        return resp;
+    }
+    tracing::info!(
+        limit_ms = limit.as_millis() as u64,
+        "request body not received in time"
+    );
+    let mut resp = ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "request_timeout",
+        format!(
+            "the request body was not received within {}",
+            humantime::format_duration(limit)
+        ),
+    )
+    .into_response();
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
 
 /// A page of a list: `next_cursor` is null on the last page.
 #[derive(Debug, Serialize, ToSchema)]
@@ -126,6 +201,10 @@ pub fn router(app: SharedApp, pages: Router<SharedApp>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(
+            app.config.http.body_read_timeout,
+            body_read_deadline,
+        ))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request| {
@@ -147,5 +226,28 @@ pub fn router(app: SharedApp, pages: Router<SharedApp>) -> Router {
         )
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(middleware::map_request(drop_unacceptable_request_id))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
         .with_state(app)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_short_visible_ascii() {
+        assert!(acceptable_request_id(b"!"));
+        assert!(acceptable_request_id(b"~"));
+        assert!(acceptable_request_id(b"0b5d9e2c-req_42.A"));
+        assert!(acceptable_request_id(&[b'a'; MAX_REQUEST_ID_LEN]));
+        assert!(!acceptable_request_id(&[b'a'; MAX_REQUEST_ID_LEN + 1]));
+        assert!(!acceptable_request_id(b""));
+        for bad in [b' ', b'\t', 0x7f, 0x80, 0xff, 0x00, b'\n'] {
+            assert!(!acceptable_request_id(&[b'a', bad, b'b']), "{bad:#x}");
+        }
+    }
 }

@@ -151,6 +151,45 @@ const PING_ALL_AFTER_TROUBLE: Duration = Duration::from_secs(30);
 
 pub(crate) const SQLITE_TIME: &str = "%Y-%m-%dT%H:%M:%S%.3fZ";
 
+/// Creates the SQLite database file (and missing parent dirs, 0700) readable by its owner only,
+/// 0600, before SQLite opens it: SQLite gives its `-wal` and `-shm` files the database file's
+/// mode. Files an older version left readable by others are narrowed to 0600.
+fn prepare_sqlite_files(path: &std::path::Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let io = |what: &std::path::Path, e: std::io::Error| {
+        StoreError::Other(format!("cannot prepare {}: {e}", what.display()))
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| io(dir, e))?;
+    }
+    // An empty file is an empty database to SQLite.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| io(path, e))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let file = std::path::PathBuf::from(name);
+        let Ok(meta) = std::fs::metadata(&file) else {
+            continue;
+        };
+        if meta.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| io(&file, e))?;
+            tracing::warn!(file = %file.display(), "database file was readable by other users; now 0600");
+        }
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens the pool. Never panics: a bad URL or an unreachable server is an error.
     pub async fn connect(db: &DatabaseConfig) -> Result<Store, StoreError> {
@@ -181,11 +220,7 @@ impl Store {
                 Ok(Store::Postgres(pool))
             }
             DatabaseConfig::Sqlite { path } => {
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir).map_err(|e| {
-                        StoreError::Other(format!("cannot create {}: {e}", dir.display()))
-                    })?;
-                }
+                prepare_sqlite_files(path)?;
                 let opts = SqliteConnectOptions::new()
                     .filename(path)
                     .create_if_missing(true)

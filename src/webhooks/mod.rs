@@ -14,11 +14,13 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
 use rand::Rng;
-use reqwest::header::CONTENT_TYPE;
+use reqwest::header::{CONTENT_TYPE, HOST};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
-use url::Url;
+use url::{Host, Url};
 use wagate_events::webhook::{WebhookCommand, WebhookStatus};
 use wagate_projections::messages::{AiLogRow, MessagesModel};
 use wagate_projections::outbox::{outgoing, Replies};
@@ -449,8 +451,9 @@ impl Sender {
         d: &Due,
     ) -> Result<u16, String> {
         let url = Url::parse(url).map_err(|_| "the webhook URL is not valid".to_string())?;
-        self.guard
-            .check_url(&url)
+        let checked = self
+            .guard
+            .checked_addrs(&url)
             .await
             .map_err(|e: GuardError| format!("refused by the outbound guard: {e}"))?;
         let secret = app
@@ -466,20 +469,62 @@ impl Sender {
             d.body.as_bytes(),
         )?;
         let timeout = app.config.webhooks.timeout;
-        let resp = self
-            .client
-            .post(url)
-            .timeout(timeout)
-            .header(CONTENT_TYPE, "application/json")
-            .header("webhook-id", &d.id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signature)
-            .body(d.body.clone())
-            .send()
-            .await
-            .map_err(|e| transport_error(&e, timeout))?;
+        let timestamp = timestamp.to_string();
+        let resp = post_pinned(&self.client, &url, &checked, timeout, |req| {
+            req.header(CONTENT_TYPE, "application/json")
+                .header("webhook-id", &d.id)
+                .header("webhook-timestamp", &timestamp)
+                .header("webhook-signature", &signature)
+                .body(d.body.clone())
+        })
+        .await?;
         Ok(resp.status().as_u16())
     }
+}
+
+/// Posts to `url`. A plain-http URL naming a domain goes only to `checked`, the addresses the
+/// outbound guard just resolved and allowed (the URL's host replaced by each address in turn,
+/// the name kept in `Host`): looking the name up again could answer another address (DNS
+/// rebinding) and move the unencrypted body, message texts included, outside the allowed
+/// networks. An https domain is checked by the client's guarded resolver on every connection
+/// (and its certificate must match the name); a literal IP host is the address checked.
+async fn post_pinned(
+    client: &reqwest::Client,
+    url: &Url,
+    checked: &[SocketAddr],
+    timeout: Duration,
+    request: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+) -> Result<reqwest::Response, String> {
+    let send = |target: Url, host: Option<&str>| {
+        let mut req = client.post(target).timeout(timeout);
+        if let Some(host) = host {
+            req = req.header(HOST, host);
+        }
+        request(req).send()
+    };
+    let pinned = url.scheme() == "http" && matches!(url.host(), Some(Host::Domain(_)));
+    if !pinned {
+        return send(url.clone(), None)
+            .await
+            .map_err(|e| transport_error(&e, timeout));
+    }
+    let host = match url.port() {
+        Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
+        None => url.host_str().unwrap_or_default().to_owned(),
+    };
+    let mut last = "refused by the outbound guard: no checked address".to_owned();
+    for addr in checked {
+        let mut target = url.clone();
+        // Cannot fail: an http URL takes any IP host and port.
+        let _ = target.set_ip_host(addr.ip());
+        let _ = target.set_port(Some(addr.port()));
+        match send(target, Some(&host)).await {
+            // Refused or unreachable: the next checked address, as a resolver's list would be.
+            Err(e) if e.is_connect() => last = transport_error(&e, timeout),
+            other => return other.map_err(|e| transport_error(&e, timeout)),
+        }
+    }
+    Err(last)
 }
 
 fn status_error(status: u16) -> String {
@@ -543,6 +588,53 @@ mod tests {
             let j = jittered_ms(Duration::from_secs(10));
             assert!((9_000..=11_000).contains(&j), "{j}");
         }
+    }
+
+    /// A plain-http domain URL goes to the checked addresses only, never to a new lookup of
+    /// the name: `rebinding.invalid` resolves nowhere, so any lookup would fail the delivery.
+    #[tokio::test]
+    async fn plain_http_domain_is_sent_only_to_the_checked_addresses() {
+        use wiremock::matchers::{header, method, path};
+        use wiremock::{Mock, MockServer, ResponseTemplate};
+
+        let rx = MockServer::start().await;
+        let port = rx.address().port();
+        Mock::given(method("POST"))
+            .and(path("/hook"))
+            .and(header("host", format!("rebinding.invalid:{port}").as_str()))
+            .respond_with(ResponseTemplate::new(204))
+            .expect(2)
+            .mount(&rx)
+            .await;
+        let guard = Arc::new(OutboundGuard::new(vec!["127.0.0.0/8".parse().unwrap()]));
+        let client = crate::model::client::guarded_client(&guard).unwrap();
+        let url = Url::parse(&format!("http://rebinding.invalid:{port}/hook")).unwrap();
+        let body = |req: reqwest::RequestBuilder| req.body("{}");
+        let timeout = Duration::from_secs(5);
+
+        let resp = post_pinned(&client, &url, &[*rx.address()], timeout, body)
+            .await
+            .expect("delivered to the checked address");
+        assert_eq!(resp.status().as_u16(), 204);
+
+        // A checked address that refuses the connection: the next checked one is used.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed_addr = closed.local_addr().unwrap();
+        drop(closed);
+        let resp = post_pinned(&client, &url, &[closed_addr, *rx.address()], timeout, body)
+            .await
+            .expect("delivered to the second checked address");
+        assert_eq!(resp.status().as_u16(), 204);
+
+        // Only refusing addresses: a connect error, and no lookup of the name as a fallback.
+        let err = post_pinned(&client, &url, &[closed_addr], timeout, body)
+            .await
+            .unwrap_err();
+        assert_eq!(err, "connect error");
+        let err = post_pinned(&client, &url, &[], timeout, body)
+            .await
+            .unwrap_err();
+        assert!(err.contains("no checked address"), "{err}");
     }
 
     #[test]

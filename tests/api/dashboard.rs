@@ -507,6 +507,27 @@ async fn user_content_escaped(app: TestApp) {
         )
         .await;
     assert_eq!(r.status, 201, "{}", r.text);
+    // Replies echo the inbound text (so the AI log holds the payload), under a global prompt
+    // that carries it too (the /ai page).
+    app.echo_mode().await;
+    let r = app
+        .admin(
+            "PUT",
+            "/v1/ai/global",
+            Some(json!({"default_system_prompt": evil})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // A webhook whose URL carries it (the /webhooks pages).
+    let r = app
+        .admin(
+            "POST",
+            "/v1/webhooks",
+            Some(json!({"url": format!("http://127.0.0.1:9/hook?q={evil}"), "events": ["*"]})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let hook = r.json["id"].as_str().expect("id").to_string();
     let r = app
         .admin(
             "POST",
@@ -525,6 +546,22 @@ async fn user_content_escaped(app: TestApp) {
     assert_eq!(r.status, 200, "{}", r.text);
     let mut v = Visitor::new(&app);
     v.login().await;
+    let escaped = "&lt;script&gt;alert('x')&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;";
+    // The echoed reply reaches the AI log.
+    let mut tries = 0;
+    while !v.get("/logs").await.body.contains(escaped) {
+        tries += 1;
+        assert!(tries < 200, "the echoed reply never reached /logs");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for path in ["/ai", "/logs", "/webhooks", &format!("/webhooks/{hook}")] {
+        let page = v.get(path).await;
+        assert_eq!(page.status, 200, "{path}");
+        assert!(
+            page.body.contains(escaped),
+            "{path} shows the payload, escaped"
+        );
+    }
     for path in [
         "/accounts",
         "/accounts/acme",
@@ -532,6 +569,12 @@ async fn user_content_escaped(app: TestApp) {
         "/test?account_id=acme",
         "/audit?account_id=acme",
         "/audit?account_id=acme&chat_id=491701234567%40s.whatsapp.net",
+        "/ai",
+        "/logs",
+        // A filter value is shown back in its field.
+        "/logs?account_id=%3Cscript%3Ealert('x')%3C%2Fscript%3E",
+        "/webhooks",
+        &format!("/webhooks/{hook}"),
     ] {
         let page = v.get(path).await;
         assert_eq!(page.status, 200, "{path}");

@@ -12,6 +12,7 @@ mod control;
 mod crash;
 mod dashboard;
 mod dashboard_webhooks;
+mod edge;
 mod events;
 mod group_commit;
 mod history;

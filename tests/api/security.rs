@@ -303,3 +303,54 @@ async fn boot_refuses_weak_config() {
         }
     }
 }
+
+/// Issue 21, finding 8: weak or well-known secrets refuse to start outside a loopback listen
+/// address, on the embedded SQLite store too (192.0.2.1 is a documentation address: the check
+/// comes before the bind, and a gateway that skipped it could not bind there either).
+#[tokio::test]
+async fn boot_refuses_weak_secrets_outside_loopback() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let same = "a".repeat(32);
+    let mk = master_key(4);
+    let cases: [(&[(&str, &str)], &str); 3] = [
+        (
+            &[("WAGATE_ADMIN_PASSWORD", "admin")],
+            "WAGATE_ADMIN_PASSWORD",
+        ),
+        (
+            &[("WAGATE_ADMIN_PASSWORD", "changeme")],
+            "WAGATE_ADMIN_PASSWORD",
+        ),
+        (&[("WAGATE_JWT_SECRET", &same)], "WAGATE_JWT_SECRET"),
+    ];
+    for (env, var) in cases {
+        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_wagate"));
+        c.arg("serve")
+            .env_clear()
+            .env("WAGATE_DATA_DIR", dir.path())
+            .env("WAGATE_LISTEN", "192.0.2.1:0")
+            .env("WAGATE_MASTER_KEY", &mk)
+            .env(
+                "WAGATE_JWT_SECRET",
+                "integration-test-jwt-secret-0123456789abcdef",
+            )
+            .env("WAGATE_ADMIN_PASSWORD", "correct horse battery staple")
+            .kill_on_drop(true);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = tokio::time::timeout(Duration::from_secs(30), c.output())
+            .await
+            .expect("wagate exits")
+            .expect("run wagate");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{env:?} must not start");
+        assert!(
+            stderr.contains(var) && stderr.contains("loopback"),
+            "{env:?}: {stderr}"
+        );
+        for (_, v) in env {
+            assert!(!stderr.contains(v), "the error echoes no secret: {stderr}");
+        }
+    }
+}
