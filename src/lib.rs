@@ -21,6 +21,7 @@ pub mod model_client;
 pub mod net_guard;
 pub mod plain_http;
 pub mod reply;
+pub mod revocation;
 pub mod startup;
 pub mod store;
 pub mod transport;
