@@ -9,6 +9,8 @@ use reqwest::redirect::Policy;
 use serde_json::json;
 
 use crate::both_stores;
+use wagate::store::Store;
+
 use crate::helpers::{Backend, TestApp, ADMIN_PASSWORD};
 
 /// How stale a gateway's copy of another's revocations may be (`revocation::REFRESH_EVERY`),
@@ -246,3 +248,47 @@ async fn dashboard_logout_ends_the_session(backend: Backend) {
 }
 
 both_stores!(dashboard_logout, dashboard_logout_ends_the_session(Backend));
+
+/// Rows of tokens that have expired are deleted (the first check of a process purges, then every
+/// 10 minutes); live ones stay and are honoured.
+async fn expired_revocations_are_purged(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let store = &app.app().store;
+    let now = chrono::Utc::now().timestamp();
+    let expired = uuid::Uuid::now_v7().to_string();
+    let live = uuid::Uuid::now_v7().to_string();
+    for (jti, exp) in [(&expired, now - 3600), (&live, now + 3600)] {
+        match store {
+            Store::Postgres(p) => {
+                sqlx::query("INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2)")
+                    .bind(jti)
+                    .bind(exp)
+                    .execute(p)
+                    .await
+                    .map(drop)
+            }
+            Store::Sqlite(p) => {
+                sqlx::query("INSERT INTO revoked_tokens (jti, expires_at) VALUES (?1, ?2)")
+                    .bind(jti)
+                    .bind(exp)
+                    .execute(p)
+                    .await
+                    .map(drop)
+            }
+        }
+        .expect("insert");
+    }
+    // The first admin request loads the revocations, purging the expired row.
+    assert_eq!(app.admin("GET", "/v1/ai/global", None).await.status, 200);
+    const SQL: &str = "SELECT jti FROM revoked_tokens ORDER BY jti";
+    let rows: Vec<String> = match store {
+        Store::Postgres(p) => sqlx::query_scalar(SQL).fetch_all(p).await,
+        Store::Sqlite(p) => sqlx::query_scalar(SQL).fetch_all(p).await,
+    }
+    .expect("rows");
+    assert_eq!(rows, vec![live], "only the live revocation is kept");
+}
+
+both_stores!(revocations_purged, expired_revocations_are_purged(Backend));
