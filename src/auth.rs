@@ -8,7 +8,7 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use argon2::password_hash::PasswordHasher;
 use argon2::{Argon2, Block, PasswordHash};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -157,19 +157,13 @@ pub fn hash_password(pw: &str) -> Result<String, AuthError> {
 
 /// Whether `pw` matches the PHC string (false for a malformed hash).
 pub fn verify_password(phc: &str, pw: &str) -> bool {
-    match Argon2::default().verify_password(pw.as_bytes(), phc) {
-        Ok(()) => true,
-        Err(argon2::password_hash::Error::PasswordInvalid) => false,
-        Err(e) => {
-            tracing::warn!(error = %e, "stored admin password hash cannot be used");
-            false
-        }
-    }
+    verify_password_in(phc, pw, &mut Vec::new())
 }
 
 /// Whether `pw` matches the PHC string, computed in `memory` (grown to the hash's memory cost and
-/// kept by the caller for the next check; false for a malformed hash). The same result as
-/// [`verify_password`], without a fresh multi-MiB allocation per check: the login guard reuses
+/// kept by the caller for the next check; false for a malformed hash): argon2's own PHC check
+/// (parameters, salt and version from the string, constant-time comparison of the output) with
+/// caller-provided working memory instead of a fresh multi-MiB allocation: the login guard reuses
 /// one buffer per verification slot, so a burst of logins does not leave a freed buffer behind in
 /// the allocator of every blocking thread it touched.
 pub fn verify_password_in(phc: &str, pw: &str, memory: &mut Vec<Block>) -> bool {
@@ -482,6 +476,7 @@ pub fn retry_after_secs(wait: Duration) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use argon2::password_hash::PasswordVerifier;
     use serde_json::json;
 
     use super::*;
@@ -722,6 +717,16 @@ mod tests {
         assert!(verify_password_in(&h, "correct horse battery", &mut memory));
         assert!(!verify_password_in("not-a-hash", "x", &mut memory));
         assert!(!verify_password_in("", "", &mut memory));
+        // The same verdicts as argon2's own PHC verification.
+        for pw in ["correct horse battery", "wrong"] {
+            assert_eq!(
+                Argon2::default()
+                    .verify_password(pw.as_bytes(), h.as_str())
+                    .is_ok(),
+                verify_password_in(&h, pw, &mut memory),
+                "{pw}"
+            );
+        }
         // A hash with other parameters (as an older release may have stored).
         let small = argon2::Params::new(1024, 1, 1, None).expect("params");
         let h2 = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, small)

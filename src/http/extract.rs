@@ -208,13 +208,10 @@ pub async fn verify_admin_token(app: &App, token: &str) -> Result<AdminClaims, A
     }
 }
 
-/// 429 `rate_limited` with `Retry-After` once `principal` spent its API budget.
-fn check_rate_limit(app: &App, principal: &Principal) -> Result<(), ApiError> {
-    let key = match principal {
-        Principal::Admin { sub, .. } => format!("admin:{sub}"),
-        Principal::Account { token_id, .. } => format!("token:{token_id}"),
-    };
-    app.api_limiter.check(&key).map_err(|wait| {
+/// 429 `rate_limited` with `Retry-After` once the caller spent its API budget, kept per actor
+/// (`admin:<sub>`, `token:<id>`).
+fn check_rate_limit(app: &App, caller: &Caller) -> Result<(), ApiError> {
+    app.api_limiter.check(&caller.who().actor).map_err(|wait| {
         tracing::debug!("API rate limit reached");
         ApiError {
             retry_after: Some(auth::retry_after_secs(wait)),
@@ -262,10 +259,11 @@ impl FromRequestParts<SharedApp> for Caller {
                 expires_at: claims.exp,
             }
         };
-        check_rate_limit(app, &principal)?;
-        Ok(Caller {
+        let caller = Caller {
             principal,
             request_id: request_id(parts),
-        })
+        };
+        check_rate_limit(app, &caller)?;
+        Ok(caller)
     }
 }
