@@ -119,6 +119,17 @@ async fn api_logout_revokes_everywhere(backend: Backend) {
     assert_eq!(r.status, 403, "{}", r.text);
     let r = app.call("POST", "/v1/auth/logout", None, None).await;
     assert_eq!(r.status, 401, "{}", r.text);
+
+    // The route is in the OpenAPI document, with its answers.
+    let doc = app.call("GET", "/openapi.json", None, None).await;
+    let op = &doc.json["paths"]["/v1/auth/logout"]["post"];
+    for status in ["204", "401", "403", "429", "503"] {
+        assert!(op["responses"][status].is_object(), "{status} in {op}");
+    }
+    assert!(
+        doc.json["paths"]["/v1/auth/login"]["post"]["responses"]["429"].is_object(),
+        "the login's 429"
+    );
 }
 
 both_stores!(api_logout, api_logout_revokes_everywhere(Backend));
