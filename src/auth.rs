@@ -294,7 +294,9 @@ pub struct LoginLimiter {
     limiter: RateLimiter<IpAddr, AddressStore, DefaultClock>,
     addresses: AddressStore,
     verifications: Arc<Semaphore>,
-    /// Argon2 working memory, one buffer per slot at most, allocated once and reused.
+    /// Argon2 working memory, one buffer per slot at most, reused while checks overlap (a burst
+    /// allocates about one per slot, not one per blocking thread it touches) and freed when the
+    /// last running check ends.
     memory: Arc<Mutex<Vec<Vec<Block>>>>,
     slots: usize,
     queue_wait: Duration,
@@ -400,13 +402,18 @@ impl LoginLimiter {
                 .map_err(|_| LoginRefused::Busy(Duration::from_secs(1)))?
                 .map_err(|_| LoginRefused::Internal)?;
         let (pool, slots) = (self.memory.clone(), self.slots);
+        let verifications = self.verifications.clone();
         let passed = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let take = || pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
             let mut memory = take().unwrap_or_default();
             let passed = check(&mut memory);
             let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());
-            if pool.len() < slots {
+            // Keep the buffer for the next check while checks overlap; the last one of a burst
+            // (every other permit free, hence nobody waiting) lets all of them go.
+            if verifications.available_permits() + 1 >= slots {
+                pool.clear();
+            } else if pool.len() < slots {
                 pool.push(memory);
             }
             passed
@@ -879,6 +886,45 @@ mod tests {
         for i in 0..LOGIN_ATTEMPTS {
             assert!(l.reserve(ip("192.0.2.3")).is_ok(), "attempt {i}");
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn login_limiter_reuses_working_memory_during_a_burst() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let l = Arc::new(LoginLimiter::with_slots(
+            5,
+            Duration::from_secs(60),
+            2,
+            Duration::from_secs(5),
+        ));
+        let fresh = Arc::new(AtomicUsize::new(0));
+        let mut tasks = vec![];
+        for i in 0..12u8 {
+            let (l, fresh) = (l.clone(), fresh.clone());
+            tasks.push(tokio::spawn(async move {
+                l.attempt(IpAddr::from([198, 51, 100, i]), move |memory| {
+                    if memory.is_empty() {
+                        fresh.fetch_add(1, Ordering::SeqCst);
+                        memory.resize(1024, Block::default());
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                    false
+                })
+                .await
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.expect("task"), Ok(false));
+        }
+        assert!(
+            fresh.load(Ordering::SeqCst) <= 3,
+            "12 overlapping checks on 2 slots allocated {} buffers",
+            fresh.load(Ordering::SeqCst)
+        );
+        assert!(
+            l.memory.lock().expect("pool").is_empty(),
+            "freed after the burst"
+        );
     }
 
     #[test]
