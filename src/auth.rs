@@ -1,23 +1,32 @@
-//! Authentication primitives: admin JWTs (HS256 pinned; `exp`, `iss`, `aud`, `sub` required), the
-//! admin password (argon2id PHC), account tokens (`wgt_` + 256 random bits, stored as SHA-256),
-//! and the per-address limiter for failed admin logins.
+//! Authentication primitives: admin JWTs (HS256 pinned; `exp`, `iss`, `aud`, `sub` and a UUID
+//! `jti` required), the admin password (argon2id PHC), account tokens (`wgt_` + 256 random bits,
+//! stored as SHA-256), the admin-login guard (per-address attempts and bounded argon2 work) and
+//! the per-caller API rate limit.
 
-use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::net::{IpAddr, Ipv6Addr};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
-use argon2::Argon2;
+use argon2::password_hash::PasswordHasher;
+use argon2::{Argon2, Block, PasswordHash};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+use governor::clock::{Clock, DefaultClock};
+use governor::nanos::Nanos;
+use governor::state::keyed::{DefaultKeyedStateStore, ShrinkableKeyedStateStore};
+use governor::state::{InMemoryState, StateStore};
+use governor::{Quota, RateLimiter};
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretBox};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
+use uuid::Uuid;
 
 /// `aud` of every admin JWT.
 pub const ADMIN_AUDIENCE: &str = "wagate-admin";
@@ -43,7 +52,8 @@ pub enum AuthError {
     Hashing,
 }
 
-/// Claims of an admin JWT; all are required.
+/// Claims of an admin JWT; all are required. `jti` (a UUID v7) names the session, so a logout can
+/// revoke it (docs/adr/0017-token-revocation.md); a token without one is refused.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AdminClaims {
     pub sub: String,
@@ -51,6 +61,7 @@ pub struct AdminClaims {
     pub iat: i64,
     pub iss: String,
     pub aud: String,
+    pub jti: Uuid,
 }
 
 /// Issues and verifies admin JWTs with one HS256 secret. `Debug` shows the issuer only.
@@ -97,6 +108,7 @@ impl JwtSigner {
             iat: now.timestamp(),
             iss: self.issuer.clone(),
             aud: ADMIN_AUDIENCE.to_string(),
+            jti: Uuid::now_v7(),
         };
         let token = encode(
             &Header::new(Algorithm::HS256),
@@ -107,8 +119,9 @@ impl JwtSigner {
         Ok((token, exp))
     }
 
-    /// Verifies the signature (HS256 only), `exp` (30 s leeway), `iss`, `aud` and a non-empty
-    /// `sub`. Every failure, whatever its cause, is [`AuthError::InvalidToken`].
+    /// Verifies the signature (HS256 only), `exp` (30 s leeway), `iss`, `aud`, a non-empty `sub`
+    /// and a UUID `jti`. Every failure, whatever its cause, is [`AuthError::InvalidToken`]. Whether
+    /// the session was revoked is the caller's second check (`http::extract::verify_admin_token`).
     pub fn verify(&self, token: &str) -> Result<AdminClaims, AuthError> {
         let mut v = Validation::new(Algorithm::HS256);
         v.algorithms = vec![Algorithm::HS256];
@@ -144,13 +157,51 @@ pub fn hash_password(pw: &str) -> Result<String, AuthError> {
 
 /// Whether `pw` matches the PHC string (false for a malformed hash).
 pub fn verify_password(phc: &str, pw: &str) -> bool {
-    match Argon2::default().verify_password(pw.as_bytes(), phc) {
-        Ok(()) => true,
-        Err(argon2::password_hash::Error::PasswordInvalid) => false,
-        Err(e) => {
-            tracing::warn!(error = %e, "stored admin password hash cannot be used");
-            false
-        }
+    verify_password_in(phc, pw, &mut Vec::new())
+}
+
+/// Whether `pw` matches the PHC string, computed in `memory` (grown to the hash's memory cost and
+/// kept by the caller for the next check; false for a malformed hash): argon2's own PHC check
+/// (parameters, salt and version from the string, constant-time comparison of the output) with
+/// caller-provided working memory instead of a fresh multi-MiB allocation: the login guard reuses
+/// one buffer per verification slot, so a burst of logins does not leave a freed buffer behind in
+/// the allocator of every blocking thread it touched.
+pub fn verify_password_in(phc: &str, pw: &str, memory: &mut Vec<Block>) -> bool {
+    fn unusable(e: impl std::fmt::Display) -> bool {
+        tracing::warn!(error = %e, "stored admin password hash cannot be used");
+        false
+    }
+    let hash = match PasswordHash::new(phc) {
+        Ok(h) => h,
+        Err(e) => return unusable(e),
+    };
+    let (Some(salt), Some(expected)) = (&hash.salt, &hash.hash) else {
+        return unusable("no salt or no hash");
+    };
+    let algorithm = match argon2::Algorithm::try_from(hash.algorithm.as_str()) {
+        Ok(a) => a,
+        Err(e) => return unusable(e),
+    };
+    let version = match hash.version.map(argon2::Version::try_from).transpose() {
+        Ok(v) => v.unwrap_or_default(),
+        Err(e) => return unusable(e),
+    };
+    let params = match argon2::Params::try_from(&hash) {
+        Ok(p) => p,
+        Err(e) => return unusable(e),
+    };
+    let blocks = params.block_count();
+    let argon = Argon2::new(algorithm, version, params);
+    memory.resize(blocks, Block::default());
+    let mut out = vec![0u8; expected.len()];
+    match argon.hash_password_into_with_memory(
+        pw.as_bytes(),
+        salt.as_ref(),
+        &mut out,
+        &mut memory[..blocks],
+    ) {
+        Ok(()) => constant_time_eq(&out, expected.as_bytes()),
+        Err(e) => unusable(e),
     }
 }
 
@@ -179,122 +230,260 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()
 }
 
-/// Failed-login limiter: after `max_failures` failures from one address within `window` (counted
-/// from the first failure), that address is refused until the window ends. Memory is bounded:
-/// past [`LIMITER_MAX_ENTRIES`] addresses, expired entries are swept, then the oldest dropped.
+/// Login attempts per client address per [`LOGIN_WINDOW`] (checklist item 17).
+pub const LOGIN_ATTEMPTS: u32 = 5;
+/// The window of [`LOGIN_ATTEMPTS`]: 5 attempts at once, then one more every 12 s.
+pub const LOGIN_WINDOW: Duration = Duration::from_secs(60);
+/// Argon2 checks running at once across the process (each holds ~19 MiB while it runs).
+pub const MAX_CONCURRENT_VERIFICATIONS: usize = 4;
+/// How long a login waits for a free verification slot before it is refused (429).
+pub const VERIFICATION_QUEUE_WAIT: Duration = Duration::from_secs(2);
+/// Client addresses the login limiter tracks; past that, the ones back to a full budget are
+/// swept, and if all are recent the limiter starts over (the verification slots still bound the
+/// process-wide guessing rate).
+pub const LIMITER_MAX_ENTRIES: usize = 100_000;
+
+/// The per-address state of the login limiter: governor's DashMap store behind an `Arc`, so a
+/// successful login can clear its address (governor has no per-key reset).
+#[derive(Clone, Default)]
+struct AddressStore(Arc<DashMap<IpAddr, InMemoryState>>);
+
+impl StateStore for AddressStore {
+    type Key = IpAddr;
+
+    fn measure_and_replace<T, F, E>(&self, key: &IpAddr, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        StateStore::measure_and_replace(self.0.as_ref(), key, f)
+    }
+}
+
+impl ShrinkableKeyedStateStore<IpAddr> for AddressStore {
+    fn retain_recent(&self, drop_below: Nanos) {
+        ShrinkableKeyedStateStore::retain_recent(self.0.as_ref(), drop_below);
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Why a login was not checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginRefused {
+    /// The address spent its attempts; retry after this long.
+    TooManyAttempts(Duration),
+    /// Every verification slot stayed busy for [`VERIFICATION_QUEUE_WAIT`].
+    Busy(Duration),
+    /// The verification task panicked or was cancelled.
+    Internal,
+}
+
+/// The admin-login guard: each attempt is reserved from its client address's budget (governor
+/// GCRA, [`LOGIN_ATTEMPTS`] per [`LOGIN_WINDOW`]) *before* the password is checked, so parallel
+/// attempts cannot all pass a check made before any failure was recorded; then the argon2 check
+/// runs on the blocking pool under one of [`MAX_CONCURRENT_VERIFICATIONS`] permits (waiting at
+/// most [`VERIFICATION_QUEUE_WAIT`]), which bounds the memory and CPU that logins can take. A
+/// successful login gives its address a full budget again. IPv6 clients are keyed by their /64.
 pub struct LoginLimiter {
-    max_failures: u32,
-    window: Duration,
-    entries: Mutex<HashMap<IpAddr, Failures>>,
+    limiter: RateLimiter<IpAddr, AddressStore, DefaultClock>,
+    addresses: AddressStore,
+    verifications: Arc<Semaphore>,
+    /// Argon2 working memory, one buffer per slot at most, reused while checks overlap (a burst
+    /// allocates about one per slot, not one per blocking thread it touches) and freed when the
+    /// last running check ends.
+    memory: Arc<Mutex<Vec<Vec<Block>>>>,
+    slots: usize,
+    queue_wait: Duration,
 }
-
-#[derive(Clone, Copy)]
-struct Failures {
-    count: u32,
-    first: Instant,
-}
-
-/// Addresses tracked before expired entries are swept.
-pub const LIMITER_MAX_ENTRIES: usize = 10_000;
 
 impl Default for LoginLimiter {
-    /// 5 failures per 60 s.
+    /// [`LOGIN_ATTEMPTS`] per [`LOGIN_WINDOW`].
     fn default() -> Self {
-        Self::new(5, Duration::from_secs(60))
+        Self::new(LOGIN_ATTEMPTS, LOGIN_WINDOW)
     }
 }
 
 impl std::fmt::Debug for LoginLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoginLimiter")
-            .field("max_failures", &self.max_failures)
-            .field("window", &self.window)
+            .field("addresses", &self.addresses.0.len())
+            .field(
+                "free_verifications",
+                &self.verifications.available_permits(),
+            )
             .finish_non_exhaustive()
     }
 }
 
+/// The limiter key of a client address: IPv4 (also IPv4-mapped IPv6) as is, IPv6 by its /64
+/// (one customer's allocation; otherwise each of its 2^64 addresses would get a budget).
+pub fn login_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(
+                u128::from(v6) & 0xffff_ffff_ffff_ffff_0000_0000_0000_0000,
+            )),
+        },
+    }
+}
+
 impl LoginLimiter {
-    pub fn new(max_failures: u32, window: Duration) -> Self {
-        Self {
-            max_failures,
+    /// `attempts` per `window` per address (at least 1 each), with the default verification slots.
+    pub fn new(attempts: u32, window: Duration) -> Self {
+        Self::with_slots(
+            attempts,
             window,
-            entries: Mutex::new(HashMap::new()),
+            MAX_CONCURRENT_VERIFICATIONS,
+            VERIFICATION_QUEUE_WAIT,
+        )
+    }
+
+    pub fn with_slots(attempts: u32, window: Duration, slots: usize, queue_wait: Duration) -> Self {
+        let attempts = NonZeroU32::new(attempts).unwrap_or(NonZeroU32::MIN);
+        let period = (window / attempts.get()).max(Duration::from_millis(1));
+        let quota = Quota::with_period(period)
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(attempts);
+        let addresses = AddressStore::default();
+        Self {
+            limiter: RateLimiter::new(quota, addresses.clone(), DefaultClock::default()),
+            addresses,
+            verifications: Arc::new(Semaphore::new(slots.max(1))),
+            memory: Arc::default(),
+            slots: slots.max(1),
+            queue_wait,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<IpAddr, Failures>> {
-        // The map stays consistent even if a holder panicked: every update is a single insert,
-        // remove or field write.
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// `Err(retry_after)` while `ip` is locked out.
-    pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
-        self.check_at(ip, Instant::now())
-    }
-
-    /// Counts a failed login from `ip`.
-    pub fn record_failure(&self, ip: IpAddr) {
-        self.record_failure_at(ip, Instant::now());
-    }
-
-    /// A successful login clears the address's failures.
-    pub fn record_success(&self, ip: IpAddr) {
-        self.lock().remove(&ip);
-    }
-
-    fn check_at(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
-        let mut map = self.lock();
-        let Some(f) = map.get(&ip).copied() else {
-            return Ok(());
-        };
-        let elapsed = now.saturating_duration_since(f.first);
-        if elapsed >= self.window {
-            map.remove(&ip);
-            return Ok(());
-        }
-        if f.count >= self.max_failures {
-            Err(self.window - elapsed)
-        } else {
-            Ok(())
-        }
-    }
-
-    fn record_failure_at(&self, ip: IpAddr, now: Instant) {
-        let window = self.window;
-        let mut map = self.lock();
-        if map.len() >= LIMITER_MAX_ENTRIES && !map.contains_key(&ip) {
-            map.retain(|_, f| now.saturating_duration_since(f.first) < window);
+    /// Spends one attempt of `ip`'s budget; `Err(retry_after)` when it is spent.
+    pub fn reserve(&self, ip: IpAddr) -> Result<(), Duration> {
+        let key = login_key(ip);
+        let map = &self.addresses.0;
+        if map.len() >= LIMITER_MAX_ENTRIES && !map.contains_key(&key) {
+            self.limiter.retain_recent();
             if map.len() >= LIMITER_MAX_ENTRIES {
-                if let Some(oldest) = map.iter().min_by_key(|(_, f)| f.first).map(|(k, _)| *k) {
-                    map.remove(&oldest);
-                }
+                tracing::warn!(
+                    addresses = map.len(),
+                    "login limiter full of recent addresses; starting over"
+                );
+                map.clear();
             }
         }
-        let f = map.entry(ip).or_insert(Failures {
-            count: 0,
-            first: now,
-        });
-        if now.saturating_duration_since(f.first) >= window {
-            *f = Failures {
-                count: 0,
-                first: now,
-            };
+        self.limiter
+            .check_key(&key)
+            .map_err(|not_until| not_until.wait_time_from(self.limiter.clock().now()))
+    }
+
+    /// Gives `ip` its full budget again (after a successful login).
+    pub fn forget(&self, ip: IpAddr) {
+        self.addresses.0.remove(&login_key(ip));
+    }
+
+    /// Reserves an attempt of `ip`, then runs `check` (the argon2 comparison, given a reusable
+    /// working-memory buffer for [`verify_password_in`]) on the blocking pool under a verification
+    /// permit, released when `check` returns even if the caller went away. A passed check clears
+    /// the address's budget. `Ok(passed)` or why nothing was checked.
+    pub async fn attempt<F>(&self, ip: IpAddr, check: F) -> Result<bool, LoginRefused>
+    where
+        F: FnOnce(&mut Vec<Block>) -> bool + Send + 'static,
+    {
+        self.reserve(ip).map_err(LoginRefused::TooManyAttempts)?;
+        let permit =
+            tokio::time::timeout(self.queue_wait, self.verifications.clone().acquire_owned())
+                .await
+                .map_err(|_| LoginRefused::Busy(Duration::from_secs(1)))?
+                .map_err(|_| LoginRefused::Internal)?;
+        let (pool, slots) = (self.memory.clone(), self.slots);
+        let verifications = self.verifications.clone();
+        let passed = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let take = || pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let mut memory = take().unwrap_or_default();
+            let passed = check(&mut memory);
+            let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());
+            // Keep the buffer for the next check while checks overlap; the last one of a burst
+            // (every other permit free, hence nobody waiting) lets all of them go.
+            if verifications.available_permits() + 1 >= slots {
+                pool.clear();
+            } else if pool.len() < slots {
+                pool.push(memory);
+            }
+            passed
+        })
+        .await
+        .map_err(|_| LoginRefused::Internal)?;
+        if passed {
+            self.forget(ip);
         }
-        f.count = f.count.saturating_add(1);
-        if f.count == self.max_failures {
-            tracing::warn!(client = %ip, window_secs = window.as_secs(), "admin login locked after repeated failures");
-        }
+        Ok(passed)
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.lock().len()
+        self.addresses.0.len()
     }
+}
+
+/// Per-caller API rate limit (`WAGATE_API_RATE_LIMIT_PER_SECOND` / `_BURST`): one governor GCRA
+/// budget per key (`admin:<sub>` for admin JWTs, `token:<id>` for account tokens). `None` limit:
+/// every request passes.
+pub struct ApiRateLimiter {
+    limiter: Option<RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock>>,
+}
+
+/// Keys the API limiter keeps before it sweeps the ones back to a full budget.
+const API_LIMITER_SWEEP_AT: usize = 10_000;
+
+impl std::fmt::Debug for ApiRateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiRateLimiter")
+            .field("enabled", &self.limiter.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApiRateLimiter {
+    /// `per_second` requests a second sustained, `burst` at once; `None` disables the limit.
+    pub fn new(limit: Option<(NonZeroU32, NonZeroU32)>) -> Self {
+        Self {
+            limiter: limit.map(|(per_second, burst)| {
+                RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst))
+            }),
+        }
+    }
+
+    /// Spends one request of `key`'s budget; `Err(retry_after)` when it is spent.
+    pub fn check(&self, key: &str) -> Result<(), Duration> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        if limiter.len() >= API_LIMITER_SWEEP_AT {
+            limiter.retain_recent();
+        }
+        limiter
+            .check_key(&key.to_string())
+            .map_err(|not_until| not_until.wait_time_from(limiter.clock().now()))
+    }
+}
+
+/// Whole seconds for a `Retry-After` header: rounded up, at least 1.
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    wait.as_secs()
+        .saturating_add(u64::from(wait.subsec_nanos() > 0))
+        .max(1)
 }
 
 #[cfg(test)]
 mod tests {
+    use argon2::password_hash::PasswordVerifier;
     use serde_json::json;
 
     use super::*;
@@ -316,7 +505,8 @@ mod tests {
 
     fn claims() -> serde_json::Value {
         let now = Utc::now().timestamp();
-        json!({"sub":"admin","iss":"wagate","aud":ADMIN_AUDIENCE,"iat":now,"exp":now+600})
+        json!({"sub":"admin","iss":"wagate","aud":ADMIN_AUDIENCE,"iat":now,"exp":now+600,
+            "jti":Uuid::now_v7()})
     }
 
     fn without(field: &str) -> serde_json::Value {
@@ -347,6 +537,11 @@ mod tests {
         assert_eq!(c.aud, ADMIN_AUDIENCE);
         assert_eq!(c.exp, exp.timestamp());
         assert!(c.iat >= before && c.exp - c.iat == 60);
+        assert_eq!(c.jti.get_version_num(), 7, "a UUID v7 names the session");
+        let (t2, _) = signer()
+            .issue("alice", Duration::from_secs(60))
+            .expect("issue");
+        assert_ne!(signer().verify(&t2).expect("verify").jti, c.jti);
         // The hand-built claims used by the negative tests are accepted as they are.
         assert!(signer()
             .verify(&sign(&claims(), Algorithm::HS256, SECRET))
@@ -415,6 +610,16 @@ mod tests {
     fn jwt_missing_sub_rejected() {
         rejected(&sign(&without("sub"), Algorithm::HS256, SECRET));
         rejected(&sign(&with("sub", json!("")), Algorithm::HS256, SECRET));
+    }
+
+    #[test]
+    fn jwt_missing_or_malformed_jti_rejected() {
+        rejected(&sign(&without("jti"), Algorithm::HS256, SECRET));
+        rejected(&sign(
+            &with("jti", json!("not-a-uuid")),
+            Algorithm::HS256,
+            SECRET,
+        ));
     }
 
     #[test]
@@ -503,6 +708,43 @@ mod tests {
     }
 
     #[test]
+    fn password_check_in_reused_memory() {
+        let h = hash_password("correct horse battery").expect("hash");
+        let mut memory = Vec::new();
+        assert!(verify_password_in(&h, "correct horse battery", &mut memory));
+        let blocks = memory.len();
+        assert_eq!(
+            blocks,
+            19 * 1024,
+            "the default memory cost, 19 MiB of 1 KiB blocks"
+        );
+        assert!(!verify_password_in(&h, "wrong", &mut memory));
+        assert!(!verify_password_in(&h, "", &mut memory));
+        assert_eq!(memory.len(), blocks, "reused, not grown");
+        assert!(verify_password_in(&h, "correct horse battery", &mut memory));
+        assert!(!verify_password_in("not-a-hash", "x", &mut memory));
+        assert!(!verify_password_in("", "", &mut memory));
+        // The same verdicts as argon2's own PHC verification.
+        for pw in ["correct horse battery", "wrong"] {
+            assert_eq!(
+                Argon2::default()
+                    .verify_password(pw.as_bytes(), h.as_str())
+                    .is_ok(),
+                verify_password_in(&h, pw, &mut memory),
+                "{pw}"
+            );
+        }
+        // A hash with other parameters (as an older release may have stored).
+        let small = argon2::Params::new(1024, 1, 1, None).expect("params");
+        let h2 = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, small)
+            .hash_password(b"pw")
+            .expect("hash")
+            .to_string();
+        assert!(verify_password_in(&h2, "pw", &mut memory));
+        assert!(!verify_password_in(&h2, "px", &mut memory));
+    }
+
+    #[test]
     fn password_wrong_rejected() {
         let h = hash_password("correct horse battery").expect("hash");
         assert!(!verify_password(&h, "wrong"));
@@ -541,62 +783,181 @@ mod tests {
     }
 
     #[test]
-    fn login_limiter_locks_after_failures() {
+    fn login_limiter_reserves_before_the_check() {
         let l = LoginLimiter::default();
-        let t0 = Instant::now();
         let a = ip("192.0.2.1");
-        for i in 0..5 {
-            assert!(l.check_at(a, t0).is_ok(), "failure {i}");
-            l.record_failure_at(a, t0 + Duration::from_secs(i));
+        for i in 0..LOGIN_ATTEMPTS {
+            assert!(l.reserve(a).is_ok(), "attempt {i}");
         }
-        let retry = l
-            .check_at(a, t0 + Duration::from_secs(10))
-            .expect_err("locked");
-        assert_eq!(retry, Duration::from_secs(50), "until the window ends");
-        assert!(l.check_at(ip("192.0.2.2"), t0).is_ok(), "per address");
-        assert!(l.check_at(a, t0 + Duration::from_secs(60)).is_ok());
+        let retry = l.reserve(a).expect_err("spent");
+        assert!(
+            retry > Duration::from_secs(10) && retry <= Duration::from_secs(12),
+            "one attempt comes back every 12 s: {retry:?}"
+        );
+        assert!(l.reserve(ip("192.0.2.2")).is_ok(), "per address");
+        l.forget(a);
+        assert!(l.reserve(a).is_ok(), "a success clears the address");
     }
 
     #[test]
-    fn login_limiter_window_resets_count() {
-        let l = LoginLimiter::new(3, Duration::from_secs(60));
-        let t0 = Instant::now();
-        let a = ip("2001:db8::1");
-        l.record_failure_at(a, t0);
-        l.record_failure_at(a, t0);
-        // Failures from an elapsed window do not count.
-        l.record_failure_at(a, t0 + Duration::from_secs(61));
-        l.record_failure_at(a, t0 + Duration::from_secs(62));
-        assert!(l.check_at(a, t0 + Duration::from_secs(63)).is_ok());
-        l.record_failure_at(a, t0 + Duration::from_secs(63));
-        assert!(l.check_at(a, t0 + Duration::from_secs(64)).is_err());
-    }
-
-    #[test]
-    fn login_limiter_success_clears() {
+    fn login_key_groups_ipv6_by_64() {
+        assert_eq!(login_key(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(login_key(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(login_key(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
         let l = LoginLimiter::new(2, Duration::from_secs(60));
-        let a = ip("192.0.2.3");
-        l.record_failure(a);
-        l.record_success(a);
-        l.record_failure(a);
-        assert!(l.check(a).is_ok());
-        l.record_failure(a);
-        assert!(l.check(a).is_err());
+        assert!(l.reserve(ip("2001:db8::1")).is_ok());
+        assert!(l.reserve(ip("2001:db8::2")).is_ok());
+        assert!(l.reserve(ip("2001:db8::3")).is_err(), "same /64");
+        assert!(l.reserve(ip("2001:db8:0:1::1")).is_ok(), "another /64");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn login_limiter_bounds_parallel_checks() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let l = Arc::new(LoginLimiter::with_slots(
+            5,
+            Duration::from_secs(60),
+            2,
+            Duration::from_secs(5),
+        ));
+        let running = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let mut tasks = vec![];
+        for i in 0..40u32 {
+            let (l, running, peak) = (l.clone(), running.clone(), peak.clone());
+            // 40 parallel attempts from one address, and 8 from 8 others.
+            let addr = if i < 32 {
+                ip("198.51.100.1")
+            } else {
+                IpAddr::from([198, 51, 100, 10 + i as u8])
+            };
+            tasks.push(tokio::spawn(async move {
+                l.attempt(addr, move |_| {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(20));
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    false
+                })
+                .await
+            }));
+        }
+        let mut checked = 0;
+        let mut limited = 0;
+        for t in tasks {
+            match t.await.expect("task") {
+                Ok(false) => checked += 1,
+                Err(LoginRefused::TooManyAttempts(_)) => limited += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(checked, 5 + 8, "5 from the busy address, 1 from each other");
+        assert_eq!(limited, 27);
+        assert!(peak.load(Ordering::SeqCst) <= 2, "at most 2 checks at once");
+    }
+
+    #[tokio::test]
+    async fn login_limiter_refuses_when_every_slot_stays_busy() {
+        let l = Arc::new(LoginLimiter::with_slots(
+            5,
+            Duration::from_secs(60),
+            1,
+            Duration::from_millis(50),
+        ));
+        let slow = {
+            let l = l.clone();
+            tokio::spawn(async move {
+                l.attempt(ip("192.0.2.1"), |_| {
+                    std::thread::sleep(Duration::from_millis(500));
+                    false
+                })
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let r = l.attempt(ip("192.0.2.2"), |_| false).await;
+        assert_eq!(r, Err(LoginRefused::Busy(Duration::from_secs(1))));
+        assert_eq!(slow.await.expect("task"), Ok(false));
+        // A success clears its address.
+        for _ in 0..4 {
+            let _ = l.reserve(ip("192.0.2.3"));
+        }
+        assert_eq!(l.attempt(ip("192.0.2.3"), |_| true).await, Ok(true));
+        for i in 0..LOGIN_ATTEMPTS {
+            assert!(l.reserve(ip("192.0.2.3")).is_ok(), "attempt {i}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn login_limiter_reuses_working_memory_during_a_burst() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let l = Arc::new(LoginLimiter::with_slots(
+            5,
+            Duration::from_secs(60),
+            2,
+            Duration::from_secs(5),
+        ));
+        let fresh = Arc::new(AtomicUsize::new(0));
+        let mut tasks = vec![];
+        for i in 0..12u8 {
+            let (l, fresh) = (l.clone(), fresh.clone());
+            tasks.push(tokio::spawn(async move {
+                l.attempt(IpAddr::from([198, 51, 100, i]), move |memory| {
+                    if memory.is_empty() {
+                        fresh.fetch_add(1, Ordering::SeqCst);
+                        memory.resize(1024, Block::default());
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                    false
+                })
+                .await
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.expect("task"), Ok(false));
+        }
+        assert!(
+            fresh.load(Ordering::SeqCst) <= 3,
+            "12 overlapping checks on 2 slots allocated {} buffers",
+            fresh.load(Ordering::SeqCst)
+        );
+        assert!(
+            l.memory.lock().expect("pool").is_empty(),
+            "freed after the burst"
+        );
     }
 
     #[test]
     fn login_limiter_is_bounded() {
         let l = LoginLimiter::new(5, Duration::from_secs(60));
-        let t0 = Instant::now();
         for i in 0..LIMITER_MAX_ENTRIES as u32 {
-            l.record_failure_at(IpAddr::from(i.to_be_bytes()), t0);
+            let _ = l.reserve(IpAddr::from(i.to_be_bytes()));
         }
         assert_eq!(l.len(), LIMITER_MAX_ENTRIES);
-        // All fresh: the oldest is dropped to make room.
-        l.record_failure_at(ip("198.51.100.1"), t0 + Duration::from_secs(1));
-        assert_eq!(l.len(), LIMITER_MAX_ENTRIES);
-        // After the window the stale ones are swept.
-        l.record_failure_at(ip("198.51.100.2"), t0 + Duration::from_millis(60_500));
-        assert_eq!(l.len(), 2);
+        // All recent: the limiter starts over rather than grow.
+        let _ = l.reserve(ip("198.51.100.1"));
+        assert_eq!(l.len(), 1);
+    }
+
+    #[test]
+    fn api_rate_limiter_per_key() {
+        let one = NonZeroU32::MIN;
+        let l = ApiRateLimiter::new(Some((one, NonZeroU32::new(3).expect("3"))));
+        for i in 0..3 {
+            assert!(l.check("admin:a").is_ok(), "request {i}");
+        }
+        let wait = l.check("admin:a").expect_err("spent");
+        assert!(wait <= Duration::from_secs(1), "{wait:?}");
+        assert_eq!(retry_after_secs(wait), 1);
+        assert!(l.check("token:t1").is_ok(), "another key");
+        let off = ApiRateLimiter::new(None);
+        assert!((0..1000).all(|_| off.check("admin:a").is_ok()));
+    }
+
+    #[test]
+    fn retry_after_rounds_up() {
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1500)), 2);
+        assert_eq!(retry_after_secs(Duration::from_secs(12)), 12);
     }
 }

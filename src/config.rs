@@ -155,6 +155,53 @@ pub struct Config {
     pub checkpoint_every: u64,
     /// Header and body read timeouts and the connection cap of the HTTP server.
     pub http: HttpLimits,
+    /// Requests per caller (admin JWT subject or account token) through the API
+    /// (`WAGATE_API_RATE_LIMIT_PER_SECOND`, default 100, 0 = no limit;
+    /// `WAGATE_API_RATE_LIMIT_BURST`, default 500); past it, 429 with `Retry-After`.
+    pub api_rate_limit: Option<ApiRateLimit>,
+}
+
+/// The per-caller API rate limit: `per_second` sustained, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiRateLimit {
+    pub per_second: std::num::NonZeroU32,
+    pub burst: std::num::NonZeroU32,
+}
+
+/// Default API requests per second per caller.
+pub const DEFAULT_API_RATE_LIMIT_PER_SECOND: u32 = 100;
+/// Default API burst per caller.
+pub const DEFAULT_API_RATE_LIMIT_BURST: u32 = 500;
+
+fn parse_api_rate_limit(vars: &Vars<'_>) -> Result<Option<ApiRateLimit>, ConfigError> {
+    let number = |var: &'static str, default: u32, min: u32, message: &str| match vars.get(var) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (min..=1_000_000).contains(n))
+            .ok_or_else(|| invalid(var, message)),
+    };
+    let per_second = number(
+        "WAGATE_API_RATE_LIMIT_PER_SECOND",
+        DEFAULT_API_RATE_LIMIT_PER_SECOND,
+        0,
+        "must be a whole number from 0 (no limit) to 1000000",
+    )?;
+    let burst = number(
+        "WAGATE_API_RATE_LIMIT_BURST",
+        DEFAULT_API_RATE_LIMIT_BURST,
+        1,
+        "must be a whole number from 1 to 1000000",
+    )?;
+    Ok(
+        std::num::NonZeroU32::new(per_second).map(|per_second| ApiRateLimit {
+            per_second,
+            // 1..=1000000 by the filter above.
+            burst: std::num::NonZeroU32::new(burst).unwrap_or(std::num::NonZeroU32::MIN),
+        }),
+    )
 }
 
 /// Webhook delivery settings.
@@ -744,6 +791,7 @@ impl Config {
             "WAGATE_READ_MODEL_CHECKPOINT_EVERY",
             DEFAULT_CHECKPOINT_EVERY as usize,
         )? as u64;
+        let api_rate_limit = parse_api_rate_limit(&vars)?;
 
         Ok((
             Config {
@@ -766,6 +814,7 @@ impl Config {
                 ai_log_body_retention,
                 checkpoint_every,
                 http,
+                api_rate_limit,
             },
             first,
         ))
@@ -1243,6 +1292,61 @@ mod tests {
         ] {
             let e = err_of(&pg(dir.path(), &[(var, bad)]));
             assert!(e.contains(var), "{var}={bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn api_rate_limit_settings() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (c, _) = Config::from_vars(&pg(dir.path(), &[])).expect("config");
+        let limit = c.api_rate_limit.expect("on by default");
+        assert_eq!(
+            (limit.per_second.get(), limit.burst.get()),
+            (
+                DEFAULT_API_RATE_LIMIT_PER_SECOND,
+                DEFAULT_API_RATE_LIMIT_BURST
+            )
+        );
+        let (c, _) = Config::from_vars(&pg(
+            dir.path(),
+            &[
+                ("WAGATE_API_RATE_LIMIT_PER_SECOND", "2"),
+                ("WAGATE_API_RATE_LIMIT_BURST", "3"),
+            ],
+        ))
+        .expect("config");
+        let limit = c.api_rate_limit.expect("on");
+        assert_eq!((limit.per_second.get(), limit.burst.get()), (2, 3));
+        let (c, _) = Config::from_vars(&pg(
+            dir.path(),
+            &[("WAGATE_API_RATE_LIMIT_PER_SECOND", "0")],
+        ))
+        .expect("config");
+        assert_eq!(c.api_rate_limit, None, "0 turns the limit off");
+        for (var, bad, says) in [
+            (
+                "WAGATE_API_RATE_LIMIT_PER_SECOND",
+                "-1",
+                "must be a whole number from 0 (no limit) to 1000000",
+            ),
+            (
+                "WAGATE_API_RATE_LIMIT_PER_SECOND",
+                "fast",
+                "must be a whole number from 0 (no limit) to 1000000",
+            ),
+            (
+                "WAGATE_API_RATE_LIMIT_BURST",
+                "0",
+                "must be a whole number from 1 to 1000000",
+            ),
+            (
+                "WAGATE_API_RATE_LIMIT_BURST",
+                "2000000",
+                "must be a whole number from 1 to 1000000",
+            ),
+        ] {
+            let e = err_of(&pg(dir.path(), &[(var, bad)]));
+            assert_eq!(e, format!("{var} {says}"), "{var}={bad}");
         }
     }
 

@@ -72,6 +72,8 @@ impl Gateway {
             ("WAGATE_ALLOW_PRIVATE_NETWORKS", "127.0.0.0/8".to_string()),
             ("WAGATE_MAX_MODEL_CALLS", "20000".to_string()),
             ("WAGATE_MAX_MODEL_CALLS_PER_ACCOUNT", "20000".to_string()),
+            // The load comes through one admin token: no per-caller API rate limit.
+            ("WAGATE_API_RATE_LIMIT_PER_SECOND", "0".to_string()),
         ] {
             vars.insert(k.to_string(), v);
         }

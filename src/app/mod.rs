@@ -7,6 +7,7 @@ pub mod cold;
 pub mod dispatch;
 pub mod ports;
 pub mod retention;
+pub mod revocation;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -111,6 +112,8 @@ pub struct App {
     pub webhooks: Framework<Webhook>,
     pub env_layer: EnvLayer,
     pub login_limiter: LoginLimiter,
+    pub api_limiter: crate::auth::ApiRateLimiter,
+    pub revoked_tokens: crate::app::revocation::RevokedTokens,
     model: RwLock<ConfigModel>,
     messages: RwLock<MessagesModel>,
     /// The position up to which both read models have folded the history.
@@ -171,7 +174,11 @@ impl App {
             committer,
             commit_stats,
             env_layer,
-            login_limiter: LoginLimiter::new(5, Duration::from_secs(60)),
+            login_limiter: LoginLimiter::default(),
+            api_limiter: crate::auth::ApiRateLimiter::new(
+                config.api_rate_limit.map(|l| (l.per_second, l.burst)),
+            ),
+            revoked_tokens: Default::default(),
             model: RwLock::new(ConfigModel::default()),
             messages: RwLock::new(MessagesModel::with_retention(config.read_model)),
             folded: std::sync::atomic::AtomicI64::new(0),

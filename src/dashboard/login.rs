@@ -1,6 +1,7 @@
 //! `/login` and `/logout`. The login form checks the admin credentials exactly like
-//! `POST /v1/auth/login` (same argon2 check, same failed-login limiter), then sets the session
-//! cookie and goes back to the page that asked for a login (local paths only).
+//! `POST /v1/auth/login` (same argon2 check, same login guard), then sets the session cookie and
+//! goes back to the page that asked for a login (local paths only). The logout revokes the
+//! session's JWT in the store, like `POST /v1/auth/logout`, and deletes the cookie.
 
 use std::net::SocketAddr;
 
@@ -16,7 +17,7 @@ use super::render::{self, FormState, Section};
 use super::session::{self, Posted, Session, LOGIN_COOKIE, SESSION_COOKIE};
 use crate::app::SharedApp;
 use crate::auth;
-use crate::http::login::{authenticate, LOGIN_TOKEN_TTL};
+use crate::http::login::{authenticate, revoke_session, LOGIN_TOKEN_TTL};
 
 #[derive(Debug, Deserialize)]
 pub struct Next {
@@ -25,7 +26,7 @@ pub struct Next {
 
 /// `/`: the AI settings when logged in, else the login page.
 pub async fn home(State(app): State<SharedApp>, parts: Parts) -> Response {
-    let to = if Session::of(&parts, &app).is_some() {
+    let to = if Session::of(&parts, &app).await.is_some() {
         "/ai"
     } else {
         "/login"
@@ -35,7 +36,7 @@ pub async fn home(State(app): State<SharedApp>, parts: Parts) -> Response {
 
 pub async fn page(State(app): State<SharedApp>, parts: Parts, Query(q): Query<Next>) -> Response {
     let next = session::safe_next(q.next.as_deref().unwrap_or("/")).to_string();
-    if Session::of(&parts, &app).is_some() {
+    if Session::of(&parts, &app).await.is_some() {
         return render::see_other(&next);
     }
     login_form(&parts.headers, &next, &FormState::default())
@@ -125,13 +126,30 @@ pub async fn submit(
             resp
         }
         Err(e) => {
+            let retry_after = e.retry_after;
             state.api_error(e, &[]);
-            login_form(&headers, &next, &state)
+            let mut resp = login_form(&headers, &next, &state);
+            if let Some(secs) = retry_after {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+            }
+            resp
         }
     }
 }
 
-pub async fn logout(headers: HeaderMap, _posted: Posted) -> Response {
+pub async fn logout(State(app): State<SharedApp>, headers: HeaderMap, posted: Posted) -> Response {
+    let session = &posted.session;
+    if revoke_session(&app, session.jti, session.expires_at)
+        .await
+        .is_err()
+    {
+        // The cookie stays: deleting it would look like a logout while the token still works.
+        return render::error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The logout could not be recorded (the store is unavailable). Try again in a moment.",
+        );
+    }
     let mut resp = render::see_other("/login");
     resp.headers_mut().append(
         header::SET_COOKIE,

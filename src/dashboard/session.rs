@@ -7,6 +7,8 @@
 //! (HttpOnly, unreadable to scripts) cookie, and needs no server-side state. The login form, which
 //! has no session yet, uses a double-submit token: a random value in a `SameSite=Strict` cookie
 //! that the hidden field must repeat. POSTs whose `Origin` names another host are refused too.
+//! A logout revokes the session's JWT (its `jti`) in the store, so the same cookie no longer opens
+//! a page on any gateway sharing the store (docs/adr/0017-token-revocation.md).
 
 use axum::extract::{Form, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -19,7 +21,8 @@ use sha2::Sha256;
 use super::render;
 use crate::app::{SharedApp, Who};
 use crate::auth;
-use crate::http::extract::{request_id, Caller, Principal};
+use crate::http::error::ApiError;
+use crate::http::extract::{request_id, verify_admin_token, Caller, Principal};
 
 /// The session cookie (an admin JWT).
 pub const SESSION_COOKIE: &str = "wagate_session";
@@ -33,6 +36,10 @@ pub const CSRF_FIELD: &str = "csrf";
 pub struct Session {
     /// The admin username (the JWT's `sub`).
     pub sub: String,
+    /// The session id (the JWT's `jti`), revoked by the logout.
+    pub jti: uuid::Uuid,
+    /// The JWT's `exp` (Unix seconds).
+    pub expires_at: i64,
     /// The CSRF token of this session, for the hidden field of every form.
     pub csrf: String,
     pub request_id: Option<String>,
@@ -45,6 +52,8 @@ impl Session {
         Caller {
             principal: Principal::Admin {
                 sub: self.sub.clone(),
+                jti: self.jti,
+                expires_at: self.expires_at,
             },
             request_id: self.request_id.clone(),
         }
@@ -54,15 +63,29 @@ impl Session {
         self.caller().who()
     }
 
-    /// The session of a request, if its cookie holds a valid, unexpired admin JWT.
-    pub fn of(parts: &Parts, app: &SharedApp) -> Option<Session> {
-        let token = cookie(&parts.headers, SESSION_COOKIE)?;
-        let claims = app.config.jwt.verify(token).ok()?;
-        Some(Session {
+    /// The session of a request, if its cookie holds a valid, unexpired admin JWT that no logout
+    /// revoked; `Err` (503) when the revocations cannot be read.
+    pub async fn load(parts: &Parts, app: &SharedApp) -> Result<Option<Session>, ApiError> {
+        let Some(token) = cookie(&parts.headers, SESSION_COOKIE) else {
+            return Ok(None);
+        };
+        let claims = match verify_admin_token(app, token).await {
+            Ok(claims) => claims,
+            Err(e) if e.status == StatusCode::UNAUTHORIZED => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(csrf_for(token).map(|csrf| Session {
             sub: claims.sub,
-            csrf: csrf_for(token)?,
+            jti: claims.jti,
+            expires_at: claims.exp,
+            csrf,
             request_id: request_id(parts),
-        })
+        }))
+    }
+
+    /// The session of a request, `None` also when it cannot be checked.
+    pub async fn of(parts: &Parts, app: &SharedApp) -> Option<Session> {
+        Self::load(parts, app).await.ok().flatten()
     }
 }
 
@@ -71,7 +94,14 @@ impl FromRequestParts<SharedApp> for Session {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, app: &SharedApp) -> Result<Self, Response> {
-        Session::of(parts, app).ok_or_else(|| login_redirect(parts))
+        match Session::load(parts, app).await {
+            Ok(Some(session)) => Ok(session),
+            Ok(None) => Err(login_redirect(parts)),
+            Err(_) => Err(render::error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The session cannot be checked right now (the store is unavailable). Try again in a moment.",
+            )),
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! Request extractors that fail with the API's JSON error shape: JSON bodies (415 / 413 / 400
-//! naming the field), path and query parameters, the request id, and the caller's credentials.
+//! naming the field), path and query parameters, the request id, and the caller's credentials
+//! (with the revocation check of admin sessions and the per-caller API rate limit).
 
 use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -9,8 +10,8 @@ use axum::http::{header, StatusCode};
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
-use crate::app::{SharedApp, Who};
-use crate::auth;
+use crate::app::{App, SharedApp, Who};
+use crate::auth::{self, AdminClaims};
 
 /// A JSON body: `Content-Type: application/json` (415 otherwise), within the body limit (413),
 /// and deserializable into `T` (400 naming the offending field; unknown fields are refused by the
@@ -116,8 +117,14 @@ impl From<QueryRejection> for ApiError {
 /// Who is calling, from `Authorization: Bearer …`.
 #[derive(Debug, Clone)]
 pub enum Principal {
-    /// A valid admin JWT.
-    Admin { sub: String },
+    /// A valid admin JWT whose session was not revoked.
+    Admin {
+        sub: String,
+        /// The session id (the JWT's `jti`), which a logout revokes.
+        jti: uuid::Uuid,
+        /// The token's `exp` (Unix seconds).
+        expires_at: i64,
+    },
     /// A live account token.
     Account {
         account_id: String,
@@ -136,7 +143,7 @@ impl Caller {
     pub fn who(&self) -> Who {
         Who {
             actor: match &self.principal {
-                Principal::Admin { sub } => format!("admin:{sub}"),
+                Principal::Admin { sub, .. } => format!("admin:{sub}"),
                 Principal::Account { token_id, .. } => format!("token:{token_id}"),
             },
             request_id: self.request_id.clone(),
@@ -175,6 +182,48 @@ pub fn request_id(parts: &Parts) -> Option<String> {
         .map(str::to_string)
 }
 
+/// An admin JWT that is valid (signature, claims, expiry: [`auth::JwtSigner::verify`]) and whose
+/// session no logout revoked, in this process or another on the store (ADR 0017). 401 otherwise;
+/// 503 when the revocations cannot be read (fail closed).
+pub async fn verify_admin_token(app: &App, token: &str) -> Result<AdminClaims, ApiError> {
+    let claims = app
+        .config
+        .jwt
+        .verify(token)
+        .map_err(|_| ApiError::unauthorized("invalid or expired admin token"))?;
+    match app.revoked_tokens.is_revoked(&app.store, claims.jti).await {
+        Ok(false) => Ok(claims),
+        Ok(true) => {
+            tracing::debug!("admin JWT of a logged-out session rejected");
+            Err(ApiError::unauthorized(
+                "this admin token was revoked by a logout",
+            ))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read token revocations");
+            Err(ApiError::unavailable(
+                "cannot check the token against revoked sessions; retry shortly",
+            ))
+        }
+    }
+}
+
+/// 429 `rate_limited` with `Retry-After` once the caller spent its API budget, kept per actor
+/// (`admin:<sub>`, `token:<id>`).
+fn check_rate_limit(app: &App, caller: &Caller) -> Result<(), ApiError> {
+    app.api_limiter.check(&caller.who().actor).map_err(|wait| {
+        tracing::debug!("API rate limit reached");
+        ApiError {
+            retry_after: Some(auth::retry_after_secs(wait)),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many requests with this token; retry after the number of seconds in Retry-After",
+            )
+        }
+    })
+}
+
 impl FromRequestParts<SharedApp> for Caller {
     type Rejection = ApiError;
 
@@ -203,16 +252,18 @@ impl FromRequestParts<SharedApp> for Caller {
                 token_id: token_id.to_string(),
             }
         } else {
-            let claims = app
-                .config
-                .jwt
-                .verify(token)
-                .map_err(|_| ApiError::unauthorized("invalid or expired admin token"))?;
-            Principal::Admin { sub: claims.sub }
+            let claims = verify_admin_token(app, token).await?;
+            Principal::Admin {
+                sub: claims.sub,
+                jti: claims.jti,
+                expires_at: claims.exp,
+            }
         };
-        Ok(Caller {
+        let caller = Caller {
             principal,
             request_id: request_id(parts),
-        })
+        };
+        check_rate_limit(app, &caller)?;
+        Ok(caller)
     }
 }

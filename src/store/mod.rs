@@ -36,6 +36,7 @@ pub mod group_load;
 pub mod outbox;
 pub mod replay;
 pub mod retention;
+pub mod revocations;
 
 /// The store could not answer.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -1,4 +1,5 @@
-//! Admin authentication over HTTP (checklist items 1, 2 and 17).
+//! Admin authentication over HTTP (checklist items 1, 2 and 17). Concurrent login abuse is in
+//! `login_abuse.rs`, logout in `logout.rs`, the per-caller API rate limit in `api_rate_limit.rs`.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -22,7 +23,8 @@ fn sign(claims: &Value, secret: &str) -> String {
 }
 
 fn good_claims() -> Value {
-    json!({"sub":"mallory","iss":"wagate","aud":"wagate-admin","iat":now(),"exp":now()+600})
+    json!({"sub":"mallory","iss":"wagate","aud":"wagate-admin","iat":now(),"exp":now()+600,
+        "jti":uuid::Uuid::now_v7()})
 }
 
 fn without(field: &str) -> Value {
@@ -83,6 +85,8 @@ async fn bad_admin_tokens_are_401(app: TestApp) {
         ("missing exp", Some(sign(&without("exp"), JWT_SECRET))),
         ("missing sub", Some(sign(&without("sub"), JWT_SECRET))),
         ("missing aud", Some(sign(&without("aud"), JWT_SECRET))),
+        // Issued before sessions had an id: refused (ADR 0017).
+        ("missing jti", Some(sign(&without("jti"), JWT_SECRET))),
         ("expired", Some(sign(&expired, JWT_SECRET))),
         ("wrong aud", Some(sign(&wrong_aud, JWT_SECRET))),
         ("wrong iss", Some(sign(&wrong_iss, JWT_SECRET))),

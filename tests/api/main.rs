@@ -4,6 +4,7 @@ mod helpers;
 
 mod accounts;
 mod ai_config;
+mod api_rate_limit;
 mod auth;
 mod bad_input;
 mod checkpoint;
@@ -17,6 +18,8 @@ mod events;
 mod group_commit;
 mod history;
 mod lifecycle;
+mod login_abuse;
+mod logout;
 mod long_chats;
 mod replies;
 mod retention;
