@@ -19,6 +19,7 @@ use wagate_projections::{AccountView, TokenView};
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, Caller};
+use super::openapi::AccountId;
 use super::ListResponse;
 use crate::app::{SharedApp, Who};
 use crate::auth;
@@ -292,7 +293,7 @@ async fn list_accounts(
 }
 
 /// One account.
-#[utoipa::path(get, path = "/v1/accounts/{acc}", tag = "accounts", params(("acc" = String, Path)),
+#[utoipa::path(get, path = "/v1/accounts/{acc}", tag = "accounts", params(("acc" = AccountId, Path)),
     responses((status = 200, body = AccountResponse), (status = 404, body = ErrorBody)),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn get_account(
@@ -306,7 +307,7 @@ async fn get_account(
 
 /// Deletes an account: its tokens stop working; its history stays replayable and its id stays
 /// reserved.
-#[utoipa::path(delete, path = "/v1/accounts/{acc}", tag = "accounts", params(("acc" = String, Path)),
+#[utoipa::path(delete, path = "/v1/accounts/{acc}", tag = "accounts", params(("acc" = AccountId, Path)),
     responses((status = 204), (status = 404, body = ErrorBody)), security(("admin_jwt" = [])))]
 async fn delete_account(
     State(app): State<SharedApp>,
@@ -331,7 +332,7 @@ pub async fn delete(app: &SharedApp, who: &Who, acc: &str) -> Result<(), ApiErro
 /// Changes a `cloud_api` account's settings (only the fields given). Secrets are sealed again for
 /// this account; a new `access_token` lifts the "token rejected" flag.
 #[utoipa::path(patch, path = "/v1/accounts/{acc}/cloud_api", tag = "accounts",
-    params(("acc" = String, Path)), request_body = CloudApiPatchRequest,
+    params(("acc" = AccountId, Path)), request_body = CloudApiPatchRequest,
     responses((status = 200, body = AccountResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)),
     security(("admin_jwt" = [])))]
@@ -416,7 +417,7 @@ impl From<&TokenView> for TokenResponse {
 }
 
 /// Creates an account token (`wgt_…`, 256 random bits), scoped to this account.
-#[utoipa::path(post, path = "/v1/accounts/{acc}/tokens", tag = "accounts", params(("acc" = String, Path)),
+#[utoipa::path(post, path = "/v1/accounts/{acc}/tokens", tag = "accounts", params(("acc" = AccountId, Path)),
     request_body = CreateTokenRequest,
     responses((status = 201, body = CreatedToken), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("admin_jwt" = [])))]
@@ -460,7 +461,7 @@ pub async fn issue_token(
 }
 
 /// Lists an account's tokens (never the secrets).
-#[utoipa::path(get, path = "/v1/accounts/{acc}/tokens", tag = "accounts", params(("acc" = String, Path)),
+#[utoipa::path(get, path = "/v1/accounts/{acc}/tokens", tag = "accounts", params(("acc" = AccountId, Path)),
     responses((status = 200, body = ListResponse<TokenResponse>), (status = 404, body = ErrorBody)),
     security(("admin_jwt" = [])))]
 async fn list_tokens(
@@ -481,7 +482,7 @@ async fn list_tokens(
 
 /// Revokes a token; it stops working at once.
 #[utoipa::path(delete, path = "/v1/accounts/{acc}/tokens/{id}", tag = "accounts",
-    params(("acc" = String, Path), ("id" = String, Path)),
+    params(("acc" = AccountId, Path), ("id" = String, Path)),
     responses((status = 204), (status = 404, body = ErrorBody)), security(("admin_jwt" = [])))]
 async fn revoke_token(
     State(app): State<SharedApp>,

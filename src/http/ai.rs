@@ -17,6 +17,7 @@ use wagate_projections::effective::{self, defaults, Effective};
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
+use super::openapi::{AccountId, Jid};
 use crate::app::{SharedApp, Who};
 
 pub fn router() -> OpenApiRouter<SharedApp> {
@@ -371,7 +372,7 @@ fn account_ai_view(app: &SharedApp, acc: &str) -> Result<AiSettingsView, ApiErro
 }
 
 /// An account's AI overrides (`null` = inherit from global).
-#[utoipa::path(get, path = "/v1/accounts/{acc}/ai", tag = "ai", params(("acc" = String, Path)),
+#[utoipa::path(get, path = "/v1/accounts/{acc}/ai", tag = "ai", params(("acc" = AccountId, Path)),
     responses((status = 200, body = AiSettingsView), (status = 404, body = ErrorBody)),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn get_account_ai(
@@ -384,7 +385,7 @@ async fn get_account_ai(
 }
 
 /// Changes an account's AI overrides.
-#[utoipa::path(put, path = "/v1/accounts/{acc}/ai", tag = "ai", params(("acc" = String, Path)),
+#[utoipa::path(put, path = "/v1/accounts/{acc}/ai", tag = "ai", params(("acc" = AccountId, Path)),
     request_body = AiSettingsRequest,
     responses((status = 200, body = AiSettingsView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("admin_jwt" = []), ("account_token" = [])))]
@@ -524,7 +525,7 @@ fn chat_view(app: &SharedApp, acc: &str, jid: &str) -> ChatAiView {
 
 /// A chat's AI mode and custom prompt.
 #[utoipa::path(get, path = "/v1/accounts/{acc}/chats/{jid}/ai", tag = "ai",
-    params(("acc" = String, Path), ("jid" = String, Path, description = "WhatsApp JID, URL-encoded")),
+    params(("acc" = AccountId, Path), ("jid" = Jid, Path, description = "WhatsApp JID, URL-encoded")),
     responses((status = 200, body = ChatAiView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn get_chat_ai(
@@ -539,7 +540,7 @@ async fn get_chat_ai(
 /// Sets a chat's AI mode (`inherit|enabled|disabled`), custom system prompt and its own
 /// conversation controls.
 #[utoipa::path(put, path = "/v1/accounts/{acc}/chats/{jid}/ai", tag = "ai",
-    params(("acc" = String, Path), ("jid" = String, Path, description = "WhatsApp JID, URL-encoded")),
+    params(("acc" = AccountId, Path), ("jid" = Jid, Path, description = "WhatsApp JID, URL-encoded")),
     request_body = ChatAiRequest,
     responses((status = 200, body = ChatAiView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("admin_jwt" = []), ("account_token" = [])))]
@@ -582,7 +583,7 @@ pub async fn change_chat(
 
 /// Whether a chat is blocked.
 #[utoipa::path(get, path = "/v1/accounts/{acc}/chats/{jid}/blocked", tag = "ai",
-    params(("acc" = String, Path), ("jid" = String, Path)),
+    params(("acc" = AccountId, Path), ("jid" = Jid, Path)),
     responses((status = 200, body = ChatAiView), (status = 404, body = ErrorBody)),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn get_chat_blocked(
@@ -596,7 +597,7 @@ async fn get_chat_blocked(
 
 /// Blocks or unblocks a chat: a blocked chat is never answered.
 #[utoipa::path(put, path = "/v1/accounts/{acc}/chats/{jid}/blocked", tag = "ai",
-    params(("acc" = String, Path), ("jid" = String, Path)),
+    params(("acc" = AccountId, Path), ("jid" = Jid, Path)),
     request_body = BlockedRequest,
     responses((status = 200, body = ChatAiView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("admin_jwt" = []), ("account_token" = [])))]
@@ -617,7 +618,7 @@ async fn put_chat_blocked(
 /// Ends a human-takeover pause in a chat now (the AI answers the next customer message). A chat
 /// that is not paused is left as it is. Answers the effective config after the change.
 #[utoipa::path(post, path = "/v1/accounts/{acc}/chats/{jid}/ai/resume", tag = "ai",
-    params(("acc" = String, Path), ("jid" = String, Path, description = "WhatsApp JID, URL-encoded")),
+    params(("acc" = AccountId, Path), ("jid" = Jid, Path, description = "WhatsApp JID, URL-encoded")),
     responses((status = 200, description = "effective config after the resume", body = Object),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("admin_jwt" = []), ("account_token" = [])))]
@@ -672,7 +673,7 @@ pub struct AccountUsage {
 }
 
 /// Token use of an account today (UTC) against its `daily_token_budget`.
-#[utoipa::path(get, path = "/v1/accounts/{acc}/ai/usage", tag = "ai", params(("acc" = String, Path)),
+#[utoipa::path(get, path = "/v1/accounts/{acc}/ai/usage", tag = "ai", params(("acc" = AccountId, Path)),
     responses((status = 200, body = AccountUsage), (status = 404, body = ErrorBody)),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn get_account_usage(
@@ -713,7 +714,7 @@ pub struct AsOfQuery {
 /// The effective config of a chat: each field with its value and `source`
 /// (`chat|account|global|env|default`), plus `will_reply` and `reason`.
 #[utoipa::path(get, path = "/v1/accounts/{acc}/chats/{jid}/ai/effective", tag = "ai",
-    params(("acc" = String, Path), ("jid" = String, Path), AsOfQuery),
+    params(("acc" = AccountId, Path), ("jid" = Jid, Path), AsOfQuery),
     responses((status = 200, description = "effective config with provenance", body = Object),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("admin_jwt" = []), ("account_token" = [])))]

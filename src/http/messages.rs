@@ -15,6 +15,7 @@ use wagate_projections::messages::{ChatView, MessageView};
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
+use super::openapi::{AccountId, Jid};
 use super::ListResponse;
 use crate::app::SharedApp;
 use crate::cold;
@@ -62,7 +63,7 @@ fn live_account(app: &SharedApp, caller: &Caller, acc: &str) -> Result<(), ApiEr
 /// Injects an inbound message into a sandbox account. Answers 202 only after the message event is
 /// committed; the AI reply follows asynchronously.
 #[utoipa::path(post, path = "/v1/accounts/{acc}/sandbox/inbound", tag = "messages",
-    params(("acc" = String, Path)), request_body = InboundRequest,
+    params(("acc" = AccountId, Path)), request_body = InboundRequest,
     responses((status = 202, body = InboundAccepted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 503, body = ErrorBody)),
     security(("admin_jwt" = []), ("account_token" = [])))]
@@ -154,7 +155,7 @@ pub struct ChatsQuery {
 }
 
 /// The account's chats, most recent first (by their newest message), page by page.
-#[utoipa::path(get, path = "/v1/accounts/{acc}/chats", tag = "messages", params(("acc" = String, Path), ChatsQuery),
+#[utoipa::path(get, path = "/v1/accounts/{acc}/chats", tag = "messages", params(("acc" = AccountId, Path), ChatsQuery),
     responses((status = 200, body = ListResponse<ChatSummary>), (status = 404, body = ErrorBody)),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn list_chats(
@@ -239,7 +240,7 @@ pub struct MessagesQuery {
 
 /// A chat's messages, newest first.
 #[utoipa::path(get, path = "/v1/accounts/{acc}/chats/{jid}/messages", tag = "messages",
-    params(("acc" = String, Path), ("jid" = String, Path), MessagesQuery),
+    params(("acc" = AccountId, Path), ("jid" = Jid, Path), MessagesQuery),
     responses((status = 200, body = ListResponse<Object>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn list_messages(
@@ -276,7 +277,7 @@ pub struct SentMessage {
 
 /// Sends a text as the account (an operator message).
 #[utoipa::path(post, path = "/v1/accounts/{acc}/chats/{jid}/messages", tag = "messages",
-    params(("acc" = String, Path), ("jid" = String, Path)), request_body = SendRequest,
+    params(("acc" = AccountId, Path), ("jid" = Jid, Path)), request_body = SendRequest,
     responses((status = 201, body = SentMessage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 503, body = ErrorBody)),
     security(("admin_jwt" = []), ("account_token" = [])))]

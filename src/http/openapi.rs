@@ -1,0 +1,456 @@
+//! What makes the generated OpenAPI document exact beyond the handlers' own annotations: the
+//! error answers every operation of a kind shares (added here once instead of on every handler),
+//! the schemas of the ids that appear in paths, and the links from create operations to the
+//! operations that use the ids they return. `scripts/schemathesis.sh` checks the result against
+//! a live server.
+
+use std::borrow::Cow;
+
+use utoipa::openapi::content::Content;
+use utoipa::openapi::header::Header;
+use utoipa::openapi::link::Link;
+use utoipa::openapi::path::{Operation, ParameterIn, PathItem};
+use utoipa::openapi::response::Response;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::{OpenApi, Ref, RefOr};
+use utoipa::{PartialSchema, ToSchema};
+
+/// `[a-z0-9][a-z0-9_-]{0,62}`, as `wagate_events::ids::validate_account_id` checks it.
+pub const ACCOUNT_ID_PATTERN: &str = "^[a-z0-9][a-z0-9_-]{0,62}$";
+
+/// The JIDs `wagate_events::ids::chat_kind` accepts: a user part of at most 64 characters
+/// (digits; digits and `-` for groups) and a known server, or `status@broadcast`.
+pub const JID_PATTERN: &str =
+    "^([0-9]{1,64}@(s\\.whatsapp\\.net|lid|newsletter|broadcast)|[0-9-]{1,64}@g\\.us|status@broadcast)$";
+
+/// An account id (the slug chosen at creation), as a path or query parameter.
+pub struct AccountId;
+
+impl PartialSchema for AccountId {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(ACCOUNT_ID_PATTERN))
+            .min_length(Some(1))
+            .max_length(Some(63))
+            .description(Some("An account id: `[a-z0-9][a-z0-9_-]{0,62}`."))
+            .into()
+    }
+}
+
+impl ToSchema for AccountId {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("AccountId")
+    }
+}
+
+/// A WhatsApp chat JID (URL-encoded in paths).
+pub struct Jid;
+
+impl PartialSchema for Jid {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(JID_PATTERN))
+            .max_length(Some(80))
+            .description(Some(
+                "A WhatsApp JID: `<digits>@s.whatsapp.net`, `<digits>@lid`, `<id>@g.us`, \
+                 `<digits>@newsletter` or `status@broadcast`.",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for Jid {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("Jid")
+    }
+}
+
+/// The shared error answers: (component name, status, description, carries `Retry-After`).
+const SHARED: &[(&str, &str, &str, bool)] = &[
+    (
+        "BadRequest",
+        "400",
+        "Malformed or invalid input: a path or query parameter that does not parse, malformed \
+         JSON, a missing, unknown or invalid field (`field` names it).",
+        false,
+    ),
+    (
+        "Unauthorized",
+        "401",
+        "No credentials, or a bad, expired or revoked token.",
+        false,
+    ),
+    (
+        "Forbidden",
+        "403",
+        "Valid credentials of the wrong scope (an account token on an admin route or another \
+         account's route).",
+        false,
+    ),
+    (
+        "NotFound",
+        "404",
+        "The account, chat, webhook, token or delivery named in the path does not exist.",
+        false,
+    ),
+    (
+        "PayloadTooLarge",
+        "413",
+        "The request body is larger than 256 KiB.",
+        false,
+    ),
+    (
+        "UnsupportedMediaType",
+        "415",
+        "The body is not sent as `Content-Type: application/json`.",
+        false,
+    ),
+    (
+        "Unavailable",
+        "503",
+        "The event store is unavailable or a write kept conflicting; retry after `Retry-After` \
+         seconds.",
+        true,
+    ),
+];
+
+fn error_response(description: &str, retry_after: bool) -> Response {
+    let mut r = Response::new(description);
+    r.content.insert(
+        "application/json".to_string(),
+        RefOr::T(Content::new(Some(Ref::from_schema_name("ErrorBody")))),
+    );
+    if retry_after {
+        let mut h = Header::new(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0)),
+        );
+        h.description = Some("Seconds to wait before retrying.".to_string());
+        r.headers.insert("Retry-After".to_string(), RefOr::T(h));
+    }
+    r
+}
+
+/// Links from the answer of a create operation: (operation, status, link name, target
+/// operation, parameters as runtime expressions).
+type LinkSpec = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
+const BY_BODY_ID: &[(&str, &str)] = &[("acc", "$response.body#/id")];
+const TOKEN: &[(&str, &str)] = &[("acc", "$request.path.acc"), ("id", "$response.body#/id")];
+const WEBHOOK: &[(&str, &str)] = &[("id", "$response.body#/id")];
+
+const LINKS: &[LinkSpec] = &[
+    (
+        "create_account",
+        "201",
+        "GetAccount",
+        "get_account",
+        BY_BODY_ID,
+    ),
+    (
+        "create_account",
+        "201",
+        "DeleteAccount",
+        "delete_account",
+        BY_BODY_ID,
+    ),
+    (
+        "create_account",
+        "201",
+        "ChangeCloudApi",
+        "change_cloud_api",
+        BY_BODY_ID,
+    ),
+    (
+        "create_account",
+        "201",
+        "CreateToken",
+        "create_token",
+        BY_BODY_ID,
+    ),
+    (
+        "create_account",
+        "201",
+        "ListTokens",
+        "list_tokens",
+        BY_BODY_ID,
+    ),
+    (
+        "create_account",
+        "201",
+        "GetAccountAi",
+        "get_account_ai",
+        BY_BODY_ID,
+    ),
+    (
+        "create_account",
+        "201",
+        "PutAccountAi",
+        "put_account_ai",
+        BY_BODY_ID,
+    ),
+    (
+        "create_account",
+        "201",
+        "GetAccountUsage",
+        "get_account_usage",
+        BY_BODY_ID,
+    ),
+    (
+        "create_account",
+        "201",
+        "ListChats",
+        "list_chats",
+        BY_BODY_ID,
+    ),
+    (
+        "create_account",
+        "201",
+        "InjectInbound",
+        "sandbox_inbound",
+        BY_BODY_ID,
+    ),
+    ("create_token", "201", "RevokeToken", "revoke_token", TOKEN),
+    (
+        "create_webhook",
+        "201",
+        "GetWebhook",
+        "get_webhook",
+        WEBHOOK,
+    ),
+    (
+        "create_webhook",
+        "201",
+        "DeleteWebhook",
+        "delete_webhook",
+        WEBHOOK,
+    ),
+    (
+        "create_webhook",
+        "201",
+        "ListDeliveries",
+        "list_deliveries",
+        WEBHOOK,
+    ),
+];
+
+fn operations_mut(item: &mut PathItem) -> impl Iterator<Item = (&'static str, &mut Operation)> {
+    [
+        ("get", item.get.as_mut()),
+        ("put", item.put.as_mut()),
+        ("post", item.post.as_mut()),
+        ("delete", item.delete.as_mut()),
+        ("patch", item.patch.as_mut()),
+    ]
+    .into_iter()
+    .filter_map(|(m, op)| op.map(|op| (m, op)))
+}
+
+fn shared_ref(name: &str) -> RefOr<Response> {
+    RefOr::Ref(Ref::new(format!("#/components/responses/{name}")))
+}
+
+/// Completes the document the handlers generate (see the module doc).
+pub fn complete(doc: &mut OpenApi) {
+    let components = doc.components.get_or_insert_with(Default::default);
+    // Parameters name these schemas by reference; utoipa collects only those of bodies.
+    components
+        .schemas
+        .insert(AccountId::name().into_owned(), AccountId::schema());
+    components
+        .schemas
+        .insert(Jid::name().into_owned(), Jid::schema());
+    for (name, _, description, retry_after) in SHARED {
+        components.responses.insert(
+            (*name).to_string(),
+            RefOr::T(error_response(description, *retry_after)),
+        );
+    }
+    let shared = |status: &str| {
+        SHARED
+            .iter()
+            .find(|(_, s, _, _)| *s == status)
+            .map(|(name, ..)| shared_ref(name))
+            .expect("a shared response")
+    };
+
+    for item in doc.paths.paths.values_mut() {
+        for (method, op) in operations_mut(item) {
+            let params = op.parameters.iter().flatten();
+            let (mut in_path, mut in_query_or_path) = (false, false);
+            for p in params {
+                if let RefOr::T(p) = p {
+                    in_path |= p.parameter_in == ParameterIn::Path;
+                    in_query_or_path |=
+                        matches!(p.parameter_in, ParameterIn::Path | ParameterIn::Query);
+                }
+            }
+            let json_body = op.request_body.as_ref().is_some_and(
+                |b| matches!(b, RefOr::T(b) if b.content.contains_key("application/json")),
+            );
+            let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+            let responses = &mut op.responses.responses;
+            let mut add = |status: &str| {
+                responses
+                    .entry(status.to_string())
+                    .or_insert_with(|| shared(status));
+            };
+            // A parameter that does not parse, or a body that does not deserialize.
+            if in_query_or_path || json_body {
+                add("400");
+            }
+            if secured {
+                add("401");
+                add("403");
+            }
+            if in_path {
+                add("404");
+            }
+            if json_body {
+                add("413");
+                add("415");
+            }
+            // Every change goes through the event store.
+            if method != "get" {
+                add("503");
+            }
+            // utoipa leaves a response without a description empty; the format requires one.
+            for (status, r) in responses.iter_mut() {
+                if let RefOr::T(r) = r {
+                    if r.description.is_empty() {
+                        r.description = status
+                            .parse::<u16>()
+                            .ok()
+                            .and_then(|s| axum::http::StatusCode::from_u16(s).ok())
+                            .and_then(|s| s.canonical_reason())
+                            .unwrap_or("Response")
+                            .to_string();
+                    }
+                }
+            }
+        }
+    }
+
+    for (from, status, name, to, params) in LINKS {
+        let mut link = Link::builder().operation_id(*to);
+        for (param, expr) in *params {
+            link = link.parameter(*param, *expr);
+        }
+        let link = link.build();
+        let found = doc
+            .paths
+            .paths
+            .values_mut()
+            .flat_map(operations_mut)
+            .find(|(_, op)| op.operation_id.as_deref() == Some(*from))
+            .and_then(|(_, op)| op.responses.responses.get_mut(*status));
+        match found {
+            Some(RefOr::T(r)) => {
+                r.links.insert((*name).to_string(), RefOr::T(link));
+            }
+            _ => panic!("OpenAPI link {name}: no {status} answer of operation {from}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wagate_events::ids::{chat_kind, validate_account_id};
+
+    fn matches(pattern: &str, s: &str) -> bool {
+        regex::Regex::new(pattern).unwrap().is_match(s)
+    }
+
+    /// The documented patterns accept exactly what the validators accept.
+    #[test]
+    fn patterns_match_the_validators() {
+        let ids = [
+            "a", "acme", "acme-1", "0_x", "", "-a", "_a", "Acme", "a b", "a/b", "é", "a\n",
+        ];
+        let long = ["a".repeat(63), "a".repeat(64)];
+        for id in ids.iter().copied().chain(long.iter().map(String::as_str)) {
+            assert_eq!(
+                matches(ACCOUNT_ID_PATTERN, id),
+                validate_account_id(id).is_ok(),
+                "{id:?}"
+            );
+        }
+        let jids = [
+            "491701234567@s.whatsapp.net",
+            "123456789@lid",
+            "120363042@g.us",
+            "4917012-1600000000@g.us",
+            "120363@newsletter",
+            "status@broadcast",
+            "123@broadcast",
+            "abc@s.whatsapp.net",
+            "@s.whatsapp.net",
+            "12@example.com",
+            "12-3@lid",
+            "12@g.us.x",
+            "x12@g.us",
+            "status@lid",
+        ];
+        let long = [
+            format!("{}@lid", "1".repeat(64)),
+            format!("{}@lid", "1".repeat(65)),
+        ];
+        for jid in jids.iter().copied().chain(long.iter().map(String::as_str)) {
+            assert_eq!(
+                matches(JID_PATTERN, jid),
+                chat_kind(jid, "jid").is_ok(),
+                "{jid:?}"
+            );
+            if chat_kind(jid, "jid").is_ok() {
+                assert!(jid.len() <= 80, "{jid}");
+            }
+        }
+    }
+
+    /// Every `$ref` in the document points at something the document holds.
+    #[test]
+    fn every_reference_resolves() {
+        fn walk(v: &serde_json::Value, root: &serde_json::Value) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    if let Some(serde_json::Value::String(r)) = m.get("$ref") {
+                        let pointer = r.strip_prefix('#').expect("a local reference");
+                        assert!(root.pointer(pointer).is_some(), "dangling {r}");
+                    }
+                    m.values().for_each(|v| walk(v, root));
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, root)),
+                _ => {}
+            }
+        }
+        let (_, doc) = super::super::api();
+        let json = serde_json::to_value(&doc).unwrap();
+        walk(&json, &json);
+    }
+
+    #[test]
+    fn every_operation_documents_its_shared_errors() {
+        let (_, doc) = super::super::api();
+        let json = serde_json::to_value(&doc).unwrap();
+        let get = json["paths"]["/v1/accounts"]["get"]["responses"].clone();
+        assert!(get.get("401").is_some() && get.get("403").is_some());
+        let post = json["paths"]["/v1/accounts"]["post"]["responses"].clone();
+        for s in ["400", "401", "403", "413", "415", "503"] {
+            assert!(post.get(s).is_some(), "POST /v1/accounts lacks {s}");
+        }
+        assert_eq!(
+            post["201"]["links"]["GetAccount"]["parameters"]["acc"],
+            "$response.body#/id"
+        );
+    }
+}
