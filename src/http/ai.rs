@@ -17,7 +17,7 @@ use wagate_projections::effective::{self, defaults, Effective};
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
-use super::openapi::{AccountId, Jid};
+use super::openapi::{AccountId, AiMode, Jid};
 use crate::app::{SharedApp, Who};
 
 pub fn router() -> OpenApiRouter<SharedApp> {
@@ -44,33 +44,33 @@ pub struct AiSettingsRequest {
     pub enabled: Patch<bool>,
     /// Absolute http(s) URL of an OpenAI-compatible API (without `/chat/completions`).
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 2048, pattern = r"^[hH][tT][tT][pP][sS]?://[a-zA-Z0-9]+([.-][a-zA-Z0-9]+)*(:[1-9][0-9]{0,3})?(/[a-zA-Z0-9._~-]*)*$")]
     pub base_url: Patch<String>,
     /// Write-only: stored encrypted, never returned. `null` clears it.
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 4096, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$")]
     pub api_key: Patch<String>,
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 200, pattern = r"^[^\x00]*[^\s\x00][^\x00]*$")]
     pub model_name: Patch<String>,
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 32768, pattern = r"^[^\x00]*$")]
     pub default_system_prompt: Patch<String>,
     /// 0..=2
     #[serde(default)]
-    #[schema(value_type = Option<f64>)]
+    #[schema(value_type = Option<f64>, minimum = 0, maximum = 2)]
     pub temperature: Patch<f64>,
     /// 1..=32768
     #[serde(default)]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 32768)]
     pub max_tokens: Patch<u32>,
     /// 1..=600
     #[serde(default)]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 600)]
     pub timeout_seconds: Patch<u32>,
     /// 0..=3600
     #[serde(default)]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 3600)]
     pub reply_delay_seconds: Patch<u32>,
     #[serde(default)]
     #[schema(value_type = Option<bool>)]
@@ -88,50 +88,50 @@ pub struct AiSettingsRequest {
     /// Human takeover: minutes the AI pauses in a chat after a person answers there (an
     /// operator send, or the owner typing on the phone). 0..=10080; 0 = never pause. Default 30.
     #[serde(default)]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 10080)]
     pub human_takeover_minutes: Patch<u32>,
     /// Burst debounce: customer messages within this many seconds get one reply. 0..=3600;
     /// 0 = off (default).
     #[serde(default)]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 3600)]
     pub debounce_seconds: Patch<u32>,
     /// AI replies per chat per hour; over it the reply is skipped. 0..=1000; 0 = no cap.
     /// Default 30.
     #[serde(default)]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 1000)]
     pub max_replies_per_chat_per_hour: Patch<u32>,
     /// Model tokens per account per UTC day; once used up, replies are skipped.
     /// 0..=1000000000; 0 = no budget (default).
     #[serde(default)]
-    #[schema(value_type = Option<u64>)]
+    #[schema(value_type = Option<u64>, minimum = 0, maximum = 1000000000)]
     pub daily_token_budget: Patch<u64>,
     /// History budget of the prompt in estimated tokens (characters / 4, rounded up, + 4 per
     /// message). 0..=1000000; 0 = only the 20-turn cap. Default 4000.
     #[serde(default)]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 1000000)]
     pub max_history_tokens: Patch<u32>,
     /// Turns older than this many hours stay out of the prompt. 0..=8760; 0 = no window
     /// (default).
     #[serde(default)]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 8760)]
     pub history_window_hours: Patch<u32>,
     /// Retries of a retryable model failure (timeout, 429, 5xx). 0..=10; default 2.
     #[serde(default)]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 10)]
     pub max_retries: Patch<u32>,
     /// The model asked when the primary one still fails after its retries.
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 200, pattern = r"^[^\x00]*[^\s\x00][^\x00]*$")]
     pub fallback_model_name: Patch<String>,
     /// Base URL of the fallback model (default: the primary's).
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 2048, pattern = r"^[hH][tT][tT][pP][sS]?://[a-zA-Z0-9]+([.-][a-zA-Z0-9]+)*(:[1-9][0-9]{0,3})?(/[a-zA-Z0-9._~-]*)*$")]
     pub fallback_base_url: Patch<String>,
     /// Write-only key of the fallback model, for the origin of `fallback_base_url`; never
     /// returned. Without one, the fallback gets the main key only when it has the main key's
     /// origin. `null` clears it.
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 4096, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$")]
     pub fallback_api_key: Patch<String>,
 }
 
@@ -456,31 +456,31 @@ pub struct ChatAiView {
 pub struct ChatAiRequest {
     /// `inherit`, `enabled` or `disabled`.
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<AiMode>)]
     pub mode: Option<ChatMode>,
     /// `null` (or an empty string) removes the custom prompt.
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 32768, pattern = r"^[^\x00]*$")]
     pub custom_system_prompt: Patch<String>,
     /// Conversation controls for this chat only, with the ranges of the account layer; `null`
     /// inherits. (`daily_token_budget` and the fallback model are per account.)
     #[serde(default)]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 10080)]
     pub human_takeover_minutes: Patch<u32>,
     #[serde(default)]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 3600)]
     pub debounce_seconds: Patch<u32>,
     #[serde(default)]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 1000)]
     pub max_replies_per_chat_per_hour: Patch<u32>,
     #[serde(default)]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 1000000)]
     pub max_history_tokens: Patch<u32>,
     #[serde(default)]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 8760)]
     pub history_window_hours: Patch<u32>,
     #[serde(default)]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 10)]
     pub max_retries: Patch<u32>,
 }
 

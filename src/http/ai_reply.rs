@@ -17,6 +17,7 @@ use wagate_projections::messages::AiLogRow;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiQuery, Caller, Principal};
 use super::messages::send_as_account;
+use super::openapi::{AccountId, Jid};
 use super::ListResponse;
 use crate::app::SharedApp;
 use crate::cold;
@@ -37,6 +38,7 @@ pub struct LogsQuery {
     /// `pending`, `generated`, `sent`, `failed` or `skipped`.
     pub status: Option<String>,
     /// Page size 1..=500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<usize>,
     /// Only rows after this position (the `next_cursor` of the previous page).
     pub after: Option<i64>,
@@ -85,9 +87,12 @@ async fn list_logs(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChatTestRequest {
+    /// 1..=65536 characters, not blank.
+    #[schema(max_length = 65536, pattern = r"\S")]
     pub message: String,
     /// A chat of the token's account: its settings and history shape the prompt.
     #[serde(default)]
+    #[schema(value_type = Option<Jid>)]
     pub chat_id: Option<String>,
     /// Also send the reply into `chat_id` through the account's transport.
     #[serde(default)]
@@ -98,9 +103,13 @@ pub struct ChatTestRequest {
 #[serde(deny_unknown_fields)]
 pub struct AdminTestRequest {
     #[serde(default)]
+    #[schema(value_type = Option<AccountId>)]
     pub account_id: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<Jid>)]
     pub chat_id: Option<String>,
+    /// 1..=65536 characters, not blank.
+    #[schema(max_length = 65536, pattern = r"\S")]
     pub message: String,
 }
 

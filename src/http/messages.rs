@@ -31,12 +31,18 @@ pub fn router() -> OpenApiRouter<SharedApp> {
 #[serde(deny_unknown_fields)]
 pub struct InboundRequest {
     /// The chat JID (`<digits>@s.whatsapp.net`, `<id>@g.us`, …).
+    #[schema(value_type = Jid)]
     pub chat_id: String,
-    /// The sender (phone number or JID).
+    /// The sender (phone number or JID): 1..=128 bytes, not blank.
+    #[schema(max_length = 128, pattern = r"\S")]
     pub from: String,
+    /// 1..=65536 characters, not blank.
+    #[schema(max_length = 65536, pattern = r"\S")]
     pub text: String,
-    /// The WhatsApp message id; a repeated id is deduplicated. Generated when absent.
+    /// The WhatsApp message id; a repeated id is deduplicated. Generated when absent. 1..=256
+    /// bytes, not blank.
     #[serde(default)]
+    #[schema(max_length = 256, pattern = r"\S")]
     pub id: Option<String>,
     /// A message the account itself sent from another device (never answered).
     #[serde(default)]
@@ -148,6 +154,7 @@ pub struct ChatSummary {
 #[serde(deny_unknown_fields)]
 pub struct ChatsQuery {
     /// Page size 1..=500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<usize>,
     /// Only chats whose newest message is before this position (the `next_cursor` of the
     /// previous page).
@@ -233,6 +240,7 @@ pub fn chat_summaries(
 #[serde(deny_unknown_fields)]
 pub struct MessagesQuery {
     /// Page size 1..=500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<usize>,
     /// Only messages before this position (the `next_cursor` of the previous page).
     pub before: Option<i64>,
@@ -265,6 +273,8 @@ async fn list_messages(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendRequest {
+    /// 1..=65536 characters, not blank.
+    #[schema(max_length = 65536, pattern = r"\S")]
     pub text: String,
 }
 
@@ -279,7 +289,9 @@ pub struct SentMessage {
 #[utoipa::path(post, path = "/v1/accounts/{acc}/chats/{jid}/messages", tag = "messages",
     params(("acc" = AccountId, Path), ("jid" = Jid, Path)), request_body = SendRequest,
     responses((status = 201, body = SentMessage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 503, body = ErrorBody)),
+        (status = 502, body = ErrorBody, description = "the transport refused the message (`transport_refused`)"),
+        (status = 503, body = ErrorBody, description = "the store is unavailable, or the transport did not send for now \
+            (`transport_unavailable`); retry after `Retry-After` seconds")),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn send_message(
     State(app): State<SharedApp>,

@@ -11,7 +11,7 @@ use utoipa::openapi::header::Header;
 use utoipa::openapi::link::Link;
 use utoipa::openapi::path::{Operation, ParameterIn, PathItem};
 use utoipa::openapi::response::Response;
-use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::schema::{Object, ObjectBuilder, OneOf, Schema, Type};
 use utoipa::openapi::{OpenApi, Ref, RefOr};
 use utoipa::{PartialSchema, ToSchema};
 
@@ -65,6 +65,44 @@ impl ToSchema for Jid {
     fn name() -> Cow<'static, str> {
         Cow::Borrowed("Jid")
     }
+}
+
+/// The transports an account can use (`transport` of `POST /v1/accounts`).
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum TransportName {
+    Sandbox,
+    CloudApi,
+}
+
+/// A chat's AI mode: inherit the layers above, or force AI on or off.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum AiMode {
+    Inherit,
+    Enabled,
+    Disabled,
+}
+
+/// An event type a webhook subscribes to, or `*` for all of them.
+#[derive(ToSchema)]
+pub enum WebhookEventType {
+    #[schema(rename = "message.received")]
+    MessageReceived,
+    #[schema(rename = "message.sent")]
+    MessageSent,
+    #[schema(rename = "ai.reply.generated")]
+    AiReplyGenerated,
+    #[schema(rename = "ai.reply.sent")]
+    AiReplySent,
+    #[schema(rename = "ai.reply.failed")]
+    AiReplyFailed,
+    #[schema(rename = "ai.reply.skipped")]
+    AiReplySkipped,
+    #[schema(rename = "ai.config.changed")]
+    AiConfigChanged,
+    #[schema(rename = "*")]
+    All,
 }
 
 /// The shared error answers: (component name, status, description, carries `Retry-After`).
@@ -283,6 +321,8 @@ pub fn complete(doc: &mut OpenApi) {
             .expect("a shared response")
     };
 
+    transport_variants(&mut components.schemas);
+
     for item in doc.paths.paths.values_mut() {
         for (method, op) in operations_mut(item) {
             let params = op.parameters.iter().flatten();
@@ -362,6 +402,55 @@ pub fn complete(doc: &mut OpenApi) {
     }
 }
 
+/// `POST /v1/accounts` takes `cloud_api` settings exactly when `transport` is `cloud_api`: the
+/// derived object becomes one variant per transport.
+fn transport_variants(schemas: &mut std::collections::BTreeMap<String, RefOr<Schema>>) {
+    let Some(RefOr::T(Schema::Object(derived))) = schemas.get("CreateAccountRequest") else {
+        panic!("CreateAccountRequest is an object schema");
+    };
+    let variant = |transport: &str, cloud_api: Option<RefOr<Schema>>| -> RefOr<Schema> {
+        let mut v: Object = derived.clone();
+        v.description = None;
+        v.properties.insert(
+            "transport".to_string(),
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some([transport]))
+                .into(),
+        );
+        match cloud_api {
+            Some(schema) => {
+                v.properties.insert("cloud_api".to_string(), schema);
+                v.required.push("cloud_api".to_string());
+            }
+            None => {
+                v.properties.insert(
+                    "cloud_api".to_string(),
+                    ObjectBuilder::new().schema_type(Type::Null).into(),
+                );
+            }
+        }
+        RefOr::T(Schema::Object(v))
+    };
+    let mut one_of = OneOf::new();
+    one_of.description = Some(
+        "A new account: `sandbox` (the embedded transport, no `cloud_api`) or `cloud_api` \
+         (Meta's WhatsApp Business Cloud API, with its `cloud_api` settings)."
+            .to_string(),
+    );
+    one_of.items = vec![
+        variant("sandbox", None),
+        variant(
+            "cloud_api",
+            Some(RefOr::Ref(Ref::from_schema_name("CloudApiRequest"))),
+        ),
+    ];
+    schemas.insert(
+        "CreateAccountRequest".to_string(),
+        RefOr::T(Schema::OneOf(one_of)),
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -436,6 +525,44 @@ mod tests {
         let (_, doc) = super::super::api();
         let json = serde_json::to_value(&doc).unwrap();
         walk(&json, &json);
+    }
+
+    /// The documented enums list exactly the values the server accepts.
+    #[test]
+    fn enums_match_the_server() {
+        let values = |schema: RefOr<Schema>| -> Vec<String> {
+            let json = serde_json::to_value(schema).unwrap();
+            let mut v: Vec<String> = json["enum"]
+                .as_array()
+                .or_else(|| json["oneOf"].as_array())
+                .expect("an enum")
+                .iter()
+                .flat_map(|e| match e {
+                    serde_json::Value::String(s) => vec![s.clone()],
+                    other => other["enum"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|s| s.as_str().unwrap().to_string())
+                        .collect(),
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let mut events: Vec<String> = wagate_events::webhook::EVENT_TYPES
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["*".to_string()])
+            .collect();
+        events.sort();
+        assert_eq!(values(WebhookEventType::schema()), events);
+        for mode in values(AiMode::schema()) {
+            let parsed: wagate_events::chat_settings::ChatMode =
+                serde_json::from_value(serde_json::Value::String(mode.clone())).unwrap();
+            assert_eq!(serde_json::to_value(parsed).unwrap(), mode);
+        }
+        assert_eq!(values(TransportName::schema()), ["cloud_api", "sandbox"]);
     }
 
     #[test]

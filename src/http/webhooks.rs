@@ -16,6 +16,7 @@ use wagate_projections::config::WebhookView;
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
+use super::openapi::{AccountId, WebhookEventType};
 use super::ListResponse;
 use crate::app::{AppError, SharedApp, Who};
 use crate::net_guard::OutboundGuard;
@@ -33,13 +34,21 @@ pub fn router() -> OpenApiRouter<SharedApp> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWebhookRequest {
-    /// Where deliveries are posted: an http(s) URL the outbound guard allows.
+    /// Where deliveries are posted: an http(s) URL without credentials that the outbound guard
+    /// allows.
+    #[schema(
+        max_length = 2048,
+        pattern = r"^[hH][tT][tT][pP][sS]?://[a-zA-Z0-9]+([.-][a-zA-Z0-9]+)*(:[1-9][0-9]{0,3})?(/[a-zA-Z0-9._~-]*)*$"
+    )]
     pub url: String,
     /// Event types (`message.received`, `message.sent`, `ai.reply.generated`, `ai.reply.sent`,
     /// `ai.reply.failed`, `ai.reply.skipped`, `ai.config.changed`) or `["*"]`.
+    #[schema(value_type = Vec<WebhookEventType>, min_items = 1, max_items = 8)]
     pub events: Vec<String>,
-    /// Only events of this account (global config changes are not sent to filtered webhooks).
+    /// Only events of this account (an existing one; global config changes are not sent to
+    /// filtered webhooks).
     #[serde(default)]
+    #[schema(value_type = Option<AccountId>)]
     pub account_id: Option<String>,
 }
 
@@ -221,6 +230,7 @@ pub struct DeliveriesQuery {
     /// `pending`, `delivered`, `dead` or `cancelled`.
     pub status: Option<String>,
     /// 1..=500, default 50.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// The `next_cursor` of the previous page.
     pub before: Option<String>,
