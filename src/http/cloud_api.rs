@@ -60,9 +60,9 @@ fn webhook_account(app: &SharedApp, acc: &str) -> Result<WebhookAccount, ApiErro
 /// answers `hub.challenge` as plain text; a wrong token is a 403.
 #[utoipa::path(get, path = "/v1/transports/cloud-api/{acc}/webhook", tag = "transports",
     params(("acc" = AccountId, Path),
-        ("hub.mode" = String, Query, description = "subscribe"),
-        ("hub.verify_token" = String, Query),
-        ("hub.challenge" = String, Query)),
+        ("hub.mode" = String, Query, description = "subscribe", pattern = "^subscribe$"),
+        ("hub.verify_token" = String, Query, description = "the account's verify token (403 when it differs)"),
+        ("hub.challenge" = String, Query, min_length = 1, max_length = 256)),
     responses((status = 200, body = String, content_type = "text/plain"), (status = 400, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn verify_webhook(

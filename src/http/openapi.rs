@@ -185,6 +185,10 @@ type LinkSpec = (
 const BY_BODY_ID: &[(&str, &str)] = &[("acc", "$response.body#/id")];
 const TOKEN: &[(&str, &str)] = &[("acc", "$request.path.acc"), ("id", "$response.body#/id")];
 const WEBHOOK: &[(&str, &str)] = &[("id", "$response.body#/id")];
+const CHAT: &[(&str, &str)] = &[
+    ("acc", "$request.path.acc"),
+    ("jid", "$request.body#/chat_id"),
+];
 
 const LINKS: &[LinkSpec] = &[
     (
@@ -258,6 +262,50 @@ const LINKS: &[LinkSpec] = &[
         BY_BODY_ID,
     ),
     ("create_token", "201", "RevokeToken", "revoke_token", TOKEN),
+    (
+        "sandbox_inbound",
+        "202",
+        "ListMessages",
+        "list_messages",
+        CHAT,
+    ),
+    (
+        "sandbox_inbound",
+        "202",
+        "SendMessage",
+        "send_message",
+        CHAT,
+    ),
+    ("sandbox_inbound", "202", "GetChatAi", "get_chat_ai", CHAT),
+    ("sandbox_inbound", "202", "PutChatAi", "put_chat_ai", CHAT),
+    (
+        "sandbox_inbound",
+        "202",
+        "ResumeChatAi",
+        "resume_chat_ai",
+        CHAT,
+    ),
+    (
+        "sandbox_inbound",
+        "202",
+        "GetChatBlocked",
+        "get_chat_blocked",
+        CHAT,
+    ),
+    (
+        "sandbox_inbound",
+        "202",
+        "PutChatBlocked",
+        "put_chat_blocked",
+        CHAT,
+    ),
+    (
+        "sandbox_inbound",
+        "202",
+        "GetEffective",
+        "get_effective",
+        CHAT,
+    ),
     (
         "create_webhook",
         "201",
