@@ -716,7 +716,8 @@ pub struct AsOfQuery {
 #[utoipa::path(get, path = "/v1/accounts/{acc}/chats/{jid}/ai/effective", tag = "ai",
     params(("acc" = AccountId, Path), ("jid" = Jid, Path), AsOfQuery),
     responses((status = 200, description = "effective config with provenance", body = Object),
-        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "reads the event store, which is unavailable; retry after `Retry-After` seconds")),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn get_effective(
     State(app): State<SharedApp>,

@@ -17,7 +17,7 @@ use wagate_projections::messages::AiLogRow;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiQuery, Caller, Principal};
 use super::messages::send_as_account;
-use super::openapi::{AccountId, Jid};
+use super::openapi::{AccountId, Jid, LogStatus};
 use super::ListResponse;
 use crate::app::SharedApp;
 use crate::cold;
@@ -36,6 +36,7 @@ pub struct LogsQuery {
     pub account_id: Option<String>,
     pub chat_id: Option<String>,
     /// `pending`, `generated`, `sent`, `failed` or `skipped`.
+    #[param(value_type = Option<LogStatus>)]
     pub status: Option<String>,
     /// Page size 1..=500 (default 100).
     #[param(minimum = 1, maximum = 500)]
@@ -46,7 +47,8 @@ pub struct LogsQuery {
 
 /// One row per reply attempt, oldest first.
 #[utoipa::path(get, path = "/v1/ai/logs", tag = "ai", params(LogsQuery),
-    responses((status = 200, body = ListResponse<Object>), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)),
+    responses((status = 200, body = ListResponse<Object>), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "reads the event store, which is unavailable; retry after `Retry-After` seconds")),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn list_logs(
     State(app): State<SharedApp>,

@@ -163,7 +163,8 @@ pub struct ChatsQuery {
 
 /// The account's chats, most recent first (by their newest message), page by page.
 #[utoipa::path(get, path = "/v1/accounts/{acc}/chats", tag = "messages", params(("acc" = AccountId, Path), ChatsQuery),
-    responses((status = 200, body = ListResponse<ChatSummary>), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = ListResponse<ChatSummary>), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "reads the event store, which is unavailable; retry after `Retry-After` seconds")),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn list_chats(
     State(app): State<SharedApp>,
@@ -249,7 +250,8 @@ pub struct MessagesQuery {
 /// A chat's messages, newest first.
 #[utoipa::path(get, path = "/v1/accounts/{acc}/chats/{jid}/messages", tag = "messages",
     params(("acc" = AccountId, Path), ("jid" = Jid, Path), MessagesQuery),
-    responses((status = 200, body = ListResponse<Object>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = ListResponse<Object>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "reads the event store, which is unavailable; retry after `Retry-After` seconds")),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn list_messages(
     State(app): State<SharedApp>,

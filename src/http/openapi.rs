@@ -105,6 +105,27 @@ pub enum WebhookEventType {
     All,
 }
 
+/// The `status` filter of `GET /v1/ai/logs`.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum LogStatus {
+    Pending,
+    Generated,
+    Sent,
+    Failed,
+    Skipped,
+}
+
+/// The `status` filter of `GET /v1/webhooks/{id}/deliveries`.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    Pending,
+    Delivered,
+    Dead,
+    Cancelled,
+}
+
 /// The shared error answers: (component name, status, description, carries `Retry-After`).
 const SHARED: &[(&str, &str, &str, bool)] = &[
     (
@@ -355,6 +376,13 @@ pub fn complete(doc: &mut OpenApi) {
     components
         .schemas
         .insert(Jid::name().into_owned(), Jid::schema());
+    components
+        .schemas
+        .insert(LogStatus::name().into_owned(), LogStatus::schema());
+    components.schemas.insert(
+        DeliveryStatus::name().into_owned(),
+        DeliveryStatus::schema(),
+    );
     for (name, _, description, retry_after) in SHARED {
         components.responses.insert(
             (*name).to_string(),
@@ -611,6 +639,9 @@ mod tests {
             assert_eq!(serde_json::to_value(parsed).unwrap(), mode);
         }
         assert_eq!(values(TransportName::schema()), ["cloud_api", "sandbox"]);
+        let mut deliveries = crate::http::webhooks::DELIVERY_STATUSES.to_vec();
+        deliveries.sort_unstable();
+        assert_eq!(values(DeliveryStatus::schema()), deliveries);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use wagate_projections::config::WebhookView;
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
-use super::openapi::{AccountId, WebhookEventType};
+use super::openapi::{AccountId, DeliveryStatus, WebhookEventType};
 use super::ListResponse;
 use crate::app::{AppError, SharedApp, Who};
 use crate::net_guard::OutboundGuard;
@@ -228,6 +228,7 @@ async fn delete_webhook(
 #[serde(deny_unknown_fields)]
 pub struct DeliveriesQuery {
     /// `pending`, `delivered`, `dead` or `cancelled`.
+    #[param(value_type = Option<DeliveryStatus>)]
     pub status: Option<String>,
     /// 1..=500, default 50.
     #[param(minimum = 1, maximum = 500)]
@@ -312,7 +313,8 @@ pub async fn redeliver_now(
 /// A webhook's deliveries, newest first: status, attempts, last status code, next try.
 #[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks",
     params(("id" = String, Path), DeliveriesQuery),
-    responses((status = 200, body = ListResponse<Delivery>), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = ListResponse<Delivery>), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "reads the event store, which is unavailable; retry after `Retry-After` seconds")),
     security(("admin_jwt" = [])))]
 async fn list_deliveries(
     State(app): State<SharedApp>,
