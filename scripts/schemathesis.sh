@@ -150,8 +150,13 @@ echo "schemathesis $SCHEMATHESIS_VERSION against $base ($isolation network, seed
   "$MAX_EXAMPLES examples per operation)"
 # One worker: hypothesis describes its strategies with ast.parse, which CPython 3.11 does not
 # allow from two threads at once ("AST constructor recursion depth mismatch").
+# schemathesis keeps its state (a cache of past failures, replayed first) in its working
+# directory: target/schemathesis-state, out of git.
+repo="$PWD"
+mkdir -p target/schemathesis-state
+cd target/schemathesis-state
 set +e
-"$VENV/bin/st" --config-file scripts/schemathesis.toml run "$base/openapi.json" \
+"$repo/$VENV/bin/st" --config-file "$repo/scripts/schemathesis.toml" run "$base/openapi.json" \
   --checks not_a_server_error,status_code_conformance,response_schema_conformance \
   --max-examples "$MAX_EXAMPLES" --seed "$SCHEMATHESIS_SEED" --workers 1 \
   --request-timeout 30 --suppress-health-check too_slow,filter_too_much \
