@@ -108,7 +108,8 @@ while IFS= read -r var; do unset "$var"; done < <(env | sed -n 's/^\(\(WAGATE\|O
 export WAGATE_DATA_DIR="$work/data" WAGATE_LISTEN=127.0.0.1:0
 export WAGATE_DATABASE_URL="sqlite://$work/data/wagate.db" RUST_LOG="${RUST_LOG:-warn}"
 mkdir -p "$WAGATE_DATA_DIR"
-"$WAGATE_BIN" serve >"$work/serve.log" 2>&1 &
+: >"$work/serve.log" # exists before the server (a background job) opens it
+"$WAGATE_BIN" serve >>"$work/serve.log" 2>&1 &
 server_pid=$!
 base=""
 for _ in $(seq 1 300); do
