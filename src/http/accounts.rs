@@ -247,7 +247,7 @@ fn account_response(app: &SharedApp, id: &str) -> Result<AccountResponse, ApiErr
 
 /// Creates an account.
 #[utoipa::path(post, path = "/v1/accounts", tag = "accounts", request_body = CreateAccountRequest,
-    responses((status = 201, body = AccountResponse), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)),
+    responses((status = 201, body = AccountResponse), (status = 409, body = ErrorBody)),
     security(("admin_jwt" = [])))]
 async fn create_account(
     State(app): State<SharedApp>,
@@ -322,7 +322,7 @@ async fn list_accounts(
 
 /// One account.
 #[utoipa::path(get, path = "/v1/accounts/{acc}", tag = "accounts", params(("acc" = AccountId, Path)),
-    responses((status = 200, body = AccountResponse), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = AccountResponse)),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn get_account(
     State(app): State<SharedApp>,
@@ -336,7 +336,7 @@ async fn get_account(
 /// Deletes an account: its tokens stop working; its history stays replayable and its id stays
 /// reserved.
 #[utoipa::path(delete, path = "/v1/accounts/{acc}", tag = "accounts", params(("acc" = AccountId, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody)), security(("admin_jwt" = [])))]
+    responses((status = 204)), security(("admin_jwt" = [])))]
 async fn delete_account(
     State(app): State<SharedApp>,
     caller: Caller,
@@ -361,7 +361,7 @@ pub async fn delete(app: &SharedApp, who: &Who, acc: &str) -> Result<(), ApiErro
 /// this account; a new `access_token` lifts the "token rejected" flag.
 #[utoipa::path(patch, path = "/v1/accounts/{acc}/cloud_api", tag = "accounts",
     params(("acc" = AccountId, Path)), request_body = CloudApiPatchRequest,
-    responses((status = 200, body = AccountResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+    responses((status = 200, body = AccountResponse),
         (status = 409, body = ErrorBody)),
     security(("admin_jwt" = [])))]
 async fn change_cloud_api(
@@ -452,7 +452,7 @@ impl From<&TokenView> for TokenResponse {
 /// Creates an account token (`wgt_…`, 256 random bits), scoped to this account.
 #[utoipa::path(post, path = "/v1/accounts/{acc}/tokens", tag = "accounts", params(("acc" = AccountId, Path)),
     request_body = CreateTokenRequest,
-    responses((status = 201, body = CreatedToken), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 201, body = CreatedToken)),
     security(("admin_jwt" = [])))]
 async fn create_token(
     State(app): State<SharedApp>,
@@ -495,7 +495,7 @@ pub async fn issue_token(
 
 /// Lists an account's tokens (never the secrets).
 #[utoipa::path(get, path = "/v1/accounts/{acc}/tokens", tag = "accounts", params(("acc" = AccountId, Path)),
-    responses((status = 200, body = ListResponse<TokenResponse>), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = ListResponse<TokenResponse>)),
     security(("admin_jwt" = [])))]
 async fn list_tokens(
     State(app): State<SharedApp>,
@@ -516,7 +516,7 @@ async fn list_tokens(
 /// Revokes a token; it stops working at once.
 #[utoipa::path(delete, path = "/v1/accounts/{acc}/tokens/{id}", tag = "accounts",
     params(("acc" = AccountId, Path), ("id" = String, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody)), security(("admin_jwt" = [])))]
+    responses((status = 204)), security(("admin_jwt" = [])))]
 async fn revoke_token(
     State(app): State<SharedApp>,
     caller: Caller,

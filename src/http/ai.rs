@@ -314,7 +314,7 @@ fn env_or_default_base(app: &SharedApp) -> String {
 
 /// The global AI settings.
 #[utoipa::path(get, path = "/v1/ai/global", tag = "ai",
-    responses((status = 200, body = AiSettingsView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    responses((status = 200, body = AiSettingsView)),
     security(("admin_jwt" = [])))]
 async fn get_global(
     State(app): State<SharedApp>,
@@ -327,8 +327,7 @@ async fn get_global(
 
 /// Changes the global AI settings (the seed's `PUT /v1/ai/global`).
 #[utoipa::path(put, path = "/v1/ai/global", tag = "ai", request_body = AiSettingsRequest,
-    responses((status = 200, body = AiSettingsView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)),
+    responses((status = 200, body = AiSettingsView)),
     security(("admin_jwt" = [])))]
 async fn put_global(
     State(app): State<SharedApp>,
@@ -373,7 +372,7 @@ fn account_ai_view(app: &SharedApp, acc: &str) -> Result<AiSettingsView, ApiErro
 
 /// An account's AI overrides (`null` = inherit from global).
 #[utoipa::path(get, path = "/v1/accounts/{acc}/ai", tag = "ai", params(("acc" = AccountId, Path)),
-    responses((status = 200, body = AiSettingsView), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = AiSettingsView)),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn get_account_ai(
     State(app): State<SharedApp>,
@@ -387,7 +386,7 @@ async fn get_account_ai(
 /// Changes an account's AI overrides.
 #[utoipa::path(put, path = "/v1/accounts/{acc}/ai", tag = "ai", params(("acc" = AccountId, Path)),
     request_body = AiSettingsRequest,
-    responses((status = 200, body = AiSettingsView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = AiSettingsView)),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn put_account_ai(
     State(app): State<SharedApp>,
@@ -526,7 +525,7 @@ fn chat_view(app: &SharedApp, acc: &str, jid: &str) -> ChatAiView {
 /// A chat's AI mode and custom prompt.
 #[utoipa::path(get, path = "/v1/accounts/{acc}/chats/{jid}/ai", tag = "ai",
     params(("acc" = AccountId, Path), ("jid" = Jid, Path, description = "WhatsApp JID, URL-encoded")),
-    responses((status = 200, body = ChatAiView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = ChatAiView)),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn get_chat_ai(
     State(app): State<SharedApp>,
@@ -542,7 +541,7 @@ async fn get_chat_ai(
 #[utoipa::path(put, path = "/v1/accounts/{acc}/chats/{jid}/ai", tag = "ai",
     params(("acc" = AccountId, Path), ("jid" = Jid, Path, description = "WhatsApp JID, URL-encoded")),
     request_body = ChatAiRequest,
-    responses((status = 200, body = ChatAiView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = ChatAiView)),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn put_chat_ai(
     State(app): State<SharedApp>,
@@ -584,7 +583,7 @@ pub async fn change_chat(
 /// Whether a chat is blocked.
 #[utoipa::path(get, path = "/v1/accounts/{acc}/chats/{jid}/blocked", tag = "ai",
     params(("acc" = AccountId, Path), ("jid" = Jid, Path)),
-    responses((status = 200, body = ChatAiView), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = ChatAiView)),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn get_chat_blocked(
     State(app): State<SharedApp>,
@@ -599,7 +598,7 @@ async fn get_chat_blocked(
 #[utoipa::path(put, path = "/v1/accounts/{acc}/chats/{jid}/blocked", tag = "ai",
     params(("acc" = AccountId, Path), ("jid" = Jid, Path)),
     request_body = BlockedRequest,
-    responses((status = 200, body = ChatAiView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = ChatAiView)),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn put_chat_blocked(
     State(app): State<SharedApp>,
@@ -619,8 +618,7 @@ async fn put_chat_blocked(
 /// that is not paused is left as it is. Answers the effective config after the change.
 #[utoipa::path(post, path = "/v1/accounts/{acc}/chats/{jid}/ai/resume", tag = "ai",
     params(("acc" = AccountId, Path), ("jid" = Jid, Path, description = "WhatsApp JID, URL-encoded")),
-    responses((status = 200, description = "effective config after the resume", body = Object),
-        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+    responses((status = 200, description = "effective config after the resume", body = Object)),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn resume_chat_ai(
     State(app): State<SharedApp>,
@@ -674,7 +672,7 @@ pub struct AccountUsage {
 
 /// Token use of an account today (UTC) against its `daily_token_budget`.
 #[utoipa::path(get, path = "/v1/accounts/{acc}/ai/usage", tag = "ai", params(("acc" = AccountId, Path)),
-    responses((status = 200, body = AccountUsage), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = AccountUsage)),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn get_account_usage(
     State(app): State<SharedApp>,
@@ -716,7 +714,6 @@ pub struct AsOfQuery {
 #[utoipa::path(get, path = "/v1/accounts/{acc}/chats/{jid}/ai/effective", tag = "ai",
     params(("acc" = AccountId, Path), ("jid" = Jid, Path), AsOfQuery),
     responses((status = 200, description = "effective config with provenance", body = Object),
-        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 503, body = ErrorBody, description = "reads the event store, which is unavailable; retry after `Retry-After` seconds")),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn get_effective(

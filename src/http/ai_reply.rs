@@ -47,7 +47,7 @@ pub struct LogsQuery {
 
 /// One row per reply attempt, oldest first.
 #[utoipa::path(get, path = "/v1/ai/logs", tag = "ai", params(LogsQuery),
-    responses((status = 200, body = ListResponse<Object>), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+    responses((status = 200, body = ListResponse<Object>),
         (status = 503, body = ErrorBody, description = "reads the event store, which is unavailable; retry after `Retry-After` seconds")),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn list_logs(
@@ -238,7 +238,7 @@ pub async fn run_test(
 
 /// Test AI with an account token (the seed's token route).
 #[utoipa::path(post, path = "/v1/ai/chat/test", tag = "ai", request_body = ChatTestRequest,
-    responses((status = 200, body = TestReply), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+    responses((status = 200, body = TestReply),
         (status = 409, body = ErrorBody, description = "no usable API key"), (status = 502, body = ErrorBody)),
     security(("account_token" = [])))]
 async fn chat_test(
@@ -270,7 +270,7 @@ async fn chat_test(
 
 /// Test AI as an admin (the dashboard's AI chat / test page).
 #[utoipa::path(post, path = "/v1/ai/admin/test", tag = "ai", request_body = AdminTestRequest,
-    responses((status = 200, body = TestReply), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+    responses((status = 200, body = TestReply), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "no usable API key"), (status = 502, body = ErrorBody)),
     security(("admin_jwt" = [])))]
 async fn admin_test(

@@ -63,8 +63,8 @@ fn webhook_account(app: &SharedApp, acc: &str) -> Result<WebhookAccount, ApiErro
         ("hub.mode" = String, Query, description = "subscribe", pattern = "^subscribe$"),
         ("hub.verify_token" = String, Query, description = "the account's verify token (403 when it differs)"),
         ("hub.challenge" = String, Query, min_length = 1, max_length = 256)),
-    responses((status = 200, body = String, content_type = "text/plain"), (status = 400, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = String, content_type = "text/plain"),
+        (status = 403, body = ErrorBody)))]
 async fn verify_webhook(
     State(app): State<SharedApp>,
     ApiPath(acc): ApiPath<String>,
@@ -119,8 +119,7 @@ pub struct WebhookAccepted {
 #[utoipa::path(post, path = "/v1/transports/cloud-api/{acc}/webhook", tag = "transports",
     params(("acc" = AccountId, Path), ("X-Hub-Signature-256" = String, Header, description = "sha256=<hex HMAC-SHA256 of the body under the app secret>")),
     request_body(content = Object, description = "Meta's webhook payload (object whatsapp_business_account)"),
-    responses((status = 200, body = WebhookAccepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = WebhookAccepted), (status = 401, body = ErrorBody)))]
 async fn receive_webhook(
     State(app): State<SharedApp>,
     ApiPath(acc): ApiPath<String>,

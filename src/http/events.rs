@@ -80,7 +80,7 @@ impl From<StoredEvent> for EventView {
 
 /// The event history, oldest first, paged by position.
 #[utoipa::path(get, path = "/v1/events", tag = "audit", params(EventsQuery),
-    responses((status = 200, body = ListResponse<EventView>), (status = 400, body = ErrorBody),
+    responses((status = 200, body = ListResponse<EventView>),
         (status = 503, body = ErrorBody, description = "reads the event store, which is unavailable; retry after `Retry-After` seconds")),
     security(("admin_jwt" = [])))]
 async fn list_events(

@@ -70,8 +70,7 @@ fn live_account(app: &SharedApp, caller: &Caller, acc: &str) -> Result<(), ApiEr
 /// committed; the AI reply follows asynchronously.
 #[utoipa::path(post, path = "/v1/accounts/{acc}/sandbox/inbound", tag = "messages",
     params(("acc" = AccountId, Path)), request_body = InboundRequest,
-    responses((status = 202, body = InboundAccepted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 503, body = ErrorBody)),
+    responses((status = 202, body = InboundAccepted)),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn sandbox_inbound(
     State(app): State<SharedApp>,
@@ -163,7 +162,7 @@ pub struct ChatsQuery {
 
 /// The account's chats, most recent first (by their newest message), page by page.
 #[utoipa::path(get, path = "/v1/accounts/{acc}/chats", tag = "messages", params(("acc" = AccountId, Path), ChatsQuery),
-    responses((status = 200, body = ListResponse<ChatSummary>), (status = 404, body = ErrorBody),
+    responses((status = 200, body = ListResponse<ChatSummary>),
         (status = 503, body = ErrorBody, description = "reads the event store, which is unavailable; retry after `Retry-After` seconds")),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn list_chats(
@@ -250,7 +249,7 @@ pub struct MessagesQuery {
 /// A chat's messages, newest first.
 #[utoipa::path(get, path = "/v1/accounts/{acc}/chats/{jid}/messages", tag = "messages",
     params(("acc" = AccountId, Path), ("jid" = Jid, Path), MessagesQuery),
-    responses((status = 200, body = ListResponse<Object>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+    responses((status = 200, body = ListResponse<Object>),
         (status = 503, body = ErrorBody, description = "reads the event store, which is unavailable; retry after `Retry-After` seconds")),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn list_messages(
@@ -290,7 +289,7 @@ pub struct SentMessage {
 /// Sends a text as the account (an operator message).
 #[utoipa::path(post, path = "/v1/accounts/{acc}/chats/{jid}/messages", tag = "messages",
     params(("acc" = AccountId, Path), ("jid" = Jid, Path)), request_body = SendRequest,
-    responses((status = 201, body = SentMessage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+    responses((status = 201, body = SentMessage),
         (status = 502, body = ErrorBody, description = "the transport refused the message (`transport_refused`)"),
         (status = 503, body = ErrorBody, description = "the store is unavailable, or the transport did not send for now \
             (`transport_unavailable`); retry after `Retry-After` seconds")),

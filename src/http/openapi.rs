@@ -193,6 +193,11 @@ fn error_response(description: &str, retry_after: bool) -> Response {
     r
 }
 
+/// Operations that read their body as raw bytes (Meta's webhook: the signature covers the exact
+/// body), so they neither check its Content-Type nor answer the API's JSON 413; the shared 413 and
+/// 415 are not theirs.
+const RAW_BODY: &[&str] = &["receive_webhook"];
+
 /// Links from the answer of a create operation: (operation, status, link name, target
 /// operation, parameters as runtime expressions).
 type LinkSpec = (
@@ -410,9 +415,14 @@ pub fn complete(doc: &mut OpenApi) {
                         matches!(p.parameter_in, ParameterIn::Path | ParameterIn::Query);
                 }
             }
-            let json_body = op.request_body.as_ref().is_some_and(
+            let body = op.request_body.as_ref().is_some_and(
                 |b| matches!(b, RefOr::T(b) if b.content.contains_key("application/json")),
             );
+            let raw_body = op
+                .operation_id
+                .as_deref()
+                .is_some_and(|id| RAW_BODY.contains(&id));
+            let json_body = body && !raw_body;
             let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
             let responses = &mut op.responses.responses;
             let mut add = |status: &str| {
@@ -421,7 +431,7 @@ pub fn complete(doc: &mut OpenApi) {
                     .or_insert_with(|| shared(status));
             };
             // A parameter that does not parse, or a body that does not deserialize.
-            if in_query_or_path || json_body {
+            if in_query_or_path || body {
                 add("400");
             }
             if secured {

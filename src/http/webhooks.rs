@@ -172,7 +172,7 @@ pub async fn delete(app: &SharedApp, who: &Who, id: &str) -> Result<(), ApiError
 
 /// Subscribes a URL to event types. The response carries the signing secret, once.
 #[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = CreateWebhookRequest,
-    responses((status = 201, body = CreatedWebhook), (status = 400, body = ErrorBody)),
+    responses((status = 201, body = CreatedWebhook)),
     security(("admin_jwt" = [])))]
 async fn create_webhook(
     State(app): State<SharedApp>,
@@ -200,7 +200,7 @@ async fn list_webhooks(
 
 /// One webhook.
 #[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path)),
-    responses((status = 200, body = WebhookResponse), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = WebhookResponse)),
     security(("admin_jwt" = [])))]
 async fn get_webhook(
     State(app): State<SharedApp>,
@@ -213,7 +213,7 @@ async fn get_webhook(
 
 /// Deletes a webhook; its pending deliveries are cancelled.
 #[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody)), security(("admin_jwt" = [])))]
+    responses((status = 204)), security(("admin_jwt" = [])))]
 async fn delete_webhook(
     State(app): State<SharedApp>,
     caller: Caller,
@@ -313,7 +313,7 @@ pub async fn redeliver_now(
 /// A webhook's deliveries, newest first: status, attempts, last status code, next try.
 #[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks",
     params(("id" = String, Path), DeliveriesQuery),
-    responses((status = 200, body = ListResponse<Delivery>), (status = 404, body = ErrorBody),
+    responses((status = 200, body = ListResponse<Delivery>),
         (status = 503, body = ErrorBody, description = "reads the event store, which is unavailable; retry after `Retry-After` seconds")),
     security(("admin_jwt" = [])))]
 async fn list_deliveries(
@@ -329,7 +329,7 @@ async fn list_deliveries(
 /// Sends a delivery again now, with the same `webhook-id` and a fresh retry schedule.
 #[utoipa::path(post, path = "/v1/webhooks/{id}/deliveries/{delivery}/redeliver", tag = "webhooks",
     params(("id" = String, Path), ("delivery" = String, Path)),
-    responses((status = 202, body = Delivery), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    responses((status = 202, body = Delivery), (status = 409, body = ErrorBody)),
     security(("admin_jwt" = [])))]
 async fn redeliver(
     State(app): State<SharedApp>,
