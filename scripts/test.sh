@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: domain unit tests, every integration test against both the
 # embedded SQLite store and PostgreSQL (WAGATE_TEST_DATABASE_URL, default: the local server), and
-# the dashboard's browser tests in headless Chromium (installed here when missing).
+# the dashboard's browser tests in headless Chromium (installed here when missing), then checks the
+# OpenAPI document against a live server with schemathesis (scripts/schemathesis.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,4 +31,8 @@ if ! { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }; then
   fi
 fi
 
-exec cargo test --workspace --locked "$@"
+cargo test --workspace --locked "$@"
+
+# The OpenAPI document against the live server (schemathesis in a pinned venv under target/;
+# prints "N passed, N failed" last).
+scripts/schemathesis.sh

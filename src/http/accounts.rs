@@ -19,6 +19,7 @@ use wagate_projections::{AccountView, TokenView};
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, Caller};
+use super::openapi::{AccountId, TransportName};
 use super::ListResponse;
 use crate::app::{SharedApp, Who};
 use crate::auth;
@@ -38,12 +39,18 @@ pub fn router() -> OpenApiRouter<SharedApp> {
 #[serde(deny_unknown_fields)]
 pub struct CreateAccountRequest {
     /// Slug: `[a-z0-9][a-z0-9_-]{0,62}`.
+    #[schema(value_type = AccountId)]
     pub id: String,
-    /// Display name (defaults to the id).
+    /// Display name (defaults to the id): 1..=200 characters, not blank, no control characters.
     #[serde(default)]
+    #[schema(
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: Option<String>,
     /// `sandbox` (the embedded transport) or `cloud_api` (Meta's WhatsApp Business Cloud API,
     /// with `cloud_api` settings).
+    #[schema(value_type = TransportName)]
     pub transport: String,
     /// Required with `"transport": "cloud_api"`, refused otherwise.
     #[serde(default)]
@@ -55,21 +62,33 @@ pub struct CreateAccountRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CloudApiRequest {
-    /// The phone number id from the app's WhatsApp > API Setup page (digits).
+    /// The phone number id from the app's WhatsApp > API Setup page (1..=32 digits).
+    #[schema(pattern = r"^[0-9]{1,32}$")]
     pub phone_number_id: String,
-    /// The WhatsApp Business Account id (digits).
+    /// The WhatsApp Business Account id (1..=32 digits).
+    #[schema(pattern = r"^[0-9]{1,32}$")]
     pub business_account_id: String,
-    /// A system-user access token with `whatsapp_business_messaging`.
+    /// A system-user access token with `whatsapp_business_messaging` (printable ASCII, no
+    /// spaces).
+    #[schema(max_length = 4096, pattern = r"^[\x21-\x7e]+$")]
     pub access_token: String,
     /// The Meta app's secret: webhooks are signed with it (`X-Hub-Signature-256`).
+    #[schema(max_length = 256, pattern = r"^[\x21-\x7e]+$")]
     pub app_secret: String,
     /// The token you enter in Meta's webhook configuration.
+    #[schema(max_length = 256, pattern = r"^[\x21-\x7e]+$")]
     pub verify_token: String,
-    /// Default `https://graph.facebook.com` (point it at a proxy or a test double).
+    /// Default `https://graph.facebook.com` (point it at a proxy or a test double): an absolute
+    /// http(s) URL without credentials, query or fragment, that the outbound guard allows.
     #[serde(default)]
+    #[schema(
+        max_length = 2048,
+        pattern = r"^[hH][tT][tT][pP][sS]?://[a-zA-Z0-9]+([.-][a-zA-Z0-9]+)*(:[1-9][0-9]{0,3})?(/[a-zA-Z0-9._~-]*)*$"
+    )]
     pub graph_base_url: Option<String>,
     /// Default `v21.0`.
     #[serde(default)]
+    #[schema(max_length = 16, pattern = r"^v[0-9]+\.[0-9]+$")]
     pub graph_version: Option<String>,
 }
 
@@ -79,18 +98,28 @@ pub struct CloudApiRequest {
 #[serde(deny_unknown_fields)]
 pub struct CloudApiPatchRequest {
     #[serde(default)]
+    #[schema(pattern = r"^[0-9]{1,32}$")]
     pub phone_number_id: Option<String>,
     #[serde(default)]
+    #[schema(pattern = r"^[0-9]{1,32}$")]
     pub business_account_id: Option<String>,
     #[serde(default)]
+    #[schema(max_length = 4096, pattern = r"^[\x21-\x7e]+$")]
     pub access_token: Option<String>,
     #[serde(default)]
+    #[schema(max_length = 256, pattern = r"^[\x21-\x7e]+$")]
     pub app_secret: Option<String>,
     #[serde(default)]
+    #[schema(max_length = 256, pattern = r"^[\x21-\x7e]+$")]
     pub verify_token: Option<String>,
     #[serde(default)]
+    #[schema(
+        max_length = 2048,
+        pattern = r"^[hH][tT][tT][pP][sS]?://[a-zA-Z0-9]+([.-][a-zA-Z0-9]+)*(:[1-9][0-9]{0,3})?(/[a-zA-Z0-9._~-]*)*$"
+    )]
     pub graph_base_url: Option<String>,
     #[serde(default)]
+    #[schema(max_length = 16, pattern = r"^v[0-9]+\.[0-9]+$")]
     pub graph_version: Option<String>,
 }
 
@@ -218,7 +247,7 @@ fn account_response(app: &SharedApp, id: &str) -> Result<AccountResponse, ApiErr
 
 /// Creates an account.
 #[utoipa::path(post, path = "/v1/accounts", tag = "accounts", request_body = CreateAccountRequest,
-    responses((status = 201, body = AccountResponse), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)),
+    responses((status = 201, body = AccountResponse), (status = 409, body = ErrorBody)),
     security(("admin_jwt" = [])))]
 async fn create_account(
     State(app): State<SharedApp>,
@@ -292,8 +321,8 @@ async fn list_accounts(
 }
 
 /// One account.
-#[utoipa::path(get, path = "/v1/accounts/{acc}", tag = "accounts", params(("acc" = String, Path)),
-    responses((status = 200, body = AccountResponse), (status = 404, body = ErrorBody)),
+#[utoipa::path(get, path = "/v1/accounts/{acc}", tag = "accounts", params(("acc" = AccountId, Path)),
+    responses((status = 200, body = AccountResponse)),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn get_account(
     State(app): State<SharedApp>,
@@ -306,8 +335,8 @@ async fn get_account(
 
 /// Deletes an account: its tokens stop working; its history stays replayable and its id stays
 /// reserved.
-#[utoipa::path(delete, path = "/v1/accounts/{acc}", tag = "accounts", params(("acc" = String, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody)), security(("admin_jwt" = [])))]
+#[utoipa::path(delete, path = "/v1/accounts/{acc}", tag = "accounts", params(("acc" = AccountId, Path)),
+    responses((status = 204)), security(("admin_jwt" = [])))]
 async fn delete_account(
     State(app): State<SharedApp>,
     caller: Caller,
@@ -331,8 +360,8 @@ pub async fn delete(app: &SharedApp, who: &Who, acc: &str) -> Result<(), ApiErro
 /// Changes a `cloud_api` account's settings (only the fields given). Secrets are sealed again for
 /// this account; a new `access_token` lifts the "token rejected" flag.
 #[utoipa::path(patch, path = "/v1/accounts/{acc}/cloud_api", tag = "accounts",
-    params(("acc" = String, Path)), request_body = CloudApiPatchRequest,
-    responses((status = 200, body = AccountResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+    params(("acc" = AccountId, Path)), request_body = CloudApiPatchRequest,
+    responses((status = 200, body = AccountResponse),
         (status = 409, body = ErrorBody)),
     security(("admin_jwt" = [])))]
 async fn change_cloud_api(
@@ -383,6 +412,11 @@ async fn change_cloud_api(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTokenRequest {
+    /// 1..=200 characters, not blank, no control characters.
+    #[schema(
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: String,
 }
 
@@ -416,9 +450,9 @@ impl From<&TokenView> for TokenResponse {
 }
 
 /// Creates an account token (`wgt_…`, 256 random bits), scoped to this account.
-#[utoipa::path(post, path = "/v1/accounts/{acc}/tokens", tag = "accounts", params(("acc" = String, Path)),
+#[utoipa::path(post, path = "/v1/accounts/{acc}/tokens", tag = "accounts", params(("acc" = AccountId, Path)),
     request_body = CreateTokenRequest,
-    responses((status = 201, body = CreatedToken), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 201, body = CreatedToken)),
     security(("admin_jwt" = [])))]
 async fn create_token(
     State(app): State<SharedApp>,
@@ -460,8 +494,8 @@ pub async fn issue_token(
 }
 
 /// Lists an account's tokens (never the secrets).
-#[utoipa::path(get, path = "/v1/accounts/{acc}/tokens", tag = "accounts", params(("acc" = String, Path)),
-    responses((status = 200, body = ListResponse<TokenResponse>), (status = 404, body = ErrorBody)),
+#[utoipa::path(get, path = "/v1/accounts/{acc}/tokens", tag = "accounts", params(("acc" = AccountId, Path)),
+    responses((status = 200, body = ListResponse<TokenResponse>)),
     security(("admin_jwt" = [])))]
 async fn list_tokens(
     State(app): State<SharedApp>,
@@ -481,8 +515,8 @@ async fn list_tokens(
 
 /// Revokes a token; it stops working at once.
 #[utoipa::path(delete, path = "/v1/accounts/{acc}/tokens/{id}", tag = "accounts",
-    params(("acc" = String, Path), ("id" = String, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody)), security(("admin_jwt" = [])))]
+    params(("acc" = AccountId, Path), ("id" = String, Path)),
+    responses((status = 204)), security(("admin_jwt" = [])))]
 async fn revoke_token(
     State(app): State<SharedApp>,
     caller: Caller,

@@ -17,6 +17,7 @@ use wagate_projections::effective::{self, defaults, Effective};
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
+use super::openapi::{AccountId, AiMode, Jid};
 use crate::app::{SharedApp, Who};
 
 pub fn router() -> OpenApiRouter<SharedApp> {
@@ -43,33 +44,33 @@ pub struct AiSettingsRequest {
     pub enabled: Patch<bool>,
     /// Absolute http(s) URL of an OpenAI-compatible API (without `/chat/completions`).
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 2048, pattern = r"^[hH][tT][tT][pP][sS]?://[a-zA-Z0-9]+([.-][a-zA-Z0-9]+)*(:[1-9][0-9]{0,3})?(/[a-zA-Z0-9._~-]*)*$")]
     pub base_url: Patch<String>,
     /// Write-only: stored encrypted, never returned. `null` clears it.
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 4096, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$")]
     pub api_key: Patch<String>,
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 200, pattern = r"^[^\x00]*[^\s\x00][^\x00]*$")]
     pub model_name: Patch<String>,
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 32768, pattern = r"^[^\x00]*$")]
     pub default_system_prompt: Patch<String>,
     /// 0..=2
     #[serde(default)]
-    #[schema(value_type = Option<f64>)]
+    #[schema(value_type = Option<f64>, minimum = 0, maximum = 2)]
     pub temperature: Patch<f64>,
     /// 1..=32768
     #[serde(default)]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 32768)]
     pub max_tokens: Patch<u32>,
     /// 1..=600
     #[serde(default)]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 600)]
     pub timeout_seconds: Patch<u32>,
     /// 0..=3600
     #[serde(default)]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 3600)]
     pub reply_delay_seconds: Patch<u32>,
     #[serde(default)]
     #[schema(value_type = Option<bool>)]
@@ -87,50 +88,50 @@ pub struct AiSettingsRequest {
     /// Human takeover: minutes the AI pauses in a chat after a person answers there (an
     /// operator send, or the owner typing on the phone). 0..=10080; 0 = never pause. Default 30.
     #[serde(default)]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 10080)]
     pub human_takeover_minutes: Patch<u32>,
     /// Burst debounce: customer messages within this many seconds get one reply. 0..=3600;
     /// 0 = off (default).
     #[serde(default)]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 3600)]
     pub debounce_seconds: Patch<u32>,
     /// AI replies per chat per hour; over it the reply is skipped. 0..=1000; 0 = no cap.
     /// Default 30.
     #[serde(default)]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 1000)]
     pub max_replies_per_chat_per_hour: Patch<u32>,
     /// Model tokens per account per UTC day; once used up, replies are skipped.
     /// 0..=1000000000; 0 = no budget (default).
     #[serde(default)]
-    #[schema(value_type = Option<u64>)]
+    #[schema(value_type = Option<u64>, minimum = 0, maximum = 1000000000)]
     pub daily_token_budget: Patch<u64>,
     /// History budget of the prompt in estimated tokens (characters / 4, rounded up, + 4 per
     /// message). 0..=1000000; 0 = only the 20-turn cap. Default 4000.
     #[serde(default)]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 1000000)]
     pub max_history_tokens: Patch<u32>,
     /// Turns older than this many hours stay out of the prompt. 0..=8760; 0 = no window
     /// (default).
     #[serde(default)]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 8760)]
     pub history_window_hours: Patch<u32>,
     /// Retries of a retryable model failure (timeout, 429, 5xx). 0..=10; default 2.
     #[serde(default)]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 10)]
     pub max_retries: Patch<u32>,
     /// The model asked when the primary one still fails after its retries.
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 200, pattern = r"^[^\x00]*[^\s\x00][^\x00]*$")]
     pub fallback_model_name: Patch<String>,
     /// Base URL of the fallback model (default: the primary's).
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 2048, pattern = r"^[hH][tT][tT][pP][sS]?://[a-zA-Z0-9]+([.-][a-zA-Z0-9]+)*(:[1-9][0-9]{0,3})?(/[a-zA-Z0-9._~-]*)*$")]
     pub fallback_base_url: Patch<String>,
     /// Write-only key of the fallback model, for the origin of `fallback_base_url`; never
     /// returned. Without one, the fallback gets the main key only when it has the main key's
     /// origin. `null` clears it.
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 4096, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$")]
     pub fallback_api_key: Patch<String>,
 }
 
@@ -313,7 +314,7 @@ fn env_or_default_base(app: &SharedApp) -> String {
 
 /// The global AI settings.
 #[utoipa::path(get, path = "/v1/ai/global", tag = "ai",
-    responses((status = 200, body = AiSettingsView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    responses((status = 200, body = AiSettingsView)),
     security(("admin_jwt" = [])))]
 async fn get_global(
     State(app): State<SharedApp>,
@@ -326,8 +327,7 @@ async fn get_global(
 
 /// Changes the global AI settings (the seed's `PUT /v1/ai/global`).
 #[utoipa::path(put, path = "/v1/ai/global", tag = "ai", request_body = AiSettingsRequest,
-    responses((status = 200, body = AiSettingsView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)),
+    responses((status = 200, body = AiSettingsView)),
     security(("admin_jwt" = [])))]
 async fn put_global(
     State(app): State<SharedApp>,
@@ -371,8 +371,8 @@ fn account_ai_view(app: &SharedApp, acc: &str) -> Result<AiSettingsView, ApiErro
 }
 
 /// An account's AI overrides (`null` = inherit from global).
-#[utoipa::path(get, path = "/v1/accounts/{acc}/ai", tag = "ai", params(("acc" = String, Path)),
-    responses((status = 200, body = AiSettingsView), (status = 404, body = ErrorBody)),
+#[utoipa::path(get, path = "/v1/accounts/{acc}/ai", tag = "ai", params(("acc" = AccountId, Path)),
+    responses((status = 200, body = AiSettingsView)),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn get_account_ai(
     State(app): State<SharedApp>,
@@ -384,9 +384,9 @@ async fn get_account_ai(
 }
 
 /// Changes an account's AI overrides.
-#[utoipa::path(put, path = "/v1/accounts/{acc}/ai", tag = "ai", params(("acc" = String, Path)),
+#[utoipa::path(put, path = "/v1/accounts/{acc}/ai", tag = "ai", params(("acc" = AccountId, Path)),
     request_body = AiSettingsRequest,
-    responses((status = 200, body = AiSettingsView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = AiSettingsView)),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn put_account_ai(
     State(app): State<SharedApp>,
@@ -455,31 +455,31 @@ pub struct ChatAiView {
 pub struct ChatAiRequest {
     /// `inherit`, `enabled` or `disabled`.
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<AiMode>)]
     pub mode: Option<ChatMode>,
     /// `null` (or an empty string) removes the custom prompt.
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 32768, pattern = r"^[^\x00]*$")]
     pub custom_system_prompt: Patch<String>,
     /// Conversation controls for this chat only, with the ranges of the account layer; `null`
     /// inherits. (`daily_token_budget` and the fallback model are per account.)
     #[serde(default)]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 10080)]
     pub human_takeover_minutes: Patch<u32>,
     #[serde(default)]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 3600)]
     pub debounce_seconds: Patch<u32>,
     #[serde(default)]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 1000)]
     pub max_replies_per_chat_per_hour: Patch<u32>,
     #[serde(default)]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 1000000)]
     pub max_history_tokens: Patch<u32>,
     #[serde(default)]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 8760)]
     pub history_window_hours: Patch<u32>,
     #[serde(default)]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 10)]
     pub max_retries: Patch<u32>,
 }
 
@@ -524,8 +524,8 @@ fn chat_view(app: &SharedApp, acc: &str, jid: &str) -> ChatAiView {
 
 /// A chat's AI mode and custom prompt.
 #[utoipa::path(get, path = "/v1/accounts/{acc}/chats/{jid}/ai", tag = "ai",
-    params(("acc" = String, Path), ("jid" = String, Path, description = "WhatsApp JID, URL-encoded")),
-    responses((status = 200, body = ChatAiView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    params(("acc" = AccountId, Path), ("jid" = Jid, Path, description = "WhatsApp JID, URL-encoded")),
+    responses((status = 200, body = ChatAiView)),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn get_chat_ai(
     State(app): State<SharedApp>,
@@ -539,9 +539,9 @@ async fn get_chat_ai(
 /// Sets a chat's AI mode (`inherit|enabled|disabled`), custom system prompt and its own
 /// conversation controls.
 #[utoipa::path(put, path = "/v1/accounts/{acc}/chats/{jid}/ai", tag = "ai",
-    params(("acc" = String, Path), ("jid" = String, Path, description = "WhatsApp JID, URL-encoded")),
+    params(("acc" = AccountId, Path), ("jid" = Jid, Path, description = "WhatsApp JID, URL-encoded")),
     request_body = ChatAiRequest,
-    responses((status = 200, body = ChatAiView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = ChatAiView)),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn put_chat_ai(
     State(app): State<SharedApp>,
@@ -582,8 +582,8 @@ pub async fn change_chat(
 
 /// Whether a chat is blocked.
 #[utoipa::path(get, path = "/v1/accounts/{acc}/chats/{jid}/blocked", tag = "ai",
-    params(("acc" = String, Path), ("jid" = String, Path)),
-    responses((status = 200, body = ChatAiView), (status = 404, body = ErrorBody)),
+    params(("acc" = AccountId, Path), ("jid" = Jid, Path)),
+    responses((status = 200, body = ChatAiView)),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn get_chat_blocked(
     State(app): State<SharedApp>,
@@ -596,9 +596,9 @@ async fn get_chat_blocked(
 
 /// Blocks or unblocks a chat: a blocked chat is never answered.
 #[utoipa::path(put, path = "/v1/accounts/{acc}/chats/{jid}/blocked", tag = "ai",
-    params(("acc" = String, Path), ("jid" = String, Path)),
+    params(("acc" = AccountId, Path), ("jid" = Jid, Path)),
     request_body = BlockedRequest,
-    responses((status = 200, body = ChatAiView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = ChatAiView)),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn put_chat_blocked(
     State(app): State<SharedApp>,
@@ -617,9 +617,8 @@ async fn put_chat_blocked(
 /// Ends a human-takeover pause in a chat now (the AI answers the next customer message). A chat
 /// that is not paused is left as it is. Answers the effective config after the change.
 #[utoipa::path(post, path = "/v1/accounts/{acc}/chats/{jid}/ai/resume", tag = "ai",
-    params(("acc" = String, Path), ("jid" = String, Path, description = "WhatsApp JID, URL-encoded")),
-    responses((status = 200, description = "effective config after the resume", body = Object),
-        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+    params(("acc" = AccountId, Path), ("jid" = Jid, Path, description = "WhatsApp JID, URL-encoded")),
+    responses((status = 200, description = "effective config after the resume", body = Object)),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn resume_chat_ai(
     State(app): State<SharedApp>,
@@ -666,8 +665,8 @@ pub struct AccountUsage {
 }
 
 /// Token use of an account today (UTC) against its `daily_token_budget`.
-#[utoipa::path(get, path = "/v1/accounts/{acc}/ai/usage", tag = "ai", params(("acc" = String, Path)),
-    responses((status = 200, body = AccountUsage), (status = 404, body = ErrorBody)),
+#[utoipa::path(get, path = "/v1/accounts/{acc}/ai/usage", tag = "ai", params(("acc" = AccountId, Path)),
+    responses((status = 200, body = AccountUsage)),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn get_account_usage(
     State(app): State<SharedApp>,
@@ -707,9 +706,9 @@ pub struct AsOfQuery {
 /// The effective config of a chat: each field with its value and `source`
 /// (`chat|account|global|env|default`), plus `will_reply` and `reason`.
 #[utoipa::path(get, path = "/v1/accounts/{acc}/chats/{jid}/ai/effective", tag = "ai",
-    params(("acc" = String, Path), ("jid" = String, Path), AsOfQuery),
+    params(("acc" = AccountId, Path), ("jid" = Jid, Path), AsOfQuery),
     responses((status = 200, description = "effective config with provenance", body = Object),
-        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+        (status = 503, body = ErrorBody, description = "reads the event store, which is unavailable; retry after `Retry-After` seconds")),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn get_effective(
     State(app): State<SharedApp>,

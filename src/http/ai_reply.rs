@@ -17,6 +17,7 @@ use wagate_projections::messages::AiLogRow;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiQuery, Caller, Principal};
 use super::messages::send_as_account;
+use super::openapi::{AccountId, Jid, LogStatus};
 use super::ListResponse;
 use crate::app::cold;
 use crate::app::ports::{reply_config_of, to_request};
@@ -35,8 +36,10 @@ pub struct LogsQuery {
     pub account_id: Option<String>,
     pub chat_id: Option<String>,
     /// `pending`, `generated`, `sent`, `failed` or `skipped`.
+    #[param(value_type = Option<LogStatus>)]
     pub status: Option<String>,
     /// Page size 1..=500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<usize>,
     /// Only rows after this position (the `next_cursor` of the previous page).
     pub after: Option<i64>,
@@ -44,7 +47,8 @@ pub struct LogsQuery {
 
 /// One row per reply attempt, oldest first.
 #[utoipa::path(get, path = "/v1/ai/logs", tag = "ai", params(LogsQuery),
-    responses((status = 200, body = ListResponse<Object>), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)),
+    responses((status = 200, body = ListResponse<Object>),
+        (status = 503, body = ErrorBody, description = "reads the event store, which is unavailable; retry after `Retry-After` seconds")),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn list_logs(
     State(app): State<SharedApp>,
@@ -85,9 +89,12 @@ async fn list_logs(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChatTestRequest {
+    /// 1..=65536 characters, not blank.
+    #[schema(max_length = 65536, pattern = r"\S")]
     pub message: String,
     /// A chat of the token's account: its settings and history shape the prompt.
     #[serde(default)]
+    #[schema(value_type = Option<Jid>)]
     pub chat_id: Option<String>,
     /// Also send the reply into `chat_id` through the account's transport.
     #[serde(default)]
@@ -98,9 +105,13 @@ pub struct ChatTestRequest {
 #[serde(deny_unknown_fields)]
 pub struct AdminTestRequest {
     #[serde(default)]
+    #[schema(value_type = Option<AccountId>)]
     pub account_id: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<Jid>)]
     pub chat_id: Option<String>,
+    /// 1..=65536 characters, not blank.
+    #[schema(max_length = 65536, pattern = r"\S")]
     pub message: String,
 }
 
@@ -227,7 +238,7 @@ pub async fn run_test(
 
 /// Test AI with an account token (the seed's token route).
 #[utoipa::path(post, path = "/v1/ai/chat/test", tag = "ai", request_body = ChatTestRequest,
-    responses((status = 200, body = TestReply), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+    responses((status = 200, body = TestReply),
         (status = 409, body = ErrorBody, description = "no usable API key"), (status = 502, body = ErrorBody)),
     security(("account_token" = [])))]
 async fn chat_test(
@@ -259,7 +270,7 @@ async fn chat_test(
 
 /// Test AI as an admin (the dashboard's AI chat / test page).
 #[utoipa::path(post, path = "/v1/ai/admin/test", tag = "ai", request_body = AdminTestRequest,
-    responses((status = 200, body = TestReply), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+    responses((status = 200, body = TestReply), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "no usable API key"), (status = 502, body = ErrorBody)),
     security(("admin_jwt" = [])))]
 async fn admin_test(

@@ -24,6 +24,7 @@ use wagate_events::account::Transport;
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiPath, ApiQuery};
+use super::openapi::AccountId;
 use crate::app::{SharedApp, Who};
 use crate::transport::cloud_api::{
     app_secret_ad, parse_webhook, signature_valid, verify_token_matches,
@@ -72,12 +73,12 @@ fn webhook_account(app: &SharedApp, acc: &str) -> Result<WebhookAccount, ApiErro
 /// Meta's subscription handshake: with `hub.mode=subscribe` and the account's verify token,
 /// answers `hub.challenge` as plain text; a wrong token is a 403.
 #[utoipa::path(get, path = "/v1/transports/cloud-api/{acc}/webhook", tag = "transports",
-    params(("acc" = String, Path),
-        ("hub.mode" = String, Query, description = "subscribe"),
-        ("hub.verify_token" = String, Query),
-        ("hub.challenge" = String, Query)),
-    responses((status = 200, body = String, content_type = "text/plain"), (status = 400, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    params(("acc" = AccountId, Path),
+        ("hub.mode" = String, Query, description = "subscribe", pattern = "^subscribe$"),
+        ("hub.verify_token" = String, Query, description = "the account's verify token (403 when it differs)"),
+        ("hub.challenge" = String, Query, min_length = 1, max_length = 256)),
+    responses((status = 200, body = String, content_type = "text/plain"),
+        (status = 403, body = ErrorBody)))]
 async fn verify_webhook(
     State(app): State<SharedApp>,
     ApiPath(acc): ApiPath<String>,
@@ -130,11 +131,10 @@ pub struct WebhookAccepted {
 /// answers 200. Text messages get an AI reply as usual; other kinds are recorded and their reply
 /// skipped with a reason.
 #[utoipa::path(post, path = "/v1/transports/cloud-api/{acc}/webhook", tag = "transports",
-    params(("acc" = String, Path), ("X-Hub-Signature-256" = String, Header, description = "sha256=<hex HMAC-SHA256 of the body under the app secret>")),
+    params(("acc" = AccountId, Path), ("X-Hub-Signature-256" = String, Header, description = "sha256=<hex HMAC-SHA256 of the body under the app secret>")),
     request_body(content = Object, description = "Meta's webhook payload (object whatsapp_business_account)"),
-    responses((status = 200, body = WebhookAccepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 408, body = ErrorBody), (status = 413, body = ErrorBody),
-        (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = WebhookAccepted), (status = 401, body = ErrorBody),
+        (status = 408, body = ErrorBody), (status = 413, body = ErrorBody)))]
 async fn receive_webhook(
     State(app): State<SharedApp>,
     ApiPath(acc): ApiPath<String>,

@@ -28,6 +28,7 @@ pub struct EventsQuery {
     /// Only events after this position (exclusive); use `next_cursor` of the previous page.
     pub after: Option<i64>,
     /// Page size, 1..=1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// An aggregate type (`ai_global`, `account`, `chat_settings`) or one stream
     /// `<type>/<id>` (e.g. `account/acme`, `chat_settings/acme/4917…@s.whatsapp.net`).
@@ -79,7 +80,8 @@ impl From<StoredEvent> for EventView {
 
 /// The event history, oldest first, paged by position.
 #[utoipa::path(get, path = "/v1/events", tag = "audit", params(EventsQuery),
-    responses((status = 200, body = ListResponse<EventView>), (status = 400, body = ErrorBody)),
+    responses((status = 200, body = ListResponse<EventView>),
+        (status = 503, body = ErrorBody, description = "reads the event store, which is unavailable; retry after `Retry-After` seconds")),
     security(("admin_jwt" = [])))]
 async fn list_events(
     State(app): State<SharedApp>,

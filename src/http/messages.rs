@@ -15,6 +15,7 @@ use wagate_projections::messages::{ChatView, MessageView};
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
+use super::openapi::{AccountId, Jid};
 use super::ListResponse;
 use crate::app::cold;
 use crate::app::SharedApp;
@@ -30,12 +31,18 @@ pub fn router() -> OpenApiRouter<SharedApp> {
 #[serde(deny_unknown_fields)]
 pub struct InboundRequest {
     /// The chat JID (`<digits>@s.whatsapp.net`, `<id>@g.us`, …).
+    #[schema(value_type = Jid)]
     pub chat_id: String,
-    /// The sender (phone number or JID).
+    /// The sender (phone number or JID): 1..=128 bytes, not blank.
+    #[schema(max_length = 128, pattern = r"\S")]
     pub from: String,
+    /// 1..=65536 characters, not blank.
+    #[schema(max_length = 65536, pattern = r"\S")]
     pub text: String,
-    /// The WhatsApp message id; a repeated id is deduplicated. Generated when absent.
+    /// The WhatsApp message id; a repeated id is deduplicated. Generated when absent. 1..=256
+    /// bytes, not blank.
     #[serde(default)]
+    #[schema(max_length = 256, pattern = r"\S")]
     pub id: Option<String>,
     /// A message the account itself sent from another device (never answered).
     #[serde(default)]
@@ -62,9 +69,8 @@ fn live_account(app: &SharedApp, caller: &Caller, acc: &str) -> Result<(), ApiEr
 /// Injects an inbound message into a sandbox account. Answers 202 only after the message event is
 /// committed; the AI reply follows asynchronously.
 #[utoipa::path(post, path = "/v1/accounts/{acc}/sandbox/inbound", tag = "messages",
-    params(("acc" = String, Path)), request_body = InboundRequest,
-    responses((status = 202, body = InboundAccepted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 503, body = ErrorBody)),
+    params(("acc" = AccountId, Path)), request_body = InboundRequest,
+    responses((status = 202, body = InboundAccepted)),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn sandbox_inbound(
     State(app): State<SharedApp>,
@@ -144,6 +150,7 @@ pub struct ChatSummary {
 #[serde(deny_unknown_fields)]
 pub struct ChatsQuery {
     /// Page size 1..=500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<usize>,
     /// Only chats whose newest message is before this position (the `next_cursor` of the
     /// previous page).
@@ -151,8 +158,9 @@ pub struct ChatsQuery {
 }
 
 /// The account's chats, most recent first (by their newest message), page by page.
-#[utoipa::path(get, path = "/v1/accounts/{acc}/chats", tag = "messages", params(("acc" = String, Path), ChatsQuery),
-    responses((status = 200, body = ListResponse<ChatSummary>), (status = 404, body = ErrorBody)),
+#[utoipa::path(get, path = "/v1/accounts/{acc}/chats", tag = "messages", params(("acc" = AccountId, Path), ChatsQuery),
+    responses((status = 200, body = ListResponse<ChatSummary>),
+        (status = 503, body = ErrorBody, description = "reads the event store, which is unavailable; retry after `Retry-After` seconds")),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn list_chats(
     State(app): State<SharedApp>,
@@ -229,6 +237,7 @@ pub fn chat_summaries(
 #[serde(deny_unknown_fields)]
 pub struct MessagesQuery {
     /// Page size 1..=500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<usize>,
     /// Only messages before this position (the `next_cursor` of the previous page).
     pub before: Option<i64>,
@@ -236,8 +245,9 @@ pub struct MessagesQuery {
 
 /// A chat's messages, newest first.
 #[utoipa::path(get, path = "/v1/accounts/{acc}/chats/{jid}/messages", tag = "messages",
-    params(("acc" = String, Path), ("jid" = String, Path), MessagesQuery),
-    responses((status = 200, body = ListResponse<Object>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    params(("acc" = AccountId, Path), ("jid" = Jid, Path), MessagesQuery),
+    responses((status = 200, body = ListResponse<Object>),
+        (status = 503, body = ErrorBody, description = "reads the event store, which is unavailable; retry after `Retry-After` seconds")),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn list_messages(
     State(app): State<SharedApp>,
@@ -261,6 +271,8 @@ async fn list_messages(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendRequest {
+    /// 1..=65536 characters, not blank.
+    #[schema(max_length = 65536, pattern = r"\S")]
     pub text: String,
 }
 
@@ -273,9 +285,11 @@ pub struct SentMessage {
 
 /// Sends a text as the account (an operator message).
 #[utoipa::path(post, path = "/v1/accounts/{acc}/chats/{jid}/messages", tag = "messages",
-    params(("acc" = String, Path), ("jid" = String, Path)), request_body = SendRequest,
-    responses((status = 201, body = SentMessage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 503, body = ErrorBody)),
+    params(("acc" = AccountId, Path), ("jid" = Jid, Path)), request_body = SendRequest,
+    responses((status = 201, body = SentMessage),
+        (status = 502, body = ErrorBody, description = "the transport refused the message (`transport_refused`)"),
+        (status = 503, body = ErrorBody, description = "the store is unavailable, or the transport did not send for now \
+            (`transport_unavailable`); retry after `Retry-After` seconds")),
     security(("admin_jwt" = []), ("account_token" = [])))]
 async fn send_message(
     State(app): State<SharedApp>,

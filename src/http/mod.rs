@@ -14,6 +14,7 @@ pub mod health;
 pub mod login;
 pub mod messages;
 pub mod metrics;
+pub mod openapi;
 pub mod webhooks;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -163,7 +164,7 @@ impl Modify for SecuritySchemes {
 
 /// The OpenAPI document and the router it describes.
 pub fn api() -> (Router<SharedApp>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (routes, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(health::router())
         .merge(login::router())
         .merge(accounts::router())
@@ -174,7 +175,9 @@ pub fn api() -> (Router<SharedApp>, utoipa::openapi::OpenApi) {
         .merge(webhooks::router())
         .merge(metrics::router())
         .merge(cloud_api::router())
-        .split_for_parts()
+        .split_for_parts();
+    openapi::complete(&mut doc);
+    (routes, doc)
 }
 
 /// The whole HTTP app over `app`; `pages` are served beside the API, outside the OpenAPI

@@ -16,6 +16,7 @@ use wagate_projections::config::WebhookView;
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
+use super::openapi::{AccountId, DeliveryStatus, WebhookEventType};
 use super::ListResponse;
 use crate::app::{AppError, SharedApp, Who};
 use crate::model::guard::OutboundGuard;
@@ -33,13 +34,21 @@ pub fn router() -> OpenApiRouter<SharedApp> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWebhookRequest {
-    /// Where deliveries are posted: an http(s) URL the outbound guard allows.
+    /// Where deliveries are posted: an http(s) URL without credentials that the outbound guard
+    /// allows.
+    #[schema(
+        max_length = 2048,
+        pattern = r"^[hH][tT][tT][pP][sS]?://[a-zA-Z0-9]+([.-][a-zA-Z0-9]+)*(:[1-9][0-9]{0,3})?(/[a-zA-Z0-9._~-]*)*$"
+    )]
     pub url: String,
     /// Event types (`message.received`, `message.sent`, `ai.reply.generated`, `ai.reply.sent`,
     /// `ai.reply.failed`, `ai.reply.skipped`, `ai.config.changed`) or `["*"]`.
+    #[schema(value_type = Vec<WebhookEventType>, min_items = 1, max_items = 8)]
     pub events: Vec<String>,
-    /// Only events of this account (global config changes are not sent to filtered webhooks).
+    /// Only events of this account (an existing one; global config changes are not sent to
+    /// filtered webhooks).
     #[serde(default)]
+    #[schema(value_type = Option<AccountId>)]
     pub account_id: Option<String>,
 }
 
@@ -163,7 +172,7 @@ pub async fn delete(app: &SharedApp, who: &Who, id: &str) -> Result<(), ApiError
 
 /// Subscribes a URL to event types. The response carries the signing secret, once.
 #[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = CreateWebhookRequest,
-    responses((status = 201, body = CreatedWebhook), (status = 400, body = ErrorBody)),
+    responses((status = 201, body = CreatedWebhook)),
     security(("admin_jwt" = [])))]
 async fn create_webhook(
     State(app): State<SharedApp>,
@@ -191,7 +200,7 @@ async fn list_webhooks(
 
 /// One webhook.
 #[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path)),
-    responses((status = 200, body = WebhookResponse), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = WebhookResponse)),
     security(("admin_jwt" = [])))]
 async fn get_webhook(
     State(app): State<SharedApp>,
@@ -204,7 +213,7 @@ async fn get_webhook(
 
 /// Deletes a webhook; its pending deliveries are cancelled.
 #[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody)), security(("admin_jwt" = [])))]
+    responses((status = 204)), security(("admin_jwt" = [])))]
 async fn delete_webhook(
     State(app): State<SharedApp>,
     caller: Caller,
@@ -219,8 +228,10 @@ async fn delete_webhook(
 #[serde(deny_unknown_fields)]
 pub struct DeliveriesQuery {
     /// `pending`, `delivered`, `dead` or `cancelled`.
+    #[param(value_type = Option<DeliveryStatus>)]
     pub status: Option<String>,
     /// 1..=500, default 50.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// The `next_cursor` of the previous page.
     pub before: Option<String>,
@@ -302,7 +313,8 @@ pub async fn redeliver_now(
 /// A webhook's deliveries, newest first: status, attempts, last status code, next try.
 #[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks",
     params(("id" = String, Path), DeliveriesQuery),
-    responses((status = 200, body = ListResponse<Delivery>), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = ListResponse<Delivery>),
+        (status = 503, body = ErrorBody, description = "reads the event store, which is unavailable; retry after `Retry-After` seconds")),
     security(("admin_jwt" = [])))]
 async fn list_deliveries(
     State(app): State<SharedApp>,
@@ -317,7 +329,7 @@ async fn list_deliveries(
 /// Sends a delivery again now, with the same `webhook-id` and a fresh retry schedule.
 #[utoipa::path(post, path = "/v1/webhooks/{id}/deliveries/{delivery}/redeliver", tag = "webhooks",
     params(("id" = String, Path), ("delivery" = String, Path)),
-    responses((status = 202, body = Delivery), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    responses((status = 202, body = Delivery), (status = 409, body = ErrorBody)),
     security(("admin_jwt" = [])))]
 async fn redeliver(
     State(app): State<SharedApp>,
