@@ -123,18 +123,10 @@ impl JwtSigner {
     /// and a UUID `jti`. Every failure, whatever its cause, is [`AuthError::InvalidToken`]. Whether
     /// the session was revoked is the caller's second check (`http::extract::verify_admin_token`).
     pub fn verify(&self, token: &str) -> Result<AdminClaims, AuthError> {
-        let mut v = Validation::new(Algorithm::HS256);
-        v.algorithms = vec![Algorithm::HS256];
-        // `set_issuer` / `set_audience` alone would accept a token that lacks the claim.
-        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        v.set_issuer(&[self.issuer.as_str()]);
-        v.set_audience(&[ADMIN_AUDIENCE]);
-        v.leeway = LEEWAY_SECS;
-        v.validate_exp = true;
         let data = decode::<AdminClaims>(
             token,
             &DecodingKey::from_secret(self.secret.expose_secret()),
-            &v,
+            &self.validation(),
         )
         .map_err(|e| {
             tracing::debug!(reason = ?e.kind(), "admin JWT rejected");
@@ -144,6 +136,23 @@ impl JwtSigner {
             return Err(AuthError::InvalidToken);
         }
         Ok(data.claims)
+    }
+}
+
+impl JwtSigner {
+    /// The checks every admin JWT passes: HS256 only, `exp` (with a small leeway), `iss` and
+    /// `aud` present and equal to ours. The claims struct refuses a token without them too; this
+    /// holds on its own (a test decodes into a struct that requires nothing).
+    fn validation(&self) -> Validation {
+        let mut v = Validation::new(Algorithm::HS256);
+        v.algorithms = vec![Algorithm::HS256];
+        // `set_issuer` / `set_audience` alone would accept a token that lacks the claim.
+        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        v.set_issuer(&[self.issuer.as_str()]);
+        v.set_audience(&[ADMIN_AUDIENCE]);
+        v.leeway = LEEWAY_SECS;
+        v.validate_exp = true;
+        v
     }
 }
 
@@ -594,6 +603,31 @@ mod tests {
             Algorithm::HS256,
             b"another-secret-another-secret-another",
         ));
+    }
+
+    #[test]
+    fn validation_itself_requires_every_spec_claim() {
+        // Decoded into a map that requires nothing: only the validation can refuse.
+        let signer = signer();
+        let decode_lenient = |claims: &serde_json::Value| {
+            decode::<std::collections::HashMap<String, serde_json::Value>>(
+                &sign(claims, Algorithm::HS256, SECRET),
+                &DecodingKey::from_secret(SECRET),
+                &signer.validation(),
+            )
+        };
+        assert!(decode_lenient(&claims()).is_ok());
+        for field in ["exp", "iss", "aud", "sub"] {
+            let err = decode_lenient(&without(field)).expect_err(field);
+            assert!(
+                matches!(
+                    err.kind(),
+                    jsonwebtoken::errors::ErrorKind::MissingRequiredClaim(c) if c == field
+                ),
+                "{field}: {:?}",
+                err.kind()
+            );
+        }
     }
 
     #[test]
