@@ -10,6 +10,7 @@ pub mod error;
 pub mod ids;
 pub mod message_window;
 pub mod metadata;
+pub mod reason;
 pub mod settings;
 pub mod webhook;
 
