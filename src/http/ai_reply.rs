@@ -177,7 +177,7 @@ pub async fn run_test(
         _ => vec![],
     };
     let cfg = reply_config_of(app, &eff)
-        .map_err(|m| ApiError::new(StatusCode::CONFLICT, "api_key_unusable", m))?;
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "api_key_unusable", e.to_string()))?;
     if cfg.echo_mode {
         return Ok(TestReply {
             reply: message.to_string(),
