@@ -233,6 +233,7 @@ async fn rules_decide_before_any_call(app: TestApp) {
         (row["status"].as_str(), row["reason"].as_str()),
         (Some("skipped"), Some("no API key configured"))
     );
+    assert_eq!(row["reason_code"], "no_api_key", "{row}");
 
     configure(&app, &stub, json!({})).await;
     // Disabled at each layer.
