@@ -5,7 +5,7 @@
 //! Reply life: `AiReplyRequested` (committed with the inbound message that triggers it) ->
 //! `AiReplySkipped` | (`AiReplyGenerated` -> [`TypingIndicated`] -> `MessageSent` + `AiReplySent`)
 //! | `AiReplyFailed`. A reply that has not reached a terminal event when the process dies is
-//! closed as `AiReplyFailed { reason: "interrupted" }` at the next start: never sent twice.
+//! closed as `AiReplyFailed` with reason `interrupted` at the next start: never sent twice.
 
 use std::collections::{BTreeMap, VecDeque};
 

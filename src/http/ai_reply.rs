@@ -42,7 +42,8 @@ pub struct LogsQuery {
     pub after: Option<i64>,
 }
 
-/// One row per reply attempt, oldest first.
+/// One row per reply attempt, oldest first. A failed or skipped row carries `reason` (the human
+/// text) and `reason_code` (its stable code, docs/API.md "Reply reasons").
 #[utoipa::path(get, path = "/v1/ai/logs", tag = "ai", params(LogsQuery),
     responses((status = 200, body = ListResponse<Object>), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)),
     security(("admin_jwt" = []), ("account_token" = [])))]
