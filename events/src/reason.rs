@@ -637,6 +637,18 @@ mod tests {
         }
     }
 
+    /// docs/API.md ("Reply reasons") lists every code clients may see.
+    #[test]
+    fn the_api_document_lists_every_code() {
+        let doc = include_str!("../../docs/API.md");
+        for code in ReasonCode::ALL {
+            assert!(
+                doc.contains(&format!("| `{code}` |")),
+                "docs/API.md does not list `{code}`"
+            );
+        }
+    }
+
     #[test]
     fn the_seed_text_stays_the_text_of_no_api_key() {
         assert_eq!(ReplyReason::NoApiKey.code(), "no_api_key");
