@@ -17,6 +17,8 @@ use wagate_events::chat::{
     TokenUsage, Turn,
 };
 
+use wagate_events::reason::{ReplyReason, SupersededAt};
+
 use crate::ports::{ActorError, Meta, Ports, StoreFailure};
 use crate::supervisor::SupervisorMsg;
 
@@ -77,13 +79,13 @@ impl GeneratedReply {
 pub struct ReplyContext {
     pub trigger_text: String,
     pub history: Vec<Turn>,
-    pub loop_guard: Result<(), String>,
+    pub loop_guard: Result<(), ReplyReason>,
     /// A newer customer message arrived after the trigger.
     pub superseded: bool,
     /// Burst debounce: do not work on the reply before this time.
     pub not_before: Option<DateTime<Utc>>,
     /// Why not to answer now because a human took over, if so.
-    pub paused: Option<String>,
+    pub paused: Option<ReplyReason>,
     /// AI replies sent in this chat in the last hour.
     pub replies_last_hour: usize,
 }
@@ -136,12 +138,12 @@ pub enum ChatMsg {
     },
     Skip {
         reply_id: String,
-        reason: String,
+        reason: ReplyReason,
         reply: RpcReplyPort<Result<(), ActorError>>,
     },
     Fail {
         reply_id: String,
-        reason: String,
+        reason: ReplyReason,
         attempts: Vec<ModelAttempt>,
         reply: RpcReplyPort<Result<(), ActorError>>,
     },
@@ -388,7 +390,10 @@ impl ChatState {
             Err(e) => {
                 commands.push(ChatCommand::FailReply {
                     reply_id,
-                    reason: format!("send failed: {}", e.reason),
+                    reason: ReplyReason::SendFailed {
+                        attempts: None,
+                        detail: e.reason,
+                    },
                     attempts: vec![],
                 });
                 self.commit_all(commands, &auto)
@@ -455,7 +460,9 @@ impl ChatState {
             };
             let cmd = ChatCommand::SkipReply {
                 reply_id: old.clone(),
-                reason: "superseded by a newer message in this chat".into(),
+                reason: ReplyReason::Superseded {
+                    at: SupersededAt::Queue,
+                },
             };
             if let Err(e) = self.commit(cmd, &system_meta("system:auto-reply")).await {
                 tracing::warn!(reply_id = %old, error = %e, "could not record a superseded reply");
@@ -478,7 +485,7 @@ impl ChatState {
             self.active = None;
             let cmd = ChatCommand::FailReply {
                 reply_id: next,
-                reason: "AI supervisor unavailable".into(),
+                reason: ReplyReason::SupervisorUnavailable,
                 attempts: vec![],
             };
             let _ = self.commit(cmd, &system_meta("system:auto-reply")).await;
@@ -779,7 +786,7 @@ impl ChatState {
                 {
                     let cmd = ChatCommand::FailReply {
                         reply_id: reply_id.clone(),
-                        reason: "reply worker stopped before finishing".into(),
+                        reason: ReplyReason::WorkerStopped,
                         attempts: vec![],
                     };
                     if let Err(e) = self.commit(cmd, &auto).await {

@@ -10,6 +10,7 @@ use secrecy::SecretString;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wagate_events::chat::{Chat, ChatEvent, Control, TokenUsage};
 use wagate_events::message_window::MessageFact;
+use wagate_events::reason::{ModelErrorClass, ReplyReason};
 use wagate_events::DomainError;
 
 pub type Meta = HashMap<String, String>;
@@ -86,7 +87,7 @@ pub trait ChatStreams: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct ReplyConfig {
     /// `Some(reason)` when the rules say no reply (disabled, blocked, chat kind, no key...).
-    pub skip_reason: Option<String>,
+    pub skip_reason: Option<ReplyReason>,
     pub echo_mode: bool,
     pub base_url: String,
     pub api_key: Option<SecretString>,
@@ -120,8 +121,9 @@ pub struct FallbackModel {
 }
 
 pub trait ConfigSource: Send + Sync + 'static {
-    /// `Err(reason)` when no config applies (e.g. the account was deleted).
-    fn reply_config(&self, account: &str, jid: &str) -> Result<ReplyConfig, String>;
+    /// `Err(reason)` when no config applies (the account was deleted, the key cannot be
+    /// opened...): the reply is skipped with that reason.
+    fn reply_config(&self, account: &str, jid: &str) -> Result<ReplyConfig, ReplyReason>;
 
     /// The conversation controls a chat's inbound messages and operator sends are decided with
     /// (human takeover, debounce). Off unless the implementation says otherwise.
@@ -160,11 +162,13 @@ pub struct ModelAnswer {
     pub attempts: Vec<String>,
 }
 
-/// A model call that failed: a sanitized reason (class and status; never a body or a key) and
-/// the outcome of each attempt.
+/// A model call that failed: a sanitized reason (never a body or a key) with its class and
+/// HTTP status, and the outcome of each attempt.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelFailure {
     pub reason: String,
+    pub class: ModelErrorClass,
+    pub status: Option<u16>,
     pub attempts: Vec<String>,
 }
 

@@ -15,9 +15,10 @@ use chrono::Utc;
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use wagate_events::chat::{ModelAttempt, TokenUsage, Turn};
+use wagate_events::reason::{ModelErrorClass, ReplyReason, SupersededAt};
 
 use crate::chat::{ChatMsg, Delivery, GeneratedReply, ReplyContext};
-use crate::ports::{ActorError, ModelCall, ModelFailure, Ports, PromptRole, ReplyConfig};
+use crate::ports::{ActorError, ModelCall, Ports, PromptRole, ReplyConfig};
 use crate::retry::RetryPolicy;
 
 pub struct ReplyWorker;
@@ -34,14 +35,26 @@ pub enum WorkerMsg {
     Run,
 }
 
+/// Why a worker could not finish a step with its chat (the reply stays open; the chat closes it
+/// as `worker_stopped` when the worker ends).
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("chat actor did not answer in time")]
+    ChatTimeout,
+    #[error("chat actor is gone")]
+    ChatGone,
+    #[error(transparent)]
+    Actor(#[from] ActorError),
+}
+
 async fn ask<T: Send + 'static>(
     args: &WorkerArgs,
     build: impl FnOnce(RpcReplyPort<T>) -> ChatMsg,
-) -> Result<T, String> {
+) -> Result<T, StepError> {
     match args.chat.call(build, Some(args.ports.call_timeout)).await {
         Ok(CallResult::Success(v)) => Ok(v),
-        Ok(CallResult::Timeout) => Err("chat actor did not answer in time".into()),
-        Ok(CallResult::SenderError) | Err(_) => Err("chat actor is gone".into()),
+        Ok(CallResult::Timeout) => Err(StepError::ChatTimeout),
+        Ok(CallResult::SenderError) | Err(_) => Err(StepError::ChatGone),
     }
 }
 
@@ -57,41 +70,31 @@ const STORE_BUSY_RETRY: RetryPolicy = RetryPolicy {
 /// The most a refused send waits before its next try, however often `send_backoff` doubled.
 const SEND_RETRY_CAP: Duration = Duration::from_secs(30);
 
-/// Why a store step failed: the chat could not be asked, or it answered with an error.
-enum StepFailure {
-    Ask(String),
-    Actor(ActorError),
-}
-
 /// Asks the chat to commit one step, retrying while the store is only temporarily unavailable
 /// (pool exhausted under load), so a busy store delays a reply instead of dropping it.
 async fn step<T: Send + 'static>(
     args: &WorkerArgs,
     build: impl Fn(RpcReplyPort<Result<T, ActorError>>) -> ChatMsg,
-) -> Result<T, String> {
+) -> Result<T, StepError> {
     let build = &build;
     STORE_BUSY_RETRY
         .run(
             || async move {
                 match ask(args, build).await {
                     Ok(Ok(v)) => Ok(v),
-                    Ok(Err(e)) => Err(StepFailure::Actor(e)),
-                    Err(e) => Err(StepFailure::Ask(e)),
+                    Ok(Err(e)) => Err(StepError::Actor(e)),
+                    Err(e) => Err(e),
                 }
             },
-            |e| matches!(e, StepFailure::Actor(ActorError::Unavailable(_))),
+            |e| matches!(e, StepError::Actor(ActorError::Unavailable(_))),
             |_| None,
             |e, wait| {
-                if let StepFailure::Actor(cause) = e {
+                if let StepError::Actor(cause) = e {
                     tracing::debug!(reply_id = %args.reply_id, cause = %cause, wait_ms = wait.as_millis() as u64, "store busy; retrying step");
                 }
             },
         )
         .await
-        .map_err(|e| match e {
-            StepFailure::Ask(e) => e,
-            StepFailure::Actor(e) => e.to_string(),
-        })
 }
 
 /// The documented token estimate of one prompt message: a quarter of its characters, rounded
@@ -150,30 +153,30 @@ pub fn prompt(system: &str, turns: &[Turn]) -> Vec<(PromptRole, String)> {
 }
 
 /// Why a reply is not answered under the conversation controls, if so.
-fn control_skip(cfg: &ReplyConfig, ctx: &ReplyContext) -> Option<String> {
+fn control_skip(cfg: &ReplyConfig, ctx: &ReplyContext) -> Option<ReplyReason> {
     if let Some(reason) = &ctx.paused {
         return Some(reason.clone());
     }
     let cap = cfg.max_replies_per_hour;
     if cap > 0 && ctx.replies_last_hour >= cap as usize {
-        return Some(format!(
-            "max_replies_per_chat_per_hour: {} AI replies in this chat in the last hour (limit {cap})",
-            ctx.replies_last_hour
-        ));
+        return Some(ReplyReason::HourlyCap {
+            count: ctx.replies_last_hour as u64,
+            limit: cap,
+        });
     }
     let budget = cfg.daily_token_budget;
     if budget > 0 && !cfg.echo_mode && cfg.tokens_used_today >= budget {
-        return Some(format!(
-            "daily_token_budget: {} of {budget} tokens used today (UTC) by this account",
-            cfg.tokens_used_today
-        ));
+        return Some(ReplyReason::BudgetExhausted {
+            used: cfg.tokens_used_today,
+            limit: budget,
+        });
     }
     None
 }
 
 /// The answer of a model call with its attempts, or the failure with its attempts.
 struct Called {
-    result: Result<(String, String, TokenUsage, u64), String>,
+    result: Result<(String, String, TokenUsage, u64), ReplyReason>,
     attempts: Vec<ModelAttempt>,
     fallback: bool,
 }
@@ -187,6 +190,14 @@ fn record(model: &str, fallback: bool, outcomes: Vec<String>) -> Vec<ModelAttemp
             outcome,
         })
         .collect()
+}
+
+fn model_error(class: ModelErrorClass, status: Option<u16>, message: String) -> ReplyReason {
+    ReplyReason::ModelError {
+        class,
+        status,
+        message,
+    }
 }
 
 /// Calls the primary model (with `max_retries` retries of retryable failures); when it still
@@ -210,7 +221,7 @@ async fn call_model(args: &WorkerArgs, cfg: &ReplyConfig, turns: &[Turn]) -> Cal
         Some(_) => (args.ports.model.complete(call.clone()).await, Some(call)),
         None => (args.ports.model.complete(call).await, None),
     };
-    let (reason, mut attempts) = match first {
+    let (failure, mut attempts) = match first {
         Ok(a) => {
             return Called {
                 attempts: record(&cfg.model, false, a.attempts),
@@ -218,11 +229,14 @@ async fn call_model(args: &WorkerArgs, cfg: &ReplyConfig, turns: &[Turn]) -> Cal
                 fallback: false,
             }
         }
-        Err(ModelFailure { reason, attempts }) => (reason, record(&cfg.model, false, attempts)),
+        Err(mut f) => {
+            let attempts = record(&cfg.model, false, std::mem::take(&mut f.attempts));
+            (f, attempts)
+        }
     };
     let (Some(fb), Some(call)) = (&cfg.fallback, spare) else {
         return Called {
-            result: Err(reason),
+            result: Err(model_error(failure.class, failure.status, failure.reason)),
             attempts,
             fallback: false,
         };
@@ -251,7 +265,11 @@ async fn call_model(args: &WorkerArgs, cfg: &ReplyConfig, turns: &[Turn]) -> Cal
         Err(f) => {
             attempts.extend(record(&fb.model, true, f.attempts));
             Called {
-                result: Err(format!("{reason}; fallback {}: {}", fb.model, f.reason)),
+                result: Err(model_error(
+                    f.class,
+                    f.status,
+                    format!("{}; fallback {}: {}", failure.reason, fb.model, f.reason),
+                )),
                 attempts,
                 fallback: true,
             }
@@ -261,7 +279,7 @@ async fn call_model(args: &WorkerArgs, cfg: &ReplyConfig, turns: &[Turn]) -> Cal
 
 /// Waits out the reply's debounce window (none without debounce). `Ok(Some(ctx))` when the reply
 /// is still the one to answer, `Ok(None)` when it was closed or superseded (and recorded so).
-async fn debounced(args: &WorkerArgs) -> Result<Option<ReplyContext>, String> {
+async fn debounced(args: &WorkerArgs) -> Result<Option<ReplyContext>, StepError> {
     loop {
         let reply_id = args.reply_id.clone();
         let Some(ctx) = ask(args, |reply| ChatMsg::Context { reply_id, reply }).await? else {
@@ -270,12 +288,13 @@ async fn debounced(args: &WorkerArgs) -> Result<Option<ReplyContext>, String> {
         // A newer customer message arrived: its own reply answers the whole conversation, so
         // this one stops before it costs a model call.
         if ctx.superseded {
-            let reason = if ctx.not_before.is_some() {
-                "superseded by a newer message within the debounce window"
-            } else {
-                "superseded by a newer message in this chat"
-            }
-            .to_string();
+            let reason = ReplyReason::Superseded {
+                at: if ctx.not_before.is_some() {
+                    SupersededAt::Debounce
+                } else {
+                    SupersededAt::Queue
+                },
+            };
             step(args, |reply| ChatMsg::Skip {
                 reply_id: args.reply_id.clone(),
                 reason: reason.clone(),
@@ -297,9 +316,9 @@ async fn debounced(args: &WorkerArgs) -> Result<Option<ReplyContext>, String> {
     }
 }
 
-async fn run(args: &WorkerArgs) -> Result<(), String> {
+async fn run(args: &WorkerArgs) -> Result<(), StepError> {
     let reply_id = args.reply_id.clone();
-    let skip = |reason: String| {
+    let skip = |reason: ReplyReason| {
         let reply_id = reply_id.clone();
         move |reply| ChatMsg::Skip {
             reply_id: reply_id.clone(),
@@ -390,13 +409,13 @@ async fn run(args: &WorkerArgs) -> Result<(), String> {
 /// Why a delivery try did not send: the transport said "retry later", or the step failed.
 enum SendFailure {
     Refused(String),
-    Step(String),
+    Step(StepError),
 }
 
 /// Asks the chat to send the reply; when the transport says "retry later" (rate limits), waits
 /// `send_backoff`, doubling with jitter (at most 30 s), and tries again up to `send_attempts`
 /// times, then records the failure with the last reason.
-async fn deliver(args: &WorkerArgs, generated: Option<GeneratedReply>) -> Result<(), String> {
+async fn deliver(args: &WorkerArgs, generated: Option<GeneratedReply>) -> Result<(), StepError> {
     let policy = RetryPolicy {
         max_attempts: args.ports.send_attempts.max(1),
         base_delay: args.ports.send_backoff,
@@ -443,7 +462,10 @@ async fn deliver(args: &WorkerArgs, generated: Option<GeneratedReply>) -> Result
         Err(SendFailure::Step(e)) => Err(e),
         Err(SendFailure::Refused(reason)) => {
             let attempt = tries.load(Ordering::Relaxed);
-            let reason = format!("send failed after {attempt} attempts: {reason}");
+            let reason = ReplyReason::SendFailed {
+                attempts: Some(attempt),
+                detail: reason,
+            };
             step(args, |reply| ChatMsg::Fail {
                 reply_id: args.reply_id.clone(),
                 reason: reason.clone(),
@@ -651,7 +673,11 @@ mod tests {
     struct Echo;
 
     impl ConfigSource for Echo {
-        fn reply_config(&self, _: &str, _: &str) -> Result<ReplyConfig, String> {
+        fn reply_config(
+            &self,
+            _: &str,
+            _: &str,
+        ) -> Result<ReplyConfig, wagate_events::reason::ReplyReason> {
             Ok(ReplyConfig {
                 skip_reason: None,
                 echo_mode: true,
@@ -681,6 +707,8 @@ mod tests {
         async fn complete(&self, _: ModelCall) -> Result<ModelAnswer, ModelFailure> {
             Err(ModelFailure {
                 reason: "not called in echo mode".into(),
+                class: wagate_events::reason::ModelErrorClass::Setup,
+                status: None,
                 attempts: vec![],
             })
         }
@@ -937,7 +965,7 @@ mod tests {
         let (events, t) = run(vec![busy(), busy(), busy()]).await;
         assert_eq!(calls(&t), 3);
         assert!(events.iter().any(|e| matches!(e,
-            ChatEvent::AiReplyFailed { reason, .. } if reason == "send failed after 3 attempts: rate limited")));
+            ChatEvent::AiReplyFailed { reason, .. } if reason.code() == "send_failed" && reason.text() == "send failed after 3 attempts: rate limited")));
     }
 
     #[tokio::test]
@@ -945,7 +973,7 @@ mod tests {
         let (events, t) = run(vec![Err(SendError::permanent("outside the window"))]).await;
         assert_eq!(calls(&t), 1);
         assert!(events.iter().any(|e| matches!(e,
-            ChatEvent::AiReplyFailed { reason, .. } if reason == "send failed: outside the window")));
+            ChatEvent::AiReplyFailed { reason, .. } if reason.code() == "send_failed" && reason.text() == "send failed: outside the window")));
     }
 
     #[tokio::test]
@@ -1005,6 +1033,6 @@ mod tests {
         // At most the first reply and the newer message's own reply went out.
         assert!(calls(&t) <= 2);
         assert!(!events.iter().any(|e| matches!(e,
-            ChatEvent::AiReplySkipped { reason, .. } if reason.contains("not sent"))));
+            ChatEvent::AiReplySkipped { reason, .. } if reason.code() == "superseded" && reason.text().contains("not sent"))));
     }
 }

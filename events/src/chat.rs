@@ -5,7 +5,7 @@
 //! Reply life: `AiReplyRequested` (committed with the inbound message that triggers it) ->
 //! `AiReplySkipped` | (`AiReplyGenerated` -> [`TypingIndicated`] -> `MessageSent` + `AiReplySent`)
 //! | `AiReplyFailed`. A reply that has not reached a terminal event when the process dies is
-//! closed as `AiReplyFailed { reason: "interrupted" }` at the next start: never sent twice.
+//! closed as `AiReplyFailed` with reason `interrupted` at the next start: never sent twice.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -15,6 +15,7 @@ use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 
 use crate::message_window::{MessageFact, MessageWindow};
+use crate::reason::{ReplyReason, SupersededAt};
 use crate::DomainError;
 
 /// Longest message text accepted (WhatsApp's own limit is 65,536 characters).
@@ -188,7 +189,10 @@ pub enum ChatEvent {
     },
     AiReplySkipped {
         reply_id: String,
-        reason: String,
+        /// Written as `{"code": ..}` with its details; events written before codes existed hold
+        /// the text, read by [`crate::reason::compat`].
+        #[serde(deserialize_with = "crate::reason::compat")]
+        reason: ReplyReason,
     },
     AiReplyGenerated {
         reply_id: String,
@@ -221,7 +225,8 @@ pub enum ChatEvent {
     },
     AiReplyFailed {
         reply_id: String,
-        reason: String,
+        #[serde(deserialize_with = "crate::reason::compat")]
+        reason: ReplyReason,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         attempts: Vec<ModelAttempt>,
     },
@@ -234,9 +239,7 @@ pub enum ChatEvent {
         at: DateTime<Utc>,
     },
     /// The pause was ended before its time (`POST .../ai/resume`).
-    AiResumed {
-        at: DateTime<Utc>,
-    },
+    AiResumed { at: DateTime<Utc> },
     /// The transport reported progress of an outbound message (`message_id` is the id the
     /// transport returned when it was sent, e.g. Meta's `wamid`).
     MessageStatusUpdated {
@@ -346,12 +349,10 @@ pub enum ChatCommand {
         takeover: Duration,
     },
     /// Ends a human-takeover pause early; a no-op when the chat is not paused.
-    Resume {
-        at: DateTime<Utc>,
-    },
+    Resume { at: DateTime<Utc> },
     SkipReply {
         reply_id: String,
-        reason: String,
+        reason: ReplyReason,
     },
     RecordGenerated {
         reply_id: String,
@@ -374,7 +375,7 @@ pub enum ChatCommand {
     },
     FailReply {
         reply_id: String,
-        reason: String,
+        reason: ReplyReason,
         attempts: Vec<ModelAttempt>,
     },
     /// Start-up recovery: closes open replies as interrupted, except the newest request still
@@ -448,13 +449,11 @@ impl Chat {
     pub const SNAPSHOT_FORMAT: i32 = 2;
 
     /// Whether the loop guard allows another AI reply at `now`; `Err(reason)` otherwise.
-    pub fn loop_guard(&self, now: DateTime<Utc>) -> Result<(), String> {
+    pub fn loop_guard(&self, now: DateTime<Utc>) -> Result<(), ReplyReason> {
         let since = now - Duration::minutes(LOOP_WINDOW_MINUTES);
         let recent = self.recent_ai_sends.iter().filter(|t| **t > since).count();
         if recent >= LOOP_CAP {
-            return Err(format!(
-                "loop guard: {LOOP_CAP} AI replies in {LOOP_WINDOW_MINUTES} minutes in this chat; cooling down"
-            ));
+            return Err(ReplyReason::loop_guard());
         }
         Ok(())
     }
@@ -482,13 +481,9 @@ impl Chat {
     }
 
     /// The skip reason of a reply while the AI is paused at `now`.
-    pub fn pause_reason(&self, now: DateTime<Utc>) -> Option<String> {
-        self.paused_at(now).map(|until| {
-            format!(
-                "human takeover: AI paused in this chat until {}",
-                until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            )
-        })
+    pub fn pause_reason(&self, now: DateTime<Utc>) -> Option<ReplyReason> {
+        self.paused_at(now)
+            .map(|until| ReplyReason::PausedByHuman { until, cause: None })
     }
 
     /// AI replies sent in this chat in the hour before `now` (from the stream, so a replay
@@ -726,10 +721,7 @@ impl Chat {
                     if kind != MessageKind::Text {
                         events.push(ChatEvent::AiReplySkipped {
                             reply_id,
-                            reason: format!(
-                                "{} message: the AI answers text messages only",
-                                kind.as_str()
-                            ),
+                            reason: ReplyReason::NotText { kind },
                         });
                     }
                 }
@@ -804,7 +796,7 @@ impl Chat {
                     ReplyState::Generated { text, .. } if text.is_empty() => {
                         return Ok(vec![ChatEvent::AiReplyFailed {
                             reply_id,
-                            reason: "the reply's text was erased by the AI-log retention before it was sent".into(),
+                            reason: ReplyReason::TextErased,
                             attempts: vec![],
                         }]);
                     }
@@ -820,7 +812,9 @@ impl Chat {
                 if self.last_customer_message.as_deref() != Some(trigger.as_str()) {
                     return Ok(vec![ChatEvent::AiReplySkipped {
                         reply_id,
-                        reason: "superseded by a newer message in this chat; not sent".into(),
+                        reason: ReplyReason::Superseded {
+                            at: SupersededAt::Send,
+                        },
                     }]);
                 }
                 if let Some(reason) = self.pause_reason(at) {
@@ -861,7 +855,7 @@ impl Chat {
                 .filter(|reply_id| !self.resumable(reply_id))
                 .map(|reply_id| ChatEvent::AiReplyFailed {
                     reply_id: reply_id.clone(),
-                    reason: INTERRUPTED.into(),
+                    reason: ReplyReason::Interrupted,
                     attempts: vec![],
                 })
                 .collect(),
@@ -1022,8 +1016,7 @@ mod tests {
             })
             .then_expect_events(vec![ChatEvent::AiReplyFailed {
                 reply_id: "r1".into(),
-                reason: "the reply's text was erased by the AI-log retention before it was sent"
-                    .into(),
+                reason: ReplyReason::TextErased,
                 attempts: vec![],
             }]);
     }
@@ -1065,7 +1058,9 @@ mod tests {
             })
             .then_expect_events(vec![ChatEvent::AiReplySkipped {
                 reply_id: "r1".into(),
-                reason: "superseded by a newer message in this chat; not sent".into(),
+                reason: ReplyReason::Superseded {
+                    at: SupersededAt::Send,
+                },
             }]);
     }
 
@@ -1095,7 +1090,7 @@ mod tests {
             })
             .unwrap_or_default();
         assert!(
-            matches!(&events[..], [ChatEvent::AiReplySkipped { reason, .. }] if reason.starts_with("loop guard"))
+            matches!(&events[..], [ChatEvent::AiReplySkipped { reason, .. }] if reason.code() == "loop_guard" && reason.text().starts_with("loop guard"))
         );
         // After the window, replies flow again.
         assert!(chat
@@ -1117,12 +1112,12 @@ mod tests {
             .then_expect_events(vec![
                 ChatEvent::AiReplyFailed {
                     reply_id: "r1".into(),
-                    reason: INTERRUPTED.into(),
+                    reason: ReplyReason::Interrupted,
                     attempts: vec![],
                 },
                 ChatEvent::AiReplyFailed {
                     reply_id: "r2".into(),
-                    reason: INTERRUPTED.into(),
+                    reason: ReplyReason::Interrupted,
                     attempts: vec![],
                 },
             ]);
@@ -1172,7 +1167,9 @@ mod tests {
                 requested("r-img1", "img1"),
                 ChatEvent::AiReplySkipped {
                     reply_id: "r-img1".into(),
-                    reason: "image message: the AI answers text messages only".into(),
+                    reason: ReplyReason::NotText {
+                        kind: MessageKind::Image,
+                    },
                 },
             ]);
         // It neither supersedes a pending text reply nor enters the prompt history.
@@ -1353,7 +1350,7 @@ mod tests {
             })
             .unwrap_or_default();
         assert!(
-            matches!(&during[..], [ChatEvent::AiReplySkipped { reason, .. }] if reason.starts_with("human takeover")),
+            matches!(&during[..], [ChatEvent::AiReplySkipped { reason, .. }] if reason.code() == "paused_by_human" && reason.text().starts_with("human takeover")),
             "{during:?}"
         );
         // After the pause, it sends again without any event in between.
@@ -1410,7 +1407,7 @@ mod tests {
             .when(ChatCommand::CloseInterrupted)
             .then_expect_events(vec![ChatEvent::AiReplyFailed {
                 reply_id: "r1".into(),
-                reason: INTERRUPTED.into(),
+                reason: ReplyReason::Interrupted,
                 attempts: vec![],
             }]);
     }
@@ -1449,6 +1446,75 @@ mod tests {
         assert!(matches!(e, ChatEvent::AiReplyFailed { attempts, .. } if attempts.is_empty()));
     }
 
+    /// Given a chat whose reply events were stored before reasons had codes (plain text), when
+    /// they are read and folded, then the replies are closed the same and the texts map to their
+    /// codes; new events store the code and details only.
+    #[test]
+    fn legacy_reason_texts_fold_and_new_events_store_codes() {
+        let legacy: Vec<ChatEvent> = [
+            serde_json::json!({"AiReplySkipped":{"reply_id":"r1","reason":"no API key configured"}}),
+            serde_json::json!({"AiReplyFailed":{"reply_id":"r2","reason":"interrupted"}}),
+            serde_json::json!({"AiReplySkipped":{"reply_id":"r3","reason":"human takeover: AI paused in this chat until 2026-11-25T10:30:00Z"}}),
+        ]
+        .into_iter()
+        .map(|v| serde_json::from_value(v).expect("a legacy payload reads"))
+        .collect();
+        let codes: Vec<&str> = legacy
+            .iter()
+            .filter_map(|e| match e {
+                ChatEvent::AiReplySkipped { reason, .. }
+                | ChatEvent::AiReplyFailed { reason, .. } => Some(reason.code()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(codes, ["no_api_key", "interrupted", "paused_by_human"]);
+        let mut chat = Chat::default();
+        for e in [
+            received("m1"),
+            requested("r1", "m1"),
+            requested("r2", "m1"),
+            requested("r3", "m1"),
+        ]
+        .into_iter()
+        .chain(legacy.clone())
+        {
+            chat.apply(e);
+        }
+        assert!(chat.open_replies.is_empty());
+        // Written again, a legacy event takes the new shape.
+        assert_eq!(
+            serde_json::to_value(&legacy[0]).ok(),
+            Some(
+                serde_json::json!({"AiReplySkipped":{"reply_id":"r1","reason":{"code":"no_api_key"}}})
+            )
+        );
+        Fw::with(())
+            .given(vec![received("m1"), requested("r1", "m1")])
+            .when(ChatCommand::SkipReply {
+                reply_id: "r1".into(),
+                reason: ReplyReason::BudgetExhausted { used: 10, limit: 5 },
+            })
+            .then_expect_events(vec![ChatEvent::AiReplySkipped {
+                reply_id: "r1".into(),
+                reason: ReplyReason::BudgetExhausted { used: 10, limit: 5 },
+            }]);
+        let written = ChatEvent::AiReplyFailed {
+            reply_id: "r1".into(),
+            reason: ReplyReason::SendFailed {
+                attempts: Some(3),
+                detail: "rate limited".into(),
+            },
+            attempts: vec![],
+        };
+        let pinned = serde_json::json!({"AiReplyFailed":{"reply_id":"r1","reason":
+            {"code":"send_failed","attempts":3,"detail":"rate limited"}}});
+        assert_eq!(serde_json::to_value(&written).ok(), Some(pinned.clone()));
+        assert_eq!(
+            serde_json::from_value::<ChatEvent>(pinned).ok(),
+            Some(written)
+        );
+    }
+
     /// One event of every kind, folded: what a snapshot of format [`Chat::SNAPSHOT_FORMAT`] holds.
     fn every_kind_folded() -> Chat {
         let mut chat = Chat::default();
@@ -1473,12 +1539,12 @@ mod tests {
             requested("r2", "m2"),
             ChatEvent::AiReplySkipped {
                 reply_id: "r2".into(),
-                reason: "x".into(),
+                reason: ReplyReason::Other { text: "x".into() },
             },
             requested("r3", "m2"),
             ChatEvent::AiReplyFailed {
                 reply_id: "r3".into(),
-                reason: "x".into(),
+                reason: ReplyReason::Other { text: "x".into() },
                 attempts: vec![],
             },
             ChatEvent::AiPaused {

@@ -10,11 +10,14 @@ pub mod error;
 pub mod ids;
 pub mod message_window;
 pub mod metadata;
+pub mod reason;
 pub mod settings;
 pub mod webhook;
 
 pub use error::DomainError;
 
-/// The version written with every event of this crate. Bumped per event type when its payload
-/// changes shape; an upcaster then lifts the older payloads (see docs/adr/0002).
+/// The version written with every event of this crate. Payloads so far change shape compatibly,
+/// read by serde itself: new fields have defaults, and a field whose type changed reads both
+/// shapes (a reply reason: the legacy text or the coded object, [`reason::compat`]). A change
+/// that cannot be read that way bumps it per event type, with an upcaster for the older payloads.
 pub const EVENT_VERSION: &str = "1";

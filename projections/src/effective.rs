@@ -6,21 +6,14 @@ use serde::Serialize;
 use wagate_events::chat::PauseCause;
 use wagate_events::chat_settings::ChatMode;
 use wagate_events::ids::ChatKind;
+use wagate_events::reason::{ReasonCode, ReplyReason};
 use wagate_events::settings::{origin_of, AiSettings, SealedKey};
 
 use crate::config::Pause;
 use crate::ConfigModel;
 
 /// Which layer a value came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Source {
-    Chat,
-    Account,
-    Global,
-    Env,
-    Default,
-}
+pub use wagate_events::reason::Layer as Source;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Sourced<T> {
@@ -119,7 +112,13 @@ pub struct Effective {
     /// the fallback key) or the main key when the fallback has the main key's origin.
     pub has_fallback_api_key: Sourced<bool>,
     pub will_reply: bool,
+    /// Why the AI does not reply (the human text), when it does not.
     pub reason: Option<String>,
+    /// The stable code of `reason`.
+    pub reason_code: Option<ReasonCode>,
+    /// `reason` with its details, for the reply pipeline.
+    #[serde(skip)]
+    pub why_not: Option<ReplyReason>,
     /// The history position this answer reflects.
     pub position: i64,
     #[serde(skip)]
@@ -192,14 +191,20 @@ impl Effective {
         self.paused_until = Some(p.until);
         self.pause_cause = Some(p.cause);
         if self.will_reply {
-            self.will_reply = false;
-            self.reason = Some(format!(
-                "human takeover: {}; AI paused in this chat until {} (POST .../ai/resume ends it now)",
-                p.cause.describe(),
-                p.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            ));
+            self.set_reason(Some(ReplyReason::PausedByHuman {
+                until: p.until,
+                cause: Some(p.cause),
+            }));
         }
         self
+    }
+
+    /// Sets why the AI does not reply (`None`: it does): `will_reply`, `reason`, `reason_code`.
+    pub fn set_reason(&mut self, why_not: Option<ReplyReason>) {
+        self.will_reply = why_not.is_none();
+        self.reason = why_not.as_ref().map(ReplyReason::text);
+        self.reason_code = why_not.as_ref().map(ReplyReason::kind);
+        self.why_not = why_not;
     }
 }
 
@@ -301,18 +306,34 @@ pub fn resolve_layers(
     } else {
         None
     };
-    let (has_api_key, key, api_key_note) = match found {
-        None => (Sourced { value: false, source: Source::Default }, None, None),
-        Some((k, origin, source)) if origin == base_origin => (Sourced { value: true, source }, Some(k), None),
-        Some((_, origin, source)) => (
-            Sourced { value: false, source },
+    let (has_api_key, key, key_mismatch) = match found {
+        None => (
+            Sourced {
+                value: false,
+                source: Source::Default,
+            },
             None,
-            Some(format!(
-                "the {} API key was entered for {}, not for {}; set the key again for this base_url",
-                serde_plain(source),
-                origin.unwrap_or_else(|| "another origin".into()),
-                base_origin.clone().unwrap_or_else(|| "this base_url".into()),
-            )),
+            None,
+        ),
+        Some((k, origin, source)) if origin == base_origin => (
+            Sourced {
+                value: true,
+                source,
+            },
+            Some(k),
+            None,
+        ),
+        Some((_, origin, source)) => (
+            Sourced {
+                value: false,
+                source,
+            },
+            None,
+            Some(ReplyReason::KeyOriginMismatch {
+                source,
+                key_origin: origin,
+                base_origin: base_origin.clone(),
+            }),
         ),
     };
 
@@ -361,34 +382,30 @@ pub fn resolve_layers(
     };
 
     let kind_flag = match chat_kind {
-        ChatKind::Private => Some(("reply_to_private", &reply_to_private)),
-        ChatKind::Group => Some(("reply_to_groups", &reply_to_groups)),
-        ChatKind::Channel => Some(("reply_to_channels", &reply_to_channels)),
+        ChatKind::Private => Some(&reply_to_private),
+        ChatKind::Group => Some(&reply_to_groups),
+        ChatKind::Channel => Some(&reply_to_channels),
         ChatKind::Broadcast => None,
     };
-    let reason = if chat.blocked {
-        Some("chat is blocked".to_string())
+    let why_not = if chat.blocked {
+        Some(ReplyReason::Blocked)
     } else if !enabled.value {
-        Some(format!(
-            "AI is disabled (source: {})",
-            serde_plain(enabled.source)
-        ))
+        Some(ReplyReason::Disabled {
+            source: enabled.source,
+        })
     } else if chat_kind == ChatKind::Broadcast {
-        Some("status broadcasts are never answered".to_string())
-    } else if let Some((name, flag)) = kind_flag.filter(|(_, f)| !f.value) {
-        Some(format!(
-            "{name} is false (source: {})",
-            serde_plain(flag.source)
-        ))
+        Some(ReplyReason::StatusBroadcast)
+    } else if let Some(flag) = kind_flag.filter(|f| !f.value) {
+        Some(ReplyReason::ChatKindOff {
+            kind: chat_kind,
+            source: flag.source,
+        })
     } else if !echo_mode.value && !has_api_key.value {
-        Some(
-            api_key_note
-                .clone()
-                .unwrap_or_else(|| "no API key configured".to_string()),
-        )
+        Some(key_mismatch.clone().unwrap_or(ReplyReason::NoApiKey))
     } else {
         None
     };
+    let api_key_note = key_mismatch.as_ref().map(ReplyReason::text);
 
     Effective {
         account_id: account_id.to_string(),
@@ -428,8 +445,10 @@ pub fn resolve_layers(
         has_api_key,
         api_key_note,
         has_fallback_api_key,
-        will_reply: reason.is_none(),
-        reason,
+        will_reply: why_not.is_none(),
+        reason: why_not.as_ref().map(ReplyReason::text),
+        reason_code: why_not.as_ref().map(ReplyReason::kind),
+        why_not,
         position,
         key,
         fallback_key,
@@ -441,16 +460,6 @@ fn optional(v: Sourced<String>) -> Sourced<Option<String>> {
     Sourced {
         value: (!v.value.is_empty()).then_some(v.value),
         source: v.source,
-    }
-}
-
-fn serde_plain(s: Source) -> &'static str {
-    match s {
-        Source::Chat => "chat",
-        Source::Account => "account",
-        Source::Global => "global",
-        Source::Env => "env",
-        Source::Default => "default",
     }
 }
 
@@ -513,6 +522,13 @@ mod tests {
         assert_eq!(
             e.reason.as_deref(),
             Some("AI is disabled (source: default)")
+        );
+        assert_eq!(e.reason_code, Some(ReasonCode::Disabled));
+        assert_eq!(
+            e.why_not,
+            Some(ReplyReason::Disabled {
+                source: Source::Default
+            })
         );
     }
 
@@ -715,6 +731,7 @@ mod tests {
         .unwrap();
         assert!(!during.will_reply);
         assert_eq!(during.paused_until, Some(at(until)));
+        assert_eq!(during.reason_code, Some(ReasonCode::PausedByHuman));
         assert!(during
             .reason
             .unwrap()

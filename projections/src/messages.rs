@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use wagate_events::chat::{ChatEvent, MessageKind, ModelAttempt, Source, TokenUsage};
+use wagate_events::reason::ReasonCode;
 
 use crate::config::FoldError;
 use crate::StoredEvent;
@@ -83,7 +84,9 @@ pub struct AiLogRow {
     pub chat_id: String,
     pub trigger_message_id: String,
     pub status: ReplyStatus,
+    /// Why it was skipped or failed: the human text, and its stable code.
     pub reason: Option<String>,
+    pub reason_code: Option<ReasonCode>,
     pub model: Option<String>,
     pub latency_ms: Option<u64>,
     pub usage: Option<TokenUsage>,
@@ -297,7 +300,7 @@ impl MessagesModel {
     /// The shape of the model as a checkpoint stores it (ADR 0015): a checkpoint of another
     /// format is ignored. Bump it with any change to the model's fields or to its fold, and pin
     /// the new shape in `checkpoint_format_pins_the_folded_model`.
-    pub const CHECKPOINT_FORMAT: i32 = 1;
+    pub const CHECKPOINT_FORMAT: i32 = 2;
 
     /// The position of the oldest AI-log row in memory that still has its reply text, if any
     /// (a start from a checkpoint looks for texts erased since, from there on).
@@ -432,6 +435,7 @@ impl MessagesModel {
                     trigger_message_id,
                     status: ReplyStatus::Pending,
                     reason: None,
+                    reason_code: None,
                     model: None,
                     latency_ms: None,
                     usage: None,
@@ -448,7 +452,8 @@ impl MessagesModel {
             ChatEvent::AiReplySkipped { reply_id, reason } => {
                 self.update(&reply_id, at, |r| {
                     r.status = ReplyStatus::Skipped;
-                    r.reason = Some(reason);
+                    r.reason_code = Some(reason.kind());
+                    r.reason = Some(reason.text());
                 });
             }
             ChatEvent::AiReplyGenerated {
@@ -491,7 +496,8 @@ impl MessagesModel {
             } => {
                 self.update(&reply_id, at, |r| {
                     r.status = ReplyStatus::Failed;
-                    r.reason = Some(reason);
+                    r.reason_code = Some(reason.kind());
+                    r.reason = Some(reason.text());
                     if !attempts.is_empty() {
                         r.attempts = attempts;
                     }
@@ -844,6 +850,43 @@ mod tests {
         assert_eq!(m.totals().sent, 3);
     }
 
+    /// Given reply events stored before reasons had codes (text) and after (code + details),
+    /// when they are folded, then the AI log shows the same text for both and the code.
+    #[test]
+    fn ai_log_rows_carry_the_reason_text_and_code_of_old_and_new_events() {
+        let at = "2026-11-25T10:00:00Z";
+        let mut m = MessagesModel::default();
+        let events = [
+            json!({"MessageReceived":{"message_id":"x","from":"1","text":"hi","from_me":false,"at":at}}),
+            json!({"AiReplyRequested":{"reply_id":"old","trigger_message_id":"x"}}),
+            json!({"AiReplyRequested":{"reply_id":"new","trigger_message_id":"x"}}),
+            json!({"AiReplyRequested":{"reply_id":"odd","trigger_message_id":"x"}}),
+            json!({"AiReplySkipped":{"reply_id":"old","reason":"no API key configured"}}),
+            json!({"AiReplySkipped":{"reply_id":"new","reason":{"code":"no_api_key"}}}),
+            json!({"AiReplyFailed":{"reply_id":"odd","reason":"a text from an older build"}}),
+        ];
+        for (i, e) in events.into_iter().enumerate() {
+            m.apply(&chat_ev(i as i64 + 1, "1", e)).expect("fold");
+        }
+        let row = |id: &str| {
+            m.reply(id)
+                .map(|r| (r.reason.clone(), r.reason_code.map(|c| c.as_str())))
+        };
+        let no_key = Some((
+            Some("no API key configured".to_string()),
+            Some("no_api_key"),
+        ));
+        assert_eq!(row("old"), no_key);
+        assert_eq!(row("new"), no_key);
+        assert_eq!(
+            row("odd"),
+            Some((
+                Some("a text from an older build".to_string()),
+                Some("other")
+            ))
+        );
+    }
+
     #[test]
     fn the_ai_log_events_alone_make_the_ai_log() {
         let mut events = exchanges(6);
@@ -970,6 +1013,7 @@ mod tests {
    "model": null,
    "position": 10,
    "reason": null,
+   "reason_code": null,
    "reply_text": null,
    "status": "pending",
    "trigger_message_id": "m3",
@@ -1092,6 +1136,7 @@ mod tests {
    "model": null,
    "position": 8,
    "reason": null,
+   "reason_code": null,
    "reply_text": null,
    "status": "pending",
    "trigger_message_id": "m2",
@@ -1138,7 +1183,7 @@ mod tests {
     #[test]
     fn checkpoint_format_pins_the_folded_model() {
         let model: serde_json::Value = serde_json::from_str(PINNED).expect("pinned JSON");
-        let pinned = json!({"format": 1, "model": model});
+        let pinned = json!({"format": 2, "model": model});
         let model = every_part_folded();
         let now = json!({"format": MessagesModel::CHECKPOINT_FORMAT, "model": model});
         assert_eq!(

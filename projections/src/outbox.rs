@@ -218,13 +218,15 @@ pub fn outgoing(ev: &StoredEvent, messages: &dyn Replies) -> Result<Vec<Outgoing
                 } => {
                     let mut data =
                         reply_data(acc, jid, &reply_id, messages.reply(&reply_id), false);
-                    data["reason"] = json!(reason);
+                    data["reason"] = json!(reason.text());
+                    data["reason_code"] = json!(reason.code());
                     vec![one("ai.reply.failed", data)]
                 }
                 ChatEvent::AiReplySkipped { reply_id, reason } => {
                     let mut data =
                         reply_data(acc, jid, &reply_id, messages.reply(&reply_id), false);
-                    data["reason"] = json!(reason);
+                    data["reason"] = json!(reason.text());
+                    data["reason_code"] = json!(reason.code());
                     vec![one("ai.reply.skipped", data)]
                 }
                 // Delivery receipts are not among the subscribable event types (yet).

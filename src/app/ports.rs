@@ -15,12 +15,13 @@ use wagate_actors::SNAPSHOT_EVERY;
 use wagate_events::chat::{Chat, ChatEvent, Control, TokenUsage};
 use wagate_events::ids::chat_kind;
 use wagate_events::message_window::MessageFact;
+use wagate_events::reason::{ModelErrorClass, ReplyReason};
 use wagate_projections::effective::{self, Effective, FallbackKey, KeySource};
 
 use crate::app::dispatch::DispatchTransport;
 use crate::app::App;
 use crate::crypto::{api_key_ad, fallback_owner};
-use crate::model::client::{ChatMessage, HttpModelClient, ModelRequest, Role};
+use crate::model::client::{ChatMessage, HttpModelClient, ModelError, ModelRequest, Role};
 use crate::store::chats::{self, account_of};
 use crate::store::group_commit::{Append, Appended, GroupCommitter};
 use crate::store::group_load::GroupLoader;
@@ -172,13 +173,24 @@ impl ChatStreams for StoreStreams {
     }
 }
 
+/// A stored API key that the configured master keys cannot open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{}", ReplyReason::KeyUndecryptable.text())]
+pub struct KeyUndecryptable;
+
+impl From<KeyUndecryptable> for ReplyReason {
+    fn from(_: KeyUndecryptable) -> Self {
+        ReplyReason::KeyUndecryptable
+    }
+}
+
 /// Opens a key of `source`; `fallback` selects the layer's fallback key.
 fn open_key(
     app: &App,
     eff: &Effective,
     source: &KeySource,
     fallback: bool,
-) -> Result<Option<SecretString>, String> {
+) -> Result<Option<SecretString>, KeyUndecryptable> {
     let open = |sealed: &str, owner: String| {
         let owner = if fallback {
             fallback_owner(&owner)
@@ -189,7 +201,7 @@ fn open_key(
             .keyring
             .open_string(sealed, &api_key_ad(&owner))
             .map(Some)
-            .map_err(|_| "the stored API key cannot be decrypted (is the master key that sealed it configured?)".to_string())
+            .map_err(|_| KeyUndecryptable)
     };
     match source {
         KeySource::Global(k) => open(&k.sealed, "global".into()),
@@ -199,7 +211,7 @@ fn open_key(
 }
 
 /// The decrypted key an effective config points at, or why there is none usable.
-pub fn api_key_for(app: &App, eff: &Effective) -> Result<Option<SecretString>, String> {
+pub fn api_key_for(app: &App, eff: &Effective) -> Result<Option<SecretString>, KeyUndecryptable> {
     match &eff.key {
         None => Ok(None),
         Some(source) => open_key(app, eff, source, false),
@@ -207,7 +219,10 @@ pub fn api_key_for(app: &App, eff: &Effective) -> Result<Option<SecretString>, S
 }
 
 /// The decrypted key of the fallback model, if it gets one.
-pub fn fallback_key_for(app: &App, eff: &Effective) -> Result<Option<SecretString>, String> {
+pub fn fallback_key_for(
+    app: &App,
+    eff: &Effective,
+) -> Result<Option<SecretString>, KeyUndecryptable> {
     match &eff.fallback_key {
         None => Ok(None),
         Some(FallbackKey::Own(source)) => open_key(app, eff, source, true),
@@ -219,7 +234,7 @@ pub fn fallback_key_for(app: &App, eff: &Effective) -> Result<Option<SecretStrin
 /// primary's; its key is the fallback key entered for that origin, or the main key when the
 /// fallback has the main key's origin (a key follows its origin, ADR 0003), else none (a local
 /// model server, for instance).
-fn fallback_of(app: &App, eff: &Effective) -> Result<Option<FallbackModel>, String> {
+fn fallback_of(app: &App, eff: &Effective) -> Result<Option<FallbackModel>, KeyUndecryptable> {
     let Some(model) = eff.fallback_model_name.value.clone() else {
         return Ok(None);
     };
@@ -236,7 +251,7 @@ fn fallback_of(app: &App, eff: &Effective) -> Result<Option<FallbackModel>, Stri
 }
 
 /// Turns an effective config into what a reply needs.
-pub fn reply_config_of(app: &App, eff: &Effective) -> Result<ReplyConfig, String> {
+pub fn reply_config_of(app: &App, eff: &Effective) -> Result<ReplyConfig, KeyUndecryptable> {
     let api_key = api_key_for(app, eff)?;
     let tokens_used_today = app
         .messages()
@@ -250,11 +265,7 @@ pub fn reply_config_of(app: &App, eff: &Effective) -> Result<ReplyConfig, String
         tokens_used_today,
         max_history_tokens: eff.max_history_tokens.value,
         history_window: (window_hours > 0).then(|| Duration::from_secs(window_hours * 3600)),
-        skip_reason: if eff.will_reply {
-            None
-        } else {
-            eff.reason.clone()
-        },
+        skip_reason: eff.why_not.clone(),
         echo_mode: eff.echo_mode.value,
         base_url: eff.base_url.value.clone(),
         api_key,
@@ -271,12 +282,14 @@ pub fn reply_config_of(app: &App, eff: &Effective) -> Result<ReplyConfig, String
 pub struct AppConfig(pub Weak<App>);
 
 impl ConfigSource for AppConfig {
-    fn reply_config(&self, account: &str, jid: &str) -> Result<ReplyConfig, String> {
-        let app = self.0.upgrade().ok_or("the gateway is shutting down")?;
-        let kind = chat_kind(jid, "jid").map_err(|e| e.to_string())?;
+    fn reply_config(&self, account: &str, jid: &str) -> Result<ReplyConfig, ReplyReason> {
+        let app = self.0.upgrade().ok_or(ReplyReason::ShuttingDown)?;
+        let kind = chat_kind(jid, "jid").map_err(|e| ReplyReason::InvalidChat {
+            detail: e.to_string(),
+        })?;
         let eff = effective::resolve(&app.model(), &app.env_layer, account, jid, kind)
-            .ok_or("account not found or deleted")?;
-        reply_config_of(&app, &eff)
+            .ok_or(ReplyReason::AccountNotFound)?;
+        Ok(reply_config_of(&app, &eff)?)
     }
 
     fn control(&self, account: &str, jid: &str) -> Control {
@@ -295,6 +308,32 @@ impl ConfigSource for AppConfig {
             takeover: minute * i32::try_from(eff.human_takeover_minutes.value).unwrap_or(i32::MAX),
             debounce: chrono::Duration::seconds(i64::from(eff.debounce_seconds.value)),
         }
+    }
+}
+
+/// The reason class of a failed model call.
+fn model_error_class(e: &ModelError) -> ModelErrorClass {
+    match e {
+        ModelError::Refused(_) => ModelErrorClass::Refused,
+        ModelError::Timeout { .. } => ModelErrorClass::Timeout,
+        ModelError::Connect => ModelErrorClass::Connect,
+        ModelError::Unauthorized { .. } => ModelErrorClass::Unauthorized,
+        ModelError::RateLimited { .. } => ModelErrorClass::RateLimited,
+        ModelError::Server { .. } => ModelErrorClass::ServerError,
+        ModelError::Rejected { .. } => ModelErrorClass::Rejected,
+        ModelError::Malformed(_) => ModelErrorClass::Malformed,
+        ModelError::Setup(_) => ModelErrorClass::Setup,
+    }
+}
+
+/// The HTTP status of a failed model call, when the server answered.
+fn model_error_status(e: &ModelError) -> Option<u16> {
+    match e {
+        ModelError::Unauthorized { status }
+        | ModelError::RateLimited { status, .. }
+        | ModelError::Server { status, .. }
+        | ModelError::Rejected { status } => Some(*status),
+        _ => None,
     }
 }
 
@@ -331,6 +370,8 @@ impl Model for HttpModel {
         let (result, attempts) = self.0.complete_logged(&to_request(call)).await;
         let reply = result.map_err(|e| ModelFailure {
             reason: e.to_string(),
+            class: model_error_class(&e),
+            status: model_error_status(&e),
             attempts: attempts.clone(),
         })?;
         Ok(ModelAnswer {

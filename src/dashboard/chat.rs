@@ -177,7 +177,7 @@ async fn render_chat(
         (render::notice(forms.done.as_deref()))
         p.crumbs { a href=(format!("/accounts/{}", render::enc(acc))) { "Account " (acc) } " · " (kind_name(kind))
             " · AI: " strong #ai-state { @if eff.will_reply { "will reply" } @else { "will not reply" } }
-            @if let Some(r) = &eff.reason { " (" (r) ")" } }
+            @if let Some(r) = &eff.reason { " (" span title=[eff.reason_code.map(|c| c.as_str())] { (r) } ")" } }
         @if let Some(until) = eff.paused_until.filter(|u| *u > Utc::now()) {
             div.alert.warn #ai-paused role="status" {
                 p { strong { "AI paused in this chat" } " until " (render::when(&until))
@@ -324,7 +324,7 @@ fn entry(e: &Entry<'_>) -> Markup {
             html! {
                 li class=(class) {
                     p.meta { span.who { (label) } " · " (render::when(&r.updated_at)) }
-                    @if let Some(reason) = &r.reason { p.text { (reason) } }
+                    @if let Some(reason) = &r.reason { p.text title=[r.reason_code.map(|c| c.as_str())] { (reason) } }
                 }
             }
         }

@@ -100,7 +100,7 @@ pub async fn logs(
                             td { a href=(format!("/accounts/{}", render::enc(&r.account_id))) { (r.account_id) } }
                             td { a href=(render::chat_href(&r.account_id, &r.chat_id)) { (r.chat_id) } }
                             td { span class=(format!("badge {}", r.status.as_str())) { (r.status.as_str()) } }
-                            td { (r.reason.as_deref().unwrap_or("")) }
+                            td title=[r.reason_code.map(|c| c.as_str())] { (r.reason.as_deref().unwrap_or("")) }
                             td { (r.model.as_deref().unwrap_or("")) }
                             td { @if let Some(l) = r.latency_ms { (l) " ms" } }
                             td { @if let Some(u) = &r.usage { (u.total_tokens) } }

@@ -704,7 +704,8 @@ pub struct AsOfQuery {
 }
 
 /// The effective config of a chat: each field with its value and `source`
-/// (`chat|account|global|env|default`), plus `will_reply` and `reason`.
+/// (`chat|account|global|env|default`), plus `will_reply`, `reason` (the human text) and
+/// `reason_code` (its stable code, docs/API.md "Reply reasons").
 #[utoipa::path(get, path = "/v1/accounts/{acc}/chats/{jid}/ai/effective", tag = "ai",
     params(("acc" = AccountId, Path), ("jid" = Jid, Path), AsOfQuery),
     responses((status = 200, description = "effective config with provenance", body = Object),

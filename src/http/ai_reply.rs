@@ -45,7 +45,8 @@ pub struct LogsQuery {
     pub after: Option<i64>,
 }
 
-/// One row per reply attempt, oldest first.
+/// One row per reply attempt, oldest first. A failed or skipped row carries `reason` (the human
+/// text) and `reason_code` (its stable code, docs/API.md "Reply reasons").
 #[utoipa::path(get, path = "/v1/ai/logs", tag = "ai", params(LogsQuery),
     responses((status = 200, body = ListResponse<Object>),
         (status = 503, body = ErrorBody, description = "reads the event store, which is unavailable; retry after `Retry-After` seconds")),
@@ -188,7 +189,7 @@ pub async fn run_test(
         _ => vec![],
     };
     let cfg = reply_config_of(app, &eff)
-        .map_err(|m| ApiError::new(StatusCode::CONFLICT, "api_key_unusable", m))?;
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "api_key_unusable", e.to_string()))?;
     if cfg.echo_mode {
         return Ok(TestReply {
             reply: message.to_string(),

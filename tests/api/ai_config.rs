@@ -176,6 +176,7 @@ async fn effective_config_with_sources_and_as_of(app: TestApp) {
     assert_eq!(j["has_api_key"], json!({"value": true, "source": "global"}));
     assert_eq!(j["will_reply"], true, "{}", e.text);
     assert_eq!(j["reason"], Value::Null);
+    assert_eq!(j["reason_code"], Value::Null);
 
     // Disable at the chat: the reason names the layer.
     app.admin(
@@ -187,6 +188,7 @@ async fn effective_config_with_sources_and_as_of(app: TestApp) {
     let e = app.admin("GET", &eff, None).await;
     assert_eq!(e.json["will_reply"], false);
     assert_eq!(e.json["reason"], "AI is disabled (source: chat)");
+    assert_eq!(e.json["reason_code"], "disabled");
 
     // Group chats follow reply_to_groups (false in the seed).
     let g = app

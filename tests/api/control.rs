@@ -86,6 +86,7 @@ async fn takeover_pauses_then_auto_resumes(mut app: TestApp) {
             .is_some_and(|r| r.starts_with("human takeover")),
         "{eff}"
     );
+    assert_eq!(eff["reason_code"], "paused_by_human", "{eff}");
     assert_eq!(
         eff["human_takeover_minutes"],
         json!({"value": 1, "source": "global"})
@@ -101,6 +102,7 @@ async fn takeover_pauses_then_auto_resumes(mut app: TestApp) {
             .is_some_and(|r| r.starts_with("human takeover")),
         "{row}"
     );
+    assert_eq!(row["reason_code"], "paused_by_human", "{row}");
     assert!(calls(&stub).await.is_empty(), "no model call while paused");
 
     // The pause ends by itself.
@@ -298,6 +300,7 @@ async fn caps_skip_with_reasons_and_replay_counts_the_same(mut app: TestApp) {
             .is_some_and(|r| r.starts_with("max_replies_per_chat_per_hour")),
         "{row}"
     );
+    assert_eq!(row["reason_code"], "hourly_cap", "{row}");
 
     // Another chat has its own hourly count but shares the account's token budget.
     inbound(&app, "acme", other, "d1", "hello").await;
@@ -313,6 +316,7 @@ async fn caps_skip_with_reasons_and_replay_counts_the_same(mut app: TestApp) {
         row["reason"],
         "daily_token_budget: 36 of 30 tokens used today (UTC) by this account"
     );
+    assert_eq!(row["reason_code"], "budget_exhausted", "{row}");
     assert_eq!(calls(&stub).await.len(), 2);
     // Each skip went out as an `ai.reply.skipped` webhook naming the limit.
     let reasons = eventually(20, "both skip webhooks arrive", || async {
@@ -323,7 +327,11 @@ async fn caps_skip_with_reasons_and_replay_counts_the_same(mut app: TestApp) {
             .iter()
             .filter_map(|r| serde_json::from_slice::<Value>(&r.body).ok())
             .filter(|b| b["type"] == "ai.reply.skipped")
-            .filter_map(|b| b["data"]["reason"].as_str().map(str::to_string))
+            .filter_map(|b| {
+                let text = b["data"]["reason"].as_str()?;
+                let code = b["data"]["reason_code"].as_str()?;
+                Some(format!("{code}: {text}"))
+            })
             .collect();
         (reasons.len() >= 2).then_some(reasons)
     })
@@ -331,11 +339,13 @@ async fn caps_skip_with_reasons_and_replay_counts_the_same(mut app: TestApp) {
     assert!(
         reasons
             .iter()
-            .any(|r| r.starts_with("max_replies_per_chat_per_hour")),
+            .any(|r| r.starts_with("hourly_cap: max_replies_per_chat_per_hour")),
         "{reasons:?}"
     );
     assert!(
-        reasons.iter().any(|r| r.starts_with("daily_token_budget")),
+        reasons
+            .iter()
+            .any(|r| r.starts_with("budget_exhausted: daily_token_budget")),
         "{reasons:?}"
     );
 

@@ -233,6 +233,7 @@ async fn rules_decide_before_any_call(app: TestApp) {
         (row["status"].as_str(), row["reason"].as_str()),
         (Some("skipped"), Some("no API key configured"))
     );
+    assert_eq!(row["reason_code"], "no_api_key", "{row}");
 
     configure(&app, &stub, json!({})).await;
     // Disabled at each layer.
@@ -426,6 +427,7 @@ async fn model_failures_are_classified(app: TestApp) {
         assert_eq!(row["status"], "failed", "{row}");
         let reason = row["reason"].as_str().unwrap_or("");
         assert!(reason.contains(needle), "{marker}: {reason}");
+        assert_eq!(row["reason_code"], "model_error", "{row}");
         assert!(
             !reason.contains("UPSTREAM-SECRET-BODY") && !reason.contains("sk-test-key"),
             "{reason}"
@@ -550,7 +552,8 @@ async fn replies_in_order_within_a_chat(app: TestApp) {
         match row["status"].as_str() {
             Some("sent") => sent_positions.push((i, row["position"].as_i64().unwrap_or(0))),
             Some("skipped") => assert!(
-                row["reason"].as_str().unwrap_or("").contains("superseded"),
+                row["reason"].as_str().unwrap_or("").contains("superseded")
+                    && row["reason_code"] == "superseded",
                 "{row}"
             ),
             other => panic!("unexpected {other:?}: {row}"),
@@ -706,3 +709,81 @@ async fn loopback_model_refused_without_allow_list() {
     );
     stub.verify().await;
 }
+
+/// Replies recorded before reasons had codes hold the text in their events: after a restart folds
+/// the history again, the AI log shows the same text with its code (`other` for a text no code
+/// matches), and new replies in the same chat store the code.
+async fn legacy_reason_texts_read_back_with_codes(mut app: TestApp) {
+    use wagate::store::group_commit::{Append, Appended};
+
+    app.create_account("acme").await;
+    let stream = format!("acme/{JID}");
+    let at = "2026-11-25T10:00:00Z";
+    let legacy = [
+        json!({"MessageReceived":{"message_id":"old1","from":"491701234567","text":"hi","from_me":false,"at":at}}),
+        json!({"AiReplyRequested":{"reply_id":"r-old1","trigger_message_id":"old1"}}),
+        json!({"AiReplySkipped":{"reply_id":"r-old1","reason":"no API key configured"}}),
+        json!({"MessageReceived":{"message_id":"old2","from":"491701234567","text":"hi again","from_me":false,"at":at}}),
+        json!({"AiReplyRequested":{"reply_id":"r-old2","trigger_message_id":"old2"}}),
+        json!({"AiReplyFailed":{"reply_id":"r-old2","reason":"a text from an older build"}}),
+    ];
+    let events = legacy
+        .iter()
+        .map(|p| {
+            let kind = p.as_object().and_then(|o| o.keys().next()).cloned();
+            (kind.unwrap_or_default(), "1".to_string(), p.to_string())
+        })
+        .collect();
+    let appended = app
+        .app()
+        .committer
+        .append(Append {
+            aggregate_type: "chat",
+            aggregate_id: stream.clone(),
+            expected: 0,
+            events,
+            metadata: Default::default(),
+        })
+        .await;
+    assert!(
+        matches!(appended, Ok(Appended::Committed(_))),
+        "{appended:?}"
+    );
+    app.restart().await;
+
+    let row = settled(&app, "acme", "old1").await;
+    assert_eq!(
+        (row["reason"].as_str(), row["reason_code"].as_str()),
+        (Some("no API key configured"), Some("no_api_key")),
+        "{row}"
+    );
+    let row = settled(&app, "acme", "old2").await;
+    assert_eq!(
+        (row["reason"].as_str(), row["reason_code"].as_str()),
+        (Some("a text from an older build"), Some("other")),
+        "{row}"
+    );
+
+    let r = app
+        .admin("PUT", "/v1/ai/global", Some(json!({"enabled": true})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    inbound(&app, "acme", JID, "new1", "hello").await;
+    let row = settled(&app, "acme", "new1").await;
+    assert_eq!(
+        (row["reason"].as_str(), row["reason_code"].as_str()),
+        (Some("no API key configured"), Some("no_api_key")),
+        "{row}"
+    );
+    let stored = wagate::store::chats::read_events(&app.app().store, &stream, 0)
+        .await
+        .expect("read");
+    let last = stored.last().map(|e| e.payload.clone()).unwrap_or_default();
+    let last: Value = serde_json::from_str(&last).unwrap_or_default();
+    assert_eq!(
+        last["AiReplySkipped"]["reason"],
+        json!({"code": "no_api_key"}),
+        "{last}"
+    );
+}
+both_stores!(legacy_reasons, legacy_reason_texts_read_back_with_codes);
