@@ -107,6 +107,7 @@ pub fn api() -> (Router<SharedApp>, utoipa::openapi::OpenApi) {
 /// the dashboard).
 pub fn router(app: SharedApp, pages: Router<SharedApp>) -> Router {
     let (routes, openapi) = api();
+    let request_metrics = Arc::new(metrics::HttpMetrics::default());
     let openapi = Arc::new(openapi);
     routes
         .route(
@@ -126,6 +127,11 @@ pub fn router(app: SharedApp, pages: Router<SharedApp>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(
+            request_metrics.clone(),
+            metrics::track,
+        ))
+        .layer(axum::Extension(request_metrics))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request| {

@@ -17,6 +17,7 @@ mod group_commit;
 mod history;
 mod lifecycle;
 mod long_chats;
+mod metrics;
 mod replies;
 mod retention;
 mod security;
