@@ -419,3 +419,60 @@ async fn metrics(
     }
     ([(CONTENT_TYPE, prometheus_text::CONTENT_TYPE)], text).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The read model's cumulative buckets come out unchanged: the encoder's accumulation is
+    /// undone before, so a 0.3 s and a 3 s call count once under 0.5 and twice from 4 up.
+    #[test]
+    fn folded_histogram_keeps_the_cumulative_buckets() {
+        let mut totals = ReplyTotals::default();
+        for ms in [300u64, 3000] {
+            let s = ms as f64 / 1000.0;
+            totals.latency_count += 1;
+            totals.latency_sum_ms += ms;
+            for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
+                if s <= *le {
+                    totals.latency_buckets[i] += 1;
+                }
+            }
+        }
+        #[derive(Debug)]
+        struct One(ReplyTotals);
+        impl Collector for One {
+            fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+                one(&mut e, "lat", "Latency.", FoldedHistogram(&self.0))
+            }
+        }
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(One(totals)));
+        let mut text = String::new();
+        prometheus_text::encode(&mut text, &registry).expect("encodes");
+        let buckets: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("lat_bucket"))
+            .collect();
+        assert_eq!(
+            buckets,
+            [
+                "lat_bucket{le=\"0.05\"} 0",
+                "lat_bucket{le=\"0.1\"} 0",
+                "lat_bucket{le=\"0.25\"} 0",
+                "lat_bucket{le=\"0.5\"} 1",
+                "lat_bucket{le=\"1\"} 1",
+                "lat_bucket{le=\"2\"} 1",
+                "lat_bucket{le=\"4\"} 2",
+                "lat_bucket{le=\"8\"} 2",
+                "lat_bucket{le=\"15\"} 2",
+                "lat_bucket{le=\"30\"} 2",
+                "lat_bucket{le=\"60\"} 2",
+                "lat_bucket{le=\"120\"} 2",
+                "lat_bucket{le=\"+Inf\"} 2",
+            ]
+        );
+        assert!(text.contains("\nlat_sum 3.3\n") && text.contains("\nlat_count 2\n"));
+        assert!(text.starts_with("# HELP lat Latency.\n# TYPE lat histogram\n"));
+    }
+}
