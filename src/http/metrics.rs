@@ -159,7 +159,8 @@ struct Snapshot {
     /// Outbox rows by status and the age of the oldest pending one; `None` when the store failed.
     outbox: Option<([u64; 4], f64)>,
     attempts: [u64; 3],
-    actors: wagate_actors::account::ActorCounts,
+    /// Running actors: accounts, chats, reply workers.
+    actors: [u64; 3],
     store_errors: u64,
     start: Option<(u64, f64)>,
     checkpoint: i64,
@@ -186,8 +187,11 @@ impl Snapshot {
             }
         };
         let actors = match app.gateway() {
-            Ok(g) => g.counts().await,
-            Err(_) => Default::default(),
+            Ok(g) => {
+                let c = g.counts().await;
+                [c.accounts, c.chats, c.reply_workers].map(|n| n as u64)
+            }
+            Err(_) => [0; 3],
         };
         let c = &app.delivery_counters;
         Self {
@@ -357,7 +361,6 @@ impl Collector for Snapshot {
         )?;
 
         // This process.
-        let a = &self.actors;
         family(
             &mut e,
             "wagate_actors",
@@ -365,7 +368,7 @@ impl Collector for Snapshot {
             &by(
                 "kind",
                 ["account", "chat", "reply_worker"],
-                [a.accounts, a.chats, a.reply_workers].map(ConstGauge::new),
+                self.actors.map(ConstGauge::new),
             ),
         )?;
         one(
