@@ -185,6 +185,7 @@ pub fn api() -> (Router<SharedApp>, utoipa::openapi::OpenApi) {
 /// the dashboard).
 pub fn router(app: SharedApp, pages: Router<SharedApp>) -> Router {
     let (routes, openapi) = api();
+    let request_metrics = Arc::new(metrics::HttpMetrics::default());
     let openapi = Arc::new(openapi);
     routes
         .route(
@@ -208,6 +209,11 @@ pub fn router(app: SharedApp, pages: Router<SharedApp>) -> Router {
             app.config.http.body_read_timeout,
             body_read_deadline,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            request_metrics.clone(),
+            metrics::track,
+        ))
+        .layer(axum::Extension(request_metrics))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request| {

@@ -21,6 +21,7 @@ mod lifecycle;
 mod login_abuse;
 mod logout;
 mod long_chats;
+mod metrics;
 mod replies;
 mod retention;
 mod security;
