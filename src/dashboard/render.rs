@@ -9,7 +9,6 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use maud::{html, Markup, DOCTYPE};
 
-use super::session::{Session, CSRF_FIELD};
 use crate::http::error::ApiError;
 
 /// Sections of the navigation bar.
@@ -38,8 +37,18 @@ const NAV: [(Section, &str, &str); 6] = [
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                    form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'";
 
+/// The hidden form field every POST must carry (checked by `session`).
+pub const CSRF_FIELD: &str = "csrf";
+
+/// Who a page is shown to: the signed-in admin's name and the CSRF token its forms carry
+/// (`session::Session` is one). Pages need only these two, not the session itself.
+pub trait Viewer {
+    fn name(&self) -> &str;
+    fn csrf_token(&self) -> &str;
+}
+
 /// A whole page.
-pub fn page(title: &str, session: Option<&Session>, active: Section, body: Markup) -> Markup {
+pub fn page(title: &str, session: Option<&dyn Viewer>, active: Section, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -66,7 +75,7 @@ pub fn page(title: &str, session: Option<&Session>, active: Section, body: Marku
                         }
                         form.logout method="post" action="/logout" {
                             (csrf(s))
-                            button.link type="submit" { "Log out " span.muted { "(" (s.sub) ")" } }
+                            button.link type="submit" { "Log out " span.muted { "(" (s.name()) ")" } }
                         }
                     }
                 }
@@ -80,8 +89,8 @@ pub fn page(title: &str, session: Option<&Session>, active: Section, body: Marku
 }
 
 /// The hidden CSRF field of a form.
-pub fn csrf(session: &Session) -> Markup {
-    html! { input type="hidden" name=(CSRF_FIELD) value=(session.csrf); }
+pub fn csrf(session: &dyn Viewer) -> Markup {
+    html! { input type="hidden" name=(CSRF_FIELD) value=(session.csrf_token()); }
 }
 
 /// An HTML response with the dashboard's security headers; never cached (pages show secrets'
@@ -198,9 +207,9 @@ impl FormState {
     }
 
     /// The values of a posted form, to show again.
-    pub fn from_fields(fields: &super::session::Fields) -> Self {
+    pub fn from_fields(fields: impl AsRef<[(String, String)]>) -> Self {
         let mut s = Self::default();
-        for (k, v) in &fields.0 {
+        for (k, v) in fields.as_ref() {
             if k != CSRF_FIELD && k != "api_key" && k != "password" {
                 s.values.insert(k.clone(), v.clone());
             }

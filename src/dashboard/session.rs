@@ -28,8 +28,7 @@ use crate::http::extract::{request_id, verify_admin_token, Caller, Principal};
 pub const SESSION_COOKIE: &str = "wagate_session";
 /// The login form's double-submit CSRF cookie.
 pub const LOGIN_COOKIE: &str = "wagate_login";
-/// The hidden form field every POST must carry.
-pub const CSRF_FIELD: &str = "csrf";
+pub use super::render::CSRF_FIELD;
 
 /// A logged-in admin.
 #[derive(Debug, Clone)]
@@ -43,6 +42,16 @@ pub struct Session {
     /// The CSRF token of this session, for the hidden field of every form.
     pub csrf: String,
     pub request_id: Option<String>,
+}
+
+impl render::Viewer for Session {
+    fn name(&self) -> &str {
+        &self.sub
+    }
+
+    fn csrf_token(&self) -> &str {
+        &self.csrf
+    }
 }
 
 impl Session {
@@ -212,6 +221,12 @@ pub fn same_origin(headers: &HeaderMap) -> bool {
 /// The fields of a posted form, in order.
 #[derive(Debug, Clone, Default)]
 pub struct Fields(pub Vec<(String, String)>);
+
+impl AsRef<[(String, String)]> for Fields {
+    fn as_ref(&self) -> &[(String, String)] {
+        &self.0
+    }
+}
 
 impl Fields {
     /// A field's value (the last one when repeated), `None` when absent.
