@@ -310,27 +310,22 @@ async fn every_post_needs_the_csrf_token() {
     v.login().await;
     let csrf = v.get("/ai").await.csrf();
     let head = app.head().await;
-    let posts: [(&str, &[(&str, &str)]); 7] = [
-        ("/ai", &[("enabled", "true")]),
-        ("/ai/clear-key", &[]),
-        ("/accounts", &[("id", "evil"), ("transport", "sandbox")]),
-        ("/accounts/acme/tokens", &[("name", "x")]),
-        (
-            "/accounts/acme/chats/491701234567%40s.whatsapp.net/settings",
-            &[("mode", "disabled")],
-        ),
-        (
-            "/accounts/acme/chats/491701234567%40s.whatsapp.net/resume",
-            &[],
-        ),
-        ("/test", &[("message", "hi")]),
-    ];
-    for (path, form) in posts {
-        let r = v.post(path, form).await;
+    // Every POST route of the dashboard, read from its router, so a new one cannot miss the check
+    // (the login form has its own double-submit check, below).
+    let routes = dashboard_post_routes();
+    assert!(routes.len() >= 16, "{routes:?}");
+    for template in routes.iter().filter(|r| r.as_str() != "/login") {
+        let path = template
+            .replace("{acc}", "acme")
+            .replace("{jid}", "491701234567%40s.whatsapp.net")
+            .replace("{id}", "0190b8a0-0000-7000-8000-000000000000")
+            .replace("{delivery}", "1");
+        let form: &[(&str, &str)] = &[("enabled", "true"), ("text", "hi"), ("name", "x")];
+        let r = v.post(&path, form).await;
         assert_eq!(r.status, 403, "{path} without a token: {}", r.body);
         let mut with_wrong: Vec<(&str, &str)> = form.to_vec();
         with_wrong.push(("csrf", "00"));
-        assert_eq!(v.post(path, &with_wrong).await.status, 403, "{path}");
+        assert_eq!(v.post(&path, &with_wrong).await.status, 403, "{path}");
     }
     // The right token from another origin is refused too.
     let r = v
@@ -345,16 +340,18 @@ async fn every_post_needs_the_csrf_token() {
     // The token of one session does not work in another.
     let mut other = Visitor::new(&app);
     other.login().await;
-    // Tokens issued in the same second are identical JWTs; only a different session differs.
-    if other.cookies.get("wagate_session") != v.cookies.get("wagate_session") {
-        assert_eq!(
-            other
-                .post("/ai", &[("csrf", &csrf), ("enabled", "true")])
-                .await
-                .status,
-            403
-        );
-    }
+    // Two logins are two sessions (each JWT has its own `jti`), even within one second.
+    assert_ne!(
+        other.cookies.get("wagate_session"),
+        v.cookies.get("wagate_session")
+    );
+    assert_eq!(
+        other
+            .post("/ai", &[("csrf", &csrf), ("enabled", "true")])
+            .await
+            .status,
+        403
+    );
     // The login form needs its double-submit cookie.
     let mut anon = Visitor::new(&app);
     let r = anon
@@ -382,6 +379,22 @@ async fn every_post_needs_the_csrf_token() {
         "admin:admin",
         "dashboard events name the admin"
     );
+}
+
+/// The paths of the dashboard's POST routes, as `src/dashboard/mod.rs` declares them.
+fn dashboard_post_routes() -> Vec<String> {
+    let source = include_str!("../../src/dashboard/mod.rs");
+    source
+        .split(".route(")
+        .skip(1)
+        .filter(|route| {
+            route
+                .split(".route(")
+                .next()
+                .is_some_and(|r| r.contains("post("))
+        })
+        .filter_map(|route| Some(route.split('"').nth(1)?.to_string()))
+        .collect()
 }
 
 async fn form_errors_keep_values(app: TestApp) {
