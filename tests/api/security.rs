@@ -13,6 +13,8 @@ use crate::helpers::{master_key, Backend, Binary, TestApp};
 
 const CANARY: &str = "sk-canary-7f3a9c1e5b2d4068-do-not-leak";
 const CANARY2: &str = "sk-canary-account-55aa11ee99-do-not-leak";
+/// Sent to a model stub that answers 401 quoting it, as OpenAI's "Incorrect API key" does.
+const CANARY3: &str = "sk-canary-model-call-0c0ffee123-do-not-leak";
 
 /// Everything the events table holds, as text, whatever the backend.
 async fn dump_events(vars: &HashMap<String, String>, dir: &std::path::Path) -> String {
@@ -47,9 +49,19 @@ async fn dump_events(vars: &HashMap<String, String>, dir: &std::path::Path) -> S
 
 async fn canary_never_leaks(backend: Backend) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let Some(vars) = TestApp::vars(backend, &dir).await else {
+    let Some(mut vars) = TestApp::vars(backend, &dir).await else {
         return;
     };
+    // A model server on loopback that refuses the key and quotes it back in its error body.
+    let model = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(wiremock::ResponseTemplate::new(401).set_body_json(json!({
+            "error": {"message": format!("Incorrect API key provided: {CANARY3}"),
+                      "type": "invalid_request_error", "code": "invalid_api_key"}
+        })))
+        .mount(&model)
+        .await;
+    vars.insert("WAGATE_ALLOW_PRIVATE_NETWORKS".into(), "127.0.0.0/8".into());
     let bin = Binary::start(&vars, "trace").await;
     let base = bin.base.clone();
     let client = reqwest::Client::new();
@@ -100,14 +112,106 @@ async fn canary_never_leaks(backend: Backend) {
             "/v1/accounts/acme/chats/1@s.whatsapp.net/ai/effective",
             None,
         ),
-        call(reqwest::Method::GET, "/v1/events", None),
-        call(reqwest::Method::GET, "/openapi.json", None),
+        call(
+            reqwest::Method::POST,
+            "/v1/accounts",
+            Some(json!({"id":"beta","transport":"sandbox"})),
+        ),
+        call(
+            reqwest::Method::PUT,
+            "/v1/accounts/beta/ai",
+            Some(
+                json!({"api_key": CANARY3, "base_url": format!("{}/v1", model.uri()),
+                        "reply_delay_seconds": 0}),
+            ),
+        ),
+        // A real reply: the model call carries the key, the model quotes it back.
+        call(
+            reqwest::Method::POST,
+            "/v1/accounts/beta/sandbox/inbound",
+            Some(
+                json!({"chat_id": "491701234567@s.whatsapp.net", "from": "491701234567",
+                        "text": "hello"}),
+            ),
+        ),
     ];
     for r in reqs {
         let resp = r.send().await.expect("send");
         bodies.push_str(&format!("{:?}\n", resp.headers()));
         bodies.push_str(&resp.text().await.expect("text"));
     }
+    // The reply fails on the model's 401; wait for its row.
+    let mut failed = false;
+    for _ in 0..100 {
+        let logs = call(reqwest::Method::GET, "/v1/ai/logs?account_id=beta", None)
+            .send()
+            .await
+            .expect("logs")
+            .text()
+            .await
+            .expect("text");
+        if logs.contains("\"failed\"") {
+            failed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(failed, "the reply to beta failed on the model's 401");
+    let sent_key = model
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .any(|r| {
+            r.headers
+                .get("authorization")
+                .is_some_and(|v| v.to_str().is_ok_and(|v| v.ends_with(CANARY3)))
+        });
+    assert!(sent_key, "the model call carried the key");
+    // Every read after the calls: the API, /metrics, and the dashboard's pages (the session
+    // cookie is the admin JWT).
+    let mut reads: Vec<reqwest::RequestBuilder> = [
+        "/v1/ai/logs",
+        "/v1/ai/logs?account_id=beta",
+        "/v1/accounts/beta/chats/491701234567@s.whatsapp.net/messages",
+        "/v1/accounts/beta/chats/491701234567@s.whatsapp.net/ai/effective",
+        "/v1/events",
+        "/openapi.json",
+    ]
+    .iter()
+    .map(|p| call(reqwest::Method::GET, p, None))
+    .collect();
+    reads.push(client.get(format!("{base}/metrics")));
+    for page in [
+        "/ai",
+        "/accounts",
+        "/accounts/acme",
+        "/accounts/beta",
+        "/accounts/beta/chats/491701234567%40s.whatsapp.net",
+        "/logs",
+        "/audit",
+        "/test",
+    ] {
+        reads.push(
+            client
+                .get(format!("{base}{page}"))
+                .header("cookie", format!("wagate_session={token}")),
+        );
+    }
+    let mut pages_read = 0;
+    for r in reads {
+        let resp = r.send().await.expect("send");
+        if resp.status() == 200 {
+            pages_read += 1;
+        }
+        bodies.push_str(&format!("{:?}\n", resp.headers()));
+        bodies.push_str(&resp.text().await.expect("text"));
+    }
+    assert_eq!(pages_read, 15, "every read answered 200");
+    assert!(
+        bodies.contains("wagate_replies_total") || bodies.contains("# TYPE"),
+        "metrics read"
+    );
     let (out, logs) = bin.finish().await;
     assert!(
         logs.contains("TRACE") || logs.contains("DEBUG"),
@@ -115,7 +219,7 @@ async fn canary_never_leaks(backend: Backend) {
     );
     let stored = dump_events(&vars, dir.path()).await;
     assert!(stored.contains("AiApiKeySet"), "keys were stored: {stored}");
-    for canary in [CANARY, CANARY2, "canary"] {
+    for canary in [CANARY, CANARY2, CANARY3, "canary"] {
         assert!(!bodies.contains(canary), "{canary} in a response");
         assert!(!logs.contains(canary), "{canary} in the logs");
         assert!(!out.contains(canary), "{canary} on stdout");
