@@ -116,6 +116,10 @@ pub struct Effective {
     pub reason: Option<String>,
     /// The stable code of `reason`.
     pub reason_code: Option<ReasonCode>,
+    /// Spend limits an account or chat layer set above what it inherits while the key in effect
+    /// is not the account's own: the inherited limit applies (ADR 0022).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub spend_ceilings: Vec<SpendCeiling>,
     /// `reason` with its details, for the reply pipeline.
     #[serde(skip)]
     pub why_not: Option<ReplyReason>,
@@ -125,6 +129,48 @@ pub struct Effective {
     pub key: Option<KeySource>,
     #[serde(skip)]
     pub fallback_key: Option<FallbackKey>,
+}
+
+/// A spend limit that was capped: the account (or chat) asked for `requested`, the layer above
+/// it allows `ceiling`, and the key is not the account's own (ADR 0022).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SpendCeiling {
+    pub field: &'static str,
+    pub requested: u64,
+    pub requested_source: Source,
+    pub ceiling: u64,
+    pub ceiling_source: Source,
+}
+
+/// `chosen`, unless an account or chat layer set it above `inherited` (what the global, env and
+/// default layers give) while the key in effect is not the account's own: then `inherited`, and
+/// the cap is recorded. With `zero_is_unlimited`, 0 means "no limit" (the largest value).
+fn capped<T: Copy + Into<u64>>(
+    chosen: Sourced<T>,
+    inherited: Sourced<T>,
+    own_key: bool,
+    zero_is_unlimited: bool,
+    field: &'static str,
+    caps: &mut Vec<SpendCeiling>,
+) -> Sourced<T> {
+    if own_key || !matches!(chosen.source, Source::Account | Source::Chat) {
+        return chosen;
+    }
+    let limit = |v: T| match v.into() {
+        0 if zero_is_unlimited => u64::MAX,
+        v => v,
+    };
+    if limit(chosen.value) <= limit(inherited.value) {
+        return chosen;
+    }
+    caps.push(SpendCeiling {
+        field,
+        requested: chosen.value.into(),
+        requested_source: chosen.source,
+        ceiling: inherited.value.into(),
+        ceiling_source: inherited.source,
+    });
+    inherited
 }
 
 fn pick<T: Clone>(layers: [(Option<&T>, Source); 4], default: T) -> Sourced<T> {
@@ -152,6 +198,29 @@ pub fn resolve(
     chat_kind: ChatKind,
 ) -> Option<Effective> {
     resolve_at(model, env, account_id, jid, chat_kind, Utc::now())
+}
+
+/// An account's effective daily token budget (0 = none), with its ceiling applied as for any of
+/// its chats (no chat layer sets it), or `None` when the account does not exist.
+pub fn account_daily_token_budget(
+    model: &ConfigModel,
+    env: &EnvLayer,
+    account_id: &str,
+) -> Option<Sourced<u64>> {
+    let acc = model.account(account_id)?;
+    let eff = resolve_layers(
+        &wagate_events::chat_settings::ChatSettings::default(),
+        Some(&acc.ai),
+        &model.global,
+        env,
+        Target {
+            account_id,
+            jid: "",
+            chat_kind: ChatKind::Private,
+            position: model.position,
+        },
+    );
+    Some(eff.daily_token_budget)
 }
 
 /// [`resolve`] at time `now` (a human-takeover pause counts while `now` is before its end).
@@ -381,6 +450,54 @@ pub fn resolve_layers(
         ),
     };
 
+    // Spend limits protect whoever pays for the key: an account (or chat) may lower them, and
+    // raise them only with its own key (ADR 0022; issue 21, finding 2).
+    let own_key = matches!(key, Some(KeySource::Account(_)));
+    macro_rules! inherited {
+        ($f:ident, $default:expr) => {
+            pick(
+                [
+                    (None, Source::Chat),
+                    (None, Source::Account),
+                    (g.$f.as_ref(), Source::Global),
+                    (e.$f.as_ref(), Source::Env),
+                ],
+                $default,
+            )
+        };
+    }
+    let mut spend_ceilings = Vec::new();
+    let max_tokens = capped(
+        field!(max_tokens, defaults::MAX_TOKENS),
+        inherited!(max_tokens, defaults::MAX_TOKENS),
+        own_key,
+        false,
+        "max_tokens",
+        &mut spend_ceilings,
+    );
+    let max_replies_per_chat_per_hour = capped(
+        chat_field!(
+            max_replies_per_chat_per_hour,
+            defaults::MAX_REPLIES_PER_CHAT_PER_HOUR
+        ),
+        inherited!(
+            max_replies_per_chat_per_hour,
+            defaults::MAX_REPLIES_PER_CHAT_PER_HOUR
+        ),
+        own_key,
+        true,
+        "max_replies_per_chat_per_hour",
+        &mut spend_ceilings,
+    );
+    let daily_token_budget = capped(
+        field!(daily_token_budget, defaults::DAILY_TOKEN_BUDGET),
+        inherited!(daily_token_budget, defaults::DAILY_TOKEN_BUDGET),
+        own_key,
+        true,
+        "daily_token_budget",
+        &mut spend_ceilings,
+    );
+
     let kind_flag = match chat_kind {
         ChatKind::Private => Some(&reply_to_private),
         ChatKind::Group => Some(&reply_to_groups),
@@ -418,7 +535,7 @@ pub fn resolve_layers(
         model_name: field!(model_name, defaults::MODEL_NAME.to_string()),
         system_prompt,
         temperature: field!(temperature, defaults::TEMPERATURE),
-        max_tokens: field!(max_tokens, defaults::MAX_TOKENS),
+        max_tokens,
         timeout_seconds: field!(timeout_seconds, defaults::TIMEOUT_SECONDS),
         reply_delay_seconds: field!(reply_delay_seconds, defaults::REPLY_DELAY_SECONDS),
         reply_to_private,
@@ -430,11 +547,8 @@ pub fn resolve_layers(
             defaults::HUMAN_TAKEOVER_MINUTES
         ),
         debounce_seconds: chat_field!(debounce_seconds, defaults::DEBOUNCE_SECONDS),
-        max_replies_per_chat_per_hour: chat_field!(
-            max_replies_per_chat_per_hour,
-            defaults::MAX_REPLIES_PER_CHAT_PER_HOUR
-        ),
-        daily_token_budget: field!(daily_token_budget, defaults::DAILY_TOKEN_BUDGET),
+        max_replies_per_chat_per_hour,
+        daily_token_budget,
         max_history_tokens: chat_field!(max_history_tokens, defaults::MAX_HISTORY_TOKENS),
         history_window_hours: chat_field!(history_window_hours, defaults::HISTORY_WINDOW_HOURS),
         max_retries: chat_field!(max_retries, defaults::MAX_RETRIES),
@@ -448,6 +562,7 @@ pub fn resolve_layers(
         will_reply: why_not.is_none(),
         reason: why_not.as_ref().map(ReplyReason::text),
         reason_code: why_not.as_ref().map(ReplyReason::kind),
+        spend_ceilings,
         why_not,
         position,
         key,
@@ -638,6 +753,63 @@ mod tests {
         assert!(!e.will_reply);
         assert!(e.key.is_none());
         assert!(e.reason.unwrap().contains("https://api.openai.com"));
+    }
+
+    /// Issue 21, finding 2 (ADR 0022): on the admin's key, an account can lower the spend limits
+    /// but not raise them; with its own key it can.
+    #[test]
+    fn spend_limits_are_ceilings_on_anothers_key() {
+        let mut h = History::new();
+        h.push("ai_global", "global", json!({"AiSettingsChanged":{"set":{"enabled":true,"base_url":"https://api.openai.com/v1","max_tokens":500,"daily_token_budget":1000,"max_replies_per_chat_per_hour":5},"cleared":[]}}));
+        h.push(
+            "ai_global",
+            "global",
+            json!({"AiApiKeySet":{"key":{"sealed":"CT","origin":"https://api.openai.com"}}}),
+        );
+        h.push("account", "acme", json!({"AiSettingsChanged":{"set":{"max_tokens":32768,"daily_token_budget":0,"max_replies_per_chat_per_hour":3},"cleared":[]}}));
+        let e = h.eff(&EnvLayer::default());
+        assert_eq!(
+            (e.max_tokens.value, e.max_tokens.source),
+            (500, Source::Global)
+        );
+        // 0 is "no budget": above any budget.
+        assert_eq!(
+            (e.daily_token_budget.value, e.daily_token_budget.source),
+            (1000, Source::Global)
+        );
+        // Lowering is always allowed.
+        assert_eq!(
+            (
+                e.max_replies_per_chat_per_hour.value,
+                e.max_replies_per_chat_per_hour.source
+            ),
+            (3, Source::Account)
+        );
+        let fields: Vec<_> = e.spend_ceilings.iter().map(|c| c.field).collect();
+        assert_eq!(fields, ["max_tokens", "daily_token_budget"]);
+        assert_eq!(
+            e.spend_ceilings[0],
+            SpendCeiling {
+                field: "max_tokens",
+                requested: 32768,
+                requested_source: Source::Account,
+                ceiling: 500,
+                ceiling_source: Source::Global,
+            }
+        );
+        // With its own key, the account's limits apply as set.
+        h.push(
+            "account",
+            "acme",
+            json!({"AiApiKeySet":{"key":{"sealed":"CT2","origin":"https://api.openai.com"}}}),
+        );
+        let e = h.eff(&EnvLayer::default());
+        assert_eq!(
+            (e.max_tokens.value, e.max_tokens.source),
+            (32768, Source::Account)
+        );
+        assert_eq!(e.daily_token_budget.value, 0);
+        assert!(e.spend_ceilings.is_empty());
     }
 
     #[test]

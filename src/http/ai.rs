@@ -674,17 +674,11 @@ async fn get_account_usage(
     ApiPath(acc): ApiPath<String>,
 ) -> Result<Json<AccountUsage>, ApiError> {
     caller.require_account(&acc)?;
-    let budget = {
-        let m = app.model();
-        let a = m
-            .account(&acc)
-            .ok_or_else(|| ApiError::not_found("account not found"))?;
-        a.ai.settings
-            .daily_token_budget
-            .or(m.global.settings.daily_token_budget)
-            .or(app.env_layer.settings.daily_token_budget)
-            .unwrap_or(defaults::DAILY_TOKEN_BUDGET)
-    };
+    // As the replies count it: an account's budget above the admin's, on the admin's key, is
+    // capped (ADR 0022).
+    let budget = effective::account_daily_token_budget(&app.model(), &app.env_layer, &acc)
+        .ok_or_else(|| ApiError::not_found("account not found"))?
+        .value;
     let day = Utc::now().date_naive();
     let tokens_used = app.messages().tokens_on(&acc, day);
     Ok(Json(AccountUsage {

@@ -305,3 +305,101 @@ async fn key_follows_its_host(app: TestApp) {
     );
 }
 both_stores!(key_follows_host, key_follows_its_host);
+
+/// Issue 21, finding 2 (ADR 0022): an account token cannot lift the admin's spend limits while
+/// the account spends the admin's key; the effective config names the ceiling that applied.
+async fn account_token_cannot_lift_the_admins_spend_limits(app: TestApp) {
+    app.create_account("acme").await;
+    let r = app
+        .admin(
+            "PUT",
+            "/v1/ai/global",
+            Some(
+                json!({"enabled": true, "api_key": "sk-admin", "max_tokens": 500,
+                        "daily_token_budget": 1000, "max_replies_per_chat_per_hour": 5}),
+            ),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let token = app
+        .admin(
+            "POST",
+            "/v1/accounts/acme/tokens",
+            Some(json!({"name": "tenant"})),
+        )
+        .await
+        .json["token"]
+        .as_str()
+        .expect("a token")
+        .to_string();
+    let lift = json!({"max_tokens": 32768, "daily_token_budget": 0,
+                      "max_replies_per_chat_per_hour": 1000});
+    let r = app
+        .call("PUT", "/v1/accounts/acme/ai", Some(&token), Some(lift))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let eff = app
+        .call(
+            "GET",
+            "/v1/accounts/acme/chats/491701234567@s.whatsapp.net/ai/effective",
+            Some(&token),
+            None,
+        )
+        .await
+        .json;
+    assert_eq!(eff["max_tokens"], json!({"value": 500, "source": "global"}));
+    assert_eq!(
+        eff["daily_token_budget"],
+        json!({"value": 1000, "source": "global"})
+    );
+    assert_eq!(
+        eff["max_replies_per_chat_per_hour"],
+        json!({"value": 5, "source": "global"})
+    );
+    let capped: Vec<&str> = eff["spend_ceilings"]
+        .as_array()
+        .expect("the ceilings that applied")
+        .iter()
+        .filter_map(|c| c["field"].as_str())
+        .collect();
+    assert_eq!(
+        capped,
+        [
+            "max_tokens",
+            "max_replies_per_chat_per_hour",
+            "daily_token_budget"
+        ]
+    );
+    let usage = app
+        .call("GET", "/v1/accounts/acme/ai/usage", Some(&token), None)
+        .await
+        .json;
+    assert_eq!(usage["daily_token_budget"], 1000, "{usage}");
+    // With its own key the account pays, and its limits apply as set.
+    let r = app
+        .call(
+            "PUT",
+            "/v1/accounts/acme/ai",
+            Some(&token),
+            Some(json!({"api_key": "sk-tenant"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let eff = app
+        .admin(
+            "GET",
+            "/v1/accounts/acme/chats/491701234567@s.whatsapp.net/ai/effective",
+            None,
+        )
+        .await
+        .json;
+    assert_eq!(
+        eff["max_tokens"],
+        json!({"value": 32768, "source": "account"})
+    );
+    assert!(eff.get("spend_ceilings").is_none(), "{eff}");
+}
+both_stores!(
+    spend_ceilings,
+    account_token_cannot_lift_the_admins_spend_limits
+);
