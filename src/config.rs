@@ -127,6 +127,10 @@ pub struct Config {
     /// Argon2id PHC string.
     pub admin_password_hash: String,
     pub allow_private_networks: Vec<ipnet::IpNet>,
+    /// Whether account tokens may point an account's model URLs into
+    /// `allow_private_networks` (`WAGATE_ALLOW_PRIVATE_NETWORKS_FOR_ACCOUNTS`, default false:
+    /// private targets are the admin's).
+    pub allow_private_networks_for_accounts: bool,
     pub ai_env: EnvAiLayer,
     /// The embedded SQLite store: secrets may be generated.
     pub dev_mode: bool,
@@ -704,6 +708,19 @@ impl Config {
         let admin_password_hash =
             Self::admin_password(&vars, dev_mode, tolerated, &data_dir, &mut first)?;
         let allow_private_networks = parse_networks(&vars)?;
+        let allow_private_networks_for_accounts = match vars
+            .get("WAGATE_ALLOW_PRIVATE_NETWORKS_FOR_ACCOUNTS")
+            .map(str::trim)
+        {
+            None | Some("") | Some("false") | Some("0") => false,
+            Some("true") | Some("1") => true,
+            Some(_) => {
+                return Err(invalid(
+                    "WAGATE_ALLOW_PRIVATE_NETWORKS_FOR_ACCOUNTS",
+                    "must be true or false",
+                ))
+            }
+        };
 
         let base_url = match vars.get("WAGATE_AI_BASE_URL") {
             Some(u) => Some(check_base_url("WAGATE_AI_BASE_URL", u)?),
@@ -803,6 +820,7 @@ impl Config {
                 admin_username,
                 admin_password_hash,
                 allow_private_networks,
+                allow_private_networks_for_accounts,
                 ai_env,
                 dev_mode,
                 log_format,

@@ -340,12 +340,56 @@ async fn put_global(
     Ok(Json(AiSettingsView::of(&m.global, m.global_updated_at)))
 }
 
+/// Model URLs are checked when saved, not only when called (issue 21, finding 3): one that can
+/// never be reached — a metadata, link-local or other never-allowed address, loopback or a
+/// private network outside `WAGATE_ALLOW_PRIVATE_NETWORKS`, plain http outside it — is refused for
+/// everyone, naming the setting that would allow it. A private target inside the list is the
+/// admin's: an account token gets one message for every non-public target (it learns nothing
+/// about which networks exist or are allowed) unless `WAGATE_ALLOW_PRIVATE_NETWORKS_FOR_ACCOUNTS`.
+/// A name that does not resolve now is accepted; every call checks the addresses again.
+async fn check_model_urls(
+    app: &SharedApp,
+    who: &Who,
+    req: &AiSettingsRequest,
+) -> Result<(), ApiError> {
+    let tenant = who.actor.starts_with("token:");
+    let allowed = if tenant && !app.config.allow_private_networks_for_accounts {
+        Vec::new()
+    } else {
+        app.config.allow_private_networks.clone()
+    };
+    let guard = crate::model::guard::OutboundGuard::new(allowed);
+    for (field, patch) in [
+        ("base_url", &req.base_url),
+        ("fallback_base_url", &req.fallback_base_url),
+    ] {
+        let Patch::Set(raw) = patch else { continue };
+        // A malformed URL is refused by the settings' own validation, with its message.
+        let Ok(url) = url::Url::parse(raw.trim()) else {
+            continue;
+        };
+        match guard.check_url(&url).await {
+            Ok(()) => {}
+            Err(e) if !e.is_policy() => {}
+            Err(_) if tenant => {
+                return Err(ApiError::invalid(
+                    field,
+                    "must be a public https URL (private model servers are set by an admin)",
+                ))
+            }
+            Err(e) => return Err(ApiError::invalid(field, e.to_string())),
+        }
+    }
+    Ok(())
+}
+
 /// Applies a change to the global layer (shared by the API and the dashboard).
 pub async fn change_global(
     app: &SharedApp,
     who: &Who,
     req: AiSettingsRequest,
 ) -> Result<(), ApiError> {
+    check_model_urls(app, who, &req).await?;
     let current = app.model().global.settings.clone();
     let patch = to_patch(
         app,
@@ -406,6 +450,7 @@ pub async fn change_account_ai(
     acc: &str,
     req: AiSettingsRequest,
 ) -> Result<(), ApiError> {
+    check_model_urls(app, who, &req).await?;
     let (current, fallback) = {
         let m = app.model();
         let a = m

@@ -680,7 +680,8 @@ async fn test_routes(app: TestApp) {
 }
 both_stores!(ai_test_routes, test_routes);
 
-/// Checklist item 9: without WAGATE_ALLOW_PRIVATE_NETWORKS the loopback stub is refused.
+/// Checklist item 9: without WAGATE_ALLOW_PRIVATE_NETWORKS a loopback model URL is refused when
+/// saved (the call-time refusal is `tests/model_client.rs` `guard_without_allow_list_*`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loopback_model_refused_without_allow_list() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -695,19 +696,112 @@ async fn loopback_model_refused_without_allow_list() {
         .expect(0)
         .mount(&stub)
         .await;
-    configure(&app, &stub, json!({})).await;
-    app.create_account("acme").await;
-    inbound(&app, "acme", JID, "ssrf-1", "hello").await;
-    let row = settled(&app, "acme", "ssrf-1").await;
-    assert_eq!(row["status"], "failed");
+    let head = app.head().await;
+    // Refused when saved (issue 21, finding 3), naming the setting that would allow it.
+    for url in [
+        format!("{}/v1", stub.uri()),
+        "http://169.254.169.254/v1".to_string(),
+    ] {
+        let r = app
+            .admin(
+                "PUT",
+                "/v1/ai/global",
+                Some(json!({"enabled": true, "base_url": url, "api_key": "sk-test-key"})),
+            )
+            .await;
+        assert_eq!(r.status, 400, "{url}: {}", r.text);
+        assert_eq!(r.json["error"]["field"], "base_url", "{}", r.text);
+    }
+    let r = app
+        .admin(
+            "PUT",
+            "/v1/ai/global",
+            Some(json!({"base_url": format!("{}/v1", stub.uri())})),
+        )
+        .await;
     assert!(
-        row["reason"]
+        r.json["error"]["message"]
             .as_str()
             .unwrap_or("")
             .contains("WAGATE_ALLOW_PRIVATE_NETWORKS"),
-        "{row}"
+        "{}",
+        r.text
     );
+    assert_eq!(app.head().await, head, "nothing written");
     stub.verify().await;
+}
+
+/// Private model servers are the admin's (issue 21, finding 3): an account token cannot point
+/// its account into the allowed private networks, and learns nothing from trying (an open port,
+/// a closed one and a metadata address get the same answer), unless the operator opts accounts in.
+#[tokio::test]
+async fn private_model_urls_are_the_admins() {
+    for opted_in in [false, true] {
+        let dir = tempfile::tempdir().expect("tmp");
+        let Some(mut vars) = TestApp::vars(crate::helpers::Backend::Sqlite, &dir).await else {
+            return;
+        };
+        vars.insert("WAGATE_ALLOW_PRIVATE_NETWORKS".into(), "127.0.0.0/8".into());
+        if opted_in {
+            vars.insert(
+                "WAGATE_ALLOW_PRIVATE_NETWORKS_FOR_ACCOUNTS".into(),
+                "true".into(),
+            );
+        }
+        let app = TestApp::spawn_with(crate::helpers::Backend::Sqlite, dir, vars).await;
+        let stub = MockServer::start().await;
+        app.create_account("acme").await;
+        let token = app
+            .admin(
+                "POST",
+                "/v1/accounts/acme/tokens",
+                Some(json!({"name": "tenant"})),
+            )
+            .await
+            .json["token"]
+            .as_str()
+            .expect("token")
+            .to_string();
+        let open = format!("{}/v1", stub.uri());
+        let answers: Vec<(u16, String)> = {
+            let mut out = Vec::new();
+            for url in [
+                open.clone(),
+                "http://127.0.0.1:1/v1".to_string(),
+                "http://169.254.169.254/v1".to_string(),
+            ] {
+                let r = app
+                    .call(
+                        "PUT",
+                        "/v1/accounts/acme/ai",
+                        Some(&token),
+                        Some(json!({"base_url": url})),
+                    )
+                    .await;
+                out.push((r.status, r.json["error"]["message"].to_string()));
+            }
+            out
+        };
+        if opted_in {
+            assert_eq!(answers[0].0, 200, "{answers:?}");
+            assert_eq!(answers[1].0, 200, "{answers:?}");
+        } else {
+            assert_eq!(answers[0].0, 400, "{answers:?}");
+            assert_eq!(answers[0], answers[1], "open and closed ports answer alike");
+            assert!(!answers[0].1.contains("WAGATE_"), "{answers:?}");
+        }
+        // Metadata addresses are never allowed, for anyone.
+        assert_eq!(answers[2].0, 400, "{answers:?}");
+        // The admin may point an account at a private server in the list.
+        let r = app
+            .admin(
+                "PUT",
+                "/v1/accounts/acme/ai",
+                Some(json!({"base_url": open})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
 }
 
 /// Replies recorded before reasons had codes hold the text in their events: after a restart folds
