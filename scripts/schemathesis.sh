@@ -130,7 +130,9 @@ if [ -z "$base" ]; then
   exit 1
 fi
 WAGATE_SCHEMATHESIS_TOKEN="$("$WAGATE_BIN" admin-token --ttl 2h)"
-export WAGATE_SCHEMATHESIS_TOKEN
+# POST /v1/auth/logout revokes the token it is sent with: a second session for that route only.
+WAGATE_SCHEMATHESIS_LOGOUT_TOKEN="$("$WAGATE_BIN" admin-token --ttl 2h)"
+export WAGATE_SCHEMATHESIS_TOKEN WAGATE_SCHEMATHESIS_LOGOUT_TOKEN
 # POST /v1/ai/chat/test takes only account tokens: an account and a token of it for that route.
 WAGATE_SCHEMATHESIS_ACCOUNT_TOKEN="$(python3 - "$base" <<'EOF'
 import json, os, sys, urllib.request
