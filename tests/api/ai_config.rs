@@ -321,17 +321,7 @@ async fn account_token_cannot_lift_the_admins_spend_limits(app: TestApp) {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    let token = app
-        .admin(
-            "POST",
-            "/v1/accounts/acme/tokens",
-            Some(json!({"name": "tenant"})),
-        )
-        .await
-        .json["token"]
-        .as_str()
-        .expect("a token")
-        .to_string();
+    let token = app.account_token("acme").await;
     let lift = json!({"max_tokens": 32768, "daily_token_budget": 0,
                       "max_replies_per_chat_per_hour": 1000});
     let r = app

@@ -240,6 +240,19 @@ impl TestApp {
         self.call(method, path, Some(&t), body).await
     }
 
+    /// A new account token of `acc` (created by the admin), the secret shown once.
+    pub async fn account_token(&self, acc: &str) -> String {
+        let r = self
+            .admin(
+                "POST",
+                &format!("/v1/accounts/{acc}/tokens"),
+                Some(serde_json::json!({"name": "tenant"})),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        r.json["token"].as_str().expect("a token").to_string()
+    }
+
     /// Creates a sandbox account.
     pub async fn create_account(&self, id: &str) {
         let r = self

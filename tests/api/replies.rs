@@ -751,17 +751,7 @@ async fn private_model_urls_are_the_admins() {
         let app = TestApp::spawn_with(crate::helpers::Backend::Sqlite, dir, vars).await;
         let stub = MockServer::start().await;
         app.create_account("acme").await;
-        let token = app
-            .admin(
-                "POST",
-                "/v1/accounts/acme/tokens",
-                Some(json!({"name": "tenant"})),
-            )
-            .await
-            .json["token"]
-            .as_str()
-            .expect("token")
-            .to_string();
+        let token = app.account_token("acme").await;
         let open = format!("{}/v1", stub.uri());
         let answers: Vec<(u16, String)> = {
             let mut out = Vec::new();
