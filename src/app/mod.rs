@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use cqrs_es::{Aggregate, AggregateError};
 use secrecy::ExposeSecret;
+use wagate_actors::retry::RetryPolicy;
 use wagate_events::account::Account;
 use wagate_events::ai_global::AiGlobal;
 use wagate_events::chat_settings::ChatSettings;
@@ -425,38 +426,46 @@ impl App {
         A: Aggregate<Services = (), Error = DomainError> + 'static,
         A::Command: Clone,
     {
-        let mut attempt = 0;
-        loop {
-            match framework.execute(id, command.clone(), who.metadata()).await {
-                Ok(()) => break,
-                Err(AggregateError::UserError(e)) => return Err(e.into()),
-                Err(AggregateError::AggregateConflict) if attempt < CONFLICT_RETRIES => {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
-                }
-                Err(AggregateError::AggregateConflict) => {
-                    return Err(AppError::Unavailable(
-                        "the stream kept changing concurrently; retry".into(),
-                    ))
-                }
-                Err(AggregateError::DatabaseConnectionError(e)) => {
-                    self.note_store_error();
-                    return Err(AppError::Unavailable(e.to_string()));
-                }
-                Err(AggregateError::UnexpectedError(e)) => {
-                    // The -es crates report pool timeouts and I/O errors as "unexpected".
-                    let unavailable = e
-                        .downcast_ref::<sqlx::Error>()
-                        .is_some_and(crate::store::is_unavailable);
-                    self.note_store_error();
-                    return Err(if unavailable {
-                        AppError::Unavailable(e.to_string())
-                    } else {
-                        AppError::Internal(e.to_string())
-                    });
-                }
-                Err(e) => return Err(AppError::Internal(e.to_string())),
+        // A write conflict (another writer moved the stream) is decided again on the new state,
+        // with the one retry policy; anything else ends the command.
+        let conflicts = RetryPolicy {
+            max_attempts: CONFLICT_RETRIES + 1,
+            base_delay: Duration::from_millis(5),
+            max_delay: Duration::from_millis(100),
+        };
+        let result = conflicts
+            .run(
+                || framework.execute(id, command.clone(), who.metadata()),
+                |e| matches!(e, AggregateError::AggregateConflict),
+                |_| None,
+                |_, _| {},
+            )
+            .await;
+        match result {
+            Ok(()) => {}
+            Err(AggregateError::UserError(e)) => return Err(e.into()),
+            Err(AggregateError::AggregateConflict) => {
+                return Err(AppError::Unavailable(
+                    "the stream kept changing concurrently; retry".into(),
+                ))
             }
+            Err(AggregateError::DatabaseConnectionError(e)) => {
+                self.note_store_error();
+                return Err(AppError::Unavailable(e.to_string()));
+            }
+            Err(AggregateError::UnexpectedError(e)) => {
+                // The -es crates report pool timeouts and I/O errors as "unexpected".
+                let unavailable = e
+                    .downcast_ref::<sqlx::Error>()
+                    .is_some_and(crate::store::is_unavailable);
+                self.note_store_error();
+                return Err(if unavailable {
+                    AppError::Unavailable(e.to_string())
+                } else {
+                    AppError::Internal(e.to_string())
+                });
+            }
+            Err(e) => return Err(AppError::Internal(e.to_string())),
         }
         self.catch_up().await
     }
