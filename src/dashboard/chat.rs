@@ -23,7 +23,7 @@ use crate::app::cold;
 use crate::app::SharedApp;
 use crate::http::ai::{change_chat, resume_chat};
 use crate::http::error::ApiError;
-use crate::http::messages::send_as_account;
+use crate::service::messages::send_as_account;
 
 /// Messages shown in the thread (the most recent).
 const THREAD_LIMIT: usize = 200;
@@ -345,20 +345,11 @@ pub async fn send(
     if text.trim().is_empty() {
         state.invalid("text", "must not be empty");
     } else {
-        match send_as_account(
-            &app,
-            &session.caller(),
-            &acc,
-            &jid,
-            &text,
-            MsgSource::Operator,
-        )
-        .await
-        {
+        match send_as_account(&app, &session.who(), &acc, &jid, &text, MsgSource::Operator).await {
             Ok(_) => {
                 return render::see_other(&format!("{}?done=sent", render::chat_href(&acc, &jid)))
             }
-            Err(e) => state.api_error(e, &["text"]),
+            Err(e) => state.api_error(e.into(), &["text"]),
         }
     }
     let forms = ChatForms {
@@ -468,7 +459,7 @@ pub async fn inbound(
     pairs.retain(|(k, _)| k != "chat_id");
     pairs.push(("chat_id".into(), jid.clone()));
     let fields = super::session::Fields(pairs);
-    match inject(&app, &session.caller(), &acc, &fields).await {
+    match inject(&app, &session.who(), &acc, &fields).await {
         Ok(_) => render::see_other(&format!("{}?done=injected", render::chat_href(&acc, &jid))),
         Err(state) => {
             let forms = ChatForms {

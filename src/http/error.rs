@@ -9,6 +9,7 @@ use utoipa::ToSchema;
 use wagate_events::DomainError;
 
 use crate::app::AppError;
+use crate::service;
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -145,6 +146,31 @@ impl From<wagate_actors::ActorError> for ApiError {
                 "transport_refused",
                 format!("the transport did not send the message: {}", e.reason),
             ),
+        }
+    }
+}
+
+impl From<service::Error> for ApiError {
+    fn from(e: service::Error) -> Self {
+        use service::Error as E;
+        match e {
+            E::Invalid { field, message } => ApiError::invalid(field, message),
+            E::NotFound(m) => ApiError::not_found(m),
+            E::Conflict { code, message } => ApiError::new(StatusCode::CONFLICT, code, message),
+            E::Forbidden(m) => ApiError::forbidden(m),
+            E::Unauthorized(m) => ApiError::unauthorized(m),
+            E::RateLimited {
+                message,
+                retry_after,
+            } => ApiError {
+                retry_after: Some(retry_after),
+                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+            },
+            E::Unavailable(m) => ApiError::unavailable(m),
+            E::Upstream { code, message } => ApiError::new(StatusCode::BAD_GATEWAY, code, message),
+            E::Internal => ApiError::internal(),
+            E::App(e) => e.into(),
+            E::Actor(e) => e.into(),
         }
     }
 }
