@@ -174,3 +174,119 @@ impl From<service::Error> for ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each service error keeps the status, code, message, field and `Retry-After` the handlers
+    /// answered before the service layer existed.
+    #[test]
+    fn service_errors_keep_their_http_shape() {
+        use service::Error as E;
+        // (error, status, code, field, Retry-After)
+        type Case = (
+            E,
+            StatusCode,
+            &'static str,
+            Option<&'static str>,
+            Option<u64>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                E::invalid("limit", "must be between 1 and 500"),
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+                Some("limit"),
+                None,
+            ),
+            (
+                E::not_found("account not found"),
+                StatusCode::NOT_FOUND,
+                "not_found",
+                None,
+                None,
+            ),
+            (
+                E::Conflict {
+                    code: "no_api_key",
+                    message: "no API key configured".into(),
+                },
+                StatusCode::CONFLICT,
+                "no_api_key",
+                None,
+                None,
+            ),
+            (
+                E::Forbidden("no".into()),
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                None,
+                None,
+            ),
+            (
+                E::Unauthorized("invalid username or password".into()),
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                None,
+                None,
+            ),
+            (
+                E::RateLimited {
+                    message: "too many login attempts; retry later".into(),
+                    retry_after: 12,
+                },
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                None,
+                Some(12),
+            ),
+            (
+                E::Unavailable("cannot record the logout; retry shortly".into()),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                None,
+                Some(1),
+            ),
+            (
+                E::Upstream {
+                    code: "model_error",
+                    message: "model answered 500".into(),
+                },
+                StatusCode::BAD_GATEWAY,
+                "model_error",
+                None,
+                None,
+            ),
+            (
+                E::Internal,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                None,
+                None,
+            ),
+            (
+                E::from(DomainError::Conflict("exists".into())),
+                StatusCode::CONFLICT,
+                "conflict",
+                None,
+                None,
+            ),
+            (
+                E::from(AppError::Unavailable("down".into())),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                None,
+                Some(1),
+            ),
+        ];
+        for (e, status, code, field, retry_after) in cases {
+            let shown = format!("{e:?}");
+            let api = ApiError::from(e);
+            assert_eq!(api.status, status, "{shown}");
+            assert_eq!(api.code, code, "{shown}");
+            assert_eq!(api.field.as_deref(), field, "{shown}");
+            assert_eq!(api.retry_after, retry_after, "{shown}");
+        }
+    }
+}
