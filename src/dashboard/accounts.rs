@@ -15,7 +15,8 @@ use crate::app::{SharedApp, Who};
 use crate::http::ai::change_account_ai;
 use crate::http::error::ApiError;
 use crate::service::accounts::{
-    create, delete, issue_token, revoke_token as revoke, CloudApiInput, CreatedToken, NewAccount,
+    create, delete, issue_token, require_live, revoke_token as revoke, CloudApiInput, CreatedToken,
+    NewAccount,
 };
 use crate::service::messages::{chat_summaries, inject_inbound, InboundMessage};
 use serde::Deserialize;
@@ -407,7 +408,7 @@ pub async fn create_token(
 ) -> Response {
     let Posted { session, fields } = posted;
     let mut forms = AccountForms::default();
-    if app.model().account(&acc).is_none() {
+    if require_live(&app, &acc).is_err() {
         return render::error_page(StatusCode::NOT_FOUND, "No such account.");
     }
     match issue_token(
@@ -474,7 +475,7 @@ pub async fn inbound(
     posted: Posted,
 ) -> Response {
     let Posted { session, fields } = posted;
-    if app.model().account(&acc).is_none() {
+    if require_live(&app, &acc).is_err() {
         return render::error_page(StatusCode::NOT_FOUND, "No such account.");
     }
     match inject(&app, &session.who(), &acc, &fields).await {

@@ -23,6 +23,7 @@ use crate::app::cold;
 use crate::app::SharedApp;
 use crate::http::ai::{change_chat, resume_chat};
 use crate::http::error::ApiError;
+use crate::service::accounts::require_live;
 use crate::service::messages::send_as_account;
 
 /// Messages shown in the thread (the most recent).
@@ -56,7 +57,7 @@ fn check(app: &SharedApp, acc: &str, jid: &str) -> Option<Response> {
     if let Err(e) = chat_kind(jid, "jid") {
         return Some(render::api_error_page(&ApiError::from(e)));
     }
-    if app.model().account(acc).is_none() {
+    if require_live(app, acc).is_err() {
         return Some(render::error_page(
             StatusCode::NOT_FOUND,
             "No such account.",
