@@ -121,7 +121,7 @@ impl JwtSigner {
 
     /// Verifies the signature (HS256 only), `exp` (30 s leeway), `iss`, `aud`, a non-empty `sub`
     /// and a UUID `jti`. Every failure, whatever its cause, is [`AuthError::InvalidToken`]. Whether
-    /// the session was revoked is the caller's second check (`http::extract::verify_admin_token`).
+    /// the session was revoked is the caller's second check (`service::auth::verify_admin_token`).
     pub fn verify(&self, token: &str) -> Result<AdminClaims, AuthError> {
         let data = decode::<AdminClaims>(
             token,

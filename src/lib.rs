@@ -13,7 +13,8 @@
 //! - [`app`]: the running application: read models, command execution, the actors' ports,
 //!   reads past memory, checkpoints and retention tasks;
 //! - [`webhooks`]: fan-out and delivery;
-//! - [`service`]: application functions the front ends share;
+//! - [`service`]: the application functions both front ends call (accounts, messages, webhooks,
+//!   histories, the AI test, admin sessions, key rotation), with their own error type;
 //! - front ends: [`http`], [`dashboard`], [`cli`]; [`startup`] wires them together.
 
 pub mod app;

@@ -11,14 +11,14 @@ use wagate_events::account::Transport;
 use super::ai::{self as layer, Done};
 use super::render::{self, FormState, Section};
 use super::session::{Posted, Session};
-use crate::app::SharedApp;
-use crate::http::accounts::{
-    create, delete, issue_token, CloudApiRequest, CreateAccountRequest, CreatedToken,
-};
+use crate::app::{SharedApp, Who};
 use crate::http::ai::change_account_ai;
 use crate::http::error::ApiError;
-use crate::http::extract::Caller;
-use crate::http::messages::{chat_summaries, inject_inbound, InboundRequest};
+use crate::service::accounts::{
+    create, delete, issue_token, require_live, revoke_token as revoke, CloudApiInput, CreatedToken,
+    NewAccount,
+};
+use crate::service::messages::{chat_summaries, inject_inbound, InboundMessage};
 use serde::Deserialize;
 
 pub async fn list(
@@ -132,7 +132,7 @@ pub async fn create_account(State(app): State<SharedApp>, posted: Posted) -> Res
     let Posted { session, fields } = posted;
     let id = fields.get("id").trim().to_string();
     let transport = fields.get("transport").to_string();
-    let cloud_api = (transport == "cloud_api").then(|| CloudApiRequest {
+    let cloud_api = (transport == "cloud_api").then(|| CloudApiInput {
         phone_number_id: fields.get("cloud_api.phone_number_id").trim().to_string(),
         business_account_id: fields
             .get("cloud_api.business_account_id")
@@ -144,7 +144,7 @@ pub async fn create_account(State(app): State<SharedApp>, posted: Posted) -> Res
         graph_base_url: fields.nonblank("cloud_api.graph_base_url"),
         graph_version: fields.nonblank("cloud_api.graph_version"),
     });
-    let req = CreateAccountRequest {
+    let req = NewAccount {
         id: id.clone(),
         name: fields.nonblank("name"),
         transport,
@@ -154,7 +154,7 @@ pub async fn create_account(State(app): State<SharedApp>, posted: Posted) -> Res
         Ok(_) => render::see_other(&format!("/accounts/{}?done=created", render::enc(&id))),
         Err(e) => {
             let mut state = FormState::from_fields(&fields);
-            state.api_error(e, &CREATE_FIELDS);
+            state.api_error(e.into(), &CREATE_FIELDS);
             render_list(&app, &session, &state, None)
         }
     }
@@ -408,7 +408,7 @@ pub async fn create_token(
 ) -> Response {
     let Posted { session, fields } = posted;
     let mut forms = AccountForms::default();
-    if app.model().account(&acc).is_none() {
+    if require_live(&app, &acc).is_err() {
         return render::error_page(StatusCode::NOT_FOUND, "No such account.");
     }
     match issue_token(
@@ -422,7 +422,7 @@ pub async fn create_token(
         Ok(created) => forms.new_token = Some(created),
         Err(e) => {
             forms.token = FormState::from_fields(&fields);
-            forms.token.api_error(e, &["name"]);
+            forms.token.api_error(e.into(), &["name"]);
         }
     }
     render_account(&app, &session, &acc, forms).await
@@ -433,11 +433,7 @@ pub async fn revoke_token(
     Path((acc, token_id)): Path<(String, String)>,
     posted: Posted,
 ) -> Response {
-    let cmd = wagate_events::account::AccountCommand::RevokeToken { token_id };
-    match app
-        .execute(&app.accounts, &acc, cmd, &posted.session.who())
-        .await
-    {
+    match revoke(&app, &posted.session.who(), &acc, token_id).await {
         Ok(()) => render::see_other(&format!("/accounts/{}?done=revoked", render::enc(&acc))),
         Err(e) => render::api_error_page(&ApiError::from(e)),
     }
@@ -446,7 +442,7 @@ pub async fn revoke_token(
 /// Validates and injects an inbound sandbox message; `Ok` is the message's chat.
 pub async fn inject(
     app: &SharedApp,
-    caller: &Caller,
+    who: &Who,
     acc: &str,
     fields: &super::session::Fields,
 ) -> Result<String, FormState> {
@@ -457,17 +453,17 @@ pub async fn inject(
         state.invalid("text", "must not be empty");
         return Err(state);
     }
-    let req = InboundRequest {
+    let req = InboundMessage {
         chat_id: chat_id.clone(),
         from: fields.get("from").trim().to_string(),
         text,
         id: None,
         from_me: false,
     };
-    match inject_inbound(app, caller, acc, req).await {
+    match inject_inbound(app, who, acc, req).await {
         Ok(_) => Ok(chat_id),
         Err(e) => {
-            state.api_error(e, &["chat_id", "from", "text"]);
+            state.api_error(e.into(), &["chat_id", "from", "text"]);
             Err(state)
         }
     }
@@ -479,10 +475,10 @@ pub async fn inbound(
     posted: Posted,
 ) -> Response {
     let Posted { session, fields } = posted;
-    if app.model().account(&acc).is_none() {
+    if require_live(&app, &acc).is_err() {
         return render::error_page(StatusCode::NOT_FOUND, "No such account.");
     }
-    match inject(&app, &session.caller(), &acc, &fields).await {
+    match inject(&app, &session.who(), &acc, &fields).await {
         Ok(jid) => render::see_other(&format!("{}?done=injected", render::chat_href(&acc, &jid))),
         Err(state) => {
             let forms = AccountForms {
@@ -506,7 +502,7 @@ pub async fn delete_account(
     } else {
         match delete(&app, &session.who(), &acc).await {
             Ok(()) => return render::see_other("/accounts?done=deleted"),
-            Err(e) => state.api_error(e, &["confirm"]),
+            Err(e) => state.api_error(e.into(), &["confirm"]),
         }
     }
     let forms = AccountForms {

@@ -23,7 +23,8 @@ use crate::app::cold;
 use crate::app::SharedApp;
 use crate::http::ai::{change_chat, resume_chat};
 use crate::http::error::ApiError;
-use crate::http::messages::send_as_account;
+use crate::service::accounts::require_live;
+use crate::service::messages::send_as_account;
 
 /// Messages shown in the thread (the most recent).
 const THREAD_LIMIT: usize = 200;
@@ -56,7 +57,7 @@ fn check(app: &SharedApp, acc: &str, jid: &str) -> Option<Response> {
     if let Err(e) = chat_kind(jid, "jid") {
         return Some(render::api_error_page(&ApiError::from(e)));
     }
-    if app.model().account(acc).is_none() {
+    if require_live(app, acc).is_err() {
         return Some(render::error_page(
             StatusCode::NOT_FOUND,
             "No such account.",
@@ -345,20 +346,11 @@ pub async fn send(
     if text.trim().is_empty() {
         state.invalid("text", "must not be empty");
     } else {
-        match send_as_account(
-            &app,
-            &session.caller(),
-            &acc,
-            &jid,
-            &text,
-            MsgSource::Operator,
-        )
-        .await
-        {
+        match send_as_account(&app, &session.who(), &acc, &jid, &text, MsgSource::Operator).await {
             Ok(_) => {
                 return render::see_other(&format!("{}?done=sent", render::chat_href(&acc, &jid)))
             }
-            Err(e) => state.api_error(e, &["text"]),
+            Err(e) => state.api_error(e.into(), &["text"]),
         }
     }
     let forms = ChatForms {
@@ -468,7 +460,7 @@ pub async fn inbound(
     pairs.retain(|(k, _)| k != "chat_id");
     pairs.push(("chat_id".into(), jid.clone()));
     let fields = super::session::Fields(pairs);
-    match inject(&app, &session.caller(), &acc, &fields).await {
+    match inject(&app, &session.who(), &acc, &fields).await {
         Ok(_) => render::see_other(&format!("{}?done=injected", render::chat_href(&acc, &jid))),
         Err(state) => {
             let forms = ChatForms {

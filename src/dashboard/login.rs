@@ -17,7 +17,8 @@ use super::render::{self, FormState, Section};
 use super::session::{self, Posted, Session, LOGIN_COOKIE, SESSION_COOKIE};
 use crate::app::SharedApp;
 use crate::auth;
-use crate::http::login::{authenticate, revoke_session, LOGIN_TOKEN_TTL};
+use crate::http::error::ApiError;
+use crate::service::auth::{authenticate, revoke_session, LOGIN_TOKEN_TTL};
 
 #[derive(Debug, Deserialize)]
 pub struct Next {
@@ -126,6 +127,7 @@ pub async fn submit(
             resp
         }
         Err(e) => {
+            let e = ApiError::from(e);
             let retry_after = e.retry_after;
             state.api_error(e, &[]);
             let mut resp = login_form(&headers, &next, &state);

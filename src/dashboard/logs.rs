@@ -10,15 +10,12 @@ use serde::Deserialize;
 
 use super::render::{self, FormState, Section};
 use super::session::Session;
-use crate::app::{AppError, SharedApp};
+use crate::app::SharedApp;
 use crate::http::error::ApiError;
-use crate::http::events::EventView;
-use crate::store::EventQuery;
+use crate::service::events::{self as history, EventView, LOG_STATUSES as STATUSES};
 
 /// Rows shown on one page.
 const PAGE: usize = 200;
-
-const STATUSES: [&str; 5] = ["pending", "generated", "sent", "failed", "skipped"];
 
 #[derive(Debug, Default, Deserialize)]
 pub struct Filter {
@@ -153,21 +150,11 @@ pub async fn audit(
     let events = if state.failed() {
         Ok(vec![])
     } else {
-        app.store
-            .read(&EventQuery {
-                after,
-                until: None,
-                limit: PAGE as i64,
-                aggregate_types: types,
-                aggregate_id: stream_id.as_deref(),
-                config_history: false,
-                ai_log_history: false,
-            })
-            .await
+        history::read(&app, after, PAGE as i64, types, stream_id.as_deref()).await
     };
     let events: Vec<EventView> = match events {
-        Ok(ev) => ev.into_iter().map(EventView::from).collect(),
-        Err(e) => return render::api_error_page(&ApiError::from(AppError::from(e))),
+        Ok(ev) => ev,
+        Err(e) => return render::api_error_page(&ApiError::from(e)),
     };
     let next = (events.len() == PAGE)
         .then(|| events.last().map(|e| e.position))

@@ -2,8 +2,8 @@
 //! seed's pages: global AI settings at `/ai`, accounts and their overrides at `/accounts/:id`,
 //! the chat page with its gear (per-chat mode, prompt, blocked), the AI chat / test page, the
 //! AI log and the audit history. The pages call the same service functions as the JSON API
-//! (`crate::http::*`), so the rules and the events are the same; events they cause are recorded
-//! as `admin:<username>`. No front-end build: one stylesheet and one tiny script are compiled in.
+//! (`crate::service`, and `http::ai` for the AI settings), so the rules and the events are the
+//! same; events they cause are recorded as `admin:<username>`. No front-end build: one stylesheet and one tiny script are compiled in.
 //! See docs/DASHBOARD.md.
 
 pub mod accounts;

@@ -22,7 +22,9 @@ use super::render;
 use crate::app::{SharedApp, Who};
 use crate::auth;
 use crate::http::error::ApiError;
-use crate::http::extract::{request_id, verify_admin_token, Caller, Principal};
+use crate::http::extract::request_id;
+use crate::service::auth::verify_admin_token;
+use crate::service::Error;
 
 /// The session cookie (an admin JWT).
 pub const SESSION_COOKIE: &str = "wagate_session";
@@ -55,21 +57,12 @@ impl render::Viewer for Session {
 }
 
 impl Session {
-    /// The session as an API caller: the dashboard calls the same service functions as the JSON
-    /// handlers, and its events are recorded as `admin:<username>`.
-    pub fn caller(&self) -> Caller {
-        Caller {
-            principal: Principal::Admin {
-                sub: self.sub.clone(),
-                jti: self.jti,
-                expires_at: self.expires_at,
-            },
+    /// Who acts in the service functions: `admin:<username>`, with the request id.
+    pub fn who(&self) -> Who {
+        Who {
+            actor: format!("admin:{}", self.sub),
             request_id: self.request_id.clone(),
         }
-    }
-
-    pub fn who(&self) -> Who {
-        self.caller().who()
     }
 
     /// The session of a request, if its cookie holds a valid, unexpired admin JWT that no logout
@@ -80,8 +73,8 @@ impl Session {
         };
         let claims = match verify_admin_token(app, token).await {
             Ok(claims) => claims,
-            Err(e) if e.status == StatusCode::UNAUTHORIZED => return Ok(None),
-            Err(e) => return Err(e),
+            Err(Error::Unauthorized(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
         };
         Ok(csrf_for(token).map(|csrf| Session {
             sub: claims.sub,

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::render::{self, FormState, Section};
 use super::session::{Posted, Session};
 use crate::app::SharedApp;
-use crate::http::ai_reply::{run_test, TestReply};
+use crate::service::test_reply::{run_test, TestReply};
 
 #[derive(Debug, Deserialize)]
 pub struct Prefill {
@@ -118,7 +118,7 @@ pub async fn run(State(app): State<SharedApp>, posted: Posted) -> Response {
     match run_test(&app, account.as_deref(), chat.as_deref(), &message).await {
         Ok(reply) => render_page(&app, &session, &state, Some(&reply)),
         Err(e) => {
-            state.api_error(e, &["account_id", "chat_id", "message"]);
+            state.api_error(e.into(), &["account_id", "chat_id", "message"]);
             render_page(&app, &session, &state, None)
         }
     }

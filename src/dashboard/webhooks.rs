@@ -1,7 +1,7 @@
 //! `/webhooks` and `/webhooks/:id`: the webhook subscriptions (create one, its signing secret
 //! shown once on the page answering the POST and never again; delete one), and a webhook's
 //! deliveries with their status, attempts and last error, filtered by status and paged, each with
-//! a Redeliver button. The pages call the API's service functions (`crate::http::webhooks`), so
+//! a Redeliver button. The pages call the service functions the API calls (`service::webhooks`), so
 //! the rules (URL checks, the outbound guard, event types, the 409 on a disabled webhook) are the
 //! same.
 
@@ -16,9 +16,8 @@ use super::render::{self, FormState, Section};
 use super::session::{Fields, Posted, Session};
 use crate::app::SharedApp;
 use crate::http::error::ApiError;
-use crate::http::webhooks::{
-    self as api, CreateWebhookRequest, CreatedWebhook, DeliveriesQuery, WebhookResponse,
-    DELIVERY_STATUSES,
+use crate::service::webhooks::{
+    self as api, CreatedWebhook, DeliveryFilter, NewWebhook, WebhookResponse, DELIVERY_STATUSES,
 };
 use crate::store::outbox::Delivery;
 
@@ -208,7 +207,7 @@ async fn render_list(app: &SharedApp, session: &Session, forms: ListForms) -> Re
 
 /// The form's request, or its state with every error the pure checks find (all fields at
 /// once); the service checks them again, with the outbound guard and the account.
-fn parse_create(fields: &Fields) -> Result<CreateWebhookRequest, FormState> {
+fn parse_create(fields: &Fields) -> Result<NewWebhook, FormState> {
     let url = fields.get("url").trim().to_string();
     let events: Vec<String> = fields
         .0
@@ -228,7 +227,7 @@ fn parse_create(fields: &Fields) -> Result<CreateWebhookRequest, FormState> {
     if state.failed() {
         return Err(state);
     }
-    Ok(CreateWebhookRequest {
+    Ok(NewWebhook {
         url,
         events,
         account_id: fields.nonblank("account_id"),
@@ -253,7 +252,7 @@ pub async fn create(State(app): State<SharedApp>, posted: Posted) -> Response {
                 Ok(created) => forms.created = Some(created),
                 Err(e) => {
                     forms.create = state_of(&fields, &events);
-                    forms.create.api_error(e, &CREATE_FIELDS);
+                    forms.create.api_error(e.into(), &CREATE_FIELDS);
                 }
             }
         }
@@ -294,7 +293,7 @@ async fn render_detail(
     }
     let hook = match api::get(app, id) {
         Ok(w) => w,
-        Err(e) => return render::api_error_page(&e),
+        Err(e) => return render::api_error_page(&ApiError::from(e)),
     };
     let status = q
         .status
@@ -309,12 +308,15 @@ async fn render_detail(
         .filter(|s| !s.is_empty())
         .map(str::to_string);
     let mut filter = FormState::with([("status", status.clone().unwrap_or_default())]);
-    let query = DeliveriesQuery {
+    let query = DeliveryFilter {
         status: status.clone(),
         limit: Some(PAGE),
         before: before.clone(),
     };
-    let page = match api::deliveries(app, id, &query).await {
+    let page = match api::deliveries(app, id, &query)
+        .await
+        .map_err(ApiError::from)
+    {
         Ok(p) => Some(p),
         Err(e) if e.status == StatusCode::BAD_REQUEST => {
             filter.api_error(e, &["status"]);
@@ -461,7 +463,10 @@ pub async fn delete(
     if fields.get("confirm") != "yes" {
         state.invalid("confirm", "tick the box to confirm");
     } else {
-        match api::delete(&app, &session.who(), &id).await {
+        match api::delete(&app, &session.who(), &id)
+            .await
+            .map_err(ApiError::from)
+        {
             Ok(()) => return render::see_other("/webhooks?done=webhook_deleted"),
             Err(e) if e.status == StatusCode::NOT_FOUND => return render::api_error_page(&e),
             Err(e) => state.api_error(e, &["confirm"]),
@@ -481,7 +486,10 @@ pub async fn redeliver(
 ) -> Response {
     let Posted { session, fields } = posted;
     let status = known_status(fields.opt("status"));
-    match api::redeliver_now(&app, &session.who(), &id, &delivery).await {
+    match api::redeliver_now(&app, &session.who(), &id, &delivery)
+        .await
+        .map_err(ApiError::from)
+    {
         Ok(_) => {
             let filter = status.map(|s| format!("status={s}&")).unwrap_or_default();
             render::see_other(&format!("{}?{filter}done=redelivered", hook_href(&id)))

@@ -9,6 +9,7 @@ use utoipa::ToSchema;
 use wagate_events::DomainError;
 
 use crate::app::AppError;
+use crate::service;
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -145,6 +146,147 @@ impl From<wagate_actors::ActorError> for ApiError {
                 "transport_refused",
                 format!("the transport did not send the message: {}", e.reason),
             ),
+        }
+    }
+}
+
+impl From<service::Error> for ApiError {
+    fn from(e: service::Error) -> Self {
+        use service::Error as E;
+        match e {
+            E::Invalid { field, message } => ApiError::invalid(field, message),
+            E::NotFound(m) => ApiError::not_found(m),
+            E::Conflict { code, message } => ApiError::new(StatusCode::CONFLICT, code, message),
+            E::Forbidden(m) => ApiError::forbidden(m),
+            E::Unauthorized(m) => ApiError::unauthorized(m),
+            E::RateLimited {
+                message,
+                retry_after,
+            } => ApiError {
+                retry_after: Some(retry_after),
+                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+            },
+            E::Unavailable(m) => ApiError::unavailable(m),
+            E::Upstream { code, message } => ApiError::new(StatusCode::BAD_GATEWAY, code, message),
+            E::Internal => ApiError::internal(),
+            E::App(e) => e.into(),
+            E::Actor(e) => e.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each service error keeps the status, code, message, field and `Retry-After` the handlers
+    /// answered before the service layer existed.
+    #[test]
+    fn service_errors_keep_their_http_shape() {
+        use service::Error as E;
+        // (error, status, code, field, Retry-After)
+        type Case = (
+            E,
+            StatusCode,
+            &'static str,
+            Option<&'static str>,
+            Option<u64>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                E::invalid("limit", "must be between 1 and 500"),
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+                Some("limit"),
+                None,
+            ),
+            (
+                E::not_found("account not found"),
+                StatusCode::NOT_FOUND,
+                "not_found",
+                None,
+                None,
+            ),
+            (
+                E::Conflict {
+                    code: "no_api_key",
+                    message: "no API key configured".into(),
+                },
+                StatusCode::CONFLICT,
+                "no_api_key",
+                None,
+                None,
+            ),
+            (
+                E::Forbidden("no".into()),
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                None,
+                None,
+            ),
+            (
+                E::Unauthorized("invalid username or password".into()),
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                None,
+                None,
+            ),
+            (
+                E::RateLimited {
+                    message: "too many login attempts; retry later".into(),
+                    retry_after: 12,
+                },
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                None,
+                Some(12),
+            ),
+            (
+                E::Unavailable("cannot record the logout; retry shortly".into()),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                None,
+                Some(1),
+            ),
+            (
+                E::Upstream {
+                    code: "model_error",
+                    message: "model answered 500".into(),
+                },
+                StatusCode::BAD_GATEWAY,
+                "model_error",
+                None,
+                None,
+            ),
+            (
+                E::Internal,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                None,
+                None,
+            ),
+            (
+                E::from(DomainError::Conflict("exists".into())),
+                StatusCode::CONFLICT,
+                "conflict",
+                None,
+                None,
+            ),
+            (
+                E::from(AppError::Unavailable("down".into())),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                None,
+                Some(1),
+            ),
+        ];
+        for (e, status, code, field, retry_after) in cases {
+            let shown = format!("{e:?}");
+            let api = ApiError::from(e);
+            assert_eq!(api.status, status, "{shown}");
+            assert_eq!(api.code, code, "{shown}");
+            assert_eq!(api.field.as_deref(), field, "{shown}");
+            assert_eq!(api.retry_after, retry_after, "{shown}");
         }
     }
 }

@@ -1,22 +1,18 @@
 //! `GET /v1/events`: the event history in commit order, for audit. Secrets appear only redacted.
 
-use std::collections::HashMap;
-
 use axum::extract::State;
 use axum::Json;
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use serde::Deserialize;
+use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use wagate_events::metadata;
-use wagate_projections::StoredEvent;
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiQuery, Caller};
 use super::ListResponse;
-use crate::app::{AppError, SharedApp};
-use crate::store::EventQuery;
+use crate::app::SharedApp;
+use crate::service::events as service;
+pub use crate::service::events::EventView;
 
 pub fn router() -> OpenApiRouter<SharedApp> {
     OpenApiRouter::new().routes(routes!(list_events))
@@ -35,49 +31,6 @@ pub struct EventsQuery {
     pub aggregate: Option<String>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct EventView {
-    pub position: i64,
-    /// `<aggregate_type>/<aggregate_id>`
-    pub stream: String,
-    pub aggregate_type: String,
-    pub aggregate_id: String,
-    pub sequence: i64,
-    #[serde(rename = "type")]
-    pub event_type: String,
-    pub version: String,
-    pub time: DateTime<Utc>,
-    /// Who caused it: `admin:<sub>`, `token:<id>`, `cli:<command>` or `system`.
-    pub actor: String,
-    pub request_id: Option<String>,
-    #[schema(value_type = Object)]
-    pub payload: serde_json::Value,
-}
-
-impl From<StoredEvent> for EventView {
-    fn from(e: StoredEvent) -> Self {
-        let mut payload = e.payload;
-        crate::store::replay::redact(&mut payload);
-        let meta: HashMap<String, String> = e.metadata;
-        Self {
-            position: e.position,
-            stream: format!("{}/{}", e.aggregate_type, e.aggregate_id),
-            actor: meta
-                .get(metadata::ACTOR)
-                .cloned()
-                .unwrap_or_else(|| "system".into()),
-            request_id: meta.get(metadata::REQUEST_ID).cloned(),
-            aggregate_type: e.aggregate_type,
-            aggregate_id: e.aggregate_id,
-            sequence: e.sequence,
-            event_type: e.event_type,
-            version: e.event_version,
-            time: e.recorded_at,
-            payload,
-        }
-    }
-}
-
 /// The event history, oldest first, paged by position.
 #[utoipa::path(get, path = "/v1/events", tag = "audit", params(EventsQuery),
     responses((status = 200, body = ListResponse<EventView>),
@@ -89,37 +42,8 @@ async fn list_events(
     ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Result<Json<ListResponse<EventView>>, ApiError> {
     caller.require_admin()?;
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::invalid("limit", "must be between 1 and 1000"));
-    }
-    let after = q.after.unwrap_or(0);
-    if after < 0 {
-        return Err(ApiError::invalid("after", "must be >= 0"));
-    }
-    let (types, id): (Vec<&str>, Option<&str>) = match q.aggregate.as_deref() {
-        None | Some("") => (vec![], None),
-        Some(a) => match a.split_once('/') {
-            Some((t, id)) => (vec![t], Some(id)),
-            None => (vec![a], None),
-        },
-    };
-    let events = app
-        .store
-        .read(&EventQuery {
-            after,
-            until: None,
-            limit,
-            aggregate_types: &types,
-            aggregate_id: id,
-            config_history: false,
-            ai_log_history: false,
-        })
-        .await
-        .map_err(AppError::from)?;
-    Ok(Json(ListResponse::page(
-        events.into_iter().map(EventView::from).collect(),
-        usize::try_from(limit).unwrap_or(0),
-        |e| e.position.to_string(),
-    )))
+    let (events, limit) = service::history(&app, q.after, q.limit, q.aggregate.as_deref()).await?;
+    Ok(Json(ListResponse::page(events, limit, |e| {
+        e.position.to_string()
+    })))
 }

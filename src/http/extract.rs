@@ -11,7 +11,8 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 use crate::app::{App, SharedApp, Who};
-use crate::auth::{self, AdminClaims};
+use crate::auth;
+use crate::service::auth::verify_admin_token;
 
 /// A JSON body: `Content-Type: application/json` (415 otherwise), within the body limit (413),
 /// and deserializable into `T` (400 naming the offending field; unknown fields are refused by the
@@ -180,32 +181,6 @@ pub fn request_id(parts: &Parts) -> Option<String> {
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
-}
-
-/// An admin JWT that is valid (signature, claims, expiry: [`auth::JwtSigner::verify`]) and whose
-/// session no logout revoked, in this process or another on the store (ADR 0017). 401 otherwise;
-/// 503 when the revocations cannot be read (fail closed).
-pub async fn verify_admin_token(app: &App, token: &str) -> Result<AdminClaims, ApiError> {
-    let claims = app
-        .config
-        .jwt
-        .verify(token)
-        .map_err(|_| ApiError::unauthorized("invalid or expired admin token"))?;
-    match app.revoked_tokens.is_revoked(&app.store, claims.jti).await {
-        Ok(false) => Ok(claims),
-        Ok(true) => {
-            tracing::debug!("admin JWT of a logged-out session rejected");
-            Err(ApiError::unauthorized(
-                "this admin token was revoked by a logout",
-            ))
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read token revocations");
-            Err(ApiError::unavailable(
-                "cannot check the token against revoked sessions; retry shortly",
-            ))
-        }
-    }
 }
 
 /// 429 `rate_limited` with `Retry-After` once the caller spent its API budget, kept per actor

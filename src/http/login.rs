@@ -2,8 +2,7 @@
 //! address (counted before the password is checked), bounded password-check work, and logs
 //! without the password. `POST /v1/auth/logout`: revokes the caller's admin JWT (ADR 0017).
 
-use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
@@ -17,11 +16,7 @@ use utoipa_axum::routes;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, Caller, Principal};
 use crate::app::SharedApp;
-use crate::auth::{self, LoginRefused};
-use uuid::Uuid;
-
-/// Lifetime of a token from the login route.
-pub const LOGIN_TOKEN_TTL: Duration = Duration::from_secs(12 * 3600);
+use crate::service::auth::{authenticate, revoke_session};
 
 pub fn router() -> OpenApiRouter<SharedApp> {
     OpenApiRouter::new()
@@ -78,72 +73,4 @@ async fn logout(State(app): State<SharedApp>, caller: Caller) -> Result<StatusCo
     };
     revoke_session(&app, *jti, *expires_at).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Revokes the admin session `jti` (expiring at `expires_at`, Unix seconds) for every process on
-/// the store (shared by the API and the dashboard logout).
-pub async fn revoke_session(app: &SharedApp, jti: Uuid, expires_at: i64) -> Result<(), ApiError> {
-    app.revoked_tokens
-        .revoke(&app.store, jti, expires_at)
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "cannot record a logout");
-            ApiError::unavailable("cannot record the logout; retry shortly")
-        })?;
-    tracing::info!("admin logout: session revoked");
-    Ok(())
-}
-
-/// Checks admin credentials under the login guard of `ip` and issues an admin JWT (shared by the
-/// API and the dashboard login form). The attempt is counted before the password is checked, and
-/// the argon2 check waits for one of a few process-wide slots: 429 with `Retry-After` when the
-/// address spent its attempts or no slot freed up in time, 401 on a wrong username or password.
-/// Logs name the client address, never the username or password.
-pub async fn authenticate(
-    app: &SharedApp,
-    ip: IpAddr,
-    username: String,
-    password: String,
-) -> Result<(String, DateTime<Utc>), ApiError> {
-    let expected_user = app.config.admin_username.clone();
-    let hash = app.config.admin_password_hash.clone();
-    let checked = app
-        .login_limiter
-        .attempt(ip, move |memory| {
-            // Both are always checked: the time does not tell which one was wrong.
-            let user_ok = auth::constant_time_eq(username.as_bytes(), expected_user.as_bytes());
-            let pw_ok = auth::verify_password_in(&hash, &password, memory);
-            user_ok && pw_ok
-        })
-        .await;
-    let refused = |wait: Duration, message: &str| ApiError {
-        retry_after: Some(auth::retry_after_secs(wait)),
-        ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
-    };
-    match checked {
-        Ok(true) => {}
-        Ok(false) => {
-            tracing::warn!(client = %ip, "admin login failed");
-            return Err(ApiError::unauthorized("invalid username or password"));
-        }
-        Err(LoginRefused::TooManyAttempts(wait)) => {
-            tracing::warn!(client = %ip, "admin login refused: too many attempts");
-            return Err(refused(wait, "too many login attempts; retry later"));
-        }
-        Err(LoginRefused::Busy(wait)) => {
-            tracing::warn!(client = %ip, "admin login refused: password checks busy");
-            return Err(refused(
-                wait,
-                "too many logins in progress; retry in a moment",
-            ));
-        }
-        Err(LoginRefused::Internal) => return Err(ApiError::internal()),
-    }
-    let issued = app
-        .config
-        .jwt
-        .issue(&app.config.admin_username, LOGIN_TOKEN_TTL)
-        .map_err(|_| ApiError::internal())?;
-    tracing::info!(client = %ip, "admin login");
-    Ok(issued)
 }

@@ -1,0 +1,210 @@
+//! Messages: an inbound message injected into a sandbox account, a text sent as the account,
+//! and the reads of chats and their messages.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+use wagate_actors::Inbound;
+use wagate_events::chat::{MessageKind, Source};
+use wagate_events::ids::{chat_kind, ChatKind};
+use wagate_projections::messages::{ChatView, MessageView};
+
+use super::error::{Error, Result};
+use crate::app::{cold, App, Who};
+
+/// An inbound sandbox message as a front end parsed it (not yet checked).
+#[derive(Debug)]
+pub struct InboundMessage {
+    /// The chat JID.
+    pub chat_id: String,
+    /// The sender: 1..=128 bytes, not blank.
+    pub from: String,
+    pub text: String,
+    /// The WhatsApp message id (generated when absent): 1..=256 bytes, not blank.
+    pub id: Option<String>,
+    /// A message the account itself sent from another device (never answered).
+    pub from_me: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InboundAccepted {
+    pub message_id: String,
+    /// The position of the committed message event.
+    pub position: Option<i64>,
+    /// True when this id was seen before (nothing new was written).
+    pub duplicate: bool,
+}
+
+/// Validates an inbound sandbox message and hands it to the chat actor; answers once the message
+/// event is committed (the caller checked the account).
+pub async fn inject_inbound(
+    app: &App,
+    who: &Who,
+    acc: &str,
+    req: InboundMessage,
+) -> Result<InboundAccepted> {
+    let kind = chat_kind(&req.chat_id, "chat_id")?;
+    if req.from.trim().is_empty() || req.from.len() > 128 {
+        return Err(Error::invalid("from", "1..=128 characters"));
+    }
+    let message_id = match req.id {
+        Some(id) if id.trim().is_empty() || id.len() > 256 => {
+            return Err(Error::invalid("id", "1..=256 characters"))
+        }
+        Some(id) => id,
+        None => format!("sbx_in_{}", uuid::Uuid::now_v7().simple()),
+    };
+    let reply_candidate = !req.from_me && kind != ChatKind::Broadcast;
+    let meta = who.metadata();
+    let gateway = app.gateway()?;
+    let inbound = Inbound {
+        message_id: message_id.clone(),
+        from: req.from,
+        text: req.text,
+        from_me: req.from_me,
+        reply_candidate,
+        kind: MessageKind::Text,
+        contact_name: None,
+    };
+    let ack = gateway.receive(acc, &req.chat_id, inbound, meta).await?;
+    let position = match ack.position {
+        Some(p) => Some(p),
+        None => {
+            // A duplicate: answer with the position of the original.
+            app.catch_up().await?;
+            cold::message_position(app, acc, &req.chat_id, &message_id).await?
+        }
+    };
+    Ok(InboundAccepted {
+        message_id,
+        position,
+        duplicate: ack.duplicate,
+    })
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatSummary {
+    pub chat_id: String,
+    /// `private`, `group`, `channel` or `broadcast`.
+    pub chat_kind: String,
+    pub last_message_at: Option<DateTime<Utc>>,
+    pub message_count: usize,
+    /// The chat's AI mode: `inherit`, `enabled` or `disabled`.
+    pub ai_mode: String,
+    pub blocked: bool,
+    /// Human takeover: the AI does not answer in this chat before this time (`null`: not paused).
+    pub ai_paused_until: Option<DateTime<Utc>>,
+    /// Position of the chat's newest message: the list's order and its cursor.
+    pub position: i64,
+}
+
+/// Checks a page size: `1..=500`, `default` when absent.
+fn page_limit(limit: Option<usize>, default: usize) -> Result<usize> {
+    let limit = limit.unwrap_or(default);
+    if !(1..=500).contains(&limit) {
+        return Err(Error::invalid("limit", "must be between 1 and 500"));
+    }
+    Ok(limit)
+}
+
+/// A page of the account's chats (default 100 at most), most recent first, read after the
+/// latest commits; `limit` is the page size used.
+pub async fn chats_page(
+    app: &App,
+    acc: &str,
+    before: Option<i64>,
+    limit: Option<usize>,
+) -> Result<(Vec<ChatSummary>, usize)> {
+    let limit = page_limit(limit, 100)?;
+    app.catch_up().await?;
+    Ok((chat_summaries(app, acc, before, limit), limit))
+}
+
+/// The account's chats from the read models, most recent first, whose newest message is before
+/// position `before`, `limit` at most (call `catch_up` first to read the latest).
+pub fn chat_summaries(app: &App, acc: &str, before: Option<i64>, limit: usize) -> Vec<ChatSummary> {
+    let now = Utc::now();
+    let config = app.model();
+    let messages = app.messages();
+    let mut page: Vec<(&String, &ChatView)> = messages
+        .chats
+        .range((acc.to_string(), String::new())..)
+        .take_while(|((a, _), _)| a == acc)
+        .filter(|(_, view)| before.is_none_or(|b| view.last_position < b))
+        .map(|((_, jid), view)| (jid, view))
+        .collect();
+    // Newest first; only the page is built.
+    page.sort_unstable_by_key(|(_, view)| std::cmp::Reverse(view.last_position));
+    page.truncate(limit);
+    page.into_iter()
+        .map(|(jid, view)| {
+            let settings = config.chat(acc, jid).cloned().unwrap_or_default();
+            let ai_paused_until = config
+                .pause(acc, jid)
+                .map(|p| p.until)
+                .filter(|until| *until > now);
+            ChatSummary {
+                ai_paused_until,
+                chat_id: jid.clone(),
+                chat_kind: chat_kind(jid, "jid")
+                    .map(|k| {
+                        serde_json::to_value(k)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default()
+                    })
+                    .unwrap_or_default(),
+                last_message_at: view.last_message_at,
+                message_count: view.message_count,
+                ai_mode: serde_json::to_value(settings.mode)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                blocked: settings.blocked,
+                position: view.last_position,
+            }
+        })
+        .collect()
+}
+
+/// A page of a chat's messages (default 50 at most), newest first, read after the latest
+/// commits (from the store when memory does not hold the page); `limit` is the page size used.
+pub async fn messages_page(
+    app: &App,
+    acc: &str,
+    jid: &str,
+    before: Option<i64>,
+    limit: Option<usize>,
+) -> Result<(Vec<MessageView>, usize)> {
+    chat_kind(jid, "jid")?;
+    let limit = page_limit(limit, 50)?;
+    app.catch_up().await?;
+    let items = cold::messages_page(app, acc, jid, before, limit).await?;
+    Ok((items, limit))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SentMessage {
+    pub id: String,
+    pub chat_id: String,
+    pub position: Option<i64>,
+}
+
+/// Sends `text` into a chat through its chat actor, as `source` (an operator, a test reply);
+/// the caller checked the account and the JID.
+pub async fn send_as_account(
+    app: &App,
+    who: &Who,
+    acc: &str,
+    jid: &str,
+    text: &str,
+    source: Source,
+) -> Result<SentMessage> {
+    let meta = who.metadata();
+    let ack = app.gateway()?.send(acc, jid, text, source, meta).await?;
+    Ok(SentMessage {
+        id: ack.message_id,
+        chat_id: jid.to_string(),
+        position: ack.position,
+    })
+}
