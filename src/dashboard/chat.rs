@@ -21,9 +21,9 @@ use super::render::{self, FormState, Section};
 use super::session::{Posted, Session};
 use crate::app::cold;
 use crate::app::SharedApp;
-use crate::http::ai::{change_chat, resume_chat};
 use crate::http::error::ApiError;
 use crate::service::accounts::require_live;
+use crate::service::ai::{change_chat, resume_chat};
 use crate::service::messages::send_as_account;
 
 /// Messages shown in the thread (the most recent).
@@ -483,6 +483,6 @@ pub async fn resume(
     }
     match resume_chat(&app, &posted.session.who(), &acc, &jid).await {
         Ok(_) => render::see_other(&format!("{}?done=resumed", render::chat_href(&acc, &jid))),
-        Err(e) => render::api_error_page(&e),
+        Err(e) => render::api_error_page(&ApiError::from(e)),
     }
 }

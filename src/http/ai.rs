@@ -10,7 +10,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use wagate_events::account::AccountCommand;
 use wagate_events::ai_global::{AiGlobalCommand, GLOBAL_ID};
-use wagate_events::chat_settings::{self, ChatControlsPatch, ChatMode, ChatSettingsCommand};
+use wagate_events::chat_settings::{ChatControlsPatch, ChatMode, ChatSettingsCommand};
 use wagate_events::ids::{chat_kind, ChatKind};
 use wagate_events::settings::{self, origin_of, AiSettingsPatch, LayerState, Patch, SealedKey};
 use wagate_projections::effective::{self, defaults, Effective};
@@ -19,6 +19,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
 use super::openapi::{AccountId, AiMode, Jid};
 use crate::app::{SharedApp, Who};
+use crate::service::ai::{change_chat, resume_chat};
 
 pub fn router() -> OpenApiRouter<SharedApp> {
     OpenApiRouter::new()
@@ -611,20 +612,6 @@ async fn put_chat_ai(
     Ok(Json(chat_view(&app, &acc, &jid)))
 }
 
-/// Executes a command on a chat's settings stream (shared by the API and the dashboard; the
-/// caller has checked the account and the JID).
-pub async fn change_chat(
-    app: &SharedApp,
-    who: &Who,
-    acc: &str,
-    jid: &str,
-    cmd: ChatSettingsCommand,
-) -> Result<(), ApiError> {
-    app.execute(&app.chats, &chat_settings::stream_id(acc, jid), cmd, who)
-        .await?;
-    Ok(())
-}
-
 /// Whether a chat is blocked.
 #[utoipa::path(get, path = "/v1/accounts/{acc}/chats/{jid}/blocked", tag = "ai",
     params(("acc" = AccountId, Path), ("jid" = Jid, Path)),
@@ -675,24 +662,6 @@ async fn resume_chat_ai(
     effective::resolve(&app.model(), &app.env_layer, &acc, &jid, kind)
         .map(Json)
         .ok_or_else(|| ApiError::not_found("account not found"))
-}
-
-/// Ends a chat's human-takeover pause now (shared by the API and the dashboard; the caller has
-/// checked the account and the JID). Returns whether the chat was paused; the read models have
-/// caught up when it returns.
-pub async fn resume_chat(
-    app: &SharedApp,
-    who: &Who,
-    acc: &str,
-    jid: &str,
-) -> Result<bool, ApiError> {
-    let meta = who.metadata();
-    let resumed = app.gateway()?.resume(acc, jid, meta).await?;
-    if resumed {
-        tracing::info!(account = %acc, "AI resumed in a chat by request");
-    }
-    app.catch_up().await?;
-    Ok(resumed)
 }
 
 /// An account's model token use today and its daily budget.

@@ -3,6 +3,7 @@
 //! parsing, authorisation of the caller and rendering stay with the front end.
 
 pub mod accounts;
+pub mod ai;
 pub mod auth;
 pub mod error;
 pub mod events;
