@@ -60,30 +60,46 @@ fn start_driver() -> Option<Driver> {
         );
         return None;
     }
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let child = Command::new(CHROMEDRIVER)
-        .arg(format!("--port={port}"))
-        .arg("--allowed-ips=127.0.0.1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("chromedriver starts");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "chromedriver did not listen"
+    // The free port is picked before chromedriver binds it, so another process may take it in
+    // between, and a loaded machine may start chromedriver slowly: a driver that exits or does
+    // not listen in time is started again on another port.
+    for attempt in 1..=3 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut child = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .arg("--allowed-ips=127.0.0.1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let listening = loop {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break true;
+            }
+            let exited = child.try_wait().ok().flatten().is_some();
+            if exited || std::time::Instant::now() >= deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        if listening {
+            return Some(Driver {
+                child,
+                url: format!("http://127.0.0.1:{port}"),
+                profile: tempfile::tempdir().expect("profile dir"),
+            });
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        eprintln!(
+            "chromedriver did not listen on port {port} (attempt {attempt}); starting it again"
         );
-        std::thread::sleep(Duration::from_millis(50));
     }
-    Some(Driver {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-        profile: tempfile::tempdir().expect("profile dir"),
-    })
+    panic!("chromedriver did not listen after 3 attempts");
 }
 
 /// A headless Chromium session.
