@@ -23,7 +23,7 @@ use wagate_actors::Inbound;
 use wagate_events::account::Transport;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiPath, ApiQuery};
+use super::extract::{body_rejection, ApiPath, ApiQuery};
 use super::openapi::AccountId;
 use crate::app::{SharedApp, Who};
 use crate::transport::cloud_api::{
@@ -32,19 +32,6 @@ use crate::transport::cloud_api::{
 
 pub fn router() -> OpenApiRouter<SharedApp> {
     OpenApiRouter::new().routes(routes!(verify_webhook, receive_webhook))
-}
-
-/// A raw body that could not be read, in the API's error shape (axum's own rejection is text).
-fn body_rejection(rej: BytesRejection) -> ApiError {
-    if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("request body is larger than {} bytes", super::BODY_LIMIT),
-        )
-    } else {
-        ApiError::bad_request("unreadable_body", "could not read the request body")
-    }
 }
 
 /// The stored Cloud API settings the webhook needs, or 404 for any account that is not a live

@@ -44,17 +44,9 @@ where
                 "expected Content-Type: application/json",
             ));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
-            if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    format!("request body is larger than {} bytes", super::BODY_LIMIT),
-                )
-            } else {
-                ApiError::bad_request("unreadable_body", "could not read the request body")
-            }
-        })?;
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(body_rejection)?;
         parse_json(&bytes).map(ApiJson)
     }
 }
@@ -240,5 +232,19 @@ impl FromRequestParts<SharedApp> for Caller {
         };
         check_rate_limit(app, &caller)?;
         Ok(caller)
+    }
+}
+
+/// A raw body that could not be read, in the API's error shape (axum's own rejection is text):
+/// JSON bodies here, and Meta's raw-body webhook.
+pub(crate) fn body_rejection(rej: axum::extract::rejection::BytesRejection) -> ApiError {
+    if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body is larger than {} bytes", super::BODY_LIMIT),
+        )
+    } else {
+        ApiError::bad_request("unreadable_body", "could not read the request body")
     }
 }
