@@ -237,8 +237,7 @@ async fn serve(
 /// Starts the actor system and closes replies a previous process left open (crash recovery:
 /// they end as failed with reason `interrupted`, never sent twice).
 async fn start_actors(app: &SharedApp) -> Result<(), StartupError> {
-    let model = app.model_client();
-    let gateway = wagate_actors::Gateway::start(crate::app::ports::ports(app, model))
+    let gateway = wagate_actors::Gateway::start(crate::app::ports::ports(app))
         .await
         .map_err(|e| StartupError::Actors(e.to_string()))?;
     let _ = app.gateway.set(gateway.clone());

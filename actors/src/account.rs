@@ -9,10 +9,11 @@ use ractor::rpc::CallResult;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::Mutex;
 
-use wagate_events::chat::{DeliveryStatus, MessageKind, Source};
+use wagate_events::chat::{DeliveryStatus, MessageKind, Source, Turn};
+use wagate_events::reason::ReplyReason;
 
-use crate::chat::{ChatActor, ChatArgs, ChatMsg, ReceiveAck, SentAck};
-use crate::ports::{ActorError, Meta, Ports};
+use crate::chat::{ChatActor, ChatArgs, ChatMsg, GeneratedReply, ReceiveAck, SentAck};
+use crate::ports::{ActorError, Meta, Ports, ReplyConfig};
 use crate::supervisor::{AiSupervisor, SupervisorMsg};
 
 /// How often, at most, an account actor asks its chats whether they have been idle long enough
@@ -295,7 +296,10 @@ impl Gateway {
         .await
     }
 
-    /// Sends `text` into a chat as the account (an operator, or a test reply).
+    /// Sends `text` into a chat as the account (an operator, or a test reply). The chat validates
+    /// it and opens a ticket; the transport is called outside the chat actor (which keeps taking
+    /// messages), in a task that runs to the end even if the caller goes away, so a message the
+    /// transport took is always recorded (retried while the store is busy).
     pub async fn send(
         &self,
         account: &str,
@@ -304,13 +308,62 @@ impl Gateway {
         source: Source,
         meta: Meta,
     ) -> Result<SentAck, ActorError> {
-        self.ask(account, jid, |reply| ChatMsg::Send {
-            text: text.to_string(),
-            source,
-            meta: meta.clone(),
-            reply,
-        })
-        .await
+        let ticket = self
+            .ask(account, jid, |reply| ChatMsg::ReserveSend {
+                text: text.to_string(),
+                source,
+                reply,
+            })
+            .await?;
+        let chat = self.chat(account, jid).await?;
+        let ports = self.ports.clone();
+        let (account, jid, text) = (account.to_string(), jid.to_string(), text.to_string());
+        let task = tokio::spawn(async move {
+            let result = ports.transport.send_text(&account, &jid, &text).await;
+            let record = |reply| ChatMsg::RecordSend {
+                ticket,
+                text: text.clone(),
+                source,
+                result: result.clone(),
+                meta: meta.clone(),
+                reply,
+            };
+            crate::retry::STORE_BUSY
+                .run(
+                    || async {
+                        match chat.call(record, Some(ports.call_timeout)).await {
+                            Ok(CallResult::Success(r)) => r,
+                            Ok(CallResult::Timeout) => {
+                                Err(ActorError::Unavailable("the chat is busy; retry".into()))
+                            }
+                            _ => Err(ActorError::Internal(
+                                "the chat actor stopped before the send was recorded".into(),
+                            )),
+                        }
+                    },
+                    |e| matches!(e, ActorError::Unavailable(_)),
+                    |_| None,
+                    |_, _| {},
+                )
+                .await
+        });
+        task.await
+            .map_err(|e| ActorError::Internal(format!("the send task failed: {e}")))?
+    }
+
+    /// Answers `trigger_text` as a reply of `account` would, through the reply pipeline's answer
+    /// step (history budget and window, concurrency limits, retries, fallback; see
+    /// `worker::generate`), without a chat actor: the test routes. Nothing is recorded.
+    pub async fn generate(
+        &self,
+        account: &str,
+        cfg: &ReplyConfig,
+        history: &[Turn],
+        trigger_text: &str,
+    ) -> Result<GeneratedReply, ReplyReason> {
+        crate::worker::generate(&self.ports, account, "test", cfg, history, trigger_text)
+            .await
+            .map_err(|(reason, _)| reason)
     }
 
     /// Ends a human-takeover pause in a chat now; whether one was running.

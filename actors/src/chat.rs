@@ -5,7 +5,7 @@
 //! parallel. Replies are worked one at a time per chat, newest request first: older pending
 //! requests are skipped as superseded, so the chat never gets an answer to a stale question.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,7 +19,7 @@ use wagate_events::chat::{
 
 use wagate_events::reason::{ReplyReason, SupersededAt};
 
-use crate::ports::{ActorError, Meta, Ports, StoreFailure};
+use crate::ports::{ActorError, Meta, Ports, SendError, StoreFailure};
 use crate::supervisor::SupervisorMsg;
 
 /// A chat's state is offered as a snapshot each time its stream passes a multiple of this many
@@ -74,6 +74,51 @@ impl GeneratedReply {
     }
 }
 
+/// The chat's answer to [`ChatMsg::Reserve`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reservation {
+    /// Nothing to send: the reply was closed (not sent, for the reason recorded) or its send was
+    /// recorded already.
+    Done,
+    /// Send `text` now, after the typing indicator when `typing` (shown on `trigger`, the message
+    /// being answered).
+    Send {
+        text: String,
+        typing: bool,
+        trigger: Option<String>,
+    },
+}
+
+/// What the worker's transport calls did with a reserved send.
+#[derive(Debug, Clone)]
+pub struct SendOutcome {
+    /// When the typing indicator was shown (`None`: not asked for, or it failed).
+    pub typed_at: Option<DateTime<Utc>>,
+    /// The transport's message id, or why it did not send.
+    pub result: Result<String, SendError>,
+    /// When the transport answered.
+    pub at: DateTime<Utc>,
+}
+
+/// A delivery status of an outbound message.
+#[derive(Debug, Clone)]
+pub struct StatusUpdate {
+    pub message_id: String,
+    pub status: DeliveryStatus,
+    pub error: Option<String>,
+}
+
+/// A status of a message id the chat did not know while a send was in flight: the transport may
+/// report a message before the send that made it is recorded. Decided when no send is in flight.
+struct Parked {
+    update: StatusUpdate,
+    meta: Meta,
+    reply: RpcReplyPort<Result<bool, ActorError>>,
+}
+
+/// At most this many statuses wait for sends in flight; more are decided at once.
+const MAX_PARKED: usize = 1024;
+
 /// What a worker needs to build its prompt.
 #[derive(Debug, Clone)]
 pub struct ReplyContext {
@@ -110,9 +155,19 @@ pub enum ChatMsg {
         meta: Meta,
         reply: RpcReplyPort<Result<bool, ActorError>>,
     },
-    Send {
+    /// Validates a message an operator (or a test reply) sends and opens a ticket for it; the
+    /// caller's task calls the transport and answers with `RecordSend`.
+    ReserveSend {
         text: String,
         source: Source,
+        reply: RpcReplyPort<Result<u64, ActorError>>,
+    },
+    /// What the transport did with a message of a ticket; records it when sent.
+    RecordSend {
+        ticket: u64,
+        text: String,
+        source: Source,
+        result: Result<String, SendError>,
         meta: Meta,
         reply: RpcReplyPort<Result<SentAck, ActorError>>,
     },
@@ -126,14 +181,18 @@ pub enum ChatMsg {
         generated: Box<GeneratedReply>,
         reply: RpcReplyPort<Result<(), ActorError>>,
     },
-    /// Sends the reply (unless the chat decides otherwise), showing the typing indicator first
-    /// when `typing`; the shown indicator and the sent message commit in one append. With
-    /// `generated`, the model's answer is recorded in that same append (no reply delay and no
-    /// debounce window: nothing happens between the two steps, see `ReplyWorker`).
-    Deliver {
+    /// Decides whether the reply is sent now (recording `generated` first when given) and, if
+    /// so, reserves the send for the worker, which calls the transport and answers with `Record`.
+    Reserve {
         reply_id: String,
         typing: bool,
         generated: Option<Box<GeneratedReply>>,
+        reply: RpcReplyPort<Result<Reservation, ActorError>>,
+    },
+    /// What became of a reserved send.
+    Record {
+        reply_id: String,
+        outcome: SendOutcome,
         reply: RpcReplyPort<Result<Delivery, ActorError>>,
     },
     Skip {
@@ -183,8 +242,15 @@ pub struct ChatState {
     active: Option<String>,
     last_activity: Instant,
     /// Replies the transport sent whose events could not be committed yet (store unavailable),
-    /// with those events: a retried delivery commits them instead of sending again.
-    unrecorded: HashMap<String, Vec<ChatEvent>>,
+    /// with the commands that record them: a retried step commits them instead of sending again.
+    unrecorded: HashMap<String, Vec<ChatCommand>>,
+    /// Replies whose send is reserved (a worker is calling the transport), with the model's
+    /// answer when it is to be recorded with the outcome.
+    reserved: HashMap<String, Option<ChatCommand>>,
+    /// Operator and test sends between their validation and their outcome.
+    tickets: HashSet<u64>,
+    next_ticket: u64,
+    parked: Vec<Parked>,
 }
 
 fn system_meta(actor: &str) -> Meta {
@@ -290,163 +356,168 @@ impl ChatState {
         self.ports.notify.committed().await;
     }
 
-    /// One delivery step: records `generated` first when given, decides (superseded? paused?
-    /// loop guard?), and only if the decision is to send shows the typing indicator (when
-    /// `typing`) and hands the text to the transport; everything decided commits in one append.
-    /// A reply the transport already took is never handed to it again: if its commit failed, the
-    /// next step commits the same events without sending.
-    async fn deliver(
+    /// Decides whether a reply is sent now, recording `generated` first when given. "Not sent"
+    /// (superseded, paused, loop guard) is committed at once; "send" reserves the send and hands
+    /// the text to the worker, which calls the transport outside this actor and reports with
+    /// [`ChatMsg::Record`]. The chat keeps taking messages meanwhile.
+    async fn reserve(
         &mut self,
         reply_id: String,
         typing: bool,
         generated: Option<GeneratedReply>,
-    ) -> Result<Delivery, ActorError> {
+    ) -> Result<Reservation, ActorError> {
         let auto = system_meta("system:auto-reply");
-        if let Some(events) = self.unrecorded.remove(&reply_id) {
-            return self.commit_sent(&reply_id, events, &auto).await;
+        if let Some(commands) = self.unrecorded.remove(&reply_id) {
+            return self
+                .commit_sent(&reply_id, commands, &auto)
+                .await
+                .map(|_| Reservation::Done);
         }
-        let mut commands = Vec::with_capacity(3);
-        // The state the send is decided on: after the generated answer, when it comes along
-        // (with that answer's events, which open the append).
-        let after_generated = match generated {
-            Some(g) => {
-                let cmd = g.record(reply_id.clone());
-                let decided = decide_all(self.chat.clone(), std::slice::from_ref(&cmd))?;
-                commands.push(cmd);
-                Some(decided)
-            }
+        let generated = generated.map(|g| g.record(reply_id.clone()));
+        // The state the send is decided on: after the generated answer, when it comes along.
+        let after_generated = match &generated {
+            Some(cmd) => Some(decide_all(self.chat.clone(), std::slice::from_ref(cmd))?.1),
             None => None,
         };
-        let chat = after_generated
-            .as_ref()
-            .map_or(&self.chat, |(_, after)| after);
+        let chat = after_generated.as_ref().unwrap_or(&self.chat);
         let provisional = chat.decide(ChatCommand::SendReply {
             reply_id: reply_id.clone(),
             message_id: "provisional".into(),
             at: Utc::now(),
         })?;
-        let text = match provisional.first() {
-            Some(ChatEvent::MessageSent { text, .. }) => text.clone(),
-            _ => {
-                // Skipped: commit the decision as it is.
-                commands.push(ChatCommand::SendReply {
-                    reply_id,
-                    message_id: "not-sent".into(),
-                    at: Utc::now(),
-                });
-                return self
-                    .commit_all(commands, &auto)
-                    .await
-                    .map(|_| Delivery::Done);
-            }
-        };
-        // Typing is a courtesy: when it fails the send still runs (and reports the real
-        // problem, if any); only a shown indicator is recorded, with the send.
-        if typing {
+        if let Some(ChatEvent::MessageSent { text, .. }) = provisional.into_iter().next() {
             let trigger = chat.trigger_of(&reply_id).map(str::to_string);
-            match self
-                .ports
-                .transport
-                .typing(&self.account, &self.jid, trigger.as_deref())
-                .await
-            {
-                Ok(()) => commands.push(ChatCommand::Typing {
-                    reply_id: Some(reply_id.clone()),
-                    at: Utc::now(),
-                }),
-                Err(e) => {
-                    tracing::warn!(reply_id = %reply_id, reason = %e, "typing indicator not shown");
-                }
-            }
+            self.reserved.insert(reply_id, generated);
+            return Ok(Reservation::Send {
+                text,
+                typing,
+                trigger,
+            });
         }
-        match self
-            .ports
-            .transport
-            .send_text(&self.account, &self.jid, &text)
+        // Not sent: commit the decision as it is (with the answer, when it came along).
+        let mut commands: Vec<ChatCommand> = generated.into_iter().collect();
+        commands.push(ChatCommand::SendReply {
+            reply_id,
+            message_id: "not-sent".into(),
+            at: Utc::now(),
+        });
+        self.commit_all(commands, &auto)
             .await
-        {
+            .map(|_| Reservation::Done)
+    }
+
+    /// Records what became of a reserved send: sent (whatever happened in the chat meanwhile),
+    /// refused for now (the answer and a shown typing indicator are committed; the worker tries
+    /// again later), or refused for good (the reply fails).
+    async fn record(
+        &mut self,
+        reply_id: String,
+        outcome: SendOutcome,
+    ) -> Result<Delivery, ActorError> {
+        let auto = system_meta("system:auto-reply");
+        // A record tried again after the store refused it: commit what was decided.
+        if let Some(commands) = self.unrecorded.remove(&reply_id) {
+            return self.commit_sent(&reply_id, commands, &auto).await;
+        }
+        let Some(generated) = self.reserved.remove(&reply_id) else {
+            return Err(ActorError::Internal(format!(
+                "no send of reply {reply_id} is reserved"
+            )));
+        };
+        let mut commands: Vec<ChatCommand> = generated.iter().cloned().collect();
+        if let Some(at) = outcome.typed_at {
+            commands.push(ChatCommand::Typing {
+                reply_id: Some(reply_id.clone()),
+                at,
+            });
+        }
+        let delivery = match outcome.result {
             Ok(message_id) => {
-                commands.push(ChatCommand::SendReply {
+                commands.push(ChatCommand::RecordSent {
                     reply_id: reply_id.clone(),
                     message_id,
-                    at: Utc::now(),
+                    at: outcome.at,
                 });
-                // Decided once, here, on the state the send was decided on: if the commit fails,
-                // these very events are committed later (a newer message arriving meanwhile does
-                // not turn a sent reply into a skipped one).
-                let recorded = usize::from(after_generated.is_some());
-                let (mut events, base) =
-                    after_generated.unwrap_or_else(|| (Vec::new(), self.chat.clone()));
-                let (sent, _) = decide_all(base, &commands[recorded..])?;
-                events.extend(sent);
-                self.commit_sent(&reply_id, events, &auto).await
+                return self.commit_sent(&reply_id, commands, &auto).await;
             }
-            Err(e) if e.retryable => {
-                if !commands.is_empty() {
-                    self.commit_all(commands, &auto).await?;
-                }
-                Ok(Delivery::Retry { reason: e.reason })
-            }
+            Err(e) if e.retryable => Delivery::Retry { reason: e.reason },
             Err(e) => {
                 commands.push(ChatCommand::FailReply {
-                    reply_id,
+                    reply_id: reply_id.clone(),
                     reason: ReplyReason::SendFailed {
                         attempts: None,
                         detail: e.reason,
                     },
                     attempts: vec![],
                 });
-                self.commit_all(commands, &auto)
-                    .await
-                    .map(|_| Delivery::Done)
+                Delivery::Done
+            }
+        };
+        if commands.is_empty() {
+            return Ok(delivery);
+        }
+        match self.commit_all(commands, &auto).await {
+            Ok(_) => Ok(delivery),
+            Err(e) => {
+                // Nothing was sent: the worker's retried step finds the reservation again.
+                self.reserved.insert(reply_id, generated);
+                Err(e)
             }
         }
     }
 
-    /// Appends a sent reply's events at the held version; on a conflict reloads and appends them
-    /// again while the reply is still open (closed: an earlier attempt committed after all).
+    /// Commits the events of a reply the transport took. A failure keeps the commands, so the
+    /// retried step commits them instead of sending again; a reply already closed means an
+    /// earlier try committed after all.
     async fn commit_sent(
         &mut self,
         reply_id: &str,
-        events: Vec<ChatEvent>,
+        commands: Vec<ChatCommand>,
         meta: &Meta,
     ) -> Result<Delivery, ActorError> {
-        let mut last = StoreFailure::Conflict;
-        for _ in 0..3 {
-            let commit = self
-                .ports
-                .streams
-                .commit(&self.stream_id, self.version, events.clone(), meta.clone())
-                .await;
-            match commit {
-                Ok(_) => {
-                    self.committed(&events, None).await;
-                    return Ok(Delivery::Done);
-                }
-                Err(StoreFailure::Conflict) => {
-                    let reloaded = self.ports.streams.load(&self.stream_id).await;
-                    match reloaded {
-                        Ok((chat, version)) => {
-                            self.chat = chat;
-                            self.version = version;
-                            if !self.chat.open_replies.contains_key(reply_id) {
-                                return Ok(Delivery::Done);
-                            }
-                        }
-                        Err(e) => {
-                            last = e;
-                            break;
-                        }
-                    }
-                }
-                Err(e) => {
-                    last = e;
-                    break;
-                }
+        if !self.chat.open_replies.contains_key(reply_id) {
+            return Ok(Delivery::Done);
+        }
+        match self.commit_all(commands.clone(), meta).await {
+            Ok(_) => Ok(Delivery::Done),
+            Err(_) if !self.chat.open_replies.contains_key(reply_id) => Ok(Delivery::Done),
+            Err(e) => {
+                self.unrecorded.insert(reply_id.to_string(), commands);
+                Err(e)
             }
         }
-        self.unrecorded.insert(reply_id.to_string(), events);
-        Err(last.into())
+    }
+
+    /// Whether a send is between its decision and its recorded outcome.
+    fn sending(&self) -> bool {
+        !self.reserved.is_empty() || !self.tickets.is_empty()
+    }
+
+    /// Decides the delivery statuses parked while sends were in flight, once none is.
+    async fn flush_parked(&mut self) {
+        if self.sending() {
+            return;
+        }
+        for parked in std::mem::take(&mut self.parked) {
+            let result = self.update_status(parked.update, &parked.meta).await;
+            let _ = parked.reply.send(result);
+        }
+    }
+
+    async fn update_status(
+        &mut self,
+        update: StatusUpdate,
+        meta: &Meta,
+    ) -> Result<bool, ActorError> {
+        let cmd = ChatCommand::UpdateStatus {
+            message_id: update.message_id,
+            status: update.status,
+            error: update.error,
+            at: Utc::now(),
+        };
+        self.commit(cmd, meta)
+            .await
+            .map(|(events, _)| !events.is_empty())
     }
 
     /// Starts a worker for the newest waiting reply, skipping older ones.
@@ -540,6 +611,10 @@ impl Actor for ChatActor {
             active: None,
             last_activity: Instant::now(),
             unrecorded: HashMap::new(),
+            reserved: HashMap::new(),
+            tickets: HashSet::new(),
+            next_ticket: 0,
+            parked: Vec::new(),
         })
     }
 
@@ -639,43 +714,57 @@ impl ChatState {
                     }
                 }
             }
-            ChatMsg::Send {
+            ChatMsg::ReserveSend {
                 text,
                 source,
-                meta,
                 reply,
             } => {
-                let result = async {
-                    // Validate before anything leaves the gateway.
-                    self.chat.decide(ChatCommand::Send {
+                // Validate before anything leaves the gateway.
+                let result = self
+                    .chat
+                    .decide(ChatCommand::Send {
                         message_id: "validation".into(),
-                        text: text.clone(),
-                        source,
-                        at: Utc::now(),
-                        takeover: chrono::Duration::zero(),
-                    })?;
-                    let takeover = self.ports.config.control(&self.account, &self.jid).takeover;
-                    let message_id = self
-                        .ports
-                        .transport
-                        .send_text(&self.account, &self.jid, &text)
-                        .await
-                        .map_err(ActorError::Transport)?;
-                    let cmd = ChatCommand::Send {
-                        message_id: message_id.clone(),
                         text,
                         source,
                         at: Utc::now(),
-                        takeover,
-                    };
-                    let (_, positions) = self.commit(cmd, &meta).await?;
-                    Ok(SentAck {
-                        message_id,
-                        position: positions.first().copied(),
+                        takeover: chrono::Duration::zero(),
                     })
-                }
-                .await;
+                    .map(|_| {
+                        self.next_ticket += 1;
+                        self.tickets.insert(self.next_ticket);
+                        self.next_ticket
+                    })
+                    .map_err(ActorError::from);
                 let _ = reply.send(result);
+            }
+            ChatMsg::RecordSend {
+                ticket,
+                text,
+                source,
+                result,
+                meta,
+                reply,
+            } => {
+                self.tickets.remove(&ticket);
+                let result = match result {
+                    Ok(message_id) => {
+                        let takeover = self.ports.config.control(&self.account, &self.jid).takeover;
+                        let cmd = ChatCommand::Send {
+                            message_id: message_id.clone(),
+                            text,
+                            source,
+                            at: Utc::now(),
+                            takeover,
+                        };
+                        self.commit(cmd, &meta).await.map(|(_, positions)| SentAck {
+                            message_id,
+                            position: positions.first().copied(),
+                        })
+                    }
+                    Err(e) => Err(ActorError::Transport(e)),
+                };
+                let _ = reply.send(result);
+                self.flush_parked().await;
             }
             ChatMsg::Status {
                 message_id,
@@ -684,17 +773,23 @@ impl ChatState {
                 meta,
                 reply,
             } => {
-                let cmd = ChatCommand::UpdateStatus {
+                let update = StatusUpdate {
                     message_id,
                     status,
                     error,
-                    at: Utc::now(),
                 };
-                let result = self
-                    .commit(cmd, &meta)
-                    .await
-                    .map(|(events, _)| !events.is_empty());
-                let _ = reply.send(result);
+                if self.sending()
+                    && self.parked.len() < MAX_PARKED
+                    && !self.chat.message_ids.contains(&update.message_id)
+                {
+                    self.parked.push(Parked {
+                        update,
+                        meta,
+                        reply,
+                    });
+                } else {
+                    let _ = reply.send(self.update_status(update, &meta).await);
+                }
             }
             ChatMsg::Context { reply_id, reply } => {
                 let ctx = self.chat.trigger_of(&reply_id).map(|trigger| {
@@ -726,14 +821,23 @@ impl ChatState {
                 let cmd = generated.record(reply_id);
                 let _ = reply.send(self.commit(cmd, &auto).await.map(drop));
             }
-            ChatMsg::Deliver {
+            ChatMsg::Reserve {
                 reply_id,
                 typing,
                 generated,
                 reply,
             } => {
-                let result = self.deliver(reply_id, typing, generated.map(|g| *g)).await;
+                let result = self.reserve(reply_id, typing, generated.map(|g| *g)).await;
                 let _ = reply.send(result);
+            }
+            ChatMsg::Record {
+                reply_id,
+                outcome,
+                reply,
+            } => {
+                let result = self.record(reply_id, outcome).await;
+                let _ = reply.send(result);
+                self.flush_parked().await;
             }
             ChatMsg::Skip {
                 reply_id,
@@ -768,6 +872,9 @@ impl ChatState {
                 if self.active.as_deref() == Some(reply_id.as_str()) {
                     self.active = None;
                 }
+                // A worker that ended between reserving a send and recording it may or may not
+                // have sent: the reply is closed below (never sent again).
+                self.reserved.remove(&reply_id);
                 // A reply the transport took but whose events are not committed yet: commit
                 // them now (never send again). If the store still refuses, the reply stays open
                 // (not failed: the customer has it) and start-up recovery closes it.
@@ -793,6 +900,7 @@ impl ChatState {
                         tracing::warn!(reply_id = %reply_id, error = %e, "could not close a reply");
                     }
                 }
+                self.flush_parked().await;
                 self.pump(&myself).await;
             }
             ChatMsg::CloseInterrupted { reply } => {
@@ -826,7 +934,7 @@ impl ChatState {
             }
             ChatMsg::IdleCheck => {
                 let idle = self.last_activity.elapsed() >= self.ports.chat_idle;
-                if self.active.is_none() && self.queue.is_empty() && idle {
+                if self.active.is_none() && self.queue.is_empty() && !self.sending() && idle {
                     myself.stop(Some("idle".into()));
                 }
             }

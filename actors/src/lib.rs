@@ -16,5 +16,6 @@ mod supervisor;
 mod worker;
 
 pub use account::{ActorCounts, Gateway, Inbound};
-pub use chat::{ReceiveAck, SentAck, SNAPSHOT_EVERY};
+pub use chat::{GeneratedReply, ReceiveAck, SentAck, SNAPSHOT_EVERY};
 pub use ports::{ActorError, Ports};
+pub use worker::budget_skip;

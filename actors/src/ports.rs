@@ -90,6 +90,9 @@ pub struct ReplyConfig {
     pub skip_reason: Option<ReplyReason>,
     pub echo_mode: bool,
     pub base_url: String,
+    /// Whether `base_url` may reach the private networks the operator allowed; false for a URL an
+    /// account token set (unless the operator lets tokens do so).
+    pub private_networks: bool,
     pub api_key: Option<SecretString>,
     pub model: String,
     pub system_prompt: String,
@@ -116,6 +119,8 @@ pub struct ReplyConfig {
 #[derive(Debug, Clone)]
 pub struct FallbackModel {
     pub base_url: String,
+    /// As [`ReplyConfig::private_networks`], for this URL.
+    pub private_networks: bool,
     pub api_key: Option<SecretString>,
     pub model: String,
 }
@@ -142,6 +147,9 @@ pub enum PromptRole {
 #[derive(Debug, Clone)]
 pub struct ModelCall {
     pub base_url: String,
+    /// Whether the call may reach the private networks the operator allowed (false: public
+    /// addresses only, whatever the name resolves to).
+    pub private_networks: bool,
     pub api_key: Option<SecretString>,
     pub model: String,
     pub messages: Vec<(PromptRole, String)>,

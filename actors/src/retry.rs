@@ -31,6 +31,15 @@ impl Default for RetryPolicy {
     }
 }
 
+/// A step that the store refused only for now (pool exhausted under load): 8 attempts, 250 ms
+/// doubling to at most 1.5 s (about 8 s in all), jittered so that steps failing together do not
+/// come back together.
+pub const STORE_BUSY: RetryPolicy = RetryPolicy {
+    max_attempts: 8,
+    base_delay: Duration::from_millis(250),
+    max_delay: Duration::from_millis(1500),
+};
+
 impl RetryPolicy {
     /// The same delays with `max_attempts` attempts in all.
     pub fn with_max_attempts(self, max_attempts: u32) -> Self {

@@ -3,9 +3,11 @@
 //! the conversation controls (human takeover, hourly cap, daily token budget), builds the prompt
 //! (system prompt + the newest turns that fit the history budget), calls the model within the
 //! concurrency limits (retrying, then the fallback model), records the generated reply with every
-//! attempt, waits `reply_delay_seconds`, and asks the chat to deliver (the chat shows typing and
-//! sends, or skips if it decides so). Every step is
-//! committed by the chat actor; the worker holds nothing that a crash could lose except time.
+//! attempt, waits `reply_delay_seconds`, and delivers: the chat decides whether the reply is sent
+//! and reserves the send, the worker shows typing and calls the transport, the chat records the
+//! outcome. Every step is committed by the chat actor; the worker holds nothing that a crash could
+//! lose except time (a crash after the transport took a reply closes it as interrupted: never sent
+//! twice).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -17,7 +19,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use wagate_events::chat::{ModelAttempt, TokenUsage, Turn};
 use wagate_events::reason::{ModelErrorClass, ReplyReason, SupersededAt};
 
-use crate::chat::{ChatMsg, Delivery, GeneratedReply, ReplyContext};
+use crate::chat::{ChatMsg, Delivery, GeneratedReply, ReplyContext, Reservation, SendOutcome};
 use crate::ports::{ActorError, ModelCall, Ports, PromptRole, ReplyConfig};
 use crate::retry::RetryPolicy;
 
@@ -58,15 +60,6 @@ async fn ask<T: Send + 'static>(
     }
 }
 
-/// How a reply's store step retries while the store is only temporarily unavailable: 8 attempts,
-/// 250 ms doubling to at most 1.5 s (about 8 s in all), jittered so that replies failing
-/// together do not come back together.
-const STORE_BUSY_RETRY: RetryPolicy = RetryPolicy {
-    max_attempts: 8,
-    base_delay: Duration::from_millis(250),
-    max_delay: Duration::from_millis(1500),
-};
-
 /// The most a refused send waits before its next try, however often `send_backoff` doubled.
 const SEND_RETRY_CAP: Duration = Duration::from_secs(30);
 
@@ -77,7 +70,7 @@ async fn step<T: Send + 'static>(
     build: impl Fn(RpcReplyPort<Result<T, ActorError>>) -> ChatMsg,
 ) -> Result<T, StepError> {
     let build = &build;
-    STORE_BUSY_RETRY
+    crate::retry::STORE_BUSY
         .run(
             || async move {
                 match ask(args, build).await {
@@ -164,6 +157,12 @@ fn control_skip(cfg: &ReplyConfig, ctx: &ReplyContext) -> Option<ReplyReason> {
             limit: cap,
         });
     }
+    budget_skip(cfg)
+}
+
+/// Why no model call is made under the account's daily token budget, if so (echo mode spends
+/// nothing). Test replies obey it too.
+pub fn budget_skip(cfg: &ReplyConfig) -> Option<ReplyReason> {
     let budget = cfg.daily_token_budget;
     if budget > 0 && !cfg.echo_mode && cfg.tokens_used_today >= budget {
         return Some(ReplyReason::BudgetExhausted {
@@ -202,10 +201,17 @@ fn model_error(class: ModelErrorClass, status: Option<u16>, message: String) -> 
 
 /// Calls the primary model (with `max_retries` retries of retryable failures); when it still
 /// fails and a fallback model is configured, calls the fallback the same way.
-async fn call_model(args: &WorkerArgs, cfg: &ReplyConfig, turns: &[Turn]) -> Called {
+async fn call_model(
+    ports: &Ports,
+    account: &str,
+    log_id: &str,
+    cfg: &ReplyConfig,
+    turns: &[Turn],
+) -> Called {
     let attempts_each = cfg.max_retries.saturating_add(1);
     let call = ModelCall {
         base_url: cfg.base_url.clone(),
+        private_networks: cfg.private_networks,
         api_key: cfg.api_key.clone(),
         model: cfg.model.clone(),
         messages: prompt(&cfg.system_prompt, turns),
@@ -214,12 +220,12 @@ async fn call_model(args: &WorkerArgs, cfg: &ReplyConfig, turns: &[Turn]) -> Cal
         timeout: cfg.timeout,
         max_attempts: attempts_each,
     };
-    let permits = args.ports.limits.acquire(&args.account).await;
+    let permits = ports.limits.acquire(account).await;
     // The call is kept for the fallback only when there is one: a call waiting for a slow model
     // holds one copy of its prompt, not two.
     let (first, spare) = match cfg.fallback {
-        Some(_) => (args.ports.model.complete(call.clone()).await, Some(call)),
-        None => (args.ports.model.complete(call).await, None),
+        Some(_) => (ports.model.complete(call.clone()).await, Some(call)),
+        None => (ports.model.complete(call).await, None),
     };
     let (failure, mut attempts) = match first {
         Ok(a) => {
@@ -241,12 +247,12 @@ async fn call_model(args: &WorkerArgs, cfg: &ReplyConfig, turns: &[Turn]) -> Cal
             fallback: false,
         };
     };
-    tracing::info!(reply_id = %args.reply_id, model = %fb.model, "primary model failed; asking the fallback model");
-    let second = args
-        .ports
+    tracing::info!(reply_id = %log_id, model = %fb.model, "primary model failed; asking the fallback model");
+    let second = ports
         .model
         .complete(ModelCall {
             base_url: fb.base_url.clone(),
+            private_networks: fb.private_networks,
             api_key: fb.api_key.clone(),
             model: fb.model.clone(),
             ..call
@@ -274,6 +280,48 @@ async fn call_model(args: &WorkerArgs, cfg: &ReplyConfig, turns: &[Turn]) -> Cal
                 fallback: true,
             }
         }
+    }
+}
+
+/// The pipeline's answer step, shared by reply workers and the test routes: the prompt is the
+/// system prompt and the newest turns of `history` within the history window and budget; the
+/// model is called within `account`'s concurrency limits, retrying retryable failures, then the
+/// fallback model. Echo mode answers with `trigger_text`. A failure comes with every attempt.
+pub async fn generate(
+    ports: &Ports,
+    account: &str,
+    log_id: &str,
+    cfg: &ReplyConfig,
+    history: &[Turn],
+    trigger_text: &str,
+) -> Result<GeneratedReply, (ReplyReason, Vec<ModelAttempt>)> {
+    if cfg.echo_mode {
+        return Ok(GeneratedReply {
+            text: trigger_text.to_string(),
+            model: "echo".to_string(),
+            usage: TokenUsage::default(),
+            latency_ms: 0,
+            attempts: vec![],
+            fallback: false,
+        });
+    }
+    let turns = select_history(
+        history,
+        cfg.max_history_tokens,
+        cfg.history_window,
+        Utc::now(),
+    );
+    let called = call_model(ports, account, log_id, cfg, &turns).await;
+    match called.result {
+        Ok((text, model, usage, latency_ms)) => Ok(GeneratedReply {
+            text,
+            model,
+            usage,
+            latency_ms,
+            attempts: called.attempts,
+            fallback: called.fallback,
+        }),
+        Err(reason) => Err((reason, called.attempts)),
     }
 }
 
@@ -342,52 +390,27 @@ async fn run(args: &WorkerArgs) -> Result<(), StepError> {
     if let Some(reason) = control_skip(&cfg, &ctx) {
         return step(args, skip(reason)).await;
     }
-    let (text, model, usage, latency_ms, attempts, fallback) = if cfg.echo_mode {
-        (
-            ctx.trigger_text.clone(),
-            "echo".to_string(),
-            TokenUsage::default(),
-            0,
-            vec![],
-            false,
-        )
-    } else {
-        let turns = select_history(
-            &ctx.history,
-            cfg.max_history_tokens,
-            cfg.history_window,
-            Utc::now(),
-        );
-        let called = call_model(args, &cfg, &turns).await;
-        match called.result {
-            Ok((text, model, usage, latency_ms)) => (
-                text,
-                model,
-                usage,
-                latency_ms,
-                called.attempts,
-                called.fallback,
-            ),
-            Err(reason) => {
-                let reply_id = reply_id.clone();
-                let attempts = called.attempts;
-                return step(args, move |reply| ChatMsg::Fail {
-                    reply_id: reply_id.clone(),
-                    reason: reason.clone(),
-                    attempts: attempts.clone(),
-                    reply,
-                })
-                .await;
-            }
+    let generated = match generate(
+        &args.ports,
+        &args.account,
+        &args.reply_id,
+        &cfg,
+        &ctx.history,
+        &ctx.trigger_text,
+    )
+    .await
+    {
+        Ok(generated) => generated,
+        Err((reason, attempts)) => {
+            let reply_id = reply_id.clone();
+            return step(args, move |reply| ChatMsg::Fail {
+                reply_id: reply_id.clone(),
+                reason: reason.clone(),
+                attempts: attempts.clone(),
+                reply,
+            })
+            .await;
         }
-    };
-    let generated = GeneratedReply {
-        text,
-        model,
-        usage,
-        latency_ms,
-        attempts,
-        fallback,
     };
     // Without a reply delay nothing happens between recording the answer and sending it, so both
     // commit in one append — unless the reply waited out a debounce window: start-up recovery
@@ -412,7 +435,58 @@ enum SendFailure {
     Step(StepError),
 }
 
-/// Asks the chat to send the reply; when the transport says "retry later" (rate limits), waits
+/// One delivery try: the chat decides whether the reply is sent now and reserves the send; this
+/// worker shows the typing indicator (a courtesy: when it fails the send still runs) and calls
+/// the transport, outside the chat actor, which keeps taking messages; the chat records the
+/// outcome.
+async fn deliver_once(
+    args: &WorkerArgs,
+    typing: bool,
+    generated: Option<GeneratedReply>,
+) -> Result<Delivery, StepError> {
+    let reservation = step(args, |reply| ChatMsg::Reserve {
+        reply_id: args.reply_id.clone(),
+        typing,
+        generated: generated.clone().map(Box::new),
+        reply,
+    })
+    .await?;
+    let (text, typing, trigger) = match reservation {
+        Reservation::Done => return Ok(Delivery::Done),
+        Reservation::Send {
+            text,
+            typing,
+            trigger,
+        } => (text, typing, trigger),
+    };
+    let transport = &args.ports.transport;
+    let mut typed_at = None;
+    if typing {
+        match transport
+            .typing(&args.account, &args.jid, trigger.as_deref())
+            .await
+        {
+            Ok(()) => typed_at = Some(Utc::now()),
+            Err(e) => {
+                tracing::warn!(reply_id = %args.reply_id, reason = %e, "typing indicator not shown");
+            }
+        }
+    }
+    let result = transport.send_text(&args.account, &args.jid, &text).await;
+    let outcome = SendOutcome {
+        typed_at,
+        result,
+        at: Utc::now(),
+    };
+    step(args, |reply| ChatMsg::Record {
+        reply_id: args.reply_id.clone(),
+        outcome: outcome.clone(),
+        reply,
+    })
+    .await
+}
+
+/// Delivers the reply; when the transport says "retry later" (rate limits), waits
 /// `send_backoff`, doubling with jitter (at most 30 s), and tries again up to `send_attempts`
 /// times, then records the failure with the last reason.
 async fn deliver(args: &WorkerArgs, generated: Option<GeneratedReply>) -> Result<(), StepError> {
@@ -427,22 +501,17 @@ async fn deliver(args: &WorkerArgs, generated: Option<GeneratedReply>) -> Result
         .run(
             || async move {
                 let attempt = tries.fetch_add(1, Ordering::Relaxed) + 1;
-                // The answer is recorded by the first try (in its append, whatever the outcome).
+                // The answer is recorded by the first try (in its append, whatever the outcome);
+                // the indicator is shown once, before the first try.
                 let generated = if attempt == 1 {
                     generated.clone()
                 } else {
                     None
                 };
-                let outcome = step(args, |reply| ChatMsg::Deliver {
-                    reply_id: args.reply_id.clone(),
-                    // The indicator once, before the first try.
-                    typing: attempt == 1,
-                    generated: generated.clone().map(Box::new),
-                    reply,
-                })
-                .await
-                .map_err(SendFailure::Step)?;
-                match outcome {
+                match deliver_once(args, attempt == 1, generated)
+                    .await
+                    .map_err(SendFailure::Step)?
+                {
                     Delivery::Done => Ok(()),
                     Delivery::Retry { reason } => Err(SendFailure::Refused(reason)),
                 }
@@ -682,6 +751,7 @@ mod tests {
                 skip_reason: None,
                 echo_mode: true,
                 base_url: String::new(),
+                private_networks: false,
                 api_key: None,
                 model: String::new(),
                 system_prompt: String::new(),

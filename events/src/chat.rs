@@ -367,8 +367,17 @@ pub enum ChatCommand {
         reply_id: Option<String>,
         at: DateTime<Utc>,
     },
-    /// Sends a generated reply (the transport already accepted it as `message_id`).
+    /// Decides whether a generated reply is sent now: the sent events under `message_id`, or why
+    /// not (superseded, paused, loop guard, text erased). The chat asks this before the transport
+    /// is called, with a provisional id, and commits it as it is when the answer is "not sent".
     SendReply {
+        reply_id: String,
+        message_id: String,
+        at: DateTime<Utc>,
+    },
+    /// The transport accepted a generated reply as `message_id`: recorded whatever happened in the
+    /// chat since the send was decided (a reply the customer has is never recorded as skipped).
+    RecordSent {
         reply_id: String,
         message_id: String,
         at: DateTime<Utc>,
@@ -399,6 +408,28 @@ pub struct Control {
     pub takeover: Duration,
     /// Burst debounce window (zero: off).
     pub debounce: Duration,
+}
+
+/// The events of a sent AI reply: the outbound message and the reply's sent mark.
+fn sent_reply_events(
+    reply_id: String,
+    message_id: String,
+    text: String,
+    at: DateTime<Utc>,
+) -> Vec<ChatEvent> {
+    vec![
+        ChatEvent::MessageSent {
+            message_id: message_id.clone(),
+            text,
+            source: Source::Ai,
+            ai_reply_id: Some(reply_id.clone()),
+            at,
+        },
+        ChatEvent::AiReplySent {
+            reply_id,
+            message_id,
+        },
+    ]
 }
 
 fn check_text(text: &str) -> Result<(), DomainError> {
@@ -823,20 +854,22 @@ impl Chat {
                 if let Err(reason) = self.loop_guard(at) {
                     return Ok(vec![ChatEvent::AiReplySkipped { reply_id, reason }]);
                 }
-                vec![
-                    ChatEvent::MessageSent {
-                        message_id: message_id.clone(),
-                        text,
-                        source: Source::Ai,
-                        ai_reply_id: Some(reply_id.clone()),
-                        at,
-                    },
-                    ChatEvent::AiReplySent {
-                        reply_id,
-                        message_id,
-                    },
-                ]
+                sent_reply_events(reply_id, message_id, text, at)
             }
+            ChatCommand::RecordSent {
+                reply_id,
+                message_id,
+                at,
+            } => match self.open(&reply_id)? {
+                ReplyState::Generated { text, .. } => {
+                    sent_reply_events(reply_id, message_id, text.clone(), at)
+                }
+                ReplyState::Requested { .. } => {
+                    return Err(DomainError::Conflict(format!(
+                        "reply {reply_id} has no text yet"
+                    )))
+                }
+            },
             ChatCommand::FailReply {
                 reply_id,
                 reason,
@@ -1038,6 +1071,43 @@ mod tests {
                 message_id: "out2".into(),
                 at: t0(),
             })
+            .then_expect_error_message("reply r1 is not open");
+    }
+
+    #[test]
+    fn a_reply_the_transport_took_is_recorded_even_if_superseded_meanwhile() {
+        Fw::with(())
+            .given(vec![
+                received("m1"),
+                requested("r1", "m1"),
+                generated("r1"),
+                received("m2"),
+                requested("r2", "m2"),
+            ])
+            .when(ChatCommand::RecordSent {
+                reply_id: "r1".into(),
+                message_id: "out1".into(),
+                at: t0(),
+            })
+            .then_expect_events(sent_reply("r1", "out1"));
+    }
+
+    #[test]
+    fn a_send_is_recorded_once_and_only_for_a_generated_reply() {
+        let record = |id: &str| ChatCommand::RecordSent {
+            reply_id: "r1".into(),
+            message_id: id.into(),
+            at: t0(),
+        };
+        Fw::with(())
+            .given(vec![received("m1"), requested("r1", "m1")])
+            .when(record("out1"))
+            .then_expect_error_message("reply r1 has no text yet");
+        let mut sent = vec![received("m1"), requested("r1", "m1"), generated("r1")];
+        sent.extend(sent_reply("r1", "out1"));
+        Fw::with(())
+            .given(sent)
+            .when(record("out2"))
             .then_expect_error_message("reply r1 is not open");
     }
 

@@ -9,7 +9,7 @@ use serde::Serialize;
 use wagate_events::account::{AccountEvent, CloudApiState, Transport};
 use wagate_events::chat::{ChatEvent, PauseCause};
 use wagate_events::chat_settings::{ChatSettings, ChatSettingsEvent};
-use wagate_events::settings::{LayerState, SettingsEvent};
+use wagate_events::settings::{AiField, LayerState, SettingsEvent};
 use wagate_events::webhook::{WebhookEvent, WebhookStatus};
 
 use crate::StoredEvent;
@@ -91,7 +91,42 @@ pub struct AccountView {
     pub deleted: bool,
     pub ai: LayerState,
     pub ai_updated_at: Option<DateTime<Utc>>,
+    /// Who last set the account layer's model URLs (issue 21, finding 3).
+    pub model_urls: ModelUrlOrigins,
     pub tokens: BTreeMap<String, TokenView>,
+}
+
+/// Whether the account layer's `base_url` and `fallback_base_url` were last set by an account
+/// token (a tenant) rather than an admin. A tenant's URL is called with the public-only outbound
+/// guard unless `WAGATE_ALLOW_PRIVATE_NETWORKS_FOR_ACCOUNTS`, whatever its name resolves to later
+/// (a name that did not resolve when saved, or resolves elsewhere now: DNS rebinding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ModelUrlOrigins {
+    pub base_url_by_tenant: bool,
+    pub fallback_base_url_by_tenant: bool,
+}
+
+impl ModelUrlOrigins {
+    /// Notes who set or cleared the layer's model URLs in a settings change.
+    fn fold(&mut self, event: &SettingsEvent, actor: &str) {
+        let SettingsEvent::AiSettingsChanged { set, cleared } = event else {
+            return;
+        };
+        let tenant = actor.starts_with("token:");
+        if set.base_url.is_some() {
+            self.base_url_by_tenant = tenant;
+        }
+        if set.fallback_base_url.is_some() {
+            self.fallback_base_url_by_tenant = tenant;
+        }
+        for field in cleared {
+            match field {
+                AiField::BaseUrl => self.base_url_by_tenant = false,
+                AiField::FallbackBaseUrl => self.fallback_base_url_by_tenant = false,
+                _ => {}
+            }
+        }
+    }
 }
 
 /// The folded configuration state at some position of the history.
@@ -150,7 +185,7 @@ impl ConfigModel {
             }
             "account" => {
                 let e: AccountEvent = parse(ev)?;
-                self.apply_account(&ev.aggregate_id, e, ev.recorded_at);
+                self.apply_account(&ev.aggregate_id, e, ev.recorded_at, ev.actor());
             }
             "chat_settings" => {
                 let e: ChatSettingsEvent = parse(ev)?;
@@ -237,7 +272,7 @@ impl ConfigModel {
             .filter(|w| w.status != WebhookStatus::Deleted)
     }
 
-    fn apply_account(&mut self, id: &str, e: AccountEvent, at: DateTime<Utc>) {
+    fn apply_account(&mut self, id: &str, e: AccountEvent, at: DateTime<Utc>, actor: &str) {
         if let AccountEvent::AccountCreated {
             name, transport, ..
         } = &e
@@ -253,6 +288,7 @@ impl ConfigModel {
                     deleted: false,
                     ai: LayerState::default(),
                     ai_updated_at: None,
+                    model_urls: ModelUrlOrigins::default(),
                     tokens: BTreeMap::new(),
                 },
             );
@@ -263,6 +299,7 @@ impl ConfigModel {
         };
         if let Some(s) = e.as_settings() {
             acc.ai.apply(&s);
+            acc.model_urls.fold(&s, actor);
             acc.ai_updated_at = Some(at);
             return;
         }
@@ -323,5 +360,64 @@ impl ConfigModel {
 
     pub fn chat(&self, account_id: &str, jid: &str) -> Option<&ChatSettings> {
         self.chats.get(&(account_id.to_string(), jid.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use wagate_events::settings::{AiField, AiSettings, SettingsEvent};
+
+    use super::ModelUrlOrigins;
+
+    fn changed(base: Option<&str>, fallback: Option<&str>, cleared: Vec<AiField>) -> SettingsEvent {
+        SettingsEvent::AiSettingsChanged {
+            set: AiSettings {
+                base_url: base.map(str::to_string),
+                fallback_base_url: fallback.map(str::to_string),
+                ..Default::default()
+            },
+            cleared,
+        }
+    }
+
+    #[test]
+    fn model_urls_remember_who_set_each_of_them() {
+        let mut o = ModelUrlOrigins::default();
+        o.fold(
+            &changed(Some("https://a.example/v1"), None, vec![]),
+            "token:t1",
+        );
+        assert!(o.base_url_by_tenant && !o.fallback_base_url_by_tenant);
+        // An admin's change of the other URL leaves the tenant's as it was.
+        o.fold(
+            &changed(None, Some("https://b.example/v1"), vec![]),
+            "admin:admin",
+        );
+        assert!(o.base_url_by_tenant && !o.fallback_base_url_by_tenant);
+        o.fold(
+            &changed(None, Some("https://c.example/v1"), vec![]),
+            "token:t1",
+        );
+        assert!(o.fallback_base_url_by_tenant);
+        // The admin taking a URL over, or clearing it, makes it no tenant's.
+        o.fold(
+            &changed(Some("https://d.example/v1"), None, vec![]),
+            "admin:admin",
+        );
+        o.fold(
+            &changed(None, None, vec![AiField::FallbackBaseUrl]),
+            "token:t1",
+        );
+        assert_eq!(o, ModelUrlOrigins::default());
+        // Other settings changes and key events do not touch the origins.
+        o.fold(
+            &changed(Some("https://e.example/v1"), None, vec![]),
+            "token:t2",
+        );
+        o.fold(
+            &changed(None, None, vec![AiField::ModelName]),
+            "admin:admin",
+        );
+        assert!(o.base_url_by_tenant);
     }
 }

@@ -131,6 +131,22 @@ pub struct Effective {
     pub fallback_key: Option<FallbackKey>,
 }
 
+impl Effective {
+    /// Whether the model URLs in effect were set by an account token, given who set the account
+    /// layer's: (primary, fallback). The fallback without a URL of its own uses the primary's.
+    pub fn tenant_model_urls(&self, origins: &crate::config::ModelUrlOrigins) -> (bool, bool) {
+        let primary = self.base_url.source == Source::Account && origins.base_url_by_tenant;
+        let fallback = match self.fallback_base_url.value {
+            Some(_) => {
+                self.fallback_base_url.source == Source::Account
+                    && origins.fallback_base_url_by_tenant
+            }
+            None => primary,
+        };
+        (primary, fallback)
+    }
+}
+
 /// A spend limit that was capped: the account (or chat) asked for `requested`, the layer above
 /// it allows `ceiling`, and the key is not the account's own (ADR 0022).
 #[derive(Debug, Clone, PartialEq, Serialize)]

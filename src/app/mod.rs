@@ -122,8 +122,6 @@ pub struct App {
     catch_up_lock: tokio::sync::Mutex<()>,
     /// Wakes the background projector after commits made outside `execute` (chat actors).
     pub projector_wake: tokio::sync::Notify,
-    /// The model client for the test routes (the actors hold their own).
-    model_client: std::sync::OnceLock<crate::model::client::HttpModelClient>,
     /// The actor system, set once at start.
     pub gateway: std::sync::OnceLock<Arc<wagate_actors::Gateway>>,
     /// Wakes the webhook fan-out after the read models folded new events.
@@ -185,7 +183,6 @@ impl App {
             folded: std::sync::atomic::AtomicI64::new(0),
             projector_wake: tokio::sync::Notify::new(),
             gateway: std::sync::OnceLock::new(),
-            model_client: std::sync::OnceLock::new(),
             catch_up_lock: tokio::sync::Mutex::new(()),
             config,
             store,
@@ -356,28 +353,6 @@ impl App {
 
     pub fn store_errors(&self) -> u64 {
         self.store_errors.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// The model client (built from the outbound guard on first use).
-    pub fn model_client(&self) -> crate::model::client::HttpModelClient {
-        self.model_client
-            .get_or_init(|| {
-                let guard = Arc::new(crate::model::guard::OutboundGuard::new(
-                    self.config.allow_private_networks.clone(),
-                ));
-                match crate::model::client::HttpModelClient::new(
-                    guard,
-                    crate::model::client::RetryPolicy::default(),
-                ) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        // Building a reqwest client fails only without a TLS backend.
-                        tracing::error!(error = %e, "cannot build the model client");
-                        std::process::abort()
-                    }
-                }
-            })
-            .clone()
     }
 
     /// The actor system (present once the server started).

@@ -234,7 +234,11 @@ pub fn fallback_key_for(
 /// primary's; its key is the fallback key entered for that origin, or the main key when the
 /// fallback has the main key's origin (a key follows its origin, ADR 0003), else none (a local
 /// model server, for instance).
-fn fallback_of(app: &App, eff: &Effective) -> Result<Option<FallbackModel>, KeyUndecryptable> {
+fn fallback_of(
+    app: &App,
+    eff: &Effective,
+    private_networks: bool,
+) -> Result<Option<FallbackModel>, KeyUndecryptable> {
     let Some(model) = eff.fallback_model_name.value.clone() else {
         return Ok(None);
     };
@@ -245,20 +249,29 @@ fn fallback_of(app: &App, eff: &Effective) -> Result<Option<FallbackModel>, KeyU
         .unwrap_or_else(|| eff.base_url.value.clone());
     Ok(Some(FallbackModel {
         base_url,
+        private_networks,
         api_key: fallback_key_for(app, eff)?,
         model,
     }))
 }
 
-/// Turns an effective config into what a reply needs.
+/// Turns an effective config into what a reply needs. A model URL an account token set reaches
+/// public addresses only, unless `WAGATE_ALLOW_PRIVATE_NETWORKS_FOR_ACCOUNTS` (issue 21, F3).
 pub fn reply_config_of(app: &App, eff: &Effective) -> Result<ReplyConfig, KeyUndecryptable> {
     let api_key = api_key_for(app, eff)?;
+    let origins = app
+        .model()
+        .account(&eff.account_id)
+        .map(|a| a.model_urls)
+        .unwrap_or_default();
+    let (tenant_primary, tenant_fallback) = eff.tenant_model_urls(&origins);
+    let trusted = |tenant: bool| !tenant || app.config.allow_private_networks_for_accounts;
     let tokens_used_today = app
         .messages()
         .tokens_on(&eff.account_id, chrono::Utc::now().date_naive());
     let window_hours = u64::from(eff.history_window_hours.value);
     Ok(ReplyConfig {
-        fallback: fallback_of(app, eff)?,
+        fallback: fallback_of(app, eff, trusted(tenant_fallback))?,
         max_retries: eff.max_retries.value,
         max_replies_per_hour: eff.max_replies_per_chat_per_hour.value,
         daily_token_budget: eff.daily_token_budget.value,
@@ -268,6 +281,7 @@ pub fn reply_config_of(app: &App, eff: &Effective) -> Result<ReplyConfig, KeyUnd
         skip_reason: eff.why_not.clone(),
         echo_mode: eff.echo_mode.value,
         base_url: eff.base_url.value.clone(),
+        private_networks: trusted(tenant_primary),
         api_key,
         model: eff.model_name.value.clone(),
         system_prompt: eff.system_prompt.value.clone(),
@@ -337,10 +351,14 @@ fn model_error_status(e: &ModelError) -> Option<u16> {
     }
 }
 
-/// The OpenAI-compatible HTTP client.
-pub struct HttpModel(pub HttpModelClient);
+/// The OpenAI-compatible HTTP clients: one whose outbound guard allows the operator's private
+/// networks, one that reaches public addresses only (model URLs set by account tokens).
+pub struct HttpModel {
+    pub private_networks: HttpModelClient,
+    pub public_only: HttpModelClient,
+}
 
-pub fn to_request(call: ModelCall) -> ModelRequest {
+fn to_request(call: ModelCall) -> ModelRequest {
     ModelRequest {
         base_url: call.base_url,
         api_key: call.api_key,
@@ -367,7 +385,12 @@ pub fn to_request(call: ModelCall) -> ModelRequest {
 #[async_trait]
 impl Model for HttpModel {
     async fn complete(&self, call: ModelCall) -> Result<ModelAnswer, ModelFailure> {
-        let (result, attempts) = self.0.complete_logged(&to_request(call)).await;
+        let client = if call.private_networks {
+            &self.private_networks
+        } else {
+            &self.public_only
+        };
+        let (result, attempts) = client.complete_logged(&to_request(call)).await;
         let reply = result.map_err(|e| ModelFailure {
             reason: e.to_string(),
             class: model_error_class(&e),
@@ -417,16 +440,34 @@ fn cloud_client(app: &App) -> CloudApiClient {
     }
 }
 
+/// A model client behind the outbound guard that allows `private_networks` (replies and the test
+/// routes call through these).
+fn model_client(private_networks: Vec<ipnet::IpNet>) -> HttpModelClient {
+    let guard = Arc::new(crate::model::guard::OutboundGuard::new(private_networks));
+    match HttpModelClient::new(guard, crate::model::client::RetryPolicy::default()) {
+        Ok(c) => c,
+        Err(e) => {
+            // Building a reqwest client fails only without a TLS backend.
+            tracing::error!(error = %e, "cannot build the model client");
+            std::process::abort()
+        }
+    }
+}
+
 /// Builds the actors' ports for `app`.
-pub fn ports(app: &Arc<App>, model: HttpModelClient) -> wagate_actors::Ports {
+pub fn ports(app: &Arc<App>) -> wagate_actors::Ports {
     let cloud = cloud_client(app);
+    let model = HttpModel {
+        private_networks: model_client(app.config.allow_private_networks.clone()),
+        public_only: model_client(Vec::new()),
+    };
     wagate_actors::Ports {
         streams: Arc::new(
             StoreStreams::new(&app.store, app.committer.clone())
                 .guessing_new_chats(Arc::downgrade(app)),
         ),
         config: Arc::new(AppConfig(Arc::downgrade(app))),
-        model: Arc::new(HttpModel(model)),
+        model: Arc::new(model),
         transport: Arc::new(DispatchTransport::new(Arc::downgrade(app), cloud)),
         notify: Arc::new(WakeProjector(Arc::downgrade(app))),
         limits: wagate_actors::ports::Limits::new(

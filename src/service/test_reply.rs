@@ -3,16 +3,17 @@
 
 use serde::Serialize;
 use utoipa::ToSchema;
-use wagate_actors::ports::{ModelCall, PromptRole};
-use wagate_events::chat::{Source, TokenUsage};
+use wagate_actors::budget_skip;
+use wagate_events::chat::{MessageKind, Source, TokenUsage, Turn, HISTORY_LEN};
 use wagate_events::chat_settings::ChatSettings;
 use wagate_events::ids::{chat_kind, ChatKind};
+use wagate_events::reason::ReplyReason;
 use wagate_projections::effective::{self, Target};
 
 use super::error::{Error, Result};
 use super::messages::send_as_account;
 use crate::app::cold;
-use crate::app::ports::{reply_config_of, to_request};
+use crate::app::ports::reply_config_of;
 use crate::app::{App, Who};
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -27,8 +28,10 @@ pub struct TestReply {
 
 const MAX_TEST_MESSAGE: usize = 65_536;
 
-/// Asks the model as the given account / chat would, without the reply rules (enabled, chat
-/// kind, blocked): a test of the model configuration.
+/// Asks the model as the given account / chat would, through the reply pipeline's answer step
+/// (the chat's history within the history budget and window, the model-call limits, retries,
+/// the fallback model), without the rules that decide whether a chat is answered (enabled, chat
+/// kind, blocked, paused): a test of the model configuration.
 pub async fn run_test(
     app: &App,
     account: Option<&str>,
@@ -70,76 +73,75 @@ pub async fn run_test(
             },
         )
     };
-    // The chat's last 20 messages, oldest first.
-    let history: Vec<(PromptRole, String)> = match (account, chat) {
-        (Some(a), Some(c)) => cold::messages_page(app, a, c, None, 20)
+    // The chat's text turns as a reply sees them (the newest `HISTORY_LEN`, the test message
+    // being the newest), oldest first.
+    let mut history: Vec<Turn> = match (account, chat) {
+        (Some(a), Some(c)) => cold::messages_page(app, a, c, None, 2 * HISTORY_LEN)
             .await?
             .into_iter()
-            .rev()
-            .map(|m| {
-                let role = if m.from_me {
-                    PromptRole::Assistant
-                } else {
-                    PromptRole::User
-                };
-                (role, m.text)
+            .filter(|m| m.kind == MessageKind::Text)
+            .take(HISTORY_LEN - 1)
+            .map(|m| Turn {
+                inbound: !m.from_me,
+                text: m.text,
+                message_id: m.id,
+                at: Some(m.created_at),
             })
             .collect(),
         _ => vec![],
     };
+    history.reverse();
+    history.push(Turn {
+        inbound: true,
+        text: message.to_string(),
+        message_id: "test".into(),
+        at: Some(chrono::Utc::now()),
+    });
     let cfg = reply_config_of(app, &eff).map_err(|e| Error::Conflict {
         code: "api_key_unusable",
         message: e.to_string(),
     })?;
-    if cfg.echo_mode {
-        return Ok(TestReply {
-            reply: message.to_string(),
-            model: "echo".into(),
-            latency_ms: 0,
-            usage: TokenUsage::default(),
-            sent: false,
-        });
-    }
-    if cfg.api_key.is_none() {
+    // The test answers whatever the reply rules say of the chat (enabled, chat kind, blocked,
+    // paused): it tests the model configuration. What it cannot do without a key or over the
+    // account's daily token budget, it refuses as a reply would be skipped.
+    if !cfg.echo_mode && cfg.api_key.is_none() {
         let why = eff
             .api_key_note
             .clone()
-            .unwrap_or_else(|| "no API key configured".into());
+            .unwrap_or_else(|| ReplyReason::NoApiKey.text());
         return Err(Error::Conflict {
-            code: "no_api_key",
+            code: ReplyReason::NoApiKey.code(),
             message: why,
         });
     }
-    let mut messages = vec![(PromptRole::System, cfg.system_prompt.clone())];
-    messages.extend(history);
-    messages.push((PromptRole::User, message.to_string()));
-    let call = ModelCall {
-        base_url: cfg.base_url.clone(),
-        api_key: cfg.api_key.clone(),
-        model: cfg.model.clone(),
-        messages,
-        temperature: cfg.temperature,
-        max_tokens: cfg.max_tokens,
-        timeout: cfg.timeout,
-        max_attempts: cfg.max_retries.saturating_add(1),
-    };
-    let client = app.model_client();
-    let reply = client.complete(&to_request(call)).await.map_err(|e| {
-        tracing::warn!(class = e.class(), "test model call failed");
-        Error::Upstream {
-            code: "model_error",
-            message: e.to_string(),
-        }
-    })?;
+    if let Some(reason) = budget_skip(&cfg) {
+        return Err(Error::Conflict {
+            code: reason.code(),
+            message: reason.text(),
+        });
+    }
+    let gateway = app.gateway()?;
+    let reply = gateway
+        .generate(account.unwrap_or(""), &cfg, &history, message)
+        .await
+        .map_err(|reason| {
+            tracing::warn!(reason = reason.code(), "test model call failed");
+            match reason {
+                ReplyReason::ModelError { message, .. } => Error::Upstream {
+                    code: "model_error",
+                    message,
+                },
+                other => Error::Upstream {
+                    code: "model_error",
+                    message: other.text(),
+                },
+            }
+        })?;
     Ok(TestReply {
         reply: reply.text,
         model: reply.model,
         latency_ms: reply.latency_ms,
-        usage: TokenUsage {
-            prompt_tokens: reply.usage.prompt_tokens,
-            completion_tokens: reply.usage.completion_tokens,
-            total_tokens: reply.usage.total_tokens,
-        },
+        usage: reply.usage,
         sent: false,
     })
 }

@@ -432,6 +432,100 @@ async fn whole_loop(app: TestApp) {
 }
 both_stores!(cloud_whole_loop, whole_loop);
 
+/// The transport is called outside the chat actor: while a reply's send waits on a slow Graph
+/// API, the chat keeps taking messages, and a status Meta reports for the reply before its send
+/// is recorded waits for that record instead of being dropped as unknown.
+async fn a_slow_send_does_not_hold_the_chat(app: TestApp) {
+    let model = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion("Yes, in blue.")))
+        .mount(&model)
+        .await;
+    let graph = MockServer::start().await;
+    accept_typing(&graph).await;
+    Mock::given(method("POST"))
+        .and(path(SEND_PATH))
+        .and(body_partial_json(json!({"type": "text"})))
+        .respond_with(sent_response("wamid.SLOW").set_delay(std::time::Duration::from_secs(3)))
+        .up_to_n_times(1)
+        .with_priority(2)
+        .mount(&graph)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(SEND_PATH))
+        .and(body_partial_json(json!({"type": "text"})))
+        .respond_with(sent_response("wamid.OUT2"))
+        .with_priority(3)
+        .mount(&graph)
+        .await;
+    configure(&app, &model, json!({})).await;
+    create_cloud_account(&app, "acme", &graph).await;
+
+    let r = post_webhook(
+        &app,
+        "acme",
+        &text_message("wamid.IN1", "Blue?"),
+        Some(APP_SECRET),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    eventually(20, "the reply's send reaches the Graph API", || async {
+        (!send_requests(&graph).await.is_empty()).then_some(())
+    })
+    .await;
+    // The send is in flight (3 s): the same chat takes the next message now.
+    let r = post_webhook(
+        &app,
+        "acme",
+        &text_message("wamid.IN2", "Or red?"),
+        Some(APP_SECRET),
+    )
+    .await;
+    assert_eq!(
+        (r.status, &r.json["messages"]),
+        (200, &json!(1)),
+        "{}",
+        r.text
+    );
+    let recorded = messages(&app, "acme", JID).await;
+    assert!(
+        recorded.iter().any(|m| m["id"] == "wamid.IN2")
+            && !recorded.iter().any(|m| m["id"] == "wamid.SLOW"),
+        "the second message is recorded while the first reply's send is still in flight: {recorded:?}"
+    );
+    // Meta reports the reply before the gateway has its id on record.
+    let r = post_webhook(
+        &app,
+        "acme",
+        &status("wamid.SLOW", "delivered", None),
+        Some(APP_SECRET),
+    )
+    .await;
+    assert_eq!(
+        (r.status, &r.json["statuses"]),
+        (200, &json!(1)),
+        "{}",
+        r.text
+    );
+
+    let first = settled(&app, "acme", "wamid.IN1").await;
+    assert_eq!(
+        (first["status"].as_str(), first["sent_message_id"].as_str()),
+        (Some("sent"), Some("wamid.SLOW")),
+        "a reply the transport took is recorded as sent, though a newer message came meanwhile: {first}"
+    );
+    let second = settled(&app, "acme", "wamid.IN2").await;
+    assert_eq!(second["status"], "sent", "{second}");
+    let slow = messages(&app, "acme", JID)
+        .await
+        .into_iter()
+        .find(|m| m["id"] == "wamid.SLOW")
+        .expect("the slow reply is recorded");
+    assert_eq!(slow["status"], "delivered", "{slow}");
+}
+both_stores!(cloud_slow_send, a_slow_send_does_not_hold_the_chat);
+
 async fn non_text_messages_are_recorded_not_answered(app: TestApp) {
     let graph = MockServer::start().await;
     create_cloud_account(&app, "acme", &graph).await;

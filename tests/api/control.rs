@@ -439,6 +439,91 @@ async fn server_errors_then_fallback_answers(app: TestApp) {
 }
 both_stores!(fallback, server_errors_then_fallback_answers);
 
+/// Issue 20: the test routes answer through the reply pipeline: the history budget, retries,
+/// the fallback model and the daily token budget apply as they do to a real reply.
+async fn test_routes_run_the_reply_pipeline(app: TestApp) {
+    let stub = MockServer::start().await;
+    let mut fallback_answer = completion("From the fallback");
+    fallback_answer["model"] = json!("backup-model");
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .and(body_string_contains("\"model\":\"backup-model\""))
+        .respond_with(ResponseTemplate::new(200).set_body_json(fallback_answer))
+        .with_priority(1)
+        .mount(&stub)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(ResponseTemplate::new(503))
+        .with_priority(2)
+        .mount(&stub)
+        .await;
+    let settings = json!({"max_retries": 1, "fallback_model_name": "backup-model",
+        "max_history_tokens": 10});
+    configure(&app, &stub, settings.clone()).await;
+    app.create_account("acme").await;
+    inbound(
+        &app,
+        "acme",
+        JID,
+        "p1",
+        "An older question that the history budget leaves out",
+    )
+    .await;
+    assert_eq!(settled(&app, "acme", "p1").await["status"], "sent");
+    let before = calls(&stub).await.len();
+
+    let r = app
+        .admin(
+            "POST",
+            "/v1/ai/admin/test",
+            Some(json!({"account_id": "acme", "chat_id": JID, "message": "Which colours?"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        (r.json["reply"].as_str(), r.json["model"].as_str()),
+        (Some("From the fallback"), Some("backup-model"))
+    );
+    let test_calls = &calls(&stub).await[before..];
+    let models: Vec<&str> = test_calls
+        .iter()
+        .filter_map(|c| c["model"].as_str())
+        .collect();
+    assert_eq!(
+        models,
+        ["stub-model", "stub-model", "backup-model"],
+        "one retry of the primary, then the fallback"
+    );
+    assert_eq!(
+        test_calls[0]["messages"],
+        json!([{"role": "system", "content": "You are a test assistant."},
+            {"role": "user", "content": "Which colours?"}]),
+        "only the newest turn fits the history budget"
+    );
+
+    // The reply above used 18 tokens today: over a budget of 10, the test makes no model call.
+    let mut limited = settings;
+    limited["daily_token_budget"] = json!(10);
+    configure(&app, &stub, limited).await;
+    let before = calls(&stub).await.len();
+    let r = app
+        .admin(
+            "POST",
+            "/v1/ai/admin/test",
+            Some(json!({"account_id": "acme", "message": "Still there?"})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json["error"]["code"].as_str()),
+        (409, Some("budget_exhausted")),
+        "{}",
+        r.text
+    );
+    assert_eq!(calls(&stub).await.len(), before);
+}
+both_stores!(test_route_pipeline, test_routes_run_the_reply_pipeline);
+
 async fn no_fallback_fails_with_every_attempt(app: TestApp) {
     let stub = MockServer::start().await;
     Mock::given(method("POST"))

@@ -794,6 +794,69 @@ async fn private_model_urls_are_the_admins() {
     }
 }
 
+/// F3 at call time: a model URL an account token saved reaches public addresses only, whatever
+/// its name resolves to when called (a name that did not resolve when saved, DNS rebinding), unless
+/// the operator lets tokens use the private networks. Here the operator withdraws that opt-in: the
+/// tenant's saved loopback URL is no longer called, while the admin's own (the global layer's, the
+/// same server) still is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_model_urls_stay_public_when_called() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let Some(mut vars) = TestApp::vars(crate::helpers::Backend::Sqlite, &dir).await else {
+        return;
+    };
+    vars.insert(
+        "WAGATE_ALLOW_PRIVATE_NETWORKS_FOR_ACCOUNTS".into(),
+        "true".into(),
+    );
+    let mut app = TestApp::spawn_with(crate::helpers::Backend::Sqlite, dir, vars).await;
+    let stub = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion("Hello")))
+        .mount(&stub)
+        .await;
+    configure(&app, &stub, json!({})).await;
+    app.create_account("acme").await;
+    app.create_account("other").await;
+    let token = app.account_token("acme").await;
+    let r = app
+        .call(
+            "PUT",
+            "/v1/accounts/acme/ai",
+            Some(&token),
+            Some(json!({"base_url": format!("{}/v1", stub.uri()), "api_key": "sk-tenant"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    inbound(&app, "acme", JID, "t1", "hi").await;
+    assert_eq!(settled(&app, "acme", "t1").await["status"], "sent");
+    let calls = || async { stub.received_requests().await.unwrap_or_default().len() };
+    assert_eq!(calls().await, 1);
+
+    app.vars
+        .remove("WAGATE_ALLOW_PRIVATE_NETWORKS_FOR_ACCOUNTS");
+    app.restart().await;
+    inbound(&app, "acme", JID, "t2", "hi again").await;
+    let row = settled(&app, "acme", "t2").await;
+    assert_eq!(
+        (row["status"].as_str(), row["reason_code"].as_str()),
+        (Some("failed"), Some("model_error")),
+        "{row}"
+    );
+    assert!(
+        row["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("refused")),
+        "{row}"
+    );
+    assert_eq!(calls().await, 1, "the tenant's URL was not called");
+    // The same server set by the admin (the global layer) is still called.
+    inbound(&app, "other", JID, "o1", "hi").await;
+    assert_eq!(settled(&app, "other", "o1").await["status"], "sent");
+    assert_eq!(calls().await, 2);
+}
+
 /// Replies recorded before reasons had codes hold the text in their events: after a restart folds
 /// the history again, the AI log shows the same text with its code (`other` for a text no code
 /// matches), and new replies in the same chat store the code.
