@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Semaphore};
 
 use wagate_events::chat::{DeliveryStatus, MessageKind, Source, Turn};
 use wagate_events::reason::ReplyReason;
 
 use crate::chat::{ChatActor, ChatArgs, ChatMsg, GeneratedReply, ReceiveAck, SentAck};
-use crate::ports::{ActorError, Meta, Ports, ReplyConfig};
+use crate::ports::{ActorError, Meta, Ports, ReplyConfig, Session};
 use crate::supervisor::{AiSupervisor, SupervisorMsg};
 
 /// How often, at most, an account actor asks its chats whether they have been idle long enough
@@ -21,10 +21,22 @@ use crate::supervisor::{AiSupervisor, SupervisorMsg};
 /// time).
 const IDLE_SWEEP: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// What an account actor owns and lends to its chats and their reply workers: the account's
+/// transport session and its model-call slots. It is the unit a lease between gateways will hold.
+pub struct AccountHandle {
+    pub(crate) account: String,
+    pub(crate) session: Arc<dyn Session>,
+    pub(crate) model_slots: Arc<Semaphore>,
+}
+
 pub enum AccountMsg {
     GetChat {
         jid: String,
         reply: RpcReplyPort<Result<ActorRef<ChatMsg>, ActorError>>,
+    },
+    /// The account's handle (the test routes call the model with its slots).
+    Handle {
+        reply: RpcReplyPort<Arc<AccountHandle>>,
     },
     /// Asks every running chat whether it has been idle long enough to stop.
     IdleSweep,
@@ -40,6 +52,7 @@ pub struct AccountArgs {
 
 pub struct AccountState {
     args: AccountArgs,
+    handle: Arc<AccountHandle>,
     chats: HashMap<String, ActorRef<ChatMsg>>,
     by_id: HashMap<ActorId, String>,
 }
@@ -58,8 +71,14 @@ impl Actor for AccountActor {
             .min(args.ports.chat_idle / 2)
             .max(std::time::Duration::from_millis(10));
         myself.send_interval(sweep, || AccountMsg::IdleSweep);
+        let handle = Arc::new(AccountHandle {
+            account: args.account.clone(),
+            session: args.ports.transport.open(&args.account).await,
+            model_slots: args.ports.limits.account_slots(),
+        });
         Ok(AccountState {
             args,
+            handle,
             chats: HashMap::new(),
             by_id: HashMap::new(),
         })
@@ -78,7 +97,7 @@ impl Actor for AccountActor {
                     return Ok(());
                 }
                 let args = ChatArgs {
-                    account: st.args.account.clone(),
+                    account: st.handle.clone(),
                     jid: jid.clone(),
                     ports: st.args.ports.clone(),
                     supervisor: st.args.supervisor.clone(),
@@ -96,12 +115,24 @@ impl Actor for AccountActor {
                     };
                 let _ = reply.send(result);
             }
+            AccountMsg::Handle { reply } => {
+                let _ = reply.send(st.handle.clone());
+            }
             AccountMsg::IdleSweep => {
                 for chat in st.chats.values() {
                     let _ = chat.cast(ChatMsg::IdleCheck);
                 }
             }
         }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _: ActorRef<AccountMsg>,
+        st: &mut AccountState,
+    ) -> Result<(), ActorProcessingErr> {
+        st.handle.session.close().await;
         Ok(())
     }
 
@@ -158,6 +189,8 @@ pub struct Gateway {
     /// account actor. Only a hint: a stopped chat found here is asked for again through its
     /// account actor, which is the one that starts chats.
     running: std::sync::RwLock<HashMap<(String, String), ActorRef<ChatMsg>>>,
+    /// Model-call slots of test calls made for no account (the global layer).
+    unbound_slots: Arc<Semaphore>,
 }
 
 impl Gateway {
@@ -167,6 +200,7 @@ impl Gateway {
             .await
             .map_err(|e| ActorError::Internal(format!("cannot start the AI supervisor: {e}")))?;
         Ok(Arc::new(Gateway {
+            unbound_slots: ports.limits.account_slots(),
             ports,
             supervisor,
             accounts: Mutex::new(HashMap::new()),
@@ -308,7 +342,7 @@ impl Gateway {
         source: Source,
         meta: Meta,
     ) -> Result<SentAck, ActorError> {
-        let ticket = self
+        let (ticket, handle) = self
             .ask(account, jid, |reply| ChatMsg::ReserveSend {
                 text: text.to_string(),
                 source,
@@ -317,9 +351,9 @@ impl Gateway {
             .await?;
         let chat = self.chat(account, jid).await?;
         let ports = self.ports.clone();
-        let (account, jid, text) = (account.to_string(), jid.to_string(), text.to_string());
+        let (jid, text) = (jid.to_string(), text.to_string());
         let task = tokio::spawn(async move {
-            let result = ports.transport.send_text(&account, &jid, &text).await;
+            let result = handle.session.send_text(&jid, &text).await;
             let record = |reply| ChatMsg::RecordSend {
                 ticket,
                 text: text.clone(),
@@ -351,17 +385,36 @@ impl Gateway {
             .map_err(|e| ActorError::Internal(format!("the send task failed: {e}")))?
     }
 
-    /// Answers `trigger_text` as a reply of `account` would, through the reply pipeline's answer
+    /// Answers `trigger_text` as a reply of `account` (or the global layer's, `None`) would, through the reply pipeline's answer
     /// step (history budget and window, concurrency limits, retries, fallback; see
     /// `worker::generate`), without a chat actor: the test routes. Nothing is recorded.
     pub async fn generate(
         &self,
-        account: &str,
+        account: Option<&str>,
         cfg: &ReplyConfig,
         history: &[Turn],
         trigger_text: &str,
     ) -> Result<GeneratedReply, ReplyReason> {
-        crate::worker::generate(&self.ports, account, "test", cfg, history, trigger_text)
+        let slots = match account {
+            Some(account) => {
+                let acc = self
+                    .account(account)
+                    .await
+                    .map_err(|_| ReplyReason::ShuttingDown)?;
+                match acc
+                    .call(
+                        |reply| AccountMsg::Handle { reply },
+                        Some(self.ports.call_timeout),
+                    )
+                    .await
+                {
+                    Ok(CallResult::Success(handle)) => handle.model_slots.clone(),
+                    _ => return Err(ReplyReason::ShuttingDown),
+                }
+            }
+            None => self.unbound_slots.clone(),
+        };
+        crate::worker::generate(&self.ports, &slots, "test", cfg, history, trigger_text)
             .await
             .map_err(|(reason, _)| reason)
     }

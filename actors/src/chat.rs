@@ -19,6 +19,7 @@ use wagate_events::chat::{
 
 use wagate_events::reason::{ReplyReason, SupersededAt};
 
+use crate::account::AccountHandle;
 use crate::ports::{ActorError, Meta, Ports, SendError, StoreFailure};
 use crate::supervisor::SupervisorMsg;
 
@@ -160,7 +161,7 @@ pub enum ChatMsg {
     ReserveSend {
         text: String,
         source: Source,
-        reply: RpcReplyPort<Result<u64, ActorError>>,
+        reply: RpcReplyPort<Result<(u64, Arc<AccountHandle>), ActorError>>,
     },
     /// What the transport did with a message of a ticket; records it when sent.
     RecordSend {
@@ -223,14 +224,15 @@ pub enum ChatMsg {
 pub struct ChatActor;
 
 pub struct ChatArgs {
-    pub account: String,
+    /// The account's handle, lent by its account actor.
+    pub account: Arc<AccountHandle>,
     pub jid: String,
     pub ports: Arc<Ports>,
     pub supervisor: ActorRef<SupervisorMsg>,
 }
 
 pub struct ChatState {
-    account: String,
+    account: Arc<AccountHandle>,
     jid: String,
     stream_id: String,
     ports: Arc<Ports>,
@@ -598,7 +600,7 @@ impl Actor for ChatActor {
     ) -> Result<ChatState, ActorProcessingErr> {
         // The stream is loaded in `post_start`: `spawn` returns after `pre_start`, and the
         // account actor that spawns chats must not wait on a database round trip per new chat.
-        let stream_id = chat::stream_id(&args.account, &args.jid);
+        let stream_id = chat::stream_id(&args.account.account, &args.jid);
         Ok(ChatState {
             account: args.account,
             jid: args.jid,
@@ -673,7 +675,7 @@ impl ChatState {
                 reply,
             } => {
                 let reply_id = uuid::Uuid::now_v7().to_string();
-                let control = self.ports.config.control(&self.account, &self.jid);
+                let control = self.ports.config.control(&self.account.account, &self.jid);
                 let cmd = ChatCommand::Receive {
                     message_id: message_id.clone(),
                     from,
@@ -732,7 +734,7 @@ impl ChatState {
                     .map(|_| {
                         self.next_ticket += 1;
                         self.tickets.insert(self.next_ticket);
-                        self.next_ticket
+                        (self.next_ticket, self.account.clone())
                     })
                     .map_err(ActorError::from);
                 let _ = reply.send(result);
@@ -748,7 +750,11 @@ impl ChatState {
                 self.tickets.remove(&ticket);
                 let result = match result {
                     Ok(message_id) => {
-                        let takeover = self.ports.config.control(&self.account, &self.jid).takeover;
+                        let takeover = self
+                            .ports
+                            .config
+                            .control(&self.account.account, &self.jid)
+                            .takeover;
                         let cmd = ChatCommand::Send {
                             message_id: message_id.clone(),
                             text,

@@ -210,19 +210,26 @@ impl SendError {
     }
 }
 
+/// An account's connection to WhatsApp. The account's actor opens it when it starts and owns it
+/// while it runs; the account's chats and reply workers send through it, outside the chat actors'
+/// handlers.
 #[async_trait]
-pub trait Transport: Send + Sync + 'static {
-    /// Sends a text as the account; returns the transport's message id (which later status
-    /// updates refer to).
-    async fn send_text(&self, account: &str, jid: &str, text: &str) -> Result<String, SendError>;
+pub trait Session: Send + Sync + 'static {
+    /// Sends a text into `jid`; returns the transport's message id (which later status updates
+    /// refer to).
+    async fn send_text(&self, jid: &str, text: &str) -> Result<String, SendError>;
     /// Shows "typing…" in the chat; `reply_to` is the inbound message being answered (the Cloud
     /// API marks it read and shows the indicator on it).
-    async fn typing(
-        &self,
-        account: &str,
-        jid: &str,
-        reply_to: Option<&str>,
-    ) -> Result<(), SendError>;
+    async fn typing(&self, jid: &str, reply_to: Option<&str>) -> Result<(), SendError>;
+    /// The account actor stopped (account deleted, gateway stopping): release what the session
+    /// holds open. Default: nothing to release.
+    async fn close(&self) {}
+}
+
+/// Opens the session of an account, for its account actor.
+#[async_trait]
+pub trait Transport: Send + Sync + 'static {
+    async fn open(&self, account: &str) -> Arc<dyn Session>;
 }
 
 #[async_trait]
@@ -231,34 +238,32 @@ pub trait Notify: Send + Sync + 'static {
     async fn committed(&self);
 }
 
-/// Bounds on concurrent model calls: across the process and per account.
+/// Bounds on concurrent model calls: across the process, and per account (each account actor
+/// owns its account's slots).
 pub struct Limits {
     global: Arc<Semaphore>,
-    per_account_max: usize,
-    per_account: std::sync::Mutex<HashMap<String, Arc<Semaphore>>>,
+    per_account: usize,
 }
 
 impl Limits {
     pub fn new(global: usize, per_account: usize) -> Self {
         Self {
             global: Arc::new(Semaphore::new(global.max(1))),
-            per_account_max: per_account.max(1),
-            per_account: Default::default(),
+            per_account: per_account.max(1),
         }
     }
 
-    /// Waits for a slot for `account` and a global one (in that order).
+    /// A new set of one account's model-call slots.
+    pub fn account_slots(&self) -> Arc<Semaphore> {
+        Arc::new(Semaphore::new(self.per_account))
+    }
+
+    /// Waits for one of the account's slots and a global one (in that order).
     pub async fn acquire(
         &self,
-        account: &str,
+        account_slots: &Arc<Semaphore>,
     ) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
-        let acc = {
-            let mut map = self.per_account.lock().unwrap_or_else(|p| p.into_inner());
-            map.entry(account.to_string())
-                .or_insert_with(|| Arc::new(Semaphore::new(self.per_account_max)))
-                .clone()
-        };
-        let a = acc.acquire_owned().await.ok()?;
+        let a = account_slots.clone().acquire_owned().await.ok()?;
         let g = self.global.clone().acquire_owned().await.ok()?;
         Some((a, g))
     }
@@ -269,6 +274,7 @@ pub struct Ports {
     pub streams: Arc<dyn ChatStreams>,
     pub config: Arc<dyn ConfigSource>,
     pub model: Arc<dyn Model>,
+    /// Opens each account's session (see [`Session`]).
     pub transport: Arc<dyn Transport>,
     pub notify: Arc<dyn Notify>,
     pub limits: Limits,

@@ -7,13 +7,14 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
+use crate::account::AccountHandle;
 use crate::chat::ChatMsg;
 use crate::ports::Ports;
 use crate::worker::{ReplyWorker, WorkerArgs};
 
 pub enum SupervisorMsg {
     Start {
-        account: String,
+        account: Arc<AccountHandle>,
         jid: String,
         reply_id: String,
         chat: ActorRef<ChatMsg>,

@@ -16,9 +16,11 @@ use std::time::Duration;
 use chrono::Utc;
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::Semaphore;
 use wagate_events::chat::{ModelAttempt, TokenUsage, Turn};
 use wagate_events::reason::{ModelErrorClass, ReplyReason, SupersededAt};
 
+use crate::account::AccountHandle;
 use crate::chat::{ChatMsg, Delivery, GeneratedReply, ReplyContext, Reservation, SendOutcome};
 use crate::ports::{ActorError, ModelCall, Ports, PromptRole, ReplyConfig};
 use crate::retry::RetryPolicy;
@@ -26,7 +28,8 @@ use crate::retry::RetryPolicy;
 pub struct ReplyWorker;
 
 pub struct WorkerArgs {
-    pub account: String,
+    /// The account's handle: its session (sends) and model-call slots.
+    pub account: Arc<AccountHandle>,
     pub jid: String,
     pub reply_id: String,
     pub chat: ActorRef<ChatMsg>,
@@ -203,7 +206,7 @@ fn model_error(class: ModelErrorClass, status: Option<u16>, message: String) -> 
 /// fails and a fallback model is configured, calls the fallback the same way.
 async fn call_model(
     ports: &Ports,
-    account: &str,
+    slots: &Arc<Semaphore>,
     log_id: &str,
     cfg: &ReplyConfig,
     turns: &[Turn],
@@ -220,7 +223,7 @@ async fn call_model(
         timeout: cfg.timeout,
         max_attempts: attempts_each,
     };
-    let permits = ports.limits.acquire(account).await;
+    let permits = ports.limits.acquire(slots).await;
     // The call is kept for the fallback only when there is one: a call waiting for a slow model
     // holds one copy of its prompt, not two.
     let (first, spare) = match cfg.fallback {
@@ -285,11 +288,11 @@ async fn call_model(
 
 /// The pipeline's answer step, shared by reply workers and the test routes: the prompt is the
 /// system prompt and the newest turns of `history` within the history window and budget; the
-/// model is called within `account`'s concurrency limits, retrying retryable failures, then the
+/// model is called within the account's concurrency `slots` and the global limit, retrying retryable failures, then the
 /// fallback model. Echo mode answers with `trigger_text`. A failure comes with every attempt.
 pub async fn generate(
     ports: &Ports,
-    account: &str,
+    slots: &Arc<Semaphore>,
     log_id: &str,
     cfg: &ReplyConfig,
     history: &[Turn],
@@ -311,7 +314,7 @@ pub async fn generate(
         cfg.history_window,
         Utc::now(),
     );
-    let called = call_model(ports, account, log_id, cfg, &turns).await;
+    let called = call_model(ports, slots, log_id, cfg, &turns).await;
     match called.result {
         Ok((text, model, usage, latency_ms)) => Ok(GeneratedReply {
             text,
@@ -377,7 +380,11 @@ async fn run(args: &WorkerArgs) -> Result<(), StepError> {
     let Some(ctx) = debounced(args).await? else {
         return Ok(());
     };
-    let cfg = match args.ports.config.reply_config(&args.account, &args.jid) {
+    let cfg = match args
+        .ports
+        .config
+        .reply_config(&args.account.account, &args.jid)
+    {
         Ok(cfg) => cfg,
         Err(reason) => return step(args, skip(reason)).await,
     };
@@ -392,7 +399,7 @@ async fn run(args: &WorkerArgs) -> Result<(), StepError> {
     }
     let generated = match generate(
         &args.ports,
-        &args.account,
+        &args.account.model_slots,
         &args.reply_id,
         &cfg,
         &ctx.history,
@@ -459,20 +466,17 @@ async fn deliver_once(
             trigger,
         } => (text, typing, trigger),
     };
-    let transport = &args.ports.transport;
+    let session = &args.account.session;
     let mut typed_at = None;
     if typing {
-        match transport
-            .typing(&args.account, &args.jid, trigger.as_deref())
-            .await
-        {
+        match session.typing(&args.jid, trigger.as_deref()).await {
             Ok(()) => typed_at = Some(Utc::now()),
             Err(e) => {
                 tracing::warn!(reply_id = %args.reply_id, reason = %e, "typing indicator not shown");
             }
         }
     }
-    let result = transport.send_text(&args.account, &args.jid, &text).await;
+    let result = session.send_text(&args.jid, &text).await;
     let outcome = SendOutcome {
         typed_at,
         result,
@@ -655,7 +659,7 @@ mod tests {
     use crate::chat::ChatMsg;
     use crate::ports::{
         ChatStreams, ConfigSource, Limits, Meta, Model, ModelAnswer, ModelCall, ModelFailure,
-        Notify, Ports, ReplyConfig, SendError, StoreFailure, Transport,
+        Notify, Ports, ReplyConfig, SendError, Session, StoreFailure, Transport,
     };
     use crate::Gateway;
 
@@ -790,11 +794,25 @@ mod tests {
         sends: Mutex<VecDeque<Result<String, SendError>>>,
         send_calls: Mutex<usize>,
         typing_on: Mutex<Vec<Option<String>>>,
+        /// Accounts whose session was opened, and closed, in order.
+        opened: Mutex<Vec<String>>,
+        closed: Mutex<usize>,
+    }
+
+    /// Every account's session is the one scripted transport.
+    #[async_trait]
+    impl Transport for Arc<Scripted> {
+        async fn open(&self, account: &str) -> Arc<dyn Session> {
+            if let Ok(mut o) = self.opened.lock() {
+                o.push(account.to_string());
+            }
+            self.clone()
+        }
     }
 
     #[async_trait]
-    impl Transport for Scripted {
-        async fn send_text(&self, _: &str, _: &str, _: &str) -> Result<String, SendError> {
+    impl Session for Scripted {
+        async fn send_text(&self, _: &str, _: &str) -> Result<String, SendError> {
             if let Ok(mut n) = self.send_calls.lock() {
                 *n += 1;
             }
@@ -805,11 +823,17 @@ mod tests {
                 .unwrap_or_else(|| Ok("wamid.OK".into()))
         }
 
-        async fn typing(&self, _: &str, _: &str, reply_to: Option<&str>) -> Result<(), SendError> {
+        async fn typing(&self, _: &str, reply_to: Option<&str>) -> Result<(), SendError> {
             if let Ok(mut t) = self.typing_on.lock() {
                 t.push(reply_to.map(str::to_string));
             }
             Err(SendError::permanent("typing not supported here"))
+        }
+
+        async fn close(&self) {
+            if let Ok(mut n) = self.closed.lock() {
+                *n += 1;
+            }
         }
     }
 
@@ -826,8 +850,17 @@ mod tests {
 
     /// A customer text message into the test chat, committed.
     async fn receive(gateway: &Gateway, message_id: &str, text: &str) -> crate::chat::ReceiveAck {
+        receive_in(gateway, "1@s.whatsapp.net", message_id, text).await
+    }
+
+    async fn receive_in(
+        gateway: &Gateway,
+        jid: &str,
+        message_id: &str,
+        text: &str,
+    ) -> crate::chat::ReceiveAck {
         gateway
-            .ask("acc", "1@s.whatsapp.net", |reply| ChatMsg::Receive {
+            .ask("acc", jid, |reply| ChatMsg::Receive {
                 message_id: message_id.into(),
                 from: "1".into(),
                 text: text.into(),
@@ -852,7 +885,7 @@ mod tests {
             streams,
             config: Arc::new(Echo),
             model: Arc::new(NoModel),
-            transport,
+            transport: Arc::new(transport),
             notify: Arc::new(Quiet),
             limits: Limits::new(4, 4),
             chat_idle,
@@ -907,6 +940,48 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("the reply did not settle: {:?}", streams.events(stream));
+    }
+
+    /// The account actor owns its account's session: opened once when it starts, used by every
+    /// chat of the account, closed when the account stops.
+    #[tokio::test]
+    async fn an_account_actor_owns_one_session_for_all_its_chats() {
+        let streams = Arc::new(MemStreams::default());
+        let transport = Arc::new(Scripted::default());
+        let gateway = start(streams, transport.clone(), Duration::from_secs(60)).await;
+        receive_in(&gateway, "1@s.whatsapp.net", "a1", "hello").await;
+        receive_in(&gateway, "2@s.whatsapp.net", "b1", "hello").await;
+        for _ in 0..400 {
+            if transport
+                .send_calls
+                .lock()
+                .map(|n| *n == 2)
+                .unwrap_or(false)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            *transport.send_calls.lock().expect("lock"),
+            2,
+            "both chats answered"
+        );
+        assert_eq!(*transport.opened.lock().expect("lock"), ["acc"]);
+        assert_eq!(*transport.closed.lock().expect("lock"), 0);
+        gateway.stop_account("acc").await;
+        for _ in 0..400 {
+            if transport.closed.lock().map(|n| *n == 1).unwrap_or(false) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            *transport.closed.lock().expect("lock"),
+            1,
+            "closed with the account"
+        );
+        gateway.shutdown().await;
     }
 
     #[tokio::test]

@@ -1,29 +1,51 @@
-//! [`DispatchTransport`] sends through the transport each account was created with. It looks the
+//! [`DispatchTransport`] opens each account's session ([`AccountSession`], owned by the account's
+//! actor), which sends through the transport the account was created with. A session looks its
 //! account up in the live config read model on every call, so a settings change (a new access
 //! token, another Graph URL) applies to the next message without restarting anything; a token
 //! Meta rejects is flagged on the account, so nothing more is sent with it.
 
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
-use wagate_actors::ports::{SendError, Transport};
+use wagate_actors::ports::{SendError, Session, Transport};
 use wagate_events::account::{AccountCommand, Transport as TransportKind};
 
 use crate::app::{App, Who};
 use crate::transport::cloud_api::{self, access_token_ad, recipient, CloudApiClient, CloudTarget};
 use crate::transport::SandboxTransport;
 
-/// Sends through the transport the account was created with.
-pub struct DispatchTransport {
+/// Opens accounts' sessions over the transports they were created with.
+pub struct DispatchTransport(Arc<Dispatch>);
+
+impl DispatchTransport {
+    pub fn new(app: Weak<App>, cloud: CloudApiClient) -> Self {
+        Self(Arc::new(Dispatch { app, cloud }))
+    }
+}
+
+#[async_trait]
+impl Transport for DispatchTransport {
+    async fn open(&self, account: &str) -> Arc<dyn Session> {
+        Arc::new(AccountSession {
+            account: account.to_string(),
+            dispatch: self.0.clone(),
+        })
+    }
+}
+
+/// What every session shares: the application's read side and the Graph API client.
+struct Dispatch {
     app: Weak<App>,
     cloud: CloudApiClient,
 }
 
-impl DispatchTransport {
-    pub fn new(app: Weak<App>, cloud: CloudApiClient) -> Self {
-        Self { app, cloud }
-    }
+/// One account's session: sends through the transport the account was created with.
+pub struct AccountSession {
+    account: String,
+    dispatch: Arc<Dispatch>,
+}
 
+impl Dispatch {
     /// `None` for a sandbox account; the Cloud API target (token opened) otherwise.
     fn target(&self, account: &str) -> Result<Option<CloudTarget>, SendError> {
         let app = self
@@ -92,34 +114,31 @@ impl DispatchTransport {
 }
 
 #[async_trait]
-impl Transport for DispatchTransport {
-    async fn send_text(&self, account: &str, jid: &str, text: &str) -> Result<String, SendError> {
-        let Some(target) = self.target(account)? else {
-            return SandboxTransport.send_text(account, jid, text).await;
+impl Session for AccountSession {
+    async fn send_text(&self, jid: &str, text: &str) -> Result<String, SendError> {
+        let (account, dispatch) = (self.account.as_str(), &self.dispatch);
+        let Some(target) = dispatch.target(account)? else {
+            return SandboxTransport.send_text(jid, text).await;
         };
         let to = recipient(jid)?;
-        match self.cloud.send_text(&target, to, text).await {
+        match dispatch.cloud.send_text(&target, to, text).await {
             Ok(id) => Ok(id),
-            Err(e) => Err(self.graph_failed(account, &e).await),
+            Err(e) => Err(dispatch.graph_failed(account, &e).await),
         }
     }
 
-    async fn typing(
-        &self,
-        account: &str,
-        jid: &str,
-        reply_to: Option<&str>,
-    ) -> Result<(), SendError> {
-        let Some(target) = self.target(account)? else {
-            return SandboxTransport.typing(account, jid, reply_to).await;
+    async fn typing(&self, jid: &str, reply_to: Option<&str>) -> Result<(), SendError> {
+        let (account, dispatch) = (self.account.as_str(), &self.dispatch);
+        let Some(target) = dispatch.target(account)? else {
+            return SandboxTransport.typing(jid, reply_to).await;
         };
         // The Cloud API shows typing only on a received message being answered.
         let Some(message_id) = reply_to else {
             return Ok(());
         };
-        match self.cloud.typing(&target, message_id).await {
+        match dispatch.cloud.typing(&target, message_id).await {
             Ok(()) => Ok(()),
-            Err(e) => Err(self.graph_failed(account, &e).await),
+            Err(e) => Err(dispatch.graph_failed(account, &e).await),
         }
     }
 }

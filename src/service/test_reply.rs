@@ -122,7 +122,7 @@ pub async fn run_test(
     }
     let gateway = app.gateway()?;
     let reply = gateway
-        .generate(account.unwrap_or(""), &cfg, &history, message)
+        .generate(account, &cfg, &history, message)
         .await
         .map_err(|reason| {
             tracing::warn!(reason = reason.code(), "test model call failed");

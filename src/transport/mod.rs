@@ -1,23 +1,24 @@
-//! The transports an account talks to WhatsApp through, behind the actors' [`Transport`] port:
-//! the embedded sandbox ([`SandboxTransport`]) and Meta's Cloud API ([`cloud_api`]). Which one an
-//! account uses is decided per call by `app::dispatch`, from the live config read model.
+//! The transports an account talks to WhatsApp through, behind the actors' [`Session`] port: the
+//! embedded sandbox ([`SandboxTransport`]) and Meta's Cloud API ([`cloud_api`]). Which one an
+//! account uses is decided per call by its session (`app::dispatch`), from the live config read
+//! model.
 
 pub mod cloud_api;
 
 use async_trait::async_trait;
-use wagate_actors::ports::{SendError, Transport};
+use wagate_actors::ports::{SendError, Session};
 
 /// The embedded transport: nothing leaves the process; "sending" is the recorded outbound
 /// message event, "typing" the recorded typing event.
 pub struct SandboxTransport;
 
 #[async_trait]
-impl Transport for SandboxTransport {
-    async fn send_text(&self, _: &str, _: &str, _: &str) -> Result<String, SendError> {
+impl Session for SandboxTransport {
+    async fn send_text(&self, _: &str, _: &str) -> Result<String, SendError> {
         Ok(format!("sbx_{}", uuid::Uuid::now_v7().simple()))
     }
 
-    async fn typing(&self, _: &str, _: &str, _: Option<&str>) -> Result<(), SendError> {
+    async fn typing(&self, _: &str, _: Option<&str>) -> Result<(), SendError> {
         Ok(())
     }
 }
