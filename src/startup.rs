@@ -122,7 +122,8 @@ pub async fn start(config: Config) -> Result<Running, StartupError> {
         loop {
             let Some(app) = weak.upgrade() else { return };
             let _ =
-                tokio::time::timeout(Duration::from_secs(1), app.projector_wake.notified()).await;
+                tokio::time::timeout(Duration::from_secs(1), app.read.projector_wake.notified())
+                    .await;
             tokio::time::sleep(PROJECTOR_EVERY).await;
             if let Err(e) = app.catch_up().await {
                 app.note_store_error();

@@ -4,13 +4,14 @@
 //! token, another Graph URL) applies to the next message without restarting anything; a token
 //! Meta rejects is flagged on the account, so nothing more is sent with it.
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use wagate_actors::ports::{SendError, Session, Transport};
-use wagate_events::account::{AccountCommand, Transport as TransportKind};
+use wagate_events::account::{Account, AccountCommand, Transport as TransportKind};
 
-use crate::app::{App, Who};
+use crate::app::{execute, SettingsView, Who};
+use crate::store::Framework;
 use crate::transport::cloud_api::{self, access_token_ad, recipient, CloudApiClient, CloudTarget};
 use crate::transport::SandboxTransport;
 
@@ -18,8 +19,16 @@ use crate::transport::SandboxTransport;
 pub struct DispatchTransport(Arc<Dispatch>);
 
 impl DispatchTransport {
-    pub fn new(app: Weak<App>, cloud: CloudApiClient) -> Self {
-        Self(Arc::new(Dispatch { app, cloud }))
+    pub fn new(
+        view: SettingsView,
+        accounts: Arc<Framework<Account>>,
+        cloud: CloudApiClient,
+    ) -> Self {
+        Self(Arc::new(Dispatch {
+            view,
+            accounts,
+            cloud,
+        }))
     }
 }
 
@@ -33,9 +42,11 @@ impl Transport for DispatchTransport {
     }
 }
 
-/// What every session shares: the application's read side and the Graph API client.
+/// What every session shares: the settings (config snapshot, read models), the account
+/// commands (to flag a rejected token) and the Graph API client.
 struct Dispatch {
-    app: Weak<App>,
+    view: SettingsView,
+    accounts: Arc<Framework<Account>>,
     cloud: CloudApiClient,
 }
 
@@ -48,11 +59,8 @@ pub struct AccountSession {
 impl Dispatch {
     /// `None` for a sandbox account; the Cloud API target (token opened) otherwise.
     fn target(&self, account: &str) -> Result<Option<CloudTarget>, SendError> {
-        let app = self
-            .app
-            .upgrade()
-            .ok_or_else(|| SendError::retryable("the gateway is shutting down"))?;
-        let model = app.model();
+        let app = &self.view;
+        let model = app.read.model();
         let acc = model
             .account(account)
             .ok_or_else(|| SendError::permanent("account not found or deleted"))?;
@@ -90,15 +98,12 @@ impl Dispatch {
 
     /// Records that Meta rejected the token, so nothing more is sent with it.
     async fn flag_token(&self, account: &str, reason: String) {
-        let Some(app) = self.app.upgrade() else {
-            return;
-        };
         let who = Who {
             actor: "system:cloud_api".into(),
             request_id: None,
         };
         let cmd = AccountCommand::FlagCloudApiToken { reason };
-        if let Err(e) = app.execute(&app.accounts, account, cmd, &who).await {
+        if let Err(e) = execute(&self.view.read, &self.accounts, account, cmd, &who).await {
             tracing::warn!(account, error = %e, "could not flag the rejected cloud_api access token");
         } else {
             tracing::warn!(account, "cloud_api access token rejected by Meta (error 190); sends stop until a new token is set");

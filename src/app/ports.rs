@@ -2,7 +2,7 @@
 //! config read model and keyring, the HTTP model client and the transports (see
 //! [`crate::transport`]).
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -19,7 +19,7 @@ use wagate_events::reason::{ModelErrorClass, ReplyReason};
 use wagate_projections::effective::{self, Effective, FallbackKey, KeySource};
 
 use crate::app::dispatch::DispatchTransport;
-use crate::app::App;
+use crate::app::{App, ReadModels, SettingsView};
 use crate::crypto::{api_key_ad, fallback_owner};
 use crate::model::client::{ChatMessage, HttpModelClient, ModelError, ModelRequest, Role};
 use crate::store::chats::{self, account_of};
@@ -36,7 +36,7 @@ pub struct StoreStreams {
     loader: Option<GroupLoader>,
     committer: GroupCommitter,
     /// The read model that tells which chats have any event (see `ChatStreams::start`).
-    known: Option<Weak<App>>,
+    known: Option<Arc<ReadModels>>,
 }
 
 impl StoreStreams {
@@ -53,13 +53,13 @@ impl StoreStreams {
         }
     }
 
-    /// Starts chats that `app`'s read model has never seen as new streams, without reading the
+    /// Starts chats that the messages read model has never seen as new streams, without reading the
     /// store (a burst of new conversations then costs one commit each, not a read and a commit).
     /// Every chat stream begins with a message event, which the messages read model folds into a
     /// chat; a stream it has not folded yet (committed by another process in the last second)
     /// makes the first commit conflict, and the chat reloads from the store.
-    pub fn guessing_new_chats(mut self, app: Weak<App>) -> Self {
-        self.known = Some(app);
+    pub fn guessing_new_chats(mut self, read: Arc<ReadModels>) -> Self {
+        self.known = Some(read);
         self
     }
 }
@@ -75,17 +75,14 @@ fn failure(e: CommitError) -> StoreFailure {
 #[async_trait]
 impl ChatStreams for StoreStreams {
     async fn start(&self, stream_id: &str) -> Result<(Chat, usize), StoreFailure> {
-        let unknown = self
-            .known
-            .as_ref()
-            .and_then(Weak::upgrade)
-            .is_some_and(|app| {
-                stream_id.split_once('/').is_some_and(|(account, jid)| {
-                    !app.messages()
-                        .chats
-                        .contains_key(&(account.to_string(), jid.to_string()))
-                })
-            });
+        let unknown = self.known.as_ref().is_some_and(|read| {
+            stream_id.split_once('/').is_some_and(|(account, jid)| {
+                !read
+                    .messages()
+                    .chats
+                    .contains_key(&(account.to_string(), jid.to_string()))
+            })
+        });
         if unknown {
             return Ok((Chat::default(), 0));
         }
@@ -186,7 +183,7 @@ impl From<KeyUndecryptable> for ReplyReason {
 
 /// Opens a key of `source`; `fallback` selects the layer's fallback key.
 fn open_key(
-    app: &App,
+    app: &SettingsView,
     eff: &Effective,
     source: &KeySource,
     fallback: bool,
@@ -211,7 +208,10 @@ fn open_key(
 }
 
 /// The decrypted key an effective config points at, or why there is none usable.
-pub fn api_key_for(app: &App, eff: &Effective) -> Result<Option<SecretString>, KeyUndecryptable> {
+pub fn api_key_for(
+    app: &SettingsView,
+    eff: &Effective,
+) -> Result<Option<SecretString>, KeyUndecryptable> {
     match &eff.key {
         None => Ok(None),
         Some(source) => open_key(app, eff, source, false),
@@ -220,7 +220,7 @@ pub fn api_key_for(app: &App, eff: &Effective) -> Result<Option<SecretString>, K
 
 /// The decrypted key of the fallback model, if it gets one.
 pub fn fallback_key_for(
-    app: &App,
+    app: &SettingsView,
     eff: &Effective,
 ) -> Result<Option<SecretString>, KeyUndecryptable> {
     match &eff.fallback_key {
@@ -235,7 +235,7 @@ pub fn fallback_key_for(
 /// fallback has the main key's origin (a key follows its origin, ADR 0003), else none (a local
 /// model server, for instance).
 fn fallback_of(
-    app: &App,
+    app: &SettingsView,
     eff: &Effective,
     private_networks: bool,
 ) -> Result<Option<FallbackModel>, KeyUndecryptable> {
@@ -257,9 +257,13 @@ fn fallback_of(
 
 /// Turns an effective config into what a reply needs. A model URL an account token set reaches
 /// public addresses only, unless `WAGATE_ALLOW_PRIVATE_NETWORKS_FOR_ACCOUNTS` (issue 21, F3).
-pub fn reply_config_of(app: &App, eff: &Effective) -> Result<ReplyConfig, KeyUndecryptable> {
+pub fn reply_config_of(
+    app: &SettingsView,
+    eff: &Effective,
+) -> Result<ReplyConfig, KeyUndecryptable> {
     let api_key = api_key_for(app, eff)?;
     let origins = app
+        .read
         .model()
         .account(&eff.account_id)
         .map(|a| a.model_urls)
@@ -267,6 +271,7 @@ pub fn reply_config_of(app: &App, eff: &Effective) -> Result<ReplyConfig, KeyUnd
     let (tenant_primary, tenant_fallback) = eff.tenant_model_urls(&origins);
     let trusted = |tenant: bool| !tenant || app.config.allow_private_networks_for_accounts;
     let tokens_used_today = app
+        .read
         .messages()
         .tokens_on(&eff.account_id, chrono::Utc::now().date_naive());
     let window_hours = u64::from(eff.history_window_hours.value);
@@ -293,27 +298,26 @@ pub fn reply_config_of(app: &App, eff: &Effective) -> Result<ReplyConfig, KeyUnd
 }
 
 /// The effective config from the live read model.
-pub struct AppConfig(pub Weak<App>);
+pub struct LiveConfig(pub SettingsView);
 
-impl ConfigSource for AppConfig {
+impl ConfigSource for LiveConfig {
     fn reply_config(&self, account: &str, jid: &str) -> Result<ReplyConfig, ReplyReason> {
-        let app = self.0.upgrade().ok_or(ReplyReason::ShuttingDown)?;
+        let view = &self.0;
         let kind = chat_kind(jid, "jid").map_err(|e| ReplyReason::InvalidChat {
             detail: e.to_string(),
         })?;
-        let eff = effective::resolve(&app.model(), &app.env_layer, account, jid, kind)
+        let eff = effective::resolve(&view.read.model(), &view.env_layer, account, jid, kind)
             .ok_or(ReplyReason::AccountNotFound)?;
-        Ok(reply_config_of(&app, &eff)?)
+        Ok(reply_config_of(view, &eff)?)
     }
 
     fn control(&self, account: &str, jid: &str) -> Control {
-        let Some(app) = self.0.upgrade() else {
-            return Control::default();
-        };
+        let app = &self.0;
         let Ok(kind) = chat_kind(jid, "jid") else {
             return Control::default();
         };
-        let Some(eff) = effective::resolve(&app.model(), &app.env_layer, account, jid, kind) else {
+        let Some(eff) = effective::resolve(&app.read.model(), &app.env_layer, account, jid, kind)
+        else {
             return Control::default();
         };
         let minute = chrono::Duration::from_std(app.config.takeover_minute)
@@ -412,14 +416,12 @@ impl Model for HttpModel {
 }
 
 /// Wakes the background projector.
-pub struct WakeProjector(pub Weak<App>);
+pub struct WakeProjector(pub Arc<ReadModels>);
 
 #[async_trait]
 impl Notify for WakeProjector {
     async fn committed(&self) {
-        if let Some(app) = self.0.upgrade() {
-            app.projector_wake.notify_one();
-        }
+        self.0.projector_wake.notify_one();
     }
 }
 
@@ -464,12 +466,16 @@ pub fn ports(app: &Arc<App>) -> wagate_actors::Ports {
     wagate_actors::Ports {
         streams: Arc::new(
             StoreStreams::new(&app.store, app.committer.clone())
-                .guessing_new_chats(Arc::downgrade(app)),
+                .guessing_new_chats(app.read.clone()),
         ),
-        config: Arc::new(AppConfig(Arc::downgrade(app))),
+        config: Arc::new(LiveConfig(SettingsView::of(app))),
         model: Arc::new(model),
-        transport: Arc::new(DispatchTransport::new(Arc::downgrade(app), cloud)),
-        notify: Arc::new(WakeProjector(Arc::downgrade(app))),
+        transport: Arc::new(DispatchTransport::new(
+            SettingsView::of(app),
+            app.accounts.clone(),
+            cloud,
+        )),
+        notify: Arc::new(WakeProjector(app.read.clone())),
         limits: wagate_actors::ports::Limits::new(
             app.config.max_model_calls,
             app.config.max_model_calls_per_account,

@@ -14,6 +14,7 @@ use super::error::{Error, Result};
 use super::messages::send_as_account;
 use crate::app::cold;
 use crate::app::ports::reply_config_of;
+use crate::app::SettingsView;
 use crate::app::{App, Who};
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -97,7 +98,7 @@ pub async fn run_test(
         message_id: "test".into(),
         at: Some(chrono::Utc::now()),
     });
-    let cfg = reply_config_of(app, &eff).map_err(|e| Error::Conflict {
+    let cfg = reply_config_of(&SettingsView::of(app), &eff).map_err(|e| Error::Conflict {
         code: "api_key_unusable",
         message: e.to_string(),
     })?;

@@ -86,7 +86,7 @@ async fn fan_out_loop(app: Weak<App>) {
     let mut known = None;
     loop {
         let Some(app) = app.upgrade() else { return };
-        let _ = tokio::time::timeout(Duration::from_secs(1), app.outbox_wake.notified()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), app.read.outbox_wake.notified()).await;
         loop {
             match fan_out_once(&app, &mut known).await {
                 Ok(true) => continue,
