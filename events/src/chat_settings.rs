@@ -52,6 +52,21 @@ pub struct ChatControls {
     pub max_retries: Option<u32>,
 }
 
+impl ChatControls {
+    /// The controls as a layer's settings (the fields the settings table marks `chat`).
+    pub fn as_settings(&self) -> settings::AiSettings {
+        settings::AiSettings {
+            human_takeover_minutes: self.human_takeover_minutes,
+            debounce_seconds: self.debounce_seconds,
+            max_replies_per_chat_per_hour: self.max_replies_per_chat_per_hour,
+            max_history_tokens: self.max_history_tokens,
+            history_window_hours: self.history_window_hours,
+            max_retries: self.max_retries,
+            ..Default::default()
+        }
+    }
+}
+
 /// A change to a chat's conversation controls (absent: keep, `null`: inherit, value: set).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ChatControlsPatch {
@@ -72,9 +87,21 @@ fn patched(current: Option<u32>, patch: &Patch<u32>) -> Option<u32> {
 }
 
 impl ChatControlsPatch {
+    /// The chat controls of a settings patch (the fields the settings table marks `chat`).
+    pub fn from_settings<K>(p: &AiSettingsPatch<K>) -> Self {
+        Self {
+            human_takeover_minutes: p.human_takeover_minutes.clone(),
+            debounce_seconds: p.debounce_seconds.clone(),
+            max_replies_per_chat_per_hour: p.max_replies_per_chat_per_hour.clone(),
+            max_history_tokens: p.max_history_tokens.clone(),
+            history_window_hours: p.history_window_hours.clone(),
+            max_retries: p.max_retries.clone(),
+        }
+    }
+
     /// Validates with the same ranges as the account and global layers (400 naming the field).
     fn validate(&self) -> Result<(), DomainError> {
-        settings::validate(AiSettingsPatch {
+        settings::validate(AiSettingsPatch::<settings::SealedKey> {
             human_takeover_minutes: self.human_takeover_minutes.clone(),
             debounce_seconds: self.debounce_seconds.clone(),
             max_replies_per_chat_per_hour: self.max_replies_per_chat_per_hour.clone(),
@@ -236,6 +263,46 @@ mod tests {
     use super::*;
 
     type Fw = TestFramework<ChatSettings>;
+
+    /// The chat controls are exactly the settings the table marks `chat`, both ways.
+    #[test]
+    fn chat_controls_are_the_tables_chat_settings() {
+        for spec in settings::FIELDS {
+            let mut patch = AiSettingsPatch::<String>::default();
+            let value = match spec.kind {
+                settings::Kind::U32 { max, .. } => settings::Value::U32(max),
+                _ => continue,
+            };
+            patch.set(spec.field, Patch::Set(value.clone()));
+            let controls =
+                ChatControlsPatch::from_settings(&patch).apply_to(&ChatControls::default());
+            let back = controls.as_settings().get(spec.field);
+            assert_eq!(back.is_some(), spec.chat, "{}", spec.name);
+            if spec.chat {
+                assert_eq!(back, Some(value), "{}", spec.name);
+            }
+        }
+        let all = ChatControls {
+            human_takeover_minutes: Some(1),
+            debounce_seconds: Some(1),
+            max_replies_per_chat_per_hour: Some(1),
+            max_history_tokens: Some(1),
+            history_window_hours: Some(1),
+            max_retries: Some(1),
+        }
+        .as_settings();
+        let set: Vec<&str> = settings::FIELDS
+            .iter()
+            .filter(|f| all.get(f.field).is_some())
+            .map(|f| f.name)
+            .collect();
+        let marked: Vec<&str> = settings::FIELDS
+            .iter()
+            .filter(|f| f.chat)
+            .map(|f| f.name)
+            .collect();
+        assert_eq!(set, marked);
+    }
 
     #[test]
     fn seed_disable_chat() {

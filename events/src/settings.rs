@@ -23,79 +23,420 @@ pub const MAX_HISTORY_TOKENS: u32 = 1_000_000;
 pub const MAX_HISTORY_WINDOW_HOURS: u32 = 24 * 365;
 pub const MAX_RETRIES: u32 = 10;
 
-/// The values one layer sets. `None` means "this layer does not set it" (inherit).
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AiSettings {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub enabled: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub base_url: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub model_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub default_system_prompt: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub temperature: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_tokens: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout_seconds: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reply_delay_seconds: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reply_to_private: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reply_to_groups: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reply_to_channels: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub echo_mode: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub human_takeover_minutes: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub debounce_seconds: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_replies_per_chat_per_hour: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub daily_token_budget: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_history_tokens: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub history_window_hours: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_retries: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fallback_model_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fallback_base_url: Option<String>,
+/// How a setting is typed and checked.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Kind {
+    /// On or off.
+    Bool,
+    /// A non-empty name (a model's): at most `max` bytes, no NUL.
+    Name {
+        max: usize,
+    },
+    /// A free text that may be empty (a prompt): at most `max` bytes, no NUL.
+    Prompt {
+        max: usize,
+    },
+    /// An absolute http(s) URL without credentials, query or fragment (normalized when set).
+    Url,
+    Float {
+        min: f64,
+        max: f64,
+    },
+    U32 {
+        min: u32,
+        max: u32,
+    },
+    U64 {
+        min: u64,
+        max: u64,
+    },
 }
 
-/// The name of one AI setting, as it appears in the API and in `cleared` lists of events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AiField {
-    Enabled,
-    BaseUrl,
-    ModelName,
-    DefaultSystemPrompt,
-    Temperature,
-    MaxTokens,
-    TimeoutSeconds,
-    ReplyDelaySeconds,
-    ReplyToPrivate,
-    ReplyToGroups,
-    ReplyToChannels,
-    EchoMode,
-    HumanTakeoverMinutes,
-    DebounceSeconds,
-    MaxRepliesPerChatPerHour,
-    DailyTokenBudget,
-    MaxHistoryTokens,
-    HistoryWindowHours,
-    MaxRetries,
-    FallbackModelName,
-    FallbackBaseUrl,
+/// Where a setting sits on the dashboard's form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    /// The model and when to reply.
+    Reply,
+    /// Conversation control (ADR 0007): takeover, debounce, limits, history, retries, fallback.
+    Control,
+}
+
+/// A setting's built-in default: what applies when no layer (env, global, account, chat) sets it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Builtin {
+    /// No default: unset means "none" (no fallback model, for instance).
+    None,
+    Bool(bool),
+    U32(u32),
+    U64(u64),
+    Float(f64),
+    Text(&'static str),
+}
+
+/// One AI setting, as declared in the table [`FIELDS`]: everything else about the setting — the
+/// stored struct, the patch, the validation, the API's schema, the dashboard's form, the
+/// resolver's default — follows from it.
+#[derive(Debug, Clone, Copy)]
+pub struct FieldSpec {
+    pub field: AiField,
+    /// The name in the API, the events and the forms.
+    pub name: &'static str,
+    /// The dashboard's label.
+    pub label: &'static str,
+    pub kind: Kind,
+    pub default: Builtin,
+    /// Whether a chat may set it for itself (the conversation controls of `ChatControls`); the
+    /// account and global layers set every setting, the env layer `base_url` and `model_name`.
+    pub chat: bool,
+    pub group: Group,
+    /// What the setting does (the API's description, the dashboard's help).
+    pub help: &'static str,
+}
+
+impl FieldSpec {
+    /// The setting named `name`, if there is one.
+    pub fn named(name: &str) -> Option<&'static FieldSpec> {
+        FIELDS.iter().find(|f| f.name == name)
+    }
+
+    /// The setting's declaration.
+    pub fn of(field: AiField) -> &'static FieldSpec {
+        // The table lists every field, in the enum's order.
+        &FIELDS[field as usize]
+    }
+}
+
+/// A setting's value, whatever its type (serialized as the bare value).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Value {
+    Bool(bool),
+    U32(u32),
+    U64(u64),
+    Float(f64),
+    Text(String),
+}
+
+impl Value {
+    /// The value as a form or a log shows it.
+    pub fn display(&self) -> String {
+        match self {
+            Value::Bool(b) => b.to_string(),
+            Value::U32(v) => v.to_string(),
+            Value::U64(v) => v.to_string(),
+            Value::Float(v) => v.to_string(),
+            Value::Text(t) => t.clone(),
+        }
+    }
+}
+
+impl Builtin {
+    pub fn value(self) -> Option<Value> {
+        match self {
+            Builtin::None => None,
+            Builtin::Bool(b) => Some(Value::Bool(b)),
+            Builtin::U32(v) => Some(Value::U32(v)),
+            Builtin::U64(v) => Some(Value::U64(v)),
+            Builtin::Float(v) => Some(Value::Float(v)),
+            Builtin::Text(t) => Some(Value::Text(t.to_string())),
+        }
+    }
+}
+
+/// The Rust types settings have, and their [`Value`]s.
+pub trait SettingValue: Sized + Clone + PartialEq {
+    fn into_value(self) -> Value;
+    fn from_value(v: Value) -> Option<Self>;
+}
+
+macro_rules! setting_value {
+    ($ty:ty, $variant:ident) => {
+        impl SettingValue for $ty {
+            fn into_value(self) -> Value {
+                Value::$variant(self)
+            }
+            fn from_value(v: Value) -> Option<Self> {
+                match v {
+                    Value::$variant(x) => Some(x),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+setting_value!(bool, Bool);
+setting_value!(u32, U32);
+setting_value!(u64, U64);
+setting_value!(f64, Float);
+setting_value!(String, Text);
+
+/// The built-in default of a setting, typed (`None` for a setting without one, or asked as the
+/// wrong type).
+pub fn default_of<T: SettingValue>(field: AiField) -> Option<T> {
+    FieldSpec::of(field).default.value().and_then(T::from_value)
+}
+
+/// Declares the AI settings once: from each row come the field of [`AiSettings`] (a layer's
+/// values), the variant of [`AiField`] (the name in events), the field of [`AiSettingsPatch`], and
+/// the row of [`FIELDS`] (kind and range, default, chat layer, form group, label, help).
+macro_rules! ai_settings {
+    ($(
+        $f:ident / $variant:ident : $ty:ty {
+            kind: $kind:expr,
+            default: $default:expr,
+            chat: $chat:literal,
+            group: $group:ident,
+            label: $label:literal,
+            help: $help:literal $(,)?
+        }
+    )*) => {
+        /// The values one layer sets. `None` means "this layer does not set it" (inherit).
+        #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct AiSettings {
+            $(
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub $f: Option<$ty>,
+            )*
+        }
+
+        /// The name of one AI setting, as it appears in the API and in `cleared` lists of events.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum AiField {
+            $( $variant, )*
+        }
+
+        /// The one table of AI settings, in the order of [`AiField`].
+        pub const FIELDS: &[FieldSpec] = &[
+            $(
+                FieldSpec {
+                    field: AiField::$variant,
+                    name: stringify!($f),
+                    label: $label,
+                    kind: $kind,
+                    default: $default,
+                    chat: $chat,
+                    group: Group::$group,
+                    help: $help,
+                },
+            )*
+        ];
+
+        /// A patch of one layer's AI settings, validated by [`decide`]. `K` is the form of a key:
+        /// the plain text in a request, a [`SealedKey`] in the domain (the caller seals it).
+        /// Deserializes strictly (unknown fields refused): absent keeps, `null` clears.
+        #[derive(Debug, Clone, PartialEq, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct AiSettingsPatch<K = SealedKey> {
+            $(
+                #[serde(default)]
+                pub $f: Patch<$ty>,
+            )*
+            #[serde(default)]
+            pub api_key: Patch<K>,
+            /// The fallback model's own key, for the origin of the fallback base URL.
+            #[serde(default)]
+            pub fallback_api_key: Patch<K>,
+        }
+
+        impl<K> Default for AiSettingsPatch<K> {
+            fn default() -> Self {
+                Self {
+                    $( $f: Patch::Keep, )*
+                    api_key: Patch::Keep,
+                    fallback_api_key: Patch::Keep,
+                }
+            }
+        }
+
+        impl AiSettings {
+            /// The value this layer sets for `field`, if any.
+            pub fn get(&self, field: AiField) -> Option<Value> {
+                match field {
+                    $( AiField::$variant => self.$f.clone().map(SettingValue::into_value), )*
+                }
+            }
+
+            /// Sets (or, with `None` or a value of another type, unsets) `field`.
+            pub fn set(&mut self, field: AiField, value: Option<Value>) {
+                match field {
+                    $( AiField::$variant => self.$f = value.and_then(SettingValue::from_value), )*
+                }
+            }
+        }
+
+        impl<K> AiSettingsPatch<K> {
+            /// The change to `field`.
+            pub fn get(&self, field: AiField) -> Patch<Value> {
+                match field {
+                    $( AiField::$variant => self.$f.clone().map(SettingValue::into_value), )*
+                }
+            }
+
+            /// Replaces the change to `field` (a value of another type keeps the field).
+            pub fn set(&mut self, field: AiField, patch: Patch<Value>) {
+                match field {
+                    $(
+                        AiField::$variant => {
+                            self.$f = match patch {
+                                Patch::Keep => Patch::Keep,
+                                Patch::Clear => Patch::Clear,
+                                Patch::Set(v) => match SettingValue::from_value(v) {
+                                    Some(v) => Patch::Set(v),
+                                    None => Patch::Keep,
+                                },
+                            }
+                        }
+                    )*
+                }
+            }
+
+            /// The same settings changes with the keys in another form (sealed by the caller).
+            pub fn with_keys<K2>(
+                self,
+                api_key: Patch<K2>,
+                fallback_api_key: Patch<K2>,
+            ) -> AiSettingsPatch<K2> {
+                AiSettingsPatch {
+                    $( $f: self.$f, )*
+                    api_key,
+                    fallback_api_key,
+                }
+            }
+        }
+    };
+}
+
+ai_settings! {
+    enabled / Enabled: bool {
+        kind: Kind::Bool, default: Builtin::Bool(false), chat: false, group: Reply,
+        label: "AI auto-reply enabled",
+        help: "Whether the AI answers at all (a chat's mode can still turn it on or off there).",
+    }
+    base_url / BaseUrl: String {
+        kind: Kind::Url, default: Builtin::Text("https://api.openai.com/v1"), chat: false,
+        group: Reply,
+        label: "Base URL (OpenAI-compatible API)",
+        help: "Absolute http(s) URL of an OpenAI-compatible API (without `/chat/completions`). \
+               A key follows its origin: a base URL on another origin needs its own key.",
+    }
+    model_name / ModelName: String {
+        kind: Kind::Name { max: MAX_MODEL_NAME }, default: Builtin::Text("gpt-4.1-mini"),
+        chat: false, group: Reply,
+        label: "Model",
+        help: "The model asked for replies.",
+    }
+    default_system_prompt / DefaultSystemPrompt: String {
+        kind: Kind::Prompt { max: MAX_PROMPT_BYTES },
+        default: Builtin::Text("You are a helpful WhatsApp assistant."), chat: false, group: Reply,
+        label: "Default system prompt",
+        help: "The system prompt of every chat without a custom prompt of its own.",
+    }
+    temperature / Temperature: f64 {
+        kind: Kind::Float { min: 0.0, max: 2.0 }, default: Builtin::Float(0.3), chat: false,
+        group: Reply,
+        label: "Temperature (0–2)",
+        help: "Sampling temperature, 0..=2.",
+    }
+    max_tokens / MaxTokens: u32 {
+        kind: Kind::U32 { min: 1, max: 32_768 }, default: Builtin::U32(700), chat: false,
+        group: Reply,
+        label: "Max tokens (1–32768)",
+        help: "Longest answer, in model tokens, 1..=32768.",
+    }
+    timeout_seconds / TimeoutSeconds: u32 {
+        kind: Kind::U32 { min: 1, max: 600 }, default: Builtin::U32(60), chat: false, group: Reply,
+        label: "Timeout, seconds (1–600)",
+        help: "How long one model call may take, 1..=600 seconds.",
+    }
+    reply_delay_seconds / ReplyDelaySeconds: u32 {
+        kind: Kind::U32 { min: 0, max: 3600 }, default: Builtin::U32(2), chat: false, group: Reply,
+        label: "Reply delay, seconds (0–3600)",
+        help: "The wait between the model's answer and sending it, 0..=3600 seconds.",
+    }
+    reply_to_private / ReplyToPrivate: bool {
+        kind: Kind::Bool, default: Builtin::Bool(true), chat: false, group: Reply,
+        label: "Reply in private chats",
+        help: "Answer one-to-one chats.",
+    }
+    reply_to_groups / ReplyToGroups: bool {
+        kind: Kind::Bool, default: Builtin::Bool(false), chat: false, group: Reply,
+        label: "Reply in groups",
+        help: "Answer group chats.",
+    }
+    reply_to_channels / ReplyToChannels: bool {
+        kind: Kind::Bool, default: Builtin::Bool(false), chat: false, group: Reply,
+        label: "Reply in channels",
+        help: "Answer channels (newsletters).",
+    }
+    echo_mode / EchoMode: bool {
+        kind: Kind::Bool, default: Builtin::Bool(false), chat: false, group: Reply,
+        label: "Echo mode (reply with the incoming text, no model call)",
+        help: "Reply with the incoming text itself, without calling the model (tests the send \
+               path).",
+    }
+    human_takeover_minutes / HumanTakeoverMinutes: u32 {
+        kind: Kind::U32 { min: 0, max: MAX_TAKEOVER_MINUTES }, default: Builtin::U32(30),
+        chat: true, group: Control,
+        label: "Human takeover, minutes (0–10080)",
+        help: "When a person answers in a chat (a send from the dashboard or the API, or the \
+               owner typing on the phone), the AI stays quiet there for this long. 0 = never \
+               step back. Resume early from the chat page.",
+    }
+    debounce_seconds / DebounceSeconds: u32 {
+        kind: Kind::U32 { min: 0, max: MAX_DEBOUNCE_SECONDS }, default: Builtin::U32(0),
+        chat: true, group: Control,
+        label: "Burst debounce, seconds (0–3600)",
+        help: "Customer messages arriving within this window get one reply that answers all of \
+               them; each new message restarts the window. 0 = off.",
+    }
+    max_replies_per_chat_per_hour / MaxRepliesPerChatPerHour: u32 {
+        kind: Kind::U32 { min: 0, max: MAX_REPLIES_PER_HOUR }, default: Builtin::U32(30),
+        chat: true, group: Control,
+        label: "Max AI replies per chat per hour (0–1000)",
+        help: "Over the cap a reply is skipped (logged and sent to webhooks as \
+               ai.reply.skipped). 0 = no cap.",
+    }
+    daily_token_budget / DailyTokenBudget: u64 {
+        kind: Kind::U64 { min: 0, max: MAX_DAILY_TOKEN_BUDGET }, default: Builtin::U64(0),
+        chat: false, group: Control,
+        label: "Daily token budget per account (0–1000000000)",
+        help: "Model tokens an account may use per UTC day, counted from the usage the model \
+               reports. Once used up, replies are skipped until midnight UTC. 0 = no budget.",
+    }
+    max_history_tokens / MaxHistoryTokens: u32 {
+        kind: Kind::U32 { min: 0, max: MAX_HISTORY_TOKENS }, default: Builtin::U32(4000),
+        chat: true, group: Control,
+        label: "History budget, estimated tokens (0–1000000)",
+        help: "The prompt keeps the newest messages (at most 20) that fit, estimating a message \
+               as its characters / 4 (rounded up) + 4 tokens. 0 = only the 20-message cap.",
+    }
+    history_window_hours / HistoryWindowHours: u32 {
+        kind: Kind::U32 { min: 0, max: MAX_HISTORY_WINDOW_HOURS }, default: Builtin::U32(0),
+        chat: true, group: Control,
+        label: "History window, hours (0–8760)",
+        help: "Messages older than this stay out of the prompt. 0 = no window.",
+    }
+    max_retries / MaxRetries: u32 {
+        kind: Kind::U32 { min: 0, max: MAX_RETRIES }, default: Builtin::U32(2), chat: true,
+        group: Control,
+        label: "Retries of a failed model call (0–10)",
+        help: "A timeout, 429 or 5xx is retried with backoff this many times before the \
+               fallback model (if any) is asked.",
+    }
+    fallback_model_name / FallbackModelName: String {
+        kind: Kind::Name { max: MAX_MODEL_NAME }, default: Builtin::None, chat: false,
+        group: Control,
+        label: "Fallback model",
+        help: "Answers when the main model still fails after the retries. Unset = no fallback.",
+    }
+    fallback_base_url / FallbackBaseUrl: String {
+        kind: Kind::Url, default: Builtin::None, chat: false, group: Control,
+        label: "Fallback base URL",
+        help: "Where the fallback model is served; unset = the main base URL. A different \
+               origin needs its own fallback API key.",
+    }
 }
 
 /// A change to one field: leave it, clear it (JSON `null`), or set it.
@@ -141,37 +482,6 @@ impl<T> Patch<T> {
 pub struct SealedKey {
     pub sealed: String,
     pub origin: String,
-}
-
-/// A patch of one layer's AI settings, validated by [`decide`].
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct AiSettingsPatch {
-    pub enabled: Patch<bool>,
-    pub base_url: Patch<String>,
-    pub model_name: Patch<String>,
-    pub default_system_prompt: Patch<String>,
-    pub temperature: Patch<f64>,
-    pub max_tokens: Patch<u32>,
-    pub timeout_seconds: Patch<u32>,
-    pub reply_delay_seconds: Patch<u32>,
-    pub reply_to_private: Patch<bool>,
-    pub reply_to_groups: Patch<bool>,
-    pub reply_to_channels: Patch<bool>,
-    pub echo_mode: Patch<bool>,
-    pub human_takeover_minutes: Patch<u32>,
-    pub debounce_seconds: Patch<u32>,
-    pub max_replies_per_chat_per_hour: Patch<u32>,
-    pub daily_token_budget: Patch<u64>,
-    pub max_history_tokens: Patch<u32>,
-    pub history_window_hours: Patch<u32>,
-    pub max_retries: Patch<u32>,
-    pub fallback_model_name: Patch<String>,
-    pub fallback_base_url: Patch<String>,
-    /// Already sealed by the caller; `Set` carries the ciphertext and its origin.
-    pub api_key: Patch<SealedKey>,
-    /// The fallback model's own key, sealed like `api_key`, for the origin of the fallback base
-    /// URL.
-    pub fallback_api_key: Patch<SealedKey>,
 }
 
 /// Why a stored key was removed.
@@ -310,90 +620,52 @@ fn check_text(
     Ok(())
 }
 
-/// Validates a patch in isolation (ranges, URL syntax, lengths). Returns the patch with
-/// `base_url` normalized.
-pub fn validate(mut patch: AiSettingsPatch) -> Result<AiSettingsPatch, DomainError> {
-    if let Patch::Set(url) = &patch.base_url {
-        patch.base_url = Patch::Set(normalize_base_url(url)?);
-    }
-    if let Patch::Set(v) = &patch.model_name {
-        check_text("model_name", v, MAX_MODEL_NAME, false)?;
-    }
-    if let Patch::Set(v) = &patch.default_system_prompt {
-        check_text("default_system_prompt", v, MAX_PROMPT_BYTES, true)?;
-    }
-    if let Patch::Set(v) = patch.temperature {
-        if !v.is_finite() {
-            return Err(DomainError::invalid("temperature", "must be a number"));
+/// Checks one value against its setting's kind; returns it normalized (a URL without its
+/// trailing `/`).
+fn check_value(spec: &FieldSpec, value: Value) -> Result<Value, DomainError> {
+    let field = spec.name;
+    match (spec.kind, value) {
+        (Kind::Url, Value::Text(url)) => {
+            normalize_base_url(&url)
+                .map(Value::Text)
+                .map_err(|e| match e {
+                    DomainError::Invalid { message, .. } => DomainError::invalid(field, message),
+                    other => other,
+                })
         }
-        check_range("temperature", v, 0.0, 2.0)?;
-    }
-    if let Patch::Set(v) = patch.max_tokens {
-        check_range("max_tokens", v, 1, 32_768)?;
-    }
-    if let Patch::Set(v) = patch.timeout_seconds {
-        check_range("timeout_seconds", v, 1, 600)?;
-    }
-    if let Patch::Set(v) = patch.reply_delay_seconds {
-        check_range("reply_delay_seconds", v, 0, 3600)?;
-    }
-    if let Patch::Set(v) = patch.human_takeover_minutes {
-        check_range("human_takeover_minutes", v, 0, MAX_TAKEOVER_MINUTES)?;
-    }
-    if let Patch::Set(v) = patch.debounce_seconds {
-        check_range("debounce_seconds", v, 0, MAX_DEBOUNCE_SECONDS)?;
-    }
-    if let Patch::Set(v) = patch.max_replies_per_chat_per_hour {
-        check_range("max_replies_per_chat_per_hour", v, 0, MAX_REPLIES_PER_HOUR)?;
-    }
-    if let Patch::Set(v) = patch.daily_token_budget {
-        check_range("daily_token_budget", v, 0, MAX_DAILY_TOKEN_BUDGET)?;
-    }
-    if let Patch::Set(v) = patch.max_history_tokens {
-        check_range("max_history_tokens", v, 0, MAX_HISTORY_TOKENS)?;
-    }
-    if let Patch::Set(v) = patch.history_window_hours {
-        check_range("history_window_hours", v, 0, MAX_HISTORY_WINDOW_HOURS)?;
-    }
-    if let Patch::Set(v) = patch.max_retries {
-        check_range("max_retries", v, 0, MAX_RETRIES)?;
-    }
-    if let Patch::Set(v) = &patch.fallback_model_name {
-        check_text("fallback_model_name", v, MAX_MODEL_NAME, false)?;
-    }
-    if let Patch::Set(url) = &patch.fallback_base_url {
-        let normalized = normalize_base_url(url).map_err(|e| match e {
-            DomainError::Invalid { message, .. } => {
-                DomainError::invalid("fallback_base_url", message)
+        (Kind::Name { max }, Value::Text(v)) => {
+            check_text(field, &v, max, false).map(|_| Value::Text(v))
+        }
+        (Kind::Prompt { max }, Value::Text(v)) => {
+            check_text(field, &v, max, true).map(|_| Value::Text(v))
+        }
+        (Kind::Float { min, max }, Value::Float(v)) => {
+            if !v.is_finite() {
+                return Err(DomainError::invalid(field, "must be a number"));
             }
-            other => other,
-        })?;
-        patch.fallback_base_url = Patch::Set(normalized);
+            check_range(field, v, min, max).map(|_| Value::Float(v))
+        }
+        (Kind::U32 { min, max }, Value::U32(v)) => {
+            check_range(field, v, min, max).map(|_| Value::U32(v))
+        }
+        (Kind::U64 { min, max }, Value::U64(v)) => {
+            check_range(field, v, min, max).map(|_| Value::U64(v))
+        }
+        (Kind::Bool, v @ Value::Bool(_)) => Ok(v),
+        (_, _) => Err(DomainError::invalid(field, "has the wrong type")),
     }
-    Ok(patch)
 }
 
-/// Applies one field's patch to `slot`, recording what changed into `set_slot` / `cleared`.
-fn diff_field<T: Clone + PartialEq>(
-    field: AiField,
-    slot: &Option<T>,
-    patch: &Patch<T>,
-    set_slot: &mut Option<T>,
-    cleared: &mut Vec<AiField>,
-) {
-    match patch {
-        Patch::Keep => {}
-        Patch::Clear => {
-            if slot.is_some() {
-                cleared.push(field);
-            }
-        }
-        Patch::Set(v) => {
-            if slot.as_ref() != Some(v) {
-                *set_slot = Some(v.clone());
-            }
+/// Validates a patch in isolation (ranges, URL syntax, lengths), each field by its kind in
+/// [`FIELDS`]. Returns the patch with the URLs normalized.
+pub fn validate<K>(mut patch: AiSettingsPatch<K>) -> Result<AiSettingsPatch<K>, DomainError> {
+    for spec in FIELDS {
+        if let Patch::Set(v) = patch.get(spec.field) {
+            let checked = check_value(spec, v)?;
+            patch.set(spec.field, Patch::Set(checked));
         }
     }
+    Ok(patch)
 }
 
 /// Decides the events for a settings patch on a layer: only real changes become events (a PUT
@@ -407,155 +679,21 @@ pub fn decide(
     let cur = &state.settings;
     let mut set = AiSettings::default();
     let mut cleared = Vec::new();
-    use AiField as F;
-    diff_field(
-        F::Enabled,
-        &cur.enabled,
-        &patch.enabled,
-        &mut set.enabled,
-        &mut cleared,
-    );
-    diff_field(
-        F::BaseUrl,
-        &cur.base_url,
-        &patch.base_url,
-        &mut set.base_url,
-        &mut cleared,
-    );
-    diff_field(
-        F::ModelName,
-        &cur.model_name,
-        &patch.model_name,
-        &mut set.model_name,
-        &mut cleared,
-    );
-    diff_field(
-        F::DefaultSystemPrompt,
-        &cur.default_system_prompt,
-        &patch.default_system_prompt,
-        &mut set.default_system_prompt,
-        &mut cleared,
-    );
-    diff_field(
-        F::Temperature,
-        &cur.temperature,
-        &patch.temperature,
-        &mut set.temperature,
-        &mut cleared,
-    );
-    diff_field(
-        F::MaxTokens,
-        &cur.max_tokens,
-        &patch.max_tokens,
-        &mut set.max_tokens,
-        &mut cleared,
-    );
-    diff_field(
-        F::TimeoutSeconds,
-        &cur.timeout_seconds,
-        &patch.timeout_seconds,
-        &mut set.timeout_seconds,
-        &mut cleared,
-    );
-    diff_field(
-        F::ReplyDelaySeconds,
-        &cur.reply_delay_seconds,
-        &patch.reply_delay_seconds,
-        &mut set.reply_delay_seconds,
-        &mut cleared,
-    );
-    diff_field(
-        F::ReplyToPrivate,
-        &cur.reply_to_private,
-        &patch.reply_to_private,
-        &mut set.reply_to_private,
-        &mut cleared,
-    );
-    diff_field(
-        F::ReplyToGroups,
-        &cur.reply_to_groups,
-        &patch.reply_to_groups,
-        &mut set.reply_to_groups,
-        &mut cleared,
-    );
-    diff_field(
-        F::ReplyToChannels,
-        &cur.reply_to_channels,
-        &patch.reply_to_channels,
-        &mut set.reply_to_channels,
-        &mut cleared,
-    );
-    diff_field(
-        F::EchoMode,
-        &cur.echo_mode,
-        &patch.echo_mode,
-        &mut set.echo_mode,
-        &mut cleared,
-    );
-
-    diff_field(
-        F::HumanTakeoverMinutes,
-        &cur.human_takeover_minutes,
-        &patch.human_takeover_minutes,
-        &mut set.human_takeover_minutes,
-        &mut cleared,
-    );
-    diff_field(
-        F::DebounceSeconds,
-        &cur.debounce_seconds,
-        &patch.debounce_seconds,
-        &mut set.debounce_seconds,
-        &mut cleared,
-    );
-    diff_field(
-        F::MaxRepliesPerChatPerHour,
-        &cur.max_replies_per_chat_per_hour,
-        &patch.max_replies_per_chat_per_hour,
-        &mut set.max_replies_per_chat_per_hour,
-        &mut cleared,
-    );
-    diff_field(
-        F::DailyTokenBudget,
-        &cur.daily_token_budget,
-        &patch.daily_token_budget,
-        &mut set.daily_token_budget,
-        &mut cleared,
-    );
-    diff_field(
-        F::MaxHistoryTokens,
-        &cur.max_history_tokens,
-        &patch.max_history_tokens,
-        &mut set.max_history_tokens,
-        &mut cleared,
-    );
-    diff_field(
-        F::HistoryWindowHours,
-        &cur.history_window_hours,
-        &patch.history_window_hours,
-        &mut set.history_window_hours,
-        &mut cleared,
-    );
-    diff_field(
-        F::MaxRetries,
-        &cur.max_retries,
-        &patch.max_retries,
-        &mut set.max_retries,
-        &mut cleared,
-    );
-    diff_field(
-        F::FallbackModelName,
-        &cur.fallback_model_name,
-        &patch.fallback_model_name,
-        &mut set.fallback_model_name,
-        &mut cleared,
-    );
-    diff_field(
-        F::FallbackBaseUrl,
-        &cur.fallback_base_url,
-        &patch.fallback_base_url,
-        &mut set.fallback_base_url,
-        &mut cleared,
-    );
+    for spec in FIELDS {
+        match patch.get(spec.field) {
+            Patch::Keep => {}
+            Patch::Clear => {
+                if cur.get(spec.field).is_some() {
+                    cleared.push(spec.field);
+                }
+            }
+            Patch::Set(v) => {
+                if cur.get(spec.field).as_ref() != Some(&v) {
+                    set.set(spec.field, Some(v));
+                }
+            }
+        }
+    }
 
     let mut events = Vec::new();
     if set != AiSettings::default() || !cleared.is_empty() {
@@ -658,61 +796,13 @@ pub fn decide_reseal(
     }])
 }
 
-fn clear_field(s: &mut AiSettings, f: AiField) {
-    use AiField as F;
-    match f {
-        F::Enabled => s.enabled = None,
-        F::BaseUrl => s.base_url = None,
-        F::ModelName => s.model_name = None,
-        F::DefaultSystemPrompt => s.default_system_prompt = None,
-        F::Temperature => s.temperature = None,
-        F::MaxTokens => s.max_tokens = None,
-        F::TimeoutSeconds => s.timeout_seconds = None,
-        F::ReplyDelaySeconds => s.reply_delay_seconds = None,
-        F::ReplyToPrivate => s.reply_to_private = None,
-        F::ReplyToGroups => s.reply_to_groups = None,
-        F::ReplyToChannels => s.reply_to_channels = None,
-        F::EchoMode => s.echo_mode = None,
-        F::HumanTakeoverMinutes => s.human_takeover_minutes = None,
-        F::DebounceSeconds => s.debounce_seconds = None,
-        F::MaxRepliesPerChatPerHour => s.max_replies_per_chat_per_hour = None,
-        F::DailyTokenBudget => s.daily_token_budget = None,
-        F::MaxHistoryTokens => s.max_history_tokens = None,
-        F::HistoryWindowHours => s.history_window_hours = None,
-        F::MaxRetries => s.max_retries = None,
-        F::FallbackModelName => s.fallback_model_name = None,
-        F::FallbackBaseUrl => s.fallback_base_url = None,
-    }
-}
-
-/// Overlays the `Some` fields of `from` onto `onto`.
+/// Overlays the fields `from` sets onto `onto`.
 fn overlay(onto: &mut AiSettings, from: &AiSettings) {
-    macro_rules! take {
-        ($($f:ident),*) => { $( if from.$f.is_some() { onto.$f = from.$f.clone(); } )* };
+    for spec in FIELDS {
+        if let Some(v) = from.get(spec.field) {
+            onto.set(spec.field, Some(v));
+        }
     }
-    take!(
-        enabled,
-        base_url,
-        model_name,
-        default_system_prompt,
-        temperature,
-        max_tokens,
-        timeout_seconds,
-        reply_delay_seconds,
-        reply_to_private,
-        reply_to_groups,
-        reply_to_channels,
-        echo_mode,
-        human_takeover_minutes,
-        debounce_seconds,
-        max_replies_per_chat_per_hour,
-        daily_token_budget,
-        max_history_tokens,
-        history_window_hours,
-        max_retries,
-        fallback_model_name,
-        fallback_base_url
-    );
 }
 
 impl LayerState {
@@ -721,7 +811,7 @@ impl LayerState {
         match event {
             SettingsEvent::AiSettingsChanged { set, cleared } => {
                 for f in cleared {
-                    clear_field(&mut self.settings, *f);
+                    self.settings.set(*f, None);
                 }
                 overlay(&mut self.settings, set);
             }
@@ -741,6 +831,52 @@ impl LayerState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The table is in the enum's order (`FieldSpec::of` indexes it), every row's default has its
+    /// setting's type, and every setting reads back what was set.
+    #[test]
+    fn the_table_declares_every_setting_once() {
+        for (i, spec) in FIELDS.iter().enumerate() {
+            assert_eq!(spec.field as usize, i, "{}", spec.name);
+            assert_eq!(
+                FieldSpec::named(spec.name).map(|s| s.field),
+                Some(spec.field)
+            );
+            let sample = match spec.kind {
+                Kind::Bool => Value::Bool(true),
+                Kind::Name { .. } | Kind::Prompt { .. } => Value::Text("x".into()),
+                Kind::Url => Value::Text("https://example.com/v1".into()),
+                Kind::Float { max, .. } => Value::Float(max),
+                Kind::U32 { max, .. } => Value::U32(max),
+                Kind::U64 { max, .. } => Value::U64(max),
+            };
+            if let Some(d) = spec.default.value() {
+                assert_eq!(
+                    std::mem::discriminant(&d),
+                    std::mem::discriminant(&sample),
+                    "{}",
+                    spec.name
+                );
+                assert!(
+                    check_value(spec, d).is_ok(),
+                    "{}'s default is valid",
+                    spec.name
+                );
+            }
+            let mut s = AiSettings::default();
+            s.set(spec.field, Some(sample.clone()));
+            assert_eq!(s.get(spec.field), Some(sample.clone()), "{}", spec.name);
+            let json = serde_json::to_value(&s).expect("json");
+            assert!(
+                json.get(spec.name).is_some(),
+                "{} is its serde name",
+                spec.name
+            );
+            let mut p = AiSettingsPatch::<String>::default();
+            p.set(spec.field, Patch::Set(sample.clone()));
+            assert_eq!(p.get(spec.field), Patch::Set(sample), "{}", spec.name);
+        }
+    }
 
     fn key(s: &str, origin: &str) -> SealedKey {
         SealedKey {

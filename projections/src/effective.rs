@@ -7,7 +7,9 @@ use wagate_events::chat::PauseCause;
 use wagate_events::chat_settings::ChatMode;
 use wagate_events::ids::ChatKind;
 use wagate_events::reason::{ReasonCode, ReplyReason};
-use wagate_events::settings::{origin_of, AiSettings, SealedKey};
+use wagate_events::settings::{
+    origin_of, AiField, AiSettings, FieldSpec, SealedKey, SettingValue, Value,
+};
 
 use crate::config::Pause;
 use crate::ConfigModel;
@@ -30,29 +32,14 @@ pub struct EnvLayer {
     pub has_api_key: bool,
 }
 
-/// The built-in defaults, the last layer.
-pub mod defaults {
-    pub const ENABLED: bool = false;
-    pub const BASE_URL: &str = "https://api.openai.com/v1";
-    pub const MODEL_NAME: &str = "gpt-4.1-mini";
-    pub const SYSTEM_PROMPT: &str = "You are a helpful WhatsApp assistant.";
-    pub const TEMPERATURE: f64 = 0.3;
-    pub const MAX_TOKENS: u32 = 700;
-    pub const TIMEOUT_SECONDS: u32 = 60;
-    pub const REPLY_DELAY_SECONDS: u32 = 2;
-    pub const REPLY_TO_PRIVATE: bool = true;
-    pub const REPLY_TO_GROUPS: bool = false;
-    pub const REPLY_TO_CHANNELS: bool = false;
-    pub const ECHO_MODE: bool = false;
-    /// Conversation control (ADR 0007). Zero means "off" for each of them.
-    pub const HUMAN_TAKEOVER_MINUTES: u32 = 30;
-    pub const DEBOUNCE_SECONDS: u32 = 0;
-    pub const MAX_REPLIES_PER_CHAT_PER_HOUR: u32 = 30;
-    pub const DAILY_TOKEN_BUDGET: u64 = 0;
-    pub const MAX_HISTORY_TOKENS: u32 = 4000;
-    pub const HISTORY_WINDOW_HOURS: u32 = 0;
-    /// Retries after the first attempt (3 attempts in all).
-    pub const MAX_RETRIES: u32 = 2;
+/// The built-in default of the setting `name`, from the settings table
+/// (`wagate_events::settings::FIELDS`); the type's zero for a setting without one (the fallback
+/// model's fields, where empty means none).
+pub fn builtin<T: SettingValue + Default>(name: &str) -> T {
+    FieldSpec::named(name)
+        .and_then(|spec| spec.default.value())
+        .and_then(T::from_value)
+        .unwrap_or_default()
 }
 
 /// Where the key to use lives (the caller decrypts it when it calls the model).
@@ -132,6 +119,41 @@ pub struct Effective {
 }
 
 impl Effective {
+    /// The resolved value of a setting of the settings table and the layer it came from (`None`
+    /// for a setting without a value: no fallback model).
+    pub fn setting(&self, field: AiField) -> Option<(Value, Source)> {
+        fn of<T: SettingValue>(s: &Sourced<T>) -> Option<(Value, Source)> {
+            Some((s.value.clone().into_value(), s.source))
+        }
+        fn opt(s: &Sourced<Option<String>>) -> Option<(Value, Source)> {
+            s.value.clone().map(|v| (Value::Text(v), s.source))
+        }
+        use AiField as F;
+        match field {
+            F::Enabled => of(&self.enabled),
+            F::BaseUrl => of(&self.base_url),
+            F::ModelName => of(&self.model_name),
+            F::DefaultSystemPrompt => of(&self.system_prompt),
+            F::Temperature => of(&self.temperature),
+            F::MaxTokens => of(&self.max_tokens),
+            F::TimeoutSeconds => of(&self.timeout_seconds),
+            F::ReplyDelaySeconds => of(&self.reply_delay_seconds),
+            F::ReplyToPrivate => of(&self.reply_to_private),
+            F::ReplyToGroups => of(&self.reply_to_groups),
+            F::ReplyToChannels => of(&self.reply_to_channels),
+            F::EchoMode => of(&self.echo_mode),
+            F::HumanTakeoverMinutes => of(&self.human_takeover_minutes),
+            F::DebounceSeconds => of(&self.debounce_seconds),
+            F::MaxRepliesPerChatPerHour => of(&self.max_replies_per_chat_per_hour),
+            F::DailyTokenBudget => of(&self.daily_token_budget),
+            F::MaxHistoryTokens => of(&self.max_history_tokens),
+            F::HistoryWindowHours => of(&self.history_window_hours),
+            F::MaxRetries => of(&self.max_retries),
+            F::FallbackModelName => opt(&self.fallback_model_name),
+            F::FallbackBaseUrl => opt(&self.fallback_base_url),
+        }
+    }
+
     /// Whether the model URLs in effect were set by an account token, given who set the account
     /// layer's: (primary, fallback). The fallback without a URL of its own uses the primary's.
     pub fn tenant_model_urls(&self, origins: &crate::config::ModelUrlOrigins) -> (bool, bool) {
@@ -320,7 +342,7 @@ pub fn resolve_layers(
     let account_layer = account.unwrap_or(&no_account);
     let (a, g, e) = (&account_layer.settings, &global.settings, &env.settings);
     macro_rules! field {
-        ($f:ident, $default:expr) => {
+        ($f:ident) => {
             pick(
                 [
                     (None, Source::Chat),
@@ -328,13 +350,13 @@ pub fn resolve_layers(
                     (g.$f.as_ref(), Source::Global),
                     (e.$f.as_ref(), Source::Env),
                 ],
-                $default,
+                builtin(stringify!($f)),
             )
         };
     }
     // The conversation controls a chat may set for itself (ADR 0007).
     macro_rules! chat_field {
-        ($f:ident, $default:expr) => {
+        ($f:ident) => {
             pick(
                 [
                     (chat.controls.$f.as_ref(), Source::Chat),
@@ -342,7 +364,7 @@ pub fn resolve_layers(
                     (g.$f.as_ref(), Source::Global),
                     (e.$f.as_ref(), Source::Env),
                 ],
-                $default,
+                builtin(stringify!($f)),
             )
         };
     }
@@ -355,24 +377,28 @@ pub fn resolve_layers(
             value: false,
             source: Source::Chat,
         },
-        ChatMode::Inherit => field!(enabled, defaults::ENABLED),
+        ChatMode::Inherit => field!(enabled),
     };
-    let base_url = field!(base_url, defaults::BASE_URL.to_string());
+    let base_url = field!(base_url);
     let system_prompt = match &chat.custom_system_prompt {
         Some(p) => Sourced {
             value: p.clone(),
             source: Source::Chat,
         },
-        None => field!(default_system_prompt, defaults::SYSTEM_PROMPT.to_string()),
+        None => field!(default_system_prompt),
     };
-    let reply_to_private = field!(reply_to_private, defaults::REPLY_TO_PRIVATE);
-    let reply_to_groups = field!(reply_to_groups, defaults::REPLY_TO_GROUPS);
-    let reply_to_channels = field!(reply_to_channels, defaults::REPLY_TO_CHANNELS);
-    let echo_mode = field!(echo_mode, defaults::ECHO_MODE);
+    let reply_to_private = field!(reply_to_private);
+    let reply_to_groups = field!(reply_to_groups);
+    let reply_to_channels = field!(reply_to_channels);
+    let echo_mode = field!(echo_mode);
 
     // The most specific key wins, and it is only usable with the origin it was entered for.
     let base_origin = origin_of(&base_url.value);
-    let env_key_origin = origin_of(e.base_url.as_deref().unwrap_or(defaults::BASE_URL));
+    let env_key_origin = origin_of(
+        e.base_url
+            .as_deref()
+            .unwrap_or(&builtin::<String>("base_url")),
+    );
     let found: Option<(KeySource, Option<String>, Source)> = if let Some(k) = &account_layer.api_key
     {
         Some((
@@ -424,7 +450,7 @@ pub fn resolve_layers(
 
     // The fallback's key: the most specific fallback key entered for the fallback's origin, else
     // the main key if the fallback lives at the main key's origin.
-    let fallback_base = field!(fallback_base_url, String::new());
+    let fallback_base = field!(fallback_base_url);
     let fallback_origin = if fallback_base.value.is_empty() {
         base_origin.clone()
     } else {
@@ -470,7 +496,7 @@ pub fn resolve_layers(
     // raise them only with its own key (ADR 0022; issue 21, finding 2).
     let own_key = matches!(key, Some(KeySource::Account(_)));
     macro_rules! inherited {
-        ($f:ident, $default:expr) => {
+        ($f:ident) => {
             pick(
                 [
                     (None, Source::Chat),
@@ -478,36 +504,30 @@ pub fn resolve_layers(
                     (g.$f.as_ref(), Source::Global),
                     (e.$f.as_ref(), Source::Env),
                 ],
-                $default,
+                builtin(stringify!($f)),
             )
         };
     }
     let mut spend_ceilings = Vec::new();
     let max_tokens = capped(
-        field!(max_tokens, defaults::MAX_TOKENS),
-        inherited!(max_tokens, defaults::MAX_TOKENS),
+        field!(max_tokens),
+        inherited!(max_tokens),
         own_key,
         false,
         "max_tokens",
         &mut spend_ceilings,
     );
     let max_replies_per_chat_per_hour = capped(
-        chat_field!(
-            max_replies_per_chat_per_hour,
-            defaults::MAX_REPLIES_PER_CHAT_PER_HOUR
-        ),
-        inherited!(
-            max_replies_per_chat_per_hour,
-            defaults::MAX_REPLIES_PER_CHAT_PER_HOUR
-        ),
+        chat_field!(max_replies_per_chat_per_hour),
+        inherited!(max_replies_per_chat_per_hour),
         own_key,
         true,
         "max_replies_per_chat_per_hour",
         &mut spend_ceilings,
     );
     let daily_token_budget = capped(
-        field!(daily_token_budget, defaults::DAILY_TOKEN_BUDGET),
-        inherited!(daily_token_budget, defaults::DAILY_TOKEN_BUDGET),
+        field!(daily_token_budget),
+        inherited!(daily_token_budget),
         own_key,
         true,
         "daily_token_budget",
@@ -548,28 +568,25 @@ pub fn resolve_layers(
         blocked: chat.blocked,
         enabled,
         base_url,
-        model_name: field!(model_name, defaults::MODEL_NAME.to_string()),
+        model_name: field!(model_name),
         system_prompt,
-        temperature: field!(temperature, defaults::TEMPERATURE),
+        temperature: field!(temperature),
         max_tokens,
-        timeout_seconds: field!(timeout_seconds, defaults::TIMEOUT_SECONDS),
-        reply_delay_seconds: field!(reply_delay_seconds, defaults::REPLY_DELAY_SECONDS),
+        timeout_seconds: field!(timeout_seconds),
+        reply_delay_seconds: field!(reply_delay_seconds),
         reply_to_private,
         reply_to_groups,
         reply_to_channels,
         echo_mode,
-        human_takeover_minutes: chat_field!(
-            human_takeover_minutes,
-            defaults::HUMAN_TAKEOVER_MINUTES
-        ),
-        debounce_seconds: chat_field!(debounce_seconds, defaults::DEBOUNCE_SECONDS),
+        human_takeover_minutes: chat_field!(human_takeover_minutes),
+        debounce_seconds: chat_field!(debounce_seconds),
         max_replies_per_chat_per_hour,
         daily_token_budget,
-        max_history_tokens: chat_field!(max_history_tokens, defaults::MAX_HISTORY_TOKENS),
-        history_window_hours: chat_field!(history_window_hours, defaults::HISTORY_WINDOW_HOURS),
-        max_retries: chat_field!(max_retries, defaults::MAX_RETRIES),
-        fallback_model_name: optional(field!(fallback_model_name, String::new())),
-        fallback_base_url: optional(field!(fallback_base_url, String::new())),
+        max_history_tokens: chat_field!(max_history_tokens),
+        history_window_hours: chat_field!(history_window_hours),
+        max_retries: chat_field!(max_retries),
+        fallback_model_name: optional(field!(fallback_model_name)),
+        fallback_base_url: optional(field!(fallback_base_url)),
         paused_until: None,
         pause_cause: None,
         has_api_key,
@@ -648,7 +665,7 @@ mod tests {
                 source: Source::Default
             }
         );
-        assert_eq!(e.model_name.value, defaults::MODEL_NAME);
+        assert_eq!(e.model_name.value, builtin::<String>("model_name"));
         assert!(!e.will_reply);
         assert_eq!(
             e.reason.as_deref(),

@@ -12,12 +12,12 @@ use super::ai::{self as layer, Done};
 use super::render::{self, FormState, Section};
 use super::session::{Posted, Session};
 use crate::app::{SharedApp, Who};
-use crate::http::ai::change_account_ai;
 use crate::http::error::ApiError;
 use crate::service::accounts::{
     create, delete, issue_token, require_live, revoke_token as revoke, CloudApiInput, CreatedToken,
     NewAccount,
 };
+use crate::service::ai::change_account_ai;
 use crate::service::messages::{chat_summaries, inject_inbound, InboundMessage};
 use serde::Deserialize;
 
@@ -369,7 +369,7 @@ pub async fn save_ai(
             .await
             .map_err(|e| {
                 let mut state = FormState::from_fields(&fields);
-                state.api_error(e, &layer::field_names());
+                state.api_error(ApiError::from(e), &layer::field_names());
                 state
             }),
     };
@@ -397,7 +397,7 @@ pub async fn clear_key(
             render::enc(&acc),
             kind.cleared_notice()
         )),
-        Err(e) => render::api_error_page(&e),
+        Err(e) => render::api_error_page(&ApiError::from(e)),
     }
 }
 

@@ -9,192 +9,16 @@ use maud::{html, Markup};
 use serde::Deserialize;
 use wagate_events::chat_settings::{ChatControls, ChatControlsPatch, ChatSettings};
 use wagate_events::ids::ChatKind;
-use wagate_events::settings::{self, AiSettings, LayerState, Patch, SealedKey};
-use wagate_projections::effective::{self, defaults, Effective, Source, Sourced, Target};
+use wagate_events::settings::{
+    AiSettings, FieldSpec, Group, Kind, LayerState, Patch, SealedKey, Value, FIELDS,
+};
+use wagate_projections::effective::{self, Effective, Source, Sourced, Target};
 
 use super::render::{self, FormState, Section};
 use super::session::{Fields, Posted, Session};
 use crate::app::SharedApp;
-use crate::http::ai::{change_global, AiSettingsRequest};
-
-/// How a field is edited.
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-    Bool,
-    Text,
-    Url,
-    Prompt,
-    Float { min: f64, max: f64 },
-    Int { min: u64, max: u64 },
-}
-
-/// Where a field sits on the form.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Group {
-    /// The model and when to reply.
-    Reply,
-    /// Conversation control (ADR 0007): takeover, debounce, limits, history, retries, fallback.
-    Control,
-}
-
-struct FieldDef {
-    name: &'static str,
-    label: &'static str,
-    kind: Kind,
-    group: Group,
-    /// What the setting does, shown under the field.
-    help: &'static str,
-}
-
-const fn field(name: &'static str, label: &'static str, kind: Kind) -> FieldDef {
-    FieldDef {
-        name,
-        label,
-        kind,
-        group: Group::Reply,
-        help: "",
-    }
-}
-
-const fn control(
-    name: &'static str,
-    label: &'static str,
-    kind: Kind,
-    help: &'static str,
-) -> FieldDef {
-    FieldDef {
-        name,
-        label,
-        kind,
-        group: Group::Control,
-        help,
-    }
-}
-
-const FIELDS: [FieldDef; 21] = [
-    field("enabled", "AI auto-reply enabled", Kind::Bool),
-    field("base_url", "Base URL (OpenAI-compatible API)", Kind::Url),
-    field("model_name", "Model", Kind::Text),
-    field(
-        "default_system_prompt",
-        "Default system prompt",
-        Kind::Prompt,
-    ),
-    field(
-        "temperature",
-        "Temperature (0–2)",
-        Kind::Float { min: 0.0, max: 2.0 },
-    ),
-    field(
-        "max_tokens",
-        "Max tokens (1–32768)",
-        Kind::Int {
-            min: 1,
-            max: 32_768,
-        },
-    ),
-    field(
-        "timeout_seconds",
-        "Timeout, seconds (1–600)",
-        Kind::Int { min: 1, max: 600 },
-    ),
-    field(
-        "reply_delay_seconds",
-        "Reply delay, seconds (0–3600)",
-        Kind::Int { min: 0, max: 3600 },
-    ),
-    field("reply_to_private", "Reply in private chats", Kind::Bool),
-    field("reply_to_groups", "Reply in groups", Kind::Bool),
-    field("reply_to_channels", "Reply in channels", Kind::Bool),
-    field(
-        "echo_mode",
-        "Echo mode (reply with the incoming text, no model call)",
-        Kind::Bool,
-    ),
-    control(
-        "human_takeover_minutes",
-        "Human takeover, minutes (0–10080)",
-        Kind::Int {
-            min: 0,
-            max: settings::MAX_TAKEOVER_MINUTES as u64,
-        },
-        "When a person answers in a chat (a send from this dashboard or the API, or the owner \
-         typing on the phone), the AI stays quiet there for this long. 0 = never step back. \
-         Resume early from the chat page.",
-    ),
-    control(
-        "debounce_seconds",
-        "Burst debounce, seconds (0–3600)",
-        Kind::Int {
-            min: 0,
-            max: settings::MAX_DEBOUNCE_SECONDS as u64,
-        },
-        "Customer messages arriving within this window get one reply that answers all of them; \
-         each new message restarts the window. 0 = off.",
-    ),
-    control(
-        "max_replies_per_chat_per_hour",
-        "Max AI replies per chat per hour (0–1000)",
-        Kind::Int {
-            min: 0,
-            max: settings::MAX_REPLIES_PER_HOUR as u64,
-        },
-        "Over the cap a reply is skipped (logged and sent to webhooks as ai.reply.skipped). \
-         0 = no cap.",
-    ),
-    control(
-        "daily_token_budget",
-        "Daily token budget per account (0–1000000000)",
-        Kind::Int {
-            min: 0,
-            max: settings::MAX_DAILY_TOKEN_BUDGET,
-        },
-        "Model tokens an account may use per UTC day, counted from the usage the model reports. \
-         Once used up, replies are skipped until midnight UTC. 0 = no budget.",
-    ),
-    control(
-        "max_history_tokens",
-        "History budget, estimated tokens (0–1000000)",
-        Kind::Int {
-            min: 0,
-            max: settings::MAX_HISTORY_TOKENS as u64,
-        },
-        "The prompt keeps the newest messages (at most 20) that fit, estimating a message as \
-         its characters / 4 (rounded up) + 4 tokens. 0 = only the 20-message cap.",
-    ),
-    control(
-        "history_window_hours",
-        "History window, hours (0–8760)",
-        Kind::Int {
-            min: 0,
-            max: settings::MAX_HISTORY_WINDOW_HOURS as u64,
-        },
-        "Messages older than this stay out of the prompt. 0 = no window.",
-    ),
-    control(
-        "max_retries",
-        "Retries of a failed model call (0–10)",
-        Kind::Int {
-            min: 0,
-            max: settings::MAX_RETRIES as u64,
-        },
-        "A timeout, 429 or 5xx is retried with backoff this many times before the fallback \
-         model (if any) is asked.",
-    ),
-    control(
-        "fallback_model_name",
-        "Fallback model",
-        Kind::Text,
-        "Answers when the main model still fails after the retries. Empty = no fallback.",
-    ),
-    control(
-        "fallback_base_url",
-        "Fallback base URL",
-        Kind::Url,
-        "Where the fallback model is served; empty = the main base URL. A different origin \
-         needs its own fallback API key below.",
-    ),
-];
+use crate::http::error::ApiError;
+use crate::service::ai::{change_global, SettingsInput};
 
 /// Names of the layer form's fields (for placing service errors).
 pub fn field_names() -> Vec<&'static str> {
@@ -205,57 +29,14 @@ pub fn field_names() -> Vec<&'static str> {
         .collect()
 }
 
-fn bool_str(v: Option<bool>) -> String {
-    v.map(|b| b.to_string()).unwrap_or_default()
-}
-
-fn opt_str<T: ToString>(v: Option<&T>) -> String {
-    v.map(ToString::to_string).unwrap_or_default()
-}
-
 /// A stored layer as form values (empty = not set at this layer).
 pub fn layer_values(s: &AiSettings) -> FormState {
-    FormState::with([
-        ("enabled", bool_str(s.enabled)),
-        ("base_url", opt_str(s.base_url.as_ref())),
-        ("model_name", opt_str(s.model_name.as_ref())),
+    FormState::with(FIELDS.iter().map(|spec| {
         (
-            "default_system_prompt",
-            opt_str(s.default_system_prompt.as_ref()),
-        ),
-        ("temperature", opt_str(s.temperature.as_ref())),
-        ("max_tokens", opt_str(s.max_tokens.as_ref())),
-        ("timeout_seconds", opt_str(s.timeout_seconds.as_ref())),
-        (
-            "reply_delay_seconds",
-            opt_str(s.reply_delay_seconds.as_ref()),
-        ),
-        ("reply_to_private", bool_str(s.reply_to_private)),
-        ("reply_to_groups", bool_str(s.reply_to_groups)),
-        ("reply_to_channels", bool_str(s.reply_to_channels)),
-        ("echo_mode", bool_str(s.echo_mode)),
-        (
-            "human_takeover_minutes",
-            opt_str(s.human_takeover_minutes.as_ref()),
-        ),
-        ("debounce_seconds", opt_str(s.debounce_seconds.as_ref())),
-        (
-            "max_replies_per_chat_per_hour",
-            opt_str(s.max_replies_per_chat_per_hour.as_ref()),
-        ),
-        ("daily_token_budget", opt_str(s.daily_token_budget.as_ref())),
-        ("max_history_tokens", opt_str(s.max_history_tokens.as_ref())),
-        (
-            "history_window_hours",
-            opt_str(s.history_window_hours.as_ref()),
-        ),
-        ("max_retries", opt_str(s.max_retries.as_ref())),
-        (
-            "fallback_model_name",
-            opt_str(s.fallback_model_name.as_ref()),
-        ),
-        ("fallback_base_url", opt_str(s.fallback_base_url.as_ref())),
-    ])
+            spec.name,
+            s.get(spec.field).map(|v| v.display()).unwrap_or_default(),
+        )
+    }))
 }
 
 fn source_name(s: Source) -> &'static str {
@@ -272,68 +53,25 @@ fn on_off(b: bool) -> String {
     if b { "on" } else { "off" }.to_string()
 }
 
-fn num<T: ToString>(v: &Sourced<T>) -> (String, Source) {
-    (v.value.to_string(), v.source)
-}
-
-fn none_or(v: &Sourced<Option<String>>) -> (String, Source) {
-    (v.value.clone().unwrap_or_else(|| "none".into()), v.source)
-}
-
 /// A resolved field as display text and its source.
 pub fn effective_field(e: &Effective, name: &str) -> Option<(String, Source)> {
-    Some(match name {
-        "enabled" => (on_off(e.enabled.value), e.enabled.source),
-        "base_url" => (e.base_url.value.clone(), e.base_url.source),
-        "model_name" => (e.model_name.value.clone(), e.model_name.source),
-        "default_system_prompt" | "system_prompt" => {
-            (e.system_prompt.value.clone(), e.system_prompt.source)
-        }
-        "temperature" => (e.temperature.value.to_string(), e.temperature.source),
-        "max_tokens" => (e.max_tokens.value.to_string(), e.max_tokens.source),
-        "timeout_seconds" => (
-            e.timeout_seconds.value.to_string(),
-            e.timeout_seconds.source,
-        ),
-        "reply_delay_seconds" => (
-            e.reply_delay_seconds.value.to_string(),
-            e.reply_delay_seconds.source,
-        ),
-        "reply_to_private" => (on_off(e.reply_to_private.value), e.reply_to_private.source),
-        "reply_to_groups" => (on_off(e.reply_to_groups.value), e.reply_to_groups.source),
-        "reply_to_channels" => (
-            on_off(e.reply_to_channels.value),
-            e.reply_to_channels.source,
-        ),
-        "echo_mode" => (on_off(e.echo_mode.value), e.echo_mode.source),
-        "human_takeover_minutes" => num(&e.human_takeover_minutes),
-        "debounce_seconds" => num(&e.debounce_seconds),
-        "max_replies_per_chat_per_hour" => num(&e.max_replies_per_chat_per_hour),
-        "daily_token_budget" => num(&e.daily_token_budget),
-        "max_history_tokens" => num(&e.max_history_tokens),
-        "history_window_hours" => num(&e.history_window_hours),
-        "max_retries" => num(&e.max_retries),
-        "fallback_model_name" => none_or(&e.fallback_model_name),
-        "fallback_base_url" => none_or(&e.fallback_base_url),
-        "has_fallback_api_key" => (
-            if e.has_fallback_api_key.value {
-                "set"
-            } else {
-                "not set"
-            }
-            .to_string(),
-            e.has_fallback_api_key.source,
-        ),
-        "has_api_key" => (
-            if e.has_api_key.value {
-                "set"
-            } else {
-                "not set"
-            }
-            .to_string(),
-            e.has_api_key.source,
-        ),
-        _ => return None,
+    let key = |set: &Sourced<bool>| {
+        let text = if set.value { "set" } else { "not set" };
+        Some((text.to_string(), set.source))
+    };
+    match name {
+        "has_api_key" => return key(&e.has_api_key),
+        "has_fallback_api_key" => return key(&e.has_fallback_api_key),
+        "system_prompt" => return effective_field(e, "default_system_prompt"),
+        _ => {}
+    }
+    let spec = FieldSpec::named(name)?;
+    Some(match e.setting(spec.field) {
+        Some((Value::Bool(b), source)) => (on_off(b), source),
+        Some((v, source)) => (v.display(), source),
+        // Only the fallback model's fields have no value; they take their source from the layer
+        // that would set them.
+        None => ("none".into(), Source::Default),
     })
 }
 
@@ -363,89 +101,60 @@ fn short(s: &str) -> String {
     }
 }
 
+/// Parses one field of the form by its kind: `Ok(None)` for an empty field (clear: inherit),
+/// `Err` with the message for a value the field cannot take.
+fn parse_value(spec: &FieldSpec, raw: &str) -> Result<Option<Value>, String> {
+    let trimmed = raw.trim();
+    if trimmed.is_empty() {
+        return Ok(None);
+    }
+    let value = match spec.kind {
+        Kind::Bool => match trimmed {
+            "true" => Value::Bool(true),
+            "false" => Value::Bool(false),
+            _ => return Err("choose inherit, on or off".into()),
+        },
+        Kind::U32 { min, max } => Value::U32(
+            trimmed
+                .parse::<u32>()
+                .ok()
+                .filter(|v| (min..=max).contains(v))
+                .ok_or(format!("a whole number from {min} to {max}"))?,
+        ),
+        Kind::U64 { min, max } => Value::U64(
+            trimmed
+                .parse::<u64>()
+                .ok()
+                .filter(|v| (min..=max).contains(v))
+                .ok_or(format!("a whole number from {min} to {max}"))?,
+        ),
+        Kind::Float { min, max } => Value::Float(
+            trimmed
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite() && (min..=max).contains(v))
+                .ok_or(format!("a number from {min} to {max}"))?,
+        ),
+        // Keep the prompt as typed, with browser line ends normalized.
+        Kind::Prompt { .. } => Value::Text(raw.replace("\r\n", "\n").trim().to_string()),
+        Kind::Name { .. } | Kind::Url => Value::Text(trimmed.to_string()),
+    };
+    Ok(Some(value))
+}
+
 /// Parses the layer form. Absent fields are kept, empty ones cleared (inherit), others set;
 /// every unparsable field is reported, and nothing is saved unless all parse.
-pub fn parse_layer_form(f: &Fields) -> Result<AiSettingsRequest, FormState> {
+pub fn parse_layer_form(f: &Fields) -> Result<SettingsInput, FormState> {
     let mut state = FormState::from_fields(f);
-    let mut req = AiSettingsRequest::default();
-    for def in &FIELDS {
-        let Some(raw) = f.opt(def.name) else { continue };
-        let trimmed = raw.trim();
-        macro_rules! patch {
-            ($parse:expr) => {
-                if trimmed.is_empty() {
-                    Patch::Clear
-                } else {
-                    match $parse {
-                        Ok(v) => Patch::Set(v),
-                        Err(msg) => {
-                            state.invalid(def.name, msg);
-                            Patch::Keep
-                        }
-                    }
-                }
-            };
-        }
-        match (def.name, def.kind) {
-            (name, Kind::Bool) => {
-                let p = patch!(match trimmed {
-                    "true" => Ok(true),
-                    "false" => Ok(false),
-                    _ => Err("choose inherit, on or off"),
-                });
-                match name {
-                    "enabled" => req.enabled = p,
-                    "reply_to_private" => req.reply_to_private = p,
-                    "reply_to_groups" => req.reply_to_groups = p,
-                    "reply_to_channels" => req.reply_to_channels = p,
-                    _ => req.echo_mode = p,
-                }
-            }
-            (name, Kind::Int { min, max }) => {
-                let p: Patch<u64> = patch!(trimmed
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|v| (min..=max).contains(v))
-                    .ok_or(format!("a whole number from {min} to {max}")));
-                if name == "daily_token_budget" {
-                    req.daily_token_budget = p;
-                    continue;
-                }
-                // Every other whole-number field is a u32 and its range fits one.
-                let p = p.map(|v| u32::try_from(v).unwrap_or(u32::MAX));
-                match name {
-                    "max_tokens" => req.max_tokens = p,
-                    "timeout_seconds" => req.timeout_seconds = p,
-                    "reply_delay_seconds" => req.reply_delay_seconds = p,
-                    "human_takeover_minutes" => req.human_takeover_minutes = p,
-                    "debounce_seconds" => req.debounce_seconds = p,
-                    "max_replies_per_chat_per_hour" => req.max_replies_per_chat_per_hour = p,
-                    "max_history_tokens" => req.max_history_tokens = p,
-                    "history_window_hours" => req.history_window_hours = p,
-                    _ => req.max_retries = p,
-                }
-            }
-            (_, Kind::Float { min, max }) => {
-                req.temperature = patch!(trimmed
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|v| v.is_finite() && (min..=max).contains(v))
-                    .ok_or(format!("a number from {min} to {max}")));
-            }
-            ("base_url", _) => req.base_url = patch!(Ok::<_, String>(trimmed.to_string())),
-            ("model_name", _) => req.model_name = patch!(Ok::<_, String>(trimmed.to_string())),
-            ("fallback_model_name", _) => {
-                req.fallback_model_name = patch!(Ok::<_, String>(trimmed.to_string()))
-            }
-            ("fallback_base_url", _) => {
-                req.fallback_base_url = patch!(Ok::<_, String>(trimmed.to_string()))
-            }
-            (_, _) => {
-                // Keep the prompt as typed, with browser line ends normalized.
-                req.default_system_prompt = patch!(Ok::<_, String>(
-                    raw.replace("\r\n", "\n").trim().to_string()
-                ))
-            }
+    let mut req = SettingsInput::default();
+    for spec in FIELDS {
+        let Some(raw) = f.opt(spec.name) else {
+            continue;
+        };
+        match parse_value(spec, raw) {
+            Ok(Some(v)) => req.set(spec.field, Patch::Set(v)),
+            Ok(None) => req.set(spec.field, Patch::Clear),
+            Err(msg) => state.invalid(spec.name, msg),
         }
     }
     if let Some(key) = f.opt("api_key").filter(|k| !k.trim().is_empty()) {
@@ -461,68 +170,35 @@ pub fn parse_layer_form(f: &Fields) -> Result<AiSettingsRequest, FormState> {
     }
 }
 
-/// The conversation controls a chat may override from its gear (`ChatControls`).
-pub const CHAT_CONTROLS: [&str; 6] = [
-    "human_takeover_minutes",
-    "debounce_seconds",
-    "max_replies_per_chat_per_hour",
-    "max_history_tokens",
-    "history_window_hours",
-    "max_retries",
-];
+/// The settings a chat may override from its gear (`ChatControls`).
+pub fn chat_controls() -> impl Iterator<Item = &'static FieldSpec> {
+    FIELDS.iter().filter(|spec| spec.chat)
+}
 
 /// A chat's own controls as form values (empty = inherit).
 pub fn chat_control_values(c: &ChatControls, state: &mut FormState) {
-    for (name, v) in [
-        ("human_takeover_minutes", c.human_takeover_minutes),
-        ("debounce_seconds", c.debounce_seconds),
-        (
-            "max_replies_per_chat_per_hour",
-            c.max_replies_per_chat_per_hour,
-        ),
-        ("max_history_tokens", c.max_history_tokens),
-        ("history_window_hours", c.history_window_hours),
-        ("max_retries", c.max_retries),
-    ] {
-        state.values.insert(name.into(), opt_str(v.as_ref()));
+    let own = c.as_settings();
+    for spec in chat_controls() {
+        let v = own.get(spec.field).map(|v| v.display()).unwrap_or_default();
+        state.values.insert(spec.name.into(), v);
     }
 }
 
 /// Parses the chat gear's controls with the ranges of the layers: absent keeps, empty clears
 /// (inherit), a value sets; errors are reported on `state`.
 pub fn parse_chat_controls(f: &Fields, state: &mut FormState) -> ChatControlsPatch {
-    let mut patch = ChatControlsPatch::default();
-    for def in FIELDS.iter().filter(|d| CHAT_CONTROLS.contains(&d.name)) {
-        let Kind::Int { min, max } = def.kind else {
+    let mut patch = SettingsInput::default();
+    for spec in chat_controls() {
+        let Some(raw) = f.opt(spec.name) else {
             continue;
         };
-        let Some(raw) = f.opt(def.name) else { continue };
-        let raw = raw.trim();
-        let p = if raw.is_empty() {
-            Patch::Clear
-        } else {
-            match raw
-                .parse::<u32>()
-                .ok()
-                .filter(|v| (min..=max).contains(&u64::from(*v)))
-            {
-                Some(v) => Patch::Set(v),
-                None => {
-                    state.invalid(def.name, format!("a whole number from {min} to {max}"));
-                    Patch::Keep
-                }
-            }
-        };
-        match def.name {
-            "human_takeover_minutes" => patch.human_takeover_minutes = p,
-            "debounce_seconds" => patch.debounce_seconds = p,
-            "max_replies_per_chat_per_hour" => patch.max_replies_per_chat_per_hour = p,
-            "max_history_tokens" => patch.max_history_tokens = p,
-            "history_window_hours" => patch.history_window_hours = p,
-            _ => patch.max_retries = p,
+        match parse_value(spec, raw) {
+            Ok(Some(v)) => patch.set(spec.field, Patch::Set(v)),
+            Ok(None) => patch.set(spec.field, Patch::Clear),
+            Err(msg) => state.invalid(spec.name, msg),
         }
     }
-    patch
+    ChatControlsPatch::from_settings(&patch)
 }
 
 /// The chat gear's control inputs; `inherit` is what the chat gets without its own values.
@@ -532,7 +208,7 @@ pub fn chat_control_fields(inherit: &Effective, state: &FormState) -> Markup {
             legend { "Conversation control for this chat" }
             p.hint { "Empty = the account / global value (shown under each field)." }
             div.grid {
-                @for def in FIELDS.iter().filter(|d| CHAT_CONTROLS.contains(&d.name)) {
+                @for def in chat_controls() {
                     (layer_field(def, inherit, state))
                 }
             }
@@ -607,8 +283,8 @@ impl KeyKind {
     }
 
     /// The request that clears this key.
-    pub fn clear_request(self) -> AiSettingsRequest {
-        let mut req = AiSettingsRequest::default();
+    pub fn clear_request(self) -> SettingsInput {
+        let mut req = SettingsInput::default();
         match self {
             KeyKind::Main => req.api_key = Patch::Clear,
             KeyKind::Fallback => req.fallback_api_key = Patch::Clear,
@@ -681,7 +357,7 @@ pub fn clear_key_form(session: &Session, action: &str, layer: &LayerState) -> Ma
     }
 }
 
-fn layer_field(def: &FieldDef, inherit: &Effective, state: &FormState) -> Markup {
+fn layer_field(def: &FieldSpec, inherit: &Effective, state: &FormState) -> Markup {
     let id = format!("layer-{}", def.name);
     let (inh_value, inh_source) = effective_field(inherit, def.name)
         .map(|(v, s)| (short(&v), source_name(s)))
@@ -691,7 +367,7 @@ fn layer_field(def: &FieldDef, inherit: &Effective, state: &FormState) -> Markup
     let invalid = state.error(def.name).map(|_| "true");
     let describedby = render::described_by(state, &id, def.name, true);
     html! {
-        div.field.wide[matches!(def.kind, Kind::Prompt | Kind::Url)] {
+        div.field.wide[matches!(def.kind, Kind::Prompt { .. } | Kind::Url)] {
             label for=(id) { (def.label) }
             @match def.kind {
                 Kind::Bool => {
@@ -701,14 +377,18 @@ fn layer_field(def: &FieldDef, inherit: &Effective, state: &FormState) -> Markup
                         option value="false" selected[value == "false"] { "off" }
                     }
                 }
-                Kind::Prompt => {
+                Kind::Prompt { .. } => {
                     textarea id=(id) name=(def.name) rows="4" aria-invalid=[invalid] aria-describedby=[describedby] { (value) }
                 }
                 Kind::Float { min, max } => {
                     input id=(id) name=(def.name) type="number" step="0.01" min=(min) max=(max) value=(value)
                         placeholder=(inh_value) aria-invalid=[invalid] aria-describedby=[describedby];
                 }
-                Kind::Int { min, max } => {
+                Kind::U32 { min, max } => {
+                    input id=(id) name=(def.name) type="number" step="1" min=(min) max=(max) value=(value)
+                        placeholder=(inh_value) aria-invalid=[invalid] aria-describedby=[describedby];
+                }
+                Kind::U64 { min, max } => {
                     input id=(id) name=(def.name) type="number" step="1" min=(min) max=(max) value=(value)
                         placeholder=(inh_value) aria-invalid=[invalid] aria-describedby=[describedby];
                 }
@@ -716,13 +396,13 @@ fn layer_field(def: &FieldDef, inherit: &Effective, state: &FormState) -> Markup
                     input id=(id) name=(def.name) type="url" value=(value) placeholder=(inh_value)
                         aria-invalid=[invalid] aria-describedby=[describedby];
                 }
-                Kind::Text => {
+                Kind::Name { .. } => {
                     input id=(id) name=(def.name) type="text" value=(value) placeholder=(inh_value)
                         aria-invalid=[invalid] aria-describedby=[describedby];
                 }
             }
             p.hint id=(format!("{id}-hint")) {
-                @if !def.help.is_empty() { (def.help) " " }
+                (def.help) " "
                 (hint)
             }
             (render::field_error(state, &id, def.name))
@@ -758,7 +438,6 @@ fn render_page(
     let now = inherited(app, Some(&global));
     let env = &app.env_layer;
     // The env layer as the form shows a layer: empty where the env sets nothing.
-    let env_values = layer_values(&env.settings);
     let body = html! {
         (render::notice(done))
         p { "Applies to every account unless the account or the chat overrides it. "
@@ -775,30 +454,14 @@ fn render_page(
                 table {
                     thead { tr { th scope="col" { "Field" } th scope="col" { "Env" } th scope="col" { "Built-in default" } th scope="col" { "Effective now" } } }
                     tbody {
-                        tr { th scope="row" { "base_url" } td { (env.settings.base_url.as_deref().unwrap_or("—")) } td { (defaults::BASE_URL) } (eff_cell(&now, "base_url")) }
-                        tr { th scope="row" { "model_name" } td { (env.settings.model_name.as_deref().unwrap_or("—")) } td { (defaults::MODEL_NAME) } (eff_cell(&now, "model_name")) }
                         tr { th scope="row" { "api_key" } td { @if env.has_api_key { "set" } @else { "—" } } td { "—" } (eff_cell(&now, "has_api_key")) }
-                        tr { th scope="row" { "enabled" } td { "—" } td { (on_off(defaults::ENABLED)) } (eff_cell(&now, "enabled")) }
-                        tr { th scope="row" { "default_system_prompt" } td { "—" } td { (defaults::SYSTEM_PROMPT) } (eff_cell(&now, "default_system_prompt")) }
-                        tr { th scope="row" { "temperature" } td { "—" } td { (defaults::TEMPERATURE) } (eff_cell(&now, "temperature")) }
-                        tr { th scope="row" { "max_tokens" } td { "—" } td { (defaults::MAX_TOKENS) } (eff_cell(&now, "max_tokens")) }
-                        tr { th scope="row" { "timeout_seconds" } td { "—" } td { (defaults::TIMEOUT_SECONDS) } (eff_cell(&now, "timeout_seconds")) }
-                        tr { th scope="row" { "reply_delay_seconds" } td { "—" } td { (defaults::REPLY_DELAY_SECONDS) } (eff_cell(&now, "reply_delay_seconds")) }
-                        tr { th scope="row" { "reply_to_private" } td { "—" } td { (on_off(defaults::REPLY_TO_PRIVATE)) } (eff_cell(&now, "reply_to_private")) }
-                        tr { th scope="row" { "reply_to_groups" } td { "—" } td { (on_off(defaults::REPLY_TO_GROUPS)) } (eff_cell(&now, "reply_to_groups")) }
-                        tr { th scope="row" { "reply_to_channels" } td { "—" } td { (on_off(defaults::REPLY_TO_CHANNELS)) } (eff_cell(&now, "reply_to_channels")) }
-                        tr { th scope="row" { "echo_mode" } td { "—" } td { (on_off(defaults::ECHO_MODE)) } (eff_cell(&now, "echo_mode")) }
-                        @for (name, default) in [
-                            ("human_takeover_minutes", defaults::HUMAN_TAKEOVER_MINUTES.to_string()),
-                            ("debounce_seconds", defaults::DEBOUNCE_SECONDS.to_string()),
-                            ("max_replies_per_chat_per_hour", defaults::MAX_REPLIES_PER_CHAT_PER_HOUR.to_string()),
-                            ("daily_token_budget", defaults::DAILY_TOKEN_BUDGET.to_string()),
-                            ("max_history_tokens", defaults::MAX_HISTORY_TOKENS.to_string()),
-                            ("history_window_hours", defaults::HISTORY_WINDOW_HOURS.to_string()),
-                            ("max_retries", defaults::MAX_RETRIES.to_string()),
-                            ("fallback_model_name", "none".to_string()),
-                        ] {
-                            tr { th scope="row" { (name) } td { @match env_values.value(name) { "" => "—", v => (v) } } td { (default) } (eff_cell(&now, name)) }
+                        @for spec in FIELDS {
+                            tr {
+                                th scope="row" { (spec.name) }
+                                td { @match env.settings.get(spec.field) { Some(v) => (short(&v.display())), None => "—" } }
+                                td { @match spec.default.value() { Some(Value::Bool(b)) => (on_off(b)), Some(v) => (short(&v.display())), None => "none" } }
+                                (eff_cell(&now, spec.name))
+                            }
                         }
                     }
                 }
@@ -833,7 +496,7 @@ pub async fn save(State(app): State<SharedApp>, posted: Posted) -> Response {
         Ok(()) => render::see_other("/ai?done=saved"),
         Err(e) => {
             let mut state = FormState::from_fields(&fields);
-            state.api_error(e, &field_names());
+            state.api_error(ApiError::from(e), &field_names());
             render_page(&app, &session, &state, None)
         }
     }
@@ -843,7 +506,7 @@ pub async fn clear_key(State(app): State<SharedApp>, posted: Posted) -> Response
     let kind = KeyKind::from_form(&posted.fields);
     match change_global(&app, &posted.session.who(), kind.clear_request()).await {
         Ok(()) => render::see_other(&format!("/ai?done={}", kind.cleared_notice())),
-        Err(e) => render::api_error_page(&e),
+        Err(e) => render::api_error_page(&ApiError::from(e)),
     }
 }
 

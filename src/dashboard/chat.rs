@@ -434,7 +434,7 @@ pub async fn save_settings(
             Err(e) => {
                 let names: Vec<&str> = ["mode", "custom_system_prompt", "blocked"]
                     .into_iter()
-                    .chain(layer::CHAT_CONTROLS)
+                    .chain(layer::chat_controls().map(|spec| spec.name))
                     .collect();
                 state.api_error(e, &names)
             }
