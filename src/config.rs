@@ -284,6 +284,9 @@ pub struct HttpLimits {
     /// Connections open at once (`WAGATE_MAX_CONNECTIONS`, default 10000); further ones wait in
     /// the listen backlog until one closes.
     pub max_connections: usize,
+    /// Time to answer a request once its head is in (`WAGATE_REQUEST_TIMEOUT`, default 5m): 503
+    /// `timeout` after it. It bounds the test routes' model calls too.
+    pub request_timeout: Duration,
 }
 
 impl Default for HttpLimits {
@@ -292,6 +295,7 @@ impl Default for HttpLimits {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
             max_connections: 10_000,
+            request_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -323,6 +327,9 @@ fn parse_http_limits(vars: &Vars<'_>) -> Result<HttpLimits, ConfigError> {
     }
     if let Some(d) = duration("WAGATE_BODY_READ_TIMEOUT", Duration::from_secs(3600), "30s")? {
         limits.body_read_timeout = d;
+    }
+    if let Some(d) = duration("WAGATE_REQUEST_TIMEOUT", Duration::from_secs(3600), "5m")? {
+        limits.request_timeout = d;
     }
     if let Some(v) = vars.get("WAGATE_MAX_CONNECTIONS") {
         limits.max_connections = v
@@ -1555,6 +1562,7 @@ mod tests {
                 ("WAGATE_HEADER_READ_TIMEOUT", "2s"),
                 ("WAGATE_BODY_READ_TIMEOUT", "500ms"),
                 ("WAGATE_MAX_CONNECTIONS", "64"),
+                ("WAGATE_REQUEST_TIMEOUT", "90s"),
             ],
         ))
         .expect("config");
@@ -1564,6 +1572,7 @@ mod tests {
                 header_read_timeout: Duration::from_secs(2),
                 body_read_timeout: Duration::from_millis(500),
                 max_connections: 64,
+                request_timeout: Duration::from_secs(90),
             }
         );
         for (var, bad) in [
@@ -1574,6 +1583,8 @@ mod tests {
             ("WAGATE_BODY_READ_TIMEOUT", "2h"),
             ("WAGATE_MAX_CONNECTIONS", "0"),
             ("WAGATE_MAX_CONNECTIONS", "many"),
+            ("WAGATE_REQUEST_TIMEOUT", "2h"),
+            ("WAGATE_REQUEST_TIMEOUT", "never"),
         ] {
             let e = err_of(&pg(dir.path(), &[(var, bad)]));
             assert!(

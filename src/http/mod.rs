@@ -111,6 +111,35 @@ async fn body_read_deadline(State(limit): State<Duration>, req: Request, next: N
     resp
 }
 
+/// Bounds the time to answer a request, from the end of its head to its response's head
+/// (`WAGATE_REQUEST_TIMEOUT`): a handler still running then is dropped and the request answered
+/// 503 `timeout` with `Retry-After`. What a dropped handler had started and must finish — a message
+/// the transport is sending, a command being committed — runs in tasks of its own and is
+/// recorded; the caller can read the outcome back.
+async fn request_deadline(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            tracing::warn!(
+                limit_ms = limit.as_millis() as u64,
+                "request not answered in time"
+            );
+            let mut resp = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                format!(
+                    "the request was not answered within {}; retry later",
+                    humantime::format_duration(limit)
+                ),
+            )
+            .into_response();
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            resp
+        }
+    }
+}
+
 /// A page of a list: `next_cursor` is null on the last page.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ListResponse<T> {
@@ -205,6 +234,10 @@ pub fn router(app: SharedApp, pages: Router<SharedApp>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(
+            app.config.http.request_timeout,
+            request_deadline,
+        ))
         .layer(middleware::from_fn_with_state(
             app.config.http.body_read_timeout,
             body_read_deadline,

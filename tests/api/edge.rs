@@ -413,3 +413,41 @@ async fn webhook_to_a_name_is_delivered(app: TestApp) {
     assert_eq!(body["type"], "ai.config.changed", "{body}");
 }
 both_stores!(webhook_to_localhost_name, webhook_to_a_name_is_delivered);
+
+/// A request not answered within `WAGATE_REQUEST_TIMEOUT` (here a test reply waiting on a model
+/// that takes 5 s) is answered 503 `timeout` with `Retry-After` when the deadline passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_requests_end_at_the_request_deadline() {
+    let app = spawn_sqlite(&[("WAGATE_REQUEST_TIMEOUT", "1s")]).await;
+    let stub = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(crate::replies::completion("late"))
+                .set_delay(Duration::from_secs(5)),
+        )
+        .mount(&stub)
+        .await;
+    crate::replies::configure(&app, &stub, json!({"timeout_seconds": 30})).await;
+    let start = Instant::now();
+    let r = app
+        .admin(
+            "POST",
+            "/v1/ai/admin/test",
+            Some(json!({"message": "hello"})),
+        )
+        .await;
+    let took = start.elapsed();
+    assert_eq!(
+        (r.status, r.json["error"]["code"].as_str()),
+        (503, Some("timeout")),
+        "{}",
+        r.text
+    );
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(4),
+        "answered after {took:?}"
+    );
+    // Other requests are answered as usual.
+    assert_eq!(app.admin("GET", "/v1/ai/global", None).await.status, 200);
+}
