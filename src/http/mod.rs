@@ -113,9 +113,9 @@ async fn body_read_deadline(State(limit): State<Duration>, req: Request, next: N
 
 /// Bounds the time to answer a request, from the end of its head to its response's head
 /// (`WAGATE_REQUEST_TIMEOUT`): a handler still running then is dropped and the request answered
-/// 503 `timeout` with `Retry-After`. What a dropped handler had started and must finish — a message
-/// the transport is sending, a command being committed — runs in tasks of its own and is
-/// recorded; the caller can read the outcome back.
+/// 503 `timeout` with `Retry-After`. A command the handler was committing is committed whole or
+/// not at all (one transaction); a message it had handed to the transport is sent and recorded by
+/// a task of its own. The caller can read the outcome back.
 async fn request_deadline(State(limit): State<Duration>, req: Request, next: Next) -> Response {
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(resp) => resp,
