@@ -33,6 +33,67 @@ pub const MIN_ADMIN_PASSWORD_CHARS: usize = 12;
 const GENERATED_PASSWORD_CHARS: usize = 24;
 /// Random bytes of a generated dev JWT secret.
 const GENERATED_JWT_SECRET_BYTES: usize = 64;
+/// The settings of the config file `WAGATE_CONFIG` names, with the environment's on top (a
+/// variable set in the environment wins). The file is TOML read by figment; its keys are the
+/// variables' names (`WAGATE_LISTEN = "0.0.0.0:8080"`, `WAGATE_MAX_MODEL_CALLS = 2048`), and each
+/// value is then checked like the variable's, with the same messages.
+fn with_config_file(
+    env: &HashMap<String, String>,
+    first: &mut FirstRun,
+) -> Result<HashMap<String, String>, ConfigError> {
+    use figment::providers::{Format, Toml};
+    use figment::value::Value;
+    let Some(path) = env.get("WAGATE_CONFIG").map(|p| p.trim()).filter(|p| !p.is_empty()) else {
+        return Ok(env.clone());
+    };
+    let path = Path::new(path);
+    let meta = fs::metadata(path)
+        .map_err(|e| file_error(path, format!("WAGATE_CONFIG names no readable file ({e})")))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        first.warn(format!(
+            "{}: the config file can be read by other users of this machine; if it holds secrets, \
+             chmod 600 it",
+            path.display()
+        ));
+    }
+    let values: std::collections::BTreeMap<String, Value> = figment::Figment::from(
+        Toml::file_exact(path),
+    )
+    .extract()
+    .map_err(|e| file_error(path, e))?;
+    let mut merged = HashMap::with_capacity(values.len() + env.len());
+    for (key, value) in values {
+        if !(key.starts_with("WAGATE_") || key.starts_with("OPENAI_")) || key == "WAGATE_CONFIG" {
+            return Err(file_error(
+                path,
+                format!("{key} is not a setting (the keys are the WAGATE_* and OPENAI_* variables)"),
+            ));
+        }
+        let text = match value {
+            Value::String(_, s) => s,
+            Value::Char(_, c) => c.to_string(),
+            Value::Bool(_, b) => b.to_string(),
+            Value::Num(_, n) => match (n.to_u128(), n.to_i128(), n.to_f64()) {
+                (Some(u), _, _) => u.to_string(),
+                (None, Some(i), _) => i.to_string(),
+                (None, None, Some(f)) => f.to_string(),
+                (None, None, None) => {
+                    return Err(file_error(path, format!("{key} is not a usable number")))
+                }
+            },
+            Value::Empty(..) | Value::Dict(..) | Value::Array(..) => {
+                return Err(file_error(
+                    path,
+                    format!("{key} must be a string, a number or true/false"),
+                ))
+            }
+        };
+        merged.insert(key, text);
+    }
+    merged.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    Ok(merged)
+}
+
 /// Longest accepted AI base URL.
 const MAX_URL_LEN: usize = 2048;
 
@@ -674,10 +735,12 @@ impl Config {
         Self::from_vars(&vars)
     }
 
-    /// Builds and validates the configuration from these variables (tests pass their own map).
+    /// Builds and validates the configuration from these variables (tests pass their own map),
+    /// under the settings of the config file `WAGATE_CONFIG` names, if any.
     pub fn from_vars(vars: &HashMap<String, String>) -> Result<(Config, FirstRun), ConfigError> {
-        let vars = Vars(vars);
         let mut first = FirstRun::default();
+        let merged = with_config_file(vars, &mut first)?;
+        let vars = Vars(&merged);
 
         let listen: SocketAddr = vars
             .get("WAGATE_LISTEN")
@@ -1549,6 +1612,58 @@ mod tests {
         assert!(is_low_entropy_secret(&[7u8; 64]));
         assert!(!is_low_entropy_secret(JWT.as_bytes()));
         assert!(!is_low_entropy_secret(b"0123456789abcdef0123456789abcdef"));
+    }
+
+    /// A config file adds to the environment (which wins); its values are checked like the
+    /// variables', and what is not a setting is refused naming the file.
+    #[test]
+    fn config_file_adds_to_the_environment() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("wagate.toml");
+        fs::write(
+            &file,
+            "WAGATE_MAX_MODEL_CALLS = 2048\nWAGATE_MAX_CONNECTIONS = 64\n\
+             WAGATE_ALLOW_PRIVATE_NETWORKS_FOR_ACCOUNTS = true\nWAGATE_REQUEST_TIMEOUT = \"90s\"\n",
+        )
+        .expect("write");
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).expect("chmod");
+        let path = file.display().to_string();
+        let (c, first) = Config::from_vars(&pg(
+            dir.path(),
+            &[("WAGATE_CONFIG", &path), ("WAGATE_MAX_CONNECTIONS", "32")],
+        ))
+        .expect("config");
+        assert_eq!(c.max_model_calls, 2048, "from the file");
+        assert_eq!(c.http.max_connections, 32, "the environment wins");
+        assert!(c.allow_private_networks_for_accounts);
+        assert_eq!(c.http.request_timeout, Duration::from_secs(90));
+        assert!(first.warnings.is_empty(), "{:?}", first.warnings);
+
+        for (contents, needle) in [
+            ("WAGATE_MAX_MODEL_CALLS = 0\n", "WAGATE_MAX_MODEL_CALLS must be"),
+            ("LISTEN = \"0.0.0.0:80\"\n", "LISTEN is not a setting"),
+            ("WAGATE_LISTEN = [1, 2]\n", "WAGATE_LISTEN must be a string"),
+            ("WAGATE_LISTEN = \n", "wagate.toml"),
+        ] {
+            fs::write(&file, contents).expect("write");
+            let e = err_of(&pg(dir.path(), &[("WAGATE_CONFIG", &path)]));
+            assert!(e.contains(needle), "{contents:?}: {e}");
+        }
+        let e = err_of(&pg(dir.path(), &[("WAGATE_CONFIG", "/nonexistent/wagate.toml")]));
+        assert!(
+            e.starts_with("/nonexistent/wagate.toml: WAGATE_CONFIG names no readable file"),
+            "{e}"
+        );
+        // Readable by others: a warning, not a refusal.
+        fs::write(&file, "WAGATE_MAX_MODEL_CALLS = 8\n").expect("write");
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).expect("chmod");
+        let (_, first) = Config::from_vars(&pg(dir.path(), &[("WAGATE_CONFIG", &path)]))
+            .expect("config");
+        assert!(
+            first.warnings.iter().any(|l| l.contains("chmod 600")),
+            "{:?}",
+            first.warnings
+        );
     }
 
     #[test]
