@@ -43,7 +43,11 @@ fn with_config_file(
 ) -> Result<HashMap<String, String>, ConfigError> {
     use figment::providers::{Format, Toml};
     use figment::value::Value;
-    let Some(path) = env.get("WAGATE_CONFIG").map(|p| p.trim()).filter(|p| !p.is_empty()) else {
+    let Some(path) = env
+        .get("WAGATE_CONFIG")
+        .map(|p| p.trim())
+        .filter(|p| !p.is_empty())
+    else {
         return Ok(env.clone());
     };
     let path = Path::new(path);
@@ -56,17 +60,18 @@ fn with_config_file(
             path.display()
         ));
     }
-    let values: std::collections::BTreeMap<String, Value> = figment::Figment::from(
-        Toml::file_exact(path),
-    )
-    .extract()
-    .map_err(|e| file_error(path, e))?;
+    let values: std::collections::BTreeMap<String, Value> =
+        figment::Figment::from(Toml::file_exact(path))
+            .extract()
+            .map_err(|e| file_error(path, e))?;
     let mut merged = HashMap::with_capacity(values.len() + env.len());
     for (key, value) in values {
         if !(key.starts_with("WAGATE_") || key.starts_with("OPENAI_")) || key == "WAGATE_CONFIG" {
             return Err(file_error(
                 path,
-                format!("{key} is not a setting (the keys are the WAGATE_* and OPENAI_* variables)"),
+                format!(
+                    "{key} is not a setting (the keys are the WAGATE_* and OPENAI_* variables)"
+                ),
             ));
         }
         let text = match value {
@@ -1640,7 +1645,10 @@ mod tests {
         assert!(first.warnings.is_empty(), "{:?}", first.warnings);
 
         for (contents, needle) in [
-            ("WAGATE_MAX_MODEL_CALLS = 0\n", "WAGATE_MAX_MODEL_CALLS must be"),
+            (
+                "WAGATE_MAX_MODEL_CALLS = 0\n",
+                "WAGATE_MAX_MODEL_CALLS must be",
+            ),
             ("LISTEN = \"0.0.0.0:80\"\n", "LISTEN is not a setting"),
             ("WAGATE_LISTEN = [1, 2]\n", "WAGATE_LISTEN must be a string"),
             ("WAGATE_LISTEN = \n", "wagate.toml"),
@@ -1649,7 +1657,10 @@ mod tests {
             let e = err_of(&pg(dir.path(), &[("WAGATE_CONFIG", &path)]));
             assert!(e.contains(needle), "{contents:?}: {e}");
         }
-        let e = err_of(&pg(dir.path(), &[("WAGATE_CONFIG", "/nonexistent/wagate.toml")]));
+        let e = err_of(&pg(
+            dir.path(),
+            &[("WAGATE_CONFIG", "/nonexistent/wagate.toml")],
+        ));
         assert!(
             e.starts_with("/nonexistent/wagate.toml: WAGATE_CONFIG names no readable file"),
             "{e}"
@@ -1657,8 +1668,8 @@ mod tests {
         // Readable by others: a warning, not a refusal.
         fs::write(&file, "WAGATE_MAX_MODEL_CALLS = 8\n").expect("write");
         fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).expect("chmod");
-        let (_, first) = Config::from_vars(&pg(dir.path(), &[("WAGATE_CONFIG", &path)]))
-            .expect("config");
+        let (_, first) =
+            Config::from_vars(&pg(dir.path(), &[("WAGATE_CONFIG", &path)])).expect("config");
         assert!(
             first.warnings.iter().any(|l| l.contains("chmod 600")),
             "{:?}",
