@@ -10,12 +10,12 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use wagate_events::chat_settings::{ChatControlsPatch, ChatMode, ChatSettingsCommand};
 use wagate_events::ids::{chat_kind, ChatKind};
-use wagate_events::settings::{self, AiSettings, FieldSpec, Kind, LayerState, Patch, FIELDS};
+use wagate_events::settings::{AiSettings, LayerState, Patch, FIELDS};
 use wagate_projections::effective::{self, Effective};
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
-use super::openapi::{AccountId, AiMode, Jid};
+use super::openapi::{setting_schema, AccountId, AiMode, Jid, KEY_PATTERN};
 use crate::app::SharedApp;
 use crate::service::ai::{
     change_account_ai, change_chat, change_global, resume_chat, SettingsInput, MAX_API_KEY,
@@ -74,63 +74,6 @@ impl Serialize for AiSettingsView {
         map.serialize_entry("updated_at", &self.updated_at)?;
         map.end()
     }
-}
-
-/// The pattern of an absolute http(s) URL the validation accepts (no credentials, query or
-/// fragment).
-const URL_PATTERN: &str = r"^[hH][tT][tT][pP][sS]?://[a-zA-Z0-9]+([.-][a-zA-Z0-9]+)*(:[1-9][0-9]{0,3})?(/[a-zA-Z0-9._~-]*)*$";
-/// A name: not blank, no NUL.
-const NAME_PATTERN: &str = r"^[^\x00]*[^\s\x00][^\x00]*$";
-/// A prompt: anything but NUL.
-const PROMPT_PATTERN: &str = r"^[^\x00]*$";
-/// A key: printable, not blank.
-const KEY_PATTERN: &str = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$";
-
-/// The schema of one setting's value (or `null`), from its row in the settings table; a request
-/// carries the validation's constraints, a view only the type's.
-fn setting_schema(spec: &FieldSpec, request: bool) -> utoipa::openapi::Schema {
-    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, SchemaType, Type};
-    let typed = |t: Type| ObjectBuilder::new().schema_type(SchemaType::from_iter([t, Type::Null]));
-    let format = |f: KnownFormat| Some(SchemaFormat::KnownFormat(f));
-    let text = |max: usize, pattern: &str| {
-        let b = typed(Type::String);
-        if request {
-            b.max_length(Some(max)).pattern(Some(pattern))
-        } else {
-            b
-        }
-    };
-    let builder = match spec.kind {
-        Kind::Bool => typed(Type::Boolean),
-        Kind::Name { max } => text(max, NAME_PATTERN),
-        Kind::Prompt { max } => text(max, PROMPT_PATTERN),
-        Kind::Url => text(settings::MAX_URL, URL_PATTERN),
-        Kind::Float { min, max } => {
-            let b = typed(Type::Number).format(format(KnownFormat::Double));
-            if request {
-                b.minimum(Some(min)).maximum(Some(max))
-            } else {
-                b
-            }
-        }
-        Kind::U32 { min, max } => {
-            let b = typed(Type::Integer).format(format(KnownFormat::Int32));
-            if request {
-                b.minimum(Some(min)).maximum(Some(max))
-            } else {
-                b.minimum(Some(0))
-            }
-        }
-        Kind::U64 { min, max } => {
-            let b = typed(Type::Integer).format(format(KnownFormat::Int64));
-            if request {
-                b.minimum(Some(min)).maximum(Some(max))
-            } else {
-                b.minimum(Some(0))
-            }
-        }
-    };
-    builder.description(Some(spec.help)).into()
 }
 
 impl utoipa::PartialSchema for AiSettingsRequest {
@@ -304,25 +247,26 @@ pub struct ChatAiRequest {
     #[serde(default)]
     #[schema(value_type = Option<String>, max_length = 32768, pattern = r"^[^\x00]*$")]
     pub custom_system_prompt: Patch<String>,
-    /// Conversation controls for this chat only, with the ranges of the account layer; `null`
+    /// Conversation controls for this chat only (the settings the settings table marks `chat`,
+    /// whose schema — ranges, descriptions — `openapi::complete` takes from the table); `null`
     /// inherits. (`daily_token_budget` and the fallback model are per account.)
     #[serde(default)]
-    #[schema(value_type = Option<u32>, minimum = 0, maximum = 10080)]
+    #[schema(value_type = Option<u32>)]
     pub human_takeover_minutes: Patch<u32>,
     #[serde(default)]
-    #[schema(value_type = Option<u32>, minimum = 0, maximum = 3600)]
+    #[schema(value_type = Option<u32>)]
     pub debounce_seconds: Patch<u32>,
     #[serde(default)]
-    #[schema(value_type = Option<u32>, minimum = 0, maximum = 1000)]
+    #[schema(value_type = Option<u32>)]
     pub max_replies_per_chat_per_hour: Patch<u32>,
     #[serde(default)]
-    #[schema(value_type = Option<u32>, minimum = 0, maximum = 1000000)]
+    #[schema(value_type = Option<u32>)]
     pub max_history_tokens: Patch<u32>,
     #[serde(default)]
-    #[schema(value_type = Option<u32>, minimum = 0, maximum = 8760)]
+    #[schema(value_type = Option<u32>)]
     pub history_window_hours: Patch<u32>,
     #[serde(default)]
-    #[schema(value_type = Option<u32>, minimum = 0, maximum = 10)]
+    #[schema(value_type = Option<u32>)]
     pub max_retries: Patch<u32>,
 }
 

@@ -14,6 +14,7 @@ use utoipa::openapi::response::Response;
 use utoipa::openapi::schema::{Object, ObjectBuilder, OneOf, Schema, Type};
 use utoipa::openapi::{OpenApi, Ref, RefOr};
 use utoipa::{PartialSchema, ToSchema};
+use wagate_events::settings::{self, FieldSpec, Kind};
 
 /// `[a-z0-9][a-z0-9_-]{0,62}`, as `wagate_events::ids::validate_account_id` checks it.
 pub const ACCOUNT_ID_PATTERN: &str = "^[a-z0-9][a-z0-9_-]{0,62}$";
@@ -384,6 +385,64 @@ fn shared_ref(name: &str) -> RefOr<Response> {
     RefOr::Ref(Ref::new(format!("#/components/responses/{name}")))
 }
 
+/// The pattern of an absolute http(s) URL the validation accepts (no credentials, query or
+/// fragment).
+pub(crate) const URL_PATTERN: &str = r"^[hH][tT][tT][pP][sS]?://[a-zA-Z0-9]+([.-][a-zA-Z0-9]+)*(:[1-9][0-9]{0,3})?(/[a-zA-Z0-9._~-]*)*$";
+/// A name: not blank, no NUL.
+pub(crate) const NAME_PATTERN: &str = r"^[^\x00]*[^\s\x00][^\x00]*$";
+/// A prompt: anything but NUL.
+pub(crate) const PROMPT_PATTERN: &str = r"^[^\x00]*$";
+/// A key: printable, not blank.
+pub(crate) const KEY_PATTERN: &str =
+    r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$";
+
+/// The schema of one setting's value (or `null`), from its row in the settings table; a request
+/// carries the validation's constraints, a view only the type's.
+pub(crate) fn setting_schema(spec: &FieldSpec, request: bool) -> utoipa::openapi::Schema {
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, SchemaType, Type};
+    let typed = |t: Type| ObjectBuilder::new().schema_type(SchemaType::from_iter([t, Type::Null]));
+    let format = |f: KnownFormat| Some(SchemaFormat::KnownFormat(f));
+    let text = |max: usize, pattern: &str| {
+        let b = typed(Type::String);
+        if request {
+            b.max_length(Some(max)).pattern(Some(pattern))
+        } else {
+            b
+        }
+    };
+    let builder = match spec.kind {
+        Kind::Bool => typed(Type::Boolean),
+        Kind::Name { max } => text(max, NAME_PATTERN),
+        Kind::Prompt { max } => text(max, PROMPT_PATTERN),
+        Kind::Url => text(settings::MAX_URL, URL_PATTERN),
+        Kind::Float { min, max } => {
+            let b = typed(Type::Number).format(format(KnownFormat::Double));
+            if request {
+                b.minimum(Some(min)).maximum(Some(max))
+            } else {
+                b
+            }
+        }
+        Kind::U32 { min, max } => {
+            let b = typed(Type::Integer).format(format(KnownFormat::Int32));
+            if request {
+                b.minimum(Some(min)).maximum(Some(max))
+            } else {
+                b.minimum(Some(0))
+            }
+        }
+        Kind::U64 { min, max } => {
+            let b = typed(Type::Integer).format(format(KnownFormat::Int64));
+            if request {
+                b.minimum(Some(min)).maximum(Some(max))
+            } else {
+                b.minimum(Some(0))
+            }
+        }
+    };
+    builder.description(Some(spec.help)).into()
+}
+
 /// Completes the document the handlers generate (see the module doc).
 pub fn complete(doc: &mut OpenApi) {
     let components = doc.components.get_or_insert_with(Default::default);
@@ -416,6 +475,7 @@ pub fn complete(doc: &mut OpenApi) {
     };
 
     transport_variants(&mut components.schemas);
+    chat_controls_from_table(&mut components.schemas);
 
     for item in doc.paths.paths.values_mut() {
         for (method, op) in operations_mut(item) {
@@ -504,6 +564,24 @@ pub fn complete(doc: &mut OpenApi) {
             }
             _ => panic!("OpenAPI link {name}: no {status} answer of operation {from}"),
         }
+    }
+}
+
+/// The per-chat controls of `PUT …/chats/{jid}/ai` are the settings the settings table marks
+/// `chat`: their schemas (ranges, descriptions) come from the table, as the layers' do.
+fn chat_controls_from_table(schemas: &mut std::collections::BTreeMap<String, RefOr<Schema>>) {
+    let Some(RefOr::T(Schema::Object(request))) = schemas.get_mut("ChatAiRequest") else {
+        panic!("ChatAiRequest is an object schema");
+    };
+    for spec in settings::FIELDS.iter().filter(|spec| spec.chat) {
+        assert!(
+            request.properties.contains_key(spec.name),
+            "ChatAiRequest lacks the chat setting {}",
+            spec.name
+        );
+        request
+            .properties
+            .insert(spec.name.to_string(), setting_schema(spec, true).into());
     }
 }
 
