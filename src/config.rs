@@ -231,6 +231,186 @@ pub struct Config {
     pub api_rate_limit: Option<ApiRateLimit>,
 }
 
+// --- The plain settings: extracted by figment, checked with the variables' messages ---
+
+/// What each plain setting must be: the message of a refused value (a wrong type from figment's
+/// extraction, or a value out of range), completing "<VAR> …".
+const MESSAGES: &[(&str, &str)] = &[
+    (
+        "WAGATE_LISTEN",
+        "must be an IP address and port, e.g. 127.0.0.1:8080 or [::]:8080",
+    ),
+    ("WAGATE_LOG_FORMAT", "must be text or json"),
+    (
+        "WAGATE_ALLOW_PRIVATE_NETWORKS_FOR_ACCOUNTS",
+        "must be true or false",
+    ),
+    (
+        "WAGATE_MAX_MODEL_CALLS",
+        "must be a whole number from 1 to 100000",
+    ),
+    (
+        "WAGATE_MAX_MODEL_CALLS_PER_ACCOUNT",
+        "must be a whole number from 1 to 100000",
+    ),
+    (
+        "WAGATE_TAKEOVER_MINUTE_SECONDS",
+        "must be a whole number from 1 to 60",
+    ),
+    (
+        "WAGATE_READ_MODEL_MESSAGES",
+        "must be a whole number from 0 to 1000000000",
+    ),
+    (
+        "WAGATE_READ_MODEL_AI_LOG_ROWS",
+        "must be a whole number from 0 to 1000000000",
+    ),
+    (
+        "WAGATE_READ_MODEL_CHECKPOINT_EVERY",
+        "must be a whole number from 0 to 1000000000",
+    ),
+    (
+        "WAGATE_AI_LOG_BODY_RETENTION",
+        "must be a duration of at least 1s, such as 30d or 12h",
+    ),
+    (
+        "WAGATE_API_RATE_LIMIT_PER_SECOND",
+        "must be a whole number from 0 (no limit) to 1000000",
+    ),
+    (
+        "WAGATE_API_RATE_LIMIT_BURST",
+        "must be a whole number from 1 to 1000000",
+    ),
+    (
+        "WAGATE_WEBHOOK_TIMEOUT",
+        "must be a duration from 100ms to 120s, e.g. 10s",
+    ),
+    (
+        "WAGATE_HEADER_READ_TIMEOUT",
+        "must be a duration from 100ms to 5m, e.g. 10s",
+    ),
+    (
+        "WAGATE_BODY_READ_TIMEOUT",
+        "must be a duration from 100ms to 1h, e.g. 30s",
+    ),
+    (
+        "WAGATE_REQUEST_TIMEOUT",
+        "must be a duration from 100ms to 1h, e.g. 5m",
+    ),
+    (
+        "WAGATE_MAX_CONNECTIONS",
+        "must be a whole number from 1 to 1000000",
+    ),
+];
+
+/// The refusal of a plain setting's value, with its message.
+fn refused(var: &str) -> ConfigError {
+    let (var, message) = MESSAGES
+        .iter()
+        .find(|(v, _)| *v == var)
+        .copied()
+        .unwrap_or(("WAGATE_*", "has a value that cannot be used"));
+    invalid(var, message)
+}
+
+/// `value` when it lies in `range`, else the variable's refusal.
+fn within<T: PartialOrd>(
+    var: &'static str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, ConfigError> {
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(refused(var))
+    }
+}
+
+/// A duration such as `10s`, `5m` or `30d` (humantime's syntax).
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text: Option<String> = serde::Deserialize::deserialize(d)?;
+    text.map(|t| humantime::parse_duration(t.trim()).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+/// The plain settings — addresses, numbers, durations, switches — as figment extracts them from
+/// the environment and the config file (numbers and switches read from their text); an unset
+/// variable is `None` here and takes its default where it is used.
+#[derive(Debug, Default, serde::Deserialize)]
+struct Plain {
+    #[serde(rename = "WAGATE_LISTEN")]
+    listen: Option<SocketAddr>,
+    #[serde(rename = "WAGATE_LOG_FORMAT")]
+    log_format: Option<String>,
+    #[serde(rename = "WAGATE_ALLOW_PRIVATE_NETWORKS_FOR_ACCOUNTS")]
+    allow_private_networks_for_accounts: Option<bool>,
+    #[serde(rename = "WAGATE_MAX_MODEL_CALLS")]
+    max_model_calls: Option<usize>,
+    #[serde(rename = "WAGATE_MAX_MODEL_CALLS_PER_ACCOUNT")]
+    max_model_calls_per_account: Option<usize>,
+    #[serde(rename = "WAGATE_TAKEOVER_MINUTE_SECONDS")]
+    takeover_minute_seconds: Option<u64>,
+    #[serde(rename = "WAGATE_READ_MODEL_MESSAGES")]
+    read_model_messages: Option<usize>,
+    #[serde(rename = "WAGATE_READ_MODEL_AI_LOG_ROWS")]
+    read_model_ai_log_rows: Option<usize>,
+    #[serde(rename = "WAGATE_READ_MODEL_CHECKPOINT_EVERY")]
+    read_model_checkpoint_every: Option<usize>,
+    #[serde(
+        rename = "WAGATE_AI_LOG_BODY_RETENTION",
+        default,
+        deserialize_with = "duration"
+    )]
+    ai_log_body_retention: Option<Duration>,
+    #[serde(rename = "WAGATE_API_RATE_LIMIT_PER_SECOND")]
+    api_rate_limit_per_second: Option<u32>,
+    #[serde(rename = "WAGATE_API_RATE_LIMIT_BURST")]
+    api_rate_limit_burst: Option<u32>,
+    #[serde(
+        rename = "WAGATE_WEBHOOK_TIMEOUT",
+        default,
+        deserialize_with = "duration"
+    )]
+    webhook_timeout: Option<Duration>,
+    #[serde(
+        rename = "WAGATE_HEADER_READ_TIMEOUT",
+        default,
+        deserialize_with = "duration"
+    )]
+    header_read_timeout: Option<Duration>,
+    #[serde(
+        rename = "WAGATE_BODY_READ_TIMEOUT",
+        default,
+        deserialize_with = "duration"
+    )]
+    body_read_timeout: Option<Duration>,
+    #[serde(
+        rename = "WAGATE_REQUEST_TIMEOUT",
+        default,
+        deserialize_with = "duration"
+    )]
+    request_timeout: Option<Duration>,
+    #[serde(rename = "WAGATE_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+}
+
+impl Plain {
+    /// Extracts the plain settings with figment (lossy: `"64"` reads as a number, `"true"` and
+    /// `"1"` as a switch); a value of the wrong type is refused with its variable's message.
+    fn extract(vars: &Vars<'_>) -> Result<Self, ConfigError> {
+        let set: HashMap<&str, &str> = MESSAGES
+            .iter()
+            .filter_map(|(var, _)| vars.get(var).map(|v| (*var, v)))
+            .collect();
+        figment::Figment::from(figment::providers::Serialized::globals(set))
+            .extract_lossy::<Plain>()
+            .map_err(|e| {
+                let var = e.path.first().cloned().unwrap_or_default();
+                refused(&var)
+            })
+    }
+}
+
 /// The per-caller API rate limit: `per_second` sustained, `burst` at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ApiRateLimit {
@@ -243,32 +423,25 @@ pub const DEFAULT_API_RATE_LIMIT_PER_SECOND: u32 = 100;
 /// Default API burst per caller.
 pub const DEFAULT_API_RATE_LIMIT_BURST: u32 = 500;
 
-fn parse_api_rate_limit(vars: &Vars<'_>) -> Result<Option<ApiRateLimit>, ConfigError> {
-    let number = |var: &'static str, default: u32, min: u32, message: &str| match vars.get(var) {
-        None => Ok(default),
-        Some(v) => v
-            .trim()
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (min..=1_000_000).contains(n))
-            .ok_or_else(|| invalid(var, message)),
-    };
-    let per_second = number(
+fn parse_api_rate_limit(plain: &Plain) -> Result<Option<ApiRateLimit>, ConfigError> {
+    let per_second = within(
         "WAGATE_API_RATE_LIMIT_PER_SECOND",
-        DEFAULT_API_RATE_LIMIT_PER_SECOND,
-        0,
-        "must be a whole number from 0 (no limit) to 1000000",
+        plain
+            .api_rate_limit_per_second
+            .unwrap_or(DEFAULT_API_RATE_LIMIT_PER_SECOND),
+        0..=1_000_000,
     )?;
-    let burst = number(
+    let burst = within(
         "WAGATE_API_RATE_LIMIT_BURST",
-        DEFAULT_API_RATE_LIMIT_BURST,
-        1,
-        "must be a whole number from 1 to 1000000",
+        plain
+            .api_rate_limit_burst
+            .unwrap_or(DEFAULT_API_RATE_LIMIT_BURST),
+        1..=1_000_000,
     )?;
     Ok(
         std::num::NonZeroU32::new(per_second).map(|per_second| ApiRateLimit {
             per_second,
-            // 1..=1000000 by the filter above.
+            // 1..=1000000 by the check above.
             burst: std::num::NonZeroU32::new(burst).unwrap_or(std::num::NonZeroU32::MIN),
         }),
     )
@@ -304,7 +477,7 @@ impl Default for WebhookConfig {
     }
 }
 
-fn parse_webhooks(vars: &Vars<'_>) -> Result<WebhookConfig, ConfigError> {
+fn parse_webhooks(vars: &Vars<'_>, plain: &Plain) -> Result<WebhookConfig, ConfigError> {
     let mut cfg = WebhookConfig::default();
     if let Some(v) = vars.get("WAGATE_WEBHOOK_RETRY_SCHEDULE") {
         let schedule: Result<Vec<Duration>, _> = v
@@ -321,16 +494,12 @@ fn parse_webhooks(vars: &Vars<'_>) -> Result<WebhookConfig, ConfigError> {
                 )
             })?;
     }
-    if let Some(v) = vars.get("WAGATE_WEBHOOK_TIMEOUT") {
-        cfg.timeout = humantime::parse_duration(v.trim())
-            .ok()
-            .filter(|d| *d >= Duration::from_millis(100) && *d <= Duration::from_secs(120))
-            .ok_or_else(|| {
-                invalid(
-                    "WAGATE_WEBHOOK_TIMEOUT",
-                    "must be a duration from 100ms to 120s, e.g. 10s",
-                )
-            })?;
+    if let Some(d) = plain.webhook_timeout {
+        cfg.timeout = within(
+            "WAGATE_WEBHOOK_TIMEOUT",
+            d,
+            Duration::from_millis(100)..=Duration::from_secs(120),
+        )?;
     }
     Ok(cfg)
 }
@@ -366,50 +535,37 @@ impl Default for HttpLimits {
     }
 }
 
-fn parse_http_limits(vars: &Vars<'_>) -> Result<HttpLimits, ConfigError> {
-    let mut limits = HttpLimits::default();
-    let duration = |var: &'static str, max: Duration, example: &str| match vars.get(var) {
-        None => Ok(None),
-        Some(v) => humantime::parse_duration(v)
-            .ok()
-            .filter(|d| *d >= Duration::from_millis(100) && *d <= max)
-            .map(Some)
-            .ok_or_else(|| {
-                invalid(
-                    var,
-                    format!(
-                        "must be a duration from 100ms to {}, e.g. {example}",
-                        humantime::format_duration(max)
-                    ),
-                )
-            }),
+fn parse_http_limits(plain: &Plain) -> Result<HttpLimits, ConfigError> {
+    let defaults = HttpLimits::default();
+    let at_least = Duration::from_millis(100);
+    let duration = |var: &'static str, value: Option<Duration>, default: Duration, max| {
+        within(var, value.unwrap_or(default), at_least..=max)
     };
-    if let Some(d) = duration(
-        "WAGATE_HEADER_READ_TIMEOUT",
-        Duration::from_secs(300),
-        "10s",
-    )? {
-        limits.header_read_timeout = d;
-    }
-    if let Some(d) = duration("WAGATE_BODY_READ_TIMEOUT", Duration::from_secs(3600), "30s")? {
-        limits.body_read_timeout = d;
-    }
-    if let Some(d) = duration("WAGATE_REQUEST_TIMEOUT", Duration::from_secs(3600), "5m")? {
-        limits.request_timeout = d;
-    }
-    if let Some(v) = vars.get("WAGATE_MAX_CONNECTIONS") {
-        limits.max_connections = v
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=1_000_000).contains(n))
-            .ok_or_else(|| {
-                invalid(
-                    "WAGATE_MAX_CONNECTIONS",
-                    "must be a whole number from 1 to 1000000",
-                )
-            })?;
-    }
-    Ok(limits)
+    Ok(HttpLimits {
+        header_read_timeout: duration(
+            "WAGATE_HEADER_READ_TIMEOUT",
+            plain.header_read_timeout,
+            defaults.header_read_timeout,
+            Duration::from_secs(300),
+        )?,
+        body_read_timeout: duration(
+            "WAGATE_BODY_READ_TIMEOUT",
+            plain.body_read_timeout,
+            defaults.body_read_timeout,
+            Duration::from_secs(3600),
+        )?,
+        request_timeout: duration(
+            "WAGATE_REQUEST_TIMEOUT",
+            plain.request_timeout,
+            defaults.request_timeout,
+            Duration::from_secs(3600),
+        )?,
+        max_connections: within(
+            "WAGATE_MAX_CONNECTIONS",
+            plain.max_connections.unwrap_or(defaults.max_connections),
+            1..=1_000_000,
+        )?,
+    })
 }
 
 /// Fewest distinct byte values a JWT secret must have: 32 random bytes, or 32 random hex or
@@ -747,16 +903,10 @@ impl Config {
         let merged = with_config_file(vars, &mut first)?;
         let vars = Vars(&merged);
 
-        let listen: SocketAddr = vars
-            .get("WAGATE_LISTEN")
-            .unwrap_or("127.0.0.1:8080")
-            .parse()
-            .map_err(|_| {
-                invalid(
-                    "WAGATE_LISTEN",
-                    "must be an IP address and port, e.g. 127.0.0.1:8080 or [::]:8080",
-                )
-            })?;
+        let plain = Plain::extract(&vars)?;
+        let listen = plain
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
         let data_dir = PathBuf::from(vars.get("WAGATE_DATA_DIR").unwrap_or("./data"));
         let database = parse_database(&vars, &data_dir)?;
         let dev_mode = matches!(database, DatabaseConfig::Sqlite { .. });
@@ -783,19 +933,8 @@ impl Config {
         let admin_password_hash =
             Self::admin_password(&vars, dev_mode, tolerated, &data_dir, &mut first)?;
         let allow_private_networks = parse_networks(&vars)?;
-        let allow_private_networks_for_accounts = match vars
-            .get("WAGATE_ALLOW_PRIVATE_NETWORKS_FOR_ACCOUNTS")
-            .map(str::trim)
-        {
-            None | Some("") | Some("false") | Some("0") => false,
-            Some("true") | Some("1") => true,
-            Some(_) => {
-                return Err(invalid(
-                    "WAGATE_ALLOW_PRIVATE_NETWORKS_FOR_ACCOUNTS",
-                    "must be true or false",
-                ))
-            }
-        };
+        let allow_private_networks_for_accounts =
+            plain.allow_private_networks_for_accounts.unwrap_or(false);
 
         let base_url = match vars.get("WAGATE_AI_BASE_URL") {
             Some(u) => Some(check_base_url("WAGATE_AI_BASE_URL", u)?),
@@ -812,78 +951,64 @@ impl Config {
                 .map(SecretString::from),
             model_name: vars.get("WAGATE_AI_MODEL").map(str::to_string),
         };
-        let log_format = match vars
-            .get("WAGATE_LOG_FORMAT")
+        let log_format = match plain
+            .log_format
+            .as_deref()
             .unwrap_or("text")
             .to_ascii_lowercase()
             .as_str()
         {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
-            _ => return Err(invalid("WAGATE_LOG_FORMAT", "must be text or json")),
+            _ => return Err(refused("WAGATE_LOG_FORMAT")),
         };
 
-        let limit = |var: &'static str, default: usize| -> Result<usize, ConfigError> {
-            match vars.get(var) {
-                None => Ok(default),
-                Some(v) => v
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=100_000).contains(n))
-                    .ok_or_else(|| invalid(var, "must be a whole number from 1 to 100000")),
-            }
+        let model_calls =
+            |var, value: Option<usize>, default| within(var, value.unwrap_or(default), 1..=100_000);
+        let max_model_calls = model_calls("WAGATE_MAX_MODEL_CALLS", plain.max_model_calls, 1024)?;
+        let max_model_calls_per_account = model_calls(
+            "WAGATE_MAX_MODEL_CALLS_PER_ACCOUNT",
+            plain.max_model_calls_per_account,
+            256,
+        )?;
+        let takeover_minute = Duration::from_secs(within(
+            "WAGATE_TAKEOVER_MINUTE_SECONDS",
+            plain.takeover_minute_seconds.unwrap_or(60),
+            1..=60,
+        )?);
+        let webhooks = parse_webhooks(&vars, &plain)?;
+        let http = parse_http_limits(&plain)?;
+        let retained = |var, value: Option<usize>, default| {
+            within(var, value.unwrap_or(default), 0..=1_000_000_000)
         };
-        let max_model_calls = limit("WAGATE_MAX_MODEL_CALLS", 1024)?;
-        let max_model_calls_per_account = limit("WAGATE_MAX_MODEL_CALLS_PER_ACCOUNT", 256)?;
-        let takeover_minute = match vars.get("WAGATE_TAKEOVER_MINUTE_SECONDS") {
-            None => Duration::from_secs(60),
-            Some(v) => v
-                .parse::<u64>()
-                .ok()
-                .filter(|n| (1..=60).contains(n))
-                .map(Duration::from_secs)
-                .ok_or_else(|| {
-                    invalid(
-                        "WAGATE_TAKEOVER_MINUTE_SECONDS",
-                        "must be a whole number from 1 to 60",
-                    )
-                })?,
-        };
-        let webhooks = parse_webhooks(&vars)?;
-        let http = parse_http_limits(&vars)?;
-        let retained = |var: &'static str, default: usize| -> Result<usize, ConfigError> {
-            match vars.get(var) {
-                None => Ok(default),
-                Some(v) => v
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| *n <= 1_000_000_000)
-                    .ok_or_else(|| invalid(var, "must be a whole number from 0 to 1000000000")),
-            }
-        };
-        let ai_log_body_retention = match vars.get("WAGATE_AI_LOG_BODY_RETENTION") {
-            None => None,
-            Some(v) => Some(
-                humantime::parse_duration(v.trim())
-                    .ok()
-                    .filter(|d| *d >= Duration::from_secs(1))
-                    .ok_or_else(|| {
-                        invalid(
-                            "WAGATE_AI_LOG_BODY_RETENTION",
-                            "must be a duration of at least 1s, such as 30d or 12h",
-                        )
-                    })?,
-            ),
-        };
+        let ai_log_body_retention = plain
+            .ai_log_body_retention
+            .map(|d| {
+                within(
+                    "WAGATE_AI_LOG_BODY_RETENTION",
+                    d,
+                    Duration::from_secs(1)..=Duration::MAX,
+                )
+            })
+            .transpose()?;
         let read_model = Retention {
-            messages: retained("WAGATE_READ_MODEL_MESSAGES", DEFAULT_READ_MODEL.messages)?,
-            ai_log: retained("WAGATE_READ_MODEL_AI_LOG_ROWS", DEFAULT_READ_MODEL.ai_log)?,
+            messages: retained(
+                "WAGATE_READ_MODEL_MESSAGES",
+                plain.read_model_messages,
+                DEFAULT_READ_MODEL.messages,
+            )?,
+            ai_log: retained(
+                "WAGATE_READ_MODEL_AI_LOG_ROWS",
+                plain.read_model_ai_log_rows,
+                DEFAULT_READ_MODEL.ai_log,
+            )?,
         };
         let checkpoint_every = retained(
             "WAGATE_READ_MODEL_CHECKPOINT_EVERY",
+            plain.read_model_checkpoint_every,
             DEFAULT_CHECKPOINT_EVERY as usize,
         )? as u64;
-        let api_rate_limit = parse_api_rate_limit(&vars)?;
+        let api_rate_limit = parse_api_rate_limit(&plain)?;
 
         Ok((
             Config {
@@ -1675,6 +1800,74 @@ mod tests {
             "{:?}",
             first.warnings
         );
+    }
+
+    /// Every plain setting refuses a value of the wrong type or out of range with its variable
+    /// and message, and reads a good one (numbers and switches from their text).
+    #[test]
+    fn plain_settings_refuse_bad_values_with_their_messages() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let bad: &[(&str, &[&str])] = &[
+            ("WAGATE_LISTEN", &["nowhere", "127.0.0.1"]),
+            ("WAGATE_LOG_FORMAT", &["xml"]),
+            (
+                "WAGATE_ALLOW_PRIVATE_NETWORKS_FOR_ACCOUNTS",
+                &["maybe", "2"],
+            ),
+            (
+                "WAGATE_MAX_MODEL_CALLS",
+                &["abc", "0", "100001", "-1", "1.5"],
+            ),
+            ("WAGATE_MAX_MODEL_CALLS_PER_ACCOUNT", &["many", "0"]),
+            ("WAGATE_TAKEOVER_MINUTE_SECONDS", &["0", "61", "x"]),
+            ("WAGATE_READ_MODEL_MESSAGES", &["-5", "1000000001"]),
+            ("WAGATE_READ_MODEL_AI_LOG_ROWS", &["lots"]),
+            ("WAGATE_READ_MODEL_CHECKPOINT_EVERY", &["often"]),
+            ("WAGATE_AI_LOG_BODY_RETENTION", &["0s", "forever"]),
+            ("WAGATE_API_RATE_LIMIT_PER_SECOND", &["1000001", "fast"]),
+            ("WAGATE_API_RATE_LIMIT_BURST", &["0"]),
+            ("WAGATE_WEBHOOK_TIMEOUT", &["50ms", "3m", "soon"]),
+            ("WAGATE_HEADER_READ_TIMEOUT", &["10m"]),
+            ("WAGATE_BODY_READ_TIMEOUT", &["2h"]),
+            ("WAGATE_REQUEST_TIMEOUT", &["0s"]),
+            ("WAGATE_MAX_CONNECTIONS", &["0"]),
+        ];
+        for (var, values) in bad {
+            let message = MESSAGES
+                .iter()
+                .find(|(v, _)| v == var)
+                .map(|(_, m)| *m)
+                .expect("a message");
+            for value in *values {
+                let e = err_of(&pg(dir.path(), &[(var, value)]));
+                assert_eq!(e, format!("{var} {message}"), "{var}={value}");
+            }
+        }
+        let (c, _) = Config::from_vars(&pg(
+            dir.path(),
+            &[
+                ("WAGATE_LISTEN", " [::1]:9000 "),
+                ("WAGATE_LOG_FORMAT", "JSON"),
+                ("WAGATE_ALLOW_PRIVATE_NETWORKS_FOR_ACCOUNTS", "1"),
+                ("WAGATE_MAX_MODEL_CALLS", "64"),
+                ("WAGATE_TAKEOVER_MINUTE_SECONDS", "4"),
+                ("WAGATE_AI_LOG_BODY_RETENTION", "30d"),
+                ("WAGATE_WEBHOOK_TIMEOUT", "2s"),
+                ("WAGATE_MAX_CONNECTIONS", ""),
+            ],
+        ))
+        .expect("config");
+        assert_eq!(c.listen, "[::1]:9000".parse().expect("addr"));
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert!(c.allow_private_networks_for_accounts);
+        assert_eq!(c.max_model_calls, 64);
+        assert_eq!(c.takeover_minute, Duration::from_secs(4));
+        assert_eq!(
+            c.ai_log_body_retention,
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(c.webhooks.timeout, Duration::from_secs(2));
+        assert_eq!(c.http.max_connections, 10_000, "empty is unset");
     }
 
     #[test]
