@@ -326,11 +326,17 @@ fn within<T: PartialOrd>(
     }
 }
 
-/// A duration such as `10s`, `5m` or `30d` (humantime's syntax).
-fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    let text: Option<String> = serde::Deserialize::deserialize(d)?;
-    text.map(|t| humantime::parse_duration(t.trim()).map_err(serde::de::Error::custom))
-        .transpose()
+/// A duration such as `10s`, `5m` or `30d`, read with humantime.
+#[derive(Debug, Clone, Copy)]
+struct Human(Duration);
+
+impl<'de> serde::Deserialize<'de> for Human {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(text.trim())
+            .map(Human)
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// The plain settings — addresses, numbers, durations, switches — as figment extracts them from
@@ -356,40 +362,20 @@ struct Plain {
     read_model_ai_log_rows: Option<usize>,
     #[serde(rename = "WAGATE_READ_MODEL_CHECKPOINT_EVERY")]
     read_model_checkpoint_every: Option<usize>,
-    #[serde(
-        rename = "WAGATE_AI_LOG_BODY_RETENTION",
-        default,
-        deserialize_with = "duration"
-    )]
-    ai_log_body_retention: Option<Duration>,
+    #[serde(rename = "WAGATE_AI_LOG_BODY_RETENTION")]
+    ai_log_body_retention: Option<Human>,
     #[serde(rename = "WAGATE_API_RATE_LIMIT_PER_SECOND")]
     api_rate_limit_per_second: Option<u32>,
     #[serde(rename = "WAGATE_API_RATE_LIMIT_BURST")]
     api_rate_limit_burst: Option<u32>,
-    #[serde(
-        rename = "WAGATE_WEBHOOK_TIMEOUT",
-        default,
-        deserialize_with = "duration"
-    )]
-    webhook_timeout: Option<Duration>,
-    #[serde(
-        rename = "WAGATE_HEADER_READ_TIMEOUT",
-        default,
-        deserialize_with = "duration"
-    )]
-    header_read_timeout: Option<Duration>,
-    #[serde(
-        rename = "WAGATE_BODY_READ_TIMEOUT",
-        default,
-        deserialize_with = "duration"
-    )]
-    body_read_timeout: Option<Duration>,
-    #[serde(
-        rename = "WAGATE_REQUEST_TIMEOUT",
-        default,
-        deserialize_with = "duration"
-    )]
-    request_timeout: Option<Duration>,
+    #[serde(rename = "WAGATE_WEBHOOK_TIMEOUT")]
+    webhook_timeout: Option<Human>,
+    #[serde(rename = "WAGATE_HEADER_READ_TIMEOUT")]
+    header_read_timeout: Option<Human>,
+    #[serde(rename = "WAGATE_BODY_READ_TIMEOUT")]
+    body_read_timeout: Option<Human>,
+    #[serde(rename = "WAGATE_REQUEST_TIMEOUT")]
+    request_timeout: Option<Human>,
     #[serde(rename = "WAGATE_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
 }
@@ -494,7 +480,7 @@ fn parse_webhooks(vars: &Vars<'_>, plain: &Plain) -> Result<WebhookConfig, Confi
                 )
             })?;
     }
-    if let Some(d) = plain.webhook_timeout {
+    if let Some(Human(d)) = plain.webhook_timeout {
         cfg.timeout = within(
             "WAGATE_WEBHOOK_TIMEOUT",
             d,
@@ -538,8 +524,8 @@ impl Default for HttpLimits {
 fn parse_http_limits(plain: &Plain) -> Result<HttpLimits, ConfigError> {
     let defaults = HttpLimits::default();
     let at_least = Duration::from_millis(100);
-    let duration = |var: &'static str, value: Option<Duration>, default: Duration, max| {
-        within(var, value.unwrap_or(default), at_least..=max)
+    let duration = |var: &'static str, value: Option<Human>, default: Duration, max| {
+        within(var, value.map_or(default, |h| h.0), at_least..=max)
     };
     Ok(HttpLimits {
         header_read_timeout: duration(
@@ -983,7 +969,7 @@ impl Config {
         };
         let ai_log_body_retention = plain
             .ai_log_body_retention
-            .map(|d| {
+            .map(|Human(d)| {
                 within(
                     "WAGATE_AI_LOG_BODY_RETENTION",
                     d,
