@@ -10,6 +10,7 @@
 
 mod account;
 mod chat;
+pub mod format;
 pub mod ports;
 pub mod retry;
 mod supervisor;

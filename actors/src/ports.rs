@@ -113,6 +113,8 @@ pub struct ReplyConfig {
     pub max_history_tokens: u32,
     /// Turns older than this are left out of the prompt (`None`: no window).
     pub history_window: Option<Duration>,
+    /// Write the model's Markdown in WhatsApp's markup (`format::format_for_whatsapp`).
+    pub format_for_whatsapp: bool,
 }
 
 /// The fallback model of a reply config.

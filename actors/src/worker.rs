@@ -317,7 +317,7 @@ pub async fn generate(
     let called = call_model(ports, slots, log_id, cfg, &turns).await;
     match called.result {
         Ok((text, model, usage, latency_ms)) => Ok(GeneratedReply {
-            text,
+            text: whatsapp_text(cfg, text),
             model,
             usage,
             latency_ms,
@@ -325,6 +325,20 @@ pub async fn generate(
             fallback: called.fallback,
         }),
         Err(reason) => Err((reason, called.attempts)),
+    }
+}
+
+/// The model's answer as it is sent: in WhatsApp's markup when `format_for_whatsapp` (an answer
+/// that formats to nothing, such as a lone HTML comment, is kept as it came).
+fn whatsapp_text(cfg: &ReplyConfig, text: String) -> String {
+    if !cfg.format_for_whatsapp {
+        return text;
+    }
+    let formatted = crate::format::format_for_whatsapp(&text);
+    if formatted.trim().is_empty() {
+        text
+    } else {
+        formatted
     }
 }
 
@@ -770,6 +784,7 @@ mod tests {
                 tokens_used_today: 0,
                 max_history_tokens: 0,
                 history_window: None,
+                format_for_whatsapp: true,
             })
         }
     }

@@ -437,6 +437,13 @@ ai_settings! {
         help: "Where the fallback model is served; unset = the main base URL. A different \
                origin needs its own fallback API key.",
     }
+    format_for_whatsapp / FormatForWhatsapp: bool {
+        kind: Kind::Bool, default: Builtin::Bool(true), chat: false, group: Reply,
+        label: "Format replies for WhatsApp",
+        help: "Turn the model's Markdown into WhatsApp's markup: *bold*, _italic_, ~strike~, \
+               monospace blocks and lists; headings as bold lines, links as text (url), tables \
+               as one line per row.",
+    }
 }
 
 /// A change to one field: leave it, clear it (JSON `null`), or set it.

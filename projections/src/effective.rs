@@ -86,6 +86,7 @@ pub struct Effective {
     pub max_retries: Sourced<u32>,
     pub fallback_model_name: Sourced<Option<String>>,
     pub fallback_base_url: Sourced<Option<String>>,
+    pub format_for_whatsapp: Sourced<bool>,
     /// Human takeover: the AI does not answer in this chat before this time.
     pub paused_until: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -151,6 +152,7 @@ impl Effective {
             F::MaxRetries => of(&self.max_retries),
             F::FallbackModelName => opt(&self.fallback_model_name),
             F::FallbackBaseUrl => opt(&self.fallback_base_url),
+            F::FormatForWhatsapp => of(&self.format_for_whatsapp),
         }
     }
 
@@ -587,6 +589,7 @@ pub fn resolve_layers(
         max_retries: chat_field!(max_retries),
         fallback_model_name: optional(field!(fallback_model_name)),
         fallback_base_url: optional(field!(fallback_base_url)),
+        format_for_whatsapp: field!(format_for_whatsapp),
         paused_until: None,
         pause_cause: None,
         has_api_key,

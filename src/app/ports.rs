@@ -283,6 +283,7 @@ pub fn reply_config_of(
         tokens_used_today,
         max_history_tokens: eff.max_history_tokens.value,
         history_window: (window_hours > 0).then(|| Duration::from_secs(window_hours * 3600)),
+        format_for_whatsapp: eff.format_for_whatsapp.value,
         skip_reason: eff.why_not.clone(),
         echo_mode: eff.echo_mode.value,
         base_url: eff.base_url.value.clone(),

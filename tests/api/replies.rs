@@ -857,6 +857,68 @@ async fn tenant_model_urls_stay_public_when_called() {
     assert_eq!(calls().await, 2);
 }
 
+/// Issue 24, first slice: the model's Markdown reaches the customer in WhatsApp's markup
+/// (`format_for_whatsapp`, on by default); turned off, the answer is sent as it came.
+async fn markdown_replies_are_formatted_for_whatsapp(app: TestApp) {
+    let stub = MockServer::start().await;
+    let markdown = "## Colours\n\nWe have it in **blue** and _red_:\n\n- [blue](https://shop.example/b)\n- red";
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion(markdown)))
+        .mount(&stub)
+        .await;
+    configure(&app, &stub, json!({})).await;
+    app.create_account("acme").await;
+    let sent_text = |msgs: Vec<Value>, id: &str| {
+        msgs.iter()
+            .find(|m| m["id"] == id)
+            .and_then(|m| m["text"].as_str().map(str::to_string))
+            .expect("the sent reply")
+    };
+    inbound(&app, "acme", JID, "md1", "Which colours?").await;
+    let row = settled(&app, "acme", "md1").await;
+    assert_eq!(row["status"], "sent", "{row}");
+    let whatsapp =
+        "*Colours*\n\nWe have it in *blue* and _red_:\n\n- blue (https://shop.example/b)\n- red";
+    assert_eq!(row["reply_text"], whatsapp, "{row}");
+    let id = row["sent_message_id"].as_str().expect("id").to_string();
+    assert_eq!(sent_text(messages(&app, "acme", JID).await, &id), whatsapp);
+    let eff = app
+        .admin(
+            "GET",
+            &format!("/v1/accounts/acme/chats/{JID}/ai/effective"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (
+            &eff.json["format_for_whatsapp"]["value"],
+            &eff.json["format_for_whatsapp"]["source"]
+        ),
+        (&json!(true), &json!("default")),
+        "{}",
+        eff.text
+    );
+
+    let r = app
+        .admin(
+            "PUT",
+            "/v1/accounts/acme/ai",
+            Some(json!({"format_for_whatsapp": false})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["format_for_whatsapp"], false);
+    inbound(&app, "acme", JID, "md2", "And sizes?").await;
+    let row = settled(&app, "acme", "md2").await;
+    let id = row["sent_message_id"].as_str().expect("id").to_string();
+    assert_eq!(sent_text(messages(&app, "acme", JID).await, &id), markdown);
+}
+both_stores!(
+    whatsapp_formatting,
+    markdown_replies_are_formatted_for_whatsapp
+);
+
 /// Replies recorded before reasons had codes hold the text in their events: after a restart folds
 /// the history again, the AI log shows the same text with its code (`other` for a text no code
 /// matches), and new replies in the same chat store the code.
