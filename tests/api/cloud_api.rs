@@ -848,6 +848,51 @@ async fn operator_send_through_cloud_api(app: TestApp) {
 }
 both_stores!(cloud_operator_send, operator_send_through_cloud_api);
 
+/// An operator send the transport took is recorded even when the HTTP client gives up while the
+/// Graph API is still answering: the transport call and its record run in a task of their own.
+async fn operator_send_is_recorded_when_the_client_leaves(app: TestApp) {
+    let graph = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(SEND_PATH))
+        .respond_with(sent_response("wamid.LEFT").set_delay(std::time::Duration::from_secs(2)))
+        .expect(1)
+        .mount(&graph)
+        .await;
+    create_cloud_account(&app, "acme", &graph).await;
+    let impatient = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(300))
+        .build()
+        .expect("client");
+    let sent = impatient
+        .post(format!(
+            "{}/v1/accounts/acme/chats/{JID}/messages",
+            app.base
+        ))
+        .bearer_auth(app.admin_token())
+        .json(&json!({"text": "Your order has shipped"}))
+        .send()
+        .await;
+    assert!(
+        sent.as_ref().is_err_and(reqwest::Error::is_timeout),
+        "the client gave up first: {sent:?}"
+    );
+    let recorded = eventually(20, "the send is recorded", || async {
+        messages(&app, "acme", JID)
+            .await
+            .into_iter()
+            .find(|m| m["id"] == "wamid.LEFT")
+    })
+    .await;
+    assert_eq!(
+        (recorded["source"].as_str(), recorded["text"].as_str()),
+        (Some("operator"), Some("Your order has shipped"))
+    );
+}
+both_stores!(
+    cloud_operator_send_client_leaves,
+    operator_send_is_recorded_when_the_client_leaves
+);
+
 /// The test route's `send_to_chat` sends the model's answer through the Cloud API.
 async fn test_route_sends_through_cloud_api(app: TestApp) {
     let model = MockServer::start().await;
