@@ -382,10 +382,16 @@ impl ChatState {
             None => None,
         };
         let chat = after_generated.as_ref().unwrap_or(&self.chat);
+        let loop_guard = self
+            .ports
+            .config
+            .control(&self.account.account, &self.jid)
+            .loop_guard;
         let provisional = chat.decide(ChatCommand::SendReply {
             reply_id: reply_id.clone(),
             message_id: "provisional".into(),
             at: Utc::now(),
+            loop_guard,
         })?;
         if let Some(ChatEvent::MessageSent { text, .. }) = provisional.into_iter().next() {
             let trigger = chat.trigger_of(&reply_id).map(str::to_string);
@@ -402,6 +408,7 @@ impl ChatState {
             reply_id,
             message_id: "not-sent".into(),
             at: Utc::now(),
+            loop_guard,
         });
         self.commit_all(commands, &auto)
             .await
@@ -807,10 +814,15 @@ impl ChatState {
                         .map(|t| t.text.clone())
                         .unwrap_or_default();
                     let now = Utc::now();
+                    let guard = self
+                        .ports
+                        .config
+                        .control(&self.account.account, &self.jid)
+                        .loop_guard;
                     ReplyContext {
                         trigger_text,
                         history: self.chat.history.iter().cloned().collect(),
-                        loop_guard: self.chat.loop_guard(now),
+                        loop_guard: self.chat.loop_guard(&guard),
                         superseded: self.chat.superseded(&reply_id),
                         not_before: self.chat.not_before_of(&reply_id),
                         paused: self.chat.pause_reason(now),

@@ -608,6 +608,7 @@ mod history_tests {
             text: text.into(),
             message_id: format!("m{i}"),
             at: Some(at),
+            ai: !i.is_multiple_of(2),
         }
     }
 

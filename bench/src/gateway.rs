@@ -140,7 +140,8 @@ impl Api {
         self.call(reqwest::Method::POST, path, body).await
     }
 
-    /// Global AI config pointing at the stub (`<stub>/v1`), replies without delay; and the
+    /// Global AI config pointing at the stub (`<stub>/v1`), replies without delay, the loop
+    /// guard's quick answers off; and the
     /// sandbox account (kept when an earlier gateway on the same store created it).
     pub async fn configure(&self, stub_base: &str, timeout_seconds: u32) -> Result<()> {
         let body = json!({
@@ -150,7 +151,10 @@ impl Api {
             "model_name": "stub-model",
             "default_system_prompt": "You are a helpful shop assistant.",
             "reply_delay_seconds": 0,
-            "timeout_seconds": timeout_seconds
+            "timeout_seconds": timeout_seconds,
+            // The benchmark's clients answer like bots (each message right after the reply): the
+            // loop guard's quick answers would skip replies past the fifth in a chat.
+            "loop_guard_quick_seconds": 0
         });
         let (status, text) = self
             .call(reqwest::Method::PUT, "/v1/ai/global", body)

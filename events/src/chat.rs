@@ -22,10 +22,13 @@ use crate::DomainError;
 pub const MAX_TEXT: usize = 65_536;
 /// Turns kept for the prompt.
 pub const HISTORY_LEN: usize = 20;
-/// Loop guard: at most this many AI replies per chat within [`LOOP_WINDOW_MINUTES`]; then the
-/// chat cools down until the window has room again.
+/// The former loop guard's numbers (at most this many AI replies per chat within
+/// [`LOOP_WINDOW_MINUTES`]), kept for the reasons of replies recorded with it and for the bounded
+/// list of recent AI sends in the chat's state. The guard now looks for bot loops ([`LoopGuard`]).
 pub const LOOP_CAP: usize = 8;
 pub const LOOP_WINDOW_MINUTES: i64 = 10;
+/// An echo shorter than this is not a loop ("ok", "thanks" come back from people too).
+const ECHO_MIN_CHARS: usize = 12;
 /// The reason of a reply closed by a restart.
 pub const INTERRUPTED: &str = "interrupted";
 /// Entries kept for the hourly reply cap (the largest accepted `max_replies_per_chat_per_hour`
@@ -297,6 +300,9 @@ pub struct Turn {
     /// When it was received or sent (`None` only in state folded before times were kept).
     #[serde(default)]
     pub at: Option<DateTime<Utc>>,
+    /// An AI reply (not an operator's or a test's message): what the loop guard watches.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ai: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -374,6 +380,8 @@ pub enum ChatCommand {
         reply_id: String,
         message_id: String,
         at: DateTime<Utc>,
+        /// The loop guard's settings at the time of the decision.
+        loop_guard: LoopGuard,
     },
     /// The transport accepted a generated reply as `message_id`: recorded whatever happened in the
     /// chat since the send was decided (a reply the customer has is never recorded as skipped).
@@ -401,6 +409,29 @@ pub enum ChatCommand {
     },
 }
 
+/// What the loop guard counts as another bot (the `loop_guard_*` settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoopGuard {
+    /// A message within this many seconds of our reply is a quick answer (0: off).
+    pub quick_seconds: u32,
+    /// This many quick answers in a row are a loop.
+    pub quick_replies: u32,
+    /// The same message this many times in a row is a loop (0 or 1: off).
+    pub repeats: u32,
+}
+
+impl Default for LoopGuard {
+    /// The settings table's built-in defaults.
+    fn default() -> Self {
+        use crate::settings::{default_of, AiField};
+        Self {
+            quick_seconds: default_of(AiField::LoopGuardQuickSeconds).unwrap_or(2),
+            quick_replies: default_of(AiField::LoopGuardQuickReplies).unwrap_or(5),
+            repeats: default_of(AiField::LoopGuardRepeats).unwrap_or(4),
+        }
+    }
+}
+
 /// The conversation controls a command is decided with (from the effective config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Control {
@@ -408,6 +439,8 @@ pub struct Control {
     pub takeover: Duration,
     /// Burst debounce window (zero: off).
     pub debounce: Duration,
+    /// What counts as another bot.
+    pub loop_guard: LoopGuard,
 }
 
 /// The events of a sent AI reply: the outbound message and the reply's sent mark.
@@ -430,6 +463,14 @@ fn sent_reply_events(
             message_id,
         },
     ]
+}
+
+/// A message's text as the loop guard compares it: lower case, words separated by one space.
+fn normalized(text: &str) -> String {
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
 }
 
 fn check_text(text: &str) -> Result<(), DomainError> {
@@ -477,14 +518,72 @@ impl Chat {
     /// fields of `Chat` (or of what they hold) or to `apply`: snapshots of another format are
     /// ignored, and the chat is folded from its events. The test
     /// `snapshot_format_pins_the_folded_state` fails until it is bumped.
-    pub const SNAPSHOT_FORMAT: i32 = 2;
+    pub const SNAPSHOT_FORMAT: i32 = 3;
 
-    /// Whether the loop guard allows another AI reply at `now`; `Err(reason)` otherwise.
-    pub fn loop_guard(&self, now: DateTime<Utc>) -> Result<(), ReplyReason> {
-        let since = now - Duration::minutes(LOOP_WINDOW_MINUTES);
-        let recent = self.recent_ai_sends.iter().filter(|t| **t > since).count();
-        if recent >= LOOP_CAP {
-            return Err(ReplyReason::loop_guard());
+    /// Whether the other side looks like another bot (`guard`), judged on the chat's last turns
+    /// (only AI replies count as ours: an operator's conversation is never a loop):
+    /// our own reply coming back as a message; the same message `repeats` times in a row; or each
+    /// of our last `quick_replies` replies answered within `quick_seconds`. People asking many
+    /// questions are not stopped here, however many (`max_replies_per_chat_per_hour` caps volume).
+    pub fn loop_guard(&self, guard: &LoopGuard) -> Result<(), ReplyReason> {
+        use crate::reason::LoopPattern;
+        let turns: Vec<&Turn> = self.history.iter().collect();
+        let Some(newest_at) = turns.iter().rposition(|t| t.inbound) else {
+            return Ok(());
+        };
+        let newest = normalized(&turns[newest_at].text);
+        let ours_before = turns[..newest_at].iter().rev().find(|t| !t.inbound);
+        let ours_before = ours_before.filter(|t| t.ai);
+        if ours_before.is_some_and(|ours| {
+            newest.chars().count() >= ECHO_MIN_CHARS && normalized(&ours.text) == newest
+        }) {
+            return Err(ReplyReason::BotLoop {
+                pattern: LoopPattern::Echo,
+                count: 1,
+                seconds: None,
+            });
+        }
+        if guard.repeats >= 2 {
+            let same = turns
+                .iter()
+                .rev()
+                .filter(|t| t.inbound)
+                .take_while(|t| normalized(&t.text) == newest)
+                .count();
+            if same >= guard.repeats as usize {
+                return Err(ReplyReason::BotLoop {
+                    pattern: LoopPattern::Repeats,
+                    count: u32::try_from(same).unwrap_or(u32::MAX),
+                    seconds: None,
+                });
+            }
+        }
+        if guard.quick_seconds > 0 {
+            let limit = Duration::seconds(i64::from(guard.quick_seconds));
+            let mut quick = 0u32;
+            let mut inbound = newest_at;
+            // Walk back over exchanges: a message right after one of our replies, soon after it.
+            while let Some(ours) = inbound.checked_sub(1).map(|i| turns[i]) {
+                let answered_quickly = match (ours.ai, ours.at, turns[inbound].at) {
+                    (true, Some(sent), Some(came)) => came >= sent && came - sent <= limit,
+                    _ => false,
+                };
+                if !answered_quickly {
+                    break;
+                }
+                quick += 1;
+                if quick >= guard.quick_replies {
+                    return Err(ReplyReason::BotLoop {
+                        pattern: LoopPattern::QuickReplies,
+                        count: quick,
+                        seconds: Some(guard.quick_seconds),
+                    });
+                }
+                match turns[..inbound - 1].iter().rposition(|t| t.inbound) {
+                    Some(previous) => inbound = previous,
+                    None => break,
+                }
+            }
         }
         Ok(())
     }
@@ -618,6 +717,7 @@ impl Aggregate for Chat {
                     text,
                     message_id,
                     at: Some(at),
+                    ai: false,
                 });
             }
             ChatEvent::AiReplyRequested {
@@ -665,6 +765,7 @@ impl Aggregate for Chat {
                     text,
                     message_id,
                     at: Some(at),
+                    ai: source == Source::Ai,
                 });
             }
             ChatEvent::AiReplySkipped { reply_id, .. }
@@ -820,6 +921,7 @@ impl Chat {
                 reply_id,
                 message_id,
                 at,
+                loop_guard,
             } => {
                 let (trigger, text) = match self.open(&reply_id)? {
                     // Erased by the AI-log retention while it waited (a chat reloaded from
@@ -851,7 +953,7 @@ impl Chat {
                 if let Some(reason) = self.pause_reason(at) {
                     return Ok(vec![ChatEvent::AiReplySkipped { reply_id, reason }]);
                 }
-                if let Err(reason) = self.loop_guard(at) {
+                if let Err(reason) = self.loop_guard(&loop_guard) {
                     return Ok(vec![ChatEvent::AiReplySkipped { reply_id, reason }]);
                 }
                 sent_reply_events(reply_id, message_id, text, at)
@@ -1030,6 +1132,7 @@ mod tests {
                 reply_id: "r1".into(),
                 message_id: "out1".into(),
                 at: t0(),
+                loop_guard: LoopGuard::default(),
             })
             .then_expect_events(sent_reply("r1", "out1"));
     }
@@ -1046,6 +1149,7 @@ mod tests {
                 reply_id: "r1".into(),
                 message_id: "out1".into(),
                 at: t0(),
+                loop_guard: LoopGuard::default(),
             })
             .then_expect_events(vec![ChatEvent::AiReplyFailed {
                 reply_id: "r1".into(),
@@ -1070,6 +1174,7 @@ mod tests {
                 reply_id: "r1".into(),
                 message_id: "out2".into(),
                 at: t0(),
+                loop_guard: LoopGuard::default(),
             })
             .then_expect_error_message("reply r1 is not open");
     }
@@ -1125,6 +1230,7 @@ mod tests {
                 reply_id: "r1".into(),
                 message_id: "out1".into(),
                 at: t0(),
+                loop_guard: LoopGuard::default(),
             })
             .then_expect_events(vec![ChatEvent::AiReplySkipped {
                 reply_id: "r1".into(),
@@ -1134,38 +1240,168 @@ mod tests {
             }]);
     }
 
-    #[test]
-    fn loop_guard_caps_replies() {
-        let mut given = vec![];
-        for i in 0..LOOP_CAP {
-            given.push(ChatEvent::MessageSent {
-                message_id: format!("o{i}"),
-                text: "x".into(),
-                source: Source::Ai,
-                ai_reply_id: None,
-                at: t0(),
+    /// A chat after these turns: (from the customer?, text, milliseconds after `t0`).
+    fn chat_of(turns: &[(bool, String, i64)]) -> Chat {
+        let mut chat = Chat::default();
+        for (i, (inbound, text, ms)) in turns.iter().enumerate() {
+            let at = t0() + Duration::milliseconds(*ms);
+            chat.apply(if *inbound {
+                ChatEvent::MessageReceived {
+                    message_id: format!("m{i}"),
+                    from: "491701234567".into(),
+                    text: text.clone(),
+                    from_me: false,
+                    at,
+                    kind: MessageKind::Text,
+                    contact_name: None,
+                }
+            } else {
+                ChatEvent::MessageSent {
+                    message_id: format!("o{i}"),
+                    text: text.clone(),
+                    source: Source::Ai,
+                    ai_reply_id: None,
+                    at,
+                }
             });
         }
-        given.extend([received("m1"), requested("r1", "m1"), generated("r1")]);
-        let result = Chat::default();
-        let mut chat = result;
-        for e in given {
+        chat
+    }
+
+    /// Issue 24: a person asking 24 different questions, each 3 s or more after our previous
+    /// answer, is answered every time under the defaults.
+    #[test]
+    fn people_asking_many_questions_are_answered() {
+        let mut turns = Vec::new();
+        let mut ms = 0;
+        for i in 0..24 {
+            turns.push((true, format!("question number {i}?"), ms));
+            assert_eq!(
+                chat_of(&turns).loop_guard(&LoopGuard::default()),
+                Ok(()),
+                "question {i}"
+            );
+            turns.push((false, format!("answer number {i}"), ms + 1_500));
+            ms += 1_500 + 3_000;
+        }
+    }
+
+    /// A bot that answers each of our replies within a second is stopped after
+    /// `quick_replies` quick answers, with the `bot_loop` code; off with `quick_seconds` 0.
+    #[test]
+    fn a_bot_answering_at_once_is_stopped_within_a_few_turns() {
+        let mut turns = Vec::new();
+        let mut ms = 0;
+        let mut stopped = None;
+        for i in 0..12 {
+            turns.push((true, format!("bot line {i}"), ms));
+            if let Err(reason) = chat_of(&turns).loop_guard(&LoopGuard::default()) {
+                assert_eq!(reason.code(), "bot_loop");
+                assert_eq!(
+                    reason.text(),
+                    "bot loop: the other side answered within 2 s of each of our last 5 replies"
+                );
+                stopped = Some(i);
+                break;
+            }
+            turns.push((false, format!("our answer {i}"), ms + 1_000));
+            ms += 1_000 + 600;
+        }
+        assert_eq!(
+            stopped,
+            Some(5),
+            "the sixth message, after five quick answers"
+        );
+        let off = LoopGuard {
+            quick_seconds: 0,
+            ..LoopGuard::default()
+        };
+        assert_eq!(chat_of(&turns).loop_guard(&off), Ok(()));
+    }
+
+    #[test]
+    fn our_own_reply_coming_back_is_a_loop() {
+        let ours = "Thanks for your message, we will get back to you soon.";
+        let chat = chat_of(&[
+            (true, "hello".into(), 0),
+            (false, ours.into(), 2_000),
+            (true, format!("  {}", ours.to_uppercase()), 60_000),
+        ]);
+        let reason = chat.loop_guard(&LoopGuard::default()).expect_err("an echo");
+        assert_eq!(
+            reason.text(),
+            "bot loop: our own reply came back as a message"
+        );
+        // A short answer repeated back ("ok") is what people do too.
+        let chat = chat_of(&[
+            (true, "ok?".into(), 0),
+            (false, "ok".into(), 2_000),
+            (true, "ok".into(), 60_000),
+        ]);
+        assert_eq!(chat.loop_guard(&LoopGuard::default()), Ok(()));
+    }
+
+    #[test]
+    fn the_same_message_again_and_again_is_a_loop() {
+        let mut turns = Vec::new();
+        for i in 0..4 {
+            let ms = i * 60_000;
+            turns.push((true, "Hello there".to_string(), ms));
+            let verdict = chat_of(&turns).loop_guard(&LoopGuard::default());
+            if i < 3 {
+                assert_eq!(verdict, Ok(()), "repeat {i}");
+            } else {
+                assert_eq!(
+                    verdict.map_err(|r| r.text()),
+                    Err("bot loop: the same message 4 times in a row".to_string())
+                );
+            }
+            turns.push((false, format!("answer {i}"), ms + 5_000));
+        }
+    }
+
+    /// The send decision applies the guard it is given: a reply to the sixth quick answer is
+    /// skipped as a bot loop.
+    #[test]
+    fn the_send_decision_skips_a_bot_loop() {
+        let mut turns = Vec::new();
+        for i in 0..5 {
+            turns.push((true, format!("bot line {i}"), i * 1_600));
+            turns.push((false, format!("our answer {i}"), i * 1_600 + 1_000));
+        }
+        let mut chat = chat_of(&turns);
+        for e in [received("m1"), requested("r1", "m1"), generated("r1")] {
             chat.apply(e);
         }
-        let events = chat
-            .decide(ChatCommand::SendReply {
+        // `received` is stamped at `t0`: move the trigger to just after our last answer.
+        if let Some(last) = chat.history.back_mut() {
+            last.at = Some(t0() + Duration::milliseconds(4 * 1_600 + 1_500));
+        }
+        let decide = |guard| {
+            chat.decide(ChatCommand::SendReply {
                 reply_id: "r1".into(),
                 message_id: "out".into(),
                 at: t0() + Duration::minutes(1),
+                loop_guard: guard,
             })
-            .unwrap_or_default();
+        };
+        let events = decide(LoopGuard::default()).unwrap_or_default();
         assert!(
-            matches!(&events[..], [ChatEvent::AiReplySkipped { reason, .. }] if reason.code() == "loop_guard" && reason.text().starts_with("loop guard"))
+            matches!(&events[..], [ChatEvent::AiReplySkipped { reason, .. }] if reason.code() == "bot_loop"),
+            "{events:?}"
         );
-        // After the window, replies flow again.
-        assert!(chat
-            .loop_guard(t0() + Duration::minutes(LOOP_WINDOW_MINUTES + 1))
-            .is_ok());
+        let relaxed = LoopGuard {
+            quick_replies: 10,
+            ..LoopGuard::default()
+        };
+        let events = decide(relaxed).unwrap_or_default();
+        assert!(
+            matches!(
+                &events[..],
+                [ChatEvent::MessageSent { .. }, ChatEvent::AiReplySent { .. }]
+            ),
+            "{events:?}"
+        );
     }
 
     #[test]
@@ -1417,6 +1653,7 @@ mod tests {
                 reply_id: "r1".into(),
                 message_id: "x".into(),
                 at: t0() + Duration::minutes(10),
+                loop_guard: LoopGuard::default(),
             })
             .unwrap_or_default();
         assert!(
@@ -1429,6 +1666,7 @@ mod tests {
                 reply_id: "r1".into(),
                 message_id: "x".into(),
                 at: t0() + Duration::minutes(31),
+                loop_guard: LoopGuard::default(),
             })
             .unwrap_or_default();
         assert!(matches!(&after[..], [ChatEvent::MessageSent { .. }, _]));
@@ -1645,7 +1883,7 @@ mod tests {
     #[test]
     fn snapshot_format_pins_the_folded_state() {
         let pinned = serde_json::json!({
-            "format": 2,
+            "format": 3,
             "state": {
                 "message_ids": {
                     "order": ["m1", "out1", "m2", "m3"],
@@ -1654,7 +1892,7 @@ mod tests {
                 },
                 "history": [
                     {"inbound": true, "text": "hi m1", "message_id": "m1", "at": "2026-11-25T10:00:00Z"},
-                    {"inbound": false, "text": "hello!", "message_id": "out1", "at": "2026-11-25T10:00:00Z"},
+                    {"inbound": false, "text": "hello!", "message_id": "out1", "at": "2026-11-25T10:00:00Z", "ai": true},
                     {"inbound": true, "text": "hi m2", "message_id": "m2", "at": "2026-11-25T10:00:00Z"},
                     {"inbound": true, "text": "hi m3", "message_id": "m3", "at": "2026-11-25T10:00:00Z"}
                 ],

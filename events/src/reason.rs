@@ -94,6 +94,7 @@ pub enum ReasonCode {
     ShuttingDown,
     PausedByHuman,
     LoopGuard,
+    BotLoop,
     HourlyCap,
     BudgetExhausted,
     NotText,
@@ -110,7 +111,7 @@ pub enum ReasonCode {
 
 impl ReasonCode {
     /// Every code, in the order docs/API.md lists them.
-    pub const ALL: [ReasonCode; 23] = [
+    pub const ALL: [ReasonCode; 24] = [
         Self::Blocked,
         Self::Disabled,
         Self::StatusBroadcast,
@@ -123,6 +124,7 @@ impl ReasonCode {
         Self::ShuttingDown,
         Self::PausedByHuman,
         Self::LoopGuard,
+        Self::BotLoop,
         Self::HourlyCap,
         Self::BudgetExhausted,
         Self::NotText,
@@ -150,6 +152,7 @@ impl ReasonCode {
             Self::ShuttingDown => "shutting_down",
             Self::PausedByHuman => "paused_by_human",
             Self::LoopGuard => "loop_guard",
+            Self::BotLoop => "bot_loop",
             Self::HourlyCap => "hourly_cap",
             Self::BudgetExhausted => "budget_exhausted",
             Self::NotText => "not_text",
@@ -169,6 +172,18 @@ impl fmt::Display for ReasonCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// What made the loop guard think the other side is a bot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoopPattern {
+    /// Each of our last replies was answered within seconds.
+    QuickReplies,
+    /// The same message again and again.
+    Repeats,
+    /// Our own reply sent back to us.
+    Echo,
 }
 
 /// Why a reply was skipped or failed. Serialized as `{"code": "<code>", <details>}`.
@@ -207,8 +222,17 @@ pub enum ReplyReason {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cause: Option<PauseCause>,
     },
-    /// The loop guard: `limit` AI replies in `window_minutes` in this chat.
+    /// The former loop guard: `limit` AI replies in `window_minutes` in this chat (replies before
+    /// issue 24; the plain volume cap is now `max_replies_per_chat_per_hour`).
     LoopGuard { limit: u32, window_minutes: u32 },
+    /// The other side looks like a bot: the `pattern` seen `count` times in a row (`seconds`: the
+    /// quick-answer threshold, for that pattern).
+    BotLoop {
+        pattern: LoopPattern,
+        count: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seconds: Option<u32>,
+    },
     /// `max_replies_per_chat_per_hour`: `count` replies in the last hour reached `limit`.
     HourlyCap { count: u64, limit: u32 },
     /// `daily_token_budget`: `used` of `limit` tokens used today (UTC) by the account.
@@ -292,6 +316,7 @@ impl ReplyReason {
             Self::ShuttingDown => ReasonCode::ShuttingDown,
             Self::PausedByHuman { .. } => ReasonCode::PausedByHuman,
             Self::LoopGuard { .. } => ReasonCode::LoopGuard,
+            Self::BotLoop { .. } => ReasonCode::BotLoop,
             Self::HourlyCap { .. } => ReasonCode::HourlyCap,
             Self::BudgetExhausted { .. } => ReasonCode::BudgetExhausted,
             Self::NotText { .. } => ReasonCode::NotText,
@@ -352,6 +377,23 @@ impl ReplyReason {
             } => format!(
                 "loop guard: {limit} AI replies in {window_minutes} minutes in this chat; cooling down"
             ),
+            Self::BotLoop {
+                pattern: LoopPattern::QuickReplies,
+                count,
+                seconds,
+            } => format!(
+                "bot loop: the other side answered within {} s of each of our last {count} replies",
+                seconds.unwrap_or(0)
+            ),
+            Self::BotLoop {
+                pattern: LoopPattern::Repeats,
+                count,
+                ..
+            } => format!("bot loop: the same message {count} times in a row"),
+            Self::BotLoop {
+                pattern: LoopPattern::Echo,
+                ..
+            } => "bot loop: our own reply came back as a message".into(),
             Self::HourlyCap { count, limit } => format!(
                 "max_replies_per_chat_per_hour: {count} AI replies in this chat in the last hour (limit {limit})"
             ),
@@ -589,6 +631,11 @@ mod tests {
                 cause: None,
             },
             R::loop_guard(),
+            R::BotLoop {
+                pattern: LoopPattern::QuickReplies,
+                count: 5,
+                seconds: Some(2),
+            },
             R::HourlyCap { count: 2, limit: 2 },
             R::BudgetExhausted {
                 used: 120,
@@ -666,7 +713,7 @@ mod tests {
         for r in every_reason() {
             let legacy = json!(r.text());
             let back = compat(&legacy).expect("a legacy text reads");
-            if r.kind() == ReasonCode::InvalidChat {
+            if matches!(r.kind(), ReasonCode::InvalidChat | ReasonCode::BotLoop) {
                 // Never stored as text: the text is kept as is.
                 assert_eq!(back.kind(), ReasonCode::Other);
             } else {

@@ -437,6 +437,28 @@ ai_settings! {
         help: "Where the fallback model is served; unset = the main base URL. A different \
                origin needs its own fallback API key.",
     }
+    loop_guard_quick_seconds / LoopGuardQuickSeconds: u32 {
+        kind: Kind::U32 { min: 0, max: 60 }, default: Builtin::U32(2), chat: false,
+        group: Control,
+        label: "Bot loop: quick answer, seconds (0–60)",
+        help: "A message arriving within this many seconds of our reply is a quick answer; \
+               loop_guard_quick_replies of them in a row look like another bot and the next reply \
+               is skipped (bot_loop). 0 = off.",
+    }
+    loop_guard_quick_replies / LoopGuardQuickReplies: u32 {
+        kind: Kind::U32 { min: 2, max: 10 }, default: Builtin::U32(5), chat: false,
+        group: Control,
+        label: "Bot loop: quick answers in a row (2–10)",
+        help: "How many of our replies in a row answered within loop_guard_quick_seconds make a \
+               bot loop.",
+    }
+    loop_guard_repeats / LoopGuardRepeats: u32 {
+        kind: Kind::U32 { min: 0, max: 20 }, default: Builtin::U32(4), chat: false,
+        group: Control,
+        label: "Bot loop: the same message in a row (0–20)",
+        help: "The same message this many times in a row looks like another bot. 0 or 1 = off. \
+               Our own reply coming back as a message is a bot loop at once.",
+    }
     format_for_whatsapp / FormatForWhatsapp: bool {
         kind: Kind::Bool, default: Builtin::Bool(true), chat: false, group: Reply,
         label: "Format replies for WhatsApp",

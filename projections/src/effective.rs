@@ -86,6 +86,9 @@ pub struct Effective {
     pub max_retries: Sourced<u32>,
     pub fallback_model_name: Sourced<Option<String>>,
     pub fallback_base_url: Sourced<Option<String>>,
+    pub loop_guard_quick_seconds: Sourced<u32>,
+    pub loop_guard_quick_replies: Sourced<u32>,
+    pub loop_guard_repeats: Sourced<u32>,
     pub format_for_whatsapp: Sourced<bool>,
     /// Human takeover: the AI does not answer in this chat before this time.
     pub paused_until: Option<DateTime<Utc>>,
@@ -152,6 +155,9 @@ impl Effective {
             F::MaxRetries => of(&self.max_retries),
             F::FallbackModelName => opt(&self.fallback_model_name),
             F::FallbackBaseUrl => opt(&self.fallback_base_url),
+            F::LoopGuardQuickSeconds => of(&self.loop_guard_quick_seconds),
+            F::LoopGuardQuickReplies => of(&self.loop_guard_quick_replies),
+            F::LoopGuardRepeats => of(&self.loop_guard_repeats),
             F::FormatForWhatsapp => of(&self.format_for_whatsapp),
         }
     }
@@ -589,6 +595,9 @@ pub fn resolve_layers(
         max_retries: chat_field!(max_retries),
         fallback_model_name: optional(field!(fallback_model_name)),
         fallback_base_url: optional(field!(fallback_base_url)),
+        loop_guard_quick_seconds: field!(loop_guard_quick_seconds),
+        loop_guard_quick_replies: field!(loop_guard_quick_replies),
+        loop_guard_repeats: field!(loop_guard_repeats),
         format_for_whatsapp: field!(format_for_whatsapp),
         paused_until: None,
         pause_cause: None,

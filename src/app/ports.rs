@@ -12,7 +12,7 @@ use wagate_actors::ports::{
     Notify, PromptRole, ReplyConfig, StoreFailure,
 };
 use wagate_actors::SNAPSHOT_EVERY;
-use wagate_events::chat::{Chat, ChatEvent, Control, TokenUsage};
+use wagate_events::chat::{Chat, ChatEvent, Control, LoopGuard, TokenUsage};
 use wagate_events::ids::chat_kind;
 use wagate_events::message_window::MessageFact;
 use wagate_events::reason::{ModelErrorClass, ReplyReason};
@@ -326,6 +326,11 @@ impl ConfigSource for LiveConfig {
         Control {
             takeover: minute * i32::try_from(eff.human_takeover_minutes.value).unwrap_or(i32::MAX),
             debounce: chrono::Duration::seconds(i64::from(eff.debounce_seconds.value)),
+            loop_guard: LoopGuard {
+                quick_seconds: eff.loop_guard_quick_seconds.value,
+                quick_replies: eff.loop_guard_quick_replies.value,
+                repeats: eff.loop_guard_repeats.value,
+            },
         }
     }
 }

@@ -87,6 +87,7 @@ pub async fn run_test(
                 text: m.text,
                 message_id: m.id,
                 at: Some(m.created_at),
+                ai: m.source == Source::Ai,
             })
             .collect(),
         _ => vec![],
@@ -97,6 +98,7 @@ pub async fn run_test(
         text: message.to_string(),
         message_id: "test".into(),
         at: Some(chrono::Utc::now()),
+        ai: false,
     });
     let cfg = reply_config_of(&SettingsView::of(app), &eff).map_err(|e| Error::Conflict {
         code: "api_key_unusable",

@@ -89,6 +89,16 @@ async fn pages_reach_past_memory(mut app: TestApp) {
     assert_eq!(r.status, 201, "{}", r.text);
     let subscribed_at = app.head().await;
     app.echo_mode().await;
+    // The test answers like a bot (each message right after the reply): the loop guard's quick
+    // answers are off here.
+    let r = app
+        .admin(
+            "PUT",
+            "/v1/ai/global",
+            Some(json!({"loop_guard_quick_seconds": 0})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
     let mut first_position = None;
     for i in 0..ROUNDS {
         let ack = inbound(&app, "acme", JID, &format!("a{i}"), &format!("hello {i}")).await;
