@@ -72,13 +72,15 @@ struct LayerUrls<'a> {
 /// the main key would use when the layer sets none.
 fn to_patch(
     app: &App,
-    mut req: SettingsInput,
+    req: SettingsInput,
     owner: &str,
     current: LayerUrls<'_>,
     fallback_base: &str,
 ) -> Result<AiSettingsPatch, Error> {
+    // Validated first: the URLs below are normalized, and a bad one is refused naming its field.
+    let mut req = settings::validate(req)?;
     let base = match &req.base_url {
-        Patch::Set(url) => settings::normalize_base_url(url)?,
+        Patch::Set(url) => url.clone(),
         Patch::Clear => fallback_base.to_string(),
         Patch::Keep => current.base_url.unwrap_or(fallback_base).to_string(),
     };
@@ -101,12 +103,7 @@ fn to_patch(
         Patch::Set(key) => {
             let key = checked_key("fallback_api_key", &key)?;
             let fallback_url = match &req.fallback_base_url {
-                Patch::Set(url) => settings::normalize_base_url(url).map_err(|e| match e {
-                    wagate_events::DomainError::Invalid { message, .. } => {
-                        Error::invalid("fallback_base_url", message)
-                    }
-                    other => Error::from(other),
-                })?,
+                Patch::Set(url) => url.clone(),
                 Patch::Clear => base.clone(),
                 Patch::Keep => current
                     .fallback_base_url
