@@ -15,6 +15,7 @@ use wagate_events::reason::ReplyReason;
 use crate::chat::{ChatActor, ChatArgs, ChatMsg, GeneratedReply, ReceiveAck, SentAck};
 use crate::ports::{ActorError, Meta, Ports, ReplyConfig, Session};
 use crate::supervisor::{AiSupervisor, SupervisorMsg};
+use crate::worker::StepError;
 
 /// How often, at most, an account actor asks its chats whether they have been idle long enough
 /// to stop (one timer per account, not one task per chat; with a short idle time, twice per idle
@@ -333,7 +334,7 @@ impl Gateway {
     /// Sends `text` into a chat as the account (an operator, or a test reply). The chat validates
     /// it and opens a ticket; the transport is called outside the chat actor (which keeps taking
     /// messages), in a task that runs to the end even if the caller goes away, so a message the
-    /// transport took is always recorded (retried while the store is busy).
+    /// transport took is always recorded (retried while the store is busy, never twice).
     pub async fn send(
         &self,
         account: &str,
@@ -362,24 +363,17 @@ impl Gateway {
                 meta: meta.clone(),
                 reply,
             };
-            crate::retry::STORE_BUSY
-                .run(
-                    || async {
-                        match chat.call(record, Some(ports.call_timeout)).await {
-                            Ok(CallResult::Success(r)) => r,
-                            Ok(CallResult::Timeout) => {
-                                Err(ActorError::Unavailable("the chat is busy; retry".into()))
-                            }
-                            _ => Err(ActorError::Internal(
-                                "the chat actor stopped before the send was recorded".into(),
-                            )),
-                        }
-                    },
-                    |e| matches!(e, ActorError::Unavailable(_)),
-                    |_| None,
-                    |_, _| {},
-                )
+            crate::worker::commit_step(&chat, ports.call_timeout, "operator send", record)
                 .await
+                .map_err(|e| match e {
+                    StepError::Actor(e) => e,
+                    StepError::ChatTimeout => {
+                        ActorError::Unavailable("the chat is busy; retry".into())
+                    }
+                    StepError::ChatGone => ActorError::Internal(
+                        "the chat actor stopped before the send was recorded".into(),
+                    ),
+                })
         });
         task.await
             .map_err(|e| ActorError::Internal(format!("the send task failed: {e}")))?

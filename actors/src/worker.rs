@@ -56,7 +56,15 @@ async fn ask<T: Send + 'static>(
     args: &WorkerArgs,
     build: impl FnOnce(RpcReplyPort<T>) -> ChatMsg,
 ) -> Result<T, StepError> {
-    match args.chat.call(build, Some(args.ports.call_timeout)).await {
+    ask_chat(&args.chat, args.ports.call_timeout, build).await
+}
+
+async fn ask_chat<T: Send + 'static>(
+    chat: &ActorRef<ChatMsg>,
+    timeout: Duration,
+    build: impl FnOnce(RpcReplyPort<T>) -> ChatMsg,
+) -> Result<T, StepError> {
+    match chat.call(build, Some(timeout)).await {
         Ok(CallResult::Success(v)) => Ok(v),
         Ok(CallResult::Timeout) => Err(StepError::ChatTimeout),
         Ok(CallResult::SenderError) | Err(_) => Err(StepError::ChatGone),
@@ -72,11 +80,24 @@ async fn step<T: Send + 'static>(
     args: &WorkerArgs,
     build: impl Fn(RpcReplyPort<Result<T, ActorError>>) -> ChatMsg,
 ) -> Result<T, StepError> {
+    commit_step(&args.chat, args.ports.call_timeout, &args.reply_id, build).await
+}
+
+/// Asks `chat` to commit one step (`what` names it in logs), retrying only while the chat answers
+/// that the store is temporarily unavailable: then nothing was committed, so asking again cannot
+/// record anything twice. A chat that does not answer in time is not asked again (it may still
+/// commit the step).
+pub(crate) async fn commit_step<T: Send + 'static>(
+    chat: &ActorRef<ChatMsg>,
+    timeout: Duration,
+    what: &str,
+    build: impl Fn(RpcReplyPort<Result<T, ActorError>>) -> ChatMsg,
+) -> Result<T, StepError> {
     let build = &build;
     crate::retry::STORE_BUSY
         .run(
             || async move {
-                match ask(args, build).await {
+                match ask_chat(chat, timeout, build).await {
                     Ok(Ok(v)) => Ok(v),
                     Ok(Err(e)) => Err(StepError::Actor(e)),
                     Err(e) => Err(e),
@@ -86,7 +107,7 @@ async fn step<T: Send + 'static>(
             |_| None,
             |e, wait| {
                 if let StepError::Actor(cause) = e {
-                    tracing::debug!(reply_id = %args.reply_id, cause = %cause, wait_ms = wait.as_millis() as u64, "store busy; retrying step");
+                    tracing::debug!(step = %what, cause = %cause, wait_ms = wait.as_millis() as u64, "store busy; retrying step");
                 }
             },
         )
