@@ -387,10 +387,12 @@ impl ChatState {
             .config
             .control(&self.account.account, &self.jid)
             .loop_guard;
+        // One time for both decisions below, so "not sent" is committed exactly as decided.
+        let at = Utc::now();
         let provisional = chat.decide(ChatCommand::SendReply {
             reply_id: reply_id.clone(),
             message_id: "provisional".into(),
-            at: Utc::now(),
+            at,
             loop_guard,
         })?;
         if let Some(ChatEvent::MessageSent { text, .. }) = provisional.into_iter().next() {
@@ -407,7 +409,7 @@ impl ChatState {
         commands.push(ChatCommand::SendReply {
             reply_id,
             message_id: "not-sent".into(),
-            at: Utc::now(),
+            at,
             loop_guard,
         });
         self.commit_all(commands, &auto)
