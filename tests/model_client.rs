@@ -58,6 +58,7 @@ fn request(base_url: String) -> ModelRequest {
         max_tokens: 256,
         timeout: Duration::from_secs(5),
         max_attempts: None,
+        handoff_tool: false,
     }
 }
 

@@ -171,6 +171,10 @@ pub struct Inbound {
     pub reply_candidate: bool,
     pub kind: MessageKind,
     pub contact_name: Option<String>,
+    /// The message mentions the account (`trigger: mention`).
+    pub mentioned: bool,
+    /// The message it replies to: one of the account's own counts as a mention.
+    pub reply_to: Option<String>,
 }
 
 /// A census of the actor system (`/metrics`).
@@ -303,6 +307,8 @@ impl Gateway {
             text: inbound.text.clone(),
             from_me: inbound.from_me,
             reply_candidate: inbound.reply_candidate,
+            mentioned: inbound.mentioned,
+            reply_to: inbound.reply_to.clone(),
             kind: inbound.kind,
             contact_name: inbound.contact_name.clone(),
             meta: meta.clone(),

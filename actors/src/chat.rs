@@ -17,6 +17,7 @@ use wagate_events::chat::{
     TokenUsage, Turn,
 };
 
+use wagate_events::chat::SentPart;
 use wagate_events::reason::{ReplyReason, SupersededAt};
 
 use crate::account::AccountHandle;
@@ -59,6 +60,9 @@ pub struct GeneratedReply {
     pub latency_ms: u64,
     pub attempts: Vec<ModelAttempt>,
     pub fallback: bool,
+    /// The model called the handoff tool: the chat is paused this long, and `text` (the handoff
+    /// message or the model's words, maybe empty) is sent as a notice.
+    pub handoff: Option<chrono::Duration>,
 }
 
 impl GeneratedReply {
@@ -71,6 +75,7 @@ impl GeneratedReply {
             latency_ms: self.latency_ms,
             attempts: self.attempts,
             fallback: self.fallback,
+            handoff: self.handoff.map(|pause| (pause, Utc::now())),
         }
     }
 }
@@ -81,10 +86,11 @@ pub enum Reservation {
     /// Nothing to send: the reply was closed (not sent, for the reason recorded) or its send was
     /// recorded already.
     Done,
-    /// Send `text` now, after the typing indicator when `typing` (shown on `trigger`, the message
-    /// being answered).
+    /// Send `parts` now, in order (one unless `max_message_chars` split the reply), the first
+    /// after the typing indicator when `typing` (shown on `trigger`, the message being answered),
+    /// each further one after its own.
     Send {
-        text: String,
+        parts: Vec<String>,
         typing: bool,
         trigger: Option<String>,
     },
@@ -93,12 +99,12 @@ pub enum Reservation {
 /// What the worker's transport calls did with a reserved send.
 #[derive(Debug, Clone)]
 pub struct SendOutcome {
-    /// When the typing indicator was shown (`None`: not asked for, or it failed).
+    /// The parts the transport took, in order.
+    pub sent: Vec<SentPart>,
+    /// Why the next part was not sent (`None`: every part was).
+    pub failed: Option<SendError>,
+    /// When the typing indicator of a first part that was not sent showed.
     pub typed_at: Option<DateTime<Utc>>,
-    /// The transport's message id, or why it did not send.
-    pub result: Result<String, SendError>,
-    /// When the transport answered.
-    pub at: DateTime<Utc>,
 }
 
 /// A delivery status of an outbound message.
@@ -134,6 +140,9 @@ pub struct ReplyContext {
     pub paused: Option<ReplyReason>,
     /// AI replies sent in this chat in the last hour.
     pub replies_last_hour: usize,
+    /// The reply is a notice (handoff or away message) with its text already recorded: it is
+    /// sent as it is, without the model or the conversation controls.
+    pub notice: bool,
 }
 
 pub enum ChatMsg {
@@ -143,6 +152,8 @@ pub enum ChatMsg {
         text: String,
         from_me: bool,
         reply_candidate: bool,
+        mentioned: bool,
+        reply_to: Option<String>,
         kind: MessageKind,
         contact_name: Option<String>,
         meta: Meta,
@@ -375,18 +386,27 @@ impl ChatState {
                 .await
                 .map(|_| Reservation::Done);
         }
+        if !self.chat.open_replies.contains_key(&reply_id) {
+            return Ok(Reservation::Done); // closed meanwhile (recorded so)
+        }
         let generated = generated.map(|g| g.record(reply_id.clone()));
         // The state the send is decided on: after the generated answer, when it comes along.
         let after_generated = match &generated {
             Some(cmd) => Some(decide_all(self.chat.clone(), std::slice::from_ref(cmd))?.1),
             None => None,
         };
+        // The answer closed the reply itself (the model's handoff without a text to send).
+        if let (Some(after), Some(cmd)) = (&after_generated, &generated) {
+            if !after.open_replies.contains_key(&reply_id) {
+                return self
+                    .commit_all(vec![cmd.clone()], &auto)
+                    .await
+                    .map(|_| Reservation::Done);
+            }
+        }
         let chat = after_generated.as_ref().unwrap_or(&self.chat);
-        let loop_guard = self
-            .ports
-            .config
-            .control(&self.account.account, &self.jid)
-            .loop_guard;
+        let control = self.ports.config.control(&self.account.account, &self.jid);
+        let loop_guard = control.loop_guard;
         // One time for both decisions below, so "not sent" is committed exactly as decided.
         let at = Utc::now();
         let provisional = chat.decide(ChatCommand::SendReply {
@@ -398,8 +418,12 @@ impl ChatState {
         if let Some(ChatEvent::MessageSent { text, .. }) = provisional.into_iter().next() {
             let trigger = chat.trigger_of(&reply_id).map(str::to_string);
             self.reserved.insert(reply_id, generated);
+            let mut parts = crate::split::split_message(&text, control.max_message_chars as usize);
+            if parts.is_empty() {
+                parts.push(text);
+            }
             return Ok(Reservation::Send {
-                text,
+                parts,
                 typing,
                 trigger,
             });
@@ -436,23 +460,32 @@ impl ChatState {
             )));
         };
         let mut commands: Vec<ChatCommand> = generated.iter().cloned().collect();
+        if !outcome.sent.is_empty() {
+            if let Some(e) = &outcome.failed {
+                // What the customer has is recorded; the rest of the reply is not sent (a part
+                // sent again could repeat one).
+                tracing::warn!(reply_id = %reply_id, sent = outcome.sent.len(), reason = %e, "reply sent in part: a further part was not sent");
+            }
+            commands.push(ChatCommand::RecordSent {
+                reply_id: reply_id.clone(),
+                parts: outcome.sent,
+            });
+            return self.commit_sent(&reply_id, commands, &auto).await;
+        }
         if let Some(at) = outcome.typed_at {
             commands.push(ChatCommand::Typing {
                 reply_id: Some(reply_id.clone()),
                 at,
             });
         }
-        let delivery = match outcome.result {
-            Ok(message_id) => {
-                commands.push(ChatCommand::RecordSent {
-                    reply_id: reply_id.clone(),
-                    message_id,
-                    at: outcome.at,
-                });
-                return self.commit_sent(&reply_id, commands, &auto).await;
+        let delivery = match outcome.failed {
+            None => {
+                return Err(ActorError::Internal(format!(
+                    "reply {reply_id}: a send with no part sent and no failure"
+                )))
             }
-            Err(e) if e.retryable => Delivery::Retry { reason: e.reason },
-            Err(e) => {
+            Some(e) if e.retryable => Delivery::Retry { reason: e.reason },
+            Some(e) => {
                 commands.push(ChatCommand::FailReply {
                     reply_id: reply_id.clone(),
                     reason: ReplyReason::SendFailed {
@@ -536,7 +569,15 @@ impl ChatState {
         if self.active.is_some() {
             return;
         }
-        while self.queue.len() > 1 {
+        // A notice (handoff or away message) is sent whatever came after it, and first.
+        if let Some(i) = self.queue.iter().position(|r| self.chat.is_notice(r)) {
+            if i > 0 {
+                if let Some(notice) = self.queue.remove(i) {
+                    self.queue.push_front(notice);
+                }
+            }
+        }
+        while self.queue.len() > 1 && !self.queue.front().is_some_and(|r| self.chat.is_notice(r)) {
             let Some(old) = self.queue.pop_front() else {
                 break;
             };
@@ -678,11 +719,21 @@ impl ChatState {
                 text,
                 from_me,
                 reply_candidate,
+                mentioned,
+                reply_to,
                 kind,
                 contact_name,
                 meta,
                 reply,
             } => {
+                // A reply to one of the account's own messages addresses it as a mention does.
+                let mentioned = mentioned
+                    || reply_to.is_some_and(|id| {
+                        matches!(
+                            self.chat.message_ids.get(&id),
+                            Some(wagate_events::message_window::MessageFact::Sent(_))
+                        )
+                    });
                 let reply_id = uuid::Uuid::now_v7().to_string();
                 let control = self.ports.config.control(&self.account.account, &self.jid);
                 let cmd = ChatCommand::Receive {
@@ -695,6 +746,7 @@ impl ChatState {
                     at: Utc::now(),
                     kind,
                     contact_name,
+                    mentioned,
                     control,
                 };
                 let result = self.commit(cmd, &meta).await.map(|(events, positions)| {
@@ -829,6 +881,7 @@ impl ChatState {
                         not_before: self.chat.not_before_of(&reply_id),
                         paused: self.chat.pause_reason(now),
                         replies_last_hour: self.chat.ai_replies_last_hour(now),
+                        notice: self.chat.is_notice(&reply_id),
                     }
                 });
                 let _ = reply.send(ctx);

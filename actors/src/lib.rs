@@ -13,6 +13,7 @@ mod chat;
 pub mod format;
 pub mod ports;
 pub mod retry;
+pub mod split;
 mod supervisor;
 mod worker;
 

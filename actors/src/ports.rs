@@ -115,6 +115,11 @@ pub struct ReplyConfig {
     pub history_window: Option<Duration>,
     /// Write the model's Markdown in WhatsApp's markup (`format::format_for_whatsapp`).
     pub format_for_whatsapp: bool,
+    /// Offer the model the handoff function; when it calls it, the chat is paused this long
+    /// (`handoff_pause`) and `handoff_message` (else the model's words) is sent.
+    pub handoff_tool: bool,
+    pub handoff_message: Option<String>,
+    pub handoff_pause: chrono::Duration,
 }
 
 /// The fallback model of a reply config.
@@ -160,6 +165,8 @@ pub struct ModelCall {
     pub timeout: Duration,
     /// Attempts in all (the first plus the retries of retryable failures).
     pub max_attempts: u32,
+    /// Offer the model the `handoff_to_human` function.
+    pub handoff_tool: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -170,6 +177,8 @@ pub struct ModelAnswer {
     pub latency_ms: u64,
     /// The outcome of each attempt (`ok`, or the sanitized failure), in order.
     pub attempts: Vec<String>,
+    /// The model called the handoff function (`text` may then be empty).
+    pub handoff: bool,
 }
 
 /// A model call that failed: a sanitized reason (never a body or a key) with its class and

@@ -17,12 +17,12 @@ use chrono::Utc;
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::Semaphore;
-use wagate_events::chat::{ModelAttempt, TokenUsage, Turn};
+use wagate_events::chat::{ModelAttempt, SentPart, TokenUsage, Turn};
 use wagate_events::reason::{ModelErrorClass, ReplyReason, SupersededAt};
 
 use crate::account::AccountHandle;
 use crate::chat::{ChatMsg, Delivery, GeneratedReply, ReplyContext, Reservation, SendOutcome};
-use crate::ports::{ActorError, ModelCall, Ports, PromptRole, ReplyConfig};
+use crate::ports::{ActorError, ModelAnswer, ModelCall, Ports, PromptRole, ReplyConfig, SendError};
 use crate::retry::RetryPolicy;
 
 pub struct ReplyWorker;
@@ -199,7 +199,7 @@ pub fn budget_skip(cfg: &ReplyConfig) -> Option<ReplyReason> {
 
 /// The answer of a model call with its attempts, or the failure with its attempts.
 struct Called {
-    result: Result<(String, String, TokenUsage, u64), ReplyReason>,
+    result: Result<ModelAnswer, ReplyReason>,
     attempts: Vec<ModelAttempt>,
     fallback: bool,
 }
@@ -243,6 +243,7 @@ async fn call_model(
         max_tokens: cfg.max_tokens,
         timeout: cfg.timeout,
         max_attempts: attempts_each,
+        handoff_tool: cfg.handoff_tool,
     };
     let permits = ports.limits.acquire(slots).await;
     // The call is kept for the fallback only when there is one: a call waiting for a slow model
@@ -252,10 +253,10 @@ async fn call_model(
         None => (ports.model.complete(call).await, None),
     };
     let (failure, mut attempts) = match first {
-        Ok(a) => {
+        Ok(mut a) => {
             return Called {
-                attempts: record(&cfg.model, false, a.attempts),
-                result: Ok((a.text, a.model, a.usage, a.latency_ms)),
+                attempts: record(&cfg.model, false, std::mem::take(&mut a.attempts)),
+                result: Ok(a),
                 fallback: false,
             }
         }
@@ -284,10 +285,10 @@ async fn call_model(
         .await;
     drop(permits);
     match second {
-        Ok(a) => {
-            attempts.extend(record(&fb.model, true, a.attempts));
+        Ok(mut a) => {
+            attempts.extend(record(&fb.model, true, std::mem::take(&mut a.attempts)));
             Called {
-                result: Ok((a.text, a.model, a.usage, a.latency_ms)),
+                result: Ok(a),
                 attempts,
                 fallback: true,
             }
@@ -327,6 +328,7 @@ pub async fn generate(
             latency_ms: 0,
             attempts: vec![],
             fallback: false,
+            handoff: None,
         });
     }
     let turns = select_history(
@@ -337,13 +339,28 @@ pub async fn generate(
     );
     let called = call_model(ports, slots, log_id, cfg, &turns).await;
     match called.result {
-        Ok((text, model, usage, latency_ms)) => Ok(GeneratedReply {
-            text: whatsapp_text(cfg, text),
-            model,
-            usage,
-            latency_ms,
+        // The model handed the chat to a human: the handoff message, else its own words.
+        Ok(a) if a.handoff => Ok(GeneratedReply {
+            text: match &cfg.handoff_message {
+                Some(m) => m.clone(),
+                None if a.text.trim().is_empty() => String::new(),
+                None => whatsapp_text(cfg, a.text),
+            },
+            model: a.model,
+            usage: a.usage,
+            latency_ms: a.latency_ms,
             attempts: called.attempts,
             fallback: called.fallback,
+            handoff: Some(cfg.handoff_pause),
+        }),
+        Ok(a) => Ok(GeneratedReply {
+            text: whatsapp_text(cfg, a.text),
+            model: a.model,
+            usage: a.usage,
+            latency_ms: a.latency_ms,
+            attempts: called.attempts,
+            fallback: called.fallback,
+            handoff: None,
         }),
         Err(reason) => Err((reason, called.attempts)),
     }
@@ -415,6 +432,10 @@ async fn run(args: &WorkerArgs) -> Result<(), StepError> {
     let Some(ctx) = debounced(args).await? else {
         return Ok(());
     };
+    // A handoff or away message: its text is recorded; it is sent as it is.
+    if ctx.notice {
+        return deliver(args, None).await;
+    }
     let cfg = match args
         .ports
         .config
@@ -493,36 +514,86 @@ async fn deliver_once(
         reply,
     })
     .await?;
-    let (text, typing, trigger) = match reservation {
+    let (parts, typing, trigger) = match reservation {
         Reservation::Done => return Ok(Delivery::Done),
         Reservation::Send {
-            text,
+            parts,
             typing,
             trigger,
-        } => (text, typing, trigger),
+        } => (parts, typing, trigger),
     };
-    let session = &args.account.session;
-    let mut typed_at = None;
-    if typing {
-        match session.typing(&args.jid, trigger.as_deref()).await {
-            Ok(()) => typed_at = Some(Utc::now()),
+    let mut outcome = SendOutcome {
+        sent: Vec::with_capacity(parts.len()),
+        failed: None,
+        typed_at: None,
+    };
+    for (i, text) in parts.into_iter().enumerate() {
+        // Each part after the first shows its own indicator.
+        let typed_at = if typing || i > 0 {
+            show_typing(args, trigger.as_deref()).await
+        } else {
+            None
+        };
+        // The first part's retryable refusal is retried by `deliver`, which asks the chat again
+        // (the reply may be superseded meanwhile); once the customer has a part, the rest follow.
+        let result = if i == 0 {
+            args.account.session.send_text(&args.jid, &text).await
+        } else {
+            send_part(args, &text).await
+        };
+        match result {
+            Ok(message_id) => outcome.sent.push(SentPart {
+                message_id,
+                text,
+                typed_at,
+                at: Utc::now(),
+            }),
             Err(e) => {
-                tracing::warn!(reply_id = %args.reply_id, reason = %e, "typing indicator not shown");
+                if i == 0 {
+                    outcome.typed_at = typed_at;
+                }
+                outcome.failed = Some(e);
+                break;
             }
         }
     }
-    let result = session.send_text(&args.jid, &text).await;
-    let outcome = SendOutcome {
-        typed_at,
-        result,
-        at: Utc::now(),
-    };
     step(args, |reply| ChatMsg::Record {
         reply_id: args.reply_id.clone(),
         outcome: outcome.clone(),
         reply,
     })
     .await
+}
+
+/// Shows the typing indicator (a courtesy: when it fails the send still runs); when it showed.
+async fn show_typing(args: &WorkerArgs, trigger: Option<&str>) -> Option<chrono::DateTime<Utc>> {
+    match args.account.session.typing(&args.jid, trigger).await {
+        Ok(()) => Some(Utc::now()),
+        Err(e) => {
+            tracing::warn!(reply_id = %args.reply_id, reason = %e, "typing indicator not shown");
+            None
+        }
+    }
+}
+
+/// Sends a further part of a split reply, retrying the transport's "retry later" as `deliver`
+/// does.
+async fn send_part(args: &WorkerArgs, text: &str) -> Result<String, SendError> {
+    let policy = RetryPolicy {
+        max_attempts: args.ports.send_attempts.max(1),
+        base_delay: args.ports.send_backoff,
+        max_delay: SEND_RETRY_CAP.max(args.ports.send_backoff),
+    };
+    policy
+        .run(
+            || args.account.session.send_text(&args.jid, text),
+            |e: &SendError| e.retryable,
+            |_| None,
+            |e, _| {
+                tracing::info!(reply_id = %args.reply_id, reason = %e, "part refused for now; retrying");
+            },
+        )
+        .await
 }
 
 /// Delivers the reply; when the transport says "retry later" (rate limits), waits
@@ -807,6 +878,9 @@ mod tests {
                 max_history_tokens: 0,
                 history_window: None,
                 format_for_whatsapp: true,
+                handoff_tool: false,
+                handoff_message: None,
+                handoff_pause: chrono::Duration::zero(),
             })
         }
     }
@@ -903,6 +977,8 @@ mod tests {
                 text: text.into(),
                 from_me: false,
                 reply_candidate: true,
+                mentioned: false,
+                reply_to: None,
                 kind: MessageKind::Text,
                 contact_name: None,
                 meta: Meta::new(),

@@ -228,6 +228,9 @@ pub struct Account {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+// Decided and folded one at a time; the size is not worth a box (and the serialized form must
+// stay the same).
+#[allow(clippy::large_enum_variant)]
 pub enum AccountCommand {
     /// `cloud_api` must be given exactly when `transport` is [`Transport::CloudApi`].
     Create {
@@ -268,6 +271,9 @@ pub enum AccountCommand {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+// Decided and folded one at a time; the size is not worth a box (and the serialized form must
+// stay the same).
+#[allow(clippy::large_enum_variant)]
 pub enum AccountEvent {
     AccountCreated {
         id: String,

@@ -8,14 +8,17 @@
 //! closed as `AiReplyFailed` with reason `interrupted` at the next start: never sent twice.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 
+use crate::hours::BusinessHours;
+use crate::matcher::Matcher;
 use crate::message_window::{MessageFact, MessageWindow};
-use crate::reason::{ReplyReason, SupersededAt};
+use crate::reason::{HandoffBy, ReplyReason, SupersededAt, TriggerKind};
 use crate::DomainError;
 
 /// Longest message text accepted (WhatsApp's own limit is 65,536 characters).
@@ -136,6 +139,10 @@ pub enum PauseCause {
     OperatorSend,
     /// A `from_me` message the gateway did not send (the owner typed on the phone).
     OwnerMessage,
+    /// The customer's message matched `handoff_keywords`.
+    HandoffKeyword,
+    /// The model called the `handoff_to_human` tool.
+    HandoffTool,
 }
 
 impl PauseCause {
@@ -143,6 +150,8 @@ impl PauseCause {
         match self {
             Self::OperatorSend => "an operator answered",
             Self::OwnerMessage => "the account owner answered from the phone",
+            Self::HandoffKeyword => "the customer asked for a human",
+            Self::HandoffTool => "the model handed the chat to a human",
         }
     }
 }
@@ -189,6 +198,10 @@ pub enum ChatEvent {
         /// supersedes it meanwhile). Absent: at once.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         not_before: Option<DateTime<Utc>>,
+        /// `trigger: keywords`: the AI stays in the conversation until this time (the message
+        /// matched a keyword, or came within the window).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        engaged_until: Option<DateTime<Utc>>,
     },
     AiReplySkipped {
         reply_id: String,
@@ -210,6 +223,10 @@ pub enum ChatEvent {
         /// Whether the fallback model answered.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         fallback: bool,
+        /// A notice (handoff or away message) rather than an answer: sent even though the chat
+        /// is paused or a newer message came.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        notice: Option<Notice>,
     },
     TypingIndicated {
         reply_id: Option<String>,
@@ -224,7 +241,11 @@ pub enum ChatEvent {
     },
     AiReplySent {
         reply_id: String,
+        /// The (first) message the reply was sent as.
         message_id: String,
+        /// The further messages of a reply sent in parts (`max_message_chars`), in order.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        more_message_ids: Vec<String>,
     },
     AiReplyFailed {
         reply_id: String,
@@ -276,6 +297,16 @@ impl DomainEvent for ChatEvent {
     }
 }
 
+/// A reply that is a notice to the customer rather than an answer to the conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Notice {
+    /// `handoff_message`: the chat was handed to a human.
+    Handoff { by: HandoffBy },
+    /// `away_message`: sent once in the closed period that ends at `opens_at`.
+    Away { opens_at: DateTime<Utc> },
+}
+
 /// Where a reply stands.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ReplyState {
@@ -287,6 +318,9 @@ pub enum ReplyState {
     Generated {
         trigger: String,
         text: String,
+        /// A notice: sent whatever came since (paused, superseded, loop guard).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        notice: bool,
     },
 }
 
@@ -325,6 +359,12 @@ pub struct Chat {
     /// Send times of AI replies within the last hour of the newest one (hourly cap).
     #[serde(default)]
     pub hourly_ai_sends: VecDeque<DateTime<Utc>>,
+    /// `trigger: keywords`: the AI answers every message until this time.
+    #[serde(default)]
+    pub engaged_until: Option<DateTime<Utc>>,
+    /// The opening time of the closed period whose away message was sent.
+    #[serde(default)]
+    pub away_sent_for: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -342,6 +382,8 @@ pub enum ChatCommand {
         at: DateTime<Utc>,
         kind: MessageKind,
         contact_name: Option<String>,
+        /// The message mentions the account or replies to one of its messages (groups).
+        mentioned: bool,
         /// The effective conversation controls at `at`.
         control: Control,
     },
@@ -368,6 +410,10 @@ pub enum ChatCommand {
         latency_ms: u64,
         attempts: Vec<ModelAttempt>,
         fallback: bool,
+        /// The model called the handoff tool: the chat is paused for `pause` from `at`, and the
+        /// text (the handoff message, or the model's words) is sent as a notice (skipped when
+        /// empty).
+        handoff: Option<(Duration, DateTime<Utc>)>,
     },
     Typing {
         reply_id: Option<String>,
@@ -387,8 +433,8 @@ pub enum ChatCommand {
     /// chat since the send was decided (a reply the customer has is never recorded as skipped).
     RecordSent {
         reply_id: String,
-        message_id: String,
-        at: DateTime<Utc>,
+        /// The messages it was sent as, in order (one unless it was split); at least one.
+        parts: Vec<SentPart>,
     },
     FailReply {
         reply_id: String,
@@ -433,7 +479,7 @@ impl Default for LoopGuard {
 }
 
 /// The conversation controls a command is decided with (from the effective config).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Control {
     /// How long a human answer pauses the AI (zero: never).
     pub takeover: Duration,
@@ -441,6 +487,82 @@ pub struct Control {
     pub debounce: Duration,
     /// What counts as another bot.
     pub loop_guard: LoopGuard,
+    /// When the AI speaks (triggers, handoff, business hours); shared, built once per config.
+    pub speak: Arc<Speak>,
+    /// `max_message_chars`: a longer reply is sent in parts (0: one message).
+    pub max_message_chars: u32,
+}
+
+/// Controls are equal when their values are and they share one [`Speak`] (which holds compiled
+/// patterns, compared by identity).
+impl PartialEq for Control {
+    fn eq(&self, other: &Self) -> bool {
+        self.takeover == other.takeover
+            && self.debounce == other.debounce
+            && self.loop_guard == other.loop_guard
+            && self.max_message_chars == other.max_message_chars
+            && Arc::ptr_eq(&self.speak, &other.speak)
+    }
+}
+
+/// When the AI speaks to a customer message (issue 24): a handoff word hands the chat to a
+/// human, business hours keep it quiet (or send an away message), a trigger decides which
+/// messages start a conversation. Off by default.
+#[derive(Debug, Clone, Default)]
+pub struct Speak {
+    pub handoff: Option<Handoff>,
+    pub hours: Option<Hours>,
+    pub trigger: Trigger,
+}
+
+/// `handoff_keywords`, `handoff_message`, and how long a handoff pauses the AI.
+#[derive(Debug, Clone)]
+pub struct Handoff {
+    pub keywords: Matcher,
+    /// Sent to the customer (none: the reply is skipped as `handoff_requested`).
+    pub message: Option<String>,
+    pub pause: Duration,
+}
+
+/// `business_hours` and `outside_hours`.
+#[derive(Debug, Clone)]
+pub struct Hours {
+    pub schedule: BusinessHours,
+    pub outside: Outside,
+}
+
+/// What a message outside business hours gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outside {
+    /// An answer, as inside.
+    Reply,
+    /// Nothing (skipped as `outside_business_hours`).
+    Silent,
+    /// This text, once per closed period.
+    Away(String),
+}
+
+/// `trigger`: which messages the AI answers.
+#[derive(Debug, Clone, Default)]
+pub enum Trigger {
+    #[default]
+    Always,
+    /// Messages matching a keyword, and every message for `window` after an answered one.
+    Keywords { keywords: Matcher, window: Duration },
+    /// In groups, messages that mention the account or reply to it.
+    Mention,
+}
+
+/// What [`Chat::speak`] decided for a customer text message.
+enum Spoken {
+    /// Answer it (`engaged_until`: the keyword trigger's window).
+    Answer {
+        engaged_until: Option<DateTime<Utc>>,
+    },
+    /// Do not answer, for this reason.
+    Skip(ReplyReason),
+    /// Send this notice instead of an answer.
+    Notice(Notice, String),
 }
 
 /// The events of a sent AI reply: the outbound message and the reply's sent mark.
@@ -450,19 +572,71 @@ fn sent_reply_events(
     text: String,
     at: DateTime<Utc>,
 ) -> Vec<ChatEvent> {
-    vec![
-        ChatEvent::MessageSent {
-            message_id: message_id.clone(),
-            text,
+    let part = SentPart {
+        message_id,
+        text,
+        typed_at: None,
+        at,
+    };
+    sent_parts_events(reply_id, vec![part])
+}
+
+/// The events of an AI reply sent as `parts` (one, or several with `max_message_chars`): each
+/// part's typing indicator and outbound message, then the reply's sent mark with every id.
+fn sent_parts_events(reply_id: String, parts: Vec<SentPart>) -> Vec<ChatEvent> {
+    let mut events = Vec::with_capacity(parts.len() * 2 + 1);
+    let mut ids = Vec::with_capacity(parts.len());
+    for part in parts {
+        if let Some(at) = part.typed_at {
+            events.push(ChatEvent::TypingIndicated {
+                reply_id: Some(reply_id.clone()),
+                at,
+            });
+        }
+        ids.push(part.message_id.clone());
+        events.push(ChatEvent::MessageSent {
+            message_id: part.message_id,
+            text: part.text,
             source: Source::Ai,
             ai_reply_id: Some(reply_id.clone()),
-            at,
-        },
-        ChatEvent::AiReplySent {
-            reply_id,
-            message_id,
-        },
-    ]
+            at: part.at,
+        });
+    }
+    let mut ids = ids.into_iter();
+    events.push(ChatEvent::AiReplySent {
+        reply_id,
+        message_id: ids.next().unwrap_or_default(),
+        more_message_ids: ids.collect(),
+    });
+    events
+}
+
+/// One message of a sent AI reply: what the transport took, when, and when its typing indicator
+/// showed (`None`: not shown).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentPart {
+    pub message_id: String,
+    pub text: String,
+    pub typed_at: Option<DateTime<Utc>>,
+    pub at: DateTime<Utc>,
+}
+
+/// The generated event of a notice: a fixed text, no model.
+fn notice_event(reply_id: String, notice: Notice, text: String) -> ChatEvent {
+    let model = match notice {
+        Notice::Handoff { .. } => "handoff",
+        Notice::Away { .. } => "away",
+    };
+    ChatEvent::AiReplyGenerated {
+        reply_id,
+        text,
+        model: model.to_string(),
+        usage: TokenUsage::default(),
+        latency_ms: 0,
+        attempts: vec![],
+        fallback: false,
+        notice: Some(notice),
+    }
 }
 
 /// A message's text as the loop guard compares it: lower case, words separated by one space.
@@ -518,7 +692,7 @@ impl Chat {
     /// fields of `Chat` (or of what they hold) or to `apply`: snapshots of another format are
     /// ignored, and the chat is folded from its events. The test
     /// `snapshot_format_pins_the_folded_state` fails until it is bumped.
-    pub const SNAPSHOT_FORMAT: i32 = 3;
+    pub const SNAPSHOT_FORMAT: i32 = 4;
 
     /// Whether the other side looks like another bot (`guard`), judged on the chat's last turns
     /// (only AI replies count as ours: an operator's conversation is never a loop):
@@ -588,6 +762,72 @@ impl Chat {
         Ok(())
     }
 
+    /// Whether, and how, the AI speaks to the customer text `text` received at `at` (the chat
+    /// is not paused by a handoff here; the caller pauses it).
+    fn speak(&self, speak: &Speak, text: &str, mentioned: bool, at: DateTime<Utc>) -> Spoken {
+        if let Some(h) = &speak.handoff {
+            if self.paused_at(at).is_none() && h.keywords.matches(text) {
+                return match &h.message {
+                    Some(m) => Spoken::Notice(
+                        Notice::Handoff {
+                            by: HandoffBy::Keyword,
+                        },
+                        m.clone(),
+                    ),
+                    None => Spoken::Skip(ReplyReason::HandoffRequested {
+                        by: HandoffBy::Keyword,
+                    }),
+                };
+            }
+        }
+        if let Some(hours) = &speak.hours {
+            if let Some(opens_at) = hours.schedule.next_open(at) {
+                match &hours.outside {
+                    Outside::Reply => {}
+                    Outside::Away(m) if self.away_sent_for != Some(opens_at) => {
+                        return Spoken::Notice(Notice::Away { opens_at }, m.clone());
+                    }
+                    Outside::Away(_) | Outside::Silent => {
+                        return Spoken::Skip(ReplyReason::OutsideBusinessHours {
+                            opens_at: Some(opens_at),
+                        });
+                    }
+                }
+            }
+        }
+        match &speak.trigger {
+            Trigger::Always => Spoken::Answer {
+                engaged_until: None,
+            },
+            Trigger::Mention if mentioned => Spoken::Answer {
+                engaged_until: None,
+            },
+            Trigger::Mention => Spoken::Skip(ReplyReason::NoTriggerMatch {
+                trigger: TriggerKind::Mention,
+            }),
+            Trigger::Keywords { keywords, window } => {
+                let engaged = self.engaged_until.is_some_and(|until| at < until);
+                if engaged || keywords.matches(text) {
+                    Spoken::Answer {
+                        engaged_until: (*window > Duration::zero()).then(|| at + *window),
+                    }
+                } else {
+                    Spoken::Skip(ReplyReason::NoTriggerMatch {
+                        trigger: TriggerKind::Keywords,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Whether an open reply is a notice (handoff or away message).
+    pub fn is_notice(&self, reply_id: &str) -> bool {
+        matches!(
+            self.open_replies.get(reply_id),
+            Some(ReplyState::Generated { notice: true, .. })
+        )
+    }
+
     /// The trigger of an open reply.
     pub fn trigger_of(&self, reply_id: &str) -> Option<&str> {
         match self.open_replies.get(reply_id)? {
@@ -623,10 +863,13 @@ impl Chat {
         self.hourly_ai_sends.iter().filter(|t| **t > since).count()
     }
 
-    /// Whether a reply is superseded: a newer customer message arrived after its trigger.
+    /// Whether a reply is superseded: a newer customer message arrived after its trigger (a
+    /// notice never is).
     pub fn superseded(&self, reply_id: &str) -> bool {
-        self.trigger_of(reply_id)
-            .is_some_and(|t| self.last_customer_message.as_deref() != Some(t))
+        !self.is_notice(reply_id)
+            && self
+                .trigger_of(reply_id)
+                .is_some_and(|t| self.last_customer_message.as_deref() != Some(t))
     }
 
     /// The pause a human answer at `at` causes, if any.
@@ -724,7 +967,11 @@ impl Aggregate for Chat {
                 reply_id,
                 trigger_message_id,
                 not_before,
+                engaged_until,
             } => {
+                if engaged_until.is_some() {
+                    self.engaged_until = engaged_until.max(self.engaged_until);
+                }
                 self.open_replies.insert(
                     reply_id,
                     ReplyState::Requested {
@@ -733,10 +980,24 @@ impl Aggregate for Chat {
                     },
                 );
             }
-            ChatEvent::AiReplyGenerated { reply_id, text, .. } => {
+            ChatEvent::AiReplyGenerated {
+                reply_id,
+                text,
+                notice,
+                ..
+            } => {
+                if let Some(Notice::Away { opens_at }) = notice {
+                    self.away_sent_for = Some(opens_at);
+                }
                 if let Some(trigger) = self.trigger_of(&reply_id).map(str::to_string) {
-                    self.open_replies
-                        .insert(reply_id, ReplyState::Generated { trigger, text });
+                    self.open_replies.insert(
+                        reply_id,
+                        ReplyState::Generated {
+                            trigger,
+                            text,
+                            notice: notice.is_some(),
+                        },
+                    );
                 }
             }
             ChatEvent::MessageSent {
@@ -747,7 +1008,19 @@ impl Aggregate for Chat {
                 ..
             } => {
                 self.message_ids.sent(message_id.clone());
-                if source == Source::Ai {
+                self.push_turn(Turn {
+                    inbound: false,
+                    text,
+                    message_id,
+                    at: Some(at),
+                    ai: source == Source::Ai,
+                });
+            }
+            ChatEvent::AiReplySent { reply_id, .. } => {
+                self.open_replies.remove(&reply_id);
+                // One reply, however many messages it was sent as: it counts when its last
+                // message was sent (the turn just folded).
+                if let Some(at) = self.history.back().filter(|t| t.ai).and_then(|t| t.at) {
                     self.recent_ai_sends.push_back(at);
                     while self.recent_ai_sends.len() > LOOP_CAP {
                         self.recent_ai_sends.pop_front();
@@ -760,16 +1033,8 @@ impl Aggregate for Chat {
                         self.hourly_ai_sends.pop_front();
                     }
                 }
-                self.push_turn(Turn {
-                    inbound: false,
-                    text,
-                    message_id,
-                    at: Some(at),
-                    ai: source == Source::Ai,
-                });
             }
             ChatEvent::AiReplySkipped { reply_id, .. }
-            | ChatEvent::AiReplySent { reply_id, .. }
             | ChatEvent::AiReplyFailed { reply_id, .. } => {
                 self.open_replies.remove(&reply_id);
             }
@@ -798,6 +1063,7 @@ impl Chat {
                 at,
                 kind,
                 contact_name,
+                mentioned,
                 control,
             } => {
                 if message_id.is_empty() || message_id.len() > 256 {
@@ -810,6 +1076,8 @@ impl Chat {
                 if self.message_ids.contains(&message_id) {
                     return Ok(vec![]);
                 }
+                let spoken = (reply_candidate && !from_me && kind == MessageKind::Text)
+                    .then(|| self.speak(&control.speak, &text, mentioned, at));
                 let mut events = vec![ChatEvent::MessageReceived {
                     message_id: message_id.clone(),
                     from,
@@ -837,24 +1105,60 @@ impl Chat {
                     ));
                 }
                 if reply_candidate && !from_me {
-                    let not_before =
-                        (control.debounce > Duration::zero()).then(|| at + control.debounce);
-                    events.push(ChatEvent::AiReplyRequested {
-                        reply_id: reply_id.clone(),
-                        trigger_message_id: message_id,
-                        not_before: if kind == MessageKind::Text {
-                            not_before
-                        } else {
-                            None
-                        },
-                    });
-                    // The reply is recorded and closed at once, so the AI log says why nothing
-                    // was answered.
                     if kind != MessageKind::Text {
+                        // The reply is recorded and closed at once, so the AI log says why
+                        // nothing was answered.
+                        events.push(ChatEvent::AiReplyRequested {
+                            reply_id: reply_id.clone(),
+                            trigger_message_id: message_id,
+                            not_before: None,
+                            engaged_until: None,
+                        });
                         events.push(ChatEvent::AiReplySkipped {
                             reply_id,
                             reason: ReplyReason::NotText { kind },
                         });
+                        return Ok(events);
+                    }
+                    let Some(spoken) = spoken else {
+                        return Ok(events);
+                    };
+                    if let (
+                        Spoken::Notice(Notice::Handoff { .. }, _)
+                        | Spoken::Skip(ReplyReason::HandoffRequested { .. }),
+                        Some(h),
+                    ) = (&spoken, &control.speak.handoff)
+                    {
+                        events.push(ChatEvent::AiPaused {
+                            until: at + h.pause,
+                            cause: PauseCause::HandoffKeyword,
+                            message_id: message_id.clone(),
+                            at,
+                        });
+                    }
+                    let requested = |not_before, engaged_until| ChatEvent::AiReplyRequested {
+                        reply_id: reply_id.clone(),
+                        trigger_message_id: message_id.clone(),
+                        not_before,
+                        engaged_until,
+                    };
+                    match spoken {
+                        Spoken::Answer { engaged_until } => {
+                            let not_before = (control.debounce > Duration::zero())
+                                .then(|| at + control.debounce);
+                            events.push(requested(not_before, engaged_until));
+                        }
+                        Spoken::Skip(reason) => {
+                            events.push(requested(None, None));
+                            events.push(ChatEvent::AiReplySkipped {
+                                reply_id: reply_id.clone(),
+                                reason,
+                            });
+                        }
+                        Spoken::Notice(notice, text) => {
+                            events.push(requested(None, None));
+                            events.push(notice_event(reply_id.clone(), notice, text));
+                        }
                     }
                 }
                 events
@@ -895,24 +1199,48 @@ impl Chat {
                 latency_ms,
                 attempts,
                 fallback,
+                handoff,
             } => {
-                match self.open(&reply_id)? {
-                    ReplyState::Requested { .. } => {}
+                let trigger = match self.open(&reply_id)? {
+                    ReplyState::Requested { trigger, .. } => trigger.clone(),
                     ReplyState::Generated { .. } => {
                         return Err(DomainError::Conflict(format!(
                             "reply {reply_id} was already generated"
                         )))
                     }
+                };
+                let mut events = Vec::new();
+                let mut notice = None;
+                if let Some((pause, at)) = handoff {
+                    events.push(ChatEvent::AiPaused {
+                        until: at + pause,
+                        cause: PauseCause::HandoffTool,
+                        message_id: trigger,
+                        at,
+                    });
+                    notice = Some(Notice::Handoff {
+                        by: HandoffBy::Model,
+                    });
                 }
-                vec![ChatEvent::AiReplyGenerated {
-                    reply_id,
-                    text,
+                events.push(ChatEvent::AiReplyGenerated {
+                    reply_id: reply_id.clone(),
+                    text: text.clone(),
                     model,
                     usage,
                     latency_ms,
                     attempts,
                     fallback,
-                }]
+                    notice,
+                });
+                if notice.is_some() && text.trim().is_empty() {
+                    events.push(ChatEvent::AiReplySkipped {
+                        reply_id,
+                        reason: ReplyReason::HandoffRequested {
+                            by: HandoffBy::Model,
+                        },
+                    });
+                }
+                events
             }
             ChatCommand::Typing { reply_id, at } => {
                 vec![ChatEvent::TypingIndicated { reply_id, at }]
@@ -933,7 +1261,11 @@ impl Chat {
                             attempts: vec![],
                         }]);
                     }
-                    ReplyState::Generated { trigger, text } => (trigger.clone(), text.clone()),
+                    // A notice is sent whatever came since.
+                    ReplyState::Generated {
+                        text, notice: true, ..
+                    } => return Ok(sent_reply_events(reply_id, message_id, text.clone(), at)),
+                    ReplyState::Generated { trigger, text, .. } => (trigger.clone(), text.clone()),
                     ReplyState::Requested { .. } => {
                         return Err(DomainError::Conflict(format!(
                             "reply {reply_id} has no text yet"
@@ -958,14 +1290,11 @@ impl Chat {
                 }
                 sent_reply_events(reply_id, message_id, text, at)
             }
-            ChatCommand::RecordSent {
-                reply_id,
-                message_id,
-                at,
-            } => match self.open(&reply_id)? {
-                ReplyState::Generated { text, .. } => {
-                    sent_reply_events(reply_id, message_id, text.clone(), at)
+            ChatCommand::RecordSent { reply_id, parts } => match self.open(&reply_id)? {
+                ReplyState::Generated { .. } if parts.is_empty() => {
+                    return Err(DomainError::invalid("parts", "a sent reply has a message"))
                 }
+                ReplyState::Generated { .. } => sent_parts_events(reply_id, parts),
                 ReplyState::Requested { .. } => {
                     return Err(DomainError::Conflict(format!(
                         "reply {reply_id} has no text yet"
@@ -1045,6 +1374,7 @@ mod tests {
             reply_id: reply.into(),
             trigger_message_id: trigger.into(),
             not_before: None,
+            engaged_until: None,
         }
     }
 
@@ -1057,6 +1387,7 @@ mod tests {
             latency_ms: 5,
             attempts: vec![],
             fallback: false,
+            notice: None,
         }
     }
 
@@ -1073,8 +1404,18 @@ mod tests {
             ChatEvent::AiReplySent {
                 reply_id: reply.into(),
                 message_id: id.into(),
+                more_message_ids: vec![],
             },
         ]
+    }
+
+    fn part(id: &str) -> SentPart {
+        SentPart {
+            message_id: id.into(),
+            text: "hello!".into(),
+            typed_at: None,
+            at: t0(),
+        }
     }
 
     fn receive(id: &str, reply_candidate: bool, from_me: bool) -> ChatCommand {
@@ -1088,6 +1429,7 @@ mod tests {
             at: t0(),
             kind: MessageKind::Text,
             contact_name: None,
+            mentioned: false,
             control: Control::default(),
         }
     }
@@ -1168,6 +1510,7 @@ mod tests {
                 ChatEvent::AiReplySent {
                     reply_id: "r1".into(),
                     message_id: "out1".into(),
+                    more_message_ids: vec![],
                 },
             ])
             .when(ChatCommand::SendReply {
@@ -1191,8 +1534,7 @@ mod tests {
             ])
             .when(ChatCommand::RecordSent {
                 reply_id: "r1".into(),
-                message_id: "out1".into(),
-                at: t0(),
+                parts: vec![part("out1")],
             })
             .then_expect_events(sent_reply("r1", "out1"));
     }
@@ -1201,8 +1543,7 @@ mod tests {
     fn a_send_is_recorded_once_and_only_for_a_generated_reply() {
         let record = |id: &str| ChatCommand::RecordSent {
             reply_id: "r1".into(),
-            message_id: id.into(),
-            at: t0(),
+            parts: vec![part(id)],
         };
         Fw::with(())
             .given(vec![received("m1"), requested("r1", "m1")])
@@ -1455,6 +1796,7 @@ mod tests {
             at: t0(),
             kind: MessageKind::Image,
             contact_name: Some("Ana".into()),
+            mentioned: false,
             control: Control::default(),
         };
         Fw::with(())
@@ -1699,6 +2041,7 @@ mod tests {
             reply_id: reply.into(),
             trigger_message_id: trigger.into(),
             not_before: Some(t0() + Duration::seconds(3)),
+            engaged_until: None,
         };
         Fw::with(())
             .given_no_previous_events()
@@ -1724,12 +2067,21 @@ mod tests {
     fn hourly_count_comes_from_the_stream() {
         let mut chat = Chat::default();
         for (i, minutes) in [0i64, 30, 50, 70].iter().enumerate() {
-            chat.apply(ChatEvent::MessageSent {
-                message_id: format!("o{i}"),
-                text: "x".into(),
-                source: Source::Ai,
-                ai_reply_id: None,
-                at: t0() + Duration::minutes(*minutes),
+            // The reply at 50 minutes was sent in two parts: one reply, counted once.
+            let parts = if *minutes == 50 { 2 } else { 1 };
+            for p in 0..parts {
+                chat.apply(ChatEvent::MessageSent {
+                    message_id: format!("o{i}-{p}"),
+                    text: "x".into(),
+                    source: Source::Ai,
+                    ai_reply_id: Some(format!("r{i}")),
+                    at: t0() + Duration::minutes(*minutes),
+                });
+            }
+            chat.apply(ChatEvent::AiReplySent {
+                reply_id: format!("r{i}"),
+                message_id: format!("o{i}-0"),
+                more_message_ids: (1..parts).map(|p| format!("o{i}-{p}")).collect(),
             });
         }
         assert_eq!(chat.ai_replies_last_hour(t0() + Duration::minutes(71)), 3);
@@ -1883,7 +2235,7 @@ mod tests {
     #[test]
     fn snapshot_format_pins_the_folded_state() {
         let pinned = serde_json::json!({
-            "format": 3,
+            "format": 4,
             "state": {
                 "message_ids": {
                     "order": ["m1", "out1", "m2", "m3"],
@@ -1900,7 +2252,9 @@ mod tests {
                 "recent_ai_sends": ["2026-11-25T10:00:00Z"],
                 "last_customer_message": "m3",
                 "paused_until": "2026-11-25T11:00:00Z",
-                "hourly_ai_sends": ["2026-11-25T10:00:00Z"]
+                "hourly_ai_sends": ["2026-11-25T10:00:00Z"],
+                "engaged_until": null,
+                "away_sent_for": null
             }
         });
         let chat = every_kind_folded();
@@ -1960,6 +2314,365 @@ mod tests {
                 .expect("decides")
                 .len(),
             2
+        );
+    }
+
+    // When the AI speaks (issue 24): triggers, handoff, business hours.
+
+    fn speaking(speak: Speak) -> Control {
+        Control {
+            takeover: Duration::minutes(30),
+            speak: Arc::new(speak),
+            ..Control::default()
+        }
+    }
+
+    fn say(id: &str, text: &str, at: DateTime<Utc>, control: &Control) -> ChatCommand {
+        ChatCommand::Receive {
+            message_id: id.into(),
+            from: "491701234567".into(),
+            text: text.into(),
+            from_me: false,
+            reply_candidate: true,
+            reply_id: format!("r-{id}"),
+            at,
+            kind: MessageKind::Text,
+            contact_name: None,
+            mentioned: false,
+            control: control.clone(),
+        }
+    }
+
+    /// Decides `command` on `chat` and folds the events; returns them.
+    fn step(chat: &mut Chat, command: ChatCommand) -> Vec<ChatEvent> {
+        let events = chat.decide(command).expect("decided");
+        for e in events.clone() {
+            chat.apply(e);
+        }
+        events
+    }
+
+    fn skipped_for(events: &[ChatEvent]) -> Option<ReasonCode> {
+        events.iter().find_map(|e| match e {
+            ChatEvent::AiReplySkipped { reason, .. } => Some(reason.kind()),
+            _ => None,
+        })
+    }
+
+    use crate::reason::ReasonCode;
+
+    fn words(mode: crate::matcher::MatchMode, list: &[&str]) -> Matcher {
+        let list: Vec<String> = list.iter().map(|w| w.to_string()).collect();
+        Matcher::new(mode, &list).expect("keywords compile")
+    }
+
+    #[test]
+    fn keyword_trigger_answers_matches_then_the_window() {
+        let control = speaking(Speak {
+            trigger: Trigger::Keywords {
+                keywords: words(
+                    crate::matcher::MatchMode::Word,
+                    &["price", "/^order \\d+$/"],
+                ),
+                window: Duration::minutes(10),
+            },
+            ..Speak::default()
+        });
+        let mut chat = Chat::default();
+        let e = step(&mut chat, say("m1", "hello", t0(), &control));
+        assert_eq!(skipped_for(&e), Some(ReasonCode::NoTriggerMatch));
+        let e = step(
+            &mut chat,
+            say("m2", "the Price?", t0() + Duration::minutes(1), &control),
+        );
+        assert_eq!(skipped_for(&e), None);
+        assert!(matches!(
+            e.last(),
+            Some(ChatEvent::AiReplyRequested { engaged_until: Some(until), .. })
+                if *until == t0() + Duration::minutes(11)
+        ));
+        // Within the window: answered without a keyword, and the window moves on.
+        let e = step(
+            &mut chat,
+            say("m3", "and shipping", t0() + Duration::minutes(8), &control),
+        );
+        assert_eq!(skipped_for(&e), None);
+        let e = step(
+            &mut chat,
+            say("m4", "ok", t0() + Duration::minutes(17), &control),
+        );
+        assert_eq!(skipped_for(&e), None);
+        // After it: a keyword again.
+        let e = step(
+            &mut chat,
+            say("m5", "thanks", t0() + Duration::minutes(40), &control),
+        );
+        assert_eq!(skipped_for(&e), Some(ReasonCode::NoTriggerMatch));
+        let e = step(
+            &mut chat,
+            say("m6", "order 12", t0() + Duration::minutes(41), &control),
+        );
+        assert_eq!(skipped_for(&e), None);
+    }
+
+    #[test]
+    fn mention_trigger_needs_a_mention() {
+        let control = speaking(Speak {
+            trigger: Trigger::Mention,
+            ..Speak::default()
+        });
+        let mut chat = Chat::default();
+        let e = step(&mut chat, say("m1", "hi all", t0(), &control));
+        assert_eq!(skipped_for(&e), Some(ReasonCode::NoTriggerMatch));
+        let mut cmd = say("m2", "@bot hi", t0(), &control);
+        if let ChatCommand::Receive { mentioned, .. } = &mut cmd {
+            *mentioned = true;
+        }
+        assert_eq!(skipped_for(&step(&mut chat, cmd)), None);
+    }
+
+    #[test]
+    fn a_handoff_word_pauses_and_sends_the_handoff_message_even_if_paused() {
+        let control = speaking(Speak {
+            handoff: Some(Handoff {
+                keywords: words(crate::matcher::MatchMode::Word, &["human"]),
+                message: Some("A person will answer.".into()),
+                pause: Duration::minutes(30),
+            }),
+            ..Speak::default()
+        });
+        let mut chat = Chat::default();
+        let e = step(&mut chat, say("m1", "a HUMAN please", t0(), &control));
+        assert!(matches!(
+            &e[1],
+            ChatEvent::AiPaused { cause: PauseCause::HandoffKeyword, until, .. }
+                if *until == t0() + Duration::minutes(30)
+        ));
+        assert!(matches!(
+            e.last(),
+            Some(ChatEvent::AiReplyGenerated {
+                notice: Some(Notice::Handoff {
+                    by: HandoffBy::Keyword
+                }),
+                ..
+            })
+        ));
+        // A newer message meanwhile: the notice is neither superseded nor held by the pause.
+        step(&mut chat, say("m2", "hello?", t0(), &control));
+        assert!(!chat.superseded("r-m1"));
+        let e = step(
+            &mut chat,
+            ChatCommand::SendReply {
+                reply_id: "r-m1".into(),
+                message_id: "out1".into(),
+                at: t0(),
+                loop_guard: LoopGuard::default(),
+            },
+        );
+        assert!(
+            matches!(&e[0], ChatEvent::MessageSent { text, .. } if text == "A person will answer.")
+        );
+        // The next message meets the pause (the worker skips it); no second handoff.
+        let e = step(
+            &mut chat,
+            say("m3", "human!!", t0() + Duration::minutes(1), &control),
+        );
+        assert!(!e.iter().any(|e| matches!(e, ChatEvent::AiPaused { .. })));
+    }
+
+    /// Europe/Berlin, weekdays 09:00-18:00, across the spring DST change (2026-03-29): one away
+    /// message for the closed period from Friday evening to Monday 09:00 CEST (07:00Z).
+    #[test]
+    fn away_message_once_per_closed_period_across_a_dst_change() {
+        let schedule: BusinessHours = serde_json::from_value(serde_json::json!({
+            "time_zone": "Europe/Berlin",
+            "ranges": [{"days": "mon-fri", "open": "09:00", "close": "18:00"}]
+        }))
+        .expect("hours");
+        let control = speaking(Speak {
+            hours: Some(Hours {
+                schedule,
+                outside: Outside::Away("Closed until Monday.".into()),
+            }),
+            ..Speak::default()
+        });
+        let at = |s: &str| s.parse::<DateTime<Utc>>().expect("time");
+        let mut chat = Chat::default();
+        // Friday 17:59 CET is open; 18:00 is closed.
+        let e = step(
+            &mut chat,
+            say("m1", "hi", at("2026-03-27T16:59:00Z"), &control),
+        );
+        assert_eq!(skipped_for(&e), None);
+        assert!(!e
+            .iter()
+            .any(|e| matches!(e, ChatEvent::AiReplyGenerated { .. })));
+        let e = step(
+            &mut chat,
+            say("m2", "hi?", at("2026-03-27T17:00:00Z"), &control),
+        );
+        let monday = at("2026-03-30T07:00:00Z");
+        assert!(matches!(
+            e.last(),
+            Some(ChatEvent::AiReplyGenerated { notice: Some(Notice::Away { opens_at }), text, .. })
+                if *opens_at == monday && text == "Closed until Monday."
+        ));
+        // Sunday, after the change, and Monday 08:59 CEST: the same closed period, no second one.
+        for (id, t) in [
+            ("m3", "2026-03-29T12:00:00Z"),
+            ("m4", "2026-03-30T06:59:00Z"),
+        ] {
+            let e = step(&mut chat, say(id, "hello??", at(t), &control));
+            assert_eq!(
+                skipped_for(&e),
+                Some(ReasonCode::OutsideBusinessHours),
+                "{t}"
+            );
+        }
+        // Monday 09:00 CEST: open, answered.
+        let e = step(&mut chat, say("m5", "good morning", monday, &control));
+        assert_eq!(skipped_for(&e), None);
+        assert!(matches!(e.last(), Some(ChatEvent::AiReplyRequested { .. })));
+        // The next closed period gets its own away message.
+        let e = step(
+            &mut chat,
+            say("m6", "bye", at("2026-03-30T16:30:00Z"), &control),
+        );
+        assert!(matches!(
+            e.last(),
+            Some(ChatEvent::AiReplyGenerated {
+                notice: Some(Notice::Away { .. }),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn silent_outside_hours_skips_with_the_opening_time() {
+        let schedule: BusinessHours = serde_json::from_value(serde_json::json!({
+            "time_zone": "America/New_York",
+            "ranges": [{"days": "daily", "open": "08:00", "close": "20:00"}]
+        }))
+        .expect("hours");
+        let control = speaking(Speak {
+            hours: Some(Hours {
+                schedule,
+                outside: Outside::Silent,
+            }),
+            ..Speak::default()
+        });
+        let at = |s: &str| s.parse::<DateTime<Utc>>().expect("time");
+        let mut chat = Chat::default();
+        // 2026-11-01: New York falls back at 02:00; 07:59 EST is 12:59Z, 08:00 EST is 13:00Z.
+        let e = step(
+            &mut chat,
+            say("m1", "early", at("2026-11-01T12:59:00Z"), &control),
+        );
+        assert!(e.iter().any(|e| matches!(
+            e,
+            ChatEvent::AiReplySkipped {
+                reason: ReplyReason::OutsideBusinessHours { opens_at: Some(t) },
+                ..
+            } if *t == at("2026-11-01T13:00:00Z")
+        )));
+        let e = step(
+            &mut chat,
+            say("m2", "now", at("2026-11-01T13:00:00Z"), &control),
+        );
+        assert_eq!(skipped_for(&e), None);
+    }
+
+    /// The model's handoff: the chat pauses and the handoff text is a notice; without a text the
+    /// reply is skipped as `handoff_requested`.
+    #[test]
+    fn the_models_handoff_pauses_the_chat() {
+        let record = |text: &str| ChatCommand::RecordGenerated {
+            reply_id: "r1".into(),
+            text: text.into(),
+            model: "m".into(),
+            usage: TokenUsage::default(),
+            latency_ms: 5,
+            attempts: vec![],
+            fallback: false,
+            handoff: Some((Duration::minutes(30), t0())),
+        };
+        let given = || vec![received("m1"), requested("r1", "m1")];
+        let paused = ChatEvent::AiPaused {
+            until: t0() + Duration::minutes(30),
+            cause: PauseCause::HandoffTool,
+            message_id: "m1".into(),
+            at: t0(),
+        };
+        let mut generated = generated("r1");
+        if let ChatEvent::AiReplyGenerated { notice, .. } = &mut generated {
+            *notice = Some(Notice::Handoff {
+                by: HandoffBy::Model,
+            });
+        }
+        Fw::with(())
+            .given(given())
+            .when(record("hello!"))
+            .then_expect_events(vec![paused.clone(), generated.clone()]);
+        if let ChatEvent::AiReplyGenerated { text, .. } = &mut generated {
+            *text = String::new();
+        }
+        Fw::with(())
+            .given(given())
+            .when(record(""))
+            .then_expect_events(vec![
+                paused,
+                generated,
+                ChatEvent::AiReplySkipped {
+                    reply_id: "r1".into(),
+                    reason: ReplyReason::HandoffRequested {
+                        by: HandoffBy::Model,
+                    },
+                },
+            ]);
+    }
+
+    #[test]
+    fn a_reply_sent_in_parts_is_one_reply_with_every_id() {
+        let parts = ["one", "two", "three"].map(|id| SentPart {
+            message_id: id.into(),
+            text: format!("part {id}"),
+            typed_at: Some(t0()),
+            at: t0(),
+        });
+        let events = Chat::default();
+        let mut chat = events;
+        for e in [received("m1"), requested("r1", "m1"), generated("r1")] {
+            chat.apply(e);
+        }
+        let e = step(
+            &mut chat,
+            ChatCommand::RecordSent {
+                reply_id: "r1".into(),
+                parts: parts.to_vec(),
+            },
+        );
+        let kinds: Vec<String> = e.iter().map(DomainEvent::event_type).collect();
+        assert_eq!(
+            kinds,
+            [
+                "TypingIndicated",
+                "MessageSent",
+                "TypingIndicated",
+                "MessageSent",
+                "TypingIndicated",
+                "MessageSent",
+                "AiReplySent"
+            ]
+        );
+        assert!(matches!(
+            e.last(),
+            Some(ChatEvent::AiReplySent { message_id, more_message_ids, .. })
+                if message_id == "one" && *more_message_ids == ["two", "three"]
+        ));
+        assert_eq!(
+            chat.ai_replies_last_hour(t0()),
+            1,
+            "one reply, three messages"
         );
     }
 }

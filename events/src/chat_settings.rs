@@ -6,7 +6,7 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 
-use crate::settings::{self, AiSettingsPatch, Patch, MAX_PROMPT_BYTES};
+use crate::settings::{self, AiSettings, AiSettingsPatch, Patch, MAX_PROMPT_BYTES};
 use crate::DomainError;
 
 /// The stream id of a chat's settings.
@@ -34,101 +34,65 @@ pub struct ChatSettings {
     pub controls: ChatControls,
 }
 
-/// The conversation controls a chat may set for itself (ADR 0007). The daily token budget and
-/// the fallback model are account-wide and live on the account and global layers only.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct ChatControls {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub human_takeover_minutes: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub debounce_seconds: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_replies_per_chat_per_hour: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_history_tokens: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub history_window_hours: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_retries: Option<u32>,
-}
+/// A chat's own layer of the AI settings: only the settings the table marks `chat` (ADR 0007:
+/// conversation controls, splitting, triggers, handoff, business hours), `None` inheriting. The
+/// account-wide ones (the model, its key, the daily token budget, the fallback model) live on the
+/// account and global layers only. Stored as the settings' names, as it always was.
+pub type ChatControls = AiSettings;
 
-impl ChatControls {
-    /// The controls as a layer's settings (the fields the settings table marks `chat`).
-    pub fn as_settings(&self) -> settings::AiSettings {
-        settings::AiSettings {
-            human_takeover_minutes: self.human_takeover_minutes,
-            debounce_seconds: self.debounce_seconds,
-            max_replies_per_chat_per_hour: self.max_replies_per_chat_per_hour,
-            max_history_tokens: self.max_history_tokens,
-            history_window_hours: self.history_window_hours,
-            max_retries: self.max_retries,
-            ..Default::default()
-        }
-    }
-}
-
-/// A change to a chat's conversation controls (absent: keep, `null`: inherit, value: set).
+/// A change to a chat's own settings (absent: keep, `null`: inherit, value: set): a settings patch
+/// holding only the settings the table marks `chat`.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct ChatControlsPatch {
-    pub human_takeover_minutes: Patch<u32>,
-    pub debounce_seconds: Patch<u32>,
-    pub max_replies_per_chat_per_hour: Patch<u32>,
-    pub max_history_tokens: Patch<u32>,
-    pub history_window_hours: Patch<u32>,
-    pub max_retries: Patch<u32>,
-}
-
-fn patched(current: Option<u32>, patch: &Patch<u32>) -> Option<u32> {
-    match patch {
-        Patch::Keep => current,
-        Patch::Clear => None,
-        Patch::Set(v) => Some(*v),
-    }
-}
+pub struct ChatControlsPatch(AiSettingsPatch);
 
 impl ChatControlsPatch {
-    /// The chat controls of a settings patch (the fields the settings table marks `chat`).
+    /// The chat settings of a settings patch (the others are left out: see
+    /// [`ChatControlsPatch::refuse_account_wide`] to refuse them instead).
     pub fn from_settings<K>(p: &AiSettingsPatch<K>) -> Self {
-        Self {
-            human_takeover_minutes: p.human_takeover_minutes.clone(),
-            debounce_seconds: p.debounce_seconds.clone(),
-            max_replies_per_chat_per_hour: p.max_replies_per_chat_per_hour.clone(),
-            max_history_tokens: p.max_history_tokens.clone(),
-            history_window_hours: p.history_window_hours.clone(),
-            max_retries: p.max_retries.clone(),
+        let mut out = AiSettingsPatch::default();
+        for spec in settings::FIELDS.iter().filter(|f| f.chat) {
+            out.set(spec.field, p.get(spec.field));
+        }
+        Self(out)
+    }
+
+    /// Refuses a patch that changes a setting a chat may not set for itself (400 naming it).
+    pub fn refuse_account_wide<K>(p: &AiSettingsPatch<K>) -> Result<(), DomainError> {
+        match settings::FIELDS
+            .iter()
+            .find(|f| !f.chat && !p.get(f.field).is_keep())
+        {
+            Some(spec) => Err(DomainError::invalid(
+                spec.name,
+                "is set per account or globally, not per chat",
+            )),
+            None => Ok(()),
         }
     }
 
-    /// Validates with the same ranges as the account and global layers (400 naming the field).
-    fn validate(&self) -> Result<(), DomainError> {
-        settings::validate(AiSettingsPatch::<settings::SealedKey> {
-            human_takeover_minutes: self.human_takeover_minutes.clone(),
-            debounce_seconds: self.debounce_seconds.clone(),
-            max_replies_per_chat_per_hour: self.max_replies_per_chat_per_hour.clone(),
-            max_history_tokens: self.max_history_tokens.clone(),
-            history_window_hours: self.history_window_hours.clone(),
-            max_retries: self.max_retries.clone(),
-            ..Default::default()
-        })
-        .map(drop)
+    /// Validates with the same rules as the account and global layers (400 naming the field);
+    /// returns the patch normalized.
+    fn validated(self) -> Result<Self, DomainError> {
+        settings::validate(self.0).map(Self)
     }
 
     fn apply_to(&self, c: &ChatControls) -> ChatControls {
-        ChatControls {
-            human_takeover_minutes: patched(c.human_takeover_minutes, &self.human_takeover_minutes),
-            debounce_seconds: patched(c.debounce_seconds, &self.debounce_seconds),
-            max_replies_per_chat_per_hour: patched(
-                c.max_replies_per_chat_per_hour,
-                &self.max_replies_per_chat_per_hour,
-            ),
-            max_history_tokens: patched(c.max_history_tokens, &self.max_history_tokens),
-            history_window_hours: patched(c.history_window_hours, &self.history_window_hours),
-            max_retries: patched(c.max_retries, &self.max_retries),
+        let mut out = c.clone();
+        for spec in settings::FIELDS.iter().filter(|f| f.chat) {
+            match self.0.get(spec.field) {
+                Patch::Keep => {}
+                Patch::Clear => out.set(spec.field, None),
+                Patch::Set(v) => out.set(spec.field, Some(v)),
+            }
         }
+        out
     }
 }
 
 #[derive(Debug, Clone, PartialEq)]
+// Decided and folded one at a time; the size is not worth a box (and the serialized form must
+// stay the same).
+#[allow(clippy::large_enum_variant)]
 pub enum ChatSettingsCommand {
     SetAi {
         mode: Option<ChatMode>,
@@ -141,6 +105,9 @@ pub enum ChatSettingsCommand {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+// Decided and folded one at a time; the size is not worth a box (and the serialized form must
+// stay the same).
+#[allow(clippy::large_enum_variant)]
 pub enum ChatSettingsEvent {
     /// The chat layer after the change (both fields, so the event reads on its own).
     ChatAiSettingsChanged {
@@ -190,7 +157,7 @@ impl Aggregate for ChatSettings {
                 custom_system_prompt,
                 controls,
             } => {
-                controls.validate()?;
+                let controls = controls.validated()?;
                 let prompt = match custom_system_prompt {
                     Patch::Keep => self.custom_system_prompt.clone(),
                     Patch::Clear => None,
@@ -264,44 +231,31 @@ mod tests {
 
     type Fw = TestFramework<ChatSettings>;
 
-    /// The chat controls are exactly the settings the table marks `chat`, both ways.
+    /// A chat's patch keeps exactly the settings the table marks `chat`.
     #[test]
     fn chat_controls_are_the_tables_chat_settings() {
         for spec in settings::FIELDS {
             let mut patch = AiSettingsPatch::<String>::default();
             let value = match spec.kind {
                 settings::Kind::U32 { max, .. } => settings::Value::U32(max),
+                settings::Kind::Bool => settings::Value::Bool(true),
                 _ => continue,
             };
             patch.set(spec.field, Patch::Set(value.clone()));
             let controls =
                 ChatControlsPatch::from_settings(&patch).apply_to(&ChatControls::default());
-            let back = controls.as_settings().get(spec.field);
+            let back = controls.get(spec.field);
             assert_eq!(back.is_some(), spec.chat, "{}", spec.name);
+            assert_eq!(
+                ChatControlsPatch::refuse_account_wide(&patch).is_ok(),
+                spec.chat,
+                "{}",
+                spec.name
+            );
             if spec.chat {
                 assert_eq!(back, Some(value), "{}", spec.name);
             }
         }
-        let all = ChatControls {
-            human_takeover_minutes: Some(1),
-            debounce_seconds: Some(1),
-            max_replies_per_chat_per_hour: Some(1),
-            max_history_tokens: Some(1),
-            history_window_hours: Some(1),
-            max_retries: Some(1),
-        }
-        .as_settings();
-        let set: Vec<&str> = settings::FIELDS
-            .iter()
-            .filter(|f| all.get(f.field).is_some())
-            .map(|f| f.name)
-            .collect();
-        let marked: Vec<&str> = settings::FIELDS
-            .iter()
-            .filter(|f| f.chat)
-            .map(|f| f.name)
-            .collect();
-        assert_eq!(set, marked);
     }
 
     #[test]
@@ -387,10 +341,10 @@ mod tests {
         let set = |debounce: Patch<u32>| ChatSettingsCommand::SetAi {
             mode: None,
             custom_system_prompt: Patch::Keep,
-            controls: ChatControlsPatch {
+            controls: ChatControlsPatch::from_settings(&AiSettingsPatch::<String> {
                 debounce_seconds: debounce,
                 ..Default::default()
-            },
+            }),
         };
         let with = |d: Option<u32>| ChatSettingsEvent::ChatControlsChanged {
             controls: ChatControls {

@@ -98,6 +98,9 @@ pub enum ReasonCode {
     HourlyCap,
     BudgetExhausted,
     NotText,
+    OutsideBusinessHours,
+    NoTriggerMatch,
+    HandoffRequested,
     Superseded,
     ModelError,
     SendFailed,
@@ -111,7 +114,7 @@ pub enum ReasonCode {
 
 impl ReasonCode {
     /// Every code, in the order docs/API.md lists them.
-    pub const ALL: [ReasonCode; 24] = [
+    pub const ALL: [ReasonCode; 27] = [
         Self::Blocked,
         Self::Disabled,
         Self::StatusBroadcast,
@@ -128,6 +131,9 @@ impl ReasonCode {
         Self::HourlyCap,
         Self::BudgetExhausted,
         Self::NotText,
+        Self::OutsideBusinessHours,
+        Self::NoTriggerMatch,
+        Self::HandoffRequested,
         Self::Superseded,
         Self::ModelError,
         Self::SendFailed,
@@ -156,6 +162,9 @@ impl ReasonCode {
             Self::HourlyCap => "hourly_cap",
             Self::BudgetExhausted => "budget_exhausted",
             Self::NotText => "not_text",
+            Self::OutsideBusinessHours => "outside_business_hours",
+            Self::NoTriggerMatch => "no_trigger_match",
+            Self::HandoffRequested => "handoff_requested",
             Self::Superseded => "superseded",
             Self::ModelError => "model_error",
             Self::SendFailed => "send_failed",
@@ -184,6 +193,26 @@ pub enum LoopPattern {
     Repeats,
     /// Our own reply sent back to us.
     Echo,
+}
+
+/// Which trigger a message did not meet (`trigger`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TriggerKind {
+    /// `keywords`: no keyword matched and the conversation window was over.
+    Keywords,
+    /// `mention`: a group message that neither mentions the account nor replies to it.
+    Mention,
+}
+
+/// Who asked for a human.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HandoffBy {
+    /// The customer's message matched `handoff_keywords`.
+    Keyword,
+    /// The model called the `handoff_to_human` tool.
+    Model,
 }
 
 /// Why a reply was skipped or failed. Serialized as `{"code": "<code>", <details>}`.
@@ -239,6 +268,17 @@ pub enum ReplyReason {
     BudgetExhausted { used: u64, limit: u64 },
     /// The trigger is not a text message.
     NotText { kind: MessageKind },
+    /// The message came outside business hours, and `outside_hours` is `silent` (or the away
+    /// message was sent already in this closed period). `opens_at`: when the business opens.
+    OutsideBusinessHours {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        opens_at: Option<DateTime<Utc>>,
+    },
+    /// `trigger` is `keywords` or `mention`, and the message did not trigger the AI.
+    NoTriggerMatch { trigger: TriggerKind },
+    /// A human was asked for (by a handoff keyword or the model): the chat is paused, and no
+    /// handoff message is set.
+    HandoffRequested { by: HandoffBy },
     /// A newer customer message arrived; its reply answers the whole conversation.
     Superseded { at: SupersededAt },
     /// The model call failed (after retries, and the fallback's when there is one: `class` and
@@ -320,6 +360,9 @@ impl ReplyReason {
             Self::HourlyCap { .. } => ReasonCode::HourlyCap,
             Self::BudgetExhausted { .. } => ReasonCode::BudgetExhausted,
             Self::NotText { .. } => ReasonCode::NotText,
+            Self::OutsideBusinessHours { .. } => ReasonCode::OutsideBusinessHours,
+            Self::NoTriggerMatch { .. } => ReasonCode::NoTriggerMatch,
+            Self::HandoffRequested { .. } => ReasonCode::HandoffRequested,
             Self::Superseded { .. } => ReasonCode::Superseded,
             Self::ModelError { .. } => ReasonCode::ModelError,
             Self::SendFailed { .. } => ReasonCode::SendFailed,
@@ -403,6 +446,23 @@ impl ReplyReason {
             Self::NotText { kind } => {
                 format!("{} message: the AI answers text messages only", kind.as_str())
             }
+            Self::OutsideBusinessHours { opens_at: Some(t) } => {
+                format!("outside business hours; open again at {}", rfc3339(*t))
+            }
+            Self::OutsideBusinessHours { opens_at: None } => "outside business hours".into(),
+            Self::NoTriggerMatch {
+                trigger: TriggerKind::Keywords,
+            } => "trigger keywords: the message matched none, outside a conversation window".into(),
+            Self::NoTriggerMatch {
+                trigger: TriggerKind::Mention,
+            } => "trigger mention: the group message neither mentions the account nor replies to it"
+                .into(),
+            Self::HandoffRequested {
+                by: HandoffBy::Keyword,
+            } => "handoff: the customer asked for a human; AI paused in this chat".into(),
+            Self::HandoffRequested {
+                by: HandoffBy::Model,
+            } => "handoff: the model handed the chat to a human; AI paused in this chat".into(),
             Self::Superseded { at } => match at {
                 SupersededAt::Queue => "superseded by a newer message in this chat",
                 SupersededAt::Debounce => "superseded by a newer message within the debounce window",
@@ -644,6 +704,13 @@ mod tests {
             R::NotText {
                 kind: MessageKind::Image,
             },
+            R::OutsideBusinessHours { opens_at: None },
+            R::NoTriggerMatch {
+                trigger: TriggerKind::Keywords,
+            },
+            R::HandoffRequested {
+                by: HandoffBy::Keyword,
+            },
             R::Superseded {
                 at: SupersededAt::Debounce,
             },
@@ -713,7 +780,14 @@ mod tests {
         for r in every_reason() {
             let legacy = json!(r.text());
             let back = compat(&legacy).expect("a legacy text reads");
-            if matches!(r.kind(), ReasonCode::InvalidChat | ReasonCode::BotLoop) {
+            if matches!(
+                r.kind(),
+                ReasonCode::InvalidChat
+                    | ReasonCode::BotLoop
+                    | ReasonCode::OutsideBusinessHours
+                    | ReasonCode::NoTriggerMatch
+                    | ReasonCode::HandoffRequested
+            ) {
                 // Never stored as text: the text is kept as is.
                 assert_eq!(back.kind(), ReasonCode::Other);
             } else {

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+pub use crate::hours::BusinessHours;
 use crate::DomainError;
 
 /// Longest system prompt accepted (32 KiB).
@@ -22,6 +23,14 @@ pub const MAX_DAILY_TOKEN_BUDGET: u64 = 1_000_000_000;
 pub const MAX_HISTORY_TOKENS: u32 = 1_000_000;
 pub const MAX_HISTORY_WINDOW_HOURS: u32 = 24 * 365;
 pub const MAX_RETRIES: u32 = 10;
+/// Longest handoff or away message (a WhatsApp text is at most 4,096 characters).
+pub const MAX_NOTICE_BYTES: usize = 4096;
+/// The trigger modes (`trigger`).
+pub const TRIGGERS: &[&str] = &["always", "keywords", "mention"];
+/// How a plain trigger keyword matches (`trigger_match`); `/…/` entries are regexes.
+pub const TRIGGER_MATCHES: &[&str] = &["contains", "word", "exact", "prefix"];
+/// What happens to a message outside business hours (`outside_hours`).
+pub const OUTSIDE_HOURS: &[&str] = &["reply", "silent", "away_message"];
 
 /// How a setting is typed and checked.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -50,6 +59,15 @@ pub enum Kind {
         min: u64,
         max: u64,
     },
+    /// One of a fixed list of names.
+    Choice {
+        options: &'static [&'static str],
+    },
+    /// A list of keywords (`/…/` entries are regular expressions), checked by
+    /// [`crate::matcher::Matcher::check`].
+    Keywords,
+    /// A time zone and weekly opening ranges ([`BusinessHours`]).
+    Hours,
 }
 
 /// Where a setting sits on the dashboard's form.
@@ -59,6 +77,8 @@ pub enum Group {
     Reply,
     /// Conversation control (ADR 0007): takeover, debounce, limits, history, retries, fallback.
     Control,
+    /// When the AI speaks: triggers, handoff to a human, business hours.
+    Speak,
 }
 
 /// A setting's built-in default: what applies when no layer (env, global, account, chat) sets it.
@@ -115,6 +135,8 @@ pub enum Value {
     U64(u64),
     Float(f64),
     Text(String),
+    List(Vec<String>),
+    Hours(BusinessHours),
 }
 
 impl Value {
@@ -126,6 +148,8 @@ impl Value {
             Value::U64(v) => v.to_string(),
             Value::Float(v) => v.to_string(),
             Value::Text(t) => t.clone(),
+            Value::List(items) => items.join(", "),
+            Value::Hours(h) => h.to_string(),
         }
     }
 }
@@ -169,6 +193,8 @@ setting_value!(u32, U32);
 setting_value!(u64, U64);
 setting_value!(f64, Float);
 setting_value!(String, Text);
+setting_value!(Vec<String>, List);
+setting_value!(BusinessHours, Hours);
 
 /// The built-in default of a setting, typed (`None` for a setting without one, or asked as the
 /// wrong type).
@@ -459,12 +485,101 @@ ai_settings! {
         help: "The same message this many times in a row looks like another bot. 0 or 1 = off. \
                Our own reply coming back as a message is a bot loop at once.",
     }
+    max_message_chars / MaxMessageChars: u32 {
+        kind: Kind::U32 { min: 0, max: 4096 }, default: Builtin::U32(0), chat: true,
+        group: Reply,
+        label: "Split replies longer than, characters (0–4096)",
+        help: "A longer reply is sent as several messages, cut at paragraphs, then sentences, \
+               each with its own typing indicator. 0 = one message (WhatsApp's limit of 4,096 \
+               characters always applies).",
+    }
+    trigger / Trigger: String {
+        kind: Kind::Choice { options: TRIGGERS }, default: Builtin::Text("always"), chat: true,
+        group: Speak,
+        label: "Trigger (always, keywords, mention)",
+        help: "always: every message is answered. keywords: only a message matching \
+               trigger_keywords, then every message for trigger_window_minutes. mention: in \
+               groups only a message that mentions the account or replies to it (private chats \
+               are always answered).",
+    }
+    trigger_keywords / TriggerKeywords: Vec<String> {
+        kind: Kind::Keywords, default: Builtin::None, chat: true, group: Speak,
+        label: "Trigger keywords",
+        help: "Words or phrases that start a conversation when trigger is keywords, matched as \
+               trigger_match says, ignoring case; an entry written /…/ is a regular expression.",
+    }
+    trigger_match / TriggerMatch: String {
+        kind: Kind::Choice { options: TRIGGER_MATCHES }, default: Builtin::Text("contains"),
+        chat: true, group: Speak,
+        label: "Keyword match (contains, word, exact, prefix)",
+        help: "contains: anywhere in the message; word: as whole words; exact: the whole \
+               message; prefix: at its start.",
+    }
+    trigger_window_minutes / TriggerWindowMinutes: u32 {
+        kind: Kind::U32 { min: 0, max: 1440 }, default: Builtin::U32(10), chat: true,
+        group: Speak,
+        label: "Stay in the conversation, minutes (0–1440)",
+        help: "After a keyword matched, the AI answers every message of the chat for this long \
+               (each answered message extends it). 0 = only matching messages.",
+    }
+    handoff_keywords / HandoffKeywords: Vec<String> {
+        kind: Kind::Keywords, default: Builtin::None, chat: true, group: Speak,
+        label: "Handoff keywords",
+        help: "A customer message with one of these words (whole words, ignoring case; /…/ for \
+               a regular expression) pauses the AI in the chat as a human takeover would, sends \
+               handoff_message and emits ai.handoff.requested.",
+    }
+    handoff_message / HandoffMessage: String {
+        kind: Kind::Prompt { max: MAX_NOTICE_BYTES }, default: Builtin::None, chat: true,
+        group: Speak,
+        label: "Handoff message",
+        help: "Sent to the customer when the chat is handed to a human. Empty = none.",
+    }
+    handoff_tool / HandoffTool: bool {
+        kind: Kind::Bool, default: Builtin::Bool(false), chat: true, group: Speak,
+        label: "Let the model hand off (handoff_to_human tool)",
+        help: "Offer the model a handoff_to_human function; when it calls it, the chat is handed \
+               to a human as a handoff keyword would.",
+    }
+    business_hours / BusinessHours: BusinessHours {
+        kind: Kind::Hours, default: Builtin::None, chat: true, group: Speak,
+        label: "Business hours",
+        help: "A time zone and weekly ranges, e.g. {\"time_zone\": \"Europe/Lisbon\", \
+               \"ranges\": [{\"days\": \"mon-fri\", \"open\": \"09:00\", \"close\": \
+               \"18:00\"}]}. Unset = always open.",
+    }
+    outside_hours / OutsideHours: String {
+        kind: Kind::Choice { options: OUTSIDE_HOURS }, default: Builtin::Text("reply"),
+        chat: true, group: Speak,
+        label: "Outside business hours (reply, silent, away_message)",
+        help: "reply: answer as usual; silent: no answer; away_message: send away_message, at \
+               most once per chat per closed period.",
+    }
+    away_message / AwayMessage: String {
+        kind: Kind::Prompt { max: MAX_NOTICE_BYTES }, default: Builtin::None, chat: true,
+        group: Speak,
+        label: "Away message",
+        help: "Sent outside business hours when outside_hours is away_message.",
+    }
     format_for_whatsapp / FormatForWhatsapp: bool {
         kind: Kind::Bool, default: Builtin::Bool(true), chat: false, group: Reply,
         label: "Format replies for WhatsApp",
         help: "Turn the model's Markdown into WhatsApp's markup: *bold*, _italic_, ~strike~, \
                monospace blocks and lists; headings as bold lines, links as text (url), tables \
                as one line per row.",
+    }
+}
+
+/// Business hours as a form or a log shows them: `Europe/Lisbon: mon-fri 09:00-18:00, sat
+/// 10:00-13:00`.
+impl std::fmt::Display for BusinessHours {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:", self.time_zone)?;
+        for (i, r) in self.ranges.iter().enumerate() {
+            let sep = if i == 0 { " " } else { ", " };
+            write!(f, "{sep}{} {}-{}", r.days, r.open, r.close)?;
+        }
+        Ok(())
     }
 }
 
@@ -681,6 +796,25 @@ fn check_value(spec: &FieldSpec, value: Value) -> Result<Value, DomainError> {
             check_range(field, v, min, max).map(|_| Value::U64(v))
         }
         (Kind::Bool, v @ Value::Bool(_)) => Ok(v),
+        (Kind::Choice { options }, Value::Text(v)) => {
+            if options.contains(&v.as_str()) {
+                Ok(Value::Text(v))
+            } else {
+                Err(DomainError::invalid(
+                    field,
+                    format!("must be one of {}, got {v:?}", options.join(", ")),
+                ))
+            }
+        }
+        (Kind::Keywords, Value::List(v)) => crate::matcher::Matcher::check(&v)
+            .map(|_| Value::List(v))
+            .map_err(|message| DomainError::invalid(field, message)),
+        (Kind::Hours, Value::Hours(h)) => {
+            h.validate().map(|_| Value::Hours(h)).map_err(|e| match e {
+                DomainError::Invalid { message, .. } => DomainError::invalid(field, message),
+                other => other,
+            })
+        }
         (_, _) => Err(DomainError::invalid(field, "has the wrong type")),
     }
 }
@@ -878,6 +1012,14 @@ mod tests {
                 Kind::Float { max, .. } => Value::Float(max),
                 Kind::U32 { max, .. } => Value::U32(max),
                 Kind::U64 { max, .. } => Value::U64(max),
+                Kind::Choice { options } => Value::Text(options[options.len() - 1].into()),
+                Kind::Keywords => Value::List(vec!["human".into(), "/^order \\d+$/".into()]),
+                Kind::Hours => Value::Hours(
+                    serde_json::from_str(
+                        r#"{"time_zone":"Europe/Lisbon","ranges":[{"days":"mon-fri","open":"09:00","close":"18:00"}]}"#,
+                    )
+                    .expect("hours"),
+                ),
             };
             if let Some(d) = spec.default.value() {
                 assert_eq!(

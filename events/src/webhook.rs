@@ -10,13 +10,14 @@ use serde::{Deserialize, Serialize};
 use crate::DomainError;
 
 /// Every event type a subscription can ask for (`*` asks for all of them).
-pub const EVENT_TYPES: [&str; 7] = [
+pub const EVENT_TYPES: [&str; 8] = [
     "message.received",
     "message.sent",
     "ai.reply.generated",
     "ai.reply.sent",
     "ai.reply.failed",
     "ai.reply.skipped",
+    "ai.handoff.requested",
     "ai.config.changed",
 ];
 

@@ -8,7 +8,7 @@ use wagate_events::chat_settings::ChatMode;
 use wagate_events::ids::ChatKind;
 use wagate_events::reason::{ReasonCode, ReplyReason};
 use wagate_events::settings::{
-    origin_of, AiField, AiSettings, FieldSpec, SealedKey, SettingValue, Value,
+    origin_of, AiField, AiSettings, BusinessHours, FieldSpec, SealedKey, SettingValue, Value,
 };
 
 use crate::config::Pause;
@@ -90,6 +90,22 @@ pub struct Effective {
     pub loop_guard_quick_replies: Sourced<u32>,
     pub loop_guard_repeats: Sourced<u32>,
     pub format_for_whatsapp: Sourced<bool>,
+    pub max_message_chars: Sourced<u32>,
+    pub trigger: Sourced<String>,
+    pub trigger_keywords: Sourced<Vec<String>>,
+    pub trigger_match: Sourced<String>,
+    pub trigger_window_minutes: Sourced<u32>,
+    pub handoff_keywords: Sourced<Vec<String>>,
+    pub handoff_message: Sourced<Option<String>>,
+    pub handoff_tool: Sourced<bool>,
+    pub business_hours: Sourced<Option<BusinessHours>>,
+    pub outside_hours: Sourced<String>,
+    pub away_message: Sourced<Option<String>>,
+    /// Whether the business is open now (`business_hours`; always open without them), and when
+    /// it opens next while it is closed.
+    pub open_now: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opens_at: Option<DateTime<Utc>>,
     /// Human takeover: the AI does not answer in this chat before this time.
     pub paused_until: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -129,8 +145,8 @@ impl Effective {
         fn of<T: SettingValue>(s: &Sourced<T>) -> Option<(Value, Source)> {
             Some((s.value.clone().into_value(), s.source))
         }
-        fn opt(s: &Sourced<Option<String>>) -> Option<(Value, Source)> {
-            s.value.clone().map(|v| (Value::Text(v), s.source))
+        fn opt<T: SettingValue>(s: &Sourced<Option<T>>) -> Option<(Value, Source)> {
+            s.value.clone().map(|v| (v.into_value(), s.source))
         }
         use AiField as F;
         match field {
@@ -159,6 +175,17 @@ impl Effective {
             F::LoopGuardQuickReplies => of(&self.loop_guard_quick_replies),
             F::LoopGuardRepeats => of(&self.loop_guard_repeats),
             F::FormatForWhatsapp => of(&self.format_for_whatsapp),
+            F::MaxMessageChars => of(&self.max_message_chars),
+            F::Trigger => of(&self.trigger),
+            F::TriggerKeywords => of(&self.trigger_keywords),
+            F::TriggerMatch => of(&self.trigger_match),
+            F::TriggerWindowMinutes => of(&self.trigger_window_minutes),
+            F::HandoffKeywords => of(&self.handoff_keywords),
+            F::HandoffMessage => opt(&self.handoff_message),
+            F::HandoffTool => of(&self.handoff_tool),
+            F::BusinessHours => opt(&self.business_hours),
+            F::OutsideHours => of(&self.outside_hours),
+            F::AwayMessage => opt(&self.away_message),
         }
     }
 
@@ -292,7 +319,10 @@ pub fn resolve_at(
             position: model.position,
         },
     );
-    Some(eff.with_pause(model.pause(account_id, jid), now))
+    Some(
+        eff.with_pause(model.pause(account_id, jid), now)
+            .with_hours(now),
+    )
 }
 
 impl Effective {
@@ -309,6 +339,84 @@ impl Effective {
             self.set_reason(Some(ReplyReason::PausedByHuman {
                 until: p.until,
                 cause: Some(p.cause),
+            }));
+        }
+        self
+    }
+
+    /// When the AI speaks in this chat (triggers, handoff, business hours), for the chat's
+    /// decisions; `takeover` is the human-takeover pause, which a handoff uses too (a day when
+    /// human takeover is off). Off while the AI does not answer here at all (disabled, blocked,
+    /// no key...). Settings were validated when set; an entry that still does not compile is left
+    /// out.
+    pub fn speak(&self, takeover: chrono::Duration) -> wagate_events::chat::Speak {
+        use wagate_events::chat::{Handoff, Hours, Outside, Speak, Trigger};
+        use wagate_events::matcher::{MatchMode, Matcher};
+        let mut speak = Speak::default();
+        let answering = self.why_not.is_none()
+            || matches!(
+                self.why_not,
+                Some(ReplyReason::OutsideBusinessHours { .. } | ReplyReason::PausedByHuman { .. })
+            );
+        if !answering {
+            return speak;
+        }
+        let matcher = |mode: MatchMode, words: &[String]| Matcher::new(mode, words).ok();
+        if let Some(keywords) = matcher(MatchMode::Word, &self.handoff_keywords.value)
+            .filter(|_| !self.handoff_keywords.value.is_empty())
+        {
+            speak.handoff = Some(Handoff {
+                keywords,
+                message: self.handoff_message.value.clone(),
+                pause: handoff_pause(takeover),
+            });
+        }
+        if let Some(schedule) = &self.business_hours.value {
+            let outside = match (self.outside_hours.value.as_str(), &self.away_message.value) {
+                ("silent", _) | ("away_message", None) => Outside::Silent,
+                ("away_message", Some(m)) => Outside::Away(m.clone()),
+                _ => Outside::Reply,
+            };
+            speak.hours = Some(Hours {
+                schedule: schedule.clone(),
+                outside,
+            });
+        }
+        let mode = self
+            .trigger_match
+            .value
+            .parse()
+            .unwrap_or(MatchMode::Contains);
+        speak.trigger = match self.trigger.value.as_str() {
+            "keywords" => match matcher(mode, &self.trigger_keywords.value) {
+                Some(keywords) => Trigger::Keywords {
+                    keywords,
+                    window: chrono::Duration::minutes(i64::from(self.trigger_window_minutes.value)),
+                },
+                None => Trigger::Always,
+            },
+            "mention" if self.chat_kind == ChatKind::Group => Trigger::Mention,
+            _ => Trigger::Always,
+        };
+        speak
+    }
+
+    /// Applies business hours at `now`: `open_now` and `opens_at`; while closed with
+    /// `outside_hours` other than `reply`, the AI does not answer (an away message is a notice).
+    pub fn with_hours(mut self, now: DateTime<Utc>) -> Self {
+        let Some(opens_at) = self
+            .business_hours
+            .value
+            .as_ref()
+            .and_then(|h| h.next_open(now))
+        else {
+            return self;
+        };
+        self.open_now = false;
+        self.opens_at = Some(opens_at);
+        if self.will_reply && self.outside_hours.value != "reply" {
+            self.set_reason(Some(ReplyReason::OutsideBusinessHours {
+                opens_at: Some(opens_at),
             }));
         }
         self
@@ -375,6 +483,27 @@ pub fn resolve_layers(
                 builtin(stringify!($f)),
             )
         };
+    }
+    // A chat setting without a built-in default (unset: none).
+    macro_rules! chat_option {
+        ($f:ident) => {{
+            let layers = [
+                (chat.controls.$f.as_ref(), Source::Chat),
+                (a.$f.as_ref(), Source::Account),
+                (g.$f.as_ref(), Source::Global),
+                (e.$f.as_ref(), Source::Env),
+            ];
+            let found = layers.into_iter().find_map(|(v, source)| {
+                v.map(|v| Sourced {
+                    value: Some(v.clone()),
+                    source,
+                })
+            });
+            found.unwrap_or(Sourced {
+                value: None,
+                source: Source::Default,
+            })
+        }};
     }
     let enabled = match chat.mode {
         ChatMode::Enabled => Sourced {
@@ -599,6 +728,19 @@ pub fn resolve_layers(
         loop_guard_quick_replies: field!(loop_guard_quick_replies),
         loop_guard_repeats: field!(loop_guard_repeats),
         format_for_whatsapp: field!(format_for_whatsapp),
+        max_message_chars: chat_field!(max_message_chars),
+        trigger: chat_field!(trigger),
+        trigger_keywords: chat_field!(trigger_keywords),
+        trigger_match: chat_field!(trigger_match),
+        trigger_window_minutes: chat_field!(trigger_window_minutes),
+        handoff_keywords: chat_field!(handoff_keywords),
+        handoff_message: non_empty(chat_option!(handoff_message)),
+        handoff_tool: chat_field!(handoff_tool),
+        business_hours: chat_option!(business_hours),
+        outside_hours: chat_field!(outside_hours),
+        away_message: non_empty(chat_option!(away_message)),
+        open_now: true,
+        opens_at: None,
         paused_until: None,
         pause_cause: None,
         has_api_key,
@@ -612,6 +754,24 @@ pub fn resolve_layers(
         position,
         key,
         fallback_key,
+    }
+}
+
+/// How long a handoff pauses the AI: the human-takeover pause, or a day when takeover is off
+/// (`human_takeover_minutes` 0: a human answer never pauses, but a customer asking for one does).
+pub fn handoff_pause(takeover: chrono::Duration) -> chrono::Duration {
+    if takeover > chrono::Duration::zero() {
+        takeover
+    } else {
+        chrono::Duration::hours(24)
+    }
+}
+
+/// An optional message: an empty one is none.
+fn non_empty(v: Sourced<Option<String>>) -> Sourced<Option<String>> {
+    Sourced {
+        value: v.value.filter(|m| !m.trim().is_empty()),
+        source: v.source,
     }
 }
 

@@ -93,6 +93,9 @@ pub struct AiLogRow {
     pub reply_text: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sent_message_id: Option<String>,
+    /// The further messages of a reply sent in parts (`max_message_chars`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_message_ids: Vec<String>,
     /// Burst debounce: the reply waits for more messages until then.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub not_before: Option<DateTime<Utc>>,
@@ -427,6 +430,7 @@ impl MessagesModel {
                 reply_id,
                 trigger_message_id,
                 not_before,
+                ..
             } => {
                 self.push_row(AiLogRow {
                     id: reply_id,
@@ -441,6 +445,7 @@ impl MessagesModel {
                     usage: None,
                     reply_text: None,
                     sent_message_id: None,
+                    more_message_ids: vec![],
                     not_before,
                     attempts: vec![],
                     fallback: false,
@@ -464,6 +469,7 @@ impl MessagesModel {
                 latency_ms,
                 attempts,
                 fallback,
+                ..
             } => {
                 *self
                     .tokens_by_day
@@ -483,10 +489,12 @@ impl MessagesModel {
             ChatEvent::AiReplySent {
                 reply_id,
                 message_id,
+                more_message_ids,
             } => {
                 self.update(&reply_id, at, |r| {
                     r.status = ReplyStatus::Sent;
                     r.sent_message_id = Some(message_id);
+                    r.more_message_ids = more_message_ids;
                 });
             }
             ChatEvent::AiReplyFailed {

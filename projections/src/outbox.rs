@@ -9,7 +9,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use wagate_events::account::AccountEvent;
-use wagate_events::chat::ChatEvent;
+use wagate_events::chat::{ChatEvent, PauseCause};
 use wagate_events::chat_settings::ChatSettingsEvent;
 use wagate_events::settings::SettingsEvent;
 
@@ -149,15 +149,14 @@ pub fn outgoing(ev: &StoredEvent, messages: &dyn Replies) -> Result<Vec<Outgoing
                     custom_system_prompt,
                 } => json!({ "mode": mode, "custom_system_prompt": custom_system_prompt }),
                 ChatSettingsEvent::ChatBlockedChanged { blocked } => json!({ "blocked": blocked }),
-                // Every control, `null` where the chat inherits.
-                ChatSettingsEvent::ChatControlsChanged { controls: c } => json!({
-                    "human_takeover_minutes": c.human_takeover_minutes,
-                    "debounce_seconds": c.debounce_seconds,
-                    "max_replies_per_chat_per_hour": c.max_replies_per_chat_per_hour,
-                    "max_history_tokens": c.max_history_tokens,
-                    "history_window_hours": c.history_window_hours,
-                    "max_retries": c.max_retries,
-                }),
+                // Every chat setting, `null` where the chat inherits.
+                ChatSettingsEvent::ChatControlsChanged { controls: c } => {
+                    let mut change = serde_json::Map::new();
+                    for spec in wagate_events::settings::FIELDS.iter().filter(|f| f.chat) {
+                        change.insert(spec.name.to_string(), json!(c.get(spec.field)));
+                    }
+                    Value::Object(change)
+                }
             };
             vec![config_changed(ev, "chat", Some(acc), Some(jid), change)]
         }
@@ -208,9 +207,13 @@ pub fn outgoing(ev: &StoredEvent, messages: &dyn Replies) -> Result<Vec<Outgoing
                 ChatEvent::AiReplySent {
                     reply_id,
                     message_id,
+                    more_message_ids,
                 } => {
                     let mut data = reply_data(acc, jid, &reply_id, messages.reply(&reply_id), true);
                     data["message_id"] = json!(message_id);
+                    if !more_message_ids.is_empty() {
+                        data["more_message_ids"] = json!(more_message_ids);
+                    }
                     vec![one("ai.reply.sent", data)]
                 }
                 ChatEvent::AiReplyFailed {
@@ -229,8 +232,22 @@ pub fn outgoing(ev: &StoredEvent, messages: &dyn Replies) -> Result<Vec<Outgoing
                     data["reason_code"] = json!(reason.code());
                     vec![one("ai.reply.skipped", data)]
                 }
+                // A customer (or the model) asked for a human: the chat is paused for them.
+                ChatEvent::AiPaused {
+                    until,
+                    cause: cause @ (PauseCause::HandoffKeyword | PauseCause::HandoffTool),
+                    message_id,
+                    at,
+                } => vec![one(
+                    "ai.handoff.requested",
+                    json!({
+                        "account_id": acc, "chat_id": jid, "message_id": message_id,
+                        "by": if cause == PauseCause::HandoffKeyword { "keyword" } else { "model" },
+                        "paused_until": until, "at": at,
+                    }),
+                )],
                 // Delivery receipts are not among the subscribable event types (yet).
-                // Pauses show in the effective config; no webhook type exists for them yet.
+                // Other pauses show in the effective config; no webhook type exists for them.
                 ChatEvent::AiReplyRequested { .. }
                 | ChatEvent::TypingIndicated { .. }
                 | ChatEvent::MessageStatusUpdated { .. }
@@ -297,6 +314,7 @@ mod tests {
                     reply_id: "r1".into(),
                     trigger_message_id: "m1".into(),
                     not_before: None,
+                    engaged_until: None,
                 },
             ),
             chat(
@@ -313,6 +331,7 @@ mod tests {
                     latency_ms: 42,
                     attempts: vec![],
                     fallback: false,
+                    notice: None,
                 },
             ),
             chat(
@@ -320,6 +339,7 @@ mod tests {
                 ChatEvent::AiReplySent {
                     reply_id: "r1".into(),
                     message_id: "o1".into(),
+                    more_message_ids: vec![],
                 },
             ),
         ];

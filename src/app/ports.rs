@@ -284,6 +284,9 @@ pub fn reply_config_of(
         max_history_tokens: eff.max_history_tokens.value,
         history_window: (window_hours > 0).then(|| Duration::from_secs(window_hours * 3600)),
         format_for_whatsapp: eff.format_for_whatsapp.value,
+        handoff_tool: eff.handoff_tool.value,
+        handoff_message: eff.handoff_message.value.clone(),
+        handoff_pause: handoff_pause(app, eff),
         skip_reason: eff.why_not.clone(),
         echo_mode: eff.echo_mode.value,
         base_url: eff.base_url.value.clone(),
@@ -296,6 +299,19 @@ pub fn reply_config_of(
         timeout: Duration::from_secs(u64::from(eff.timeout_seconds.value)),
         reply_delay: Duration::from_secs(u64::from(eff.reply_delay_seconds.value)),
     })
+}
+
+/// How long a human answer pauses the AI: `minutes` takeover minutes (a minute is
+/// `WAGATE_TAKEOVER_MINUTE_SECONDS` in tests).
+fn takeover_of(config: &crate::config::Config, minutes: u32) -> chrono::Duration {
+    let minute = chrono::Duration::from_std(config.takeover_minute)
+        .unwrap_or_else(|_| chrono::Duration::minutes(1));
+    minute * i32::try_from(minutes).unwrap_or(i32::MAX)
+}
+
+/// How long a handoff pauses the AI: the takeover, or a day when human takeover is off.
+fn handoff_pause(app: &SettingsView, eff: &Effective) -> chrono::Duration {
+    effective::handoff_pause(takeover_of(&app.config, eff.human_takeover_minutes.value))
 }
 
 /// The effective config from the live read model.
@@ -321,16 +337,17 @@ impl ConfigSource for LiveConfig {
         else {
             return Control::default();
         };
-        let minute = chrono::Duration::from_std(app.config.takeover_minute)
-            .unwrap_or_else(|_| chrono::Duration::minutes(1));
+        let takeover = takeover_of(&app.config, eff.human_takeover_minutes.value);
         Control {
-            takeover: minute * i32::try_from(eff.human_takeover_minutes.value).unwrap_or(i32::MAX),
+            takeover,
             debounce: chrono::Duration::seconds(i64::from(eff.debounce_seconds.value)),
             loop_guard: LoopGuard {
                 quick_seconds: eff.loop_guard_quick_seconds.value,
                 quick_replies: eff.loop_guard_quick_replies.value,
                 repeats: eff.loop_guard_repeats.value,
             },
+            speak: std::sync::Arc::new(eff.speak(takeover)),
+            max_message_chars: eff.max_message_chars.value,
         }
     }
 }
@@ -389,6 +406,7 @@ fn to_request(call: ModelCall) -> ModelRequest {
         max_tokens: call.max_tokens,
         timeout: call.timeout,
         max_attempts: Some(call.max_attempts),
+        handoff_tool: call.handoff_tool,
     }
 }
 
@@ -409,6 +427,7 @@ impl Model for HttpModel {
         })?;
         Ok(ModelAnswer {
             attempts,
+            handoff: reply.handoff,
             text: reply.text,
             model: reply.model,
             usage: TokenUsage {

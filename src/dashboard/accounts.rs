@@ -459,6 +459,8 @@ pub async fn inject(
         text,
         id: None,
         from_me: false,
+        mentioned: false,
+        reply_to: None,
     };
     match inject_inbound(app, who, acc, req).await {
         Ok(_) => Ok(chat_id),

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use wagate_events::chat_settings::{ChatControls, ChatControlsPatch, ChatSettings};
 use wagate_events::ids::ChatKind;
 use wagate_events::settings::{
-    AiSettings, FieldSpec, Group, Kind, LayerState, Patch, SealedKey, Value, FIELDS,
+    AiSettings, BusinessHours, FieldSpec, Group, Kind, LayerState, Patch, SealedKey, Value, FIELDS,
 };
 use wagate_projections::effective::{self, Effective, Source, Sourced, Target};
 
@@ -34,7 +34,7 @@ pub fn layer_values(s: &AiSettings) -> FormState {
     FormState::with(FIELDS.iter().map(|spec| {
         (
             spec.name,
-            s.get(spec.field).map(|v| v.display()).unwrap_or_default(),
+            s.get(spec.field).map(|v| form_text(&v)).unwrap_or_default(),
         )
     }))
 }
@@ -101,6 +101,52 @@ fn short(s: &str) -> String {
     }
 }
 
+/// A value as its form field holds it: keywords one per line; business hours as the time zone
+/// on the first line and one `days open-close` range per line.
+fn form_text(v: &Value) -> String {
+    match v {
+        Value::List(items) => items.join("\n"),
+        Value::Hours(h) => std::iter::once(h.time_zone.clone())
+            .chain(
+                h.ranges
+                    .iter()
+                    .map(|r| format!("{} {}-{}", r.days, r.open, r.close)),
+            )
+            .collect::<Vec<_>>()
+            .join("\n"),
+        other => other.display(),
+    }
+}
+
+/// Parses business hours as [`form_text`] writes them (checked by the settings' validation).
+fn parse_hours(raw: &str) -> Result<Value, String> {
+    let mut lines = raw.lines().map(str::trim).filter(|l| !l.is_empty());
+    let time_zone = lines.next().unwrap_or_default().to_string();
+    let mut ranges = Vec::new();
+    for line in lines {
+        let parsed = line
+            .rsplit_once(char::is_whitespace)
+            .and_then(|(days, hours)| {
+                let (open, close) = hours.split_once('-')?;
+                Some(wagate_events::hours::HoursRange {
+                    days: days.trim().to_string(),
+                    open: open.trim().to_string(),
+                    close: close.trim().to_string(),
+                })
+            });
+        match parsed {
+            Some(r) => ranges.push(r),
+            None => {
+                return Err(format!(
+                    "write the time zone on the first line, then one range per line like \
+                     “mon-fri 09:00-18:00” (not “{line}”)"
+                ))
+            }
+        }
+    }
+    Ok(Value::Hours(BusinessHours { time_zone, ranges }))
+}
+
 /// Parses one field of the form by its kind: `Ok(None)` for an empty field (clear: inherit),
 /// `Err` with the message for a value the field cannot take.
 fn parse_value(spec: &FieldSpec, raw: &str) -> Result<Option<Value>, String> {
@@ -138,6 +184,20 @@ fn parse_value(spec: &FieldSpec, raw: &str) -> Result<Option<Value>, String> {
         // Keep the prompt as typed, with browser line ends normalized.
         Kind::Prompt { .. } => Value::Text(raw.replace("\r\n", "\n").trim().to_string()),
         Kind::Name { .. } | Kind::Url => Value::Text(trimmed.to_string()),
+        Kind::Choice { options } => {
+            if !options.contains(&trimmed) {
+                return Err(format!("choose one of {}", options.join(", ")));
+            }
+            Value::Text(trimmed.to_string())
+        }
+        Kind::Keywords => Value::List(
+            raw.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect(),
+        ),
+        Kind::Hours => parse_hours(raw)?,
     };
     Ok(Some(value))
 }
@@ -176,10 +236,12 @@ pub fn chat_controls() -> impl Iterator<Item = &'static FieldSpec> {
 }
 
 /// A chat's own controls as form values (empty = inherit).
-pub fn chat_control_values(c: &ChatControls, state: &mut FormState) {
-    let own = c.as_settings();
+pub fn chat_control_values(own: &ChatControls, state: &mut FormState) {
     for spec in chat_controls() {
-        let v = own.get(spec.field).map(|v| v.display()).unwrap_or_default();
+        let v = own
+            .get(spec.field)
+            .map(|v| form_text(&v))
+            .unwrap_or_default();
         state.values.insert(spec.name.into(), v);
     }
 }
@@ -205,7 +267,7 @@ pub fn parse_chat_controls(f: &Fields, state: &mut FormState) -> ChatControlsPat
 pub fn chat_control_fields(inherit: &Effective, state: &FormState) -> Markup {
     html! {
         fieldset.controls #chat-controls {
-            legend { "Conversation control for this chat" }
+            legend { "This chat's own settings" }
             p.hint { "Empty = the account / global value (shown under each field)." }
             div.grid {
                 @for def in chat_controls() {
@@ -246,6 +308,15 @@ pub fn layer_form(
                     }
                 }
                 (key_fieldset(KeyKind::Fallback, layer.fallback_api_key.as_ref(), inherit, state))
+            }
+            fieldset.controls #when-to-speak {
+                legend { "When the AI speaks" }
+                p.hint { "Triggers, handoff to a human and business hours. A chat can override them from its gear." }
+                div.grid {
+                    @for def in FIELDS.iter().filter(|d| d.group == Group::Speak) {
+                        (layer_field(def, inherit, state))
+                    }
+                }
             }
             button type="submit" { "Save" }
         }
@@ -367,7 +438,7 @@ fn layer_field(def: &FieldSpec, inherit: &Effective, state: &FormState) -> Marku
     let invalid = state.error(def.name).map(|_| "true");
     let describedby = render::described_by(state, &id, def.name, true);
     html! {
-        div.field.wide[matches!(def.kind, Kind::Prompt { .. } | Kind::Url)] {
+        div.field.wide[matches!(def.kind, Kind::Prompt { .. } | Kind::Url | Kind::Keywords | Kind::Hours)] {
             label for=(id) { (def.label) }
             @match def.kind {
                 Kind::Bool => {
@@ -379,6 +450,20 @@ fn layer_field(def: &FieldSpec, inherit: &Effective, state: &FormState) -> Marku
                 }
                 Kind::Prompt { .. } => {
                     textarea id=(id) name=(def.name) rows="4" aria-invalid=[invalid] aria-describedby=[describedby] { (value) }
+                }
+                Kind::Keywords => {
+                    textarea id=(id) name=(def.name) rows="3" placeholder="one per line" aria-invalid=[invalid] aria-describedby=[describedby] { (value) }
+                }
+                Kind::Hours => {
+                    textarea id=(id) name=(def.name) rows="4" placeholder="Europe/Lisbon\nmon-fri 09:00-18:00\nsat 10:00-13:00" aria-invalid=[invalid] aria-describedby=[describedby] { (value) }
+                }
+                Kind::Choice { options } => {
+                    select id=(id) name=(def.name) aria-invalid=[invalid] aria-describedby=[describedby] {
+                        option value="" selected[value.is_empty()] { "inherit (" (inh_value) ")" }
+                        @for o in options {
+                            option value=(o) selected[value == *o] { (o) }
+                        }
+                    }
                 }
                 Kind::Float { min, max } => {
                     input id=(id) name=(def.name) type="number" step="0.01" min=(min) max=(max) value=(value)

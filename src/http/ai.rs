@@ -10,7 +10,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use wagate_events::chat_settings::{ChatControlsPatch, ChatMode, ChatSettingsCommand};
 use wagate_events::ids::{chat_kind, ChatKind};
-use wagate_events::settings::{AiSettings, LayerState, Patch, FIELDS};
+use wagate_events::settings::{
+    AiSettings, BusinessHours, FieldSpec, Kind, LayerState, Patch, SettingValue, Value, FIELDS,
+};
 use wagate_projections::effective::{self, Effective};
 
 use super::error::{ApiError, ErrorBody};
@@ -216,58 +218,201 @@ async fn put_account_ai(
     account_ai_view(&app, &acc).map(Json)
 }
 
-/// A chat's own AI layer and blocked flag.
-#[derive(Debug, Serialize, ToSchema)]
+/// A chat's own AI layer and blocked flag: the mode, the custom prompt, and the settings the
+/// settings table marks `chat` (`null`: inherited).
+#[derive(Debug)]
 pub struct ChatAiView {
     pub account_id: String,
     pub chat_id: String,
-    /// `inherit`, `enabled` or `disabled`.
-    #[schema(value_type = String)]
     pub mode: ChatMode,
     pub custom_system_prompt: Option<String>,
     pub blocked: bool,
-    /// This chat's own conversation controls (`null`: inherited from the account).
-    pub human_takeover_minutes: Option<u32>,
-    pub debounce_seconds: Option<u32>,
-    pub max_replies_per_chat_per_hour: Option<u32>,
-    pub max_history_tokens: Option<u32>,
-    pub history_window_hours: Option<u32>,
-    pub max_retries: Option<u32>,
+    pub settings: AiSettings,
 }
 
-/// The per-chat toggle of the seed. Omitted fields keep their value.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+impl Serialize for ChatAiView {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("account_id", &self.account_id)?;
+        map.serialize_entry("chat_id", &self.chat_id)?;
+        map.serialize_entry("mode", &self.mode)?;
+        map.serialize_entry("custom_system_prompt", &self.custom_system_prompt)?;
+        map.serialize_entry("blocked", &self.blocked)?;
+        for spec in FIELDS.iter().filter(|f| f.chat) {
+            map.serialize_entry(spec.name, &self.settings.get(spec.field))?;
+        }
+        map.end()
+    }
+}
+
+impl utoipa::PartialSchema for ChatAiView {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+        let text = || ObjectBuilder::new().schema_type(Type::String);
+        let mut object = ObjectBuilder::new()
+            .description(Some(
+                "A chat's own AI layer: its mode, custom prompt, blocked flag and the settings \
+                 it sets for itself (`null`: inherited).",
+            ))
+            .property("account_id", text())
+            .required("account_id")
+            .property("chat_id", text())
+            .required("chat_id")
+            .property("mode", utoipa::openapi::Ref::from_schema_name("AiMode"))
+            .required("mode")
+            .property(
+                "custom_system_prompt",
+                ObjectBuilder::new().schema_type(SchemaType::from_iter([Type::String, Type::Null])),
+            )
+            .property("blocked", ObjectBuilder::new().schema_type(Type::Boolean))
+            .required("blocked");
+        for spec in FIELDS.iter().filter(|f| f.chat) {
+            object = object.property(spec.name, setting_schema(spec, false));
+        }
+        object.into()
+    }
+}
+
+impl utoipa::ToSchema for ChatAiView {
+    fn schemas(schemas: &mut Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::Schema>)>) {
+        schemas.push((
+            AiMode::name().into_owned(),
+            <AiMode as utoipa::PartialSchema>::schema(),
+        ));
+    }
+}
+
+/// A change to a chat's own layer. Omitted fields keep their value; `null` inherits.
+#[derive(Debug)]
 pub struct ChatAiRequest {
-    /// `inherit`, `enabled` or `disabled`.
-    #[serde(default)]
-    #[schema(value_type = Option<AiMode>)]
     pub mode: Option<ChatMode>,
     /// `null` (or an empty string) removes the custom prompt.
-    #[serde(default)]
-    #[schema(value_type = Option<String>, max_length = 32768, pattern = r"^[^\x00]*$")]
     pub custom_system_prompt: Patch<String>,
-    /// Conversation controls for this chat only (the settings the settings table marks `chat`,
-    /// whose schema — ranges, descriptions — `openapi::complete` takes from the table); `null`
-    /// inherits. (`daily_token_budget` and the fallback model are per account.)
-    #[serde(default)]
-    #[schema(value_type = Option<u32>)]
-    pub human_takeover_minutes: Patch<u32>,
-    #[serde(default)]
-    #[schema(value_type = Option<u32>)]
-    pub debounce_seconds: Patch<u32>,
-    #[serde(default)]
-    #[schema(value_type = Option<u32>)]
-    pub max_replies_per_chat_per_hour: Patch<u32>,
-    #[serde(default)]
-    #[schema(value_type = Option<u32>)]
-    pub max_history_tokens: Patch<u32>,
-    #[serde(default)]
-    #[schema(value_type = Option<u32>)]
-    pub history_window_hours: Patch<u32>,
-    #[serde(default)]
-    #[schema(value_type = Option<u32>)]
-    pub max_retries: Patch<u32>,
+    /// The chat settings changed (the others are refused).
+    pub settings: SettingsInput,
+}
+
+impl<'de> Deserialize<'de> for ChatAiRequest {
+    /// Reads the object field by field (so an error names its field): `mode`,
+    /// `custom_system_prompt`, and the chat settings of the table, each by its kind; a setting a
+    /// chat may not set, or an unknown field, is refused.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ChatAiRequest;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a chat's AI settings")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ChatAiRequest, A::Error> {
+                let mut req = ChatAiRequest {
+                    mode: None,
+                    custom_system_prompt: Patch::Keep,
+                    settings: SettingsInput::default(),
+                };
+                while let Some(key) = map.next_key::<ChatKey>()? {
+                    match key {
+                        ChatKey::Mode => req.mode = map.next_value()?,
+                        ChatKey::Prompt => req.custom_system_prompt = map.next_value()?,
+                        ChatKey::Setting(spec) => {
+                            let patch = next_setting(&mut map, spec.kind)?;
+                            req.settings.set(spec.field, patch);
+                        }
+                    }
+                }
+                Ok(req)
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
+}
+
+/// A field of [`ChatAiRequest`]; an unknown one, or a setting a chat may not set, is refused
+/// as its key is read (so the error names it).
+enum ChatKey {
+    Mode,
+    Prompt,
+    Setting(&'static FieldSpec),
+}
+
+impl<'de> Deserialize<'de> for ChatKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let name = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        match name.as_ref() {
+            "mode" => Ok(Self::Mode),
+            "custom_system_prompt" => Ok(Self::Prompt),
+            other => match FieldSpec::named(other) {
+                Some(spec) if spec.chat => Ok(Self::Setting(spec)),
+                Some(_) => Err(D::Error::custom(format!(
+                    "unknown field `{other}`: it is set per account or globally, not per chat"
+                ))),
+                None => Err(D::Error::unknown_field(
+                    other,
+                    &["mode", "custom_system_prompt", "<a chat setting>"],
+                )),
+            },
+        }
+    }
+}
+
+/// The next value of a map as a setting of `kind` (`null`: clear).
+fn next_setting<'de, A: serde::de::MapAccess<'de>>(
+    map: &mut A,
+    kind: Kind,
+) -> Result<Patch<Value>, A::Error> {
+    fn patch<T: SettingValue>(v: Option<T>) -> Patch<Value> {
+        v.map_or(Patch::Clear, |v| Patch::Set(v.into_value()))
+    }
+    Ok(match kind {
+        Kind::Bool => patch(map.next_value::<Option<bool>>()?),
+        Kind::U32 { .. } => patch(map.next_value::<Option<u32>>()?),
+        Kind::U64 { .. } => patch(map.next_value::<Option<u64>>()?),
+        Kind::Float { .. } => patch(map.next_value::<Option<f64>>()?),
+        Kind::Name { .. } | Kind::Prompt { .. } | Kind::Url | Kind::Choice { .. } => {
+            patch(map.next_value::<Option<String>>()?)
+        }
+        Kind::Keywords => patch(map.next_value::<Option<Vec<String>>>()?),
+        Kind::Hours => patch(map.next_value::<Option<BusinessHours>>()?),
+    })
+}
+
+impl utoipa::PartialSchema for ChatAiRequest {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, SchemaType, Type};
+        let mut object = ObjectBuilder::new()
+            .description(Some(
+                "A change to a chat's own layer. Omitted fields keep their value; `null` \
+                 inherits (for `custom_system_prompt`: removes it).",
+            ))
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+            .property("mode", utoipa::openapi::Ref::from_schema_name("AiMode"))
+            .property(
+                "custom_system_prompt",
+                ObjectBuilder::new()
+                    .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+                    .max_length(Some(wagate_events::settings::MAX_PROMPT_BYTES))
+                    .pattern(Some(r"^[^\x00]*$")),
+            );
+        for spec in FIELDS.iter().filter(|f| f.chat) {
+            object = object.property(spec.name, setting_schema(spec, true));
+        }
+        object.into()
+    }
+}
+
+impl utoipa::ToSchema for ChatAiRequest {
+    fn schemas(schemas: &mut Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::Schema>)>) {
+        schemas.push((
+            AiMode::name().into_owned(),
+            <AiMode as utoipa::PartialSchema>::schema(),
+        ));
+    }
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -300,12 +445,7 @@ fn chat_view(app: &SharedApp, acc: &str, jid: &str) -> ChatAiView {
         mode: c.mode,
         custom_system_prompt: c.custom_system_prompt,
         blocked: c.blocked,
-        human_takeover_minutes: c.controls.human_takeover_minutes,
-        debounce_seconds: c.controls.debounce_seconds,
-        max_replies_per_chat_per_hour: c.controls.max_replies_per_chat_per_hour,
-        max_history_tokens: c.controls.max_history_tokens,
-        history_window_hours: c.controls.history_window_hours,
-        max_retries: c.controls.max_retries,
+        settings: c.controls,
     }
 }
 
@@ -340,14 +480,7 @@ async fn put_chat_ai(
     let cmd = ChatSettingsCommand::SetAi {
         mode: req.mode,
         custom_system_prompt: req.custom_system_prompt,
-        controls: ChatControlsPatch {
-            human_takeover_minutes: req.human_takeover_minutes,
-            debounce_seconds: req.debounce_seconds,
-            max_replies_per_chat_per_hour: req.max_replies_per_chat_per_hour,
-            max_history_tokens: req.max_history_tokens,
-            history_window_hours: req.history_window_hours,
-            max_retries: req.max_retries,
-        },
+        controls: ChatControlsPatch::from_settings(&req.settings),
     };
     change_chat(&app, &caller.who(), &acc, &jid, cmd).await?;
     Ok(Json(chat_view(&app, &acc, &jid)))

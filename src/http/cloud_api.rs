@@ -175,6 +175,9 @@ async fn receive_webhook(
             reply_candidate: true,
             kind: m.kind,
             contact_name: m.contact_name.clone(),
+            // The Cloud API serves one-to-one chats: a mention trigger never applies.
+            mentioned: false,
+            reply_to: None,
         };
         let ack = gateway.receive(&acc, &jid, inbound, meta.clone()).await?;
         if ack.duplicate {

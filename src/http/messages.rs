@@ -47,6 +47,14 @@ pub struct InboundRequest {
     /// A message the account itself sent from another device (never answered).
     #[serde(default)]
     pub from_me: bool,
+    /// The message mentions the account (`@` in a group; `trigger: mention`).
+    #[serde(default)]
+    pub mentioned: bool,
+    /// The id of the message this one replies to (quotes); a reply to one of the account's
+    /// messages counts as a mention.
+    #[serde(default)]
+    #[schema(max_length = 256, pattern = r"\S")]
+    pub reply_to: Option<String>,
 }
 
 impl From<InboundRequest> for InboundMessage {
@@ -57,6 +65,8 @@ impl From<InboundRequest> for InboundMessage {
             text: r.text,
             id: r.id,
             from_me: r.from_me,
+            mentioned: r.mentioned,
+            reply_to: r.reply_to,
         }
     }
 }

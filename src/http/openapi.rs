@@ -100,6 +100,8 @@ pub enum WebhookEventType {
     AiReplyFailed,
     #[schema(rename = "ai.reply.skipped")]
     AiReplySkipped,
+    #[schema(rename = "ai.handoff.requested")]
+    AiHandoffRequested,
     #[schema(rename = "ai.config.changed")]
     AiConfigChanged,
     #[schema(rename = "*")]
@@ -439,6 +441,75 @@ pub(crate) fn setting_schema(spec: &FieldSpec, request: bool) -> utoipa::openapi
                 b.minimum(Some(0))
             }
         }
+        Kind::Choice { options } => typed(Type::String).enum_values(Some(
+            options
+                .iter()
+                .map(|o| Some(*o))
+                .chain(std::iter::once(None::<&str>)),
+        )),
+        Kind::Keywords => {
+            use wagate_events::matcher::{MAX_KEYWORDS, MAX_KEYWORD_LEN};
+            let mut item = ObjectBuilder::new().schema_type(Type::String);
+            if request {
+                item = item
+                    .min_length(Some(1))
+                    .max_length(Some(MAX_KEYWORD_LEN))
+                    .pattern(Some(r"\S"));
+            }
+            let mut array = utoipa::openapi::schema::ArrayBuilder::new()
+                .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+                .items(item);
+            if request {
+                array = array.max_items(Some(MAX_KEYWORDS));
+            }
+            return array.description(Some(spec.help)).into();
+        }
+        Kind::Hours => {
+            let hhmm = |close: bool| {
+                let b = ObjectBuilder::new().schema_type(Type::String);
+                match (request, close) {
+                    (false, _) => b,
+                    (true, false) => b.pattern(Some(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")),
+                    (true, true) => b.pattern(Some(r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$")),
+                }
+            };
+            let range = ObjectBuilder::new()
+                .property(
+                    "days",
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .description(Some(
+                            "mon..sun, a span (mon-fri), a comma list (mon,wed,fri) or daily",
+                        )),
+                )
+                .required("days")
+                .property("open", hhmm(false))
+                .required("open")
+                .property("close", hhmm(true))
+                .required("close")
+                .additional_properties(Some(
+                    utoipa::openapi::schema::AdditionalProperties::FreeForm(false),
+                ));
+            let mut ranges = utoipa::openapi::schema::ArrayBuilder::new().items(range);
+            if request {
+                ranges = ranges
+                    .min_items(Some(1))
+                    .max_items(Some(wagate_events::hours::MAX_RANGES));
+            }
+            typed(Type::Object)
+                .property(
+                    "time_zone",
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .description(Some("An IANA time zone, e.g. Europe/Lisbon")),
+                )
+                .required("time_zone")
+                .property("ranges", ranges)
+                .required("ranges")
+                .additional_properties(Some(
+                    utoipa::openapi::schema::AdditionalProperties::FreeForm(false),
+                ))
+        }
     };
     builder.description(Some(spec.help)).into()
 }
@@ -475,7 +546,6 @@ pub fn complete(doc: &mut OpenApi) {
     };
 
     transport_variants(&mut components.schemas);
-    chat_controls_from_table(&mut components.schemas);
 
     for item in doc.paths.paths.values_mut() {
         for (method, op) in operations_mut(item) {
@@ -564,24 +634,6 @@ pub fn complete(doc: &mut OpenApi) {
             }
             _ => panic!("OpenAPI link {name}: no {status} answer of operation {from}"),
         }
-    }
-}
-
-/// The per-chat controls of `PUT …/chats/{jid}/ai` are the settings the settings table marks
-/// `chat`: their schemas (ranges, descriptions) come from the table, as the layers' do.
-fn chat_controls_from_table(schemas: &mut std::collections::BTreeMap<String, RefOr<Schema>>) {
-    let Some(RefOr::T(Schema::Object(request))) = schemas.get_mut("ChatAiRequest") else {
-        panic!("ChatAiRequest is an object schema");
-    };
-    for spec in settings::FIELDS.iter().filter(|spec| spec.chat) {
-        assert!(
-            request.properties.contains_key(spec.name),
-            "ChatAiRequest lacks the chat setting {}",
-            spec.name
-        );
-        request
-            .properties
-            .insert(spec.name.to_string(), setting_schema(spec, true).into());
     }
 }
 

@@ -67,6 +67,8 @@ pub struct ModelRequest {
     /// Attempts in all for this call (`max_retries + 1` of the effective config); `None`: the
     /// client's retry policy.
     pub max_attempts: Option<u32>,
+    /// Offer the model the `handoff_to_human` function (OpenAI tools shape).
+    pub handoff_tool: bool,
 }
 
 /// Debug never shows the key or the message contents.
@@ -94,6 +96,8 @@ pub struct ModelReply {
     /// The whole call, including retries and backoff.
     pub latency_ms: u64,
     pub attempts: u32,
+    /// The model called `handoff_to_human` (`text` may then be empty).
+    pub handoff: bool,
 }
 
 fn attempts_text(n: u32) -> String {
@@ -201,12 +205,37 @@ struct CompletionBody<'a> {
     messages: &'a [ChatMessage],
     temperature: f64,
     max_tokens: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<serde_json::Value>,
+}
+
+/// The name of the function a model calls to hand the chat to a human.
+pub const HANDOFF_TOOL: &str = "handoff_to_human";
+
+/// The `tools` of a request that offers the handoff function.
+fn handoff_tools() -> serde_json::Value {
+    serde_json::json!([{
+        "type": "function",
+        "function": {
+            "name": HANDOFF_TOOL,
+            "description": "Hand this WhatsApp conversation to a human agent: call it when the \
+                customer asks for a person, or when you cannot help. The AI then stays quiet in \
+                this chat until a human has answered.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "reason": {"type": "string", "description": "Why a human should take over."}
+                }
+            }
+        }
+    }])
 }
 
 struct Parsed {
     text: String,
     model: Option<String>,
     usage: Usage,
+    handoff: bool,
 }
 
 /// One failed attempt, with the server's Retry-After if it sent one.
@@ -353,8 +382,22 @@ fn parse_body(body: &[u8]) -> Result<Parsed, ModelError> {
         .and_then(Value::as_array)
         .and_then(|c| c.first())
         .ok_or_else(|| ModelError::Malformed("no choices".to_owned()))?;
-    let text = match choice.get("message").and_then(|m| m.get("content")) {
+    let message = choice.get("message");
+    // A call of the handoff function (the only tool ever offered); its content may be empty.
+    let handoff = message
+        .and_then(|m| m.get("tool_calls"))
+        .and_then(Value::as_array)
+        .is_some_and(|calls| {
+            calls.iter().any(|c| {
+                c.get("function")
+                    .and_then(|f| f.get("name"))
+                    .and_then(Value::as_str)
+                    == Some(HANDOFF_TOOL)
+            })
+        });
+    let text = match message.and_then(|m| m.get("content")) {
         Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        Some(Value::String(_)) | Some(Value::Null) | None if handoff => String::new(),
         Some(Value::String(_)) => return Err(ModelError::Malformed("empty content".to_owned())),
         _ => {
             return Err(ModelError::Malformed(
@@ -383,7 +426,12 @@ fn parse_body(body: &[u8]) -> Result<Parsed, ModelError> {
         .and_then(Value::as_str)
         .filter(|m| !m.is_empty())
         .map(str::to_owned);
-    Ok(Parsed { text, model, usage })
+    Ok(Parsed {
+        text,
+        model,
+        usage,
+        handoff,
+    })
 }
 
 impl HttpModelClient {
@@ -464,6 +512,7 @@ impl HttpModelClient {
             messages: &req.messages,
             temperature: req.temperature,
             max_tokens: req.max_tokens,
+            tools: req.handoff_tool.then(handoff_tools),
         };
         let policy = match req.max_attempts {
             Some(n) => self.retry.with_max_attempts(n),
@@ -534,10 +583,18 @@ impl HttpModelClient {
             )
             .await
             .map_err(|f| f.error)?;
+        // A tool call counts only when the tool was offered; otherwise an answer needs a text.
+        let handoff = parsed.handoff && req.handoff_tool;
+        if !handoff && parsed.text.is_empty() {
+            return Err(ModelError::Malformed(
+                "choices[0].message.content is not a string".to_owned(),
+            ));
+        }
         Ok(ModelReply {
             text: parsed.text,
             model: parsed.model.unwrap_or_else(|| req.model.clone()),
             usage: parsed.usage,
+            handoff,
             latency_ms: elapsed_ms(started),
             attempts: attempts.load(Ordering::Relaxed),
         })
@@ -779,6 +836,7 @@ mod tests {
             max_tokens: 10,
             timeout: Duration::from_secs(5),
             max_attempts: None,
+            handoff_tool: false,
         };
         let dbg = format!("{req:?}");
         assert!(
@@ -821,6 +879,7 @@ mod tests {
             max_tokens: 10,
             timeout: Duration::from_secs(5),
             max_attempts: None,
+            handoff_tool: false,
         };
         (client, req)
     }
@@ -914,6 +973,7 @@ mod tests {
             max_tokens: 10,
             timeout: Duration::from_secs(10),
             max_attempts: None,
+            handoff_tool: false,
         };
         let (reply, log) = client.complete_logged(&req).await;
         let reply = reply.unwrap();

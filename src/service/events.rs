@@ -29,7 +29,9 @@ pub struct EventView {
     /// Who caused it: `admin:<sub>`, `token:<id>`, `cli:<command>` or `system`.
     pub actor: String,
     pub request_id: Option<String>,
-    #[schema(value_type = Object)]
+    /// The event as stored: `{"<Type>": {…}}`, or the bare `"<Type>"` of an event without
+    /// fields (`"AccountDeleted"`).
+    #[schema(value_type = serde_json::Value)]
     pub payload: serde_json::Value,
 }
 

@@ -24,6 +24,10 @@ pub struct InboundMessage {
     pub id: Option<String>,
     /// A message the account itself sent from another device (never answered).
     pub from_me: bool,
+    /// The message mentions the account.
+    pub mentioned: bool,
+    /// The message it replies to: 1..=256 bytes, not blank.
+    pub reply_to: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -54,6 +58,13 @@ pub async fn inject_inbound(
         Some(id) => id,
         None => format!("sbx_in_{}", uuid::Uuid::now_v7().simple()),
     };
+    if req
+        .reply_to
+        .as_ref()
+        .is_some_and(|id| id.trim().is_empty() || id.len() > 256)
+    {
+        return Err(Error::invalid("reply_to", "1..=256 characters"));
+    }
     let reply_candidate = !req.from_me && kind != ChatKind::Broadcast;
     let meta = who.metadata();
     let gateway = app.gateway()?;
@@ -65,6 +76,8 @@ pub async fn inject_inbound(
         reply_candidate,
         kind: MessageKind::Text,
         contact_name: None,
+        mentioned: req.mentioned,
+        reply_to: req.reply_to,
     };
     let ack = gateway.receive(acc, &req.chat_id, inbound, meta).await?;
     let position = match ack.position {

@@ -25,4 +25,5 @@ mod metrics;
 mod replies;
 mod retention;
 mod security;
+mod speak;
 mod webhooks;
