@@ -235,8 +235,9 @@ async fn serve(
     Ok(())
 }
 
-/// Starts the actor system and closes replies a previous process left open (crash recovery:
-/// they end as failed with reason `interrupted`, never sent twice).
+/// Starts the actor system and recovers the replies a previous process left open (ADR 0025): one
+/// marked as handed to the transport fails as `interrupted` (never sent twice); the others are
+/// worked on again, so every acknowledged message is answered.
 async fn start_actors(app: &SharedApp) -> Result<(), StartupError> {
     let gateway = wagate_actors::Gateway::start(crate::app::ports::ports(app))
         .await
@@ -248,7 +249,9 @@ async fn start_actors(app: &SharedApp) -> Result<(), StartupError> {
             .close_interrupted(account, jid)
             .await
             .map_err(|e| StartupError::Actors(format!("cannot close interrupted replies: {e}")))?;
-        tracing::warn!(account = %account, replies = closed, "closed replies interrupted by a restart");
+        if closed > 0 {
+            tracing::warn!(account = %account, replies = closed, "closed replies a restart interrupted (superseded, or maybe sent)");
+        }
     }
     if !open.is_empty() {
         app.catch_up().await?;

@@ -140,9 +140,9 @@ pub struct ReplyContext {
     pub paused: Option<ReplyReason>,
     /// AI replies sent in this chat in the last hour.
     pub replies_last_hour: usize,
-    /// The reply is a notice (handoff or away message) with its text already recorded: it is
-    /// sent as it is, without the model or the conversation controls.
-    pub notice: bool,
+    /// The reply's text is recorded — a notice (handoff or away message), or an answer generated
+    /// before a restart: it is delivered as it is, without the model.
+    pub generated: bool,
 }
 
 pub enum ChatMsg {
@@ -258,7 +258,8 @@ pub struct ChatState {
     /// with the commands that record them: a retried step commits them instead of sending again.
     unrecorded: HashMap<String, Vec<ChatCommand>>,
     /// Replies whose send is reserved (a worker is calling the transport), with the model's
-    /// answer when it is to be recorded with the outcome.
+    /// answer when it is to be recorded with the outcome (a session that reaches no customer: the
+    /// answer was not committed with a sending mark).
     reserved: HashMap<String, Option<ChatCommand>>,
     /// Operator and test sends between their validation and their outcome.
     tickets: HashSet<u64>,
@@ -417,7 +418,21 @@ impl ChatState {
         })?;
         if let Some(ChatEvent::MessageSent { text, .. }) = provisional.into_iter().next() {
             let trigger = chat.trigger_of(&reply_id).map(str::to_string);
-            self.reserved.insert(reply_id, generated);
+            // Durable before the transport is called: the answer (when it came along) and the
+            // sending mark, so a crash from here on never hands this reply over again, and a
+            // crash before it works the reply again (ADR 0025). A session that reaches no
+            // customer needs no mark: the answer is recorded with the outcome.
+            if self.account.session.reaches_customers() {
+                let mut commands: Vec<ChatCommand> = generated.into_iter().collect();
+                commands.push(ChatCommand::StartSend {
+                    reply_id: reply_id.clone(),
+                    at,
+                });
+                self.commit_all(commands, &auto).await?;
+                self.reserved.insert(reply_id.clone(), None);
+            } else {
+                self.reserved.insert(reply_id.clone(), generated);
+            }
             let mut parts = crate::split::split_message(&text, control.max_message_chars as usize);
             if parts.is_empty() {
                 parts.push(text);
@@ -881,7 +896,7 @@ impl ChatState {
                         not_before: self.chat.not_before_of(&reply_id),
                         paused: self.chat.pause_reason(now),
                         replies_last_hour: self.chat.ai_replies_last_hour(now),
-                        notice: self.chat.is_notice(&reply_id),
+                        generated: self.chat.is_generated(&reply_id),
                     }
                 });
                 let _ = reply.send(ctx);
@@ -984,8 +999,9 @@ impl ChatState {
                     )
                     .await
                     .map(|(events, _)| events.len());
-                // What recovery left open is a debounced request that never got an answer:
-                // work on it again (it waits out the rest of its window).
+                // What recovery left open never reached the transport: work on it again (a
+                // request is asked of the model, waiting out the rest of a debounce window; an
+                // answer is delivered).
                 let resumed: Vec<String> = self
                     .chat
                     .open_replies
@@ -998,7 +1014,7 @@ impl ChatState {
                 if !resumed.is_empty() {
                     tracing::info!(
                         replies = resumed.len(),
-                        "resuming debounced replies after a restart"
+                        "resuming replies a restart interrupted before they were sent"
                     );
                     self.queue.extend(resumed);
                 }

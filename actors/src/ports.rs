@@ -235,6 +235,13 @@ pub trait Session: Send + Sync + 'static {
     /// The account actor stopped (account deleted, gateway stopping): release what the session
     /// holds open. Default: nothing to release.
     async fn close(&self) {}
+    /// Whether a send reaches someone outside the gateway (WhatsApp). Then a reply is marked
+    /// `AiReplySending` before the call, and a crash after the mark never sends it again (ADR
+    /// 0025). The sandbox's sends reach no one: the recorded event is the delivery, so a reply it
+    /// took but did not record is simply delivered again. Default: true.
+    fn reaches_customers(&self) -> bool {
+        true
+    }
 }
 
 /// Opens the session of an account, for its account actor.

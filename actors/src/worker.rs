@@ -432,8 +432,8 @@ async fn run(args: &WorkerArgs) -> Result<(), StepError> {
     let Some(ctx) = debounced(args).await? else {
         return Ok(());
     };
-    // A handoff or away message: its text is recorded; it is sent as it is.
-    if ctx.notice {
+    // A notice, or an answer recorded before a restart: it is delivered as it is.
+    if ctx.generated {
         return deliver(args, None).await;
     }
     let cfg = match args
@@ -475,11 +475,10 @@ async fn run(args: &WorkerArgs) -> Result<(), StepError> {
             .await;
         }
     };
-    // Without a reply delay nothing happens between recording the answer and sending it, so both
-    // commit in one append — unless the reply waited out a debounce window: start-up recovery
-    // works such a reply again while it has no answer recorded, so its answer must be committed
-    // before anything is sent.
-    if cfg.reply_delay.is_zero() && ctx.not_before.is_none() {
+    // Without a reply delay the answer commits with the reply's sending mark, before the
+    // transport is called. With one, it is committed first, so a restart during the delay
+    // delivers it instead of asking the model again (ADR 0025).
+    if cfg.reply_delay.is_zero() {
         return deliver(args, Some(generated)).await;
     }
     step(args, |reply| ChatMsg::Generated {

@@ -232,6 +232,10 @@ pub enum ChatEvent {
         reply_id: Option<String>,
         at: DateTime<Utc>,
     },
+    /// The reply is about to be handed to the transport (committed before the call): after a
+    /// crash, a reply with this mark may have reached the customer and is closed as
+    /// `interrupted`; one without it is worked on again.
+    AiReplySending { reply_id: String, at: DateTime<Utc> },
     MessageSent {
         message_id: String,
         text: String,
@@ -285,6 +289,7 @@ impl DomainEvent for ChatEvent {
             Self::TypingIndicated { .. } => "TypingIndicated",
             Self::MessageSent { .. } => "MessageSent",
             Self::AiReplySent { .. } => "AiReplySent",
+            Self::AiReplySending { .. } => "AiReplySending",
             Self::AiReplyFailed { .. } => "AiReplyFailed",
             Self::MessageStatusUpdated { .. } => "MessageStatusUpdated",
             Self::AiPaused { .. } => "AiPaused",
@@ -321,6 +326,9 @@ pub enum ReplyState {
         /// A notice: sent whatever came since (paused, superseded, loop guard).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         notice: bool,
+        /// Handed to the transport (`AiReplySending`): never handed over again.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        sending: bool,
     },
 }
 
@@ -441,9 +449,12 @@ pub enum ChatCommand {
         reason: ReplyReason,
         attempts: Vec<ModelAttempt>,
     },
-    /// Start-up recovery: closes open replies as interrupted, except the newest request still
-    /// waiting out its debounce window (it never reached the model's answer, let alone the chat),
-    /// which stays open to be worked on again.
+    /// Marks a generated reply as being handed to the transport (before the call); a no-op when
+    /// it is already marked.
+    StartSend { reply_id: String, at: DateTime<Utc> },
+    /// Start-up recovery: a reply that may have been handed to the transport (`AiReplySending`)
+    /// fails as `interrupted`; a request a newer customer message superseded is skipped; every
+    /// other open reply stays open to be worked on again (asked of the model, or delivered).
     CloseInterrupted,
     /// A delivery status for an outbound message; unknown ids and non-advancing statuses are
     /// no-ops.
@@ -692,7 +703,7 @@ impl Chat {
     /// fields of `Chat` (or of what they hold) or to `apply`: snapshots of another format are
     /// ignored, and the chat is folded from its events. The test
     /// `snapshot_format_pins_the_folded_state` fails until it is bumped.
-    pub const SNAPSHOT_FORMAT: i32 = 4;
+    pub const SNAPSHOT_FORMAT: i32 = 5;
 
     /// Whether the other side looks like another bot (`guard`), judged on the chat's last turns
     /// (only AI replies count as ours: an operator's conversation is never a loop):
@@ -897,17 +908,24 @@ impl Chat {
             .ok_or_else(|| DomainError::Conflict(format!("reply {reply_id} is not open")))
     }
 
-    /// Whether start-up recovery resumes this open reply instead of closing it: a debounced
-    /// request that has no generated text yet and answers the newest customer message. Nothing
-    /// of it reached the chat, so working on it again cannot send twice.
+    /// Whether start-up recovery resumes this open reply instead of closing it: it was never
+    /// handed to the transport (no `AiReplySending`), and it is not superseded. Working on it again
+    /// cannot send twice.
     pub fn resumable(&self, reply_id: &str) -> bool {
+        match self.open_replies.get(reply_id) {
+            Some(ReplyState::Requested { .. }) => !self.superseded(reply_id),
+            Some(ReplyState::Generated { sending, .. }) => !sending && !self.superseded(reply_id),
+            None => false,
+        }
+    }
+
+    /// Whether an open reply has its text recorded (an answer or a notice) and only waits to be
+    /// delivered.
+    pub fn is_generated(&self, reply_id: &str) -> bool {
         matches!(
             self.open_replies.get(reply_id),
-            Some(ReplyState::Requested {
-                not_before: Some(_),
-                ..
-            })
-        ) && !self.superseded(reply_id)
+            Some(ReplyState::Generated { .. })
+        )
     }
 
     fn push_turn(&mut self, turn: Turn) {
@@ -996,6 +1014,7 @@ impl Aggregate for Chat {
                             trigger,
                             text,
                             notice: notice.is_some(),
+                            sending: false,
                         },
                     );
                 }
@@ -1039,6 +1058,13 @@ impl Aggregate for Chat {
                 self.open_replies.remove(&reply_id);
             }
             ChatEvent::TypingIndicated { .. } => {}
+            ChatEvent::AiReplySending { reply_id, .. } => {
+                if let Some(ReplyState::Generated { sending, .. }) =
+                    self.open_replies.get_mut(&reply_id)
+                {
+                    *sending = true;
+                }
+            }
             ChatEvent::MessageStatusUpdated {
                 message_id, status, ..
             } => self.message_ids.status(&message_id, status),
@@ -1313,14 +1339,31 @@ impl Chat {
                     attempts,
                 }]
             }
+            ChatCommand::StartSend { reply_id, at } => match self.open(&reply_id)? {
+                ReplyState::Generated { sending: true, .. } => vec![],
+                ReplyState::Generated { .. } => vec![ChatEvent::AiReplySending { reply_id, at }],
+                ReplyState::Requested { .. } => {
+                    return Err(DomainError::Conflict(format!(
+                        "reply {reply_id} has no text yet"
+                    )))
+                }
+            },
             ChatCommand::CloseInterrupted => self
                 .open_replies
-                .keys()
-                .filter(|reply_id| !self.resumable(reply_id))
-                .map(|reply_id| ChatEvent::AiReplyFailed {
-                    reply_id: reply_id.clone(),
-                    reason: ReplyReason::Interrupted,
-                    attempts: vec![],
+                .iter()
+                .filter(|(reply_id, _)| !self.resumable(reply_id))
+                .map(|(reply_id, state)| match state {
+                    ReplyState::Generated { sending: true, .. } => ChatEvent::AiReplyFailed {
+                        reply_id: reply_id.clone(),
+                        reason: ReplyReason::Interrupted,
+                        attempts: vec![],
+                    },
+                    _ => ChatEvent::AiReplySkipped {
+                        reply_id: reply_id.clone(),
+                        reason: ReplyReason::Superseded {
+                            at: SupersededAt::Queue,
+                        },
+                    },
                 })
                 .collect(),
             ChatCommand::UpdateStatus {
@@ -1746,7 +1789,13 @@ mod tests {
     }
 
     #[test]
-    fn restart_closes_open_replies_as_interrupted() {
+    fn restart_closes_only_what_may_have_been_sent() {
+        let sending = |r: &str| ChatEvent::AiReplySending {
+            reply_id: r.into(),
+            at: t0(),
+        };
+        // r1 superseded by m2; r2 handed to the transport (may have been sent); r3 generated but
+        // not handed over, r4 waiting for the model: both are worked on again.
         Fw::with(())
             .given(vec![
                 received("m1"),
@@ -1754,13 +1803,15 @@ mod tests {
                 received("m2"),
                 requested("r2", "m2"),
                 generated("r2"),
+                sending("r2"),
             ])
             .when(ChatCommand::CloseInterrupted)
             .then_expect_events(vec![
-                ChatEvent::AiReplyFailed {
+                ChatEvent::AiReplySkipped {
                     reply_id: "r1".into(),
-                    reason: ReplyReason::Interrupted,
-                    attempts: vec![],
+                    reason: ReplyReason::Superseded {
+                        at: SupersededAt::Queue,
+                    },
                 },
                 ChatEvent::AiReplyFailed {
                     reply_id: "r2".into(),
@@ -1768,6 +1819,48 @@ mod tests {
                     attempts: vec![],
                 },
             ]);
+        for open in [
+            vec![received("m3"), requested("r3", "m3"), generated("r3")],
+            vec![received("m4"), requested("r4", "m4")],
+        ] {
+            let mut chat = Chat::default();
+            for e in open.clone() {
+                chat.apply(e);
+            }
+            let reply = chat.open_replies.keys().next().cloned().unwrap_or_default();
+            assert!(chat.resumable(&reply));
+            Fw::with(())
+                .given(open)
+                .when(ChatCommand::CloseInterrupted)
+                .then_expect_events(vec![]);
+        }
+        // The mark is written once, and only for an answer.
+        Fw::with(())
+            .given(vec![received("m1"), requested("r1", "m1"), generated("r1")])
+            .when(ChatCommand::StartSend {
+                reply_id: "r1".into(),
+                at: t0(),
+            })
+            .then_expect_events(vec![sending("r1")]);
+        Fw::with(())
+            .given(vec![
+                received("m1"),
+                requested("r1", "m1"),
+                generated("r1"),
+                sending("r1"),
+            ])
+            .when(ChatCommand::StartSend {
+                reply_id: "r1".into(),
+                at: t0(),
+            })
+            .then_expect_events(vec![]);
+        Fw::with(())
+            .given(vec![received("m1"), requested("r1", "m1")])
+            .when(ChatCommand::StartSend {
+                reply_id: "r1".into(),
+                at: t0(),
+            })
+            .then_expect_error_message("reply r1 has no text yet");
     }
 
     #[test]
@@ -2056,10 +2149,11 @@ mod tests {
                 debounced("r2", "m2"),
             ])
             .when(ChatCommand::CloseInterrupted)
-            .then_expect_events(vec![ChatEvent::AiReplyFailed {
+            .then_expect_events(vec![ChatEvent::AiReplySkipped {
                 reply_id: "r1".into(),
-                reason: ReplyReason::Interrupted,
-                attempts: vec![],
+                reason: ReplyReason::Superseded {
+                    at: SupersededAt::Queue,
+                },
             }]);
     }
 
@@ -2235,7 +2329,7 @@ mod tests {
     #[test]
     fn snapshot_format_pins_the_folded_state() {
         let pinned = serde_json::json!({
-            "format": 4,
+            "format": 5,
             "state": {
                 "message_ids": {
                     "order": ["m1", "out1", "m2", "m3"],

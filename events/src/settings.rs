@@ -464,7 +464,7 @@ ai_settings! {
                origin needs its own fallback API key.",
     }
     loop_guard_quick_seconds / LoopGuardQuickSeconds: u32 {
-        kind: Kind::U32 { min: 0, max: 60 }, default: Builtin::U32(2), chat: false,
+        kind: Kind::U32 { min: 0, max: 60 }, default: Builtin::U32(2), chat: true,
         group: Control,
         label: "Bot loop: quick answer, seconds (0–60)",
         help: "A message arriving within this many seconds of our reply is a quick answer; \
@@ -472,14 +472,14 @@ ai_settings! {
                is skipped (bot_loop). 0 = off.",
     }
     loop_guard_quick_replies / LoopGuardQuickReplies: u32 {
-        kind: Kind::U32 { min: 2, max: 10 }, default: Builtin::U32(5), chat: false,
+        kind: Kind::U32 { min: 2, max: 10 }, default: Builtin::U32(5), chat: true,
         group: Control,
         label: "Bot loop: quick answers in a row (2–10)",
         help: "How many of our replies in a row answered within loop_guard_quick_seconds make a \
                bot loop.",
     }
     loop_guard_repeats / LoopGuardRepeats: u32 {
-        kind: Kind::U32 { min: 0, max: 20 }, default: Builtin::U32(4), chat: false,
+        kind: Kind::U32 { min: 0, max: 20 }, default: Builtin::U32(4), chat: true,
         group: Control,
         label: "Bot loop: the same message in a row (0–20)",
         help: "The same message this many times in a row looks like another bot. 0 or 1 = off. \
@@ -562,7 +562,7 @@ ai_settings! {
         help: "Sent outside business hours when outside_hours is away_message.",
     }
     format_for_whatsapp / FormatForWhatsapp: bool {
-        kind: Kind::Bool, default: Builtin::Bool(true), chat: false, group: Reply,
+        kind: Kind::Bool, default: Builtin::Bool(true), chat: true, group: Reply,
         label: "Format replies for WhatsApp",
         help: "Turn the model's Markdown into WhatsApp's markup: *bold*, _italic_, ~strike~, \
                monospace blocks and lists; headings as bold lines, links as text (url), tables \

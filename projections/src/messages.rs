@@ -512,6 +512,7 @@ impl MessagesModel {
                 });
             }
             ChatEvent::TypingIndicated { .. }
+            | ChatEvent::AiReplySending { .. }
             | ChatEvent::AiPaused { .. }
             | ChatEvent::AiResumed { .. } => {}
             ChatEvent::MessageStatusUpdated {

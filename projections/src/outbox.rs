@@ -250,6 +250,7 @@ pub fn outgoing(ev: &StoredEvent, messages: &dyn Replies) -> Result<Vec<Outgoing
                 // Other pauses show in the effective config; no webhook type exists for them.
                 ChatEvent::AiReplyRequested { .. }
                 | ChatEvent::TypingIndicated { .. }
+                | ChatEvent::AiReplySending { .. }
                 | ChatEvent::MessageStatusUpdated { .. }
                 | ChatEvent::AiPaused { .. }
                 | ChatEvent::AiResumed { .. } => vec![],

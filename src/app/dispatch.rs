@@ -132,6 +132,15 @@ impl Session for AccountSession {
         }
     }
 
+    fn reaches_customers(&self) -> bool {
+        // A sandbox account's sends stay in the gateway (ADR 0025); an account that is gone
+        // counts as reaching someone (nothing is sent anyway).
+        let model = self.dispatch.view.read.model();
+        model
+            .account(&self.account)
+            .is_none_or(|acc| acc.transport != TransportKind::Sandbox)
+    }
+
     async fn typing(&self, jid: &str, reply_to: Option<&str>) -> Result<(), SendError> {
         let (account, dispatch) = (self.account.as_str(), &self.dispatch);
         let Some(target) = dispatch.target(account)? else {

@@ -429,6 +429,29 @@ async fn whole_loop(app: TestApp) {
     .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json["statuses"], 0);
+
+    // A reply that reaches a customer is marked before Graph is called (ADR 0025): the answer and
+    // the mark commit first, the sent message after.
+    let ev = app
+        .admin("GET", "/v1/events?aggregate=chat&limit=1000", None)
+        .await;
+    let types: Vec<&str> = ev.json["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["type"].as_str())
+        .filter(|t| t.starts_with("AiReply") || *t == "MessageSent")
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "AiReplyRequested",
+            "AiReplyGenerated",
+            "AiReplySending",
+            "MessageSent",
+            "AiReplySent"
+        ]
+    );
 }
 both_stores!(cloud_whole_loop, whole_loop);
 

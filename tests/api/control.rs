@@ -17,7 +17,7 @@ fn effective_path() -> String {
     format!("/v1/accounts/acme/chats/{JID}/ai/effective")
 }
 
-async fn effective(app: &TestApp) -> Value {
+pub async fn effective(app: &TestApp) -> Value {
     let r = app.admin("GET", &effective_path(), None).await;
     assert_eq!(r.status, 200, "{}", r.text);
     r.json
@@ -46,7 +46,7 @@ async fn from_me(app: &TestApp, id: &str, text: &str) -> Value {
     r.json
 }
 
-async fn stub_answering(text: &str) -> MockServer {
+pub async fn stub_answering(text: &str) -> MockServer {
     let stub = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/v1/chat/completions"))

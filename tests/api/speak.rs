@@ -10,20 +10,11 @@ use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::both_stores;
+use crate::control::{effective, stub_answering};
 use crate::helpers::{eventually, TestApp};
-use crate::replies::{completion, configure, inbound, messages, settled, JID};
+use crate::replies::{configure, inbound, messages, settled, JID};
 
 const GROUP: &str = "120363000000000001@g.us";
-
-async fn stub_answering(text: &str) -> MockServer {
-    let stub = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/v1/chat/completions"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(completion(text)))
-        .mount(&stub)
-        .await;
-    stub
-}
 
 async fn put_account_ai(app: &TestApp, body: Value) -> crate::helpers::Resp {
     app.admin("PUT", "/v1/accounts/acme/ai", Some(body)).await
@@ -99,18 +90,12 @@ async fn keyword_triggers(app: TestApp) {
     assert_eq!(settled(&app, "acme", "k7").await["status"], "sent");
 
     // The effective config shows the trigger and where it came from.
-    let eff = app
-        .admin(
-            "GET",
-            &format!("/v1/accounts/acme/chats/{JID}/ai/effective"),
-            None,
-        )
-        .await;
+    let eff = effective(&app).await;
     assert_eq!(
-        eff.json["trigger"],
+        eff["trigger"],
         json!({"value": "keywords", "source": "account"})
     );
-    assert_eq!(eff.json["trigger_match"]["value"], "prefix");
+    assert_eq!(eff["trigger_match"]["value"], "prefix");
 }
 both_stores!(keyword_trigger, keyword_triggers);
 
@@ -197,15 +182,9 @@ async fn handoff_keyword(app: TestApp) {
     assert!(outbound(&list)
         .iter()
         .any(|m| m["text"] == "A person will answer you shortly."));
-    let eff = app
-        .admin(
-            "GET",
-            &format!("/v1/accounts/acme/chats/{JID}/ai/effective"),
-            None,
-        )
-        .await;
-    assert_eq!(eff.json["will_reply"], false, "{}", eff.text);
-    assert_eq!(eff.json["pause_cause"], "handoff_keyword");
+    let eff = effective(&app).await;
+    assert_eq!(eff["will_reply"], false, "{eff}");
+    assert_eq!(eff["pause_cause"], "handoff_keyword");
 
     // The help desk hears of it, signed as every webhook.
     let got = eventually(20, "the handoff webhook arrives", || async {
@@ -270,15 +249,9 @@ async fn business_hours(app: TestApp) {
     )
     .await;
     app.create_account("acme").await;
-    let eff = app
-        .admin(
-            "GET",
-            &format!("/v1/accounts/acme/chats/{JID}/ai/effective"),
-            None,
-        )
-        .await;
-    assert_eq!(eff.json["open_now"], false, "{}", eff.text);
-    assert!(eff.json["opens_at"].is_string(), "{}", eff.text);
+    let eff = effective(&app).await;
+    assert_eq!(eff["open_now"], false, "{eff}");
+    assert!(eff["opens_at"].is_string(), "{eff}");
 
     inbound(&app, "acme", JID, "b1", "are you there?").await;
     let row = settled(&app, "acme", "b1").await;
@@ -479,14 +452,8 @@ async fn model_handoff(app: TestApp) {
         body["tools"][0]["function"]["name"], "handoff_to_human",
         "{body}"
     );
-    let eff = app
-        .admin(
-            "GET",
-            &format!("/v1/accounts/acme/chats/{JID}/ai/effective"),
-            None,
-        )
-        .await;
-    assert_eq!(eff.json["pause_cause"], "handoff_tool", "{}", eff.text);
+    let eff = effective(&app).await;
+    assert_eq!(eff["pause_cause"], "handoff_tool", "{eff}");
     inbound(&app, "acme", JID, "t2", "hello?").await;
     assert_eq!(
         settled(&app, "acme", "t2").await["reason_code"],
