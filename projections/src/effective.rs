@@ -351,7 +351,7 @@ impl Effective {
     /// out.
     pub fn speak(&self, takeover: chrono::Duration) -> wagate_events::chat::Speak {
         use wagate_events::chat::{Handoff, Hours, Outside, Speak, Trigger};
-        use wagate_events::matcher::{MatchMode, Matcher};
+        use wagate_events::matcher::MatchMode;
         let mut speak = Speak::default();
         let answering = self.why_not.is_none()
             || matches!(
@@ -361,9 +361,11 @@ impl Effective {
         if !answering {
             return speak;
         }
-        let matcher = |mode: MatchMode, words: &[String]| Matcher::new(mode, words).ok();
-        if let Some(keywords) = matcher(MatchMode::Word, &self.handoff_keywords.value)
-            .filter(|_| !self.handoff_keywords.value.is_empty())
+        let matcher = |mode: MatchMode, words: &[String]| compiled(mode, words);
+        let handoff_words = &self.handoff_keywords.value;
+        if let Some(keywords) = (!handoff_words.is_empty())
+            .then(|| matcher(MatchMode::Word, handoff_words))
+            .flatten()
         {
             speak.handoff = Some(Handoff {
                 keywords,
@@ -755,6 +757,40 @@ pub fn resolve_layers(
         key,
         fallback_key,
     }
+}
+
+/// Keyword lists compiled once: [`Effective::speak`] runs for every inbound message, and a list
+/// with regular expressions takes a while to compile. At most [`MATCHER_CACHE`] lists are kept
+/// (all dropped when full: settings change rarely).
+static MATCHERS: std::sync::LazyLock<
+    std::sync::Mutex<
+        std::collections::HashMap<
+            (wagate_events::matcher::MatchMode, Vec<String>),
+            wagate_events::matcher::Matcher,
+        >,
+    >,
+> = std::sync::LazyLock::new(Default::default);
+const MATCHER_CACHE: usize = 1024;
+
+/// The compiled matcher of `words` (`None` when they do not compile: they were validated when
+/// set, so only a list stored by an older version could).
+fn compiled(
+    mode: wagate_events::matcher::MatchMode,
+    words: &[String],
+) -> Option<wagate_events::matcher::Matcher> {
+    let key = (mode, words.to_vec());
+    let mut cache = MATCHERS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(m) = cache.get(&key) {
+        return Some(m.clone());
+    }
+    let m = wagate_events::matcher::Matcher::new(mode, words).ok()?;
+    if cache.len() >= MATCHER_CACHE {
+        cache.clear();
+    }
+    cache.insert(key, m.clone());
+    Some(m)
 }
 
 /// How long a handoff pauses the AI: the human-takeover pause, or a day when takeover is off

@@ -1031,3 +1031,140 @@ async fn key_rotation_reseals_cloud_secrets(mut app: TestApp) {
     assert_eq!(r.json["statuses"], 1);
 }
 both_stores!(cloud_key_rotation, key_rotation_reseals_cloud_secrets);
+
+/// Crash safety with a transport that reaches customers (ADR 0025): the process is killed while
+/// Graph holds the reply's send. The reply was marked before the call, so after the restart it
+/// ends `interrupted` and Graph is never asked to send it again; a later message is answered.
+async fn kill_during_a_graph_send(backend: crate::helpers::Backend) {
+    use std::time::Duration;
+
+    use crate::helpers::Binary;
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let Some(vars) = TestApp::vars(backend, &dir).await else {
+        return;
+    };
+    let token = wagate::config::Config::from_vars(&vars)
+        .expect("config")
+        .0
+        .jwt
+        .issue("crash-test", Duration::from_secs(600))
+        .expect("token")
+        .0;
+    let model = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion("on its way")))
+        .mount(&model)
+        .await;
+    let graph = MockServer::start().await;
+    accept_typing(&graph).await;
+    // The first send hangs past the kill; later ones answer at once.
+    Mock::given(method("POST"))
+        .and(path(SEND_PATH))
+        .respond_with(sent_response("wamid.SLOW").set_delay(Duration::from_secs(20)))
+        .up_to_n_times(1)
+        .mount(&graph)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(SEND_PATH))
+        .respond_with(sent_response("wamid.LATER"))
+        .mount(&graph)
+        .await;
+
+    let http = reqwest::Client::new();
+    let call = |base: String, m: reqwest::Method, p: &str, body: Option<Value>| {
+        let mut r = http.request(m, format!("{base}{p}")).bearer_auth(&token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        async move {
+            let resp = r.send().await.expect("send");
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let webhook = |base: String, wamid: &str, text: &str| {
+        let bytes = serde_json::to_vec(&text_message(wamid, text)).expect("json");
+        let req = http
+            .post(format!("{base}/v1/transports/cloud-api/acme/webhook"))
+            .header("content-type", "application/json")
+            .header("x-hub-signature-256", sign(APP_SECRET, &bytes))
+            .body(bytes);
+        async move { req.send().await.expect("webhook").status().as_u16() }
+    };
+    let row = |base: String, wamid: &'static str| {
+        let logs = call(
+            base,
+            reqwest::Method::GET,
+            "/v1/ai/logs?account_id=acme",
+            None,
+        );
+        async move {
+            let (_, logs) = logs.await;
+            logs["items"]
+                .as_array()?
+                .iter()
+                .find(|r| r["trigger_message_id"] == wamid)
+                .cloned()
+        }
+    };
+
+    let bin = Binary::start(&vars, "info").await;
+    let base = bin.base.clone();
+    let (status, body) = call(
+        base.clone(),
+        reqwest::Method::POST,
+        "/v1/accounts",
+        Some(
+            json!({"id": "acme", "transport": "cloud_api", "cloud_api": {
+            "phone_number_id": PHONE_ID, "business_account_id": WABA_ID,
+            "access_token": ACCESS_TOKEN, "app_secret": APP_SECRET, "verify_token": VERIFY_TOKEN,
+            "graph_base_url": graph.uri(), "graph_version": "v21.0"}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = call(
+        base.clone(),
+        reqwest::Method::PUT,
+        "/v1/ai/global",
+        Some(
+            json!({"enabled": true, "base_url": format!("{}/v1", model.uri()),
+                    "api_key": "sk-crash", "reply_delay_seconds": 0}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(webhook(base.clone(), "wamid.IN1", "hello?").await, 200);
+    eventually(20, "Graph holds the send", || async {
+        (send_requests(&graph).await.len() == 1).then_some(())
+    })
+    .await;
+    let mut bin = bin;
+    bin.kill9().await;
+
+    let bin2 = Binary::start(&vars, "info").await;
+    let base = bin2.base.clone();
+    let r = eventually(20, "the marked reply is closed", || async {
+        row(base.clone(), "wamid.IN1")
+            .await
+            .filter(|r| r["status"] == "failed")
+    })
+    .await;
+    assert_eq!(r["reason_code"], "interrupted", "{r}");
+    // The gateway answers again, and the interrupted reply was never sent a second time.
+    assert_eq!(
+        webhook(base.clone(), "wamid.IN2", "still there?").await,
+        200
+    );
+    let r = eventually(20, "the next message is answered", || async {
+        row(base.clone(), "wamid.IN2")
+            .await
+            .filter(|r| r["status"] == "sent")
+    })
+    .await;
+    assert_eq!(r["sent_message_id"], "wamid.LATER");
+    assert_eq!(send_requests(&graph).await.len(), 2, "one send per reply");
+    bin2.finish().await;
+}
+both_stores!(cloud_kill_during_send, kill_during_a_graph_send(Backend));
