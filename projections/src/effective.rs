@@ -762,14 +762,12 @@ pub fn resolve_layers(
 /// Keyword lists compiled once: [`Effective::speak`] runs for every inbound message, and a list
 /// with regular expressions takes a while to compile. At most [`MATCHER_CACHE`] lists are kept
 /// (all dropped when full: settings change rarely).
-static MATCHERS: std::sync::LazyLock<
-    std::sync::Mutex<
-        std::collections::HashMap<
-            (wagate_events::matcher::MatchMode, Vec<String>),
-            wagate_events::matcher::Matcher,
-        >,
-    >,
-> = std::sync::LazyLock::new(Default::default);
+static MATCHERS: std::sync::LazyLock<std::sync::Mutex<MatcherCache>> =
+    std::sync::LazyLock::new(Default::default);
+type MatcherCache = std::collections::HashMap<
+    (wagate_events::matcher::MatchMode, Vec<String>),
+    wagate_events::matcher::Matcher,
+>;
 const MATCHER_CACHE: usize = 1024;
 
 /// The compiled matcher of `words` (`None` when they do not compile: they were validated when
