@@ -836,3 +836,67 @@ both_stores!(
     conversation_controls_on_the_dashboard,
     conversation_controls
 );
+
+/// When the AI speaks (issue 24) from the dashboard: keyword lists one per line, business hours
+/// as the time zone then one range per line, choices as selects; they read back in the same form,
+/// and bad entries are refused next to their field with nothing written.
+async fn speak_settings(app: TestApp) {
+    let mut v = Visitor::new(&app);
+    v.login().await;
+    let page = v.get("/ai").await;
+    assert!(page.body.contains("id=\"when-to-speak\""), "{}", page.body);
+    let csrf = page.csrf();
+    let hours = "Europe/Lisbon\nmon-fri 09:00-18:00\nsat 10:00-13:00";
+    let r = v
+        .post(
+            "/ai",
+            &[
+                ("csrf", &csrf),
+                ("trigger", "keywords"),
+                ("trigger_keywords", "price\r\n/^order \\d+$/\r\n"),
+                ("business_hours", hours),
+                ("outside_hours", "away_message"),
+                ("away_message", "We are closed."),
+                ("handoff_keywords", "human\nagent"),
+                ("max_message_chars", "1000"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let global = app.admin("GET", "/v1/ai/global", None).await.json;
+    assert_eq!(global["trigger"], "keywords", "{global}");
+    assert_eq!(
+        global["trigger_keywords"],
+        json!(["price", "/^order \\d+$/"])
+    );
+    assert_eq!(global["handoff_keywords"], json!(["human", "agent"]));
+    assert_eq!(
+        global["business_hours"],
+        json!({"time_zone": "Europe/Lisbon", "ranges": [
+            {"days": "mon-fri", "open": "09:00", "close": "18:00"},
+            {"days": "sat", "open": "10:00", "close": "13:00"}]})
+    );
+    assert_eq!(global["max_message_chars"], 1000);
+    let page = v.get("/ai").await;
+    assert!(
+        page.body
+            .contains(">Europe/Lisbon\nmon-fri 09:00-18:00\nsat 10:00-13:00<"),
+        "the form shows what was saved"
+    );
+
+    for (field, value) in [
+        ("trigger_keywords", "/([a-z/"),
+        ("business_hours", "Europe/Lisbon\nmon-fri 18:00-09:00"),
+        ("business_hours", "Mars/Olympus\nmon 09:00-17:00"),
+        ("business_hours", "UTC\nsometimes"),
+        ("trigger", "sometimes"),
+    ] {
+        v.refused(
+            "/ai",
+            &[("csrf", &csrf), (field, value)],
+            &format!("layer-{field}"),
+        )
+        .await;
+    }
+}
+both_stores!(speak_on_the_dashboard, speak_settings);
