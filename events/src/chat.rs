@@ -776,8 +776,15 @@ impl Chat {
     /// Whether, and how, the AI speaks to the customer text `text` received at `at` (the chat
     /// is not paused by a handoff here; the caller pauses it).
     fn speak(&self, speak: &Speak, text: &str, mentioned: bool, at: DateTime<Utc>) -> Spoken {
+        // A human has the chat: no handoff, no away message, no trigger — the reply is skipped
+        // as paused when it is worked on.
+        if self.paused_at(at).is_some() {
+            return Spoken::Answer {
+                engaged_until: None,
+            };
+        }
         if let Some(h) = &speak.handoff {
-            if self.paused_at(at).is_none() && h.keywords.matches(text) {
+            if h.keywords.matches(text) {
                 return match &h.message {
                     Some(m) => Spoken::Notice(
                         Notice::Handoff {
@@ -2623,6 +2630,22 @@ mod tests {
                 "{t}"
             );
         }
+        // While a human has the chat, no away message.
+        let mut paused = chat.clone();
+        paused.apply(ChatEvent::AiPaused {
+            until: at("2026-03-30T06:00:00Z"),
+            cause: PauseCause::OperatorSend,
+            message_id: "op".into(),
+            at: at("2026-03-29T12:00:00Z"),
+        });
+        paused.away_sent_for = None;
+        let e = step(
+            &mut paused,
+            say("p1", "hi", at("2026-03-29T13:00:00Z"), &control),
+        );
+        assert!(!e
+            .iter()
+            .any(|e| matches!(e, ChatEvent::AiReplyGenerated { .. })));
         // Monday 09:00 CEST: open, answered.
         let e = step(&mut chat, say("m5", "good morning", monday, &control));
         assert_eq!(skipped_for(&e), None);
