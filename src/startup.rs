@@ -58,6 +58,8 @@ pub struct Running {
 impl Running {
     /// Stops accepting, lets in-flight requests finish, and closes the store.
     pub async fn stop(mut self) {
+        // Long-lived responses (the dashboard's live pages) end, so open requests can finish.
+        self.app.read.stopping.send_replace(true);
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }

@@ -120,6 +120,11 @@ pub struct ReadModels {
     pub projector_wake: tokio::sync::Notify,
     /// Wakes the webhook fan-out after the read models folded new events.
     pub outbox_wake: tokio::sync::Notify,
+    /// The chat streams (`<account>/<jid>`) each fold touched, for the dashboard's live pages;
+    /// sent only while someone listens.
+    pub chats_folded: tokio::sync::broadcast::Sender<Arc<[String]>>,
+    /// True once the server is stopping: long-lived responses (the live pages) end.
+    pub stopping: tokio::sync::watch::Sender<bool>,
     /// Store failures seen by background work and commands (`/metrics`).
     store_errors: std::sync::atomic::AtomicU64,
 }
@@ -139,6 +144,8 @@ impl ReadModels {
             commit_stats,
             projector_wake: tokio::sync::Notify::new(),
             outbox_wake: tokio::sync::Notify::new(),
+            chats_folded: tokio::sync::broadcast::channel(64).0,
+            stopping: tokio::sync::watch::channel(false).0,
             store_errors: Default::default(),
         }
     }
@@ -200,6 +207,13 @@ impl ReadModels {
                     }
                     model.position = last;
                 }
+                let touched = (self.chats_folded.receiver_count() > 0).then(|| {
+                    batch
+                        .iter()
+                        .filter(|(ev, _)| ev.aggregate_type == "chat")
+                        .map(|(ev, _)| ev.aggregate_id.clone())
+                        .collect::<std::collections::BTreeSet<String>>()
+                });
                 {
                     let mut messages = self.messages.write().unwrap_or_else(|p| p.into_inner());
                     for (ev, parsed) in batch {
@@ -210,6 +224,9 @@ impl ReadModels {
                 }
                 self.folded.store(last, Ordering::Release);
                 self.outbox_wake.notify_one();
+                if let Some(chats) = touched.filter(|c| !c.is_empty()) {
+                    let _ = self.chats_folded.send(chats.into_iter().collect());
+                }
             }
             if n < 1000 {
                 return Ok(());

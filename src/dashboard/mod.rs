@@ -50,6 +50,7 @@ pub fn router() -> Router<SharedApp> {
         .route("/accounts/{acc}/delete", post(accounts::delete_account))
         .route("/accounts/{acc}/chats/{jid}", get(chat::show))
         .route("/accounts/{acc}/chats/{jid}/send", post(chat::send))
+        .route("/accounts/{acc}/chats/{jid}/live", get(chat::live))
         .route(
             "/accounts/{acc}/chats/{jid}/settings",
             post(chat::save_settings),

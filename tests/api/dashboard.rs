@@ -98,6 +98,15 @@ impl<'a> Visitor<'a> {
         }
     }
 
+    /// The session's cookies as a `Cookie` header value.
+    fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     pub(crate) async fn get(&mut self, path: &str) -> Page {
         let req = self.client.get(format!("{}{path}", self.app.base));
         self.send(req).await
@@ -900,3 +909,73 @@ async fn speak_settings(app: TestApp) {
     }
 }
 both_stores!(speak_on_the_dashboard, speak_settings);
+
+/// The chat page's live feed: a `changed` event arrives within a second of a message committed
+/// for this chat (and not for another chat); it needs a session; it ends when the server stops.
+async fn live_chat_feed(mut app: TestApp) {
+    app.create_account("acme").await;
+    let mut v = Visitor::new(&app);
+    let jid = "491701234567@s.whatsapp.net";
+    let path = "/accounts/acme/chats/491701234567%40s.whatsapp.net/live";
+    // Without a session: the login page, no stream.
+    let r = v.get(path).await;
+    assert!(
+        r.location().starts_with("/login"),
+        "{} {}",
+        r.status,
+        r.location()
+    );
+    v.login().await;
+    let mut feed = v
+        .client
+        .get(format!("{}{path}", app.base))
+        .header(COOKIE, v.cookie_header())
+        .send()
+        .await
+        .expect("feed");
+    assert_eq!(feed.status(), 200);
+    assert!(feed
+        .headers()
+        .get("content-type")
+        .and_then(|t| t.to_str().ok())
+        .is_some_and(|t| t.starts_with("text/event-stream")));
+    let inject = |chat: &'static str, id: &'static str| {
+        app.admin(
+            "POST",
+            "/v1/accounts/acme/sandbox/inbound",
+            Some(json!({"chat_id": chat, "from": "4917", "text": "hi", "id": id})),
+        )
+    };
+    // Another chat's message: nothing for this feed.
+    assert_eq!(
+        inject("491709999999@s.whatsapp.net", "other-1")
+            .await
+            .status,
+        202
+    );
+    let quiet = tokio::time::timeout(std::time::Duration::from_millis(700), feed.chunk()).await;
+    assert!(quiet.is_err(), "no event for another chat: {quiet:?}");
+    let started = std::time::Instant::now();
+    assert_eq!(inject(jid, "mine-1").await.status, 202);
+    let chunk = tokio::time::timeout(std::time::Duration::from_secs(2), feed.chunk())
+        .await
+        .expect("an event within the deadline")
+        .expect("chunk")
+        .expect("open stream");
+    let text = String::from_utf8_lossy(&chunk).to_string();
+    assert!(text.contains("event: changed"), "{text}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    // A stop ends the stream (it does not hold the shutdown).
+    let stop = tokio::spawn(async move { app.restart().await });
+    let end = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Ok(Some(_)) = feed.chunk().await {}
+    })
+    .await;
+    assert!(end.is_ok(), "the feed ended with the server");
+    stop.await.expect("restarted");
+}
+both_stores!(live_feed, live_chat_feed);

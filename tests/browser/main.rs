@@ -140,13 +140,21 @@ async fn shot(c: &Client, name: &str) {
     std::fs::write(screenshot_dir().join(format!("{name}.png")), png).expect("write screenshot");
 }
 
+/// The text of the element `css`. The chat page swaps its thread in when the chat changes, so an
+/// element found may be replaced before its text is read: then it is found again.
 async fn text_of(c: &Client, css: &str) -> String {
-    c.find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .text()
-        .await
-        .expect("text")
+    let mut last = None;
+    for _ in 0..20 {
+        match c.find(Locator::Css(css)).await {
+            Ok(el) => match el.text().await {
+                Ok(text) => return text,
+                Err(e) => last = Some(e),
+            },
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{css}: {last:?}")
 }
 
 async fn fill(c: &Client, css: &str, value: &str) {
@@ -393,6 +401,37 @@ async fn dashboard_end_to_end() {
         None
     })
     .await;
+    // Pushed, not polled: a message injected through the API shows on the open page at once
+    // (the chat's live feed), without a reload (a marker set on this page survives).
+    c.execute("window.__samePage = true;", vec![])
+        .await
+        .expect("script");
+    let started = std::time::Instant::now();
+    let r = app
+        .admin(
+            "POST",
+            "/v1/accounts/acme/sandbox/inbound",
+            Some(json!({"chat_id": JID, "from": "491701234567", "text": "pushed to the page", "id": "push-1"})),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    eventually(10, "the pushed message shows", || async {
+        text_of(&c, "#thread")
+            .await
+            .contains("pushed to the page")
+            .then_some(())
+    })
+    .await;
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_millis(2500),
+        "shown after {waited:?}"
+    );
+    let same = c
+        .execute("return window.__samePage === true;", vec![])
+        .await
+        .expect("script");
+    assert_eq!(same, json!(true), "the page was not reloaded");
     // The operator send box.
     fill(&c, "#send-text", "an operator writes").await;
     submit(&c, "#send-h ~ form button[type=submit]").await;
