@@ -182,6 +182,20 @@ pub struct ShowQuery {
     pub chats_before: Option<i64>,
 }
 
+/// The account page's live feed: a `changed` event each time the read models fold events of one
+/// of the account's chats, so the page refreshes its chat list.
+pub async fn live(
+    State(app): State<SharedApp>,
+    _session: Session,
+    Path(acc): Path<String>,
+) -> Response {
+    if require_live(&app, &acc).is_err() {
+        return render::error_page(StatusCode::NOT_FOUND, "No such account.");
+    }
+    let prefix = format!("{acc}/");
+    super::live::feed(&app, move |chat| chat.starts_with(&prefix))
+}
+
 pub async fn show(
     State(app): State<SharedApp>,
     session: Session,
@@ -299,7 +313,7 @@ async fn render_account(
         }
         section aria-labelledby="chats-h" {
             h2 #chats-h { "Chats" }
-            @if chats.is_empty() {
+            div #chat-list { @if chats.is_empty() {
                 p { "No chats yet." }
             } @else {
                 div.scroll { table {
@@ -316,7 +330,7 @@ async fn render_account(
                         }
                     }
                 } }
-            }
+            } }
             @if forms.chats_before.is_some() || older_chats.is_some() {
                 p.pager {
                     @if forms.chats_before.is_some() { a #newest-chats href=(format!("{base}#chats-h")) { "Newest chats" } }

@@ -81,47 +81,17 @@ pub async fn show(
 
 /// The chat page's live feed (Server-Sent Events): a `changed` event each time the read models
 /// fold events of this chat (a message, the AI's typing, a reply's progress), so the page
-/// refreshes its thread within a fold of the commit instead of polling. Ends when the server
-/// stops; the browser reconnects by itself.
+/// refreshes its thread within a fold of the commit instead of polling.
 pub async fn live(
     State(app): State<SharedApp>,
     _session: Session,
     Path((acc, jid)): Path<(String, String)>,
 ) -> Response {
-    use axum::response::sse::{Event, KeepAlive, Sse};
-    use axum::response::IntoResponse;
-    use tokio::sync::broadcast::error::RecvError;
     if let Some(page) = check(&app, &acc, &jid) {
         return page;
     }
-    let state = (
-        app.read.chats_folded.subscribe(),
-        app.read.stopping.subscribe(),
-        format!("{acc}/{jid}"),
-    );
-    let events = futures::stream::unfold(state, |(mut folded, mut stopping, stream)| async move {
-        loop {
-            tokio::select! {
-                _ = stopping.wait_for(|stop| *stop) => return None,
-                next = folded.recv() => match next {
-                    Ok(chats) if chats.contains(&stream) => break,
-                    Ok(_) => {}
-                    // Missed some folds: one of them may have been this chat's.
-                    Err(RecvError::Lagged(_)) => break,
-                    Err(RecvError::Closed) => return None,
-                },
-            }
-        }
-        // Browsers drop an event whose data is empty.
-        let event = Event::default().event("changed").data("chat");
-        Some((
-            Ok::<_, std::convert::Infallible>(event),
-            (folded, stopping, stream),
-        ))
-    });
-    Sse::new(events)
-        .keep_alive(KeepAlive::default())
-        .into_response()
+    let stream = format!("{acc}/{jid}");
+    super::live::feed(&app, move |chat| chat == stream)
 }
 
 fn mode_str(m: ChatMode) -> &'static str {

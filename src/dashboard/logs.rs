@@ -83,7 +83,7 @@ pub async fn logs(
             p.muted #older-rows { "Only the newest " (app.config.read_model.ai_log)
                 " replies are searched here; " code { "GET /v1/ai/logs" } " pages through all of them." }
         }
-        @if rows.is_empty() { p { "No AI log rows match." } } @else {
+        div #log-rows { @if rows.is_empty() { p { "No AI log rows match." } } @else {
             p.muted { "Newest first; at most " (PAGE) " rows." }
             div.scroll { table #ai-log {
                 thead { tr {
@@ -106,12 +106,18 @@ pub async fn logs(
                     }
                 }
             } }
-        }
+        } }
     };
     render::respond(
         state.status(),
         render::page("AI log", Some(&session), Section::Logs, body),
     )
+}
+
+/// The AI log page's live feed: a `changed` event each time the read models fold events of any
+/// chat (a reply requested, generated, sent, skipped or failed), so the page refreshes its rows.
+pub async fn live(State(app): State<SharedApp>, _session: Session) -> Response {
+    super::live::feed(&app, |_| true)
 }
 
 pub async fn audit(

@@ -9,6 +9,7 @@
 pub mod accounts;
 pub mod ai;
 pub mod chat;
+pub mod live;
 pub mod login;
 pub mod logs;
 pub mod render;
@@ -39,6 +40,7 @@ pub fn router() -> Router<SharedApp> {
             get(accounts::list).post(accounts::create_account),
         )
         .route("/accounts/{acc}", get(accounts::show))
+        .route("/accounts/{acc}/live", get(accounts::live))
         .route("/accounts/{acc}/ai", post(accounts::save_ai))
         .route("/accounts/{acc}/ai/clear-key", post(accounts::clear_key))
         .route("/accounts/{acc}/tokens", post(accounts::create_token))
@@ -59,6 +61,7 @@ pub fn router() -> Router<SharedApp> {
         .route("/accounts/{acc}/chats/{jid}/resume", post(chat::resume))
         .route("/test", get(test_page::page).post(test_page::run))
         .route("/logs", get(logs::logs))
+        .route("/logs/live", get(logs::live))
         .route("/audit", get(logs::audit))
         .route("/webhooks", get(webhooks::list).post(webhooks::create))
         .route("/webhooks/{id}", get(webhooks::show))

@@ -969,6 +969,39 @@ async fn live_chat_feed(mut app: TestApp) {
         "{:?}",
         started.elapsed()
     );
+    // The account page's feed hears of any of its chats, the AI log's of every chat; an unknown
+    // account has none.
+    let open = |path: &'static str| {
+        v.client
+            .get(format!("{}{path}", app.base))
+            .header(COOKIE, v.cookie_header())
+            .send()
+    };
+    let mut account = open("/accounts/acme/live").await.expect("account feed");
+    let mut log = open("/logs/live").await.expect("log feed");
+    assert_eq!(
+        (account.status().as_u16(), log.status().as_u16()),
+        (200, 200)
+    );
+    assert_eq!(
+        open("/accounts/nobody/live").await.expect("feed").status(),
+        404
+    );
+    assert_eq!(
+        inject("491708888888@s.whatsapp.net", "other-2")
+            .await
+            .status,
+        202
+    );
+    for feed in [&mut account, &mut log] {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(2), feed.chunk())
+            .await
+            .expect("an event within the deadline")
+            .expect("chunk")
+            .expect("open stream");
+        assert!(String::from_utf8_lossy(&chunk).contains("event: changed"));
+    }
+    drop((account, log));
     // A stop ends the stream (it does not hold the shutdown).
     let stop = tokio::spawn(async move { app.restart().await });
     let end = tokio::time::timeout(std::time::Duration::from_secs(10), async {

@@ -495,6 +495,25 @@ async fn dashboard_end_to_end() {
     c.goto(&format!("{base}/logs")).await.expect("goto");
     assert!(text_of(&c, "#ai-log").await.contains("sent"));
     shot(&c, "09-logs").await;
+    // The open AI log follows new replies by itself (its live feed), without a reload.
+    let rows_before = c
+        .find_all(Locator::Css("#ai-log tbody tr"))
+        .await
+        .expect("rows")
+        .len();
+    let r = app
+        .admin(
+            "POST",
+            "/v1/accounts/acme/sandbox/inbound",
+            Some(json!({"chat_id": "491705555555@s.whatsapp.net", "from": "491705555555", "text": "a new chat", "id": "log-live-1"})),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    eventually(10, "the new reply's row shows on the open log", || async {
+        let rows = c.find_all(Locator::Css("#ai-log tbody tr")).await.ok()?;
+        (rows.len() > rows_before).then_some(())
+    })
+    .await;
 
     // The audit history of the account names the dashboard user.
     c.goto(&format!("{base}/audit?account_id=acme"))

@@ -1,24 +1,37 @@
-// wagate dashboard: the one script. On a chat page, refreshes the message thread when the
-// gateway says the chat changed (Server-Sent Events from `<chat page>/live`: a new message, the
-// AI's typing, a reply's progress), or every few seconds where EventSource is missing: a
-// same-origin fetch of the page itself, parsed by DOMParser, the thread node swapped, so replies
-// appear without a reload and without touching what is being typed. Everything works without it.
+// wagate dashboard: the one script. Pages that follow the gateway — a chat's thread, an account's
+// chat list, the AI log — refresh their live parts when the gateway says something changed
+// (Server-Sent Events from the page's `…/live` feed: a new message, the AI's typing, a reply's
+// progress), or every few seconds where EventSource is missing: a same-origin fetch of the page
+// itself, parsed by DOMParser, the live nodes swapped, so changes appear without a reload and
+// without touching what is being typed. Everything works without it.
 (function () {
   "use strict";
-  var thread = document.getElementById("thread");
-  if (!thread || !window.fetch || !window.DOMParser) return;
+  if (!window.fetch || !window.DOMParser) return;
+  var here = window.location.pathname.replace(/\/$/, "");
+  // Each page: the ids of its live parts (the first one says the page is this one), its feed.
+  var pages = [
+    { ids: ["thread", "ai-state"], feed: here + "/live" },
+    { ids: ["chat-list"], feed: here + "/live" },
+    { ids: ["log-rows"], feed: "/logs/live" }
+  ];
+  var page = null;
+  for (var i = 0; i < pages.length; i++) {
+    if (document.getElementById(pages[i].ids[0])) { page = pages[i]; break; }
+  }
+  if (!page) return;
   function refresh() {
     if (document.visibilityState !== "visible") return;
-    fetch(window.location.pathname, { credentials: "same-origin", redirect: "error" })
+    fetch(window.location.pathname + window.location.search,
+      { credentials: "same-origin", redirect: "error" })
       .then(function (r) { return r.ok ? r.text() : Promise.reject(r.status); })
       .then(function (html) {
         var doc = new DOMParser().parseFromString(html, "text/html");
-        ["thread", "ai-state"].forEach(function (id) {
+        page.ids.forEach(function (id) {
           var fresh = doc.getElementById(id), old = document.getElementById(id);
           if (fresh && old) old.replaceWith(document.importNode(fresh, true));
         });
       })
-      .catch(function () { /* keep the current view; the Refresh link still works */ });
+      .catch(function () { /* keep the current view; reloading the page still works */ });
   }
   if (!window.EventSource) {
     window.setInterval(refresh, 3000);
@@ -36,7 +49,7 @@
   document.addEventListener("visibilitychange", function () {
     if (missed && document.visibilityState === "visible") { missed = false; refresh(); }
   });
-  var feed = new EventSource(window.location.pathname.replace(/\/$/, "") + "/live");
+  var feed = new EventSource(page.feed);
   feed.addEventListener("changed", soon);
   // What changed between the page's render and the feed's (re)connection is fetched once.
   feed.addEventListener("open", soon);
