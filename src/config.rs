@@ -229,6 +229,64 @@ pub struct Config {
     /// (`WAGATE_API_RATE_LIMIT_PER_SECOND`, default 100, 0 = no limit;
     /// `WAGATE_API_RATE_LIMIT_BURST`, default 500); past it, 429 with `Retry-After`.
     pub api_rate_limit: Option<ApiRateLimit>,
+    /// How gateways sharing a PostgreSQL store divide the accounts (ADR 0026).
+    pub cluster: ClusterConfig,
+}
+
+/// This gateway's place among the gateways sharing a PostgreSQL store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// `WAGATE_NODE_ID`: unique among the running gateways (default: the host name and the
+    /// listening port). A second process with the id of a live one refuses to start.
+    pub node_id: String,
+    /// `WAGATE_LEASE_SECONDS` (2..=300, default 10): how long an account lease and a node's
+    /// heartbeat last; they are renewed every third of it, and a dead node's accounts move to the
+    /// others within it.
+    pub lease: Duration,
+}
+
+/// The default `WAGATE_LEASE_SECONDS`.
+pub const DEFAULT_LEASE_SECONDS: u64 = 10;
+
+fn parse_cluster(
+    vars: &Vars<'_>,
+    plain: &Plain,
+    listen: SocketAddr,
+) -> Result<ClusterConfig, ConfigError> {
+    let lease = Duration::from_secs(within(
+        "WAGATE_LEASE_SECONDS",
+        plain.lease_seconds.unwrap_or(DEFAULT_LEASE_SECONDS),
+        2..=300,
+    )?);
+    let node_id = match vars.get("WAGATE_NODE_ID") {
+        Some(id) => id.trim().to_string(),
+        None => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "wagate".into());
+            let host: String = host
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                .take(90)
+                .collect();
+            format!("{host}:{}", listen.port())
+        }
+    };
+    let valid = !node_id.is_empty()
+        && node_id.len() <= 100
+        && node_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'));
+    if !valid {
+        return Err(invalid(
+            "WAGATE_NODE_ID",
+            "must be 1 to 100 letters, digits, '.', '_', '-' or ':'",
+        ));
+    }
+    Ok(ClusterConfig { node_id, lease })
 }
 
 // --- The plain settings: extracted by figment, checked with the variables' messages ---
@@ -300,6 +358,10 @@ const MESSAGES: &[(&str, &str)] = &[
     (
         "WAGATE_MAX_CONNECTIONS",
         "must be a whole number from 1 to 1000000",
+    ),
+    (
+        "WAGATE_LEASE_SECONDS",
+        "must be a whole number of seconds from 2 to 300",
     ),
 ];
 
@@ -378,6 +440,8 @@ struct Plain {
     request_timeout: Option<Human>,
     #[serde(rename = "WAGATE_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+    #[serde(rename = "WAGATE_LEASE_SECONDS")]
+    lease_seconds: Option<u64>,
 }
 
 impl Plain {
@@ -995,6 +1059,7 @@ impl Config {
             DEFAULT_CHECKPOINT_EVERY as usize,
         )? as u64;
         let api_rate_limit = parse_api_rate_limit(&plain)?;
+        let cluster = parse_cluster(&vars, &plain, listen)?;
 
         Ok((
             Config {
@@ -1019,6 +1084,7 @@ impl Config {
                 checkpoint_every,
                 http,
                 api_rate_limit,
+                cluster,
             },
             first,
         ))

@@ -31,6 +31,8 @@ pub enum StartupError {
     Store(#[from] StoreError),
     #[error("cannot load the history: {0}")]
     App(#[from] AppError),
+    #[error(transparent)]
+    Cluster(#[from] crate::app::cluster::ClusterError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -70,6 +72,10 @@ impl Running {
         if let Some(g) = self.app.gateway.get() {
             g.shutdown().await;
         }
+        // No reply step runs here any more: the other nodes may take the accounts at once.
+        if let Some(cluster) = self.app.cluster.get() {
+            cluster.leave().await;
+        }
         if let Err(e) = (&mut self.task).await {
             tracing::warn!(error = %e, "server task ended abnormally");
         }
@@ -98,6 +104,10 @@ pub async fn start(config: Config) -> Result<Running, StartupError> {
     let store = open_store(&config).await?;
     let listen = config.listen;
     let app = App::new(config, store).await?;
+    if let Store::Postgres(pool) = &app.store {
+        let cluster = crate::app::cluster::Cluster::join(pool.clone(), &app.config.cluster).await?;
+        let _ = app.cluster.set(cluster);
+    }
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| StartupError::Bind {
@@ -134,6 +144,9 @@ pub async fn start(config: Config) -> Result<Running, StartupError> {
         }
     });
     let mut background = crate::webhooks::start(&app);
+    if let Some(cluster) = app.cluster.get() {
+        background.extend(crate::app::cluster::start(&app, cluster.clone()));
+    }
     if app.config.checkpoint_every > 0 {
         background.push(crate::app::checkpoint::start(
             &app,
@@ -239,12 +252,18 @@ async fn serve(
 
 /// Starts the actor system and recovers the replies a previous process left open (ADR 0025): one
 /// marked as handed to the transport fails as `interrupted` (never sent twice); the others are
-/// worked on again, so every acknowledged message is answered.
+/// worked on again, so every acknowledged message is answered. On PostgreSQL this node takes its
+/// share of the account leases first and recovers only the accounts it took (ADR 0026): another
+/// live node's replies are never touched.
 async fn start_actors(app: &SharedApp) -> Result<(), StartupError> {
     let gateway = wagate_actors::Gateway::start(crate::app::ports::ports(app))
         .await
         .map_err(|e| StartupError::Actors(e.to_string()))?;
     let _ = app.gateway.set(gateway.clone());
+    if let Some(cluster) = app.cluster.get() {
+        cluster.balance(app).await;
+        return Ok(());
+    }
     let open = app.messages().chats_with_open_replies();
     for (account, jid) in &open {
         let closed = gateway

@@ -428,8 +428,11 @@ impl Gateway {
         .await
     }
 
-    /// Closes a chat's replies that a restart interrupted (failed, reason `interrupted`: never
-    /// sent twice); how many.
+    /// Recovers a chat's open replies that no worker of this process has (a restart, a
+    /// takeover, or a reply requested on another gateway): the chat reloads its stream, closes
+    /// the ones that may have been handed to the transport (failed, reason `interrupted`: never
+    /// sent twice) or that are superseded, and works on the others; how many it closed. Nothing
+    /// happens in a process that does not run the account.
     pub async fn close_interrupted(&self, account: &str, jid: &str) -> Result<usize, ActorError> {
         self.ask(account, jid, |reply| ChatMsg::CloseInterrupted { reply })
             .await
@@ -458,10 +461,29 @@ impl Gateway {
         ))
     }
 
+    /// Stops an account's actors because this process gained or lost the account's lease: the
+    /// next use starts them again, knowing who runs the account's replies now.
+    pub async fn restart_account(&self, account: &str) {
+        self.stop_actors(account, "account lease changed").await;
+    }
+
     /// Stops an account's actors (account deleted).
     pub async fn stop_account(&self, account: &str) {
-        if let Some(a) = self.accounts.lock().await.remove(account) {
-            a.stop(Some("account deleted".into()));
+        self.stop_actors(account, "account deleted").await;
+    }
+
+    async fn stop_actors(&self, account: &str, why: &str) {
+        let stopped = self.accounts.lock().await.remove(account);
+        if let Some(a) = stopped {
+            // Its chats first, then itself; wait, so no chat of the account runs twice.
+            a.stop_children_and_wait(Some(why.into()), Some(self.ports.call_timeout))
+                .await;
+            if let Err(e) = a
+                .stop_and_wait(Some(why.into()), Some(self.ports.call_timeout))
+                .await
+            {
+                tracing::warn!(error = %e, "an account actor did not stop in time");
+            }
         }
         self.running
             .write()

@@ -21,7 +21,7 @@ use wagate_events::chat::SentPart;
 use wagate_events::reason::{ReplyReason, SupersededAt};
 
 use crate::account::AccountHandle;
-use crate::ports::{ActorError, Meta, Ports, SendError, StoreFailure};
+use crate::ports::{ActorError, Meta, Owner, Ports, SendError, StoreFailure};
 use crate::supervisor::SupervisorMsg;
 
 /// A chat's state is offered as a snapshot each time its stream passes a multiple of this many
@@ -295,6 +295,7 @@ impl ChatState {
         commands: Vec<ChatCommand>,
         meta: &Meta,
     ) -> Result<(Vec<ChatEvent>, Vec<i64>), ActorError> {
+        let fence = self.fence_for(&commands)?;
         for _ in 0..3 {
             self.recall_ids(&commands).await?;
             let (events, after) = match commands.as_slice() {
@@ -310,22 +311,81 @@ impl ChatState {
             match self
                 .ports
                 .streams
-                .commit(&self.stream_id, self.version, events.clone(), meta.clone())
+                .commit(
+                    &self.stream_id,
+                    self.version,
+                    events.clone(),
+                    meta.clone(),
+                    fence,
+                )
                 .await
             {
                 Ok(positions) => {
                     self.committed(&events, after).await;
                     return Ok((events, positions));
                 }
-                Err(StoreFailure::Conflict) => {
-                    let (chat, version) = self.ports.streams.load(&self.stream_id).await?;
-                    self.chat = chat;
-                    self.version = version;
+                Err(StoreFailure::Conflict) => self.reload().await?,
+                Err(StoreFailure::Fenced) => {
+                    // Another gateway runs the account now: leave its replies to it.
+                    self.queue.clear();
+                    tracing::warn!(account = %self.account.account, "a reply step was refused: the account's lease moved to another gateway");
+                    return Err(StoreFailure::Fenced.into());
                 }
                 Err(e) => return Err(e.into()),
             }
         }
         Err(StoreFailure::Conflict.into())
+    }
+
+    /// Reads the stream again from the store.
+    async fn reload(&mut self) -> Result<(), StoreFailure> {
+        let (chat, version) = self.ports.streams.load(&self.stream_id).await?;
+        self.chat = chat;
+        self.version = version;
+        Ok(())
+    }
+
+    /// The lease epoch `commands` are committed under: a reply step (anything but recording a
+    /// message, a status or a resume) is fenced by the account's lease, and refused outright in a
+    /// process that does not run the account (ADR 0026).
+    fn fence_for(&self, commands: &[ChatCommand]) -> Result<Option<i64>, StoreFailure> {
+        let reply_step = commands.iter().any(|c| {
+            !matches!(
+                c,
+                ChatCommand::Receive { .. }
+                    | ChatCommand::Send { .. }
+                    | ChatCommand::UpdateStatus { .. }
+                    | ChatCommand::Resume { .. }
+            )
+        });
+        match (
+            reply_step,
+            self.ports.ownership.owner(&self.account.account),
+        ) {
+            (false, _) => Ok(None),
+            (true, Owner::Here { epoch }) => Ok(epoch),
+            (true, Owner::Elsewhere) => Err(StoreFailure::Fenced),
+        }
+    }
+
+    /// Queues every open reply that no worker here has and that was not handed to the
+    /// transport; how many.
+    fn queue_open_replies(&mut self) -> usize {
+        let open: Vec<String> = self
+            .chat
+            .open_replies
+            .keys()
+            .filter(|r| {
+                !self.queue.contains(r)
+                    && self.active.as_deref() != Some(r.as_str())
+                    && !self.reserved.contains_key(*r)
+                    && !self.chat.is_sending(r)
+            })
+            .cloned()
+            .collect();
+        let n = open.len();
+        self.queue.extend(open);
+        n
     }
 
     /// Before `commands` are decided: asks the store about every message id they name that fell
@@ -783,8 +843,22 @@ impl ChatState {
                     Ok((requested, ack)) => {
                         let _ = reply.send(Ok(ack));
                         if requested {
-                            self.queue.push_back(reply_id);
-                            self.pump(&myself).await;
+                            match self.ports.ownership.owner(&self.account.account) {
+                                Owner::Here { .. } => {
+                                    self.queue.push_back(reply_id);
+                                    self.pump(&myself).await;
+                                }
+                                Owner::Elsewhere => {
+                                    // Off this actor: the owner (maybe this process, once it
+                                    // takes the lease) asks this chat to refresh.
+                                    let ownership = self.ports.ownership.clone();
+                                    let (account, jid) =
+                                        (self.account.account.clone(), self.jid.clone());
+                                    tokio::spawn(async move {
+                                        ownership.hand_over(&account, &jid).await;
+                                    });
+                                }
+                            }
                         }
                     }
                     Err(e) => {
@@ -992,31 +1066,39 @@ impl ChatState {
                 self.pump(&myself).await;
             }
             ChatMsg::CloseInterrupted { reply } => {
-                let result = self
-                    .commit(
-                        ChatCommand::CloseInterrupted,
-                        &system_meta("system:recovery"),
-                    )
-                    .await
-                    .map(|(events, _)| events.len());
+                if self.ports.ownership.owner(&self.account.account) == Owner::Elsewhere {
+                    let _ = reply.send(Ok(0));
+                    return Ok(());
+                }
+                // The stream as others left it (another gateway may have committed to it).
+                let keep: Vec<String> = self
+                    .reserved
+                    .keys()
+                    .chain(self.unrecorded.keys())
+                    .chain(self.active.iter())
+                    .cloned()
+                    .collect();
+                let result = match self.reload().await {
+                    Ok(()) => self
+                        .commit(
+                            ChatCommand::CloseInterrupted { keep },
+                            &system_meta("system:recovery"),
+                        )
+                        .await
+                        .map(|(events, _)| events.len()),
+                    Err(e) => Err(e.into()),
+                };
                 // What recovery left open never reached the transport: work on it again (a
                 // request is asked of the model, waiting out the rest of a debounce window; an
                 // answer is delivered).
-                let resumed: Vec<String> = self
-                    .chat
-                    .open_replies
-                    .keys()
-                    .filter(|r| {
-                        !self.queue.contains(r) && self.active.as_deref() != Some(r.as_str())
-                    })
-                    .cloned()
-                    .collect();
-                if !resumed.is_empty() {
-                    tracing::info!(
-                        replies = resumed.len(),
-                        "resuming replies a restart interrupted before they were sent"
-                    );
-                    self.queue.extend(resumed);
+                if result.is_ok() {
+                    let resumed = self.queue_open_replies();
+                    if resumed > 0 {
+                        tracing::info!(
+                            replies = resumed,
+                            "resuming replies left open before they were sent"
+                        );
+                    }
                 }
                 let _ = reply.send(result);
                 self.pump(&myself).await;

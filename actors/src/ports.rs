@@ -23,6 +23,10 @@ pub enum StoreFailure {
     Unavailable(String),
     #[error("event store error: {0}")]
     Other(String),
+    /// The append was made under an account lease that is no longer current (another gateway
+    /// took the account over): nothing was written (ADR 0026).
+    #[error("this gateway no longer holds the account's lease")]
+    Fenced,
 }
 
 /// What a caller of an actor gets back when a request fails.
@@ -47,6 +51,9 @@ impl From<StoreFailure> for ActorError {
             }
             StoreFailure::Unavailable(m) => ActorError::Unavailable(m),
             StoreFailure::Other(m) => ActorError::Internal(m),
+            StoreFailure::Fenced => ActorError::Unavailable(
+                "another gateway runs this account's replies now; retry".into(),
+            ),
         }
     }
 }
@@ -61,13 +68,16 @@ pub trait ChatStreams: Send + Sync + 'static {
     async fn start(&self, stream_id: &str) -> Result<(Chat, usize), StoreFailure> {
         self.load(stream_id).await
     }
-    /// Appends after version `expected`; returns the global positions of the new events.
+    /// Appends after version `expected`; returns the global positions of the new events. With a
+    /// `fence` (the epoch of the account's lease the append is made under), the append is refused
+    /// as [`StoreFailure::Fenced`] in the same transaction when that epoch is no longer current.
     async fn commit(
         &self,
         stream_id: &str,
         expected: usize,
         events: Vec<ChatEvent>,
         meta: Meta,
+        fence: Option<i64>,
     ) -> Result<Vec<i64>, StoreFailure>;
     /// What the stream recorded of `message_id` (received, or sent and its last delivery status),
     /// `None` when it never did. Asked only for ids that fell out of a chat's in-memory window, so
@@ -256,6 +266,42 @@ pub trait Notify: Send + Sync + 'static {
     async fn committed(&self);
 }
 
+/// Whether this process runs an account's replies (ADR 0026).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// It does: its reply steps are committed under the lease's `epoch` (`None`: a single-process
+    /// store, where no lease is needed).
+    Here { epoch: Option<i64> },
+    /// Another gateway sharing the store does (or none yet): this one records inbound messages
+    /// and operator sends, and hands requested replies over.
+    Elsewhere,
+}
+
+/// Which accounts' replies this process runs. Several gateways sharing one store each run the
+/// accounts whose lease they hold; the others only record and hand over.
+#[async_trait]
+pub trait Ownership: Send + Sync + 'static {
+    /// Who runs `account`'s replies, as this process knows now. A lease counts only while this
+    /// process's clock says it is valid (with a margin), so a gateway paused past its lease does
+    /// not send what the next owner will work on.
+    fn owner(&self, account: &str) -> Owner;
+    /// A reply was requested in `account`'s chat `jid` here, while another process (or none)
+    /// runs the account: make the owner work on it.
+    async fn hand_over(&self, account: &str, jid: &str) {
+        let _ = (account, jid);
+    }
+}
+
+/// One process runs everything (the embedded store, and tests).
+pub struct SoleOwner;
+
+#[async_trait]
+impl Ownership for SoleOwner {
+    fn owner(&self, _account: &str) -> Owner {
+        Owner::Here { epoch: None }
+    }
+}
+
 /// Bounds on concurrent model calls: across the process, and per account (each account actor
 /// owns its account's slots).
 pub struct Limits {
@@ -295,6 +341,8 @@ pub struct Ports {
     /// Opens each account's session (see [`Session`]).
     pub transport: Arc<dyn Transport>,
     pub notify: Arc<dyn Notify>,
+    /// Which accounts' replies run here.
+    pub ownership: Arc<dyn Ownership>,
     pub limits: Limits,
     /// A chat actor with nothing to do for this long stops (its state is reloaded on demand).
     pub chat_idle: Duration,

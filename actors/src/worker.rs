@@ -22,7 +22,10 @@ use wagate_events::reason::{ModelErrorClass, ReplyReason, SupersededAt};
 
 use crate::account::AccountHandle;
 use crate::chat::{ChatMsg, Delivery, GeneratedReply, ReplyContext, Reservation, SendOutcome};
-use crate::ports::{ActorError, ModelAnswer, ModelCall, Ports, PromptRole, ReplyConfig, SendError};
+use crate::ports::{
+    ActorError, ModelAnswer, ModelCall, Owner, Ports, PromptRole, ReplyConfig, SendError,
+    StoreFailure,
+};
 use crate::retry::RetryPolicy;
 
 pub struct ReplyWorker;
@@ -521,6 +524,11 @@ async fn deliver_once(
             trigger,
         } => (parts, typing, trigger),
     };
+    // A gateway paused past its lease does not send: the next owner works on the reply (its
+    // sending mark, when one was committed, closes it as interrupted: never sent twice).
+    if args.ports.ownership.owner(&args.account.account) == Owner::Elsewhere {
+        return Err(StepError::Actor(StoreFailure::Fenced.into()));
+    }
     let mut outcome = SendOutcome {
         sent: Vec::with_capacity(parts.len()),
         failed: None,
@@ -821,6 +829,7 @@ mod tests {
             expected: usize,
             events: Vec<ChatEvent>,
             _: Meta,
+            _: Option<i64>,
         ) -> Result<Vec<i64>, StoreFailure> {
             if events
                 .iter()
@@ -998,6 +1007,7 @@ mod tests {
             config: Arc::new(Echo),
             model: Arc::new(NoModel),
             transport: Arc::new(transport),
+            ownership: Arc::new(crate::ports::SoleOwner),
             notify: Arc::new(Quiet),
             limits: Limits::new(4, 4),
             chat_idle,

@@ -455,7 +455,10 @@ pub enum ChatCommand {
     /// Start-up recovery: a reply that may have been handed to the transport (`AiReplySending`)
     /// fails as `interrupted`; a request a newer customer message superseded is skipped; every
     /// other open reply stays open to be worked on again (asked of the model, or delivered).
-    CloseInterrupted,
+    CloseInterrupted {
+        /// Replies this process is working on (a worker has them): left as they are.
+        keep: Vec<String>,
+    },
     /// A delivery status for an outbound message; unknown ids and non-advancing statuses are
     /// no-ops.
     UpdateStatus {
@@ -926,6 +929,15 @@ impl Chat {
         }
     }
 
+    /// Whether an open reply was handed to the transport (`AiReplySending`): it is never handed
+    /// over again, only recorded or closed as `interrupted`.
+    pub fn is_sending(&self, reply_id: &str) -> bool {
+        matches!(
+            self.open_replies.get(reply_id),
+            Some(ReplyState::Generated { sending: true, .. })
+        )
+    }
+
     /// Whether an open reply has its text recorded (an answer or a notice) and only waits to be
     /// delivered.
     pub fn is_generated(&self, reply_id: &str) -> bool {
@@ -1355,10 +1367,10 @@ impl Chat {
                     )))
                 }
             },
-            ChatCommand::CloseInterrupted => self
+            ChatCommand::CloseInterrupted { keep } => self
                 .open_replies
                 .iter()
-                .filter(|(reply_id, _)| !self.resumable(reply_id))
+                .filter(|(reply_id, _)| !self.resumable(reply_id) && !keep.contains(reply_id))
                 .map(|(reply_id, state)| match state {
                     ReplyState::Generated { sending: true, .. } => ChatEvent::AiReplyFailed {
                         reply_id: reply_id.clone(),
@@ -1812,7 +1824,7 @@ mod tests {
                 generated("r2"),
                 sending("r2"),
             ])
-            .when(ChatCommand::CloseInterrupted)
+            .when(ChatCommand::CloseInterrupted { keep: vec![] })
             .then_expect_events(vec![
                 ChatEvent::AiReplySkipped {
                     reply_id: "r1".into(),
@@ -1838,7 +1850,7 @@ mod tests {
             assert!(chat.resumable(&reply));
             Fw::with(())
                 .given(open)
-                .when(ChatCommand::CloseInterrupted)
+                .when(ChatCommand::CloseInterrupted { keep: vec![] })
                 .then_expect_events(vec![]);
         }
         // The mark is written once, and only for an answer.
@@ -2155,7 +2167,7 @@ mod tests {
                 received("m2"),
                 debounced("r2", "m2"),
             ])
-            .when(ChatCommand::CloseInterrupted)
+            .when(ChatCommand::CloseInterrupted { keep: vec![] })
             .then_expect_events(vec![ChatEvent::AiReplySkipped {
                 reply_id: "r1".into(),
                 reason: ReplyReason::Superseded {

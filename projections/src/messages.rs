@@ -681,6 +681,20 @@ impl MessagesModel {
     }
 
     /// Chats with replies that have not reached a terminal state (start-up recovery).
+    /// The chats with a reply that has been open, unchanged, since before `before`.
+    pub fn chats_with_replies_open_before(&self, before: DateTime<Utc>) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .ai_log
+            .iter()
+            .chain(self.lingering.values())
+            .filter(|r| r.is_open() && r.updated_at < before)
+            .map(|r| (r.account_id.clone(), r.chat_id.clone()))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     pub fn chats_with_open_replies(&self) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = self
             .ai_log

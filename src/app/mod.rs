@@ -3,6 +3,7 @@
 //! model caught up with the history in commit order.
 
 pub mod checkpoint;
+pub mod cluster;
 pub mod cold;
 pub mod dispatch;
 pub mod ports;
@@ -353,6 +354,9 @@ pub struct App {
     pub read: Arc<ReadModels>,
     /// The actor system, set once at start.
     pub gateway: std::sync::OnceLock<Arc<wagate_actors::Gateway>>,
+    /// This node's membership among the gateways sharing a PostgreSQL store (ADR 0026); unset
+    /// on SQLite, where one process runs every account.
+    pub cluster: std::sync::OnceLock<Arc<crate::app::cluster::Cluster>>,
     /// Wakes the webhook senders when deliveries became due.
     pub delivery_wake: tokio::sync::Notify,
     pub delivery_counters: DeliveryCounters,
@@ -408,6 +412,7 @@ impl App {
             revoked_tokens: Default::default(),
             read,
             gateway: std::sync::OnceLock::new(),
+            cluster: std::sync::OnceLock::new(),
             config: Arc::new(config),
             store,
         });

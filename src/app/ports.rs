@@ -144,6 +144,7 @@ impl ChatStreams for StoreStreams {
         expected: usize,
         events: Vec<ChatEvent>,
         meta: Meta,
+        fence: Option<i64>,
     ) -> Result<Vec<i64>, StoreFailure> {
         use cqrs_es::DomainEvent;
         let append = Append {
@@ -161,10 +162,12 @@ impl ChatStreams for StoreStreams {
                 })
                 .collect::<Result<_, _>>()?,
             metadata: meta,
+            fence,
         };
         match self.committer.append(append).await {
             Ok(Appended::Committed(positions)) => Ok(positions),
             Ok(Appended::Conflict) => Err(StoreFailure::Conflict),
+            Ok(Appended::Fenced) => Err(StoreFailure::Fenced),
             Err(e) => Err(failure(CommitError::Store(e))),
         }
     }
@@ -501,6 +504,13 @@ pub fn ports(app: &Arc<App>) -> wagate_actors::Ports {
             cloud,
         )),
         notify: Arc::new(WakeProjector(app.read.clone())),
+        ownership: match app.cluster.get() {
+            Some(cluster) => Arc::new(crate::app::cluster::ClusterOwnership::new(
+                cluster.clone(),
+                app,
+            )),
+            None => Arc::new(wagate_actors::ports::SoleOwner),
+        },
         limits: wagate_actors::ports::Limits::new(
             app.config.max_model_calls,
             app.config.max_model_calls_per_account,

@@ -31,6 +31,10 @@ pub struct Append {
     /// (event type, event version, payload as JSON text)
     pub events: Vec<(String, String, String)>,
     pub metadata: HashMap<String, String>,
+    /// The epoch of the account lease the append is made under (PostgreSQL, ADR 0026): refused
+    /// in the same statement when the account's lease has another epoch now. The account is the
+    /// stream id's first part.
+    pub fence: Option<i64>,
 }
 
 /// What became of an append.
@@ -40,6 +44,8 @@ pub enum Appended {
     Committed(Vec<i64>),
     /// The stream moved past `expected`: nothing was written.
     Conflict,
+    /// The account's lease is no longer held under the append's fence: nothing was written.
+    Fenced,
 }
 
 type Request = (Append, oneshot::Sender<Result<Appended, StoreError>>);
@@ -58,6 +64,8 @@ pub struct CommitStats {
     /// The highest position committed through this committer, recorded before the append is
     /// answered: a read that starts after a commit finished sees at least this position.
     committed: std::sync::atomic::AtomicI64,
+    /// Appends refused because their account lease had moved on (`/metrics`).
+    pub fenced: std::sync::atomic::AtomicU64,
 }
 
 impl CommitStats {
@@ -66,11 +74,18 @@ impl CommitStats {
         self.committed.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    fn note_committed(&self, positions: &[i64]) {
+    /// What became of one append of a written batch (`None`: refused by its fence).
+    fn appended(&self, positions: Option<Vec<i64>>) -> Appended {
+        let Some(positions) = positions else {
+            self.fenced
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Appended::Fenced;
+        };
         if let Some(&last) = positions.iter().max() {
             self.committed
                 .fetch_max(last, std::sync::atomic::Ordering::AcqRel);
         }
+        Appended::Committed(positions)
     }
 }
 
@@ -131,8 +146,7 @@ async fn commit_batch(store: &Store, mut batch: Vec<Request>, stats: &CommitStat
     match write(store, &appends).await {
         Ok(positions) => {
             for ((_, done), p) in batch.into_iter().zip(positions) {
-                stats.note_committed(&p);
-                let _ = done.send(Ok(Appended::Committed(p)));
+                let _ = done.send(Ok(stats.appended(p)));
             }
         }
         Err(WriteError::Conflict) if batch.len() == 1 => {
@@ -145,11 +159,7 @@ async fn commit_batch(store: &Store, mut batch: Vec<Request>, stats: &CommitStat
             for (append, done) in batch {
                 stats.transactions.fetch_add(1, Relaxed);
                 let r = match write(store, &[&append]).await {
-                    Ok(mut p) => {
-                        let p = p.pop().unwrap_or_default();
-                        stats.note_committed(&p);
-                        Ok(Appended::Committed(p))
-                    }
+                    Ok(mut p) => Ok(stats.appended(p.pop().flatten())),
                     Err(WriteError::Conflict) => Ok(Appended::Conflict),
                     Err(WriteError::Store(e)) => Err(e),
                 };
@@ -195,10 +205,13 @@ struct Columns<'a> {
     event_version: Vec<&'a str>,
     payload: Vec<&'a str>,
     metadata: Vec<String>,
+    fence_account: Vec<Option<&'a str>>,
+    fence_epoch: Vec<Option<i64>>,
 }
 
-/// Writes the appends in one transaction; their positions in order.
-async fn write(store: &Store, appends: &[&Append]) -> Result<Vec<Vec<i64>>, WriteError> {
+/// Writes the appends in one transaction; their positions in order, `None` for an append its
+/// fence refused (nothing of it written).
+async fn write(store: &Store, appends: &[&Append]) -> Result<Vec<Option<Vec<i64>>>, WriteError> {
     const INSERT: &str = "INSERT INTO events \
         (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) ";
     const POSITIONS: &str = "SELECT position FROM events WHERE aggregate_type = $1 \
@@ -245,11 +258,19 @@ async fn write(store: &Store, appends: &[&Append]) -> Result<Vec<Vec<i64>>, Writ
     match store {
         Store::Postgres(p) => {
             // The whole batch in one statement: one round trip while the position lock is held,
-            // and one prepared statement whatever the batch's shape.
-            const BATCH_INSERT: &str = "INSERT INTO events \
+            // and one prepared statement whatever the batch's shape. A fenced row is written only
+            // while its account's lease has its epoch; `FOR SHARE` holds the lease row until the
+            // commit, so a takeover (which updates it) either comes first and refuses the row, or
+            // waits for this commit and then finds the events (ADR 0026).
+            const BATCH_INSERT: &str = "WITH u AS (SELECT * FROM UNNEST($1::text[], $2::text[], \
+                $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
+                $9::bigint[]) AS u(t, i, s, e, v, p, m, fa, fe)), \
+                fence AS (SELECT account_id, epoch FROM account_leases \
+                WHERE account_id IN (SELECT fa FROM u WHERE fa IS NOT NULL) FOR SHARE) \
+                INSERT INTO events \
                 (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
-                SELECT t, i, s, e, v, p::json, m::json FROM UNNEST($1::text[], $2::text[], \
-                $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[]) AS u(t, i, s, e, v, p, m) \
+                SELECT t, i, s, e, v, p::json, m::json FROM u WHERE u.fa IS NULL OR EXISTS \
+                (SELECT 1 FROM fence WHERE fence.account_id = u.fa AND fence.epoch = u.fe) \
                 RETURNING aggregate_type, aggregate_id, sequence, position";
             let rows_total: usize = appends.iter().map(|a| a.events.len()).sum();
             let mut cols = Columns::default();
@@ -263,6 +284,11 @@ async fn write(store: &Store, appends: &[&Append]) -> Result<Vec<Vec<i64>>, Writ
                     cols.event_version.push(version);
                     cols.payload.push(payload);
                     cols.metadata.push(meta.clone());
+                    cols.fence_account.push(
+                        a.fence
+                            .map(|_| crate::store::chats::account_of(&a.aggregate_id)),
+                    );
+                    cols.fence_epoch.push(a.fence);
                 }
             }
             // One statement is its own transaction (autocommit): no BEGIN / COMMIT round trips
@@ -275,6 +301,8 @@ async fn write(store: &Store, appends: &[&Append]) -> Result<Vec<Vec<i64>>, Writ
                 .bind(&cols.event_version)
                 .bind(&cols.payload)
                 .bind(&cols.metadata)
+                .bind(&cols.fence_account)
+                .bind(&cols.fence_epoch)
                 .fetch_all(p)
                 .await?;
             // RETURNING does not promise the input order: place each row by its stream and
@@ -300,12 +328,18 @@ async fn write(store: &Store, appends: &[&Append]) -> Result<Vec<Vec<i64>>, Writ
             }
             let mut flat = flat.into_iter();
             for a in appends {
-                let mine: Option<Vec<i64>> = flat.by_ref().take(a.events.len()).collect();
-                out.push(mine.ok_or_else(|| {
-                    WriteError::Store(StoreError::Other(
-                        "a committed event's position was not returned".into(),
-                    ))
-                })?);
+                let mine: Vec<Option<i64>> = flat.by_ref().take(a.events.len()).collect();
+                let written: Option<Vec<i64>> = mine.iter().copied().collect();
+                match written {
+                    Some(positions) => out.push(Some(positions)),
+                    // Nothing of it written: its fence refused it.
+                    None if a.fence.is_some() && mine.iter().all(Option::is_none) => out.push(None),
+                    None => {
+                        return Err(WriteError::Store(StoreError::Other(
+                            "a committed event's position was not returned".into(),
+                        )))
+                    }
+                }
             }
         }
         Store::Sqlite(p) => {
@@ -323,7 +357,7 @@ async fn write(store: &Store, appends: &[&Append]) -> Result<Vec<Vec<i64>>, Writ
                     .bind(a.expected)
                     .fetch_all(&mut *tx)
                     .await?;
-                out.push(positions);
+                out.push(Some(positions));
             }
             tx.commit().await?;
         }

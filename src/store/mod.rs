@@ -33,6 +33,7 @@ pub mod chats;
 pub mod checkpoint;
 pub mod group_commit;
 pub mod group_load;
+pub mod leases;
 pub mod outbox;
 pub mod replay;
 pub mod retention;

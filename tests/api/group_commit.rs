@@ -25,6 +25,7 @@ fn append(stream: &str, expected: i64, n: usize) -> Append {
             })
             .collect(),
         metadata: HashMap::from([("actor".to_string(), "system:test".to_string())]),
+        fence: None,
     }
 }
 
@@ -63,6 +64,7 @@ async fn batches_and_isolates_conflicts(app: TestApp) {
                 committed += 1;
             }
             Appended::Conflict => conflicts += 1,
+            Appended::Fenced => panic!("no append here is fenced"),
         }
     }
     assert_eq!((committed, conflicts), (65, 1));
@@ -179,6 +181,7 @@ async fn a_chat_started_as_new_reloads_when_it_was_not(app: TestApp) {
                 serde_json::to_string(&received).expect("serialize"),
             )],
             metadata: HashMap::from([("actor".to_string(), "system:test".to_string())]),
+            fence: None,
         })
         .await
         .expect("commit");

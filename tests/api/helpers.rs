@@ -152,6 +152,13 @@ impl TestApp {
         Config::from_vars(&self.vars).expect("valid test config").0
     }
 
+    /// The config of another gateway on the same store and secrets, as node `node_id`.
+    pub fn config_as(&self, node_id: &str) -> Config {
+        let mut vars = self.vars.clone();
+        vars.insert("WAGATE_NODE_ID".into(), node_id.into());
+        Config::from_vars(&vars).expect("valid test config").0
+    }
+
     /// Stops the server and starts a new one on the same store and secrets.
     pub async fn restart(&mut self) {
         if let Some(r) = self.running.take() {

@@ -45,7 +45,7 @@ async fn api_logout_revokes_everywhere(backend: Backend) {
     let Some(app) = TestApp::spawn(backend).await else {
         return;
     };
-    let other = wagate::startup::start(app.config())
+    let other = wagate::startup::start(app.config_as("second"))
         .await
         .expect("a second gateway on the same store");
     let other_base = format!("http://{}", other.addr);
@@ -211,7 +211,7 @@ async fn dashboard_logout_ends_the_session(backend: Backend) {
     let Some(app) = TestApp::spawn(backend).await else {
         return;
     };
-    let other = wagate::startup::start(app.config())
+    let other = wagate::startup::start(app.config_as("second"))
         .await
         .expect("a second gateway on the same store");
     let other_base = format!("http://{}", other.addr);

@@ -46,7 +46,7 @@ async fn write_history(streams: &StoreStreams, stream: &str, len: usize) {
     let mut version = 0;
     for chunk in events.chunks(200) {
         streams
-            .commit(stream, version, chunk.to_vec(), meta())
+            .commit(stream, version, chunk.to_vec(), meta(), None)
             .await
             .expect("history written");
         version += chunk.len();
@@ -113,7 +113,7 @@ async fn snapshots_and_recall_through_the_store(app: TestApp) {
         at: chrono::Utc::now(),
     };
     streams
-        .commit(stream, version, vec![read], meta())
+        .commit(stream, version, vec![read], meta(), None)
         .await
         .expect("status written");
     assert_eq!(
@@ -131,6 +131,7 @@ async fn snapshots_and_recall_through_the_store(app: TestApp) {
             version,
             vec![received("after1"), received("after2")],
             meta(),
+            None,
         )
         .await
         .expect("more events");

@@ -952,6 +952,7 @@ async fn legacy_reason_texts_read_back_with_codes(mut app: TestApp) {
             expected: 0,
             events,
             metadata: Default::default(),
+            fence: None,
         })
         .await;
     assert!(

@@ -332,7 +332,7 @@ async fn texts_expire_in_every_process(backend: Backend) {
     };
     app.create_account("acme").await;
     app.echo_mode().await;
-    let other = wagate::startup::start(app.config())
+    let other = wagate::startup::start(app.config_as("second"))
         .await
         .expect("a second gateway on the same store");
     inbound(&app, "acme", JID, "t1", "secret order details").await;
