@@ -1163,7 +1163,7 @@ mod tests {
             }),
         );
         streams
-            .commit(stream, 0, history, Meta::new())
+            .commit(stream, 0, history, Meta::new(), None)
             .await
             .expect("history");
         let gateway = start(
