@@ -164,6 +164,11 @@ struct Snapshot {
     store_errors: u64,
     start: Option<(u64, f64)>,
     checkpoint: i64,
+    /// Appends refused by their account lease's fence.
+    fenced: u64,
+    /// Leases held now, and taken, taken over, released, lost since start (ADR 0026); `None` on
+    /// SQLite.
+    cluster: Option<(u64, [u64; 4])>,
 }
 
 const OUTBOX_STATUSES: [&str; 4] = ["pending", "delivered", "dead", "cancelled"];
@@ -210,6 +215,15 @@ impl Snapshot {
                 .get()
                 .map(|s| (s.events_folded, s.elapsed.as_secs_f64())),
             checkpoint: app.checkpoint_stats.position(),
+            fenced: app.commit_stats.fenced.load(Ordering::Relaxed),
+            cluster: app.cluster.get().map(|c| {
+                let s = &c.stats;
+                (
+                    c.held().len() as u64,
+                    [&s.acquired, &s.takeovers, &s.released, &s.lost]
+                        .map(|n| n.load(Ordering::Relaxed)),
+                )
+            }),
         }
     }
 }
@@ -396,7 +410,32 @@ impl Collector for Snapshot {
             "wagate_read_model_checkpoint_position",
             "Position of the read-model checkpoint this process last loaded or wrote (0: none).",
             ConstGauge::new(self.checkpoint),
-        )
+        )?;
+        one(
+            &mut e,
+            "wagate_fenced_appends",
+            "Reply steps this process appended under an account lease that had moved on: refused, nothing written (ADR 0026).",
+            ConstCounter::new(self.fenced),
+        )?;
+        if let Some((held, counts)) = self.cluster {
+            one(
+                &mut e,
+                "wagate_account_leases_held",
+                "Account leases this node holds: the accounts whose replies it runs.",
+                ConstGauge::new(held),
+            )?;
+            family(
+                &mut e,
+                "wagate_account_lease_changes",
+                "Account leases this node took (acquired; takeover: another node held it before), gave up (released) or found taken at a renewal (lost).",
+                &by(
+                    "change",
+                    ["acquired", "takeover", "released", "lost"],
+                    counts.map(ConstCounter::new),
+                ),
+            )?;
+        }
+        Ok(())
     }
 }
 

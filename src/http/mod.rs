@@ -14,6 +14,7 @@ pub mod health;
 pub mod login;
 pub mod messages;
 pub mod metrics;
+pub mod nodes;
 pub mod openapi;
 pub mod webhooks;
 
@@ -203,6 +204,7 @@ pub fn api() -> (Router<SharedApp>, utoipa::openapi::OpenApi) {
         .merge(ai_reply::router())
         .merge(webhooks::router())
         .merge(metrics::router())
+        .merge(nodes::router())
         .merge(cloud_api::router())
         .split_for_parts();
     openapi::complete(&mut doc);

@@ -9,6 +9,7 @@ mod auth;
 mod bad_input;
 mod checkpoint;
 mod cloud_api;
+mod cluster;
 mod control;
 mod crash;
 mod dashboard;

@@ -1,0 +1,336 @@
+//! Several gateways on one PostgreSQL database (issue 22, ADR 0026): node ids are unique among
+//! live processes, the accounts are spread over the nodes by leases, any node takes any request
+//! and every message is answered exactly once by the account's owner, a stopping node hands its
+//! accounts over at once, and an append under a lease that moved on is refused.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use wagate::startup::{self, Running};
+
+use crate::helpers::{eventually, Backend, Resp, TestApp};
+
+const LEASE: &str = "3";
+
+/// A first node `n1` on a fresh database, with echo replies.
+async fn first_node() -> Option<TestApp> {
+    let app = TestApp::spawn_with_settings(
+        Backend::Postgres,
+        &[("WAGATE_NODE_ID", "n1"), ("WAGATE_LEASE_SECONDS", LEASE)],
+    )
+    .await?;
+    app.echo_mode().await;
+    Some(app)
+}
+
+/// Another node on `app`'s database.
+async fn node(app: &TestApp, id: &str) -> Running {
+    startup::start(app.config_as(id))
+        .await
+        .unwrap_or_else(|e| panic!("node {id} starts: {e}"))
+}
+
+/// An admin request to the node at `base`.
+async fn at(app: &TestApp, base: &str, method: &str, path: &str, body: Option<Value>) -> Resp {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let mut req = app
+        .client
+        .request(method, format!("{base}{path}"))
+        .bearer_auth(app.admin_token());
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    app.send(req).await
+}
+
+/// Which node runs each account, once every account has a live owner and each of `nodes` runs
+/// its fair share.
+async fn spread(app: &TestApp, nodes: usize, accounts: usize) -> BTreeMap<String, String> {
+    eventually(30, "the accounts are spread over the nodes", || async {
+        let r = app.admin("GET", "/v1/nodes", None).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let list = r.json["nodes"].as_array()?.clone();
+        if list.len() != nodes || !r.json["unowned_accounts"].as_array()?.is_empty() {
+            return None;
+        }
+        let fair = accounts.div_ceil(nodes);
+        let mut owner = BTreeMap::new();
+        for n in &list {
+            let held = n["accounts"].as_array()?;
+            if held.len() > fair || held.is_empty() {
+                return None;
+            }
+            for a in held {
+                owner.insert(
+                    a["account_id"].as_str()?.to_string(),
+                    n["node_id"].as_str()?.to_string(),
+                );
+            }
+        }
+        (owner.len() == accounts).then_some(owner)
+    })
+    .await
+}
+
+/// The AI-log rows of `account` by trigger message id.
+async fn replies(app: &TestApp, account: &str) -> HashMap<String, Vec<Value>> {
+    let r = app
+        .admin(
+            "GET",
+            &format!("/v1/ai/logs?account_id={account}&limit=500"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let mut by: HashMap<String, Vec<Value>> = HashMap::new();
+    for row in r.json["items"].as_array().cloned().unwrap_or_default() {
+        by.entry(row["trigger_message_id"].as_str().unwrap_or("").to_string())
+            .or_default()
+            .push(row);
+    }
+    by
+}
+
+/// Sends `messages` messages into each of `chats` chats of each account, one chat's messages one
+/// after the other (the next once the previous is answered), the chats at once; message `k` of
+/// chat `c` goes to node `(c + k) % nodes`. Every message must be answered exactly once.
+async fn converse(
+    app: &TestApp,
+    bases: &[String],
+    accounts: &[String],
+    chats: usize,
+    messages: usize,
+) {
+    let mut tasks = Vec::new();
+    for (a, account) in accounts.iter().enumerate() {
+        for c in 0..chats {
+            let jid = format!("4917{:08}@s.whatsapp.net", a * 100 + c);
+            let account = account.clone();
+            let bases = bases.to_vec();
+            let chat_no = a * chats + c;
+            tasks.push(async move {
+                for k in 0..messages {
+                    let base = &bases[(chat_no + k) % bases.len()];
+                    let id = format!("m-{account}-{c}-{k}");
+                    let r = at(
+                        app,
+                        base,
+                        "POST",
+                        &format!("/v1/accounts/{account}/sandbox/inbound"),
+                        Some(json!({"chat_id": jid, "from": "4917000", "text": format!("question {k}"), "id": id})),
+                    )
+                    .await;
+                    assert_eq!(r.status, 202, "{}", r.text);
+                    eventually(30, &format!("{id} is answered"), || async {
+                        let rows = replies(app, &account).await.remove(&id)?;
+                        rows.iter().any(|r| r["status"] == "sent").then_some(())
+                    })
+                    .await;
+                }
+            });
+        }
+    }
+    futures::future::join_all(tasks).await;
+    // Exactly one reply per message, sent; nothing failed or skipped.
+    for account in accounts {
+        let by = replies(app, account).await;
+        assert_eq!(by.len(), chats * messages, "{account}: {by:?}");
+        for (id, rows) in &by {
+            assert_eq!(rows.len(), 1, "{id}: one reply, got {rows:?}");
+            assert_eq!(rows[0]["status"], "sent", "{id}: {rows:?}");
+        }
+        for c in 0..chats {
+            let a = accounts.iter().position(|x| x == account).unwrap_or(0);
+            let jid = format!("4917{:08}@s.whatsapp.net", a * 100 + c);
+            let r = app
+                .admin(
+                    "GET",
+                    &format!("/v1/accounts/{account}/chats/{jid}/messages?limit=500"),
+                    None,
+                )
+                .await;
+            let out = r.json["items"]
+                .as_array()
+                .map(|l| l.iter().filter(|m| m["direction"] == "outbound").count())
+                .unwrap_or(0);
+            assert_eq!(out, messages, "{account}/{jid}: one answer per message");
+        }
+    }
+}
+
+/// A second process with the id of a live node refuses to start, with a message naming the
+/// setting; the id is free again once that node stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_node_id_is_refused() {
+    let Some(mut app) = first_node().await else {
+        return;
+    };
+    let started = Instant::now();
+    match startup::start(app.config_as("n1")).await {
+        Ok(_) => panic!("a second n1 started"),
+        Err(e) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("WAGATE_NODE_ID") && text.contains("\"n1\""),
+                "{text}"
+            );
+        }
+    }
+    // It waited to see whether n1 was alive: about one lease, not forever.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let r = app.admin("GET", "/v1/nodes", None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["clustered"], true);
+    assert_eq!(r.json["nodes"][0]["node_id"], "n1");
+    assert_eq!(r.json["nodes"][0]["this_node"], true);
+    // A restart (clean stop) takes the id back at once.
+    let before = Instant::now();
+    app.restart().await;
+    assert!(
+        before.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        before.elapsed()
+    );
+}
+
+/// Three nodes share six accounts (two each), every node takes messages for every account, and
+/// each message gets exactly one reply; a node that stops hands its accounts to the others at
+/// once, and the conversation goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_answer_each_message_once() {
+    let Some(app) = first_node().await else {
+        return;
+    };
+    let accounts: Vec<String> = (0..6).map(|i| format!("acc{i}")).collect();
+    for a in &accounts {
+        app.create_account(a).await;
+    }
+    let n2 = node(&app, "n2").await;
+    let n3 = node(&app, "n3").await;
+    let owners = spread(&app, 3, accounts.len()).await;
+    let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();
+    for n in owners.values() {
+        *per_node.entry(n).or_default() += 1;
+    }
+    assert_eq!(
+        per_node.values().copied().collect::<Vec<_>>(),
+        vec![2, 2, 2],
+        "{owners:?}"
+    );
+
+    let bases = vec![
+        app.base.clone(),
+        format!("http://{}", n2.addr),
+        format!("http://{}", n3.addr),
+    ];
+    converse(&app, &bases, &accounts, 5, 3).await;
+
+    // n3 stops: its accounts move to n1 and n2 at once (not after a lease).
+    let stopped = Instant::now();
+    n3.stop().await;
+    let owners = spread(&app, 2, accounts.len()).await;
+    assert!(
+        stopped.elapsed() < Duration::from_secs(3),
+        "hand-over took {:?}",
+        stopped.elapsed()
+    );
+    assert!(owners.values().all(|n| n != "n3"), "{owners:?}");
+    let metrics = app.metrics().await;
+    assert!(metrics.contains("wagate_account_leases_held"), "{metrics}");
+
+    // Fresh chats on the two remaining nodes.
+    let more: Vec<String> = accounts.iter().map(|a| a.to_string()).collect();
+    let bases = vec![app.base.clone(), format!("http://{}", n2.addr)];
+    let r = at(&app, &bases[1], "GET", "/v1/nodes", None).await;
+    assert_eq!(
+        r.json["nodes"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        r.text
+    );
+    converse_more(&app, &bases, &more).await;
+    n2.stop().await;
+}
+
+/// A second round of messages in new chats (ids apart from the first round's).
+async fn converse_more(app: &TestApp, bases: &[String], accounts: &[String]) {
+    for (i, account) in accounts.iter().enumerate() {
+        let base = &bases[i % bases.len()];
+        let jid = format!("4918{:08}@s.whatsapp.net", i);
+        let id = format!("late-{account}");
+        let r = at(
+            app,
+            base,
+            "POST",
+            &format!("/v1/accounts/{account}/sandbox/inbound"),
+            Some(json!({"chat_id": jid, "from": "4918000", "text": "still there?", "id": id})),
+        )
+        .await;
+        assert_eq!(r.status, 202, "{}", r.text);
+    }
+    for account in accounts {
+        let id = format!("late-{account}");
+        eventually(30, &format!("{id} is answered"), || async {
+            let rows = replies(app, account).await.remove(&id)?;
+            (rows.len() == 1 && rows[0]["status"] == "sent").then_some(())
+        })
+        .await;
+    }
+}
+
+/// An append made under a lease epoch that is no longer current is refused in the store, with
+/// nothing written, and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_under_a_moved_lease_is_refused() {
+    use wagate::store::group_commit::{Append, Appended};
+    let Some(app) = first_node().await else {
+        return;
+    };
+    app.create_account("acme").await;
+    let owners = spread(&app, 1, 1).await;
+    assert_eq!(owners.get("acme").map(String::as_str), Some("n1"));
+    let r = app.admin("GET", "/v1/nodes", None).await;
+    let epoch = r.json["nodes"][0]["accounts"][0]["epoch"]
+        .as_i64()
+        .expect("an epoch");
+    let append = |expected: i64, fence: i64| Append {
+        aggregate_type: "chat",
+        aggregate_id: "acme/491700000000@s.whatsapp.net".into(),
+        expected,
+        events: vec![(
+            "AiReplySkipped".into(),
+            "1".into(),
+            json!({"AiReplySkipped": {"reply_id": format!("r{expected}"), "reason": "test"}})
+                .to_string(),
+        )],
+        metadata: HashMap::from([("actor".to_string(), "system:test".to_string())]),
+        fence: Some(fence),
+    };
+    let committed = app
+        .app()
+        .committer
+        .append(append(0, epoch))
+        .await
+        .expect("store answers");
+    assert!(matches!(committed, Appended::Committed(_)), "{committed:?}");
+    // A takeover elsewhere moved the epoch on.
+    let head = app.head().await;
+    let refused = app
+        .app()
+        .committer
+        .append(append(1, epoch - 1))
+        .await
+        .expect("store answers");
+    assert_eq!(refused, Appended::Fenced);
+    assert_eq!(app.head().await, head, "nothing written");
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("wagate_fenced_appends_total 1"),
+        "{metrics}"
+    );
+}
