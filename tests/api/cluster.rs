@@ -334,3 +334,153 @@ async fn an_append_under_a_moved_lease_is_refused() {
         "{metrics}"
     );
 }
+
+/// SIGKILL of the node that runs an account while its replies wait on the model: the other node
+/// takes the account over within the lease and every acknowledged message is answered exactly
+/// once (the replies the dead node had not recorded are worked on again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_owner_moves_its_account() {
+    use wiremock::matchers::method;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    use crate::helpers::Binary;
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let Some(mut vars) = TestApp::vars(Backend::Postgres, &dir).await else {
+        return;
+    };
+    vars.insert("WAGATE_LEASE_SECONDS".into(), LEASE.into());
+    let token = wagate::config::Config::from_vars(&vars)
+        .expect("config")
+        .0
+        .jwt
+        .issue("cluster-test", Duration::from_secs(600))
+        .expect("token")
+        .0;
+    let stub = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(crate::replies::completion("answered"))
+                .set_delay(Duration::from_millis(800)),
+        )
+        .mount(&stub)
+        .await;
+    let mut nodes = Vec::new();
+    for id in ["n1", "n2"] {
+        let mut v = vars.clone();
+        v.insert("WAGATE_NODE_ID".into(), id.into());
+        nodes.push(Binary::start(&v, "warn").await);
+    }
+    let http = reqwest::Client::new();
+    let call = |base: String, m: reqwest::Method, p: String, body: Option<Value>| {
+        let mut r = http.request(m, format!("{base}{p}")).bearer_auth(&token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        async move {
+            let resp = r.send().await.expect("send");
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let bases: Vec<String> = nodes.iter().map(|b| b.base.clone()).collect();
+    let (s, _) = call(
+        bases[0].clone(),
+        reqwest::Method::POST,
+        "/v1/accounts".into(),
+        Some(json!({"id": "acme", "transport": "sandbox"})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let (s, _) = call(
+        bases[0].clone(),
+        reqwest::Method::PUT,
+        "/v1/ai/global".into(),
+        Some(
+            json!({"enabled": true, "base_url": format!("{}/v1", stub.uri()), "api_key": "sk-x",
+                    "reply_delay_seconds": 0, "timeout_seconds": 30}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let owner_of = |base: String| {
+        let call = &call;
+        async move {
+            let (_, nodes) = call(base, reqwest::Method::GET, "/v1/nodes".into(), None).await;
+            nodes["nodes"].as_array()?.iter().find_map(|n| {
+                n["accounts"]
+                    .as_array()?
+                    .iter()
+                    .any(|a| a["account_id"] == "acme")
+                    .then(|| n["node_id"].as_str().map(str::to_string))
+                    .flatten()
+            })
+        }
+    };
+    let owner = eventually(20, "acme has an owner", || owner_of(bases[0].clone())).await;
+    let victim = if owner == "n1" { 0 } else { 1 };
+    let survivor = 1 - victim;
+
+    // Messages on both nodes; the owner dies while their replies wait on the model.
+    let inbound = |base: String, i: usize| {
+        let call = &call;
+        async move {
+            let (s, body) = call(
+                base,
+                reqwest::Method::POST,
+                "/v1/accounts/acme/sandbox/inbound".into(),
+                Some(
+                    json!({"chat_id": format!("4917{i:08}@s.whatsapp.net"), "from": "4917",
+                            "text": format!("question {i}"), "id": format!("k-{i}")}),
+                ),
+            )
+            .await;
+            assert_eq!(s, 202, "{body}");
+        }
+    };
+    for i in 0..20 {
+        inbound(bases[i % 2].clone(), i).await;
+    }
+    nodes[victim].kill9().await;
+    let killed = Instant::now();
+    for i in 20..30 {
+        inbound(bases[survivor].clone(), i).await;
+    }
+    let taken = eventually(20, "the survivor runs acme", || async {
+        let owner = owner_of(bases[survivor].clone()).await?;
+        (owner == ["n1", "n2"][survivor]).then(|| killed.elapsed())
+    })
+    .await;
+    eprintln!("takeover after SIGKILL: {} ms", taken.as_millis());
+    assert!(taken < Duration::from_secs(6), "takeover took {taken:?}");
+
+    let rows = eventually(40, "every acknowledged message is answered", || async {
+        let (_, logs) = call(
+            bases[survivor].clone(),
+            reqwest::Method::GET,
+            "/v1/ai/logs?account_id=acme&limit=500".into(),
+            None,
+        )
+        .await;
+        let rows = logs["items"].as_array()?.clone();
+        let sent = rows.iter().filter(|r| r["status"] == "sent").count();
+        (sent == 30).then_some(rows)
+    })
+    .await;
+    assert_eq!(rows.len(), 30, "one reply per message: {rows:?}");
+    for i in 0..30 {
+        let jid = format!("4917{i:08}@s.whatsapp.net");
+        let (_, msgs) = call(
+            bases[survivor].clone(),
+            reqwest::Method::GET,
+            format!("/v1/accounts/acme/chats/{jid}/messages"),
+            None,
+        )
+        .await;
+        let out = msgs["items"]
+            .as_array()
+            .map(|l| l.iter().filter(|m| m["direction"] == "outbound").count());
+        assert_eq!(out, Some(1), "{jid}: {msgs}");
+    }
+}
