@@ -225,6 +225,10 @@ pub struct Account {
     pub cloud_api: Option<CloudApiState>,
     pub ai: LayerState,
     pub tokens: BTreeMap<String, TokenState>,
+    /// The node that runs the account's replies and its lease epoch, as last recorded (several
+    /// gateways on one store, ADR 0026).
+    #[serde(default)]
+    pub owner: Option<(String, i64)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -240,6 +244,13 @@ pub enum AccountCommand {
         cloud_api: Option<CloudApiSettings>,
     },
     Delete,
+    /// A node took the account's lease under `epoch` (ADR 0026): recorded unless this or a later
+    /// epoch is recorded already.
+    RecordOwner {
+        node_id: String,
+        epoch: i64,
+        previous: Option<String>,
+    },
     /// Changes a Cloud API account's settings. A new access token lifts the invalid-token flag.
     ChangeCloudApi(CloudApiPatch),
     /// Meta rejected the access token (Graph error 190): flag it so sends stop until replaced.
@@ -322,6 +333,13 @@ pub enum AccountEvent {
     TokenRevoked {
         token_id: String,
     },
+    /// Another node runs the account's replies now: it took the lease under `epoch` from
+    /// `previous` (none: nobody held it).
+    AccountOwnerChanged {
+        node_id: String,
+        epoch: i64,
+        previous: Option<String>,
+    },
 }
 
 impl From<SettingsEvent> for AccountEvent {
@@ -386,6 +404,7 @@ impl DomainEvent for AccountEvent {
             Self::AiFallbackApiKeyResealed { .. } => "AiFallbackApiKeyResealed",
             Self::TokenIssued { .. } => "TokenIssued",
             Self::TokenRevoked { .. } => "TokenRevoked",
+            Self::AccountOwnerChanged { .. } => "AccountOwnerChanged",
         }
         .to_string()
     }
@@ -479,6 +498,21 @@ impl Aggregate for Account {
             AccountCommand::Delete => {
                 self.live()?;
                 vec![AccountEvent::AccountDeleted]
+            }
+            AccountCommand::RecordOwner {
+                node_id,
+                epoch,
+                previous,
+            } => {
+                self.live()?;
+                match &self.owner {
+                    Some((_, recorded)) if *recorded >= epoch => vec![],
+                    _ => vec![AccountEvent::AccountOwnerChanged {
+                        node_id,
+                        epoch,
+                        previous,
+                    }],
+                }
             }
             AccountCommand::ChangeCloudApi(patch) => {
                 let current = self.cloud()?;
@@ -598,6 +632,9 @@ impl Aggregate for Account {
                     t.revoked = true;
                 }
             }
+            AccountEvent::AccountOwnerChanged { node_id, epoch, .. } => {
+                self.owner = Some((node_id, epoch));
+            }
             _ => {}
         }
     }
@@ -618,6 +655,39 @@ mod tests {
             name: "Acme".into(),
             transport: Transport::Sandbox,
         }
+    }
+
+    /// A takeover is recorded once per epoch; a stale or repeated one changes nothing, and a
+    /// deleted account has no owner to record.
+    #[test]
+    fn owner_changes_by_epoch() {
+        let record = |node: &str, epoch, previous: Option<&str>| AccountCommand::RecordOwner {
+            node_id: node.into(),
+            epoch,
+            previous: previous.map(Into::into),
+        };
+        let changed =
+            |node: &str, epoch, previous: Option<&str>| AccountEvent::AccountOwnerChanged {
+                node_id: node.into(),
+                epoch,
+                previous: previous.map(Into::into),
+            };
+        Fw::with(())
+            .given(vec![created()])
+            .when(record("gw1", 1, None))
+            .then_expect_events(vec![changed("gw1", 1, None)]);
+        Fw::with(())
+            .given(vec![created(), changed("gw1", 1, None)])
+            .when(record("gw2", 2, Some("gw1")))
+            .then_expect_events(vec![changed("gw2", 2, Some("gw1"))]);
+        Fw::with(())
+            .given(vec![created(), changed("gw2", 2, Some("gw1"))])
+            .when(record("gw1", 1, None))
+            .then_expect_events(vec![]);
+        Fw::with(())
+            .given(vec![created(), AccountEvent::AccountDeleted])
+            .when(record("gw1", 1, None))
+            .then_expect_error(DomainError::NotFound("account not found".into()));
     }
 
     #[test]

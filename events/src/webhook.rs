@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::DomainError;
 
 /// Every event type a subscription can ask for (`*` asks for all of them).
-pub const EVENT_TYPES: [&str; 8] = [
+pub const EVENT_TYPES: [&str; 9] = [
     "message.received",
     "message.sent",
     "ai.reply.generated",
@@ -19,6 +19,7 @@ pub const EVENT_TYPES: [&str; 8] = [
     "ai.reply.skipped",
     "ai.handoff.requested",
     "ai.config.changed",
+    "account.owner.changed",
 ];
 
 /// Longest webhook URL accepted.

@@ -131,14 +131,28 @@ pub fn outgoing(ev: &StoredEvent, messages: &dyn Replies) -> Result<Vec<Outgoing
                 .into_iter()
                 .collect()
         }
-        "account" => {
-            let e: AccountEvent = parse(ev)?;
-            e.as_settings()
+        "account" => match parse::<AccountEvent>(ev)? {
+            // Another gateway runs the account's replies now (ADR 0026).
+            AccountEvent::AccountOwnerChanged {
+                node_id,
+                epoch,
+                previous,
+            } => vec![Outgoing {
+                event_type: "account.owner.changed",
+                account_id: Some(ev.aggregate_id.clone()),
+                timestamp: at,
+                data: json!({
+                    "account_id": ev.aggregate_id, "node_id": node_id,
+                    "previous_node_id": previous, "epoch": epoch, "at": at,
+                }),
+            }],
+            e => e
+                .as_settings()
                 .and_then(|s| settings_change(&s))
                 .map(|c| config_changed(ev, "account", Some(&ev.aggregate_id), None, c))
                 .into_iter()
-                .collect()
-        }
+                .collect(),
+        },
         "chat_settings" => {
             let Some((acc, jid)) = ev.aggregate_id.split_once('/') else {
                 return Ok(vec![]);

@@ -19,10 +19,11 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use wagate_actors::ports::{Owner, Ownership};
 
-use crate::app::{App, SharedApp};
+use crate::app::{App, SharedApp, Who};
 use crate::config::ClusterConfig;
 use crate::store::leases::{self, Acquired, Registered};
 use crate::store::StoreError;
+use wagate_events::account::AccountCommand;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -156,8 +157,13 @@ impl Cluster {
         }
     }
 
-    /// Takes the leases of `accounts` it can; records them as held.
-    async fn take(&self, accounts: &[String]) -> Result<Vec<Acquired>, StoreError> {
+    /// Takes the leases of `accounts` it can; records them as held, and each change of owner as
+    /// an event of the account (`AccountOwnerChanged`, the `account.owner.changed` webhook).
+    async fn take(
+        &self,
+        app: &SharedApp,
+        accounts: &[String],
+    ) -> Result<Vec<Acquired>, StoreError> {
         let taken = leases::acquire(
             &self.pool,
             &self.node_id,
@@ -166,15 +172,36 @@ impl Cluster {
             self.lease,
         )
         .await?;
-        let mut held = self.held.write().unwrap_or_else(|p| p.into_inner());
-        for a in &taken {
-            held.insert(a.account_id.clone(), a.epoch);
-            self.stats.acquired.fetch_add(1, Ordering::Relaxed);
-            let takeover = a.previous.is_some();
-            if takeover {
-                self.stats.takeovers.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut held = self.held.write().unwrap_or_else(|p| p.into_inner());
+            for a in &taken {
+                held.insert(a.account_id.clone(), a.epoch);
+                self.stats.acquired.fetch_add(1, Ordering::Relaxed);
+                let takeover = a.previous.as_ref().is_some_and(|p| *p != self.node_id);
+                if takeover {
+                    self.stats.takeovers.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::info!(account = %a.account_id, epoch = a.epoch, previous = a.previous.as_deref().unwrap_or("-"), "account lease taken");
             }
-            tracing::info!(account = %a.account_id, epoch = a.epoch, previous = a.previous.as_deref().unwrap_or("-"), "account lease taken");
+        }
+        let who = Who {
+            actor: format!("system:node:{}", self.node_id),
+            request_id: None,
+        };
+        for a in &taken {
+            // Only a change of node is recorded: not the first owner of a new account, nor a
+            // restart of this node id.
+            if a.previous.is_none() || a.previous.as_deref() == Some(self.node_id.as_str()) {
+                continue;
+            }
+            let cmd = AccountCommand::RecordOwner {
+                node_id: self.node_id.clone(),
+                epoch: a.epoch,
+                previous: a.previous.clone(),
+            };
+            if let Err(e) = app.execute(&app.accounts, &a.account_id, cmd, &who).await {
+                tracing::warn!(account = %a.account_id, error = %e, "the account's new owner was not recorded");
+            }
         }
         Ok(taken)
     }
@@ -263,7 +290,13 @@ impl Cluster {
     /// Gives up or takes leases toward this node's fair share of the accounts.
     async fn share(&self, app: &SharedApp) -> Result<(), StoreError> {
         let nodes = leases::live_nodes(&self.pool).await?.len().max(1);
-        let accounts: Vec<String> = app.model().accounts.keys().cloned().collect();
+        let accounts: Vec<String> = app
+            .model()
+            .accounts
+            .values()
+            .filter(|a| !a.deleted)
+            .map(|a| a.id.clone())
+            .collect();
         let exists: HashSet<&String> = accounts.iter().collect();
         let fair = accounts.len().div_ceil(nodes);
         let held = self.held();
@@ -297,7 +330,7 @@ impl Cluster {
             free.sort_by_key(|a| spread(&self.node_id, a));
             let want: Vec<String> = free.into_iter().take(fair - mine.len()).cloned().collect();
             if !want.is_empty() {
-                let taken = self.take(&want).await?;
+                let taken = self.take(app, &want).await?;
                 let accounts: Vec<String> = taken.into_iter().map(|a| a.account_id).collect();
                 recover(app, &accounts, None).await;
             }
@@ -335,7 +368,7 @@ impl Cluster {
             } else {
                 match leases::leases_of(&self.pool, account).await {
                     Ok(Some(row)) if row.live => false,
-                    Ok(_) => match self.take(&[account.to_string()]).await {
+                    Ok(_) => match self.take(app, &[account.to_string()]).await {
                         Ok(taken) => !taken.is_empty(),
                         Err(e) => {
                             tracing::warn!(error = %e, "cannot take a free account lease");
@@ -390,14 +423,13 @@ async fn restart(app: &SharedApp, accounts: &[String]) {
     }
 }
 
-/// Runs the replies of `accounts` this node just took: their actors restart as the owner, then
-/// every chat with an open reply (and `jid`) is recovered as at a start: a reply that may have
-/// been handed to the transport is closed as `interrupted`, the others are worked on.
+/// Runs the replies of `accounts` this node just took: every chat with an open reply (and `jid`)
+/// reloads its stream and is recovered as at a start: a reply that may have been handed to the
+/// transport is closed as `interrupted`, the others are worked on.
 async fn recover(app: &SharedApp, accounts: &[String], jid: Option<&str>) {
     if accounts.is_empty() {
         return;
     }
-    restart(app, accounts).await;
     // The other nodes' events, so the read model knows their open replies.
     if let Err(e) = app.catch_up().await {
         tracing::warn!(error = %e, "catch-up before recovery failed");

@@ -104,6 +104,8 @@ pub enum WebhookEventType {
     AiHandoffRequested,
     #[schema(rename = "ai.config.changed")]
     AiConfigChanged,
+    #[schema(rename = "account.owner.changed")]
+    AccountOwnerChanged,
     #[schema(rename = "*")]
     All,
 }

@@ -41,7 +41,13 @@ pub struct Nodes {
 
 /// The live nodes and their accounts.
 pub async fn list(app: &SharedApp) -> Result<Nodes> {
-    let accounts: Vec<String> = app.model().accounts.keys().cloned().collect();
+    let accounts: Vec<String> = app
+        .model()
+        .accounts
+        .values()
+        .filter(|a| !a.deleted)
+        .map(|a| a.id.clone())
+        .collect();
     let (Store::Postgres(pool), Some(cluster)) = (&app.store, app.cluster.get()) else {
         return Ok(Nodes {
             clustered: false,

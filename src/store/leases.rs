@@ -117,19 +117,20 @@ pub async fn live_nodes(pool: &PgPool) -> Result<Vec<NodeRow>, StoreError> {
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct LeaseRow {
     pub account_id: String,
-    /// The node that holds or last held it (`None`: released).
+    /// The node that holds or last held it.
     pub owner: Option<String>,
     pub epoch: i64,
     pub acquired_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
-    /// Held now: an owner and not expired (by the database's clock).
+    /// Held now: not released and not expired (by the database's clock).
     pub live: bool,
 }
 
 /// Every account's lease.
 pub async fn leases(pool: &PgPool) -> Result<Vec<LeaseRow>, StoreError> {
     const SQL: &str = "SELECT account_id, owner, epoch, acquired_at, expires_at, \
-        (owner IS NOT NULL AND expires_at > now()) AS live FROM account_leases ORDER BY account_id";
+        (owner_instance IS NOT NULL AND expires_at > now()) AS live FROM account_leases \
+        ORDER BY account_id";
     Ok(sqlx::query_as(SQL).fetch_all(pool).await?)
 }
 
@@ -153,7 +154,7 @@ pub async fn renew(
 pub struct Acquired {
     pub account_id: String,
     pub epoch: i64,
-    /// The node that held it before (`None`: nobody, or released).
+    /// The node that held it before (`None`: nobody ever did).
     pub previous: Option<String>,
 }
 
@@ -175,7 +176,7 @@ pub async fn acquire(
         ON CONFLICT (account_id) DO UPDATE SET owner = excluded.owner, \
         owner_instance = excluded.owner_instance, epoch = account_leases.epoch + 1, \
         acquired_at = now(), expires_at = excluded.expires_at \
-        WHERE account_leases.owner IS NULL OR account_leases.expires_at <= now() \
+        WHERE account_leases.owner_instance IS NULL OR account_leases.expires_at <= now() \
         OR (account_leases.owner = excluded.owner \
             AND account_leases.owner_instance IS DISTINCT FROM excluded.owner_instance) \
         RETURNING account_id, epoch) \
@@ -193,10 +194,11 @@ pub async fn acquire(
         .await?)
 }
 
-/// Gives up the leases of `accounts` that `instance` holds, so another node takes them at once.
+/// Gives up the leases of `accounts` that `instance` holds, so another node takes them at once
+/// (the row keeps the node as the last owner).
 pub async fn release(pool: &PgPool, instance: &str, accounts: &[String]) -> Result<(), StoreError> {
-    const SQL: &str = "UPDATE account_leases SET owner = NULL, owner_instance = NULL, \
-        expires_at = now() WHERE owner_instance = $1 AND account_id = ANY($2)";
+    const SQL: &str = "UPDATE account_leases SET owner_instance = NULL, expires_at = now() \
+        WHERE owner_instance = $1 AND account_id = ANY($2)";
     sqlx::query(SQL)
         .bind(instance)
         .bind(accounts)
@@ -240,7 +242,8 @@ pub async fn listen(pool: &PgPool) -> Result<sqlx::postgres::PgListener, StoreEr
 /// One account's lease, if it ever had one.
 pub async fn leases_of(pool: &PgPool, account: &str) -> Result<Option<LeaseRow>, StoreError> {
     const SQL: &str = "SELECT account_id, owner, epoch, acquired_at, expires_at, \
-        (owner IS NOT NULL AND expires_at > now()) AS live FROM account_leases WHERE account_id = $1";
+        (owner_instance IS NOT NULL AND expires_at > now()) AS live FROM account_leases \
+        WHERE account_id = $1";
     Ok(sqlx::query_as(SQL)
         .bind(account)
         .fetch_optional(pool)

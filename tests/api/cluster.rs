@@ -213,6 +213,7 @@ async fn three_nodes_answer_each_message_once() {
     let n2 = node(&app, "n2").await;
     let n3 = node(&app, "n3").await;
     let owners = spread(&app, 3, accounts.len()).await;
+    let owners_before = owners.clone();
     let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();
     for n in owners.values() {
         *per_node.entry(n).or_default() += 1;
@@ -240,6 +241,48 @@ async fn three_nodes_answer_each_message_once() {
         stopped.elapsed()
     );
     assert!(owners.values().all(|n| n != "n3"), "{owners:?}");
+    // Each takeover is an event of the account's history (and an `account.owner.changed`
+    // webhook): the accounts n3 ran name it as the previous owner.
+    let moved = owners_before
+        .iter()
+        .filter(|(_, n)| n.as_str() == "n3")
+        .map(|(a, _)| a.clone())
+        .collect::<Vec<_>>();
+    assert_eq!(moved.len(), 2, "{owners_before:?}");
+    for account in &moved {
+        let changes = eventually(10, "the takeover is recorded", || async {
+            let r = app
+                .admin(
+                    "GET",
+                    &format!("/v1/events?aggregate=account/{account}"),
+                    None,
+                )
+                .await;
+            let changes: Vec<Value> = r.json["items"]
+                .as_array()?
+                .iter()
+                .filter(|e| e["type"] == "AccountOwnerChanged")
+                .cloned()
+                .collect();
+            changes
+                .last()
+                .is_some_and(|e| e["payload"]["AccountOwnerChanged"]["previous"] == "n3")
+                .then_some(changes)
+        })
+        .await;
+        let last = &changes[changes.len() - 1];
+        assert_eq!(
+            last["payload"]["AccountOwnerChanged"]["node_id"],
+            owners[account].as_str(),
+            "{last}"
+        );
+        assert!(
+            last["actor"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("system:node:")),
+            "{last}"
+        );
+    }
     let metrics = app.metrics().await;
     assert!(metrics.contains("wagate_account_leases_held"), "{metrics}");
 
