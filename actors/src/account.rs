@@ -493,8 +493,16 @@ impl Gateway {
 
     /// Stops every actor.
     pub async fn shutdown(&self) {
-        for (_, a) in self.accounts.lock().await.drain() {
-            a.stop(None);
+        // The chats first (waited for), so no chat records a reply failed by the stop of its
+        // worker: the replies in flight stay open for the next owner.
+        let accounts: Vec<ActorRef<AccountMsg>> =
+            self.accounts.lock().await.drain().map(|(_, a)| a).collect();
+        for a in accounts {
+            a.stop_children_and_wait(None, Some(self.ports.call_timeout))
+                .await;
+            if let Err(e) = a.stop_and_wait(None, Some(self.ports.call_timeout)).await {
+                tracing::warn!(error = %e, "an account actor did not stop in time");
+            }
         }
         self.running
             .write()

@@ -680,13 +680,10 @@ impl ChatState {
             chat: myself.clone(),
         };
         if self.supervisor.cast(start).is_err() {
+            // The gateway is stopping: the reply stays open, and whoever runs the account next
+            // (this process's next start, or another gateway taking the account over) works on it.
             self.active = None;
-            let cmd = ChatCommand::FailReply {
-                reply_id: next,
-                reason: ReplyReason::SupervisorUnavailable,
-                attempts: vec![],
-            };
-            let _ = self.commit(cmd, &system_meta("system:auto-reply")).await;
+            tracing::warn!(reply_id = %next, "the reply supervisor is gone (stopping): the reply is left to the next owner");
         }
     }
 }

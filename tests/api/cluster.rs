@@ -378,152 +378,295 @@ async fn an_append_under_a_moved_lease_is_refused() {
     );
 }
 
-/// SIGKILL of the node that runs an account while its replies wait on the model: the other node
-/// takes the account over within the lease and every acknowledged message is answered exactly
-/// once (the replies the dead node had not recorded are worked on again).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_of_the_owner_moves_its_account() {
-    use wiremock::matchers::method;
-    use wiremock::{Mock, MockServer, ResponseTemplate};
+/// Real `wagate serve` processes on one fresh database (for SIGKILL and SIGSTOP), with one
+/// sandbox account `acme` answered by a model stub that takes `model_delay`.
+struct Processes {
+    nodes: Vec<crate::helpers::Binary>,
+    vars: HashMap<String, String>,
+    http: reqwest::Client,
+    token: String,
+    _stub: wiremock::MockServer,
+    _dir: tempfile::TempDir,
+}
 
-    use crate::helpers::Binary;
-
-    let dir = tempfile::tempdir().expect("tmp");
-    let Some(mut vars) = TestApp::vars(Backend::Postgres, &dir).await else {
-        return;
-    };
-    vars.insert("WAGATE_LEASE_SECONDS".into(), LEASE.into());
-    let token = wagate::config::Config::from_vars(&vars)
-        .expect("config")
-        .0
-        .jwt
-        .issue("cluster-test", Duration::from_secs(600))
-        .expect("token")
-        .0;
-    let stub = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(crate::replies::completion("answered"))
-                .set_delay(Duration::from_millis(800)),
-        )
-        .mount(&stub)
-        .await;
-    let mut nodes = Vec::new();
-    for id in ["n1", "n2"] {
-        let mut v = vars.clone();
-        v.insert("WAGATE_NODE_ID".into(), id.into());
-        nodes.push(Binary::start(&v, "warn").await);
+impl Processes {
+    async fn start(ids: &[&str], model_delay: Duration) -> Option<Processes> {
+        use wiremock::matchers::method;
+        use wiremock::{Mock, MockServer, ResponseTemplate};
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut vars = TestApp::vars(Backend::Postgres, &dir).await?;
+        vars.insert("WAGATE_LEASE_SECONDS".into(), LEASE.into());
+        let token = wagate::config::Config::from_vars(&vars)
+            .expect("config")
+            .0
+            .jwt
+            .issue("cluster-test", Duration::from_secs(600))
+            .expect("token")
+            .0;
+        let stub = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(crate::replies::completion("answered"))
+                    .set_delay(model_delay),
+            )
+            .mount(&stub)
+            .await;
+        let mut p = Processes {
+            nodes: Vec::new(),
+            vars,
+            http: reqwest::Client::new(),
+            token,
+            _stub: stub,
+            _dir: dir,
+        };
+        for id in ids {
+            p.spawn(id).await;
+        }
+        let base = p.base(0);
+        let (s, _) = p
+            .call(
+                &base,
+                "POST",
+                "/v1/accounts",
+                Some(json!({"id": "acme", "transport": "sandbox"})),
+            )
+            .await;
+        assert_eq!(s, 201);
+        let stub_uri = p._stub.uri();
+        let (s, _) = p
+            .call(
+                &base,
+                "PUT",
+                "/v1/ai/global",
+                Some(
+                    json!({"enabled": true, "base_url": format!("{stub_uri}/v1"), "api_key": "sk-x",
+                            "reply_delay_seconds": 0, "timeout_seconds": 30}),
+                ),
+            )
+            .await;
+        assert_eq!(s, 200);
+        Some(p)
     }
-    let http = reqwest::Client::new();
-    let call = |base: String, m: reqwest::Method, p: String, body: Option<Value>| {
-        let mut r = http.request(m, format!("{base}{p}")).bearer_auth(&token);
+
+    /// Starts node `id` (again).
+    async fn spawn(&mut self, id: &str) -> usize {
+        let mut v = self.vars.clone();
+        v.insert("WAGATE_NODE_ID".into(), id.into());
+        self.nodes
+            .push(crate::helpers::Binary::start(&v, "warn").await);
+        self.nodes.len() - 1
+    }
+
+    fn base(&self, node: usize) -> String {
+        self.nodes[node].base.clone()
+    }
+
+    fn pid(&self, node: usize) -> String {
+        self.nodes[node].child.id().expect("running").to_string()
+    }
+
+    async fn call(
+        &self,
+        base: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut r = self
+            .http
+            .request(method, format!("{base}{path}"))
+            .bearer_auth(&self.token);
         if let Some(b) = body {
             r = r.json(&b);
         }
-        async move {
-            let resp = r.send().await.expect("send");
-            let status = resp.status().as_u16();
-            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
-        }
-    };
-    let bases: Vec<String> = nodes.iter().map(|b| b.base.clone()).collect();
-    let (s, _) = call(
-        bases[0].clone(),
-        reqwest::Method::POST,
-        "/v1/accounts".into(),
-        Some(json!({"id": "acme", "transport": "sandbox"})),
-    )
-    .await;
-    assert_eq!(s, 201);
-    let (s, _) = call(
-        bases[0].clone(),
-        reqwest::Method::PUT,
-        "/v1/ai/global".into(),
-        Some(
-            json!({"enabled": true, "base_url": format!("{}/v1", stub.uri()), "api_key": "sk-x",
-                    "reply_delay_seconds": 0, "timeout_seconds": 30}),
-        ),
-    )
-    .await;
-    assert_eq!(s, 200);
-    let owner_of = |base: String| {
-        let call = &call;
-        async move {
-            let (_, nodes) = call(base, reqwest::Method::GET, "/v1/nodes".into(), None).await;
-            nodes["nodes"].as_array()?.iter().find_map(|n| {
-                n["accounts"]
-                    .as_array()?
-                    .iter()
-                    .any(|a| a["account_id"] == "acme")
-                    .then(|| n["node_id"].as_str().map(str::to_string))
-                    .flatten()
-            })
-        }
-    };
-    let owner = eventually(20, "acme has an owner", || owner_of(bases[0].clone())).await;
-    let victim = if owner == "n1" { 0 } else { 1 };
-    let survivor = 1 - victim;
+        let resp = r.send().await.expect("send");
+        let status = resp.status().as_u16();
+        (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+    }
 
-    // Messages on both nodes; the owner dies while their replies wait on the model.
-    let inbound = |base: String, i: usize| {
-        let call = &call;
-        async move {
-            let (s, body) = call(
+    /// The node that runs acme, as `base` answers.
+    async fn owner(&self, base: &str) -> Option<String> {
+        let (_, nodes) = self.call(base, "GET", "/v1/nodes", None).await;
+        nodes["nodes"].as_array()?.iter().find_map(|n| {
+            n["accounts"]
+                .as_array()?
+                .iter()
+                .any(|a| a["account_id"] == "acme")
+                .then(|| n["node_id"].as_str().map(str::to_string))
+                .flatten()
+        })
+    }
+
+    /// Message `i` into its own chat, through `base`.
+    async fn inbound(&self, base: &str, i: usize) {
+        let (s, body) = self
+            .call(
                 base,
-                reqwest::Method::POST,
-                "/v1/accounts/acme/sandbox/inbound".into(),
+                "POST",
+                "/v1/accounts/acme/sandbox/inbound",
                 Some(
                     json!({"chat_id": format!("4917{i:08}@s.whatsapp.net"), "from": "4917",
                             "text": format!("question {i}"), "id": format!("k-{i}")}),
                 ),
             )
             .await;
-            assert_eq!(s, 202, "{body}");
-        }
-    };
-    for i in 0..20 {
-        inbound(bases[i % 2].clone(), i).await;
+        assert_eq!(s, 202, "{body}");
     }
-    nodes[victim].kill9().await;
+
+    /// Waits until messages `0..n` are all answered, then checks each got exactly one reply and
+    /// each chat exactly one answer.
+    async fn all_answered_once(&self, base: &str, n: usize) {
+        let rows = eventually(60, "every acknowledged message is answered", || async {
+            let (_, logs) = self
+                .call(base, "GET", "/v1/ai/logs?account_id=acme&limit=500", None)
+                .await;
+            let rows = logs["items"].as_array()?.clone();
+            let sent = rows.iter().filter(|r| r["status"] == "sent").count();
+            (sent == n).then_some(rows)
+        })
+        .await;
+        assert_eq!(rows.len(), n, "one reply per message: {rows:?}");
+        for i in 0..n {
+            let jid = format!("4917{i:08}@s.whatsapp.net");
+            let (_, msgs) = self
+                .call(
+                    base,
+                    "GET",
+                    &format!("/v1/accounts/acme/chats/{jid}/messages"),
+                    None,
+                )
+                .await;
+            let out = msgs["items"]
+                .as_array()
+                .map(|l| l.iter().filter(|m| m["direction"] == "outbound").count());
+            assert_eq!(out, Some(1), "{jid}: {msgs}");
+        }
+    }
+}
+
+fn signal(pid: &str, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, pid])
+        .status()
+        .expect("kill runs")
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// SIGKILL of the node that runs an account while its replies wait on the model: the other node
+/// takes the account over within the lease and every acknowledged message is answered exactly
+/// once (the replies the dead node had not recorded are worked on again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_owner_moves_its_account() {
+    let Some(mut p) = Processes::start(&["n1", "n2"], Duration::from_millis(800)).await else {
+        return;
+    };
+    let owner = eventually(20, "acme has an owner", || p.owner(&p.nodes[0].base)).await;
+    let victim = usize::from(owner != "n1");
+    let survivor = 1 - victim;
+    // Messages on both nodes; the owner dies while their replies wait on the model.
+    for i in 0..20 {
+        p.inbound(&p.base(i % 2), i).await;
+    }
+    p.nodes[victim].kill9().await;
     let killed = Instant::now();
+    let base = p.base(survivor);
     for i in 20..30 {
-        inbound(bases[survivor].clone(), i).await;
+        p.inbound(&base, i).await;
     }
     let taken = eventually(20, "the survivor runs acme", || async {
-        let owner = owner_of(bases[survivor].clone()).await?;
+        let owner = p.owner(&base).await?;
         (owner == ["n1", "n2"][survivor]).then(|| killed.elapsed())
     })
     .await;
     eprintln!("takeover after SIGKILL: {} ms", taken.as_millis());
     assert!(taken < Duration::from_secs(6), "takeover took {taken:?}");
+    p.all_answered_once(&base, 30).await;
+}
 
-    let rows = eventually(40, "every acknowledged message is answered", || async {
-        let (_, logs) = call(
-            bases[survivor].clone(),
-            reqwest::Method::GET,
-            "/v1/ai/logs?account_id=acme&limit=500".into(),
-            None,
-        )
-        .await;
-        let rows = logs["items"].as_array()?.clone();
-        let sent = rows.iter().filter(|r| r["status"] == "sent").count();
-        (sent == 30).then_some(rows)
+/// SIGSTOP of the owner past its lease, then SIGCONT: the other node took the account over, the
+/// woken node finds its lease lost, commits nothing of the replies it had in flight (its reply
+/// steps are refused) and nothing is answered twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_owner_cannot_answer_after_waking() {
+    let Some(p) = Processes::start(&["n1", "n2"], Duration::from_millis(1500)).await else {
+        return;
+    };
+    let owner = eventually(20, "acme has an owner", || p.owner(&p.nodes[0].base)).await;
+    let paused = usize::from(owner != "n1");
+    let other = 1 - paused;
+    for i in 0..10 {
+        p.inbound(&p.base(i % 2), i).await;
+    }
+    // The owner stops while the model answers its replies.
+    signal(&p.pid(paused), "-STOP");
+    let base = p.base(other);
+    for i in 10..20 {
+        p.inbound(&base, i).await;
+    }
+    eventually(20, "the other node runs acme", || async {
+        (p.owner(&base).await? == ["n1", "n2"][other]).then_some(())
     })
     .await;
-    assert_eq!(rows.len(), 30, "one reply per message: {rows:?}");
-    for i in 0..30 {
-        let jid = format!("4917{i:08}@s.whatsapp.net");
-        let (_, msgs) = call(
-            bases[survivor].clone(),
-            reqwest::Method::GET,
-            format!("/v1/accounts/acme/chats/{jid}/messages"),
-            None,
-        )
-        .await;
-        let out = msgs["items"]
-            .as_array()
-            .map(|l| l.iter().filter(|m| m["direction"] == "outbound").count());
-        assert_eq!(out, Some(1), "{jid}: {msgs}");
+    signal(&p.pid(paused), "-CONT");
+    p.all_answered_once(&base, 20).await;
+    // The woken node learnt that it lost the lease.
+    let woken = p.base(paused);
+    eventually(20, "the woken node counts its lost lease", || async {
+        let text = p
+            .http
+            .get(format!("{woken}/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.contains("wagate_account_lease_changes_total{change=\"lost\"} 1")
+            .then_some(())
+    })
+    .await;
+    // Nothing more arrives late.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    p.all_answered_once(&base, 20).await;
+}
+
+/// A rolling restart of every node under load: each node in turn stops (handing its accounts
+/// over) and comes back while messages keep arriving on the others; every message is answered
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_loses_nothing() {
+    let Some(mut p) = Processes::start(&["n1", "n2", "n3"], Duration::from_millis(300)).await
+    else {
+        return;
+    };
+    eventually(20, "acme has an owner", || p.owner(&p.nodes[0].base)).await;
+    let mut sent = 0;
+    for (round, id) in ["n1", "n2", "n3"].iter().enumerate() {
+        // Messages on the other nodes while this one restarts.
+        let others: Vec<String> = (0..p.nodes.len())
+            .filter(|&n| n != round)
+            .map(|n| p.base(n))
+            .collect();
+        for k in 0..5 {
+            p.inbound(&others[k % others.len()], sent).await;
+            sent += 1;
+        }
+        // SIGTERM: a clean stop hands the account over at once.
+        signal(&p.pid(round), "-TERM");
+        let _ = p.nodes[round].child.wait().await;
+        for k in 0..5 {
+            p.inbound(&others[k % others.len()], sent).await;
+            sent += 1;
+        }
+        let old = std::mem::replace(&mut p.nodes[round], {
+            let mut v = p.vars.clone();
+            v.insert("WAGATE_NODE_ID".into(), (*id).into());
+            crate::helpers::Binary::start(&v, "warn").await
+        });
+        drop(old);
     }
+    p.all_answered_once(&p.base(0), sent).await;
 }
