@@ -16,6 +16,7 @@ use wagate_events::chat::{ChatEvent, MessageKind, ModelAttempt, Source, TokenUsa
 use wagate_events::reason::ReasonCode;
 
 use crate::config::FoldError;
+use crate::stats::StatsModel;
 use crate::StoredEvent;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -251,6 +252,10 @@ pub struct MessagesModel {
     /// event): the daily token budget counts these, so a replay counts the same.
     #[serde(with = "pairs")]
     pub tokens_by_day: HashMap<(String, NaiveDate), u64>,
+    /// The overview's numbers (replies, reasons, latency, inbound, tokens by hour and day),
+    /// folded from the same events: part of the checkpoint, so a start from one counts as a fold
+    /// of the whole history.
+    pub stats: StatsModel,
 }
 
 /// Maps with tuple keys, serialized as sequences of pairs (JSON objects take only text keys).
@@ -303,7 +308,7 @@ impl MessagesModel {
     /// The shape of the model as a checkpoint stores it (ADR 0015): a checkpoint of another
     /// format is ignored. Bump it with any change to the model's fields or to its fold, and pin
     /// the new shape in `checkpoint_format_pins_the_folded_model`.
-    pub const CHECKPOINT_FORMAT: i32 = 2;
+    pub const CHECKPOINT_FORMAT: i32 = 3;
 
     /// The position of the oldest AI-log row in memory that still has its reply text, if any
     /// (a start from a checkpoint looks for texts erased since, from there on).
@@ -360,6 +365,7 @@ impl MessagesModel {
             });
         };
         let at = ev.recorded_at;
+        self.stats.apply(acc, at, &parsed);
         let key = || (acc.to_string(), jid.to_string());
         match parsed {
             ChatEvent::MessageReceived {
@@ -1175,6 +1181,30 @@ mod tests {
    "2@s.whatsapp.net"
   ]
  ],
+ "stats": {
+  "days": {
+   "2026-11-25": {
+    "acme": 5
+   }
+  },
+  "hours": {
+   "498778": {
+    "acme": {
+     "failed": 0,
+     "inbound": 3,
+     "latency": {
+      "buckets": {
+       "279": 1
+      }
+     },
+     "reasons": [],
+     "sent": 1,
+     "skipped": 0
+    }
+   }
+  },
+  "newest_hour": 498778
+ },
  "tokens_by_day": [
   [
    [
@@ -1192,7 +1222,7 @@ mod tests {
     #[test]
     fn checkpoint_format_pins_the_folded_model() {
         let model: serde_json::Value = serde_json::from_str(PINNED).expect("pinned JSON");
-        let pinned = json!({"format": 2, "model": model});
+        let pinned = json!({"format": 3, "model": model});
         let model = every_part_folded();
         let now = json!({"format": MessagesModel::CHECKPOINT_FORMAT, "model": model});
         assert_eq!(
