@@ -267,7 +267,11 @@ impl StatsModel {
 
     fn evict(&mut self) {
         let oldest = self.oldest_hour();
-        if self.hours.first_key_value().is_some_and(|(h, _)| *h < oldest) {
+        if self
+            .hours
+            .first_key_value()
+            .is_some_and(|(h, _)| *h < oldest)
+        {
             self.hours = self.hours.split_off(&oldest);
         }
         let day = self.oldest_day();
@@ -325,7 +329,11 @@ impl StatsModel {
         to: DateTime<Utc>,
     ) -> Vec<ReasonCount> {
         let mut sum = HourStats::default();
-        for h in self.hours.range(hour_of(from)..=hour_of(to)).map(|(h, _)| *h) {
+        for h in self
+            .hours
+            .range(hour_of(from)..=hour_of(to))
+            .map(|(h, _)| *h)
+        {
             sum.add(&self.hour_sum(h, account));
         }
         let mut out = sum.reasons;
@@ -346,7 +354,11 @@ impl StatsModel {
         to: DateTime<Utc>,
     ) -> Latency {
         let mut sum = Latency::default();
-        for h in self.hours.range(hour_of(from)..=hour_of(to)).map(|(h, _)| *h) {
+        for h in self
+            .hours
+            .range(hour_of(from)..=hour_of(to))
+            .map(|(h, _)| *h)
+        {
             sum.merge(&self.hour_sum(h, account).latency);
         }
         sum
@@ -449,7 +461,12 @@ mod tests {
         );
         assert_eq!((all[1].p50_ms, all[1].p95_ms), (Some(40), Some(40)));
         assert_eq!(
-            (all[2].sent, all[2].skipped, all[2].failed, all[2].latency_count),
+            (
+                all[2].sent,
+                all[2].skipped,
+                all[2].failed,
+                all[2].latency_count
+            ),
             (0, 1, 1, 0),
             "echo mode calls no model"
         );
@@ -519,8 +536,14 @@ mod tests {
         assert_eq!(kept, 31);
         // Days: the one holding the oldest hour kept, and every later one.
         assert_eq!(m.buckets(), 31 + 32);
-        assert_eq!(m.tokens_on("acme", (start + Duration::days(7)).date_naive()), 0);
-        assert_eq!(m.tokens_on("acme", (start + Duration::days(8)).date_naive()), 5);
+        assert_eq!(
+            m.tokens_on("acme", (start + Duration::days(7)).date_naive()),
+            0
+        );
+        assert_eq!(
+            m.tokens_on("acme", (start + Duration::days(8)).date_naive()),
+            5
+        );
         // An event older than what is kept changes nothing.
         let before = m.clone();
         m.apply("acme", start, &received(false));

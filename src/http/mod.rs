@@ -15,6 +15,7 @@ pub mod login;
 pub mod messages;
 pub mod metrics;
 pub mod openapi;
+pub mod stats;
 pub mod webhooks;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -203,6 +204,7 @@ pub fn api() -> (Router<SharedApp>, utoipa::openapi::OpenApi) {
         .merge(ai_reply::router())
         .merge(webhooks::router())
         .merge(metrics::router())
+        .merge(stats::router())
         .merge(cloud_api::router())
         .split_for_parts();
     openapi::complete(&mut doc);

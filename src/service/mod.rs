@@ -9,6 +9,7 @@ pub mod error;
 pub mod events;
 pub mod keys;
 pub mod messages;
+pub mod stats;
 pub mod test_reply;
 pub mod webhooks;
 

@@ -26,4 +26,5 @@ mod replies;
 mod retention;
 mod security;
 mod speak;
+mod stats;
 mod webhooks;
