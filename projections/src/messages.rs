@@ -220,6 +220,9 @@ pub struct ChatView {
     pub message_count: usize,
     /// How many of its oldest messages left memory (the store has them).
     pub evicted: usize,
+    /// The customer's profile name as the transport last reported it (the chat search).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// The chat's number in the model's eviction order.
     slot: u32,
 }
@@ -377,6 +380,9 @@ impl MessagesModel {
                 contact_name,
                 ..
             } => {
+                if let Some(name) = contact_name.as_ref().filter(|n| !from_me && !n.is_empty()) {
+                    self.chat_mut(acc, jid).name = Some(name.clone());
+                }
                 self.push_message(
                     acc,
                     jid,
@@ -542,30 +548,32 @@ impl MessagesModel {
         Ok(())
     }
 
+    /// A chat's view, made (with the next slot) when it is new.
+    fn chat_mut(&mut self, acc: &str, jid: &str) -> &mut ChatView {
+        let next_slot = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
+        let key = (acc.to_string(), jid.to_string());
+        if !self.chats.contains_key(&key) {
+            self.slots.push(key.clone());
+        }
+        self.chats.entry(key).or_insert_with(|| ChatView {
+            slot: next_slot,
+            ..ChatView::default()
+        })
+    }
+
     /// Adds a message to its chat, then lets the oldest messages in memory go past the
     /// retention.
     fn push_message(&mut self, acc: &str, jid: &str, view: MessageView) {
-        let next_slot = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
-        let chat = match self.chats.get_mut(&(acc.to_string(), jid.to_string())) {
-            Some(chat) => chat,
-            None => {
-                self.slots.push((acc.to_string(), jid.to_string()));
-                self.chats
-                    .entry((acc.to_string(), jid.to_string()))
-                    .or_insert_with(|| ChatView {
-                        slot: next_slot,
-                        ..ChatView::default()
-                    })
-            }
-        };
+        let chat = self.chat_mut(acc, jid);
         chat.last_message_at = Some(view.created_at);
         chat.last_position = view.position;
         chat.message_count += 1;
         chat.messages.push_back(view);
+        let slot = chat.slot;
         if self.retention.messages == usize::MAX {
             return;
         }
-        self.order.push_back(chat.slot);
+        self.order.push_back(slot);
         while self.order.len() > self.retention.messages {
             // Messages enter `order` in position order, so the front is its chat's oldest.
             let Some(slot) = self.order.pop_front() else {
@@ -1106,6 +1114,7 @@ mod tests {
       "text": "?"
      }
     ],
+    "name": "Ana",
     "slot": 1
    }
   ]

@@ -24,6 +24,7 @@ mod long_chats;
 mod metrics;
 mod replies;
 mod retention;
+mod search;
 mod security;
 mod speak;
 mod stats;
