@@ -104,16 +104,36 @@ fn start_driver() -> Option<Driver> {
 
 /// A headless Chromium session.
 async fn browser(driver: &Driver) -> Client {
+    browser_with(driver, &[]).await
+}
+
+/// A headless Chromium session with `extra` command-line switches.
+async fn browser_with(driver: &Driver, extra: &[&str]) -> Client {
+    let mut args: Vec<String> = [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,900",
+    ]
+    .iter()
+    .chain(extra)
+    .map(|a| a.to_string())
+    .collect();
+    args.push(format!(
+        "--user-data-dir={}",
+        driver.profile.path().display()
+    ));
     let caps = json!({
         "browserName": "chrome",
         "goog:chromeOptions": {
             "binary": CHROMIUM,
-            "args": [
-                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", "--window-size=1280,900",
-                format!("--user-data-dir={}", driver.profile.path().display()),
-            ]
+            "args": args
         }
     });
     let Value::Object(caps) = caps else {
@@ -1029,4 +1049,169 @@ async fn overview_page() {
     assert_eq!(fits, json!(true), "/overview scrolls sideways on a phone");
     full_shot(&c, "overview-phone", 390, 844).await;
     c.close().await.expect("close");
+}
+
+/// Whether the page fits the window's width (no sideways scrolling).
+async fn fits_width(c: &Client) -> bool {
+    c.execute(
+        "return document.documentElement.scrollWidth <= window.innerWidth;",
+        vec![],
+    )
+    .await
+    .expect("script")
+        == json!(true)
+}
+
+/// Every page at desktop width and at a phone's (390 px): none scrolls sideways, each is
+/// photographed at both widths (`target/screenshots/page-<name>-{desktop,phone}.png`); the
+/// chat search from the account page; and dark mode, which follows the browser's preference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_at_phone_width_and_in_dark_mode() {
+    let Some(driver) = start_driver() else { return };
+    let app = TestApp::spawn(Backend::Sqlite).await.expect("sqlite app");
+    let rx = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&rx)
+        .await;
+    app.echo_mode().await;
+    app.create_account("acme").await;
+    let r = app
+        .admin(
+            "POST",
+            "/v1/webhooks",
+            Some(json!({"url": format!("{}/hook", rx.uri()), "events": ["*"]})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let hook = r.json["id"].as_str().expect("id").to_string();
+    for (jid, name, text) in [
+        (
+            JID,
+            "Ana María",
+            "Hello, a rather long first message to see how the thread wraps on a narrow screen",
+        ),
+        ("441702222222@s.whatsapp.net", "Bob", "second"),
+    ] {
+        let r = app
+            .admin(
+                "POST",
+                "/v1/accounts/acme/sandbox/inbound",
+                Some(json!({"chat_id": jid, "from": jid.split('@').next(), "text": text, "contact_name": name})),
+            )
+            .await;
+        assert_eq!(r.status, 202, "{}", r.text);
+    }
+    eventually(20, "both replies sent", || async {
+        let rows = log_rows(&app).await;
+        (rows.iter().filter(|r| r["status"] == "sent").count() == 2).then_some(())
+    })
+    .await;
+
+    let c = browser(&driver).await;
+    let base = app.base.clone();
+    c.goto(&format!("{base}/")).await.expect("goto");
+    login(&c).await;
+    let chat = format!("/accounts/acme/chats/{}", JID.replace('@', "%40"));
+    let hook_page = format!("/webhooks/{hook}");
+    let pages = [
+        ("overview", "/overview"),
+        ("ai", "/ai"),
+        ("accounts", "/accounts"),
+        ("account", "/accounts/acme"),
+        ("chat", chat.as_str()),
+        ("test", "/test"),
+        ("logs", "/logs"),
+        ("audit", "/audit"),
+        ("webhooks", "/webhooks"),
+        ("webhook", hook_page.as_str()),
+    ];
+    for (name, page) in pages {
+        c.set_window_size(1280, 900).await.expect("resize");
+        c.goto(&format!("{base}{page}")).await.expect("goto");
+        assert!(fits_width(&c).await, "{page} scrolls sideways at 1280 px");
+        full_shot(&c, &format!("page-{name}-desktop"), 1280, 900).await;
+        c.set_window_size(390, 844).await.expect("resize");
+        c.goto(&format!("{base}{page}")).await.expect("goto");
+        assert!(fits_width(&c).await, "{page} scrolls sideways at 390 px");
+        full_shot(&c, &format!("page-{name}-phone"), 390, 844).await;
+    }
+
+    // The chat search, from the account page's box.
+    c.set_window_size(1280, 900).await.expect("resize");
+    c.goto(&format!("{base}/accounts/acme"))
+        .await
+        .expect("goto");
+    assert_eq!(
+        c.find_all(Locator::Css("#chats tbody tr"))
+            .await
+            .expect("rows")
+            .len(),
+        2
+    );
+    fill(&c, "#chats-q", "maría").await;
+    submit(&c, "form.search button[type=submit]").await;
+    let rows = c
+        .find_all(Locator::Css("#chats tbody tr"))
+        .await
+        .expect("rows");
+    assert_eq!(rows.len(), 1);
+    assert!(text_of(&c, "#chats tbody").await.contains("Ana María"));
+    fill(&c, "#chats-q", "+44 170").await;
+    submit(&c, "form.search button[type=submit]").await;
+    assert!(text_of(&c, "#chats tbody").await.contains("441702222222"));
+    // The AI log's search box.
+    c.goto(&format!("{base}/logs")).await.expect("goto");
+    fill(&c, "#logs-q", "second").await;
+    submit(&c, "form.filters button[type=submit]").await;
+    assert_eq!(
+        c.find_all(Locator::Css("#ai-log tbody tr"))
+            .await
+            .expect("rows")
+            .len(),
+        1
+    );
+    c.close().await.expect("close");
+
+    // Dark mode follows the browser's preference.
+    let dark = browser_with(
+        &driver,
+        &[
+            "--force-dark-mode",
+            "--blink-settings=preferredColorScheme=0",
+        ],
+    )
+    .await;
+    // (The profile is the first browser's: its session may still be there.)
+    dark.goto(&format!("{base}/overview")).await.expect("goto");
+    if path_of(&dark).await.starts_with("/login") {
+        login(&dark).await;
+    }
+    assert_eq!(path_of(&dark).await, "/overview");
+    let prefers = dark
+        .execute(
+            "return window.matchMedia('(prefers-color-scheme: dark)').matches;",
+            vec![],
+        )
+        .await
+        .expect("script");
+    assert_eq!(prefers, json!(true), "the browser prefers dark");
+    let background = dark
+        .execute(
+            "return getComputedStyle(document.body).backgroundColor;",
+            vec![],
+        )
+        .await
+        .expect("script");
+    assert_eq!(
+        background,
+        json!("rgb(18, 20, 23)"),
+        "the dark palette applies"
+    );
+    full_shot(&dark, "overview-dark-desktop", 1280, 900).await;
+    dark.set_window_size(390, 844).await.expect("resize");
+    dark.goto(&format!("{base}{chat}")).await.expect("goto");
+    assert!(fits_width(&dark).await);
+    full_shot(&dark, "chat-dark-phone", 390, 844).await;
+    dark.close().await.expect("close");
 }
