@@ -6,6 +6,7 @@ pub mod config;
 pub mod effective;
 pub mod messages;
 pub mod outbox;
+pub mod stats;
 pub mod stored;
 
 pub use config::{AccountView, ConfigModel, TokenView};

@@ -16,6 +16,7 @@ use wagate_events::chat::{ChatEvent, MessageKind, ModelAttempt, Source, TokenUsa
 use wagate_events::reason::ReasonCode;
 
 use crate::config::FoldError;
+use crate::stats::StatsModel;
 use crate::StoredEvent;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -219,6 +220,9 @@ pub struct ChatView {
     pub message_count: usize,
     /// How many of its oldest messages left memory (the store has them).
     pub evicted: usize,
+    /// The customer's profile name as the transport last reported it (the chat search).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// The chat's number in the model's eviction order.
     slot: u32,
 }
@@ -251,6 +255,10 @@ pub struct MessagesModel {
     /// event): the daily token budget counts these, so a replay counts the same.
     #[serde(with = "pairs")]
     pub tokens_by_day: HashMap<(String, NaiveDate), u64>,
+    /// The overview's numbers (replies, reasons, latency, inbound, tokens by hour and day),
+    /// folded from the same events: part of the checkpoint, so a start from one counts as a fold
+    /// of the whole history.
+    pub stats: StatsModel,
 }
 
 /// Maps with tuple keys, serialized as sequences of pairs (JSON objects take only text keys).
@@ -303,7 +311,7 @@ impl MessagesModel {
     /// The shape of the model as a checkpoint stores it (ADR 0015): a checkpoint of another
     /// format is ignored. Bump it with any change to the model's fields or to its fold, and pin
     /// the new shape in `checkpoint_format_pins_the_folded_model`.
-    pub const CHECKPOINT_FORMAT: i32 = 2;
+    pub const CHECKPOINT_FORMAT: i32 = 3;
 
     /// The position of the oldest AI-log row in memory that still has its reply text, if any
     /// (a start from a checkpoint looks for texts erased since, from there on).
@@ -360,6 +368,7 @@ impl MessagesModel {
             });
         };
         let at = ev.recorded_at;
+        self.stats.apply(acc, at, &parsed);
         let key = || (acc.to_string(), jid.to_string());
         match parsed {
             ChatEvent::MessageReceived {
@@ -371,6 +380,9 @@ impl MessagesModel {
                 contact_name,
                 ..
             } => {
+                if let Some(name) = contact_name.as_ref().filter(|n| !from_me && !n.is_empty()) {
+                    self.chat_mut(acc, jid).name = Some(name.clone());
+                }
                 self.push_message(
                     acc,
                     jid,
@@ -536,30 +548,32 @@ impl MessagesModel {
         Ok(())
     }
 
+    /// A chat's view, made (with the next slot) when it is new.
+    fn chat_mut(&mut self, acc: &str, jid: &str) -> &mut ChatView {
+        let next_slot = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
+        let key = (acc.to_string(), jid.to_string());
+        if !self.chats.contains_key(&key) {
+            self.slots.push(key.clone());
+        }
+        self.chats.entry(key).or_insert_with(|| ChatView {
+            slot: next_slot,
+            ..ChatView::default()
+        })
+    }
+
     /// Adds a message to its chat, then lets the oldest messages in memory go past the
     /// retention.
     fn push_message(&mut self, acc: &str, jid: &str, view: MessageView) {
-        let next_slot = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
-        let chat = match self.chats.get_mut(&(acc.to_string(), jid.to_string())) {
-            Some(chat) => chat,
-            None => {
-                self.slots.push((acc.to_string(), jid.to_string()));
-                self.chats
-                    .entry((acc.to_string(), jid.to_string()))
-                    .or_insert_with(|| ChatView {
-                        slot: next_slot,
-                        ..ChatView::default()
-                    })
-            }
-        };
+        let chat = self.chat_mut(acc, jid);
         chat.last_message_at = Some(view.created_at);
         chat.last_position = view.position;
         chat.message_count += 1;
         chat.messages.push_back(view);
+        let slot = chat.slot;
         if self.retention.messages == usize::MAX {
             return;
         }
-        self.order.push_back(chat.slot);
+        self.order.push_back(slot);
         while self.order.len() > self.retention.messages {
             // Messages enter `order` in position order, so the front is its chat's oldest.
             let Some(slot) = self.order.pop_front() else {
@@ -1114,6 +1128,7 @@ mod tests {
       "text": "?"
      }
     ],
+    "name": "Ana",
     "slot": 1
    }
   ]
@@ -1189,6 +1204,30 @@ mod tests {
    "2@s.whatsapp.net"
   ]
  ],
+ "stats": {
+  "days": {
+   "2026-11-25": {
+    "acme": 5
+   }
+  },
+  "hours": {
+   "498778": {
+    "acme": {
+     "failed": 0,
+     "inbound": 3,
+     "latency": {
+      "buckets": {
+       "279": 1
+      }
+     },
+     "reasons": [],
+     "sent": 1,
+     "skipped": 0
+    }
+   }
+  },
+  "newest_hour": 498778
+ },
  "tokens_by_day": [
   [
    [
@@ -1206,7 +1245,7 @@ mod tests {
     #[test]
     fn checkpoint_format_pins_the_folded_model() {
         let model: serde_json::Value = serde_json::from_str(PINNED).expect("pinned JSON");
-        let pinned = json!({"format": 2, "model": model});
+        let pinned = json!({"format": 3, "model": model});
         let model = every_part_folded();
         let now = json!({"format": MessagesModel::CHECKPOINT_FORMAT, "model": model});
         assert_eq!(

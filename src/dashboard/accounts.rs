@@ -18,7 +18,7 @@ use crate::service::accounts::{
     NewAccount,
 };
 use crate::service::ai::change_account_ai;
-use crate::service::messages::{chat_summaries, inject_inbound, InboundMessage};
+use crate::service::messages::{chat_summaries, inject_inbound, ChatSearch, InboundMessage};
 use serde::Deserialize;
 
 pub async fn list(
@@ -171,6 +171,8 @@ struct AccountForms {
     done: Option<String>,
     /// The chat list's page: chats whose newest message is before this position.
     chats_before: Option<i64>,
+    /// The chat search as typed (`q`: a number or a name).
+    chat_search: String,
 }
 
 /// Chats on one page of the account view.
@@ -180,6 +182,8 @@ const CHATS_PAGE: usize = 100;
 pub struct ShowQuery {
     pub done: Option<String>,
     pub chats_before: Option<i64>,
+    /// Search the chats by number or name.
+    pub q: Option<String>,
 }
 
 /// The account page's live feed: a `changed` event each time the read models fold events of one
@@ -209,6 +213,7 @@ pub async fn show(
         AccountForms {
             done: q.done,
             chats_before: q.chats_before,
+            chat_search: q.q.unwrap_or_default(),
             ..AccountForms::default()
         },
     )
@@ -231,7 +236,21 @@ async fn render_account(
             None => return render::error_page(StatusCode::NOT_FOUND, "No such account."),
         }
     };
-    let chats = chat_summaries(app, acc, forms.chats_before, CHATS_PAGE);
+    let mut search_state = FormState::with([("q", forms.chat_search.trim())]);
+    let search = ChatSearch::parse(&forms.chat_search, "q").unwrap_or_else(|e| {
+        search_state.api_error(e.into(), &["q"]);
+        None
+    });
+    let chats = if search_state.failed() {
+        vec![]
+    } else {
+        chat_summaries(app, acc, forms.chats_before, CHATS_PAGE, search.as_ref())
+    };
+    // Pager links keep the search.
+    let searched = match &search {
+        Some(_) => format!("q={}&", render::enc(forms.chat_search.trim())),
+        None => String::new(),
+    };
     let older_chats = (chats.len() == CHATS_PAGE)
         .then(|| chats.last().map(|c| c.position))
         .flatten();
@@ -254,6 +273,7 @@ async fn render_account(
         Some(forms.token.status()),
         Some(forms.inbound.status()),
         Some(forms.delete.status()),
+        Some(search_state.status()),
     ]
     .into_iter()
     .flatten()
@@ -313,15 +333,21 @@ async fn render_account(
         }
         section aria-labelledby="chats-h" {
             h2 #chats-h { "Chats" }
+            form.card.search role="search" method="get" action=(format!("{base}#chats-h")) {
+                (render::text_field(&search_state, "chats", "q", "Search chats", "search", Some("A number (+49 170 …) or the contact's name.")))
+                button type="submit" { "Search" }
+                @if search.is_some() { " " a #clear-search href=(format!("{base}#chats-h")) { "Show all" } }
+            }
             div #chat-list { @if chats.is_empty() {
-                p { "No chats yet." }
+                @if search.is_some() || search_state.failed() { p #no-chats { "No chats match." } } @else { p { "No chats yet." } }
             } @else {
-                div.scroll { table {
-                    thead { tr { th scope="col" { "Chat" } th scope="col" { "Kind" } th scope="col" { "Messages" } th scope="col" { "Last message" } th scope="col" { "AI" } } }
+                div.scroll { table #chats {
+                    thead { tr { th scope="col" { "Chat" } th scope="col" { "Name" } th scope="col" { "Kind" } th scope="col" { "Messages" } th scope="col" { "Last message" } th scope="col" { "AI" } } }
                     tbody {
                         @for c in &chats {
                             tr {
                                 td { a href=(render::chat_href(acc, &c.chat_id)) { (c.chat_id) } }
+                                td { (c.contact_name.as_deref().unwrap_or("")) }
                                 td { (c.chat_kind) }
                                 td { (c.message_count) }
                                 td { @if let Some(t) = &c.last_message_at { (render::when(t)) } }
@@ -333,8 +359,8 @@ async fn render_account(
             } }
             @if forms.chats_before.is_some() || older_chats.is_some() {
                 p.pager {
-                    @if forms.chats_before.is_some() { a #newest-chats href=(format!("{base}#chats-h")) { "Newest chats" } }
-                    @if let Some(p) = older_chats { " " a #older-chats href=(format!("{base}?chats_before={p}#chats-h")) { "Older chats →" } }
+                    @if forms.chats_before.is_some() { a #newest-chats href=(format!("{base}?{}#chats-h", searched.trim_end_matches('&'))) { "Newest chats" } }
+                    @if let Some(p) = older_chats { " " a #older-chats href=(format!("{base}?{searched}chats_before={p}#chats-h")) { "Older chats →" } }
                 }
             }
             @if matches!(account.transport, Transport::Sandbox) {
@@ -344,6 +370,7 @@ async fn render_account(
                     (render::form_error(&inbound))
                     (render::text_field(&inbound, "inbound", "chat_id", "Chat JID", "text", Some("e.g. 4917600000000@s.whatsapp.net or 12345@g.us")))
                     (render::text_field(&inbound, "inbound", "from", "From", "text", None))
+                    (render::text_field(&inbound, "inbound", "contact_name", "Contact name (optional)", "text", Some("The customer's profile name, as WhatsApp reports it.")))
                     (render::textarea_field(&inbound, "inbound", "text", "Message", 3, None))
                     button type="submit" { "Inject message" }
                 }
@@ -475,11 +502,12 @@ pub async fn inject(
         from_me: false,
         mentioned: false,
         reply_to: None,
+        contact_name: fields.nonblank("contact_name"),
     };
     match inject_inbound(app, who, acc, req).await {
         Ok(_) => Ok(chat_id),
         Err(e) => {
-            state.api_error(e.into(), &["chat_id", "from", "text"]);
+            state.api_error(e.into(), &["chat_id", "from", "text", "contact_name"]);
             Err(state)
         }
     }

@@ -28,7 +28,7 @@ pub struct Next {
 /// `/`: the AI settings when logged in, else the login page.
 pub async fn home(State(app): State<SharedApp>, parts: Parts) -> Response {
     let to = if Session::of(&parts, &app).await.is_some() {
-        "/ai"
+        "/overview"
     } else {
         "/login"
     };

@@ -13,6 +13,7 @@ use super::session::Session;
 use crate::app::SharedApp;
 use crate::http::error::ApiError;
 use crate::service::events::{self as history, EventView, LOG_STATUSES as STATUSES};
+use wagate_projections::messages::AiLogRow;
 
 /// Rows shown on one page.
 const PAGE: usize = 200;
@@ -23,6 +24,24 @@ pub struct Filter {
     pub chat_id: Option<String>,
     pub status: Option<String>,
     pub after: Option<String>,
+    /// Search the rows: reason (text or code), status, reply text (while retained), chat, model.
+    pub q: Option<String>,
+}
+
+/// The longest AI-log search accepted.
+const MAX_SEARCH: usize = 200;
+
+/// Whether an AI-log row matches the search `q` (lower case): its reason text or code, status,
+/// reply text while the retention keeps it, chat, model or trigger message id.
+fn row_matches(r: &AiLogRow, q: &str) -> bool {
+    let has = |s: &str| s.to_lowercase().contains(q);
+    has(r.status.as_str())
+        || r.reason.as_deref().is_some_and(has)
+        || r.reason_code.is_some_and(|c| has(c.as_str()))
+        || r.reply_text.as_deref().is_some_and(has)
+        || has(&r.chat_id)
+        || r.model.as_deref().is_some_and(has)
+        || has(&r.trigger_message_id)
 }
 
 fn blank_to_none(v: Option<String>) -> Option<String> {
@@ -37,11 +56,17 @@ pub async fn logs(
     let account = blank_to_none(f.account_id);
     let chat = blank_to_none(f.chat_id);
     let status = blank_to_none(f.status);
+    let search = blank_to_none(f.q);
     let mut state = FormState::with([
         ("account_id", account.clone().unwrap_or_default()),
         ("chat_id", chat.clone().unwrap_or_default()),
         ("status", status.clone().unwrap_or_default()),
+        ("q", search.clone().unwrap_or_default()),
     ]);
+    if search.as_ref().is_some_and(|q| q.len() > MAX_SEARCH) {
+        state.invalid("q", format!("at most {MAX_SEARCH} characters"));
+    }
+    let needle = search.as_deref().map(str::to_lowercase);
     if let Some(s) = status.as_deref() {
         if !STATUSES.contains(&s) {
             state.invalid(
@@ -66,6 +91,7 @@ pub async fn logs(
             .filter(|r| account.as_deref().is_none_or(|a| r.account_id == a))
             .filter(|r| chat.as_deref().is_none_or(|c| r.chat_id == c))
             .filter(|r| status.as_deref().is_none_or(|s| r.status.as_str() == s))
+            .filter(|r| needle.as_deref().is_none_or(|q| row_matches(r, q)))
             .take(PAGE)
             .cloned()
             .collect();
@@ -74,6 +100,7 @@ pub async fn logs(
     };
     let body = html! {
         form.card.filters method="get" action="/logs" {
+            (render::text_field(&state, "logs", "q", "Search", "search", Some("Reason, status, reply text, chat or model.")))
             (render::text_field(&state, "logs", "account_id", "Account", "text", None))
             (render::text_field(&state, "logs", "chat_id", "Chat JID", "text", None))
             (render::filter_select(&state, "logs", "status", "Status", &STATUSES))

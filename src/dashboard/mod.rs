@@ -12,6 +12,7 @@ pub mod chat;
 pub mod live;
 pub mod login;
 pub mod logs;
+pub mod overview;
 pub mod render;
 pub mod session;
 pub mod test_page;
@@ -33,6 +34,7 @@ pub fn router() -> Router<SharedApp> {
         .route("/", get(login::home))
         .route("/login", get(login::page).post(login::submit))
         .route("/logout", post(login::logout))
+        .route("/overview", get(overview::page))
         .route("/ai", get(ai::page).post(ai::save))
         .route("/ai/clear-key", post(ai::clear_key))
         .route(

@@ -14,6 +14,7 @@ use crate::http::error::ApiError;
 /// Sections of the navigation bar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Section {
+    Overview,
     Ai,
     Accounts,
     Test,
@@ -23,7 +24,8 @@ pub enum Section {
     None,
 }
 
-const NAV: [(Section, &str, &str); 6] = [
+const NAV: [(Section, &str, &str); 7] = [
+    (Section::Overview, "/overview", "Overview"),
     (Section::Ai, "/ai", "AI settings"),
     (Section::Accounts, "/accounts", "Accounts"),
     (Section::Test, "/test", "AI chat / test"),

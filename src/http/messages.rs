@@ -55,6 +55,11 @@ pub struct InboundRequest {
     #[serde(default)]
     #[schema(max_length = 256, pattern = r"\S")]
     pub reply_to: Option<String>,
+    /// The sender's profile name, as WhatsApp reports it (shown in the chat list and found by
+    /// the dashboard's chat search): 1..=256 bytes, not blank.
+    #[serde(default)]
+    #[schema(max_length = 256, pattern = r"\S")]
+    pub contact_name: Option<String>,
 }
 
 impl From<InboundRequest> for InboundMessage {
@@ -67,6 +72,7 @@ impl From<InboundRequest> for InboundMessage {
             from_me: r.from_me,
             mentioned: r.mentioned,
             reply_to: r.reply_to,
+            contact_name: r.contact_name,
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod messages;
 pub mod metrics;
 pub mod nodes;
 pub mod openapi;
+pub mod stats;
 pub mod webhooks;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -204,7 +205,11 @@ pub fn api() -> (Router<SharedApp>, utoipa::openapi::OpenApi) {
         .merge(ai_reply::router())
         .merge(webhooks::router())
         .merge(metrics::router())
+<<<<<<< HEAD
         .merge(nodes::router())
+=======
+        .merge(stats::router())
+>>>>>>> issue26
         .merge(cloud_api::router())
         .split_for_parts();
     openapi::complete(&mut doc);

@@ -530,6 +530,10 @@ pub fn complete(doc: &mut OpenApi) {
         .schemas
         .insert(LogStatus::name().into_owned(), LogStatus::schema());
     components.schemas.insert(
+        crate::service::stats::Period::name().into_owned(),
+        crate::service::stats::Period::schema(),
+    );
+    components.schemas.insert(
         DeliveryStatus::name().into_owned(),
         DeliveryStatus::schema(),
     );
@@ -803,6 +807,12 @@ mod tests {
         let mut deliveries = crate::http::webhooks::DELIVERY_STATUSES.to_vec();
         deliveries.sort_unstable();
         assert_eq!(values(DeliveryStatus::schema()), deliveries);
+        let mut periods: Vec<&str> = crate::service::stats::Period::ALL
+            .iter()
+            .map(|p| p.as_str())
+            .collect();
+        periods.sort_unstable();
+        assert_eq!(values(crate::service::stats::Period::schema()), periods);
     }
 
     #[test]

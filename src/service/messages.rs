@@ -28,6 +28,8 @@ pub struct InboundMessage {
     pub mentioned: bool,
     /// The message it replies to: 1..=256 bytes, not blank.
     pub reply_to: Option<String>,
+    /// The sender's profile name, as WhatsApp would report it: 1..=256 bytes, not blank.
+    pub contact_name: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -65,6 +67,13 @@ pub async fn inject_inbound(
     {
         return Err(Error::invalid("reply_to", "1..=256 characters"));
     }
+    if req
+        .contact_name
+        .as_ref()
+        .is_some_and(|n| n.trim().is_empty() || n.len() > 256)
+    {
+        return Err(Error::invalid("contact_name", "1..=256 characters"));
+    }
     let reply_candidate = !req.from_me && kind != ChatKind::Broadcast;
     let meta = who.metadata();
     let gateway = app.gateway()?;
@@ -75,7 +84,7 @@ pub async fn inject_inbound(
         from_me: req.from_me,
         reply_candidate,
         kind: MessageKind::Text,
-        contact_name: None,
+        contact_name: req.contact_name,
         mentioned: req.mentioned,
         reply_to: req.reply_to,
     };
@@ -109,6 +118,62 @@ pub struct ChatSummary {
     pub ai_paused_until: Option<DateTime<Utc>>,
     /// Position of the chat's newest message: the list's order and its cursor.
     pub position: i64,
+    /// The customer's profile name as the transport last reported it, if it did.
+    pub contact_name: Option<String>,
+}
+
+/// The longest chat search accepted.
+pub const MAX_SEARCH: usize = 200;
+
+/// A search of an account's chats: a number (digits, with any `+`, spaces, dashes or brackets)
+/// matches the chats whose JID holds those digits; other text matches the contact's name or the
+/// JID, ignoring case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChatSearch {
+    Number(String),
+    Text(String),
+}
+
+impl ChatSearch {
+    /// The search `raw` asks for: `None` when blank, 400 (`field`) when longer than
+    /// [`MAX_SEARCH`] bytes.
+    pub fn parse(raw: &str, field: &str) -> Result<Option<Self>> {
+        let raw = raw.trim();
+        if raw.len() > MAX_SEARCH {
+            return Err(Error::invalid(
+                field,
+                format!("at most {MAX_SEARCH} characters"),
+            ));
+        }
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        let digits: String = raw
+            .chars()
+            .filter(|c| !matches!(c, '+' | ' ' | '-' | '(' | ')' | '.'))
+            .collect();
+        Ok(Some(
+            if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+                Self::Number(digits)
+            } else {
+                Self::Text(raw.to_lowercase())
+            },
+        ))
+    }
+
+    /// Whether the chat `jid`, whose contact is called `name`, matches.
+    pub fn matches(&self, jid: &str, name: Option<&str>) -> bool {
+        match self {
+            Self::Number(d) => jid
+                .split('@')
+                .next()
+                .is_some_and(|user| user.contains(d.as_str())),
+            Self::Text(t) => {
+                jid.to_lowercase().contains(t.as_str())
+                    || name.is_some_and(|n| n.to_lowercase().contains(t.as_str()))
+            }
+        }
+    }
 }
 
 /// Checks a page size: `1..=500`, `default` when absent.
@@ -130,12 +195,19 @@ pub async fn chats_page(
 ) -> Result<(Vec<ChatSummary>, usize)> {
     let limit = page_limit(limit, 100)?;
     app.catch_up().await?;
-    Ok((chat_summaries(app, acc, before, limit), limit))
+    Ok((chat_summaries(app, acc, before, limit, None), limit))
 }
 
 /// The account's chats from the read models, most recent first, whose newest message is before
-/// position `before`, `limit` at most (call `catch_up` first to read the latest).
-pub fn chat_summaries(app: &App, acc: &str, before: Option<i64>, limit: usize) -> Vec<ChatSummary> {
+/// position `before` and that match `search` (when given), `limit` at most (call `catch_up`
+/// first to read the latest).
+pub fn chat_summaries(
+    app: &App,
+    acc: &str,
+    before: Option<i64>,
+    limit: usize,
+    search: Option<&ChatSearch>,
+) -> Vec<ChatSummary> {
     let now = Utc::now();
     let config = app.model();
     let messages = app.messages();
@@ -144,6 +216,7 @@ pub fn chat_summaries(app: &App, acc: &str, before: Option<i64>, limit: usize) -
         .range((acc.to_string(), String::new())..)
         .take_while(|((a, _), _)| a == acc)
         .filter(|(_, view)| before.is_none_or(|b| view.last_position < b))
+        .filter(|((_, jid), view)| search.is_none_or(|q| q.matches(jid, view.name.as_deref())))
         .map(|((_, jid), view)| (jid, view))
         .collect();
     // Newest first; only the page is built.
@@ -175,6 +248,7 @@ pub fn chat_summaries(app: &App, acc: &str, before: Option<i64>, limit: usize) -
                     .unwrap_or_default(),
                 blocked: settings.blocked,
                 position: view.last_position,
+                contact_name: view.name.clone(),
             }
         })
         .collect()
@@ -220,4 +294,31 @@ pub async fn send_as_account(
         chat_id: jid.to_string(),
         position: ack.position,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_searches_match_numbers_names_and_jids() {
+        let number = ChatSearch::parse(" +49 170-123 ", "q").ok().flatten();
+        assert_eq!(number, Some(ChatSearch::Number("49170123".into())));
+        let number = number.expect("a search");
+        assert!(number.matches("491701234567@s.whatsapp.net", None));
+        assert!(!number.matches("441701234567@s.whatsapp.net", Some("49170123")));
+        let name = ChatSearch::parse("aNa", "q")
+            .ok()
+            .flatten()
+            .expect("a search");
+        assert!(name.matches("1@s.whatsapp.net", Some("Ana María")));
+        assert!(!name.matches("1@s.whatsapp.net", None));
+        let jid = ChatSearch::parse("g.us", "q")
+            .ok()
+            .flatten()
+            .expect("a search");
+        assert!(jid.matches("120363@g.us", None));
+        assert_eq!(ChatSearch::parse("  ", "q").ok(), Some(None));
+        assert!(ChatSearch::parse(&"x".repeat(201), "q").is_err());
+    }
 }

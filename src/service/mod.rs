@@ -10,6 +10,7 @@ pub mod events;
 pub mod keys;
 pub mod messages;
 pub mod nodes;
+pub mod stats;
 pub mod test_reply;
 pub mod webhooks;
 

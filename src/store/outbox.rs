@@ -351,3 +351,32 @@ pub async fn stats(store: &Store) -> Result<(Vec<(String, i64)>, f64), StoreErro
     let lag = oldest.map_or(0.0, |o| ((now_ms() - o).max(0) as f64) / 1000.0);
     Ok((counts, lag))
 }
+
+/// The deliveries waiting or given up on, gateway-wide (the overview's webhook table).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, ToSchema)]
+pub struct DeliveryCounts {
+    /// Not delivered yet (`pending`), including those in `failed`.
+    pub pending: i64,
+    /// Pending after a failed attempt: waiting for their next try.
+    pub failed: i64,
+    /// Dead-lettered: retries exhausted, or the receiver answered 410 Gone.
+    pub dead: i64,
+}
+
+/// Counts deliveries now pending, pending after a failed attempt, and dead.
+pub async fn delivery_counts(store: &Store) -> Result<DeliveryCounts, StoreError> {
+    const SQL: &str = "SELECT \
+        COALESCE(SUM(CASE WHEN status = 'pending' THEN 1 ELSE 0 END), 0) AS pending, \
+        COALESCE(SUM(CASE WHEN status = 'pending' AND last_error IS NOT NULL THEN 1 ELSE 0 END), 0) AS failed, \
+        COALESCE(SUM(CASE WHEN status = 'dead' THEN 1 ELSE 0 END), 0) AS dead \
+        FROM webhook_deliveries WHERE status IN ('pending', 'dead')";
+    let counts = on_pool!(store, p => {
+        let r = sqlx::query(SQL).fetch_one(p).await?;
+        DeliveryCounts {
+            pending: r.try_get("pending")?,
+            failed: r.try_get("failed")?,
+            dead: r.try_get("dead")?,
+        }
+    });
+    Ok(counts)
+}

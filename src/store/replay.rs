@@ -266,6 +266,12 @@ pub fn digest(config: Option<&ConfigModel>, messages: Option<&MessagesModel>) ->
                 .unwrap_or_default()
                 .as_bytes(),
         );
+        // The overview's numbers (`GET /v1/stats`): a replay draws the same charts.
+        h.update(
+            serde_json::to_string(&m.stats)
+                .unwrap_or_default()
+                .as_bytes(),
+        );
     }
     hex::encode(h.finalize())
 }

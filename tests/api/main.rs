@@ -25,6 +25,8 @@ mod long_chats;
 mod metrics;
 mod replies;
 mod retention;
+mod search;
 mod security;
 mod speak;
+mod stats;
 mod webhooks;

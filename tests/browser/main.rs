@@ -104,16 +104,36 @@ fn start_driver() -> Option<Driver> {
 
 /// A headless Chromium session.
 async fn browser(driver: &Driver) -> Client {
+    browser_with(driver, &[]).await
+}
+
+/// A headless Chromium session with `extra` command-line switches.
+async fn browser_with(driver: &Driver, extra: &[&str]) -> Client {
+    let mut args: Vec<String> = [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,900",
+    ]
+    .iter()
+    .chain(extra)
+    .map(|a| a.to_string())
+    .collect();
+    args.push(format!(
+        "--user-data-dir={}",
+        driver.profile.path().display()
+    ));
     let caps = json!({
         "browserName": "chrome",
         "goog:chromeOptions": {
             "binary": CHROMIUM,
-            "args": [
-                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", "--window-size=1280,900",
-                format!("--user-data-dir={}", driver.profile.path().display()),
-            ]
+            "args": args
         }
     });
     let Value::Object(caps) = caps else {
@@ -138,6 +158,21 @@ fn screenshot_dir() -> PathBuf {
 async fn shot(c: &Client, name: &str) {
     let png = c.screenshot().await.expect("screenshot");
     std::fs::write(screenshot_dir().join(format!("{name}.png")), png).expect("write screenshot");
+}
+
+/// A screenshot of the whole page at `width` px: the window is made as tall as the page for it,
+/// then `height` again.
+async fn full_shot(c: &Client, name: &str, width: u32, height: u32) {
+    let page = c
+        .execute("return document.documentElement.scrollHeight;", vec![])
+        .await
+        .expect("script")
+        .as_u64()
+        .unwrap_or(u64::from(height));
+    let tall = u32::try_from(page).unwrap_or(height).clamp(height, 8000);
+    c.set_window_size(width, tall + 100).await.expect("resize");
+    shot(c, name).await;
+    c.set_window_size(width, height).await.expect("resize");
 }
 
 /// The text of the element `css`. The chat page swaps its thread in when the chat changes, so an
@@ -758,4 +793,425 @@ async fn pages_past_the_read_models_memory() {
     assert!(text_of(&c, "#newest-chats").await.contains("Newest chats"));
     shot(&c, "22-older-chats").await;
     c.close().await.expect("close");
+}
+
+/// What the overview's charts show, read from the page: every element with a `data-series`
+/// inside `css`, as (series, bucket start, value, its SVG title).
+async fn chart_marks(c: &Client, css: &str) -> Vec<(String, String, u64, String)> {
+    let script = format!(
+        "return Array.from(document.querySelectorAll({css:?} + ' [data-series]')).map(e => [\
+           e.dataset.series, e.dataset.start || '', Number(e.dataset.value), \
+           (e.querySelector('title') || {{}}).textContent || '']);"
+    );
+    let v = c.execute(&script, vec![]).await.expect("script");
+    v.as_array()
+        .expect("marks")
+        .iter()
+        .map(|m| {
+            (
+                m[0].as_str().unwrap_or("").to_string(),
+                m[1].as_str().unwrap_or("").to_string(),
+                m[2].as_u64().unwrap_or(u64::MAX),
+                m[3].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The marks a chart should have for a series of the API's answer: (series, start, value) of
+/// every bucket with a value (bars: above 0; latency points: not null).
+fn expected_marks(items: &Value, series: &str, key: &str) -> Vec<(String, String, u64)> {
+    items
+        .as_array()
+        .expect("a series")
+        .iter()
+        .filter_map(|b| {
+            let v = b[key]
+                .as_u64()
+                .filter(|v| *v > 0 || series.starts_with('p'))?;
+            let start = b["start"].as_str().or(b["day"].as_str())?.to_string();
+            Some((series.to_string(), start, v))
+        })
+        .collect()
+}
+
+fn without_titles(
+    marks: &[(String, String, u64, String)],
+    series: &str,
+) -> Vec<(String, String, u64)> {
+    marks
+        .iter()
+        .filter(|m| m.0 == series)
+        .map(|m| (m.0.clone(), m.1.clone(), m.2))
+        .collect()
+}
+
+/// The overview page: for a seeded history (three replies sent, one failed, one skipped, two
+/// accounts, one with a token budget), its charts' titles and numbers are the ones
+/// `GET /v1/stats` answers; it works at desktop and phone width (390 px, no sideways scroll).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overview_page() {
+    let Some(driver) = start_driver() else { return };
+    let app = TestApp::spawn(Backend::Sqlite).await.expect("sqlite app");
+    let stub = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .and(wiremock::matchers::body_string_contains("please fail"))
+        .respond_with(ResponseTemplate::new(400))
+        .with_priority(1)
+        .mount(&stub)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "model": "stub-model",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": STUB_REPLY}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+        })))
+        .with_priority(2)
+        .mount(&stub)
+        .await;
+    let r = app
+        .admin(
+            "PUT",
+            "/v1/ai/global",
+            Some(json!({"enabled": true, "base_url": format!("{}/v1", stub.uri()), "api_key": "sk-test",
+                        "model_name": "stub-model", "reply_delay_seconds": 0, "max_retries": 0})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    app.create_account("acme").await;
+    app.create_account("beta").await;
+    for (acc, body) in [
+        ("acme", json!({"daily_token_budget": 100})),
+        ("beta", json!({"enabled": false})),
+    ] {
+        let r = app
+            .admin("PUT", &format!("/v1/accounts/{acc}/ai"), Some(body))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    let messages = [
+        ("acme", "Hi"),
+        ("acme", "Open today?"),
+        ("acme", "Thanks"),
+        ("acme", "please fail"),
+        ("beta", "Hello?"),
+    ];
+    for (i, (acc, text)) in messages.iter().enumerate() {
+        let r = app
+            .admin(
+                "POST",
+                &format!("/v1/accounts/{acc}/sandbox/inbound"),
+                Some(
+                    json!({"chat_id": format!("4917000000{i}@s.whatsapp.net"), "from": "4917000000",
+                            "text": text, "id": format!("ov-{i}")}),
+                ),
+            )
+            .await;
+        assert_eq!(r.status, 202, "{}", r.text);
+    }
+    let stats = eventually(20, "every reply ended", || async {
+        let s = app.admin("GET", "/v1/stats", None).await.json;
+        (s["totals"] == json!({"sent": 3, "skipped": 1, "failed": 1, "inbound": 5, "tokens": 54}))
+            .then_some(s)
+    })
+    .await;
+
+    let c = browser(&driver).await;
+    let base = app.base.clone();
+    c.goto(&format!("{base}/")).await.expect("goto");
+    login(&c).await;
+    assert_eq!(path_of(&c).await, "/overview", "the home is the overview");
+    assert_eq!(
+        text_of(&c, "nav li:first-child a").await,
+        "Overview",
+        "first in the navigation"
+    );
+
+    // The summary and the charts say what the API says.
+    for (id, key) in [
+        ("#total-sent", "sent"),
+        ("#total-skipped", "skipped"),
+        ("#total-failed", "failed"),
+        ("#total-inbound", "inbound"),
+        ("#total-tokens", "tokens"),
+    ] {
+        assert_eq!(
+            text_of(&c, id).await,
+            stats["totals"][key].to_string(),
+            "{id}"
+        );
+    }
+    let replies = chart_marks(&c, "#chart-replies").await;
+    for kind in ["sent", "skipped", "failed"] {
+        assert_eq!(
+            without_titles(&replies, kind),
+            expected_marks(&stats["replies"], kind, kind),
+            "{kind} bars"
+        );
+    }
+    for (_, _, value, title) in &replies {
+        assert!(title.contains(&format!(" — {value} ")), "{title}");
+    }
+    let total_sent: u64 = without_titles(&replies, "sent").iter().map(|m| m.2).sum();
+    assert_eq!(total_sent, 3);
+    assert!(
+        replies
+            .iter()
+            .any(|m| m.0 == "sent" && m.3.ends_with(&format!("— {} sent", m.2))),
+        "a title like `12:00 — 3 sent`: {replies:?}"
+    );
+    let inbound = chart_marks(&c, "#chart-inbound").await;
+    assert_eq!(
+        without_titles(&inbound, "inbound"),
+        expected_marks(&stats["inbound"], "inbound", "count")
+    );
+    assert!(inbound
+        .iter()
+        .all(|m| m.3.ends_with(&format!("— {} received", m.2))));
+    let latency = chart_marks(&c, "#chart-latency").await;
+    for p in ["p50", "p95"] {
+        let want = expected_marks(&stats["latency_ms"], p, p);
+        assert_eq!(without_titles(&latency, p), want, "{p} points");
+        assert!(!want.is_empty(), "three answers were timed");
+    }
+    let acme = chart_marks(&c, "#chart-tokens-acme").await;
+    assert_eq!(
+        without_titles(&acme, "tokens"),
+        expected_marks(&stats["tokens"][0]["days"], "tokens", "tokens")
+    );
+    assert!(acme
+        .iter()
+        .any(|m| m.0 == "tokens" && m.2 == 54 && m.3.ends_with("— 54 tokens")));
+    assert!(acme
+        .iter()
+        .any(|m| m.0 == "budget" && m.2 == 100 && m.3.contains("100 tokens")));
+    assert!(chart_marks(&c, "#chart-tokens-beta").await.is_empty());
+    // The reasons table.
+    let reasons = text_of(&c, "#top-reasons tbody").await;
+    for r in stats["top_reasons"].as_array().expect("reasons") {
+        let code = r["reason_code"].as_str().expect("code");
+        assert!(reasons.contains(code), "{reasons}");
+    }
+    assert_eq!(
+        text_of(&c, "#deliveries-pending").await,
+        stats["webhook_deliveries"]["pending"].to_string()
+    );
+    // Charts have accessible names.
+    let labelled = c
+        .execute(
+            "return Array.from(document.querySelectorAll('svg[role=img]')).every(s => \
+               s.getAttribute('aria-labelledby') && s.querySelector('title').textContent.length > 0);",
+            vec![],
+        )
+        .await
+        .expect("script");
+    assert_eq!(labelled, json!(true));
+    full_shot(&c, "overview-desktop", 1280, 900).await;
+
+    // One account and another period, from the form.
+    select(&c, "#overview-period", "7d").await;
+    select(&c, "#overview-account", "acme").await;
+    submit(&c, "form.filters button[type=submit]").await;
+    assert_eq!(path_of(&c).await, "/overview?period=7d&account=acme");
+    let week = app
+        .admin("GET", "/v1/stats?period=7d&account=acme", None)
+        .await
+        .json;
+    assert_eq!(
+        text_of(&c, "#total-sent").await,
+        week["totals"]["sent"].to_string()
+    );
+    assert_eq!(text_of(&c, "#total-skipped").await, "0");
+    assert_eq!(
+        without_titles(&chart_marks(&c, "#chart-replies").await, "failed"),
+        expected_marks(&week["replies"], "failed", "failed")
+    );
+    // A bad period is refused next to its field.
+    c.goto(&format!("{base}/overview?period=2d"))
+        .await
+        .expect("goto");
+    assert!(text_of(&c, "#overview-period-error")
+        .await
+        .contains("1h, 24h, 7d or 30d"));
+
+    // Phone width: no sideways scrolling.
+    c.set_window_size(390, 844).await.expect("resize");
+    c.goto(&format!("{base}/overview")).await.expect("goto");
+    let fits = c
+        .execute(
+            "return document.documentElement.scrollWidth <= window.innerWidth;",
+            vec![],
+        )
+        .await
+        .expect("script");
+    assert_eq!(fits, json!(true), "/overview scrolls sideways on a phone");
+    full_shot(&c, "overview-phone", 390, 844).await;
+    c.close().await.expect("close");
+}
+
+/// Whether the page fits the window's width (no sideways scrolling).
+async fn fits_width(c: &Client) -> bool {
+    c.execute(
+        "return document.documentElement.scrollWidth <= window.innerWidth;",
+        vec![],
+    )
+    .await
+    .expect("script")
+        == json!(true)
+}
+
+/// Every page at desktop width and at a phone's (390 px): none scrolls sideways, each is
+/// photographed at both widths (`target/screenshots/page-<name>-{desktop,phone}.png`); the
+/// chat search from the account page; and dark mode, which follows the browser's preference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_at_phone_width_and_in_dark_mode() {
+    let Some(driver) = start_driver() else { return };
+    let app = TestApp::spawn(Backend::Sqlite).await.expect("sqlite app");
+    let rx = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&rx)
+        .await;
+    app.echo_mode().await;
+    app.create_account("acme").await;
+    let r = app
+        .admin(
+            "POST",
+            "/v1/webhooks",
+            Some(json!({"url": format!("{}/hook", rx.uri()), "events": ["*"]})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let hook = r.json["id"].as_str().expect("id").to_string();
+    for (jid, name, text) in [
+        (
+            JID,
+            "Ana María",
+            "Hello, a rather long first message to see how the thread wraps on a narrow screen",
+        ),
+        ("441702222222@s.whatsapp.net", "Bob", "second"),
+    ] {
+        let r = app
+            .admin(
+                "POST",
+                "/v1/accounts/acme/sandbox/inbound",
+                Some(json!({"chat_id": jid, "from": jid.split('@').next(), "text": text, "contact_name": name})),
+            )
+            .await;
+        assert_eq!(r.status, 202, "{}", r.text);
+    }
+    eventually(20, "both replies sent", || async {
+        let rows = log_rows(&app).await;
+        (rows.iter().filter(|r| r["status"] == "sent").count() == 2).then_some(())
+    })
+    .await;
+
+    let c = browser(&driver).await;
+    let base = app.base.clone();
+    c.goto(&format!("{base}/")).await.expect("goto");
+    login(&c).await;
+    let chat = format!("/accounts/acme/chats/{}", JID.replace('@', "%40"));
+    let hook_page = format!("/webhooks/{hook}");
+    let pages = [
+        ("overview", "/overview"),
+        ("ai", "/ai"),
+        ("accounts", "/accounts"),
+        ("account", "/accounts/acme"),
+        ("chat", chat.as_str()),
+        ("test", "/test"),
+        ("logs", "/logs"),
+        ("audit", "/audit"),
+        ("webhooks", "/webhooks"),
+        ("webhook", hook_page.as_str()),
+    ];
+    for (name, page) in pages {
+        c.set_window_size(1280, 900).await.expect("resize");
+        c.goto(&format!("{base}{page}")).await.expect("goto");
+        assert!(fits_width(&c).await, "{page} scrolls sideways at 1280 px");
+        full_shot(&c, &format!("page-{name}-desktop"), 1280, 900).await;
+        c.set_window_size(390, 844).await.expect("resize");
+        c.goto(&format!("{base}{page}")).await.expect("goto");
+        assert!(fits_width(&c).await, "{page} scrolls sideways at 390 px");
+        full_shot(&c, &format!("page-{name}-phone"), 390, 844).await;
+    }
+
+    // The chat search, from the account page's box.
+    c.set_window_size(1280, 900).await.expect("resize");
+    c.goto(&format!("{base}/accounts/acme"))
+        .await
+        .expect("goto");
+    assert_eq!(
+        c.find_all(Locator::Css("#chats tbody tr"))
+            .await
+            .expect("rows")
+            .len(),
+        2
+    );
+    fill(&c, "#chats-q", "maría").await;
+    submit(&c, "form.search button[type=submit]").await;
+    let rows = c
+        .find_all(Locator::Css("#chats tbody tr"))
+        .await
+        .expect("rows");
+    assert_eq!(rows.len(), 1);
+    assert!(text_of(&c, "#chats tbody").await.contains("Ana María"));
+    fill(&c, "#chats-q", "+44 170").await;
+    submit(&c, "form.search button[type=submit]").await;
+    assert!(text_of(&c, "#chats tbody").await.contains("441702222222"));
+    // The AI log's search box.
+    c.goto(&format!("{base}/logs")).await.expect("goto");
+    fill(&c, "#logs-q", "second").await;
+    submit(&c, "form.filters button[type=submit]").await;
+    assert_eq!(
+        c.find_all(Locator::Css("#ai-log tbody tr"))
+            .await
+            .expect("rows")
+            .len(),
+        1
+    );
+    c.close().await.expect("close");
+
+    // Dark mode follows the browser's preference.
+    let dark = browser_with(
+        &driver,
+        &[
+            "--force-dark-mode",
+            "--blink-settings=preferredColorScheme=0",
+        ],
+    )
+    .await;
+    // (The profile is the first browser's: its session may still be there.)
+    dark.goto(&format!("{base}/overview")).await.expect("goto");
+    if path_of(&dark).await.starts_with("/login") {
+        login(&dark).await;
+    }
+    assert_eq!(path_of(&dark).await, "/overview");
+    let prefers = dark
+        .execute(
+            "return window.matchMedia('(prefers-color-scheme: dark)').matches;",
+            vec![],
+        )
+        .await
+        .expect("script");
+    assert_eq!(prefers, json!(true), "the browser prefers dark");
+    let background = dark
+        .execute(
+            "return getComputedStyle(document.body).backgroundColor;",
+            vec![],
+        )
+        .await
+        .expect("script");
+    assert_eq!(
+        background,
+        json!("rgb(18, 20, 23)"),
+        "the dark palette applies"
+    );
+    full_shot(&dark, "overview-dark-desktop", 1280, 900).await;
+    dark.set_window_size(390, 844).await.expect("resize");
+    dark.goto(&format!("{base}{chat}")).await.expect("goto");
+    assert!(fits_width(&dark).await);
+    full_shot(&dark, "chat-dark-phone", 390, 844).await;
+    dark.close().await.expect("close");
 }
