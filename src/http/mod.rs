@@ -205,11 +205,8 @@ pub fn api() -> (Router<SharedApp>, utoipa::openapi::OpenApi) {
         .merge(ai_reply::router())
         .merge(webhooks::router())
         .merge(metrics::router())
-<<<<<<< HEAD
         .merge(nodes::router())
-=======
         .merge(stats::router())
->>>>>>> issue26
         .merge(cloud_api::router())
         .split_for_parts();
     openapi::complete(&mut doc);
