@@ -438,6 +438,22 @@ impl Gateway {
             .await
     }
 
+    /// Recovers a chat's replies as [`Gateway::close_interrupted`] does, unless its chat actor
+    /// already works on every one of `reply_ids` (then without reading the store); how many it
+    /// closed.
+    pub async fn adopt(
+        &self,
+        account: &str,
+        jid: &str,
+        reply_ids: Vec<String>,
+    ) -> Result<usize, ActorError> {
+        self.ask(account, jid, |reply| ChatMsg::Adopt {
+            reply_ids: reply_ids.clone(),
+            reply,
+        })
+        .await
+    }
+
     /// Sends a request to a chat actor and waits for its answer, once more if the chat actor
     /// stopped (passivated) in between.
     pub(crate) async fn ask<T: Send + 'static>(

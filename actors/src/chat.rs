@@ -229,6 +229,12 @@ pub enum ChatMsg {
     CloseInterrupted {
         reply: RpcReplyPort<Result<usize, ActorError>>,
     },
+    /// `CloseInterrupted` unless this chat already works on every one of `reply_ids` (the
+    /// owner's sweep for replies whose hand-over was lost: no store read when nothing is).
+    Adopt {
+        reply_ids: Vec<String>,
+        reply: RpcReplyPort<Result<usize, ActorError>>,
+    },
     IdleCheck,
 }
 
@@ -366,6 +372,42 @@ impl ChatState {
             (true, Owner::Here { epoch }) => Ok(epoch),
             (true, Owner::Elsewhere) => Err(StoreFailure::Fenced),
         }
+    }
+
+    /// Recovers the chat's open replies that no worker here has: reloads the stream (another
+    /// gateway may have committed to it), closes the ones that may have been handed to the
+    /// transport (`interrupted`) or are superseded, works on the others; how many it closed.
+    /// Nothing in a process that does not run the account.
+    async fn recover(&mut self, myself: &ActorRef<ChatMsg>) -> Result<usize, ActorError> {
+        if self.ports.ownership.owner(&self.account.account) == Owner::Elsewhere {
+            return Ok(0);
+        }
+        let keep: Vec<String> = self
+            .reserved
+            .keys()
+            .chain(self.unrecorded.keys())
+            .chain(self.active.iter())
+            .cloned()
+            .collect();
+        self.reload().await?;
+        let closed = self
+            .commit(
+                ChatCommand::CloseInterrupted { keep },
+                &system_meta("system:recovery"),
+            )
+            .await
+            .map(|(events, _)| events.len())?;
+        // What recovery left open never reached the transport: work on it again (a request is
+        // asked of the model, waiting out the rest of a debounce window; an answer is delivered).
+        let resumed = self.queue_open_replies();
+        if resumed > 0 {
+            tracing::info!(
+                replies = resumed,
+                "resuming replies left open before they were sent"
+            );
+        }
+        self.pump(myself).await;
+        Ok(closed)
     }
 
     /// Queues every open reply that no worker here has and that was not handed to the
@@ -1062,43 +1104,23 @@ impl ChatState {
                 self.flush_parked().await;
                 self.pump(&myself).await;
             }
-            ChatMsg::CloseInterrupted { reply } => {
-                if self.ports.ownership.owner(&self.account.account) == Owner::Elsewhere {
+            ChatMsg::Adopt { reply_ids, reply } => {
+                let known = reply_ids.iter().all(|r| {
+                    self.queue.contains(r)
+                        || self.active.as_deref() == Some(r.as_str())
+                        || self.reserved.contains_key(r)
+                        || self.unrecorded.contains_key(r)
+                });
+                if known {
                     let _ = reply.send(Ok(0));
-                    return Ok(());
+                } else {
+                    let result = self.recover(&myself).await;
+                    let _ = reply.send(result);
                 }
-                // The stream as others left it (another gateway may have committed to it).
-                let keep: Vec<String> = self
-                    .reserved
-                    .keys()
-                    .chain(self.unrecorded.keys())
-                    .chain(self.active.iter())
-                    .cloned()
-                    .collect();
-                let result = match self.reload().await {
-                    Ok(()) => self
-                        .commit(
-                            ChatCommand::CloseInterrupted { keep },
-                            &system_meta("system:recovery"),
-                        )
-                        .await
-                        .map(|(events, _)| events.len()),
-                    Err(e) => Err(e.into()),
-                };
-                // What recovery left open never reached the transport: work on it again (a
-                // request is asked of the model, waiting out the rest of a debounce window; an
-                // answer is delivered).
-                if result.is_ok() {
-                    let resumed = self.queue_open_replies();
-                    if resumed > 0 {
-                        tracing::info!(
-                            replies = resumed,
-                            "resuming replies left open before they were sent"
-                        );
-                    }
-                }
+            }
+            ChatMsg::CloseInterrupted { reply } => {
+                let result = self.recover(&myself).await;
                 let _ = reply.send(result);
-                self.pump(&myself).await;
             }
             ChatMsg::IdleCheck => {
                 let idle = self.last_activity.elapsed() >= self.ports.chat_idle;

@@ -12,8 +12,17 @@ use wagate::startup::{self, Running};
 
 use crate::Result;
 
-/// The one sandbox account every message goes to.
+/// The sandbox account every message goes to (the prefix of the accounts, when there are several).
 pub const ACCOUNT: &str = "bench";
+
+/// The account of chat `i` among `accounts` sandbox accounts (`bench`, or `bench0`, `bench1`, …).
+pub fn account_of(i: usize, accounts: usize) -> String {
+    if accounts <= 1 {
+        ACCOUNT.to_string()
+    } else {
+        format!("{ACCOUNT}{}", i % accounts)
+    }
+}
 
 pub struct Gateway {
     running: Option<Running>,
@@ -35,11 +44,14 @@ pub fn jid(i: usize) -> (String, String) {
     (format!("{from}@s.whatsapp.net"), from)
 }
 
-/// Chat index of a chat stream id (`bench/4917xxxxxxxx@s.whatsapp.net`).
+/// Chat index of a chat stream id (`bench/4917xxxxxxxx@s.whatsapp.net`, or of `benchN/…`).
 pub fn chat_index(stream_id: &str) -> Option<usize> {
-    stream_id
-        .strip_prefix(ACCOUNT)?
-        .strip_prefix("/4917")?
+    let (account, jid) = stream_id.split_once('/')?;
+    let n = account.strip_prefix(ACCOUNT)?;
+    if !n.chars().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    jid.strip_prefix("4917")?
         .strip_suffix("@s.whatsapp.net")?
         .parse()
         .ok()
@@ -48,6 +60,15 @@ pub fn chat_index(stream_id: &str) -> Option<usize> {
 impl Gateway {
     /// Starts a gateway on `database_url`, sized so that the model-call limits never bind.
     pub async fn start(database_url: &str, concurrency: usize) -> Result<Gateway> {
+        Self::start_node(database_url, concurrency, None).await
+    }
+
+    /// A gateway as node `node_id` (several on one database: ADR 0026).
+    pub async fn start_node(
+        database_url: &str,
+        concurrency: usize,
+        node_id: Option<&str>,
+    ) -> Result<Gateway> {
         let dir = tempfile::tempdir()?;
         let key: Vec<u8> = (0..64u8)
             .map(|i| i.wrapping_mul(7).wrapping_add(3))
@@ -76,6 +97,9 @@ impl Gateway {
             ("WAGATE_API_RATE_LIMIT_PER_SECOND", "0".to_string()),
         ] {
             vars.insert(k.to_string(), v);
+        }
+        if let Some(id) = node_id {
+            vars.insert("WAGATE_NODE_ID".into(), id.to_string());
         }
         let (config, _) = Config::from_vars(&vars).map_err(|e| format!("gateway config: {e}"))?;
         let running = startup::start(config)
@@ -144,6 +168,16 @@ impl Api {
     /// guard's quick answers off; and the
     /// sandbox account (kept when an earlier gateway on the same store created it).
     pub async fn configure(&self, stub_base: &str, timeout_seconds: u32) -> Result<()> {
+        self.configure_accounts(stub_base, timeout_seconds, 1).await
+    }
+
+    /// As [`Api::configure`], with `accounts` sandbox accounts (see [`account_of`]).
+    pub async fn configure_accounts(
+        &self,
+        stub_base: &str,
+        timeout_seconds: u32,
+        accounts: usize,
+    ) -> Result<()> {
         let body = json!({
             "enabled": true,
             "base_url": format!("{stub_base}/v1"),
@@ -162,25 +196,51 @@ impl Api {
         if status != 200 {
             return Err(format!("PUT /v1/ai/global: {status} {text}").into());
         }
-        let body = json!({"id": ACCOUNT, "name": "Bench", "transport": "sandbox"});
-        let (status, text) = self
-            .call(reqwest::Method::POST, "/v1/accounts", body)
-            .await?;
-        let existed =
-            status == 409 && text.contains(&format!("account id {ACCOUNT} is already taken"));
-        if status != 201 && !existed {
-            return Err(format!("POST /v1/accounts: {status} {text}").into());
+        for a in 0..accounts.max(1) {
+            let id = account_of(a, accounts);
+            let body = json!({"id": id, "name": "Bench", "transport": "sandbox"});
+            let (status, text) = self
+                .call(reqwest::Method::POST, "/v1/accounts", body)
+                .await?;
+            let existed =
+                status == 409 && text.contains(&format!("account id {id} is already taken"));
+            if status != 201 && !existed {
+                return Err(format!("POST /v1/accounts: {status} {text}").into());
+            }
         }
         Ok(())
+    }
+
+    /// `GET path`: (status, JSON body).
+    pub async fn get(&self, path: &str) -> Result<(u16, Value)> {
+        let resp = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.json().await.unwrap_or(Value::Null)))
     }
 
     /// Injects one inbound message; the gateway answers 202 once the message is committed. A 503
     /// (store busy) is retried like a webhook sender would, up to 20 times; returns the number
     /// of retries.
     pub async fn inject(&self, chat: usize, id: &str, text: &str) -> Result<u32> {
+        self.inject_into(ACCOUNT, chat, id, text).await
+    }
+
+    /// As [`Api::inject`], into `account`.
+    pub async fn inject_into(
+        &self,
+        account: &str,
+        chat: usize,
+        id: &str,
+        text: &str,
+    ) -> Result<u32> {
         let (jid, from) = jid(chat);
         let body = json!({"chat_id": jid, "from": from, "text": text, "id": id});
-        let path = format!("/v1/accounts/{ACCOUNT}/sandbox/inbound");
+        let path = format!("/v1/accounts/{account}/sandbox/inbound");
         let mut retries = 0;
         loop {
             let (status, resp) = self
@@ -207,5 +267,9 @@ mod tests {
         let (j, _) = jid(1234);
         assert_eq!(chat_index(&format!("{ACCOUNT}/{j}")), Some(1234));
         assert_eq!(chat_index("other/491700001234@s.whatsapp.net"), None);
+        assert_eq!(
+            chat_index(&format!("{}/{j}", account_of(1234, 6))),
+            Some(1234)
+        );
     }
 }

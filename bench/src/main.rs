@@ -44,6 +44,8 @@ enum Which {
     P3,
     /// Long chats: P1's flow on chats with a long history vs the same on fresh chats.
     Long,
+    /// Baseline, then P1 with 1, 2 and 3 gateways on one database (`--accounts` accounts).
+    Nodes,
     /// Baseline, P1, P2 and P3.
     All,
     /// Internal: the model stub's child process.
@@ -100,6 +102,9 @@ struct Cli {
     /// P3: webhooks subscribed to every message.
     #[arg(long, default_value_t = 1)]
     webhooks: usize,
+    /// Nodes: the sandbox accounts the chats are spread over (what the nodes divide).
+    #[arg(long, default_value_t = 6)]
+    accounts: usize,
     /// A loopback PostgreSQL server; the run creates and drops its own databases there.
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
     database_url: String,
@@ -230,6 +235,29 @@ async fn run(cli: &Cli, server: &pg::Server) -> Result<String> {
         eprintln!("  {:.0} deliveries/s", f.per_sec());
         fan = Some(f);
     }
+    if cli.which == Which::Nodes {
+        eprintln!(
+            "baseline: single-row autocommit INSERTs, {c} connections, {} s …",
+            cli.baseline_secs
+        );
+        let b = baseline::run(server, c, cli.baseline_secs).await?;
+        eprintln!("  {:.0} rows/s", b.rows_per_s);
+        let mut runs = Vec::new();
+        for nodes in 1..=3 {
+            eprintln!(
+                "P1 on {nodes} node(s): {} chats × {} messages over {} accounts, {c} clients …",
+                cli.chats, cli.per_chat, cli.accounts
+            );
+            let cluster = p1::Cluster {
+                nodes,
+                accounts: cli.accounts.max(1),
+            };
+            let r = p1::run_nodes(server, c, cli.chats, cli.per_chat, cluster, timeout).await?;
+            eprintln!("  {:.1} replies/s", r.replies_per_s);
+            runs.push((nodes, r));
+        }
+        return Ok(report_nodes(&b, &runs, cli.accounts));
+    }
     let mut long = None;
     if cli.which == Which::Long {
         let (n, k) = (cli.long_chats, cli.per_chat);
@@ -265,6 +293,39 @@ async fn run(cli: &Cli, server: &pg::Server) -> Result<String> {
     );
     out.push_str(&report_p3(r3.as_ref(), fan.as_ref()));
     Ok(out)
+}
+
+/// P1 with 1, 2 and 3 nodes against the same run's baseline.
+fn report_nodes(
+    base: &baseline::BaselineResult,
+    runs: &[(usize, p1::P1Result)],
+    accounts: usize,
+) -> String {
+    let mut t = Table {
+        rows: Vec::new(),
+        notes: Vec::new(),
+    };
+    t.row(
+        "baseline rows/s",
+        format!("{:.0}", base.rows_per_s),
+        "",
+        None,
+    );
+    for (nodes, r) in runs {
+        let ratio = r.replies_per_s / base.rows_per_s;
+        t.row(
+            &format!("P1 on {nodes} node(s): replies/s (÷ baseline)"),
+            format!("{:.0} ({ratio:.3})", r.replies_per_s),
+            &format!("≥ {P1_TARGET_RATIO}"),
+            Some(ratio >= P1_TARGET_RATIO && r.complete),
+        );
+    }
+    t.notes.push(format!(
+        "every node in this process, on the same cores; {accounts} sandbox accounts spread over the \
+         nodes by their leases; chat i's k-th message goes to node (i + k) mod n, so with n > 1 \
+         most messages reach a node that does not run their account and are handed over"
+    ));
+    t.render()
 }
 
 /// One row of the table: metric, value, target and verdict.

@@ -93,6 +93,61 @@ pub async fn run(
     history: History,
     timeout: Duration,
 ) -> Result<P1Result> {
+    run_on(
+        server,
+        concurrency,
+        chats,
+        per_chat,
+        history,
+        Cluster {
+            nodes: 1,
+            accounts: 1,
+        },
+        timeout,
+    )
+    .await
+}
+
+/// How many gateways share the phase's database, and over how many accounts the chats are
+/// spread (the accounts are what the nodes divide, ADR 0026).
+#[derive(Debug, Clone, Copy)]
+pub struct Cluster {
+    pub nodes: usize,
+    pub accounts: usize,
+}
+
+/// P1 on fresh chats with `cluster.nodes` gateways on one database: chat `i`'s `k`-th message
+/// goes to node `(i + k) % nodes`, so most messages reach a node that does not run their account
+/// and are handed over.
+pub async fn run_nodes(
+    server: &Server,
+    concurrency: usize,
+    chats: usize,
+    per_chat: usize,
+    cluster: Cluster,
+    timeout: Duration,
+) -> Result<P1Result> {
+    run_on(
+        server,
+        concurrency,
+        chats,
+        per_chat,
+        History::None,
+        cluster,
+        timeout,
+    )
+    .await
+}
+
+async fn run_on(
+    server: &Server,
+    concurrency: usize,
+    chats: usize,
+    per_chat: usize,
+    history: History,
+    cluster: Cluster,
+    timeout: Duration,
+) -> Result<P1Result> {
     let cycles = match history {
         History::None => 0,
         History::Cold { cycles } | History::Warm { cycles } => cycles,
@@ -126,22 +181,36 @@ pub async fn run(
         monitor.close().await;
     }
     let stub = Stub::spawn(Duration::ZERO).await?;
-    let gw = Gateway::start(&url, concurrency).await?;
+    let mut gws = Vec::with_capacity(cluster.nodes);
+    for n in 0..cluster.nodes.max(1) {
+        let node = (cluster.nodes > 1).then(|| format!("bench-node-{n}"));
+        gws.push(Gateway::start_node(&url, concurrency, node.as_deref()).await?);
+    }
+    let apis: Vec<Api> = gws.iter().map(|g| g.api.clone()).collect();
+    gws[0]
+        .api
+        .configure_accounts(&stub.base, 10, cluster.accounts)
+        .await?;
+    if cluster.nodes > 1 {
+        spread(&gws[0].api, cluster).await?;
+    }
     let syncs_before = server.wal_syncs().await;
     let xacts_before = server.xact_commits(&db).await;
     let result = drive(
         server,
         &db,
         &url,
-        &gw.api,
-        &stub,
+        &apis,
+        cluster.accounts,
         concurrency,
         chats,
         per_chat,
         timeout,
     )
     .await;
-    gw.stop().await;
+    for gw in gws {
+        gw.stop().await;
+    }
     stub.stop().await;
     // Backends report their WAL statistics when they exit: read after the gateway's pool closed.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -160,19 +229,45 @@ pub async fn run(
     Ok(result)
 }
 
+/// Waits (at most 30 s) until every account is run by a node and every node runs some.
+async fn spread(api: &Api, cluster: Cluster) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, v) = api.get("/v1/nodes").await?;
+        let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
+        let held: usize = nodes
+            .iter()
+            .map(|n| n["accounts"].as_array().map_or(0, Vec::len))
+            .sum();
+        let busy = nodes
+            .iter()
+            .filter(|n| n["accounts"].as_array().is_some_and(|a| !a.is_empty()))
+            .count();
+        if nodes.len() == cluster.nodes
+            && held == cluster.accounts
+            && busy == cluster.nodes.min(cluster.accounts)
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the accounts were not spread over the nodes: {v}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn drive(
     server: &Server,
     db: &str,
     url: &str,
-    api: &Api,
-    stub: &Stub,
+    apis: &[Api],
+    accounts: usize,
     concurrency: usize,
     chats: usize,
     per_chat: usize,
     timeout: Duration,
 ) -> Result<P1Result> {
-    api.configure(&stub.base, 10).await?;
     let monitor = pg::monitor_pool(url).await?;
     let history_end = pg::last_position(&monitor).await?;
     let total = chats * per_chat;
@@ -199,7 +294,7 @@ async fn drive(
         let sent_per_chat = sent_per_chat.clone();
         let failure = failure.clone();
         let retries = retries.clone();
-        let api = api.clone();
+        let apis = apis.to_vec();
         workers.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             loop {
@@ -208,7 +303,12 @@ async fn drive(
                 let k = sent_per_chat[i].fetch_add(1, Ordering::Relaxed);
                 let t = Instant::now();
                 let text = format!("Hello, are you open today? This is question {k} of chat {i}.");
-                match api.inject(i, &format!("p1-{i}-{k}"), &text).await {
+                let api = &apis[(i + k) % apis.len()];
+                let account = gateway::account_of(i, accounts);
+                match api
+                    .inject_into(&account, i, &format!("p1-{i}-{k}"), &text)
+                    .await
+                {
                     Ok(n) => {
                         retries.fetch_add(u64::from(n), Ordering::Relaxed);
                     }

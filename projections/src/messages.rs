@@ -695,18 +695,22 @@ impl MessagesModel {
     }
 
     /// Chats with replies that have not reached a terminal state (start-up recovery).
-    /// The chats with a reply that has been open, unchanged, since before `before`.
-    pub fn chats_with_replies_open_before(&self, before: DateTime<Utc>) -> Vec<(String, String)> {
-        let mut out: Vec<(String, String)> = self
-            .ai_log
-            .iter()
-            .chain(self.lingering.values())
-            .filter(|r| r.is_open() && r.updated_at < before)
-            .map(|r| (r.account_id.clone(), r.chat_id.clone()))
-            .collect();
-        out.sort();
-        out.dedup();
-        out
+    /// The replies open, unchanged, since before `before`: (account, chat, reply ids).
+    pub fn replies_open_before(
+        &self,
+        before: DateTime<Utc>,
+    ) -> Vec<((String, String), Vec<String>)> {
+        let mut by_chat: std::collections::BTreeMap<(String, String), Vec<String>> =
+            Default::default();
+        for r in self.ai_log.iter().chain(self.lingering.values()) {
+            if r.is_open() && r.updated_at < before {
+                by_chat
+                    .entry((r.account_id.clone(), r.chat_id.clone()))
+                    .or_default()
+                    .push(r.id.clone());
+            }
+        }
+        by_chat.into_iter().collect()
     }
 
     pub fn chats_with_open_replies(&self) -> Vec<(String, String)> {

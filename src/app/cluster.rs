@@ -528,11 +528,11 @@ async fn sweep(app: &SharedApp, cluster: &Cluster) {
     };
     let before = Utc::now()
         - chrono::Duration::from_std(cluster.lease / 3).unwrap_or(chrono::Duration::seconds(3));
-    let chats = app.messages().chats_with_replies_open_before(before);
-    for (account, jid) in chats {
+    let open = app.messages().replies_open_before(before);
+    for ((account, jid), replies) in open {
         if cluster.epoch(&account).is_some() {
-            if let Err(e) = gateway.close_interrupted(&account, &jid).await {
-                tracing::debug!(account = %account, error = %e, "sweep could not refresh a chat");
+            if let Err(e) = gateway.adopt(&account, &jid, replies).await {
+                tracing::debug!(account = %account, error = %e, "sweep could not recover a chat");
             }
         }
     }
