@@ -53,11 +53,14 @@ class Stub(http.server.BaseHTTPRequestHandler):
                          "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12},
         }).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the gateway that asked was killed
 
     def log_message(self, *args):
         pass
@@ -152,10 +155,12 @@ def main():
     alive = set(nodes)
     per_chat = args.messages // args.chats
 
-    def replies_of(account):
+    def replies_of(account, chat_id=None):
         rows, cursor = [], None
         while True:
             q = "/v1/ai/logs?account_id=%s&limit=1000" % account + ("&cursor=" + cursor if cursor else "")
+            if chat_id:
+                q += "&chat_id=" + chat_id
             for base in [nodes[n]["base"] for n in sorted(alive)]:
                 status, body = call(base, token, "GET", q)
                 if status == 200:
@@ -203,10 +208,10 @@ def main():
                         threading.Thread(target=watch_takeover, daemon=True).start()
             end = time.time() + 60
             while time.time() < end:
-                rows = [r for r in replies_of(account) if r["trigger_message_id"] == mid]
+                rows = [r for r in replies_of(account, jid) if r["trigger_message_id"] == mid]
                 if any(r["status"] in ("sent", "failed", "skipped") for r in rows):
                     break
-                time.sleep(0.2)
+                time.sleep(0.05)
 
     started = time.time()
     with ThreadPoolExecutor(max_workers=args.chats) as pool:

@@ -302,6 +302,12 @@ impl ChatState {
         meta: &Meta,
     ) -> Result<(Vec<ChatEvent>, Vec<i64>), ActorError> {
         let fence = self.fence_for(&commands)?;
+        // Another gateway runs this account and commits to the stream: what this actor holds is
+        // likely behind, and a commit on it would only conflict (and split the group commit's
+        // batch). Read the stream first.
+        if self.ports.ownership.owner(&self.account.account) == Owner::Elsewhere {
+            self.reload().await?;
+        }
         for _ in 0..3 {
             self.recall_ids(&commands).await?;
             let (events, after) = match commands.as_slice() {

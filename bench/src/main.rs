@@ -319,6 +319,13 @@ fn report_nodes(
             &format!("≥ {P1_TARGET_RATIO}"),
             Some(ratio >= P1_TARGET_RATIO && r.complete),
         );
+        t.notes.push(format!(
+            "{nodes} node(s): database {}{}",
+            r.waits.describe(4),
+            r.cpu
+                .map(|c| format!("; {}", c.describe()))
+                .unwrap_or_default()
+        ));
     }
     t.notes.push(format!(
         "every node in this process, on the same cores; {accounts} sandbox accounts spread over the \

@@ -152,13 +152,15 @@ async fn run_on(
         History::None => 0,
         History::Cold { cycles } | History::Warm { cycles } => cycles,
     };
-    let (db, url) = server
-        .create(match history {
-            History::None => "p1",
-            History::Cold { .. } => "long",
-            History::Warm { .. } => "long_warm",
-        })
-        .await?;
+    let name = match history {
+        History::None if cluster.nodes > 1 || cluster.accounts > 1 => {
+            format!("p1_{}n_{}a", cluster.nodes, cluster.accounts)
+        }
+        History::None => "p1".into(),
+        History::Cold { .. } => "long".into(),
+        History::Warm { .. } => "long_warm".into(),
+    };
+    let (db, url) = server.create(&name).await?;
     let mut before = None;
     let mut backfill = None;
     if cycles > 0 {

@@ -69,6 +69,8 @@ pub struct Cluster {
     valid_until: std::sync::Mutex<Option<Instant>>,
     /// Serializes balancing and hand-overs (both take leases).
     busy: tokio::sync::Mutex<()>,
+    /// Accounts another node held at the last round (a hand-over to them needs no read).
+    elsewhere: std::sync::RwLock<HashSet<String>>,
     /// Balance now (a node joined or released accounts).
     wake: tokio::sync::Notify,
     pub stats: ClusterStats,
@@ -114,6 +116,7 @@ impl Cluster {
             held: Default::default(),
             valid_until: std::sync::Mutex::new(None),
             busy: tokio::sync::Mutex::new(()),
+            elsewhere: Default::default(),
             wake: tokio::sync::Notify::new(),
             stats: ClusterStats::default(),
         });
@@ -315,13 +318,15 @@ impl Cluster {
             self.give_up(app, &give_up).await?;
             self.announce().await;
         }
+        let rows = leases::leases(&self.pool).await?;
+        let busy: HashSet<&str> = rows
+            .iter()
+            .filter(|r| r.live && r.owner.as_deref() != Some(&self.node_id))
+            .map(|r| r.account_id.as_str())
+            .collect();
+        *self.elsewhere.write().unwrap_or_else(|p| p.into_inner()) =
+            busy.iter().map(|a| a.to_string()).collect();
         if mine.len() < fair {
-            let rows = leases::leases(&self.pool).await?;
-            let busy: HashSet<&str> = rows
-                .iter()
-                .filter(|r| r.live && r.owner.as_deref() != Some(&self.node_id))
-                .map(|r| r.account_id.as_str())
-                .collect();
             // Free accounts, in an order of this node's own (so joining nodes spread out).
             let mut free: Vec<&String> = accounts
                 .iter()
@@ -361,7 +366,15 @@ impl Cluster {
     async fn hand_over(&self, app: &SharedApp, account: &str, jid: &str) {
         self.stats.handed_over.fetch_add(1, Ordering::Relaxed);
         let stream = format!("{account}/{jid}");
-        let owned = {
+        // Held by another node at the last round: tell it, without a lock or a read.
+        let elsewhere = self
+            .elsewhere
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(account);
+        let owned = if elsewhere {
+            false
+        } else {
             let _busy = self.busy.lock().await;
             if self.epoch(account).is_some() {
                 true
