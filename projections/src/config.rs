@@ -341,6 +341,15 @@ impl ConfigModel {
         }
     }
 
+    /// The ids of the accounts that exist (not deleted), in order.
+    pub fn live_account_ids(&self) -> Vec<String> {
+        self.accounts
+            .values()
+            .filter(|a| !a.deleted)
+            .map(|a| a.id.clone())
+            .collect()
+    }
+
     /// A live account (created, not deleted).
     pub fn account(&self, id: &str) -> Option<&AccountView> {
         self.accounts.get(id).filter(|a| !a.deleted)

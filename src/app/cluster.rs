@@ -293,13 +293,7 @@ impl Cluster {
     /// Gives up or takes leases toward this node's fair share of the accounts.
     async fn share(&self, app: &SharedApp) -> Result<(), StoreError> {
         let nodes = leases::live_nodes(&self.pool).await?.len().max(1);
-        let accounts: Vec<String> = app
-            .model()
-            .accounts
-            .values()
-            .filter(|a| !a.deleted)
-            .map(|a| a.id.clone())
-            .collect();
+        let accounts: Vec<String> = app.model().live_account_ids();
         let exists: HashSet<&String> = accounts.iter().collect();
         let fair = accounts.len().div_ceil(nodes);
         let held = self.held();

@@ -41,13 +41,7 @@ pub struct Nodes {
 
 /// The live nodes and their accounts.
 pub async fn list(app: &SharedApp) -> Result<Nodes> {
-    let accounts: Vec<String> = app
-        .model()
-        .accounts
-        .values()
-        .filter(|a| !a.deleted)
-        .map(|a| a.id.clone())
-        .collect();
+    let accounts: Vec<String> = app.model().live_account_ids();
     let (Store::Postgres(pool), Some(cluster)) = (&app.store, app.cluster.get()) else {
         return Ok(Nodes {
             clustered: false,
