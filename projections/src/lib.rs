@@ -3,6 +3,7 @@
 //! questions fold a prefix of the history, and replay folds all of it. No I/O here.
 
 pub mod config;
+pub mod connection;
 pub mod effective;
 pub mod messages;
 pub mod outbox;

@@ -16,6 +16,7 @@ use wagate_events::chat::{ChatEvent, MessageKind, ModelAttempt, Source, TokenUsa
 use wagate_events::reason::ReasonCode;
 
 use crate::config::FoldError;
+use crate::connection::ConnectionModel;
 use crate::stats::StatsModel;
 use crate::StoredEvent;
 
@@ -259,6 +260,9 @@ pub struct MessagesModel {
     /// folded from the same events: part of the checkpoint, so a start from one counts as a fold
     /// of the whole history.
     pub stats: StatsModel,
+    /// Each account's transport activity (last inbound, last sent, last send failure), the
+    /// connection status's folded half: part of the checkpoint like the stats.
+    pub connection: ConnectionModel,
 }
 
 /// Maps with tuple keys, serialized as sequences of pairs (JSON objects take only text keys).
@@ -311,7 +315,7 @@ impl MessagesModel {
     /// The shape of the model as a checkpoint stores it (ADR 0015): a checkpoint of another
     /// format is ignored. Bump it with any change to the model's fields or to its fold, and pin
     /// the new shape in `checkpoint_format_pins_the_folded_model`.
-    pub const CHECKPOINT_FORMAT: i32 = 3;
+    pub const CHECKPOINT_FORMAT: i32 = 4;
 
     /// The position of the oldest AI-log row in memory that still has its reply text, if any
     /// (a start from a checkpoint looks for texts erased since, from there on).
@@ -369,6 +373,7 @@ impl MessagesModel {
         };
         let at = ev.recorded_at;
         self.stats.apply(acc, at, &parsed);
+        self.connection.apply(acc, at, ev.position, &parsed);
         let key = || (acc.to_string(), jid.to_string());
         match parsed {
             ChatEvent::MessageReceived {
@@ -1137,6 +1142,21 @@ mod tests {
    }
   ]
  ],
+ "connection": {
+  "accounts": {
+   "acme": {
+    "last_inbound": {
+     "at": "2026-11-25T10:00:00Z",
+     "position": 9
+    },
+    "last_send_error": null,
+    "last_sent": {
+     "at": "2026-11-25T10:00:00Z",
+     "position": 4
+    }
+   }
+  }
+ },
  "evicted_totals": {
   "completion_tokens": 2,
   "failed": 0,
@@ -1249,7 +1269,7 @@ mod tests {
     #[test]
     fn checkpoint_format_pins_the_folded_model() {
         let model: serde_json::Value = serde_json::from_str(PINNED).expect("pinned JSON");
-        let pinned = json!({"format": 3, "model": model});
+        let pinned = json!({"format": 4, "model": model});
         let model = every_part_folded();
         let now = json!({"format": MessagesModel::CHECKPOINT_FORMAT, "model": model});
         assert_eq!(

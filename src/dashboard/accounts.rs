@@ -5,8 +5,9 @@
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use maud::html;
+use maud::{html, Markup};
 use wagate_events::account::Transport;
+use wagate_projections::connection::{self, ConnectionState, ConnectionStatus};
 
 use super::ai::{self as layer, Done};
 use super::render::{self, FormState, Section};
@@ -27,24 +28,32 @@ pub async fn list(
     Query(q): Query<Done>,
 ) -> Response {
     let state = FormState::with([("transport", "sandbox")]);
-    render_list(&app, &session, &state, q.done.as_deref())
+    render_list(&app, &session, &state, q.done.as_deref()).await
 }
 
-fn render_list(
+async fn render_list(
     app: &SharedApp,
     session: &Session,
     state: &FormState,
     done: Option<&str>,
 ) -> Response {
+    // The connection status includes what this process committed before the request.
+    if let Err(e) = app.catch_up_own().await {
+        return render::api_error_page(&ApiError::from(e));
+    }
     let accounts: Vec<_> = {
         let m = app.model();
+        let messages = app.messages();
         let mut v: Vec<_> = m
             .accounts
             .values()
             .filter(|a| !a.deleted)
-            .cloned()
+            .map(|a| {
+                let status = connection::status(a, messages.connection.activity(&a.id));
+                (a.clone(), status)
+            })
             .collect();
-        v.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        v.sort_by(|(a, _), (b, _)| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         v
     };
     let body = html! {
@@ -55,13 +64,14 @@ fn render_list(
                 p { "No accounts yet. Create one below." }
             } @else {
                 div.scroll { table {
-                    thead { tr { th scope="col" { "Id" } th scope="col" { "Name" } th scope="col" { "Transport" } th scope="col" { "Created" } } }
+                    thead { tr { th scope="col" { "Id" } th scope="col" { "Name" } th scope="col" { "Transport" } th scope="col" { "Connection" } th scope="col" { "Created" } } }
                     tbody {
-                        @for a in &accounts {
+                        @for (a, status) in &accounts {
                             tr {
                                 td { a href=(format!("/accounts/{}", render::enc(&a.id))) { (a.id) } }
                                 td { (a.name) }
                                 td { (transport_name(a.transport)) }
+                                td { (connection_badge(status.state)) }
                                 td { (render::when(&a.created_at)) }
                             }
                         }
@@ -121,6 +131,55 @@ const CREATE_FIELDS: [&str; 11] = [
     "cloud_api.graph_version",
 ];
 
+/// The connection state as a badge: its words carry the meaning, the colour only repeats it.
+fn connection_badge(state: ConnectionState) -> Markup {
+    html! { span class=(format!("badge conn-{}", state.as_str())) data-state=(state.as_str()) { (state.label()) } }
+}
+
+/// An optional time, or what its absence means.
+fn when_or(t: Option<&chrono::DateTime<chrono::Utc>>, none: &str) -> Markup {
+    match t {
+        Some(t) => render::when(t),
+        None => html! { (none) },
+    }
+}
+
+/// The account page's "Connection" panel: the state and what it was derived from.
+fn connection_panel(status: &ConnectionStatus, token_reason: Option<&str>) -> Markup {
+    let explain = match status.state {
+        ConnectionState::Sandbox => "Messages stay inside the gateway; nothing reaches WhatsApp.",
+        ConnectionState::Waiting => {
+            "Configured; nothing has come in from Meta or been sent yet. Check the webhook in Meta's app settings."
+        }
+        ConnectionState::Connected => "Messages come in from Meta or go out through the Graph API.",
+        ConnectionState::SendFailing => {
+            "The last send failed and nothing was sent successfully since."
+        }
+        ConnectionState::TokenRejected => {
+            "Meta rejected the access token; nothing is sent until a new one is set (PATCH /v1/accounts/{acc}/cloud_api)."
+        }
+    };
+    html! {
+        section aria-labelledby="connection-h" {
+            h2 #connection-h { "Connection" }
+            dl.facts #connection {
+                dt { "State" } dd #connection-state { (connection_badge(status.state)) " " (explain) }
+                dt { "Last inbound" } dd { (when_or(status.last_inbound_at.as_ref(), "nothing received yet")) }
+                dt { "Last sent" } dd { (when_or(status.last_sent_at.as_ref(), "nothing sent yet")) }
+                dt { "Last send error" } dd.clip #connection-error {
+                    @match &status.last_send_error {
+                        Some(e) => { (e.reason) " (" (render::when(&e.at)) ")" }
+                        None => "none",
+                    }
+                }
+                @if let Some(reason) = token_reason {
+                    dt { "Token" } dd.clip { "rejected: " (reason) }
+                }
+            }
+        }
+    }
+}
+
 fn transport_name(t: Transport) -> &'static str {
     match t {
         Transport::Sandbox => "sandbox",
@@ -155,7 +214,7 @@ pub async fn create_account(State(app): State<SharedApp>, posted: Posted) -> Res
         Err(e) => {
             let mut state = FormState::from_fields(&fields);
             state.api_error(e.into(), &CREATE_FIELDS);
-            render_list(&app, &session, &state, None)
+            render_list(&app, &session, &state, None).await
         }
     }
 }
@@ -229,13 +288,20 @@ async fn render_account(
     if let Err(e) = app.catch_up().await {
         return render::api_error_page(&ApiError::from(e));
     }
-    let (account, global) = {
+    let (account, global, conn) = {
         let m = app.model();
         match m.account(acc) {
-            Some(a) => (a.clone(), m.global.clone()),
+            Some(a) => {
+                let conn = connection::status(a, app.messages().connection.activity(acc));
+                (a.clone(), m.global.clone(), conn)
+            }
             None => return render::error_page(StatusCode::NOT_FOUND, "No such account."),
         }
     };
+    let token_reason = account
+        .cloud_api
+        .as_ref()
+        .and_then(|c| c.token_invalid.clone());
     let mut search_state = FormState::with([("q", forms.chat_search.trim())]);
     let search = ChatSearch::parse(&forms.chat_search, "q").unwrap_or_else(|e| {
         search_state.api_error(e.into(), &["q"]);
@@ -283,10 +349,11 @@ async fn render_account(
         (render::notice(forms.done.as_deref()))
         p { (account.name) " · " (transport_name(account.transport)) " · created " (render::when(&account.created_at)) }
         nav.local aria-label="On this page" {
-            a href="#overrides-h" { "AI overrides" } " · " a href="#tokens-h" { "Tokens" } " · " a href="#chats-h" { "Chats" }
+            a href="#connection-h" { "Connection" } " · " a href="#overrides-h" { "AI overrides" } " · " a href="#tokens-h" { "Tokens" } " · " a href="#chats-h" { "Chats" }
             " · " a href=(format!("/audit?account_id={}", render::enc(acc))) { "Audit" }
             " · " a href=(format!("/logs?account_id={}", render::enc(acc))) { "AI log" }
         }
+        (connection_panel(&conn, token_reason.as_deref()))
         section aria-labelledby="overrides-h" {
             h2 #overrides-h { "AI overrides" }
             (layer::layer_form(session, &format!("{base}/ai"), &account.ai, &inherit, "the global settings", &layer_state))

@@ -64,10 +64,7 @@ pub async fn page(
             }
         }
     };
-    let accounts: Vec<String> = crate::service::accounts::list(&app)
-        .into_iter()
-        .map(|a| a.id)
-        .collect();
+    let accounts = crate::service::accounts::live_ids(&app);
     let body = html! {
         form.card.filters method="get" action="/overview" {
             (render::form_error(&state))

@@ -179,7 +179,7 @@ async fn list_accounts(
 ) -> Result<Json<ListResponse<AccountResponse>>, ApiError> {
     caller.require_admin()?;
     Ok(Json(ListResponse {
-        items: service::list(&app),
+        items: service::list(&app).await?,
         next_cursor: None,
     }))
 }
@@ -194,7 +194,7 @@ async fn get_account(
     ApiPath(acc): ApiPath<String>,
 ) -> Result<Json<AccountResponse>, ApiError> {
     caller.require_account(&acc)?;
-    Ok(Json(service::get(&app, &acc)?))
+    Ok(Json(service::get(&app, &acc).await?))
 }
 
 /// Deletes an account: its tokens stop working; its history stays replayable and its id stays

@@ -9,6 +9,8 @@ use wagate_events::account::{
     DEFAULT_GRAPH_VERSION,
 };
 use wagate_events::ids::validate_account_id;
+use wagate_projections::connection::{self, ConnectionState, ConnectionStatus};
+use wagate_projections::messages::MessagesModel;
 use wagate_projections::{AccountView, TokenView};
 
 use super::error::{Error, Result};
@@ -63,6 +65,85 @@ pub struct AccountResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cloud_api: Option<CloudApiResponse>,
     pub created_at: DateTime<Utc>,
+    pub connection: ConnectionResponse,
+}
+
+/// The account's connection status, folded from its chats' events (a replay gives the same).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConnectionResponse {
+    /// `sandbox` (a sandbox account); for `cloud_api`: `token_rejected` (Meta rejected the access
+    /// token, sends stop until a new one is set), `send_failing` (the last send failure is newer
+    /// than the last successful send), `connected` (something came in or went out), `waiting`
+    /// (configured, nothing received or sent yet).
+    pub state: ConnectionStateName,
+    /// `sandbox` or `cloud_api`
+    pub transport: String,
+    /// When the last event from the transport was recorded: a received message or a delivery
+    /// status (for `cloud_api`, the last webhook from Meta that carried one). Null: none yet.
+    pub last_inbound_at: Option<DateTime<Utc>>,
+    /// When the account last sent a message successfully (the transport took it). Null: never.
+    pub last_sent_at: Option<DateTime<Utc>>,
+    /// The last send failure, kept after later successes (compare with `last_sent_at`). Null:
+    /// none.
+    pub last_send_error: Option<SendErrorResponse>,
+    /// Whether Meta rejected the access token (`cloud_api.token_invalid` says why).
+    pub token_invalid: bool,
+}
+
+/// A connection state's name (`ConnectionResponse::state`).
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionStateName {
+    Sandbox,
+    Waiting,
+    Connected,
+    SendFailing,
+    TokenRejected,
+}
+
+impl From<ConnectionState> for ConnectionStateName {
+    fn from(s: ConnectionState) -> Self {
+        match s {
+            ConnectionState::Sandbox => Self::Sandbox,
+            ConnectionState::Waiting => Self::Waiting,
+            ConnectionState::Connected => Self::Connected,
+            ConnectionState::SendFailing => Self::SendFailing,
+            ConnectionState::TokenRejected => Self::TokenRejected,
+        }
+    }
+}
+
+/// A send failure: a reply the transport refused (`send_failed`), or a delivery it reported
+/// `failed`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SendErrorResponse {
+    /// When the failure was recorded.
+    pub at: DateTime<Utc>,
+    /// What went wrong, as the transport said it (sanitized: never a message body or a token).
+    pub reason: String,
+}
+
+impl From<ConnectionStatus> for ConnectionResponse {
+    fn from(s: ConnectionStatus) -> Self {
+        Self {
+            state: s.state.into(),
+            transport: transport_name(s.transport).into(),
+            last_inbound_at: s.last_inbound_at,
+            last_sent_at: s.last_sent_at,
+            last_send_error: s.last_send_error.map(|e| SendErrorResponse {
+                at: e.at,
+                reason: e.reason,
+            }),
+            token_invalid: s.token_invalid,
+        }
+    }
+}
+
+fn transport_name(t: Transport) -> &'static str {
+    match t {
+        Transport::Sandbox => "sandbox",
+        Transport::CloudApi => "cloud_api",
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -80,15 +161,13 @@ pub struct CloudApiResponse {
     pub webhook_path: String,
 }
 
-impl From<&AccountView> for AccountResponse {
-    fn from(a: &AccountView) -> Self {
+impl AccountResponse {
+    /// The account as the API shows it, with its connection status from the messages model.
+    pub fn new(a: &AccountView, messages: &MessagesModel) -> Self {
         Self {
             id: a.id.clone(),
             name: a.name.clone(),
-            transport: match a.transport {
-                Transport::Sandbox => "sandbox".into(),
-                Transport::CloudApi => "cloud_api".into(),
-            },
+            transport: transport_name(a.transport).into(),
             cloud_api: a.cloud_api.as_ref().map(|c| CloudApiResponse {
                 phone_number_id: c.settings.phone_number_id.clone(),
                 business_account_id: c.settings.business_account_id.clone(),
@@ -101,6 +180,7 @@ impl From<&AccountView> for AccountResponse {
                 webhook_path: format!("/v1/transports/cloud-api/{}/webhook", a.id),
             }),
             created_at: a.created_at,
+            connection: connection::status(a, messages.connection.activity(&a.id)).into(),
         }
     }
 }
@@ -162,11 +242,15 @@ async fn cloud_settings(app: &App, account: &str, req: CloudApiInput) -> Result<
     })
 }
 
-/// One live account; 404 when unknown or deleted.
-pub fn get(app: &App, id: &str) -> Result<AccountResponse> {
-    app.model()
+/// One live account; 404 when unknown or deleted. Its connection status includes what this
+/// process committed before the call.
+pub async fn get(app: &App, id: &str) -> Result<AccountResponse> {
+    app.catch_up_own().await?;
+    let config = app.model();
+    let messages = app.messages();
+    config
         .account(id)
-        .map(AccountResponse::from)
+        .map(|a| AccountResponse::new(a, &messages))
         .ok_or_else(|| Error::not_found("account not found"))
 }
 
@@ -178,12 +262,26 @@ pub fn require_live(app: &App, acc: &str) -> Result<()> {
     Ok(())
 }
 
-/// Live accounts, oldest first.
-pub fn list(app: &App) -> Vec<AccountResponse> {
+/// The ids of live accounts, oldest first.
+pub fn live_ids(app: &App) -> Vec<String> {
     let m = app.model();
     let mut items: Vec<&AccountView> = m.accounts.values().filter(|a| !a.deleted).collect();
     items.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
-    items.into_iter().map(AccountResponse::from).collect()
+    items.into_iter().map(|a| a.id.clone()).collect()
+}
+
+/// Live accounts, oldest first, with their connection status (including what this process
+/// committed before the call).
+pub async fn list(app: &App) -> Result<Vec<AccountResponse>> {
+    app.catch_up_own().await?;
+    let m = app.model();
+    let messages = app.messages();
+    let mut items: Vec<&AccountView> = m.accounts.values().filter(|a| !a.deleted).collect();
+    items.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+    Ok(items
+        .into_iter()
+        .map(|a| AccountResponse::new(a, &messages))
+        .collect())
 }
 
 /// Validates and creates an account.
@@ -218,7 +316,7 @@ pub async fn create(app: &App, who: &Who, req: NewAccount) -> Result<AccountResp
         cloud_api,
     };
     app.execute(&app.accounts, &req.id, cmd, who).await?;
-    get(app, &req.id)
+    get(app, &req.id).await
 }
 
 /// Deletes an account and stops its actors: its tokens stop working; its history stays
@@ -275,7 +373,7 @@ pub async fn change_cloud_api(
         who,
     )
     .await?;
-    get(app, acc)
+    get(app, acc).await
 }
 
 /// The new token: `token` is shown this once and never again.

@@ -272,6 +272,12 @@ pub fn digest(config: Option<&ConfigModel>, messages: Option<&MessagesModel>) ->
                 .unwrap_or_default()
                 .as_bytes(),
         );
+        // The accounts' connection status (`connection` of `GET /v1/accounts`).
+        h.update(
+            serde_json::to_string(&m.connection)
+                .unwrap_or_default()
+                .as_bytes(),
+        );
     }
     hex::encode(h.finalize())
 }

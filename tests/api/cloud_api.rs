@@ -1168,3 +1168,108 @@ async fn kill_during_a_graph_send(backend: crate::helpers::Backend) {
     bin2.finish().await;
 }
 both_stores!(cloud_kill_during_send, kill_during_a_graph_send(Backend));
+
+/// The account's connection status (issue 26): `waiting` until something comes in, `connected`
+/// after a webhook and a send, `send_failing` after a send Graph refuses for good, and
+/// `token_rejected` after error 190; a sandbox account is `sandbox`. The list agrees.
+async fn connection_status(app: TestApp) {
+    let graph = MockServer::start().await;
+    accept_typing(&graph).await;
+    Mock::given(method("POST"))
+        .and(path(SEND_PATH))
+        .and(body_partial_json(json!({"text": {"body": "good"}})))
+        .respond_with(sent_response("wamid.OUT1"))
+        .mount(&graph)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(SEND_PATH))
+        .and(body_partial_json(json!({"text": {"body": "nobody"}})))
+        .respond_with(graph_error(400, 131026, "Message undeliverable"))
+        .mount(&graph)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(SEND_PATH))
+        .and(body_partial_json(json!({"text": {"body": "expired"}})))
+        .respond_with(graph_error(401, 190, "Error validating access token"))
+        .mount(&graph)
+        .await;
+    let created = create_cloud_account(&app, "acme", &graph).await;
+    let c = &created.json["connection"];
+    assert_eq!(c["state"], "waiting", "{c}");
+    assert_eq!(c["transport"], "cloud_api");
+    assert_eq!(c["last_inbound_at"], Value::Null);
+    assert_eq!(c["last_sent_at"], Value::Null);
+    assert_eq!(c["last_send_error"], Value::Null);
+    assert_eq!(c["token_invalid"], false);
+    let r = app
+        .admin(
+            "POST",
+            "/v1/accounts",
+            Some(json!({"id": "sand", "transport": "sandbox"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.json["connection"]["state"], "sandbox");
+    app.echo_mode().await;
+    let connection = |acc: &'static str| {
+        let app = &app;
+        async move {
+            let r = app.admin("GET", &format!("/v1/accounts/{acc}"), None).await;
+            assert_eq!(r.status, 200, "{}", r.text);
+            r.json["connection"].clone()
+        }
+    };
+
+    assert_eq!(
+        customer_says(&app, "wamid.G", "good").await["status"],
+        "sent"
+    );
+    let c = connection("acme").await;
+    assert_eq!(c["state"], "connected", "{c}");
+    assert!(c["last_inbound_at"].is_string(), "{c}");
+    assert!(c["last_sent_at"].is_string(), "{c}");
+    assert_eq!(c["last_send_error"], Value::Null);
+
+    assert_eq!(
+        customer_says(&app, "wamid.N", "nobody").await["status"],
+        "failed"
+    );
+    let c = connection("acme").await;
+    assert_eq!(c["state"], "send_failing", "{c}");
+    assert_eq!(
+        c["last_send_error"]["reason"],
+        "send failed: cloud_api error 131026: recipient is not on WhatsApp or cannot receive this message"
+    );
+    assert!(c["last_send_error"]["at"].is_string(), "{c}");
+    assert!(!c.to_string().contains("Message undeliverable"));
+
+    assert_eq!(
+        customer_says(&app, "wamid.E", "expired").await["status"],
+        "failed"
+    );
+    let c = eventually(10, "token flagged", || async {
+        let c = connection("acme").await;
+        (c["state"] == "token_rejected").then_some(c)
+    })
+    .await;
+    assert_eq!(c["token_invalid"], true);
+    assert!(c["last_send_error"]["reason"]
+        .as_str()
+        .is_some_and(|r| r.contains("error 190")));
+
+    let list = app.admin("GET", "/v1/accounts", None).await;
+    let states: Vec<(&str, &str)> = list.json["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|a| {
+            (
+                a["id"].as_str().unwrap_or_default(),
+                a["connection"]["state"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(states, [("acme", "token_rejected"), ("sand", "sandbox")]);
+    assert_eq!(connection("sand").await["state"], "sandbox");
+}
+both_stores!(cloud_connection_status, connection_status);

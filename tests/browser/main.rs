@@ -377,6 +377,15 @@ async fn dashboard_end_to_end() {
         .await
         .expect("goto");
     assert!(!c.source().await.expect("source").contains(&token));
+    // The connection panel and the list's badge say it in words.
+    assert!(
+        text_of(&c, "#connection-state")
+            .await
+            .starts_with("Sandbox"),
+        "connection panel"
+    );
+    c.goto(&format!("{base}/accounts")).await.expect("goto");
+    assert_eq!(text_of(&c, "td .badge[data-state]").await, "Sandbox");
 
     // The chat page; the gear turns AI off for this chat.
     let chat = format!("{base}/accounts/acme/chats/{}", JID.replace('@', "%40"));
