@@ -158,13 +158,15 @@ def main():
     def replies_of(account, chat_id=None):
         rows, cursor = [], None
         while True:
-            q = "/v1/ai/logs?account_id=%s&limit=1000" % account + ("&cursor=" + cursor if cursor else "")
+            q = "/v1/ai/logs?account_id=%s&limit=500" % account + ("&cursor=" + cursor if cursor else "")
             if chat_id:
                 q += "&chat_id=" + chat_id
             for base in [nodes[n]["base"] for n in sorted(alive)]:
                 status, body = call(base, token, "GET", q)
                 if status == 200:
                     break
+                if 400 <= status < 500:
+                    raise SystemExit("GET %s: %d %s" % (q, status, body))
             else:
                 return rows
             rows += body["items"]
