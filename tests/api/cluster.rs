@@ -670,3 +670,117 @@ async fn a_rolling_restart_loses_nothing() {
     }
     p.all_answered_once(&p.base(0), sent).await;
 }
+
+/// A TCP relay to PostgreSQL that can be cut: while cut, it closes every relayed connection and
+/// refuses new ones (the database unreachable from the gateway).
+struct Relay {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Relay {
+    async fn start(upstream: String) -> Relay {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> =
+            Default::default();
+        let (c, list) = (cut.clone(), conns.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if c.load(Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let upstream = upstream.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                list.lock().expect("lock").push(task.abort_handle());
+            }
+        });
+        Relay { port, cut, conns }
+    }
+
+    fn cut(&self, on: bool) {
+        self.cut.store(on, std::sync::atomic::Ordering::SeqCst);
+        if on {
+            for c in self.conns.lock().expect("lock").drain(..) {
+                c.abort();
+            }
+        }
+    }
+}
+
+/// PostgreSQL unreachable for longer than the lease: the node stops running the account (its
+/// lease could not be renewed), answers 503 meanwhile, and once the database is back takes the
+/// account again and answers the messages it acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_unreachable_past_the_lease() {
+    let Some(db) = crate::helpers::fresh_postgres_url().await else {
+        return;
+    };
+    let mut url = url::Url::parse(&db).expect("url");
+    let upstream = format!(
+        "{}:{}",
+        url.host_str().unwrap_or("127.0.0.1"),
+        url.port().unwrap_or(5432)
+    );
+    let relay = Relay::start(upstream).await;
+    url.set_port(Some(relay.port)).expect("port");
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut vars = TestApp::vars(Backend::Sqlite, &dir).await.expect("vars");
+    vars.insert("WAGATE_DATABASE_URL".into(), url.to_string());
+    vars.insert("WAGATE_NODE_ID".into(), "n1".into());
+    vars.insert("WAGATE_LEASE_SECONDS".into(), LEASE.into());
+    let app = TestApp::spawn_with(Backend::Postgres, dir, vars).await;
+    app.echo_mode().await;
+    app.create_account("acme").await;
+    let jid = "491700000001@s.whatsapp.net";
+    let send = |id: &'static str| {
+        let app = &app;
+        async move {
+            app.admin(
+                "POST",
+                "/v1/accounts/acme/sandbox/inbound",
+                Some(json!({"chat_id": jid, "from": "4917", "text": id, "id": id})),
+            )
+            .await
+        }
+    };
+    assert_eq!(send("before").await.status, 202);
+    eventually(20, "the first message is answered", || async {
+        let rows = replies(&app, "acme").await.remove("before")?;
+        (rows[0]["status"] == "sent").then_some(())
+    })
+    .await;
+
+    relay.cut(true);
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    // Meanwhile nothing can be acknowledged.
+    let r = send("during").await;
+    assert_eq!(r.status, 503, "{}", r.text);
+    relay.cut(false);
+
+    // Back: the node takes the account again and answers.
+    let answered = eventually(30, "a message after the outage is answered", || async {
+        let r = send("after").await;
+        if r.status != 202 {
+            return None;
+        }
+        let rows = replies(&app, "acme").await.remove("after")?;
+        (rows[0]["status"] == "sent").then_some(rows)
+    })
+    .await;
+    assert_eq!(answered.len(), 1);
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("wagate_account_lease_changes_total{change=\"lost\"} 1"),
+        "{metrics}"
+    );
+}
