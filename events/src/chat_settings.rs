@@ -46,28 +46,14 @@ pub type ChatControls = AiSettings;
 pub struct ChatControlsPatch(AiSettingsPatch);
 
 impl ChatControlsPatch {
-    /// The chat settings of a settings patch (the others are left out: see
-    /// [`ChatControlsPatch::refuse_account_wide`] to refuse them instead).
+    /// The chat settings of a settings patch (the others are left out; the API refuses them as
+    /// it reads the body, by the same `chat` mark of the settings table).
     pub fn from_settings<K>(p: &AiSettingsPatch<K>) -> Self {
         let mut out = AiSettingsPatch::default();
         for spec in settings::FIELDS.iter().filter(|f| f.chat) {
             out.set(spec.field, p.get(spec.field));
         }
         Self(out)
-    }
-
-    /// Refuses a patch that changes a setting a chat may not set for itself (400 naming it).
-    pub fn refuse_account_wide<K>(p: &AiSettingsPatch<K>) -> Result<(), DomainError> {
-        match settings::FIELDS
-            .iter()
-            .find(|f| !f.chat && !p.get(f.field).is_keep())
-        {
-            Some(spec) => Err(DomainError::invalid(
-                spec.name,
-                "is set per account or globally, not per chat",
-            )),
-            None => Ok(()),
-        }
     }
 
     /// Validates with the same rules as the account and global layers (400 naming the field);
@@ -246,12 +232,6 @@ mod tests {
                 ChatControlsPatch::from_settings(&patch).apply_to(&ChatControls::default());
             let back = controls.get(spec.field);
             assert_eq!(back.is_some(), spec.chat, "{}", spec.name);
-            assert_eq!(
-                ChatControlsPatch::refuse_account_wide(&patch).is_ok(),
-                spec.chat,
-                "{}",
-                spec.name
-            );
             if spec.chat {
                 assert_eq!(back, Some(value), "{}", spec.name);
             }
