@@ -1044,13 +1044,7 @@ async fn kill_during_a_graph_send(backend: crate::helpers::Backend) {
     let Some(vars) = TestApp::vars(backend, &dir).await else {
         return;
     };
-    let token = wagate::config::Config::from_vars(&vars)
-        .expect("config")
-        .0
-        .jwt
-        .issue("crash-test", Duration::from_secs(600))
-        .expect("token")
-        .0;
+    let token = TestApp::admin_token_for(&vars, "crash-test");
     let model = MockServer::start().await;
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(200).set_body_json(completion("on its way")))

@@ -396,13 +396,7 @@ impl Processes {
         let dir = tempfile::tempdir().expect("tmp");
         let mut vars = TestApp::vars(Backend::Postgres, &dir).await?;
         vars.insert("WAGATE_LEASE_SECONDS".into(), LEASE.into());
-        let token = wagate::config::Config::from_vars(&vars)
-            .expect("config")
-            .0
-            .jwt
-            .issue("cluster-test", Duration::from_secs(600))
-            .expect("token")
-            .0;
+        let token = TestApp::admin_token_for(&vars, "cluster-test");
         let stub = MockServer::start().await;
         Mock::given(method("POST"))
             .respond_with(

@@ -65,13 +65,7 @@ async fn kill_mid_reply(backend: Backend) {
     let Some(vars) = TestApp::vars(backend, &dir).await else {
         return;
     };
-    let token = wagate::config::Config::from_vars(&vars)
-        .expect("config")
-        .0
-        .jwt
-        .issue("crash-test", Duration::from_secs(600))
-        .expect("token")
-        .0;
+    let token = TestApp::admin_token_for(&vars, "crash-test");
     let stub = MockServer::start().await;
     // The first call for "stuck" hangs past the kill; any other call answers at once.
     Mock::given(method("POST"))

@@ -112,6 +112,17 @@ impl TestApp {
         Some(v)
     }
 
+    /// An admin JWT for a gateway started from `vars` (a real binary, outside a `TestApp`).
+    pub fn admin_token_for(vars: &HashMap<String, String>, subject: &str) -> String {
+        Config::from_vars(vars)
+            .expect("valid test config")
+            .0
+            .jwt
+            .issue(subject, std::time::Duration::from_secs(600))
+            .expect("issue admin token")
+            .0
+    }
+
     pub async fn spawn(backend: Backend) -> Option<TestApp> {
         Self::spawn_with_settings(backend, &[]).await
     }
