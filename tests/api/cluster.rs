@@ -58,7 +58,7 @@ async fn spread(app: &TestApp, nodes: usize, accounts: usize) -> BTreeMap<String
         let mut owner = BTreeMap::new();
         for n in &list {
             let held = n["accounts"].as_array()?;
-            if held.len() > fair || held.is_empty() {
+            if held.len() > fair || (held.is_empty() && accounts >= nodes) {
                 return None;
             }
             for a in held {
@@ -224,12 +224,48 @@ async fn three_nodes_answer_each_message_once() {
         "{owners:?}"
     );
 
+    // Webhooks keep working across nodes: each reply is delivered once, whichever node ran it.
+    let receiver = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(wiremock::ResponseTemplate::new(200))
+        .mount(&receiver)
+        .await;
+    let r = app
+        .admin(
+            "POST",
+            "/v1/webhooks",
+            Some(json!({"url": format!("{}/hook", receiver.uri()), "events": ["ai.reply.sent"]})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+
     let bases = vec![
         app.base.clone(),
         format!("http://{}", n2.addr),
         format!("http://{}", n3.addr),
     ];
     converse(&app, &bases, &accounts, 5, 3).await;
+    let delivered = || async {
+        receiver
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| r.headers.get("webhook-id").map(|v| v.as_bytes().to_vec()))
+            .collect::<Vec<_>>()
+    };
+    eventually(30, "every reply's webhook is delivered", || async {
+        (delivered().await.len() >= 90).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let ids = delivered().await;
+    let distinct: std::collections::HashSet<&Vec<u8>> = ids.iter().collect();
+    assert_eq!(
+        (ids.len(), distinct.len()),
+        (90, 90),
+        "one delivery per reply"
+    );
 
     // n3 stops: its accounts move to n1 and n2 at once (not after a lease).
     let stopped = Instant::now();
@@ -777,4 +813,107 @@ async fn the_store_unreachable_past_the_lease() {
         metrics.contains("wagate_account_lease_changes_total{change=\"lost\"} 1"),
         "{metrics}"
     );
+}
+
+/// Debounce and human takeover across nodes: a burst of messages sent to different nodes gets
+/// one answer (the newest, the older ones superseded), and an operator's message sent through a
+/// node that does not run the account pauses the AI on the owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debounce_and_takeover_across_nodes() {
+    let Some(app) = first_node().await else {
+        return;
+    };
+    app.create_account("acme").await;
+    let r = app
+        .admin("PUT", "/v1/ai/global", Some(json!({"debounce_seconds": 2})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let n2 = node(&app, "n2").await;
+    let owners = spread(&app, 2, 1).await;
+    let other = if owners["acme"] == "n1" {
+        format!("http://{}", n2.addr)
+    } else {
+        app.base.clone()
+    };
+    let bases = [app.base.clone(), format!("http://{}", n2.addr)];
+    let jid = "491700000042@s.whatsapp.net";
+    for (i, base) in bases.iter().cycle().take(4).enumerate() {
+        let r = at(
+            &app,
+            base,
+            "POST",
+            "/v1/accounts/acme/sandbox/inbound",
+            Some(json!({"chat_id": jid, "from": "4917", "text": format!("part {i}"), "id": format!("b{i}")})),
+        )
+        .await;
+        assert_eq!(r.status, 202, "{}", r.text);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let by = eventually(20, "the burst settles", || async {
+        let by = replies(&app, "acme").await;
+        (0..4)
+            .all(|i| {
+                by.get(&format!("b{i}")).is_some_and(|rows| {
+                    rows.iter()
+                        .any(|r| r["status"] != "pending" && r["status"] != "generated")
+                })
+            })
+            .then_some(by)
+    })
+    .await;
+    assert_eq!(by["b3"][0]["status"], "sent", "{by:?}");
+    for i in 0..3 {
+        let row = &by[&format!("b{i}")][0];
+        assert_eq!(row["status"], "skipped", "{row}");
+        assert_eq!(row["reason_code"], "superseded", "{row}");
+    }
+
+    // An operator answers through the node that does not run the account: the chat pauses.
+    let r = at(
+        &app,
+        &other,
+        "POST",
+        &format!("/v1/accounts/acme/chats/{jid}/messages"),
+        Some(json!({"text": "A person here"})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    for (i, base) in bases.iter().enumerate() {
+        let r = at(
+            &app,
+            base,
+            "POST",
+            "/v1/accounts/acme/sandbox/inbound",
+            Some(
+                json!({"chat_id": jid, "from": "4917", "text": "and now?", "id": format!("p-{i}")}),
+            ),
+        )
+        .await;
+        assert_eq!(r.status, 202, "{}", r.text);
+    }
+    let paused = eventually(
+        20,
+        "the messages after the operator are not answered",
+        || async {
+            let by = replies(&app, "acme").await;
+            let rows: Vec<Value> = by
+                .iter()
+                .filter(|(id, _)| id.starts_with("p-"))
+                .flat_map(|(_, rows)| rows.clone())
+                .collect();
+            (rows.len() == 2 && rows.iter().all(|r| r["status"] == "skipped")).then_some(rows)
+        },
+    )
+    .await;
+    // The newer one is skipped as paused; the older one may be superseded by it first.
+    assert!(
+        paused.iter().any(|r| r["reason_code"] == "paused_by_human"),
+        "{paused:?}"
+    );
+    assert!(
+        paused.iter().all(|r| ["paused_by_human", "superseded"]
+            .contains(&r["reason_code"].as_str().unwrap_or(""))),
+        "{paused:?}"
+    );
+    n2.stop().await;
 }
