@@ -17,10 +17,24 @@ const LEASE: &str = "3";
 async fn first_node() -> Option<TestApp> {
     let app = TestApp::spawn_with_settings(
         Backend::Postgres,
-        &[("WAGATE_NODE_ID", "n1"), ("WAGATE_LEASE_SECONDS", LEASE)],
+        &[
+            ("WAGATE_NODE_ID", "n1"),
+            ("WAGATE_LEASE_SECONDS", LEASE),
+            // Many chats poll the AI log at once with one admin token.
+            ("WAGATE_API_RATE_LIMIT_PER_SECOND", "0"),
+        ],
     )
     .await?;
     app.echo_mode().await;
+    // The tests' customers answer at once, like bots: the loop guard's quick answers stay off.
+    let r = app
+        .admin(
+            "PUT",
+            "/v1/ai/global",
+            Some(json!({"loop_guard_quick_seconds": 0})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
     Some(app)
 }
 
@@ -198,9 +212,9 @@ async fn a_live_node_id_is_refused() {
     );
 }
 
-/// Three nodes share six accounts (two each), every node takes messages for every account, and
-/// each message gets exactly one reply; a node that stops hands its accounts to the others at
-/// once, and the conversation goes on.
+/// Three nodes share six accounts (two each); 300 messages in 30 chats go round-robin to the
+/// three and each gets exactly one reply (and one webhook delivery); a node that stops hands its
+/// accounts to the others at once, and the conversation goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_answer_each_message_once() {
     let Some(app) = first_node().await else {
@@ -244,7 +258,7 @@ async fn three_nodes_answer_each_message_once() {
         format!("http://{}", n2.addr),
         format!("http://{}", n3.addr),
     ];
-    converse(&app, &bases, &accounts, 5, 3).await;
+    converse(&app, &bases, &accounts, 5, 10).await;
     let delivered = || async {
         receiver
             .received_requests()
@@ -255,7 +269,7 @@ async fn three_nodes_answer_each_message_once() {
             .collect::<Vec<_>>()
     };
     eventually(30, "every reply's webhook is delivered", || async {
-        (delivered().await.len() >= 90).then_some(())
+        (delivered().await.len() >= 300).then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -263,7 +277,7 @@ async fn three_nodes_answer_each_message_once() {
     let distinct: std::collections::HashSet<&Vec<u8>> = ids.iter().collect();
     assert_eq!(
         (ids.len(), distinct.len()),
-        (90, 90),
+        (300, 300),
         "one delivery per reply"
     );
 
