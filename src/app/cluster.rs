@@ -50,8 +50,6 @@ pub struct ClusterStats {
     pub released: AtomicU64,
     /// Leases this node found gone at a renewal (expired and taken, or the store unreachable).
     pub lost: AtomicU64,
-    /// Replies requested here and handed to the account's owner.
-    pub handed_over: AtomicU64,
 }
 
 /// This node's membership: its id, the leases it holds, and until when they are valid by its own
@@ -358,7 +356,6 @@ impl Cluster {
     /// A reply was requested in `account`'s chat `jid` on this node, which does not run the
     /// account: tell its owner, or take the lease when nobody holds it (a new account).
     async fn hand_over(&self, app: &SharedApp, account: &str, jid: &str) {
-        self.stats.handed_over.fetch_add(1, Ordering::Relaxed);
         let stream = format!("{account}/{jid}");
         // Held by another node at the last round: tell it, without a lock or a read.
         let elsewhere = self

@@ -120,18 +120,19 @@ pub struct LeaseRow {
     /// The node that holds or last held it.
     pub owner: Option<String>,
     pub epoch: i64,
-    pub acquired_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     /// Held now: not released and not expired (by the database's clock).
     pub live: bool,
 }
 
+/// The columns of a [`LeaseRow`].
+const LEASE_ROW: &str = "SELECT account_id, owner, epoch, expires_at, \
+    (owner_instance IS NOT NULL AND expires_at > now()) AS live FROM account_leases";
+
 /// Every account's lease.
 pub async fn leases(pool: &PgPool) -> Result<Vec<LeaseRow>, StoreError> {
-    const SQL: &str = "SELECT account_id, owner, epoch, acquired_at, expires_at, \
-        (owner_instance IS NOT NULL AND expires_at > now()) AS live FROM account_leases \
-        ORDER BY account_id";
-    Ok(sqlx::query_as(SQL).fetch_all(pool).await?)
+    let sql = format!("{LEASE_ROW} ORDER BY account_id");
+    Ok(sqlx::query_as(&sql).fetch_all(pool).await?)
 }
 
 /// Extends the leases `instance` holds; the ones it still holds, with their epochs.
@@ -241,10 +242,8 @@ pub async fn listen(pool: &PgPool) -> Result<sqlx::postgres::PgListener, StoreEr
 
 /// One account's lease, if it ever had one.
 pub async fn leases_of(pool: &PgPool, account: &str) -> Result<Option<LeaseRow>, StoreError> {
-    const SQL: &str = "SELECT account_id, owner, epoch, acquired_at, expires_at, \
-        (owner_instance IS NOT NULL AND expires_at > now()) AS live FROM account_leases \
-        WHERE account_id = $1";
-    Ok(sqlx::query_as(SQL)
+    let sql = format!("{LEASE_ROW} WHERE account_id = $1");
+    Ok(sqlx::query_as(&sql)
         .bind(account)
         .fetch_optional(pool)
         .await?)

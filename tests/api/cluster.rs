@@ -47,15 +47,8 @@ async fn node(app: &TestApp, id: &str) -> Running {
 
 /// An admin request to the node at `base`.
 async fn at(app: &TestApp, base: &str, method: &str, path: &str, body: Option<Value>) -> Resp {
-    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-    let mut req = app
-        .client
-        .request(method, format!("{base}{path}"))
-        .bearer_auth(app.admin_token());
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    app.send(req).await
+    let token = app.admin_token();
+    app.call_at(base, method, path, Some(&token), body).await
 }
 
 /// Which node runs each account, once every account has a live owner and each of `nodes` runs

@@ -225,10 +225,20 @@ impl TestApp {
         token: Option<&str>,
         body: Option<Value>,
     ) -> Resp {
+        self.call_at(&self.base, method, path, token, body).await
+    }
+
+    /// As [`TestApp::call`], to the gateway at `base` (another node on the same store).
+    pub async fn call_at(
+        &self,
+        base: &str,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Resp {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let mut req = self
-            .client
-            .request(method, format!("{}{}", self.base, path));
+        let mut req = self.client.request(method, format!("{base}{path}"));
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
