@@ -1,0 +1,8 @@
+//! wagate's adapter to [whatsapp-rust](https://crates.io/crates/whatsapp-rust) 0.7.0, the library
+//! behind the `whatsapp_web` transport (issue 23). Nothing of the library's types leaves this
+//! crate: the gateway drives a [`port::WebConnector`] and reads [`port::WebEvent`]s.
+//!
+//! - [`port`]: the boundary the gateway sees (connect, send, typing, read receipts, logout; the
+//!   connection's events already mapped onto wagate's vocabulary).
+
+pub mod port;
