@@ -246,6 +246,12 @@ impl Gateway {
         Ok(a)
     }
 
+    /// Starts `account`'s actor unless it runs (its session opens with it: a WhatsApp Web
+    /// account connects).
+    pub async fn open_account(&self, account: &str) -> Result<(), ActorError> {
+        self.account(account).await.map(|_| ())
+    }
+
     /// The chat actor of `jid` in `account`, started if needed.
     pub async fn chat(&self, account: &str, jid: &str) -> Result<ActorRef<ChatMsg>, ActorError> {
         let key = (account.to_string(), jid.to_string());

@@ -13,6 +13,7 @@ use crate::ids::validate_account_id;
 use crate::settings::{
     self, AiSettings, AiSettingsPatch, KeyClearReason, LayerState, SealedKey, SettingsEvent,
 };
+use crate::whatsapp_web::{WebConnectionState, WebState};
 use crate::DomainError;
 
 /// Longest account or token name accepted.
@@ -26,6 +27,18 @@ pub enum Transport {
     Sandbox,
     /// Meta's WhatsApp Business Cloud API (Graph API out, signed webhooks in).
     CloudApi,
+    /// A phone's WhatsApp linked as a device (QR code or pair code), through whatsapp-rust.
+    WhatsappWeb,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sandbox => "sandbox",
+            Self::CloudApi => "cloud_api",
+            Self::WhatsappWeb => "whatsapp_web",
+        }
+    }
 }
 
 /// Meta's public Graph API, the default `graph_base_url`.
@@ -223,6 +236,9 @@ pub struct Account {
     pub transport: Option<Transport>,
     #[serde(default)]
     pub cloud_api: Option<CloudApiState>,
+    /// `Some` exactly for a `whatsapp_web` account.
+    #[serde(default)]
+    pub whatsapp_web: Option<WebState>,
     pub ai: LayerState,
     pub tokens: BTreeMap<String, TokenState>,
     /// The node that runs the account's replies and its lease epoch, as last recorded (several
@@ -261,6 +277,17 @@ pub enum AccountCommand {
     ResealCloudApiSecrets {
         access_token_sealed: String,
         app_secret_sealed: String,
+    },
+    /// Connect a `whatsapp_web` account (pairing first when it has no session).
+    ConnectWhatsAppWeb,
+    /// The state a `whatsapp_web` account's connection reported.
+    RecordWhatsAppWebState {
+        state: WebConnectionState,
+        reason: Option<String>,
+    },
+    /// Changes a `whatsapp_web` account's settings (`None` keeps the value).
+    ChangeWhatsAppWeb {
+        mark_read: Option<bool>,
     },
     ChangeAi(AiSettingsPatch),
     ResealApiKey {
@@ -340,6 +367,16 @@ pub enum AccountEvent {
         epoch: i64,
         previous: Option<String>,
     },
+    /// The operator asked to connect the account's WhatsApp Web session.
+    WhatsAppWebConnectRequested,
+    /// The connection reported a new state.
+    WhatsAppWebStateChanged {
+        state: WebConnectionState,
+        reason: Option<String>,
+    },
+    WhatsAppWebSettingsChanged {
+        mark_read: bool,
+    },
 }
 
 impl From<SettingsEvent> for AccountEvent {
@@ -405,6 +442,9 @@ impl DomainEvent for AccountEvent {
             Self::TokenIssued { .. } => "TokenIssued",
             Self::TokenRevoked { .. } => "TokenRevoked",
             Self::AccountOwnerChanged { .. } => "AccountOwnerChanged",
+            Self::WhatsAppWebConnectRequested => "WhatsAppWebConnectRequested",
+            Self::WhatsAppWebStateChanged { .. } => "WhatsAppWebStateChanged",
+            Self::WhatsAppWebSettingsChanged { .. } => "WhatsAppWebSettingsChanged",
         }
         .to_string()
     }
@@ -432,6 +472,13 @@ impl Account {
             return Err(DomainError::NotFound("account not found".into()));
         }
         Ok(())
+    }
+
+    fn web(&self) -> Result<&WebState, DomainError> {
+        self.live()?;
+        self.whatsapp_web.as_ref().ok_or_else(|| {
+            DomainError::Conflict("this account does not use the whatsapp_web transport".into())
+        })
     }
 
     fn cloud(&self) -> Result<&CloudApiState, DomainError> {
@@ -471,14 +518,14 @@ impl Aggregate for Account {
                             "required when transport is cloud_api",
                         ))
                     }
-                    (Transport::Sandbox, Some(_)) => {
+                    (Transport::Sandbox | Transport::WhatsappWeb, Some(_)) => {
                         return Err(DomainError::invalid(
                             "cloud_api",
                             "only allowed when transport is cloud_api",
                         ))
                     }
                     (_, Some(settings)) => settings.validate()?,
-                    (Transport::Sandbox, None) => {}
+                    (Transport::Sandbox | Transport::WhatsappWeb, None) => {}
                 }
                 if self.created {
                     return Err(DomainError::Conflict(format!(
@@ -541,6 +588,13 @@ impl Aggregate for Account {
                     access_token_sealed,
                     app_secret_sealed,
                 }]
+            }
+            AccountCommand::ConnectWhatsAppWeb => self.web()?.decide_connect(),
+            AccountCommand::RecordWhatsAppWebState { state, reason } => {
+                self.web()?.decide_state(state, reason)?
+            }
+            AccountCommand::ChangeWhatsAppWeb { mark_read } => {
+                self.web()?.decide_settings(mark_read)
             }
             AccountCommand::ChangeAi(patch) => {
                 self.live()?;
@@ -606,6 +660,9 @@ impl Aggregate for Account {
                 self.created = true;
                 self.name = name;
                 self.transport = Some(transport);
+                if transport == Transport::WhatsappWeb {
+                    self.whatsapp_web = Some(WebState::default());
+                }
             }
             AccountEvent::AccountDeleted => self.deleted = true,
             e @ (AccountEvent::CloudApiConfigured { .. }
@@ -634,6 +691,11 @@ impl Aggregate for Account {
             }
             AccountEvent::AccountOwnerChanged { node_id, epoch, .. } => {
                 self.owner = Some((node_id, epoch));
+            }
+            e @ (AccountEvent::WhatsAppWebConnectRequested
+            | AccountEvent::WhatsAppWebStateChanged { .. }
+            | AccountEvent::WhatsAppWebSettingsChanged { .. }) => {
+                WebState::fold(&mut self.whatsapp_web, &e);
             }
             _ => {}
         }

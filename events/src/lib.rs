@@ -15,6 +15,7 @@ pub mod metadata;
 pub mod reason;
 pub mod settings;
 pub mod webhook;
+pub mod whatsapp_web;
 
 pub use error::DomainError;
 

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::DomainError;
 
 /// Every event type a subscription can ask for (`*` asks for all of them).
-pub const EVENT_TYPES: [&str; 9] = [
+pub const EVENT_TYPES: [&str; 10] = [
     "message.received",
     "message.sent",
     "ai.reply.generated",
@@ -20,6 +20,7 @@ pub const EVENT_TYPES: [&str; 9] = [
     "ai.handoff.requested",
     "ai.config.changed",
     "account.owner.changed",
+    "account.connection",
 ];
 
 /// Longest webhook URL accepted.

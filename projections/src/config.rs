@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use wagate_events::account::{AccountEvent, CloudApiState, Transport};
+use wagate_events::whatsapp_web::WebState;
 use wagate_events::chat::{ChatEvent, PauseCause};
 use wagate_events::chat_settings::{ChatSettings, ChatSettingsEvent};
 use wagate_events::settings::{AiField, LayerState, SettingsEvent};
@@ -87,6 +88,8 @@ pub struct AccountView {
     pub transport: Transport,
     /// Cloud API settings (sealed secrets) and the invalid-token flag; `None` for sandbox.
     pub cloud_api: Option<CloudApiState>,
+    /// WhatsApp Web state and settings; `Some` exactly for a `whatsapp_web` account.
+    pub whatsapp_web: Option<WebState>,
     pub created_at: DateTime<Utc>,
     pub deleted: bool,
     pub ai: LayerState,
@@ -284,6 +287,8 @@ impl ConfigModel {
                     name: name.clone(),
                     transport: *transport,
                     cloud_api: None,
+                    whatsapp_web: (*transport == Transport::WhatsappWeb)
+                        .then(WebState::default),
                     created_at: at,
                     deleted: false,
                     ai: LayerState::default(),
@@ -304,6 +309,7 @@ impl ConfigModel {
             return;
         }
         CloudApiState::fold(&mut acc.cloud_api, &e);
+        WebState::fold(&mut acc.whatsapp_web, &e);
         match e {
             AccountEvent::AccountDeleted => {
                 acc.deleted = true;

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use wagate_events::account::Transport;
 use wagate_events::chat::{ChatEvent, DeliveryStatus};
 use wagate_events::reason::{ReasonCode, ReplyReason};
+use wagate_events::whatsapp_web::WebConnectionState;
 
 use crate::AccountView;
 
@@ -115,6 +116,22 @@ pub enum ConnectionState {
     SendFailing,
     /// Cloud API: Meta rejected the access token (error 190); sends stop until a new one is set.
     TokenRejected,
+    /// WhatsApp Web: not started (connect it).
+    Stopped,
+    /// WhatsApp Web: waiting for the phone to scan the QR code (or enter the pair code).
+    Pairing,
+    /// WhatsApp Web: connecting with a paired session.
+    Connecting,
+    /// WhatsApp Web: the connection dropped; it reconnects by itself.
+    Disconnected,
+    /// WhatsApp Web: the device was unlinked; pair again.
+    LoggedOut,
+    /// WhatsApp Web: WhatsApp banned the number for a while.
+    TemporarilyBanned,
+    /// WhatsApp Web: WhatsApp refuses this client version.
+    ClientOutdated,
+    /// WhatsApp Web: another connection took the session over.
+    StreamReplaced,
 }
 
 impl ConnectionState {
@@ -125,6 +142,14 @@ impl ConnectionState {
             Self::Connected => "connected",
             Self::SendFailing => "send_failing",
             Self::TokenRejected => "token_rejected",
+            Self::Stopped => "stopped",
+            Self::Pairing => "pairing",
+            Self::Connecting => "connecting",
+            Self::Disconnected => "disconnected",
+            Self::LoggedOut => "logged_out",
+            Self::TemporarilyBanned => "temporarily_banned",
+            Self::ClientOutdated => "client_outdated",
+            Self::StreamReplaced => "stream_replaced",
         }
     }
 
@@ -136,6 +161,14 @@ impl ConnectionState {
             Self::Connected => "Connected",
             Self::SendFailing => "Sends failing",
             Self::TokenRejected => "Token rejected",
+            Self::Stopped => "Not connected",
+            Self::Pairing => "Waiting for the phone",
+            Self::Connecting => "Connecting",
+            Self::Disconnected => "Reconnecting",
+            Self::LoggedOut => "Logged out",
+            Self::TemporarilyBanned => "Temporarily banned",
+            Self::ClientOutdated => "Client outdated",
+            Self::StreamReplaced => "Replaced by another connection",
         }
     }
 }
@@ -172,6 +205,21 @@ pub fn status(account: &AccountView, activity: Option<&Activity>) -> ConnectionS
             ConnectionState::Connected
         }
         Transport::CloudApi => ConnectionState::Waiting,
+        Transport::WhatsappWeb => {
+            let web = account.whatsapp_web.clone().unwrap_or_default();
+            match web.state {
+                WebConnectionState::Connected if failing => ConnectionState::SendFailing,
+                WebConnectionState::Connected => ConnectionState::Connected,
+                WebConnectionState::Stopped => ConnectionState::Stopped,
+                WebConnectionState::Pairing => ConnectionState::Pairing,
+                WebConnectionState::Connecting => ConnectionState::Connecting,
+                WebConnectionState::Disconnected => ConnectionState::Disconnected,
+                WebConnectionState::LoggedOut => ConnectionState::LoggedOut,
+                WebConnectionState::TemporarilyBanned => ConnectionState::TemporarilyBanned,
+                WebConnectionState::ClientOutdated => ConnectionState::ClientOutdated,
+                WebConnectionState::StreamReplaced => ConnectionState::StreamReplaced,
+            }
+        }
     };
     ConnectionStatus {
         state,
@@ -210,6 +258,7 @@ mod tests {
             id: "acme".into(),
             name: "acme".into(),
             transport,
+            whatsapp_web: (transport == Transport::WhatsappWeb).then(Default::default),
             cloud_api: (transport == Transport::CloudApi).then(|| CloudApiState {
                 settings: CloudApiSettings {
                     phone_number_id: "1".into(),

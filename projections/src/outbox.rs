@@ -146,6 +146,16 @@ pub fn outgoing(ev: &StoredEvent, messages: &dyn Replies) -> Result<Vec<Outgoing
                     "previous_node_id": previous, "epoch": epoch, "at": at,
                 }),
             }],
+            // A WhatsApp Web connection's new state (issue 23).
+            AccountEvent::WhatsAppWebStateChanged { state, reason } => vec![Outgoing {
+                event_type: "account.connection",
+                account_id: Some(ev.aggregate_id.clone()),
+                timestamp: at,
+                data: json!({
+                    "account_id": ev.aggregate_id, "transport": "whatsapp_web",
+                    "state": state.as_str(), "reason": reason, "at": at,
+                }),
+            }],
             e => e
                 .as_settings()
                 .and_then(|s| settings_change(&s))

@@ -140,6 +140,11 @@ impl Cluster {
             .is_some_and(|until| Instant::now() < until)
     }
 
+    /// Whether this node runs `account` now (holds a valid lease).
+    pub fn runs(&self, account: &str) -> bool {
+        self.epoch(account).is_some()
+    }
+
     fn epoch(&self, account: &str) -> Option<i64> {
         if !self.valid() {
             return None;

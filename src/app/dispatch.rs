@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use wagate_actors::ports::{SendError, Session, Transport};
 use wagate_events::account::{Account, AccountCommand, Transport as TransportKind};
 
+use crate::app::whatsapp_web::WebSessions;
 use crate::app::{execute, SettingsView, Who};
 use crate::store::Framework;
 use crate::transport::cloud_api::{self, access_token_ad, recipient, CloudApiClient, CloudTarget};
@@ -23,11 +24,13 @@ impl DispatchTransport {
         view: SettingsView,
         accounts: Arc<Framework<Account>>,
         cloud: CloudApiClient,
+        web: Option<Arc<WebSessions>>,
     ) -> Self {
         Self(Arc::new(Dispatch {
             view,
             accounts,
             cloud,
+            web,
         }))
     }
 }
@@ -35,6 +38,11 @@ impl DispatchTransport {
 #[async_trait]
 impl Transport for DispatchTransport {
     async fn open(&self, account: &str) -> Arc<dyn Session> {
+        let web = self.0.view.read.model().account(account).is_some_and(|a| a.transport == TransportKind::WhatsappWeb);
+        if let (true, Some(sessions)) = (web, &self.0.web) {
+            // The account's actor owns its WhatsApp Web connection (issue 23).
+            return sessions.open(account);
+        }
         Arc::new(AccountSession {
             account: account.to_string(),
             dispatch: self.0.clone(),
@@ -48,6 +56,8 @@ struct Dispatch {
     view: SettingsView,
     accounts: Arc<Framework<Account>>,
     cloud: CloudApiClient,
+    /// The WhatsApp Web connections (`None`: this process runs none, e.g. a benchmark).
+    web: Option<Arc<WebSessions>>,
 }
 
 /// One account's session: sends through the transport the account was created with.
@@ -64,8 +74,14 @@ impl Dispatch {
         let acc = model
             .account(account)
             .ok_or_else(|| SendError::permanent("account not found or deleted"))?;
-        if acc.transport == TransportKind::Sandbox {
-            return Ok(None);
+        match acc.transport {
+            TransportKind::Sandbox => return Ok(None),
+            TransportKind::WhatsappWeb => {
+                return Err(SendError::retryable(
+                    "whatsapp_web: the account's connection is not open in this gateway",
+                ))
+            }
+            TransportKind::CloudApi => {}
         }
         let cloud = acc
             .cloud_api

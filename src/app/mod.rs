@@ -9,6 +9,7 @@ pub mod dispatch;
 pub mod ports;
 pub mod retention;
 pub mod revocation;
+pub mod whatsapp_web;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -357,6 +358,8 @@ pub struct App {
     /// This node's membership among the gateways sharing a PostgreSQL store (ADR 0026); unset
     /// on SQLite, where one process runs every account.
     pub cluster: std::sync::OnceLock<Arc<crate::app::cluster::Cluster>>,
+    /// The WhatsApp Web connections of this process, set once at start (issue 23).
+    pub web: std::sync::OnceLock<Arc<crate::app::whatsapp_web::WebSessions>>,
     /// Wakes the webhook senders when deliveries became due.
     pub delivery_wake: tokio::sync::Notify,
     pub delivery_counters: DeliveryCounters,
@@ -413,6 +416,7 @@ impl App {
             read,
             gateway: std::sync::OnceLock::new(),
             cluster: std::sync::OnceLock::new(),
+            web: std::sync::OnceLock::new(),
             config: Arc::new(config),
             store,
         });

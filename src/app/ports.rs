@@ -502,6 +502,7 @@ pub fn ports(app: &Arc<App>) -> wagate_actors::Ports {
             SettingsView::of(app),
             app.accounts.clone(),
             cloud,
+            app.web.get().cloned(),
         )),
         notify: Arc::new(WakeProjector(app.read.clone())),
         ownership: match app.cluster.get() {

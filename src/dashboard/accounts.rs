@@ -158,6 +158,24 @@ fn connection_panel(status: &ConnectionStatus, token_reason: Option<&str>) -> Ma
         ConnectionState::TokenRejected => {
             "Meta rejected the access token; nothing is sent until a new one is set (PATCH /v1/accounts/{acc}/cloud_api)."
         }
+        ConnectionState::Stopped => "Not connected. Connect it to pair a phone or to resume its session.",
+        ConnectionState::Pairing => {
+            "Waiting for the phone: scan the QR code below in WhatsApp > Linked devices."
+        }
+        ConnectionState::Connecting => "Connecting with the paired session.",
+        ConnectionState::Disconnected => "The connection dropped; it reconnects by itself.",
+        ConnectionState::LoggedOut => {
+            "The device was unlinked and its session erased. Connect again to pair a phone."
+        }
+        ConnectionState::TemporarilyBanned => {
+            "WhatsApp banned this number for a while; nothing is sent until the ban ends."
+        }
+        ConnectionState::ClientOutdated => {
+            "WhatsApp refuses this gateway's client version; upgrade the gateway, then connect again."
+        }
+        ConnectionState::StreamReplaced => {
+            "Another connection took this session over (a second gateway or a copy of the session). Connect again here to take it back."
+        }
     };
     html! {
         section aria-labelledby="connection-h" {
@@ -181,10 +199,7 @@ fn connection_panel(status: &ConnectionStatus, token_reason: Option<&str>) -> Ma
 }
 
 fn transport_name(t: Transport) -> &'static str {
-    match t {
-        Transport::Sandbox => "sandbox",
-        Transport::CloudApi => "cloud_api",
-    }
+    t.as_str()
 }
 
 pub async fn create_account(State(app): State<SharedApp>, posted: Posted) -> Response {

@@ -74,6 +74,7 @@ impl ToSchema for Jid {
 pub enum TransportName {
     Sandbox,
     CloudApi,
+    WhatsappWeb,
 }
 
 /// A chat's AI mode: inherit the layers above, or force AI on or off.
@@ -106,6 +107,8 @@ pub enum WebhookEventType {
     AiConfigChanged,
     #[schema(rename = "account.owner.changed")]
     AccountOwnerChanged,
+    #[schema(rename = "account.connection")]
+    AccountConnection,
     #[schema(rename = "*")]
     All,
 }
@@ -803,7 +806,7 @@ mod tests {
                 serde_json::from_value(serde_json::Value::String(mode.clone())).unwrap();
             assert_eq!(serde_json::to_value(parsed).unwrap(), mode);
         }
-        assert_eq!(values(TransportName::schema()), ["cloud_api", "sandbox"]);
+        assert_eq!(values(TransportName::schema()), ["cloud_api", "sandbox", "whatsapp_web"]);
         let mut deliveries = crate::http::webhooks::DELIVERY_STATUSES.to_vec();
         deliveries.sort_unstable();
         assert_eq!(values(DeliveryStatus::schema()), deliveries);

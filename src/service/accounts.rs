@@ -25,7 +25,7 @@ pub struct NewAccount {
     pub id: String,
     /// Defaults to the id.
     pub name: Option<String>,
-    /// `sandbox` or `cloud_api`.
+    /// `sandbox`, `cloud_api` or `whatsapp_web`.
     pub transport: String,
     /// Required with `cloud_api`, refused otherwise.
     pub cloud_api: Option<CloudApiInput>,
@@ -59,11 +59,14 @@ pub struct CloudApiChange {
 pub struct AccountResponse {
     pub id: String,
     pub name: String,
-    /// `sandbox` or `cloud_api`
+    /// `sandbox`, `cloud_api` or `whatsapp_web`
     pub transport: String,
     /// Present for `cloud_api` accounts; never contains a secret.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cloud_api: Option<CloudApiResponse>,
+    /// Present for `whatsapp_web` accounts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub whatsapp_web: Option<WhatsAppWebResponse>,
     pub created_at: DateTime<Utc>,
     pub connection: ConnectionResponse,
 }
@@ -74,9 +77,11 @@ pub struct ConnectionResponse {
     /// `sandbox` (a sandbox account); for `cloud_api`: `token_rejected` (Meta rejected the access
     /// token, sends stop until a new one is set), `send_failing` (the last send failure is newer
     /// than the last successful send), `connected` (something came in or went out), `waiting`
-    /// (configured, nothing received or sent yet).
+    /// (configured, nothing received or sent yet); for `whatsapp_web` the connection's state
+    /// (`stopped`, `pairing`, `connecting`, `connected`, `disconnected`, `logged_out`,
+    /// `temporarily_banned`, `client_outdated`, `stream_replaced`) or `send_failing`.
     pub state: ConnectionStateName,
-    /// `sandbox` or `cloud_api`
+    /// `sandbox`, `cloud_api` or `whatsapp_web`
     pub transport: String,
     /// When the last event from the transport was recorded: a received message or a delivery
     /// status (for `cloud_api`, the last webhook from Meta that carried one). Null: none yet.
@@ -99,6 +104,14 @@ pub enum ConnectionStateName {
     Connected,
     SendFailing,
     TokenRejected,
+    Stopped,
+    Pairing,
+    Connecting,
+    Disconnected,
+    LoggedOut,
+    TemporarilyBanned,
+    ClientOutdated,
+    StreamReplaced,
 }
 
 impl From<ConnectionState> for ConnectionStateName {
@@ -109,6 +122,14 @@ impl From<ConnectionState> for ConnectionStateName {
             ConnectionState::Connected => Self::Connected,
             ConnectionState::SendFailing => Self::SendFailing,
             ConnectionState::TokenRejected => Self::TokenRejected,
+            ConnectionState::Stopped => Self::Stopped,
+            ConnectionState::Pairing => Self::Pairing,
+            ConnectionState::Connecting => Self::Connecting,
+            ConnectionState::Disconnected => Self::Disconnected,
+            ConnectionState::LoggedOut => Self::LoggedOut,
+            ConnectionState::TemporarilyBanned => Self::TemporarilyBanned,
+            ConnectionState::ClientOutdated => Self::ClientOutdated,
+            ConnectionState::StreamReplaced => Self::StreamReplaced,
         }
     }
 }
@@ -140,10 +161,22 @@ impl From<ConnectionStatus> for ConnectionResponse {
 }
 
 fn transport_name(t: Transport) -> &'static str {
-    match t {
-        Transport::Sandbox => "sandbox",
-        Transport::CloudApi => "cloud_api",
-    }
+    t.as_str()
+}
+
+/// A `whatsapp_web` account's connection and settings (the QR code itself is at
+/// `GET /v1/accounts/{acc}/whatsapp-web/qr` while pairing).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WhatsAppWebResponse {
+    /// `stopped`, `pairing`, `connecting`, `connected`, `disconnected`, `logged_out`,
+    /// `temporarily_banned`, `client_outdated` or `stream_replaced`.
+    pub state: String,
+    /// Why the connection is in this state, when known (never a key or a QR code).
+    pub reason: Option<String>,
+    /// The operator asked to connect and no logout came since: the gateway keeps it connected.
+    pub wanted: bool,
+    /// Read receipts are sent for the messages the AI answers.
+    pub mark_read: bool,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -178,6 +211,12 @@ impl AccountResponse {
                 has_verify_token: !c.settings.verify_token_sha256.is_empty(),
                 token_invalid: c.token_invalid.clone(),
                 webhook_path: format!("/v1/transports/cloud-api/{}/webhook", a.id),
+            }),
+            whatsapp_web: a.whatsapp_web.as_ref().map(|w| WhatsAppWebResponse {
+                state: w.state.as_str().into(),
+                reason: w.reason.clone(),
+                wanted: w.wanted,
+                mark_read: w.mark_read,
             }),
             created_at: a.created_at,
             connection: connection::status(a, messages.connection.activity(&a.id)).into(),
@@ -290,7 +329,13 @@ pub async fn create(app: &App, who: &Who, req: NewAccount) -> Result<AccountResp
     let transport = match req.transport.as_str() {
         "sandbox" => Transport::Sandbox,
         "cloud_api" => Transport::CloudApi,
-        _ => return Err(Error::invalid("transport", "must be sandbox or cloud_api")),
+        "whatsapp_web" => Transport::WhatsappWeb,
+        _ => {
+            return Err(Error::invalid(
+                "transport",
+                "must be sandbox, cloud_api or whatsapp_web",
+            ))
+        }
     };
     let cloud_api = match (transport, req.cloud_api) {
         (Transport::CloudApi, None) => {
@@ -299,7 +344,7 @@ pub async fn create(app: &App, who: &Who, req: NewAccount) -> Result<AccountResp
                 "required when transport is cloud_api",
             ))
         }
-        (Transport::Sandbox, Some(_)) => {
+        (Transport::Sandbox | Transport::WhatsappWeb, Some(_)) => {
             return Err(Error::invalid(
                 "cloud_api",
                 "only allowed when transport is cloud_api",
