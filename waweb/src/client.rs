@@ -562,3 +562,256 @@ fn anyhow_error(error: anyhow::Error) -> WebError {
     }
     WebError::retryable(format!("{error:#}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::Instant;
+
+    use tokio::net::TcpListener;
+    use wacore::store::InMemoryBackend;
+    use wacore::types::events::{
+        BatchOrigin, Connected, Disconnected, MessageBatch, PairingQrCode, ServerAck,
+    };
+    use wacore::types::message::{MessageInfo, MessageSource};
+    use wagate_events::chat::MessageKind;
+
+    use super::*;
+    use crate::port::WebInbound;
+
+    #[derive(Default)]
+    struct Recorder {
+        batches: Mutex<Vec<Vec<WebInbound>>>,
+        events: Mutex<Vec<WebEvent>>,
+        fail: AtomicBool,
+    }
+
+    #[async_trait]
+    impl WebHandler for Recorder {
+        async fn messages(&self, batch: Vec<WebInbound>) -> Result<(), String> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err("database down".to_string());
+            }
+            lock(&self.batches).push(batch);
+            Ok(())
+        }
+        async fn event(&self, event: WebEvent) {
+            lock(&self.events).push(event);
+        }
+    }
+
+    fn inbound(chat: &str, id: &str, text: &str) -> InboundMessage {
+        InboundMessage::builder()
+            .message(Arc::new(wa::Message::text(text)))
+            .info(Arc::new(MessageInfo {
+                id: id.to_string(),
+                source: MessageSource {
+                    chat: chat.parse().unwrap(),
+                    sender: chat.parse().unwrap(),
+                    ..Default::default()
+                },
+                ..Default::default()
+            }))
+            .build()
+    }
+
+    /// A client that is built but never started: nothing dials.
+    async fn idle_client() -> Arc<Client> {
+        Bot::builder()
+            .with_backend_arc(Arc::new(InMemoryBackend::new()))
+            .with_transport_factory(
+                TokioWebSocketTransportFactory::new().with_url("ws://127.0.0.1:9/ws/chat"),
+            )
+            .with_http_client(ReqwestHttpClient::new().unwrap())
+            .with_runtime(TokioRuntime)
+            .with_version((2, 3000, 1))
+            .build()
+            .await
+            .unwrap()
+            .client()
+    }
+
+    #[tokio::test]
+    async fn the_hook_commits_mapped_messages_and_fails_when_the_handler_does() {
+        let recorder = Arc::new(Recorder::default());
+        let hook = Hook {
+            handler: recorder.clone(),
+        };
+        let client = idle_client().await;
+        let protocol_only = InboundMessage::builder()
+            .message(Arc::new(wa::Message {
+                protocol_message: whatsapp_rust::buffa::MessageField::some(
+                    wa::message::ProtocolMessage::default(),
+                ),
+                ..Default::default()
+            }))
+            .info(Arc::new(MessageInfo::default()))
+            .build();
+        let batch = vec![
+            inbound("4915112345678@s.whatsapp.net", "A", "eins"),
+            protocol_only.clone(),
+            inbound("4915112345678@s.whatsapp.net", "B", "zwei"),
+        ];
+        hook.on_messages(client.clone(), &batch).await.unwrap();
+        {
+            let batches = lock(&recorder.batches);
+            assert_eq!(batches.len(), 1);
+            let ids: Vec<_> = batches[0].iter().map(|m| m.id.as_str()).collect();
+            assert_eq!(ids, ["A", "B"]);
+        }
+
+        // Nothing to commit: acked without bothering the handler.
+        hook.on_messages(client.clone(), &[protocol_only])
+            .await
+            .unwrap();
+        assert_eq!(lock(&recorder.batches).len(), 1);
+
+        // The handler could not commit: the library must not ack.
+        recorder.fail.store(true, Ordering::SeqCst);
+        assert!(hook.on_messages(client, &batch).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn events_are_forwarded_in_order_and_acks_resolve_sends() {
+        let recorder = Arc::new(Recorder::default());
+        let (tx, rx) = mpsc::unbounded_channel();
+        let acks = Arc::new(AckWaiters::default());
+        let forwarder = Forwarder {
+            events: tx.clone(),
+            acks: acks.clone(),
+        };
+        let task = tokio::spawn(forward_events(
+            rx,
+            recorder.clone(),
+            Arc::new(OnceLock::new()),
+        ));
+
+        let accepted = acks.register("3EB0OK");
+        let refused = acks.register("3EB0NO");
+        let ack = |id: &str, error: Option<&str>| {
+            Arc::new(Event::ServerAck(
+                ServerAck::builder()
+                    .id(id.to_string())
+                    .class("message".to_string())
+                    .maybe_error(error.map(str::to_string))
+                    .build(),
+            ))
+        };
+        let committed = |hook_committed: bool, id: &str| {
+            Arc::new(Event::Messages(
+                MessageBatch::builder()
+                    .messages(Arc::from([inbound(
+                        "120363000000000001@newsletter",
+                        id,
+                        "news",
+                    )]))
+                    .origin(BatchOrigin::Live)
+                    .hook_committed(hook_committed)
+                    .build(),
+            ))
+        };
+
+        forwarder.handle_event(Arc::new(Event::PairingQrCode(
+            PairingQrCode::builder()
+                .code("2@qr".to_string())
+                .timeout(Duration::from_secs(20))
+                .build(),
+        )));
+        forwarder.handle_event(Arc::new(Event::Connected(Connected::builder().build())));
+        forwarder.handle_event(ack("3EB0OK", None));
+        forwarder.handle_event(ack("3EB0NO", Some("463")));
+        forwarder.handle_event(committed(true, "SEEN-BY-HOOK"));
+        forwarder.handle_event(committed(false, "NEWSLETTER"));
+        forwarder.handle_event(Arc::new(Event::Disconnected(
+            Disconnected::builder()
+                .reason(wacore::net::DisconnectReason::StreamEnded)
+                .build(),
+        )));
+        tx.send(Queued::Stop).unwrap();
+        task.await.unwrap();
+
+        assert_eq!(accepted.await.unwrap(), None);
+        assert_eq!(refused.await.unwrap().as_deref(), Some("463"));
+        assert!(nack_error("463").reason.contains("463"));
+        assert!(!nack_error("463").retryable);
+        assert!(nack_error("503").retryable);
+
+        let events = lock(&recorder.events).clone();
+        assert_eq!(
+            events,
+            [
+                WebEvent::Qr {
+                    code: "2@qr".to_string(),
+                    valid_for: Duration::from_secs(20)
+                },
+                WebEvent::Connected,
+                WebEvent::Disconnected,
+            ]
+        );
+        let batches = lock(&recorder.batches).clone();
+        assert_eq!(batches.len(), 1);
+        assert_eq!(batches[0][0].id, "NEWSLETTER");
+        assert_eq!(batches[0][0].kind, MessageKind::Text);
+    }
+
+    /// The real connector against a loopback server that accepts and hangs up: it starts,
+    /// dials only where it was told, refuses to send while not connected, and stops promptly.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connect_starts_and_stop_returns_promptly() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let dials = Arc::new(AtomicUsize::new(0));
+        let counter = dials.clone();
+        let server = tokio::spawn(async move {
+            loop {
+                let Ok((socket, _)) = listener.accept().await else {
+                    return;
+                };
+                counter.fetch_add(1, Ordering::SeqCst);
+                drop(socket);
+            }
+        });
+
+        let connector = LibraryConnector::new()
+            .unwrap()
+            .with_ws_url(format!("ws://{addr}/ws/chat"))
+            .with_version((2, 3000, 1));
+        let recorder = Arc::new(Recorder::default());
+        let connection = connector
+            .connect(ConnectOptions {
+                account: "test".to_string(),
+                backend: Arc::new(InMemoryBackend::new()),
+                pair_phone: None,
+                handler: recorder.clone(),
+            })
+            .await
+            .unwrap();
+
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while dials.load(Ordering::SeqCst) == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the connection dials the loopback server");
+
+        let error = connection
+            .send_text("4915112345678@s.whatsapp.net", "hallo")
+            .await
+            .unwrap_err();
+        assert!(error.retryable, "{error:?}");
+        let error = connection
+            .send_text("not a jid", "hallo")
+            .await
+            .unwrap_err();
+        assert!(!error.retryable, "{error:?}");
+
+        let started = Instant::now();
+        tokio::time::timeout(Duration::from_secs(20), connection.stop())
+            .await
+            .expect("stop returns");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(lock(&recorder.batches).is_empty());
+        server.abort();
+    }
+}
