@@ -16,7 +16,14 @@
 //! only logged since there is nothing left to redeliver them. `Event::Messages` batches that the
 //! hook already committed are skipped.
 //!
+//! Pairing by phone number: the first code is requested once the socket is up; when WhatsApp
+//! asks for a new one (or the code in use goes unanswered) another is requested for the same
+//! number. When nobody scanned any QR code in time the library ends the connection for good
+//! (reported as [`WebEvent::PairError`]); a new `connect` brings new codes.
+//!
 //! Nothing here logs a message text, a key or a QR/pair code; message ids are logged at debug.
+//! The library itself logs through the `log` crate, and logs the pair code at info under the
+//! targets `Client/PairCode` and `Bot/PairCode`: a `log` bridge must filter those out.
 //!
 //! [`SessionBackend`]: crate::port::SessionBackend
 
@@ -119,12 +126,12 @@ impl WebConnector for LibraryConnector {
         if let Some(version) = self.version {
             builder = builder.with_version(version);
         }
-        if let Some(phone) = pair_phone {
-            let phone_number: String = phone.chars().filter(char::is_ascii_digit).collect();
-            builder = builder.with_pair_code(PairCodeOptions {
-                phone_number,
-                ..Default::default()
-            });
+        let pair_code = pair_phone.map(|phone| PairCodeOptions {
+            phone_number: phone.chars().filter(char::is_ascii_digit).collect(),
+            ..Default::default()
+        });
+        if let Some(options) = &pair_code {
+            builder = builder.with_pair_code(options.clone());
         }
         let bot = builder.build().await.map_err(|e| match e {
             // The session store failed: worth another try.
@@ -137,7 +144,7 @@ impl WebConnector for LibraryConnector {
         let client = bot.client();
         // Set once, right here: the slot is new.
         let _ = client_slot.set(Arc::downgrade(&client));
-        let events_task = tokio::spawn(forward_events(events_rx, handler, client_slot));
+        let events_task = tokio::spawn(forward_events(events_rx, handler, client_slot, pair_code));
         let stop_events = events_tx.clone();
         let handle = bot.spawn();
         tracing::info!(account = %account, "whatsapp web connection started");
@@ -377,6 +384,8 @@ impl EventHandler for Forwarder {
             EventKind::PairingQrCode,
             EventKind::PairingCode,
             EventKind::PairingCodeError,
+            EventKind::PairingCodeRefresh,
+            EventKind::PairingQrCodesExhausted,
             EventKind::ClientOutdated,
             EventKind::Messages,
             EventKind::Receipt,
@@ -393,9 +402,22 @@ async fn forward_events(
     mut events: mpsc::UnboundedReceiver<Queued>,
     handler: Arc<dyn WebHandler>,
     client: Arc<OnceLock<Weak<Client>>>,
+    pair_code: Option<PairCodeOptions>,
 ) {
     while let Some(Queued::Event(event)) = events.recv().await {
         match &*event {
+            // The pair code in use expired or WhatsApp asked for a new one: request it (it
+            // arrives as a `PairingCode` event, a failure as `PairingCodeError`).
+            Event::PairingCodeRefresh(_) => {
+                let client = client.get().and_then(Weak::upgrade);
+                if let (Some(client), Some(options)) = (client, pair_code.clone()) {
+                    tokio::spawn(async move {
+                        if let Err(e) = client.pair_with_code(options).await {
+                            tracing::warn!(error = %e, "new pair code not issued");
+                        }
+                    });
+                }
+            }
             // Newsletter posts and messages recovered from the phone: the library acked them
             // already, so an error cannot bring them back.
             Event::Messages(batch) => {
@@ -684,6 +706,7 @@ mod tests {
             rx,
             recorder.clone(),
             Arc::new(OnceLock::new()),
+            None,
         ));
 
         let accepted = acks.register("3EB0OK");

@@ -162,6 +162,13 @@ pub fn event(event: &Event) -> Option<WebEvent> {
         Event::PairingCodeError(e) => WebEvent::PairError {
             reason: e.error.clone(),
         },
+        // Nobody scanned any of the QR codes: with no pair-code flow outstanding the library
+        // closes the connection for good, and only a new connect brings new codes.
+        Event::PairingQrCodesExhausted(e) if e.disconnected => WebEvent::PairError {
+            reason: "no QR code was scanned in time; the connection stopped, connect again for \
+                     new codes"
+                .to_string(),
+        },
         Event::PairSuccess(p) => WebEvent::Paired {
             jid: p.id.to_non_ad_string(),
         },
@@ -481,8 +488,8 @@ mod tests {
     use std::time::Duration;
 
     use wacore::types::events::{
-        ConnectFailureReason, Connected, LoggedOut, PairingQrCode, StreamReplaced, TempBanReason,
-        TemporaryBan, UnavailableType,
+        ConnectFailureReason, Connected, LoggedOut, PairingQrCode, PairingQrCodesExhausted,
+        StreamReplaced, TempBanReason, TemporaryBan, UnavailableType,
     };
     use wacore::types::message::MessageSource;
     use whatsapp_rust::buffa::MessageField;
@@ -955,5 +962,19 @@ mod tests {
             event(&Event::Connected(Connected::builder().build())),
             Some(WebEvent::Connected)
         );
+
+        let exhausted = |disconnected| {
+            Event::PairingQrCodesExhausted(
+                PairingQrCodesExhausted::builder()
+                    .disconnected(disconnected)
+                    .build(),
+            )
+        };
+        assert!(matches!(
+            event(&exhausted(true)),
+            Some(WebEvent::PairError { .. })
+        ));
+        // A pair code is still on its way.
+        assert_eq!(event(&exhausted(false)), None);
     }
 }
