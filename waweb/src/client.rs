@@ -145,7 +145,7 @@ impl WebConnector for LibraryConnector {
         // Set once, right here: the slot is new.
         let _ = client_slot.set(Arc::downgrade(&client));
         let events_task = tokio::spawn(forward_events(events_rx, handler, client_slot, pair_code));
-        let stop_events = events_tx.clone();
+        let stop_events = events_tx;
         let handle = bot.spawn();
         tracing::info!(account = %account, "whatsapp web connection started");
 
