@@ -4,5 +4,11 @@
 //!
 //! - [`port`]: the boundary the gateway sees (connect, send, typing, read receipts, logout; the
 //!   connection's events already mapped onto wagate's vocabulary).
+//! - [`mapping`]: pure functions from the library's messages and events to the port's types.
+//! - [`client`]: [`client::LibraryConnector`], the port on the real library.
+//! - `http`: the library's HTTP client trait on reqwest.
 
+pub mod client;
+mod http;
+pub mod mapping;
 pub mod port;
