@@ -15,6 +15,10 @@ use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinHandle;
 use tower::Service;
 
+use wagate_waweb::client::LibraryConnector;
+use wagate_waweb::port::WebConnector;
+
+use crate::app::whatsapp_web::{StoreSessions, WebSessions};
 use crate::app::{App, AppError, SharedApp};
 use crate::config::{Config, HttpLimits};
 use crate::http;
@@ -33,6 +37,8 @@ pub enum StartupError {
     App(#[from] AppError),
     #[error(transparent)]
     Cluster(#[from] crate::app::cluster::ClusterError),
+    #[error("cannot start the WhatsApp Web connector: {0}")]
+    WhatsAppWeb(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -72,6 +78,9 @@ impl Running {
         if let Some(g) = self.app.gateway.get() {
             g.shutdown().await;
         }
+        if let Some(web) = self.app.web.get() {
+            web.stop_all().await;
+        }
         // No reply step runs here any more: the other nodes may take the accounts at once.
         if let Some(cluster) = self.app.cluster.get() {
             cluster.leave().await;
@@ -99,8 +108,21 @@ impl Running {
     }
 }
 
+/// What a start can be given besides the configuration (tests swap the WhatsApp Web library for
+/// a fake at its port).
+#[derive(Default)]
+pub struct Extras {
+    /// Starts WhatsApp Web connections; `None`: whatsapp-rust ([`LibraryConnector`]).
+    pub web_connector: Option<Arc<dyn WebConnector>>,
+}
+
 /// Opens the store, loads the history and starts serving on `config.listen`.
 pub async fn start(config: Config) -> Result<Running, StartupError> {
+    start_with(config, Extras::default()).await
+}
+
+/// [`start`] with [`Extras`].
+pub async fn start_with(config: Config, extras: Extras) -> Result<Running, StartupError> {
     let store = open_store(&config).await?;
     let listen = config.listen;
     let app = App::new(config, store).await?;
@@ -118,7 +140,24 @@ pub async fn start(config: Config) -> Result<Running, StartupError> {
         addr: listen,
         source,
     })?;
+    let connector: Arc<dyn WebConnector> = match extras.web_connector {
+        Some(c) => c,
+        None => Arc::new(
+            LibraryConnector::new().map_err(|e| StartupError::WhatsAppWeb(e.to_string()))?,
+        ),
+    };
+    let _ = app.web.set(WebSessions::new(
+        &app,
+        connector,
+        Arc::new(StoreSessions::new(&app)),
+    ));
     start_actors(&app).await?;
+    if app.cluster.get().is_none() {
+        // On PostgreSQL each lease taken resumes its accounts (cluster::balance).
+        if let Some(web) = app.web.get() {
+            web.resume().await;
+        }
+    }
     let (tx, rx) = oneshot::channel::<()>();
     let router = http::router(app.clone(), crate::dashboard::router());
     let limits = app.config.http;

@@ -291,6 +291,10 @@ impl Cluster {
         if let Err(e) = self.share(app).await {
             tracing::warn!(error = %e, "balancing the accounts failed; will retry");
         }
+        // The WhatsApp Web accounts this node runs now connect (issue 23).
+        if let Some(web) = app.web.get() {
+            web.resume().await;
+        }
     }
 
     /// Gives up or takes leases toward this node's fair share of the accounts.

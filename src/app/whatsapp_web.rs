@@ -28,7 +28,10 @@ use wagate_waweb::port::{
     WebInbound,
 };
 
+use wagate_waweb::store::{Db, SealError, Sealer, SessionCheck, SessionStore};
+
 use super::{App, Who};
+use crate::store::Store;
 
 /// How many received message ids a link remembers with their sender (for read receipts in
 /// groups, which name the participant).
@@ -55,6 +58,67 @@ pub trait SessionStores: Send + Sync + 'static {
     async fn check(&self, account: &str) -> Result<SessionHealth, String>;
     /// Erases everything of `account`'s session (logout, unlinked device, corrupt rows).
     async fn erase(&self, account: &str) -> Result<(), String>;
+}
+
+/// The sessions in the gateway's own database, sealed with its master keyring (bound to the
+/// account and the row).
+pub struct StoreSessions {
+    db: Db,
+    sealer: Arc<dyn Sealer>,
+}
+
+/// The master keyring as the session store's sealer.
+struct KeyringSealer(Arc<crate::config::Config>);
+
+impl Sealer for KeyringSealer {
+    fn seal(&self, plain: &[u8], ad: &str) -> String {
+        self.0.keyring.seal(plain, ad)
+    }
+
+    fn open(&self, sealed: &str, ad: &str) -> Result<Vec<u8>, SealError> {
+        use secrecy::ExposeSecret;
+        self.0
+            .keyring
+            .open(sealed, ad)
+            .map(|plain| plain.expose_secret().clone())
+            .map_err(|e| SealError(e.to_string()))
+    }
+}
+
+impl StoreSessions {
+    pub fn new(app: &App) -> Self {
+        Self {
+            db: match &app.store {
+                Store::Postgres(pool) => Db::Postgres(pool.clone()),
+                Store::Sqlite(pool) => Db::Sqlite(pool.clone()),
+            },
+            sealer: Arc::new(KeyringSealer(app.config.clone())),
+        }
+    }
+
+    fn store(&self, account: &str) -> SessionStore {
+        SessionStore::new(self.db.clone(), self.sealer.clone(), account)
+    }
+}
+
+#[async_trait]
+impl SessionStores for StoreSessions {
+    fn backend(&self, account: &str) -> Arc<dyn SessionBackend> {
+        Arc::new(self.store(account))
+    }
+
+    async fn check(&self, account: &str) -> Result<SessionHealth, String> {
+        match self.store(account).check().await {
+            Ok(SessionCheck::Empty) => Ok(SessionHealth::Empty),
+            Ok(SessionCheck::Paired) => Ok(SessionHealth::Paired),
+            Ok(SessionCheck::Corrupt(why)) => Ok(SessionHealth::Corrupt(why)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn erase(&self, account: &str) -> Result<(), String> {
+        self.store(account).erase().await.map_err(|e| e.to_string())
+    }
 }
 
 /// A code on offer while pairing.
@@ -516,7 +580,13 @@ pub fn inbound_of(m: &WebInbound) -> Inbound {
         _ => m.text.clone(),
     };
     Inbound {
-        message_id: m.id.clone(),
+        // WhatsApp may deliver the real message under the same id after the sender re-sent it:
+        // the undecryptable one must not make it a duplicate.
+        message_id: if m.undecryptable {
+            format!("{}.undecryptable", m.id)
+        } else {
+            m.id.clone()
+        },
         from: m
             .sender
             .split_once('@')
@@ -591,7 +661,12 @@ impl WebHandler for LinkHandler {
                 link.record(&app, WebConnectionState::Pairing, None).await;
             }
             WebEvent::PairError { reason } => {
-                link.inner().pairing.pair_error = Some(reason);
+                // The library ends the connection when pairing fails or its QR codes ran out:
+                // a new `connect` starts over.
+                link.stop().await;
+                link.inner().pairing.pair_error = Some(reason.clone());
+                link.record(&app, WebConnectionState::Stopped, Some(format!("pairing ended: {reason}; connect again to get a new code")))
+                    .await;
             }
             WebEvent::Paired { .. } => {
                 link.inner().pairing = Pairing::default();

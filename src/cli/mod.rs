@@ -95,6 +95,11 @@ pub fn parse_ttl(s: &str) -> Result<Duration, String> {
 }
 
 fn init_logging(format: LogFormat) {
+    // whatsapp-rust logs through `log`, with phone numbers and pair codes at info: only its
+    // errors reach the log (installed before the subscriber, which then skips its own bridge).
+    let _ = tracing_log::LogTracer::builder()
+        .with_max_level(log::LevelFilter::Error)
+        .init();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colour only on a terminal: a file or a pipe gets plain text, not escape codes.
     let builder = tracing_subscriber::fmt()

@@ -18,6 +18,7 @@ pub mod nodes;
 pub mod openapi;
 pub mod stats;
 pub mod webhooks;
+pub mod whatsapp_web;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -208,6 +209,7 @@ pub fn api() -> (Router<SharedApp>, utoipa::openapi::OpenApi) {
         .merge(nodes::router())
         .merge(stats::router())
         .merge(cloud_api::router())
+        .merge(whatsapp_web::router())
         .split_for_parts();
     openapi::complete(&mut doc);
     (routes, doc)

@@ -13,6 +13,7 @@ pub mod nodes;
 pub mod stats;
 pub mod test_reply;
 pub mod webhooks;
+pub mod whatsapp_web;
 
 pub use error::{Error, Result};
 

@@ -1,9 +1,11 @@
 //! The transports an account talks to WhatsApp through, behind the actors' [`Session`] port: the
-//! embedded sandbox ([`SandboxTransport`]) and Meta's Cloud API ([`cloud_api`]). Which one an
+//! embedded sandbox ([`SandboxTransport`]), Meta's Cloud API ([`cloud_api`]) and WhatsApp Web
+//! ([`whatsapp_web`], with the connections in `app::whatsapp_web`). Which one an
 //! account uses is decided per call by its session (`app::dispatch`), from the live config read
 //! model.
 
 pub mod cloud_api;
+pub mod whatsapp_web;
 
 use async_trait::async_trait;
 use wagate_actors::ports::{SendError, Session};

@@ -93,6 +93,8 @@ pub struct TestApp {
     pub _dir: TempDir,
     /// Every response body this app returned (for the canary checks).
     pub seen: std::sync::Mutex<Vec<String>>,
+    /// The WhatsApp Web connector the gateway starts with (a fake; `None`: the library).
+    pub web: Option<std::sync::Arc<dyn wagate_waweb::port::WebConnector>>,
 }
 
 impl TestApp {
@@ -146,8 +148,23 @@ impl TestApp {
         dir: TempDir,
         vars: HashMap<String, String>,
     ) -> TestApp {
+        Self::spawn_with_web(backend, dir, vars, None).await
+    }
+
+    /// [`TestApp::spawn_with`] with a WhatsApp Web connector (a fake at the port).
+    pub async fn spawn_with_web(
+        backend: Backend,
+        dir: TempDir,
+        vars: HashMap<String, String>,
+        web: Option<std::sync::Arc<dyn wagate_waweb::port::WebConnector>>,
+    ) -> TestApp {
         let (config, _) = Config::from_vars(&vars).expect("valid test config");
-        let running = startup::start(config).await.expect("gateway starts");
+        let extras = startup::Extras {
+            web_connector: web.clone(),
+        };
+        let running = startup::start_with(config, extras)
+            .await
+            .expect("gateway starts");
         TestApp {
             backend,
             base: format!("http://{}", running.addr),
@@ -156,6 +173,7 @@ impl TestApp {
             running: Some(running),
             _dir: dir,
             seen: Default::default(),
+            web,
         }
     }
 
@@ -175,7 +193,10 @@ impl TestApp {
         if let Some(r) = self.running.take() {
             r.stop().await;
         }
-        let running = startup::start(self.config())
+        let extras = startup::Extras {
+            web_connector: self.web.clone(),
+        };
+        let running = startup::start_with(self.config(), extras)
             .await
             .expect("gateway restarts");
         self.base = format!("http://{}", running.addr);

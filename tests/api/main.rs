@@ -30,3 +30,4 @@ mod security;
 mod speak;
 mod stats;
 mod webhooks;
+mod whatsapp_web;

@@ -1,0 +1,530 @@
+//! The `whatsapp_web` transport (issue 23) through the gateway's HTTP API, with a fake WhatsApp
+//! Web connection at the library's port (`wagate_waweb::port`): it emits what whatsapp-rust
+//! would (a QR code, the pairing, connected, messages, receipts) and records what the gateway
+//! sends. The session store under it is the real one, on both stores.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{json, Value};
+use wacore::store::Device;
+use wagate_events::chat::{DeliveryStatus, MessageKind};
+use wagate_waweb::port::{
+    ConnectOptions, Quoted, SessionBackend, WebConnection, WebConnector, WebError, WebEvent,
+    WebHandler, WebInbound,
+};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::dashboard::Visitor;
+use crate::helpers::{eventually, Backend, TestApp};
+use crate::replies::{completion, configure, messages};
+
+const CUSTOMER: &str = "5511999990001@s.whatsapp.net";
+const OWN: &str = "5511888880000@s.whatsapp.net";
+const QR: &str = "2@fakeRef0123456789,fakeNoiseKeyAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=,fakeIdentityKeyBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB=,fakeAdvSecretCCCCCCCCCCCCCCCCCCCC=";
+
+/// What the fake saw and holds, by account.
+#[derive(Default)]
+struct FakeState {
+    handlers: HashMap<String, Arc<dyn WebHandler>>,
+    backends: HashMap<String, Arc<dyn SessionBackend>>,
+    /// Connections started, and those not stopped yet.
+    connects: HashMap<String, usize>,
+    live: HashMap<String, usize>,
+    pair_phones: Vec<String>,
+    sent: Vec<(String, String, String)>,
+    typing: Vec<(String, String)>,
+    read: Vec<(String, String, Vec<String>)>,
+}
+
+/// A WhatsApp Web stand-in: unpaired sessions get a QR code (or a pair code), paired ones
+/// connect at once.
+#[derive(Clone, Default)]
+struct FakeWeb(Arc<Mutex<FakeState>>);
+
+impl FakeWeb {
+    fn st(&self) -> std::sync::MutexGuard<'_, FakeState> {
+        self.0.lock().unwrap()
+    }
+
+    fn handler(&self, acc: &str) -> Arc<dyn WebHandler> {
+        self.st().handlers.get(acc).cloned().expect("a connection was started")
+    }
+
+    /// The phone scanned the code: the device is stored as paired, then it connects.
+    async fn scan(&self, acc: &str) {
+        let backend = self.st().backends.get(acc).cloned().expect("backend");
+        let mut device = Device::new();
+        device.pn = Some(OWN.parse().unwrap());
+        device.push_name = "Shop".into();
+        backend.save(&device).await.expect("device saved");
+        let h = self.handler(acc);
+        h.event(WebEvent::Paired { jid: OWN.into() }).await;
+        h.event(WebEvent::Connected).await;
+    }
+
+    async fn say(&self, acc: &str, m: WebInbound) -> Result<(), String> {
+        self.handler(acc).messages(vec![m]).await
+    }
+
+    fn sent(&self) -> Vec<(String, String, String)> {
+        self.st().sent.clone()
+    }
+}
+
+#[async_trait]
+impl WebConnector for FakeWeb {
+    async fn connect(&self, o: ConnectOptions) -> Result<Arc<dyn WebConnection>, WebError> {
+        let paired = o
+            .backend
+            .load()
+            .await
+            .map_err(|e| WebError::permanent(e.to_string()))?
+            .is_some_and(|d| d.pn.is_some());
+        {
+            let mut st = self.st();
+            st.handlers.insert(o.account.clone(), o.handler.clone());
+            st.backends.insert(o.account.clone(), o.backend.clone());
+            *st.connects.entry(o.account.clone()).or_default() += 1;
+            *st.live.entry(o.account.clone()).or_default() += 1;
+            if let Some(p) = &o.pair_phone {
+                st.pair_phones.push(p.clone());
+            }
+        }
+        let handler = o.handler.clone();
+        let phone = o.pair_phone.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            match (paired, phone) {
+                (true, _) => handler.event(WebEvent::Connected).await,
+                (false, Some(_)) => {
+                    handler
+                        .event(WebEvent::PairCode {
+                            code: "ABCD-EFGH".into(),
+                            valid_for: Duration::from_secs(180),
+                        })
+                        .await
+                }
+                (false, None) => {
+                    handler
+                        .event(WebEvent::Qr {
+                            code: QR.into(),
+                            valid_for: Duration::from_secs(60),
+                        })
+                        .await
+                }
+            }
+        });
+        Ok(Arc::new(FakeConn {
+            web: self.clone(),
+            account: o.account,
+            stopped: Mutex::new(false),
+        }))
+    }
+}
+
+struct FakeConn {
+    web: FakeWeb,
+    account: String,
+    stopped: Mutex<bool>,
+}
+
+#[async_trait]
+impl WebConnection for FakeConn {
+    async fn send_text(&self, chat: &str, text: &str) -> Result<String, WebError> {
+        let mut st = self.web.st();
+        st.sent
+            .push((self.account.clone(), chat.to_string(), text.to_string()));
+        Ok(format!("3EB0FAKE{}", st.sent.len()))
+    }
+    async fn typing(&self, chat: &str, composing: bool) -> Result<(), WebError> {
+        if composing {
+            self.web
+                .st()
+                .typing
+                .push((self.account.clone(), chat.to_string()));
+        }
+        Ok(())
+    }
+    async fn mark_read(&self, chat: &str, _sender: &str, ids: &[String]) -> Result<(), WebError> {
+        self.web
+            .st()
+            .read
+            .push((self.account.clone(), chat.to_string(), ids.to_vec()));
+        Ok(())
+    }
+    async fn logout(&self) -> Result<(), WebError> {
+        Ok(())
+    }
+    async fn stop(&self) {
+        let mut stopped = self.stopped.lock().unwrap();
+        if !*stopped {
+            *stopped = true;
+            *self.web.st().live.entry(self.account.clone()).or_default() -= 1;
+        }
+    }
+}
+
+fn text(id: &str, chat: &str, sender: &str, body: &str) -> WebInbound {
+    WebInbound {
+        id: id.into(),
+        chat: chat.into(),
+        sender: sender.into(),
+        from_me: false,
+        push_name: Some("Ana".into()),
+        kind: MessageKind::Text,
+        text: body.into(),
+        quoted: None,
+        mentions_me: false,
+        undecryptable: false,
+    }
+}
+
+async fn spawn(backend: Backend) -> Option<(TestApp, FakeWeb)> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vars = TestApp::vars(backend, &dir).await?;
+    let fake = FakeWeb::default();
+    let app = TestApp::spawn_with_web(backend, dir, vars, Some(Arc::new(fake.clone()))).await;
+    Some((app, fake))
+}
+
+async fn create_web_account(app: &TestApp, acc: &str) {
+    let r = app
+        .admin(
+            "POST",
+            "/v1/accounts",
+            Some(json!({"id": acc, "name": "Shop", "transport": "whatsapp_web"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.json["transport"], "whatsapp_web");
+    assert_eq!(r.json["whatsapp_web"]["state"], "stopped");
+    assert_eq!(r.json["connection"]["state"], "stopped");
+}
+
+async fn state(app: &TestApp, acc: &str) -> Value {
+    app.admin("GET", &format!("/v1/accounts/{acc}/whatsapp-web/qr"), None)
+        .await
+        .json
+}
+
+async fn wait_state(app: &TestApp, acc: &str, want: &str) -> Value {
+    eventually(10, &format!("{acc} reaches {want}"), || async {
+        let s = state(app, acc).await;
+        (s["state"] == want).then_some(s)
+    })
+    .await
+}
+
+async fn model(answer: &str) -> MockServer {
+    let stub = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion(answer)))
+        .mount(&stub)
+        .await;
+    stub
+}
+
+/// A new user's path: create the account, connect, see the QR code, scan it, and the AI answers
+/// the phone's chats through the connection; a restart reconnects without a new scan.
+async fn pair_by_qr_then_answer(backend: Backend) {
+    let Some((mut app, fake)) = spawn(backend).await else {
+        return;
+    };
+    let stub = model("Hello from the shop").await;
+    configure(&app, &stub, json!({})).await;
+    create_web_account(&app, "shop").await;
+
+    let r = app
+        .admin("POST", "/v1/accounts/shop/whatsapp-web/connect", None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["state"], "pairing", "{}", r.text);
+    assert_eq!(r.json["qr"]["code"], QR);
+    assert!(r.json["qr"]["svg"].as_str().unwrap().starts_with("<?xml") || r.json["qr"]["svg"].as_str().unwrap().contains("<svg"));
+    assert!(r.json["qr"]["expires_at"].is_string());
+
+    // The dashboard's account page shows the code while pairing.
+    let mut visitor = Visitor::new(&app);
+    visitor.login().await;
+    let page = visitor.get("/accounts/shop").await;
+    assert!(page.body.contains("id=\"wa-qr\""), "{}", page.body);
+    assert!(page.body.contains("<svg"), "the QR code is drawn on the page");
+
+    fake.scan("shop").await;
+    let s = wait_state(&app, "shop", "connected").await;
+    assert!(s["qr"].is_null());
+    let acc = app.admin("GET", "/v1/accounts/shop", None).await;
+    assert_eq!(acc.json["connection"]["state"], "connected");
+
+    fake.say("shop", text("3EB0C001", CUSTOMER, CUSTOMER, "hi, are you open?"))
+        .await
+        .expect("committed before the ack");
+    let sent = eventually(10, "the AI answer is sent", || async {
+        let sent = fake.sent();
+        (!sent.is_empty()).then_some(sent)
+    })
+    .await;
+    assert_eq!(
+        sent[0],
+        ("shop".into(), CUSTOMER.into(), "Hello from the shop".into())
+    );
+    assert!(fake.st().typing.contains(&("shop".into(), CUSTOMER.into())));
+    // A redelivery of the same message (an ack lost) is a duplicate: no second answer.
+    fake.say("shop", text("3EB0C001", CUSTOMER, CUSTOMER, "hi, are you open?"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fake.sent().len(), 1);
+
+    // Delivery receipts update the sent message's status.
+    let h = fake.handler("shop");
+    let sent_id = messages(&app, "shop", CUSTOMER)
+        .await
+        .into_iter()
+        .find(|m| m["direction"] == "outbound")
+        .and_then(|m| m["message_id"].as_str().map(str::to_string))
+        .expect("the answer is stored");
+    h.event(WebEvent::Receipt {
+        chat: CUSTOMER.into(),
+        ids: vec![sent_id.clone()],
+        status: DeliveryStatus::Read,
+    })
+    .await;
+    eventually(10, "read receipt recorded", || async {
+        messages(&app, "shop", CUSTOMER)
+            .await
+            .into_iter()
+            .find(|m| m["message_id"] == sent_id.as_str() && m["status"] == "read")
+    })
+    .await;
+
+    // The history has the states, and the account.connection webhook would carry them.
+    let events = app
+        .admin("GET", "/v1/events?aggregate=account/shop&limit=1000", None)
+        .await;
+    let text = events.text.clone();
+    assert!(text.contains("WhatsAppWebConnectRequested"), "{text}");
+    assert!(text.contains("\"connected\""), "{text}");
+    assert!(!text.contains("fakeNoiseKey"), "a QR code is never recorded");
+
+    // A restart reconnects with the stored session: no new QR code.
+    let before = fake.st().connects["shop"];
+    app.restart().await;
+    eventually(10, "reconnected after the restart", || async {
+        (fake.st().connects["shop"] > before).then_some(())
+    })
+    .await;
+    let s = wait_state(&app, "shop", "connected").await;
+    assert!(s["qr"].is_null());
+    assert_eq!(fake.st().live["shop"], 1, "one live connection per account");
+}
+
+/// Connect on a connected account changes nothing and reports the state; logout unlinks,
+/// erases the session, and the next connect pairs again.
+async fn connect_is_idempotent_and_logout_erases(backend: Backend) {
+    let Some((app, fake)) = spawn(backend).await else {
+        return;
+    };
+    create_web_account(&app, "shop").await;
+    app.admin("POST", "/v1/accounts/shop/whatsapp-web/connect", None)
+        .await;
+    wait_state(&app, "shop", "pairing").await;
+    fake.scan("shop").await;
+    wait_state(&app, "shop", "connected").await;
+
+    let r = app
+        .admin("POST", "/v1/accounts/shop/whatsapp-web/connect", Some(json!({})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["state"], "connected");
+    assert_eq!(fake.st().connects["shop"], 1, "no second connection");
+
+    let r = app
+        .admin("POST", "/v1/accounts/shop/whatsapp-web/logout", None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["state"], "logged_out");
+    assert_eq!(r.json["wanted"], false);
+    assert!(r.json["reason"].as_str().unwrap().contains("logged out by admin:"));
+    assert_eq!(fake.st().live["shop"], 0);
+    let backend = fake.st().backends["shop"].clone();
+    assert!(backend.load().await.unwrap().is_none(), "the session is erased");
+
+    // Sends fail clearly while logged out (never a retry loop).
+    let r = app
+        .admin("POST", "/v1/accounts/shop/whatsapp-web/connect", None)
+        .await;
+    assert_eq!(r.json["state"], "pairing", "{}", r.text);
+    assert_eq!(r.json["qr"]["code"], QR);
+}
+
+/// Pairing by phone number shows the 8-character code; a bad number is a 400 that changes
+/// nothing.
+async fn pair_by_phone_number(backend: Backend) {
+    let Some((app, fake)) = spawn(backend).await else {
+        return;
+    };
+    create_web_account(&app, "shop").await;
+    let bad = app
+        .admin(
+            "POST",
+            "/v1/accounts/shop/whatsapp-web/connect",
+            Some(json!({"phone_number": "12ab"})),
+        )
+        .await;
+    assert_eq!(bad.status, 400, "{}", bad.text);
+    assert_eq!(bad.json["error"]["field"], "phone_number", "{}", bad.text);
+    assert_eq!(state(&app, "shop").await["state"], "stopped");
+
+    let r = app
+        .admin(
+            "POST",
+            "/v1/accounts/shop/whatsapp-web/connect",
+            Some(json!({"phone_number": "+55 11 98888-0000"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["pair_code"]["code"], "ABCD-EFGH", "{}", r.text);
+    assert_eq!(fake.st().pair_phones, vec!["5511988880000".to_string()]);
+}
+
+/// A QR code or logout for an account on another transport is a 409; unknown accounts are 404.
+async fn other_transports_are_refused(backend: Backend) {
+    let Some((app, _fake)) = spawn(backend).await else {
+        return;
+    };
+    app.create_account("sbx").await;
+    for (m, p) in [
+        ("GET", "/v1/accounts/sbx/whatsapp-web/qr"),
+        ("POST", "/v1/accounts/sbx/whatsapp-web/connect"),
+        ("POST", "/v1/accounts/sbx/whatsapp-web/logout"),
+    ] {
+        let r = app.admin(m, p, None).await;
+        assert_eq!(r.status, 409, "{m} {p}: {}", r.text);
+        assert!(r.text.contains("whatsapp_web"), "{}", r.text);
+    }
+    let r = app
+        .admin("GET", "/v1/accounts/nope/whatsapp-web/qr", None)
+        .await;
+    assert_eq!(r.status, 404, "{}", r.text);
+}
+
+/// Inbound kinds: the owner's own message pauses the AI; status broadcasts, reactions and
+/// undecryptable messages are recorded, never answered; a group message that mentions the
+/// account is answered with the quoted text as context.
+async fn inbound_kinds(backend: Backend) {
+    let Some((app, fake)) = spawn(backend).await else {
+        return;
+    };
+    let stub = model("ok").await;
+    configure(&app, &stub, json!({"reply_to_groups": true, "trigger": "mention"})).await;
+    create_web_account(&app, "shop").await;
+    app.admin("POST", "/v1/accounts/shop/whatsapp-web/connect", None)
+        .await;
+    wait_state(&app, "shop", "pairing").await;
+    fake.scan("shop").await;
+    wait_state(&app, "shop", "connected").await;
+
+    let mut status = text("S1", "status@broadcast", CUSTOMER, "my holiday");
+    status.kind = MessageKind::Image;
+    fake.say("shop", status).await.unwrap();
+    let mut reaction = text("R1", CUSTOMER, CUSTOMER, "👍");
+    reaction.kind = MessageKind::Reaction;
+    fake.say("shop", reaction).await.unwrap();
+    let mut broken = text("U1", CUSTOMER, CUSTOMER, "[undecryptable]");
+    broken.undecryptable = true;
+    broken.kind = MessageKind::Other;
+    fake.say("shop", broken).await.unwrap();
+    // The real message may come later under the same id: it is not a duplicate.
+    fake.say("shop", text("U1", CUSTOMER, CUSTOMER, "now readable"))
+        .await
+        .unwrap();
+    eventually(10, "the readable message is answered", || async {
+        (fake.sent().len() == 1).then_some(())
+    })
+    .await;
+
+    let group = "120363021033254949@g.us";
+    let mut g = text("G1", group, "5511777770000@s.whatsapp.net", "@shop what time?");
+    g.mentions_me = true;
+    g.quoted = Some(Quoted {
+        id: Some("Q1".into()),
+        sender: None,
+        text: Some("We open at 9".into()),
+    });
+    fake.say("shop", g).await.unwrap();
+    eventually(10, "the group mention is answered", || async {
+        fake.sent().iter().any(|(_, c, _)| c == group).then_some(())
+    })
+    .await;
+    let stored = messages(&app, "shop", group).await;
+    assert!(
+        stored.iter().any(|m| m["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("We open at 9") && t.contains("what time?"))),
+        "{stored:?}"
+    );
+
+    // The owner typed on the phone: the AI pauses in that chat.
+    let mut mine = text("M1", CUSTOMER, OWN, "I'll take it from here");
+    mine.from_me = true;
+    fake.say("shop", mine).await.unwrap();
+    let before = fake.sent().len();
+    fake.say("shop", text("C2", CUSTOMER, CUSTOMER, "thanks"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(fake.sent().len(), before, "paused by the owner's message");
+    assert!(fake.sent().iter().all(|(_, c, _)| c != "status@broadcast"));
+}
+
+/// A session row that does not open (corrupt, or sealed for another account) is refused: the
+/// account asks for pairing again, and the other accounts keep working.
+async fn corrupt_session_asks_for_pairing(backend: Backend) {
+    let Some((mut app, fake)) = spawn(backend).await else {
+        return;
+    };
+    create_web_account(&app, "shop").await;
+    create_web_account(&app, "other").await;
+    for acc in ["shop", "other"] {
+        app.admin("POST", &format!("/v1/accounts/{acc}/whatsapp-web/connect"), None)
+            .await;
+        wait_state(&app, acc, "pairing").await;
+        fake.scan(acc).await;
+        wait_state(&app, acc, "connected").await;
+    }
+    let sql = "UPDATE whatsapp_web_store SET value = 'not-sealed' WHERE account = 'shop'";
+    match &app.app().store {
+        wagate::store::Store::Postgres(p) => {
+            sqlx::query(sql).execute(p).await.unwrap();
+        }
+        wagate::store::Store::Sqlite(p) => {
+            sqlx::query(sql).execute(p).await.unwrap();
+        }
+    }
+    app.restart().await;
+    let s = wait_state(&app, "shop", "pairing").await;
+    assert!(
+        s["reason"].as_str().unwrap_or("").contains("pair the phone again"),
+        "{s}"
+    );
+    wait_state(&app, "other", "connected").await;
+}
+
+crate::both_stores!(web_pair_by_qr_then_answer, pair_by_qr_then_answer(Backend));
+crate::both_stores!(
+    web_connect_is_idempotent_and_logout_erases,
+    connect_is_idempotent_and_logout_erases(Backend)
+);
+crate::both_stores!(web_pair_by_phone_number, pair_by_phone_number(Backend));
+crate::both_stores!(web_other_transports_are_refused, other_transports_are_refused(Backend));
+crate::both_stores!(web_inbound_kinds, inbound_kinds(Backend));
+crate::both_stores!(
+    web_corrupt_session_asks_for_pairing,
+    corrupt_session_asks_for_pairing(Backend)
+);
