@@ -4,5 +4,8 @@
 //!
 //! - [`port`]: the boundary the gateway sees (connect, send, typing, read receipts, logout; the
 //!   connection's events already mapped onto wagate's vocabulary).
+//! - [`store`]: the session store (whatsapp-rust's `Backend`) of one account on wagate's SQLite
+//!   or PostgreSQL database, every value sealed by the gateway's master key.
 
 pub mod port;
+pub mod store;
