@@ -7,8 +7,11 @@
 //! - [`mapping`]: pure functions from the library's messages and events to the port's types.
 //! - [`client`]: [`client::LibraryConnector`], the port on the real library.
 //! - `http`: the library's HTTP client trait on reqwest.
+//! - [`store`]: the session store (whatsapp-rust's `Backend`) of one account on wagate's SQLite
+//!   or PostgreSQL database, every value sealed by the gateway's master key.
 
 pub mod client;
 mod http;
 pub mod mapping;
 pub mod port;
+pub mod store;
