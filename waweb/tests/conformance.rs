@@ -238,6 +238,15 @@ async fn count_rows(db: &Db, account: &str) -> i64 {
     }
 }
 
+/// How many prekey rows are flagged uploaded (the trait has no getter for the flag).
+async fn uploaded_prekeys(db: &Db) -> i64 {
+    let sql = "SELECT COUNT(*) FROM whatsapp_web_store WHERE space = 'prekey' AND num2 = 1";
+    match db {
+        Db::Sqlite(pool) => sqlx::query(sql).fetch_one(pool).await.expect(sql).get(0),
+        Db::Postgres(pool) => sqlx::query(sql).fetch_one(pool).await.expect(sql).get(0),
+    }
+}
+
 fn store(db: &Db, account: &str) -> SessionStore {
     SessionStore::new(db.clone(), Arc::new(SivSealer::new(7)), account)
 }
@@ -1210,6 +1219,13 @@ async fn large_batches(db: &Db) {
         .map(|i| (i, Bytes::from(i.to_be_bytes().to_vec())))
         .collect();
     a.store_prekeys_batch(&keys, false).await.unwrap();
+    assert_eq!(uploaded_prekeys(db).await, 0);
+    a.store_prekey(3, b"pk-3", true).await.unwrap();
+    assert_eq!(
+        uploaded_prekeys(db).await,
+        1,
+        "store_prekey keeps its uploaded flag"
+    );
     assert_eq!(a.get_max_prekey_id().await.unwrap(), 1000);
     let ids: Vec<u32> = (1..=1100).rev().collect();
     let loaded = a.load_prekeys_batch(&ids).await.unwrap();
@@ -1219,6 +1235,11 @@ async fn large_batches(db: &Db) {
         (1000, Bytes::from(1000u32.to_be_bytes().to_vec()))
     );
     a.mark_prekeys_uploaded(&ids).await.unwrap();
+    assert_eq!(
+        uploaded_prekeys(db).await,
+        1000,
+        "every stored prekey marked uploaded, none created"
+    );
 
     let macs: Vec<AppStateMutationMAC> = (0..600u32)
         .map(|i| {

@@ -459,12 +459,14 @@ impl ProtocolStore for SessionStore {
     }
 
     async fn get_pn_mapping(&self, phone: &str) -> Result<Option<LidPnMappingEntry>> {
-        // The most recently updated LID of this phone number.
+        // The most recently updated LID of this phone number (the trait's "most recent").
         let rows = self
             .select(
                 space::LID_PN,
-                " AND scope = $3 AND num = (SELECT MAX(num) FROM whatsapp_web_store \
-                 WHERE account = $1 AND space = $2 AND scope = $3)",
+                &format!(
+                    " AND scope = $3 AND num = (SELECT MAX(num) FROM {TABLE} \
+                     WHERE account = $1 AND space = $2 AND scope = $3)"
+                ),
                 vec![phone.into()],
             )
             .await?;

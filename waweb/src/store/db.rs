@@ -10,6 +10,18 @@ pub enum Db {
     Postgres(PgPool),
 }
 
+impl From<SqlitePool> for Db {
+    fn from(pool: SqlitePool) -> Self {
+        Db::Sqlite(pool)
+    }
+}
+
+impl From<PgPool> for Db {
+    fn from(pool: PgPool) -> Self {
+        Db::Postgres(pool)
+    }
+}
+
 /// A bound value.
 #[derive(Debug, Clone)]
 pub(crate) enum Param {

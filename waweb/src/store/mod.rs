@@ -5,7 +5,8 @@
 //! Every value is sealed by the gateway's [`Sealer`] and bound to its account and row, so a row
 //! copied to another account or key does not open; such a row is an error, never "absent".
 //! Keys (JIDs, message ids, hex-encoded binary ids) and the few numbers the range queries need
-//! stay in plain columns.
+//! stay in plain columns. The associated data of a value is
+//! `waweb/["<account>","<space>","<scope>","<key>"]` (a JSON array, so no two rows share one).
 
 mod backend;
 mod db;
@@ -197,7 +198,7 @@ fn malformed(space: &'static str, reason: impl Into<String>) -> StoreError {
     .into()
 }
 
-/// `$from, $from+1, ... ` for `n` values.
+/// `$from, $from+1, ...` for `n` values.
 fn placeholders(from: usize, n: usize) -> String {
     (from..from + n)
         .map(|i| format!("${i}"))
