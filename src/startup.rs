@@ -142,9 +142,9 @@ pub async fn start_with(config: Config, extras: Extras) -> Result<Running, Start
     })?;
     let connector: Arc<dyn WebConnector> = match extras.web_connector {
         Some(c) => c,
-        None => Arc::new(
-            LibraryConnector::new().map_err(|e| StartupError::WhatsAppWeb(e.to_string()))?,
-        ),
+        None => {
+            Arc::new(LibraryConnector::new().map_err(|e| StartupError::WhatsAppWeb(e.to_string()))?)
+        }
     };
     let _ = app.web.set(WebSessions::new(
         &app,

@@ -100,10 +100,7 @@ impl WebState {
                     s.wanted = true;
                 }
             }
-            AccountEvent::WhatsAppWebStateChanged {
-                state: new,
-                reason,
-            } => {
+            AccountEvent::WhatsAppWebStateChanged { state: new, reason } => {
                 if let Some(s) = state {
                     s.state = *new;
                     s.reason.clone_from(reason);
@@ -140,7 +137,10 @@ impl WebState {
         if self.state == state && self.reason == reason {
             return Ok(vec![]);
         }
-        Ok(vec![AccountEvent::WhatsAppWebStateChanged { state, reason }])
+        Ok(vec![AccountEvent::WhatsAppWebStateChanged {
+            state,
+            reason,
+        }])
     }
 
     pub fn decide_settings(&self, mark_read: Option<bool>) -> Vec<AccountEvent> {

@@ -7,11 +7,11 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use wagate_events::account::{AccountEvent, CloudApiState, Transport};
-use wagate_events::whatsapp_web::WebState;
 use wagate_events::chat::{ChatEvent, PauseCause};
 use wagate_events::chat_settings::{ChatSettings, ChatSettingsEvent};
 use wagate_events::settings::{AiField, LayerState, SettingsEvent};
 use wagate_events::webhook::{WebhookEvent, WebhookStatus};
+use wagate_events::whatsapp_web::WebState;
 
 use crate::StoredEvent;
 
@@ -287,8 +287,7 @@ impl ConfigModel {
                     name: name.clone(),
                     transport: *transport,
                     cloud_api: None,
-                    whatsapp_web: (*transport == Transport::WhatsappWeb)
-                        .then(WebState::default),
+                    whatsapp_web: (*transport == Transport::WhatsappWeb).then(WebState::default),
                     created_at: at,
                     deleted: false,
                     ai: LayerState::default(),

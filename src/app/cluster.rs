@@ -366,7 +366,18 @@ impl Cluster {
     /// account: tell its owner, or take the lease when nobody holds it (a new account).
     async fn hand_over(&self, app: &SharedApp, account: &str, jid: &str) {
         let stream = format!("{account}/{jid}");
-        // Held by another node at the last round: tell it, without a lock or a read.
+        if self.claim(app, account).await {
+            recover(app, &[account.to_string()], Some(jid)).await;
+        } else if let Err(e) = leases::notify(&self.pool, leases::REPLIES_CHANNEL, &stream).await {
+            // The owner's sweep finds the reply.
+            tracing::warn!(error = %e, "cannot notify the account's owner");
+        }
+    }
+
+    /// Whether this node runs `account` now, taking its lease when no live node holds it (a new
+    /// account).
+    pub async fn claim(&self, app: &SharedApp, account: &str) -> bool {
+        // Held by another node at the last round: without a lock or a read.
         let elsewhere = self
             .elsewhere
             .read()
@@ -395,12 +406,7 @@ impl Cluster {
                 }
             }
         };
-        if owned {
-            recover(app, &[account.to_string()], Some(jid)).await;
-        } else if let Err(e) = leases::notify(&self.pool, leases::REPLIES_CHANNEL, &stream).await {
-            // The owner's sweep finds the reply.
-            tracing::warn!(error = %e, "cannot notify the account's owner");
-        }
+        owned
     }
 
     /// Leaves the cluster (a clean stop): releases every lease and the node id, so the other

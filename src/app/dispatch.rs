@@ -38,7 +38,13 @@ impl DispatchTransport {
 #[async_trait]
 impl Transport for DispatchTransport {
     async fn open(&self, account: &str) -> Arc<dyn Session> {
-        let web = self.0.view.read.model().account(account).is_some_and(|a| a.transport == TransportKind::WhatsappWeb);
+        let web = self
+            .0
+            .view
+            .read
+            .model()
+            .account(account)
+            .is_some_and(|a| a.transport == TransportKind::WhatsappWeb);
         if let (true, Some(sessions)) = (web, &self.0.web) {
             // The account's actor owns its WhatsApp Web connection (issue 23).
             return sessions.open(account);

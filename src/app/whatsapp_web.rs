@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use wagate_actors::Inbound;
 use wagate_actors::ports::{SendError, Session};
 use wagate_actors::ActorError;
+use wagate_actors::Inbound;
 use wagate_events::account::{AccountCommand, Transport};
 use wagate_events::chat::MessageKind;
 use wagate_events::whatsapp_web::{WebConnectionState, WebState};
@@ -246,9 +246,18 @@ impl WebSessions {
             .app
             .upgrade()
             .ok_or_else(|| crate::service::Error::Unavailable("the gateway is stopping".into()))?;
-        app.execute(&app.accounts, account, AccountCommand::ConnectWhatsAppWeb, who)
-            .await?;
-        if !self.runs(&app, account) {
+        app.execute(
+            &app.accounts,
+            account,
+            AccountCommand::ConnectWhatsAppWeb,
+            who,
+        )
+        .await?;
+        let here = match app.cluster.get() {
+            Some(cluster) => cluster.claim(&app, account).await,
+            None => true,
+        };
+        if !here {
             // The node that runs the account starts it on its next round (ADR 0027).
             return Ok(());
         }
@@ -259,20 +268,18 @@ impl WebSessions {
                 "the account's session did not open; retry".into(),
             ));
         };
-        if pair_phone.is_some() && link.connection().is_some() && !link.paired(&app) {
-            // A QR pairing is running: start again with a pair code instead.
-            link.stop().await;
-        }
         link.start(pair_phone).await;
         let until = tokio::time::Instant::now() + wait;
         while tokio::time::Instant::now() < until {
             let p = link.pairing();
             let state = web_state(&app, account).map(|w| w.state);
-            if p.qr.is_some()
-                || p.pair_code.is_some()
-                || p.pair_error.is_some()
-                || state.is_some_and(|s| s != WebConnectionState::Connecting)
-            {
+            let settled = state.is_some_and(|s| {
+                !matches!(
+                    s,
+                    WebConnectionState::Connecting | WebConnectionState::Pairing
+                )
+            });
+            if p.qr.is_some() || p.pair_code.is_some() || p.pair_error.is_some() || settled {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -318,14 +325,12 @@ impl WebSessions {
             .app
             .upgrade()
             .ok_or_else(|| crate::service::Error::Unavailable("the gateway is stopping".into()))?;
-        require_web(&app, account)?;
-        if !self.runs(&app, account) {
+        let web = require_web(&app, account)?;
+        // Nothing is on offer anywhere unless the account is wanted connected.
+        if web.wanted && !self.runs(&app, account) {
             return Err(not_here());
         }
-        Ok(self
-            .link(account)
-            .map(|l| l.pairing())
-            .unwrap_or_default())
+        Ok(self.link(account).map(|l| l.pairing()).unwrap_or_default())
     }
 
     /// Stops every connection (the gateway is stopping; the actors close their links too).
@@ -340,7 +345,10 @@ impl WebSessions {
     /// Forgets `link` (its actor stopped) unless a newer link took its place.
     fn forget(&self, link: &Arc<Link>) {
         let mut links = self.links();
-        if links.get(&link.account).is_some_and(|l| Arc::ptr_eq(l, link)) {
+        if links
+            .get(&link.account)
+            .is_some_and(|l| Arc::ptr_eq(l, link))
+        {
             links.remove(&link.account);
         }
     }
@@ -380,6 +388,8 @@ fn not_here() -> crate::service::Error {
 #[derive(Default)]
 struct LinkInner {
     conn: Option<Arc<dyn WebConnection>>,
+    /// The number the running connection pairs with (`None`: a QR code, or paired already).
+    pair_phone: Option<String>,
     pairing: Pairing,
     /// The link's actor stopped: nothing starts any more.
     shut: bool,
@@ -432,12 +442,20 @@ impl Link {
     /// or this process does not run the account.
     async fn start(self: &Arc<Self>, pair_phone: Option<String>) {
         let _one = self.starting.lock().await;
-        let (Some(sessions), true) = (self.sessions.upgrade(), self.connection().is_none()) else {
+        let Some(sessions) = self.sessions.upgrade() else {
             return;
         };
         let Some(app) = sessions.app.upgrade() else {
             return;
         };
+        if self.connection().is_some() {
+            let other_phone = pair_phone.is_some() && self.inner().pair_phone != pair_phone;
+            if !other_phone || self.paired(&app) {
+                return;
+            }
+            // Pairing by QR code (or another number) runs: start again with this pair code.
+            self.stop().await;
+        }
         if self.inner().shut
             || !web_state(&app, &self.account).is_some_and(|w| w.wanted)
             || !sessions.runs(&app, &self.account)
@@ -449,7 +467,12 @@ impl Link {
             Ok(h) => h,
             Err(e) => {
                 tracing::warn!(account, error = %e, "cannot read the whatsapp_web session store; not connecting now");
-                self.record(&app, WebConnectionState::Disconnected, Some("the session store cannot be read; retrying later".into())).await;
+                self.record(
+                    &app,
+                    WebConnectionState::Disconnected,
+                    Some("the session store cannot be read; retrying later".into()),
+                )
+                .await;
                 return;
             }
         };
@@ -473,6 +496,8 @@ impl Link {
             };
             self.record(&app, state, None).await;
         }
+        self.inner().pairing = Pairing::default();
+        let phone = pair_phone.clone();
         let options = ConnectOptions {
             account: self.account.clone(),
             backend: sessions.stores.backend(account),
@@ -489,7 +514,7 @@ impl Link {
                         Some(conn)
                     } else {
                         inner.conn = Some(conn);
-                        inner.pairing = Pairing::default();
+                        inner.pair_phone = phone;
                         None
                     }
                 };
@@ -665,8 +690,14 @@ impl WebHandler for LinkHandler {
                 // a new `connect` starts over.
                 link.stop().await;
                 link.inner().pairing.pair_error = Some(reason.clone());
-                link.record(&app, WebConnectionState::Stopped, Some(format!("pairing ended: {reason}; connect again to get a new code")))
-                    .await;
+                link.record(
+                    &app,
+                    WebConnectionState::Stopped,
+                    Some(format!(
+                        "pairing ended: {reason}; connect again to get a new code"
+                    )),
+                )
+                .await;
             }
             WebEvent::Paired { .. } => {
                 link.inner().pairing = Pairing::default();
@@ -755,9 +786,7 @@ impl WebSession {
                 .and_then(|s| s.app.upgrade())
                 .and_then(|app| web_state(&app, &self.link.account))
                 .map_or("stopped", |w| w.state.as_str());
-            SendError::retryable(format!(
-                "whatsapp_web is not connected (state: {state})"
-            ))
+            SendError::retryable(format!("whatsapp_web is not connected (state: {state})"))
         })
     }
 

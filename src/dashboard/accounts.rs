@@ -5,8 +5,9 @@
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use maud::{html, Markup};
+use maud::{html, Markup, PreEscaped};
 use wagate_events::account::Transport;
+use wagate_events::whatsapp_web::{WebConnectionState, WebState};
 use wagate_projections::connection::{self, ConnectionState, ConnectionStatus};
 
 use super::ai::{self as layer, Done};
@@ -20,6 +21,8 @@ use crate::service::accounts::{
 };
 use crate::service::ai::change_account_ai;
 use crate::service::messages::{chat_summaries, inject_inbound, ChatSearch, InboundMessage};
+use crate::service::whatsapp_web;
+use crate::transport::whatsapp_web::qr_svg;
 use serde::Deserialize;
 
 pub async fn list(
@@ -198,6 +201,116 @@ fn connection_panel(status: &ConnectionStatus, token_reason: Option<&str>) -> Ma
     }
 }
 
+/// A `whatsapp_web` account's panel: the connection, the QR code or pair code while pairing
+/// (the page polls the panel until it is paired), and the connect and logout forms.
+fn whatsapp_web_panel(
+    app: &SharedApp,
+    session: &Session,
+    acc: &str,
+    web: &WebState,
+    form: &FormState,
+) -> Markup {
+    let pairing = app
+        .web
+        .get()
+        .and_then(|w| w.pairing(acc).ok())
+        .unwrap_or_default();
+    let waiting = matches!(
+        web.state,
+        WebConnectionState::Pairing | WebConnectionState::Connecting
+    );
+    let base = format!("/accounts/{}/whatsapp-web", render::enc(acc));
+    let svg = pairing
+        .qr
+        .as_ref()
+        .and_then(|o| qr_svg(&o.code))
+        .map(|s| match s.find("<svg") {
+            Some(i) => s[i..].to_string(),
+            None => s,
+        });
+    html! {
+        section #wa-panel aria-labelledby="wa-h" data-poll=[waiting.then_some("3")] {
+            h2 #wa-h { "WhatsApp Web" }
+            p #wa-state {
+                "State: " strong data-state=(web.state.as_str()) { (web.state.as_str()) }
+                @if let Some(r) = &web.reason { " · " span.clip { (r) } }
+            }
+            @if let (Some(svg), Some(qr)) = (&svg, &pairing.qr) {
+                figure #wa-qr {
+                    (PreEscaped(svg))
+                    figcaption {
+                        "On the phone: WhatsApp › Settings › Linked devices › Link a device, then scan this code. It changes by itself; this one expires " (render::when(&qr.expires_at)) "."
+                    }
+                }
+            }
+            @if let Some(code) = &pairing.pair_code {
+                p #wa-pair-code {
+                    "On the phone: Linked devices › Link with phone number instead, then enter "
+                    strong { (code.code) } " (expires " (render::when(&code.expires_at)) ")."
+                }
+            }
+            @if let Some(e) = &pairing.pair_error {
+                p.alert.error role="alert" { "Pairing ended: " (e) }
+            }
+            form method="post" action=(format!("{base}/connect")) {
+                (render::csrf(session))
+                (render::form_error(form))
+                label for="wa-phone" { "Phone number for a pair code (optional, with country code)" }
+                input #wa-phone type="text" name="phone_number" inputmode="tel" autocomplete="off"
+                    value=(form.value("phone_number"))
+                    aria-invalid=[form.error("phone_number").map(|_| "true")]
+                    aria-describedby=[render::described_by(form, "wa-phone", "phone_number", false)];
+                (render::field_error(form, "wa-phone", "phone_number"))
+                button type="submit" { "Connect" }
+            }
+            @if !matches!(web.state, WebConnectionState::Stopped | WebConnectionState::LoggedOut) {
+                form method="post" action=(format!("{base}/logout")) {
+                    (render::csrf(session))
+                    button.danger type="submit" { "Log out and unlink this device" }
+                }
+            }
+        }
+    }
+}
+
+/// Connects a `whatsapp_web` account (pairing when it has no session).
+pub async fn web_connect(
+    State(app): State<SharedApp>,
+    Path(acc): Path<String>,
+    posted: Posted,
+) -> Response {
+    let Posted { session, fields } = posted;
+    let phone = fields.nonblank("phone_number");
+    match whatsapp_web::connect(&app, &session.who(), &acc, phone.as_deref()).await {
+        Ok(_) => render::see_other(&format!("/accounts/{}#wa-h", render::enc(&acc))),
+        Err(e) => {
+            let mut state = FormState::from_fields(&fields);
+            state.api_error(e.into(), &["phone_number"]);
+            let forms = AccountForms {
+                web: state,
+                ..AccountForms::default()
+            };
+            render_account(&app, &session, &acc, forms).await
+        }
+    }
+}
+
+/// Unlinks a `whatsapp_web` account's device and erases its session.
+pub async fn web_logout(
+    State(app): State<SharedApp>,
+    Path(acc): Path<String>,
+    posted: Posted,
+) -> Response {
+    let Posted { session, .. } = posted;
+    match whatsapp_web::logout(&app, &session.who(), &acc).await {
+        Ok(_) => render::see_other(&format!(
+            "/accounts/{}?done=logged_out#wa-h",
+            render::enc(&acc)
+        )),
+        Err(e) => render::api_error_page(&ApiError::from(e)),
+    }
+}
+
 fn transport_name(t: Transport) -> &'static str {
     t.as_str()
 }
@@ -242,6 +355,8 @@ struct AccountForms {
     new_token: Option<CreatedToken>,
     inbound: FormState,
     delete: FormState,
+    /// The WhatsApp Web connect form (a refused phone number).
+    web: FormState,
     done: Option<String>,
     /// The chat list's page: chats whose newest message is before this position.
     chats_before: Option<i64>,
@@ -354,6 +469,7 @@ async fn render_account(
         Some(forms.token.status()),
         Some(forms.inbound.status()),
         Some(forms.delete.status()),
+        Some(forms.web.status()),
         Some(search_state.status()),
     ]
     .into_iter()
@@ -369,6 +485,9 @@ async fn render_account(
             " · " a href=(format!("/logs?account_id={}", render::enc(acc))) { "AI log" }
         }
         (connection_panel(&conn, token_reason.as_deref()))
+        @if let Some(web) = &account.whatsapp_web {
+            (whatsapp_web_panel(app, session, acc, web, &forms.web))
+        }
         section aria-labelledby="overrides-h" {
             h2 #overrides-h { "AI overrides" }
             (layer::layer_form(session, &format!("{base}/ai"), &account.ai, &inherit, "the global settings", &layer_state))

@@ -52,6 +52,14 @@ pub fn router() -> Router<SharedApp> {
         )
         .route("/accounts/{acc}/inbound", post(accounts::inbound))
         .route("/accounts/{acc}/delete", post(accounts::delete_account))
+        .route(
+            "/accounts/{acc}/whatsapp-web/connect",
+            post(accounts::web_connect),
+        )
+        .route(
+            "/accounts/{acc}/whatsapp-web/logout",
+            post(accounts::web_logout),
+        )
         .route("/accounts/{acc}/chats/{jid}", get(chat::show))
         .route("/accounts/{acc}/chats/{jid}/send", post(chat::send))
         .route("/accounts/{acc}/chats/{jid}/live", get(chat::live))

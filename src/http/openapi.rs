@@ -806,7 +806,10 @@ mod tests {
                 serde_json::from_value(serde_json::Value::String(mode.clone())).unwrap();
             assert_eq!(serde_json::to_value(parsed).unwrap(), mode);
         }
-        assert_eq!(values(TransportName::schema()), ["cloud_api", "sandbox", "whatsapp_web"]);
+        assert_eq!(
+            values(TransportName::schema()),
+            ["cloud_api", "sandbox", "whatsapp_web"]
+        );
         let mut deliveries = crate::http::webhooks::DELIVERY_STATUSES.to_vec();
         deliveries.sort_unstable();
         assert_eq!(values(DeliveryStatus::schema()), deliveries);

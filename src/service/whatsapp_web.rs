@@ -151,7 +151,10 @@ pub async fn change(
 mod tests {
     #[test]
     fn phone_numbers_are_digits_with_a_country_code() {
-        assert_eq!(super::check_phone("+55 11 99999-8888").unwrap(), "5511999998888");
+        assert_eq!(
+            super::check_phone("+55 11 99999-8888").unwrap(),
+            "5511999998888"
+        );
         assert!(super::check_phone("123").is_err());
         assert!(super::check_phone("55119999x8888").is_err());
         assert!(super::check_phone("1234567890123456").is_err());

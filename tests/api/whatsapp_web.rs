@@ -51,7 +51,11 @@ impl FakeWeb {
     }
 
     fn handler(&self, acc: &str) -> Arc<dyn WebHandler> {
-        self.st().handlers.get(acc).cloned().expect("a connection was started")
+        self.st()
+            .handlers
+            .get(acc)
+            .cloned()
+            .expect("a connection was started")
     }
 
     /// The phone scanned the code: the device is stored as paired, then it connects.
@@ -245,7 +249,10 @@ async fn pair_by_qr_then_answer(backend: Backend) {
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json["state"], "pairing", "{}", r.text);
     assert_eq!(r.json["qr"]["code"], QR);
-    assert!(r.json["qr"]["svg"].as_str().unwrap().starts_with("<?xml") || r.json["qr"]["svg"].as_str().unwrap().contains("<svg"));
+    assert!(
+        r.json["qr"]["svg"].as_str().unwrap().starts_with("<?xml")
+            || r.json["qr"]["svg"].as_str().unwrap().contains("<svg")
+    );
     assert!(r.json["qr"]["expires_at"].is_string());
 
     // The dashboard's account page shows the code while pairing.
@@ -253,7 +260,10 @@ async fn pair_by_qr_then_answer(backend: Backend) {
     visitor.login().await;
     let page = visitor.get("/accounts/shop").await;
     assert!(page.body.contains("id=\"wa-qr\""), "{}", page.body);
-    assert!(page.body.contains("<svg"), "the QR code is drawn on the page");
+    assert!(
+        page.body.contains("<svg"),
+        "the QR code is drawn on the page"
+    );
 
     fake.scan("shop").await;
     let s = wait_state(&app, "shop", "connected").await;
@@ -261,9 +271,12 @@ async fn pair_by_qr_then_answer(backend: Backend) {
     let acc = app.admin("GET", "/v1/accounts/shop", None).await;
     assert_eq!(acc.json["connection"]["state"], "connected");
 
-    fake.say("shop", text("3EB0C001", CUSTOMER, CUSTOMER, "hi, are you open?"))
-        .await
-        .expect("committed before the ack");
+    fake.say(
+        "shop",
+        text("3EB0C001", CUSTOMER, CUSTOMER, "hi, are you open?"),
+    )
+    .await
+    .expect("committed before the ack");
     let sent = eventually(10, "the AI answer is sent", || async {
         let sent = fake.sent();
         (!sent.is_empty()).then_some(sent)
@@ -275,9 +288,12 @@ async fn pair_by_qr_then_answer(backend: Backend) {
     );
     assert!(fake.st().typing.contains(&("shop".into(), CUSTOMER.into())));
     // A redelivery of the same message (an ack lost) is a duplicate: no second answer.
-    fake.say("shop", text("3EB0C001", CUSTOMER, CUSTOMER, "hi, are you open?"))
-        .await
-        .unwrap();
+    fake.say(
+        "shop",
+        text("3EB0C001", CUSTOMER, CUSTOMER, "hi, are you open?"),
+    )
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(fake.sent().len(), 1);
 
@@ -287,7 +303,7 @@ async fn pair_by_qr_then_answer(backend: Backend) {
         .await
         .into_iter()
         .find(|m| m["direction"] == "outbound")
-        .and_then(|m| m["message_id"].as_str().map(str::to_string))
+        .and_then(|m| m["id"].as_str().map(str::to_string))
         .expect("the answer is stored");
     h.event(WebEvent::Receipt {
         chat: CUSTOMER.into(),
@@ -299,7 +315,7 @@ async fn pair_by_qr_then_answer(backend: Backend) {
         messages(&app, "shop", CUSTOMER)
             .await
             .into_iter()
-            .find(|m| m["message_id"] == sent_id.as_str() && m["status"] == "read")
+            .find(|m| m["id"] == sent_id.as_str() && m["status"] == "read")
     })
     .await;
 
@@ -310,7 +326,10 @@ async fn pair_by_qr_then_answer(backend: Backend) {
     let text = events.text.clone();
     assert!(text.contains("WhatsAppWebConnectRequested"), "{text}");
     assert!(text.contains("\"connected\""), "{text}");
-    assert!(!text.contains("fakeNoiseKey"), "a QR code is never recorded");
+    assert!(
+        !text.contains("fakeNoiseKey"),
+        "a QR code is never recorded"
+    );
 
     // A restart reconnects with the stored session: no new QR code.
     let before = fake.st().connects["shop"];
@@ -338,7 +357,11 @@ async fn connect_is_idempotent_and_logout_erases(backend: Backend) {
     wait_state(&app, "shop", "connected").await;
 
     let r = app
-        .admin("POST", "/v1/accounts/shop/whatsapp-web/connect", Some(json!({})))
+        .admin(
+            "POST",
+            "/v1/accounts/shop/whatsapp-web/connect",
+            Some(json!({})),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json["state"], "connected");
@@ -350,10 +373,16 @@ async fn connect_is_idempotent_and_logout_erases(backend: Backend) {
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json["state"], "logged_out");
     assert_eq!(r.json["wanted"], false);
-    assert!(r.json["reason"].as_str().unwrap().contains("logged out by admin:"));
+    assert!(r.json["reason"]
+        .as_str()
+        .unwrap()
+        .contains("logged out by admin:"));
     assert_eq!(fake.st().live["shop"], 0);
     let backend = fake.st().backends["shop"].clone();
-    assert!(backend.load().await.unwrap().is_none(), "the session is erased");
+    assert!(
+        backend.load().await.unwrap().is_none(),
+        "the session is erased"
+    );
 
     // Sends fail clearly while logged out (never a retry loop).
     let r = app
@@ -422,7 +451,12 @@ async fn inbound_kinds(backend: Backend) {
         return;
     };
     let stub = model("ok").await;
-    configure(&app, &stub, json!({"reply_to_groups": true, "trigger": "mention"})).await;
+    configure(
+        &app,
+        &stub,
+        json!({"reply_to_groups": true, "trigger": "mention"}),
+    )
+    .await;
     create_web_account(&app, "shop").await;
     app.admin("POST", "/v1/accounts/shop/whatsapp-web/connect", None)
         .await;
@@ -450,7 +484,12 @@ async fn inbound_kinds(backend: Backend) {
     .await;
 
     let group = "120363021033254949@g.us";
-    let mut g = text("G1", group, "5511777770000@s.whatsapp.net", "@shop what time?");
+    let mut g = text(
+        "G1",
+        group,
+        "5511777770000@s.whatsapp.net",
+        "@shop what time?",
+    );
     g.mentions_me = true;
     g.quoted = Some(Quoted {
         id: Some("Q1".into()),
@@ -492,8 +531,12 @@ async fn corrupt_session_asks_for_pairing(backend: Backend) {
     create_web_account(&app, "shop").await;
     create_web_account(&app, "other").await;
     for acc in ["shop", "other"] {
-        app.admin("POST", &format!("/v1/accounts/{acc}/whatsapp-web/connect"), None)
-            .await;
+        app.admin(
+            "POST",
+            &format!("/v1/accounts/{acc}/whatsapp-web/connect"),
+            None,
+        )
+        .await;
         wait_state(&app, acc, "pairing").await;
         fake.scan(acc).await;
         wait_state(&app, acc, "connected").await;
@@ -510,7 +553,10 @@ async fn corrupt_session_asks_for_pairing(backend: Backend) {
     app.restart().await;
     let s = wait_state(&app, "shop", "pairing").await;
     assert!(
-        s["reason"].as_str().unwrap_or("").contains("pair the phone again"),
+        s["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("pair the phone again"),
         "{s}"
     );
     wait_state(&app, "other", "connected").await;
@@ -522,7 +568,10 @@ crate::both_stores!(
     connect_is_idempotent_and_logout_erases(Backend)
 );
 crate::both_stores!(web_pair_by_phone_number, pair_by_phone_number(Backend));
-crate::both_stores!(web_other_transports_are_refused, other_transports_are_refused(Backend));
+crate::both_stores!(
+    web_other_transports_are_refused,
+    other_transports_are_refused(Backend)
+);
 crate::both_stores!(web_inbound_kinds, inbound_kinds(Backend));
 crate::both_stores!(
     web_corrupt_session_asks_for_pairing,

@@ -54,3 +54,30 @@
   // What changed between the page's render and the feed's (re)connection is fetched once.
   feed.addEventListener("open", soon);
 })();
+
+// A WhatsApp Web account that is pairing: its panel (the QR code changes every ~20 s, then the
+// state turns "connected") is fetched again every few seconds until it no longer asks to be.
+(function () {
+  "use strict";
+  if (!window.fetch || !window.DOMParser) return;
+  function poll() {
+    var panel = document.getElementById("wa-panel");
+    if (!panel || !panel.hasAttribute("data-poll")) return;
+    var secs = parseInt(panel.getAttribute("data-poll"), 10) || 3;
+    window.setTimeout(function () {
+      if (document.visibilityState !== "visible") { poll(); return; }
+      fetch(window.location.pathname, { credentials: "same-origin", redirect: "error" })
+        .then(function (r) { return r.ok ? r.text() : Promise.reject(r.status); })
+        .then(function (html) {
+          var fresh = new DOMParser().parseFromString(html, "text/html").getElementById("wa-panel");
+          var old = document.getElementById("wa-panel");
+          if (fresh && old && !old.contains(document.activeElement)) {
+            old.replaceWith(document.importNode(fresh, true));
+          }
+        })
+        .catch(function () { /* keep the current view */ })
+        .then(poll);
+    }, secs * 1000);
+  }
+  poll();
+})();
