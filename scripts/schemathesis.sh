@@ -109,6 +109,8 @@ trap cleanup EXIT
 while IFS= read -r var; do unset "$var"; done < <(env | sed -n 's/^\(\(WAGATE\|OPENAI\)_[A-Z0-9_]*\)=.*/\1/p' | grep -vx WAGATE_BIN)
 export WAGATE_DATA_DIR="$work/data" WAGATE_LISTEN=127.0.0.1:0
 export WAGATE_DATABASE_URL="sqlite://$work/data/wagate.db" RUST_LOG="${RUST_LOG:-warn}"
+# WhatsApp Web accounts it creates connect to a closed loopback port, never to WhatsApp.
+export WAGATE_WHATSAPP_WEB_URL="ws://127.0.0.1:9/ws/chat" WAGATE_WHATSAPP_WEB_VERSION="2.3000.1"
 mkdir -p "$WAGATE_DATA_DIR"
 : >"$work/serve.log" # exists before the server (a background job) opens it
 "$WAGATE_BIN" serve >>"$work/serve.log" 2>&1 &

@@ -231,6 +231,58 @@ pub struct Config {
     pub api_rate_limit: Option<ApiRateLimit>,
     /// How gateways sharing a PostgreSQL store divide the accounts (ADR 0026).
     pub cluster: ClusterConfig,
+    /// Where WhatsApp Web connections go (issue 23).
+    pub whatsapp_web: WhatsAppWebConfig,
+}
+
+/// Overrides for WhatsApp Web connections; both unset in production.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WhatsAppWebConfig {
+    /// `WAGATE_WHATSAPP_WEB_URL`: the `ws://` or `wss://` endpoint instead of WhatsApp's (a relay,
+    /// or a loopback stand-in in tests).
+    pub url: Option<String>,
+    /// `WAGATE_WHATSAPP_WEB_VERSION` (`2.3000.1023…`): the client version to announce instead of
+    /// fetching WhatsApp Web's current one.
+    pub version: Option<(u32, u32, u32)>,
+}
+
+fn parse_whatsapp_web(vars: &Vars<'_>) -> Result<WhatsAppWebConfig, ConfigError> {
+    let url = match vars
+        .get("WAGATE_WHATSAPP_WEB_URL")
+        .map(|u| u.trim().to_string())
+    {
+        Some(u) if u.is_empty() => None,
+        Some(u) => match url::Url::parse(&u) {
+            Ok(p) if matches!(p.scheme(), "ws" | "wss") && p.host_str().is_some() => Some(u),
+            _ => {
+                return Err(invalid(
+                    "WAGATE_WHATSAPP_WEB_URL",
+                    "must be a ws:// or wss:// URL",
+                ))
+            }
+        },
+        None => None,
+    };
+    let version = match vars
+        .get("WAGATE_WHATSAPP_WEB_VERSION")
+        .map(|v| v.trim().to_string())
+    {
+        Some(v) if v.is_empty() => None,
+        Some(v) => {
+            let parts: Vec<Option<u32>> = v.split('.').map(|p| p.parse().ok()).collect();
+            match parts.as_slice() {
+                [Some(a), Some(b), Some(c)] => Some((*a, *b, *c)),
+                _ => {
+                    return Err(invalid(
+                        "WAGATE_WHATSAPP_WEB_VERSION",
+                        "must be three numbers, e.g. 2.3000.1023456789",
+                    ))
+                }
+            }
+        }
+        None => None,
+    };
+    Ok(WhatsAppWebConfig { url, version })
 }
 
 /// This gateway's place among the gateways sharing a PostgreSQL store.
@@ -1060,6 +1112,7 @@ impl Config {
         )? as u64;
         let api_rate_limit = parse_api_rate_limit(&plain)?;
         let cluster = parse_cluster(&vars, &plain, listen)?;
+        let whatsapp_web = parse_whatsapp_web(&vars)?;
 
         Ok((
             Config {
@@ -1085,6 +1138,7 @@ impl Config {
                 http,
                 api_rate_limit,
                 cluster,
+                whatsapp_web,
             },
             first,
         ))

@@ -143,7 +143,15 @@ pub async fn start_with(config: Config, extras: Extras) -> Result<Running, Start
     let connector: Arc<dyn WebConnector> = match extras.web_connector {
         Some(c) => c,
         None => {
-            Arc::new(LibraryConnector::new().map_err(|e| StartupError::WhatsAppWeb(e.to_string()))?)
+            let mut c =
+                LibraryConnector::new().map_err(|e| StartupError::WhatsAppWeb(e.to_string()))?;
+            if let Some(url) = &app.config.whatsapp_web.url {
+                c = c.with_ws_url(url.clone());
+            }
+            if let Some(v) = app.config.whatsapp_web.version {
+                c = c.with_version(v);
+            }
+            Arc::new(c)
         }
     };
     let _ = app.web.set(WebSessions::new(

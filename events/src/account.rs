@@ -752,6 +752,89 @@ mod tests {
             .then_expect_error(DomainError::NotFound("account not found".into()));
     }
 
+    fn web_created() -> AccountEvent {
+        AccountEvent::AccountCreated {
+            id: "shop".into(),
+            name: "Shop".into(),
+            transport: Transport::WhatsappWeb,
+        }
+    }
+
+    /// Connect is recorded once; a state is recorded when it changes; logged out ends the wish
+    /// to connect, so the next connect is recorded again.
+    #[test]
+    fn whatsapp_web_connect_and_states() {
+        use crate::whatsapp_web::WebConnectionState as S;
+        let state = |s: S, r: Option<&str>| AccountEvent::WhatsAppWebStateChanged {
+            state: s,
+            reason: r.map(Into::into),
+        };
+        let record = |s: S| AccountCommand::RecordWhatsAppWebState {
+            state: s,
+            reason: None,
+        };
+        Fw::with(())
+            .given(vec![web_created()])
+            .when(AccountCommand::ConnectWhatsAppWeb)
+            .then_expect_events(vec![AccountEvent::WhatsAppWebConnectRequested]);
+        Fw::with(())
+            .given(vec![
+                web_created(),
+                AccountEvent::WhatsAppWebConnectRequested,
+            ])
+            .when(AccountCommand::ConnectWhatsAppWeb)
+            .then_expect_events(vec![]);
+        Fw::with(())
+            .given(vec![
+                web_created(),
+                AccountEvent::WhatsAppWebConnectRequested,
+            ])
+            .when(record(S::Pairing))
+            .then_expect_events(vec![state(S::Pairing, None)]);
+        Fw::with(())
+            .given(vec![web_created(), state(S::Connected, None)])
+            .when(record(S::Connected))
+            .then_expect_events(vec![]);
+        Fw::with(())
+            .given(vec![
+                web_created(),
+                AccountEvent::WhatsAppWebConnectRequested,
+                state(S::LoggedOut, Some("unlinked")),
+            ])
+            .when(AccountCommand::ConnectWhatsAppWeb)
+            .then_expect_events(vec![AccountEvent::WhatsAppWebConnectRequested]);
+        Fw::with(())
+            .given(vec![web_created()])
+            .when(AccountCommand::ChangeWhatsAppWeb {
+                mark_read: Some(true),
+            })
+            .then_expect_events(vec![AccountEvent::WhatsAppWebSettingsChanged {
+                mark_read: true,
+            }]);
+    }
+
+    /// The WhatsApp Web commands are refused for another transport (409) and for a deleted
+    /// account (404); a whatsapp_web account takes no cloud_api settings.
+    #[test]
+    fn whatsapp_web_commands_need_a_whatsapp_web_account() {
+        Fw::with(())
+            .given(vec![created()])
+            .when(AccountCommand::ConnectWhatsAppWeb)
+            .then_expect_error(DomainError::Conflict(
+                "this account does not use the whatsapp_web transport".into(),
+            ));
+        Fw::with(())
+            .given(vec![web_created(), AccountEvent::AccountDeleted])
+            .when(AccountCommand::ConnectWhatsAppWeb)
+            .then_expect_error(DomainError::NotFound("account not found".into()));
+        Fw::with(())
+            .given(vec![web_created()])
+            .when(AccountCommand::ChangeCloudApi(CloudApiPatch::default()))
+            .then_expect_error(DomainError::Conflict(
+                "this account does not use the cloud_api transport".into(),
+            ));
+    }
+
     #[test]
     fn create_account() {
         Fw::with(())

@@ -95,6 +95,7 @@ async fn render_list(
                         aria-describedby=[render::described_by(state, "create-transport", "transport", false)] {
                         option value="sandbox" selected[state.value("transport") == "sandbox"] { "sandbox (embedded, for trying things out)" }
                         option value="cloud_api" selected[state.value("transport") == "cloud_api"] { "cloud_api (WhatsApp Business Cloud API)" }
+                        option value="whatsapp_web" selected[state.value("transport") == "whatsapp_web"] { "whatsapp_web (a phone's WhatsApp, linked by QR code)" }
                     }
                     (render::field_error(state, "create-transport", "transport"))
                 }

@@ -14,7 +14,7 @@ use crate::app::{App, Who};
 use crate::transport::whatsapp_web::qr_svg;
 
 /// How long `connect` waits for a code or a connection before it answers.
-const CONNECT_WAIT: Duration = Duration::from_secs(8);
+const CONNECT_WAIT: Duration = Duration::from_secs(5);
 
 /// A QR code to scan with the phone (WhatsApp > Linked devices > Link a device).
 #[derive(Debug, Serialize, ToSchema)]

@@ -3,174 +3,21 @@
 //! would (a QR code, the pairing, connected, messages, receipts) and records what the gateway
 //! sends. The session store under it is the real one, on both stores.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use serde_json::{json, Value};
-use wacore::store::Device;
 use wagate_events::chat::{DeliveryStatus, MessageKind};
-use wagate_waweb::port::{
-    ConnectOptions, Quoted, SessionBackend, WebConnection, WebConnector, WebError, WebEvent,
-    WebHandler, WebInbound,
-};
+use wagate_waweb::port::{Quoted, WebEvent, WebInbound};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::dashboard::Visitor;
+use crate::fake_web::{FakeWeb, OWN, QR};
 use crate::helpers::{eventually, Backend, TestApp};
 use crate::replies::{completion, configure, messages};
 
 const CUSTOMER: &str = "5511999990001@s.whatsapp.net";
-const OWN: &str = "5511888880000@s.whatsapp.net";
-const QR: &str = "2@fakeRef0123456789,fakeNoiseKeyAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=,fakeIdentityKeyBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB=,fakeAdvSecretCCCCCCCCCCCCCCCCCCCC=";
-
-/// What the fake saw and holds, by account.
-#[derive(Default)]
-struct FakeState {
-    handlers: HashMap<String, Arc<dyn WebHandler>>,
-    backends: HashMap<String, Arc<dyn SessionBackend>>,
-    /// Connections started, and those not stopped yet.
-    connects: HashMap<String, usize>,
-    live: HashMap<String, usize>,
-    pair_phones: Vec<String>,
-    sent: Vec<(String, String, String)>,
-    typing: Vec<(String, String)>,
-    read: Vec<(String, String, Vec<String>)>,
-}
-
-/// A WhatsApp Web stand-in: unpaired sessions get a QR code (or a pair code), paired ones
-/// connect at once.
-#[derive(Clone, Default)]
-struct FakeWeb(Arc<Mutex<FakeState>>);
-
-impl FakeWeb {
-    fn st(&self) -> std::sync::MutexGuard<'_, FakeState> {
-        self.0.lock().unwrap()
-    }
-
-    fn handler(&self, acc: &str) -> Arc<dyn WebHandler> {
-        self.st()
-            .handlers
-            .get(acc)
-            .cloned()
-            .expect("a connection was started")
-    }
-
-    /// The phone scanned the code: the device is stored as paired, then it connects.
-    async fn scan(&self, acc: &str) {
-        let backend = self.st().backends.get(acc).cloned().expect("backend");
-        let mut device = Device::new();
-        device.pn = Some(OWN.parse().unwrap());
-        device.push_name = "Shop".into();
-        backend.save(&device).await.expect("device saved");
-        let h = self.handler(acc);
-        h.event(WebEvent::Paired { jid: OWN.into() }).await;
-        h.event(WebEvent::Connected).await;
-    }
-
-    async fn say(&self, acc: &str, m: WebInbound) -> Result<(), String> {
-        self.handler(acc).messages(vec![m]).await
-    }
-
-    fn sent(&self) -> Vec<(String, String, String)> {
-        self.st().sent.clone()
-    }
-}
-
-#[async_trait]
-impl WebConnector for FakeWeb {
-    async fn connect(&self, o: ConnectOptions) -> Result<Arc<dyn WebConnection>, WebError> {
-        let paired = o
-            .backend
-            .load()
-            .await
-            .map_err(|e| WebError::permanent(e.to_string()))?
-            .is_some_and(|d| d.pn.is_some());
-        {
-            let mut st = self.st();
-            st.handlers.insert(o.account.clone(), o.handler.clone());
-            st.backends.insert(o.account.clone(), o.backend.clone());
-            *st.connects.entry(o.account.clone()).or_default() += 1;
-            *st.live.entry(o.account.clone()).or_default() += 1;
-            if let Some(p) = &o.pair_phone {
-                st.pair_phones.push(p.clone());
-            }
-        }
-        let handler = o.handler.clone();
-        let phone = o.pair_phone.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(30)).await;
-            match (paired, phone) {
-                (true, _) => handler.event(WebEvent::Connected).await,
-                (false, Some(_)) => {
-                    handler
-                        .event(WebEvent::PairCode {
-                            code: "ABCD-EFGH".into(),
-                            valid_for: Duration::from_secs(180),
-                        })
-                        .await
-                }
-                (false, None) => {
-                    handler
-                        .event(WebEvent::Qr {
-                            code: QR.into(),
-                            valid_for: Duration::from_secs(60),
-                        })
-                        .await
-                }
-            }
-        });
-        Ok(Arc::new(FakeConn {
-            web: self.clone(),
-            account: o.account,
-            stopped: Mutex::new(false),
-        }))
-    }
-}
-
-struct FakeConn {
-    web: FakeWeb,
-    account: String,
-    stopped: Mutex<bool>,
-}
-
-#[async_trait]
-impl WebConnection for FakeConn {
-    async fn send_text(&self, chat: &str, text: &str) -> Result<String, WebError> {
-        let mut st = self.web.st();
-        st.sent
-            .push((self.account.clone(), chat.to_string(), text.to_string()));
-        Ok(format!("3EB0FAKE{}", st.sent.len()))
-    }
-    async fn typing(&self, chat: &str, composing: bool) -> Result<(), WebError> {
-        if composing {
-            self.web
-                .st()
-                .typing
-                .push((self.account.clone(), chat.to_string()));
-        }
-        Ok(())
-    }
-    async fn mark_read(&self, chat: &str, _sender: &str, ids: &[String]) -> Result<(), WebError> {
-        self.web
-            .st()
-            .read
-            .push((self.account.clone(), chat.to_string(), ids.to_vec()));
-        Ok(())
-    }
-    async fn logout(&self) -> Result<(), WebError> {
-        Ok(())
-    }
-    async fn stop(&self) {
-        let mut stopped = self.stopped.lock().unwrap();
-        if !*stopped {
-            *stopped = true;
-            *self.web.st().live.entry(self.account.clone()).or_default() -= 1;
-        }
-    }
-}
 
 fn text(id: &str, chat: &str, sender: &str, body: &str) -> WebInbound {
     WebInbound {
@@ -241,6 +88,19 @@ async fn pair_by_qr_then_answer(backend: Backend) {
     };
     let stub = model("Hello from the shop").await;
     configure(&app, &stub, json!({})).await;
+    let receiver = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&receiver)
+        .await;
+    let hook = app
+        .admin(
+            "POST",
+            "/v1/webhooks",
+            Some(json!({"url": format!("{}/hook", receiver.uri()), "events": ["account.connection"]})),
+        )
+        .await;
+    assert_eq!(hook.status, 201, "{}", hook.text);
     create_web_account(&app, "shop").await;
 
     let r = app
@@ -329,6 +189,32 @@ async fn pair_by_qr_then_answer(backend: Backend) {
     assert!(
         !text.contains("fakeNoiseKey"),
         "a QR code is never recorded"
+    );
+    // Each state reached the subscriber as `account.connection`, without the code.
+    let (states, bodies) = eventually(15, "account.connection webhooks", || async {
+        let bodies: Vec<Value> = receiver
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .map(|r| serde_json::from_slice(&r.body).unwrap_or(Value::Null))
+            .collect();
+        let states: Vec<String> = bodies
+            .iter()
+            .filter(|b| b["type"] == "account.connection")
+            .filter_map(|b| b["data"]["state"].as_str().map(str::to_string))
+            .collect();
+        states
+            .contains(&"connected".to_string())
+            .then_some((states, bodies))
+    })
+    .await;
+    assert!(states.contains(&"pairing".to_string()), "{states:?}");
+    assert!(
+        !serde_json::to_string(&bodies)
+            .unwrap()
+            .contains("fakeNoiseKey"),
+        "a webhook never carries the QR code"
     );
 
     // A restart reconnects with the stored session: no new QR code.

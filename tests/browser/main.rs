@@ -6,6 +6,9 @@
 //! Without chromium / chromedriver these tests fail when `CI` is set and are skipped loudly
 //! otherwise (`scripts/test.sh` installs both).
 
+#[allow(dead_code)]
+#[path = "../api/fake_web.rs"]
+mod fake_web;
 #[allow(dead_code, unused_imports, unused_macros)]
 #[path = "../api/helpers.rs"]
 mod helpers;
@@ -1223,4 +1226,59 @@ async fn every_page_at_phone_width_and_in_dark_mode() {
     assert!(fits_width(&dark).await);
     full_shot(&dark, "chat-dark-phone", 390, 844).await;
     dark.close().await.expect("close");
+}
+
+/// A new user's WhatsApp Web pairing in the browser: create the account on the accounts page,
+/// connect it, see the QR code drawn on its page; when the phone scans it, the panel turns
+/// "connected" by itself, without a reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whatsapp_web_pairing_panel() {
+    let Some(driver) = start_driver() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vars = TestApp::vars(Backend::Sqlite, &dir).await.expect("sqlite");
+    let fake = fake_web::FakeWeb::default();
+    let app = TestApp::spawn_with_web(
+        Backend::Sqlite,
+        dir,
+        vars,
+        Some(std::sync::Arc::new(fake.clone())),
+    )
+    .await;
+    let c = browser(&driver).await;
+    c.goto(&format!("{}/accounts", app.base))
+        .await
+        .expect("open");
+    login(&c).await;
+    fill(&c, "#create-id", "shop").await;
+    select(&c, "#create-transport", "whatsapp_web").await;
+    submit(&c, "form[action='/accounts'] button[type=submit]").await;
+    c.goto(&format!("{}/accounts/shop", app.base))
+        .await
+        .expect("open");
+    assert_eq!(text_of(&c, "#wa-state strong").await, "stopped");
+    submit(&c, "#wa-panel form button[type=submit]").await;
+    eventually(10, "the QR code is drawn", || async {
+        c.find(Locator::Css("#wa-qr svg")).await.ok()
+    })
+    .await;
+    assert_eq!(text_of(&c, "#wa-state strong").await, "pairing");
+    full_shot(&c, "whatsapp-web-pairing", 1280, 1000).await;
+
+    fake.scan("shop").await;
+    eventually(15, "the panel shows connected by itself", || async {
+        let state = c
+            .find(Locator::Css("#wa-state strong"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        (state == "connected").then_some(())
+    })
+    .await;
+    assert!(
+        c.find(Locator::Css("#wa-qr")).await.is_err(),
+        "the code is gone once paired"
+    );
+    let _ = c.close().await;
 }
