@@ -318,6 +318,22 @@ impl WebSessions {
         Ok(())
     }
 
+    /// The account was deleted: unlink its device (when connected here) and erase its session.
+    pub async fn account_deleted(&self, account: &str) {
+        if let Some(link) = self.link(account) {
+            if let Some(conn) = link.connection() {
+                if let Err(e) = conn.logout().await {
+                    tracing::warn!(account = %account, error = %e, "a deleted account's device was not unlinked; remove it on the phone");
+                }
+            }
+            link.shut();
+            link.stop().await;
+        }
+        if let Err(e) = self.stores.erase(account).await {
+            tracing::error!(account = %account, error = %e, "cannot erase a deleted account's whatsapp_web session");
+        }
+    }
+
     /// The codes on offer for `account` (409 for another transport or when another node runs
     /// it).
     pub fn pairing(&self, account: &str) -> Result<Pairing, crate::service::Error> {

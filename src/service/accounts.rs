@@ -367,8 +367,15 @@ pub async fn create(app: &App, who: &Who, req: NewAccount) -> Result<AccountResp
 /// Deletes an account and stops its actors: its tokens stop working; its history stays
 /// replayable and its id stays reserved.
 pub async fn delete(app: &App, who: &Who, acc: &str) -> Result<()> {
+    let web = app
+        .model()
+        .account(acc)
+        .is_some_and(|a| a.transport == Transport::WhatsappWeb);
     app.execute(&app.accounts, acc, AccountCommand::Delete, who)
         .await?;
+    if let (true, Some(sessions)) = (web, app.web.get()) {
+        sessions.account_deleted(acc).await;
+    }
     if let Ok(gateway) = app.gateway() {
         gateway.stop_account(acc).await;
     }

@@ -276,6 +276,18 @@ async fn connect_is_idempotent_and_logout_erases(backend: Backend) {
         .await;
     assert_eq!(r.json["state"], "pairing", "{}", r.text);
     assert_eq!(r.json["qr"]["code"], QR);
+
+    // Deleting the account closes its connection and erases its session.
+    fake.scan("shop").await;
+    wait_state(&app, "shop", "connected").await;
+    assert!(backend.load().await.unwrap().is_some());
+    let r = app.admin("DELETE", "/v1/accounts/shop", None).await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    assert_eq!(fake.st().live["shop"], 0);
+    assert!(
+        backend.load().await.unwrap().is_none(),
+        "the session is erased"
+    );
 }
 
 /// Pairing by phone number shows the 8-character code; a bad number is a 400 that changes
