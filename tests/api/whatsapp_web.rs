@@ -381,6 +381,37 @@ async fn inbound_kinds(backend: Backend) {
     })
     .await;
 
+    // With mark_read on, a message the AI answers gets a read receipt.
+    assert!(fake.st().read.is_empty(), "mark_read is off by default");
+    let r = app
+        .admin(
+            "PATCH",
+            "/v1/accounts/shop/whatsapp-web",
+            Some(json!({"mark_read": true})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["wanted"], true);
+    let bad = app
+        .admin(
+            "PATCH",
+            "/v1/accounts/shop/whatsapp-web",
+            Some(json!({"mark_read": "yes"})),
+        )
+        .await;
+    assert_eq!(bad.status, 400, "{}", bad.text);
+    fake.say("shop", text("C1", CUSTOMER, CUSTOMER, "read me"))
+        .await
+        .unwrap();
+    eventually(10, "a read receipt for the answered message", || async {
+        fake.st()
+            .read
+            .iter()
+            .any(|(_, chat, ids)| chat == CUSTOMER && ids == &vec!["C1".to_string()])
+            .then_some(())
+    })
+    .await;
+
     let group = "120363021033254949@g.us";
     let mut g = text(
         "G1",
@@ -475,3 +506,95 @@ crate::both_stores!(
     web_corrupt_session_asks_for_pairing,
     corrupt_session_asks_for_pairing(Backend)
 );
+
+/// Two gateways on one PostgreSQL: only the node that runs the account connects it; when that
+/// node stops, the other takes the account over and reconnects from the stored session (no new
+/// QR code), and there is never more than one live connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_takeover_reconnects_without_a_new_scan() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(mut vars) = TestApp::vars(Backend::Postgres, &dir).await else {
+        return;
+    };
+    vars.insert("WAGATE_NODE_ID".into(), "n1".into());
+    vars.insert("WAGATE_LEASE_SECONDS".into(), "3".into());
+    let fake = FakeWeb::default();
+    let app =
+        TestApp::spawn_with_web(Backend::Postgres, dir, vars, Some(Arc::new(fake.clone()))).await;
+    let n2 = wagate::startup::start_with(
+        app.config_as("n2"),
+        wagate::startup::Extras {
+            web_connector: Some(Arc::new(fake.clone())),
+        },
+    )
+    .await
+    .expect("n2 starts");
+    let n2_base = format!("http://{}", n2.addr);
+    create_web_account(&app, "shop").await;
+    let r = app
+        .admin("POST", "/v1/accounts/shop/whatsapp-web/connect", None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // Whichever node runs the account connects it; the codes are served there.
+    let owner_base = eventually(15, "one node pairs the account", || async {
+        for base in [app.base.clone(), n2_base.clone()] {
+            let token = app.admin_token();
+            let s = app
+                .call_at(
+                    &base,
+                    "GET",
+                    "/v1/accounts/shop/whatsapp-web/qr",
+                    Some(&token),
+                    None,
+                )
+                .await;
+            if s.status == 200 && s.json["qr"]["code"] == QR {
+                return Some(base);
+            }
+        }
+        None
+    })
+    .await;
+    fake.scan("shop").await;
+    wait_state(&app, "shop", "connected").await;
+    assert_eq!(fake.st().live["shop"], 1);
+    let connects = fake.st().connects["shop"];
+
+    // The owner stops: the other node takes over and reconnects with the stored session.
+    let survivor = if owner_base == app.base {
+        let mut app = app;
+        let token = app.admin_token();
+        app.running.take().expect("running").stop().await;
+        let s = eventually(20, "n2 reconnects the account", || async {
+            let s = app
+                .call_at(
+                    &n2_base,
+                    "GET",
+                    "/v1/accounts/shop/whatsapp-web/qr",
+                    Some(&token),
+                    None,
+                )
+                .await;
+            (s.status == 200
+                && s.json["state"] == "connected"
+                && fake.st().connects["shop"] > connects)
+                .then_some(s)
+        })
+        .await;
+        assert!(s.json["qr"].is_null(), "no new QR code: {}", s.text);
+        assert_eq!(fake.st().live["shop"], 1, "never two live connections");
+        n2.stop().await;
+        "n2"
+    } else {
+        n2.stop().await;
+        eventually(20, "n1 reconnects the account", || async {
+            let s = state(&app, "shop").await;
+            (s["state"] == "connected" && fake.st().connects["shop"] > connects).then_some(())
+        })
+        .await;
+        assert!(state(&app, "shop").await["qr"].is_null());
+        assert_eq!(fake.st().live["shop"], 1, "never two live connections");
+        "n1"
+    };
+    eprintln!("{survivor} took the account over");
+}
