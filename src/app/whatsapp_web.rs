@@ -794,6 +794,18 @@ fn send_error(e: WebError) -> SendError {
 
 impl WebSession {
     fn conn(&self) -> Result<Arc<dyn WebConnection>, SendError> {
+        let elsewhere = self
+            .link
+            .sessions
+            .upgrade()
+            .and_then(|s| s.app.upgrade().map(|app| !s.runs(&app, &self.link.account)))
+            .unwrap_or(false);
+        if elsewhere {
+            // The connection lives on the gateway that runs the account (ADR 0027).
+            return Err(SendError::permanent(
+                "whatsapp_web: another gateway runs this account's connection; send through it (GET /v1/nodes names it)",
+            ));
+        }
         self.link.connection().ok_or_else(|| {
             let state = self
                 .link

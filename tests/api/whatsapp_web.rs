@@ -560,6 +560,43 @@ async fn web_takeover_reconnects_without_a_new_scan() {
     assert_eq!(fake.st().live["shop"], 1);
     let connects = fake.st().connects["shop"];
 
+    // An operator message goes out through the node that holds the connection; the other node
+    // says where to send it instead of failing after retries.
+    let other_base = if owner_base == app.base {
+        n2_base.clone()
+    } else {
+        app.base.clone()
+    };
+    let token = app.admin_token();
+    let send = format!("/v1/accounts/shop/chats/{CUSTOMER}/messages");
+    let r = app
+        .call_at(
+            &owner_base,
+            "POST",
+            &send,
+            Some(&token),
+            Some(json!({"text": "hello"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    // (after the other node folded the account: it reads other nodes' commits every second)
+    let r = eventually(10, "the other node knows the account", || async {
+        let r = app
+            .call_at(
+                &other_base,
+                "POST",
+                &send,
+                Some(&token),
+                Some(json!({"text": "hello"})),
+            )
+            .await;
+        (r.status != 404).then_some(r)
+    })
+    .await;
+    assert_eq!(r.status, 502, "{}", r.text);
+    assert!(r.text.contains("another gateway runs"), "{}", r.text);
+    assert_eq!(fake.sent().len(), 1);
+
     // The owner stops: the other node takes over and reconnects with the stored session.
     let survivor = if owner_base == app.base {
         let mut app = app;
