@@ -559,6 +559,22 @@ impl Link {
     }
 
     async fn record(&self, app: &App, state: WebConnectionState, reason: Option<String>) {
+        // A process that no longer runs the account (its lease expired while it was paused or
+        // cut off) must not speak for the connection: the new owner's connection replaced this
+        // one, and its `stream_replaced` would stop the account everywhere.
+        let runs = self
+            .sessions
+            .upgrade()
+            .is_some_and(|s| s.runs(app, &self.account));
+        if !runs {
+            tracing::debug!(account = %self.account, state = state.as_str(), "whatsapp_web state not recorded: another gateway runs the account");
+            return;
+        }
+        // The same state without a new reason keeps the reason recorded (a new QR code while
+        // pairing after a corrupt session still says why the account pairs).
+        if reason.is_none() && web_state(app, &self.account).is_some_and(|w| w.state == state) {
+            return;
+        }
         let who = Who {
             actor: "system:whatsapp_web".into(),
             request_id: None,

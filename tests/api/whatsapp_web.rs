@@ -598,6 +598,7 @@ async fn web_takeover_reconnects_without_a_new_scan() {
     assert_eq!(fake.sent().len(), 1);
 
     // The owner stops: the other node takes over and reconnects with the stored session.
+    let old_handler = fake.handler("shop");
     let survivor = if owner_base == app.base {
         let mut app = app;
         let token = app.admin_token();
@@ -620,6 +621,19 @@ async fn web_takeover_reconnects_without_a_new_scan() {
         .await;
         assert!(s.json["qr"].is_null(), "no new QR code: {}", s.text);
         assert_eq!(fake.st().live["shop"], 1, "never two live connections");
+        // The old connection's late word (WhatsApp replaced it) changes nothing.
+        old_handler.event(WebEvent::StreamReplaced).await;
+        let s = app
+            .call_at(
+                &n2_base,
+                "GET",
+                "/v1/accounts/shop/whatsapp-web/qr",
+                Some(&token),
+                None,
+            )
+            .await;
+        assert_eq!(s.json["state"], "connected", "{}", s.text);
+        assert_eq!(s.json["wanted"], true, "{}", s.text);
         n2.stop().await;
         "n2"
     } else {
