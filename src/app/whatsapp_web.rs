@@ -299,12 +299,14 @@ impl WebSessions {
             return Err(not_here());
         }
         if let Some(link) = self.link(account) {
+            link.inner().logging_out = true;
             if let Some(conn) = link.connection() {
                 if let Err(e) = conn.logout().await {
                     tracing::warn!(account = %account, error = %e, "whatsapp_web logout was not confirmed by WhatsApp; the session is erased anyway");
                 }
             }
             link.stop().await;
+            link.inner().logging_out = false;
         }
         self.stores.erase(account).await.map_err(|e| {
             tracing::error!(account = %account, error = %e, "cannot erase a whatsapp_web session");
@@ -409,6 +411,8 @@ struct LinkInner {
     pairing: Pairing,
     /// The link's actor stopped: nothing starts any more.
     shut: bool,
+    /// An operator logout is under way: the connection's own `LoggedOut` is not recorded.
+    logging_out: bool,
     /// Senders of recently received messages, by message id (read receipts in groups).
     senders: HashMap<String, String>,
     order: VecDeque<String>,
@@ -720,16 +724,9 @@ impl WebHandler for LinkHandler {
             WebEvent::PairError { reason } => {
                 // The library ends the connection when pairing fails or its QR codes ran out:
                 // a new `connect` starts over.
-                link.stop().await;
                 link.inner().pairing.pair_error = Some(reason.clone());
-                link.record(
-                    &app,
-                    WebConnectionState::Stopped,
-                    Some(format!(
-                        "pairing ended: {reason}; connect again to get a new code"
-                    )),
-                )
-                .await;
+                let why = format!("pairing ended: {reason}; connect again to get a new code");
+                end(link, app, None, WebConnectionState::Stopped, Some(why));
             }
             WebEvent::Paired { .. } => {
                 link.inner().pairing = Pairing::default();
@@ -744,13 +741,10 @@ impl WebHandler for LinkHandler {
                 link.record(&app, WebConnectionState::Disconnected, None)
                     .await;
             }
+            WebEvent::LoggedOut { .. } if link.inner().logging_out => {}
             WebEvent::LoggedOut { reason } => {
-                link.stop().await;
-                if let Err(e) = sessions.stores.erase(account).await {
-                    tracing::error!(account, error = %e, "cannot erase a logged-out whatsapp_web session");
-                }
-                link.record(&app, WebConnectionState::LoggedOut, Some(reason))
-                    .await;
+                let state = WebConnectionState::LoggedOut;
+                end(link, app, Some(sessions), state, Some(reason));
             }
             WebEvent::TemporarilyBanned { reason, expires_in } => {
                 let reason = match expires_in {
@@ -761,19 +755,18 @@ impl WebHandler for LinkHandler {
                     .await;
             }
             WebEvent::ClientOutdated => {
-                link.stop().await;
-                link.record(&app, WebConnectionState::ClientOutdated, None)
-                    .await;
+                end(link, app, None, WebConnectionState::ClientOutdated, None);
             }
             WebEvent::StreamReplaced => {
                 // Another connection runs on this session: fighting it would make both flap.
-                link.stop().await;
-                link.record(
-                    &app,
+                let why = "another connection with this session replaced this one";
+                end(
+                    link,
+                    app,
+                    None,
                     WebConnectionState::StreamReplaced,
-                    Some("another connection with this session replaced this one".into()),
-                )
-                .await;
+                    Some(why.into()),
+                );
             }
             WebEvent::Receipt { chat, ids, status } => {
                 let Ok(gateway) = app.gateway() else { return };
@@ -793,6 +786,27 @@ impl WebHandler for LinkHandler {
             }
         }
     }
+}
+
+/// The connection ended for good (`state`): stop it, erase the session when `erase` holds the
+/// stores (logged out), and record the state. On a task of its own: the library reports from
+/// the queue its stop waits for.
+fn end(
+    link: Arc<Link>,
+    app: Arc<App>,
+    erase: Option<Arc<WebSessions>>,
+    state: WebConnectionState,
+    reason: Option<String>,
+) {
+    tokio::spawn(async move {
+        link.stop().await;
+        if let Some(sessions) = erase {
+            if let Err(e) = sessions.stores.erase(&link.account).await {
+                tracing::error!(account = %link.account, error = %e, "cannot erase a logged-out whatsapp_web session");
+            }
+        }
+        link.record(&app, state, reason).await;
+    });
 }
 
 /// An account's session for its actor: sends through the link's connection.

@@ -449,6 +449,23 @@ async fn inbound_kinds(backend: Backend) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(fake.sent().len(), before, "paused by the owner's message");
     assert!(fake.sent().iter().all(|(_, c, _)| c != "status@broadcast"));
+
+    // The device is removed on the phone: the session is erased, the account asks for a new
+    // pairing and does not reconnect by itself.
+    fake.handler("shop")
+        .event(WebEvent::LoggedOut {
+            reason: "device removed from the phone (401)".into(),
+        })
+        .await;
+    let s = wait_state(&app, "shop", "logged_out").await;
+    assert_eq!(s["wanted"], false);
+    assert!(s["reason"].as_str().unwrap().contains("device removed"));
+    let backend = fake.st().backends["shop"].clone();
+    eventually(10, "the session is erased", || async {
+        backend.load().await.unwrap().is_none().then_some(())
+    })
+    .await;
+    assert_eq!(fake.st().live["shop"], 0);
 }
 
 /// A session row that does not open (corrupt, or sealed for another account) is refused: the
