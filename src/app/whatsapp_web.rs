@@ -40,6 +40,22 @@ const SENDERS_KEPT: usize = 4096;
 /// Longest quoted text put in front of a reply's text for the model.
 const QUOTE_CHARS: usize = 300;
 
+/// Why a WhatsApp Web request was refused (the service layer turns it into its error).
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error(transparent)]
+    App(#[from] super::AppError),
+    #[error(transparent)]
+    Actor(#[from] ActorError),
+    #[error("{0}")]
+    NotFound(String),
+    /// 409 with a stable code (`wrong_transport`, `other_node`).
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    #[error("{0}")]
+    Unavailable(String),
+}
+
 /// What the session store says before a connection starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionHealth {
@@ -241,11 +257,11 @@ impl WebSessions {
         account: &str,
         pair_phone: Option<String>,
         wait: Duration,
-    ) -> Result<(), crate::service::Error> {
+    ) -> Result<(), LinkError> {
         let app = self
             .app
             .upgrade()
-            .ok_or_else(|| crate::service::Error::Unavailable("the gateway is stopping".into()))?;
+            .ok_or_else(|| LinkError::Unavailable("the gateway is stopping".into()))?;
         app.execute(
             &app.accounts,
             account,
@@ -264,7 +280,7 @@ impl WebSessions {
         let gateway = app.gateway()?;
         gateway.open_account(account).await?;
         let Some(link) = self.link(account) else {
-            return Err(crate::service::Error::Unavailable(
+            return Err(LinkError::Unavailable(
                 "the account's session did not open; retry".into(),
             ));
         };
@@ -289,11 +305,11 @@ impl WebSessions {
 
     /// `POST …/whatsapp-web/logout`: unlinks the device (when connected), erases the session and
     /// records `logged_out`.
-    pub async fn logout(&self, who: &Who, account: &str) -> Result<(), crate::service::Error> {
+    pub async fn logout(&self, who: &Who, account: &str) -> Result<(), LinkError> {
         let app = self
             .app
             .upgrade()
-            .ok_or_else(|| crate::service::Error::Unavailable("the gateway is stopping".into()))?;
+            .ok_or_else(|| LinkError::Unavailable("the gateway is stopping".into()))?;
         require_web(&app, account)?;
         if !self.runs(&app, account) {
             return Err(not_here());
@@ -310,7 +326,7 @@ impl WebSessions {
         }
         self.stores.erase(account).await.map_err(|e| {
             tracing::error!(account = %account, error = %e, "cannot erase a whatsapp_web session");
-            crate::service::Error::Unavailable("the session could not be erased; retry".into())
+            LinkError::Unavailable("the session could not be erased; retry".into())
         })?;
         let cmd = AccountCommand::RecordWhatsAppWebState {
             state: WebConnectionState::LoggedOut,
@@ -338,11 +354,11 @@ impl WebSessions {
 
     /// The codes on offer for `account` (409 for another transport or when another node runs
     /// it).
-    pub fn pairing(&self, account: &str) -> Result<Pairing, crate::service::Error> {
+    pub fn pairing(&self, account: &str) -> Result<Pairing, LinkError> {
         let app = self
             .app
             .upgrade()
-            .ok_or_else(|| crate::service::Error::Unavailable("the gateway is stopping".into()))?;
+            .ok_or_else(|| LinkError::Unavailable("the gateway is stopping".into()))?;
         let web = require_web(&app, account)?;
         // Nothing is on offer anywhere unless the account is wanted connected.
         if web.wanted && !self.runs(&app, account) {
@@ -379,14 +395,14 @@ fn web_state(app: &App, account: &str) -> Option<WebState> {
 }
 
 /// 404 for an unknown account, 409 for one on another transport.
-fn require_web(app: &App, account: &str) -> Result<WebState, crate::service::Error> {
+fn require_web(app: &App, account: &str) -> Result<WebState, LinkError> {
     let model = app.model();
     let acc = model
         .account(account)
-        .ok_or_else(|| crate::service::Error::not_found("account not found"))?;
+        .ok_or_else(|| LinkError::NotFound("account not found".into()))?;
     acc.whatsapp_web
         .clone()
-        .ok_or_else(|| crate::service::Error::Conflict {
+        .ok_or_else(|| LinkError::Conflict {
             code: "wrong_transport",
             message: format!(
                 "this account uses the {} transport; QR codes, pairing and logout are for whatsapp_web accounts",
@@ -396,8 +412,8 @@ fn require_web(app: &App, account: &str) -> Result<WebState, crate::service::Err
 }
 
 /// 409: the account runs on another gateway of the cluster (`GET /v1/nodes` says which).
-fn not_here() -> crate::service::Error {
-    crate::service::Error::Conflict {
+fn not_here() -> LinkError {
+    LinkError::Conflict {
         code: "other_node",
         message: "another gateway runs this account's WhatsApp Web connection (GET /v1/nodes says which); send this request to it".into(),
     }

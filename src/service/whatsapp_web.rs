@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use wagate_events::account::AccountCommand;
 
 use super::error::{Error, Result};
-use crate::app::whatsapp_web::{Offer, Pairing, WebSessions};
+use crate::app::whatsapp_web::{LinkError, Offer, Pairing, WebSessions};
 use crate::app::{App, Who};
 use crate::transport::whatsapp_web::qr_svg;
 
@@ -51,6 +51,18 @@ pub struct WhatsAppWebStatus {
     pub pair_code: Option<PairCodeView>,
     /// Why pairing ended or could not start, when it did.
     pub pair_error: Option<String>,
+}
+
+impl From<LinkError> for Error {
+    fn from(e: LinkError) -> Self {
+        match e {
+            LinkError::App(e) => e.into(),
+            LinkError::Actor(e) => e.into(),
+            LinkError::NotFound(m) => Error::NotFound(m),
+            LinkError::Conflict { code, message } => Error::Conflict { code, message },
+            LinkError::Unavailable(m) => Error::Unavailable(m),
+        }
+    }
 }
 
 fn sessions(app: &App) -> Result<&std::sync::Arc<WebSessions>> {
