@@ -281,7 +281,12 @@ pub async fn web_connect(
     posted: Posted,
 ) -> Response {
     let Posted { session, fields } = posted;
-    let phone = fields.nonblank("phone_number");
+    // People type numbers with spaces, dashes and brackets; the API takes digits.
+    let phone = fields.nonblank("phone_number").map(|p| {
+        p.chars()
+            .filter(|c| !matches!(c, ' ' | '-' | '(' | ')' | '.'))
+            .collect::<String>()
+    });
     match whatsapp_web::connect(&app, &session.who(), &acc, phone.as_deref()).await {
         Ok(_) => render::see_other(&format!("/accounts/{}#wa-h", render::enc(&acc))),
         Err(e) => {

@@ -20,20 +20,20 @@ pub use crate::service::whatsapp_web::{PairCodeView, QrCodeView, WhatsAppWebStat
 
 pub fn router() -> OpenApiRouter<SharedApp> {
     OpenApiRouter::new()
-        .routes(routes!(connect))
-        .routes(routes!(qr))
-        .routes(routes!(logout))
-        .routes(routes!(change_settings))
+        .routes(routes!(whatsapp_web_connect))
+        .routes(routes!(whatsapp_web_qr))
+        .routes(routes!(whatsapp_web_logout))
+        .routes(routes!(change_whatsapp_web))
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectRequest {
-    /// Pair by phone number instead of a QR code: the phone's number with its country code
-    /// (digits; `+`, spaces and dashes are ignored). The answer's `pair_code` is the code to
-    /// enter on the phone.
+    /// Pair by phone number instead of a QR code: the phone's number with its country code,
+    /// 7 to 15 digits, optionally after a `+`. The answer's `pair_code` is the code to enter on
+    /// the phone.
     #[serde(default)]
-    #[schema(example = "5511999998888")]
+    #[schema(example = "5511999998888", pattern = r"^\+?[0-9]{7,15}$")]
     pub phone_number: Option<String>,
 }
 
@@ -55,7 +55,7 @@ pub struct WhatsAppWebSettingsRequest {
     responses((status = 200, body = WhatsAppWebStatus), (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("admin_jwt" = []), ("account_token" = [])))]
-async fn connect(
+async fn whatsapp_web_connect(
     State(app): State<SharedApp>,
     caller: Caller,
     ApiPath(acc): ApiPath<String>,
@@ -95,7 +95,7 @@ async fn connect(
     responses((status = 200, body = WhatsAppWebStatus), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)),
     security(("admin_jwt" = []), ("account_token" = [])))]
-async fn qr(
+async fn whatsapp_web_qr(
     State(app): State<SharedApp>,
     caller: Caller,
     ApiPath(acc): ApiPath<String>,
@@ -111,7 +111,7 @@ async fn qr(
     responses((status = 200, body = WhatsAppWebStatus), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)),
     security(("admin_jwt" = []), ("account_token" = [])))]
-async fn logout(
+async fn whatsapp_web_logout(
     State(app): State<SharedApp>,
     caller: Caller,
     ApiPath(acc): ApiPath<String>,
@@ -126,7 +126,7 @@ async fn logout(
     responses((status = 200, body = WhatsAppWebStatus), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)),
     security(("admin_jwt" = []), ("account_token" = [])))]
-async fn change_settings(
+async fn change_whatsapp_web(
     State(app): State<SharedApp>,
     caller: Caller,
     ApiPath(acc): ApiPath<String>,

@@ -105,20 +105,17 @@ pub async fn status(app: &App, account: &str) -> Result<WhatsAppWebStatus> {
     status_of(app, account, pairing)
 }
 
-/// A phone number for pairing: digits with the country code (`+`, spaces and dashes are
-/// dropped), 7..=15 of them.
+/// A phone number for pairing: its country code and number, 7..=15 digits, optionally after a
+/// `+` (which is dropped).
 pub fn check_phone(raw: &str) -> Result<String> {
-    let digits: String = raw
-        .chars()
-        .filter(|c| !matches!(c, '+' | ' ' | '-' | '(' | ')'))
-        .collect();
+    let digits = raw.strip_prefix('+').unwrap_or(raw);
     if !(7..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(Error::invalid(
             "phone_number",
             "the phone's number with its country code, 7 to 15 digits (e.g. 5511999998888)",
         ));
     }
-    Ok(digits)
+    Ok(digits.to_string())
 }
 
 /// Connects (pairing first when the account has no session). A connected account is left as
@@ -164,9 +161,11 @@ mod tests {
     #[test]
     fn phone_numbers_are_digits_with_a_country_code() {
         assert_eq!(
-            super::check_phone("+55 11 99999-8888").unwrap(),
+            super::check_phone("+5511999998888").unwrap(),
             "5511999998888"
         );
+        assert!(super::check_phone("+55 11 99999-8888").is_err());
+        assert!(super::check_phone("++5511999998888").is_err());
         assert!(super::check_phone("123").is_err());
         assert!(super::check_phone("55119999x8888").is_err());
         assert!(super::check_phone("1234567890123456").is_err());

@@ -312,7 +312,7 @@ async fn pair_by_phone_number(backend: Backend) {
         .admin(
             "POST",
             "/v1/accounts/shop/whatsapp-web/connect",
-            Some(json!({"phone_number": "+55 11 98888-0000"})),
+            Some(json!({"phone_number": "+5511988880000"})),
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
