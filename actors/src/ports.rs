@@ -123,6 +123,10 @@ pub struct ReplyConfig {
     pub max_history_tokens: u32,
     /// Turns older than this are left out of the prompt (`None`: no window).
     pub history_window: Option<Duration>,
+    /// The model that transcribes audio messages (`None`: off, an audio message is skipped).
+    pub transcription_model: Option<String>,
+    /// Send images to the model as `image_url` parts (off: the caption alone).
+    pub vision: bool,
     /// Write the model's Markdown in WhatsApp's markup (`format::format_for_whatsapp`).
     pub format_for_whatsapp: bool,
     /// Offer the model the handoff function; when it calls it, the chat is paused this long

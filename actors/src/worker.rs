@@ -886,6 +886,8 @@ mod tests {
                 max_history_tokens: 0,
                 history_window: None,
                 format_for_whatsapp: true,
+                transcription_model: None,
+                vision: false,
                 handoff_tool: false,
                 handoff_message: None,
                 handoff_pause: chrono::Duration::zero(),

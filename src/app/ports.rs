@@ -287,6 +287,8 @@ pub fn reply_config_of(
         max_history_tokens: eff.max_history_tokens.value,
         history_window: (window_hours > 0).then(|| Duration::from_secs(window_hours * 3600)),
         format_for_whatsapp: eff.format_for_whatsapp.value,
+        transcription_model: eff.transcription_model.value.clone(),
+        vision: eff.vision.value,
         handoff_tool: eff.handoff_tool.value,
         handoff_message: eff.handoff_message.value.clone(),
         handoff_pause: handoff_pause(app, eff),
