@@ -156,6 +156,7 @@ pub enum ChatMsg {
         reply_to: Option<String>,
         kind: MessageKind,
         contact_name: Option<String>,
+        media: Option<wagate_events::chat::MediaInfo>,
         meta: Meta,
         reply: RpcReplyPort<Result<ReceiveAck, ActorError>>,
     },
@@ -843,6 +844,7 @@ impl ChatState {
                 reply_to,
                 kind,
                 contact_name,
+                media,
                 meta,
                 reply,
             } => {
@@ -868,6 +870,7 @@ impl ChatState {
                     contact_name,
                     mentioned,
                     control,
+                    media,
                 };
                 let result = self.commit(cmd, &meta).await.map(|(events, positions)| {
                     // A reply closed in the same commit (non-text message) needs no worker.

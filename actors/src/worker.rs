@@ -991,6 +991,7 @@ mod tests {
                 reply_to: None,
                 kind: MessageKind::Text,
                 contact_name: None,
+                media: None,
                 meta: Meta::new(),
                 reply,
             })
@@ -1162,6 +1163,7 @@ mod tests {
                 at,
                 kind: MessageKind::Text,
                 contact_name: None,
+                media: None,
             }),
         );
         streams

@@ -109,6 +109,21 @@ impl MessageKind {
     }
 }
 
+/// The media of an inbound message (an image, voice note, sticker, document) as the events
+/// record it: its MIME type, size and content hash, never its bytes (ADR 0028).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaInfo {
+    /// The MIME type, as declared and checked against the bytes.
+    pub mime_type: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 of the bytes, lowercase hex.
+    pub sha256: String,
+    /// The file name the sender gave (documents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+}
+
 /// Delivery progress of an outbound message as the transport reports it. Ordered: a status
 /// update that does not move forward is ignored (webhooks arrive late, twice, out of order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -189,6 +204,9 @@ pub enum ChatEvent {
         /// The sender's profile name as the transport reported it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         contact_name: Option<String>,
+        /// The message's media (kind, MIME type, size, hash; never the bytes), when it has one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        media: Option<MediaInfo>,
     },
     /// A reply is owed to `trigger_message_id`; the rules are evaluated when it is worked on.
     AiReplyRequested {
@@ -394,6 +412,8 @@ pub enum ChatCommand {
         mentioned: bool,
         /// The effective conversation controls at `at`.
         control: Control,
+        /// The message's media, when it has one.
+        media: Option<MediaInfo>,
     },
     /// A message sent as the account by an operator or the test route.
     Send {
@@ -1110,6 +1130,7 @@ impl Chat {
                 contact_name,
                 mentioned,
                 control,
+                media,
             } => {
                 if message_id.is_empty() || message_id.len() > 256 {
                     return Err(DomainError::invalid(
@@ -1131,6 +1152,7 @@ impl Chat {
                     at,
                     kind,
                     contact_name,
+                    media,
                 }];
                 // A `from_me` message the gateway did not send itself: the owner answered on the
                 // phone. (An echo of the gateway's own send carries the id it recorded in
@@ -1428,6 +1450,7 @@ mod tests {
             at: t0(),
             kind: MessageKind::Text,
             contact_name: None,
+            media: None,
         }
     }
 
@@ -1493,6 +1516,7 @@ mod tests {
             contact_name: None,
             mentioned: false,
             control: Control::default(),
+            media: None,
         }
     }
 
@@ -1657,6 +1681,7 @@ mod tests {
                     at,
                     kind: MessageKind::Text,
                     contact_name: None,
+                    media: None,
                 }
             } else {
                 ChatEvent::MessageSent {
@@ -1910,6 +1935,7 @@ mod tests {
             contact_name: Some("Ana".into()),
             mentioned: false,
             control: Control::default(),
+            media: None,
         };
         Fw::with(())
             .given_no_previous_events()
@@ -1923,6 +1949,7 @@ mod tests {
                     at: t0(),
                     kind: MessageKind::Image,
                     contact_name: Some("Ana".into()),
+                    media: None,
                 },
                 requested("r-img1", "img1"),
                 ChatEvent::AiReplySkipped {
@@ -1945,6 +1972,7 @@ mod tests {
             at: t0(),
             kind: MessageKind::Image,
             contact_name: None,
+            media: None,
         });
         assert_eq!(chat.last_customer_message.as_deref(), Some("m1"));
         assert_eq!(chat.history.len(), 1);
@@ -1963,6 +1991,44 @@ mod tests {
                 contact_name: None,
                 ..
             }
+        ));
+    }
+
+    /// A message with media records its MIME type, size and hash (never bytes); events written
+    /// before media existed read as without it.
+    #[test]
+    fn media_is_recorded_with_the_message() {
+        let media = MediaInfo {
+            mime_type: "audio/ogg".into(),
+            size: 1234,
+            sha256: "ab".repeat(32),
+            filename: None,
+        };
+        let mut cmd = receive("v1", true, false);
+        if let ChatCommand::Receive { kind, media: m, .. } = &mut cmd {
+            *kind = MessageKind::Audio;
+            *m = Some(media.clone());
+        }
+        let events = Chat::default().decide(cmd).expect("decided");
+        let ChatEvent::MessageReceived {
+            media: got, kind, ..
+        } = &events[0]
+        else {
+            panic!("{events:?}");
+        };
+        assert_eq!((got.as_ref(), *kind), (Some(&media), MessageKind::Audio));
+        let json = serde_json::to_value(&events[0]).expect("serializes");
+        assert_eq!(
+            json["MessageReceived"]["media"],
+            serde_json::json!({"mime_type": "audio/ogg", "size": 1234, "sha256": "ab".repeat(32)})
+        );
+        let old: ChatEvent = serde_json::from_value(serde_json::json!({"MessageReceived":
+            {"message_id":"m1","from":"1","text":"[audio]","from_me":false,"kind":"audio",
+             "at":"2026-11-25T10:00:00Z"}}))
+        .expect("old payload parses");
+        assert!(matches!(
+            old,
+            ChatEvent::MessageReceived { media: None, .. }
         ));
     }
 
@@ -2453,6 +2519,7 @@ mod tests {
             contact_name: None,
             mentioned: false,
             control: control.clone(),
+            media: None,
         }
     }
 

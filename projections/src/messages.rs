@@ -41,6 +41,9 @@ pub struct MessageView {
     /// The sender's profile name, when the transport reports one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub contact_name: Option<String>,
+    /// The message's media: MIME type, size, SHA-256 (never the bytes), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<wagate_events::chat::MediaInfo>,
     /// `received` (inbound); outbound: `sent`, then `delivered`, `read` or `failed` as the
     /// transport reports them.
     #[serde(deserialize_with = "message_status")]
@@ -383,6 +386,7 @@ impl MessagesModel {
                 from_me,
                 kind,
                 contact_name,
+                media,
                 ..
             } => {
                 if let Some(name) = contact_name.as_ref().filter(|n| !from_me && !n.is_empty()) {
@@ -405,6 +409,7 @@ impl MessagesModel {
                         },
                         kind,
                         contact_name,
+                        media,
                         status: "received",
                         status_error: None,
                         status_updated_at: None,
@@ -434,6 +439,7 @@ impl MessagesModel {
                         source,
                         kind: MessageKind::Text,
                         contact_name: None,
+                        media: None,
                         status: "sent",
                         status_error: None,
                         status_updated_at: None,

@@ -203,6 +203,7 @@ pub fn outgoing(ev: &StoredEvent, messages: &dyn Replies) -> Result<Vec<Outgoing
                     at,
                     kind,
                     contact_name,
+                    media: _,
                 } => vec![one(
                     "message.received",
                     json!({
@@ -331,6 +332,7 @@ mod tests {
                     at: Utc::now(),
                     kind: Default::default(),
                     contact_name: None,
+                    media: None,
                 },
             ),
             chat(

@@ -1,0 +1,180 @@
+//! Media in inbound messages (issue 25, ADR 0028): the sandbox takes an image, voice note,
+//! sticker or document as base64, checks its size and its MIME type against the bytes, and
+//! records kind, MIME type, size and hash (never the bytes), on both stores.
+
+use base64::Engine;
+use serde_json::{json, Value};
+
+use crate::both_stores;
+use crate::helpers::{Backend, TestApp};
+use crate::replies::{messages, settled, JID};
+
+/// A voice note's first bytes: an Ogg page carrying Opus.
+pub fn ogg_opus() -> Vec<u8> {
+    let mut b = b"OggS\x00\x02".to_vec();
+    b.extend_from_slice(&[0; 22]);
+    b.extend_from_slice(b"OpusHead\x01\x01\x38\x01\x80\xbb\x00\x00\x00\x00\x00");
+    b.extend_from_slice(&[7; 64]);
+    b
+}
+
+/// A PNG's first bytes.
+pub fn png() -> Vec<u8> {
+    let mut b = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR".to_vec();
+    b.extend_from_slice(&[1; 64]);
+    b
+}
+
+pub fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Posts a sandbox message with `media` (and `text`, when given); the response.
+pub async fn inbound_media(
+    app: &TestApp,
+    id: &str,
+    text: Option<&str>,
+    media: Value,
+) -> crate::helpers::Resp {
+    let mut body = json!({"chat_id": JID, "from": "491701234567", "id": id, "media": media});
+    if let Some(t) = text {
+        body["text"] = json!(t);
+    }
+    app.admin("POST", "/v1/accounts/acme/sandbox/inbound", Some(body))
+        .await
+}
+
+/// A voice note and an image are recorded with their media's kind, MIME type, size and hash
+/// (never the bytes); the caption is the image's text, a message without one shows its kind.
+async fn media_recorded(app: TestApp) {
+    app.create_account("acme").await;
+    let voice = ogg_opus();
+    let r = inbound_media(
+        &app,
+        "v1",
+        None,
+        json!({"kind": "audio", "mime_type": "audio/ogg; codecs=opus", "data_base64": b64(&voice)}),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let image = png();
+    let r = inbound_media(
+        &app,
+        "i1",
+        Some("what is this?"),
+        json!({"kind": "image", "mime_type": "image/png", "data_base64": b64(&image)}),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let all = messages(&app, "acme", JID).await;
+    let by_id = |id: &str| {
+        all.iter()
+            .find(|m| m["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("message {id} in {all:?}"))
+    };
+    let v = by_id("v1");
+    assert_eq!(v["kind"], "audio");
+    assert_eq!(v["text"], "[audio]");
+    assert_eq!(
+        v["media"],
+        json!({"mime_type": "audio/ogg", "size": voice.len(), "sha256": sha256_hex(&voice)})
+    );
+    let i = by_id("i1");
+    assert_eq!(i["kind"], "image");
+    assert_eq!(i["text"], "what is this?");
+    assert_eq!(i["media"]["sha256"], sha256_hex(&image));
+    // No bytes anywhere in the history.
+    let events = app.admin("GET", "/v1/events?limit=500", None).await;
+    assert!(!events.text.contains(&b64(&image)), "{}", events.text);
+    // Without the AI on, the replies are skipped as before: the message itself is kept.
+    let row = settled(&app, "acme", "v1").await;
+    assert_eq!(row["status"], "skipped", "{row}");
+}
+both_stores!(media_recorded, media_recorded);
+
+/// Bad media is a 400 naming the field, and nothing is recorded.
+async fn bad_media_refused(backend: Backend) {
+    let Some(app) =
+        TestApp::spawn_with_settings(backend, &[("WAGATE_MEDIA_MAX_BYTES", "100")]).await
+    else {
+        return;
+    };
+    app.create_account("acme").await;
+    let cases: Vec<(&str, Option<&str>, Value, &str, &str)> = vec![
+        (
+            "too large",
+            None,
+            json!({"kind": "audio", "mime_type": "audio/ogg", "data_base64": b64(&[ogg_opus(), vec![0; 100]].concat())}),
+            "media.data_base64",
+            "WAGATE_MEDIA_MAX_BYTES",
+        ),
+        (
+            "MIME type not the bytes'",
+            None,
+            json!({"kind": "image", "mime_type": "image/jpeg", "data_base64": b64(&png())}),
+            "media.mime_type",
+            "image/png",
+        ),
+        (
+            "audio that is an image",
+            None,
+            json!({"kind": "audio", "mime_type": "audio/ogg", "data_base64": b64(&png())}),
+            "media.mime_type",
+            "image/png",
+        ),
+        (
+            "unknown bytes for an image",
+            None,
+            json!({"kind": "image", "mime_type": "image/png", "data_base64": b64(b"hello, not an image")}),
+            "media.mime_type",
+            "not a known image format",
+        ),
+        (
+            "not base64",
+            None,
+            json!({"kind": "image", "mime_type": "image/png", "data_base64": "%%%"}),
+            "media.data_base64",
+            "base64",
+        ),
+        (
+            "unknown kind",
+            None,
+            json!({"kind": "video", "mime_type": "video/mp4", "data_base64": b64(&png())}),
+            "media.kind",
+            "audio, image",
+        ),
+        (
+            "blank caption",
+            Some("  "),
+            json!({"kind": "image", "mime_type": "image/png", "data_base64": b64(&png())}),
+            "text",
+            "blank",
+        ),
+    ];
+    for (i, (what, text, media, field, says)) in cases.into_iter().enumerate() {
+        let r = inbound_media(&app, &format!("bad{i}"), text, media).await;
+        assert_eq!(r.status, 400, "{what}: {}", r.text);
+        assert_eq!(r.json["error"]["field"], field, "{what}: {}", r.text);
+        let message = r.json["error"]["message"].as_str().unwrap_or("");
+        assert!(message.contains(says), "{what}: {}", r.text);
+    }
+    // Neither text nor media.
+    let r = app
+        .admin(
+            "POST",
+            "/v1/accounts/acme/sandbox/inbound",
+            Some(json!({"chat_id": JID, "from": "491701234567"})),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(r.json["error"]["field"], "text", "{}", r.text);
+    let chats = app.admin("GET", "/v1/accounts/acme/chats", None).await;
+    assert_eq!(chats.json["items"], json!([]), "{}", chats.text);
+}
+both_stores!(bad_media_refused, bad_media_refused(Backend));
