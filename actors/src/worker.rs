@@ -24,7 +24,7 @@ use crate::account::AccountHandle;
 use crate::chat::{ChatMsg, Delivery, GeneratedReply, ReplyContext, Reservation, SendOutcome};
 use crate::ports::{
     ActorError, ModelAnswer, ModelCall, Owner, Ports, PromptRole, ReplyConfig, SendError,
-    StoreFailure,
+    StoreFailure, TranscribeCall,
 };
 use crate::retry::RetryPolicy;
 
@@ -456,13 +456,42 @@ async fn run(args: &WorkerArgs) -> Result<(), StepError> {
     if let Some(reason) = control_skip(&cfg, &ctx) {
         return step(args, skip(reason)).await;
     }
+    let fail = |reason: ReplyReason| {
+        let reply_id = reply_id.clone();
+        move |reply| ChatMsg::Fail {
+            reply_id: reply_id.clone(),
+            reason: reason.clone(),
+            attempts: vec![],
+            reply,
+        }
+    };
+    let mut history = ctx.history.clone();
+    let mut trigger_text = ctx.trigger_text.clone();
+    if let Some(turn) = history
+        .iter_mut()
+        .find(|t| t.message_id == ctx.trigger_message_id && t.needs_transcript())
+    {
+        match transcribe(args, &cfg, turn).await? {
+            Ok(text) => {
+                turn.text = text.clone();
+                trigger_text = text;
+                if let Some(m) = turn.media.as_mut() {
+                    m.transcribed = true;
+                }
+            }
+            Err(Heard::Off) => return step(args, skip(ReplyReason::TranscriptionOff)).await,
+            Err(Heard::Failed(detail)) => {
+                return step(args, fail(ReplyReason::MediaFailed { detail })).await
+            }
+        }
+    }
     let generated = match generate(
         &args.ports,
         &args.account.model_slots,
         &args.reply_id,
         &cfg,
-        &ctx.history,
-        &ctx.trigger_text,
+        &history,
+        &trigger_text,
     )
     .await
     {
@@ -492,6 +521,75 @@ async fn run(args: &WorkerArgs) -> Result<(), StepError> {
     .await?;
     tokio::time::sleep(cfg.reply_delay).await;
     deliver(args, None).await
+}
+
+/// Why an audio message was not heard.
+enum Heard {
+    /// No `transcription_model`.
+    Off,
+    /// The bytes are gone, or the transcription failed or came back empty (the sanitized cause).
+    Failed(String),
+}
+
+/// Transcribes the audio `turn` with `transcription_model` (within the account's model-call
+/// slots) and records the transcript in the chat; the transcript, or why there is none.
+async fn transcribe(
+    args: &WorkerArgs,
+    cfg: &ReplyConfig,
+    turn: &Turn,
+) -> Result<Result<String, Heard>, StepError> {
+    let (Some(model), Some(media)) = (cfg.transcription_model.clone(), turn.media.as_ref()) else {
+        return Ok(Err(Heard::Off));
+    };
+    let bytes = match args
+        .ports
+        .streams
+        .media(&args.account.account, &media.info.sha256)
+        .await
+    {
+        Ok(Some((_, bytes))) => bytes,
+        Ok(None) => return Ok(Err(Heard::Failed("the bytes are no longer kept".into()))),
+        Err(e) => return Err(StepError::Actor(e.into())),
+    };
+    let permits = args.ports.limits.acquire(&args.account.model_slots).await;
+    let heard = args
+        .ports
+        .model
+        .transcribe(TranscribeCall {
+            base_url: cfg.base_url.clone(),
+            private_networks: cfg.private_networks,
+            api_key: cfg.api_key.clone(),
+            model: model.clone(),
+            mime_type: media.info.mime_type.clone(),
+            bytes,
+            timeout: cfg.timeout,
+        })
+        .await;
+    drop(permits);
+    let transcript = match heard {
+        Ok(t) if t.text.trim().is_empty() => {
+            return Ok(Err(Heard::Failed("the transcription is empty".into())))
+        }
+        Ok(t) => t,
+        Err(f) => {
+            return Ok(Err(Heard::Failed(format!(
+                "transcription failed: {}",
+                f.reason
+            ))))
+        }
+    };
+    tracing::info!(reply_id = %args.reply_id, model = %model, latency_ms = transcript.latency_ms, "audio transcribed");
+    let text = transcript.text.trim().to_string();
+    step(args, |reply| ChatMsg::Transcribed {
+        message_id: turn.message_id.clone(),
+        text: text.clone(),
+        model: model.clone(),
+        latency_ms: transcript.latency_ms,
+        usage: transcript.usage,
+        reply,
+    })
+    .await?;
+    Ok(Ok(text))
 }
 
 /// Why a delivery try did not send: the transport said "retry later", or the step failed.
@@ -708,6 +806,7 @@ mod history_tests {
             message_id: format!("m{i}"),
             at: Some(at),
             ai: !i.is_multiple_of(2),
+            media: None,
         }
     }
 

@@ -286,6 +286,17 @@ pub enum ChatEvent {
     },
     /// The pause was ended before its time (`POST .../ai/resume`).
     AiResumed { at: DateTime<Utc> },
+    /// A voice note or audio message was transcribed (for the reply to it): the transcript is
+    /// what the model hears as the customer's turn.
+    MessageTranscribed {
+        message_id: String,
+        text: String,
+        /// The transcription model.
+        model: String,
+        latency_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<TokenUsage>,
+    },
     /// The transport reported progress of an outbound message (`message_id` is the id the
     /// transport returned when it was sent, e.g. Meta's `wamid`).
     MessageStatusUpdated {
@@ -312,6 +323,7 @@ impl DomainEvent for ChatEvent {
             Self::MessageStatusUpdated { .. } => "MessageStatusUpdated",
             Self::AiPaused { .. } => "AiPaused",
             Self::AiResumed { .. } => "AiResumed",
+            Self::MessageTranscribed { .. } => "MessageTranscribed",
         }
         .to_string()
     }
@@ -363,6 +375,40 @@ pub struct Turn {
     /// An AI reply (not an operator's or a test's message): what the loop guard watches.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ai: bool,
+    /// A customer's voice note or image: its kind and media (`text` is then its caption, or
+    /// the transcript once [`ChatEvent::MessageTranscribed`] recorded one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<TurnMedia>,
+}
+
+/// The media of a turn.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TurnMedia {
+    pub kind: MessageKind,
+    pub info: MediaInfo,
+    /// `text` is the transcript of this audio.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub transcribed: bool,
+}
+
+impl Turn {
+    /// An audio turn whose transcript is not recorded yet.
+    pub fn needs_transcript(&self) -> bool {
+        self.media
+            .as_ref()
+            .is_some_and(|m| m.kind == MessageKind::Audio && !m.transcribed)
+    }
+}
+
+/// Whether a customer message of `kind` is answered: text, and voice notes, audio, images and
+/// stickers that came with their media (the AI hears the transcript and sees the image).
+pub fn answerable(kind: MessageKind, media: Option<&MediaInfo>) -> bool {
+    kind == MessageKind::Text
+        || (media.is_some()
+            && matches!(
+                kind,
+                MessageKind::Audio | MessageKind::Image | MessageKind::Sticker
+            ))
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -429,6 +475,14 @@ pub enum ChatCommand {
     SkipReply {
         reply_id: String,
         reason: ReplyReason,
+    },
+    /// Records the transcript of the audio message `message_id`.
+    RecordTranscript {
+        message_id: String,
+        text: String,
+        model: String,
+        latency_ms: u64,
+        usage: Option<TokenUsage>,
     },
     RecordGenerated {
         reply_id: String,
@@ -1002,11 +1056,13 @@ impl Aggregate for Chat {
                 from_me,
                 kind,
                 at,
+                media,
                 ..
             } => {
                 self.message_ids.received(message_id.clone());
-                // Only text is a turn of the conversation (and a question to answer).
-                if kind != MessageKind::Text {
+                // Only text, voice notes and images are turns of the conversation (and
+                // questions to answer).
+                if !answerable(kind, media.as_ref()) {
                     return;
                 }
                 if !from_me {
@@ -1018,6 +1074,11 @@ impl Aggregate for Chat {
                     message_id,
                     at: Some(at),
                     ai: false,
+                    media: media.map(|info| TurnMedia {
+                        kind,
+                        info,
+                        transcribed: false,
+                    }),
                 });
             }
             ChatEvent::AiReplyRequested {
@@ -1072,6 +1133,7 @@ impl Aggregate for Chat {
                     message_id,
                     at: Some(at),
                     ai: source == Source::Ai,
+                    media: None,
                 });
             }
             ChatEvent::AiReplySent { reply_id, .. } => {
@@ -1109,6 +1171,16 @@ impl Aggregate for Chat {
             } => self.message_ids.status(&message_id, status),
             ChatEvent::AiPaused { until, .. } => self.paused_until = Some(until),
             ChatEvent::AiResumed { .. } => self.paused_until = None,
+            ChatEvent::MessageTranscribed {
+                message_id, text, ..
+            } => {
+                if let Some(turn) = self.history.iter_mut().find(|t| t.message_id == message_id) {
+                    turn.text = text;
+                    if let Some(m) = turn.media.as_mut() {
+                        m.transcribed = true;
+                    }
+                }
+            }
         }
     }
 }
@@ -1142,7 +1214,8 @@ impl Chat {
                 if self.message_ids.contains(&message_id) {
                     return Ok(vec![]);
                 }
-                let spoken = (reply_candidate && !from_me && kind == MessageKind::Text)
+                let answerable = answerable(kind, media.as_ref());
+                let spoken = (reply_candidate && !from_me && answerable)
                     .then(|| self.speak(&control.speak, &text, mentioned, at));
                 let mut events = vec![ChatEvent::MessageReceived {
                     message_id: message_id.clone(),
@@ -1172,7 +1245,7 @@ impl Chat {
                     ));
                 }
                 if reply_candidate && !from_me {
-                    if kind != MessageKind::Text {
+                    if !answerable {
                         // The reply is recorded and closed at once, so the AI log says why
                         // nothing was answered.
                         events.push(ChatEvent::AiReplyRequested {
@@ -1257,6 +1330,31 @@ impl Chat {
             ChatCommand::SkipReply { reply_id, reason } => {
                 self.open(&reply_id)?;
                 vec![ChatEvent::AiReplySkipped { reply_id, reason }]
+            }
+            ChatCommand::RecordTranscript {
+                message_id,
+                text,
+                model,
+                latency_ms,
+                usage,
+            } => {
+                check_text(&text)?;
+                if !self
+                    .history
+                    .iter()
+                    .any(|t| t.message_id == message_id && t.needs_transcript())
+                {
+                    return Err(DomainError::Conflict(format!(
+                        "message {message_id} is no audio waiting for its transcript"
+                    )));
+                }
+                vec![ChatEvent::MessageTranscribed {
+                    message_id,
+                    text,
+                    model,
+                    latency_ms,
+                    usage,
+                }]
             }
             ChatCommand::RecordGenerated {
                 reply_id,
@@ -1992,6 +2090,58 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    /// A voice note with its media is answered (a reply is requested, not skipped); its
+    /// transcript, recorded once, becomes the customer's turn; a text has none to record.
+    #[test]
+    fn a_voice_note_is_answered_from_its_transcript() {
+        let media = MediaInfo {
+            mime_type: "audio/ogg".into(),
+            size: 10,
+            sha256: "cd".repeat(32),
+            filename: None,
+        };
+        let mut cmd = receive("v1", true, false);
+        if let ChatCommand::Receive {
+            kind,
+            media: m,
+            text,
+            ..
+        } = &mut cmd
+        {
+            *kind = MessageKind::Audio;
+            *m = Some(media);
+            *text = "[audio]".into();
+        }
+        let mut chat = Chat::default();
+        let events = step(&mut chat, cmd);
+        assert!(events
+            .iter()
+            .any(|e| matches!(e, ChatEvent::AiReplyRequested { .. })));
+        assert!(!events
+            .iter()
+            .any(|e| matches!(e, ChatEvent::AiReplySkipped { .. })));
+        assert!(chat.history.back().is_some_and(Turn::needs_transcript));
+        let transcript = |id: &str| ChatCommand::RecordTranscript {
+            message_id: id.into(),
+            text: "do you deliver?".into(),
+            model: "whisper-1".into(),
+            latency_ms: 12,
+            usage: None,
+        };
+        let events = step(&mut chat, transcript("v1"));
+        assert!(matches!(
+            &events[..],
+            [ChatEvent::MessageTranscribed { .. }]
+        ));
+        let turn = chat.history.back().expect("turn");
+        assert_eq!(turn.text, "do you deliver?");
+        assert!(!turn.needs_transcript());
+        // Once heard, and never for a text.
+        assert!(chat.decide(transcript("v1")).is_err());
+        step(&mut chat, receive("t1", true, false));
+        assert!(chat.decide(transcript("t1")).is_err());
     }
 
     /// A message with media records its MIME type, size and hash (never bytes); events written

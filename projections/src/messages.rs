@@ -44,6 +44,9 @@ pub struct MessageView {
     /// The message's media: MIME type, size, SHA-256 (never the bytes), when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub media: Option<wagate_events::chat::MediaInfo>,
+    /// The transcript of a voice note or audio message, once a reply transcribed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transcript: Option<String>,
     /// `received` (inbound); outbound: `sent`, then `delivered`, `read` or `failed` as the
     /// transport reports them.
     #[serde(deserialize_with = "message_status")]
@@ -410,6 +413,7 @@ impl MessagesModel {
                         kind,
                         contact_name,
                         media,
+                        transcript: None,
                         status: "received",
                         status_error: None,
                         status_updated_at: None,
@@ -440,6 +444,7 @@ impl MessagesModel {
                         kind: MessageKind::Text,
                         contact_name: None,
                         media: None,
+                        transcript: None,
                         status: "sent",
                         status_error: None,
                         status_updated_at: None,
@@ -553,6 +558,18 @@ impl MessagesModel {
                     m.status = status.as_str();
                     m.status_error = error;
                     m.status_updated_at = Some(at);
+                }
+            }
+            ChatEvent::MessageTranscribed {
+                message_id, text, ..
+            } => {
+                if let Some(m) = self.chats.get_mut(&key()).and_then(|c| {
+                    c.messages
+                        .iter_mut()
+                        .rev()
+                        .find(|m| m.id == message_id && m.direction == Direction::Inbound)
+                }) {
+                    m.transcript = Some(text);
                 }
             }
         }

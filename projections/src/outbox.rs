@@ -278,7 +278,8 @@ pub fn outgoing(ev: &StoredEvent, messages: &dyn Replies) -> Result<Vec<Outgoing
                 | ChatEvent::AiReplySending { .. }
                 | ChatEvent::MessageStatusUpdated { .. }
                 | ChatEvent::AiPaused { .. }
-                | ChatEvent::AiResumed { .. } => vec![],
+                | ChatEvent::AiResumed { .. }
+                | ChatEvent::MessageTranscribed { .. } => vec![],
             }
         }
         _ => vec![],

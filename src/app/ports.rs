@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use secrecy::SecretString;
 use wagate_actors::ports::{
     ChatStreams, ConfigSource, FallbackModel, Meta, Model, ModelAnswer, ModelCall, ModelFailure,
-    Notify, PromptRole, ReplyConfig, StoreFailure,
+    Notify, PromptRole, ReplyConfig, StoreFailure, TranscribeCall, Transcript,
 };
 use wagate_actors::SNAPSHOT_EVERY;
 use wagate_events::chat::{Chat, ChatEvent, Control, LoopGuard, TokenUsage};
@@ -116,6 +116,16 @@ impl ChatStreams for StoreStreams {
         message_id: &str,
     ) -> Result<Option<MessageFact>, StoreFailure> {
         chats::recall(&self.store, stream_id, message_id)
+            .await
+            .map_err(|e| failure(CommitError::Store(e)))
+    }
+
+    async fn media(
+        &self,
+        account: &str,
+        sha256: &str,
+    ) -> Result<Option<(String, Vec<u8>)>, StoreFailure> {
+        crate::store::media::get(&self.store, account, sha256)
             .await
             .map_err(|e| failure(CommitError::Store(e)))
     }
@@ -441,6 +451,37 @@ impl Model for HttpModel {
                 total_tokens: reply.usage.total_tokens,
             },
             latency_ms: reply.latency_ms,
+        })
+    }
+
+    async fn transcribe(&self, call: TranscribeCall) -> Result<Transcript, ModelFailure> {
+        let client = if call.private_networks {
+            &self.private_networks
+        } else {
+            &self.public_only
+        };
+        let req = crate::model::client::TranscriptionRequest {
+            base_url: call.base_url,
+            api_key: call.api_key,
+            model: call.model,
+            mime_type: call.mime_type,
+            bytes: call.bytes,
+            timeout: call.timeout,
+        };
+        let reply = client.transcribe(&req).await.map_err(|e| ModelFailure {
+            reason: e.to_string(),
+            class: model_error_class(&e),
+            status: model_error_status(&e),
+            attempts: vec![],
+        })?;
+        Ok(Transcript {
+            text: reply.text,
+            latency_ms: reply.latency_ms,
+            usage: reply.usage.map(|u| TokenUsage {
+                prompt_tokens: u.prompt_tokens,
+                completion_tokens: u.completion_tokens,
+                total_tokens: u.total_tokens,
+            }),
         })
     }
 }

@@ -9,11 +9,12 @@ use crate::both_stores;
 use crate::helpers::{Backend, TestApp};
 use crate::replies::{messages, settled, JID};
 
-/// A voice note's first bytes: an Ogg page carrying Opus.
+/// A voice note's first bytes: an Ogg page carrying Opus (all below 0x80, so the fake
+/// transcription endpoint can match the multipart body as text).
 pub fn ogg_opus() -> Vec<u8> {
     let mut b = b"OggS\x00\x02".to_vec();
     b.extend_from_slice(&[0; 22]);
-    b.extend_from_slice(b"OpusHead\x01\x01\x38\x01\x80\xbb\x00\x00\x00\x00\x00");
+    b.extend_from_slice(b"OpusHead\x01\x01\x38\x01\x40\x1f\x00\x00\x00\x00\x00");
     b.extend_from_slice(&[7; 64]);
     b
 }
@@ -178,3 +179,114 @@ async fn bad_media_refused(backend: Backend) {
     assert_eq!(chats.json["items"], json!([]), "{}", chats.text);
 }
 both_stores!(bad_media_refused, bad_media_refused(Backend));
+
+/// A voice note is transcribed through `{base_url}/audio/transcriptions` (multipart `file` and
+/// `model`) and answered from its transcript; the transcript is recorded on the message and is
+/// still there after a restart.
+async fn voice_note_answered_from_its_transcript(app: TestApp) {
+    use wiremock::matchers::{body_string_contains, header, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let mut app = app;
+    let stub = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/audio/transcriptions"))
+        .and(header("authorization", "Bearer sk-test-key"))
+        .and(body_string_contains("name=\"file\""))
+        .and(body_string_contains("name=\"model\"\r\n\r\nwhisper-test"))
+        .and(body_string_contains("OpusHead"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"text": "Do you deliver to Porto?"})),
+        )
+        .expect(1)
+        .mount(&stub)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .and(body_string_contains("Do you deliver to Porto?"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(crate::replies::completion("Yes, we deliver to Porto.")),
+        )
+        .expect(1)
+        .mount(&stub)
+        .await;
+    crate::replies::configure(&app, &stub, json!({"transcription_model": "whisper-test"})).await;
+    app.create_account("acme").await;
+    let r = inbound_media(
+        &app,
+        "v1",
+        None,
+        json!({"kind": "audio", "mime_type": "audio/ogg; codecs=opus", "data_base64": b64(&ogg_opus())}),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let row = settled(&app, "acme", "v1").await;
+    assert_eq!(row["status"], "sent", "{row}");
+    assert_eq!(row["reply_text"], "Yes, we deliver to Porto.");
+    let transcript = |all: Vec<Value>| {
+        all.iter()
+            .find(|m| m["id"] == "v1")
+            .map(|m| m["transcript"].clone())
+    };
+    assert_eq!(
+        transcript(messages(&app, "acme", JID).await),
+        Some(json!("Do you deliver to Porto?"))
+    );
+    app.restart().await;
+    assert_eq!(
+        transcript(messages(&app, "acme", JID).await),
+        Some(json!("Do you deliver to Porto?"))
+    );
+}
+both_stores!(
+    voice_note_transcribed,
+    voice_note_answered_from_its_transcript
+);
+
+/// Without `transcription_model` a voice note's reply is skipped (`transcription_off`); garbage
+/// from the transcription endpoint fails it (`media_failed`); the messages stay recorded.
+async fn voice_note_not_heard(app: TestApp) {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let stub = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/audio/transcriptions"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("<html>oops</html>"))
+        .mount(&stub)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(crate::replies::completion("never")))
+        .expect(0)
+        .mount(&stub)
+        .await;
+    crate::replies::configure(&app, &stub, json!({})).await;
+    app.create_account("acme").await;
+    let voice = json!({"kind": "audio", "mime_type": "audio/ogg", "data_base64": b64(&ogg_opus())});
+    let r = inbound_media(&app, "off1", None, voice.clone()).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let row = settled(&app, "acme", "off1").await;
+    assert_eq!(
+        (row["status"].as_str(), row["reason_code"].as_str()),
+        (Some("skipped"), Some("transcription_off")),
+        "{row}"
+    );
+    crate::replies::configure(&app, &stub, json!({"transcription_model": "whisper-test"})).await;
+    let r = inbound_media(&app, "bad1", None, voice).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let row = settled(&app, "acme", "bad1").await;
+    assert_eq!(
+        (row["status"].as_str(), row["reason_code"].as_str()),
+        (Some("failed"), Some("media_failed")),
+        "{row}"
+    );
+    assert!(
+        row["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("transcription failed"),
+        "{row}"
+    );
+    assert_eq!(messages(&app, "acme", JID).await.len(), 2);
+}
+both_stores!(voice_note_not_heard, voice_note_not_heard);
