@@ -423,9 +423,17 @@ impl Gateway {
             }
             None => self.unbound_slots.clone(),
         };
-        crate::worker::generate(&self.ports, &slots, "test", cfg, history, trigger_text)
-            .await
-            .map_err(|(reason, _)| reason)
+        crate::worker::generate(
+            &self.ports,
+            &slots,
+            "test",
+            cfg,
+            history,
+            trigger_text,
+            &Default::default(),
+        )
+        .await
+        .map_err(|(reason, _)| reason)
     }
 
     /// Ends a human-takeover pause in a chat now; whether one was running.

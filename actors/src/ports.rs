@@ -190,6 +190,8 @@ pub struct ModelCall {
     pub max_attempts: u32,
     /// Offer the model the `handoff_to_human` function.
     pub handoff_tool: bool,
+    /// Images sent with messages (`vision`): the index in `messages` -> a `data:` URI.
+    pub images: std::collections::BTreeMap<usize, String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -422,6 +422,7 @@ fn to_request(call: ModelCall) -> ModelRequest {
         timeout: call.timeout,
         max_attempts: Some(call.max_attempts),
         handoff_tool: call.handoff_tool,
+        images: call.images,
     }
 }
 

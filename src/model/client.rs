@@ -69,6 +69,9 @@ pub struct ModelRequest {
     pub max_attempts: Option<u32>,
     /// Offer the model the `handoff_to_human` function (OpenAI tools shape).
     pub handoff_tool: bool,
+    /// Images sent with messages (`vision`): the index in `messages` -> a `data:` URI. Such a
+    /// message's content is OpenAI's parts: its text, then the `image_url`.
+    pub images: std::collections::BTreeMap<usize, String>,
 }
 
 /// Debug never shows the key or the message contents.
@@ -202,7 +205,7 @@ pub struct HttpModelClient {
 #[derive(serde::Serialize)]
 struct CompletionBody<'a> {
     model: &'a str,
-    messages: &'a [ChatMessage],
+    messages: Vec<Value>,
     temperature: f64,
     max_tokens: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -509,7 +512,7 @@ impl HttpModelClient {
         };
         let body = CompletionBody {
             model: &req.model,
-            messages: &req.messages,
+            messages: wire_messages(req),
             temperature: req.temperature,
             max_tokens: req.max_tokens,
             tools: req.handoff_tool.then(handoff_tools),
@@ -656,6 +659,28 @@ impl HttpModelClient {
         }
         Ok(parse_body(&bytes)?)
     }
+}
+
+/// The request's messages as sent: a message with an image is OpenAI's content parts (its text,
+/// then the image as an `image_url` with a `data:` URI), the others plain text.
+fn wire_messages(req: &ModelRequest) -> Vec<Value> {
+    req.messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let role = serde_json::to_value(m.role).unwrap_or(Value::Null);
+            match req.images.get(&i) {
+                Some(url) => serde_json::json!({
+                    "role": role,
+                    "content": [
+                        {"type": "text", "text": m.content},
+                        {"type": "image_url", "image_url": {"url": url}},
+                    ],
+                }),
+                None => serde_json::json!({"role": role, "content": m.content}),
+            }
+        })
+        .collect()
 }
 
 /// A transcription request (`POST {base_url}/audio/transcriptions`, multipart `file` + `model`).
@@ -974,6 +999,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             max_attempts: None,
             handoff_tool: false,
+            images: Default::default(),
         };
         let dbg = format!("{req:?}");
         assert!(
@@ -1017,6 +1043,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             max_attempts: None,
             handoff_tool: false,
+            images: Default::default(),
         };
         (client, req)
     }
@@ -1111,6 +1138,7 @@ mod tests {
             timeout: Duration::from_secs(10),
             max_attempts: None,
             handoff_tool: false,
+            images: Default::default(),
         };
         let (reply, log) = client.complete_logged(&req).await;
         let reply = reply.unwrap();

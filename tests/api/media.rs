@@ -290,3 +290,61 @@ async fn voice_note_not_heard(app: TestApp) {
     assert_eq!(messages(&app, "acme", JID).await.len(), 2);
 }
 both_stores!(voice_note_not_heard, voice_note_not_heard);
+
+/// With `vision` on, an image goes to the model as an `image_url` part (a `data:` URI) beside
+/// its caption; with it off, the caption alone.
+async fn images_seen_with_vision(app: TestApp) {
+    use wiremock::matchers::{body_string_contains, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let image = png();
+    let stub = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        // The user turn is content parts: the caption as text, the image as a data URI (JSON
+        // keys in any order).
+        .and(body_string_contains(r#""text":"what is this?""#))
+        .and(body_string_contains(r#""type":"image_url""#))
+        .and(body_string_contains(format!(
+            r#""url":"data:image/png;base64,{}""#,
+            b64(&image)
+        )))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(crate::replies::completion("A tiny PNG.")),
+        )
+        .expect(1)
+        .mount(&stub)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .and(body_string_contains(r#""content":"and this one?""#))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(crate::replies::completion("A caption.")),
+        )
+        .expect(1)
+        .mount(&stub)
+        .await;
+    crate::replies::configure(&app, &stub, json!({"vision": true})).await;
+    app.create_account("acme").await;
+    let media = json!({"kind": "image", "mime_type": "image/png", "data_base64": b64(&image)});
+    let r = inbound_media(&app, "img1", Some("what is this?"), media.clone()).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let row = settled(&app, "acme", "img1").await;
+    assert_eq!(row["status"], "sent", "{row}");
+    assert_eq!(row["reply_text"], "A tiny PNG.");
+
+    crate::replies::configure(&app, &stub, json!({"vision": false})).await;
+    let r = inbound_media(&app, "img2", Some("and this one?"), media).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let row = settled(&app, "acme", "img2").await;
+    assert_eq!(row["status"], "sent", "{row}");
+    assert_eq!(row["reply_text"], "A caption.");
+    let requests = stub.received_requests().await.unwrap_or_default();
+    let last = requests
+        .last()
+        .map(|r| String::from_utf8_lossy(&r.body).to_string());
+    assert!(
+        last.as_deref().is_some_and(|b| !b.contains("image_url")),
+        "vision off sends no image: {last:?}"
+    );
+}
+both_stores!(images_seen_with_vision, images_seen_with_vision);
