@@ -237,6 +237,18 @@ async fn voice_note_answered_from_its_transcript(app: TestApp) {
         transcript(messages(&app, "acme", JID).await),
         Some(json!("Do you deliver to Porto?"))
     );
+    // The chat page shows it too.
+    let mut visitor = crate::dashboard::Visitor::new(&app);
+    visitor.login().await;
+    let page = visitor
+        .get("/accounts/acme/chats/491701234567%40s.whatsapp.net")
+        .await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body.contains("Transcript: Do you deliver to Porto?"),
+        "{}",
+        page.body
+    );
 }
 both_stores!(
     voice_note_transcribed,
