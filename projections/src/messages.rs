@@ -111,10 +111,34 @@ pub struct AiLogRow {
     pub attempts: Vec<ModelAttempt>,
     /// Whether the fallback model answered.
     pub fallback: bool,
+    /// The trigger's media: kind, MIME type, size, SHA-256 (never the bytes). An image's went to
+    /// the model when `vision` was on, a voice note's as its transcript.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<LoggedMedia>,
+    /// The transcription of the trigger's voice note, apart from the reply's own model call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transcription: Option<LoggedTranscription>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// Position of the event that opened the row (the cursor of `GET /v1/ai/logs`).
     pub position: i64,
+}
+
+/// The media of a reply's trigger, as the AI log shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoggedMedia {
+    pub kind: MessageKind,
+    #[serde(flatten)]
+    pub info: wagate_events::chat::MediaInfo,
+}
+
+/// A transcription made for a reply: the model, its latency and the usage it reported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoggedTranscription {
+    pub model: String,
+    pub latency_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<TokenUsage>,
 }
 
 impl AiLogRow {
@@ -460,6 +484,17 @@ impl MessagesModel {
                 not_before,
                 ..
             } => {
+                let media = self.chats.get(&key()).and_then(|c| {
+                    c.messages
+                        .iter()
+                        .rev()
+                        .find(|m| m.id == trigger_message_id)
+                        .and_then(|m| {
+                            m.media
+                                .clone()
+                                .map(|info| LoggedMedia { kind: m.kind, info })
+                        })
+                });
                 self.push_row(AiLogRow {
                     id: reply_id,
                     account_id: acc.to_string(),
@@ -477,6 +512,8 @@ impl MessagesModel {
                     not_before,
                     attempts: vec![],
                     fallback: false,
+                    media,
+                    transcription: None,
                     created_at: at,
                     updated_at: at,
                     position: ev.position,
@@ -561,8 +598,28 @@ impl MessagesModel {
                 }
             }
             ChatEvent::MessageTranscribed {
-                message_id, text, ..
+                message_id,
+                text,
+                model,
+                latency_ms,
+                usage,
             } => {
+                let logged = LoggedTranscription {
+                    model,
+                    latency_ms,
+                    usage,
+                };
+                let for_trigger = |r: &&mut AiLogRow| {
+                    r.account_id == acc
+                        && r.chat_id == jid
+                        && r.trigger_message_id == message_id
+                        && r.is_open()
+                };
+                if let Some(row) = self.ai_log.iter_mut().rev().find(for_trigger) {
+                    row.transcription = Some(logged);
+                } else if let Some(row) = self.lingering.values_mut().find(for_trigger) {
+                    row.transcription = Some(logged);
+                }
                 if let Some(m) = self.chats.get_mut(&key()).and_then(|c| {
                     c.messages
                         .iter_mut()

@@ -223,6 +223,15 @@ async fn voice_note_answered_from_its_transcript(app: TestApp) {
     let row = settled(&app, "acme", "v1").await;
     assert_eq!(row["status"], "sent", "{row}");
     assert_eq!(row["reply_text"], "Yes, we deliver to Porto.");
+    // The AI log names the media (never its bytes) and the transcription apart from the reply.
+    assert_eq!(
+        row["media"],
+        json!({"kind": "audio", "mime_type": "audio/ogg", "size": ogg_opus().len(),
+               "sha256": sha256_hex(&ogg_opus())}),
+        "{row}"
+    );
+    assert_eq!(row["transcription"]["model"], "whisper-test", "{row}");
+    assert!(row["transcription"]["latency_ms"].is_u64(), "{row}");
     let transcript = |all: Vec<Value>| {
         all.iter()
             .find(|m| m["id"] == "v1")
