@@ -96,6 +96,11 @@ pub trait ChatStreams: Send + Sync + 'static {
     ) -> Result<Option<(String, Vec<u8>)>, StoreFailure> {
         Ok(None)
     }
+    /// Forgets the kept bytes of `account`'s media `sha256` (the reply that used them settled).
+    /// Default: nothing kept, nothing to forget.
+    async fn forget_media(&self, _account: &str, _sha256: &str) -> Result<(), StoreFailure> {
+        Ok(())
+    }
     /// Offers the chat's state at `version` (committed) as a snapshot, so that the next `load`
     /// folds only the events after it. Best effort and off the caller's path: a snapshot that is
     /// not written costs only a longer fold. Default: no snapshots.

@@ -457,7 +457,9 @@ async fn debounced(args: &WorkerArgs) -> Result<Option<ReplyContext>, StepError>
     }
 }
 
-async fn run(args: &WorkerArgs) -> Result<(), StepError> {
+/// Works on the reply; `trigger_media` learns the SHA-256 of the trigger's media, whose bytes are
+/// forgotten once the reply settled.
+async fn run(args: &WorkerArgs, trigger_media: &mut Option<String>) -> Result<(), StepError> {
     let reply_id = args.reply_id.clone();
     let skip = |reason: ReplyReason| {
         let reply_id = reply_id.clone();
@@ -470,6 +472,12 @@ async fn run(args: &WorkerArgs) -> Result<(), StepError> {
     let Some(ctx) = debounced(args).await? else {
         return Ok(());
     };
+    *trigger_media = ctx
+        .history
+        .iter()
+        .find(|t| t.message_id == ctx.trigger_message_id)
+        .and_then(|t| t.media.as_ref())
+        .map(|m| m.info.sha256.clone());
     // A notice, or an answer recorded before a restart: it is delivered as it is.
     if ctx.generated {
         return deliver(args, None).await;
@@ -865,8 +873,25 @@ impl Actor for ReplyWorker {
         _: WorkerMsg,
         args: &mut WorkerArgs,
     ) -> Result<(), ActorProcessingErr> {
-        if let Err(e) = run(args).await {
-            tracing::warn!(reply_id = %args.reply_id, error = %e, "reply did not complete");
+        let mut trigger_media = None;
+        match run(args, &mut trigger_media).await {
+            // The reply settled: its media's bytes are not kept (ADR 0028); the transcript and
+            // the hash are in the events.
+            Ok(()) => {
+                if let Some(sha) = trigger_media {
+                    if let Err(e) = args
+                        .ports
+                        .streams
+                        .forget_media(&args.account.account, &sha)
+                        .await
+                    {
+                        tracing::warn!(reply_id = %args.reply_id, error = %e, "media bytes not deleted");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(reply_id = %args.reply_id, error = %e, "reply did not complete");
+            }
         }
         let _ = args.chat.cast(ChatMsg::WorkerDone {
             reply_id: args.reply_id.clone(),

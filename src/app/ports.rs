@@ -130,6 +130,13 @@ impl ChatStreams for StoreStreams {
             .map_err(|e| failure(CommitError::Store(e)))
     }
 
+    async fn forget_media(&self, account: &str, sha256: &str) -> Result<(), StoreFailure> {
+        crate::store::media::delete(&self.store, account, sha256)
+            .await
+            .map(drop)
+            .map_err(|e| failure(CommitError::Store(e)))
+    }
+
     fn snapshot(&self, stream_id: &str, version: usize, chat: &Chat) {
         let state = match serde_json::to_string(chat) {
             Ok(state) => state,

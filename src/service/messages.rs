@@ -257,7 +257,12 @@ pub async fn inject_inbound(
     let gateway = app.gateway()?;
     // The bytes are kept before the message is committed, so a reply never finds its media
     // missing (a message that then fails to commit leaves a row the same content reuses).
-    if let Some(m) = &media {
+    // Only media a reply can use is kept: a voice note, an image or a sticker that may be
+    // answered (a document, a `from_me` message or a broadcast never is).
+    if let Some(m) = media
+        .as_ref()
+        .filter(|m| reply_candidate && wagate_events::chat::answerable(m.kind, Some(&m.info)))
+    {
         crate::store::media::put(&app.store, acc, &m.info.sha256, &m.info.mime_type, &m.bytes)
             .await?;
     }

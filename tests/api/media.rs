@@ -232,6 +232,15 @@ async fn voice_note_answered_from_its_transcript(app: TestApp) {
     );
     assert_eq!(row["transcription"]["model"], "whisper-test", "{row}");
     assert!(row["transcription"]["latency_ms"].is_u64(), "{row}");
+    // Once the reply settled, the bytes are no longer kept.
+    let sha = sha256_hex(&ogg_opus());
+    crate::helpers::eventually(10, "the voice note's bytes are deleted", || async {
+        let kept = wagate::store::media::get(&app.app().store, "acme", &sha)
+            .await
+            .expect("media read");
+        kept.is_none().then_some(())
+    })
+    .await;
     let transcript = |all: Vec<Value>| {
         all.iter()
             .find(|m| m["id"] == "v1")
