@@ -4,6 +4,7 @@
 
 use base64::Engine;
 use serde_json::{json, Value};
+use wagate::store::replay;
 
 use crate::both_stores;
 use crate::helpers::{Backend, TestApp};
@@ -255,6 +256,31 @@ async fn voice_note_answered_from_its_transcript(app: TestApp) {
         transcript(messages(&app, "acme", JID).await),
         Some(json!("Do you deliver to Porto?"))
     );
+    // A replay of the whole history folds the same models, transcript included.
+    app.app().catch_up().await.expect("catch up");
+    let live = replay::digest(Some(&app.app().model()), Some(&app.app().messages()));
+    let report = replay::replay(
+        &app.app().store,
+        None,
+        replay::Projection::All,
+        app.app().config.read_model,
+        false,
+    )
+    .await
+    .expect("replay");
+    assert_eq!(
+        replay::digest(report.config.as_ref(), report.messages.as_ref()),
+        live
+    );
+    let replayed = report.messages.expect("the messages model");
+    let chat = replayed
+        .chats
+        .get(&("acme".to_string(), JID.to_string()))
+        .expect("the chat");
+    assert!(chat
+        .messages
+        .iter()
+        .any(|m| m.transcript.as_deref() == Some("Do you deliver to Porto?")));
     // The chat page shows it too.
     let mut visitor = crate::dashboard::Visitor::new(&app);
     visitor.login().await;
