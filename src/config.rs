@@ -181,6 +181,11 @@ pub const DEFAULT_READ_MODEL: Retention = Retention {
 
 /// Events folded between two read-model checkpoints unless configured (ADR 0015).
 pub const DEFAULT_CHECKPOINT_EVERY: u64 = 1_000_000;
+/// The largest media an inbound message may carry by default (`WAGATE_MEDIA_MAX_BYTES`): 16 MiB,
+/// WhatsApp's own limit for audio and video.
+pub const DEFAULT_MEDIA_MAX_BYTES: usize = 16 * 1024 * 1024;
+/// The largest `WAGATE_MEDIA_MAX_BYTES` accepted (the sandbox route's body limit is sized for it).
+pub const MEDIA_MAX_BYTES_LIMIT: usize = 32 * 1024 * 1024;
 
 /// The validated configuration. `Debug` prints no secret (see [`Config::redacted_summary`]).
 pub struct Config {
@@ -233,6 +238,9 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// Where WhatsApp Web connections go (issue 23).
     pub whatsapp_web: WhatsAppWebConfig,
+    /// The largest media an inbound message may carry (`WAGATE_MEDIA_MAX_BYTES`, default 16 MiB,
+    /// at most 32 MiB); larger is refused (ADR 0028).
+    pub media_max_bytes: usize,
 }
 
 /// Overrides for WhatsApp Web connections; both unset in production.
@@ -380,6 +388,10 @@ const MESSAGES: &[(&str, &str)] = &[
         "must be a whole number from 0 to 1000000000",
     ),
     (
+        "WAGATE_MEDIA_MAX_BYTES",
+        "must be a whole number from 1 to 33554432",
+    ),
+    (
         "WAGATE_AI_LOG_BODY_RETENTION",
         "must be a duration of at least 1s, such as 30d or 12h",
     ),
@@ -476,6 +488,8 @@ struct Plain {
     read_model_ai_log_rows: Option<usize>,
     #[serde(rename = "WAGATE_READ_MODEL_CHECKPOINT_EVERY")]
     read_model_checkpoint_every: Option<usize>,
+    #[serde(rename = "WAGATE_MEDIA_MAX_BYTES")]
+    media_max_bytes: Option<usize>,
     #[serde(rename = "WAGATE_AI_LOG_BODY_RETENTION")]
     ai_log_body_retention: Option<Human>,
     #[serde(rename = "WAGATE_API_RATE_LIMIT_PER_SECOND")]
@@ -1110,6 +1124,11 @@ impl Config {
             plain.read_model_checkpoint_every,
             DEFAULT_CHECKPOINT_EVERY as usize,
         )? as u64;
+        let media_max_bytes = within(
+            "WAGATE_MEDIA_MAX_BYTES",
+            plain.media_max_bytes.unwrap_or(DEFAULT_MEDIA_MAX_BYTES),
+            1..=MEDIA_MAX_BYTES_LIMIT,
+        )?;
         let api_rate_limit = parse_api_rate_limit(&plain)?;
         let cluster = parse_cluster(&vars, &plain, listen)?;
         let whatsapp_web = parse_whatsapp_web(&vars)?;
@@ -1139,6 +1158,7 @@ impl Config {
                 api_rate_limit,
                 cluster,
                 whatsapp_web,
+                media_max_bytes,
             },
             first,
         ))

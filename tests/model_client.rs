@@ -59,6 +59,7 @@ fn request(base_url: String) -> ModelRequest {
         timeout: Duration::from_secs(5),
         max_attempts: None,
         handoff_tool: false,
+        images: Default::default(),
     }
 }
 

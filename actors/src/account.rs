@@ -175,6 +175,8 @@ pub struct Inbound {
     pub mentioned: bool,
     /// The message it replies to: one of the account's own counts as a mention.
     pub reply_to: Option<String>,
+    /// The message's media (recorded without its bytes).
+    pub media: Option<wagate_events::chat::MediaInfo>,
 }
 
 /// A census of the actor system (`/metrics`).
@@ -317,6 +319,7 @@ impl Gateway {
             reply_to: inbound.reply_to.clone(),
             kind: inbound.kind,
             contact_name: inbound.contact_name.clone(),
+            media: inbound.media.clone(),
             meta: meta.clone(),
             reply,
         })
@@ -420,9 +423,17 @@ impl Gateway {
             }
             None => self.unbound_slots.clone(),
         };
-        crate::worker::generate(&self.ports, &slots, "test", cfg, history, trigger_text)
-            .await
-            .map_err(|(reason, _)| reason)
+        crate::worker::generate(
+            &self.ports,
+            &slots,
+            "test",
+            cfg,
+            history,
+            trigger_text,
+            &Default::default(),
+        )
+        .await
+        .map_err(|(reason, _)| reason)
     }
 
     /// Ends a human-takeover pause in a chat now; whether one was running.

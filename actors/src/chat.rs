@@ -130,6 +130,8 @@ const MAX_PARKED: usize = 1024;
 #[derive(Debug, Clone)]
 pub struct ReplyContext {
     pub trigger_text: String,
+    /// The message the reply answers.
+    pub trigger_message_id: String,
     pub history: Vec<Turn>,
     pub loop_guard: Result<(), ReplyReason>,
     /// A newer customer message arrived after the trigger.
@@ -156,6 +158,7 @@ pub enum ChatMsg {
         reply_to: Option<String>,
         kind: MessageKind,
         contact_name: Option<String>,
+        media: Option<wagate_events::chat::MediaInfo>,
         meta: Meta,
         reply: RpcReplyPort<Result<ReceiveAck, ActorError>>,
     },
@@ -210,6 +213,15 @@ pub enum ChatMsg {
     Skip {
         reply_id: String,
         reason: ReplyReason,
+        reply: RpcReplyPort<Result<(), ActorError>>,
+    },
+    /// Records the transcript of an audio message (a reply worker transcribed it).
+    Transcribed {
+        message_id: String,
+        text: String,
+        model: String,
+        latency_ms: u64,
+        usage: Option<wagate_events::chat::TokenUsage>,
         reply: RpcReplyPort<Result<(), ActorError>>,
     },
     Fail {
@@ -843,6 +855,7 @@ impl ChatState {
                 reply_to,
                 kind,
                 contact_name,
+                media,
                 meta,
                 reply,
             } => {
@@ -868,6 +881,7 @@ impl ChatState {
                     contact_name,
                     mentioned,
                     control,
+                    media,
                 };
                 let result = self.commit(cmd, &meta).await.map(|(events, positions)| {
                     // A reply closed in the same commit (non-text message) needs no worker.
@@ -1009,6 +1023,7 @@ impl ChatState {
                         .loop_guard;
                     ReplyContext {
                         trigger_text,
+                        trigger_message_id: trigger.to_string(),
                         history: self.chat.history.iter().cloned().collect(),
                         loop_guard: self.chat.loop_guard(&guard),
                         superseded: self.chat.superseded(&reply_id),
@@ -1052,6 +1067,23 @@ impl ChatState {
                 reply,
             } => {
                 let cmd = ChatCommand::SkipReply { reply_id, reason };
+                let _ = reply.send(self.commit(cmd, &auto).await.map(drop));
+            }
+            ChatMsg::Transcribed {
+                message_id,
+                text,
+                model,
+                latency_ms,
+                usage,
+                reply,
+            } => {
+                let cmd = ChatCommand::RecordTranscript {
+                    message_id,
+                    text,
+                    model,
+                    latency_ms,
+                    usage,
+                };
                 let _ = reply.send(self.commit(cmd, &auto).await.map(drop));
             }
             ChatMsg::Fail {

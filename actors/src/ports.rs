@@ -87,6 +87,20 @@ pub trait ChatStreams: Send + Sync + 'static {
         stream_id: &str,
         message_id: &str,
     ) -> Result<Option<MessageFact>, StoreFailure>;
+    /// The kept bytes of `account`'s media `sha256`: `(mime_type, bytes)`, `None` when they are
+    /// not (or no longer) kept (ADR 0028). Default: none kept.
+    async fn media(
+        &self,
+        _account: &str,
+        _sha256: &str,
+    ) -> Result<Option<(String, Vec<u8>)>, StoreFailure> {
+        Ok(None)
+    }
+    /// Forgets the kept bytes of `account`'s media `sha256` (the reply that used them settled).
+    /// Default: nothing kept, nothing to forget.
+    async fn forget_media(&self, _account: &str, _sha256: &str) -> Result<(), StoreFailure> {
+        Ok(())
+    }
     /// Offers the chat's state at `version` (committed) as a snapshot, so that the next `load`
     /// folds only the events after it. Best effort and off the caller's path: a snapshot that is
     /// not written costs only a longer fold. Default: no snapshots.
@@ -123,6 +137,10 @@ pub struct ReplyConfig {
     pub max_history_tokens: u32,
     /// Turns older than this are left out of the prompt (`None`: no window).
     pub history_window: Option<Duration>,
+    /// The model that transcribes audio messages (`None`: off, an audio message is skipped).
+    pub transcription_model: Option<String>,
+    /// Send images to the model as `image_url` parts (off: the caption alone).
+    pub vision: bool,
     /// Write the model's Markdown in WhatsApp's markup (`format::format_for_whatsapp`).
     pub format_for_whatsapp: bool,
     /// Offer the model the handoff function; when it calls it, the chat is paused this long
@@ -177,6 +195,8 @@ pub struct ModelCall {
     pub max_attempts: u32,
     /// Offer the model the `handoff_to_human` function.
     pub handoff_tool: bool,
+    /// Images sent with messages (`vision`): the index in `messages` -> a `data:` URI.
+    pub images: std::collections::BTreeMap<usize, String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -201,9 +221,41 @@ pub struct ModelFailure {
     pub attempts: Vec<String>,
 }
 
+/// A transcription of audio (`POST {base_url}/audio/transcriptions`, OpenAI's multipart shape).
+#[derive(Debug, Clone)]
+pub struct TranscribeCall {
+    pub base_url: String,
+    /// As [`ModelCall::private_networks`].
+    pub private_networks: bool,
+    pub api_key: Option<SecretString>,
+    pub model: String,
+    pub mime_type: String,
+    pub bytes: Vec<u8>,
+    pub timeout: Duration,
+}
+
+/// The transcript of a [`TranscribeCall`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transcript {
+    pub text: String,
+    pub latency_ms: u64,
+    /// The tokens the endpoint reports, when it does.
+    pub usage: Option<TokenUsage>,
+}
+
 #[async_trait]
 pub trait Model: Send + Sync + 'static {
     async fn complete(&self, call: ModelCall) -> Result<ModelAnswer, ModelFailure>;
+
+    /// Transcribes audio. Default: no transcription endpoint.
+    async fn transcribe(&self, _call: TranscribeCall) -> Result<Transcript, ModelFailure> {
+        Err(ModelFailure {
+            reason: "no transcription endpoint".into(),
+            class: ModelErrorClass::Connect,
+            status: None,
+            attempts: vec![],
+        })
+    }
 }
 
 /// Why a transport did not send. The reason is for logs and the AI log (e.g. `cloud_api error

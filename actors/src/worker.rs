@@ -9,6 +9,7 @@
 //! lose except time (a crash after the transport took a reply closes it as interrupted: never sent
 //! twice).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,14 +18,14 @@ use chrono::Utc;
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::Semaphore;
-use wagate_events::chat::{ModelAttempt, SentPart, TokenUsage, Turn};
+use wagate_events::chat::{MessageKind, ModelAttempt, SentPart, TokenUsage, Turn};
 use wagate_events::reason::{ModelErrorClass, ReplyReason, SupersededAt};
 
 use crate::account::AccountHandle;
 use crate::chat::{ChatMsg, Delivery, GeneratedReply, ReplyContext, Reservation, SendOutcome};
 use crate::ports::{
     ActorError, ModelAnswer, ModelCall, Owner, Ports, PromptRole, ReplyConfig, SendError,
-    StoreFailure,
+    StoreFailure, TranscribeCall,
 };
 use crate::retry::RetryPolicy;
 
@@ -124,14 +125,38 @@ pub fn estimate_tokens(text: &str) -> u64 {
     (text.chars().count() as u64).div_ceil(4) + 4
 }
 
-/// The turns of the prompt: within the history window, then the newest that fit
-/// `max_history_tokens` (0: no budget), oldest first. The newest turn is always kept, so the
-/// question is never dropped.
+/// The documented token estimate of an image sent to the model (`vision`): 765, what OpenAI
+/// bills a 1024×1024 image at high detail (85 + 4 tiles of 170), whatever its real size.
+pub const IMAGE_TOKENS: u64 = 765;
+
+/// Whether `turn` is an image or sticker the model can be shown.
+fn is_image(turn: &Turn) -> bool {
+    turn.media
+        .as_ref()
+        .is_some_and(|m| matches!(m.kind, MessageKind::Image | MessageKind::Sticker))
+}
+
+/// [`select_history_with`] without images.
+#[cfg(test)]
 pub fn select_history(
     history: &[Turn],
     max_history_tokens: u32,
     window: Option<std::time::Duration>,
     now: chrono::DateTime<Utc>,
+) -> Vec<Turn> {
+    select_history_with(history, max_history_tokens, window, now, &|_| false)
+}
+
+/// The turns of the prompt: within the history window, then the newest that fit
+/// `max_history_tokens` (0: no budget), oldest first. The newest turn is always kept, so the
+/// question is never dropped. A turn `shown(turn)` is sent with its image, which costs
+/// [`IMAGE_TOKENS`] more.
+pub fn select_history_with(
+    history: &[Turn],
+    max_history_tokens: u32,
+    window: Option<std::time::Duration>,
+    now: chrono::DateTime<Utc>,
+    shown: &dyn Fn(&Turn) -> bool,
 ) -> Vec<Turn> {
     let since = window
         .and_then(|w| chrono::Duration::from_std(w).ok())
@@ -146,7 +171,7 @@ pub fn select_history(
     let mut kept = Vec::new();
     let mut used = 0u64;
     for turn in recent.iter().rev() {
-        let cost = estimate_tokens(&turn.text);
+        let cost = estimate_tokens(&turn.text) + if shown(turn) { IMAGE_TOKENS } else { 0 };
         if max_history_tokens > 0 && !kept.is_empty() && used + cost > u64::from(max_history_tokens)
         {
             break;
@@ -234,8 +259,15 @@ async fn call_model(
     log_id: &str,
     cfg: &ReplyConfig,
     turns: &[Turn],
+    images: &HashMap<String, String>,
 ) -> Called {
     let attempts_each = cfg.max_retries.saturating_add(1);
+    // Message 0 is the system prompt: turn i is message i + 1.
+    let images = turns
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| images.get(&t.message_id).map(|url| (i + 1, url.clone())))
+        .collect();
     let call = ModelCall {
         base_url: cfg.base_url.clone(),
         private_networks: cfg.private_networks,
@@ -247,6 +279,7 @@ async fn call_model(
         timeout: cfg.timeout,
         max_attempts: attempts_each,
         handoff_tool: cfg.handoff_tool,
+        images,
     };
     let permits = ports.limits.acquire(slots).await;
     // The call is kept for the fallback only when there is one: a call waiting for a slow model
@@ -322,6 +355,7 @@ pub async fn generate(
     cfg: &ReplyConfig,
     history: &[Turn],
     trigger_text: &str,
+    images: &HashMap<String, String>,
 ) -> Result<GeneratedReply, (ReplyReason, Vec<ModelAttempt>)> {
     if cfg.echo_mode {
         return Ok(GeneratedReply {
@@ -334,13 +368,14 @@ pub async fn generate(
             handoff: None,
         });
     }
-    let turns = select_history(
+    let turns = select_history_with(
         history,
         cfg.max_history_tokens,
         cfg.history_window,
         Utc::now(),
+        &|t| images.contains_key(&t.message_id),
     );
-    let called = call_model(ports, slots, log_id, cfg, &turns).await;
+    let called = call_model(ports, slots, log_id, cfg, &turns, images).await;
     match called.result {
         // The model handed the chat to a human: the handoff message, else its own words.
         Ok(a) if a.handoff => Ok(GeneratedReply {
@@ -422,7 +457,9 @@ async fn debounced(args: &WorkerArgs) -> Result<Option<ReplyContext>, StepError>
     }
 }
 
-async fn run(args: &WorkerArgs) -> Result<(), StepError> {
+/// Works on the reply; `trigger_media` learns the SHA-256 of the trigger's media, whose bytes are
+/// forgotten once the reply settled.
+async fn run(args: &WorkerArgs, trigger_media: &mut Option<String>) -> Result<(), StepError> {
     let reply_id = args.reply_id.clone();
     let skip = |reason: ReplyReason| {
         let reply_id = reply_id.clone();
@@ -435,6 +472,12 @@ async fn run(args: &WorkerArgs) -> Result<(), StepError> {
     let Some(ctx) = debounced(args).await? else {
         return Ok(());
     };
+    *trigger_media = ctx
+        .history
+        .iter()
+        .find(|t| t.message_id == ctx.trigger_message_id)
+        .and_then(|t| t.media.as_ref())
+        .map(|m| m.info.sha256.clone());
     // A notice, or an answer recorded before a restart: it is delivered as it is.
     if ctx.generated {
         return deliver(args, None).await;
@@ -456,13 +499,51 @@ async fn run(args: &WorkerArgs) -> Result<(), StepError> {
     if let Some(reason) = control_skip(&cfg, &ctx) {
         return step(args, skip(reason)).await;
     }
+    let fail = |reason: ReplyReason| {
+        let reply_id = reply_id.clone();
+        move |reply| ChatMsg::Fail {
+            reply_id: reply_id.clone(),
+            reason: reason.clone(),
+            attempts: vec![],
+            reply,
+        }
+    };
+    let mut history = ctx.history.clone();
+    let mut trigger_text = ctx.trigger_text.clone();
+    if let Some(turn) = history
+        .iter_mut()
+        .find(|t| t.message_id == ctx.trigger_message_id && t.needs_transcript())
+    {
+        match transcribe(args, &cfg, turn).await? {
+            Ok(text) => {
+                turn.text = text.clone();
+                trigger_text = text;
+                if let Some(m) = turn.media.as_mut() {
+                    m.transcribed = true;
+                }
+            }
+            Err(Heard::Off) => return step(args, skip(ReplyReason::TranscriptionOff)).await,
+            Err(Heard::Failed(detail)) => {
+                return step(args, fail(ReplyReason::MediaFailed { detail })).await
+            }
+        }
+    }
+    let images = if cfg.vision {
+        match shown_images(args, &history).await? {
+            Ok(images) => images,
+            Err(detail) => return step(args, fail(ReplyReason::MediaFailed { detail })).await,
+        }
+    } else {
+        HashMap::new()
+    };
     let generated = match generate(
         &args.ports,
         &args.account.model_slots,
         &args.reply_id,
         &cfg,
-        &ctx.history,
-        &ctx.trigger_text,
+        &history,
+        &trigger_text,
+        &images,
     )
     .await
     {
@@ -492,6 +573,115 @@ async fn run(args: &WorkerArgs) -> Result<(), StepError> {
     .await?;
     tokio::time::sleep(cfg.reply_delay).await;
     deliver(args, None).await
+}
+
+/// The images of the conversation's image and sticker turns as `data:` URIs, by message id
+/// (`vision`): the trigger's must be kept, older ones whose bytes are gone go as their caption.
+async fn shown_images(
+    args: &WorkerArgs,
+    history: &[Turn],
+) -> Result<Result<HashMap<String, String>, String>, StepError> {
+    use base64::Engine;
+    let mut images = HashMap::new();
+    let newest = history
+        .iter()
+        .rev()
+        .find(|t| t.inbound)
+        .map(|t| t.message_id.clone());
+    for turn in history.iter().filter(|t| is_image(t)) {
+        let Some(media) = turn.media.as_ref() else {
+            continue;
+        };
+        match args
+            .ports
+            .streams
+            .media(&args.account.account, &media.info.sha256)
+            .await
+        {
+            Ok(Some((mime, bytes))) => {
+                let data = base64::engine::general_purpose::STANDARD.encode(bytes);
+                images.insert(
+                    turn.message_id.clone(),
+                    format!("data:{mime};base64,{data}"),
+                );
+            }
+            Ok(None) if newest.as_deref() == Some(turn.message_id.as_str()) => {
+                return Ok(Err("the image's bytes are no longer kept".into()))
+            }
+            Ok(None) => {}
+            Err(e) => return Err(StepError::Actor(e.into())),
+        }
+    }
+    Ok(Ok(images))
+}
+
+/// Why an audio message was not heard.
+enum Heard {
+    /// No `transcription_model`.
+    Off,
+    /// The bytes are gone, or the transcription failed or came back empty (the sanitized cause).
+    Failed(String),
+}
+
+/// Transcribes the audio `turn` with `transcription_model` (within the account's model-call
+/// slots) and records the transcript in the chat; the transcript, or why there is none.
+async fn transcribe(
+    args: &WorkerArgs,
+    cfg: &ReplyConfig,
+    turn: &Turn,
+) -> Result<Result<String, Heard>, StepError> {
+    let (Some(model), Some(media)) = (cfg.transcription_model.clone(), turn.media.as_ref()) else {
+        return Ok(Err(Heard::Off));
+    };
+    let bytes = match args
+        .ports
+        .streams
+        .media(&args.account.account, &media.info.sha256)
+        .await
+    {
+        Ok(Some((_, bytes))) => bytes,
+        Ok(None) => return Ok(Err(Heard::Failed("the bytes are no longer kept".into()))),
+        Err(e) => return Err(StepError::Actor(e.into())),
+    };
+    let permits = args.ports.limits.acquire(&args.account.model_slots).await;
+    let heard = args
+        .ports
+        .model
+        .transcribe(TranscribeCall {
+            base_url: cfg.base_url.clone(),
+            private_networks: cfg.private_networks,
+            api_key: cfg.api_key.clone(),
+            model: model.clone(),
+            mime_type: media.info.mime_type.clone(),
+            bytes,
+            timeout: cfg.timeout,
+        })
+        .await;
+    drop(permits);
+    let transcript = match heard {
+        Ok(t) if t.text.trim().is_empty() => {
+            return Ok(Err(Heard::Failed("the transcription is empty".into())))
+        }
+        Ok(t) => t,
+        Err(f) => {
+            return Ok(Err(Heard::Failed(format!(
+                "transcription failed: {}",
+                f.reason
+            ))))
+        }
+    };
+    tracing::info!(reply_id = %args.reply_id, model = %model, latency_ms = transcript.latency_ms, "audio transcribed");
+    let text = transcript.text.trim().to_string();
+    step(args, |reply| ChatMsg::Transcribed {
+        message_id: turn.message_id.clone(),
+        text: text.clone(),
+        model: model.clone(),
+        latency_ms: transcript.latency_ms,
+        usage: transcript.usage,
+        reply,
+    })
+    .await?;
+    Ok(Ok(text))
 }
 
 /// Why a delivery try did not send: the transport said "retry later", or the step failed.
@@ -683,8 +873,25 @@ impl Actor for ReplyWorker {
         _: WorkerMsg,
         args: &mut WorkerArgs,
     ) -> Result<(), ActorProcessingErr> {
-        if let Err(e) = run(args).await {
-            tracing::warn!(reply_id = %args.reply_id, error = %e, "reply did not complete");
+        let mut trigger_media = None;
+        match run(args, &mut trigger_media).await {
+            // The reply settled: its media's bytes are not kept (ADR 0028); the transcript and
+            // the hash are in the events.
+            Ok(()) => {
+                if let Some(sha) = trigger_media {
+                    if let Err(e) = args
+                        .ports
+                        .streams
+                        .forget_media(&args.account.account, &sha)
+                        .await
+                    {
+                        tracing::warn!(reply_id = %args.reply_id, error = %e, "media bytes not deleted");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(reply_id = %args.reply_id, error = %e, "reply did not complete");
+            }
         }
         let _ = args.chat.cast(ChatMsg::WorkerDone {
             reply_id: args.reply_id.clone(),
@@ -699,7 +906,30 @@ mod history_tests {
     use chrono::{DateTime, Duration, Utc};
     use wagate_events::chat::Turn;
 
-    use super::{estimate_tokens, select_history};
+    use super::{estimate_tokens, select_history, select_history_with, IMAGE_TOKENS};
+
+    /// An image sent with its turn costs 765 estimated tokens more: a budget that holds three
+    /// plain turns holds fewer once one of them is shown as an image.
+    #[test]
+    fn images_count_against_the_history_budget() {
+        let now = Utc::now();
+        let turns: Vec<Turn> = (0..3).map(|i| turn(i, "12345678", now)).collect();
+        let each = estimate_tokens("12345678");
+        let budget = u32::try_from(3 * each + 10).expect("small");
+        assert_eq!(select_history(&turns, budget, None, now).len(), 3);
+        let shown = |t: &Turn| t.message_id == "m1";
+        let kept = select_history_with(&turns, budget, None, now, &shown);
+        assert_eq!(
+            kept.len(),
+            1,
+            "only the newest fits beside the image's cost"
+        );
+        let roomy = u32::try_from(3 * each + IMAGE_TOKENS).expect("small");
+        assert_eq!(
+            select_history_with(&turns, roomy, None, now, &shown).len(),
+            3
+        );
+    }
 
     fn turn(i: usize, text: &str, at: DateTime<Utc>) -> Turn {
         Turn {
@@ -708,6 +938,7 @@ mod history_tests {
             message_id: format!("m{i}"),
             at: Some(at),
             ai: !i.is_multiple_of(2),
+            media: None,
         }
     }
 
@@ -886,6 +1117,8 @@ mod tests {
                 max_history_tokens: 0,
                 history_window: None,
                 format_for_whatsapp: true,
+                transcription_model: None,
+                vision: false,
                 handoff_tool: false,
                 handoff_message: None,
                 handoff_pause: chrono::Duration::zero(),
@@ -989,6 +1222,7 @@ mod tests {
                 reply_to: None,
                 kind: MessageKind::Text,
                 contact_name: None,
+                media: None,
                 meta: Meta::new(),
                 reply,
             })
@@ -1160,6 +1394,7 @@ mod tests {
                 at,
                 kind: MessageKind::Text,
                 contact_name: None,
+                media: None,
             }),
         );
         streams

@@ -109,6 +109,21 @@ impl MessageKind {
     }
 }
 
+/// The media of an inbound message (an image, voice note, sticker, document) as the events
+/// record it: its MIME type, size and content hash, never its bytes (ADR 0028).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaInfo {
+    /// The MIME type, as declared and checked against the bytes.
+    pub mime_type: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 of the bytes, lowercase hex.
+    pub sha256: String,
+    /// The file name the sender gave (documents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+}
+
 /// Delivery progress of an outbound message as the transport reports it. Ordered: a status
 /// update that does not move forward is ignored (webhooks arrive late, twice, out of order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -189,6 +204,9 @@ pub enum ChatEvent {
         /// The sender's profile name as the transport reported it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         contact_name: Option<String>,
+        /// The message's media (kind, MIME type, size, hash; never the bytes), when it has one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        media: Option<MediaInfo>,
     },
     /// A reply is owed to `trigger_message_id`; the rules are evaluated when it is worked on.
     AiReplyRequested {
@@ -268,6 +286,17 @@ pub enum ChatEvent {
     },
     /// The pause was ended before its time (`POST .../ai/resume`).
     AiResumed { at: DateTime<Utc> },
+    /// A voice note or audio message was transcribed (for the reply to it): the transcript is
+    /// what the model hears as the customer's turn.
+    MessageTranscribed {
+        message_id: String,
+        text: String,
+        /// The transcription model.
+        model: String,
+        latency_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<TokenUsage>,
+    },
     /// The transport reported progress of an outbound message (`message_id` is the id the
     /// transport returned when it was sent, e.g. Meta's `wamid`).
     MessageStatusUpdated {
@@ -294,6 +323,7 @@ impl DomainEvent for ChatEvent {
             Self::MessageStatusUpdated { .. } => "MessageStatusUpdated",
             Self::AiPaused { .. } => "AiPaused",
             Self::AiResumed { .. } => "AiResumed",
+            Self::MessageTranscribed { .. } => "MessageTranscribed",
         }
         .to_string()
     }
@@ -345,6 +375,40 @@ pub struct Turn {
     /// An AI reply (not an operator's or a test's message): what the loop guard watches.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ai: bool,
+    /// A customer's voice note or image: its kind and media (`text` is then its caption, or
+    /// the transcript once [`ChatEvent::MessageTranscribed`] recorded one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<TurnMedia>,
+}
+
+/// The media of a turn.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TurnMedia {
+    pub kind: MessageKind,
+    pub info: MediaInfo,
+    /// `text` is the transcript of this audio.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub transcribed: bool,
+}
+
+impl Turn {
+    /// An audio turn whose transcript is not recorded yet.
+    pub fn needs_transcript(&self) -> bool {
+        self.media
+            .as_ref()
+            .is_some_and(|m| m.kind == MessageKind::Audio && !m.transcribed)
+    }
+}
+
+/// Whether a customer message of `kind` is answered: text, and voice notes, audio, images and
+/// stickers that came with their media (the AI hears the transcript and sees the image).
+pub fn answerable(kind: MessageKind, media: Option<&MediaInfo>) -> bool {
+    kind == MessageKind::Text
+        || (media.is_some()
+            && matches!(
+                kind,
+                MessageKind::Audio | MessageKind::Image | MessageKind::Sticker
+            ))
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -394,6 +458,8 @@ pub enum ChatCommand {
         mentioned: bool,
         /// The effective conversation controls at `at`.
         control: Control,
+        /// The message's media, when it has one.
+        media: Option<MediaInfo>,
     },
     /// A message sent as the account by an operator or the test route.
     Send {
@@ -409,6 +475,14 @@ pub enum ChatCommand {
     SkipReply {
         reply_id: String,
         reason: ReplyReason,
+    },
+    /// Records the transcript of the audio message `message_id`.
+    RecordTranscript {
+        message_id: String,
+        text: String,
+        model: String,
+        latency_ms: u64,
+        usage: Option<TokenUsage>,
     },
     RecordGenerated {
         reply_id: String,
@@ -982,11 +1056,13 @@ impl Aggregate for Chat {
                 from_me,
                 kind,
                 at,
+                media,
                 ..
             } => {
                 self.message_ids.received(message_id.clone());
-                // Only text is a turn of the conversation (and a question to answer).
-                if kind != MessageKind::Text {
+                // Only text, voice notes and images are turns of the conversation (and
+                // questions to answer).
+                if !answerable(kind, media.as_ref()) {
                     return;
                 }
                 if !from_me {
@@ -998,6 +1074,11 @@ impl Aggregate for Chat {
                     message_id,
                     at: Some(at),
                     ai: false,
+                    media: media.map(|info| TurnMedia {
+                        kind,
+                        info,
+                        transcribed: false,
+                    }),
                 });
             }
             ChatEvent::AiReplyRequested {
@@ -1052,6 +1133,7 @@ impl Aggregate for Chat {
                     message_id,
                     at: Some(at),
                     ai: source == Source::Ai,
+                    media: None,
                 });
             }
             ChatEvent::AiReplySent { reply_id, .. } => {
@@ -1089,6 +1171,16 @@ impl Aggregate for Chat {
             } => self.message_ids.status(&message_id, status),
             ChatEvent::AiPaused { until, .. } => self.paused_until = Some(until),
             ChatEvent::AiResumed { .. } => self.paused_until = None,
+            ChatEvent::MessageTranscribed {
+                message_id, text, ..
+            } => {
+                if let Some(turn) = self.history.iter_mut().find(|t| t.message_id == message_id) {
+                    turn.text = text;
+                    if let Some(m) = turn.media.as_mut() {
+                        m.transcribed = true;
+                    }
+                }
+            }
         }
     }
 }
@@ -1110,6 +1202,7 @@ impl Chat {
                 contact_name,
                 mentioned,
                 control,
+                media,
             } => {
                 if message_id.is_empty() || message_id.len() > 256 {
                     return Err(DomainError::invalid(
@@ -1121,7 +1214,8 @@ impl Chat {
                 if self.message_ids.contains(&message_id) {
                     return Ok(vec![]);
                 }
-                let spoken = (reply_candidate && !from_me && kind == MessageKind::Text)
+                let answerable = answerable(kind, media.as_ref());
+                let spoken = (reply_candidate && !from_me && answerable)
                     .then(|| self.speak(&control.speak, &text, mentioned, at));
                 let mut events = vec![ChatEvent::MessageReceived {
                     message_id: message_id.clone(),
@@ -1131,6 +1225,7 @@ impl Chat {
                     at,
                     kind,
                     contact_name,
+                    media,
                 }];
                 // A `from_me` message the gateway did not send itself: the owner answered on the
                 // phone. (An echo of the gateway's own send carries the id it recorded in
@@ -1150,7 +1245,7 @@ impl Chat {
                     ));
                 }
                 if reply_candidate && !from_me {
-                    if kind != MessageKind::Text {
+                    if !answerable {
                         // The reply is recorded and closed at once, so the AI log says why
                         // nothing was answered.
                         events.push(ChatEvent::AiReplyRequested {
@@ -1235,6 +1330,31 @@ impl Chat {
             ChatCommand::SkipReply { reply_id, reason } => {
                 self.open(&reply_id)?;
                 vec![ChatEvent::AiReplySkipped { reply_id, reason }]
+            }
+            ChatCommand::RecordTranscript {
+                message_id,
+                text,
+                model,
+                latency_ms,
+                usage,
+            } => {
+                check_text(&text)?;
+                if !self
+                    .history
+                    .iter()
+                    .any(|t| t.message_id == message_id && t.needs_transcript())
+                {
+                    return Err(DomainError::Conflict(format!(
+                        "message {message_id} is no audio waiting for its transcript"
+                    )));
+                }
+                vec![ChatEvent::MessageTranscribed {
+                    message_id,
+                    text,
+                    model,
+                    latency_ms,
+                    usage,
+                }]
             }
             ChatCommand::RecordGenerated {
                 reply_id,
@@ -1428,6 +1548,7 @@ mod tests {
             at: t0(),
             kind: MessageKind::Text,
             contact_name: None,
+            media: None,
         }
     }
 
@@ -1493,6 +1614,7 @@ mod tests {
             contact_name: None,
             mentioned: false,
             control: Control::default(),
+            media: None,
         }
     }
 
@@ -1657,6 +1779,7 @@ mod tests {
                     at,
                     kind: MessageKind::Text,
                     contact_name: None,
+                    media: None,
                 }
             } else {
                 ChatEvent::MessageSent {
@@ -1910,6 +2033,7 @@ mod tests {
             contact_name: Some("Ana".into()),
             mentioned: false,
             control: Control::default(),
+            media: None,
         };
         Fw::with(())
             .given_no_previous_events()
@@ -1923,6 +2047,7 @@ mod tests {
                     at: t0(),
                     kind: MessageKind::Image,
                     contact_name: Some("Ana".into()),
+                    media: None,
                 },
                 requested("r-img1", "img1"),
                 ChatEvent::AiReplySkipped {
@@ -1945,6 +2070,7 @@ mod tests {
             at: t0(),
             kind: MessageKind::Image,
             contact_name: None,
+            media: None,
         });
         assert_eq!(chat.last_customer_message.as_deref(), Some("m1"));
         assert_eq!(chat.history.len(), 1);
@@ -1963,6 +2089,96 @@ mod tests {
                 contact_name: None,
                 ..
             }
+        ));
+    }
+
+    /// A voice note with its media is answered (a reply is requested, not skipped); its
+    /// transcript, recorded once, becomes the customer's turn; a text has none to record.
+    #[test]
+    fn a_voice_note_is_answered_from_its_transcript() {
+        let media = MediaInfo {
+            mime_type: "audio/ogg".into(),
+            size: 10,
+            sha256: "cd".repeat(32),
+            filename: None,
+        };
+        let mut cmd = receive("v1", true, false);
+        if let ChatCommand::Receive {
+            kind,
+            media: m,
+            text,
+            ..
+        } = &mut cmd
+        {
+            *kind = MessageKind::Audio;
+            *m = Some(media);
+            *text = "[audio]".into();
+        }
+        let mut chat = Chat::default();
+        let events = step(&mut chat, cmd);
+        assert!(events
+            .iter()
+            .any(|e| matches!(e, ChatEvent::AiReplyRequested { .. })));
+        assert!(!events
+            .iter()
+            .any(|e| matches!(e, ChatEvent::AiReplySkipped { .. })));
+        assert!(chat.history.back().is_some_and(Turn::needs_transcript));
+        let transcript = |id: &str| ChatCommand::RecordTranscript {
+            message_id: id.into(),
+            text: "do you deliver?".into(),
+            model: "whisper-1".into(),
+            latency_ms: 12,
+            usage: None,
+        };
+        let events = step(&mut chat, transcript("v1"));
+        assert!(matches!(
+            &events[..],
+            [ChatEvent::MessageTranscribed { .. }]
+        ));
+        let turn = chat.history.back().expect("turn");
+        assert_eq!(turn.text, "do you deliver?");
+        assert!(!turn.needs_transcript());
+        // Once heard, and never for a text.
+        assert!(chat.decide(transcript("v1")).is_err());
+        step(&mut chat, receive("t1", true, false));
+        assert!(chat.decide(transcript("t1")).is_err());
+    }
+
+    /// A message with media records its MIME type, size and hash (never bytes); events written
+    /// before media existed read as without it.
+    #[test]
+    fn media_is_recorded_with_the_message() {
+        let media = MediaInfo {
+            mime_type: "audio/ogg".into(),
+            size: 1234,
+            sha256: "ab".repeat(32),
+            filename: None,
+        };
+        let mut cmd = receive("v1", true, false);
+        if let ChatCommand::Receive { kind, media: m, .. } = &mut cmd {
+            *kind = MessageKind::Audio;
+            *m = Some(media.clone());
+        }
+        let events = Chat::default().decide(cmd).expect("decided");
+        let ChatEvent::MessageReceived {
+            media: got, kind, ..
+        } = &events[0]
+        else {
+            panic!("{events:?}");
+        };
+        assert_eq!((got.as_ref(), *kind), (Some(&media), MessageKind::Audio));
+        let json = serde_json::to_value(&events[0]).expect("serializes");
+        assert_eq!(
+            json["MessageReceived"]["media"],
+            serde_json::json!({"mime_type": "audio/ogg", "size": 1234, "sha256": "ab".repeat(32)})
+        );
+        let old: ChatEvent = serde_json::from_value(serde_json::json!({"MessageReceived":
+            {"message_id":"m1","from":"1","text":"[audio]","from_me":false,"kind":"audio",
+             "at":"2026-11-25T10:00:00Z"}}))
+        .expect("old payload parses");
+        assert!(matches!(
+            old,
+            ChatEvent::MessageReceived { media: None, .. }
         ));
     }
 
@@ -2453,6 +2669,7 @@ mod tests {
             contact_name: None,
             mentioned: false,
             control: control.clone(),
+            media: None,
         }
     }
 

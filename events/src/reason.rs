@@ -98,6 +98,8 @@ pub enum ReasonCode {
     HourlyCap,
     BudgetExhausted,
     NotText,
+    TranscriptionOff,
+    MediaFailed,
     OutsideBusinessHours,
     NoTriggerMatch,
     HandoffRequested,
@@ -114,7 +116,7 @@ pub enum ReasonCode {
 
 impl ReasonCode {
     /// Every code, in the order docs/API.md lists them.
-    pub const ALL: [ReasonCode; 27] = [
+    pub const ALL: [ReasonCode; 29] = [
         Self::Blocked,
         Self::Disabled,
         Self::StatusBroadcast,
@@ -131,6 +133,8 @@ impl ReasonCode {
         Self::HourlyCap,
         Self::BudgetExhausted,
         Self::NotText,
+        Self::TranscriptionOff,
+        Self::MediaFailed,
         Self::OutsideBusinessHours,
         Self::NoTriggerMatch,
         Self::HandoffRequested,
@@ -162,6 +166,8 @@ impl ReasonCode {
             Self::HourlyCap => "hourly_cap",
             Self::BudgetExhausted => "budget_exhausted",
             Self::NotText => "not_text",
+            Self::TranscriptionOff => "transcription_off",
+            Self::MediaFailed => "media_failed",
             Self::OutsideBusinessHours => "outside_business_hours",
             Self::NoTriggerMatch => "no_trigger_match",
             Self::HandoffRequested => "handoff_requested",
@@ -268,6 +274,11 @@ pub enum ReplyReason {
     BudgetExhausted { used: u64, limit: u64 },
     /// The trigger is not a text message.
     NotText { kind: MessageKind },
+    /// The trigger is a voice note or audio, and no `transcription_model` is set.
+    TranscriptionOff,
+    /// The trigger's media could not be used: its bytes are gone, or the transcription failed
+    /// (`detail`: the cause, sanitized: never a body, a key or a transcript).
+    MediaFailed { detail: String },
     /// The message came outside business hours, and `outside_hours` is `silent` (or the away
     /// message was sent already in this closed period). `opens_at`: when the business opens.
     OutsideBusinessHours {
@@ -360,6 +371,8 @@ impl ReplyReason {
             Self::HourlyCap { .. } => ReasonCode::HourlyCap,
             Self::BudgetExhausted { .. } => ReasonCode::BudgetExhausted,
             Self::NotText { .. } => ReasonCode::NotText,
+            Self::TranscriptionOff => ReasonCode::TranscriptionOff,
+            Self::MediaFailed { .. } => ReasonCode::MediaFailed,
             Self::OutsideBusinessHours { .. } => ReasonCode::OutsideBusinessHours,
             Self::NoTriggerMatch { .. } => ReasonCode::NoTriggerMatch,
             Self::HandoffRequested { .. } => ReasonCode::HandoffRequested,
@@ -446,6 +459,10 @@ impl ReplyReason {
             Self::NotText { kind } => {
                 format!("{} message: the AI answers text messages only", kind.as_str())
             }
+            Self::TranscriptionOff => {
+                "audio message: no transcription_model is set, so the AI cannot hear it".into()
+            }
+            Self::MediaFailed { detail } => format!("media: {detail}"),
             Self::OutsideBusinessHours { opens_at: Some(t) } => {
                 format!("outside business hours; open again at {}", rfc3339(*t))
             }
@@ -704,6 +721,10 @@ mod tests {
             R::NotText {
                 kind: MessageKind::Image,
             },
+            R::TranscriptionOff,
+            R::MediaFailed {
+                detail: "the transcription is empty".into(),
+            },
             R::OutsideBusinessHours { opens_at: None },
             R::NoTriggerMatch {
                 trigger: TriggerKind::Keywords,
@@ -787,6 +808,8 @@ mod tests {
                     | ReasonCode::OutsideBusinessHours
                     | ReasonCode::NoTriggerMatch
                     | ReasonCode::HandoffRequested
+                    | ReasonCode::TranscriptionOff
+                    | ReasonCode::MediaFailed
             ) {
                 // Never stored as text: the text is kept as is.
                 assert_eq!(back.kind(), ReasonCode::Other);

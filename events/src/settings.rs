@@ -561,6 +561,21 @@ ai_settings! {
         label: "Away message",
         help: "Sent outside business hours when outside_hours is away_message.",
     }
+    transcription_model / TranscriptionModel: String {
+        kind: Kind::Name { max: MAX_MODEL_NAME }, default: Builtin::None, chat: false,
+        group: Reply,
+        label: "Transcription model (voice notes)",
+        help: "The model that transcribes a customer's voice note or audio (POST \
+               {base_url}/audio/transcriptions, e.g. whisper-1); the model answers the \
+               transcript. Unset = off: an audio message's reply is skipped (transcription_off).",
+    }
+    vision / Vision: bool {
+        kind: Kind::Bool, default: Builtin::Bool(false), chat: false, group: Reply,
+        label: "Vision (send images to the model)",
+        help: "Send a customer's image or sticker to the model as an image_url part with its \
+               caption (the model must accept images). Off: the model sees the caption alone. \
+               An image counts 765 estimated tokens in the history budget.",
+    }
     format_for_whatsapp / FormatForWhatsapp: bool {
         kind: Kind::Bool, default: Builtin::Bool(true), chat: true, group: Reply,
         label: "Format replies for WhatsApp",

@@ -41,6 +41,12 @@ pub struct MessageView {
     /// The sender's profile name, when the transport reports one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub contact_name: Option<String>,
+    /// The message's media: MIME type, size, SHA-256 (never the bytes), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<wagate_events::chat::MediaInfo>,
+    /// The transcript of a voice note or audio message, once a reply transcribed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transcript: Option<String>,
     /// `received` (inbound); outbound: `sent`, then `delivered`, `read` or `failed` as the
     /// transport reports them.
     #[serde(deserialize_with = "message_status")]
@@ -105,10 +111,34 @@ pub struct AiLogRow {
     pub attempts: Vec<ModelAttempt>,
     /// Whether the fallback model answered.
     pub fallback: bool,
+    /// The trigger's media: kind, MIME type, size, SHA-256 (never the bytes). An image's went to
+    /// the model when `vision` was on, a voice note's as its transcript.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<LoggedMedia>,
+    /// The transcription of the trigger's voice note, apart from the reply's own model call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transcription: Option<LoggedTranscription>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// Position of the event that opened the row (the cursor of `GET /v1/ai/logs`).
     pub position: i64,
+}
+
+/// The media of a reply's trigger, as the AI log shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoggedMedia {
+    pub kind: MessageKind,
+    #[serde(flatten)]
+    pub info: wagate_events::chat::MediaInfo,
+}
+
+/// A transcription made for a reply: the model, its latency and the usage it reported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoggedTranscription {
+    pub model: String,
+    pub latency_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<TokenUsage>,
 }
 
 impl AiLogRow {
@@ -383,6 +413,7 @@ impl MessagesModel {
                 from_me,
                 kind,
                 contact_name,
+                media,
                 ..
             } => {
                 if let Some(name) = contact_name.as_ref().filter(|n| !from_me && !n.is_empty()) {
@@ -405,6 +436,8 @@ impl MessagesModel {
                         },
                         kind,
                         contact_name,
+                        media,
+                        transcript: None,
                         status: "received",
                         status_error: None,
                         status_updated_at: None,
@@ -434,6 +467,8 @@ impl MessagesModel {
                         source,
                         kind: MessageKind::Text,
                         contact_name: None,
+                        media: None,
+                        transcript: None,
                         status: "sent",
                         status_error: None,
                         status_updated_at: None,
@@ -449,6 +484,17 @@ impl MessagesModel {
                 not_before,
                 ..
             } => {
+                let media = self.chats.get(&key()).and_then(|c| {
+                    c.messages
+                        .iter()
+                        .rev()
+                        .find(|m| m.id == trigger_message_id)
+                        .and_then(|m| {
+                            m.media
+                                .clone()
+                                .map(|info| LoggedMedia { kind: m.kind, info })
+                        })
+                });
                 self.push_row(AiLogRow {
                     id: reply_id,
                     account_id: acc.to_string(),
@@ -466,6 +512,8 @@ impl MessagesModel {
                     not_before,
                     attempts: vec![],
                     fallback: false,
+                    media,
+                    transcription: None,
                     created_at: at,
                     updated_at: at,
                     position: ev.position,
@@ -547,6 +595,38 @@ impl MessagesModel {
                     m.status = status.as_str();
                     m.status_error = error;
                     m.status_updated_at = Some(at);
+                }
+            }
+            ChatEvent::MessageTranscribed {
+                message_id,
+                text,
+                model,
+                latency_ms,
+                usage,
+            } => {
+                let logged = LoggedTranscription {
+                    model,
+                    latency_ms,
+                    usage,
+                };
+                let for_trigger = |r: &&mut AiLogRow| {
+                    r.account_id == acc
+                        && r.chat_id == jid
+                        && r.trigger_message_id == message_id
+                        && r.is_open()
+                };
+                if let Some(row) = self.ai_log.iter_mut().rev().find(for_trigger) {
+                    row.transcription = Some(logged);
+                } else if let Some(row) = self.lingering.values_mut().find(for_trigger) {
+                    row.transcription = Some(logged);
+                }
+                if let Some(m) = self.chats.get_mut(&key()).and_then(|c| {
+                    c.messages
+                        .iter_mut()
+                        .rev()
+                        .find(|m| m.id == message_id && m.direction == Direction::Inbound)
+                }) {
+                    m.transcript = Some(text);
                 }
             }
         }

@@ -203,6 +203,7 @@ pub fn outgoing(ev: &StoredEvent, messages: &dyn Replies) -> Result<Vec<Outgoing
                     at,
                     kind,
                     contact_name,
+                    media: _,
                 } => vec![one(
                     "message.received",
                     json!({
@@ -277,7 +278,8 @@ pub fn outgoing(ev: &StoredEvent, messages: &dyn Replies) -> Result<Vec<Outgoing
                 | ChatEvent::AiReplySending { .. }
                 | ChatEvent::MessageStatusUpdated { .. }
                 | ChatEvent::AiPaused { .. }
-                | ChatEvent::AiResumed { .. } => vec![],
+                | ChatEvent::AiResumed { .. }
+                | ChatEvent::MessageTranscribed { .. } => vec![],
             }
         }
         _ => vec![],
@@ -331,6 +333,7 @@ mod tests {
                     at: Utc::now(),
                     kind: Default::default(),
                     contact_name: None,
+                    media: None,
                 },
             ),
             chat(

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use secrecy::SecretString;
 use wagate_actors::ports::{
     ChatStreams, ConfigSource, FallbackModel, Meta, Model, ModelAnswer, ModelCall, ModelFailure,
-    Notify, PromptRole, ReplyConfig, StoreFailure,
+    Notify, PromptRole, ReplyConfig, StoreFailure, TranscribeCall, Transcript,
 };
 use wagate_actors::SNAPSHOT_EVERY;
 use wagate_events::chat::{Chat, ChatEvent, Control, LoopGuard, TokenUsage};
@@ -117,6 +117,23 @@ impl ChatStreams for StoreStreams {
     ) -> Result<Option<MessageFact>, StoreFailure> {
         chats::recall(&self.store, stream_id, message_id)
             .await
+            .map_err(|e| failure(CommitError::Store(e)))
+    }
+
+    async fn media(
+        &self,
+        account: &str,
+        sha256: &str,
+    ) -> Result<Option<(String, Vec<u8>)>, StoreFailure> {
+        crate::store::media::get(&self.store, account, sha256)
+            .await
+            .map_err(|e| failure(CommitError::Store(e)))
+    }
+
+    async fn forget_media(&self, account: &str, sha256: &str) -> Result<(), StoreFailure> {
+        crate::store::media::delete(&self.store, account, sha256)
+            .await
+            .map(drop)
             .map_err(|e| failure(CommitError::Store(e)))
     }
 
@@ -287,6 +304,8 @@ pub fn reply_config_of(
         max_history_tokens: eff.max_history_tokens.value,
         history_window: (window_hours > 0).then(|| Duration::from_secs(window_hours * 3600)),
         format_for_whatsapp: eff.format_for_whatsapp.value,
+        transcription_model: eff.transcription_model.value.clone(),
+        vision: eff.vision.value,
         handoff_tool: eff.handoff_tool.value,
         handoff_message: eff.handoff_message.value.clone(),
         handoff_pause: handoff_pause(app, eff),
@@ -410,6 +429,7 @@ fn to_request(call: ModelCall) -> ModelRequest {
         timeout: call.timeout,
         max_attempts: Some(call.max_attempts),
         handoff_tool: call.handoff_tool,
+        images: call.images,
     }
 }
 
@@ -439,6 +459,37 @@ impl Model for HttpModel {
                 total_tokens: reply.usage.total_tokens,
             },
             latency_ms: reply.latency_ms,
+        })
+    }
+
+    async fn transcribe(&self, call: TranscribeCall) -> Result<Transcript, ModelFailure> {
+        let client = if call.private_networks {
+            &self.private_networks
+        } else {
+            &self.public_only
+        };
+        let req = crate::model::client::TranscriptionRequest {
+            base_url: call.base_url,
+            api_key: call.api_key,
+            model: call.model,
+            mime_type: call.mime_type,
+            bytes: call.bytes,
+            timeout: call.timeout,
+        };
+        let reply = client.transcribe(&req).await.map_err(|e| ModelFailure {
+            reason: e.to_string(),
+            class: model_error_class(&e),
+            status: model_error_status(&e),
+            attempts: vec![],
+        })?;
+        Ok(Transcript {
+            text: reply.text,
+            latency_ms: reply.latency_ms,
+            usage: reply.usage.map(|u| TokenUsage {
+                prompt_tokens: u.prompt_tokens,
+                completion_tokens: u.completion_tokens,
+                total_tokens: u.total_tokens,
+            }),
         })
     }
 }

@@ -677,6 +677,7 @@ pub fn inbound_of(m: &WebInbound) -> Inbound {
         contact_name: m.push_name.clone(),
         mentioned: m.mentions_me,
         reply_to: m.quoted.as_ref().and_then(|q| q.id.clone()),
+        media: None,
     }
 }
 

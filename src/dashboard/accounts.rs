@@ -704,12 +704,13 @@ pub async fn inject(
     let req = InboundMessage {
         chat_id: chat_id.clone(),
         from: fields.get("from").trim().to_string(),
-        text,
+        text: Some(text),
         id: None,
         from_me: false,
         mentioned: false,
         reply_to: None,
         contact_name: fields.nonblank("contact_name"),
+        media: None,
     };
     match inject_inbound(app, who, acc, req).await {
         Ok(_) => Ok(chat_id),

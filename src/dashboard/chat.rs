@@ -326,6 +326,12 @@ fn entry(e: &Entry<'_>) -> Markup {
                 li class=(format!("msg {class}")) {
                     p.meta { span.who { (who) } " · " (m.from) " · " (render::when(&m.created_at)) }
                     p.text { (m.text) }
+                    @if let Some(media) = &m.media {
+                        p.meta.media { (m.kind.as_str()) " · " (media.mime_type) " · " (media.size) " bytes" }
+                    }
+                    @if let Some(t) = &m.transcript {
+                        p.text.transcript { "Transcript: " (t) }
+                    }
                 }
             }
         }

@@ -178,6 +178,7 @@ async fn receive_webhook(
             // The Cloud API serves one-to-one chats: a mention trigger never applies.
             mentioned: false,
             reply_to: None,
+            media: None,
         };
         let ack = gateway.receive(&acc, &jid, inbound, meta.clone()).await?;
         if ack.duplicate {

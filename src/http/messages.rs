@@ -17,14 +17,35 @@ use super::openapi::{AccountId, Jid};
 use super::ListResponse;
 use crate::app::SharedApp;
 use crate::service::accounts::require_live;
-use crate::service::messages::{self as service, InboundMessage};
+use crate::service::messages::{self as service, InboundMedia, InboundMessage};
 pub use crate::service::messages::{ChatSummary, InboundAccepted, SentMessage};
 
 pub fn router() -> OpenApiRouter<SharedApp> {
     OpenApiRouter::new()
-        .routes(routes!(sandbox_inbound))
+        .routes(with_body_limit(
+            routes!(sandbox_inbound),
+            SANDBOX_BODY_LIMIT,
+        ))
         .routes(routes!(list_chats))
         .routes(routes!(list_messages, send_message))
+}
+
+/// The sandbox inbound route's body limit: room for the largest media
+/// (`config::MEDIA_MAX_BYTES_LIMIT`) in base64, and the rest of the message (413 above). The
+/// media's own cap, `WAGATE_MEDIA_MAX_BYTES`, is checked on the decoded bytes.
+pub const SANDBOX_BODY_LIMIT: usize =
+    crate::config::MEDIA_MAX_BYTES_LIMIT / 3 * 4 + super::BODY_LIMIT;
+
+/// `route` with its own body limit instead of the API's.
+fn with_body_limit(
+    (schemas, paths, route): utoipa_axum::router::UtoipaMethodRouter<SharedApp>,
+    limit: usize,
+) -> utoipa_axum::router::UtoipaMethodRouter<SharedApp> {
+    (
+        schemas,
+        paths,
+        route.layer(axum::extract::DefaultBodyLimit::max(limit)),
+    )
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -36,9 +57,12 @@ pub struct InboundRequest {
     /// The sender (phone number or JID): 1..=128 bytes, not blank.
     #[schema(max_length = 128, pattern = r"\S")]
     pub from: String,
-    /// 1..=65536 characters, not blank.
+    /// The message's text, 1..=65536 characters, not blank. Required without `media`; with
+    /// `media` it is the caption and optional (a message without one is recorded with
+    /// `[audio]`, `[image]`, … as its text).
+    #[serde(default)]
     #[schema(max_length = 65536, pattern = r"\S")]
-    pub text: String,
+    pub text: Option<String>,
     /// The WhatsApp message id; a repeated id is deduplicated. Generated when absent. 1..=256
     /// bytes, not blank.
     #[serde(default)]
@@ -60,6 +84,30 @@ pub struct InboundRequest {
     #[serde(default)]
     #[schema(max_length = 256, pattern = r"\S")]
     pub contact_name: Option<String>,
+    /// An image, voice note, sticker or document the customer sent (ADR 0028). Its bytes are
+    /// checked (size at most `WAGATE_MEDIA_MAX_BYTES`, the declared MIME type against the type
+    /// the bytes show) and kept only until the AI reply that uses them settles; the message
+    /// records kind, MIME type, size and SHA-256.
+    #[serde(default)]
+    pub media: Option<InboundMediaRequest>,
+}
+
+/// The media of a sandbox inbound message.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InboundMediaRequest {
+    /// `audio` (a voice note or audio file), `image`, `sticker` or `document`.
+    #[schema(pattern = "^(audio|image|sticker|document)$")]
+    pub kind: String,
+    /// The MIME type (`audio/ogg; codecs=opus`, `image/jpeg`, …); it must match the bytes.
+    #[schema(max_length = 255)]
+    pub mime_type: String,
+    /// The bytes, base64 (standard alphabet, padded).
+    pub data_base64: String,
+    /// The file name (documents): 1..=255 bytes, without `/` or `\`.
+    #[serde(default)]
+    #[schema(max_length = 255)]
+    pub filename: Option<String>,
 }
 
 impl From<InboundRequest> for InboundMessage {
@@ -73,6 +121,12 @@ impl From<InboundRequest> for InboundMessage {
             mentioned: r.mentioned,
             reply_to: r.reply_to,
             contact_name: r.contact_name,
+            media: r.media.map(|m| InboundMedia {
+                kind: m.kind,
+                mime_type: m.mime_type,
+                data_base64: m.data_base64,
+                filename: m.filename,
+            }),
         }
     }
 }

@@ -69,6 +69,9 @@ pub struct ModelRequest {
     pub max_attempts: Option<u32>,
     /// Offer the model the `handoff_to_human` function (OpenAI tools shape).
     pub handoff_tool: bool,
+    /// Images sent with messages (`vision`): the index in `messages` -> a `data:` URI. Such a
+    /// message's content is OpenAI's parts: its text, then the `image_url`.
+    pub images: std::collections::BTreeMap<usize, String>,
 }
 
 /// Debug never shows the key or the message contents.
@@ -202,7 +205,7 @@ pub struct HttpModelClient {
 #[derive(serde::Serialize)]
 struct CompletionBody<'a> {
     model: &'a str,
-    messages: &'a [ChatMessage],
+    messages: Vec<Value>,
     temperature: f64,
     max_tokens: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -509,7 +512,7 @@ impl HttpModelClient {
         };
         let body = CompletionBody {
             model: &req.model,
-            messages: &req.messages,
+            messages: wire_messages(req),
             temperature: req.temperature,
             max_tokens: req.max_tokens,
             tools: req.handoff_tool.then(handoff_tools),
@@ -656,6 +659,165 @@ impl HttpModelClient {
         }
         Ok(parse_body(&bytes)?)
     }
+}
+
+/// The request's messages as sent: a message with an image is OpenAI's content parts (its text,
+/// then the image as an `image_url` with a `data:` URI), the others plain text.
+fn wire_messages(req: &ModelRequest) -> Vec<Value> {
+    req.messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let role = serde_json::to_value(m.role).unwrap_or(Value::Null);
+            match req.images.get(&i) {
+                Some(url) => serde_json::json!({
+                    "role": role,
+                    "content": [
+                        {"type": "text", "text": m.content},
+                        {"type": "image_url", "image_url": {"url": url}},
+                    ],
+                }),
+                None => serde_json::json!({"role": role, "content": m.content}),
+            }
+        })
+        .collect()
+}
+
+/// A transcription request (`POST {base_url}/audio/transcriptions`, multipart `file` + `model`).
+pub struct TranscriptionRequest {
+    pub base_url: String,
+    pub api_key: Option<SecretString>,
+    pub model: String,
+    pub mime_type: String,
+    pub bytes: Vec<u8>,
+    pub timeout: Duration,
+}
+
+/// A transcript and what it cost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TranscriptionReply {
+    pub text: String,
+    pub latency_ms: u64,
+    pub usage: Option<Usage>,
+}
+
+/// The file name a transcription's upload gets for `mime_type` (the endpoints read the format
+/// from its extension).
+fn audio_file_name(mime_type: &str) -> &'static str {
+    match mime_type {
+        "audio/ogg" | "audio/opus" | "application/ogg" => "audio.ogg",
+        "audio/mpeg" | "audio/mp3" => "audio.mp3",
+        "audio/wav" | "audio/x-wav" | "audio/wave" | "audio/vnd.wave" => "audio.wav",
+        "audio/webm" => "audio.webm",
+        "audio/flac" | "audio/x-flac" => "audio.flac",
+        _ => "audio.m4a",
+    }
+}
+
+impl HttpModelClient {
+    /// Transcribes audio through the outbound guard, as chat calls go (one attempt: a failure
+    /// ends the reply with its reason). The answer must be JSON with a string `text`.
+    pub async fn transcribe(
+        &self,
+        req: &TranscriptionRequest,
+    ) -> Result<TranscriptionReply, ModelError> {
+        let started = Instant::now();
+        let endpoint = format!(
+            "{}/audio/transcriptions",
+            req.base_url.trim_end_matches('/')
+        );
+        let url = Url::parse(&endpoint).map_err(|e| {
+            ModelError::Refused(GuardError::InvalidUrl {
+                reason: e.to_string(),
+            })
+        })?;
+        let client = match (url.scheme(), url.host()) {
+            ("https", Some(Host::Domain(_))) => &self.http,
+            ("http", Some(Host::Domain(_))) => &self.plain,
+            (scheme, _) => {
+                self.guard
+                    .checked_addrs(&url)
+                    .await
+                    .map_err(ModelError::from_guard)?;
+                if scheme == "http" {
+                    &self.plain
+                } else {
+                    &self.http
+                }
+            }
+        };
+        let file = reqwest::multipart::Part::bytes(req.bytes.clone())
+            .file_name(audio_file_name(&req.mime_type))
+            .mime_str(&req.mime_type)
+            .map_err(|_| ModelError::Setup("the media's MIME type is not valid".to_owned()))?;
+        let form = reqwest::multipart::Form::new()
+            .part("file", file)
+            .text("model", req.model.clone())
+            .text("response_format", "json");
+        let mut request = client.post(url).multipart(form);
+        if let Some(key) = &req.api_key {
+            let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose_secret()))
+                .map_err(|_| {
+                    ModelError::Setup(
+                        "the API key contains characters not allowed in an HTTP header".to_owned(),
+                    )
+                })?;
+            value.set_sensitive(true);
+            request = request.header(AUTHORIZATION, value);
+        }
+        let call = async {
+            let mut resp = request
+                .send()
+                .await
+                .map_err(|e| transport_error(&e, req.timeout))?;
+            check_status(resp.status().as_u16(), None, 1).map_err(|f| f.error)?;
+            let mut bytes = Vec::new();
+            while let Some(chunk) = resp
+                .chunk()
+                .await
+                .map_err(|e| transport_error(&e, req.timeout))?
+            {
+                if bytes.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                    return Err(too_large());
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+            Ok(bytes)
+        };
+        let bytes = tokio::time::timeout(req.timeout, call)
+            .await
+            .map_err(|_| ModelError::Timeout {
+                after_secs: timeout_secs(req.timeout),
+            })??;
+        let value: Value = serde_json::from_slice(&bytes)
+            .map_err(|_| ModelError::Malformed("the transcription is not JSON".to_owned()))?;
+        let text = value
+            .get("text")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ModelError::Malformed("text is not a string".to_owned()))?
+            .to_owned();
+        let usage = value
+            .get("usage")
+            .and_then(|u| serde_json::from_value::<Usage>(u.clone()).ok())
+            .filter(|u| u.total_tokens > 0);
+        tracing::debug!(
+            host = url_host(&endpoint),
+            latency_ms = elapsed_ms(started),
+            "transcription"
+        );
+        Ok(TranscriptionReply {
+            text,
+            latency_ms: elapsed_ms(started),
+            usage,
+        })
+    }
+}
+
+fn url_host(endpoint: &str) -> String {
+    Url::parse(endpoint)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 fn too_large() -> ModelError {
@@ -837,6 +999,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             max_attempts: None,
             handoff_tool: false,
+            images: Default::default(),
         };
         let dbg = format!("{req:?}");
         assert!(
@@ -880,6 +1043,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             max_attempts: None,
             handoff_tool: false,
+            images: Default::default(),
         };
         (client, req)
     }
@@ -974,6 +1138,7 @@ mod tests {
             timeout: Duration::from_secs(10),
             max_attempts: None,
             handoff_tool: false,
+            images: Default::default(),
         };
         let (reply, log) = client.complete_logged(&req).await;
         let reply = reply.unwrap();

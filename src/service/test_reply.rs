@@ -84,10 +84,12 @@ pub async fn run_test(
             .take(HISTORY_LEN - 1)
             .map(|m| Turn {
                 inbound: !m.from_me,
-                text: m.text,
+                // A voice note is what its transcript says.
+                text: m.transcript.unwrap_or(m.text),
                 message_id: m.id,
                 at: Some(m.created_at),
                 ai: m.source == Source::Ai,
+                media: None,
             })
             .collect(),
         _ => vec![],
@@ -99,6 +101,7 @@ pub async fn run_test(
         message_id: "test".into(),
         at: Some(chrono::Utc::now()),
         ai: false,
+        media: None,
     });
     let cfg = reply_config_of(&SettingsView::of(app), &eff).map_err(|e| Error::Conflict {
         code: "api_key_unusable",

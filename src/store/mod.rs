@@ -34,6 +34,7 @@ pub mod checkpoint;
 pub mod group_commit;
 pub mod group_load;
 pub mod leases;
+pub mod media;
 pub mod outbox;
 pub mod replay;
 pub mod retention;

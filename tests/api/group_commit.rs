@@ -168,6 +168,7 @@ async fn a_chat_started_as_new_reloads_when_it_was_not(app: TestApp) {
         at: chrono::Utc::now(),
         kind: MessageKind::Text,
         contact_name: None,
+        media: None,
     };
     let written = a
         .committer

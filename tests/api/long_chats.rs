@@ -29,6 +29,7 @@ fn received(id: &str) -> ChatEvent {
         at: chrono::Utc::now(),
         kind: MessageKind::Text,
         contact_name: None,
+        media: None,
     }
 }
 

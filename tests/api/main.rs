@@ -23,6 +23,7 @@ mod lifecycle;
 mod login_abuse;
 mod logout;
 mod long_chats;
+mod media;
 mod metrics;
 mod replies;
 mod retention;
