@@ -536,19 +536,24 @@ impl Processes {
         })
     }
 
-    /// Message `i` into its own chat, through `base`.
+    /// Message `i` into its own chat, through `base` (once that node folded the account: a node
+    /// reads the others' commits every second).
     async fn inbound(&self, base: &str, i: usize) {
-        let (s, body) = self
-            .call(
-                base,
-                "POST",
-                "/v1/accounts/acme/sandbox/inbound",
-                Some(
-                    json!({"chat_id": format!("4917{i:08}@s.whatsapp.net"), "from": "4917",
-                            "text": format!("question {i}"), "id": format!("k-{i}")}),
-                ),
-            )
-            .await;
+        let (s, body) = eventually(10, "the node knows the account", || async {
+            let (s, body) = self
+                .call(
+                    base,
+                    "POST",
+                    "/v1/accounts/acme/sandbox/inbound",
+                    Some(
+                        json!({"chat_id": format!("4917{i:08}@s.whatsapp.net"), "from": "4917",
+                                "text": format!("question {i}"), "id": format!("k-{i}")}),
+                    ),
+                )
+                .await;
+            (s != 404).then_some((s, body))
+        })
+        .await;
         assert_eq!(s, 202, "{body}");
     }
 
