@@ -303,10 +303,46 @@ pub struct ClusterConfig {
     /// heartbeat last; they are renewed every third of it, and a dead node's accounts move to the
     /// others within it.
     pub lease: Duration,
+    /// `WAGATE_NODE_URL` (`http(s)://host:port`, optional): where the other gateways reach this
+    /// one, to forward a request that needs the gateway running an account (ADR 0029). Unset:
+    /// the listening address, or the host name and port when it listens on every address.
+    pub url: Option<String>,
 }
 
 /// The default `WAGATE_LEASE_SECONDS`.
 pub const DEFAULT_LEASE_SECONDS: u64 = 10;
+
+/// This machine's host name (letters, digits, `.`, `_`, `-`; `wagate` when it has none).
+pub fn host_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "wagate".into());
+    let host: String = host
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .take(90)
+        .collect();
+    if host.is_empty() {
+        "wagate".into()
+    } else {
+        host
+    }
+}
+
+impl ClusterConfig {
+    /// Where the other gateways reach this one once it listens on `addr`: `WAGATE_NODE_URL`,
+    /// else the address itself, else (listening on every address) the host name and port.
+    pub fn advertised_url(&self, addr: SocketAddr) -> String {
+        match &self.url {
+            Some(url) => url.clone(),
+            None if addr.ip().is_unspecified() => format!("http://{}:{}", host_name(), addr.port()),
+            None => format!("http://{addr}"),
+        }
+    }
+}
 
 fn parse_cluster(
     vars: &Vars<'_>,
@@ -320,20 +356,7 @@ fn parse_cluster(
     )?);
     let node_id = match vars.get("WAGATE_NODE_ID") {
         Some(id) => id.trim().to_string(),
-        None => {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .ok()
-                .or_else(|| std::env::var("HOSTNAME").ok())
-                .map(|h| h.trim().to_string())
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| "wagate".into());
-            let host: String = host
-                .chars()
-                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-                .take(90)
-                .collect();
-            format!("{host}:{}", listen.port())
-        }
+        None => format!("{}:{}", host_name(), listen.port()),
     };
     let valid = !node_id.is_empty()
         && node_id.len() <= 100
@@ -346,7 +369,33 @@ fn parse_cluster(
             "must be 1 to 100 letters, digits, '.', '_', '-' or ':'",
         ));
     }
-    Ok(ClusterConfig { node_id, lease })
+    let url = match vars.get("WAGATE_NODE_URL").map(|u| u.trim().to_string()) {
+        Some(u) if u.is_empty() => None,
+        Some(u) => match url::Url::parse(&u) {
+            Ok(p)
+                if matches!(p.scheme(), "http" | "https")
+                    && p.host_str().is_some()
+                    && p.query().is_none()
+                    && p.fragment().is_none()
+                    && p.username().is_empty()
+                    && p.password().is_none() =>
+            {
+                Some(u.trim_end_matches('/').to_string())
+            }
+            _ => {
+                return Err(invalid(
+                    "WAGATE_NODE_URL",
+                    "must be an http:// or https:// URL without credentials, query or fragment, e.g. http://10.0.0.5:8080",
+                ))
+            }
+        },
+        None => None,
+    };
+    Ok(ClusterConfig {
+        node_id,
+        lease,
+        url,
+    })
 }
 
 // --- The plain settings: extracted by figment, checked with the variables' messages ---
@@ -1472,6 +1521,36 @@ mod tests {
             matches!(&c.database, DatabaseConfig::Sqlite { path } if *path == data.join("wagate.db"))
         );
         assert_eq!(c.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn node_url_is_checked_and_defaults_to_the_listening_address() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (c, _) = Config::from_vars(&vars(dir.path(), &[])).expect("defaults");
+        assert_eq!(c.cluster.url, None);
+        let addr: SocketAddr = "127.0.0.1:8081".parse().expect("addr");
+        assert_eq!(c.cluster.advertised_url(addr), "http://127.0.0.1:8081");
+        let any: SocketAddr = "[::]:8082".parse().expect("addr");
+        assert_eq!(
+            c.cluster.advertised_url(any),
+            format!("http://{}:8082", host_name())
+        );
+        let set = vars(
+            dir.path(),
+            &[("WAGATE_NODE_URL", "https://gw1.internal:8443/")],
+        );
+        let (c, _) = Config::from_vars(&set).expect("a URL");
+        assert_eq!(c.cluster.advertised_url(addr), "https://gw1.internal:8443");
+        for bad in [
+            "gw1:8080",
+            "ftp://gw1",
+            "http://user:pw@gw1",
+            "http://gw1/?a=b",
+            "http://",
+        ] {
+            let e = err_of(&vars(dir.path(), &[("WAGATE_NODE_URL", bad)]));
+            assert!(e.contains("WAGATE_NODE_URL"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -140,6 +140,11 @@ pub async fn start_with(config: Config, extras: Extras) -> Result<Running, Start
         addr: listen,
         source,
     })?;
+    if let Some(cluster) = app.cluster.get() {
+        cluster
+            .advertise(app.config.cluster.advertised_url(addr))
+            .await?;
+    }
     let connector: Arc<dyn WebConnector> = match extras.web_connector {
         Some(c) => c,
         None => {

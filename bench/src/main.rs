@@ -87,6 +87,10 @@ struct Cli {
     /// how much of the cost is waiting for WAL flushes.
     #[arg(long)]
     synchronous_commit_off: bool,
+    /// Diagnostic only: the event store's position trigger without its global append lock
+    /// (positions may commit out of order), to see how much of the cluster's P1 the lock costs.
+    #[arg(long)]
+    append_lock_off: bool,
     /// Long: chats in both runs (fresh and long).
     #[arg(long, default_value_t = 100)]
     long_chats: usize,
@@ -144,6 +148,7 @@ async fn main() -> ExitCode {
     let server = match pg::Server::connect(&cli.database_url).await {
         Ok(mut s) => {
             s.async_commit = cli.synchronous_commit_off;
+            s.append_lock_off = cli.append_lock_off;
             s
         }
         Err(e) => {
@@ -256,7 +261,7 @@ async fn run(cli: &Cli, server: &pg::Server) -> Result<String> {
             eprintln!("  {:.1} replies/s", r.replies_per_s);
             runs.push((nodes, r));
         }
-        return Ok(report_nodes(&b, &runs, cli.accounts));
+        return Ok(report_nodes(&b, &runs, cli.accounts, cli.append_lock_off));
     }
     let mut long = None;
     if cli.which == Which::Long {
@@ -300,6 +305,7 @@ fn report_nodes(
     base: &baseline::BaselineResult,
     runs: &[(usize, p1::P1Result)],
     accounts: usize,
+    append_lock_off: bool,
 ) -> String {
     let mut t = Table {
         rows: Vec::new(),
@@ -332,6 +338,13 @@ fn report_nodes(
          nodes by their leases; chat i's k-th message goes to node (i + k) mod n, so with n > 1 \
          most messages reach a node that does not run their account and are handed over"
     ));
+    if append_lock_off {
+        t.notes.push(
+            "DIAGNOSTIC RUN: the event store's global append lock was removed (positions may \
+             commit out of order; never a real store's setting)"
+                .into(),
+        );
+    }
     t.render()
 }
 

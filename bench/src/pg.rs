@@ -25,7 +25,18 @@ pub struct Server {
     /// Diagnostic: create the databases with `synchronous_commit = off` (commits stop waiting
     /// for their WAL flush), to see how much of a commit is the fsync.
     pub async_commit: bool,
+    /// Diagnostic: the event store's position trigger without its global append lock, to see
+    /// how much of a cluster's throughput the lock costs. Positions may then commit out of
+    /// order (a reader following them could skip an event): never a real store's setting.
+    pub append_lock_off: bool,
 }
+
+/// The position trigger of `migrations/postgres/0001_events.sql` without
+/// `pg_advisory_xact_lock` (the `--append-lock-off` diagnostic).
+const TRIGGER_WITHOUT_LOCK: &str = "CREATE OR REPLACE FUNCTION wagate_assign_event_position() \
+    RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+    NEW.position := nextval('events_position_seq'); NEW.recorded_at := clock_timestamp(); \
+    RETURN NEW; END $$";
 
 /// Refuses anything but a loopback (or local socket) server: the benchmark never leaves the host.
 fn check_loopback(url: &Url) -> Result<()> {
@@ -74,6 +85,7 @@ impl Server {
             prefix: format!("wagate_bench_{stamp}_{}", std::process::id()),
             created: Mutex::new(Vec::new()),
             async_commit: false,
+            append_lock_off: false,
             version,
         })
     }
@@ -120,6 +132,13 @@ impl Server {
         }
         let mut url = self.base.clone();
         url.set_path(&format!("/{name}"));
+        if self.append_lock_off {
+            let store = crate::p3::migrated_store(url.as_str()).await?;
+            if let wagate::store::Store::Postgres(pool) = &store {
+                sqlx::query(TRIGGER_WITHOUT_LOCK).execute(pool).await?;
+            }
+            store.close().await;
+        }
         Ok((name, url.to_string()))
     }
 

@@ -71,6 +71,9 @@ pub struct Cluster {
     elsewhere: std::sync::RwLock<HashSet<String>>,
     /// Balance now (a node joined or released accounts).
     wake: tokio::sync::Notify,
+    /// Where the other nodes reach this one (set once the listener is bound; sent with every
+    /// heartbeat, so a row taken over again carries it too).
+    url: std::sync::OnceLock<String>,
     pub stats: ClusterStats,
 }
 
@@ -116,6 +119,7 @@ impl Cluster {
             busy: tokio::sync::Mutex::new(()),
             elsewhere: Default::default(),
             wake: tokio::sync::Notify::new(),
+            url: std::sync::OnceLock::new(),
             stats: ClusterStats::default(),
         });
         cluster.announce().await;
@@ -124,6 +128,26 @@ impl Cluster {
     }
 
     /// The lease duration.
+    /// Advertises `url` as where the other nodes reach this one (requests that need the node
+    /// running an account are forwarded there, ADR 0029).
+    pub async fn advertise(&self, url: String) -> Result<(), StoreError> {
+        let url = self.url.get_or_init(|| url);
+        leases::heartbeat(
+            &self.pool,
+            &self.node_id,
+            &self.instance,
+            self.lease,
+            Some(url),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The URL this node advertised.
+    pub fn url(&self) -> Option<&str> {
+        self.url.get().map(String::as_str)
+    }
+
     pub fn lease(&self) -> Duration {
         self.lease
     }
@@ -240,7 +264,15 @@ impl Cluster {
     pub async fn balance(&self, app: &SharedApp) {
         let _busy = self.busy.lock().await;
         let started = Instant::now();
-        match leases::heartbeat(&self.pool, &self.node_id, &self.instance, self.lease).await {
+        match leases::heartbeat(
+            &self.pool,
+            &self.node_id,
+            &self.instance,
+            self.lease,
+            self.url.get().map(String::as_str),
+        )
+        .await
+        {
             Ok(true) => {}
             Ok(false) => {
                 // Another process registered this id after this one's row expired.

@@ -49,11 +49,14 @@ pub enum LinkError {
     Actor(#[from] ActorError),
     #[error("{0}")]
     NotFound(String),
-    /// 409 with a stable code (`wrong_transport`, `other_node`).
+    /// 409 with a stable code (`wrong_transport`).
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
     #[error("{0}")]
     Unavailable(String),
+    /// Another gateway of the cluster runs this account (and its connection).
+    #[error("another gateway runs this account's WhatsApp Web connection")]
+    OtherNode(String),
 }
 
 /// What the session store says before a connection starts.
@@ -262,6 +265,14 @@ impl WebSessions {
             .app
             .upgrade()
             .ok_or_else(|| LinkError::Unavailable("the gateway is stopping".into()))?;
+        require_web(&app, account)?;
+        // The gateway that runs the account connects it: a free lease is taken here; one held
+        // by another gateway sends the request there (ADR 0029) before anything is recorded.
+        if let Some(cluster) = app.cluster.get() {
+            if !cluster.claim(&app, account).await {
+                return Err(not_here(account));
+            }
+        }
         app.execute(
             &app.accounts,
             account,
@@ -269,14 +280,6 @@ impl WebSessions {
             who,
         )
         .await?;
-        let here = match app.cluster.get() {
-            Some(cluster) => cluster.claim(&app, account).await,
-            None => true,
-        };
-        if !here {
-            // The node that runs the account starts it on its next round (ADR 0027).
-            return Ok(());
-        }
         let gateway = app.gateway()?;
         gateway.open_account(account).await?;
         let Some(link) = self.link(account) else {
@@ -312,7 +315,7 @@ impl WebSessions {
             .ok_or_else(|| LinkError::Unavailable("the gateway is stopping".into()))?;
         require_web(&app, account)?;
         if !self.runs(&app, account) {
-            return Err(not_here());
+            return Err(not_here(account));
         }
         if let Some(link) = self.link(account) {
             link.inner().logging_out = true;
@@ -362,7 +365,7 @@ impl WebSessions {
         let web = require_web(&app, account)?;
         // Nothing is on offer anywhere unless the account is wanted connected.
         if web.wanted && !self.runs(&app, account) {
-            return Err(not_here());
+            return Err(not_here(account));
         }
         Ok(self.link(account).map(|l| l.pairing()).unwrap_or_default())
     }
@@ -411,12 +414,9 @@ fn require_web(app: &App, account: &str) -> Result<WebState, LinkError> {
         })
 }
 
-/// 409: the account runs on another gateway of the cluster (`GET /v1/nodes` says which).
-fn not_here() -> LinkError {
-    LinkError::Conflict {
-        code: "other_node",
-        message: "another gateway runs this account's WhatsApp Web connection (GET /v1/nodes says which); send this request to it".into(),
-    }
+/// The account runs on another gateway of the cluster, which holds its connection.
+fn not_here(account: &str) -> LinkError {
+    LinkError::OtherNode(account.to_string())
 }
 
 #[derive(Default)]

@@ -18,6 +18,9 @@ pub struct ApiError {
     pub message: String,
     pub field: Option<String>,
     pub retry_after: Option<u64>,
+    /// The request needs the gateway that runs this account (`other_node`): the response says
+    /// so to the forwarding layer ([`super::forward`]).
+    pub owner_of: Option<String>,
 }
 
 /// The error body.
@@ -44,6 +47,7 @@ impl ApiError {
             message: message.into(),
             field: None,
             retry_after: None,
+            owner_of: None,
         }
     }
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
@@ -119,6 +123,10 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        if let Some(account) = self.owner_of {
+            resp.extensions_mut()
+                .insert(super::forward::NeedsOwner(account));
+        }
         resp
     }
 }
@@ -157,6 +165,10 @@ impl From<service::Error> for ApiError {
             E::Invalid { field, message } => ApiError::invalid(field, message),
             E::NotFound(m) => ApiError::not_found(m),
             E::Conflict { code, message } => ApiError::new(StatusCode::CONFLICT, code, message),
+            E::OtherNode { account, message } => ApiError {
+                owner_of: Some(account),
+                ..ApiError::new(StatusCode::CONFLICT, "other_node", message)
+            },
             E::Forbidden(m) => ApiError::forbidden(m),
             E::Unauthorized(m) => ApiError::unauthorized(m),
             E::RateLimited {

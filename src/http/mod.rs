@@ -10,6 +10,7 @@ pub mod cloud_api;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod forward;
 pub mod health;
 pub mod login;
 pub mod messages;
@@ -239,6 +240,10 @@ pub fn router(app: SharedApp, pages: Router<SharedApp>) -> Router {
                 "method not allowed on this route",
             )
         })
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            forward::to_owner,
+        ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(
             app.config.http.request_timeout,

@@ -19,6 +19,11 @@ pub enum Error {
     /// The state forbids it now (409), with a stable code (`conflict`, `no_api_key`, …).
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
+    /// The account runs on another gateway of the cluster and this request needs that gateway
+    /// (its WhatsApp Web connection): 409 `other_node`, which the HTTP layer forwards to it, one
+    /// hop, when it can (ADR 0029). Nothing was changed here.
+    #[error("{message}")]
+    OtherNode { account: String, message: String },
     /// The caller may not do this (403).
     #[error("{0}")]
     Forbidden(String),

@@ -477,6 +477,7 @@ pub async fn send_as_account(
     text: &str,
     source: Source,
 ) -> Result<SentMessage> {
+    super::whatsapp_web::require_connection_here(app, acc)?;
     let meta = who.metadata();
     let ack = app.gateway()?.send(acc, jid, text, source, meta).await?;
     Ok(SentMessage {

@@ -165,6 +165,9 @@ pub async fn test_and_send(
     if send_to_chat && chat.is_none() {
         return Err(Error::invalid("chat_id", "send_to_chat needs a chat_id"));
     }
+    if send_to_chat {
+        super::whatsapp_web::require_connection_here(app, account)?;
+    }
     let mut reply = run_test(app, Some(account), chat, message).await?;
     if let (true, Some(jid)) = (send_to_chat, chat) {
         send_as_account(app, who, account, jid, &reply.reply, Source::Test).await?;

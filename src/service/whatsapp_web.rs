@@ -61,7 +61,30 @@ impl From<LinkError> for Error {
             LinkError::NotFound(m) => Error::NotFound(m),
             LinkError::Conflict { code, message } => Error::Conflict { code, message },
             LinkError::Unavailable(m) => Error::Unavailable(m),
+            LinkError::OtherNode(account) => other_node(account),
         }
+    }
+}
+
+/// 409 `other_node`: another gateway runs `account`'s connection (forwarded there when it can
+/// be, ADR 0029).
+fn other_node(account: String) -> Error {
+    Error::OtherNode {
+        account,
+        message: "another gateway runs this account's WhatsApp Web connection (GET /v1/nodes says which); send this request to it".into(),
+    }
+}
+
+/// A message goes out through a WhatsApp Web account's connection, which only the gateway that
+/// runs the account holds: elsewhere this is [`Error::OtherNode`], before anything is recorded.
+pub fn require_connection_here(app: &App, account: &str) -> Result<()> {
+    let web = app
+        .model()
+        .account(account)
+        .is_some_and(|a| a.transport == wagate_events::account::Transport::WhatsappWeb);
+    match app.cluster.get() {
+        Some(cluster) if web && !cluster.runs(account) => Err(other_node(account.to_string())),
+        _ => Ok(()),
     }
 }
 

@@ -74,13 +74,16 @@ pub async fn heartbeat(
     node_id: &str,
     instance: &str,
     lease: Duration,
+    url: Option<&str>,
 ) -> Result<bool, StoreError> {
     const SQL: &str = "UPDATE cluster_nodes SET heartbeat_at = now(), \
-        expires_at = now() + make_interval(secs => $3) WHERE node_id = $1 AND instance = $2";
+        expires_at = now() + make_interval(secs => $3), url = COALESCE($4, url) \
+        WHERE node_id = $1 AND instance = $2";
     let done = sqlx::query(SQL)
         .bind(node_id)
         .bind(instance)
         .bind(secs(lease))
+        .bind(url)
         .execute(pool)
         .await?;
     Ok(done.rows_affected() == 1)
@@ -238,6 +241,21 @@ pub async fn listen(pool: &PgPool) -> Result<sqlx::postgres::PgListener, StoreEr
         .listen_all([REPLIES_CHANNEL, CLUSTER_CHANNEL])
         .await?;
     Ok(listener)
+}
+
+/// The live node that holds `account`'s live lease: its id and the URL it advertised (`None`
+/// before it advertised one). `None` when no live node holds the account.
+pub async fn owner_of(
+    pool: &PgPool,
+    account: &str,
+) -> Result<Option<(String, Option<String>)>, StoreError> {
+    const SQL: &str = "SELECT n.node_id, n.url FROM account_leases l \
+        JOIN cluster_nodes n ON n.node_id = l.owner AND n.instance = l.owner_instance \
+        WHERE l.account_id = $1 AND l.expires_at > now() AND n.expires_at > now()";
+    Ok(sqlx::query_as(SQL)
+        .bind(account)
+        .fetch_optional(pool)
+        .await?)
 }
 
 /// One account's lease, if it ever had one.

@@ -16,6 +16,8 @@ pub(crate) struct Visitor<'a> {
     app: &'a TestApp,
     client: reqwest::Client,
     cookies: BTreeMap<String, String>,
+    /// The gateway visited (the app's unless [`Visitor::on`] changed it).
+    base: String,
 }
 
 pub(crate) struct Page {
@@ -62,7 +64,13 @@ impl<'a> Visitor<'a> {
                 .build()
                 .expect("client"),
             cookies: BTreeMap::new(),
+            base: app.base.clone(),
         }
+    }
+
+    /// Visits another gateway of the same cluster from now on, with the same cookies.
+    pub(crate) fn on(&mut self, base: &str) {
+        self.base = base.to_string();
     }
 
     async fn send(&mut self, req: reqwest::RequestBuilder) -> Page {
@@ -108,15 +116,12 @@ impl<'a> Visitor<'a> {
     }
 
     pub(crate) async fn get(&mut self, path: &str) -> Page {
-        let req = self.client.get(format!("{}{path}", self.app.base));
+        let req = self.client.get(format!("{}{path}", self.base));
         self.send(req).await
     }
 
     pub(crate) async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
-        let req = self
-            .client
-            .post(format!("{}{path}", self.app.base))
-            .form(form);
+        let req = self.client.post(format!("{}{path}", self.base)).form(form);
         self.send(req).await
     }
 

@@ -552,117 +552,91 @@ async fn web_takeover_reconnects_without_a_new_scan() {
         .admin("POST", "/v1/accounts/shop/whatsapp-web/connect", None)
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    // Whichever node runs the account connects it; the codes are served there.
-    let owner_base = eventually(15, "one node pairs the account", || async {
-        for base in [app.base.clone(), n2_base.clone()] {
-            let token = app.admin_token();
-            let s = app
-                .call_at(
-                    &base,
-                    "GET",
-                    "/v1/accounts/shop/whatsapp-web/qr",
-                    Some(&token),
-                    None,
-                )
-                .await;
-            if s.status == 200 && s.json["qr"]["code"] == QR {
-                return Some(base);
-            }
-        }
-        None
+    // Connect took the free lease on n1, which connects the account and offers the code.
+    let token = app.admin_token();
+    let qr = "/v1/accounts/shop/whatsapp-web/qr";
+    let s = app.call_at(&app.base, "GET", qr, Some(&token), None).await;
+    assert_eq!(s.status, 200, "{}", s.text);
+    assert_eq!(s.json["qr"]["code"], QR, "{}", s.text);
+    // n2 forwards what needs the connection to n1, one hop (once it folded the account: nodes
+    // read each other's commits every second).
+    let s = eventually(10, "n2 knows the account", || async {
+        let s = app.call_at(&n2_base, "GET", qr, Some(&token), None).await;
+        (s.status != 404).then_some(s)
     })
     .await;
+    assert_eq!(s.status, 200, "{}", s.text);
+    assert_eq!(s.json["qr"]["code"], QR, "{}", s.text);
+    assert_eq!(s.headers["x-wagate-served-by"], "n1");
+    // So does the dashboard: the account's page on n2 shows n1's QR code.
+    let mut visitor = crate::dashboard::Visitor::new(&app);
+    visitor.login().await;
+    visitor.on(&n2_base);
+    let page = visitor.get("/accounts/shop").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("id=\"wa-qr\""), "{}", page.body);
     fake.scan("shop").await;
     wait_state(&app, "shop", "connected").await;
     assert_eq!(fake.st().live["shop"], 1);
     let connects = fake.st().connects["shop"];
 
-    // An operator message goes out through the node that holds the connection; the other node
-    // says where to send it instead of failing after retries.
-    let other_base = if owner_base == app.base {
-        n2_base.clone()
-    } else {
-        app.base.clone()
-    };
-    let token = app.admin_token();
+    // An operator message goes out through n1's connection, also when it is sent to n2.
     let send = format!("/v1/accounts/shop/chats/{CUSTOMER}/messages");
-    let r = app
-        .call_at(
-            &owner_base,
-            "POST",
-            &send,
-            Some(&token),
-            Some(json!({"text": "hello"})),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    // (after the other node folded the account: it reads other nodes' commits every second)
-    let r = eventually(10, "the other node knows the account", || async {
+    for base in [&app.base, &n2_base] {
         let r = app
             .call_at(
-                &other_base,
+                base,
                 "POST",
                 &send,
                 Some(&token),
                 Some(json!({"text": "hello"})),
             )
             .await;
-        (r.status != 404).then_some(r)
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    assert_eq!(fake.sent().len(), 2);
+    // A forwarded request is not forwarded again: a gateway that does not run the account
+    // answers 409 itself.
+    let r = app
+        .send(
+            reqwest::Client::new()
+                .get(format!("{n2_base}{qr}"))
+                .bearer_auth(&token)
+                .header("x-wagate-forwarded-by", "n0"),
+        )
+        .await;
+    assert_eq!(r.status, 409, "{}", r.text);
+    assert_eq!(r.json["error"]["code"], "other_node", "{}", r.text);
+    // Connect on n2 reports n1's state; nothing is connected twice.
+    let r = app
+        .call_at(
+            &n2_base,
+            "POST",
+            "/v1/accounts/shop/whatsapp-web/connect",
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["state"], "connected", "{}", r.text);
+    assert_eq!(fake.st().live["shop"], 1);
+
+    // n1 stops: n2 takes over and reconnects with the stored session.
+    let old_handler = fake.handler("shop");
+    let mut app = app;
+    app.running.take().expect("running").stop().await;
+    let s = eventually(20, "n2 reconnects the account", || async {
+        let s = app.call_at(&n2_base, "GET", qr, Some(&token), None).await;
+        (s.status == 200 && s.json["state"] == "connected" && fake.st().connects["shop"] > connects)
+            .then_some(s)
     })
     .await;
-    assert_eq!(r.status, 502, "{}", r.text);
-    assert!(r.text.contains("another gateway runs"), "{}", r.text);
-    assert_eq!(fake.sent().len(), 1);
-
-    // The owner stops: the other node takes over and reconnects with the stored session.
-    let old_handler = fake.handler("shop");
-    let survivor = if owner_base == app.base {
-        let mut app = app;
-        let token = app.admin_token();
-        app.running.take().expect("running").stop().await;
-        let s = eventually(20, "n2 reconnects the account", || async {
-            let s = app
-                .call_at(
-                    &n2_base,
-                    "GET",
-                    "/v1/accounts/shop/whatsapp-web/qr",
-                    Some(&token),
-                    None,
-                )
-                .await;
-            (s.status == 200
-                && s.json["state"] == "connected"
-                && fake.st().connects["shop"] > connects)
-                .then_some(s)
-        })
-        .await;
-        assert!(s.json["qr"].is_null(), "no new QR code: {}", s.text);
-        assert_eq!(fake.st().live["shop"], 1, "never two live connections");
-        // The old connection's late word (WhatsApp replaced it) changes nothing.
-        old_handler.event(WebEvent::StreamReplaced).await;
-        let s = app
-            .call_at(
-                &n2_base,
-                "GET",
-                "/v1/accounts/shop/whatsapp-web/qr",
-                Some(&token),
-                None,
-            )
-            .await;
-        assert_eq!(s.json["state"], "connected", "{}", s.text);
-        assert_eq!(s.json["wanted"], true, "{}", s.text);
-        n2.stop().await;
-        "n2"
-    } else {
-        n2.stop().await;
-        eventually(20, "n1 reconnects the account", || async {
-            let s = state(&app, "shop").await;
-            (s["state"] == "connected" && fake.st().connects["shop"] > connects).then_some(())
-        })
-        .await;
-        assert!(state(&app, "shop").await["qr"].is_null());
-        assert_eq!(fake.st().live["shop"], 1, "never two live connections");
-        "n1"
-    };
-    eprintln!("{survivor} took the account over");
+    assert!(s.json["qr"].is_null(), "no new QR code: {}", s.text);
+    assert_eq!(fake.st().live["shop"], 1, "never two live connections");
+    // The old connection's late word (WhatsApp replaced it) changes nothing.
+    old_handler.event(WebEvent::StreamReplaced).await;
+    let s = app.call_at(&n2_base, "GET", qr, Some(&token), None).await;
+    assert_eq!(s.json["state"], "connected", "{}", s.text);
+    assert_eq!(s.json["wanted"], true, "{}", s.text);
+    n2.stop().await;
 }
