@@ -135,6 +135,23 @@ pub enum ConnectionState {
 }
 
 impl ConnectionState {
+    /// Every state, in the order the API documents them.
+    pub const ALL: [ConnectionState; 13] = [
+        Self::Sandbox,
+        Self::Waiting,
+        Self::Connected,
+        Self::SendFailing,
+        Self::TokenRejected,
+        Self::Stopped,
+        Self::Pairing,
+        Self::Connecting,
+        Self::Disconnected,
+        Self::LoggedOut,
+        Self::TemporarilyBanned,
+        Self::ClientOutdated,
+        Self::StreamReplaced,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Sandbox => "sandbox",
@@ -241,6 +258,39 @@ mod tests {
     use wagate_events::settings::LayerState;
 
     use super::*;
+
+    /// The API's enum list (`ALL` with `as_str`) is what the state serializes to, every state
+    /// once.
+    #[test]
+    fn every_state_is_listed_under_its_serialized_name() {
+        let names: Vec<String> = ConnectionState::ALL
+            .iter()
+            .map(|s| {
+                assert_eq!(json!(s), json!(s.as_str()));
+                s.as_str().to_string()
+            })
+            .collect();
+        let unique: std::collections::BTreeSet<&String> = names.iter().collect();
+        assert_eq!(unique.len(), names.len());
+        // A new variant must be added to ALL: this match stops compiling otherwise.
+        for s in ConnectionState::ALL {
+            match s {
+                ConnectionState::Sandbox
+                | ConnectionState::Waiting
+                | ConnectionState::Connected
+                | ConnectionState::SendFailing
+                | ConnectionState::TokenRejected
+                | ConnectionState::Stopped
+                | ConnectionState::Pairing
+                | ConnectionState::Connecting
+                | ConnectionState::Disconnected
+                | ConnectionState::LoggedOut
+                | ConnectionState::TemporarilyBanned
+                | ConnectionState::ClientOutdated
+                | ConnectionState::StreamReplaced => {}
+            }
+        }
+    }
 
     fn t(s: i64) -> DateTime<Utc> {
         "2026-11-25T10:00:00Z"

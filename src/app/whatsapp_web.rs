@@ -32,6 +32,7 @@ use wagate_waweb::store::{Db, SealError, Sealer, SessionCheck, SessionStore};
 
 use super::{App, Who};
 use crate::store::Store;
+use crate::transport::whatsapp_web::qr_svg;
 
 /// How many received message ids a link remembers with their sender (for read receipts in
 /// groups, which name the participant).
@@ -145,6 +146,8 @@ impl SessionStores for StoreSessions {
 pub struct Offer {
     pub code: String,
     pub expires_at: DateTime<Utc>,
+    /// A QR code's drawing (SVG), made once when the code arrives; `None` for a pair code.
+    pub svg: Option<Arc<str>>,
 }
 
 /// What `GET …/whatsapp-web/qr` and the dashboard show of a link.
@@ -720,20 +723,22 @@ impl WebHandler for LinkHandler {
             return;
         };
         let account = link.account.as_str();
-        let offer = |code: String, valid_for: Duration| Offer {
+        let offer = |code: String, valid_for: Duration, svg: Option<Arc<str>>| Offer {
             code,
             expires_at: Utc::now()
                 + chrono::Duration::from_std(valid_for).unwrap_or(chrono::Duration::seconds(20)),
+            svg,
         };
         match event {
             WebEvent::Qr { code, valid_for } => {
-                link.inner().pairing.qr = Some(offer(code, valid_for));
+                let svg = qr_svg(&code).map(Arc::from);
+                link.inner().pairing.qr = Some(offer(code, valid_for, svg));
                 link.record(&app, WebConnectionState::Pairing, None).await;
             }
             WebEvent::PairCode { code, valid_for } => {
                 {
                     let mut inner = link.inner();
-                    inner.pairing.pair_code = Some(offer(code, valid_for));
+                    inner.pairing.pair_code = Some(offer(code, valid_for, None));
                     inner.pairing.pair_error = None;
                 }
                 link.record(&app, WebConnectionState::Pairing, None).await;

@@ -22,7 +22,6 @@ use crate::service::accounts::{
 use crate::service::ai::change_account_ai;
 use crate::service::messages::{chat_summaries, inject_inbound, ChatSearch, InboundMessage};
 use crate::service::whatsapp_web;
-use crate::transport::whatsapp_web::qr_svg;
 use serde::Deserialize;
 
 pub async fn list(
@@ -224,7 +223,7 @@ fn whatsapp_web_panel(
     let svg = pairing
         .qr
         .as_ref()
-        .and_then(|o| qr_svg(&o.code))
+        .and_then(|o| o.svg.as_deref().map(str::to_string))
         .map(|s| match s.find("<svg") {
             Some(i) => s[i..].to_string(),
             None => s,

@@ -80,7 +80,8 @@ pub struct ConnectionResponse {
     /// (configured, nothing received or sent yet); for `whatsapp_web` the connection's state
     /// (`stopped`, `pairing`, `connecting`, `connected`, `disconnected`, `logged_out`,
     /// `temporarily_banned`, `client_outdated`, `stream_replaced`) or `send_failing`.
-    pub state: ConnectionStateName,
+    #[schema(schema_with = connection_state_schema)]
+    pub state: ConnectionState,
     /// `sandbox`, `cloud_api` or `whatsapp_web`
     pub transport: String,
     /// When the last event from the transport was recorded: a received message or a delivery
@@ -95,43 +96,13 @@ pub struct ConnectionResponse {
     pub token_invalid: bool,
 }
 
-/// A connection state's name (`ConnectionResponse::state`).
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ConnectionStateName {
-    Sandbox,
-    Waiting,
-    Connected,
-    SendFailing,
-    TokenRejected,
-    Stopped,
-    Pairing,
-    Connecting,
-    Disconnected,
-    LoggedOut,
-    TemporarilyBanned,
-    ClientOutdated,
-    StreamReplaced,
-}
-
-impl From<ConnectionState> for ConnectionStateName {
-    fn from(s: ConnectionState) -> Self {
-        match s {
-            ConnectionState::Sandbox => Self::Sandbox,
-            ConnectionState::Waiting => Self::Waiting,
-            ConnectionState::Connected => Self::Connected,
-            ConnectionState::SendFailing => Self::SendFailing,
-            ConnectionState::TokenRejected => Self::TokenRejected,
-            ConnectionState::Stopped => Self::Stopped,
-            ConnectionState::Pairing => Self::Pairing,
-            ConnectionState::Connecting => Self::Connecting,
-            ConnectionState::Disconnected => Self::Disconnected,
-            ConnectionState::LoggedOut => Self::LoggedOut,
-            ConnectionState::TemporarilyBanned => Self::TemporarilyBanned,
-            ConnectionState::ClientOutdated => Self::ClientOutdated,
-            ConnectionState::StreamReplaced => Self::StreamReplaced,
-        }
-    }
+/// The OpenAPI schema of [`ConnectionState`] (the projection's enum, named as it serializes).
+fn connection_state_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(ConnectionState::ALL.iter().map(|s| s.as_str())))
+        .build()
 }
 
 /// A send failure: a reply the transport refused (`send_failed`), or a delivery it reported
@@ -147,7 +118,7 @@ pub struct SendErrorResponse {
 impl From<ConnectionStatus> for ConnectionResponse {
     fn from(s: ConnectionStatus) -> Self {
         Self {
-            state: s.state.into(),
+            state: s.state,
             transport: transport_name(s.transport).into(),
             last_inbound_at: s.last_inbound_at,
             last_sent_at: s.last_sent_at,

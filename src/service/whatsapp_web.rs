@@ -11,7 +11,6 @@ use wagate_events::account::AccountCommand;
 use super::error::{Error, Result};
 use crate::app::whatsapp_web::{LinkError, Offer, Pairing, WebSessions};
 use crate::app::{App, Who};
-use crate::transport::whatsapp_web::qr_svg;
 
 /// How long `connect` waits for a code or a connection before it answers.
 const CONNECT_WAIT: Duration = Duration::from_secs(5);
@@ -100,13 +99,19 @@ fn status_of(app: &App, account: &str, pairing: Pairing) -> Result<WhatsAppWebSt
         .account(account)
         .and_then(|a| a.whatsapp_web.clone())
         .ok_or_else(|| Error::not_found("account not found"))?;
-    let qr = pairing.qr.and_then(|Offer { code, expires_at }| {
-        qr_svg(&code).map(|svg| QrCodeView {
-            code,
-            svg,
-            expires_at,
-        })
-    });
+    let qr = pairing.qr.and_then(
+        |Offer {
+             code,
+             expires_at,
+             svg,
+         }| {
+            svg.map(|svg| QrCodeView {
+                code,
+                svg: svg.to_string(),
+                expires_at,
+            })
+        },
+    );
     Ok(WhatsAppWebStatus {
         account_id: account.to_string(),
         state: web.state.as_str().into(),
