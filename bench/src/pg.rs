@@ -28,11 +28,11 @@ pub struct Server {
     /// Diagnostic: the event store's position trigger without its global append lock, to see
     /// how much of a cluster's throughput the lock costs. Positions may then commit out of
     /// order (a reader following them could skip an event): never a real store's setting.
-    pub append_lock_off: bool,
+    pub append_lock_off: std::sync::atomic::AtomicBool,
 }
 
 /// The position trigger of `migrations/postgres/0001_events.sql` without
-/// `pg_advisory_xact_lock` (the `--append-lock-off` diagnostic).
+/// `pg_advisory_xact_lock` (the `--compare-append-lock` diagnostic).
 const TRIGGER_WITHOUT_LOCK: &str = "CREATE OR REPLACE FUNCTION wagate_assign_event_position() \
     RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
     NEW.position := nextval('events_position_seq'); NEW.recorded_at := clock_timestamp(); \
@@ -85,7 +85,7 @@ impl Server {
             prefix: format!("wagate_bench_{stamp}_{}", std::process::id()),
             created: Mutex::new(Vec::new()),
             async_commit: false,
-            append_lock_off: false,
+            append_lock_off: std::sync::atomic::AtomicBool::new(false),
             version,
         })
     }
@@ -132,7 +132,10 @@ impl Server {
         }
         let mut url = self.base.clone();
         url.set_path(&format!("/{name}"));
-        if self.append_lock_off {
+        if self
+            .append_lock_off
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
             let store = crate::p3::migrated_store(url.as_str()).await?;
             if let wagate::store::Store::Postgres(pool) = &store {
                 sqlx::query(TRIGGER_WITHOUT_LOCK).execute(pool).await?;
