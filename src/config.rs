@@ -186,6 +186,8 @@ pub const DEFAULT_CHECKPOINT_EVERY: u64 = 1_000_000;
 pub const DEFAULT_MEDIA_MAX_BYTES: usize = 16 * 1024 * 1024;
 /// The largest `WAGATE_MEDIA_MAX_BYTES` accepted (the sandbox route's body limit is sized for it).
 pub const MEDIA_MAX_BYTES_LIMIT: usize = 32 * 1024 * 1024;
+/// The longest `WAGATE_MEDIA_KEEP_SECONDS` accepted: ten years.
+pub const MEDIA_KEEP_SECONDS_LIMIT: u64 = 10 * 365 * 24 * 3600;
 
 /// The validated configuration. `Debug` prints no secret (see [`Config::redacted_summary`]).
 pub struct Config {
@@ -241,6 +243,10 @@ pub struct Config {
     /// The largest media an inbound message may carry (`WAGATE_MEDIA_MAX_BYTES`, default 16 MiB,
     /// at most 32 MiB); larger is refused (ADR 0028).
     pub media_max_bytes: usize,
+    /// How long a media's bytes are kept after a message last brought them
+    /// (`WAGATE_MEDIA_KEEP_SECONDS`, default 0: deleted once the reply that used them settled;
+    /// only the transcript and the hash stay). The purge deletes older bytes (ADR 0028).
+    pub media_keep: Duration,
 }
 
 /// Overrides for WhatsApp Web connections; both unset in production.
@@ -441,6 +447,11 @@ const MESSAGES: &[(&str, &str)] = &[
         "must be a whole number from 1 to 33554432",
     ),
     (
+        "WAGATE_MEDIA_KEEP_SECONDS",
+        "must be a whole number of seconds from 0 (deleted once its reply settled) to 315360000 \
+         (ten years)",
+    ),
+    (
         "WAGATE_AI_LOG_BODY_RETENTION",
         "must be a duration of at least 1s, such as 30d or 12h",
     ),
@@ -539,6 +550,8 @@ struct Plain {
     read_model_checkpoint_every: Option<usize>,
     #[serde(rename = "WAGATE_MEDIA_MAX_BYTES")]
     media_max_bytes: Option<usize>,
+    #[serde(rename = "WAGATE_MEDIA_KEEP_SECONDS")]
+    media_keep_seconds: Option<u64>,
     #[serde(rename = "WAGATE_AI_LOG_BODY_RETENTION")]
     ai_log_body_retention: Option<Human>,
     #[serde(rename = "WAGATE_API_RATE_LIMIT_PER_SECOND")]
@@ -1178,6 +1191,11 @@ impl Config {
             plain.media_max_bytes.unwrap_or(DEFAULT_MEDIA_MAX_BYTES),
             1..=MEDIA_MAX_BYTES_LIMIT,
         )?;
+        let media_keep = Duration::from_secs(within(
+            "WAGATE_MEDIA_KEEP_SECONDS",
+            plain.media_keep_seconds.unwrap_or(0),
+            0..=MEDIA_KEEP_SECONDS_LIMIT,
+        )?);
         let api_rate_limit = parse_api_rate_limit(&plain)?;
         let cluster = parse_cluster(&vars, &plain, listen)?;
         let whatsapp_web = parse_whatsapp_web(&vars)?;
@@ -1208,6 +1226,7 @@ impl Config {
                 cluster,
                 whatsapp_web,
                 media_max_bytes,
+                media_keep,
             },
             first,
         ))
@@ -1689,6 +1708,7 @@ mod tests {
         let (c, _) = Config::from_vars(&pg(dir.path(), &[])).expect("config");
         assert_eq!(c.read_model, DEFAULT_READ_MODEL);
         assert_eq!(c.ai_log_body_retention, None);
+        assert_eq!(c.media_keep, Duration::ZERO, "media is not kept by default");
         assert_eq!(c.checkpoint_every, DEFAULT_CHECKPOINT_EVERY);
         let (c, _) = Config::from_vars(&pg(
             dir.path(),
@@ -2029,6 +2049,10 @@ mod tests {
             ("WAGATE_READ_MODEL_AI_LOG_ROWS", &["lots"]),
             ("WAGATE_READ_MODEL_CHECKPOINT_EVERY", &["often"]),
             ("WAGATE_AI_LOG_BODY_RETENTION", &["0s", "forever"]),
+            (
+                "WAGATE_MEDIA_KEEP_SECONDS",
+                &["-1", "1h", "1.5", "315360001"],
+            ),
             ("WAGATE_API_RATE_LIMIT_PER_SECOND", &["1000001", "fast"]),
             ("WAGATE_API_RATE_LIMIT_BURST", &["0"]),
             ("WAGATE_WEBHOOK_TIMEOUT", &["50ms", "3m", "soon"]),
@@ -2059,9 +2083,11 @@ mod tests {
                 ("WAGATE_AI_LOG_BODY_RETENTION", "30d"),
                 ("WAGATE_WEBHOOK_TIMEOUT", "2s"),
                 ("WAGATE_MAX_CONNECTIONS", ""),
+                ("WAGATE_MEDIA_KEEP_SECONDS", "86400"),
             ],
         ))
         .expect("config");
+        assert_eq!(c.media_keep, Duration::from_secs(86_400));
         assert_eq!(c.listen, "[::1]:9000".parse().expect("addr"));
         assert_eq!(c.log_format, LogFormat::Json);
         assert!(c.allow_private_networks_for_accounts);

@@ -208,6 +208,7 @@ pub async fn start_with(config: Config, extras: Extras) -> Result<Running, Start
     if let Some(retention) = app.config.ai_log_body_retention {
         background.push(crate::app::retention::start(&app, retention));
     }
+    background.push(crate::app::media_retention::start(&app));
     tracing::info!(%addr, store = app.store.kind(), position = app.model().position, "wagate listening");
     Ok(Running {
         addr,

@@ -96,9 +96,17 @@ pub trait ChatStreams: Send + Sync + 'static {
     ) -> Result<Option<(String, Vec<u8>)>, StoreFailure> {
         Ok(None)
     }
-    /// Forgets the kept bytes of `account`'s media `sha256` (the reply that used them settled).
-    /// Default: nothing kept, nothing to forget.
-    async fn forget_media(&self, _account: &str, _sha256: &str) -> Result<(), StoreFailure> {
+    /// The reply to message `message_id` of chat `jid`, whose media is `account`'s `sha256`,
+    /// settled: that message no longer needs the bytes, which are deleted when no other message
+    /// still waits for them and no retention keeps them (ADR 0028). Default: nothing kept,
+    /// nothing to forget.
+    async fn forget_media(
+        &self,
+        _account: &str,
+        _jid: &str,
+        _message_id: &str,
+        _sha256: &str,
+    ) -> Result<(), StoreFailure> {
         Ok(())
     }
     /// Offers the chat's state at `version` (committed) as a snapshot, so that the next `load`

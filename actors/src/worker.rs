@@ -457,9 +457,12 @@ async fn debounced(args: &WorkerArgs) -> Result<Option<ReplyContext>, StepError>
     }
 }
 
-/// Works on the reply; `trigger_media` learns the SHA-256 of the trigger's media, whose bytes are
-/// forgotten once the reply settled.
-async fn run(args: &WorkerArgs, trigger_media: &mut Option<String>) -> Result<(), StepError> {
+/// Works on the reply; `trigger_media` learns the trigger's id and its media's SHA-256, whose
+/// bytes the trigger no longer needs once the reply settled.
+async fn run(
+    args: &WorkerArgs,
+    trigger_media: &mut Option<(String, String)>,
+) -> Result<(), StepError> {
     let reply_id = args.reply_id.clone();
     let skip = |reason: ReplyReason| {
         let reply_id = reply_id.clone();
@@ -476,8 +479,7 @@ async fn run(args: &WorkerArgs, trigger_media: &mut Option<String>) -> Result<()
         .history
         .iter()
         .find(|t| t.message_id == ctx.trigger_message_id)
-        .and_then(|t| t.media.as_ref())
-        .map(|m| m.info.sha256.clone());
+        .and_then(|t| Some((t.message_id.clone(), t.media.as_ref()?.info.sha256.clone())));
     // A notice, or an answer recorded before a restart: it is delivered as it is.
     if ctx.generated {
         return deliver(args, None).await;
@@ -875,14 +877,14 @@ impl Actor for ReplyWorker {
     ) -> Result<(), ActorProcessingErr> {
         let mut trigger_media = None;
         match run(args, &mut trigger_media).await {
-            // The reply settled: its media's bytes are not kept (ADR 0028); the transcript and
-            // the hash are in the events.
+            // The reply settled: its trigger no longer needs its media's bytes (ADR 0028); the
+            // transcript and the hash are in the events.
             Ok(()) => {
-                if let Some(sha) = trigger_media {
+                if let Some((message_id, sha)) = trigger_media {
                     if let Err(e) = args
                         .ports
                         .streams
-                        .forget_media(&args.account.account, &sha)
+                        .forget_media(&args.account.account, &args.jid, &message_id, &sha)
                         .await
                     {
                         tracing::warn!(reply_id = %args.reply_id, error = %e, "media bytes not deleted");

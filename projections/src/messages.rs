@@ -282,8 +282,8 @@ pub struct MessagesModel {
     slots: Vec<(String, String)>,
     order: VecDeque<u32>,
     retention: Retention,
-    /// Model tokens (`total_tokens` of generated replies) per (account id, UTC day of the
-    /// event): the daily token budget counts these, so a replay counts the same.
+    /// Model tokens (`total_tokens` of generated replies and of transcriptions) per (account id,
+    /// UTC day of the event): the daily token budget counts these, so a replay counts the same.
     #[serde(with = "pairs")]
     pub tokens_by_day: HashMap<(String, NaiveDate), u64>,
     /// The overview's numbers (replies, reasons, latency, inbound, tokens by hour and day),
@@ -604,6 +604,14 @@ impl MessagesModel {
                 latency_ms,
                 usage,
             } => {
+                // The transcription's tokens count against the daily budget like a reply's
+                // (none when the transcription API reported no usage).
+                if let Some(u) = usage.as_ref().filter(|u| u.total_tokens > 0) {
+                    *self
+                        .tokens_by_day
+                        .entry((acc.to_string(), at.date_naive()))
+                        .or_default() += u.total_tokens;
+                }
                 let logged = LoggedTranscription {
                     model,
                     latency_ms,
@@ -870,6 +878,30 @@ mod tests {
         let chat = &m.chats[&("acme".to_string(), "1@s.whatsapp.net".to_string())];
         assert_eq!(chat.messages[1].status, "read");
         assert_eq!(chat.messages[0].kind, MessageKind::Text);
+    }
+
+    /// A transcription's tokens count against the day's budget like a reply's; one without a
+    /// reported usage counts nothing.
+    #[test]
+    fn transcription_tokens_count_toward_the_day() {
+        let mut m = MessagesModel::default();
+        let at = "2026-11-25T10:00:00Z";
+        for (i, p) in [
+            json!({"MessageReceived":{"message_id":"m1","from":"1","text":"[audio]","from_me":false,"at":at}}),
+            json!({"AiReplyRequested":{"reply_id":"r1","trigger_message_id":"m1"}}),
+            json!({"MessageTranscribed":{"message_id":"m1","text":"hello","model":"whisper","latency_ms":9,"usage":{"prompt_tokens":20,"completion_tokens":4,"total_tokens":24}}}),
+            json!({"AiReplyGenerated":{"reply_id":"r1","text":"hi","model":"gpt","usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5},"latency_ms":7}}),
+            json!({"MessageReceived":{"message_id":"m2","from":"1","text":"[audio]","from_me":false,"at":at}}),
+            json!({"MessageTranscribed":{"message_id":"m2","text":"again","model":"whisper","latency_ms":9}}),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            m.apply(&ev(i as i64 + 1, p)).expect("fold");
+        }
+        let day = Utc::now().date_naive();
+        assert_eq!(m.tokens_on("acme", day), 24 + 5);
+        assert_eq!(m.stats.tokens_on("acme", day), 24 + 5, "the overview too");
     }
 
     fn chat_ev(pos: i64, chat: &str, payload: serde_json::Value) -> StoredEvent {

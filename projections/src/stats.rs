@@ -190,7 +190,8 @@ pub struct HourRow {
 pub struct StatsModel {
     /// Hour number → account id → its numbers.
     hours: BTreeMap<i64, BTreeMap<String, HourStats>>,
-    /// UTC day → account id → model tokens (`total_tokens` of the replies generated that day).
+    /// UTC day → account id → model tokens (`total_tokens` of the replies generated and the
+    /// transcriptions made that day).
     days: BTreeMap<NaiveDate, BTreeMap<String, u64>>,
     /// The hour of the newest event folded: buckets more than [`KEEP_DAYS`] behind it are gone.
     newest_hour: i64,
@@ -232,16 +233,24 @@ impl StatsModel {
                 if notice.is_none() && model != "echo" {
                     self.at(hour, account).latency.record(*latency_ms);
                 }
-                if usage.total_tokens > 0 {
-                    *self
-                        .days
-                        .entry(at.date_naive())
-                        .or_default()
-                        .entry(account.to_string())
-                        .or_default() += usage.total_tokens;
-                }
+                self.count_tokens(account, at, usage.total_tokens);
             }
+            // A transcription's tokens count like a reply's (none without a reported usage).
+            ChatEvent::MessageTranscribed {
+                usage: Some(usage), ..
+            } => self.count_tokens(account, at, usage.total_tokens),
             _ => {}
+        }
+    }
+
+    fn count_tokens(&mut self, account: &str, at: DateTime<Utc>, tokens: u64) {
+        if tokens > 0 {
+            *self
+                .days
+                .entry(at.date_naive())
+                .or_default()
+                .entry(account.to_string())
+                .or_default() += tokens;
         }
     }
 

@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod cluster;
 pub mod cold;
 pub mod dispatch;
+pub mod media_retention;
 pub mod ports;
 pub mod retention;
 pub mod revocation;

@@ -37,6 +37,9 @@ pub struct StoreStreams {
     committer: GroupCommitter,
     /// The read model that tells which chats have any event (see `ChatStreams::start`).
     known: Option<Arc<ReadModels>>,
+    /// Whether settled replies leave their media's bytes for the purge
+    /// (`WAGATE_MEDIA_KEEP_SECONDS` > 0) instead of deleting them (ADR 0028).
+    keep_media: bool,
 }
 
 impl StoreStreams {
@@ -50,7 +53,14 @@ impl StoreStreams {
             loader,
             committer,
             known: None,
+            keep_media: false,
         }
+    }
+
+    /// Settled replies leave their media's bytes to the time-based purge (`keep` > 0).
+    pub fn keeping_media(mut self, keep: Duration) -> Self {
+        self.keep_media = !keep.is_zero();
+        self
     }
 
     /// Starts chats that the messages read model has never seen as new streams, without reading the
@@ -130,8 +140,20 @@ impl ChatStreams for StoreStreams {
             .map_err(|e| failure(CommitError::Store(e)))
     }
 
-    async fn forget_media(&self, account: &str, sha256: &str) -> Result<(), StoreFailure> {
-        crate::store::media::delete(&self.store, account, sha256)
+    async fn forget_media(
+        &self,
+        account: &str,
+        jid: &str,
+        message_id: &str,
+        sha256: &str,
+    ) -> Result<(), StoreFailure> {
+        let used = crate::store::media::MediaUse {
+            account,
+            chat_id: jid,
+            message_id,
+            sha256,
+        };
+        crate::store::media::release(&self.store, used, self.keep_media)
             .await
             .map(drop)
             .map_err(|e| failure(CommitError::Store(e)))
@@ -545,7 +567,8 @@ pub fn ports(app: &Arc<App>) -> wagate_actors::Ports {
     wagate_actors::Ports {
         streams: Arc::new(
             StoreStreams::new(&app.store, app.committer.clone())
-                .guessing_new_chats(app.read.clone()),
+                .guessing_new_chats(app.read.clone())
+                .keeping_media(app.config.media_keep),
         ),
         config: Arc::new(LiveConfig(SettingsView::of(app))),
         model: Arc::new(model),

@@ -544,7 +544,8 @@ pub struct AccountUsage {
     pub account_id: String,
     /// The UTC day counted.
     pub day: chrono::NaiveDate,
-    /// `total_tokens` of the replies generated today (UTC), folded from the reply events.
+    /// `total_tokens` of the replies generated and the transcriptions made today (UTC), folded
+    /// from the events.
     pub tokens_used: u64,
     /// The effective `daily_token_budget` of the account (0 = no budget).
     pub daily_token_budget: u64,

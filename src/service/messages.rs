@@ -256,15 +256,20 @@ pub async fn inject_inbound(
     let meta = who.metadata();
     let gateway = app.gateway()?;
     // The bytes are kept before the message is committed, so a reply never finds its media
-    // missing (a message that then fails to commit leaves a row the same content reuses).
+    // missing (a message that then fails to commit leaves a use the purge gives up).
     // Only media a reply can use is kept: a voice note, an image or a sticker that may be
     // answered (a document, a `from_me` message or a broadcast never is).
     if let Some(m) = media
         .as_ref()
         .filter(|m| reply_candidate && wagate_events::chat::answerable(m.kind, Some(&m.info)))
     {
-        crate::store::media::put(&app.store, acc, &m.info.sha256, &m.info.mime_type, &m.bytes)
-            .await?;
+        let used = crate::store::media::MediaUse {
+            account: acc,
+            chat_id: &req.chat_id,
+            message_id: &message_id,
+            sha256: &m.info.sha256,
+        };
+        crate::store::media::put(&app.store, used, &m.info.mime_type, &m.bytes).await?;
     }
     let inbound = Inbound {
         message_id: message_id.clone(),

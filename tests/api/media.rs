@@ -404,3 +404,275 @@ async fn images_seen_with_vision(app: TestApp) {
     );
 }
 both_stores!(images_seen_with_vision, images_seen_with_vision);
+
+/// Whether `account` still keeps the bytes `sha256`.
+async fn kept(app: &TestApp, sha256: &str) -> bool {
+    wagate::store::media::get(&app.app().store, "acme", sha256)
+        .await
+        .expect("media read")
+        .is_some()
+}
+
+/// Posts a sandbox message with `media` to chat `jid`; the response.
+async fn inbound_media_to(
+    app: &TestApp,
+    jid: &str,
+    id: &str,
+    media: Value,
+) -> crate::helpers::Resp {
+    let body = json!({"chat_id": jid, "from": "491700000001", "id": id, "media": media});
+    app.admin("POST", "/v1/accounts/acme/sandbox/inbound", Some(body))
+        .await
+}
+
+/// The same image sent to two chats is one row with two uses: the first reply to settle leaves
+/// the bytes to the second, still waiting in its debounce window, which sees the image too; the
+/// bytes go once both settled.
+async fn same_bytes_twice_both_answered(app: TestApp) {
+    use wiremock::matchers::{body_string_contains, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let image = png();
+    let stub = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .and(body_string_contains(format!(
+            r#""url":"data:image/png;base64,{}""#,
+            b64(&image)
+        )))
+        .respond_with(ResponseTemplate::new(200).set_body_json(crate::replies::completion("Seen.")))
+        .expect(2)
+        .mount(&stub)
+        .await;
+    crate::replies::configure(&app, &stub, json!({"vision": true})).await;
+    app.create_account("acme").await;
+    const LATER: &str = "491709999999@s.whatsapp.net";
+    // The second chat answers after a 5 s window: its reply reads the bytes after the first
+    // chat's reply settled.
+    let r = app
+        .admin(
+            "PUT",
+            &format!("/v1/accounts/acme/chats/{LATER}/ai"),
+            Some(json!({"debounce_seconds": 5})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let media = json!({"kind": "image", "mime_type": "image/png", "data_base64": b64(&image)});
+    let r = inbound_media_to(&app, LATER, "late1", media.clone()).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let r = inbound_media_to(&app, JID, "early1", media).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let sha = sha256_hex(&image);
+    let early = settled(&app, "acme", "early1").await;
+    assert_eq!(early["status"], "sent", "{early}");
+    let late = app
+        .admin("GET", "/v1/ai/logs?account_id=acme&limit=50", None)
+        .await;
+    let pending = late.json["items"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["trigger_message_id"] == "late1"))
+        .map(|r| r["status"].clone());
+    assert_eq!(pending, Some(json!("pending")), "{}", late.text);
+    assert!(
+        kept(&app, &sha).await,
+        "the second reply still needs the bytes"
+    );
+    let late = settled(&app, "acme", "late1").await;
+    assert_eq!(
+        (late["status"].as_str(), late["reply_text"].as_str()),
+        (Some("sent"), Some("Seen.")),
+        "{late}"
+    );
+    crate::helpers::eventually(10, "the image's bytes are deleted", || async {
+        (!kept(&app, &sha).await).then_some(())
+    })
+    .await;
+}
+both_stores!(same_bytes_twice, same_bytes_twice_both_answered);
+
+/// With `WAGATE_MEDIA_KEEP_SECONDS` the bytes outlive the reply that used them; once they are
+/// older than that (the purge run as if that time passed) they go. Bytes whose reply never
+/// settled are kept for the unsettled bound, not forever.
+async fn media_kept_then_purged(backend: Backend) {
+    use std::time::Duration;
+    use wagate::app::media_retention::{purge, unsettled_bound};
+    use wagate::store::media::{self, MediaUse};
+    let Some(app) =
+        TestApp::spawn_with_settings(backend, &[("WAGATE_MEDIA_KEEP_SECONDS", "3600")]).await
+    else {
+        return;
+    };
+    app.create_account("acme").await;
+    let voice = ogg_opus();
+    let sha = sha256_hex(&voice);
+    let r = inbound_media(
+        &app,
+        "v1",
+        None,
+        json!({"kind": "audio", "mime_type": "audio/ogg", "data_base64": b64(&voice)}),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    // The AI is off: the reply is skipped, and settled.
+    let row = settled(&app, "acme", "v1").await;
+    assert_eq!(row["status"], "skipped", "{row}");
+    let store = &app.app().store;
+    // The app's own pass: an hour is not over, the bytes stay.
+    let p = purge(app.app()).await.expect("purge");
+    assert_eq!(p.media, 0, "{p:?}");
+    assert!(kept(&app, &sha).await, "kept after the reply settled");
+    // An hour later (a keep time of 0 left), the settled reply's bytes go.
+    let p = media::purge(
+        store,
+        Duration::ZERO,
+        unsettled_bound(Duration::from_secs(3600)),
+    )
+    .await
+    .expect("purge");
+    assert_eq!(p.media, 1, "{p:?}");
+    assert!(!kept(&app, &sha).await);
+
+    // Bytes put for a message whose reply never settles (as if its commit failed).
+    let image = png();
+    let isha = sha256_hex(&image);
+    let used = MediaUse {
+        account: "acme",
+        chat_id: JID,
+        message_id: "never-answered",
+        sha256: &isha,
+    };
+    media::put(store, used, "image/png", &image)
+        .await
+        .expect("put");
+    let p = media::purge(store, Duration::ZERO, Duration::from_secs(3600))
+        .await
+        .expect("purge");
+    assert_eq!((p.uses, p.media), (0, 0), "a reply may still need them");
+    assert!(kept(&app, &isha).await);
+    // Past the unsettled bound, the wait is given up and the bytes go (the bound is 0 here; the
+    // store's clock must have moved past the put: SQLite's has milliseconds).
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let p = media::purge(store, Duration::ZERO, Duration::ZERO)
+        .await
+        .expect("purge");
+    assert_eq!((p.uses, p.media), (1, 1), "{p:?}");
+    assert!(!kept(&app, &isha).await);
+}
+both_stores!(media_kept_then_purged, media_kept_then_purged(Backend));
+
+/// The periodic purge deletes the bytes once `WAGATE_MEDIA_KEEP_SECONDS` passed (a settled reply
+/// leaves them to it when a keep time is set).
+async fn media_purged_by_the_job(backend: Backend) {
+    let Some(app) =
+        TestApp::spawn_with_settings(backend, &[("WAGATE_MEDIA_KEEP_SECONDS", "1")]).await
+    else {
+        return;
+    };
+    app.create_account("acme").await;
+    let image = png();
+    let r = inbound_media(
+        &app,
+        "i1",
+        Some("look"),
+        json!({"kind": "image", "mime_type": "image/png", "data_base64": b64(&image)}),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let row = settled(&app, "acme", "i1").await;
+    assert_eq!(row["status"], "skipped", "{row}");
+    let sha = sha256_hex(&image);
+    crate::helpers::eventually(15, "the purge deletes the bytes", || async {
+        (!kept(&app, &sha).await).then_some(())
+    })
+    .await;
+    // The message and its hash stay.
+    let all = messages(&app, "acme", JID).await;
+    assert_eq!(all[0]["media"]["sha256"], sha, "{all:?}");
+}
+both_stores!(media_purged_by_the_job, media_purged_by_the_job(Backend));
+
+/// A transcription's tokens count against the daily token budget like the reply's; a
+/// transcription API that reports no usage counts nothing.
+async fn transcription_tokens_counted(app: TestApp) {
+    use wiremock::matchers::{body_string_contains, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let stub = MockServer::start().await;
+    let first = ogg_opus();
+    let mut second = ogg_opus();
+    second.extend_from_slice(b"second");
+    Mock::given(method("POST"))
+        .and(path("/v1/audio/transcriptions"))
+        .and(body_string_contains("second"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"text": "And on Sunday?", "usage": {"type": "duration", "seconds": 3}}),
+        ))
+        .mount(&stub)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/audio/transcriptions"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "text": "Are you open today?",
+            "usage": {"type": "tokens", "input_tokens": 30, "output_tokens": 12, "total_tokens": 42}
+        })))
+        .mount(&stub)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(crate::replies::completion("Yes.")))
+        .mount(&stub)
+        .await;
+    crate::replies::configure(
+        &app,
+        &stub,
+        json!({"transcription_model": "whisper-test", "daily_token_budget": 1000}),
+    )
+    .await;
+    app.create_account("acme").await;
+    let used = || async {
+        let r = app.admin("GET", "/v1/accounts/acme/ai/usage", None).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        r.json["tokens_used"].as_u64()
+    };
+    let r = inbound_media(
+        &app,
+        "v1",
+        None,
+        json!({"kind": "audio", "mime_type": "audio/ogg", "data_base64": b64(&first)}),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let row = settled(&app, "acme", "v1").await;
+    assert_eq!(row["status"], "sent", "{row}");
+    assert_eq!(row["transcription"]["usage"]["total_tokens"], 42, "{row}");
+    // 42 for the transcription, 18 for the reply (the stub's completion).
+    crate::helpers::eventually(10, "the tokens are folded", || async {
+        (used().await == Some(42 + 18)).then_some(())
+    })
+    .await;
+    let r = inbound_media(
+        &app,
+        "v2",
+        None,
+        json!({"kind": "audio", "mime_type": "audio/ogg", "data_base64": b64(&second)}),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let row = settled(&app, "acme", "v2").await;
+    assert_eq!(row["status"], "sent", "{row}");
+    assert!(row["transcription"]["usage"].is_null(), "{row}");
+    crate::helpers::eventually(10, "the reply's tokens are folded", || async {
+        (used().await == Some(42 + 18 + 18)).then_some(())
+    })
+    .await;
+    // The overview counts the same tokens.
+    let stats = app
+        .admin("GET", "/v1/stats?period=24h&account=acme", None)
+        .await;
+    assert_eq!(stats.status, 200, "{}", stats.text);
+    assert_eq!(
+        stats.json["totals"]["tokens"],
+        42 + 18 + 18,
+        "{}",
+        stats.text
+    );
+}
+both_stores!(transcription_tokens_counted, transcription_tokens_counted);
