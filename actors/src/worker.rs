@@ -18,7 +18,7 @@ use chrono::Utc;
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::Semaphore;
-use wagate_events::chat::{MessageKind, ModelAttempt, SentPart, TokenUsage, Turn};
+use wagate_events::chat::{keeps_bytes, MessageKind, ModelAttempt, SentPart, TokenUsage, Turn};
 use wagate_events::reason::{ModelErrorClass, ReplyReason, SupersededAt};
 
 use crate::account::AccountHandle;
@@ -475,11 +475,18 @@ async fn run(
     let Some(ctx) = debounced(args).await? else {
         return Ok(());
     };
-    *trigger_media = ctx
+    let trigger_turn_media = ctx
         .history
         .iter()
         .find(|t| t.message_id == ctx.trigger_message_id)
-        .and_then(|t| Some((t.message_id.clone(), t.media.as_ref()?.info.sha256.clone())));
+        .and_then(|t| Some((t.message_id.clone(), t.media.as_ref()?)));
+    let trigger_unavailable = trigger_turn_media
+        .as_ref()
+        .and_then(|(_, m)| m.info.unavailable.clone());
+    // Media whose bytes were never had keeps nothing to forget.
+    *trigger_media = trigger_turn_media
+        .filter(|(_, m)| m.info.available() && keeps_bytes(m.kind))
+        .map(|(id, m)| (id, m.info.sha256.clone()));
     // A notice, or an answer recorded before a restart: it is delivered as it is.
     if ctx.generated {
         return deliver(args, None).await;
@@ -510,8 +517,23 @@ async fn run(
             reply,
         }
     };
+    // The bytes of the trigger's media could not be had at the edge: the reply ends with why,
+    // never a silent drop.
+    if let Some(why) = trigger_unavailable {
+        let detail = format!("not available: {why}");
+        return step(args, fail(ReplyReason::MediaFailed { detail })).await;
+    }
     let mut history = ctx.history.clone();
     let mut trigger_text = ctx.trigger_text.clone();
+    // Documents reach the model as their caption and `[document: <file name>]`.
+    for turn in history.iter_mut() {
+        if let Some(text) = document_text(turn) {
+            if turn.message_id == ctx.trigger_message_id {
+                trigger_text = text.clone();
+            }
+            turn.text = text;
+        }
+    }
     if let Some(turn) = history
         .iter_mut()
         .find(|t| t.message_id == ctx.trigger_message_id && t.needs_transcript())
@@ -591,7 +613,8 @@ async fn shown_images(
         .find(|t| t.inbound)
         .map(|t| t.message_id.clone());
     for turn in history.iter().filter(|t| is_image(t)) {
-        let Some(media) = turn.media.as_ref() else {
+        // Media whose bytes were never had goes as its caption (the trigger's ended the reply).
+        let Some(media) = turn.media.as_ref().filter(|m| m.info.available()) else {
             continue;
         };
         match args
@@ -615,6 +638,27 @@ async fn shown_images(
         }
     }
     Ok(Ok(images))
+}
+
+/// The text a document turn reaches the model with: its caption (when it has one), then
+/// `[document: <file name>]` (its MIME type when it has no name); `None` for other turns.
+pub fn document_text(turn: &Turn) -> Option<String> {
+    let media = turn
+        .media
+        .as_ref()
+        .filter(|m| m.kind == MessageKind::Document)?;
+    let label = media
+        .info
+        .filename
+        .as_deref()
+        .unwrap_or(media.info.mime_type.as_str());
+    let marker = format!("[document: {label}]");
+    let caption = turn.text.trim();
+    Some(if caption.is_empty() || caption == "[document]" {
+        marker
+    } else {
+        format!("{caption}\n{marker}")
+    })
 }
 
 /// Why an audio message was not heard.
@@ -908,7 +952,40 @@ mod history_tests {
     use chrono::{DateTime, Duration, Utc};
     use wagate_events::chat::Turn;
 
-    use super::{estimate_tokens, select_history, select_history_with, IMAGE_TOKENS};
+    use super::{
+        document_text, estimate_tokens, select_history, select_history_with, IMAGE_TOKENS,
+    };
+
+    /// A document reaches the model as its caption and `[document: <file name>]`.
+    #[test]
+    fn documents_read_as_caption_and_file_name() {
+        use wagate_events::chat::{MediaInfo, MessageKind, TurnMedia};
+        let mut t = turn(0, "Here is the invoice", Utc::now());
+        assert_eq!(document_text(&t), None);
+        t.media = Some(TurnMedia {
+            kind: MessageKind::Document,
+            info: MediaInfo {
+                mime_type: "application/pdf".into(),
+                size: 0,
+                sha256: String::new(),
+                filename: Some("Rechnung.pdf".into()),
+                unavailable: None,
+            },
+            transcribed: false,
+        });
+        assert_eq!(
+            document_text(&t).as_deref(),
+            Some("Here is the invoice\n[document: Rechnung.pdf]")
+        );
+        t.text = "[document]".into();
+        if let Some(m) = t.media.as_mut() {
+            m.info.filename = None;
+        }
+        assert_eq!(
+            document_text(&t).as_deref(),
+            Some("[document: application/pdf]")
+        );
+    }
 
     /// An image sent with its turn costs 765 estimated tokens more: a budget that holds three
     /// plain turns holds fewer once one of them is shown as an image.

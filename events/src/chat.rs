@@ -51,8 +51,9 @@ pub enum Source {
     Test,
 }
 
-/// What an inbound message carries. Only text is answered by the AI; the other kinds are recorded
-/// (with their caption or a `[kind]` marker as text) and their reply is skipped with a reason.
+/// What an inbound message carries. Text, and voice notes, images, stickers and documents with
+/// their media, are answered by the AI (see [`answerable`]); the other kinds are recorded (with
+/// their caption or a `[kind]` marker as text) and their reply is skipped with a reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MessageKind {
@@ -122,6 +123,19 @@ pub struct MediaInfo {
     /// The file name the sender gave (documents).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filename: Option<String>,
+    /// Why the bytes could not be had at the edge (a download that failed or timed out, a file
+    /// over `WAGATE_MEDIA_MAX_BYTES`, bytes that are not the declared type): the message is
+    /// recorded all the same, `size` and `sha256` are then what was declared (`0` and `""` when
+    /// nothing was), and a reply to it ends with this reason (ADR 0028).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
+}
+
+impl MediaInfo {
+    /// Whether the bytes were had and checked (not [`MediaInfo::unavailable`]).
+    pub fn available(&self) -> bool {
+        self.unavailable.is_none()
+    }
 }
 
 /// Delivery progress of an outbound message as the transport reports it. Ordered: a status
@@ -400,15 +414,29 @@ impl Turn {
     }
 }
 
-/// Whether a customer message of `kind` is answered: text, and voice notes, audio, images and
-/// stickers that came with their media (the AI hears the transcript and sees the image).
+/// Whether a customer message of `kind` is answered: text, and voice notes, audio, images,
+/// stickers and documents that came with their media (the AI hears the transcript, sees the
+/// image, reads a document's caption and file name). Media whose bytes could not be had is
+/// answered too: its reply ends with the reason ([`MediaInfo::unavailable`]).
 pub fn answerable(kind: MessageKind, media: Option<&MediaInfo>) -> bool {
     kind == MessageKind::Text
         || (media.is_some()
             && matches!(
                 kind,
-                MessageKind::Audio | MessageKind::Image | MessageKind::Sticker
+                MessageKind::Audio
+                    | MessageKind::Image
+                    | MessageKind::Sticker
+                    | MessageKind::Document
             ))
+}
+
+/// Whether the bytes of media of `kind` are kept for its reply: a voice note's are transcribed,
+/// an image's or sticker's shown; a document reaches the model as its caption and file name.
+pub fn keeps_bytes(kind: MessageKind) -> bool {
+    matches!(
+        kind,
+        MessageKind::Audio | MessageKind::Image | MessageKind::Sticker
+    )
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -1531,6 +1559,27 @@ mod tests {
 
     use super::*;
 
+    /// Media recorded before `unavailable` existed still reads, and available media writes no
+    /// such field.
+    #[test]
+    fn media_info_without_unavailable_reads() {
+        let old = r#"{"mime_type":"audio/ogg","size":10,"sha256":"ab"}"#;
+        let info: MediaInfo = serde_json::from_str(old).expect("old media info");
+        assert!(info.available());
+        assert_eq!(serde_json::to_string(&info).expect("json"), old);
+        let gone = MediaInfo {
+            unavailable: Some("download failed".into()),
+            ..info
+        };
+        assert!(!gone.available());
+        assert!(serde_json::to_string(&gone)
+            .expect("json")
+            .contains(r#""unavailable":"download failed""#));
+        assert!(answerable(MessageKind::Document, Some(&gone)));
+        assert!(!answerable(MessageKind::Document, None));
+        assert!(!keeps_bytes(MessageKind::Document));
+    }
+
     type Fw = TestFramework<Chat>;
 
     fn t0() -> DateTime<Utc> {
@@ -2101,6 +2150,7 @@ mod tests {
             size: 10,
             sha256: "cd".repeat(32),
             filename: None,
+            unavailable: None,
         };
         let mut cmd = receive("v1", true, false);
         if let ChatCommand::Receive {
@@ -2153,6 +2203,7 @@ mod tests {
             size: 1234,
             sha256: "ab".repeat(32),
             filename: None,
+            unavailable: None,
         };
         let mut cmd = receive("v1", true, false);
         if let ChatCommand::Receive { kind, media: m, .. } = &mut cmd {

@@ -276,8 +276,10 @@ pub enum ReplyReason {
     NotText { kind: MessageKind },
     /// The trigger is a voice note or audio, and no `transcription_model` is set.
     TranscriptionOff,
-    /// The trigger's media could not be used: its bytes are gone, or the transcription failed
-    /// (`detail`: the cause, sanitized: never a body, a key or a transcript).
+    /// The trigger's media could not be used: its bytes are gone, they could not be had at the
+    /// edge (`not available: <why>`: a failed download, an oversize file, a MIME mismatch; see
+    /// `MediaInfo::unavailable`), or the transcription failed (`detail`: the cause, sanitized:
+    /// never a body, a key, a URL or a transcript).
     MediaFailed { detail: String },
     /// The message came outside business hours, and `outside_hours` is `silent` (or the away
     /// message was sent already in this closed period). `opens_at`: when the business opens.

@@ -20,18 +20,19 @@ use wagate_actors::ports::{SendError, Session};
 use wagate_actors::ActorError;
 use wagate_actors::Inbound;
 use wagate_events::account::{AccountCommand, Transport};
-use wagate_events::chat::MessageKind;
+use wagate_events::chat::{keeps_bytes, MessageKind};
 use wagate_events::whatsapp_web::{WebConnectionState, WebState};
 use wagate_events::DomainError;
 use wagate_waweb::port::{
     ConnectOptions, SessionBackend, WebConnection, WebConnector, WebError, WebEvent, WebHandler,
-    WebInbound,
+    WebInbound, WebMedia,
 };
 
 use wagate_waweb::store::{Db, SealError, Sealer, SessionCheck, SessionStore};
 
 use super::{App, Who};
 use crate::store::Store;
+use crate::transport::media::{clean_filename, declared_info, Received};
 use crate::transport::whatsapp_web::qr_svg;
 
 /// How many received message ids a link remembers with their sender (for read receipts in
@@ -684,6 +685,39 @@ pub fn inbound_of(m: &WebInbound) -> Inbound {
     }
 }
 
+/// The media of an inbound message: downloaded through the connection and checked as every
+/// transport's media are, when a reply may use its bytes (`answered`: a voice note, image or
+/// sticker that may be answered); otherwise what WhatsApp declared of it.
+async fn receive_media(link: &Link, app: &App, media: &WebMedia, answered: bool) -> Received {
+    let sha256 = media.sha256.as_deref().map(hex::encode);
+    if !(answered && keeps_bytes(media.kind)) {
+        return Received::Declared(declared_info(
+            &media.mime_type,
+            media.size,
+            sha256.as_deref(),
+            clean_filename(media.filename.as_deref()),
+            None,
+        ));
+    }
+    let max_bytes = app.config.media_max_bytes;
+    let fetched = match link.connection() {
+        Some(conn) => conn.download(media, max_bytes).await.map_err(|e| e.reason),
+        None => Err("the connection is not open".to_string()),
+    };
+    if let Err(why) = &fetched {
+        tracing::warn!(account = %link.account, kind = media.kind.as_str(), reason = %why, "whatsapp_web media not downloaded; the message is recorded without it");
+    }
+    Received::from_download(
+        media.kind,
+        &media.mime_type,
+        media.size,
+        sha256.as_deref(),
+        clean_filename(media.filename.as_deref()),
+        fetched.map_err(|why| format!("download failed: {why}")),
+        max_bytes,
+    )
+}
+
 #[async_trait]
 impl WebHandler for LinkHandler {
     async fn messages(&self, batch: Vec<WebInbound>) -> Result<(), String> {
@@ -697,8 +731,29 @@ impl WebHandler for LinkHandler {
         }
         .metadata();
         for m in batch {
-            let inbound = inbound_of(&m);
+            let mut inbound = inbound_of(&m);
             link.remember_sender(&m.id, &m.sender);
+            // Media a reply may use is downloaded and kept before its message is committed (and
+            // so before WhatsApp is told it arrived); a failed download marks it unavailable.
+            if let Some(media) = &m.media {
+                let answered = inbound.reply_candidate && !inbound.from_me;
+                let received = receive_media(&link, &app, media, answered).await;
+                if let Some(kept) = received.kept() {
+                    let used = crate::store::media::MediaUse {
+                        account: &link.account,
+                        chat_id: &m.chat,
+                        message_id: &inbound.message_id,
+                        sha256: &kept.info.sha256,
+                    };
+                    crate::store::media::put(&app.store, used, &kept.info.mime_type, &kept.bytes)
+                    .await
+                    .map_err(|e| {
+                        tracing::warn!(account = %link.account, error = %e, "whatsapp_web media not kept; WhatsApp delivers the message again");
+                        e.to_string()
+                    })?;
+                }
+                inbound.media = Some(received.into_info());
+            }
             match gateway
                 .receive(&link.account, &m.chat, inbound, meta.clone())
                 .await
@@ -924,6 +979,7 @@ mod tests {
             quoted: None,
             mentions_me: false,
             undecryptable: false,
+            media: None,
         }
     }
 

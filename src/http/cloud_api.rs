@@ -26,9 +26,13 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{body_rejection, ApiPath, ApiQuery};
 use super::openapi::AccountId;
 use crate::app::{SharedApp, Who};
+use crate::model::guard::OutboundGuard;
 use crate::transport::cloud_api::{
-    app_secret_ad, parse_webhook, signature_valid, verify_token_matches,
+    access_token_ad, app_secret_ad, parse_webhook, signature_valid, verify_token_matches,
+    CloudApiClient, CloudTarget, InboundMessage,
 };
+use crate::transport::media::{declared_info, Received};
+use wagate_events::chat::keeps_bytes;
 
 pub fn router() -> OpenApiRouter<SharedApp> {
     OpenApiRouter::new().routes(routes!(verify_webhook, receive_webhook))
@@ -40,6 +44,9 @@ struct WebhookAccount {
     phone_number_id: String,
     app_secret_sealed: String,
     verify_token_sha256: String,
+    access_token_sealed: String,
+    graph_base_url: String,
+    graph_version: String,
 }
 
 fn webhook_account(app: &SharedApp, acc: &str) -> Result<WebhookAccount, ApiError> {
@@ -54,6 +61,9 @@ fn webhook_account(app: &SharedApp, acc: &str) -> Result<WebhookAccount, ApiErro
         phone_number_id: c.settings.phone_number_id.clone(),
         app_secret_sealed: c.settings.app_secret_sealed.clone(),
         verify_token_sha256: c.settings.verify_token_sha256.clone(),
+        access_token_sealed: c.settings.access_token_sealed.clone(),
+        graph_base_url: c.settings.graph_base_url.clone(),
+        graph_version: c.settings.graph_version.clone(),
     })
 }
 
@@ -100,6 +110,83 @@ async fn verify_webhook(
         .into_response())
 }
 
+/// The media of each message of a batch (`None` for a message without): audio, images and
+/// stickers downloaded from the Graph API and checked as every transport's media are; a
+/// document's declared type and file name only.
+async fn fetch_media(
+    app: &SharedApp,
+    acc: &str,
+    account: &WebhookAccount,
+    messages: &[InboundMessage],
+) -> Vec<Option<Received>> {
+    let max_bytes = app.config.media_max_bytes;
+    let wanted = messages
+        .iter()
+        .any(|m| m.media.is_some() && keeps_bytes(m.kind));
+    let fetcher = if wanted {
+        let token = app
+            .config
+            .keyring
+            .open_string(&account.access_token_sealed, &access_token_ad(acc));
+        let client = CloudApiClient::new(std::sync::Arc::new(OutboundGuard::new(
+            app.config.allow_private_networks.clone(),
+        )));
+        match (token, client) {
+            (Ok(access_token), Ok(client)) => Ok((
+                client,
+                CloudTarget {
+                    graph_base_url: account.graph_base_url.clone(),
+                    graph_version: account.graph_version.clone(),
+                    phone_number_id: account.phone_number_id.clone(),
+                    access_token,
+                },
+            )),
+            (Err(_), _) => Err("the stored cloud_api access token cannot be decrypted".to_string()),
+            (_, Err(e)) => Err(e.to_string()),
+        }
+    } else {
+        Err(String::new())
+    };
+    let fetches = messages.iter().map(|m| {
+        let fetcher = &fetcher;
+        async move {
+            let media = m.media.as_ref()?;
+            let fetched = if !keeps_bytes(m.kind) {
+                // A document: its caption and file name reach the model, its bytes are not
+                // needed.
+                return Some(Received::Declared(declared_info(
+                    &media.mime_type,
+                    None,
+                    media.sha256.as_deref(),
+                    media.filename.clone(),
+                    None,
+                )));
+            } else {
+                match fetcher {
+                    Ok((client, target)) => client
+                        .download_media(target, &media.id, max_bytes)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(why) => Err(format!("download failed: {why}")),
+                }
+            };
+            if let Err(why) = &fetched {
+                tracing::warn!(account = %acc, kind = m.kind.as_str(), reason = %why, "cloud_api media not downloaded; the message is recorded without it");
+            }
+            Some(Received::from_download(
+                m.kind,
+                &media.mime_type,
+                None,
+                media.sha256.as_deref(),
+                media.filename.clone(),
+                fetched,
+                max_bytes,
+            ))
+        }
+    });
+    futures::future::join_all(fetches).await
+}
+
 /// What a notification carried.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WebhookAccepted {
@@ -115,8 +202,10 @@ pub struct WebhookAccepted {
 
 /// Meta's notifications: verifies `X-Hub-Signature-256` over the raw body (401 and nothing stored
 /// when missing or wrong), then commits every message and status through the chat actors and
-/// answers 200. Text messages get an AI reply as usual; other kinds are recorded and their reply
-/// skipped with a reason.
+/// answers 200. Text messages get an AI reply as usual; voice notes, images and stickers are
+/// downloaded from the Graph API first (a failed or refused download records the message with
+/// its media unavailable, and its reply fails with the reason); documents are answered from
+/// their caption and file name; other kinds are recorded and their reply skipped with a reason.
 #[utoipa::path(post, path = "/v1/transports/cloud-api/{acc}/webhook", tag = "transports",
     params(("acc" = AccountId, Path), ("X-Hub-Signature-256" = String, Header, description = "sha256=<hex HMAC-SHA256 of the body under the app secret>")),
     request_body(content = Object, description = "Meta's webhook payload (object whatsapp_business_account)"),
@@ -165,8 +254,25 @@ async fn receive_webhook(
         statuses: 0,
         ignored: batch.ignored,
     };
-    for m in batch.messages {
+    // Media a reply may use is fetched (all of the batch's at once) before its message is
+    // committed; a failed fetch marks the media unavailable, it never refuses the webhook.
+    let media = fetch_media(&app, &acc, &account, &batch.messages).await;
+    for (m, media) in batch.messages.into_iter().zip(media) {
         let jid = m.jid();
+        if let Some(kept) = media.as_ref().and_then(Received::kept) {
+            let used = crate::store::media::MediaUse {
+                account: &acc,
+                chat_id: &jid,
+                message_id: &m.id,
+                sha256: &kept.info.sha256,
+            };
+            crate::store::media::put(&app.store, used, &kept.info.mime_type, &kept.bytes)
+            .await
+            .map_err(|e| {
+                tracing::error!(account = %acc, error = %e, "cannot keep a cloud_api message's media");
+                ApiError::unavailable("the store is unavailable; retry")
+            })?;
+        }
         let inbound = Inbound {
             message_id: m.id.clone(),
             from: m.from.clone(),
@@ -178,7 +284,7 @@ async fn receive_webhook(
             // The Cloud API serves one-to-one chats: a mention trigger never applies.
             mentioned: false,
             reply_to: None,
-            media: None,
+            media: media.map(Received::into_info),
         };
         let ack = gateway.receive(&acc, &jid, inbound, meta.clone()).await?;
         if ack.duplicate {

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 use wagate_actors::Inbound;
-use wagate_events::chat::{MediaInfo, MessageKind, Source};
+use wagate_events::chat::{MessageKind, Source};
 use wagate_events::ids::{chat_kind, ChatKind};
 use wagate_projections::messages::{ChatView, MessageView};
 
@@ -48,155 +48,39 @@ pub struct InboundMedia {
     pub filename: Option<String>,
 }
 
-/// Media whose bytes were checked: its kind, what the events record, and the bytes.
-pub struct CheckedMedia {
-    pub kind: MessageKind,
-    pub info: MediaInfo,
-    pub bytes: Vec<u8>,
+pub use crate::transport::media::CheckedMedia;
+use crate::transport::media::{self as edge, Refusal};
+
+impl From<Refusal> for Error {
+    fn from(r: Refusal) -> Self {
+        Error::invalid(r.field, r.message)
+    }
 }
 
-/// A MIME type without its parameters, lowercased (`audio/ogg; codecs=opus` -> `audio/ogg`).
-fn essence(mime: &str) -> String {
-    mime.split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase()
-}
-
-/// Whether the declared MIME type `declared` (an essence) names the type `sniffed` found in the
-/// bytes: the same, or one of the common aliases of one format.
-fn same_type(declared: &str, sniffed: &str) -> bool {
-    const ALIASES: &[&[&str]] = &[
-        &["audio/ogg", "audio/opus", "application/ogg"],
-        &[
-            "audio/mp4",
-            "audio/m4a",
-            "audio/x-m4a",
-            "audio/aac",
-            "video/mp4",
-        ],
-        &["audio/mpeg", "audio/mp3"],
-        &["audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave"],
-        &["image/jpeg", "image/jpg"],
-    ];
-    declared == sniffed
-        || ALIASES
-            .iter()
-            .any(|group| group.contains(&declared) && group.contains(&sniffed))
-}
-
-/// Checks a sandbox message's media: its kind, the base64, the size cap
-/// (`WAGATE_MEDIA_MAX_BYTES`) and the declared MIME type against the type the bytes show
-/// (`infer`). A refusal is a 400 naming the field.
+/// Checks a sandbox message's media: its kind, the base64, then the bytes as every transport's
+/// are ([`edge::accept`]: the size cap `WAGATE_MEDIA_MAX_BYTES`, the declared MIME type against
+/// the type the bytes show). A refusal is a 400 naming the field.
 pub fn check_media(media: InboundMedia, max_bytes: usize) -> Result<CheckedMedia> {
     use base64::Engine;
-    let kind = match media.kind.as_str() {
-        "audio" => MessageKind::Audio,
-        "image" => MessageKind::Image,
-        "sticker" => MessageKind::Sticker,
-        "document" => MessageKind::Document,
-        _ => {
-            return Err(Error::invalid(
-                "media.kind",
-                "must be audio, image, sticker or document",
-            ))
-        }
-    };
-    let declared = essence(&media.mime_type);
-    let well_formed = declared.split_once('/').is_some_and(|(t, sub)| {
-        !t.is_empty()
-            && !sub.is_empty()
-            && declared
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"/.+-_".contains(&b))
-    });
-    if !well_formed || media.mime_type.len() > 255 {
-        return Err(Error::invalid(
-            "media.mime_type",
-            "must be a MIME type such as audio/ogg or image/jpeg",
-        ));
-    }
-    let family_ok = match kind {
-        MessageKind::Audio => declared.starts_with("audio/") || declared == "application/ogg",
-        MessageKind::Image | MessageKind::Sticker => declared.starts_with("image/"),
-        _ => true,
-    };
-    if !family_ok {
-        return Err(Error::invalid(
-            "media.mime_type",
-            format!("{declared} is not a type of {} media", kind.as_str()),
-        ));
-    }
-    if media
-        .filename
-        .as_ref()
-        .is_some_and(|f| f.trim().is_empty() || f.len() > 255 || f.contains(['/', '\\', '\0']))
-    {
-        return Err(Error::invalid(
-            "media.filename",
-            "1..=255 characters, without / or \\",
-        ));
-    }
+    let kind = edge::media_kind(&media.kind)?;
+    edge::declared_type(kind, &media.mime_type)?;
+    edge::check_filename(media.filename.as_deref())?;
     // Refused before decoding when the text alone is too long for the cap.
-    let too_large = |size: usize| {
-        Error::invalid(
-            "media.data_base64",
-            format!(
-                "the media is {size} bytes; at most {max_bytes} are accepted \
-                 (WAGATE_MEDIA_MAX_BYTES)"
-            ),
-        )
-    };
     let encoded = media.data_base64.trim();
     let estimate = encoded.len() / 4 * 3;
     if estimate > max_bytes.saturating_add(3) {
-        return Err(too_large(estimate));
+        return Err(edge::too_large(estimate as u64, max_bytes).into());
     }
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(encoded)
         .map_err(|_| Error::invalid("media.data_base64", "must be base64 (standard alphabet)"))?;
-    if bytes.is_empty() {
-        return Err(Error::invalid("media.data_base64", "must not be empty"));
-    }
-    if bytes.len() > max_bytes {
-        return Err(too_large(bytes.len()));
-    }
-    match infer::get(&bytes).map(|t| t.mime_type()) {
-        Some(sniffed) if !same_type(&declared, sniffed) => {
-            return Err(Error::invalid(
-                "media.mime_type",
-                format!("declared {declared}, but the bytes are {sniffed}"),
-            ))
-        }
-        Some(_) => {}
-        // A document may be of a type no signature names (plain text, CSV); audio and images
-        // must show what they are.
-        None if kind == MessageKind::Document => {}
-        None => {
-            return Err(Error::invalid(
-                "media.mime_type",
-                format!(
-                    "declared {declared}, but the bytes are not a known {} format",
-                    kind.as_str()
-                ),
-            ))
-        }
-    }
-    let sha256 = {
-        use sha2::Digest;
-        hex::encode(sha2::Sha256::digest(&bytes))
-    };
-    Ok(CheckedMedia {
+    Ok(edge::accept(
         kind,
-        info: MediaInfo {
-            mime_type: declared,
-            size: bytes.len() as u64,
-            sha256,
-            filename: media.filename,
-        },
+        &media.mime_type,
         bytes,
-    })
+        media.filename,
+        max_bytes,
+    )?)
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -258,10 +142,11 @@ pub async fn inject_inbound(
     // The bytes are kept before the message is committed, so a reply never finds its media
     // missing (a message that then fails to commit leaves a use the purge gives up).
     // Only media a reply can use is kept: a voice note, an image or a sticker that may be
-    // answered (a document, a `from_me` message or a broadcast never is).
+    // answered (a document reaches the model as its caption and file name; a `from_me` message
+    // or a broadcast is never answered).
     if let Some(m) = media
         .as_ref()
-        .filter(|m| reply_candidate && wagate_events::chat::answerable(m.kind, Some(&m.info)))
+        .filter(|m| reply_candidate && wagate_events::chat::keeps_bytes(m.kind))
     {
         let used = crate::store::media::MediaUse {
             account: acc,

@@ -26,6 +26,9 @@ const MAX_RESPONSE_BYTES: usize = 256 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A Graph call that takes longer than this is abandoned (and retried as a transient failure).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+/// A media download (the file's bytes, after its metadata) that takes longer than this is
+/// abandoned: the message is recorded with its media unavailable.
+const MEDIA_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Associated data binding a sealed access token to its account.
 pub fn access_token_ad(account: &str) -> String {
@@ -159,6 +162,20 @@ pub struct CloudTarget {
 }
 
 impl CloudTarget {
+    fn media_url(&self, media_id: &str) -> Result<Url, GraphError> {
+        let u = format!(
+            "{}/{}/{}",
+            self.graph_base_url.trim_end_matches('/'),
+            self.graph_version,
+            media_id
+        );
+        Url::parse(&u).map_err(|e| {
+            GraphError::Refused(GuardError::InvalidUrl {
+                reason: e.to_string(),
+            })
+        })
+    }
+
     fn messages_url(&self) -> Result<Url, GraphError> {
         let u = format!(
             "{}/{}/{}/messages",
@@ -334,6 +351,33 @@ impl CloudApiClient {
         body: &B,
     ) -> Result<T, GraphError> {
         let url = target.messages_url()?;
+        let body = serde_json::to_vec(body).map_err(|_| GraphError::Setup("unencodable body"))?;
+        let resp = self
+            .request(
+                reqwest::Method::POST,
+                url,
+                target,
+                Some(body),
+                REQUEST_TIMEOUT,
+            )
+            .await?;
+        let status = resp.status().as_u16();
+        let buf = read_capped(resp, MAX_RESPONSE_BYTES)
+            .await?
+            .ok_or(GraphError::Malformed("response too large"))?;
+        parse_answer(status, &buf)
+    }
+
+    /// Sends one request with the account's bearer token, through the outbound guard: the URL's
+    /// addresses are checked first, and plain http to a domain connects only to those.
+    async fn request(
+        &self,
+        method: reqwest::Method,
+        url: Url,
+        target: &CloudTarget,
+        json: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, GraphError> {
         let addrs = self.guard.checked_addrs(&url).await.map_err(from_guard)?;
         // Plain http to a domain: connect only to the addresses just checked.
         let pinned;
@@ -348,41 +392,123 @@ impl CloudApiClient {
             HeaderValue::from_str(&format!("Bearer {}", target.access_token.expose_secret()))
                 .map_err(|_| GraphError::Setup("the access token is not a valid header value"))?;
         auth.set_sensitive(true);
-        let mut resp = client
-            .post(url)
+        let mut req = client
+            .request(method, url)
             .header(AUTHORIZATION, auth)
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| transport_error(&e))?;
-        let status = resp.status().as_u16();
-        let mut buf = Vec::new();
-        loop {
-            match resp.chunk().await {
-                Ok(Some(chunk)) => {
-                    if buf.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                        return Err(GraphError::Malformed("response too large"));
-                    }
-                    buf.extend_from_slice(&chunk);
-                }
-                Ok(None) => break,
-                Err(e) => return Err(transport_error(&e)),
-            }
+            .timeout(timeout);
+        if let Some(body) = json {
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body);
         }
-        if (200..300).contains(&status) {
-            return serde_json::from_slice(&buf)
-                .map_err(|_| GraphError::Malformed("not the expected JSON"));
-        }
-        let code = serde_json::from_slice::<graph::Failed>(&buf)
-            .ok()
-            .and_then(|f| f.error.code);
-        let err = match code {
-            Some(code) => GraphError::Api { status, code },
-            None => GraphError::Http { status },
-        };
-        tracing::debug!(status, error = %err, "graph call failed");
-        Err(err)
+        req.send().await.map_err(|e| transport_error(&e))
     }
+
+    /// Fetches the bytes of the Graph media `media_id` (from a webhook message): its metadata
+    /// (`GET {graph}/{version}/{media_id}`), refused before the download when its `file_size`
+    /// is over `max_bytes`, then the file from the URL Meta gave (any host, through the outbound
+    /// guard, with the same bearer token), read to at most `max_bytes`. Nothing here logs the
+    /// URL (it is signed) or the token.
+    pub async fn download_media(
+        &self,
+        target: &CloudTarget,
+        media_id: &str,
+        max_bytes: usize,
+    ) -> Result<Vec<u8>, MediaFetchError> {
+        if !is_media_id(media_id) {
+            return Err(GraphError::Malformed("not a media id").into());
+        }
+        let meta_url = target.media_url(media_id)?;
+        let resp = self
+            .request(
+                reqwest::Method::GET,
+                meta_url,
+                target,
+                None,
+                REQUEST_TIMEOUT,
+            )
+            .await?;
+        let status = resp.status().as_u16();
+        let buf = read_capped(resp, MAX_RESPONSE_BYTES)
+            .await?
+            .ok_or(GraphError::Malformed("response too large"))?;
+        let found: payload::MediaUrl = parse_answer(status, &buf)?;
+        if let Some(size) = found.file_size.filter(|s| *s > max_bytes as u64) {
+            return Err(MediaFetchError::TooLarge(
+                crate::transport::media::too_large(size, max_bytes).message,
+            ));
+        }
+        let file_url = Url::parse(&found.url)
+            .map_err(|_| GraphError::Malformed("the media url is not a URL"))?;
+        let resp = self
+            .request(reqwest::Method::GET, file_url, target, None, MEDIA_TIMEOUT)
+            .await?;
+        let status = resp.status().as_u16();
+        if !(200..300).contains(&status) {
+            tracing::debug!(status, "media file download failed");
+            return Err(GraphError::Http { status }.into());
+        }
+        if let Some(size) = resp.content_length().filter(|s| *s > max_bytes as u64) {
+            return Err(MediaFetchError::TooLarge(
+                crate::transport::media::too_large(size, max_bytes).message,
+            ));
+        }
+        read_capped(resp, max_bytes).await?.ok_or_else(|| {
+            MediaFetchError::TooLarge(format!(
+                "the media is over {max_bytes} bytes; at most {max_bytes} are accepted \
+                 (WAGATE_MEDIA_MAX_BYTES)"
+            ))
+        })
+    }
+}
+
+/// Reads a response body of at most `cap` bytes (`None`: it is longer).
+async fn read_capped(
+    mut resp: reqwest::Response,
+    cap: usize,
+) -> Result<Option<Vec<u8>>, GraphError> {
+    let mut buf = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                if buf.len() + chunk.len() > cap {
+                    return Ok(None);
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(Some(buf)),
+            Err(e) => return Err(transport_error(&e)),
+        }
+    }
+}
+
+/// A Graph answer: the body as `T` on success, else the Graph error (its code only, never the
+/// upstream body).
+fn parse_answer<T: serde::de::DeserializeOwned>(status: u16, buf: &[u8]) -> Result<T, GraphError> {
+    if (200..300).contains(&status) {
+        return serde_json::from_slice(buf)
+            .map_err(|_| GraphError::Malformed("not the expected JSON"));
+    }
+    let code = serde_json::from_slice::<graph::Failed>(buf)
+        .ok()
+        .and_then(|f| f.error.code);
+    let err = match code {
+        Some(code) => GraphError::Api { status, code },
+        None => GraphError::Http { status },
+    };
+    tracing::debug!(status, error = %err, "graph call failed");
+    Err(err)
+}
+
+/// Why a media's bytes were not fetched: the reason a message's media is recorded unavailable
+/// with (never the URL or the token).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum MediaFetchError {
+    #[error("download failed: {0}")]
+    Graph(#[from] GraphError),
+    /// Over `WAGATE_MEDIA_MAX_BYTES` (declared, or as read).
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 /// The recipient of a chat: Cloud API chats are private chats `<digits>@s.whatsapp.net`.
@@ -405,6 +531,23 @@ pub struct InboundMessage {
     /// The text body; for other kinds the caption or `[<kind>]`.
     pub text: String,
     pub contact_name: Option<String>,
+    /// The media of an audio (voice note), image, sticker or document message.
+    pub media: Option<InboundMedia>,
+}
+
+/// The media a webhook message announces: its bytes are fetched with
+/// [`CloudApiClient::download_media`] (audio, images and stickers; a document reaches the model
+/// as its caption and file name only).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboundMedia {
+    /// The Graph media id.
+    pub id: String,
+    /// The declared MIME type (empty when Meta gave none).
+    pub mime_type: String,
+    /// The declared SHA-256, as Meta gave it.
+    pub sha256: Option<String>,
+    /// The file name (documents).
+    pub filename: Option<String>,
 }
 
 impl InboundMessage {
@@ -527,6 +670,9 @@ mod payload {
         pub image: Option<Media>,
         pub video: Option<Media>,
         pub document: Option<Media>,
+        pub audio: Option<Media>,
+        pub voice: Option<Media>,
+        pub sticker: Option<Media>,
     }
 
     #[derive(Deserialize)]
@@ -534,10 +680,21 @@ mod payload {
         pub body: String,
     }
 
-    /// A media object; only its caption is read.
+    /// A media object: its Graph media id, declared type and hash, caption and file name.
     #[derive(Deserialize)]
     pub struct Media {
+        pub id: Option<String>,
+        pub mime_type: Option<String>,
+        pub sha256: Option<String>,
         pub caption: Option<String>,
+        pub filename: Option<String>,
+    }
+
+    /// `GET /{version}/{media-id}`: where the file is and what it is.
+    #[derive(Deserialize)]
+    pub struct MediaUrl {
+        pub url: String,
+        pub file_size: Option<u64>,
     }
 
     #[derive(Deserialize)]
@@ -617,19 +774,42 @@ pub fn parse_webhook(body: &[u8], phone_number_id: &str) -> Result<WebhookBatch,
     Ok(batch)
 }
 
+fn is_media_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 fn inbound_message(m: payload::Message, names: &[payload::Contact]) -> Option<InboundMessage> {
     if !is_message_id(&m.id) || !is_wa_id(&m.from) {
         return None;
     }
     let kind = MessageKind::from_cloud_type(m.kind.as_deref().unwrap_or("unsupported"));
-    let caption = match kind {
+    let object = match kind {
         MessageKind::Image => m.image,
         MessageKind::Video => m.video,
         MessageKind::Document => m.document,
+        MessageKind::Audio => m.audio.or(m.voice),
+        MessageKind::Sticker => m.sticker,
         _ => None,
-    }
-    .and_then(|media| media.caption)
-    .filter(|c| !c.trim().is_empty());
+    };
+    let media = object.as_ref().and_then(|o| {
+        let id = o.id.as_deref().filter(|id| is_media_id(id))?;
+        matches!(
+            kind,
+            MessageKind::Audio | MessageKind::Image | MessageKind::Sticker | MessageKind::Document
+        )
+        .then(|| InboundMedia {
+            id: id.to_string(),
+            mime_type: o.mime_type.clone().unwrap_or_default(),
+            sha256: o.sha256.clone(),
+            filename: crate::transport::media::clean_filename(o.filename.as_deref()),
+        })
+    });
+    let caption = object
+        .and_then(|o| o.caption)
+        .filter(|c| !c.trim().is_empty());
     let text = match kind {
         MessageKind::Text => m.text.map(|t| t.body).filter(|b| !b.trim().is_empty())?,
         _ => caption.unwrap_or_else(|| format!("[{}]", kind.as_str())),
@@ -645,6 +825,7 @@ fn inbound_message(m: payload::Message, names: &[payload::Contact]) -> Option<In
         kind,
         text,
         contact_name,
+        media,
     })
 }
 
@@ -767,6 +948,16 @@ mod tests {
         assert_eq!(b.messages[0].jid(), "16505551234@s.whatsapp.net");
         assert_eq!(b.messages[1].kind, MessageKind::Image);
         assert_eq!(b.messages[1].text, "this one");
+        assert_eq!(
+            b.messages[1].media,
+            Some(InboundMedia {
+                id: "1003383421387256".into(),
+                mime_type: "image/jpeg".into(),
+                sha256: None,
+                filename: None,
+            })
+        );
+        assert_eq!(b.messages[0].media, None);
         assert_eq!(b.messages[2].kind, MessageKind::Reaction);
         assert_eq!(b.messages[2].text, "[reaction]");
         assert_eq!(b.statuses.len(), 1);
@@ -784,6 +975,44 @@ mod tests {
                 ..Default::default()
             })
         );
+    }
+
+    #[test]
+    fn media_messages_carry_their_graph_media() {
+        let payload = json!({
+            "object": "whatsapp_business_account",
+            "entry": [{"changes": [{"field": "messages", "value": {
+                "metadata": {"phone_number_id": "1"},
+                "messages": [
+                    {"from": "16505551234", "id": "wamid.V", "type": "audio",
+                     "audio": {"id": "111", "mime_type": "audio/ogg; codecs=opus", "sha256": "h=", "voice": true}},
+                    {"from": "16505551234", "id": "wamid.S", "type": "sticker",
+                     "sticker": {"id": "222", "mime_type": "image/webp", "animated": false}},
+                    {"from": "16505551234", "id": "wamid.D", "type": "document",
+                     "document": {"id": "333", "mime_type": "application/pdf",
+                                  "filename": "../Rechnung.pdf", "caption": "the invoice"}},
+                    {"from": "16505551234", "id": "wamid.X", "type": "image",
+                     "image": {"id": "../../me", "mime_type": "image/png"}}
+                ]
+            }}]}]
+        });
+        let b = parse_webhook(payload.to_string().as_bytes(), "1").expect("JSON");
+        let media = |i: usize| b.messages[i].media.clone();
+        assert_eq!(b.messages[0].kind, MessageKind::Audio);
+        assert_eq!(b.messages[0].text, "[audio]");
+        assert_eq!(
+            media(0).map(|m| (m.id, m.mime_type)),
+            Some(("111".into(), "audio/ogg; codecs=opus".into()))
+        );
+        assert_eq!(b.messages[1].kind, MessageKind::Sticker);
+        assert_eq!(media(1).map(|m| m.id), Some("222".into()));
+        assert_eq!(b.messages[2].text, "the invoice");
+        assert_eq!(
+            media(2).and_then(|m| m.filename),
+            Some("Rechnung.pdf".into())
+        );
+        // A media id that is not one is never put into a Graph URL.
+        assert_eq!(media(3), None);
     }
 
     #[test]

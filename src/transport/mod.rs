@@ -5,6 +5,7 @@
 //! model.
 
 pub mod cloud_api;
+pub mod media;
 pub mod whatsapp_web;
 
 use async_trait::async_trait;

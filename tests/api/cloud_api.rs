@@ -557,8 +557,8 @@ async fn non_text_messages_are_recorded_not_answered(app: TestApp) {
         "messaging_product": "whatsapp", "metadata": metadata(),
         "contacts": [{"profile": {"name": "Sheena Nelson"}, "wa_id": CUSTOMER}],
         "messages": [
-            {"from": CUSTOMER, "id": "wamid.IMG", "timestamp": "1", "type": "image",
-             "image": {"caption": "this one", "mime_type": "image/jpeg", "sha256": "x", "id": "1003383421387256"}},
+            {"from": CUSTOMER, "id": "wamid.IMG", "timestamp": "1", "type": "video",
+             "video": {"caption": "this one", "mime_type": "video/mp4", "sha256": "x", "id": "1003383421387256"}},
             {"from": CUSTOMER, "id": "wamid.REACT", "timestamp": "2", "type": "reaction",
              "reaction": {"message_id": "wamid.IMG", "emoji": "\u{1f44d}"}}
         ]
@@ -570,7 +570,7 @@ async fn non_text_messages_are_recorded_not_answered(app: TestApp) {
     assert_eq!(row["status"], "skipped");
     assert_eq!(
         row["reason"],
-        "image message: the AI answers text messages only"
+        "video message: the AI answers text messages only"
     );
     let row = settled(&app, "acme", "wamid.REACT").await;
     assert_eq!(
@@ -581,7 +581,7 @@ async fn non_text_messages_are_recorded_not_answered(app: TestApp) {
     assert_eq!(msgs.len(), 2, "recorded, nothing sent: {msgs:?}");
     assert!(msgs
         .iter()
-        .any(|m| m["kind"] == "image" && m["text"] == "this one"));
+        .any(|m| m["kind"] == "video" && m["text"] == "this one"));
     assert!(graph
         .received_requests()
         .await
@@ -1267,3 +1267,281 @@ async fn connection_status(app: TestApp) {
     assert_eq!(connection("sand").await["state"], "sandbox");
 }
 both_stores!(cloud_connection_status, connection_status);
+
+/// The Graph media id's metadata (`GET /v21.0/{id}`, with the bearer token) pointing at a file
+/// on another path of the fake, served (with the bearer token) as `bytes`.
+async fn serve_media(graph: &MockServer, id: &str, mime: &str, bytes: &[u8]) {
+    let file = format!("/cdn/{id}.bin");
+    Mock::given(method("GET"))
+        .and(path(format!("/v21.0/{id}")))
+        .and(header(
+            "authorization",
+            format!("Bearer {ACCESS_TOKEN}").as_str(),
+        ))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "messaging_product": "whatsapp",
+            "url": format!("{}{file}?ext=1&hash=ATsecret", graph.uri()),
+            "mime_type": mime,
+            "sha256": "not-checked",
+            "file_size": bytes.len(),
+            "id": id
+        })))
+        .expect(1)
+        .mount(graph)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(file))
+        .and(header(
+            "authorization",
+            format!("Bearer {ACCESS_TOKEN}").as_str(),
+        ))
+        .respond_with(ResponseTemplate::new(200).set_body_bytes(bytes.to_vec()))
+        .expect(1)
+        .mount(graph)
+        .await;
+}
+
+/// A webhook message of `kind` (`audio`, `image`, `sticker`, `document`) with the media object
+/// `media`.
+fn media_message(id: &str, kind: &str, media: Value) -> Value {
+    let mut m = json!({"from": CUSTOMER, "id": id, "timestamp": "1749416383", "type": kind});
+    m[kind] = media;
+    envelope(json!({
+        "messaging_product": "whatsapp", "metadata": metadata(),
+        "contacts": [{"profile": {"name": "Sheena Nelson"}, "wa_id": CUSTOMER}],
+        "messages": [m]
+    }))
+}
+
+/// Accepts the typing indicator and the reply's send.
+async fn accept_sends(graph: &MockServer) {
+    accept_typing(graph).await;
+    Mock::given(method("POST"))
+        .and(path(SEND_PATH))
+        .and(body_partial_json(json!({"type": "text"})))
+        .respond_with(sent_response("wamid.OUT"))
+        .mount(graph)
+        .await;
+}
+
+/// A Cloud API voice note is downloaded from the Graph API (its metadata, then the file, both
+/// with the bearer token), kept, transcribed and answered from its transcript; an image is
+/// shown to the model as an `image_url` part when `vision` is on.
+async fn cloud_media_answered(app: TestApp) {
+    use crate::media::{b64, ogg_opus, png};
+    use wiremock::matchers::body_string_contains;
+    let model = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/audio/transcriptions"))
+        .and(body_string_contains("OpusHead"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"text": "Do you deliver to Porto?"})),
+        )
+        .expect(1)
+        .mount(&model)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .and(body_string_contains("Do you deliver to Porto?"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion("Yes, to Porto.")))
+        .expect(1)
+        .mount(&model)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .and(body_string_contains(format!(
+            r#""url":"data:image/png;base64,{}""#,
+            b64(&png())
+        )))
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion("A tiny PNG.")))
+        // Before the voice note's, whose transcript is in this request's history too.
+        .with_priority(1)
+        .expect(1)
+        .mount(&model)
+        .await;
+    let graph = MockServer::start().await;
+    accept_sends(&graph).await;
+    serve_media(&graph, "9001", "audio/ogg", &ogg_opus()).await;
+    serve_media(&graph, "9002", "image/png", &png()).await;
+    configure(
+        &app,
+        &model,
+        json!({"transcription_model": "whisper-test", "vision": true}),
+    )
+    .await;
+    create_cloud_account(&app, "acme", &graph).await;
+
+    let voice = media_message(
+        "wamid.VOICE",
+        "audio",
+        json!({"id": "9001", "mime_type": "audio/ogg; codecs=opus", "sha256": "abc=", "voice": true}),
+    );
+    let r = post_webhook(&app, "acme", &voice, Some(APP_SECRET)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["messages"], 1);
+    let row = settled(&app, "acme", "wamid.VOICE").await;
+    assert_eq!(row["status"], "sent", "{row}");
+    assert_eq!(row["reply_text"], "Yes, to Porto.");
+    assert_eq!(row["media"]["kind"], "audio", "{row}");
+    assert_eq!(row["media"]["size"], ogg_opus().len(), "{row}");
+
+    let image = media_message(
+        "wamid.IMAGE",
+        "image",
+        json!({"id": "9002", "mime_type": "image/png", "sha256": "abc=", "caption": "what is this?"}),
+    );
+    let r = post_webhook(&app, "acme", &image, Some(APP_SECRET)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let row = settled(&app, "acme", "wamid.IMAGE").await;
+    assert_eq!(row["status"], "sent", "{row}");
+    assert_eq!(row["reply_text"], "A tiny PNG.");
+    let msgs = messages(&app, "acme", JID).await;
+    let img = msgs
+        .iter()
+        .find(|m| m["id"] == "wamid.IMAGE")
+        .expect("the image is recorded");
+    assert_eq!(img["text"], "what is this?");
+    assert_eq!(img["media"]["mime_type"], "image/png");
+    assert!(img["media"].get("unavailable").is_none(), "{img}");
+}
+both_stores!(cloud_media_answered, cloud_media_answered);
+
+/// Media the gateway cannot have never refuses the webhook: a file over the cap (by its
+/// `file_size`, never fetched), bytes that are not the declared type, a download that fails;
+/// each message is stored with its media marked unavailable and its reply fails with the cause.
+/// A document reaches the model as its caption and file name (no download).
+async fn cloud_media_unavailable(app: TestApp) {
+    use crate::media::{ogg_opus, png};
+    use wiremock::matchers::body_string_contains;
+    let model = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .and(body_string_contains(
+            "Here is the invoice\\n[document: Rechnung.pdf]",
+        ))
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion("Thanks, got it.")))
+        .expect(1)
+        .mount(&model)
+        .await;
+    let graph = MockServer::start().await;
+    accept_sends(&graph).await;
+    // Over the cap by its declared size: the file itself is never asked for.
+    Mock::given(method("GET"))
+        .and(path("/v21.0/9101"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "messaging_product": "whatsapp", "id": "9101", "mime_type": "audio/ogg",
+            "url": format!("{}/cdn/huge.bin", graph.uri()), "file_size": 40_000_000_u64})))
+        .expect(1)
+        .mount(&graph)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/cdn/huge.bin"))
+        .respond_with(ResponseTemplate::new(200).set_body_bytes(ogg_opus()))
+        .expect(0)
+        .mount(&graph)
+        .await;
+    // Declared a JPEG, the bytes are a PNG.
+    serve_media(&graph, "9102", "image/jpeg", &png()).await;
+    // The file download fails.
+    Mock::given(method("GET"))
+        .and(path("/v21.0/9103"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "messaging_product": "whatsapp", "id": "9103", "mime_type": "image/png",
+            "url": format!("{}/cdn/broken.bin", graph.uri()), "file_size": 100})))
+        .mount(&graph)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/cdn/broken.bin"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&graph)
+        .await;
+    configure(
+        &app,
+        &model,
+        json!({"transcription_model": "whisper-test", "vision": true}),
+    )
+    .await;
+    create_cloud_account(&app, "acme", &graph).await;
+
+    let cases = [
+        (
+            "wamid.HUGE",
+            media_message(
+                "wamid.HUGE",
+                "audio",
+                json!({"id": "9101", "mime_type": "audio/ogg"}),
+            ),
+            "WAGATE_MEDIA_MAX_BYTES",
+        ),
+        (
+            "wamid.LIE",
+            media_message(
+                "wamid.LIE",
+                "image",
+                json!({"id": "9102", "mime_type": "image/jpeg"}),
+            ),
+            "declared image/jpeg, but the bytes are image/png",
+        ),
+        (
+            "wamid.BROKEN",
+            media_message(
+                "wamid.BROKEN",
+                "sticker",
+                json!({"id": "9103", "mime_type": "image/webp"}),
+            ),
+            "download failed: cloud_api HTTP 500",
+        ),
+    ];
+    for (id, body, cause) in cases {
+        let r = post_webhook(&app, "acme", &body, Some(APP_SECRET)).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.json["messages"], 1, "{id}");
+        let row = settled(&app, "acme", id).await;
+        assert_eq!(
+            (row["status"].as_str(), row["reason_code"].as_str()),
+            (Some("failed"), Some("media_failed")),
+            "{row}"
+        );
+        let reason = row["reason"].as_str().unwrap_or_default();
+        assert!(reason.starts_with("media: not available: "), "{reason}");
+        assert!(reason.contains(cause), "{id}: {reason}");
+        let msgs = messages(&app, "acme", JID).await;
+        let m = msgs.iter().find(|m| m["id"] == id).expect("recorded");
+        assert!(
+            m["media"]["unavailable"]
+                .as_str()
+                .is_some_and(|u| u.contains(cause)),
+            "{m}"
+        );
+    }
+
+    let doc = media_message(
+        "wamid.DOC",
+        "document",
+        json!({"id": "9104", "mime_type": "application/pdf", "filename": "Rechnung.pdf",
+               "caption": "Here is the invoice", "sha256": "abc="}),
+    );
+    let r = post_webhook(&app, "acme", &doc, Some(APP_SECRET)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let row = settled(&app, "acme", "wamid.DOC").await;
+    assert_eq!(row["status"], "sent", "{row}");
+    let msgs = messages(&app, "acme", JID).await;
+    let d = msgs
+        .iter()
+        .find(|m| m["id"] == "wamid.DOC")
+        .expect("recorded");
+    assert_eq!(d["kind"], "document");
+    assert_eq!(d["text"], "Here is the invoice");
+    assert_eq!(d["media"]["filename"], "Rechnung.pdf");
+    assert_eq!(d["media"]["mime_type"], "application/pdf");
+    // No Graph call for the document's bytes.
+    let asked: Vec<String> = graph
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|r| r.url.path().to_string())
+        .collect();
+    assert!(!asked.iter().any(|p| p.ends_with("/9104")), "{asked:?}");
+}
+both_stores!(cloud_media_unavailable, cloud_media_unavailable);

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use wacore::store::Device;
 use wagate_waweb::port::{
     ConnectOptions, SessionBackend, WebConnection, WebConnector, WebError, WebEvent, WebHandler,
-    WebInbound,
+    WebInbound, WebMedia,
 };
 
 /// The linked phone's own number.
@@ -30,6 +30,10 @@ pub struct FakeState {
     pub sent: Vec<(String, String, String)>,
     pub typing: Vec<(String, String)>,
     pub read: Vec<(String, String, Vec<String>)>,
+    /// What a download of the media at a direct path gives (absent: WhatsApp's CDN says 404).
+    pub media: HashMap<String, Result<Vec<u8>, WebError>>,
+    /// The direct paths downloaded.
+    pub downloads: Vec<String>,
 }
 
 /// A WhatsApp Web stand-in: unpaired sessions get a QR code (or a pair code), paired ones
@@ -64,6 +68,11 @@ impl FakeWeb {
 
     pub async fn say(&self, acc: &str, m: WebInbound) -> Result<(), String> {
         self.handler(acc).messages(vec![m]).await
+    }
+
+    /// What a download of the media at `direct_path` gives.
+    pub fn serve(&self, direct_path: &str, bytes: Result<Vec<u8>, WebError>) {
+        self.st().media.insert(direct_path.to_string(), bytes);
     }
 
     pub fn sent(&self) -> Vec<(String, String, String)> {
@@ -151,6 +160,21 @@ impl WebConnection for FakeConn {
             .read
             .push((self.account.clone(), chat.to_string(), ids.to_vec()));
         Ok(())
+    }
+    async fn download(&self, media: &WebMedia, max_bytes: usize) -> Result<Vec<u8>, WebError> {
+        if let Some(size) = media.size.filter(|s| *s > max_bytes as u64) {
+            return Err(WebError::permanent(format!(
+                "the media is {size} bytes; at most {max_bytes} are accepted (WAGATE_MEDIA_MAX_BYTES)"
+            )));
+        }
+        let path = media.locator.direct_path.clone().unwrap_or_default();
+        let mut st = self.web.st();
+        st.downloads.push(path.clone());
+        st.media.get(&path).cloned().unwrap_or_else(|| {
+            Err(WebError::permanent(
+                "the media download failed (WhatsApp's CDN refused it, or it did not decrypt)",
+            ))
+        })
     }
     async fn logout(&self) -> Result<(), WebError> {
         Ok(())

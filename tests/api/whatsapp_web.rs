@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use wagate_events::chat::{DeliveryStatus, MessageKind};
-use wagate_waweb::port::{Quoted, WebEvent, WebInbound};
+use wagate_waweb::port::{MediaLocator, Quoted, WebError, WebEvent, WebInbound, WebMedia};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -31,7 +31,28 @@ fn text(id: &str, chat: &str, sender: &str, body: &str) -> WebInbound {
         quoted: None,
         mentions_me: false,
         undecryptable: false,
+        media: None,
     }
+}
+
+/// A message of `kind` with media at `direct_path` declared as `mime`.
+fn with_media(id: &str, kind: MessageKind, mime: &str, direct_path: &str) -> WebInbound {
+    let mut m = text(id, CUSTOMER, CUSTOMER, &format!("[{}]", kind.as_str()));
+    m.kind = kind;
+    m.media = Some(WebMedia {
+        kind,
+        mime_type: mime.into(),
+        size: None,
+        sha256: None,
+        filename: None,
+        voice: kind == MessageKind::Audio,
+        locator: MediaLocator {
+            direct_path: Some(direct_path.into()),
+            media_key: Some(vec![7; 32]),
+            ..Default::default()
+        },
+    });
+    m
 }
 
 async fn spawn(backend: Backend) -> Option<(TestApp, FakeWeb)> {
@@ -640,3 +661,133 @@ async fn web_takeover_reconnects_without_a_new_scan() {
     assert_eq!(s.json["wanted"], true, "{}", s.text);
     n2.stop().await;
 }
+
+/// A voice note and an image through the connection: downloaded before the message is
+/// committed (so before WhatsApp's ack), checked, answered from the transcript and with the
+/// image shown; a download that fails, or bytes over the cap, end the reply with the reason
+/// while the message is stored.
+async fn media_through_the_connection(backend: Backend) {
+    use crate::media::{b64, ogg_opus, png};
+    use wiremock::matchers::body_string_contains;
+    let Some((app, fake)) = spawn(backend).await else {
+        return;
+    };
+    let stub = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/audio/transcriptions"))
+        .and(body_string_contains("OpusHead"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"text": "Habt ihr morgen offen?"})),
+        )
+        .expect(1)
+        .mount(&stub)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .and(body_string_contains(format!(
+            r#""url":"data:image/png;base64,{}""#,
+            b64(&png())
+        )))
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion("Ein kleines PNG.")))
+        .with_priority(1)
+        .expect(1)
+        .mount(&stub)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .and(body_string_contains("Habt ihr morgen offen?"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion("Ja, ab 9 Uhr.")))
+        .expect(1)
+        .mount(&stub)
+        .await;
+    configure(
+        &app,
+        &stub,
+        json!({"transcription_model": "whisper-test", "vision": true}),
+    )
+    .await;
+    create_web_account(&app, "shop").await;
+    app.admin("POST", "/v1/accounts/shop/whatsapp-web/connect", None)
+        .await;
+    wait_state(&app, "shop", "pairing").await;
+    fake.scan("shop").await;
+    wait_state(&app, "shop", "connected").await;
+
+    fake.serve("/v/voice.enc", Ok(ogg_opus()));
+    fake.serve("/v/image.enc", Ok(png()));
+    fake.say(
+        "shop",
+        with_media(
+            "V1",
+            MessageKind::Audio,
+            "audio/ogg; codecs=opus",
+            "/v/voice.enc",
+        ),
+    )
+    .await
+    .expect("committed");
+    let row = crate::replies::settled(&app, "shop", "V1").await;
+    assert_eq!(row["status"], "sent", "{row}");
+    assert_eq!(row["reply_text"], "Ja, ab 9 Uhr.");
+    assert_eq!(row["media"]["mime_type"], "audio/ogg", "{row}");
+
+    let mut image = with_media("I1", MessageKind::Image, "image/png", "/v/image.enc");
+    image.text = "was ist das?".into();
+    fake.say("shop", image).await.expect("committed");
+    let row = crate::replies::settled(&app, "shop", "I1").await;
+    assert_eq!(row["status"], "sent", "{row}");
+    assert_eq!(row["reply_text"], "Ein kleines PNG.");
+    assert_eq!(
+        fake.st().downloads,
+        ["/v/voice.enc".to_string(), "/v/image.enc".to_string()]
+    );
+
+    // The CDN refuses the file; another is declared over the cap (never fetched).
+    fake.serve(
+        "/v/gone.enc",
+        Err(WebError::permanent(
+            "the media download failed (WhatsApp's CDN refused it, or it did not decrypt)",
+        )),
+    );
+    fake.say(
+        "shop",
+        with_media("V2", MessageKind::Audio, "audio/ogg", "/v/gone.enc"),
+    )
+    .await
+    .expect("committed all the same");
+    let row = crate::replies::settled(&app, "shop", "V2").await;
+    assert_eq!(
+        (row["status"].as_str(), row["reason_code"].as_str()),
+        (Some("failed"), Some("media_failed")),
+        "{row}"
+    );
+    assert!(
+        row["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("download failed: the media download failed")),
+        "{row}"
+    );
+    let mut huge = with_media("S1", MessageKind::Sticker, "image/webp", "/v/huge.enc");
+    if let Some(m) = huge.media.as_mut() {
+        m.size = Some(64 * 1024 * 1024);
+    }
+    fake.say("shop", huge)
+        .await
+        .expect("committed all the same");
+    let row = crate::replies::settled(&app, "shop", "S1").await;
+    assert_eq!(row["reason_code"], "media_failed", "{row}");
+    assert!(
+        row["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("WAGATE_MEDIA_MAX_BYTES")),
+        "{row}"
+    );
+    assert!(!fake.st().downloads.contains(&"/v/huge.enc".to_string()));
+    let all = messages(&app, "shop", CUSTOMER).await;
+    for id in ["V1", "I1", "V2", "S1"] {
+        assert!(all.iter().any(|m| m["id"] == id), "{id} stored: {all:?}");
+    }
+    let v2 = all.iter().find(|m| m["id"] == "V2").expect("V2");
+    assert!(v2["media"]["unavailable"].is_string(), "{v2}");
+}
+crate::both_stores!(web_media, media_through_the_connection(Backend));

@@ -38,6 +38,7 @@ use tokio::task::JoinHandle;
 use wacore::pair_code::PairCodeOptions;
 use wacore::proto_helpers::MessageBuilderExt;
 use wacore::types::events::{Event, EventHandler, EventInterest, EventKind, InboundMessage};
+use wagate_events::chat::MessageKind;
 use whatsapp_rust::anyhow;
 use whatsapp_rust::bot::{Bot, BotBuilderError, BotHandle};
 use whatsapp_rust::features::ChatStateType;
@@ -50,11 +51,15 @@ use whatsapp_rust::{
 
 use crate::http::ReqwestHttpClient;
 use crate::mapping::{self, OwnJids};
-use crate::port::{ConnectOptions, WebConnection, WebConnector, WebError, WebEvent, WebHandler};
+use crate::port::{
+    ConnectOptions, WebConnection, WebConnector, WebError, WebEvent, WebHandler, WebMedia,
+};
 
 /// How long `send_text` waits for WhatsApp's server ack of a sent message, to tell an accepted
 /// message from a refused one (463…). Without an ack in time the message counts as sent.
 const SERVER_ACK_WAIT: Duration = Duration::from_secs(10);
+/// How long a media download (the media connection, the CDN fetch and the decryption) may take.
+const DOWNLOAD_WAIT: Duration = Duration::from_secs(60);
 /// How long `stop` and `logout` wait for the library to flush and end before aborting it.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(15);
 
@@ -295,6 +300,89 @@ impl WebConnection for LibraryConnection {
             .mark_as_read(&chat, sender.as_ref(), &ids)
             .await
             .map_err(anyhow_error)
+    }
+
+    async fn download(&self, media: &WebMedia, max_bytes: usize) -> Result<Vec<u8>, WebError> {
+        if let Some(size) = media.size.filter(|s| *s > max_bytes as u64) {
+            return Err(WebError::permanent(format!(
+                "the media is {size} bytes; at most {max_bytes} are accepted \
+                 (WAGATE_MEDIA_MAX_BYTES)"
+            )));
+        }
+        let l = &media.locator;
+        if l.direct_path.is_none() && l.static_url.is_none() {
+            return Err(WebError::permanent(
+                "WhatsApp gave no location for the media",
+            ));
+        }
+        self.ready()?;
+        // The library's own message values, which it knows how to download and decrypt.
+        let download = async {
+            match media.kind {
+                MessageKind::Audio => {
+                    let m = wa::message::AudioMessage {
+                        direct_path: l.direct_path.clone(),
+                        media_key: l.media_key.clone(),
+                        file_enc_sha256: l.file_enc_sha256.clone(),
+                        file_sha256: media.sha256.clone(),
+                        file_length: media.size,
+                        ..Default::default()
+                    };
+                    self.client.download(&m).await
+                }
+                MessageKind::Image => {
+                    let m = wa::message::ImageMessage {
+                        direct_path: l.direct_path.clone(),
+                        static_url: l.static_url.clone(),
+                        media_key: l.media_key.clone(),
+                        file_enc_sha256: l.file_enc_sha256.clone(),
+                        file_sha256: media.sha256.clone(),
+                        file_length: media.size,
+                        ..Default::default()
+                    };
+                    self.client.download(&m).await
+                }
+                MessageKind::Sticker => {
+                    let m = wa::message::StickerMessage {
+                        direct_path: l.direct_path.clone(),
+                        media_key: l.media_key.clone(),
+                        file_enc_sha256: l.file_enc_sha256.clone(),
+                        file_sha256: media.sha256.clone(),
+                        file_length: media.size,
+                        ..Default::default()
+                    };
+                    self.client.download(&m).await
+                }
+                MessageKind::Document => {
+                    let m = wa::message::DocumentMessage {
+                        direct_path: l.direct_path.clone(),
+                        media_key: l.media_key.clone(),
+                        file_enc_sha256: l.file_enc_sha256.clone(),
+                        file_sha256: media.sha256.clone(),
+                        file_length: media.size,
+                        ..Default::default()
+                    };
+                    self.client.download(&m).await
+                }
+                other => Err(anyhow::anyhow!("no download for {} media", other.as_str())),
+            }
+        };
+        let bytes = match tokio::time::timeout(DOWNLOAD_WAIT, download).await {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(e)) => {
+                tracing::debug!(account = %self.account, error = %format!("{e:#}"), "media download failed");
+                return Err(download_error(e));
+            }
+            Err(_) => return Err(WebError::retryable("the media download timed out")),
+        };
+        if bytes.len() > max_bytes {
+            return Err(WebError::permanent(format!(
+                "the media is {} bytes; at most {max_bytes} are accepted \
+                 (WAGATE_MEDIA_MAX_BYTES)",
+                bytes.len()
+            )));
+        }
+        Ok(bytes)
     }
 
     async fn logout(&self) -> Result<(), WebError> {
@@ -572,6 +660,20 @@ fn iq_error(error: &IqError) -> WebError {
         }
         _ => WebError::permanent(format!("WhatsApp request failed: {error}")),
     }
+}
+
+/// A failed media download, without the library's detail (it may name the CDN URL, which is
+/// signed): connection trouble is retryable.
+fn download_error(error: anyhow::Error) -> WebError {
+    if error.downcast_ref::<ClientError>().is_some() || error.downcast_ref::<IqError>().is_some() {
+        return WebError::retryable(format!(
+            "the media download failed: {}",
+            anyhow_error(error).reason
+        ));
+    }
+    WebError::permanent(
+        "the media download failed (WhatsApp's CDN refused it, or it did not decrypt)",
+    )
 }
 
 /// Errors the library returns as `anyhow` (read receipts): connection trouble is retryable.

@@ -10,6 +10,11 @@
 //! | image / video (incl. round video) / document | Image / Video / Document | the caption, else `[kind]` |
 //! | audio, voice note | Audio | `[audio]` |
 //! | sticker (incl. animated) | Sticker | `[sticker]` |
+//!
+//! Images, audio (voice notes too), stickers and documents carry their [`WebMedia`]: the
+//! declared MIME type, size, SHA-256 and file name, and the CDN fields the connection downloads
+//! the file with ([`crate::port::WebConnection::download`]); a video carries none (no reply
+//! uses it).
 //! | reaction | Reaction | the emoji; `quoted` is the reacted-to message |
 //! | location, live location | Location | name and address, else `[location]` |
 //! | contact, contact list | Contacts | the display names, else `[contacts]` |
@@ -44,7 +49,7 @@ use wagate_events::chat::{DeliveryStatus, MessageKind};
 use whatsapp_rust::waproto::whatsapp as wa;
 use whatsapp_rust::Jid;
 
-use crate::port::{Quoted, WebEvent, WebInbound};
+use crate::port::{MediaLocator, Quoted, WebEvent, WebInbound, WebMedia};
 
 /// The account's own JIDs (without device part), to tell whether a message mentions it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -118,6 +123,7 @@ pub fn inbound(message: &wa::Message, info: &MessageInfo, own: &OwnJids) -> Opti
         quoted,
         mentions_me,
         undecryptable: false,
+        media: content.media,
     })
 }
 
@@ -140,6 +146,7 @@ pub fn undecryptable(event: &UndecryptableMessage) -> Option<WebInbound> {
         quoted: None,
         mentions_me: false,
         undecryptable: true,
+        media: None,
     })
 }
 
@@ -285,6 +292,8 @@ struct Content<'a> {
     context: Option<&'a wa::ContextInfo>,
     /// For a reaction: the message reacted to.
     reacted_to: Option<&'a wa::MessageKey>,
+    /// The media of a voice note, image, sticker or document.
+    media: Option<WebMedia>,
 }
 
 impl<'a> Content<'a> {
@@ -298,8 +307,60 @@ impl<'a> Content<'a> {
             text: non_empty(text),
             context: context.as_option(),
             reacted_to: None,
+            media: None,
         }
     }
+
+    fn with_media(mut self, media: WebMedia) -> Self {
+        self.media = Some(media);
+        self
+    }
+}
+
+/// What a media message declares of its file, and where it is (the fields the library's
+/// `Downloadable` reads).
+struct Declared<'a> {
+    mimetype: &'a Option<String>,
+    file_length: Option<u64>,
+    file_sha256: &'a Option<Vec<u8>>,
+    file_enc_sha256: &'a Option<Vec<u8>>,
+    media_key: &'a Option<Vec<u8>>,
+    direct_path: &'a Option<String>,
+    static_url: Option<&'a String>,
+}
+
+fn media(kind: MessageKind, d: Declared<'_>, filename: Option<&str>, voice: bool) -> WebMedia {
+    WebMedia {
+        kind,
+        mime_type: d.mimetype.clone().unwrap_or_default(),
+        size: d.file_length,
+        sha256: d.file_sha256.clone().filter(|h| !h.is_empty()),
+        filename: non_empty(filename),
+        voice,
+        locator: MediaLocator {
+            direct_path: d.direct_path.clone().filter(|p| !p.is_empty()),
+            static_url: d.static_url.filter(|u| !u.is_empty()).cloned(),
+            media_key: d.media_key.clone().filter(|k| !k.is_empty()),
+            file_enc_sha256: d.file_enc_sha256.clone().filter(|h| !h.is_empty()),
+        },
+    }
+}
+
+macro_rules! declared {
+    ($x:expr) => {
+        declared!($x, None)
+    };
+    ($x:expr, $static_url:expr) => {
+        Declared {
+            mimetype: &$x.mimetype,
+            file_length: $x.file_length,
+            file_sha256: &$x.file_sha256,
+            file_enc_sha256: &$x.file_enc_sha256,
+            media_key: &$x.media_key,
+            direct_path: &$x.direct_path,
+            static_url: $static_url,
+        }
+    };
 }
 
 fn non_empty(text: Option<&str>) -> Option<String> {
@@ -317,17 +378,21 @@ fn content(m: &wa::Message) -> Option<Content<'_>> {
             text: Some(text),
             context: None,
             reacted_to: None,
+            media: None,
         });
     }
     if let Some(x) = m.extended_text_message.as_option() {
         return Some(Content::new(K::Text, x.text.as_deref(), &x.context_info));
     }
     if let Some(x) = m.image_message.as_option() {
-        return Some(Content::new(
-            K::Image,
-            x.caption.as_deref(),
-            &x.context_info,
-        ));
+        return Some(
+            Content::new(K::Image, x.caption.as_deref(), &x.context_info).with_media(media(
+                K::Image,
+                declared!(x, x.static_url.as_ref()),
+                None,
+                false,
+            )),
+        );
     }
     if let Some(x) = m.video_message.as_option().or(m.ptv_message.as_option()) {
         return Some(Content::new(
@@ -337,17 +402,36 @@ fn content(m: &wa::Message) -> Option<Content<'_>> {
         ));
     }
     if let Some(x) = m.document_message.as_option() {
-        return Some(Content::new(
-            K::Document,
-            x.caption.as_deref(),
-            &x.context_info,
-        ));
+        let name = x.file_name.as_deref().or(x.title.as_deref());
+        return Some(
+            Content::new(K::Document, x.caption.as_deref(), &x.context_info).with_media(media(
+                K::Document,
+                declared!(x),
+                name,
+                false,
+            )),
+        );
     }
     if let Some(x) = m.audio_message.as_option() {
-        return Some(Content::new(K::Audio, None, &x.context_info));
+        let voice = x.ptt.unwrap_or(false);
+        return Some(
+            Content::new(K::Audio, None, &x.context_info).with_media(media(
+                K::Audio,
+                declared!(x),
+                None,
+                voice,
+            )),
+        );
     }
     if let Some(x) = m.sticker_message.as_option() {
-        return Some(Content::new(K::Sticker, None, &x.context_info));
+        return Some(
+            Content::new(K::Sticker, None, &x.context_info).with_media(media(
+                K::Sticker,
+                declared!(x),
+                None,
+                false,
+            )),
+        );
     }
     if let Some(x) = m.reaction_message.as_option() {
         // An empty emoji takes a reaction back: nothing to record.
@@ -357,6 +441,7 @@ fn content(m: &wa::Message) -> Option<Content<'_>> {
             text: Some(emoji),
             context: None,
             reacted_to: x.key.as_option(),
+            media: None,
         });
     }
     if let Some(x) = m.location_message.as_option() {
@@ -429,6 +514,7 @@ fn content(m: &wa::Message) -> Option<Content<'_>> {
         text: None,
         context: None,
         reacted_to: None,
+        media: None,
     })
 }
 
@@ -563,6 +649,7 @@ mod tests {
                 quoted: None,
                 mentions_me: false,
                 undecryptable: false,
+                media: None,
             }
         );
     }
@@ -615,6 +702,118 @@ mod tests {
         assert_eq!(
             (got.kind, got.text.as_str()),
             (MessageKind::Image, "[image]")
+        );
+    }
+
+    #[test]
+    fn media_messages_carry_what_the_download_needs() {
+        let voice = wa::Message {
+            audio_message: MessageField::some(wa::message::AudioMessage {
+                ptt: Some(true),
+                mimetype: Some("audio/ogg; codecs=opus".to_string()),
+                file_length: Some(4321),
+                file_sha256: Some(vec![1; 32]),
+                file_enc_sha256: Some(vec![2; 32]),
+                media_key: Some(vec![3; 32]),
+                direct_path: Some("/v/t62.7117-24/voice.enc".to_string()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let got = map(voice, info(CUSTOMER, CUSTOMER, "M1")).unwrap();
+        assert_eq!(
+            (got.kind, got.text.as_str()),
+            (MessageKind::Audio, "[audio]")
+        );
+        assert_eq!(
+            got.media,
+            Some(WebMedia {
+                kind: MessageKind::Audio,
+                mime_type: "audio/ogg; codecs=opus".to_string(),
+                size: Some(4321),
+                sha256: Some(vec![1; 32]),
+                filename: None,
+                voice: true,
+                locator: MediaLocator {
+                    direct_path: Some("/v/t62.7117-24/voice.enc".to_string()),
+                    static_url: None,
+                    media_key: Some(vec![3; 32]),
+                    file_enc_sha256: Some(vec![2; 32]),
+                },
+            })
+        );
+        // The key never shows in logs.
+        assert!(!format!("{:?}", got.media).contains("3, 3"));
+
+        let image = wa::Message {
+            image_message: MessageField::some(wa::message::ImageMessage {
+                caption: Some("Die Rechnung".to_string()),
+                mimetype: Some("image/jpeg".to_string()),
+                direct_path: Some("/v/image.enc".to_string()),
+                media_key: Some(vec![4; 32]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let got = map(image, info(CUSTOMER, CUSTOMER, "M2")).unwrap();
+        let media = got.media.unwrap();
+        assert_eq!(
+            (media.kind, media.mime_type.as_str(), media.voice),
+            (MessageKind::Image, "image/jpeg", false)
+        );
+        assert_eq!(media.locator.direct_path.as_deref(), Some("/v/image.enc"));
+
+        let sticker = wa::Message {
+            sticker_message: MessageField::some(wa::message::StickerMessage {
+                mimetype: Some("image/webp".to_string()),
+                direct_path: Some("/v/sticker.enc".to_string()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let got = map(sticker, info(CUSTOMER, CUSTOMER, "M3")).unwrap();
+        assert_eq!(got.media.map(|m| m.kind), Some(MessageKind::Sticker));
+
+        // A document with a caption comes wrapped; its file name is kept.
+        let document = wa::Message {
+            document_with_caption_message: MessageField::some(wa::message::FutureProofMessage {
+                message: MessageField::some(wa::Message {
+                    document_message: MessageField::some(wa::message::DocumentMessage {
+                        caption: Some("Anbei".to_string()),
+                        file_name: Some("Rechnung.pdf".to_string()),
+                        mimetype: Some("application/pdf".to_string()),
+                        file_length: Some(99),
+                        direct_path: Some("/v/doc.enc".to_string()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        };
+        let got = map(document, info(CUSTOMER, CUSTOMER, "M4")).unwrap();
+        assert_eq!(
+            (got.kind, got.text.as_str()),
+            (MessageKind::Document, "Anbei")
+        );
+        let media = got.media.unwrap();
+        assert_eq!(media.filename.as_deref(), Some("Rechnung.pdf"));
+        assert_eq!(media.size, Some(99));
+
+        // Text and video carry no media to download.
+        assert_eq!(
+            map(text("hallo"), info(CUSTOMER, CUSTOMER, "M5"))
+                .unwrap()
+                .media,
+            None
+        );
+        let video = wa::Message {
+            video_message: MessageField::some(wa::message::VideoMessage::default()),
+            ..Default::default()
+        };
+        assert_eq!(
+            map(video, info(CUSTOMER, CUSTOMER, "M6")).unwrap().media,
+            None
         );
     }
 

@@ -76,6 +76,48 @@ pub struct WebInbound {
     pub mentions_me: bool,
     /// It could not be decrypted: recorded with its kind, never answered.
     pub undecryptable: bool,
+    /// The media of a voice note or other audio, an image, a sticker or a document: what
+    /// WhatsApp declared of it, and where [`WebConnection::download`] fetches it.
+    pub media: Option<WebMedia>,
+}
+
+/// Media an inbound message carries, as WhatsApp declared it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebMedia {
+    /// `Audio`, `Image`, `Sticker` or `Document`.
+    pub kind: MessageKind,
+    /// The declared MIME type (empty when WhatsApp gave none).
+    pub mime_type: String,
+    /// The declared size of the plain file, in bytes.
+    pub size: Option<u64>,
+    /// The declared SHA-256 of the plain file.
+    pub sha256: Option<Vec<u8>>,
+    /// The file name (documents).
+    pub filename: Option<String>,
+    /// A voice note (push-to-talk), not an audio file.
+    pub voice: bool,
+    /// Where the encrypted file is and how it is opened: only the connection reads it.
+    pub locator: MediaLocator,
+}
+
+/// Where a media file is on WhatsApp's CDN and the key that opens it. Opaque to the gateway
+/// (a fake connection may put anything here); its `Debug` never shows the key.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct MediaLocator {
+    pub direct_path: Option<String>,
+    pub static_url: Option<String>,
+    pub media_key: Option<Vec<u8>>,
+    pub file_enc_sha256: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for MediaLocator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MediaLocator")
+            .field("direct_path", &self.direct_path.as_ref().map(|_| ".."))
+            .field("static_url", &self.static_url.as_ref().map(|_| ".."))
+            .field("media_key", &self.media_key.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
 }
 
 /// What happens to a connection, other than inbound messages.
@@ -157,6 +199,12 @@ pub trait WebConnection: Send + Sync + 'static {
     /// Sends read receipts for `ids` received in `chat` from `sender` (the participant, in a
     /// group).
     async fn mark_read(&self, chat: &str, sender: &str, ids: &[String]) -> Result<(), WebError>;
+    /// Downloads (and decrypts) the plain bytes of `media`, refused before the download when
+    /// its declared size is over `max_bytes`. The caller checks the bytes.
+    async fn download(&self, media: &WebMedia, max_bytes: usize) -> Result<Vec<u8>, WebError> {
+        let _ = (media, max_bytes);
+        Err(WebError::permanent("this connection cannot download media"))
+    }
     /// Unlinks this device from the phone. The caller erases the session store afterwards.
     async fn logout(&self) -> Result<(), WebError>;
     /// Stops the connection for good (no reconnect); the session stays in the store.
