@@ -160,6 +160,14 @@ async fn run_on(
         History::Cold { .. } => "long".into(),
         History::Warm { .. } => "long_warm".into(),
     };
+    let name = if server
+        .append_lock_off
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        format!("{name}_nolock")
+    } else {
+        name
+    };
     let (db, url) = server.create(&name).await?;
     let mut before = None;
     let mut backfill = None;

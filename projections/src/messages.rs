@@ -345,7 +345,7 @@ impl MessagesModel {
     /// The shape of the model as a checkpoint stores it (ADR 0015): a checkpoint of another
     /// format is ignored. Bump it with any change to the model's fields or to its fold, and pin
     /// the new shape in `checkpoint_format_pins_the_folded_model`.
-    pub const CHECKPOINT_FORMAT: i32 = 4;
+    pub const CHECKPOINT_FORMAT: i32 = 5;
 
     /// The position of the oldest AI-log row in memory that still has its reply text, if any
     /// (a start from a checkpoint looks for texts erased since, from there on).
@@ -1381,7 +1381,7 @@ mod tests {
     #[test]
     fn checkpoint_format_pins_the_folded_model() {
         let model: serde_json::Value = serde_json::from_str(PINNED).expect("pinned JSON");
-        let pinned = json!({"format": 4, "model": model});
+        let pinned = json!({"format": 5, "model": model});
         let model = every_part_folded();
         let now = json!({"format": MessagesModel::CHECKPOINT_FORMAT, "model": model});
         assert_eq!(
