@@ -306,9 +306,39 @@ pub struct LoginLimiter {
     /// Argon2 working memory, one buffer per slot at most, reused while checks overlap (a burst
     /// allocates about one per slot, not one per blocking thread it touches) and freed when the
     /// last running check ends.
-    memory: Arc<Mutex<Vec<Vec<Block>>>>,
+    memory: Arc<Mutex<MemoryPool>>,
     slots: usize,
     queue_wait: Duration,
+}
+
+/// The login checks' working memory: the free buffers, and how many checks are running or
+/// waiting for a permit (counted under the same lock, so the last check of a burst always sees
+/// that it is the last).
+#[derive(Default)]
+struct MemoryPool {
+    free: Vec<Vec<Block>>,
+    wanted: usize,
+}
+
+/// One check counted in [`MemoryPool::wanted`] until dropped (also when its caller went away
+/// while it waited); the last one frees the buffers.
+struct Wanted(Arc<Mutex<MemoryPool>>);
+
+impl Wanted {
+    fn new(pool: &Arc<Mutex<MemoryPool>>) -> Self {
+        pool.lock().unwrap_or_else(|p| p.into_inner()).wanted += 1;
+        Self(pool.clone())
+    }
+}
+
+impl Drop for Wanted {
+    fn drop(&mut self) {
+        let mut pool = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        pool.wanted -= 1;
+        if pool.wanted == 0 {
+            pool.free.clear();
+        }
+    }
 }
 
 impl Default for LoginLimiter {
@@ -405,26 +435,26 @@ impl LoginLimiter {
         F: FnOnce(&mut Vec<Block>) -> bool + Send + 'static,
     {
         self.reserve(ip).map_err(LoginRefused::TooManyAttempts)?;
+        let wanted = Wanted::new(&self.memory);
         let permit =
             tokio::time::timeout(self.queue_wait, self.verifications.clone().acquire_owned())
                 .await
                 .map_err(|_| LoginRefused::Busy(Duration::from_secs(1)))?
                 .map_err(|_| LoginRefused::Internal)?;
         let (pool, slots) = (self.memory.clone(), self.slots);
-        let verifications = self.verifications.clone();
         let passed = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let take = || pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let take = || pool.lock().unwrap_or_else(|p| p.into_inner()).free.pop();
             let mut memory = take().unwrap_or_default();
             let passed = check(&mut memory);
-            let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());
-            // Keep the buffer for the next check while checks overlap; the last one of a burst
-            // (every other permit free, hence nobody waiting) lets all of them go.
-            if verifications.available_permits() + 1 >= slots {
-                pool.clear();
-            } else if pool.len() < slots {
-                pool.push(memory);
+            // Keep the buffer for the next check while others run or wait; the last one lets
+            // all of them go (dropping `wanted`).
+            let mut free = pool.lock().unwrap_or_else(|p| p.into_inner());
+            if free.wanted > 1 && free.free.len() < slots {
+                free.free.push(memory);
             }
+            drop(free);
+            drop(wanted);
             passed
         })
         .await
@@ -956,7 +986,7 @@ mod tests {
             fresh.load(Ordering::SeqCst)
         );
         assert!(
-            l.memory.lock().expect("pool").is_empty(),
+            l.memory.lock().expect("pool").free.is_empty(),
             "freed after the burst"
         );
     }

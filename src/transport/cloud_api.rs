@@ -352,14 +352,20 @@ impl CloudApiClient {
     ) -> Result<T, GraphError> {
         let url = target.messages_url()?;
         let body = serde_json::to_vec(body).map_err(|_| GraphError::Setup("unencodable body"))?;
+        self.call(reqwest::Method::POST, url, target, Some(body))
+            .await
+    }
+
+    /// One Graph API call with a JSON answer: `T`, or the Graph error (its code only).
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        url: reqwest::Url,
+        target: &CloudTarget,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, GraphError> {
         let resp = self
-            .request(
-                reqwest::Method::POST,
-                url,
-                target,
-                Some(body),
-                REQUEST_TIMEOUT,
-            )
+            .request(method, url, target, body, REQUEST_TIMEOUT)
             .await?;
         let status = resp.status().as_u16();
         let buf = read_capped(resp, MAX_RESPONSE_BYTES)
@@ -419,20 +425,9 @@ impl CloudApiClient {
             return Err(GraphError::Malformed("not a media id").into());
         }
         let meta_url = target.media_url(media_id)?;
-        let resp = self
-            .request(
-                reqwest::Method::GET,
-                meta_url,
-                target,
-                None,
-                REQUEST_TIMEOUT,
-            )
+        let found: payload::MediaUrl = self
+            .call(reqwest::Method::GET, meta_url, target, None)
             .await?;
-        let status = resp.status().as_u16();
-        let buf = read_capped(resp, MAX_RESPONSE_BYTES)
-            .await?
-            .ok_or(GraphError::Malformed("response too large"))?;
-        let found: payload::MediaUrl = parse_answer(status, &buf)?;
         if let Some(size) = found.file_size.filter(|s| *s > max_bytes as u64) {
             return Err(MediaFetchError::TooLarge(
                 crate::transport::media::too_large(size, max_bytes).message,

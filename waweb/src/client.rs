@@ -318,52 +318,28 @@ impl WebConnection for LibraryConnection {
         self.ready()?;
         // The library's own message values, which it knows how to download and decrypt.
         let download = async {
+            // The library downloads a message of the media's own type, rebuilt from its locator.
+            macro_rules! download_as {
+                ($ty:ident { $($field:ident: $value:expr),* }) => {{
+                    let m = wa::message::$ty {
+                        direct_path: l.direct_path.clone(),
+                        media_key: l.media_key.clone(),
+                        file_enc_sha256: l.file_enc_sha256.clone(),
+                        file_sha256: media.sha256.clone(),
+                        file_length: media.size,
+                        $($field: $value,)*
+                        ..Default::default()
+                    };
+                    self.client.download(&m).await
+                }};
+            }
             match media.kind {
-                MessageKind::Audio => {
-                    let m = wa::message::AudioMessage {
-                        direct_path: l.direct_path.clone(),
-                        media_key: l.media_key.clone(),
-                        file_enc_sha256: l.file_enc_sha256.clone(),
-                        file_sha256: media.sha256.clone(),
-                        file_length: media.size,
-                        ..Default::default()
-                    };
-                    self.client.download(&m).await
-                }
-                MessageKind::Image => {
-                    let m = wa::message::ImageMessage {
-                        direct_path: l.direct_path.clone(),
-                        static_url: l.static_url.clone(),
-                        media_key: l.media_key.clone(),
-                        file_enc_sha256: l.file_enc_sha256.clone(),
-                        file_sha256: media.sha256.clone(),
-                        file_length: media.size,
-                        ..Default::default()
-                    };
-                    self.client.download(&m).await
-                }
-                MessageKind::Sticker => {
-                    let m = wa::message::StickerMessage {
-                        direct_path: l.direct_path.clone(),
-                        media_key: l.media_key.clone(),
-                        file_enc_sha256: l.file_enc_sha256.clone(),
-                        file_sha256: media.sha256.clone(),
-                        file_length: media.size,
-                        ..Default::default()
-                    };
-                    self.client.download(&m).await
-                }
-                MessageKind::Document => {
-                    let m = wa::message::DocumentMessage {
-                        direct_path: l.direct_path.clone(),
-                        media_key: l.media_key.clone(),
-                        file_enc_sha256: l.file_enc_sha256.clone(),
-                        file_sha256: media.sha256.clone(),
-                        file_length: media.size,
-                        ..Default::default()
-                    };
-                    self.client.download(&m).await
-                }
+                MessageKind::Audio => download_as!(AudioMessage {}),
+                MessageKind::Image => download_as!(ImageMessage {
+                    static_url: l.static_url.clone()
+                }),
+                MessageKind::Sticker => download_as!(StickerMessage {}),
+                MessageKind::Document => download_as!(DocumentMessage {}),
                 other => Err(anyhow::anyhow!("no download for {} media", other.as_str())),
             }
         };
