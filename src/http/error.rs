@@ -11,6 +11,11 @@ use wagate_events::DomainError;
 use crate::app::AppError;
 use crate::service;
 
+/// On an error response: the request needs the gateway that runs this account (read by
+/// the forwarding layer, `forward.rs`, which sends the request there).
+#[derive(Debug, Clone)]
+pub struct NeedsOwner(pub String);
+
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -19,7 +24,7 @@ pub struct ApiError {
     pub field: Option<String>,
     pub retry_after: Option<u64>,
     /// The request needs the gateway that runs this account (`other_node`): the response says
-    /// so to the forwarding layer ([`super::forward`]).
+    /// so to the forwarding layer (`forward.rs`).
     pub owner_of: Option<String>,
 }
 
@@ -124,8 +129,7 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if let Some(account) = self.owner_of {
-            resp.extensions_mut()
-                .insert(super::forward::NeedsOwner(account));
+            resp.extensions_mut().insert(NeedsOwner(account));
         }
         resp
     }

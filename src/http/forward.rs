@@ -15,7 +15,7 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode,
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::error::ApiError;
+use super::error::{ApiError, NeedsOwner};
 use crate::app::SharedApp;
 use crate::service::whatsapp_web::require_connection_here;
 use crate::store::{leases, Store};
@@ -24,10 +24,6 @@ use crate::store::{leases, Store};
 pub const FORWARDED_BY: HeaderName = HeaderName::from_static("x-wagate-forwarded-by");
 /// Set on a forwarded request's response: the id of the gateway that answered it.
 pub const SERVED_BY: HeaderName = HeaderName::from_static("x-wagate-served-by");
-
-/// On an error response: the request needs the gateway that runs this account.
-#[derive(Debug, Clone)]
-pub struct NeedsOwner(pub String);
 
 /// API routes whose requests may need the account's gateway: the service says so with
 /// `other_node` (their bodies are kept to be sent again).
